@@ -1,0 +1,1 @@
+"""Taskbroker broker: the gRPC server, scheduler and SQLite store."""

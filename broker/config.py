@@ -1,0 +1,171 @@
+"""Broker configuration: a TOML file, then TASKBROKER_* environment overrides, validated once.
+
+The file looks like::
+
+    [broker]
+    host = "127.0.0.1"
+    port = 50051
+    db_path = "taskbroker.db"
+
+    [pools.default]
+    strategy = "round_robin"
+
+    [pools.gpu]
+    strategy = "least_loaded"
+
+Every key of ``[broker]`` can be overridden by ``TASKBROKER_<KEY>`` (for example
+``TASKBROKER_PORT=6000``). The pool ``default`` always exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from broker.domain import DEFAULT_POOL, PoolConfig
+from broker.errors import ConfigError
+
+STRATEGY_NAMES = ("round_robin", "least_loaded")
+SYNCHRONOUS_MODES = ("FULL", "NORMAL")
+_POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ENV_PREFIX = "TASKBROKER_"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BrokerConfig:
+    """Everything the broker needs to start; durations are seconds."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0 = pick a free port
+    db_path: str = "taskbroker.db"
+    sqlite_synchronous: str = "FULL"  # FULL: a commit survives power loss; NORMAL: a crash
+    max_payload_bytes: int = 1024 * 1024
+    max_result_bytes: int = 1024 * 1024
+    max_traceback_chars: int = 16_000
+    max_batch_size: int = 1000
+    max_wait_s: float = 300.0
+    heartbeat_interval_s: float = 5.0
+    heartbeat_timeout_s: float = 15.0
+    starvation_interval: int = 10  # every Nth dispatch of a pool takes its oldest task
+    shutdown_grace_s: float = 10.0
+    pools: tuple[PoolConfig, ...] = (PoolConfig(name=DEFAULT_POOL),)
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.port <= 65535, "port", "must be 0..65535")
+        _check(bool(self.host), "host", "must not be empty")
+        _check(bool(self.db_path), "db_path", "must not be empty")
+        _check(
+            self.sqlite_synchronous in SYNCHRONOUS_MODES,
+            "sqlite_synchronous",
+            f"must be one of {', '.join(SYNCHRONOUS_MODES)}",
+        )
+        for key in ("max_payload_bytes", "max_result_bytes", "max_traceback_chars"):
+            _check(getattr(self, key) > 0, key, "must be positive")
+        _check(1 <= self.max_batch_size <= 100_000, "max_batch_size", "must be 1..100000")
+        _check(self.max_wait_s > 0, "max_wait_s", "must be positive")
+        _check(self.heartbeat_interval_s > 0, "heartbeat_interval_s", "must be positive")
+        _check(
+            self.heartbeat_timeout_s > self.heartbeat_interval_s,
+            "heartbeat_timeout_s",
+            "must be greater than heartbeat_interval_s",
+        )
+        _check(self.starvation_interval >= 2, "starvation_interval", "must be at least 2")
+        _check(self.shutdown_grace_s >= 0, "shutdown_grace_s", "must not be negative")
+        names = [p.name for p in self.pools]
+        _check(DEFAULT_POOL in names, "pools", f"must include {DEFAULT_POOL!r}")
+        _check(len(set(names)) == len(names), "pools", "names must be unique")
+        for pool in self.pools:
+            validate_pool(pool)
+
+
+def validate_pool(pool: PoolConfig) -> None:
+    """Raise ConfigError unless the pool's name and strategy are valid."""
+    _check(
+        bool(_POOL_NAME.match(pool.name)),
+        f"pools.{pool.name}",
+        "a pool name is 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit",
+    )
+    _check(
+        pool.strategy in STRATEGY_NAMES,
+        f"pools.{pool.name}.strategy",
+        f"unknown strategy {pool.strategy!r}; known: {', '.join(STRATEGY_NAMES)}",
+    )
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+_BROKER_KEYS = {f.name: f for f in dataclasses.fields(BrokerConfig) if f.name != "pools"}
+
+
+def load_config(
+    path: Path | str | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> BrokerConfig:
+    """Read the TOML file (if any), apply TASKBROKER_* from env, then explicit overrides.
+
+    Explicit overrides (from command-line flags) win; a value of None is ignored.
+    """
+    broker_values: dict[str, Any] = {}
+    pools: dict[str, PoolConfig] = {DEFAULT_POOL: PoolConfig(name=DEFAULT_POOL)}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        unknown_sections = set(data) - {"broker", "pools"}
+        _check(not unknown_sections, ", ".join(sorted(unknown_sections)), "unknown section")
+        section = data.get("broker", {})
+        _check(isinstance(section, dict), "broker", "must be a table")
+        for key, value in section.items():
+            broker_values[key] = _coerce(key, value)
+        pool_section = data.get("pools", {})
+        _check(isinstance(pool_section, dict), "pools", "must be a table of tables")
+        for name, table in pool_section.items():
+            _check(isinstance(table, dict), f"pools.{name}", "must be a table")
+            extra = set(table) - {"strategy"}
+            _check(not extra, f"pools.{name}.{next(iter(extra), '')}", "unknown key")
+            pools[name] = PoolConfig(name=name, strategy=str(table.get("strategy", "round_robin")))
+    for env_key, raw in (env or {}).items():
+        if env_key.startswith(ENV_PREFIX):
+            key = env_key[len(ENV_PREFIX) :].lower()
+            if key in _BROKER_KEYS:
+                broker_values[key] = _coerce(key, raw)
+    for key, value in overrides.items():
+        if value is not None:
+            broker_values[key] = _coerce(key, value)
+    return BrokerConfig(**broker_values, pools=tuple(pools.values()))
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Turn a TOML or environment value into the field's type, naming the key on failure."""
+    field = _BROKER_KEYS.get(key)
+    _check(field is not None, key, "unknown setting")
+    assert field is not None
+    kind = field.type if isinstance(field.type, str) else field.type.__name__
+    try:
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if kind == "str":
+            if not isinstance(value, str | int | float) or isinstance(value, bool):
+                raise ValueError(value)
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected {kind}, got {value!r}") from None
+    raise ConfigError(f"{key}: unsupported type {kind}")

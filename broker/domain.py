@@ -1,0 +1,146 @@
+"""The broker's own types: what a task, a pool and a worker are, free of protobuf."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+DEFAULT_POOL = "default"
+MIN_PRIORITY = -1000
+MAX_PRIORITY = 1000
+
+TaskId = int
+WorkerId = str
+
+
+class TaskState(enum.IntEnum):
+    """Where a task is in its life; the numbers match the wire enum."""
+
+    PENDING = 1
+    ASSIGNED = 2
+    RUNNING = 3
+    SUCCEEDED = 4
+    FAILED = 5
+    CANCELLED = 6
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+    @property
+    def active(self) -> bool:
+        """Held by a worker: assigned or running."""
+        return self in (TaskState.ASSIGNED, TaskState.RUNNING)
+
+
+_TERMINAL = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskSpec:
+    """What a client asks to run."""
+
+    task_type: str
+    payload: bytes = b""
+    priority: int = 0
+    pool: str = DEFAULT_POOL
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskError:
+    """Why a task failed: the handler's exception, or the broker's reason."""
+
+    type: str
+    message: str = ""
+    traceback: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Task:
+    """A task as the broker stores it. Times are Unix epoch seconds (0.0 = not yet)."""
+
+    id: TaskId
+    spec: TaskSpec
+    state: TaskState = TaskState.PENDING
+    seq: int = 0  # submission order within the broker; FIFO tie-breaker
+    attempts: int = 0
+    worker_id: WorkerId = ""
+    created_at: float = 0.0
+    assigned_at: float = 0.0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    result: bytes = b""
+    error: TaskError | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskResult:
+    """A worker's report of one attempt."""
+
+    task_id: TaskId
+    attempt: int
+    success: bool
+    result: bytes = b""
+    error: TaskError | None = None
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolConfig:
+    """A pool of workers with its own queue and placement strategy."""
+
+    name: str
+    strategy: str = "round_robin"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerSpec:
+    """What a worker announces when it registers."""
+
+    worker_id: WorkerId
+    pool: str
+    capacity: int
+    task_types: frozenset[str]
+    labels: Mapping[str, str] = field(default_factory=dict)
+    sdk_version: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerStatus:
+    """A connected worker as the registry sees it now."""
+
+    spec: WorkerSpec
+    in_flight: int
+    capacity: int
+    load: float
+    connected_at: float
+    last_heartbeat: float
+    draining: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolStats:
+    """Counts for one pool, for `taskbroker stats`."""
+
+    pool: str
+    strategy: str
+    pending: int
+    active: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    workers: int
+    capacity: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskFilter:
+    """Which tasks a listing returns, newest first."""
+
+    pool: str = ""
+    states: frozenset[TaskState] = frozenset()
+    task_type: str = ""
+    limit: int = 100
+    before_id: TaskId | None = None

@@ -1,0 +1,1 @@
+"""The taskbroker command line."""

@@ -1,0 +1,1 @@
+"""Taskbroker SDK: workers and clients."""

@@ -29,8 +29,10 @@ from typing import Any
 
 from broker.domain import DEFAULT_POOL, PoolConfig
 from broker.errors import ConfigError
+from broker.strategies import STRATEGIES
 
-STRATEGY_NAMES = ("round_robin", "least_loaded")
+STRATEGY_NAMES = tuple(STRATEGIES)
+
 SYNCHRONOUS_MODES = ("FULL", "NORMAL")
 _POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENV_PREFIX = "TASKBROKER_"

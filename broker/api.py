@@ -1,0 +1,250 @@
+"""The gRPC edge for clients and operators: TaskService and AdminService.
+
+Each handler converts the request to domain types, calls the engine, and
+converts the answer back; a BrokerError becomes its status code (broker.status).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from broker import convert
+from broker.domain import Task, TaskId
+from broker.engine import Engine
+from broker.errors import BrokerError
+from broker.parsing import Malformed
+from broker.status import status_of
+from worker_sdk._pb import admin_pb2 as _admin
+from worker_sdk._pb import admin_pb2_grpc as _admin_grpc
+from worker_sdk._pb import tasks_pb2 as _tasks
+from worker_sdk._pb import tasks_pb2_grpc as _tasks_grpc
+
+log = logging.getLogger("taskbroker.api")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Handler = Callable[[Any, Request, Context], Awaitable[Response]]
+
+COMPLETIONS_PER_MESSAGE = 1000
+
+
+def edge(handler: Handler[Request, Response]) -> Handler[Request, Response]:
+    """Turn a BrokerError raised by a unary handler into its gRPC status."""
+
+    async def wrapper(self: Any, request: Request, context: Context) -> Response:
+        try:
+            if isinstance(request, Malformed):
+                raise request.error()
+            return await handler(self, request, context)
+        except BrokerError as exc:
+            await context.abort(status_of(exc), str(exc))
+            raise  # abort() raises; this is for the type checker
+
+    wrapper.__name__ = handler.__name__
+    wrapper.__doc__ = handler.__doc__
+    return wrapper
+
+
+class TaskApi(_tasks_grpc.TaskServiceServicer):
+    """Submit, read, wait for and cancel tasks."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @edge
+    async def Submit(
+        self, request: _tasks.SubmitRequest, context: Context
+    ) -> _tasks.SubmitResponse:
+        (task,) = await self._engine.submit([convert.spec_from_pb(request.task)])
+        return _tasks.SubmitResponse(task_id=str(task.id))
+
+    @edge
+    async def SubmitBatch(
+        self, request: _tasks.SubmitBatchRequest, context: Context
+    ) -> _tasks.SubmitBatchResponse:
+        tasks = await self._engine.submit(convert.specs_from_pb(request.tasks))
+        return _tasks.SubmitBatchResponse(task_ids=[str(t.id) for t in tasks])
+
+    async def SubmitStream(
+        self, request_iterator: AsyncIterator[_tasks.SubmitStreamRequest], context: Context
+    ) -> AsyncIterator[_tasks.SubmitStreamResponse]:
+        session = _SubmitSession(self._engine)
+        reader = asyncio.create_task(session.read(request_iterator))
+        try:
+            async for message in session.messages():
+                yield message
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            await session.close()
+
+    @edge
+    async def Get(self, request: _tasks.GetTaskRequest, context: Context) -> _tasks.Task:
+        task = await self._engine.get(convert.task_id_from_pb(request.task_id))
+        return convert.task_to_pb(task)
+
+    @edge
+    async def Wait(self, request: _tasks.WaitRequest, context: Context) -> _tasks.WaitResponse:
+        ids = convert.task_ids_from_pb(request.task_ids)
+        timeout = request.timeout_s if request.timeout_s > 0 else float("inf")
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout = min(timeout, max(0.0, remaining - 0.05))
+        tasks = await self._engine.wait(ids, timeout)
+        return _tasks.WaitResponse(tasks=[convert.task_to_pb(t) for t in tasks])
+
+    @edge
+    async def Cancel(
+        self, request: _tasks.CancelRequest, context: Context
+    ) -> _tasks.CancelResponse:
+        task = await self._engine.cancel(convert.task_id_from_pb(request.task_id))
+        return _tasks.CancelResponse(task=convert.task_to_pb(task))
+
+    @edge
+    async def List(
+        self, request: _tasks.ListTasksRequest, context: Context
+    ) -> _tasks.ListTasksResponse:
+        tasks = await self._engine.list_tasks(convert.filter_from_pb(request))
+        return _tasks.ListTasksResponse(tasks=[convert.task_to_pb(t) for t in tasks])
+
+
+class _SubmitSession:
+    """One SubmitStream: batches are handled concurrently (so they share group commits),
+    acks and completion notices are sent as they come, completions coalesced."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._acks: list[_tasks.SubmitAck] = []
+        self._completed: list[Task] = []
+        self._not_found: list[str] = []  # watched ids the broker does not know
+        self._watched: set[TaskId] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._reading = True
+        self._wake = asyncio.Event()
+
+    async def read(self, requests: AsyncIterator[_tasks.SubmitStreamRequest]) -> None:
+        try:
+            async for request in requests:
+                if isinstance(request, Malformed):
+                    self._acks.append(
+                        _tasks.SubmitAck(
+                            error_code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                            error_message=request.error().args[0],
+                        )
+                    )
+                    self._wake.set()
+                    continue
+                handler = asyncio.create_task(self._handle(request))
+                self._handlers.add(handler)
+                handler.add_done_callback(self._handlers.discard)
+            if self._handlers:
+                await asyncio.gather(*self._handlers)
+        finally:
+            self._reading = False
+            self._wake.set()
+
+    async def messages(self) -> AsyncIterator[_tasks.SubmitStreamResponse]:
+        """Acks and completions until the client is done sending and nothing is watched."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            acks, self._acks = self._acks, []
+            for ack in acks:
+                yield _tasks.SubmitStreamResponse(ack=ack)
+            completed, self._completed = self._completed, []
+            not_found, self._not_found = self._not_found, []
+            for start in range(0, max(len(completed), len(not_found)), COMPLETIONS_PER_MESSAGE):
+                end = start + COMPLETIONS_PER_MESSAGE
+                yield _tasks.SubmitStreamResponse(
+                    completions=_tasks.Completions(
+                        tasks=[convert.task_to_pb(t) for t in completed[start:end]],
+                        not_found=not_found[start:end],
+                    )
+                )
+            if not self._reading and not self._watched and not self._acks and not self._completed:
+                return
+
+    async def close(self) -> None:
+        for handler in list(self._handlers):
+            handler.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        self._engine.unwatch(self._watched, self._on_completed)
+        self._watched.clear()
+
+    async def _handle(self, request: _tasks.SubmitStreamRequest) -> None:
+        watch: list[TaskId] = []
+        if request.tasks:
+            ack = _tasks.SubmitAck(batch_id=request.batch_id)
+            try:
+                tasks = await self._engine.submit(convert.specs_from_pb(request.tasks))
+            except BrokerError as exc:
+                ack.error_code = status_of(exc).value[0]
+                ack.error_message = str(exc)
+            else:
+                ack.task_ids.extend(str(t.id) for t in tasks)
+                if request.watch:
+                    watch.extend(t.id for t in tasks)
+            self._acks.append(ack)
+            self._wake.set()
+        for text in request.watch_task_ids:
+            try:
+                watch.append(convert.task_id_from_pb(text))
+            except BrokerError:
+                self._not_found.append(text)
+        if watch:
+            self._watched.update(watch)
+            missing = await self._engine.watch(watch, self._on_completed)
+            if missing:
+                self._watched.difference_update(missing)
+                self._not_found.extend(str(i) for i in missing)
+                self._wake.set()
+
+    def _on_completed(self, task: Task) -> None:
+        self._watched.discard(task.id)
+        self._completed.append(task)
+        self._wake.set()
+
+
+class AdminApi(_admin_grpc.AdminServiceServicer):
+    """Pools, workers and statistics for operators."""
+
+    def __init__(self, engine: Engine, broker_state: Callable[[], str]) -> None:
+        self._engine = engine
+        self._broker_state = broker_state
+
+    @edge
+    async def ListPools(
+        self, request: _admin.ListPoolsRequest, context: Context
+    ) -> _admin.ListPoolsResponse:
+        return _admin.ListPoolsResponse(pools=[convert.pool_to_pb(p) for p in self._engine.pools()])
+
+    @edge
+    async def CreatePool(self, request: _admin.CreatePoolRequest, context: Context) -> _admin.Pool:
+        pool = await self._engine.create_pool(convert.pool_from_pb(request.pool))
+        return convert.pool_to_pb(pool)
+
+    @edge
+    async def ListWorkers(
+        self, request: _admin.ListWorkersRequest, context: Context
+    ) -> _admin.ListWorkersResponse:
+        workers = self._engine.workers(request.pool)
+        return _admin.ListWorkersResponse(workers=[convert.worker_status_to_pb(w) for w in workers])
+
+    @edge
+    async def DrainWorker(
+        self, request: _admin.DrainWorkerRequest, context: Context
+    ) -> _admin.DrainWorkerResponse:
+        status = self._engine.drain_worker(request.worker_id)
+        return _admin.DrainWorkerResponse(worker=convert.worker_status_to_pb(status))
+
+    @edge
+    async def Stats(self, request: _admin.StatsRequest, context: Context) -> _admin.StatsResponse:
+        return convert.stats_to_pb(await self._engine.stats(), self._broker_state())

@@ -1,0 +1,210 @@
+"""Protobuf messages to broker domain types and back: the only module that knows both."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from broker.domain import (
+    DEFAULT_POOL,
+    PoolConfig,
+    PoolStats,
+    Task,
+    TaskError,
+    TaskFilter,
+    TaskId,
+    TaskResult,
+    TaskSpec,
+    TaskState,
+    WorkerSpec,
+    WorkerStatus,
+)
+from broker.errors import InvalidArgument
+from worker_sdk._pb import admin_pb2 as _admin
+from worker_sdk._pb import tasks_pb2 as _tasks
+from worker_sdk._pb import worker_pb2 as _worker
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000) if seconds else 0
+
+
+def _seconds(ms: int) -> float:
+    return ms / 1000.0
+
+
+def task_id_from_pb(text: str) -> TaskId:
+    """Task ids travel as decimal strings."""
+    if not text.isdigit() or len(text) > 19:
+        raise InvalidArgument(f"{text!r} is not a task id")
+    return int(text)
+
+
+def task_ids_from_pb(texts: Sequence[str]) -> list[TaskId]:
+    return [task_id_from_pb(t) for t in texts]
+
+
+def spec_from_pb(msg: _tasks.TaskSpec) -> TaskSpec:
+    return TaskSpec(
+        task_type=msg.task_type,
+        payload=msg.payload,
+        priority=msg.priority,
+        pool=msg.pool or DEFAULT_POOL,
+    )
+
+
+def specs_from_pb(msgs: Sequence[_tasks.TaskSpec]) -> list[TaskSpec]:
+    return [spec_from_pb(m) for m in msgs]
+
+
+def _error_to_pb(error: TaskError, msg: _tasks.TaskError) -> None:
+    msg.type = error.type
+    msg.message = error.message
+    msg.traceback = error.traceback
+
+
+def task_to_pb(task: Task) -> _tasks.Task:
+    spec = task.spec
+    msg = _tasks.Task(
+        id=str(task.id),
+        spec=_tasks.TaskSpec(
+            task_type=spec.task_type, payload=spec.payload, priority=spec.priority, pool=spec.pool
+        ),
+        state=int(task.state),  # type: ignore[arg-type]
+        attempts=task.attempts,
+        worker_id=task.worker_id,
+        created_at_ms=_ms(task.created_at),
+        assigned_at_ms=_ms(task.assigned_at),
+        started_at_ms=_ms(task.started_at),
+        finished_at_ms=_ms(task.finished_at),
+        result=task.result,
+    )
+    if task.error is not None:
+        _error_to_pb(task.error, msg.error)
+    return msg
+
+
+def assignments_to_pb(tasks: Sequence[Task]) -> _worker.BrokerMessage:
+    msg = _worker.BrokerMessage()
+    add = msg.assignments.assignments.add
+    for task in tasks:
+        spec = task.spec
+        add(
+            task_id=str(task.id),
+            attempt=task.attempts,
+            task_type=spec.task_type,
+            payload=spec.payload,
+            priority=spec.priority,
+        )
+    return msg
+
+
+def cancel_to_pb(task_ids: Sequence[TaskId]) -> _worker.BrokerMessage:
+    msg = _worker.BrokerMessage()
+    msg.cancel.task_ids.extend(str(i) for i in task_ids)
+    return msg
+
+
+def drain_to_pb(reason: str) -> _worker.BrokerMessage:
+    return _worker.BrokerMessage(drain=_worker.Drain(reason=reason))
+
+
+def register_ack_to_pb(worker_id: str, heartbeat_interval_s: float) -> _worker.BrokerMessage:
+    return _worker.BrokerMessage(
+        register_ack=_worker.RegisterAck(
+            worker_id=worker_id, heartbeat_interval_s=heartbeat_interval_s
+        )
+    )
+
+
+def worker_spec_from_pb(msg: _worker.Register) -> WorkerSpec:
+    return WorkerSpec(
+        worker_id=msg.worker_id,
+        pool=msg.pool or DEFAULT_POOL,
+        capacity=msg.capacity,
+        task_types=frozenset(msg.task_types),
+        labels=dict(msg.labels),
+        sdk_version=msg.sdk_version,
+    )
+
+
+def results_from_pb(msg: _worker.Results) -> tuple[list[TaskId], list[TaskResult]]:
+    started = task_ids_from_pb(msg.started_task_ids)
+    results = []
+    for r in msg.results:
+        error = None
+        if not r.success:
+            error = TaskError(
+                type=r.error.type, message=r.error.message, traceback=r.error.traceback
+            )
+        results.append(
+            TaskResult(
+                task_id=task_id_from_pb(r.task_id),
+                attempt=r.attempt,
+                success=r.success,
+                result=r.result,
+                error=error,
+                started_at=_seconds(r.started_at_ms),
+                finished_at=_seconds(r.finished_at_ms),
+            )
+        )
+    return started, results
+
+
+def filter_from_pb(msg: _tasks.ListTasksRequest) -> TaskFilter:
+    states = set()
+    for value in msg.states:
+        try:
+            states.add(TaskState(value))
+        except ValueError:
+            raise InvalidArgument(f"unknown task state {value}") from None
+    return TaskFilter(
+        pool=msg.pool,
+        states=frozenset(states),
+        task_type=msg.task_type,
+        limit=msg.limit or 100,
+        before_id=task_id_from_pb(msg.before_id) if msg.before_id else None,
+    )
+
+
+def pool_to_pb(pool: PoolConfig) -> _admin.Pool:
+    return _admin.Pool(name=pool.name, strategy=pool.strategy)
+
+
+def pool_from_pb(msg: _admin.Pool) -> PoolConfig:
+    return PoolConfig(name=msg.name, strategy=msg.strategy or "round_robin")
+
+
+def worker_status_to_pb(status: WorkerStatus) -> _admin.WorkerStatus:
+    spec = status.spec
+    return _admin.WorkerStatus(
+        worker_id=spec.worker_id,
+        pool=spec.pool,
+        labels=dict(spec.labels),
+        capacity=status.capacity,
+        task_types=sorted(spec.task_types),
+        in_flight=status.in_flight,
+        load=status.load,
+        connected_at_ms=_ms(status.connected_at),
+        last_heartbeat_ms=_ms(status.last_heartbeat),
+        draining=status.draining,
+    )
+
+
+def stats_to_pb(pools: Sequence[PoolStats], broker_state: str) -> _admin.StatsResponse:
+    return _admin.StatsResponse(
+        broker_state=broker_state,
+        pools=[
+            _admin.PoolStats(
+                pool=s.pool,
+                strategy=s.strategy,
+                pending=s.pending,
+                assigned=s.active,
+                succeeded=s.succeeded,
+                failed=s.failed,
+                cancelled=s.cancelled,
+                workers=s.workers,
+                capacity=s.capacity,
+            )
+            for s in pools
+        ],
+    )

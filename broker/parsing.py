@@ -1,0 +1,56 @@
+"""Parse requests so that bytes that are not a valid message become INVALID_ARGUMENT.
+
+gRPC parses a request before the handler runs and answers UNKNOWN when that
+fails. Registering the services through `TolerantRegistrar` hands the handler
+a `Malformed` marker instead, which the edge turns into a clear error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from broker.errors import InvalidArgument
+
+
+class Malformed:
+    """A request whose bytes could not be parsed."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument(f"malformed request: {self.reason}")
+
+
+def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def parse_or_mark(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return Malformed(str(exc))
+
+    return parse_or_mark
+
+
+class TolerantRegistrar:
+    """Stands in for the server in the generated `add_*_to_server` functions."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        """Ignored: add_registered_method_handlers registers both kinds, parsed tolerantly."""
+
+    def add_registered_method_handlers(self, service: str, handlers: Mapping[str, Any]) -> None:
+        tolerant = {
+            name: handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
+            for name, handler in handlers.items()
+        }
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, tolerant),)
+        )
+        self._server.add_registered_method_handlers(service, tolerant)  # type: ignore[attr-defined]

@@ -1,0 +1,569 @@
+"""The broker's durable state in one SQLite file, written by group commit.
+
+Writers queue their changes in memory; one background task takes everything queued since
+its last commit, writes it in a single transaction and then wakes whoever waits for it. So
+thousands of submissions per second cost a few fsyncs, not one each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Self
+
+import aiosqlite
+
+from broker.clock import Clock, SystemClock
+from broker.config import SYNCHRONOUS_MODES
+from broker.domain import (
+    PoolConfig,
+    Task,
+    TaskError,
+    TaskFilter,
+    TaskId,
+    TaskSpec,
+    TaskState,
+    WorkerId,
+    WorkerSpec,
+)
+from broker.errors import BrokerError, InvalidArgument, Unavailable
+
+_log = logging.getLogger("taskbroker.store")
+
+_BUSY_TIMEOUT_MS: Final = 5000
+
+# Step i moves the schema from version i to i + 1 (kept in PRAGMA user_version). A step
+# that has shipped never changes; a change is a new step.
+_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        """
+        CREATE TABLE tasks (
+            id INTEGER PRIMARY KEY,
+            pool TEXT NOT NULL,
+            task_type TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            priority INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            state INTEGER NOT NULL,
+            attempts INTEGER NOT NULL,
+            worker_id TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            assigned_at REAL NOT NULL,
+            started_at REAL NOT NULL,
+            finished_at REAL NOT NULL,
+            result BLOB NOT NULL,
+            error_type TEXT,
+            error_message TEXT,
+            error_traceback TEXT
+        )
+        """,
+        # Each index costs every insert and state change, so there are few. Listings walk
+        # one (pool, state) or (state) range per state, newest first (see list_tasks);
+        # tasks_state also finds the unfinished tasks at start-up, and tasks_pool_state
+        # covers counting per (pool, state).
+        "CREATE INDEX tasks_pool_state ON tasks (pool, state, id)",
+        "CREATE INDEX tasks_state ON tasks (state, id)",
+        "CREATE INDEX tasks_type ON tasks (task_type, id)",
+        """
+        CREATE TABLE pools (
+            name TEXT PRIMARY KEY,
+            strategy TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE workers (
+            worker_id TEXT PRIMARY KEY,
+            pool TEXT NOT NULL,
+            labels TEXT NOT NULL,
+            capacity INTEGER NOT NULL,
+            task_types TEXT NOT NULL,
+            sdk_version TEXT NOT NULL,
+            connected_at REAL NOT NULL,
+            disconnected_at REAL,
+            last_heartbeat REAL NOT NULL
+        )
+        """,
+    ),
+)
+SCHEMA_VERSION: Final = len(_MIGRATIONS)
+
+_UNFINISHED: Final = tuple(state for state in TaskState if not state.terminal)
+
+_TASK_COLUMNS: Final = (
+    "id, pool, task_type, payload, priority, seq, state, attempts, worker_id, created_at,"
+    " assigned_at, started_at, finished_at, result, error_type, error_message, error_traceback"
+)
+_SELECT_TASKS: Final = f"SELECT {_TASK_COLUMNS} FROM tasks"
+_INSERT_TASK: Final = f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 17)})"
+_UPDATE_TASK: Final = """
+    UPDATE tasks SET seq = ?, state = ?, attempts = ?, worker_id = ?, created_at = ?,
+        assigned_at = ?, started_at = ?, finished_at = ?, result = ?,
+        error_type = ?, error_message = ?, error_traceback = ?
+    WHERE id = ?
+"""
+_UPSERT_POOL: Final = """
+    INSERT INTO pools (name, strategy, created_at) VALUES (?, ?, ?)
+    ON CONFLICT (name) DO UPDATE SET strategy = excluded.strategy
+"""
+_CONNECT_WORKER: Final = """
+    INSERT OR REPLACE INTO workers (worker_id, pool, labels, capacity, task_types, sdk_version,
+        connected_at, disconnected_at, last_heartbeat)
+    VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)
+"""
+_HEARTBEAT_WORKER: Final = "UPDATE workers SET last_heartbeat = ? WHERE worker_id = ?"
+_DISCONNECT_WORKER: Final = "UPDATE workers SET disconnected_at = ? WHERE worker_id = ?"
+
+_Row = tuple[object, ...]
+
+
+class SQLiteStore:
+    """Tasks, pools and workers in one SQLite file (WAL), written by group commit.
+
+    Writes are queued (`save`, `worker_*`) or queued and awaited (`insert_tasks`,
+    `upsert_pool`, `durable`); a background writer commits each accumulated batch in one
+    transaction. Reads first wait for the writes queued before them.
+    """
+
+    def __init__(self, db: aiosqlite.Connection, clock: Clock) -> None:
+        """Wrap an open, migrated connection; call `SQLiteStore.open` instead."""
+        self._db = db
+        self._clock = clock
+        # Queued for the next commit. Saves, pools and worker events keep only the latest
+        # per key; inserts keep them all.
+        self._inserts: list[_Row] = []
+        self._saves: dict[TaskId, Task] = {}
+        self._pools: dict[str, _Row] = {}
+        self._connects: dict[WorkerId, _Row] = {}
+        self._heartbeats: dict[WorkerId, float] = {}
+        self._disconnects: dict[WorkerId, float] = {}
+        self._waiters: list[asyncio.Future[None]] = []  # resolved by the next commit
+        self._in_flight: list[asyncio.Future[None]] | None = None  # by the running one
+        self._wakeup = asyncio.Event()
+        self._transaction = asyncio.Lock()  # keeps reads out of the writer's transaction
+        self._closing = False
+        self._closed = asyncio.Event()
+        self._commits = 0
+        self._writer = asyncio.create_task(self._write_loop(), name="taskbroker-store-writer")
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        clock: Clock | None = None,
+    ) -> SQLiteStore:
+        """Open (creating or migrating) the database at `path` and start the writer.
+
+        `synchronous` is FULL (a commit survives power loss) or NORMAL (it survives a crash
+        of the process). Raises BrokerError if the file's schema is newer than this code.
+        """
+        if synchronous not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, not {synchronous!r}")
+        db = await aiosqlite.connect(path, isolation_level=None)  # we issue BEGIN ourselves
+        try:
+            async with db.execute("PRAGMA journal_mode = WAL") as cursor:
+                row = await cursor.fetchone()
+            if row is None or row[0] != "wal":
+                _log.warning("%s: journal_mode is %s, not wal; commits will be slower", path, row)
+            await db.execute(f"PRAGMA synchronous = {synchronous}")
+            await db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            await _migrate(db, path)
+        except BaseException:
+            await db.close()
+            raise
+        return cls(db, clock or SystemClock())
+
+    @property
+    def commits(self) -> int:
+        """How many transactions the writer has committed; lets tests see the grouping."""
+        return self._commits
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def insert_tasks(self, tasks: Sequence[Task]) -> None:
+        """Add new tasks, returning once they are committed.
+
+        Concurrent callers share a transaction, so a failing batch (say, a duplicate id)
+        fails every caller in it. Cancelling the wait does not withdraw the tasks.
+        """
+        self._check_writable()
+        if tasks:
+            self._inserts.extend(_insert_row(task) for task in tasks)
+            await self.durable()
+
+    def save(self, task: Task) -> None:
+        """Queue the task's current state (everything but its spec) for the next commit.
+
+        Only the last save of a task before a commit is written. The task must have been
+        inserted already; await `durable()` when the caller needs the write to be on disk.
+        """
+        self._check_writable()
+        self._saves[task.id] = task
+        self._wakeup.set()
+
+    async def upsert_pool(self, pool: PoolConfig) -> None:
+        """Create the pool or change its strategy, returning once committed."""
+        self._check_writable()
+        self._pools[pool.name] = (pool.name, pool.strategy, self._clock.now())
+        await self.durable()
+
+    def worker_connected(self, spec: WorkerSpec, at: float) -> None:
+        """Queue a worker's registration; a worker that reconnects is connected again."""
+        self._check_writable()
+        self._connects[spec.worker_id] = (
+            spec.worker_id,
+            spec.pool,
+            json.dumps(dict(spec.labels), sort_keys=True),
+            spec.capacity,
+            json.dumps(sorted(spec.task_types)),
+            spec.sdk_version,
+            at,
+            at,
+        )
+        # Connects are written before disconnects, so an earlier disconnect must not follow.
+        self._disconnects.pop(spec.worker_id, None)
+        self._wakeup.set()
+
+    def worker_heartbeat(self, worker_id: WorkerId, at: float) -> None:
+        """Note a worker's latest heartbeat.
+
+        It rides along with the next commit rather than causing one: a heartbeat is worth a
+        row update, not an fsync.
+        """
+        self._check_writable()
+        self._heartbeats[worker_id] = at
+
+    def worker_disconnected(self, worker_id: WorkerId, at: float) -> None:
+        """Queue the end of a worker's connection."""
+        self._check_writable()
+        self._disconnects[worker_id] = at
+        self._wakeup.set()
+
+    def durable(self) -> asyncio.Future[None]:
+        """A future that resolves once every write queued before this call is committed.
+
+        It raises the commit's error if that failed. Each call gets its own future, so
+        cancelling one waiter affects no other.
+        """
+        future = asyncio.get_running_loop().create_future()
+        if self._has_queued():
+            self._waiters.append(future)
+            self._wakeup.set()
+        elif self._in_flight is not None:
+            self._in_flight.append(future)
+        else:
+            future.set_result(None)
+        return future
+
+    async def flush(self) -> None:
+        """Wait until every write queued so far is committed."""
+        await self.durable()
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def get_task(self, task_id: TaskId) -> Task | None:
+        """The task with this id, or None."""
+        rows = await self._fetch(f"{_SELECT_TASKS} WHERE id = ?", (task_id,))
+        return _task_from_row(rows[0]) if rows else None
+
+    async def list_tasks(self, flt: TaskFilter) -> list[Task]:
+        """Tasks matching the filter, newest (highest id) first, at most `flt.limit`."""
+        if flt.limit < 0:
+            raise InvalidArgument(f"limit must not be negative, got {flt.limit}")
+        sql, params = _list_query(flt)
+        return [_task_from_row(row) for row in await self._fetch(sql, params)]
+
+    async def load_unfinished(self) -> list[Task]:
+        """Pending, assigned and running tasks in submission (seq) order, for recovery."""
+        marks = ", ".join("?" * len(_UNFINISHED))
+        rows = await self._fetch(
+            f"{_SELECT_TASKS} WHERE state IN ({marks}) ORDER BY seq", [*map(int, _UNFINISHED)]
+        )
+        return [_task_from_row(row) for row in rows]
+
+    async def max_task_id(self) -> TaskId:
+        """The highest task id stored, 0 if none; the broker continues from it."""
+        rows = await self._fetch("SELECT max(id) FROM tasks")
+        return int(rows[0][0] or 0)
+
+    async def max_seq(self) -> int:
+        """The highest seq stored, 0 if none; the broker continues from it.
+
+        This scans the table (no index on seq for finished tasks); it is meant for start-up.
+        """
+        rows = await self._fetch("SELECT max(seq) FROM tasks")
+        return int(rows[0][0] or 0)
+
+    async def count_by_pool_state(self) -> dict[tuple[str, TaskState], int]:
+        """How many tasks each pool has in each state; absent keys mean zero."""
+        rows = await self._fetch("SELECT pool, state, count(*) FROM tasks GROUP BY pool, state")
+        return {(pool, TaskState(state)): count for pool, state, count in rows}
+
+    async def list_pools(self) -> list[PoolConfig]:
+        """Every stored pool, by name."""
+        rows = await self._fetch("SELECT name, strategy FROM pools ORDER BY name")
+        return [PoolConfig(name=name, strategy=strategy) for name, strategy in rows]
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Commit everything still queued, stop the writer and close the file.
+
+        Idempotent. Raises the commit's error if the last writes could not be committed.
+        """
+        if self._closing:
+            await self._closed.wait()
+            return
+        final = self.durable()
+        self._closing = True
+        self._wakeup.set()
+        try:
+            await self._writer
+            await final
+        finally:
+            await self._db.close()
+            self._closed.set()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self._closing:
+            raise Unavailable("the task store is closed")
+
+    def _has_queued(self) -> bool:
+        return bool(
+            self._inserts
+            or self._saves
+            or self._pools
+            or self._connects
+            or self._heartbeats
+            or self._disconnects
+        )
+
+    async def _fetch(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
+        if self._closed.is_set():
+            raise Unavailable("the task store is closed")
+        # A failed commit is news for its own waiters; a read only needs it settled.
+        with contextlib.suppress(Exception):
+            await self.durable()
+        async with self._transaction:
+            return list(await self._db.execute_fetchall(sql, params))
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                await self._commit_queued()
+                if self._closing and not self._has_queued():
+                    return
+        finally:
+            # Reached with waiters only if cancelled: nobody may be left waiting forever.
+            stopped = Unavailable("the task store's writer stopped")
+            for future in [*self._waiters, *(self._in_flight or ())]:
+                if not future.done():
+                    future.set_exception(stopped)
+
+    async def _commit_queued(self) -> None:
+        """Write everything queued so far in one transaction, then settle its waiters."""
+        inserts, self._inserts = self._inserts, []
+        saves, self._saves = self._saves, {}
+        pools, self._pools = self._pools, {}
+        connects, self._connects = self._connects, {}
+        heartbeats, self._heartbeats = self._heartbeats, {}
+        disconnects, self._disconnects = self._disconnects, {}
+        waiters, self._waiters = self._waiters, []
+        self._in_flight = waiters  # durable() joins this batch while it is committed
+        error: Exception | None = None
+        if inserts or saves or pools or connects or heartbeats or disconnects:
+            try:
+                async with self._transaction:
+                    await self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        # Inserts first: a save queued after an insert must land on its row.
+                        if inserts:
+                            await self._db.executemany(_INSERT_TASK, inserts)
+                        if saves:
+                            await self._db.executemany(
+                                _UPDATE_TASK, [_update_row(task) for task in saves.values()]
+                            )
+                        if pools:
+                            await self._db.executemany(_UPSERT_POOL, pools.values())
+                        if connects:
+                            await self._db.executemany(_CONNECT_WORKER, connects.values())
+                        if heartbeats:
+                            await self._db.executemany(
+                                _HEARTBEAT_WORKER, [(at, w) for w, at in heartbeats.items()]
+                            )
+                        if disconnects:
+                            await self._db.executemany(
+                                _DISCONNECT_WORKER, [(at, w) for w, at in disconnects.items()]
+                            )
+                        await self._db.commit()
+                    except BaseException:
+                        await self._rollback()
+                        raise
+                self._commits += 1
+            except Exception as exc:
+                _log.exception(
+                    "commit failed; lost %d inserted and %d saved tasks, %d waiters told",
+                    len(inserts),
+                    len(saves),
+                    len(waiters),
+                )
+                error = exc
+        for future in waiters:
+            if future.done():  # its caller stopped waiting
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+        self._in_flight = None
+
+    async def _rollback(self) -> None:
+        # After an I/O error SQLite may have rolled back already, or may fail again; the
+        # error that matters is the one that made us roll back.
+        try:
+            await self._db.rollback()
+        except sqlite3.Error:
+            _log.exception("rollback failed")
+
+
+async def _migrate(db: aiosqlite.Connection, path: str | Path) -> None:
+    """Bring the schema to SCHEMA_VERSION in one transaction, or refuse a newer one."""
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        async with db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        version = int(row[0]) if row is not None else 0
+        if version > SCHEMA_VERSION:
+            raise BrokerError(
+                f"{path} has schema version {version}, but this taskbroker knows only up to"
+                f" {SCHEMA_VERSION}; upgrade taskbroker or point db_path elsewhere"
+            )
+        for step in _MIGRATIONS[version:]:
+            for statement in step:
+                await db.execute(statement)
+        if version < SCHEMA_VERSION:
+            await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            _log.info("%s: migrated schema from version %d to %d", path, version, SCHEMA_VERSION)
+        await db.commit()
+    except BaseException:
+        await db.rollback()
+        raise
+
+
+def _list_query(flt: TaskFilter) -> tuple[str, list[object]]:
+    """The SQL and parameters for list_tasks.
+
+    With a pool or several states, it asks for each state separately and merges: every
+    part walks one index range newest first, so SQLite merges them and stops at the limit
+    instead of sorting every match (a pool's tasks in all states, say).
+    """
+    clauses: list[str] = []  # every part's conditions besides the state
+    params: list[object] = []
+    if flt.pool:
+        clauses.append("pool = ?")
+        params.append(flt.pool)
+    if flt.task_type:
+        clauses.append("task_type = ?")
+        params.append(flt.task_type)
+    if flt.before_id is not None:
+        clauses.append("id < ?")
+        params.append(flt.before_id)
+    if not flt.states and not flt.pool:
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        return f"{_SELECT_TASKS}{where} ORDER BY id DESC LIMIT ?", [*params, flt.limit]
+    states = sorted(flt.states) if flt.states else list(TaskState)
+    part = f"{_SELECT_TASKS} WHERE {' AND '.join(['state = ?', *clauses])}"
+    part_params: list[object] = []
+    for state in states:
+        part_params += [int(state), *params]
+    sql = f"{' UNION ALL '.join([part] * len(states))} ORDER BY id DESC LIMIT ?"
+    return sql, [*part_params, flt.limit]
+
+
+def _insert_row(task: Task) -> _Row:
+    spec = task.spec
+    return (task.id, spec.pool, spec.task_type, spec.payload, spec.priority, *_state_fields(task))
+
+
+def _update_row(task: Task) -> _Row:
+    return (*_state_fields(task), task.id)
+
+
+def _state_fields(task: Task) -> _Row:
+    """The columns a save rewrites, in _UPDATE_TASK's order."""
+    error = task.error
+    return (
+        task.seq,
+        int(task.state),
+        task.attempts,
+        task.worker_id,
+        task.created_at,
+        task.assigned_at,
+        task.started_at,
+        task.finished_at,
+        task.result,
+        None if error is None else error.type,
+        None if error is None else error.message,
+        None if error is None else error.traceback,
+    )
+
+
+def _task_from_row(row: Sequence[Any]) -> Task:
+    (
+        task_id,
+        pool,
+        task_type,
+        payload,
+        priority,
+        seq,
+        state,
+        attempts,
+        worker_id,
+        created_at,
+        assigned_at,
+        started_at,
+        finished_at,
+        result,
+        error_type,
+        error_message,
+        error_traceback,
+    ) = row
+    return Task(
+        id=task_id,
+        spec=TaskSpec(task_type=task_type, payload=payload, priority=priority, pool=pool),
+        state=TaskState(state),
+        seq=seq,
+        attempts=attempts,
+        worker_id=worker_id,
+        created_at=created_at,
+        assigned_at=assigned_at,
+        started_at=started_at,
+        finished_at=finished_at,
+        result=result,
+        error=None
+        if error_type is None
+        else TaskError(type=error_type, message=error_message, traceback=error_traceback),
+    )

@@ -1,0 +1,162 @@
+"""The gRPC edge for workers: one WorkerService.Connect stream per worker process.
+
+The first message must be Register. After the ack, a reader task feeds the
+worker's heartbeats, credit changes and results to the engine, while the
+handler writes what the engine sends (assignments, cancels, drain), merging
+everything queued since the last write into as few messages as it can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+
+from broker import convert
+from broker.domain import Task, TaskId
+from broker.engine import Engine
+from broker.errors import BrokerError, FailedPrecondition, InvalidArgument
+from broker.parsing import Malformed
+from broker.status import status_of
+from worker_sdk._pb import worker_pb2 as _worker
+from worker_sdk._pb import worker_pb2_grpc as _worker_grpc
+
+log = logging.getLogger("taskbroker.workers")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+# An assignments message carries at most this many payload bytes (but always one task),
+# so a batch stays far below the 4 MiB default message limit of a gRPC client.
+ASSIGNMENT_BYTES_PER_MESSAGE = 1024 * 1024
+
+
+class StreamChannel:
+    """The engine's WorkerChannel for one stream: an outbox the stream handler drains."""
+
+    def __init__(self) -> None:
+        self._assigned: list[Task] = []
+        self._cancelled: list[TaskId] = []
+        self._drain: str | None = None
+        self._wake = asyncio.Event()
+        self.ended = False
+        self.error: BrokerError | None = None
+
+    def send_assignments(self, tasks: Sequence[Task]) -> None:
+        self._assigned.extend(tasks)
+        self._wake.set()
+
+    def send_cancel(self, task_ids: Sequence[TaskId]) -> None:
+        self._cancelled.extend(task_ids)
+        self._wake.set()
+
+    def send_drain(self, reason: str) -> None:
+        self._drain = reason
+        self._wake.set()
+
+    def close(self, error: BrokerError | None) -> None:
+        """End the stream, with this error as its status (None: end it cleanly)."""
+        if not self.ended:
+            self.ended = True
+            self.error = error
+            self._wake.set()
+
+    async def messages(self) -> AsyncIterator[_worker.BrokerMessage]:
+        while not self.ended:
+            await self._wake.wait()
+            self._wake.clear()
+            if self.ended:
+                return
+            if self._cancelled:
+                cancelled, self._cancelled = self._cancelled, []
+                yield convert.cancel_to_pb(cancelled)
+            assigned, self._assigned = self._assigned, []
+            batch: list[Task] = []
+            size = 0
+            for task in assigned:
+                if batch and size + len(task.spec.payload) > ASSIGNMENT_BYTES_PER_MESSAGE:
+                    yield convert.assignments_to_pb(batch)
+                    batch, size = [], 0
+                batch.append(task)
+                size += len(task.spec.payload)
+            if batch:
+                yield convert.assignments_to_pb(batch)
+            if self._drain is not None:
+                reason, self._drain = self._drain, None
+                yield convert.drain_to_pb(reason)
+
+
+class WorkerApi(_worker_grpc.WorkerServiceServicer):
+    """Registers workers and carries their stream to and from the engine."""
+
+    def __init__(self, engine: Engine, heartbeat_interval_s: float) -> None:
+        self._engine = engine
+        self._heartbeat_interval_s = heartbeat_interval_s
+
+    async def Connect(
+        self, request_iterator: AsyncIterator[_worker.WorkerMessage], context: Context
+    ) -> AsyncIterator[_worker.BrokerMessage]:
+        requests = aiter(request_iterator)
+        try:
+            first = await anext(requests)
+        except StopAsyncIteration:
+            return
+        channel = StreamChannel()
+        try:
+            if isinstance(first, Malformed):
+                raise first.error()
+            if first.WhichOneof("kind") != "register":
+                raise FailedPrecondition(
+                    "the first message on a worker stream must be register, "
+                    f"got {first.WhichOneof('kind') or 'an empty message'}"
+                )
+            spec = self._engine.connect_worker(convert.worker_spec_from_pb(first.register), channel)
+        except BrokerError as exc:
+            await context.abort(status_of(exc), str(exc))
+        reader = asyncio.create_task(self._read(spec.worker_id, requests, channel))
+        try:
+            yield convert.register_ack_to_pb(spec.worker_id, self._heartbeat_interval_s)
+            async for message in channel.messages():
+                yield message
+            if channel.error is not None:
+                await context.abort(status_of(channel.error), str(channel.error))
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            self._engine.disconnect_worker(spec.worker_id, "stream ended")
+
+    async def _read(
+        self, worker_id: str, requests: AsyncIterator[_worker.WorkerMessage], channel: StreamChannel
+    ) -> None:
+        engine = self._engine
+        try:
+            async for message in requests:
+                if isinstance(message, Malformed):
+                    raise message.error()
+                kind = message.WhichOneof("kind")
+                if kind == "results":
+                    started, results = convert.results_from_pb(message.results)
+                    engine.report(worker_id, started, results)
+                elif kind == "heartbeat":
+                    engine.heartbeat(worker_id, message.heartbeat.load)
+                elif kind == "credit":
+                    engine.set_capacity(worker_id, message.credit.capacity)
+                elif kind == "register":
+                    raise FailedPrecondition("this stream is registered already")
+                else:
+                    raise InvalidArgument("empty worker message")
+            channel.close(None)
+        except BrokerError as exc:
+            log.warning("worker %s: %s", worker_id, exc)
+            channel.close(exc)
+        except grpc.aio.AioRpcError:
+            channel.close(None)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("worker %s: bad stream", worker_id)
+            channel.close(InvalidArgument("the worker stream could not be read"))

@@ -1,0 +1,38 @@
+"""Shared fixtures: a real broker on an ephemeral loopback port with a SQLite file."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from broker import Broker, BrokerConfig, PoolConfig, load_config
+
+
+def make_config(tmp_path: Path, **overrides: object) -> BrokerConfig:
+    """A config for tests: port 0, a database in tmp_path, fast heartbeats."""
+    values: dict[str, object] = {
+        "port": 0,
+        "db_path": str(tmp_path / "broker.db"),
+        "heartbeat_interval_s": 0.5,
+        "heartbeat_timeout_s": 5.0,
+        "shutdown_grace_s": 2.0,
+    }
+    values.update(overrides)
+    config = load_config(None, {}, **values)
+    return dataclasses.replace(config, pools=(PoolConfig(name="default"), PoolConfig(name="other")))
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
+    async with Broker(make_config(tmp_path)) as running:
+        yield running
+
+
+@pytest.fixture
+async def channel(broker: Broker) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(broker.address) as chan:
+        yield chan

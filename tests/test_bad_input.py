@@ -1,0 +1,230 @@
+"""Bad input over real gRPC: each gets a clear status, and the broker keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from broker import Broker
+from worker_sdk._pb import admin_pb2 as _admin
+from worker_sdk._pb import admin_pb2_grpc as _admin_grpc
+from worker_sdk._pb import tasks_pb2 as _tasks
+from worker_sdk._pb import tasks_pb2_grpc as _tasks_grpc
+from worker_sdk._pb import worker_pb2 as _worker
+from worker_sdk._pb import worker_pb2_grpc as _worker_grpc
+
+
+async def submit_status(channel: grpc.aio.Channel, spec: _tasks.TaskSpec) -> grpc.aio.AioRpcError:
+    stub = _tasks_grpc.TaskServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Submit(_tasks.SubmitRequest(task=spec))
+    return info.value
+
+
+async def still_serving(channel: grpc.aio.Channel) -> None:
+    stub = _tasks_grpc.TaskServiceStub(channel)
+    reply = await stub.Submit(_tasks.SubmitRequest(task=_tasks.TaskSpec(task_type="ok")))
+    task = await stub.Get(_tasks.GetTaskRequest(task_id=reply.task_id))
+    assert task.state == _tasks.TASK_STATE_PENDING
+
+
+async def test_unknown_pool_is_not_found(channel: grpc.aio.Channel) -> None:
+    error = await submit_status(channel, _tasks.TaskSpec(task_type="x", pool="nope"))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert "pool 'nope' does not exist" in (error.details() or "")
+    await still_serving(channel)
+
+
+async def test_empty_task_type_is_invalid(channel: grpc.aio.Channel) -> None:
+    error = await submit_status(channel, _tasks.TaskSpec(task_type=""))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "task_type must not be empty" in (error.details() or "")
+    await still_serving(channel)
+
+
+async def test_priority_out_of_range_is_invalid(channel: grpc.aio.Channel) -> None:
+    error = await submit_status(channel, _tasks.TaskSpec(task_type="x", priority=5000))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "priority" in (error.details() or "")
+
+
+async def test_payload_over_the_limit_is_resource_exhausted(
+    broker: Broker, channel: grpc.aio.Channel
+) -> None:
+    limit = broker.config.max_payload_bytes
+    error = await submit_status(channel, _tasks.TaskSpec(task_type="x", payload=b"x" * (limit + 1)))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_payload_bytes" in (error.details() or "")
+    await still_serving(channel)
+
+
+async def test_a_bad_task_in_a_batch_rejects_the_whole_batch(channel: grpc.aio.Channel) -> None:
+    stub = _tasks_grpc.TaskServiceStub(channel)
+    good = _tasks.TaskSpec(task_type="x")
+    bad = _tasks.TaskSpec(task_type="x", pool="nope")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.SubmitBatch(_tasks.SubmitBatchRequest(tasks=[good, bad]))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "task 1:" in (info.value.details() or "")
+    listed = await stub.List(_tasks.ListTasksRequest())
+    assert list(listed.tasks) == []
+
+
+async def test_unknown_and_malformed_task_ids(channel: grpc.aio.Channel) -> None:
+    stub = _tasks_grpc.TaskServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Get(_tasks.GetTaskRequest(task_id="424242"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Get(_tasks.GetTaskRequest(task_id="abc"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Cancel(_tasks.CancelRequest(task_id="-1"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_malformed_request_bytes(channel: grpc.aio.Channel) -> None:
+    raw = channel.unary_unary("/taskbroker.v1.TaskService/Submit", None, None)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await raw(b"\xff\xff\xff\xff garbage")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed request" in (info.value.details() or "")
+    await still_serving(channel)
+
+
+async def test_submit_stream_acks_errors_per_batch(channel: grpc.aio.Channel) -> None:
+    stub = _tasks_grpc.TaskServiceStub(channel)
+
+    async def requests() -> AsyncIterator[_tasks.SubmitStreamRequest]:
+        yield _tasks.SubmitStreamRequest(batch_id=1, tasks=[_tasks.TaskSpec(task_type="")])
+        yield _tasks.SubmitStreamRequest(batch_id=2, tasks=[_tasks.TaskSpec(task_type="x")])
+        yield _tasks.SubmitStreamRequest(watch_task_ids=["999999", "junk"])
+
+    acks = {}
+    not_found: list[str] = []
+    async for reply in stub.SubmitStream(requests()):
+        if reply.WhichOneof("kind") == "ack":
+            acks[reply.ack.batch_id] = reply.ack
+        else:
+            not_found.extend(reply.completions.not_found)
+    assert acks[1].error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "task_type" in acks[1].error_message
+    assert acks[2].error_code == 0
+    assert len(acks[2].task_ids) == 1
+    assert sorted(not_found) == ["999999", "junk"]
+
+
+async def worker_stream_error(
+    channel: grpc.aio.Channel, messages: list[_worker.WorkerMessage]
+) -> grpc.aio.AioRpcError:
+    stub = _worker_grpc.WorkerServiceStub(channel)
+
+    async def requests() -> AsyncIterator[_worker.WorkerMessage]:
+        for message in messages:
+            yield message
+        await asyncio.sleep(5)  # keep the stream open until the broker ends it
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async with asyncio.timeout(5):
+            async for _ in stub.Connect(requests()):
+                pass
+    return info.value
+
+
+def register(**fields: object) -> _worker.WorkerMessage:
+    values: dict[str, object] = {"pool": "default", "capacity": 2, "task_types": ["x"]}
+    values.update(fields)
+    return _worker.WorkerMessage(register=_worker.Register(**values))  # type: ignore[arg-type]
+
+
+async def test_worker_must_register_first(channel: grpc.aio.Channel) -> None:
+    heartbeat = _worker.WorkerMessage(heartbeat=_worker.Heartbeat(in_flight=0))
+    error = await worker_stream_error(channel, [heartbeat])
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "first message" in (error.details() or "")
+    await still_serving(channel)
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "text"),
+    [
+        ({"pool": "nope"}, grpc.StatusCode.NOT_FOUND, "pool 'nope'"),
+        ({"capacity": 0}, grpc.StatusCode.INVALID_ARGUMENT, "capacity"),
+        ({"task_types": []}, grpc.StatusCode.INVALID_ARGUMENT, "task type"),
+    ],
+)
+async def test_bad_registrations(
+    channel: grpc.aio.Channel, fields: dict[str, object], code: grpc.StatusCode, text: str
+) -> None:
+    error = await worker_stream_error(channel, [register(**fields)])
+    assert error.code() == code
+    assert text in (error.details() or "")
+
+
+async def test_registering_twice_on_one_stream(channel: grpc.aio.Channel) -> None:
+    error = await worker_stream_error(channel, [register(), register()])
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "registered already" in (error.details() or "")
+
+
+async def test_duplicate_worker_id_is_already_exists(channel: grpc.aio.Channel) -> None:
+    stub = _worker_grpc.WorkerServiceStub(channel)
+    release = asyncio.Event()
+
+    async def first_requests() -> AsyncIterator[_worker.WorkerMessage]:
+        yield register(worker_id="twin")
+        await release.wait()
+
+    first = stub.Connect(first_requests())
+    ack = await first.read()
+    assert isinstance(ack, _worker.BrokerMessage)
+    assert ack.register_ack.worker_id == "twin"
+    error = await worker_stream_error(channel, [register(worker_id="twin")])
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    release.set()
+    first.cancel()
+
+
+async def test_garbage_on_the_worker_stream(channel: grpc.aio.Channel) -> None:
+    raw = channel.stream_stream("/taskbroker.v1.WorkerService/Connect", None, None)
+
+    async def requests() -> AsyncIterator[bytes]:
+        yield register().SerializeToString()
+        yield b"\xff\xfe not a protobuf"
+        await asyncio.sleep(5)
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async with asyncio.timeout(5):
+            async for _ in raw(requests()):
+                pass
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed request" in (info.value.details() or "")
+    await still_serving(channel)
+    admin = _admin_grpc.AdminServiceStub(channel)
+    workers = await admin.ListWorkers(_admin.ListWorkersRequest())
+    assert list(workers.workers) == []
+
+
+async def test_admin_bad_input(channel: grpc.aio.Channel) -> None:
+    admin = _admin_grpc.AdminServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await admin.DrainWorker(_admin.DrainWorkerRequest(worker_id="ghost"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await admin.CreatePool(_admin.CreatePoolRequest(pool=_admin.Pool(name="default")))
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await admin.CreatePool(
+            _admin.CreatePoolRequest(pool=_admin.Pool(name="gpu", strategy="fastest"))
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown strategy" in (info.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await admin.CreatePool(_admin.CreatePoolRequest(pool=_admin.Pool(name="")))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await admin.ListWorkers(_admin.ListWorkersRequest(pool="nope"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND

@@ -1,0 +1,66 @@
+"""Configuration: TOML, environment overrides, flags, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from broker.config import load_config
+from broker.domain import PoolConfig
+from broker.errors import ConfigError
+
+
+def test_defaults() -> None:
+    config = load_config()
+    assert config.port == 50051
+    assert config.pools == (PoolConfig(name="default"),)
+
+
+def test_file_then_env_then_flags(tmp_path: Path) -> None:
+    path = tmp_path / "broker.toml"
+    path.write_text(
+        '[broker]\nport = 6000\nhost = "0.0.0.0"\nmax_payload_bytes = 10\n'
+        '[pools.gpu]\nstrategy = "least_loaded"\n'
+    )
+    config = load_config(
+        path, {"TASKBROKER_PORT": "7000", "TASKBROKER_MAX_WAIT_S": "2.5"}, port=8000
+    )
+    assert config.port == 8000
+    assert config.host == "0.0.0.0"
+    assert config.max_wait_s == 2.5
+    assert config.max_payload_bytes == 10
+    assert PoolConfig(name="gpu", strategy="least_loaded") in config.pools
+    assert load_config(path, {"TASKBROKER_PORT": "7000"}).port == 7000
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[broker]\nport = 70000\n", "port: must be 0..65535"),
+        ('[broker]\nport = "x"\n', "port: expected int"),
+        ("[broker]\nbogus = 1\n", "bogus: unknown setting"),
+        ("[broker]\nmax_payload_bytes = -1\n", "max_payload_bytes: must be positive"),
+        ("[broker]\nheartbeat_timeout_s = 1\n", "heartbeat_timeout_s: must be greater"),
+        ('[pools.gpu]\nstrategy = "fastest"\n', "pools.gpu.strategy: unknown strategy"),
+        ('[pools."bad name"]\n', "pools.bad name"),
+        ("[pools.gpu]\ncolour = 1\n", "pools.gpu.colour: unknown key"),
+        ("[nonsense]\n", "nonsense: unknown section"),
+        ("port = [", "not valid TOML"),
+    ],
+)
+def test_bad_files_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "broker.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(path)
+
+
+def test_bad_env_value_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="port: expected int"):
+        load_config(None, {"TASKBROKER_PORT": "eighty"})
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("/nonexistent/broker.toml")

@@ -1,0 +1,241 @@
+"""The engine with a real SQLite store and an injected clock: leases, requeues, results."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from broker.clock import FakeClock
+from broker.domain import (
+    Task,
+    TaskError,
+    TaskFilter,
+    TaskId,
+    TaskResult,
+    TaskSpec,
+    TaskState,
+    WorkerSpec,
+)
+from broker.engine import Engine
+from broker.errors import BrokerError, FailedPrecondition, NotFound, Unavailable
+from broker.store import SQLiteStore
+from tests.conftest import make_config
+
+
+class RecordingChannel:
+    """Collects what the engine sends to one worker."""
+
+    def __init__(self) -> None:
+        self.assigned: list[Task] = []
+        self.cancelled: list[TaskId] = []
+        self.drained: list[str] = []
+        self.closed: BrokerError | None = None
+        self.wake = asyncio.Event()
+
+    def send_assignments(self, tasks: Sequence[Task]) -> None:
+        self.assigned.extend(tasks)
+        self.wake.set()
+
+    def send_cancel(self, task_ids: Sequence[TaskId]) -> None:
+        self.cancelled.extend(task_ids)
+
+    def send_drain(self, reason: str) -> None:
+        self.drained.append(reason)
+
+    def close(self, error: BrokerError) -> None:
+        self.closed = error
+
+    async def until_assigned(self, count: int) -> list[Task]:
+        async with asyncio.timeout(5):
+            while len(self.assigned) < count:
+                self.wake.clear()
+                await self.wake.wait()
+        return self.assigned
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def engine(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Engine]:
+    config = make_config(tmp_path, heartbeat_interval_s=1.0, heartbeat_timeout_s=3.0)
+    async with await SQLiteStore.open(config.db_path) as store:
+        engine = Engine(config, store, clock)
+        await engine.recover()
+        engine.start()
+        yield engine
+
+
+def worker(worker_id: str, capacity: int = 2, types: tuple[str, ...] = ("t",)) -> WorkerSpec:
+    return WorkerSpec(
+        worker_id=worker_id, pool="default", capacity=capacity, task_types=frozenset(types)
+    )
+
+
+def ok(task: Task, result: bytes = b"done") -> TaskResult:
+    return TaskResult(task_id=task.id, attempt=task.attempts, success=True, result=result)
+
+
+async def test_results_complete_tasks_and_free_credit(engine: Engine) -> None:
+    channel = RecordingChannel()
+    engine.connect_worker(worker("w1", capacity=1), channel)
+    a, b = await engine.submit([TaskSpec(task_type="t"), TaskSpec(task_type="t")])
+    (first,) = await channel.until_assigned(1)
+    assert first.id == a.id
+    assert first.attempts == 1
+    engine.report("w1", [first.id], [ok(first)])
+    done = await engine.wait([a.id], max_wait=5)
+    assert done[0].state is TaskState.SUCCEEDED
+    assert done[0].result == b"done"
+    second = (await channel.until_assigned(2))[1]
+    assert second.id == b.id
+
+
+async def test_a_dead_worker_s_tasks_are_requeued_within_the_timeout(
+    engine: Engine, clock: FakeClock
+) -> None:
+    doomed, healthy = RecordingChannel(), RecordingChannel()
+    engine.connect_worker(worker("doomed", capacity=5), doomed)
+    (task,) = await engine.submit([TaskSpec(task_type="t")])
+    await doomed.until_assigned(1)
+    engine.connect_worker(worker("healthy", capacity=5), healthy)
+    clock.advance(2.0)
+    engine.heartbeat("healthy", 0.0)
+    assert engine.reap() == []
+    clock.advance(2.0)  # doomed: 4 s without a heartbeat, over the 3 s timeout
+    assert engine.reap() == ["doomed"]
+    assert isinstance(doomed.closed, Unavailable)
+    (again,) = await healthy.until_assigned(1)
+    assert again.id == task.id
+    assert again.attempts == 2
+    engine.report("healthy", [], [ok(again)])
+    (finished,) = await engine.wait([task.id], max_wait=5)
+    assert finished.state is TaskState.SUCCEEDED
+    assert finished.worker_id == "healthy"
+
+
+async def test_results_from_a_worker_that_lost_the_task_are_dropped(engine: Engine) -> None:
+    first, second = RecordingChannel(), RecordingChannel()
+    engine.connect_worker(worker("first"), first)
+    (task,) = await engine.submit([TaskSpec(task_type="t")])
+    (held,) = await first.until_assigned(1)
+    engine.disconnect_worker("first", "test")
+    engine.connect_worker(worker("second"), second)
+    (again,) = await second.until_assigned(1)
+    engine.connect_worker(worker("first"), first)
+    engine.report("first", [], [ok(held, b"stale")])
+    assert engine.stale_results == 1
+    engine.report("second", [], [ok(again, b"fresh")])
+    (finished,) = await engine.wait([task.id], max_wait=5)
+    assert finished.result == b"fresh"
+
+
+async def test_failures_keep_type_message_and_bounded_traceback(engine: Engine) -> None:
+    channel = RecordingChannel()
+    engine.connect_worker(worker("w"), channel)
+    (task,) = await engine.submit([TaskSpec(task_type="t")])
+    (held,) = await channel.until_assigned(1)
+
+    error = TaskError(type="ValueError", message="bad", traceback="x" * 100_000)
+    engine.report("w", [], [TaskResult(task_id=held.id, attempt=1, success=False, error=error)])
+    (failed,) = await engine.wait([task.id], max_wait=5)
+    assert failed.state is TaskState.FAILED
+    assert failed.error is not None
+    assert failed.error.type == "ValueError"
+    assert len(failed.error.traceback) <= 16_000
+    assert "characters cut" in failed.error.traceback
+
+
+async def test_oversized_result_fails_the_task(engine: Engine) -> None:
+    channel = RecordingChannel()
+    engine.connect_worker(worker("w"), channel)
+    (task,) = await engine.submit([TaskSpec(task_type="t")])
+    (held,) = await channel.until_assigned(1)
+    engine.report("w", [], [ok(held, b"x" * (1024 * 1024 + 1))])
+    (failed,) = await engine.wait([task.id], max_wait=5)
+    assert failed.state is TaskState.FAILED
+    assert failed.error is not None
+    assert failed.error.type == "ResultTooLarge"
+
+
+async def test_cancel_pending_and_running(engine: Engine) -> None:
+    channel = RecordingChannel()
+    engine.connect_worker(worker("w", capacity=1), channel)
+    running, pending = await engine.submit([TaskSpec(task_type="t"), TaskSpec(task_type="t")])
+    await channel.until_assigned(1)
+    cancelled = await engine.cancel(pending.id)
+    assert cancelled.state is TaskState.CANCELLED
+    cancelled = await engine.cancel(running.id)
+    assert cancelled.state is TaskState.CANCELLED
+    assert channel.cancelled == [running.id]
+    assert (await engine.cancel(running.id)).state is TaskState.CANCELLED  # idempotent
+    # The slot came back and nothing else was assigned: the pending task is gone.
+    (third,) = await engine.submit([TaskSpec(task_type="t")])
+    assigned = await channel.until_assigned(2)
+    assert assigned[1].id == third.id
+    engine.report("w", [], [ok(assigned[1])])
+    await engine.wait([third.id], max_wait=5)
+    with pytest.raises(FailedPrecondition, match="succeeded already"):
+        await engine.cancel(third.id)
+    with pytest.raises(NotFound):
+        await engine.cancel(987654)
+
+
+async def test_drain_sends_no_more_work(engine: Engine) -> None:
+    channel = RecordingChannel()
+    engine.connect_worker(worker("w", capacity=5), channel)
+    status = engine.drain_worker("w")
+    assert status.draining
+    assert channel.drained
+    await engine.submit([TaskSpec(task_type="t")])
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert channel.assigned == []
+
+
+async def test_capacity_changes_apply_at_once(engine: Engine) -> None:
+    channel = RecordingChannel()
+    engine.connect_worker(worker("w", capacity=1), channel)
+    engine.set_capacity("w", 0)
+    await engine.submit([TaskSpec(task_type="t"), TaskSpec(task_type="t")])
+    await asyncio.sleep(0)
+    assert channel.assigned == []
+    engine.set_capacity("w", 2)
+    assert len(await channel.until_assigned(2)) == 2
+
+
+async def test_list_and_stats_reflect_the_store(engine: Engine) -> None:
+    await engine.submit([TaskSpec(task_type="t", priority=p) for p in range(3)])
+    listed = await engine.list_tasks(TaskFilter(states=frozenset({TaskState.PENDING})))
+    assert [t.spec.priority for t in listed] == [2, 1, 0]
+    (stats,) = [s for s in await engine.stats() if s.pool == "default"]
+    assert stats.pending == 3
+    assert stats.workers == 0
+
+
+async def test_restart_requeues_unfinished_tasks(tmp_path: Path, clock: FakeClock) -> None:
+    config = make_config(tmp_path)
+    async with await SQLiteStore.open(config.db_path) as store:
+        engine = Engine(config, store, clock)
+        await engine.recover()
+        engine.start()
+        channel = RecordingChannel()
+        engine.connect_worker(worker("w", capacity=1), channel)
+        first, second = await engine.submit([TaskSpec(task_type="t"), TaskSpec(task_type="t")])
+        await channel.until_assigned(1)
+        await store.flush()
+    async with await SQLiteStore.open(config.db_path) as store:
+        engine = Engine(config, store, clock)
+        assert await engine.recover() == 2
+        engine.start()
+        channel = RecordingChannel()
+        engine.connect_worker(worker("w2", capacity=5), channel)
+        assigned = await channel.until_assigned(2)
+        assert sorted(t.id for t in assigned) == [first.id, second.id]
+        (third,) = await engine.submit([TaskSpec(task_type="t")])
+        assert third.id > second.id

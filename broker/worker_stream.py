@@ -135,6 +135,8 @@ class WorkerApi(_worker_grpc.WorkerServiceServicer):
         engine = self._engine
         try:
             async for message in requests:
+                if channel.ended:
+                    return
                 if isinstance(message, Malformed):
                     raise message.error()
                 kind = message.WhichOneof("kind")

@@ -1,0 +1,139 @@
+"""End-to-end benchmark: `make bench` (or `python -m tests.bench`).
+
+Starts a broker process on a fresh SQLite file and two worker processes with a
+no-op handler, then measures from this process, through the SDK client:
+- e2e_throughput: N no-op tasks submitted at once, submit to result;
+- e2e_latency_p50/p99: one task at a time (light load), submit to result.
+Prints one figure a line, `NAME VALUE UNIT`, so runs can be compared line by line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from worker_sdk import Client, TaskContext, Worker
+
+WORKER_CAPACITY = 512
+
+
+def _noop_worker() -> Worker:
+    worker = Worker(capacity=WORKER_CAPACITY)
+
+    @worker.task("noop")
+    async def noop(ctx: TaskContext) -> None:
+        return None
+
+    return worker
+
+
+async def _run_broker(db_path: str, port_file: str) -> None:
+    from broker import Broker, load_config
+
+    config = load_config(None, {}, port=0, db_path=db_path)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    async with Broker(config) as broker:
+        Path(port_file).write_text(broker.address)
+        await stop.wait()
+
+
+async def _run_worker(address: str) -> None:
+    worker = _noop_worker()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(worker.shutdown(5)))
+    await worker.run(address)
+
+
+async def _throughput(client: Client, count: int) -> float:
+    async def one() -> None:
+        task_id = await client.submit("noop")
+        await client.wait(task_id, timeout=120)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(count)))
+    return count / (time.perf_counter() - started)
+
+
+async def _latencies(client: Client, count: int) -> list[float]:
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        task_id = await client.submit("noop")
+        await client.wait(task_id, timeout=30)
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def _percentile(samples: list[float], pct: float) -> float:
+    ordered = sorted(samples)
+    index = min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))
+    return ordered[index]
+
+
+async def _measure(address: str, tasks: int, latency_samples: int) -> None:
+    async with Client(address) as client:
+        async with asyncio.timeout(60):
+            while len(await client.list_workers()) < 2:
+                await asyncio.sleep(0.05)
+        await _throughput(client, 2000)  # warm up
+        throughput = await _throughput(client, tasks)
+        samples = await _latencies(client, latency_samples)
+    print(f"e2e_throughput {throughput:.0f} tasks/s")
+    print(f"e2e_latency_p50 {statistics.median(samples):.2f} ms")
+    print(f"e2e_latency_p99 {_percentile(samples, 99):.2f} ms")
+
+
+def _spawn(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "tests.bench", *args])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--latency-samples", type=int, default=300)
+    parser.add_argument("role", nargs="?", default="main", choices=["main", "broker", "worker"])
+    parser.add_argument("args", nargs="*")
+    options = parser.parse_args()
+    if options.role == "broker":
+        asyncio.run(_run_broker(*options.args))
+        return
+    if options.role == "worker":
+        asyncio.run(_run_worker(*options.args))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        port_file = os.path.join(tmp, "address")
+        procs = [_spawn("broker", os.path.join(tmp, "bench.db"), port_file)]
+        try:
+            deadline = time.monotonic() + 30
+            while not os.path.exists(port_file) or not Path(port_file).read_text():
+                if time.monotonic() > deadline or procs[0].poll() is not None:
+                    raise SystemExit("the broker did not start")
+                time.sleep(0.05)
+            address = Path(port_file).read_text()
+            procs += [_spawn("worker", address), _spawn("worker", address)]
+            asyncio.run(_measure(address, options.tasks, options.latency_samples))
+        finally:
+            for proc in reversed(procs):
+                proc.send_signal(signal.SIGTERM)
+            for proc in reversed(procs):
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=5)
+
+
+if __name__ == "__main__":
+    main()

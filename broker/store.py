@@ -257,8 +257,6 @@ class SQLiteStore:
         if self._has_queued():
             self._waiters.append(future)
             self._wakeup.set()
-        elif self._in_flight is not None:
-            self._in_flight.append(future)
         else:
             future.set_result(None)
         return future

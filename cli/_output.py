@@ -1,0 +1,345 @@
+"""Rendering SDK objects as rich tables or as JSON for scripts.
+
+JSON rules: datetimes are ISO 8601 strings (null when not yet); a bytes field
+(payload, result) is its UTF-8 text when it decodes, else base64, and a sibling
+``<field>_encoding`` says which ("utf-8" or "base64").
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from worker_sdk import PoolInfo, Stats, TaskInfo, TaskState, WorkerInfo
+
+
+class OutputFormat(enum.StrEnum):
+    """What list and show commands print."""
+
+    TABLE = "table"
+    JSON = "json"
+
+
+def decode_bytes(data: bytes) -> tuple[str, str]:
+    """The text to show for bytes and its encoding: ("utf-8" text) or ("base64")."""
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), "base64"
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def _state_name(state: TaskState) -> str:
+    return str(state.value)
+
+
+def task_dict(task: TaskInfo) -> dict[str, Any]:
+    """A task as a JSON-able dict."""
+    payload, payload_encoding = decode_bytes(task.payload)
+    result, result_encoding = decode_bytes(task.result)
+    error = task.error
+    return {
+        "id": task.id,
+        "task_type": task.task_type,
+        "pool": task.pool,
+        "priority": task.priority,
+        "state": _state_name(task.state),
+        "attempts": task.attempts,
+        "worker_id": task.worker_id or None,
+        "created_at": _iso(task.created_at),
+        "assigned_at": _iso(task.assigned_at),
+        "started_at": _iso(task.started_at),
+        "finished_at": _iso(task.finished_at),
+        "payload": payload,
+        "payload_encoding": payload_encoding,
+        "result": result,
+        "result_encoding": result_encoding,
+        "error": None
+        if error is None
+        else {"type": error.type, "message": error.message, "traceback": error.traceback},
+    }
+
+
+def worker_dict(worker: WorkerInfo) -> dict[str, Any]:
+    """A connected worker as a JSON-able dict."""
+    return {
+        "worker_id": worker.worker_id,
+        "pool": worker.pool,
+        "labels": dict(worker.labels),
+        "capacity": worker.capacity,
+        "task_types": sorted(worker.task_types),
+        "in_flight": worker.in_flight,
+        "load": worker.load,
+        "connected_at": _iso(worker.connected_at),
+        "last_heartbeat": _iso(worker.last_heartbeat),
+        "draining": worker.draining,
+    }
+
+
+def pool_dict(pool: PoolInfo) -> dict[str, Any]:
+    """A pool as a JSON-able dict."""
+    return {"name": pool.name, "strategy": pool.strategy}
+
+
+def stats_dict(stats: Stats) -> dict[str, Any]:
+    """Broker statistics as a JSON-able dict."""
+    return {
+        "broker_state": stats.broker_state,
+        "pools": [
+            {
+                "pool": p.pool,
+                "strategy": p.strategy,
+                "pending": p.pending,
+                "active": p.active,
+                "succeeded": p.succeeded,
+                "failed": p.failed,
+                "cancelled": p.cancelled,
+                "workers": p.workers,
+                "capacity": p.capacity,
+            }
+            for p in stats.pools
+        ],
+    }
+
+
+def print_json(value: Any) -> None:
+    """Print JSON on stdout, unwrapped and uncoloured, for scripts."""
+    typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _console() -> Console:
+    # Created per call: the CLI test runner swaps sys.stdout between invocations.
+    # Piped output is not wrapped at rich's default 80 columns, so grep sees whole rows.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 250)
+
+
+def _when(moment: datetime | None, *, short: bool = False) -> str:
+    """Local time; `short` drops the year, for tables."""
+    if moment is None:
+        return "-"
+    return moment.astimezone().strftime("%m-%d %H:%M:%S" if short else "%Y-%m-%d %H:%M:%S")
+
+
+def _duration(start: datetime | None, end: datetime | None) -> str:
+    if start is None or end is None:
+        return "-"
+    seconds = (end - start).total_seconds()
+    return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+_STATE_STYLES = {
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "running": "cyan",
+    "assigned": "cyan",
+    "pending": "",
+}
+
+
+def _state(state: TaskState) -> Text:
+    name = _state_name(state)
+    return Text(name, style=_STATE_STYLES.get(name, ""))
+
+
+def _table(*columns: str, wrap: Iterable[str] = ()) -> Table:
+    """A table whose columns never wrap, except those in `wrap` (free-form text)."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    wrapped = set(wrap)
+    for column in columns:
+        table.add_column(column, no_wrap=column not in wrapped, overflow="fold")
+    return table
+
+
+def _row(table: Table, cells: Iterable[Text | str]) -> None:
+    # Text, not str: rich would read "[...]" in a task type or message as markup.
+    table.add_row(*(c if isinstance(c, Text) else Text(c) for c in cells))
+
+
+def show_tasks(tasks: Sequence[TaskInfo], output: OutputFormat) -> None:
+    """Print a task listing."""
+    if output is OutputFormat.JSON:
+        print_json([task_dict(t) for t in tasks])
+        return
+    if not tasks:
+        typer.echo("no tasks")
+        return
+    table = _table(
+        "ID", "TYPE", "POOL", "PRI", "STATE", "TRIES", "WORKER", "CREATED", wrap=["TYPE"]
+    )
+    for t in tasks:
+        _row(
+            table,
+            [
+                t.id,
+                t.task_type,
+                t.pool,
+                str(t.priority),
+                _state(t.state),
+                str(t.attempts),
+                t.worker_id or "-",
+                _when(t.created_at, short=True),
+            ],
+        )
+    _console().print(table)
+
+
+def show_task(task: TaskInfo, output: OutputFormat) -> None:
+    """Print one task in full."""
+    if output is OutputFormat.JSON:
+        print_json(task_dict(task))
+        return
+    payload, payload_encoding = decode_bytes(task.payload)
+    result, result_encoding = decode_bytes(task.result)
+    rows: list[tuple[str, Text | str]] = [
+        ("id", task.id),
+        ("type", task.task_type),
+        ("pool", task.pool),
+        ("priority", str(task.priority)),
+        ("state", _state(task.state)),
+        ("attempts", str(task.attempts)),
+        ("worker", task.worker_id or "-"),
+        ("created", _when(task.created_at)),
+        ("assigned", _when(task.assigned_at)),
+        ("started", _when(task.started_at)),
+        ("finished", _when(task.finished_at)),
+        ("ran for", _duration(task.started_at, task.finished_at)),
+        ("payload", _with_encoding(payload, payload_encoding)),
+    ]
+    if task.result:
+        rows.append(("result", _with_encoding(result, result_encoding)))
+    if task.error is not None:
+        rows.append(("error", Text(f"{task.error.type}: {task.error.message}", style="red")))
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for name, value in rows:
+        _row(table, [name, value])
+    console = _console()
+    console.print(table)
+    if task.error is not None and task.error.traceback:
+        # Below the table, unwrapped, so that it reads (and copies) like any traceback.
+        console.print(Text(task.error.traceback.rstrip()), soft_wrap=True)
+
+
+def _with_encoding(text: str, encoding: str) -> str:
+    return text if encoding == "utf-8" else f"{text} (base64)"
+
+
+def show_workers(workers: Sequence[WorkerInfo], output: OutputFormat) -> None:
+    """Print the connected workers."""
+    if output is OutputFormat.JSON:
+        print_json([worker_dict(w) for w in workers])
+        return
+    if not workers:
+        typer.echo("no workers connected")
+        return
+    table = _table(
+        "WORKER",
+        "POOL",
+        "IN FLIGHT",
+        "LOAD",
+        "TYPES",
+        "LABELS",
+        "CONNECTED",
+        "STATE",
+        wrap=["TYPES", "LABELS"],
+    )
+    for w in workers:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(w.labels.items())) or "-"
+        _row(
+            table,
+            [
+                w.worker_id,
+                w.pool,
+                f"{w.in_flight}/{w.capacity}",
+                f"{w.load:.2f}",
+                ",".join(sorted(w.task_types)),
+                labels,
+                _when(w.connected_at, short=True),
+                Text("draining", style="yellow") if w.draining else "active",
+            ],
+        )
+    _console().print(table)
+
+
+def show_worker(worker: WorkerInfo, output: OutputFormat) -> None:
+    """Print one worker."""
+    if output is OutputFormat.JSON:
+        print_json(worker_dict(worker))
+    else:
+        show_workers([worker], output)
+
+
+def show_pools(pools: Sequence[PoolInfo], output: OutputFormat) -> None:
+    """Print the pools."""
+    if output is OutputFormat.JSON:
+        print_json([pool_dict(p) for p in pools])
+        return
+    table = _table("POOL", "STRATEGY")
+    for p in pools:
+        _row(table, [p.name, p.strategy])
+    _console().print(table)
+
+
+def show_pool_created(pool: PoolInfo, output: OutputFormat) -> None:
+    """Confirm a new pool."""
+    if output is OutputFormat.JSON:
+        print_json(pool_dict(pool))
+    else:
+        typer.echo(f"pool {pool.name} created ({pool.strategy})")
+
+
+def show_stats(stats: Stats, output: OutputFormat) -> None:
+    """Print per-pool counts and the broker's state."""
+    if output is OutputFormat.JSON:
+        print_json(stats_dict(stats))
+        return
+    table = _table(
+        "POOL",
+        "STRATEGY",
+        "PENDING",
+        "ACTIVE",
+        "SUCCEEDED",
+        "FAILED",
+        "CANCELLED",
+        "WORKERS",
+        "CAPACITY",
+    )
+    for p in stats.pools:
+        _row(
+            table,
+            [
+                p.pool,
+                p.strategy,
+                *(
+                    str(n)
+                    for n in (
+                        p.pending,
+                        p.active,
+                        p.succeeded,
+                        p.failed,
+                        p.cancelled,
+                        p.workers,
+                        p.capacity,
+                    )
+                ),
+            ],
+        )
+    console = _console()
+    console.print(Text(f"broker: {stats.broker_state}"))
+    console.print(table)

@@ -1,0 +1,353 @@
+"""The taskbroker command line: run the broker and workers, submit and inspect tasks."""
+
+from __future__ import annotations
+
+import enum
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli._errors import EXIT_ERROR, OneLineErrorGroup, fail
+from cli._logs import quiet, to_stderr
+from cli._output import (
+    OutputFormat,
+    decode_bytes,
+    show_pool_created,
+    show_pools,
+    show_stats,
+    show_task,
+    show_tasks,
+    show_worker,
+    show_workers,
+)
+from worker_sdk import DEFAULT_ADDRESS, SyncClient, TaskState
+
+app = typer.Typer(
+    cls=OneLineErrorGroup,
+    name="taskbroker",
+    help="Taskbroker: a gRPC task-dispatch broker for worker pools, durable on SQLite.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+tasks_app = typer.Typer(help="List, show and cancel tasks.", no_args_is_help=True)
+worker_app = typer.Typer(help="Run a worker process.", no_args_is_help=True)
+workers_app = typer.Typer(help="List and drain the connected workers.", no_args_is_help=True)
+pools_app = typer.Typer(help="List and create pools.", no_args_is_help=True)
+app.add_typer(worker_app, name="worker")
+app.add_typer(workers_app, name="workers")
+app.add_typer(tasks_app, name="tasks")
+app.add_typer(pools_app, name="pools")
+
+ADDR_ENV = "TASKBROKER_ADDR"
+
+BrokerOption = Annotated[
+    str,
+    typer.Option(
+        "--broker",
+        "-b",
+        envvar=ADDR_ENV,
+        show_envvar=True,
+        metavar="HOST:PORT",
+        help="Address of the broker.",
+    ),
+]
+OutputOption = Annotated[
+    OutputFormat,
+    typer.Option(
+        "--output", "-o", case_sensitive=False, help="table for people, json for scripts."
+    ),
+]
+
+
+class StateChoice(enum.StrEnum):
+    """Task states as command-line choices."""
+
+    PENDING = "pending"
+    ASSIGNED = "assigned"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class StrategyChoice(enum.StrEnum):
+    """Placement strategies a pool can use."""
+
+    ROUND_ROBIN = "round_robin"
+    LEAST_LOADED = "least_loaded"
+
+
+class LogLevel(enum.StrEnum):
+    """Logging levels for long-running commands."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+LogLevelOption = Annotated[
+    LogLevel, typer.Option("--log-level", case_sensitive=False, help="Log level (stderr).")
+]
+
+
+def _validate_json(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise typer.BadParameter(f"not valid JSON: {exc}") from None
+    return value
+
+
+@app.command()
+def serve(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", metavar="FILE", help="TOML configuration file."),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on; 0 picks a free one.")] = None,
+    db: Annotated[str | None, typer.Option("--db", metavar="PATH", help="SQLite file.")] = None,
+    log_level: LogLevelOption = LogLevel.INFO,
+) -> None:
+    """Run the broker until SIGTERM or SIGINT, then shut down gracefully.
+
+    Settings come from the config file, then TASKBROKER_* environment variables
+    (e.g. TASKBROKER_PORT=6000), then these flags.
+    """
+    from cli._serve import serve as run_broker
+
+    run_broker(config, host=host, port=port, db_path=db, log_level=log_level.value)
+
+
+@worker_app.command("run")
+def worker_run(
+    target: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODULE:OBJECT",
+            help="Where the worker_sdk.Worker is, e.g. myworker:worker (looked up from the "
+            "current directory too).",
+        ),
+    ],
+    broker: Annotated[
+        str | None,
+        typer.Option(
+            "--broker",
+            "-b",
+            envvar=ADDR_ENV,
+            show_envvar=True,
+            metavar="HOST:PORT",
+            help="Address of the broker [default: the Worker's own broker=, "
+            f"normally {DEFAULT_ADDRESS}]",
+        ),
+    ] = None,
+    log_level: LogLevelOption = LogLevel.INFO,
+) -> None:
+    """Run a worker until SIGTERM/SIGINT (it finishes its in-flight tasks) or a drain."""
+    from cli._worker import load_worker, run_worker
+
+    worker = load_worker(target)
+    to_stderr(log_level.value)
+    run_worker(worker, broker)
+
+
+@app.command()
+def submit(
+    task_type: Annotated[str, typer.Argument(metavar="TYPE", help="The task type to run.")],
+    payload: Annotated[
+        str | None,
+        typer.Option(
+            metavar="JSON", callback=_validate_json, help="Payload, as JSON text (sent verbatim)."
+        ),
+    ] = None,
+    priority: Annotated[
+        int, typer.Option(min=-1000, max=1000, help="Higher runs first; -1000..1000.")
+    ] = 0,
+    pool: Annotated[str, typer.Option(help="Pool to run in; it must exist.")] = "default",
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for the task and print its result.")
+    ] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(min=0, metavar="SECONDS", help="With --wait: give up after this long."),
+    ] = None,
+    broker: BrokerOption = DEFAULT_ADDRESS,
+) -> None:
+    """Submit a task and print its id; with --wait, print its result instead.
+
+    With --wait, a task that fails, is cancelled or does not finish in time
+    exits 1 with one line on stderr. A result is printed as UTF-8 text, or as
+    base64 when it is not valid UTF-8.
+    """
+    with SyncClient(broker) as client:
+        task_id = client.submit(task_type, payload, priority=priority, pool=pool)
+        if not wait:
+            typer.echo(task_id)
+            return
+        task = client.wait(task_id, timeout=timeout)
+    if task.state is TaskState.SUCCEEDED:
+        text, _ = decode_bytes(task.result)
+        typer.echo(text)
+    elif task.state is TaskState.FAILED:
+        error = task.error
+        detail = f"{error.type}: {error.message}" if error is not None else "no error reported"
+        fail(f"task {task_id} failed: {detail}", EXIT_ERROR)
+    elif task.state is TaskState.CANCELLED:
+        reason = f": {task.error.message}" if task.error is not None else ""
+        fail(f"task {task_id} was cancelled{reason}", EXIT_ERROR)
+    else:
+        fail(f"task {task_id} is still {task.state.value} after {timeout:g} s", EXIT_ERROR)
+
+
+@tasks_app.command("list")
+def tasks_list(
+    pool: Annotated[str | None, typer.Option(help="Only this pool.")] = None,
+    state: Annotated[
+        list[StateChoice] | None,
+        typer.Option(case_sensitive=False, help="Only tasks in this state; repeat for several."),
+    ] = None,
+    task_type: Annotated[
+        str | None, typer.Option("--type", metavar="TYPE", help="Only this task type.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many.")] = 100,
+    before: Annotated[
+        str | None,
+        typer.Option(metavar="ID", help="Next page: only tasks older than this id."),
+    ] = None,
+    broker: BrokerOption = DEFAULT_ADDRESS,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """List tasks, newest first."""
+    states = tuple(TaskState(s.value) for s in state or ())
+    with SyncClient(broker) as client:
+        tasks = client.list_tasks(
+            pool=pool, states=states, task_type=task_type, limit=limit, before_id=before
+        )
+    show_tasks(tasks, output)
+
+
+@tasks_app.command("show")
+def tasks_show(
+    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    broker: BrokerOption = DEFAULT_ADDRESS,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """Show one task: its state, times, payload, result or error."""
+    with SyncClient(broker) as client:
+        task = client.get(task_id)
+    show_task(task, output)
+
+
+@tasks_app.command("cancel")
+def tasks_cancel(
+    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    broker: BrokerOption = DEFAULT_ADDRESS,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """Cancel a task that has not finished, and show it."""
+    with SyncClient(broker) as client:
+        task = client.cancel(task_id)
+    show_task(task, output)
+
+
+@workers_app.command("list")
+def workers_list(
+    pool: Annotated[str | None, typer.Option(help="Only this pool.")] = None,
+    broker: BrokerOption = DEFAULT_ADDRESS,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """List the connected workers."""
+    with SyncClient(broker) as client:
+        workers = client.list_workers(pool=pool)
+    show_workers(workers, output)
+
+
+@workers_app.command("drain")
+def workers_drain(
+    worker_id: Annotated[str, typer.Argument(metavar="ID")],
+    broker: BrokerOption = DEFAULT_ADDRESS,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """Send a worker no more tasks; it finishes what it holds, then disconnects."""
+    with SyncClient(broker) as client:
+        worker = client.drain_worker(worker_id)
+    show_worker(worker, output)
+
+
+@pools_app.command("list")
+def pools_list(
+    broker: BrokerOption = DEFAULT_ADDRESS,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """List the pools and their strategies."""
+    with SyncClient(broker) as client:
+        pools = client.list_pools()
+    show_pools(pools, output)
+
+
+@pools_app.command("create")
+def pools_create(
+    name: Annotated[str, typer.Argument(metavar="NAME")],
+    strategy: Annotated[
+        StrategyChoice, typer.Option(case_sensitive=False, help="How tasks are placed on workers.")
+    ] = StrategyChoice.ROUND_ROBIN,
+    broker: BrokerOption = DEFAULT_ADDRESS,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """Create a pool. Pools are never created by a submit."""
+    with SyncClient(broker) as client:
+        pool = client.create_pool(name, strategy=strategy.value)
+    show_pool_created(pool, output)
+
+
+@app.command()
+def stats(
+    broker: BrokerOption = DEFAULT_ADDRESS,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """Show the broker's state and per-pool task counts and capacity."""
+    with SyncClient(broker) as client:
+        result = client.stats()
+    show_stats(result, output)
+
+
+@app.command()
+def health(
+    broker: BrokerOption = DEFAULT_ADDRESS,
+    service: Annotated[
+        str, typer.Option(help="Service name to check; empty = the broker as a whole.")
+    ] = "",
+    timeout: Annotated[float, typer.Option(min=0.1, metavar="SECONDS")] = 3.0,
+) -> None:
+    """Exit 0 if the broker's gRPC health service says SERVING (for container health checks)."""
+    from cli._health import check
+
+    status = check(broker, service, timeout)
+    typer.echo(status)
+    if status != "SERVING":
+        raise typer.Exit(EXIT_ERROR)
+
+
+@app.command()
+def demo(
+    tasks: Annotated[int, typer.Option(min=1, max=5000, help="How many tasks to submit.")] = 300,
+) -> None:
+    """Start a broker and two workers in a temporary directory, run tasks, show the result."""
+    from cli.demo import run_demo
+
+    run_demo(tasks)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    quiet()
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""The command line as a user runs it: `taskbroker serve`, `worker run`, `submit` as processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from worker_sdk import SyncClient
+
+WAIT_S = 20.0
+LISTENING = re.compile(r"^taskbroker listening on (\S+) \(db (.+)\)$", re.MULTILINE)
+
+WORKER_MODULE = """
+from worker_sdk import TaskContext, Worker
+
+worker = Worker(capacity=2, labels={"suite": "cli"})
+
+
+@worker.task("upper")
+def upper(ctx: TaskContext) -> str:
+    return ctx.json()["text"].upper()
+
+
+@worker.task("boom")
+async def boom(ctx: TaskContext) -> None:
+    raise ValueError("kaboom")
+"""
+
+
+def taskbroker(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cli.main", *args]
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBROKER_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@dataclass
+class Proc:
+    """A background process whose stdout and stderr go to files."""
+
+    process: subprocess.Popen[bytes]
+    stdout: Path
+    stderr: Path
+
+    def output(self) -> str:
+        return f"stdout:\n{self.stdout.read_text()}\nstderr:\n{self.stderr.read_text()}"
+
+    def stop(self, timeout: float = WAIT_S) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+
+def start(args: list[str], cwd: Path, name: str) -> Proc:
+    stdout, stderr = cwd / f"{name}.out", cwd / f"{name}.err"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        process = subprocess.Popen(
+            taskbroker(*args), cwd=cwd, env=clean_env(), stdout=out, stderr=err
+        )
+    return Proc(process, stdout, stderr)
+
+
+def wait_for(condition: Callable[[], Any], what: str, proc: Proc | None = None) -> Any:
+    """Poll `condition` until it returns something truthy; fail after WAIT_S seconds."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if proc is not None and proc.process.poll() is not None:
+            pytest.fail(
+                f"process exited ({proc.process.returncode}) before {what}\n{proc.output()}"
+            )
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}" + (f"\n{proc.output()}" if proc else ""))
+
+
+def start_broker(workdir: Path, name: str = "broker") -> tuple[Proc, str]:
+    db = workdir / f"{name}.db"
+    proc = start(["serve", "--port", "0", "--db", str(db)], workdir, name)
+    match = wait_for(lambda: LISTENING.search(proc.stdout.read_text()), "listening", proc)
+    assert match.group(2) == str(db)
+    return proc, match.group(1)
+
+
+def start_worker(workdir: Path, address: str, name: str) -> tuple[Proc, str]:
+    """A worker process running WORKER_MODULE; returns it and its worker id."""
+    (workdir / "cli_e2e_worker.py").write_text(WORKER_MODULE)
+    with SyncClient(address) as client:
+        before = {w.worker_id for w in client.list_workers()}
+        proc = start(["worker", "run", "cli_e2e_worker:worker", "--broker", address], workdir, name)
+        new = wait_for(
+            lambda: {w.worker_id for w in client.list_workers()} - before, "the worker", proc
+        )
+    return proc, new.pop()
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        taskbroker(*args),
+        cwd=cwd,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        check=False,
+    )
+
+
+@dataclass
+class Cluster:
+    workdir: Path
+    address: str
+    broker: Proc
+    worker: Proc
+    worker_id: str
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run(*args, "--broker", self.address, cwd=self.workdir)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    workdir = tmp_path_factory.mktemp("cli-e2e")
+    procs: list[Proc] = []
+    try:
+        broker, address = start_broker(workdir)
+        procs.append(broker)
+        worker, worker_id = start_worker(workdir, address, "worker")
+        procs.insert(0, worker)
+        yield Cluster(workdir, address, broker, worker, worker_id)
+    finally:
+        for proc in procs:  # the worker first, then the broker
+            proc.stop()
+
+
+def test_submit_wait_prints_the_result(cluster: Cluster) -> None:
+    done = cluster.run("submit", "upper", "--payload", '{"text": "hello"}', "--wait")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "HELLO\n", "")
+
+
+def test_submit_wait_on_a_failing_task_exits_1(cluster: Cluster) -> None:
+    done = cluster.run("submit", "boom", "--wait", "--timeout", "15")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert re.fullmatch(r"error: task \S+ failed: ValueError: kaboom\n", done.stderr), done.stderr
+
+
+def test_submit_prints_the_id_and_tasks_list_json_has_it(cluster: Cluster) -> None:
+    done = cluster.run("submit", "upper", "--payload", '{"text": "x"}', "--priority", "7")
+    assert done.returncode == 0, done.stderr
+    task_id = done.stdout.strip()
+    assert task_id
+
+    listed = cluster.run("tasks", "list", "--output", "json", "--type", "upper")
+    assert listed.returncode == 0, listed.stderr
+    tasks = {t["id"]: t for t in json.loads(listed.stdout)}
+    assert tasks[task_id]["priority"] == 7
+    assert tasks[task_id]["payload"] == '{"text": "x"}'
+
+    def finished() -> dict[str, Any] | None:
+        shown = cluster.run("tasks", "show", task_id, "--output", "json")
+        task: dict[str, Any] = json.loads(shown.stdout)
+        return task if task["state"] in ("succeeded", "failed", "cancelled") else None
+
+    task = wait_for(finished, "the task to finish")
+    assert task["state"] == "succeeded"
+    assert (task["result"], task["result_encoding"]) == ("X", "utf-8")
+    assert task["worker_id"] == cluster.worker_id
+
+
+def test_submit_to_an_unknown_pool_is_not_found(cluster: Cluster) -> None:
+    done = cluster.run("submit", "upper", "--pool", "nowhere")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.startswith("error: ")
+    assert "nowhere" in done.stderr
+    assert done.stderr.count("\n") == 1
+
+
+def test_pools_create_then_list(cluster: Cluster) -> None:
+    created = cluster.run("pools", "create", "gpu", "--strategy", "least_loaded")
+    assert created.returncode == 0, created.stderr
+    again = cluster.run("pools", "create", "gpu")
+    assert again.returncode == 1
+    assert "gpu" in again.stderr
+    pools = json.loads(cluster.run("pools", "list", "-o", "json").stdout)
+    assert {"name": "gpu", "strategy": "least_loaded"} in pools
+
+
+def test_workers_list_and_stats(cluster: Cluster) -> None:
+    workers = json.loads(cluster.run("workers", "list", "-o", "json").stdout)
+    (worker,) = [w for w in workers if w["worker_id"] == cluster.worker_id]
+    assert worker["labels"] == {"suite": "cli"}
+    assert worker["task_types"] == ["boom", "upper"]
+    stats = json.loads(cluster.run("stats", "-o", "json").stdout)
+    assert stats["broker_state"] == "running"
+    assert "default" in {p["pool"] for p in stats["pools"]}
+    table = cluster.run("stats")
+    assert table.returncode == 0
+    assert "default" in table.stdout
+
+
+def test_health(cluster: Cluster) -> None:
+    done = cluster.run("health")
+    assert (done.returncode, done.stdout) == (0, "SERVING\n")
+
+
+def test_unreachable_broker_prints_one_line(tmp_path: Path) -> None:
+    done = run("submit", "upper", "--broker", "127.0.0.1:1", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.startswith("error: ")
+    assert done.stderr.count("\n") == 1, done.stderr
+
+
+def test_drain_stops_the_worker(tmp_path: Path) -> None:
+    broker, address = start_broker(tmp_path)
+    worker: Proc | None = None
+    try:
+        worker, worker_id = start_worker(tmp_path, address, "drained")
+        drained = run(
+            "workers", "drain", worker_id, "-o", "json", "--broker", address, cwd=tmp_path
+        )
+        assert drained.returncode == 0, drained.stderr
+        assert json.loads(drained.stdout)["draining"] is True
+        assert worker.process.wait(WAIT_S) == 0, worker.output()
+    finally:
+        if worker is not None:
+            worker.stop()
+        assert broker.stop() == 0, broker.output()
+
+
+def test_sigterm_stops_broker_and_worker_cleanly(tmp_path: Path) -> None:
+    broker, address = start_broker(tmp_path)
+    worker: Proc | None = None
+    try:
+        worker, _ = start_worker(tmp_path, address, "worker")
+        assert worker.stop() == 0, worker.output()
+    finally:
+        if worker is not None:
+            worker.stop()
+        assert broker.stop() == 0, broker.output()
+    for proc in (broker, worker):
+        assert "Traceback" not in proc.stderr.read_text()
+    assert "stopped" in broker.stderr.read_text()
+
+
+def test_demo_runs_and_cleans_up(tmp_path: Path) -> None:
+    done = run("demo", "--tasks", "40", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "done: 40 tasks" in done.stdout
+    removed = re.search(r"removed (\S+)", done.stdout)
+    assert removed
+    assert not Path(removed.group(1)).exists()

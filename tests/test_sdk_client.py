@@ -1,0 +1,613 @@
+"""Client and SyncClient against fake Task and Admin services on a real in-process server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import socket
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+import grpc
+import grpc.aio
+import pytest
+
+from worker_sdk import (
+    AlreadyExists,
+    Client,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    SyncClient,
+    TaskbrokerError,
+    TaskFailed,
+    TaskRequest,
+    TaskState,
+    Unavailable,
+)
+from worker_sdk._pb import admin_pb2 as _admin
+from worker_sdk._pb import admin_pb2_grpc as _admin_grpc
+from worker_sdk._pb import tasks_pb2 as _tasks
+from worker_sdk._pb import tasks_pb2_grpc as _tasks_grpc
+
+_Context = grpc.aio.ServicerContext[object, object]
+_TERMINAL = (_tasks.TASK_STATE_SUCCEEDED, _tasks.TASK_STATE_FAILED, _tasks.TASK_STATE_CANCELLED)
+
+
+class FakeTaskService(_tasks_grpc.TaskServiceServicer):
+    """Keeps tasks in a dict; the test finishes them with `finish()`.
+
+    Pool "missing" does not exist (NOT_FOUND); priority above 1000 is INVALID_ARGUMENT;
+    `reject_all` makes every stream batch fail with that (code, message).
+    """
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, _tasks.Task] = {}
+        self.stream_requests: list[_tasks.SubmitStreamRequest] = []
+        self.streams_opened = 0
+        self.reject_all: tuple[int, str] | None = None
+        self.hold_acks = False  # receive but never answer
+        self._watchers: dict[str, list[asyncio.Queue[_tasks.SubmitStreamResponse | None]]] = {}
+        self._outboxes: list[asyncio.Queue[_tasks.SubmitStreamResponse | None]] = []
+        self._changed = asyncio.Event()
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        while not predicate():
+            self._changed.clear()
+            await self._changed.wait()
+
+    def _check(self, spec: _tasks.TaskSpec) -> tuple[int, str] | None:
+        if spec.pool == "missing":
+            return grpc.StatusCode.NOT_FOUND.value[0], "pool 'missing' does not exist"
+        if spec.priority > 1000:
+            return grpc.StatusCode.INVALID_ARGUMENT.value[0], "priority out of range"
+        return None
+
+    def _create(self, spec: _tasks.TaskSpec) -> str:
+        task_id = f"{len(self.tasks) + 1:08d}"
+        self.tasks[task_id] = _tasks.Task(
+            id=task_id, spec=spec, state=_tasks.TASK_STATE_PENDING, created_at_ms=1_700_000_000_000
+        )
+        return task_id
+
+    def finish(self, task_id: str, *, result: bytes = b"", error: str = "") -> None:
+        task = self.tasks[task_id]
+        if error:
+            task.state = _tasks.TASK_STATE_FAILED
+            task.error.type, task.error.message = error, "it broke"
+        else:
+            task.state = _tasks.TASK_STATE_SUCCEEDED
+            task.result = result
+        task.finished_at_ms = 1_700_000_001_000
+        for outbox in self._watchers.pop(task_id, []):
+            outbox.put_nowait(
+                _tasks.SubmitStreamResponse(completions=_tasks.Completions(tasks=[task]))
+            )
+
+    def break_streams(self) -> None:
+        for outbox in self._outboxes:
+            outbox.put_nowait(None)
+
+    async def SubmitStream(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[_tasks.SubmitStreamRequest], context: _Context
+    ) -> None:
+        self.streams_opened += 1
+        outbox: asyncio.Queue[_tasks.SubmitStreamResponse | None] = asyncio.Queue()
+        self._outboxes.append(outbox)
+
+        async def read() -> None:
+            async for request in request_iterator:
+                self.stream_requests.append(request)
+                self._changed.set()
+                self._handle(request, outbox)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                outgoing = asyncio.create_task(outbox.get())
+                await asyncio.wait({outgoing, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if not outgoing.done():
+                    outgoing.cancel()
+                    return
+                response = outgoing.result()
+                if response is None:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "fake broker restarting")
+                await context.write(response)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    def _handle(
+        self,
+        request: _tasks.SubmitStreamRequest,
+        outbox: asyncio.Queue[_tasks.SubmitStreamResponse | None],
+    ) -> None:
+        if self.hold_acks:
+            return
+        if request.tasks:
+            errors = [e for e in map(self._check, request.tasks) if e is not None]
+            error = self.reject_all or (errors[0] if errors else None)
+            if error is not None:
+                ack = _tasks.SubmitAck(
+                    batch_id=request.batch_id, error_code=error[0], error_message=error[1]
+                )
+            else:
+                ids = [self._create(spec) for spec in request.tasks]
+                ack = _tasks.SubmitAck(batch_id=request.batch_id, task_ids=ids)
+            outbox.put_nowait(_tasks.SubmitStreamResponse(ack=ack))
+        done = _tasks.Completions()
+        for task_id in request.watch_task_ids:
+            task = self.tasks.get(task_id)
+            if task is None:
+                done.not_found.append(task_id)
+            elif task.state in _TERMINAL:
+                done.tasks.append(task)
+            else:
+                self._watchers.setdefault(task_id, []).append(outbox)
+        if done.tasks or done.not_found:
+            outbox.put_nowait(_tasks.SubmitStreamResponse(completions=done))
+
+    async def Submit(
+        self, request: _tasks.SubmitRequest, context: _Context
+    ) -> _tasks.SubmitResponse:
+        return _tasks.SubmitResponse(task_id=self._create(request.task))
+
+    async def Wait(self, request: _tasks.WaitRequest, context: _Context) -> _tasks.WaitResponse:
+        return _tasks.WaitResponse(tasks=[self.tasks[i] for i in request.task_ids])
+
+    async def SubmitBatch(
+        self, request: _tasks.SubmitBatchRequest, context: _Context
+    ) -> _tasks.SubmitBatchResponse:
+        for spec in request.tasks:
+            if (error := self._check(spec)) is not None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, error[1])
+        return _tasks.SubmitBatchResponse(task_ids=[self._create(s) for s in request.tasks])
+
+    async def Get(self, request: _tasks.GetTaskRequest, context: _Context) -> _tasks.Task:
+        if request.task_id.startswith("code:"):
+            code = next(c for c in grpc.StatusCode if c.name == request.task_id[5:])
+            await context.abort(code, f"fake {code.name}")
+        if request.task_id not in self.tasks:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"task {request.task_id} not found")
+        return self.tasks[request.task_id]
+
+    async def Cancel(
+        self, request: _tasks.CancelRequest, context: _Context
+    ) -> _tasks.CancelResponse:
+        task = self.tasks.get(request.task_id)
+        if task is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such task")
+        if task.state in _TERMINAL:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "task already finished")
+        task.state = _tasks.TASK_STATE_CANCELLED
+        task.error.type = "Cancelled"
+        return _tasks.CancelResponse(task=task)
+
+    async def List(
+        self, request: _tasks.ListTasksRequest, context: _Context
+    ) -> _tasks.ListTasksResponse:
+        tasks = sorted(self.tasks.values(), key=lambda t: t.id, reverse=True)
+        tasks = [
+            t
+            for t in tasks
+            if (not request.pool or t.spec.pool == request.pool)
+            and (not request.states or t.state in request.states)
+            and (not request.task_type or t.spec.task_type == request.task_type)
+            and (not request.before_id or t.id < request.before_id)
+        ]
+        return _tasks.ListTasksResponse(tasks=tasks[: request.limit or 100])
+
+
+class FakeAdminService(_admin_grpc.AdminServiceServicer):
+    def __init__(self) -> None:
+        self.pools = {"default": _admin.Pool(name="default", strategy="round_robin")}
+        self.workers = {
+            "w-1": _admin.WorkerStatus(
+                worker_id="w-1",
+                pool="default",
+                labels={"zone": "a"},
+                capacity=4,
+                task_types=["echo", "sum"],
+                in_flight=1,
+                load=0.25,
+                connected_at_ms=1_700_000_000_000,
+            )
+        }
+
+    async def ListPools(
+        self, request: _admin.ListPoolsRequest, context: _Context
+    ) -> _admin.ListPoolsResponse:
+        return _admin.ListPoolsResponse(pools=list(self.pools.values()))
+
+    async def CreatePool(self, request: _admin.CreatePoolRequest, context: _Context) -> _admin.Pool:
+        if request.pool.name in self.pools:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"pool {request.pool.name} exists")
+        self.pools[request.pool.name] = request.pool
+        return request.pool
+
+    async def ListWorkers(
+        self, request: _admin.ListWorkersRequest, context: _Context
+    ) -> _admin.ListWorkersResponse:
+        workers = [w for w in self.workers.values() if request.pool in ("", w.pool)]
+        return _admin.ListWorkersResponse(workers=workers)
+
+    async def DrainWorker(
+        self, request: _admin.DrainWorkerRequest, context: _Context
+    ) -> _admin.DrainWorkerResponse:
+        worker = self.workers.get(request.worker_id)
+        if worker is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such worker")
+        worker.draining = True
+        return _admin.DrainWorkerResponse(worker=worker)
+
+    async def Stats(self, request: _admin.StatsRequest, context: _Context) -> _admin.StatsResponse:
+        return _admin.StatsResponse(
+            broker_state="running",
+            pools=[
+                _admin.PoolStats(
+                    pool="default",
+                    strategy="round_robin",
+                    pending=3,
+                    assigned=2,
+                    succeeded=10,
+                    failed=1,
+                    workers=1,
+                    capacity=4,
+                )
+            ],
+        )
+
+
+@pytest.fixture
+def tasks() -> FakeTaskService:
+    return FakeTaskService()
+
+
+@pytest.fixture
+async def address(tasks: FakeTaskService) -> AsyncIterator[str]:
+    server = grpc.aio.server()
+    _tasks_grpc.add_TaskServiceServicer_to_server(tasks, server)
+    _admin_grpc.add_AdminServiceServicer_to_server(FakeAdminService(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield f"127.0.0.1:{port}"
+    await server.stop(None)
+
+
+@pytest.fixture
+async def client(address: str) -> AsyncIterator[Client]:
+    async with Client(address) as running:
+        yield running
+    leftovers = [t for t in asyncio.all_tasks() if t.get_name().startswith("taskbroker-")]
+    assert leftovers == []
+
+
+def unused_address() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"127.0.0.1:{port}"
+
+
+# -- submitting ----------------------------------------------------------------------------
+
+
+async def test_submit_encodes_payloads(client: Client, tasks: FakeTaskService) -> None:
+    ids = [
+        await client.submit("echo", b"\x00raw"),
+        await client.submit("echo", "text", priority=5),
+        await client.submit("echo", json={"n": [1, 2]}, pool="other"),
+        await client.submit("echo"),
+    ]
+    specs = [tasks.tasks[i].spec for i in ids]
+    assert [s.payload for s in specs] == [b"\x00raw", b"text", b'{"n":[1,2]}', b""]
+    assert specs[1].priority == 5
+    assert specs[2].pool == "other"
+    assert specs[0].pool == "default"
+    assert all(not r.watch for r in tasks.stream_requests)
+    with pytest.raises(TypeError):
+        await client.submit("echo", b"x", json=1)
+
+
+async def test_concurrent_submits_are_coalesced(client: Client, tasks: FakeTaskService) -> None:
+    ids = await asyncio.gather(*(client.submit("echo", str(i)) for i in range(1000)))
+    assert len(set(ids)) == 1000
+    assert [tasks.tasks[task_id].spec.payload for task_id in ids] == [
+        str(i).encode() for i in range(1000)
+    ]
+    assert len(tasks.stream_requests) <= 4, f"{len(tasks.stream_requests)} messages"
+    assert max(len(r.tasks) for r in tasks.stream_requests) <= 500
+    assert tasks.streams_opened == 1
+
+
+async def test_batch_size_bounds_each_message(address: str, tasks: FakeTaskService) -> None:
+    async with Client(address, batch_size=100) as client:
+        await asyncio.gather(*(client.submit("echo") for _ in range(350)))
+    assert all(len(r.tasks) <= 100 for r in tasks.stream_requests)
+    assert len({r.batch_id for r in tasks.stream_requests}) == len(tasks.stream_requests)
+
+
+async def test_one_bad_submit_does_not_fail_the_ones_batched_with_it(
+    client: Client, tasks: FakeTaskService
+) -> None:
+    outcomes = await asyncio.gather(
+        *(client.submit("echo", pool="missing" if i == 3 else "default") for i in range(10)),
+        client.submit("echo", priority=5000),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[3], NotFound)
+    assert "missing" in str(outcomes[3])
+    assert isinstance(outcomes[10], InvalidArgument)
+    good = [o for i, o in enumerate(outcomes) if i not in (3, 10)]
+    assert all(isinstance(o, str) for o in good)
+    assert len(tasks.tasks) == 9
+
+
+async def test_ack_error_maps_to_exception_for_every_submit_of_the_batch(
+    client: Client, tasks: FakeTaskService
+) -> None:
+    tasks.reject_all = (grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], "queue full")
+    outcomes = await asyncio.gather(
+        *(client.submit("echo") for _ in range(5)), return_exceptions=True
+    )
+    assert all(isinstance(o, ResourceExhausted) for o in outcomes)
+    assert all(str(o) == "queue full" for o in outcomes)
+    assert len(tasks.stream_requests) == 1  # not retried one by one
+    tasks.reject_all = (grpc.StatusCode.UNAVAILABLE.value[0], "draining")
+    with pytest.raises(Unavailable, match="draining"):
+        await client.submit("echo")
+
+
+async def test_submit_many_is_one_batch(client: Client, tasks: FakeTaskService) -> None:
+    ids = await client.submit_many(
+        [TaskRequest("a", b"1"), TaskRequest("b", priority=3, pool="other")]
+    )
+    assert [tasks.tasks[i].spec.task_type for i in ids] == ["a", "b"]
+    assert await client.submit_many([]) == []
+    with pytest.raises(NotFound):
+        await client.submit_many([TaskRequest("a"), TaskRequest("b", pool="missing")])
+    assert len(tasks.tasks) == 2
+    assert tasks.stream_requests == []
+
+
+# -- waiting -------------------------------------------------------------------------------
+
+
+async def test_wait_returns_when_the_task_completes(client: Client, tasks: FakeTaskService) -> None:
+    task_id = await client.submit("echo", b"hi")
+    waiting = asyncio.create_task(client.wait(task_id))
+    await tasks.until(lambda: any(task_id in r.watch_task_ids for r in tasks.stream_requests))
+    assert not waiting.done()
+    tasks.finish(task_id, result=b'{"ok": true}')
+    info = await waiting
+    assert info.id == task_id
+    assert info.state is TaskState.SUCCEEDED
+    assert info.done
+    assert info.json() == {"ok": True}
+    assert info.payload == b"hi"
+    assert info.created_at == datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
+    assert info.started_at is None
+    assert info.error is None
+    # Already finished: answered at once.
+    assert await client.result(task_id) == b'{"ok": true}'
+
+
+async def test_result_raises_task_failed(client: Client, tasks: FakeTaskService) -> None:
+    task_id = await client.submit("boom")
+    tasks.finish(task_id, error="ValueError")
+    with pytest.raises(TaskFailed) as failed:
+        await client.result(task_id)
+    assert failed.value.task.state is TaskState.FAILED
+    assert failed.value.task.error is not None
+    assert failed.value.task.error.type == "ValueError"
+    assert "ValueError" in str(failed.value)
+
+
+async def test_wait_unknown_task_raises_not_found(client: Client) -> None:
+    with pytest.raises(NotFound, match="nope"):
+        await client.wait("nope")
+
+
+async def test_wait_timeout_raises_deadline_exceeded(
+    client: Client, tasks: FakeTaskService
+) -> None:
+    task_id = await client.submit("slow")
+    with pytest.raises(DeadlineExceeded, match=task_id):
+        await client.wait(task_id, timeout=0.05)
+    with pytest.raises(DeadlineExceeded):
+        await client.wait_many([task_id], timeout=0.05)
+    # A waiter that gave up does not stop a later one from getting the completion.
+    waiting = asyncio.create_task(client.wait(task_id, timeout=10))
+    await asyncio.sleep(0)
+    tasks.finish(task_id, result=b"late")
+    assert (await waiting).result == b"late"
+
+
+async def test_wait_many_coalesces_watches_and_keeps_order(
+    client: Client, tasks: FakeTaskService
+) -> None:
+    ids = await asyncio.gather(*(client.submit("echo", str(i)) for i in range(100)))
+    sent_before = len(tasks.stream_requests)
+    waiting = asyncio.create_task(client.wait_many(ids, timeout=10))
+    await tasks.until(lambda: len(tasks.stream_requests) > sent_before)
+    assert len(tasks.stream_requests[-1].watch_task_ids) == 100
+    for task_id in reversed(ids):
+        tasks.finish(task_id, result=task_id.encode())
+    infos = await waiting
+    assert [i.result for i in infos] == [i.encode() for i in ids]
+
+
+async def test_many_concurrent_results(client: Client, tasks: FakeTaskService) -> None:
+    async def finisher() -> None:
+        while True:
+            await tasks.until(lambda: bool(tasks._watchers))
+            for task_id in list(tasks._watchers):
+                tasks.finish(task_id, result=b"r" + task_id.encode())
+
+    async def submit_and_wait(i: int) -> bytes:
+        return await client.result(await client.submit("echo", str(i)), timeout=10)
+
+    background = asyncio.create_task(finisher())
+    try:
+        results = await asyncio.gather(*(submit_and_wait(i) for i in range(500)))
+    finally:
+        background.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await background
+    assert len(set(results)) == 500
+    assert len(tasks.stream_requests) < 50
+
+
+# -- breakage ------------------------------------------------------------------------------
+
+
+async def test_broken_stream_fails_pending_calls_then_reopens(
+    client: Client, tasks: FakeTaskService
+) -> None:
+    finished_id = await client.submit("echo")
+    waiting = asyncio.create_task(client.wait(finished_id))
+    tasks.hold_acks = True
+    submitting = asyncio.gather(*(client.submit("echo") for _ in range(10)), return_exceptions=True)
+    await tasks.until(lambda: sum(len(r.tasks) for r in tasks.stream_requests) == 11)
+    tasks.break_streams()
+    outcomes = await asyncio.wait_for(submitting, 5)
+    assert all(isinstance(o, Unavailable) for o in outcomes)
+    assert all(client.address in str(o) for o in outcomes)
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(waiting, 5)
+    # The next call opens a new stream.
+    tasks.hold_acks = False
+    assert await client.submit("echo")
+    assert tasks.streams_opened == 2
+
+
+async def test_close_fails_pending_waits_and_is_idempotent(
+    address: str, tasks: FakeTaskService
+) -> None:
+    client = Client(address)
+    task_id = await client.submit("echo")
+    waiting = asyncio.create_task(client.wait(task_id))
+    await tasks.until(lambda: any(r.watch_task_ids for r in tasks.stream_requests))
+    await client.close()
+    with pytest.raises(Unavailable):
+        await waiting
+    await client.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.get(task_id)
+
+
+async def test_unreachable_broker_is_unavailable_naming_the_address() -> None:
+    address = unused_address()
+    async with Client(address) as client:
+        with pytest.raises(Unavailable, match=address):
+            await asyncio.wait_for(client.get("1"), 10)
+        with pytest.raises(Unavailable, match=address):
+            await asyncio.wait_for(client.submit("echo"), 10)
+        with pytest.raises(Unavailable, match=address):
+            await asyncio.wait_for(client.stats(), 10)
+
+
+# -- unary calls ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        ("NOT_FOUND", NotFound),
+        ("INVALID_ARGUMENT", InvalidArgument),
+        ("ALREADY_EXISTS", AlreadyExists),
+        ("FAILED_PRECONDITION", FailedPrecondition),
+        ("RESOURCE_EXHAUSTED", ResourceExhausted),
+        ("UNAVAILABLE", Unavailable),
+        ("DEADLINE_EXCEEDED", DeadlineExceeded),
+        ("INTERNAL", TaskbrokerError),
+    ],
+)
+async def test_unary_error_codes_map_to_exceptions(
+    client: Client, code: str, error: type[TaskbrokerError]
+) -> None:
+    with pytest.raises(error, match=f"fake {code}") as raised:
+        await client.get(f"code:{code}")
+    assert type(raised.value) is error
+    assert not isinstance(raised.value, grpc.RpcError)
+    assert raised.value.__cause__ is None
+
+
+async def test_get_cancel_and_list(client: Client, tasks: FakeTaskService) -> None:
+    first = await client.submit("a", pool="default")
+    second = await client.submit("b", pool="other")
+    got = await client.get(first)
+    assert (got.task_type, got.state, got.pool) == ("a", TaskState.PENDING, "default")
+    cancelled = await client.cancel(second)
+    assert cancelled.state is TaskState.CANCELLED
+    assert cancelled.error is not None
+    with pytest.raises(FailedPrecondition):
+        await client.cancel(second)
+    assert [t.id for t in await client.list_tasks()] == [second, first]
+    assert [t.id for t in await client.list_tasks(pool="default")] == [first]
+    assert [t.id for t in await client.list_tasks(states=[TaskState.CANCELLED])] == [second]
+    assert [t.id for t in await client.list_tasks(task_type="a")] == [first]
+    assert [t.id for t in await client.list_tasks(before_id=second)] == [first]
+    assert len(await client.list_tasks(limit=1)) == 1
+
+
+async def test_admin_calls(client: Client) -> None:
+    assert [p.name for p in await client.list_pools()] == ["default"]
+    pool = await client.create_pool("gpu", "least_loaded")
+    assert (pool.name, pool.strategy) == ("gpu", "least_loaded")
+    with pytest.raises(AlreadyExists):
+        await client.create_pool("gpu")
+    (worker,) = await client.list_workers()
+    assert worker.labels == {"zone": "a"}
+    assert worker.task_types == ("echo", "sum")
+    assert worker.load == 0.25
+    assert worker.connected_at is not None
+    assert worker.last_heartbeat is None
+    assert await client.list_workers(pool="gpu") == []
+    drained = await client.drain_worker("w-1")
+    assert drained.draining
+    with pytest.raises(NotFound):
+        await client.drain_worker("w-9")
+    stats = await client.stats()
+    assert stats.broker_state == "running"
+    (default,) = stats.pools
+    assert (default.pending, default.active, default.succeeded, default.cancelled) == (3, 2, 10, 0)
+
+
+# -- SyncClient ----------------------------------------------------------------------------
+
+
+async def test_sync_client(address: str, tasks: FakeTaskService) -> None:
+    def use_it() -> tuple[str, bytes, int]:
+        with SyncClient(address) as client:
+            task_id = client.submit("echo", json=[1])
+            tasks_before = len(client.list_tasks())
+            # Finishing happens on the server's loop; the completion then reaches this one.
+            loop.call_soon_threadsafe(functools.partial(tasks.finish, task_id, result=b"done"))
+            result = client.result(task_id, timeout=10)
+            with pytest.raises(NotFound):
+                client.get("nope")
+        with pytest.raises(RuntimeError, match="closed"):
+            client.stats()
+        client.close()
+        return task_id, result, tasks_before
+
+    loop = asyncio.get_running_loop()
+    task_id, result, listed = await asyncio.to_thread(use_it)
+    assert result == b"done"
+    assert listed == 1
+    assert tasks.tasks[task_id].spec.payload == b"[1]"
+
+
+async def test_sync_client_unreachable() -> None:
+    address = unused_address()
+
+    def use_it() -> None:
+        with SyncClient(address) as client, pytest.raises(Unavailable, match=address):
+            client.stats()
+
+    await asyncio.to_thread(use_it)

@@ -1,0 +1,545 @@
+"""Worker against a fake WorkerService on a real in-process gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+from worker_sdk import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    TaskbrokerError,
+    TaskContext,
+    Worker,
+)
+from worker_sdk._pb import worker_pb2 as _worker
+from worker_sdk._pb import worker_pb2_grpc as _worker_grpc
+
+
+class FakeSession:
+    """One Connect stream as the fake broker sees it; the test drives it."""
+
+    def __init__(self, register: _worker.Register, worker_id: str) -> None:
+        self.register = register
+        self.worker_id = worker_id
+        self.messages: list[_worker.WorkerMessage] = []
+        self.outbox: asyncio.Queue[_worker.BrokerMessage | None] = asyncio.Queue()
+        self.ended = asyncio.Event()
+        self._changed = asyncio.Event()
+
+    @property
+    def results(self) -> dict[str, _worker.TaskResult]:
+        return {
+            r.task_id: r
+            for m in self.messages
+            if m.WhichOneof("kind") == "results"
+            for r in m.results.results
+        }
+
+    @property
+    def result_messages(self) -> list[_worker.Results]:
+        return [m.results for m in self.messages if m.WhichOneof("kind") == "results"]
+
+    @property
+    def started(self) -> list[str]:
+        return [t for r in self.result_messages for t in r.started_task_ids]
+
+    def of_kind(self, kind: str) -> list[_worker.WorkerMessage]:
+        return [m for m in self.messages if m.WhichOneof("kind") == kind]
+
+    def record(self, message: _worker.WorkerMessage) -> None:
+        self.messages.append(message)
+        self._changed.set()
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until `predicate` holds, re-checking on every message or stream end."""
+        while not predicate():
+            self._changed.clear()
+            await self._changed.wait()
+
+    def assign(self, *tasks: tuple[str, str, bytes]) -> None:
+        self.outbox.put_nowait(
+            _worker.BrokerMessage(
+                assignments=_worker.Assignments(
+                    assignments=[
+                        _worker.Assignment(
+                            task_id=task_id, attempt=1, task_type=task_type, payload=payload
+                        )
+                        for task_id, task_type, payload in tasks
+                    ]
+                )
+            )
+        )
+
+    def cancel(self, *task_ids: str) -> None:
+        self.outbox.put_nowait(
+            _worker.BrokerMessage(cancel=_worker.CancelTasks(task_ids=list(task_ids)))
+        )
+
+    def drain(self) -> None:
+        self.outbox.put_nowait(_worker.BrokerMessage(drain=_worker.Drain(reason="test")))
+
+    async def consume(self, requests: AsyncIterator[_worker.WorkerMessage]) -> None:
+        try:
+            async for message in requests:
+                self.record(message)
+        finally:
+            self.ended.set()
+            self._changed.set()
+
+
+class FakeWorkerService(_worker_grpc.WorkerServiceServicer):
+    """Acks registration, then relays what the test queues and records what the worker sends."""
+
+    def __init__(
+        self, *, refuse: grpc.StatusCode | None = None, heartbeat_interval_s: float = 30.0
+    ) -> None:
+        self.refuse = refuse
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.sessions: asyncio.Queue[FakeSession] = asyncio.Queue()
+        self.connects = 0
+        self.connected = asyncio.Event()
+
+    async def Connect(  # type: ignore[override]
+        self,
+        request_iterator: AsyncIterator[_worker.WorkerMessage],
+        context: grpc.aio.ServicerContext[_worker.WorkerMessage, _worker.BrokerMessage],
+    ) -> None:
+        self.connects += 1
+        self.connected.set()
+        requests = aiter(request_iterator)
+        first = await anext(requests)
+        if self.refuse is not None:
+            await context.abort(self.refuse, "refused by the fake broker")
+        assert first.WhichOneof("kind") == "register"
+        worker_id = first.register.worker_id or f"w-{self.connects}"
+        session = FakeSession(first.register, worker_id)
+        await context.write(
+            _worker.BrokerMessage(
+                register_ack=_worker.RegisterAck(
+                    worker_id=worker_id, heartbeat_interval_s=self.heartbeat_interval_s
+                )
+            )
+        )
+        self.sessions.put_nowait(session)
+        reader = asyncio.create_task(session.consume(requests))
+        try:
+            while True:
+                outgoing = asyncio.create_task(session.outbox.get())
+                await asyncio.wait({outgoing, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if not outgoing.done():
+                    outgoing.cancel()
+                    return  # the worker half-closed
+                message = outgoing.result()
+                if message is None:
+                    return
+                await context.write(message)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+
+@contextlib.asynccontextmanager
+async def serve(service: FakeWorkerService, port: int = 0) -> AsyncIterator[tuple[str, int]]:
+    server = grpc.aio.server()
+    _worker_grpc.add_WorkerServiceServicer_to_server(service, server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    try:
+        yield f"127.0.0.1:{bound}", bound
+    finally:
+        await server.stop(None)
+
+
+@contextlib.asynccontextmanager
+async def running(worker: Worker, address: str) -> AsyncIterator[asyncio.Task[None]]:
+    """Run the worker in a task; shut it down (and check it ended cleanly) afterwards."""
+    task = asyncio.create_task(worker.run(address))
+    try:
+        yield task
+    finally:
+        await worker.shutdown(grace=1.0)
+        await task
+        leftovers = [t for t in asyncio.all_tasks() if t.get_name().startswith("taskbroker-")]
+        assert leftovers == []
+
+
+def make_worker(**kwargs: Any) -> Worker:
+    worker = Worker(
+        **{"capacity": 8, "reconnect_initial_s": 0.01, "reconnect_max_s": 0.05, **kwargs}
+    )
+
+    @worker.task("echo")
+    async def echo(ctx: TaskContext) -> bytes:
+        return ctx.payload
+
+    return worker
+
+
+async def test_registers_and_reports_results_of_async_handlers() -> None:
+    worker = Worker("gpu", capacity=8, labels={"zone": "a"})
+
+    @worker.task("bytes")
+    async def as_bytes(ctx: TaskContext) -> bytes:
+        return ctx.payload.upper()
+
+    @worker.task("text")
+    async def as_text(ctx: TaskContext) -> str:
+        return f"{ctx.task_type}:{ctx.attempt}:{ctx.worker_id}"
+
+    @worker.task("nothing")
+    async def nothing(ctx: TaskContext) -> None:
+        return None
+
+    @worker.task("json")
+    async def as_json(ctx: TaskContext) -> dict[str, Any]:
+        return {"sum": sum(ctx.json())}
+
+    service = FakeWorkerService()
+    async with serve(service) as (address, _), running(worker, address):
+        session = await service.sessions.get()
+        assert session.register.pool == "gpu"
+        assert dict(session.register.labels) == {"zone": "a"}
+        assert session.register.capacity == 8
+        assert set(session.register.task_types) == {"bytes", "text", "nothing", "json"}
+        assert session.register.sdk_version
+
+        session.assign(("t1", "bytes", b"abc"), ("t2", "text", b""), ("t3", "nothing", b""))
+        session.assign(("t4", "json", b"[1, 2, 3]"))
+        await session.until(lambda: len(session.results) == 4)
+        assert worker.worker_id == "w-1"
+
+    results = session.results
+    assert all(r.success and r.attempt == 1 for r in results.values())
+    assert results["t1"].result == b"ABC"
+    assert results["t2"].result == b"text:1:w-1"
+    assert results["t3"].result == b""
+    assert json.loads(results["t4"].result) == {"sum": 6}
+    assert set(session.started) == {"t1", "t2", "t3", "t4"}
+    assert all(0 < r.started_at_ms <= r.finished_at_ms for r in results.values())
+
+
+async def test_handler_exception_is_reported_with_traceback() -> None:
+    worker = Worker(reconnect_initial_s=0.01, reconnect_max_s=0.05)
+
+    @worker.task("boom")
+    async def explode(ctx: TaskContext) -> None:
+        raise ValueError(f"bad payload {ctx.payload!r}")
+
+    service = FakeWorkerService()
+    async with serve(service) as (address, _), running(worker, address):
+        session = await service.sessions.get()
+        session.assign(("t1", "boom", b"x"), ("t2", "missing", b""))
+        await session.until(lambda: len(session.results) == 2)
+
+    failed = session.results["t1"]
+    assert not failed.success
+    assert failed.error.type == "ValueError"
+    assert failed.error.message == "bad payload b'x'"
+    assert "Traceback" in failed.error.traceback
+    assert "in explode" in failed.error.traceback
+    unknown = session.results["t2"]
+    assert not unknown.success
+    assert unknown.error.type == "UnknownTaskType"
+    assert "missing" in unknown.error.message
+
+
+async def test_sync_handler_runs_off_the_event_loop_thread() -> None:
+    worker = Worker(capacity=2, reconnect_initial_s=0.01, reconnect_max_s=0.05)
+    release = threading.Event()
+    handler_threads: list[int] = []
+
+    @worker.task("block")
+    def block(ctx: TaskContext) -> dict[str, int]:
+        handler_threads.append(threading.get_ident())
+        assert release.wait(10)  # blocks its thread, not the loop
+        return {"n": len(ctx.payload)}
+
+    @worker.task("quick")
+    async def quick(ctx: TaskContext) -> bytes:
+        return b"ok"
+
+    service = FakeWorkerService()
+    async with serve(service) as (address, _), running(worker, address):
+        session = await service.sessions.get()
+        session.assign(("t1", "block", b"abcd"))
+        await session.until(lambda: "t1" in session.started)
+        # The loop is free while the sync handler blocks: another task completes.
+        session.assign(("t2", "quick", b""))
+        await session.until(lambda: "t2" in session.results)
+        assert "t1" not in session.results
+        release.set()
+        await session.until(lambda: "t1" in session.results)
+
+    assert handler_threads
+    assert handler_threads[0] != threading.get_ident()
+    assert json.loads(session.results["t1"].result) == {"n": 4}
+
+
+async def test_results_are_batched_into_few_messages() -> None:
+    worker = make_worker(capacity=200)
+    service = FakeWorkerService()
+    async with serve(service) as (address, _), running(worker, address):
+        session = await service.sessions.get()
+        session.assign(*((f"t{i}", "echo", str(i).encode()) for i in range(200)))
+        await session.until(lambda: len(session.results) == 200)
+
+    messages = session.result_messages
+    assert len(messages) <= 10, f"{len(messages)} Results messages for 200 tasks"
+    assert all(session.results[f"t{i}"].result == str(i).encode() for i in range(200))
+    assert sorted(session.started) == sorted(f"t{i}" for i in range(200))
+
+
+async def test_cancel_stops_async_and_flags_sync_handlers_without_results() -> None:
+    worker = Worker(capacity=4, reconnect_initial_s=0.01, reconnect_max_s=0.05)
+    async_cancelled = asyncio.Event()
+    sync_saw_cancel = threading.Event()
+
+    @worker.task("forever")
+    async def forever(ctx: TaskContext) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            async_cancelled.set()
+            raise
+
+    @worker.task("poll")
+    def poll(ctx: TaskContext) -> str:
+        for _ in range(10_000):
+            if ctx.cancelled:
+                sync_saw_cancel.set()
+                return "stopped"
+            threading.Event().wait(0.001)
+        return "never cancelled"
+
+    @worker.task("echo")
+    async def echo(ctx: TaskContext) -> bytes:
+        return ctx.payload
+
+    service = FakeWorkerService()
+    async with serve(service) as (address, _), running(worker, address):
+        session = await service.sessions.get()
+        session.assign(("a", "forever", b""), ("s", "poll", b""))
+        await session.until(lambda: {"a", "s"} <= set(session.started))
+        session.cancel("a", "s")
+        await async_cancelled.wait()
+        await asyncio.to_thread(sync_saw_cancel.wait, 10)
+        # A later task's result still flows, and none came for the cancelled ones.
+        session.assign(("e", "echo", b"after"))
+        await session.until(lambda: "e" in session.results)
+        assert "a" not in session.results
+        assert "s" not in session.results
+
+
+async def test_heartbeat_reports_in_flight_and_load() -> None:
+    worker = Worker(capacity=4, reconnect_initial_s=0.01, reconnect_max_s=0.05)
+    release = asyncio.Event()
+
+    @worker.task("hold")
+    async def hold(ctx: TaskContext) -> None:
+        await release.wait()
+
+    service = FakeWorkerService(heartbeat_interval_s=0.01)
+    async with serve(service) as (address, _), running(worker, address):
+        session = await service.sessions.get()
+        session.assign(("t1", "hold", b""))
+
+        def busy_heartbeat() -> bool:
+            return any(m.heartbeat.in_flight == 1 for m in session.of_kind("heartbeat"))
+
+        await session.until(busy_heartbeat)
+        release.set()
+
+    beat = next(m.heartbeat for m in session.of_kind("heartbeat") if m.heartbeat.in_flight == 1)
+    assert beat.load == pytest.approx(0.25)
+
+
+async def test_drain_finishes_in_flight_work_then_run_returns() -> None:
+    worker = Worker(reconnect_initial_s=0.01, reconnect_max_s=0.05)
+    release = asyncio.Event()
+
+    @worker.task("hold")
+    async def hold(ctx: TaskContext) -> str:
+        await release.wait()
+        return "done"
+
+    service = FakeWorkerService()
+    async with serve(service) as (address, _):
+        run = asyncio.create_task(worker.run(address))
+        session = await service.sessions.get()
+        session.assign(("t1", "hold", b""))
+        await session.until(lambda: "t1" in session.started)
+        session.drain()
+        await asyncio.sleep(0.05)
+        assert not run.done()  # still finishing t1
+        release.set()
+        await asyncio.wait_for(run, 5)
+        await asyncio.wait_for(session.ended.wait(), 5)
+
+    assert session.results["t1"].result == b"done"
+    assert service.connects == 1
+
+
+async def test_shutdown_stops_taking_work_and_finishes_in_flight() -> None:
+    worker = Worker(reconnect_initial_s=0.01, reconnect_max_s=0.05)
+    release = asyncio.Event()
+
+    @worker.task("hold")
+    async def hold(ctx: TaskContext) -> str:
+        await release.wait()
+        return "finished"
+
+    service = FakeWorkerService()
+    async with serve(service) as (address, _):
+        run = asyncio.create_task(worker.run(address))
+        session = await service.sessions.get()
+        session.assign(("t1", "hold", b""))
+        await session.until(lambda: "t1" in session.started)
+        stopping = asyncio.create_task(worker.shutdown(grace=5))
+        await session.until(lambda: bool(session.of_kind("credit")))
+        assert session.of_kind("credit")[0].credit.capacity == 0
+        assert not stopping.done()
+        release.set()
+        await asyncio.wait_for(stopping, 5)
+        assert run.done()
+        await run
+        await worker.shutdown()  # idempotent
+
+    assert session.results["t1"].result == b"finished"
+    assert session.ended.is_set()
+
+
+async def test_shutdown_cancels_what_outlives_the_grace_period() -> None:
+    worker = Worker(reconnect_initial_s=0.01, reconnect_max_s=0.05)
+    cancelled = asyncio.Event()
+
+    @worker.task("stuck")
+    async def stuck(ctx: TaskContext) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.set()
+
+    service = FakeWorkerService()
+    async with serve(service) as (address, _):
+        run = asyncio.create_task(worker.run(address))
+        session = await service.sessions.get()
+        session.assign(("t1", "stuck", b""))
+        await session.until(lambda: "t1" in session.started)
+        await asyncio.wait_for(worker.shutdown(grace=0.05), 5)
+        assert cancelled.is_set()
+        await run
+
+    assert "t1" not in session.results
+
+
+async def test_shutdown_before_run_makes_run_return_at_once() -> None:
+    worker = make_worker()
+    await worker.shutdown()
+    await asyncio.wait_for(worker.run("127.0.0.1:1"), 5)
+
+
+async def test_reconnects_after_server_restart_and_drops_old_results() -> None:
+    worker = Worker(reconnect_initial_s=0.01, reconnect_max_s=0.05)
+    release = asyncio.Event()
+
+    @worker.task("hold")
+    async def hold(ctx: TaskContext) -> str:
+        await release.wait()
+        return ctx.task_id
+
+    first_service = FakeWorkerService()
+    async with serve(first_service) as (address, port):
+        run = asyncio.create_task(worker.run(address))
+        first = await first_service.sessions.get()
+        first.assign(("old", "hold", b""))
+        await first.until(lambda: "old" in first.started)
+        assert worker.worker_id == "w-1"
+    # The server is gone; the same port comes back with a fresh broker.
+    second_service = FakeWorkerService()
+    async with serve(second_service, port) as _:
+        second = await asyncio.wait_for(second_service.sessions.get(), 10)
+        assert second.register.worker_id == "w-1"  # re-registered under the acked id
+        second.assign(("new", "hold", b""))
+        await second.until(lambda: "new" in second.started)
+        release.set()
+        await second.until(lambda: "new" in second.results)
+        assert "old" not in second.results
+        await worker.shutdown(grace=1)
+        await run
+
+
+async def test_refused_registration_is_retried_when_transient() -> None:
+    worker = make_worker()
+    service = FakeWorkerService(refuse=grpc.StatusCode.UNAVAILABLE)
+    async with serve(service) as (address, _):
+        run = asyncio.create_task(worker.run(address))
+        while service.connects < 3:
+            service.connected.clear()
+            await service.connected.wait()
+        await worker.shutdown()
+        await run
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, InvalidArgument),
+        (grpc.StatusCode.NOT_FOUND, NotFound),
+        (grpc.StatusCode.ALREADY_EXISTS, AlreadyExists),
+        (grpc.StatusCode.FAILED_PRECONDITION, FailedPrecondition),
+    ],
+)
+async def test_refused_registration_raises(
+    code: grpc.StatusCode, error: type[TaskbrokerError]
+) -> None:
+    worker = make_worker()
+    service = FakeWorkerService(refuse=code)
+    async with serve(service) as (address, _):
+        with pytest.raises(error, match="refused by the fake broker"):
+            await asyncio.wait_for(worker.run(address), 10)
+    assert service.connects == 1
+
+
+async def test_unreachable_broker_keeps_retrying_until_shutdown() -> None:
+    worker = make_worker()
+    run = asyncio.create_task(worker.run("127.0.0.1:1"))
+    await asyncio.sleep(0.1)
+    assert not run.done()
+    await asyncio.wait_for(worker.shutdown(), 5)
+    await run
+
+
+def test_task_decorator_registers_and_returns_the_function() -> None:
+    worker = Worker()
+
+    async def resize(ctx: TaskContext) -> bytes:
+        return b""
+
+    def total(ctx: TaskContext) -> int:
+        return 0
+
+    assert worker.task("resize")(resize) is resize
+    assert worker.task("sum")(total) is total
+    assert worker.task_types == ("resize", "sum")
+    assert worker.worker_id is None
+    with pytest.raises(ValueError, match="already has a handler"):
+        worker.task("sum")(total)
+    with pytest.raises(ValueError, match="capacity"):
+        Worker(capacity=0)
+
+
+async def test_run_without_handlers_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no handlers"):
+        await Worker().run("127.0.0.1:1")

@@ -1,0 +1,479 @@
+"""The async Client: submits and waits over one shared SubmitStream, the rest over unary calls."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, Self, TypeVar
+
+import grpc
+import grpc.aio
+
+from worker_sdk import _convert
+from worker_sdk._errors import (
+    DeadlineExceeded,
+    NotFound,
+    TaskbrokerError,
+    TaskFailed,
+    Unavailable,
+    error_for_code,
+)
+from worker_sdk._messages import SubmitAcked, TasksCompleted
+from worker_sdk._payload import UNSET, encode_payload
+from worker_sdk._pb import admin_pb2_grpc as _admin_grpc
+from worker_sdk._pb import tasks_pb2 as _tasks
+from worker_sdk._pb import tasks_pb2_grpc as _tasks_grpc
+from worker_sdk._types import (
+    DEFAULT_ADDRESS,
+    DEFAULT_POOL,
+    PoolInfo,
+    Stats,
+    TaskInfo,
+    TaskRequest,
+    TaskState,
+    WorkerInfo,
+)
+
+_log = logging.getLogger("taskbroker.client")
+_T = TypeVar("_T")
+
+# One stream message stays well under gRPC's default 4 MiB receive limit on the broker.
+_MAX_MESSAGE_PAYLOAD_BYTES: Final = 1 << 20
+# Completion batches from the broker can be large (results are inlined).
+CHANNEL_OPTIONS: Final = [("grpc.max_receive_message_length", 64 << 20)]
+# A failed all-or-nothing batch with one of these codes is most likely the fault of one of
+# its tasks, and none of them was accepted: each is sent again alone to find the culprit.
+_PER_TASK_ERROR_CODES: Final = frozenset({3, 5})  # INVALID_ARGUMENT, NOT_FOUND
+
+
+@dataclass(slots=True)
+class _PendingSubmit:
+    request: TaskRequest
+    future: asyncio.Future[str]
+    solo: bool = False  # send in a message of its own
+
+
+def _retrieve_exceptions(futures: Iterable[asyncio.Future[Any]]) -> None:
+    """Mark failed futures as seen, so asyncio does not log them as never retrieved."""
+    for future in futures:
+        if future.done() and not future.cancelled():
+            future.exception()
+
+
+class _SubmitStream:
+    """One SubmitStream call: its writer and reader tasks and everything waiting on them.
+
+    `submit()` and `watch()` only queue; the writer sends everything queued while its previous
+    message was being written as one message, so concurrent callers share stream messages.
+    """
+
+    def __init__(
+        self,
+        call: grpc.aio.StreamStreamCall[_tasks.SubmitStreamRequest, _tasks.SubmitStreamResponse],
+        address: str,
+        batch_size: int,
+    ) -> None:
+        self._call = call
+        self._address = address
+        self._batch_size = batch_size
+        self._loop = asyncio.get_running_loop()
+        self._submits: deque[_PendingSubmit] = deque()
+        self._unacked: dict[int, list[_PendingSubmit]] = {}
+        self._watch_ids: list[str] = []
+        self._watchers: dict[str, list[asyncio.Future[TaskInfo]]] = {}
+        self._next_batch_id = 1
+        self._wake = asyncio.Event()
+        self.broken = False
+        self._writer = asyncio.create_task(self._write_loop(), name="taskbroker-submit-writer")
+        self._reader = asyncio.create_task(self._read_loop(), name="taskbroker-submit-reader")
+
+    @property
+    def finished(self) -> bool:
+        return self._writer.done() and self._reader.done()
+
+    def submit(self, request: TaskRequest) -> asyncio.Future[str]:
+        future: asyncio.Future[str] = self._loop.create_future()
+        self._submits.append(_PendingSubmit(request, future))
+        self._wake.set()
+        return future
+
+    def watch(self, task_id: str) -> asyncio.Future[TaskInfo]:
+        future: asyncio.Future[TaskInfo] = self._loop.create_future()
+        waiters = self._watchers.get(task_id)
+        if waiters is None:
+            self._watchers[task_id] = [future]
+            self._watch_ids.append(task_id)
+            self._wake.set()
+        else:
+            waiters.append(future)
+        return future
+
+    def unwatch(self, task_id: str, future: asyncio.Future[TaskInfo]) -> None:
+        """Forget a waiter that gave up; a later completion notice is then ignored."""
+        waiters = self._watchers.get(task_id)
+        if waiters is None:
+            return
+        if future in waiters:
+            waiters.remove(future)
+        if not waiters:
+            del self._watchers[task_id]
+
+    async def close(self) -> None:
+        self._break("the client was closed")
+        for task in (self._writer, self._reader):
+            task.cancel()
+        await asyncio.gather(self._writer, self._reader, return_exceptions=True)
+
+    # -- writer ------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        try:
+            while not self.broken:
+                await self._wake.wait()
+                self._wake.clear()
+                while (self._submits or self._watch_ids) and not self.broken:
+                    await self._write_one()
+        except asyncio.CancelledError:
+            raise
+        except grpc.RpcError as exc:
+            self._break(str(_convert.rpc_error(exc, self._address)))
+        except Exception as exc:  # e.g. InvalidStateError: the call ended under us
+            self._break(f"{type(exc).__name__}: {exc}")
+
+    def _take_batch(self) -> list[_PendingSubmit]:
+        batch: list[_PendingSubmit] = []
+        size = 0
+        queue = self._submits
+        while queue and len(batch) < self._batch_size:
+            pending = queue[0]
+            if pending.future.done():  # its submit() was cancelled before it was sent
+                queue.popleft()
+                continue
+            payload_size = len(pending.request.payload)
+            if batch and (pending.solo or size + payload_size > _MAX_MESSAGE_PAYLOAD_BYTES):
+                break
+            queue.popleft()
+            batch.append(pending)
+            size += payload_size
+            if pending.solo:
+                break
+        return batch
+
+    async def _write_one(self) -> None:
+        batch = self._take_batch()
+        watch_ids = [i for i in self._watch_ids if i in self._watchers]
+        self._watch_ids = []
+        if not batch and not watch_ids:
+            return
+        batch_id = self._next_batch_id
+        self._next_batch_id += 1
+        if batch:
+            self._unacked[batch_id] = batch
+        message = _convert.submit_stream_request(
+            batch_id, [pending.request for pending in batch], watch_ids
+        )
+        await self._call.write(message)
+
+    # -- reader ------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        reason = "the broker ended the stream"
+        try:
+            async for response in self._call:
+                event = _convert.submit_stream_event(response)
+                if isinstance(event, SubmitAcked):
+                    self._on_ack(event)
+                else:
+                    self._on_completions(event)
+        except asyncio.CancelledError:
+            raise
+        except grpc.RpcError as exc:
+            reason = str(_convert.rpc_error(exc, self._address))
+        except TaskbrokerError as exc:  # a message we cannot make sense of
+            reason = str(exc)
+        self._break(reason)
+
+    def _on_ack(self, ack: SubmitAcked) -> None:
+        batch = self._unacked.pop(ack.batch_id, None)
+        if batch is None:
+            if ack.error_code:
+                _log.warning("broker rejected message %d: %s", ack.batch_id, ack.error_message)
+            return
+        if ack.error_code:
+            if len(batch) > 1 and ack.error_code in _PER_TASK_ERROR_CODES:
+                for pending in reversed(batch):
+                    pending.solo = True
+                    self._submits.appendleft(pending)
+                self._wake.set()
+                return
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(error_for_code(ack.error_code, ack.error_message))
+            return
+        if len(ack.task_ids) != len(batch):
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(
+                        TaskbrokerError(
+                            f"broker acked {len(ack.task_ids)} ids for {len(batch)} tasks"
+                        )
+                    )
+            return
+        for pending, task_id in zip(batch, ack.task_ids, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(task_id)
+
+    def _on_completions(self, completions: TasksCompleted) -> None:
+        for task in completions.tasks:
+            if not task.state.terminal:
+                continue  # not what a completion notice should carry; keep waiting
+            for future in self._watchers.pop(task.id, ()):
+                if not future.done():
+                    future.set_result(task)
+        for task_id in completions.not_found:
+            for future in self._watchers.pop(task_id, ()):
+                if not future.done():
+                    future.set_exception(NotFound(f"task {task_id} not found"))
+
+    # -- breakage ----------------------------------------------------------------------
+
+    def _break(self, reason: str) -> None:
+        """Fail everything pending with Unavailable; the client opens a new stream next time."""
+        if self.broken:
+            return
+        self.broken = True
+        self._wake.set()
+        self._call.cancel()
+        message = f"submit stream to broker at {self._address} broke: {reason}"
+        pending_submits = [*self._submits, *(p for b in self._unacked.values() for p in b)]
+        self._submits.clear()
+        self._unacked.clear()
+        for pending in pending_submits:
+            if not pending.future.done():
+                pending.future.set_exception(Unavailable(message))
+        watchers = self._watchers
+        self._watchers = {}
+        self._watch_ids = []
+        for futures in watchers.values():
+            for future in futures:
+                if not future.done():
+                    future.set_exception(Unavailable(message))
+        if pending_submits or watchers:
+            _log.warning(
+                "%s; failed %d submits and %d waits", message, len(pending_submits), len(watchers)
+            )
+
+
+class Client:
+    """An asyncio client of the broker. Use `async with Client(...) as client:`.
+
+    `submit()`, `wait()` and `result()` share one SubmitStream, opened on first use, on which
+    concurrent calls are coalesced into batches of up to `batch_size` tasks.
+    """
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, *, batch_size: int = 500) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self._address = address
+        self._batch_size = batch_size
+        self._channel: grpc.aio.Channel | None = None
+        self._task_stub: _tasks_grpc.TaskServiceAsyncStub | None = None
+        self._admin_stub: _admin_grpc.AdminServiceAsyncStub | None = None
+        self._stream: _SubmitStream | None = None
+        self._retired: list[_SubmitStream] = []
+        self._closed = False
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Fail what is pending, stop the stream's tasks and close the channel. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        streams = [*self._retired, *([self._stream] if self._stream else [])]
+        self._stream = None
+        self._retired = []
+        for stream in streams:
+            await stream.close()
+        if self._channel is not None:
+            await self._channel.close(None)
+            self._channel = None
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _stubs(self) -> tuple[_tasks_grpc.TaskServiceAsyncStub, _admin_grpc.AdminServiceAsyncStub]:
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        if self._task_stub is None or self._admin_stub is None:
+            # Created here, not in __init__, so it binds to the loop that uses it.
+            self._channel = grpc.aio.insecure_channel(self._address, options=CHANNEL_OPTIONS)
+            self._task_stub = _tasks_grpc.TaskServiceStub(self._channel)
+            self._admin_stub = _admin_grpc.AdminServiceStub(self._channel)
+        return self._task_stub, self._admin_stub
+
+    def _submit_stream(self) -> _SubmitStream:
+        stream = self._stream
+        if stream is None or stream.broken:
+            task_stub, _ = self._stubs()
+            if stream is not None:
+                self._retired = [s for s in self._retired if not s.finished]
+                self._retired.append(stream)
+            stream = _SubmitStream(task_stub.SubmitStream(None), self._address, self._batch_size)
+            self._stream = stream
+        return stream
+
+    async def _unary(self, call: Awaitable[_T]) -> _T:
+        try:
+            return await call
+        except grpc.RpcError as exc:
+            raise _convert.rpc_error(exc, self._address) from None
+
+    # -- tasks -------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        task_type: str,
+        payload: bytes | str | None = None,
+        *,
+        json: Any = UNSET,
+        priority: int = 0,
+        pool: str = DEFAULT_POOL,
+    ) -> str:
+        """Submit one task and return its id. Pass `payload` (bytes or str) or `json=`."""
+        request = TaskRequest(task_type, encode_payload(payload, json), priority, pool)
+        return await self._submit_stream().submit(request)
+
+    async def submit_many(self, tasks: Iterable[TaskRequest]) -> list[str]:
+        """Submit tasks as one batch, all accepted or none; their ids in order."""
+        requests = list(tasks)
+        if not requests:
+            return []
+        task_stub, _ = self._stubs()
+        response = await self._unary(task_stub.SubmitBatch(_convert.submit_batch_request(requests)))
+        return _convert.submit_batch_ids(response)
+
+    async def get(self, task_id: str) -> TaskInfo:
+        """The task as the broker has it now."""
+        task_stub, _ = self._stubs()
+        return _convert.task_info(await self._unary(task_stub.Get(_convert.get_request(task_id))))
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> TaskInfo:  # noqa: ASYNC109
+        """The task once it is terminal; DeadlineExceeded after `timeout` seconds."""
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                return await self._watch(task_id)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise DeadlineExceeded(f"task {task_id} did not finish within {timeout}s") from None
+
+    async def wait_many(
+        self,
+        task_ids: Sequence[str],
+        timeout: float | None = None,  # noqa: ASYNC109 - a deadline for the whole wait
+    ) -> list[TaskInfo]:
+        """The tasks, in order, once all are terminal; DeadlineExceeded after `timeout`."""
+        if not task_ids:
+            return []
+        stream = self._submit_stream()
+        futures = [stream.watch(task_id) for task_id in task_ids]
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                return list(await asyncio.gather(*futures))
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            unfinished = sum(1 for f in futures if not f.done())
+            raise DeadlineExceeded(
+                f"{unfinished} of {len(futures)} tasks did not finish within {timeout}s"
+            ) from None
+        finally:
+            for task_id, future in zip(task_ids, futures, strict=True):
+                if not future.done():
+                    future.cancel()
+                    stream.unwatch(task_id, future)
+            _retrieve_exceptions(futures)
+
+    async def _watch(self, task_id: str) -> TaskInfo:
+        stream = self._submit_stream()
+        future = stream.watch(task_id)
+        try:
+            return await future
+        finally:
+            if future.cancelled():
+                stream.unwatch(task_id, future)
+
+    async def result(self, task_id: str, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        """The result of a task once it succeeded; TaskFailed if it failed or was cancelled."""
+        task = await self.wait(task_id, timeout)
+        if task.state is not TaskState.SUCCEEDED:
+            raise TaskFailed(task)
+        return task.result
+
+    async def cancel(self, task_id: str) -> TaskInfo:
+        """Cancel a task that has not finished; the task as it is afterwards."""
+        task_stub, _ = self._stubs()
+        response = await self._unary(task_stub.Cancel(_convert.cancel_request(task_id)))
+        return _convert.cancelled_task(response)
+
+    async def list_tasks(
+        self,
+        *,
+        pool: str | None = None,
+        states: Iterable[TaskState] = (),
+        task_type: str | None = None,
+        limit: int = 100,
+        before_id: str | None = None,
+    ) -> list[TaskInfo]:
+        """Tasks matching every given filter, newest first; page with `before_id`."""
+        task_stub, _ = self._stubs()
+        request = _convert.list_tasks_request(
+            pool=pool, states=states, task_type=task_type, limit=limit, before_id=before_id
+        )
+        return _convert.listed_tasks(await self._unary(task_stub.List(request)))
+
+    # -- administration ----------------------------------------------------------------
+
+    async def list_pools(self) -> list[PoolInfo]:
+        _, admin_stub = self._stubs()
+        response = await self._unary(admin_stub.ListPools(_convert.list_pools_request()))
+        return _convert.listed_pools(response)
+
+    async def create_pool(self, name: str, strategy: str = "round_robin") -> PoolInfo:
+        _, admin_stub = self._stubs()
+        request = _convert.create_pool_request(name, strategy)
+        return _convert.pool_info(await self._unary(admin_stub.CreatePool(request)))
+
+    async def list_workers(self, pool: str | None = None) -> list[WorkerInfo]:
+        _, admin_stub = self._stubs()
+        request = _convert.list_workers_request(pool)
+        return _convert.listed_workers(await self._unary(admin_stub.ListWorkers(request)))
+
+    async def drain_worker(self, worker_id: str) -> WorkerInfo:
+        """Ask the broker to drain a worker: it gets no more work and disconnects when idle."""
+        _, admin_stub = self._stubs()
+        request = _convert.drain_worker_request(worker_id)
+        return _convert.drained_worker(await self._unary(admin_stub.DrainWorker(request)))
+
+    async def stats(self) -> Stats:
+        _, admin_stub = self._stubs()
+        return _convert.stats(await self._unary(admin_stub.Stats(_convert.stats_request())))

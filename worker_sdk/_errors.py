@@ -1,0 +1,67 @@
+"""The SDK's exceptions: one root, one class per gRPC status the broker uses on purpose."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from worker_sdk._types import TaskInfo
+
+
+class TaskbrokerError(Exception):
+    """Root of every error the SDK raises about the broker or a task."""
+
+
+class InvalidArgument(TaskbrokerError):
+    """The broker rejected a malformed request or an out-of-range value."""
+
+
+class NotFound(TaskbrokerError):
+    """A named task, pool or worker does not exist."""
+
+
+class AlreadyExists(TaskbrokerError):
+    """Something with that name exists already."""
+
+
+class FailedPrecondition(TaskbrokerError):
+    """The request is valid but not in the broker's current state."""
+
+
+class ResourceExhausted(TaskbrokerError):
+    """A size, queue or capacity limit of the broker was hit."""
+
+
+class Unavailable(TaskbrokerError):
+    """The broker is unreachable, shutting down, or the stream to it broke."""
+
+
+class DeadlineExceeded(TaskbrokerError):
+    """A wait or call ran out of time before the broker answered."""
+
+
+class TaskFailed(TaskbrokerError):
+    """The task ended FAILED or CANCELLED; `.task` holds it, with its error."""
+
+    def __init__(self, task: TaskInfo) -> None:
+        detail = f": {task.error.type}: {task.error.message}" if task.error else ""
+        super().__init__(f"task {task.id} {task.state.value}{detail}")
+        self.task = task
+
+
+# gRPC status code numbers (grpc.StatusCode values); the broker also sends these
+# as plain integers in SubmitAck.error_code.
+_BY_CODE: dict[int, type[TaskbrokerError]] = {
+    3: InvalidArgument,
+    4: DeadlineExceeded,
+    5: NotFound,
+    6: AlreadyExists,
+    8: ResourceExhausted,
+    9: FailedPrecondition,
+    14: Unavailable,
+}
+
+
+def error_for_code(code: int, message: str) -> TaskbrokerError:
+    """The exception for a gRPC status code number; unknown codes give the root class."""
+    return _BY_CODE.get(code, TaskbrokerError)(message)

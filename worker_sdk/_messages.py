@@ -1,0 +1,86 @@
+"""What travels on the two streams, as plain dataclasses; `_convert` maps them to protobuf."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from worker_sdk._types import TaskErrorInfo, TaskInfo
+
+# -- SubmitStream (client) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitAcked:
+    """The broker's answer to one SubmitStream message: ids in order, or an error."""
+
+    batch_id: int
+    task_ids: list[str]
+    error_code: int
+    error_message: str
+
+
+@dataclass(frozen=True, slots=True)
+class TasksCompleted:
+    """Watched tasks that reached a terminal state, and watched ids the broker does not know."""
+
+    tasks: list[TaskInfo]
+    not_found: list[str]
+
+
+# -- WorkerService.Connect (worker) ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterAcked:
+    """The broker accepted the registration."""
+
+    worker_id: str
+    heartbeat_interval_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """One task the broker hands to this worker."""
+
+    task_id: str
+    attempt: int
+    task_type: str
+    payload: bytes
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class AssignmentsReceived:
+    """A batch of assignments; the broker never exceeds the worker's free credit."""
+
+    assignments: list[Assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested:
+    """Stop these tasks; their results are no longer wanted."""
+
+    task_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class DrainRequested:
+    """The broker sends no more work: finish what is held, then disconnect."""
+
+    reason: str
+
+
+BrokerEvent = RegisterAcked | AssignmentsReceived | CancelRequested | DrainRequested
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOutcome:
+    """The result of one attempt, as the worker reports it."""
+
+    task_id: str
+    attempt: int
+    success: bool
+    result: bytes
+    error: TaskErrorInfo | None
+    started_at_ms: int
+    finished_at_ms: int

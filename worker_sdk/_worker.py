@@ -1,0 +1,530 @@
+"""Worker: registers handlers, holds one stream to the broker, runs what it is assigned."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import random
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+import grpc
+import grpc.aio
+
+from worker_sdk import _convert
+from worker_sdk._client import CHANNEL_OPTIONS
+from worker_sdk._context import TaskContext
+from worker_sdk._errors import TaskbrokerError
+from worker_sdk._messages import (
+    Assignment,
+    AssignmentsReceived,
+    CancelRequested,
+    DrainRequested,
+    RegisterAcked,
+    TaskOutcome,
+)
+from worker_sdk._payload import bound_traceback, encode_result
+from worker_sdk._pb import worker_pb2 as _worker
+from worker_sdk._pb import worker_pb2_grpc as _worker_grpc
+from worker_sdk._types import DEFAULT_ADDRESS, DEFAULT_POOL, TaskErrorInfo
+from worker_sdk._version import __version__
+
+_log = logging.getLogger("taskbroker.worker")
+
+_H = TypeVar("_H", bound=Callable[[TaskContext], Any])
+
+# Refusals that will not change by trying again.
+_FATAL_REGISTRATION_CODES: Final = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+)
+_DEFAULT_HEARTBEAT_S: Final = 5.0
+# After we half-close, how long the broker gets to end the stream before we cancel it.
+_CLOSE_TIMEOUT_S: Final = 5.0
+# Results above this many bytes go out in more than one message (gRPC's default limit is 4 MiB).
+_MAX_MESSAGE_RESULT_BYTES: Final = 1 << 20
+
+_Stream = grpc.aio.StreamStreamCall[_worker.WorkerMessage, _worker.BrokerMessage]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Handler:
+    function: Callable[[TaskContext], Any]
+    is_async: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Running:
+    task: asyncio.Task[None]
+    context: TaskContext
+
+
+class _StreamLost(Exception):
+    """The stream to the broker broke; the worker reconnects."""
+
+
+class Worker:
+    """Runs tasks for one pool: `@worker.task("type")` registers handlers, `run()` serves.
+
+    Async handlers run as asyncio tasks, sync handlers in a thread pool of `capacity` threads.
+    `run()` reconnects with backoff when the stream breaks and returns after `shutdown()` or
+    when the broker drains the worker. The SDK installs no signal handlers: wire SIGTERM to
+    `shutdown()` in your program if you want it.
+    """
+
+    def __init__(
+        self,
+        pool: str = DEFAULT_POOL,
+        *,
+        capacity: int = 4,
+        labels: Mapping[str, str] | None = None,
+        worker_id: str | None = None,
+        broker: str = DEFAULT_ADDRESS,
+        reconnect_initial_s: float = 0.2,
+        reconnect_max_s: float = 10.0,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        if reconnect_initial_s <= 0 or reconnect_max_s < reconnect_initial_s:
+            raise ValueError("need 0 < reconnect_initial_s <= reconnect_max_s")
+        self._pool = pool
+        self._capacity = capacity
+        self._labels = dict(labels or {})
+        self._worker_id = worker_id
+        self._broker = broker
+        self._reconnect_initial_s = reconnect_initial_s
+        self._reconnect_max_s = reconnect_max_s
+        self._handlers: dict[str, _Handler] = {}
+        self._stop = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._grace = 30.0
+        self._running = False
+        self._session: _Session | None = None
+
+    @property
+    def worker_id(self) -> str | None:
+        """The id the broker acknowledged (or the one configured, before registration)."""
+        return self._worker_id
+
+    @property
+    def task_types(self) -> tuple[str, ...]:
+        return tuple(self._handlers)
+
+    @property
+    def pool(self) -> str:
+        return self._pool
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    def task(self, task_type: str) -> Callable[[_H], _H]:
+        """Register the decorated function as the handler of `task_type`; it is returned as is.
+
+        A handler takes a TaskContext and returns bytes (sent as is), str (UTF-8), None
+        (empty) or anything else JSON can encode.
+        """
+        if not task_type:
+            raise ValueError("task_type must not be empty")
+
+        def register(function: _H) -> _H:
+            if task_type in self._handlers:
+                raise ValueError(f"task type {task_type!r} already has a handler")
+            if self._running:
+                raise RuntimeError("register handlers before run()")
+            self._handlers[task_type] = _Handler(function, inspect.iscoroutinefunction(function))
+            return function
+
+        return register
+
+    async def run(self, broker: str | None = None) -> None:
+        """Connect to the broker and serve until `shutdown()` or a drain; then return.
+
+        Raises the matching TaskbrokerError if the broker refuses the registration.
+        """
+        if self._running:
+            raise RuntimeError("the worker is already running")
+        if not self._handlers:
+            raise ValueError("no handlers: register at least one with @worker.task(...)")
+        if self._stop.is_set():
+            return
+        address = broker or self._broker
+        self._running = True
+        self._finished.clear()
+        executor = ThreadPoolExecutor(self._capacity, thread_name_prefix="taskbroker-handler")
+        channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        try:
+            stub = _worker_grpc.WorkerServiceStub(channel)
+            failures = 0
+            registered_before = False
+            while not self._stop.is_set():
+                session = _Session(self, stub.Connect(None), executor, address)
+                self._session = session
+                try:
+                    await session.run(registered_before)
+                    return
+                except _StreamLost as lost:
+                    if session.registered:
+                        registered_before = True
+                        failures = 0
+                    ceiling = min(self._reconnect_max_s, self._reconnect_initial_s * 2**failures)
+                    failures += 1
+                    delay = random.uniform(0, ceiling)
+                    _log.warning("%s; reconnecting in %.2fs", lost, delay)
+                    await self._sleep_unless_stopped(delay)
+                finally:
+                    self._session = None
+        finally:
+            await channel.close(None)
+            executor.shutdown(wait=False, cancel_futures=True)
+            self._running = False
+            self._finished.set()
+
+    async def shutdown(self, grace: float = 30.0) -> None:
+        """Stop taking work, let in-flight tasks finish within `grace` seconds (then cancel
+        them), send their results and disconnect. Idempotent; returns once `run()` is done.
+        """
+        self._grace = grace
+        self._stop.set()
+        session = self._session
+        if session is not None and session.is_handler_task(asyncio.current_task()):
+            return  # called from a handler: waiting here would wait for ourselves
+        if self._running:
+            await self._finished.wait()
+
+    async def _sleep_unless_stopped(self, delay: float) -> None:
+        try:
+            async with asyncio.timeout(delay):
+                await self._stop.wait()
+        except TimeoutError:
+            pass
+
+
+class _Session:
+    """One connection: registration, then reader, writer and heartbeat until it ends."""
+
+    def __init__(
+        self,
+        worker: Worker,
+        call: _Stream,
+        executor: ThreadPoolExecutor,
+        address: str,
+    ) -> None:
+        self._worker = worker
+        self._call = call
+        self._messages = aiter(call)
+        self._executor = executor
+        self._address = address
+        self._loop = asyncio.get_running_loop()
+        self.registered = False
+        self._worker_id = ""
+        self._heartbeat_s = _DEFAULT_HEARTBEAT_S
+        self._running: dict[str, _Running] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._drain = asyncio.Event()
+        # The writer's buffers: everything queued while it writes goes out in one message.
+        self._control: list[_worker.WorkerMessage] = []
+        self._outcomes: list[TaskOutcome] = []
+        self._started: list[str] = []
+        self._wake = asyncio.Event()
+        self._half_close = False
+
+    def is_handler_task(self, task: asyncio.Task[Any] | None) -> bool:
+        return any(running.task is task for running in self._running.values())
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def run(self, registered_before: bool) -> None:
+        """Serve until drained or stopped (returns) or until the stream breaks (_StreamLost)."""
+        stop_wait = asyncio.create_task(self._worker._stop.wait())
+        background: list[asyncio.Task[Any]] = [stop_wait]
+        try:
+            register = asyncio.create_task(self._register(registered_before))
+            background.append(register)
+            await asyncio.wait({register, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if not register.done():
+                return  # shut down before the broker answered
+            register.result()
+            reader = asyncio.create_task(self._read_loop(), name="taskbroker-worker-reader")
+            writer = asyncio.create_task(self._write_loop(), name="taskbroker-worker-writer")
+            heartbeat = asyncio.create_task(self._heartbeat_loop(), name="taskbroker-heartbeat")
+            drain_wait = asyncio.create_task(self._drain.wait())
+            background += [reader, writer, heartbeat, drain_wait]
+            await asyncio.wait(
+                {reader, writer, stop_wait, drain_wait}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if reader.done() or writer.done():
+                raise _StreamLost(self._loss_reason(reader, writer))
+            if stop_wait.done():
+                _log.info("worker %s shutting down", self._worker_id)
+                self._send_control(_convert.credit_message(0))
+                grace: float | None = self._worker._grace
+            else:
+                grace = None
+            await self._finish_in_flight(grace, reader, writer)
+            await self._close(reader, writer)
+        finally:
+            for running in self._running.values():
+                running.context._cancel()
+                running.task.cancel()
+            self._call.cancel()
+            handlers = [running.task for running in self._running.values()]
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*handlers, *background, return_exceptions=True)
+
+    async def _register(self, registered_before: bool) -> None:
+        worker = self._worker
+        try:
+            await self._call.write(
+                _convert.register_message(
+                    worker_id=worker._worker_id or "",
+                    pool=worker._pool,
+                    labels=worker._labels,
+                    capacity=worker._capacity,
+                    task_types=worker._handlers,
+                    sdk_version=__version__,
+                )
+            )
+            first = await anext(self._messages, None)
+        except grpc.RpcError as exc:
+            error = _convert.rpc_error(exc, self._address)
+            code = exc.code()
+            # Re-registering the same id may race the broker noticing the old stream is gone.
+            retry_conflict = registered_before and code is grpc.StatusCode.ALREADY_EXISTS
+            if code in _FATAL_REGISTRATION_CODES and not retry_conflict:
+                _log.error("broker at %s refused registration: %s", self._address, error)
+                raise error from None
+            raise _StreamLost(f"registration failed: {error}") from None
+        except asyncio.InvalidStateError as exc:
+            raise _StreamLost(f"registration failed: {exc}") from None
+        if first is None:
+            raise _StreamLost(f"broker at {self._address} closed the stream before registering")
+        event = _convert.broker_event(first)
+        if not isinstance(event, RegisterAcked):
+            raise TaskbrokerError(
+                f"broker at {self._address} answered the registration with {event!r}"
+            )
+        self._worker_id = event.worker_id or worker._worker_id or ""
+        worker._worker_id = self._worker_id
+        if event.heartbeat_interval_s > 0:
+            self._heartbeat_s = event.heartbeat_interval_s
+        self.registered = True
+        _log.info(
+            "registered with %s as %s (pool %s, capacity %d, types %s)",
+            self._address,
+            self._worker_id,
+            worker._pool,
+            worker._capacity,
+            ", ".join(worker._handlers),
+        )
+
+    def _loss_reason(self, reader: asyncio.Task[None], writer: asyncio.Task[None]) -> str:
+        for task in (reader, writer):
+            if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
+                if isinstance(exc, grpc.RpcError):
+                    return f"lost the stream: {_convert.rpc_error(exc, self._address)}"
+                return f"lost the stream to {self._address}: {type(exc).__name__}: {exc}"
+        return f"broker at {self._address} ended the stream"
+
+    async def _finish_in_flight(
+        self, grace: float | None, reader: asyncio.Task[None], writer: asyncio.Task[None]
+    ) -> None:
+        """Wait for in-flight handlers, at most `grace` seconds, then cancel the rest."""
+        idle = asyncio.create_task(self._idle.wait())
+        try:
+            await asyncio.wait(
+                {idle, reader, writer}, timeout=grace, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            idle.cancel()
+        if self._running:
+            _log.warning(
+                "cancelling %d tasks still running after the %ss grace period",
+                len(self._running),
+                grace,
+            )
+            for running in self._running.values():
+                running.context._cancel()
+                running.task.cancel()
+
+    async def _close(self, reader: asyncio.Task[None], writer: asyncio.Task[None]) -> None:
+        """Flush what is buffered, half-close, and give the broker a moment to end the call."""
+        self._half_close = True
+        self._wake.set()
+        await asyncio.wait({reader, writer}, timeout=_CLOSE_TIMEOUT_S)
+        if not writer.done():
+            _log.warning("broker at %s did not take our last results in time", self._address)
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        async for message in self._messages:
+            event = _convert.broker_event(message)
+            if isinstance(event, AssignmentsReceived):
+                for assignment in event.assignments:
+                    self._start(assignment)
+            elif isinstance(event, CancelRequested):
+                self._cancel(event.task_ids)
+            elif isinstance(event, DrainRequested):
+                _log.info("broker drains worker %s: %s", self._worker_id, event.reason or "-")
+                self._drain.set()
+            elif isinstance(event, RegisterAcked):
+                _log.debug("ignoring a second register_ack")
+
+    def _start(self, assignment: Assignment) -> None:
+        if assignment.task_id in self._running:
+            _log.warning("task %s assigned again while running; ignored", assignment.task_id)
+            return
+        context = TaskContext(
+            task_id=assignment.task_id,
+            task_type=assignment.task_type,
+            attempt=assignment.attempt,
+            priority=assignment.priority,
+            payload=assignment.payload,
+            worker_id=self._worker_id,
+        )
+        task = asyncio.create_task(self._execute(assignment, context))
+        running = _Running(task, context)
+        self._running[assignment.task_id] = running
+        self._idle.clear()
+        task.add_done_callback(lambda _: self._forget(assignment.task_id, running))
+
+    def _forget(self, task_id: str, running: _Running) -> None:
+        if self._running.get(task_id) is running:
+            del self._running[task_id]
+        if not self._running:
+            self._idle.set()
+        task = running.task
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            _log.error("handler of task %s raised %r", task_id, exc)
+
+    def _cancel(self, task_ids: list[str]) -> None:
+        for task_id in task_ids:
+            running = self._running.get(task_id)
+            if running is None:
+                continue
+            running.context._cancel()
+            handler = self._worker._handlers.get(running.context.task_type)
+            if handler is not None and handler.is_async:
+                running.task.cancel()
+            # A sync handler's thread cannot be interrupted: it sees ctx.cancelled, and its
+            # result is dropped; it keeps its slot until it returns.
+
+    # -- running a task ----------------------------------------------------------------
+
+    async def _execute(self, assignment: Assignment, context: TaskContext) -> None:
+        started_ms = _now_ms()
+        handler = self._worker._handlers.get(assignment.task_type)
+        if handler is None:
+            error = TaskErrorInfo(
+                "UnknownTaskType",
+                f"worker {self._worker_id} has no handler for task type {assignment.task_type!r}",
+                "",
+            )
+            self._report(context, assignment, None, error, started_ms)
+            return
+        self._started.append(assignment.task_id)
+        self._wake.set()
+        try:
+            if handler.is_async:
+                value = await handler.function(context)
+            else:
+                value = await self._loop.run_in_executor(self._executor, handler.function, context)
+            result = encode_result(value)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if context.cancelled or (task is not None and task.cancelling()):
+                raise
+            # The handler raised CancelledError itself (e.g. an inner timeout): a failure.
+            self._report(context, assignment, None, _error_info(exc), started_ms)
+        except Exception as exc:
+            self._report(context, assignment, None, _error_info(exc), started_ms)
+        else:
+            self._report(context, assignment, result, None, started_ms)
+
+    def _report(
+        self,
+        context: TaskContext,
+        assignment: Assignment,
+        result: bytes | None,
+        error: TaskErrorInfo | None,
+        started_ms: int,
+    ) -> None:
+        if context.cancelled or self._half_close:
+            return  # the broker no longer wants it, or can no longer be told
+        self._outcomes.append(
+            TaskOutcome(
+                task_id=assignment.task_id,
+                attempt=assignment.attempt,
+                success=error is None,
+                result=result or b"",
+                error=error,
+                started_at_ms=started_ms,
+                finished_at_ms=_now_ms(),
+            )
+        )
+        self._wake.set()
+
+    # -- writing -----------------------------------------------------------------------
+
+    def _send_control(self, message: _worker.WorkerMessage) -> None:
+        self._control.append(message)
+        self._wake.set()
+
+    async def _heartbeat_loop(self) -> None:
+        capacity = self._worker._capacity
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            in_flight = len(self._running)
+            self._send_control(_convert.heartbeat_message(in_flight, in_flight / capacity))
+
+    def _take_outcomes(self) -> list[TaskOutcome]:
+        size = 0
+        count = 0
+        for outcome in self._outcomes:
+            size += len(outcome.result) + (len(outcome.error.traceback) if outcome.error else 0)
+            if count and size > _MAX_MESSAGE_RESULT_BYTES:
+                break
+            count += 1
+        taken = self._outcomes[:count]
+        del self._outcomes[:count]
+        return taken
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._control or self._outcomes or self._started:
+                if self._control:
+                    await self._call.write(self._control.pop(0))
+                    continue
+                outcomes = self._take_outcomes()
+                started, self._started = self._started, []
+                await self._call.write(_convert.results_message(outcomes, started))
+            if self._half_close:
+                await self._call.done_writing()
+                return
+
+
+def _error_info(error: BaseException) -> TaskErrorInfo:
+    """The TaskError reported for a handler's exception."""
+    return TaskErrorInfo(
+        type=type(error).__name__,
+        message=str(error),
+        traceback=bound_traceback("".join(traceback.format_exception(error))),
+    )

@@ -83,14 +83,15 @@ def task_to_pb(task: Task) -> _tasks.Task:
     return msg
 
 
-def assignments_to_pb(tasks: Sequence[Task]) -> _worker.BrokerMessage:
+def assignments_to_pb(assigned: Sequence[tuple[Task, int]]) -> _worker.BrokerMessage:
+    """One message of assignments: each task with the attempt it was assigned as."""
     msg = _worker.BrokerMessage()
     add = msg.assignments.assignments.add
-    for task in tasks:
+    for task, attempt in assigned:
         spec = task.spec
         add(
             task_id=str(task.id),
-            attempt=task.attempts,
+            attempt=attempt,
             task_type=spec.task_type,
             payload=spec.payload,
             priority=spec.priority,

@@ -56,9 +56,15 @@ class TaskError:
     traceback: str = ""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Task:
-    """A task as the broker stores it. Times are Unix epoch seconds (0.0 = not yet)."""
+    """A task as the broker stores it. Times are Unix epoch seconds (0.0 = not yet).
+
+    Not frozen, on purpose: the engine owns the tasks in flight and moves them through
+    their states in place (a copy per state change cost more than all the rest the
+    broker does for a task). Everyone else treats a Task as read-only and converts it
+    at once; the engine's state changes go through the checked state machine.
+    """
 
     id: TaskId
     spec: TaskSpec

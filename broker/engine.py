@@ -435,6 +435,9 @@ class Engine:
         session = self._session(worker_id)
         now = self._clock.now()
         session.last_heartbeat = now
+        if started and results:  # a start and a result in one message: the result will do
+            finishing = {r.task_id for r in results}
+            started = [task_id for task_id in started if task_id not in finishing]
         for task_id in started:
             task = self._live.get(task_id)
             if (
@@ -640,9 +643,13 @@ class Engine:
 
 
 def _move(task: Task, state: TaskState, **changes: Any) -> Task:
-    """The task in its new state; InvalidTransition if the state machine forbids the move."""
+    """Move the task to a new state, in place; InvalidTransition if the state machine
+    forbids it. Returns the task."""
     check_move(task.state, state)
-    return replace(task, state=state, **changes)
+    task.state = state
+    for name, value in changes.items():
+        setattr(task, name, value)
+    return task
 
 
 def _truncate(text: str, limit: int) -> str:

@@ -38,7 +38,7 @@ class StreamChannel:
     """The engine's WorkerChannel for one stream: an outbox the stream handler drains."""
 
     def __init__(self) -> None:
-        self._assigned: list[Task] = []
+        self._assigned: list[tuple[Task, int]] = []  # with the attempt as it was sent
         self._cancelled: list[TaskId] = []
         self._drain: str | None = None
         self._wake = asyncio.Event()
@@ -46,7 +46,7 @@ class StreamChannel:
         self.error: BrokerError | None = None
 
     def send_assignments(self, tasks: Sequence[Task]) -> None:
-        self._assigned.extend(tasks)
+        self._assigned.extend((task, task.attempts) for task in tasks)
         self._wake.set()
 
     def send_cancel(self, task_ids: Sequence[TaskId]) -> None:
@@ -74,13 +74,13 @@ class StreamChannel:
                 cancelled, self._cancelled = self._cancelled, []
                 yield convert.cancel_to_pb(cancelled)
             assigned, self._assigned = self._assigned, []
-            batch: list[Task] = []
+            batch: list[tuple[Task, int]] = []
             size = 0
-            for task in assigned:
+            for task, attempt in assigned:
                 if batch and size + len(task.spec.payload) > ASSIGNMENT_BYTES_PER_MESSAGE:
                     yield convert.assignments_to_pb(batch)
                     batch, size = [], 0
-                batch.append(task)
+                batch.append((task, attempt))
                 size += len(task.spec.payload)
             if batch:
                 yield convert.assignments_to_pb(batch)
@@ -160,5 +160,6 @@ class WorkerApi(_worker_grpc.WorkerServiceServicer):
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("worker %s: bad stream", worker_id)
-            channel.close(InvalidArgument("the worker stream could not be read"))
+            if not channel.ended:  # otherwise: the stream was ended from our side
+                log.exception("worker %s: bad stream", worker_id)
+                channel.close(InvalidArgument("the worker stream could not be read"))

@@ -39,7 +39,7 @@ def _noop_worker() -> Worker:
 async def _run_broker(db_path: str, port_file: str) -> None:
     from broker import Broker, load_config
 
-    config = load_config(None, {}, port=0, db_path=db_path)
+    config = load_config(None, os.environ, port=0, db_path=db_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -81,27 +81,44 @@ def _percentile(samples: list[float], pct: float) -> float:
     return ordered[index]
 
 
-async def _measure(address: str, tasks: int, latency_samples: int) -> None:
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _measure(
+    address: str, tasks: int, latency_samples: int, broker_pid: int, worker_pids: list[int]
+) -> None:
     async with Client(address) as client:
         async with asyncio.timeout(60):
             while len(await client.list_workers()) < 2:
                 await asyncio.sleep(0.05)
         await _throughput(client, 2000)  # warm up
+        pids = [broker_pid, *worker_pids]
+        cpu_before = [_cpu_seconds(pid) for pid in pids] + [time.process_time()]
         throughput = await _throughput(client, tasks)
+        cpu_after = [_cpu_seconds(pid) for pid in pids] + [time.process_time()]
         samples = await _latencies(client, latency_samples)
+    cpu = [(after - before) * 1e6 / tasks for before, after in zip(cpu_before, cpu_after)]
     print(f"e2e_throughput {throughput:.0f} tasks/s")
+    print(f"cpu_per_task_broker {cpu[0]:.0f} us")
+    print(f"cpu_per_task_workers {sum(cpu[1:-1]):.0f} us")
+    print(f"cpu_per_task_client {cpu[-1]:.0f} us")
     print(f"e2e_latency_p50 {statistics.median(samples):.2f} ms")
     print(f"e2e_latency_p99 {_percentile(samples, 99):.2f} ms")
 
 
-def _spawn(*args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "tests.bench", *args])
+def _spawn(*args: str, profile: str | None = None) -> subprocess.Popen[bytes]:
+    runner = ["-m", "cProfile", "-o", profile] if profile else []
+    return subprocess.Popen([sys.executable, *runner, "-m", "tests.bench", *args])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--latency-samples", type=int, default=300)
+    parser.add_argument("--profile-broker", metavar="FILE", help="write the broker's cProfile")
     parser.add_argument("role", nargs="?", default="main", choices=["main", "broker", "worker"])
     parser.add_argument("args", nargs="*")
     options = parser.parse_args()
@@ -113,7 +130,8 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         port_file = os.path.join(tmp, "address")
-        procs = [_spawn("broker", os.path.join(tmp, "bench.db"), port_file)]
+        db_path = os.path.join(tmp, "bench.db")
+        procs = [_spawn("broker", db_path, port_file, profile=options.profile_broker)]
         try:
             deadline = time.monotonic() + 30
             while not os.path.exists(port_file) or not Path(port_file).read_text():
@@ -122,7 +140,15 @@ def main() -> None:
                 time.sleep(0.05)
             address = Path(port_file).read_text()
             procs += [_spawn("worker", address), _spawn("worker", address)]
-            asyncio.run(_measure(address, options.tasks, options.latency_samples))
+            asyncio.run(
+                _measure(
+                    address,
+                    options.tasks,
+                    options.latency_samples,
+                    procs[0].pid,
+                    [p.pid for p in procs[1:]],
+                )
+            )
         finally:
             for proc in reversed(procs):
                 proc.send_signal(signal.SIGTERM)

@@ -128,7 +128,8 @@ async def test_results_from_a_worker_that_lost_the_task_are_dropped(engine: Engi
     engine.connect_worker(worker("second"), second)
     (again,) = await second.until_assigned(1)
     engine.connect_worker(worker("first"), first)
-    engine.report("first", [], [ok(held, b"stale")])
+    stale = TaskResult(task_id=held.id, attempt=1, success=True, result=b"stale")
+    engine.report("first", [], [stale])
     assert engine.stale_results == 1
     engine.report("second", [], [ok(again, b"fresh")])
     (finished,) = await engine.wait([task.id], max_wait=5)

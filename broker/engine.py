@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -114,6 +114,7 @@ class Engine:
         self.accepting = False  # submits allowed
         self.dispatching = False  # new assignments allowed
         self.stale_results = 0  # results for tasks the worker no longer holds
+        self._finished: Counter[tuple[str, TaskState]] = Counter()  # durable terminal tasks
 
     # Lifecycle -----------------------------------------------------------------
 
@@ -123,6 +124,13 @@ class Engine:
             await self._store.upsert_pool(pool)
         for pool in await self._store.list_pools():
             self._pools[pool.name] = self._new_scheduler(pool)
+        self._finished = Counter(
+            {
+                key: n
+                for key, n in (await self._store.count_by_pool_state()).items()
+                if key[1].terminal
+            }
+        )
         self._next_id = await self._store.max_task_id() + 1
         self._next_seq = await self._store.max_seq() + 1
         unfinished = await self._store.load_unfinished()
@@ -215,7 +223,6 @@ class Engine:
             raise NotFound(f"pool {flt.pool!r} does not exist")
         if not 1 <= flt.limit <= 1000:
             raise InvalidArgument(f"limit must be 1..1000, got {flt.limit}")
-        await self._store.flush()
         return await self._store.list_tasks(flt)
 
     async def watch(self, task_ids: Iterable[TaskId], callback: TaskCallback) -> list[TaskId]:
@@ -325,8 +332,7 @@ class Engine:
         return pool
 
     async def stats(self) -> list[PoolStats]:
-        await self._store.flush()
-        counts = await self._store.count_by_pool_state()
+        counts = self._finished
         result = []
         for name, pool in self._pools.items():
             workers = pool.workers.values()
@@ -598,6 +604,7 @@ class Engine:
                 return
             for task in tasks:
                 self._live.pop(task.id, None)
+                self._finished[(task.spec.pool, task.state)] += 1
                 for callback in self._waiters.pop(task.id, ()):
                     try:
                         callback(task)

@@ -31,6 +31,10 @@ class Unavailable(BrokerError):
     """The broker is not taking this request now (starting or shutting down)."""
 
 
+class StorageError(BrokerError):
+    """The task store could not read or write (disk full, I/O error, ...)."""
+
+
 class InvalidTransition(BrokerError):
     """A state machine was asked for a move it does not allow."""
 

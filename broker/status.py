@@ -12,6 +12,7 @@ from broker.errors import (
     InvalidTransition,
     NotFound,
     ResourceExhausted,
+    StorageError,
     Unavailable,
 )
 
@@ -23,6 +24,7 @@ STATUS_CODES: dict[type[BrokerError], grpc.StatusCode] = {
     InvalidTransition: grpc.StatusCode.FAILED_PRECONDITION,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    StorageError: grpc.StatusCode.UNAVAILABLE,
 }
 
 

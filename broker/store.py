@@ -32,7 +32,7 @@ from broker.domain import (
     WorkerId,
     WorkerSpec,
 )
-from broker.errors import BrokerError, InvalidArgument, Unavailable
+from broker.errors import BrokerError, InvalidArgument, StorageError, Unavailable
 
 _log = logging.getLogger("taskbroker.store")
 
@@ -257,6 +257,8 @@ class SQLiteStore:
         if self._has_queued():
             self._waiters.append(future)
             self._wakeup.set()
+        elif self._in_flight is not None:
+            self._in_flight.append(future)
         else:
             future.set_result(None)
         return future
@@ -428,7 +430,8 @@ class SQLiteStore:
                     len(saves),
                     len(waiters),
                 )
-                error = exc
+                error = StorageError(f"the task store could not commit: {exc}")
+                error.__cause__ = exc
         for future in waiters:
             if future.done():  # its caller stopped waiting
                 continue

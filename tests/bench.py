@@ -100,7 +100,8 @@ async def _measure(
         throughput = await _throughput(client, tasks)
         cpu_after = [_cpu_seconds(pid) for pid in pids] + [time.process_time()]
         samples = await _latencies(client, latency_samples)
-    cpu = [(after - before) * 1e6 / tasks for before, after in zip(cpu_before, cpu_after)]
+    spent = zip(cpu_before, cpu_after, strict=True)
+    cpu = [(after - before) * 1e6 / tasks for before, after in spent]
     print(f"e2e_throughput {throughput:.0f} tasks/s")
     print(f"cpu_per_task_broker {cpu[0]:.0f} us")
     print(f"cpu_per_task_workers {sum(cpu[1:-1]):.0f} us")

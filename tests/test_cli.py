@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 import socket
 import sys
 from datetime import UTC, datetime
@@ -10,9 +12,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
+from broker import load_config
 from cli._output import OutputFormat, decode_bytes, show_task, show_tasks, task_dict
 from cli.main import app
 from worker_sdk import TaskErrorInfo, TaskInfo, TaskState
+
+ROOT = Path(__file__).resolve().parent.parent
+READMES = [ROOT / "README.md", ROOT / "deploy" / "README.md"]
 
 COMMANDS = [
     [],
@@ -228,3 +234,28 @@ def test_tables_print_text_verbatim(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "[bold]echo" in out  # not read as rich markup
     assert "bad [input]" in out
+
+
+def test_readme_config_example_loads(tmp_path: Path) -> None:
+    example = re.search(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    assert example
+    config = tmp_path / "taskbroker.toml"
+    config.write_text(example.group(1))
+    assert [p.name for p in load_config(config, {}).pools] == ["default", "gpu"]
+
+
+def _readme_commands() -> list[list[str]]:
+    commands = []
+    for readme in READMES:
+        for block in re.findall(r"```sh\n(.*?)```", readme.read_text(), re.DOTALL):
+            for line in block.splitlines():
+                _, found, rest = line.partition("taskbroker ")
+                if found:
+                    commands.append(shlex.split(rest, comments=True))
+    return commands
+
+
+@pytest.mark.parametrize("args", _readme_commands(), ids=shlex.join)
+def test_readme_commands_exist(args: list[str]) -> None:
+    result = invoke(*args, "--help")
+    assert result.exit_code == 0, result.output

@@ -188,6 +188,18 @@ def test_submit_prints_the_id_and_tasks_list_json_has_it(cluster: Cluster) -> No
     assert task["worker_id"] == cluster.worker_id
 
 
+def test_cancel_a_pending_task(cluster: Cluster) -> None:
+    # No worker handles "nobody", so the task stays pending until cancelled.
+    task_id = cluster.run("submit", "nobody").stdout.strip()
+    cancelled = cluster.run("tasks", "cancel", task_id, "--output", "json")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert json.loads(cancelled.stdout)["state"] == "cancelled"
+    listed = cluster.run("tasks", "list", "--state", "cancelled", "--state", "failed", "-o", "json")
+    assert task_id in {t["id"] for t in json.loads(listed.stdout)}
+    pending = cluster.run("tasks", "list", "--state", "pending", "-o", "json")
+    assert task_id not in {t["id"] for t in json.loads(pending.stdout)}
+
+
 def test_submit_to_an_unknown_pool_is_not_found(cluster: Cluster) -> None:
     done = cluster.run("submit", "upper", "--pool", "nowhere")
     assert done.returncode == 1

@@ -184,6 +184,8 @@ async def test_restart_completes_every_task_exactly_once(tmp_path: Path) -> None
         listed = await client.list_tasks(limit=1000)
         assert len(listed) == 200
         assert {t.state for t in listed} == {TaskState.SUCCEEDED}
+        (default,) = [p for p in (await client.stats()).pools if p.pool == "default"]
+        assert (default.pending, default.active, default.succeeded) == (0, 0, 200)
 
 
 async def test_graceful_shutdown_lets_held_work_finish(tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ class FakeTaskService(_tasks_grpc.TaskServiceServicer):
         self.streams_opened = 0
         self.reject_all: tuple[int, str] | None = None
         self.hold_acks = False  # receive but never answer
+        self.unmatched_ack = False  # answer with an error ack carrying no batch id
         self._watchers: dict[str, list[asyncio.Queue[_tasks.SubmitStreamResponse | None]]] = {}
         self._outboxes: list[asyncio.Queue[_tasks.SubmitStreamResponse | None]] = []
         self._changed = asyncio.Event()
@@ -127,6 +128,10 @@ class FakeTaskService(_tasks_grpc.TaskServiceServicer):
         outbox: asyncio.Queue[_tasks.SubmitStreamResponse | None],
     ) -> None:
         if self.hold_acks:
+            return
+        if self.unmatched_ack:
+            unmatched = _tasks.SubmitAck(error_code=3, error_message="could not parse the message")
+            outbox.put_nowait(_tasks.SubmitStreamResponse(ack=unmatched))
             return
         if request.tasks:
             errors = [e for e in map(self._check, request.tasks) if e is not None]
@@ -483,6 +488,14 @@ async def test_broken_stream_fails_pending_calls_then_reopens(
     tasks.hold_acks = False
     assert await client.submit("echo")
     assert tasks.streams_opened == 2
+
+
+async def test_unmatchable_error_ack_fails_the_stream_instead_of_hanging(
+    client: Client, tasks: FakeTaskService
+) -> None:
+    tasks.unmatched_ack = True
+    with pytest.raises(Unavailable, match="could not parse"):
+        await asyncio.wait_for(client.submit("echo"), 5)
 
 
 async def test_close_fails_pending_waits_and_is_idempotent(

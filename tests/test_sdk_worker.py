@@ -391,6 +391,18 @@ async def test_drain_finishes_in_flight_work_then_run_returns() -> None:
     assert service.connects == 1
 
 
+async def test_drain_then_stream_end_does_not_reconnect() -> None:
+    worker = make_worker()
+    service = FakeWorkerService()
+    async with serve(service) as (address, _):
+        run = asyncio.create_task(worker.run(address))
+        session = await service.sessions.get()
+        session.drain()
+        session.outbox.put_nowait(None)  # the broker ends the call right after the drain
+        await asyncio.wait_for(run, 5)
+    assert service.connects == 1
+
+
 async def test_shutdown_stops_taking_work_and_finishes_in_flight() -> None:
     worker = Worker(reconnect_initial_s=0.01, reconnect_max_s=0.05)
     release = asyncio.Event()

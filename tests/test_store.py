@@ -25,7 +25,7 @@ from broker.domain import (
     TaskState,
     WorkerSpec,
 )
-from broker.errors import BrokerError, InvalidArgument, Unavailable
+from broker.errors import BrokerError, InvalidArgument, StorageError, Unavailable
 from broker.store import SCHEMA_VERSION, SQLiteStore, _list_query
 
 PENDING, ASSIGNED, RUNNING = TaskState.PENDING, TaskState.ASSIGNED, TaskState.RUNNING
@@ -265,15 +265,15 @@ async def test_writes_during_a_commit_go_into_the_next_one(
     before = store.commits
     store.save(finished(first))
     await commit_started.wait()  # the first save's commit is now in flight
-
-    joins_in_flight = store.durable()  # nothing queued: waits for the commit in flight
-    store.save(finished(second))  # queued for the next commit
-    waits_for_next = store.durable()
-    assert not joins_in_flight.done()
-    assert not waits_for_next.done()
-    assert await query(db_path, "SELECT state FROM tasks") == [(PENDING,), (PENDING,)]
-
-    release.set()
+    try:
+        joins_in_flight = store.durable()  # nothing queued: waits for the commit in flight
+        store.save(finished(second))  # queued for the next commit
+        waits_for_next = store.durable()
+        assert not joins_in_flight.done()
+        assert not waits_for_next.done()
+        assert await query(db_path, "SELECT state FROM tasks") == [(PENDING,), (PENDING,)]
+    finally:
+        release.set()  # a failed assertion must not leave the writer stuck
     await joins_in_flight
     assert store.commits == before + 1
     await waits_for_next
@@ -309,7 +309,8 @@ async def test_a_failed_commit_fails_its_waiters_and_the_writer_goes_on(
         results = await asyncio.gather(
             store.insert_tasks([make_task(2)]), store.flush(), return_exceptions=True
         )
-    assert [str(r) for r in results] == ["disk I/O error", "disk I/O error"]
+    causes = [r.__cause__ for r in results if isinstance(r, StorageError)]
+    assert [str(c) for c in causes] == ["disk I/O error", "disk I/O error"]
     assert any(r.name == "taskbroker.store" and r.exc_info for r in caplog.records)
 
     monkeypatch.setattr(store._db, "commit", commit)
@@ -325,7 +326,9 @@ async def test_a_duplicate_id_fails_the_whole_batch(store: SQLiteStore) -> None:
         store.insert_tasks([make_task(2)]),
         return_exceptions=True,
     )
-    assert all(isinstance(r, sqlite3.IntegrityError) for r in results)
+    causes = [r.__cause__ for r in results if isinstance(r, StorageError)]
+    assert len(causes) == 2
+    assert all(isinstance(c, sqlite3.IntegrityError) for c in causes)
     assert await store.get_task(2) is None
     await store.insert_tasks([make_task(2)])
     assert await store.get_task(2) == make_task(2)
@@ -514,6 +517,31 @@ async def test_close_writes_what_is_queued(db_path: Path) -> None:
     assert await query(db_path, "SELECT last_heartbeat FROM workers") == [(6.0,)]
 
 
+async def test_close_during_a_commit_writes_what_came_after_it(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await SQLiteStore.open(db_path)
+    first, second = make_task(1), make_task(2)
+    await store.insert_tasks([first, second])
+    commit_started, release = asyncio.Event(), asyncio.Event()
+    commit = store._db.commit
+
+    async def held_commit() -> None:
+        commit_started.set()
+        await release.wait()
+        await commit()
+
+    monkeypatch.setattr(store._db, "commit", held_commit)
+    store.save(finished(first))
+    await commit_started.wait()
+    store.save(finished(second))  # queued behind the commit in flight
+    closing = asyncio.create_task(store.close())
+    release.set()
+    await closing
+    async with await SQLiteStore.open(db_path) as reopened:
+        assert await reopened.get_task(2) == finished(second)
+
+
 async def test_data_survives_reopening(db_path: Path) -> None:
     tasks = listing_tasks()
     async with await SQLiteStore.open(db_path) as store:
@@ -560,7 +588,7 @@ async def test_close_raises_when_the_last_commit_fails(
 
     monkeypatch.setattr(store._db, "commit", broken_commit)
     store.save(finished(make_task(1)))
-    with pytest.raises(sqlite3.OperationalError, match="disk full"):
+    with pytest.raises(StorageError, match="could not commit: disk full"):
         await store.close()
     await store.close()  # closed all the same
     async with await SQLiteStore.open(db_path) as reopened:

@@ -201,7 +201,9 @@ class _SubmitStream:
         batch = self._unacked.pop(ack.batch_id, None)
         if batch is None:
             if ack.error_code:
-                _log.warning("broker rejected message %d: %s", ack.batch_id, ack.error_message)
+                # A rejected message we cannot match (e.g. one the broker could not parse):
+                # its submits would wait forever, so give up on the stream instead.
+                self._break(f"broker rejected message {ack.batch_id}: {ack.error_message}")
             return
         if ack.error_code:
             if len(batch) > 1 and ack.error_code in _PER_TASK_ERROR_CODES:
@@ -376,6 +378,8 @@ class Client:
 
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskInfo:  # noqa: ASYNC109
         """The task once it is terminal; DeadlineExceeded after `timeout` seconds."""
+        if timeout is None:
+            return await self._watch(task_id)
         deadline = asyncio.timeout(timeout)
         try:
             async with deadline:

@@ -108,6 +108,8 @@ class Worker:
         self._reconnect_initial_s = reconnect_initial_s
         self._reconnect_max_s = reconnect_max_s
         self._handlers: dict[str, _Handler] = {}
+        self._stop_requested = False
+        # Made by run(), so they belong to the loop that runs the worker.
         self._stop = asyncio.Event()
         self._finished = asyncio.Event()
         self._grace = 30.0
@@ -159,11 +161,12 @@ class Worker:
             raise RuntimeError("the worker is already running")
         if not self._handlers:
             raise ValueError("no handlers: register at least one with @worker.task(...)")
-        if self._stop.is_set():
+        if self._stop_requested:
             return
         address = broker or self._broker
         self._running = True
-        self._finished.clear()
+        self._stop = asyncio.Event()
+        self._finished = asyncio.Event()
         executor = ThreadPoolExecutor(self._capacity, thread_name_prefix="taskbroker-handler")
         channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         try:
@@ -180,7 +183,9 @@ class Worker:
                     if session.registered:
                         registered_before = True
                         failures = 0
-                    ceiling = min(self._reconnect_max_s, self._reconnect_initial_s * 2**failures)
+                    ceiling = min(
+                        self._reconnect_max_s, self._reconnect_initial_s * 2.0 ** min(failures, 30)
+                    )
                     failures += 1
                     delay = random.uniform(0, ceiling)
                     _log.warning("%s; reconnecting in %.2fs", lost, delay)
@@ -198,6 +203,7 @@ class Worker:
         them), send their results and disconnect. Idempotent; returns once `run()` is done.
         """
         self._grace = grace
+        self._stop_requested = True
         self._stop.set()
         session = self._session
         if session is not None and session.is_handler_task(asyncio.current_task()):
@@ -267,9 +273,11 @@ class _Session:
             await asyncio.wait(
                 {reader, writer, stop_wait, drain_wait}, return_when=asyncio.FIRST_COMPLETED
             )
-            if reader.done() or writer.done():
+            stopping = self._worker._stop.is_set()
+            if not (stopping or self._drain.is_set()):
                 raise _StreamLost(self._loss_reason(reader, writer))
-            if stop_wait.done():
+            # A drain (or shutdown) counts even if the broker ended the stream right after it.
+            if stopping:
                 _log.info("worker %s shutting down", self._worker_id)
                 self._send_control(_convert.credit_message(0))
                 grace: float | None = self._worker._grace
@@ -354,9 +362,7 @@ class _Session:
             idle.cancel()
         if self._running:
             _log.warning(
-                "cancelling %d tasks still running after the %ss grace period",
-                len(self._running),
-                grace,
+                "cancelling %d unfinished tasks; the broker requeues them", len(self._running)
             )
             for running in self._running.values():
                 running.context._cancel()

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Protocol
 
 from broker.clock import Clock
@@ -36,7 +35,6 @@ from broker.domain import (
 )
 from broker.errors import (
     AlreadyExists,
-    BrokerError,
     ConfigError,
     FailedPrecondition,
     InvalidArgument,
@@ -44,6 +42,7 @@ from broker.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from broker.registry import WorkerChannel, WorkerRegistry
 from broker.scheduler import PoolScheduler
 from broker.states import check_move
 from broker.strategies import WorkerSlot
@@ -76,24 +75,6 @@ class Store(Protocol):
     def worker_disconnected(self, worker_id: str, at: float) -> None: ...
 
 
-class WorkerChannel(Protocol):
-    """How the engine speaks to one connected worker; the gRPC edge implements it."""
-
-    def send_assignments(self, tasks: Sequence[Task]) -> None: ...
-    def send_cancel(self, task_ids: Sequence[TaskId]) -> None: ...
-    def send_drain(self, reason: str) -> None: ...
-    def close(self, error: BrokerError) -> None: ...
-
-
-@dataclass(slots=True)
-class _Session:
-    spec: WorkerSpec
-    slot: WorkerSlot
-    channel: WorkerChannel
-    connected_at: float
-    last_heartbeat: float
-
-
 class Engine:
     """Tasks, pools and workers of one broker."""
 
@@ -102,7 +83,7 @@ class Engine:
         self._store = store
         self._clock = clock
         self._pools: dict[str, PoolScheduler] = {}
-        self._sessions: dict[WorkerId, _Session] = {}
+        self._workers = WorkerRegistry(store, clock)
         self._live: dict[TaskId, Task] = {}  # not yet terminal, or terminal and not yet durable
         self._waiters: dict[TaskId, list[TaskCallback]] = defaultdict(list)
         self._next_id = 1
@@ -206,9 +187,9 @@ class Engine:
 
     def disconnect_all(self, reason: str) -> None:
         """End every worker stream; what they held is requeued."""
-        for worker_id, session in list(self._sessions.items()):
+        for session in self._workers:
             session.channel.close(Unavailable(reason))
-            self.disconnect_worker(worker_id, reason)
+            self.disconnect_worker(session.spec.worker_id, reason)
 
     async def get(self, task_id: TaskId) -> Task:
         task = self._live.get(task_id)
@@ -297,7 +278,7 @@ class Engine:
             pool.dequeue(task_id)
         else:
             self._release(task)
-            session = self._sessions.get(task.worker_id)
+            session = self._workers.get(task.worker_id)
             if session is not None:
                 session.channel.send_cancel([task_id])
         task = _move(
@@ -361,15 +342,10 @@ class Engine:
         if pool is None:
             raise NotFound(f"pool {spec.pool!r} does not exist")
         self._validate_worker(spec)
-        if not spec.worker_id:
-            spec = replace(spec, worker_id=f"w-{secrets.token_hex(4)}")
-        if spec.worker_id in self._sessions:
-            raise AlreadyExists(f"a worker with id {spec.worker_id!r} is connected already")
-        now = self._clock.now()
+        spec = self._workers.with_id(spec)
         slot = WorkerSlot(spec.worker_id, spec.pool, spec.capacity, spec.task_types)
         pool.add_worker(slot)
-        self._sessions[spec.worker_id] = _Session(spec, slot, channel, now, now)
-        self._store.worker_connected(spec, now)
+        self._workers.add(spec, slot, channel)
         log.info(
             "worker %s connected to pool %s (capacity %d, types %s)",
             spec.worker_id,
@@ -382,7 +358,7 @@ class Engine:
 
     def disconnect_worker(self, worker_id: WorkerId, reason: str) -> None:
         """Forget a worker and requeue every task it held (at-least-once delivery)."""
-        session = self._sessions.pop(worker_id, None)
+        session = self._workers.remove(worker_id)
         if session is None:
             return
         pool = self._pools[session.spec.pool]
@@ -398,49 +374,46 @@ class Engine:
             self._store.save(task)
             pool.enqueue(task)
             requeued += 1
-        self._store.worker_disconnected(worker_id, self._clock.now())
         log.info("worker %s disconnected (%s); %d tasks requeued", worker_id, reason, requeued)
         self._update_idle()
         self._request_dispatch([session.spec.pool])
 
     def heartbeat(self, worker_id: WorkerId, load: float) -> None:
-        session = self._session(worker_id)
-        session.last_heartbeat = self._clock.now()
+        session = self._workers.registered(worker_id)
+        self._workers.heard_from(session)
         session.slot.load = load
 
     def set_capacity(self, worker_id: WorkerId, capacity: int) -> None:
         """A worker changes how many tasks it takes at once (0 pauses it)."""
-        session = self._session(worker_id)
+        session = self._workers.registered(worker_id)
         if not 0 <= capacity <= MAX_CAPACITY:
             raise InvalidArgument(f"capacity must be 0..{MAX_CAPACITY}, got {capacity}")
-        session.last_heartbeat = self._clock.now()
+        self._workers.heard_from(session)
         self._pools[session.spec.pool].set_capacity(worker_id, capacity)
         self._request_dispatch([session.spec.pool])
 
     def drain_worker(self, worker_id: WorkerId) -> WorkerStatus:
         """Send no more work to this worker and ask it to finish and disconnect."""
-        session = self._sessions.get(worker_id)
-        if session is None:
-            raise NotFound(f"worker {worker_id!r} is not connected")
+        session = self._workers.connected(worker_id)
         if not session.slot.draining:
             self._pools[session.spec.pool].set_draining(worker_id)
             session.channel.send_drain("drained by an operator")
             log.info("worker %s draining", worker_id)
-        return self._status(session)
+        return session.status()
 
     def workers(self, pool: str = "") -> list[WorkerStatus]:
         if pool and pool not in self._pools:
             raise NotFound(f"pool {pool!r} does not exist")
-        return [self._status(s) for s in self._sessions.values() if not pool or s.spec.pool == pool]
+        return [s.status() for s in self._workers if not pool or s.spec.pool == pool]
 
     def report(
         self, worker_id: WorkerId, started: Sequence[TaskId], results: Sequence[TaskResult]
     ) -> None:
         """A worker's start notices and results. Stale ones (a task it no longer holds) are
         counted and dropped."""
-        session = self._session(worker_id)
-        now = self._clock.now()
-        session.last_heartbeat = now
+        session = self._workers.registered(worker_id)
+        self._workers.heard_from(session)
+        now = session.last_heartbeat
         if started and results:  # a start and a result in one message: the result will do
             finishing = {r.task_id for r in results}
             started = [task_id for task_id in started if task_id not in finishing]
@@ -476,11 +449,9 @@ class Engine:
 
     def reap(self) -> list[WorkerId]:
         """Disconnect workers whose last heartbeat is older than the timeout."""
-        deadline = self._clock.now() - self._config.heartbeat_timeout_s
-        dead = [wid for wid, s in self._sessions.items() if s.last_heartbeat < deadline]
+        dead = self._workers.silent(self._config.heartbeat_timeout_s)
         for worker_id in dead:
-            session = self._sessions[worker_id]
-            session.channel.close(
+            self._workers.connected(worker_id).channel.close(
                 Unavailable(
                     f"no heartbeat for {self._config.heartbeat_timeout_s:g} s; "
                     "the worker's tasks were requeued"
@@ -499,23 +470,6 @@ class Engine:
 
     def _new_scheduler(self, pool: PoolConfig) -> PoolScheduler:
         return PoolScheduler(pool.name, pool.strategy, self._config.starvation_interval)
-
-    def _session(self, worker_id: WorkerId) -> _Session:
-        session = self._sessions.get(worker_id)
-        if session is None:
-            raise FailedPrecondition(f"worker {worker_id!r} is not registered")
-        return session
-
-    def _status(self, session: _Session) -> WorkerStatus:
-        return WorkerStatus(
-            spec=session.spec,
-            in_flight=len(session.slot.held),
-            capacity=session.slot.capacity,
-            load=session.slot.load,
-            connected_at=session.connected_at,
-            last_heartbeat=session.last_heartbeat,
-            draining=session.slot.draining,
-        )
 
     def _validate_spec(self, spec: TaskSpec, index: int | None) -> None:
         where = "" if index is None else f"task {index}: "
@@ -640,7 +594,7 @@ class Engine:
                 by_worker[task.worker_id].append(task)
                 self._active += 1
             for worker_id, tasks in by_worker.items():
-                self._sessions[worker_id].channel.send_assignments(tasks)
+                self._workers.connected(worker_id).channel.send_assignments(tasks)
 
     def _update_idle(self) -> None:
         if self._active == 0:

@@ -1,0 +1,117 @@
+"""The registry of connected workers: who they are, how to reach them, when they last spoke.
+
+Each connection is recorded in the store too, so an operator can see which workers
+came and went. Scheduling state (credit, held tasks) lives in the worker's slot,
+which the pool's scheduler owns; the registry only keeps a reference to it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from broker.clock import Clock
+from broker.domain import Task, TaskId, WorkerId, WorkerSpec, WorkerStatus
+from broker.errors import AlreadyExists, BrokerError, FailedPrecondition, NotFound
+from broker.strategies import WorkerSlot
+
+
+class WorkerChannel(Protocol):
+    """How the broker speaks to one connected worker; the gRPC edge implements it."""
+
+    def send_assignments(self, tasks: Sequence[Task]) -> None: ...
+    def send_cancel(self, task_ids: Sequence[TaskId]) -> None: ...
+    def send_drain(self, reason: str) -> None: ...
+    def close(self, error: BrokerError) -> None: ...
+
+
+class WorkerLog(Protocol):
+    """Where connections are recorded (the store)."""
+
+    def worker_connected(self, spec: WorkerSpec, at: float) -> None: ...
+    def worker_disconnected(self, worker_id: str, at: float) -> None: ...
+
+
+@dataclass(slots=True)
+class WorkerSession:
+    """One connected worker."""
+
+    spec: WorkerSpec
+    slot: WorkerSlot
+    channel: WorkerChannel
+    connected_at: float
+    last_heartbeat: float
+
+    def status(self) -> WorkerStatus:
+        return WorkerStatus(
+            spec=self.spec,
+            in_flight=len(self.slot.held),
+            capacity=self.slot.capacity,
+            load=self.slot.load,
+            connected_at=self.connected_at,
+            last_heartbeat=self.last_heartbeat,
+            draining=self.slot.draining,
+        )
+
+
+class WorkerRegistry:
+    """The connected workers, by id."""
+
+    def __init__(self, log: WorkerLog, clock: Clock) -> None:
+        self._log = log
+        self._clock = clock
+        self._sessions: dict[WorkerId, WorkerSession] = {}
+
+    def __iter__(self) -> Iterator[WorkerSession]:
+        return iter(list(self._sessions.values()))
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def with_id(self, spec: WorkerSpec) -> WorkerSpec:
+        """The spec with a fresh id if it came without one; AlreadyExists if the id is taken."""
+        if not spec.worker_id:
+            spec = replace(spec, worker_id=f"w-{secrets.token_hex(4)}")
+        if spec.worker_id in self._sessions:
+            raise AlreadyExists(f"a worker with id {spec.worker_id!r} is connected already")
+        return spec
+
+    def add(self, spec: WorkerSpec, slot: WorkerSlot, channel: WorkerChannel) -> WorkerSession:
+        spec = self.with_id(spec)
+        now = self._clock.now()
+        session = self._sessions[spec.worker_id] = WorkerSession(spec, slot, channel, now, now)
+        self._log.worker_connected(spec, now)
+        return session
+
+    def remove(self, worker_id: WorkerId) -> WorkerSession | None:
+        session = self._sessions.pop(worker_id, None)
+        if session is not None:
+            self._log.worker_disconnected(worker_id, self._clock.now())
+        return session
+
+    def get(self, worker_id: WorkerId) -> WorkerSession | None:
+        return self._sessions.get(worker_id)
+
+    def registered(self, worker_id: WorkerId) -> WorkerSession:
+        """The session of a worker speaking on its stream; it must be registered."""
+        session = self._sessions.get(worker_id)
+        if session is None:
+            raise FailedPrecondition(f"worker {worker_id!r} is not registered")
+        return session
+
+    def connected(self, worker_id: WorkerId) -> WorkerSession:
+        """The session of a worker an operator names; NotFound if it is not connected."""
+        session = self._sessions.get(worker_id)
+        if session is None:
+            raise NotFound(f"worker {worker_id!r} is not connected")
+        return session
+
+    def heard_from(self, session: WorkerSession) -> None:
+        session.last_heartbeat = self._clock.now()
+
+    def silent(self, timeout: float) -> list[WorkerId]:
+        """Workers not heard from for more than `timeout` seconds."""
+        deadline = self._clock.now() - timeout
+        return [wid for wid, s in self._sessions.items() if s.last_heartbeat < deadline]

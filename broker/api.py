@@ -33,6 +33,8 @@ Response = TypeVar("Response")
 Handler = Callable[[Any, Request, Context], Awaitable[Response]]
 
 COMPLETIONS_PER_MESSAGE = 1000
+# Payloads plus results in one Completions message, so it stays far below 4 MiB.
+COMPLETION_BYTES_PER_MESSAGE = 1024 * 1024
 
 
 def edge(handler: Handler[Request, Response]) -> Handler[Request, Response]:
@@ -80,6 +82,8 @@ class TaskApi(_tasks_grpc.TaskServiceServicer):
         try:
             async for message in session.messages():
                 yield message
+            if session.failed is not None:
+                await context.abort(status_of(session.failed), str(session.failed))
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -129,19 +133,14 @@ class _SubmitSession:
         self._handlers: set[asyncio.Task[None]] = set()
         self._reading = True
         self._wake = asyncio.Event()
+        self.failed: BrokerError | None = None
 
     async def read(self, requests: AsyncIterator[_tasks.SubmitStreamRequest]) -> None:
         try:
             async for request in requests:
                 if isinstance(request, Malformed):
-                    self._acks.append(
-                        _tasks.SubmitAck(
-                            error_code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
-                            error_message=request.error().args[0],
-                        )
-                    )
-                    self._wake.set()
-                    continue
+                    self.failed = request.error()  # no batch id to answer: end the stream
+                    return
                 handler = asyncio.create_task(self._handle(request))
                 self._handlers.add(handler)
                 handler.add_done_callback(self._handlers.discard)
@@ -159,18 +158,30 @@ class _SubmitSession:
             acks, self._acks = self._acks, []
             for ack in acks:
                 yield _tasks.SubmitStreamResponse(ack=ack)
-            completed, self._completed = self._completed, []
-            not_found, self._not_found = self._not_found, []
-            for start in range(0, max(len(completed), len(not_found)), COMPLETIONS_PER_MESSAGE):
-                end = start + COMPLETIONS_PER_MESSAGE
-                yield _tasks.SubmitStreamResponse(
-                    completions=_tasks.Completions(
-                        tasks=[convert.task_to_pb(t) for t in completed[start:end]],
-                        not_found=not_found[start:end],
-                    )
-                )
+            if self._completed or self._not_found:
+                for completions in self._take_completions():
+                    yield _tasks.SubmitStreamResponse(completions=completions)
+            if self.failed is not None:
+                return
             if not self._reading and not self._watched and not self._acks and not self._completed:
                 return
+
+    def _take_completions(self) -> list[_tasks.Completions]:
+        """What finished since the last write, in messages of bounded count and size."""
+        completed, self._completed = self._completed, []
+        messages = [_tasks.Completions(not_found=self._not_found)]
+        self._not_found = []
+        size = 0
+        for task in completed:
+            task_size = len(task.spec.payload) + len(task.result)
+            if len(messages[-1].tasks) >= COMPLETIONS_PER_MESSAGE or (
+                size and size + task_size > COMPLETION_BYTES_PER_MESSAGE
+            ):
+                messages.append(_tasks.Completions())
+                size = 0
+            messages[-1].tasks.append(convert.task_to_pb(task))
+            size += task_size
+        return messages
 
     async def close(self) -> None:
         for handler in list(self._handlers):

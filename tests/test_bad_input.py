@@ -228,3 +228,52 @@ async def test_admin_bad_input(channel: grpc.aio.Channel) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await admin.ListWorkers(_admin.ListWorkersRequest(pool="nope"))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_garbage_on_the_submit_stream_ends_it(channel: grpc.aio.Channel) -> None:
+    raw = channel.stream_stream("/taskbroker.v1.TaskService/SubmitStream", None, None)
+
+    async def requests() -> AsyncIterator[bytes]:
+        yield b"\xff\xfe not a protobuf"
+        await asyncio.sleep(5)
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async with asyncio.timeout(5):
+            async for _ in raw(requests()):
+                pass
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed request" in (info.value.details() or "")
+    await still_serving(channel)
+
+
+async def test_completions_are_split_by_size(broker: Broker, channel: grpc.aio.Channel) -> None:
+    """Big payloads come back in several Completions messages, each under the 4 MiB limit."""
+    from worker_sdk import TaskContext, Worker
+
+    worker = Worker(capacity=8)
+
+    @worker.task("big")
+    async def big(ctx: TaskContext) -> bytes:
+        return ctx.payload
+
+    run = asyncio.create_task(worker.run(broker.address))
+    stub = _tasks_grpc.TaskServiceStub(channel)
+    payload = b"x" * 700_000
+    done = asyncio.Event()
+
+    async def requests() -> AsyncIterator[_tasks.SubmitStreamRequest]:
+        spec = _tasks.TaskSpec(task_type="big", payload=payload)
+        yield _tasks.SubmitStreamRequest(batch_id=1, tasks=[spec] * 6, watch=True)
+        await done.wait()
+
+    completed = 0
+    async with asyncio.timeout(20):
+        async for reply in stub.SubmitStream(requests()):
+            if reply.WhichOneof("kind") == "completions":
+                assert reply.completions.ByteSize() < 4 * 1024 * 1024
+                completed += len(reply.completions.tasks)
+                if completed == 6:
+                    done.set()
+    await worker.shutdown(grace=2)
+    await run
+    assert completed == 6

@@ -52,7 +52,10 @@ class Register(_message.Message):
     TASK_TYPES_FIELD_NUMBER: _builtins.int
     SDK_VERSION_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
-    """empty = the broker picks one"""
+    """Empty = the broker picks one. An id that is connected already is refused
+    with ALREADY_EXISTS (after a reconnect, retry until the broker has seen the
+    old stream end).
+    """
     pool: _builtins.str
     """empty = "default"; must exist"""
     capacity: _builtins.int
@@ -172,7 +175,7 @@ Global___TaskResult: _TypeAlias = TaskResult  # noqa: Y015
 
 @_typing.final
 class Results(_message.Message):
-    """Results and start notices, batched."""
+    """Results and start notices, batched. Each result gives one credit back."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -306,7 +309,9 @@ Global___Assignments: _TypeAlias = Assignments  # noqa: Y015
 
 @_typing.final
 class CancelTasks(_message.Message):
-    """Stop running these tasks; their results are no longer wanted."""
+    """Stop running these tasks; their results are no longer wanted and no result
+    is expected. The broker gives their credit back when it sends this.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

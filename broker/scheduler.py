@@ -85,23 +85,24 @@ class PoolScheduler:
     def dequeue(self, task_id: TaskId) -> Task | None:
         return self.queue.remove(task_id)
 
-    def place(self, limit: int | None = None) -> list[Placement]:
-        """Match queued tasks to ready workers until one side runs out (or `limit`)."""
+    def place(self) -> list[Placement]:
+        """Match queued tasks to ready workers until one side runs out."""
         placements: list[Placement] = []
-        while limit is None or len(placements) < limit:
-            ready = self._ready
-            types = [t for t in self.queue.types_waiting() if t in ready and len(ready[t])]
-            if not types:
-                break
-            task = self.queue.pop(types)
-            assert task is not None
-            strategy = self._ready[task.spec.task_type]
-            worker = strategy.pick(task)
-            assert worker is not None, "a non-empty strategy index always picks"
-            was_ready = worker.ready
-            worker.held.add(task.id)
-            self._reindex(worker, was_ready)
-            placements.append(Placement(task, worker))
+        ready = self._ready
+        queue = self.queue
+        while types := [t for t in queue.types_waiting() if t in ready and len(ready[t])]:
+            # These types all have a ready worker until some worker fills up.
+            while (task := queue.pop(types)) is not None:
+                worker = ready[task.spec.task_type].pick(task)
+                assert worker is not None, "a non-empty strategy index always picks"
+                worker.held.add(task.id)
+                placements.append(Placement(task, worker))
+                if worker.ready:
+                    for task_type in worker.task_types:
+                        ready[task_type].update(worker)
+                else:
+                    self._index_remove(worker)
+                    break
         return placements
 
     # Internals ---------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from cli._errors import EXIT_ERROR, OneLineErrorGroup, fail
+from cli._errors import EXIT_ERROR, CliError, OneLineErrorGroup
 from cli._logs import quiet, to_stderr
 from cli._output import (
     OutputFormat,
@@ -196,12 +196,12 @@ def submit(
     elif task.state is TaskState.FAILED:
         error = task.error
         detail = f"{error.type}: {error.message}" if error is not None else "no error reported"
-        fail(f"task {task_id} failed: {detail}", EXIT_ERROR)
+        raise CliError(f"task {task_id} failed: {detail}")
     elif task.state is TaskState.CANCELLED:
         reason = f": {task.error.message}" if task.error is not None else ""
-        fail(f"task {task_id} was cancelled{reason}", EXIT_ERROR)
-    else:
-        fail(f"task {task_id} is still {task.state.value} after {timeout:g} s", EXIT_ERROR)
+        raise CliError(f"task {task_id} was cancelled{reason}")
+    else:  # wait() raises DeadlineExceeded rather than return an unfinished task
+        raise CliError(f"task {task_id} is still {task.state.value}")
 
 
 @tasks_app.command("list")

@@ -44,11 +44,11 @@ async def test_lifecycle_moves_in_order(tmp_path: Path) -> None:
     broker = Broker(make_config(tmp_path))
     assert broker.state.value == "created"
     await broker.start()
-    assert broker.state is BrokerState.RUNNING
+    assert broker.state.value == "running"
     with pytest.raises(InvalidTransition):
         await broker.start()
     await broker.shutdown()
-    assert broker.state is BrokerState.STOPPED
+    assert broker.state.value == "stopped"
     await broker.shutdown()  # idempotent
 
 

@@ -42,14 +42,15 @@ async def test_reflection_lists_the_services(channel: grpc.aio.Channel) -> None:
 
 async def test_lifecycle_moves_in_order(tmp_path: Path) -> None:
     broker = Broker(make_config(tmp_path))
-    assert broker.state.value == "created"
+    seen = [broker.state]
     await broker.start()
-    assert broker.state.value == "running"
+    seen.append(broker.state)
     with pytest.raises(InvalidTransition):
         await broker.start()
     await broker.shutdown()
-    assert broker.state.value == "stopped"
+    seen.append(broker.state)
     await broker.shutdown()  # idempotent
+    assert seen == [BrokerState.CREATED, BrokerState.RUNNING, BrokerState.STOPPED]
 
 
 async def test_a_port_in_use_is_a_clear_error(broker: Broker, tmp_path: Path) -> None:

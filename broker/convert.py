@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from broker.domain import (
+    ANYWHERE,
     DEFAULT_POOL,
+    Placement,
     PoolConfig,
     PoolStats,
+    PreferredLabel,
     Task,
     TaskError,
     TaskFilter,
@@ -43,13 +46,35 @@ def task_ids_from_pb(texts: Sequence[str]) -> list[TaskId]:
     return [task_id_from_pb(t) for t in texts]
 
 
+def placement_from_pb(msg: _tasks.Placement) -> Placement:
+    if not (msg.required_labels or msg.preferred_labels or msg.anti_affinity_group):
+        return ANYWHERE
+    return Placement(
+        required_labels=dict(msg.required_labels),
+        preferred_labels=tuple(
+            PreferredLabel(p.key, p.value, p.weight) for p in msg.preferred_labels
+        ),
+        anti_affinity_group=msg.anti_affinity_group,
+        anti_affinity_soft=msg.anti_affinity_soft,
+    )
+
+
 def spec_from_pb(msg: _tasks.TaskSpec) -> TaskSpec:
     return TaskSpec(
         task_type=msg.task_type,
         payload=msg.payload,
         priority=msg.priority,
         pool=msg.pool or DEFAULT_POOL,
+        placement=placement_from_pb(msg.placement) if msg.HasField("placement") else ANYWHERE,
     )
+
+
+def _placement_to_pb(placement: Placement, msg: _tasks.Placement) -> None:
+    msg.required_labels.update(placement.required_labels)
+    for p in placement.preferred_labels:
+        msg.preferred_labels.add(key=p.key, value=p.value, weight=p.weight)
+    msg.anti_affinity_group = placement.anti_affinity_group
+    msg.anti_affinity_soft = placement.anti_affinity_soft
 
 
 def specs_from_pb(msgs: Sequence[_tasks.TaskSpec]) -> list[TaskSpec]:
@@ -77,9 +102,13 @@ def task_to_pb(task: Task) -> _tasks.Task:
         started_at_ms=_ms(task.started_at),
         finished_at_ms=_ms(task.finished_at),
         result=task.result,
+        placement_note=task.placement_note,
+        unschedulable=task.unschedulable,
     )
     if task.error is not None:
         _error_to_pb(task.error, msg.error)
+    if not spec.placement.free:
+        _placement_to_pb(spec.placement, msg.spec.placement)
     return msg
 
 
@@ -205,6 +234,7 @@ def stats_to_pb(pools: Sequence[PoolStats], broker_state: str) -> _admin.StatsRe
                 cancelled=s.cancelled,
                 workers=s.workers,
                 capacity=s.capacity,
+                unschedulable=s.unschedulable,
             )
             for s in pools
         ],

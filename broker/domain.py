@@ -37,6 +37,33 @@ class TaskState(enum.IntEnum):
 _TERMINAL = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
 
 
+@dataclass(frozen=True, slots=True)
+class PreferredLabel:
+    """A soft preference: a worker with label key=value scores `weight` more."""
+
+    key: str
+    value: str
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Placement:
+    """Where a task may run (hard constraints, filters) and should run (preferences)."""
+
+    required_labels: Mapping[str, str] = field(default_factory=dict)
+    preferred_labels: tuple[PreferredLabel, ...] = ()
+    anti_affinity_group: str = ""
+    anti_affinity_soft: bool = False
+
+    @property
+    def free(self) -> bool:
+        """No constraint and no preference: any ready worker will do."""
+        return not (self.required_labels or self.preferred_labels or self.anti_affinity_group)
+
+
+ANYWHERE = Placement()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskSpec:
     """What a client asks to run."""
@@ -45,6 +72,7 @@ class TaskSpec:
     payload: bytes = b""
     priority: int = 0
     pool: str = DEFAULT_POOL
+    placement: Placement = ANYWHERE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,6 +106,8 @@ class Task:
     finished_at: float = 0.0
     result: bytes = b""
     error: TaskError | None = None
+    placement_note: str = ""  # why it went where it went, or why it still waits
+    unschedulable: bool = False  # pending, and no connected worker can take it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,6 +169,7 @@ class PoolStats:
     cancelled: int
     workers: int
     capacity: int
+    unschedulable: int = 0  # pending tasks no connected worker can take
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -20,6 +20,7 @@ from broker.config import BrokerConfig, validate_pool
 from broker.domain import (
     MAX_PRIORITY,
     MIN_PRIORITY,
+    Placement,
     PoolConfig,
     PoolStats,
     Task,
@@ -52,6 +53,7 @@ log = logging.getLogger("taskbroker.engine")
 MAX_CAPACITY = 10_000
 MAX_NAME_LENGTH = 200
 MAX_LABELS = 64
+MAX_PREFERENCE_WEIGHT = 1000
 
 TaskCallback = Callable[[Task], None]
 
@@ -117,7 +119,7 @@ class Engine:
         unfinished = await self._store.load_unfinished()
         for task in unfinished:
             if task.state is not TaskState.PENDING:
-                task = _move(task, TaskState.PENDING)
+                _move(task, TaskState.PENDING)
                 self._store.save(task)
             self._live[task.id] = task
             self._pools[task.spec.pool].enqueue(task)
@@ -287,7 +289,6 @@ class Engine:
             finished_at=self._clock.now(),
             error=TaskError(type="Cancelled", message="cancelled by a client request"),
         )
-        self._live[task_id] = task
         self._store.save(task)
         durable = self._store.durable()
         self._finish([task], durable)
@@ -321,13 +322,14 @@ class Engine:
                 PoolStats(
                     pool=name,
                     strategy=pool.strategy_name,
-                    pending=len(pool.queue),
+                    pending=pool.pending,
                     active=sum(len(w.held) for w in workers),
                     succeeded=counts.get((name, TaskState.SUCCEEDED), 0),
                     failed=counts.get((name, TaskState.FAILED), 0),
                     cancelled=counts.get((name, TaskState.CANCELLED), 0),
                     workers=len(pool.workers),
                     capacity=sum(w.capacity for w in workers),
+                    unschedulable=sum(t.unschedulable for t in pool.parked()),
                 )
             )
         return result
@@ -343,7 +345,7 @@ class Engine:
             raise NotFound(f"pool {spec.pool!r} does not exist")
         self._validate_worker(spec)
         spec = self._workers.with_id(spec)
-        slot = WorkerSlot(spec.worker_id, spec.pool, spec.capacity, spec.task_types)
+        slot = WorkerSlot(spec.worker_id, spec.pool, spec.capacity, spec.task_types, spec.labels)
         pool.add_worker(slot)
         self._workers.add(spec, slot, channel)
         log.info(
@@ -369,8 +371,7 @@ class Engine:
             self._active -= 1
             if task is None or not task.state.active or task.worker_id != worker_id:
                 continue
-            task = _move(task, TaskState.PENDING)
-            self._live[task_id] = task
+            _move(task, TaskState.PENDING)
             self._store.save(task)
             pool.enqueue(task)
             requeued += 1
@@ -424,8 +425,7 @@ class Engine:
                 and task.state is TaskState.ASSIGNED
                 and task.worker_id == worker_id
             ):
-                task = _move(task, TaskState.RUNNING, started_at=now)
-                self._live[task_id] = task
+                _move(task, TaskState.RUNNING, started_at=now)
                 self._store.save(task)
         finished = []
         for result in results:
@@ -439,8 +439,7 @@ class Engine:
                 self.stale_results += 1
                 continue
             self._release(task)
-            task = self._finished_task(task, result, now)
-            self._live[task.id] = task
+            self._finish_attempt(task, result, now)
             self._store.save(task)
             finished.append(task)
         if finished:
@@ -486,10 +485,34 @@ class Engine:
                 f"{where}pool {spec.pool!r} does not exist "
                 "(declare it in the config or create it with `taskbroker pools create`)"
             )
+        if not spec.placement.free:
+            self._validate_placement(spec.placement, where)
         if len(spec.payload) > self._config.max_payload_bytes:
             raise ResourceExhausted(
                 f"{where}payload is {len(spec.payload)} bytes, over the limit of "
                 f"{self._config.max_payload_bytes} (max_payload_bytes)"
+            )
+
+    def _validate_placement(self, placement: Placement, where: str) -> None:
+        labels = [*placement.required_labels.items()]
+        labels += [(p.key, p.value) for p in placement.preferred_labels]
+        if len(labels) > MAX_LABELS:
+            raise InvalidArgument(f"{where}a task names at most {MAX_LABELS} labels")
+        for key, value in labels:
+            if not key or len(key) > MAX_NAME_LENGTH or len(value) > MAX_NAME_LENGTH:
+                raise InvalidArgument(
+                    f"{where}invalid label {key!r}={value!r}: a key is 1-{MAX_NAME_LENGTH} "
+                    f"characters, a value at most {MAX_NAME_LENGTH}"
+                )
+        for preferred in placement.preferred_labels:
+            if not 1 <= preferred.weight <= MAX_PREFERENCE_WEIGHT:
+                raise InvalidArgument(
+                    f"{where}preferred label {preferred.key}={preferred.value}: weight must be "
+                    f"1..{MAX_PREFERENCE_WEIGHT}, got {preferred.weight}"
+                )
+        if len(placement.anti_affinity_group) > MAX_NAME_LENGTH:
+            raise InvalidArgument(
+                f"{where}anti_affinity_group is longer than {MAX_NAME_LENGTH} characters"
             )
 
     def _validate_worker(self, spec: WorkerSpec) -> None:
@@ -505,7 +528,8 @@ class Engine:
         if len(spec.labels) > MAX_LABELS:
             raise InvalidArgument(f"a worker has at most {MAX_LABELS} labels")
 
-    def _finished_task(self, task: Task, result: TaskResult, now: float) -> Task:
+    def _finish_attempt(self, task: Task, result: TaskResult, now: float) -> Task:
+        """Move the task to its terminal state from the worker's report."""
         started_at = task.started_at or result.started_at
         if result.success:
             if len(result.result) > self._config.max_result_bytes:
@@ -581,15 +605,22 @@ class Engine:
         pools, self._dirty_pools = self._dirty_pools, set()
         for name in pools:
             by_worker: dict[WorkerId, list[Task]] = defaultdict(list)
-            for placement in self._pools[name].place():
-                task = _move(
-                    placement.task,
+            for decision in self._pools[name].place():
+                task = decision.task
+                if decision.worker is None:  # still waiting, for a new reason
+                    task.placement_note = decision.note
+                    task.unschedulable = decision.unschedulable
+                    self._store.save(task)
+                    continue
+                _move(
+                    task,
                     TaskState.ASSIGNED,
-                    attempts=placement.task.attempts + 1,
-                    worker_id=placement.worker.worker_id,
+                    attempts=task.attempts + 1,
+                    worker_id=decision.worker.worker_id,
                     assigned_at=now,
+                    placement_note=decision.note,
+                    unschedulable=False,
                 )
-                self._live[task.id] = task
                 self._store.save(task)
                 by_worker[task.worker_id].append(task)
                 self._active += 1

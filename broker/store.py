@@ -22,7 +22,10 @@ import aiosqlite
 from broker.clock import Clock, SystemClock
 from broker.config import SYNCHRONOUS_MODES
 from broker.domain import (
+    ANYWHERE,
+    Placement,
     PoolConfig,
+    PreferredLabel,
     Task,
     TaskError,
     TaskFilter,
@@ -91,6 +94,12 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )
         """,
     ),
+    (
+        # Placement hints (JSON, NULL for none) and the scheduler's explanation.
+        "ALTER TABLE tasks ADD COLUMN placement TEXT",
+        "ALTER TABLE tasks ADD COLUMN placement_note TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE tasks ADD COLUMN unschedulable INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -98,14 +107,16 @@ _UNFINISHED: Final = tuple(state for state in TaskState if not state.terminal)
 
 _TASK_COLUMNS: Final = (
     "id, pool, task_type, payload, priority, seq, state, attempts, worker_id, created_at,"
-    " assigned_at, started_at, finished_at, result, error_type, error_message, error_traceback"
+    " assigned_at, started_at, finished_at, result, error_type, error_message, error_traceback,"
+    " placement_note, unschedulable, placement"
 )
 _SELECT_TASKS: Final = f"SELECT {_TASK_COLUMNS} FROM tasks"
-_INSERT_TASK: Final = f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 17)})"
+_INSERT_TASK: Final = f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 20)})"
 _UPDATE_TASK: Final = """
     UPDATE tasks SET seq = ?, state = ?, attempts = ?, worker_id = ?, created_at = ?,
         assigned_at = ?, started_at = ?, finished_at = ?, result = ?,
-        error_type = ?, error_message = ?, error_traceback = ?
+        error_type = ?, error_message = ?, error_traceback = ?,
+        placement_note = ?, unschedulable = ?
     WHERE id = ?
 """
 _UPSERT_POOL: Final = """
@@ -506,7 +517,15 @@ def _list_query(flt: TaskFilter) -> tuple[str, list[object]]:
 
 def _insert_row(task: Task) -> _Row:
     spec = task.spec
-    return (task.id, spec.pool, spec.task_type, spec.payload, spec.priority, *_state_fields(task))
+    return (
+        task.id,
+        spec.pool,
+        spec.task_type,
+        spec.payload,
+        spec.priority,
+        *_state_fields(task),
+        _placement_json(spec.placement),
+    )
 
 
 def _update_row(task: Task) -> _Row:
@@ -529,6 +548,34 @@ def _state_fields(task: Task) -> _Row:
         None if error is None else error.type,
         None if error is None else error.message,
         None if error is None else error.traceback,
+        task.placement_note,
+        int(task.unschedulable),
+    )
+
+
+def _placement_json(placement: Placement) -> str | None:
+    if placement.free:
+        return None
+    return json.dumps(
+        {
+            "required_labels": dict(placement.required_labels),
+            "preferred_labels": [[p.key, p.value, p.weight] for p in placement.preferred_labels],
+            "anti_affinity_group": placement.anti_affinity_group,
+            "anti_affinity_soft": placement.anti_affinity_soft,
+        },
+        separators=(",", ":"),
+    )
+
+
+def _placement_from_json(text: str | None) -> Placement:
+    if text is None:
+        return ANYWHERE
+    data = json.loads(text)
+    return Placement(
+        required_labels=data["required_labels"],
+        preferred_labels=tuple(PreferredLabel(k, v, w) for k, v, w in data["preferred_labels"]),
+        anti_affinity_group=data["anti_affinity_group"],
+        anti_affinity_soft=data["anti_affinity_soft"],
     )
 
 
@@ -551,10 +598,19 @@ def _task_from_row(row: Sequence[Any]) -> Task:
         error_type,
         error_message,
         error_traceback,
+        placement_note,
+        unschedulable,
+        placement,
     ) = row
     return Task(
         id=task_id,
-        spec=TaskSpec(task_type=task_type, payload=payload, priority=priority, pool=pool),
+        spec=TaskSpec(
+            task_type=task_type,
+            payload=payload,
+            priority=priority,
+            pool=pool,
+            placement=_placement_from_json(placement),
+        ),
         state=TaskState(state),
         seq=seq,
         attempts=attempts,
@@ -567,4 +623,6 @@ def _task_from_row(row: Sequence[Any]) -> Task:
         error=None
         if error_type is None
         else TaskError(type=error_type, message=error_message, traceback=error_traceback),
+        placement_note=placement_note,
+        unschedulable=bool(unschedulable),
     )

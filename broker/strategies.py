@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from collections.abc import Mapping, Sequence
 from typing import ClassVar, Protocol
 
 from broker.domain import Task, WorkerId
@@ -20,16 +21,35 @@ from broker.domain import Task, WorkerId
 class WorkerSlot:
     """A worker's scheduling state: how much it can take and what it holds."""
 
-    __slots__ = ("capacity", "draining", "held", "load", "pool", "task_types", "worker_id")
+    __slots__ = (
+        "capacity",
+        "draining",
+        "groups",
+        "hard_groups",
+        "held",
+        "labels",
+        "load",
+        "pool",
+        "task_types",
+        "worker_id",
+    )
 
     def __init__(
-        self, worker_id: WorkerId, pool: str, capacity: int, task_types: frozenset[str]
+        self,
+        worker_id: WorkerId,
+        pool: str,
+        capacity: int,
+        task_types: frozenset[str],
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.pool = pool
         self.capacity = capacity
         self.task_types = task_types
+        self.labels: Mapping[str, str] = labels or {}
         self.held: set[int] = set()
+        self.groups: Counter[str] = Counter()  # anti-affinity groups of the tasks it holds
+        self.hard_groups: Counter[str] = Counter()  # ... of those that allow no company
         self.draining = False
         self.load = 0.0
 
@@ -63,17 +83,23 @@ class Strategy(Protocol):
     def pick(self, task: Task) -> WorkerSlot | None:
         """The worker to run this task, or None if there is no ready worker."""
 
+    def rank(self, task: Task, allowed: Sequence[WorkerSlot]) -> WorkerSlot:
+        """The worker to run this task among `allowed` (ready workers that passed the
+        placement filters; never empty)."""
+
     def __len__(self) -> int:
         """How many ready workers the index holds."""
 
 
 class RoundRobin:
-    """Ready workers take turns."""
+    """Ready workers take turns: the one picked longest ago goes next."""
 
     name: ClassVar[str] = "round_robin"
 
     def __init__(self) -> None:
         self._ring: OrderedDict[WorkerId, WorkerSlot] = OrderedDict()
+        self._turns: dict[WorkerId, int] = {}  # when each worker was last picked
+        self._tick = itertools.count()
 
     def add(self, worker: WorkerSlot) -> None:
         self._ring[worker.worker_id] = worker
@@ -88,10 +114,18 @@ class RoundRobin:
         return len(self._ring)
 
     def pick(self, task: Task) -> WorkerSlot | None:
-        for worker_id, worker in self._ring.items():
-            self._ring.move_to_end(worker_id)
-            return worker
+        for worker in self._ring.values():
+            return self._picked(worker)
         return None
+
+    def rank(self, task: Task, allowed: Sequence[WorkerSlot]) -> WorkerSlot:
+        return self._picked(min(allowed, key=lambda w: self._turns.get(w.worker_id, -1)))
+
+    def _picked(self, worker: WorkerSlot) -> WorkerSlot:
+        if worker.worker_id in self._ring:
+            self._ring.move_to_end(worker.worker_id)
+        self._turns[worker.worker_id] = next(self._tick)
+        return worker
 
 
 class LeastLoaded:
@@ -126,6 +160,11 @@ class LeastLoaded:
                 return member[0]
             heapq.heappop(heap)
         return None
+
+    def rank(self, task: Task, allowed: Sequence[WorkerSlot]) -> WorkerSlot:
+        return min(
+            allowed, key=lambda w: (w.utilisation, self._members.get(w.worker_id, (w, 0))[1])
+        )
 
     def _push(self, worker: WorkerSlot) -> None:
         version = next(self._tick)

@@ -260,6 +260,7 @@ class PoolStats(_message.Message):
     CANCELLED_FIELD_NUMBER: _builtins.int
     WORKERS_FIELD_NUMBER: _builtins.int
     CAPACITY_FIELD_NUMBER: _builtins.int
+    UNSCHEDULABLE_FIELD_NUMBER: _builtins.int
     pool: _builtins.str
     strategy: _builtins.str
     pending: _builtins.int
@@ -271,6 +272,8 @@ class PoolStats(_message.Message):
     workers: _builtins.int
     capacity: _builtins.int
     """summed over its workers"""
+    unschedulable: _builtins.int
+    """pending tasks that no connected worker can take"""
     def __init__(
         self,
         *,
@@ -283,10 +286,11 @@ class PoolStats(_message.Message):
         cancelled: _builtins.int = ...,
         workers: _builtins.int = ...,
         capacity: _builtins.int = ...,
+        unschedulable: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned", b"assigned", "cancelled", b"cancelled", "capacity", b"capacity", "failed", b"failed", "pending", b"pending", "pool", b"pool", "strategy", b"strategy", "succeeded", b"succeeded", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned", b"assigned", "cancelled", b"cancelled", "capacity", b"capacity", "failed", b"failed", "pending", b"pending", "pool", b"pool", "strategy", b"strategy", "succeeded", b"succeeded", "unschedulable", b"unschedulable", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,51 +24,59 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19taskbroker/v1/tasks.proto\x12\rtaskbroker.v1\"N\n\x08TaskSpec\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\x0c\n\x04pool\x18\x04 \x01(\t\"=\n\tTaskError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\"\x9e\x02\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12%\n\x04spec\x18\x02 \x01(\x0b\x32\x17.taskbroker.v1.TaskSpec\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.taskbroker.v1.TaskState\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\r\x12\x11\n\tworker_id\x18\x05 \x01(\t\x12\x15\n\rcreated_at_ms\x18\x06 \x01(\x03\x12\x16\n\x0e\x61ssigned_at_ms\x18\x07 \x01(\x03\x12\x15\n\rstarted_at_ms\x18\x08 \x01(\x03\x12\x16\n\x0e\x66inished_at_ms\x18\t \x01(\x03\x12\x0e\n\x06result\x18\n \x01(\x0c\x12\'\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x18.taskbroker.v1.TaskError\"6\n\rSubmitRequest\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x17.taskbroker.v1.TaskSpec\"!\n\x0eSubmitResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"<\n\x12SubmitBatchRequest\x12&\n\x05tasks\x18\x01 \x03(\x0b\x32\x17.taskbroker.v1.TaskSpec\"\'\n\x13SubmitBatchResponse\x12\x10\n\x08task_ids\x18\x01 \x03(\t\"v\n\x13SubmitStreamRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12&\n\x05tasks\x18\x02 \x03(\x0b\x32\x17.taskbroker.v1.TaskSpec\x12\r\n\x05watch\x18\x03 \x01(\x08\x12\x16\n\x0ewatch_task_ids\x18\x04 \x03(\t\"Z\n\tSubmitAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x10\n\x08task_ids\x18\x02 \x03(\t\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x15\n\rerror_message\x18\x04 \x01(\t\"D\n\x0b\x43ompletions\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.taskbroker.v1.Task\x12\x11\n\tnot_found\x18\x02 \x03(\t\"z\n\x14SubmitStreamResponse\x12\'\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x18.taskbroker.v1.SubmitAckH\x00\x12\x31\n\x0b\x63ompletions\x18\x02 \x01(\x0b\x32\x1a.taskbroker.v1.CompletionsH\x00\x42\x06\n\x04kind\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"2\n\x0bWaitRequest\x12\x10\n\x08task_ids\x18\x01 \x03(\t\x12\x11\n\ttimeout_s\x18\x02 \x01(\x01\"2\n\x0cWaitResponse\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.taskbroker.v1.Task\" \n\rCancelRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"3\n\x0e\x43\x61ncelResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.taskbroker.v1.Task\"\x7f\n\x10ListTasksRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12(\n\x06states\x18\x02 \x03(\x0e\x32\x18.taskbroker.v1.TaskState\x12\x11\n\ttask_type\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\r\x12\x11\n\tbefore_id\x18\x05 \x01(\t\"7\n\x11ListTasksResponse\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.taskbroker.v1.Task*\xbb\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_STATE_PENDING\x10\x01\x12\x17\n\x13TASK_STATE_ASSIGNED\x10\x02\x12\x16\n\x12TASK_STATE_RUNNING\x10\x03\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x04\x12\x15\n\x11TASK_STATE_FAILED\x10\x05\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x06\x32\x95\x04\n\x0bTaskService\x12\x45\n\x06Submit\x12\x1c.taskbroker.v1.SubmitRequest\x1a\x1d.taskbroker.v1.SubmitResponse\x12T\n\x0bSubmitBatch\x12!.taskbroker.v1.SubmitBatchRequest\x1a\".taskbroker.v1.SubmitBatchResponse\x12[\n\x0cSubmitStream\x12\".taskbroker.v1.SubmitStreamRequest\x1a#.taskbroker.v1.SubmitStreamResponse(\x01\x30\x01\x12\x39\n\x03Get\x12\x1d.taskbroker.v1.GetTaskRequest\x1a\x13.taskbroker.v1.Task\x12?\n\x04Wait\x12\x1a.taskbroker.v1.WaitRequest\x1a\x1b.taskbroker.v1.WaitResponse\x12\x45\n\x06\x43\x61ncel\x12\x1c.taskbroker.v1.CancelRequest\x1a\x1d.taskbroker.v1.CancelResponse\x12I\n\x04List\x12\x1f.taskbroker.v1.ListTasksRequest\x1a .taskbroker.v1.ListTasksResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19taskbroker/v1/tasks.proto\x12\rtaskbroker.v1\"<\n\x0ePreferredLabel\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x05\"\xfb\x01\n\tPlacement\x12\x45\n\x0frequired_labels\x18\x01 \x03(\x0b\x32,.taskbroker.v1.Placement.RequiredLabelsEntry\x12\x37\n\x10preferred_labels\x18\x02 \x03(\x0b\x32\x1d.taskbroker.v1.PreferredLabel\x12\x1b\n\x13\x61nti_affinity_group\x18\x03 \x01(\t\x12\x1a\n\x12\x61nti_affinity_soft\x18\x04 \x01(\x08\x1a\x35\n\x13RequiredLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"{\n\x08TaskSpec\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\x0c\n\x04pool\x18\x04 \x01(\t\x12+\n\tplacement\x18\x05 \x01(\x0b\x32\x18.taskbroker.v1.Placement\"=\n\tTaskError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\"\xcd\x02\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12%\n\x04spec\x18\x02 \x01(\x0b\x32\x17.taskbroker.v1.TaskSpec\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.taskbroker.v1.TaskState\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\r\x12\x11\n\tworker_id\x18\x05 \x01(\t\x12\x15\n\rcreated_at_ms\x18\x06 \x01(\x03\x12\x16\n\x0e\x61ssigned_at_ms\x18\x07 \x01(\x03\x12\x15\n\rstarted_at_ms\x18\x08 \x01(\x03\x12\x16\n\x0e\x66inished_at_ms\x18\t \x01(\x03\x12\x0e\n\x06result\x18\n \x01(\x0c\x12\'\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x18.taskbroker.v1.TaskError\x12\x16\n\x0eplacement_note\x18\x0c \x01(\t\x12\x15\n\runschedulable\x18\r \x01(\x08\"6\n\rSubmitRequest\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x17.taskbroker.v1.TaskSpec\"!\n\x0eSubmitResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"<\n\x12SubmitBatchRequest\x12&\n\x05tasks\x18\x01 \x03(\x0b\x32\x17.taskbroker.v1.TaskSpec\"\'\n\x13SubmitBatchResponse\x12\x10\n\x08task_ids\x18\x01 \x03(\t\"v\n\x13SubmitStreamRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12&\n\x05tasks\x18\x02 \x03(\x0b\x32\x17.taskbroker.v1.TaskSpec\x12\r\n\x05watch\x18\x03 \x01(\x08\x12\x16\n\x0ewatch_task_ids\x18\x04 \x03(\t\"Z\n\tSubmitAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x10\n\x08task_ids\x18\x02 \x03(\t\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x15\n\rerror_message\x18\x04 \x01(\t\"D\n\x0b\x43ompletions\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.taskbroker.v1.Task\x12\x11\n\tnot_found\x18\x02 \x03(\t\"z\n\x14SubmitStreamResponse\x12\'\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x18.taskbroker.v1.SubmitAckH\x00\x12\x31\n\x0b\x63ompletions\x18\x02 \x01(\x0b\x32\x1a.taskbroker.v1.CompletionsH\x00\x42\x06\n\x04kind\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"2\n\x0bWaitRequest\x12\x10\n\x08task_ids\x18\x01 \x03(\t\x12\x11\n\ttimeout_s\x18\x02 \x01(\x01\"2\n\x0cWaitResponse\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.taskbroker.v1.Task\" \n\rCancelRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"3\n\x0e\x43\x61ncelResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.taskbroker.v1.Task\"\x7f\n\x10ListTasksRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12(\n\x06states\x18\x02 \x03(\x0e\x32\x18.taskbroker.v1.TaskState\x12\x11\n\ttask_type\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\r\x12\x11\n\tbefore_id\x18\x05 \x01(\t\"7\n\x11ListTasksResponse\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.taskbroker.v1.Task*\xbb\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_STATE_PENDING\x10\x01\x12\x17\n\x13TASK_STATE_ASSIGNED\x10\x02\x12\x16\n\x12TASK_STATE_RUNNING\x10\x03\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x04\x12\x15\n\x11TASK_STATE_FAILED\x10\x05\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x06\x32\x95\x04\n\x0bTaskService\x12\x45\n\x06Submit\x12\x1c.taskbroker.v1.SubmitRequest\x1a\x1d.taskbroker.v1.SubmitResponse\x12T\n\x0bSubmitBatch\x12!.taskbroker.v1.SubmitBatchRequest\x1a\".taskbroker.v1.SubmitBatchResponse\x12[\n\x0cSubmitStream\x12\".taskbroker.v1.SubmitStreamRequest\x1a#.taskbroker.v1.SubmitStreamResponse(\x01\x30\x01\x12\x39\n\x03Get\x12\x1d.taskbroker.v1.GetTaskRequest\x1a\x13.taskbroker.v1.Task\x12?\n\x04Wait\x12\x1a.taskbroker.v1.WaitRequest\x1a\x1b.taskbroker.v1.WaitResponse\x12\x45\n\x06\x43\x61ncel\x12\x1c.taskbroker.v1.CancelRequest\x1a\x1d.taskbroker.v1.CancelResponse\x12I\n\x04List\x12\x1f.taskbroker.v1.ListTasksRequest\x1a .taskbroker.v1.ListTasksResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'taskbroker.v1.tasks_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKSTATE']._serialized_start=1489
-  _globals['_TASKSTATE']._serialized_end=1676
-  _globals['_TASKSPEC']._serialized_start=44
-  _globals['_TASKSPEC']._serialized_end=122
-  _globals['_TASKERROR']._serialized_start=124
-  _globals['_TASKERROR']._serialized_end=185
-  _globals['_TASK']._serialized_start=188
-  _globals['_TASK']._serialized_end=474
-  _globals['_SUBMITREQUEST']._serialized_start=476
-  _globals['_SUBMITREQUEST']._serialized_end=530
-  _globals['_SUBMITRESPONSE']._serialized_start=532
-  _globals['_SUBMITRESPONSE']._serialized_end=565
-  _globals['_SUBMITBATCHREQUEST']._serialized_start=567
-  _globals['_SUBMITBATCHREQUEST']._serialized_end=627
-  _globals['_SUBMITBATCHRESPONSE']._serialized_start=629
-  _globals['_SUBMITBATCHRESPONSE']._serialized_end=668
-  _globals['_SUBMITSTREAMREQUEST']._serialized_start=670
-  _globals['_SUBMITSTREAMREQUEST']._serialized_end=788
-  _globals['_SUBMITACK']._serialized_start=790
-  _globals['_SUBMITACK']._serialized_end=880
-  _globals['_COMPLETIONS']._serialized_start=882
-  _globals['_COMPLETIONS']._serialized_end=950
-  _globals['_SUBMITSTREAMRESPONSE']._serialized_start=952
-  _globals['_SUBMITSTREAMRESPONSE']._serialized_end=1074
-  _globals['_GETTASKREQUEST']._serialized_start=1076
-  _globals['_GETTASKREQUEST']._serialized_end=1109
-  _globals['_WAITREQUEST']._serialized_start=1111
-  _globals['_WAITREQUEST']._serialized_end=1161
-  _globals['_WAITRESPONSE']._serialized_start=1163
-  _globals['_WAITRESPONSE']._serialized_end=1213
-  _globals['_CANCELREQUEST']._serialized_start=1215
-  _globals['_CANCELREQUEST']._serialized_end=1247
-  _globals['_CANCELRESPONSE']._serialized_start=1249
-  _globals['_CANCELRESPONSE']._serialized_end=1300
-  _globals['_LISTTASKSREQUEST']._serialized_start=1302
-  _globals['_LISTTASKSREQUEST']._serialized_end=1429
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1431
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1486
-  _globals['_TASKSERVICE']._serialized_start=1679
-  _globals['_TASKSERVICE']._serialized_end=2212
+  _globals['_PLACEMENT_REQUIREDLABELSENTRY']._loaded_options = None
+  _globals['_PLACEMENT_REQUIREDLABELSENTRY']._serialized_options = b'8\001'
+  _globals['_TASKSTATE']._serialized_start=1897
+  _globals['_TASKSTATE']._serialized_end=2084
+  _globals['_PREFERREDLABEL']._serialized_start=44
+  _globals['_PREFERREDLABEL']._serialized_end=104
+  _globals['_PLACEMENT']._serialized_start=107
+  _globals['_PLACEMENT']._serialized_end=358
+  _globals['_PLACEMENT_REQUIREDLABELSENTRY']._serialized_start=305
+  _globals['_PLACEMENT_REQUIREDLABELSENTRY']._serialized_end=358
+  _globals['_TASKSPEC']._serialized_start=360
+  _globals['_TASKSPEC']._serialized_end=483
+  _globals['_TASKERROR']._serialized_start=485
+  _globals['_TASKERROR']._serialized_end=546
+  _globals['_TASK']._serialized_start=549
+  _globals['_TASK']._serialized_end=882
+  _globals['_SUBMITREQUEST']._serialized_start=884
+  _globals['_SUBMITREQUEST']._serialized_end=938
+  _globals['_SUBMITRESPONSE']._serialized_start=940
+  _globals['_SUBMITRESPONSE']._serialized_end=973
+  _globals['_SUBMITBATCHREQUEST']._serialized_start=975
+  _globals['_SUBMITBATCHREQUEST']._serialized_end=1035
+  _globals['_SUBMITBATCHRESPONSE']._serialized_start=1037
+  _globals['_SUBMITBATCHRESPONSE']._serialized_end=1076
+  _globals['_SUBMITSTREAMREQUEST']._serialized_start=1078
+  _globals['_SUBMITSTREAMREQUEST']._serialized_end=1196
+  _globals['_SUBMITACK']._serialized_start=1198
+  _globals['_SUBMITACK']._serialized_end=1288
+  _globals['_COMPLETIONS']._serialized_start=1290
+  _globals['_COMPLETIONS']._serialized_end=1358
+  _globals['_SUBMITSTREAMRESPONSE']._serialized_start=1360
+  _globals['_SUBMITSTREAMRESPONSE']._serialized_end=1482
+  _globals['_GETTASKREQUEST']._serialized_start=1484
+  _globals['_GETTASKREQUEST']._serialized_end=1517
+  _globals['_WAITREQUEST']._serialized_start=1519
+  _globals['_WAITREQUEST']._serialized_end=1569
+  _globals['_WAITRESPONSE']._serialized_start=1571
+  _globals['_WAITRESPONSE']._serialized_end=1621
+  _globals['_CANCELREQUEST']._serialized_start=1623
+  _globals['_CANCELREQUEST']._serialized_end=1655
+  _globals['_CANCELRESPONSE']._serialized_start=1657
+  _globals['_CANCELRESPONSE']._serialized_end=1708
+  _globals['_LISTTASKSREQUEST']._serialized_start=1710
+  _globals['_LISTTASKSREQUEST']._serialized_end=1837
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1839
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1894
+  _globals['_TASKSERVICE']._serialized_start=2087
+  _globals['_TASKSERVICE']._serialized_end=2620
 # @@protoc_insertion_point(module_scope)

@@ -52,6 +52,94 @@ TASK_STATE_CANCELLED: TaskState.ValueType  # 6
 Global___TaskState: _TypeAlias = TaskState  # noqa: Y015
 
 @_typing.final
+class PreferredLabel(_message.Message):
+    """A soft preference: an allowed worker whose label `key` equals `value` scores
+    `weight` (1..1000) more; the best-scoring allowed worker gets the task.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    value: _builtins.str
+    weight: _builtins.int
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        value: _builtins.str = ...,
+        weight: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreferredLabel: _TypeAlias = PreferredLabel  # noqa: Y015
+
+@_typing.final
+class Placement(_message.Message):
+    """Where a task may run (hard constraints) and where it should (preferences).
+    Hard constraints are filters: a task waits rather than break one.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RequiredLabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    REQUIRED_LABELS_FIELD_NUMBER: _builtins.int
+    PREFERRED_LABELS_FIELD_NUMBER: _builtins.int
+    ANTI_AFFINITY_GROUP_FIELD_NUMBER: _builtins.int
+    ANTI_AFFINITY_SOFT_FIELD_NUMBER: _builtins.int
+    anti_affinity_group: _builtins.str
+    """Two tasks of one group never run at the same time on the same worker;
+    with anti_affinity_soft they are spread as well as possible instead.
+    """
+    anti_affinity_soft: _builtins.bool
+    @_builtins.property
+    def required_labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Only workers whose labels include all of these key=value pairs."""
+
+    @_builtins.property
+    def preferred_labels(self) -> _containers.RepeatedCompositeFieldContainer[Global___PreferredLabel]: ...
+    def __init__(
+        self,
+        *,
+        required_labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        preferred_labels: _abc.Iterable[Global___PreferredLabel] | None = ...,
+        anti_affinity_group: _builtins.str = ...,
+        anti_affinity_soft: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity_group", b"anti_affinity_group", "anti_affinity_soft", b"anti_affinity_soft", "preferred_labels", b"preferred_labels", "required_labels", b"required_labels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Placement: _TypeAlias = Placement  # noqa: Y015
+
+@_typing.final
 class TaskSpec(_message.Message):
     """What a client asks the broker to run."""
 
@@ -61,6 +149,7 @@ class TaskSpec(_message.Message):
     PAYLOAD_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     POOL_FIELD_NUMBER: _builtins.int
+    PLACEMENT_FIELD_NUMBER: _builtins.int
     task_type: _builtins.str
     """required; workers register the types they handle"""
     payload: _builtins.bytes
@@ -69,6 +158,8 @@ class TaskSpec(_message.Message):
     """higher runs first; -1000..1000, default 0"""
     pool: _builtins.str
     """empty means "default"; the pool must exist"""
+    @_builtins.property
+    def placement(self) -> Global___Placement: ...
     def __init__(
         self,
         *,
@@ -76,10 +167,11 @@ class TaskSpec(_message.Message):
         payload: _builtins.bytes = ...,
         priority: _builtins.int = ...,
         pool: _builtins.str = ...,
+        placement: Global___Placement | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["placement", b"placement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "pool", b"pool", "priority", b"priority", "task_type", b"task_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "placement", b"placement", "pool", b"pool", "priority", b"priority", "task_type", b"task_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -131,6 +223,8 @@ class Task(_message.Message):
     FINISHED_AT_MS_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    PLACEMENT_NOTE_FIELD_NUMBER: _builtins.int
+    UNSCHEDULABLE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___TaskState.ValueType
     attempts: _builtins.int
@@ -144,6 +238,12 @@ class Task(_message.Message):
     finished_at_ms: _builtins.int
     result: _builtins.bytes
     """set when SUCCEEDED"""
+    placement_note: _builtins.str
+    """Why the task went where it went (strategy, score, what the filters left),
+    or, while it is pending, why it is still waiting.
+    """
+    unschedulable: _builtins.bool
+    """pending, and no connected worker can ever take it"""
     @_builtins.property
     def spec(self) -> Global___TaskSpec: ...
     @_builtins.property
@@ -164,10 +264,12 @@ class Task(_message.Message):
         finished_at_ms: _builtins.int = ...,
         result: _builtins.bytes = ...,
         error: Global___TaskError | None = ...,
+        placement_note: _builtins.str = ...,
+        unschedulable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_at_ms", b"assigned_at_ms", "attempts", b"attempts", "created_at_ms", b"created_at_ms", "error", b"error", "finished_at_ms", b"finished_at_ms", "id", b"id", "result", b"result", "spec", b"spec", "started_at_ms", b"started_at_ms", "state", b"state", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_at_ms", b"assigned_at_ms", "attempts", b"attempts", "created_at_ms", b"created_at_ms", "error", b"error", "finished_at_ms", b"finished_at_ms", "id", b"id", "placement_note", b"placement_note", "result", b"result", "spec", b"spec", "started_at_ms", b"started_at_ms", "state", b"state", "unschedulable", b"unschedulable", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -54,11 +54,18 @@ class Placement:
     preferred_labels: tuple[PreferredLabel, ...] = ()
     anti_affinity_group: str = ""
     anti_affinity_soft: bool = False
+    sticky_key: str = ""  # go where this key last ran, within the pool's sticky timeout
+    routing_key: str = ""  # the key the consistent_hash strategy places by
 
     @property
     def free(self) -> bool:
-        """No constraint and no preference: any ready worker will do."""
-        return not (self.required_labels or self.preferred_labels or self.anti_affinity_group)
+        """No filter, preference or sticky key: the strategy's pick will do."""
+        return not (
+            self.required_labels
+            or self.preferred_labels
+            or self.anti_affinity_group
+            or self.sticky_key
+        )
 
 
 ANYWHERE = Placement()
@@ -129,6 +136,9 @@ class PoolConfig:
 
     name: str
     strategy: str = "round_robin"
+    ab_strategy: str = ""  # A/B split: ab_percent of the tasks are placed by this one
+    ab_percent: int = 0
+    sticky_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,18 +24,31 @@ class Pool(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     STRATEGY_FIELD_NUMBER: _builtins.int
+    AB_STRATEGY_FIELD_NUMBER: _builtins.int
+    AB_PERCENT_FIELD_NUMBER: _builtins.int
+    STICKY_TIMEOUT_S_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     strategy: _builtins.str
-    """"round_robin" or "least_loaded" """
+    """round_robin, least_loaded, consistent_hash, weighted_response_time,
+    predictive or adaptive.
+    """
+    ab_strategy: _builtins.str
+    """A/B split: this share (0..100) of the pool's tasks is placed by ab_strategy."""
+    ab_percent: _builtins.int
+    sticky_timeout_s: _builtins.float
+    """How long a task with a sticky key waits for its worker's slot (default 5 s)."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         strategy: _builtins.str = ...,
+        ab_strategy: _builtins.str = ...,
+        ab_percent: _builtins.int = ...,
+        sticky_timeout_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "strategy", b"strategy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ab_percent", b"ab_percent", "ab_strategy", b"ab_strategy", "name", b"name", "sticky_timeout_s", b"sticky_timeout_s", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -112,11 +112,22 @@ class Placement(_message.Message):
     PREFERRED_LABELS_FIELD_NUMBER: _builtins.int
     ANTI_AFFINITY_GROUP_FIELD_NUMBER: _builtins.int
     ANTI_AFFINITY_SOFT_FIELD_NUMBER: _builtins.int
+    STICKY_KEY_FIELD_NUMBER: _builtins.int
+    ROUTING_KEY_FIELD_NUMBER: _builtins.int
     anti_affinity_group: _builtins.str
     """Two tasks of one group never run at the same time on the same worker;
     with anti_affinity_soft they are spread as well as possible instead.
     """
     anti_affinity_soft: _builtins.bool
+    sticky_key: _builtins.str
+    """Go to the worker that last ran this key while it is alive and gets a free
+    slot within the pool's sticky_timeout_s; after that, the pool's strategy
+    places the task and the key moves with it.
+    """
+    routing_key: _builtins.str
+    """For the consistent_hash strategy: tasks with one key go to one worker
+    (within a bounded load), and a changing pool moves only about 1/n of keys.
+    """
     @_builtins.property
     def required_labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Only workers whose labels include all of these key=value pairs."""
@@ -130,10 +141,12 @@ class Placement(_message.Message):
         preferred_labels: _abc.Iterable[Global___PreferredLabel] | None = ...,
         anti_affinity_group: _builtins.str = ...,
         anti_affinity_soft: _builtins.bool = ...,
+        sticky_key: _builtins.str = ...,
+        routing_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity_group", b"anti_affinity_group", "anti_affinity_soft", b"anti_affinity_soft", "preferred_labels", b"preferred_labels", "required_labels", b"required_labels"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity_group", b"anti_affinity_group", "anti_affinity_soft", b"anti_affinity_soft", "preferred_labels", b"preferred_labels", "required_labels", b"required_labels", "routing_key", b"routing_key", "sticky_key", b"sticky_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

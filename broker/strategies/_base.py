@@ -1,0 +1,118 @@
+"""The strategy interface and what strategies work with: worker slots, outcomes, env."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+from broker.clock import Clock, SystemClock
+from broker.domain import Task, WorkerId
+from broker.runtimes import RuntimeModel
+
+
+class WorkerSlot:
+    """A worker's scheduling state: how much it can take and what it holds."""
+
+    __slots__ = (
+        "capacity",
+        "draining",
+        "groups",
+        "hard_groups",
+        "held",
+        "labels",
+        "load",
+        "pool",
+        "task_types",
+        "worker_id",
+    )
+
+    def __init__(
+        self,
+        worker_id: WorkerId,
+        pool: str,
+        capacity: int,
+        task_types: frozenset[str],
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
+        self.worker_id = worker_id
+        self.pool = pool
+        self.capacity = capacity
+        self.task_types = task_types
+        self.labels: Mapping[str, str] = labels or {}
+        self.held: set[int] = set()
+        self.groups: Counter[str] = Counter()  # anti-affinity groups of the tasks it holds
+        self.hard_groups: Counter[str] = Counter()  # ... of those that allow no company
+        self.draining = False
+        self.load = 0.0
+
+    @property
+    def free(self) -> int:
+        return self.capacity - len(self.held)
+
+    @property
+    def ready(self) -> bool:
+        return self.free > 0 and not self.draining
+
+    @property
+    def utilisation(self) -> float:
+        return len(self.held) / self.capacity if self.capacity else 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one finished task went, for strategies that learn from it."""
+
+    worker: WorkerSlot
+    task: Task
+    queue_wait_s: float  # from submission (or requeue) to assignment
+    run_s: float  # from assignment to result
+    success: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StrategyEnv:
+    """What a strategy may consult besides its workers: the time and learned run times."""
+
+    clock: Clock
+    runtimes: RuntimeModel
+    hash_load_epsilon: float = 0.25  # consistent hashing: at most (1 + e) x the mean load
+
+
+def default_env(pool: str = "default") -> StrategyEnv:
+    return StrategyEnv(clock=SystemClock(), runtimes=RuntimeModel(pool))
+
+
+class Strategy(Protocol):
+    """Ranks the ready workers of one pool and task type.
+
+    The scheduler keeps one instance per task type. `add`/`remove`/`update` keep
+    its index of ready workers; `pick` chooses for a task with no hints, `rank`
+    among the workers the placement filters left; `observe` reports how a task
+    it placed went.
+    """
+
+    name: ClassVar[str]
+
+    def add(self, worker: WorkerSlot) -> None:
+        """The worker has become ready."""
+
+    def remove(self, worker: WorkerSlot) -> None:
+        """The worker is no longer ready (full, draining or gone)."""
+
+    def update(self, worker: WorkerSlot) -> None:
+        """The ready worker's load changed."""
+
+    def pick(self, task: Task) -> WorkerSlot | None:
+        """The worker to run this task, or None if there is no ready worker."""
+
+    def rank(self, task: Task, allowed: Sequence[WorkerSlot]) -> WorkerSlot:
+        """The worker to run this task among `allowed` (ready workers that passed the
+        placement filters; never empty)."""
+
+    def observe(self, outcome: Outcome) -> None:
+        """A task of this type finished on one of the pool's workers."""
+
+    def __len__(self) -> int:
+        """How many ready workers the index holds."""

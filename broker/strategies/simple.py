@@ -1,0 +1,102 @@
+"""The two simple strategies: round robin and least loaded."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import ClassVar
+
+from broker.domain import Task, WorkerId
+from broker.strategies._base import Outcome, StrategyEnv, WorkerSlot
+
+
+class RoundRobin:
+    """Ready workers take turns: the one picked longest ago goes next."""
+
+    name: ClassVar[str] = "round_robin"
+
+    def __init__(self, env: StrategyEnv | None = None) -> None:
+        self._ring: OrderedDict[WorkerId, WorkerSlot] = OrderedDict()
+        self._turns: dict[WorkerId, int] = {}  # when each worker was last picked
+        self._tick = itertools.count()
+
+    def add(self, worker: WorkerSlot) -> None:
+        self._ring[worker.worker_id] = worker
+
+    def remove(self, worker: WorkerSlot) -> None:
+        self._ring.pop(worker.worker_id, None)
+
+    def update(self, worker: WorkerSlot) -> None:
+        pass
+
+    def observe(self, outcome: Outcome) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return len(self._ring)
+
+    def pick(self, task: Task) -> WorkerSlot | None:
+        for worker in self._ring.values():
+            return self._picked(worker)
+        return None
+
+    def rank(self, task: Task, allowed: Sequence[WorkerSlot]) -> WorkerSlot:
+        return self._picked(min(allowed, key=lambda w: self._turns.get(w.worker_id, -1)))
+
+    def _picked(self, worker: WorkerSlot) -> WorkerSlot:
+        if worker.worker_id in self._ring:
+            self._ring.move_to_end(worker.worker_id)
+        self._turns[worker.worker_id] = next(self._tick)
+        return worker
+
+
+class LeastLoaded:
+    """The ready worker with the smallest share of its capacity in use."""
+
+    name: ClassVar[str] = "least_loaded"
+
+    def __init__(self, env: StrategyEnv | None = None) -> None:
+        self._members: dict[WorkerId, tuple[WorkerSlot, int]] = {}
+        self._heap: list[tuple[float, int, WorkerId]] = []
+        self._tick = itertools.count()
+
+    def add(self, worker: WorkerSlot) -> None:
+        self._push(worker)
+
+    def remove(self, worker: WorkerSlot) -> None:
+        self._members.pop(worker.worker_id, None)
+
+    def update(self, worker: WorkerSlot) -> None:
+        if worker.worker_id in self._members:
+            self._push(worker)
+
+    def observe(self, outcome: Outcome) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def pick(self, task: Task) -> WorkerSlot | None:
+        heap = self._heap
+        while heap:
+            _, version, worker_id = heap[0]
+            member = self._members.get(worker_id)
+            if member is not None and member[1] == version:
+                return member[0]
+            heapq.heappop(heap)
+        return None
+
+    def rank(self, task: Task, allowed: Sequence[WorkerSlot]) -> WorkerSlot:
+        return min(
+            allowed, key=lambda w: (w.utilisation, self._members.get(w.worker_id, (w, 0))[1])
+        )
+
+    def _push(self, worker: WorkerSlot) -> None:
+        version = next(self._tick)
+        self._members[worker.worker_id] = (worker, version)
+        heapq.heappush(self._heap, (worker.utilisation, version, worker.worker_id))
+        if len(self._heap) > 4 * len(self._members) + 64:
+            self._heap = [(w.utilisation, v, wid) for wid, (w, v) in self._members.items()]
+            heapq.heapify(self._heap)

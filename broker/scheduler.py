@@ -21,12 +21,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from broker.domain import Task, TaskId, WorkerId
+from broker.domain import PoolConfig, Task, TaskId, WorkerId
 from broker.errors import AlreadyExists, NotFound
 from broker.queue import PoolQueue
-from broker.strategies import Strategy, WorkerSlot, make_strategy
+from broker.runtimes import RuntimeModel
+from broker.strategies import Outcome, Strategy, StrategyEnv, WorkerSlot, make_strategy
+from broker.strategies._base import default_env
 
 SOFT_ANTI_AFFINITY_PENALTY = 1_000_000
 
@@ -39,24 +41,90 @@ class Decision:
     worker: WorkerSlot | None
     note: str
     unschedulable: bool = False
+    arm: str = ""  # the strategy that placed it
+
+
+@dataclass(slots=True)
+class ArmStats:
+    """How the tasks one strategy placed went: for A/B splits and adaptive switching."""
+
+    strategy: str
+    placed: int = 0
+    finished: int = 0
+    failed: int = 0
+    wait_s: float = 0.0  # summed queue wait of finished tasks
+    run_s: float = 0.0  # summed run time of finished tasks
+
+    @property
+    def mean_wait_s(self) -> float:
+        return self.wait_s / self.finished if self.finished else 0.0
+
+    @property
+    def mean_run_s(self) -> float:
+        return self.run_s / self.finished if self.finished else 0.0
+
+
+class _Arm:
+    """One strategy of the pool, with an index per task type, and its results."""
+
+    def __init__(self, strategy: str, env: StrategyEnv) -> None:
+        make_strategy(strategy, env)  # KeyError for an unknown name, before anything changes
+        self.strategy = strategy
+        self.env = env
+        self.indexes: dict[str, Strategy] = {}
+        self.stats = ArmStats(strategy)
+
+    def index(self, task_type: str) -> Strategy:
+        index = self.indexes.get(task_type)
+        if index is None:
+            index = self.indexes[task_type] = make_strategy(self.strategy, self.env)
+        return index
 
 
 class PoolScheduler:
     """A pool's queue, its workers' credit, one strategy index per task type, and the
     label index behind placement filters."""
 
-    def __init__(self, name: str, strategy: str, starvation_interval: int = 10) -> None:
+    def __init__(
+        self,
+        name: str,
+        strategy: str,
+        starvation_interval: int = 10,
+        *,
+        env: StrategyEnv | None = None,
+        config: PoolConfig | None = None,
+    ) -> None:
         self.name = name
-        self.strategy_name = strategy
+        self.env = env or default_env(name)
+        self.config = config or PoolConfig(name=name, strategy=strategy)
         self.queue = PoolQueue(starvation_interval)
         self.workers: dict[WorkerId, WorkerSlot] = {}
-        self._ready: dict[str, Strategy] = {}
+        self._arms = [_Arm(strategy, self.env)]
+        self._placed_by: dict[TaskId, int] = {}  # arm of each task a worker holds
+        if self.config.ab_strategy and self.config.ab_percent:
+            self._arms.append(_Arm(self.config.ab_strategy, self.env))
+        self.sticky: dict[str, WorkerId] = {}  # sticky key -> the worker that last ran it
+        self.sticky_moves: dict[str, WorkerId] = {}  # changed since the store last saw them
+        self.sticky_hits = 0
+        self.sticky_misses = 0
+        self._sticky_since: dict[TaskId, float] = {}  # when a sticky task began to wait
         self._ready_by_type: dict[str, dict[WorkerId, WorkerSlot]] = {}
         self._by_label: dict[tuple[str, str], set[WorkerId]] = {}
         # The anti-affinity group of each placed task that has one, and whether it is hard.
         self._group_of: dict[TaskId, tuple[str, bool]] = {}
         self._parked: dict[str, dict[TaskId, Task]] = {}  # by task type
         self._recheck: set[str] = set()  # task types whose parked tasks may fit now
+
+    @property
+    def strategy_name(self) -> str:
+        return self._arms[0].strategy
+
+    @property
+    def runtimes(self) -> RuntimeModel:
+        return self.env.runtimes
+
+    def arm_stats(self) -> list[ArmStats]:
+        return [arm.stats for arm in self._arms]
 
     @property
     def pending(self) -> int:
@@ -90,6 +158,7 @@ class PoolScheduler:
                 del self._by_label[label]
         for task_id in worker.held:
             self._group_of.pop(task_id, None)
+            self._placed_by.pop(task_id, None)
         self._recheck.update(worker.task_types)
         return worker
 
@@ -111,6 +180,7 @@ class PoolScheduler:
         if worker is not None and task_id in worker.held:
             was_ready = worker.ready
             worker.held.discard(task_id)
+            self._placed_by.pop(task_id, None)
             grouped = self._group_of.pop(task_id, None)
             if grouped is not None:
                 group, hard = grouped
@@ -120,15 +190,50 @@ class PoolScheduler:
                 self._recheck.update(worker.task_types)
             self._reindex(worker, was_ready)
 
-    def set_strategy(self, strategy: str) -> None:
-        """Switch strategy: rebuild the ready indexes under the new one."""
-        make_strategy(strategy)  # raises KeyError before anything changes
-        self.strategy_name = strategy
-        self._ready.clear()
+    def finish(
+        self, task: Task, worker_id: WorkerId, *, queue_wait_s: float, run_s: float, success: bool
+    ) -> None:
+        """A task came back from its worker: release its slot and learn from how it went."""
+        worker = self.workers.get(worker_id)
+        arm = self._arms[min(self._placed_by.get(task.id, 0), len(self._arms) - 1)]
+        self.release(worker_id, task.id)
+        stats = arm.stats
+        stats.finished += 1
+        stats.failed += not success
+        stats.wait_s += queue_wait_s
+        stats.run_s += run_s
+        if worker is None:
+            return
+        if success:
+            self.env.runtimes.record(task.spec.task_type, worker.labels, run_s)
+        outcome = Outcome(worker, task, queue_wait_s, run_s, success)
+        for each in self._arms:
+            index = each.indexes.get(task.spec.task_type)
+            if index is not None:
+                index.observe(outcome)
+
+    def reconfigure(self, config: PoolConfig) -> None:
+        """Switch strategy (and A/B split, sticky timeout): rebuild the ready indexes."""
+        arms = [_Arm(config.strategy, self.env)]  # KeyError before anything changes
+        if config.ab_strategy and config.ab_percent:
+            arms.append(_Arm(config.ab_strategy, self.env))
+        self.config = config
+        self._arms = arms
+        self._placed_by.clear()
         self._ready_by_type.clear()
         for worker in self.workers.values():
             if worker.ready:
                 self._index_add(worker)
+
+    def set_strategy(self, strategy: str) -> None:
+        """Switch the main strategy, keeping the rest of the pool's settings."""
+        self.reconfigure(replace(self.config, strategy=strategy))
+
+    def next_deadline(self) -> float | None:
+        """When the next sticky task stops waiting for its worker, if any is waiting."""
+        if not self._sticky_since:
+            return None
+        return min(self._sticky_since.values()) + self.config.sticky_timeout_s
 
     # Tasks -------------------------------------------------------------------
 
@@ -137,6 +242,7 @@ class PoolScheduler:
 
     def dequeue(self, task_id: TaskId) -> Task | None:
         """Take a waiting task out (queued or parked); None if it is not waiting here."""
+        self._sticky_since.pop(task_id, None)
         task = self.queue.remove(task_id)
         if task is None:
             for parked in self._parked.values():
@@ -152,43 +258,70 @@ class PoolScheduler:
         """
         decisions: list[Decision] = []
         self._unpark(decisions)
-        ready = self._ready
+        ready = self._ready_by_type
         queue = self.queue
-        while types := [t for t in queue.types_waiting() if t in ready and len(ready[t])]:
+        while types := [t for t in queue.types_waiting() if ready.get(t)]:
             # These types all have a ready worker until some worker fills up.
             while (task := queue.pop(types)) is not None:
+                arm = self._arm_for(task)
                 if task.spec.placement.free:
-                    worker = ready[task.spec.task_type].pick(task)
+                    worker = self._arms[arm].index(task.spec.task_type).pick(task)
                     assert worker is not None, "a non-empty strategy index always picks"
-                    decision = Decision(task, worker, self.strategy_name)
+                    decision = Decision(task, worker, self._arms[arm].strategy)
                 else:
-                    decision = self._choose(task)
+                    decision = self._choose(task, arm)
                     if decision.worker is None:
                         self._park(task, decision, decisions)
                         continue
                     worker = decision.worker
                 decisions.append(decision)
-                worker.held.add(task.id)
-                hints = task.spec.placement
-                if group := hints.anti_affinity_group:
-                    self._group_of[task.id] = (group, not hints.anti_affinity_soft)
-                    worker.groups[group] += 1
-                    if not hints.anti_affinity_soft:
-                        worker.hard_groups[group] += 1
-                if worker.ready:
-                    for task_type in worker.task_types:
-                        ready[task_type].update(worker)
-                else:
-                    self._index_remove(worker)
+                self._take(task, worker, arm)
+                if not worker.ready:
                     break
         return decisions
 
+    def _arm_for(self, task: Task) -> int:
+        """0 for the main strategy; 1 for the A/B arm, for ab_percent of the tasks."""
+        if len(self._arms) == 1:
+            return 0
+        return int((task.id * 2654435761) % 100 < self.config.ab_percent)
+
+    def _take(self, task: Task, worker: WorkerSlot, arm: int) -> None:
+        """The worker takes the task: its credit, groups, sticky key and indexes follow."""
+        worker.held.add(task.id)
+        self._arms[arm].stats.placed += 1
+        if arm:
+            self._placed_by[task.id] = arm
+        hints = task.spec.placement
+        if group := hints.anti_affinity_group:
+            self._group_of[task.id] = (group, not hints.anti_affinity_soft)
+            worker.groups[group] += 1
+            if not hints.anti_affinity_soft:
+                worker.hard_groups[group] += 1
+        if key := hints.sticky_key:
+            self._sticky_since.pop(task.id, None)
+            if self.sticky.get(key) == worker.worker_id:
+                self.sticky_hits += 1
+            else:
+                self.sticky_misses += 1
+                self.sticky[key] = self.sticky_moves[key] = worker.worker_id
+        if worker.ready:
+            for each in self._arms:
+                for task_type in worker.task_types:
+                    each.index(task_type).update(worker)
+        else:
+            self._index_remove(worker)
+
     # Placement with hints ----------------------------------------------------
 
-    def _choose(self, task: Task) -> Decision:
+    def _choose(self, task: Task, arm: int = 0) -> Decision:
         hints = task.spec.placement
         task_type = task.spec.task_type
         ready = self._ready_by_type.get(task_type, {})
+        if hints.sticky_key:
+            sticky = self._sticky(task, ready)
+            if sticky is not None:
+                return sticky
         removed: list[str] = []
         if hints.required_labels:
             matching = self._with_labels(hints.required_labels)
@@ -206,13 +339,51 @@ class PoolScheduler:
         scores = {w.worker_id: self._score(task, w) for w in allowed}
         best = max(scores.values())
         top = [w for w in allowed if scores[w.worker_id] == best]
-        worker = self._ready[task_type].rank(task, top)
+        strategy = self._arms[arm]
+        worker = strategy.index(task_type).rank(task, top)
         filters = f" after {' and '.join(removed)}" if removed else ""
         note = (
-            f"{self.strategy_name}: {len(allowed)} of {len(ready)} ready workers "
+            f"{strategy.strategy}: {len(allowed)} of {len(ready)} ready workers "
             f"allowed{filters}; score {best}"
         )
         return Decision(task, worker, note)
+
+    def _sticky(self, task: Task, ready: dict[WorkerId, WorkerSlot]) -> Decision | None:
+        """Where a sticky task goes: its key's worker, a wait for it, or None (no
+        worker for the key, or the wait ran out: place it as any other task)."""
+        key = task.spec.placement.sticky_key
+        owner = self.workers.get(self.sticky.get(key, ""))
+        required = task.spec.placement.required_labels
+        if (
+            owner is None
+            or task.spec.task_type not in owner.task_types
+            or any(owner.labels.get(k) != v for k, v in required.items())
+        ):
+            return None  # the key's worker is gone or can never take this task
+        if owner.worker_id in ready and self._fits(task, owner):
+            return Decision(task, owner, f"sticky: key {key!r} stays on {owner.worker_id}")
+        now = self.env.clock.now()
+        since = self._sticky_since.setdefault(task.id, now)
+        deadline = since + self.config.sticky_timeout_s
+        if now >= deadline:
+            del self._sticky_since[task.id]
+            return None
+        return Decision(
+            task,
+            None,
+            f"waiting: sticky key {key!r} waits for worker {owner.worker_id} "
+            f"for up to {deadline - now:.1f} s more",
+        )
+
+    def _fits(self, task: Task, worker: WorkerSlot) -> bool:
+        """Whether the worker passes the task's hard filters."""
+        hints = task.spec.placement
+        if any(worker.labels.get(k) != v for k, v in hints.required_labels.items()):
+            return False
+        if group := hints.anti_affinity_group:
+            running = worker.hard_groups if hints.anti_affinity_soft else worker.groups
+            return not running.get(group)
+        return True
 
     def _score(self, task: Task, worker: WorkerSlot) -> int:
         hints = task.spec.placement
@@ -257,13 +428,19 @@ class PoolScheduler:
             decisions.append(decision)
 
     def _unpark(self, decisions: list[Decision]) -> None:
-        """Give parked tasks of the types that changed another chance."""
+        """Give parked tasks of the types that changed (or whose sticky wait ran out)
+        another chance."""
+        if self._sticky_since:
+            expired = self.env.clock.now() - self.config.sticky_timeout_s
+            for task_type, waiting in self._parked.items():
+                if any(self._sticky_since.get(i, expired + 1) <= expired for i in waiting):
+                    self._recheck.add(task_type)
         recheck, self._recheck = self._recheck, set()
         for task_type in recheck:
             parked = self._parked.pop(task_type, None)
             if not parked:
                 continue
-            if task_type in self._ready and len(self._ready[task_type]):
+            if self._ready_by_type.get(task_type):
                 for task in parked.values():
                     self.queue.push(task)
             else:  # no ready worker of this type: only the reasons can change
@@ -292,24 +469,25 @@ class PoolScheduler:
             self._index_add(worker)
             self._recheck.update(worker.task_types)
         elif worker.ready:
-            for task_type in worker.task_types:
-                self._ready[task_type].update(worker)
+            for arm in self._arms:
+                for task_type in worker.task_types:
+                    arm.index(task_type).update(worker)
 
     def _index_add(self, worker: WorkerSlot) -> None:
         for task_type in worker.task_types:
-            strategy = self._ready.get(task_type)
-            if strategy is None:
-                strategy = self._ready[task_type] = make_strategy(self.strategy_name)
-                self._ready_by_type[task_type] = {}
-            strategy.add(worker)
-            self._ready_by_type[task_type][worker.worker_id] = worker
+            self._ready_by_type.setdefault(task_type, {})[worker.worker_id] = worker
+            for arm in self._arms:
+                arm.index(task_type).add(worker)
 
     def _index_remove(self, worker: WorkerSlot) -> None:
         for task_type in worker.task_types:
-            strategy = self._ready.get(task_type)
-            if strategy is not None:
-                strategy.remove(worker)
-                self._ready_by_type[task_type].pop(worker.worker_id, None)
+            ready = self._ready_by_type.get(task_type)
+            if ready is not None:
+                ready.pop(worker.worker_id, None)
+            for arm in self._arms:
+                index = arm.indexes.get(task_type)
+                if index is not None:
+                    index.remove(worker)
 
 
 def _decrement(counter: Counter[str], key: str) -> None:

@@ -2,7 +2,8 @@
 
 JSON rules: datetimes are ISO 8601 strings (null when not yet); a bytes field
 (payload, result) is its UTF-8 text when it decodes, else base64, and a sibling
-``<field>_encoding`` says which ("utf-8" or "base64").
+``<field>_encoding`` says which ("utf-8" or "base64"); an empty string the broker
+uses for "none" (worker id, placement note, anti-affinity group) is null.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from worker_sdk import PoolInfo, Stats, TaskInfo, TaskState, WorkerInfo
+from worker_sdk import Placement, PoolInfo, Stats, TaskInfo, TaskState, WorkerInfo
 
 
 class OutputFormat(enum.StrEnum):
@@ -47,6 +48,18 @@ def _state_name(state: TaskState) -> str:
     return str(state.value)
 
 
+def placement_dict(placement: Placement) -> dict[str, Any]:
+    """A task's placement hints as a JSON-able dict (the same keys when it has none)."""
+    return {
+        "required_labels": dict(placement.required_labels),
+        "preferred_labels": [
+            {"key": p.key, "value": p.value, "weight": p.weight} for p in placement.preferred_labels
+        ],
+        "anti_affinity_group": placement.anti_affinity_group or None,
+        "anti_affinity_soft": placement.anti_affinity_soft,
+    }
+
+
 def task_dict(task: TaskInfo) -> dict[str, Any]:
     """A task as a JSON-able dict."""
     payload, payload_encoding = decode_bytes(task.payload)
@@ -60,6 +73,9 @@ def task_dict(task: TaskInfo) -> dict[str, Any]:
         "state": _state_name(task.state),
         "attempts": task.attempts,
         "worker_id": task.worker_id or None,
+        "placement": placement_dict(task.placement),
+        "placement_note": task.placement_note or None,
+        "unschedulable": task.unschedulable,
         "created_at": _iso(task.created_at),
         "assigned_at": _iso(task.assigned_at),
         "started_at": _iso(task.started_at),
@@ -104,6 +120,7 @@ def stats_dict(stats: Stats) -> dict[str, Any]:
                 "pool": p.pool,
                 "strategy": p.strategy,
                 "pending": p.pending,
+                "unschedulable": p.unschedulable,
                 "active": p.active,
                 "succeeded": p.succeeded,
                 "failed": p.failed,
@@ -156,6 +173,35 @@ def _state(state: TaskState) -> Text:
     return Text(name, style=_STATE_STYLES.get(name, ""))
 
 
+def _task_state(task: TaskInfo) -> Text:
+    """The state, marked when no connected worker can take the task."""
+    if task.unschedulable:
+        return Text(f"{_state_name(task.state)} (unschedulable)", style="red")
+    return _state(task.state)
+
+
+def _labels(labels: Iterable[tuple[str, str]]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels))
+
+
+def _placement_rows(task: TaskInfo) -> list[tuple[str, Text | str]]:
+    """The hints that are set, then the broker's note on them."""
+    hints = task.placement
+    rows: list[tuple[str, Text | str]] = []
+    if hints.required_labels:
+        rows.append(("requires", _labels(hints.required_labels.items())))
+    if hints.preferred_labels:
+        prefers = (f"{p.key}={p.value}:{p.weight}" for p in hints.preferred_labels)
+        rows.append(("prefers", ",".join(prefers)))
+    if hints.anti_affinity_group:
+        soft = " (soft)" if hints.anti_affinity_soft else ""
+        rows.append(("anti-affinity", hints.anti_affinity_group + soft))
+    if task.placement_note:
+        style = "red" if task.unschedulable else ""
+        rows.append(("placement", Text(task.placement_note, style=style)))
+    return rows
+
+
 def _table(*columns: str, wrap: Iterable[str] = ()) -> Table:
     """A table whose columns never wrap, except those in `wrap` (free-form text)."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
@@ -189,7 +235,7 @@ def show_tasks(tasks: Sequence[TaskInfo], output: OutputFormat) -> None:
                 t.task_type,
                 t.pool,
                 str(t.priority),
-                _state(t.state),
+                _task_state(t),
                 str(t.attempts),
                 t.worker_id or "-",
                 _when(t.created_at, short=True),
@@ -210,9 +256,10 @@ def show_task(task: TaskInfo, output: OutputFormat) -> None:
         ("type", task.task_type),
         ("pool", task.pool),
         ("priority", str(task.priority)),
-        ("state", _state(task.state)),
+        ("state", _task_state(task)),
         ("attempts", str(task.attempts)),
         ("worker", task.worker_id or "-"),
+        *_placement_rows(task),
         ("created", _when(task.created_at)),
         ("assigned", _when(task.assigned_at)),
         ("started", _when(task.started_at)),
@@ -260,7 +307,7 @@ def show_workers(workers: Sequence[WorkerInfo], output: OutputFormat) -> None:
         wrap=["TYPES", "LABELS"],
     )
     for w in workers:
-        labels = ",".join(f"{k}={v}" for k, v in sorted(w.labels.items())) or "-"
+        labels = _labels(w.labels.items()) or "-"
         _row(
             table,
             [
@@ -313,6 +360,7 @@ def show_stats(stats: Stats, output: OutputFormat) -> None:
         "POOL",
         "STRATEGY",
         "PENDING",
+        "UNSCHEDULABLE",
         "ACTIVE",
         "SUCCEEDED",
         "FAILED",
@@ -330,6 +378,7 @@ def show_stats(stats: Stats, output: OutputFormat) -> None:
                     str(n)
                     for n in (
                         p.pending,
+                        p.unschedulable,
                         p.active,
                         p.succeeded,
                         p.failed,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -22,7 +24,7 @@ from cli._output import (
     show_worker,
     show_workers,
 )
-from worker_sdk import DEFAULT_ADDRESS, SyncClient, TaskState
+from worker_sdk import DEFAULT_ADDRESS, PreferredLabel, SyncClient, TaskState
 
 app = typer.Typer(
     cls=OneLineErrorGroup,
@@ -103,6 +105,63 @@ def _validate_json(value: str | None) -> str | None:
     return value
 
 
+# The broker's bound too; checked here so that a bad flag is a usage error (exit 2).
+MAX_PREFERENCE_WEIGHT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """A KEY=VALUE worker label from the command line."""
+
+    key: str
+    value: str
+
+
+def parse_label(text: str) -> Label:
+    """KEY=VALUE, split at the first "="; the value may be empty, the key may not."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise typer.BadParameter(f"expected KEY=VALUE, got {text!r}")
+    return Label(key, value)
+
+
+def parse_preference(text: str) -> PreferredLabel:
+    """KEY=VALUE[:WEIGHT]; the weight is what follows the last ":" (a value holding ":"
+    therefore needs an explicit weight, e.g. host=a:b:1)."""
+    key, sep, rest = text.partition("=")
+    if not sep or not key:
+        raise typer.BadParameter(f"expected KEY=VALUE[:WEIGHT], got {text!r}")
+    value, colon, weight_text = rest.rpartition(":")
+    if not colon:
+        return PreferredLabel(key, rest)
+    try:
+        weight = int(weight_text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"weight {weight_text!r} in {text!r} is not a whole number"
+        ) from None
+    if not 1 <= weight <= MAX_PREFERENCE_WEIGHT:
+        raise typer.BadParameter(
+            f"weight must be 1..{MAX_PREFERENCE_WEIGHT}, got {weight} in {text!r}"
+        )
+    return PreferredLabel(key, value, weight)
+
+
+def _required_labels(labels: Sequence[Label]) -> dict[str, str]:
+    required: dict[str, str] = {}
+    for label in labels:
+        if label.key in required:
+            raise typer.BadParameter(f"label {label.key!r} given twice", param_hint="'--require'")
+        required[label.key] = label.value
+    return required
+
+
+def _validate_group(value: str | None) -> str | None:
+    if value is not None and not value:
+        raise typer.BadParameter("the group name must not be empty")
+    return value
+
+
 @app.command()
 def serve(
     config: Annotated[
@@ -176,16 +235,63 @@ def submit(
         float | None,
         typer.Option(min=0, metavar="SECONDS", help="With --wait: give up after this long."),
     ] = None,
+    require: Annotated[
+        list[Label] | None,
+        typer.Option(
+            "--require",
+            parser=parse_label,
+            metavar="KEY=VALUE",
+            help="Run only on workers with this label; repeat for several (all must match).",
+        ),
+    ] = None,
+    prefer: Annotated[
+        list[PreferredLabel] | None,
+        typer.Option(
+            "--prefer",
+            parser=parse_preference,
+            metavar="KEY=VALUE[:WEIGHT]",
+            help="Favour workers with this label by WEIGHT (1..1000, default 1); repeatable.",
+        ),
+    ] = None,
+    anti_affinity: Annotated[
+        str | None,
+        typer.Option(
+            "--anti-affinity",
+            metavar="GROUP",
+            callback=_validate_group,
+            help="Never run at the same time on one worker as another task of GROUP.",
+        ),
+    ] = None,
+    soft_anti_affinity: Annotated[
+        bool,
+        typer.Option(
+            "--soft-anti-affinity",
+            help="With --anti-affinity: spread the group's tasks as well as possible instead.",
+        ),
+    ] = False,
     broker: BrokerOption = DEFAULT_ADDRESS,
 ) -> None:
     """Submit a task and print its id; with --wait, print its result instead.
 
     With --wait, a task that fails, is cancelled or does not finish in time
     exits 1 with one line on stderr. A result is printed as UTF-8 text, or as
-    base64 when it is not valid UTF-8.
+    base64 when it is not valid UTF-8. A task that no worker may take (see
+    --require and --anti-affinity) waits; `tasks show ID` says why.
     """
+    required = _required_labels(require or ())
+    if soft_anti_affinity and anti_affinity is None:
+        raise typer.BadParameter("needs --anti-affinity GROUP", param_hint="'--soft-anti-affinity'")
     with SyncClient(broker) as client:
-        task_id = client.submit(task_type, payload, priority=priority, pool=pool)
+        task_id = client.submit(
+            task_type,
+            payload,
+            priority=priority,
+            pool=pool,
+            require=required,
+            prefer=prefer or (),
+            anti_affinity=anti_affinity,
+            anti_affinity_soft=soft_anti_affinity,
+        )
         if not wait:
             typer.echo(task_id)
             return
@@ -237,7 +343,7 @@ def tasks_show(
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
-    """Show one task: its state, times, payload, result or error."""
+    """Show one task: its state, times, placement, payload, result or error."""
     with SyncClient(broker) as client:
         task = client.get(task_id)
     show_task(task, output)
@@ -310,7 +416,7 @@ def stats(
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
-    """Show the broker's state and per-pool task counts and capacity."""
+    """Show the broker's state and per-pool task counts (unschedulable included) and capacity."""
     with SyncClient(broker) as client:
         result = client.stats()
     show_stats(result, output)

@@ -13,9 +13,26 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from broker import load_config
-from cli._output import OutputFormat, decode_bytes, show_task, show_tasks, task_dict
-from cli.main import app
-from worker_sdk import TaskErrorInfo, TaskInfo, TaskState
+from cli import main as cli_main
+from cli._output import (
+    OutputFormat,
+    decode_bytes,
+    show_stats,
+    show_task,
+    show_tasks,
+    stats_dict,
+    task_dict,
+)
+from cli.main import Label, app, parse_label, parse_preference
+from worker_sdk import (
+    Placement,
+    PoolStats,
+    PreferredLabel,
+    Stats,
+    TaskErrorInfo,
+    TaskInfo,
+    TaskState,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 READMES = [ROOT / "README.md", ROOT / "deploy" / "README.md"]
@@ -103,6 +120,101 @@ def test_bad_json_payload() -> None:
 def test_bad_flags_are_one_line(args: list[str]) -> None:
     line = assert_one_line_error(invoke(*args), 2)
     assert "--help" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--require", "zone"], "'--require': expected KEY=VALUE, got 'zone'"),
+        (["--require", "=eu"], "'--require': expected KEY=VALUE"),
+        (["--require", "zone=eu", "--require", "zone=us"], "'--require': label 'zone' given twice"),
+        (["--prefer", "zone"], "'--prefer': expected KEY=VALUE[:WEIGHT], got 'zone'"),
+        (["--prefer", "=eu:2"], "'--prefer': expected KEY=VALUE[:WEIGHT]"),
+        (["--prefer", "zone=eu:heavy"], "weight 'heavy' in 'zone=eu:heavy' is not a whole number"),
+        (["--prefer", "zone=eu:"], "weight '' in 'zone=eu:' is not a whole number"),
+        (["--prefer", "zone=eu:0"], "weight must be 1..1000, got 0"),
+        (["--prefer", "zone=eu:1001"], "weight must be 1..1000, got 1001"),
+        (["--anti-affinity", ""], "'--anti-affinity': the group name must not be empty"),
+        (["--anti-affinity"], "'--anti-affinity' requires an argument"),
+        (["--soft-anti-affinity"], "'--soft-anti-affinity': needs --anti-affinity GROUP"),
+    ],
+    ids=lambda a: " ".join(a) if isinstance(a, list) else "-",
+)
+def test_bad_placement_flags_are_one_line(args: list[str], expected: str, closed_port: int) -> None:
+    # A usage error, found before the broker (here unreachable) is ever called.
+    result = invoke("submit", "echo", "--broker", f"127.0.0.1:{closed_port}", *args)
+    line = assert_one_line_error(result, 2)
+    assert expected in line
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("zone=eu", PreferredLabel("zone", "eu", 1)),
+        ("zone=eu:5", PreferredLabel("zone", "eu", 5)),
+        ("host=a:b:1000", PreferredLabel("host", "a:b", 1000)),
+        ("flag=:2", PreferredLabel("flag", "", 2)),
+        ("flag=", PreferredLabel("flag", "", 1)),
+        ("expr=a=b", PreferredLabel("expr", "a=b", 1)),
+    ],
+)
+def test_parse_preference(text: str, expected: PreferredLabel) -> None:
+    assert parse_preference(text) == expected
+
+
+def test_parse_label() -> None:
+    assert parse_label("zone=eu") == Label("zone", "eu")
+    assert parse_label("expr=a=b:1") == Label("expr", "a=b:1")
+    assert parse_label("flag=") == Label("flag", "")
+
+
+class RecordingClient:
+    """Stands in for SyncClient in `submit`: records what it was asked to submit."""
+
+    calls: list[dict[str, object]] = []
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    def __enter__(self) -> RecordingClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def submit(self, task_type: str, payload: str | None, **options: object) -> str:
+        self.calls.append({"task_type": task_type, "payload": payload, **options})
+        return "77"
+
+
+def test_submit_passes_placement_flags_to_the_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli_main, "SyncClient", RecordingClient)
+    monkeypatch.setattr(RecordingClient, "calls", [])
+    result = invoke(
+        "submit",
+        "train",
+        *("--require", "gpu=a100", "--require", "zone=eu"),
+        *("--prefer", "disk=ssd", "--prefer", "rack=r1:7"),
+        *("--anti-affinity", "shard-1", "--soft-anti-affinity"),
+    )
+    assert (result.exit_code, result.stdout) == (0, "77\n"), result.output
+    assert RecordingClient.calls == [
+        {
+            "task_type": "train",
+            "payload": None,
+            "priority": 0,
+            "pool": "default",
+            "require": {"gpu": "a100", "zone": "eu"},
+            "prefer": [PreferredLabel("disk", "ssd", 1), PreferredLabel("rack", "r1", 7)],
+            "anti_affinity": "shard-1",
+            "anti_affinity_soft": True,
+        }
+    ]
+    assert invoke("submit", "plain").exit_code == 0
+    assert RecordingClient.calls[-1]["require"] == {}
+    assert RecordingClient.calls[-1]["prefer"] == ()
+    assert RecordingClient.calls[-1]["anti_affinity"] is None
+    assert RecordingClient.calls[-1]["anti_affinity_soft"] is False
 
 
 @pytest.mark.parametrize(
@@ -203,6 +315,9 @@ def _task(**changes: object) -> TaskInfo:
         "finished_at": None,
         "result": b"",
         "error": TaskErrorInfo("ValueError", "bad [input]", "Traceback ..."),
+        "placement": Placement(),
+        "placement_note": "",
+        "unschedulable": False,
     }
     values.update(changes)
     return TaskInfo(**values)  # type: ignore[arg-type]
@@ -226,6 +341,88 @@ def test_task_dict_is_json_ready() -> None:
         "message": "bad [input]",
         "traceback": "Traceback ...",
     }
+    assert data["placement"] == {
+        "required_labels": {},
+        "preferred_labels": [],
+        "anti_affinity_group": None,
+        "anti_affinity_soft": False,
+    }
+    assert (data["placement_note"], data["unschedulable"]) == (None, False)
+
+
+HINTED = Placement(
+    required_labels={"zone": "mars", "gpu": "a100"},
+    preferred_labels=(PreferredLabel("disk", "ssd"), PreferredLabel("rack", "r1", 7)),
+    anti_affinity_group="shard-[1]",
+    anti_affinity_soft=True,
+)
+NOTE = "unschedulable: no connected worker takes type 'train' and labels gpu=a100,zone=mars"
+
+
+def test_task_dict_placement() -> None:
+    data = task_dict(
+        _task(state=TaskState.PENDING, placement=HINTED, placement_note=NOTE, unschedulable=True)
+    )
+    assert data["placement"] == {
+        "required_labels": {"zone": "mars", "gpu": "a100"},
+        "preferred_labels": [
+            {"key": "disk", "value": "ssd", "weight": 1},
+            {"key": "rack", "value": "r1", "weight": 7},
+        ],
+        "anti_affinity_group": "shard-[1]",
+        "anti_affinity_soft": True,
+    }
+    assert data["placement_note"] == NOTE
+    assert data["unschedulable"] is True
+
+
+def test_tables_show_placement(capsys: pytest.CaptureFixture[str]) -> None:
+    task = _task(
+        state=TaskState.PENDING,
+        error=None,
+        placement=HINTED,
+        placement_note=NOTE,
+        unschedulable=True,
+    )
+    show_task(task, OutputFormat.TABLE)
+    shown = capsys.readouterr().out
+    assert re.search(r"^state +pending \(unschedulable\) *$", shown, re.MULTILINE), shown
+    assert re.search(r"^requires +gpu=a100,zone=mars *$", shown, re.MULTILINE), shown
+    assert re.search(r"^prefers +disk=ssd:1,rack=r1:7 *$", shown, re.MULTILINE), shown
+    assert re.search(r"^anti-affinity +shard-\[1\] \(soft\) *$", shown, re.MULTILINE), shown
+    assert re.search(rf"^placement +{re.escape(NOTE)} *$", shown, re.MULTILINE), shown
+    show_tasks([task, _task(id="43")], OutputFormat.TABLE)
+    listed = capsys.readouterr().out
+    assert "pending (unschedulable)" in listed
+    assert listed.count("unschedulable") == 1
+    # A task without hints shows no placement rows.
+    show_task(_task(), OutputFormat.TABLE)
+    plain = capsys.readouterr().out
+    for name in ("requires", "prefers", "anti-affinity", "placement", "unschedulable"):
+        assert name not in plain
+
+
+def test_stats_show_unschedulable(capsys: pytest.CaptureFixture[str]) -> None:
+    pool = PoolStats(
+        pool="default",
+        strategy="round_robin",
+        pending=5,
+        active=1,
+        succeeded=2,
+        failed=0,
+        cancelled=0,
+        workers=1,
+        capacity=4,
+        unschedulable=3,
+    )
+    stats = Stats(broker_state="running", pools=(pool,))
+    assert stats_dict(stats)["pools"][0]["unschedulable"] == 3
+    show_stats(stats, OutputFormat.TABLE)
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if "UNSCHEDULABLE" in line)
+    row = next(line for line in lines if line.split()[:1] == ["default"])
+    assert header.split()[2:4] == ["PENDING", "UNSCHEDULABLE"]
+    assert row.split()[2:4] == ["5", "3"]
 
 
 def test_tables_print_text_verbatim(capsys: pytest.CaptureFixture[str]) -> None:

@@ -24,7 +24,7 @@ LISTENING = re.compile(r"^taskbroker listening on (\S+) \(db (.+)\)$", re.MULTIL
 WORKER_MODULE = """
 from worker_sdk import TaskContext, Worker
 
-worker = Worker(capacity=2, labels={"suite": "cli"})
+worker = Worker(capacity=2, labels={"suite": "cli", "zone": "eu"})
 
 
 @worker.task("upper")
@@ -209,6 +209,56 @@ def test_submit_to_an_unknown_pool_is_not_found(cluster: Cluster) -> None:
     assert done.stderr.count("\n") == 1
 
 
+def test_required_labels_place_the_task_or_say_why_it_waits(cluster: Cluster) -> None:
+    done = cluster.run(
+        "submit",
+        "upper",
+        *("--payload", '{"text": "placed"}', "--require", "zone=eu", "--prefer", "suite=cli:5"),
+        *("--wait", "--timeout", "15"),
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "PLACED\n", "")
+    listed = json.loads(cluster.run("tasks", "list", "--type", "upper", "-o", "json").stdout)
+    (placed,) = [t for t in listed if t["payload"] == '{"text": "placed"}']
+    assert placed["placement"]["required_labels"] == {"zone": "eu"}
+    assert placed["placement"]["preferred_labels"] == [
+        {"key": "suite", "value": "cli", "weight": 5}
+    ]
+    assert placed["worker_id"] == cluster.worker_id
+    assert placed["unschedulable"] is False
+
+    # No worker has zone=mars: the task waits, and says why.
+    submitted = cluster.run(
+        "submit", "upper", "--payload", '{"text": "x"}', "--require", "zone=mars"
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    task_id = submitted.stdout.strip()
+
+    def unschedulable() -> dict[str, Any] | None:
+        shown = cluster.run("tasks", "show", task_id, "-o", "json")
+        task: dict[str, Any] = json.loads(shown.stdout)
+        return task if task["unschedulable"] else None
+
+    task = wait_for(unschedulable, "the task to be marked unschedulable")
+    assert task["state"] == "pending"
+    assert task["worker_id"] is None
+    assert "zone=mars" in task["placement_note"], task["placement_note"]
+    assert task["placement"]["required_labels"] == {"zone": "mars"}
+    table = cluster.run("tasks", "show", task_id).stdout
+    assert "pending (unschedulable)" in table
+    assert "zone=mars" in table
+    assert f"{task_id} " in cluster.run("tasks", "list", "--state", "pending").stdout
+
+    def default_pool() -> dict[str, Any]:
+        stats = json.loads(cluster.run("stats", "-o", "json").stdout)
+        pool: dict[str, Any] = next(p for p in stats["pools"] if p["pool"] == "default")
+        return pool
+
+    assert default_pool()["unschedulable"] == 1
+    assert "UNSCHEDULABLE" in cluster.run("stats").stdout
+    assert cluster.run("tasks", "cancel", task_id).returncode == 0
+    assert default_pool()["unschedulable"] == 0
+
+
 def test_pools_create_then_list(cluster: Cluster) -> None:
     created = cluster.run("pools", "create", "gpu", "--strategy", "least_loaded")
     assert created.returncode == 0, created.stderr
@@ -222,7 +272,7 @@ def test_pools_create_then_list(cluster: Cluster) -> None:
 def test_workers_list_and_stats(cluster: Cluster) -> None:
     workers = json.loads(cluster.run("workers", "list", "-o", "json").stdout)
     (worker,) = [w for w in workers if w["worker_id"] == cluster.worker_id]
-    assert worker["labels"] == {"suite": "cli"}
+    assert worker["labels"] == {"suite": "cli", "zone": "eu"}
     assert worker["task_types"] == ["boom", "upper"]
     stats = json.loads(cluster.run("stats", "-o", "json").stdout)
     assert stats["broker_state"] == "running"

@@ -23,6 +23,7 @@ from broker.engine import Engine
 from broker.errors import BrokerError, FailedPrecondition, NotFound, Unavailable
 from broker.store import SQLiteStore
 from tests.conftest import make_config
+from tests.test_store_contract import STORE_KINDS, open_store
 
 
 class RecordingChannel:
@@ -61,10 +62,13 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-async def engine(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Engine]:
+@pytest.fixture(params=STORE_KINDS)
+async def engine(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
+) -> AsyncIterator[Engine]:
+    """An engine on each kind of store: they must behave the same under it."""
     config = make_config(tmp_path, heartbeat_interval_s=1.0, heartbeat_timeout_s=3.0)
-    async with await SQLiteStore.open(config.db_path) as store:
+    async with await open_store(request.param, Path(config.db_path)) as store:
         engine = Engine(config, store, clock)
         await engine.recover()
         engine.start()

@@ -5,9 +5,11 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.domain import Placement, PreferredLabel, Task, TaskSpec
+from broker.clock import FakeClock
+from broker.domain import Placement, PoolConfig, PreferredLabel, Task, TaskSpec
+from broker.runtimes import RuntimeModel
 from broker.scheduler import Decision, PoolScheduler
-from broker.strategies import WorkerSlot
+from broker.strategies import StrategyEnv, WorkerSlot
 
 
 def task(
@@ -250,3 +252,105 @@ def test_hard_constraints_are_never_broken_and_schedulable_tasks_are_placed(
                 )
             ]
             assert not fits, f"task {waiting_task.id} could run on {fits[0].worker_id}"
+
+
+def sticky_pool(timeout: float = 5.0) -> tuple[PoolScheduler, FakeClock]:
+    clock = FakeClock()
+    env = StrategyEnv(clock=clock, runtimes=RuntimeModel("default"))
+    config = PoolConfig(name="default", strategy="round_robin", sticky_timeout_s=timeout)
+    pool = PoolScheduler("default", "round_robin", 1000, env=env, config=config)
+    pool.add_worker(slot("a", capacity=1))
+    pool.add_worker(slot("b", capacity=1))
+    return pool, clock
+
+
+def sticky(task_id: int, key: str) -> Task:
+    return Task(
+        id=task_id,
+        seq=task_id,
+        spec=TaskSpec(task_type="t", placement=Placement(sticky_key=key)),
+    )
+
+
+def test_a_sticky_key_returns_to_its_worker() -> None:
+    pool, _ = sticky_pool()
+    pool.enqueue(sticky(1, "user-7"))
+    (first,) = placed(pool.place()).values()
+    pool.release(first, 1)
+    pool.enqueue(task(2))  # takes the other worker's turn first
+    pool.enqueue(sticky(3, "user-7"))
+    assert placed(pool.place())[3] == first
+    assert (pool.sticky_hits, pool.sticky_misses) == (1, 1)
+
+
+def test_a_sticky_task_waits_for_its_busy_worker_then_falls_back() -> None:
+    pool, clock = sticky_pool(timeout=5.0)
+    pool.enqueue(sticky(1, "k"))
+    owner = placed(pool.place())[1]
+    pool.enqueue(sticky(2, "k"))
+    decisions = pool.place()
+    assert "sticky key 'k' waits for worker" in waiting(decisions)[2].note
+    deadline = pool.next_deadline()
+    assert deadline == clock.now() + 5.0
+    clock.advance(4.9)
+    assert placed(pool.place()) == {}
+    clock.advance(0.2)
+    moved = placed(pool.place())
+    assert moved[2] != owner
+    assert pool.sticky["k"] == moved[2]
+    assert pool.next_deadline() is None
+
+
+def test_a_sticky_task_goes_at_once_when_its_worker_frees_up() -> None:
+    pool, clock = sticky_pool()
+    pool.enqueue(sticky(1, "k"))
+    owner = placed(pool.place())[1]
+    pool.enqueue(sticky(2, "k"))
+    pool.place()
+    clock.advance(1.0)
+    pool.release(owner, 1)
+    assert placed(pool.place()) == {2: owner}
+
+
+def test_sticky_respects_hard_filters() -> None:
+    pool, _ = sticky_pool()
+    pool.enqueue(sticky(1, "k"))
+    owner = placed(pool.place())[1]
+    pool.release(owner, 1)
+    other = "b" if owner == "a" else "a"
+    pinned = Task(
+        id=2,
+        seq=2,
+        spec=TaskSpec(
+            task_type="t", placement=Placement(sticky_key="k", required_labels={"name": other})
+        ),
+    )
+    pool.remove_worker(other)
+    pool.add_worker(slot(other, capacity=1, name=other))
+    pool.enqueue(pinned)
+    assert placed(pool.place()) == {2: other}
+
+
+def test_ab_split_sends_a_share_to_the_second_strategy() -> None:
+    config = PoolConfig(
+        name="default", strategy="round_robin", ab_strategy="least_loaded", ab_percent=30
+    )
+    pool = PoolScheduler("default", "round_robin", 1000, config=config)
+    for name in "abcd":
+        pool.add_worker(slot(name, capacity=1000))
+    for i in range(1, 1001):
+        pool.enqueue(task(i))
+    decisions = [d for d in pool.place() if d.worker is not None]
+    arms = {s.strategy: s.placed for s in pool.arm_stats()}
+    assert arms["round_robin"] + arms["least_loaded"] == 1000
+    assert 250 <= arms["least_loaded"] <= 350
+    for d in decisions[:10]:
+        pool.finish(
+            d.task,
+            d.worker.worker_id if d.worker else "",
+            queue_wait_s=0.5,
+            run_s=2.0,
+            success=True,
+        )
+    finished = sum(s.finished for s in pool.arm_stats())
+    assert finished == 10

@@ -20,6 +20,8 @@ from worker_sdk import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Placement,
+    PreferredLabel,
     ResourceExhausted,
     SyncClient,
     TaskbrokerError,
@@ -40,8 +42,9 @@ _TERMINAL = (_tasks.TASK_STATE_SUCCEEDED, _tasks.TASK_STATE_FAILED, _tasks.TASK_
 class FakeTaskService(_tasks_grpc.TaskServiceServicer):
     """Keeps tasks in a dict; the test finishes them with `finish()`.
 
-    Pool "missing" does not exist (NOT_FOUND); priority above 1000 is INVALID_ARGUMENT;
-    `reject_all` makes every stream batch fail with that (code, message).
+    Pool "missing" does not exist (NOT_FOUND); priority above 1000 and a preferred label's
+    weight outside 1..1000 are INVALID_ARGUMENT; `reject_all` makes every stream batch fail
+    with that (code, message).
     """
 
     def __init__(self) -> None:
@@ -65,6 +68,10 @@ class FakeTaskService(_tasks_grpc.TaskServiceServicer):
             return grpc.StatusCode.NOT_FOUND.value[0], "pool 'missing' does not exist"
         if spec.priority > 1000:
             return grpc.StatusCode.INVALID_ARGUMENT.value[0], "priority out of range"
+        for preferred in spec.placement.preferred_labels:
+            if not 1 <= preferred.weight <= 1000:
+                message = f"preferred label {preferred.key}: weight must be 1..1000"
+                return grpc.StatusCode.INVALID_ARGUMENT.value[0], message
         return None
 
     def _create(self, spec: _tasks.TaskSpec) -> str:
@@ -72,6 +79,9 @@ class FakeTaskService(_tasks_grpc.TaskServiceServicer):
         self.tasks[task_id] = _tasks.Task(
             id=task_id, spec=spec, state=_tasks.TASK_STATE_PENDING, created_at_ms=1_700_000_000_000
         )
+        if spec.placement.required_labels:
+            self.tasks[task_id].placement_note = "unschedulable: no connected worker"
+            self.tasks[task_id].unschedulable = True
         return task_id
 
     def finish(self, task_id: str, *, result: bytes = b"", error: str = "") -> None:
@@ -262,6 +272,7 @@ class FakeAdminService(_admin_grpc.AdminServiceServicer):
                     failed=1,
                     workers=1,
                     capacity=4,
+                    unschedulable=2,
                 )
             ],
         )
@@ -367,11 +378,83 @@ async def test_ack_error_maps_to_exception_for_every_submit_of_the_batch(
         await client.submit("echo")
 
 
+async def test_submit_carries_placement_hints(client: Client, tasks: FakeTaskService) -> None:
+    hinted = await client.submit(
+        "train",
+        require={"gpu": "a100"},
+        prefer=[PreferredLabel("zone", "eu", weight=5)],
+        anti_affinity="shard-1",
+        anti_affinity_soft=True,
+    )
+    plain = await client.submit("train")
+    assert tasks.tasks[hinted].spec.placement == _tasks.Placement(
+        required_labels={"gpu": "a100"},
+        preferred_labels=[_tasks.PreferredLabel(key="zone", value="eu", weight=5)],
+        anti_affinity_group="shard-1",
+        anti_affinity_soft=True,
+    )
+    assert not tasks.tasks[plain].spec.HasField("placement")
+    info = await client.get(hinted)
+    assert info.placement == Placement(
+        required_labels={"gpu": "a100"},
+        preferred_labels=(PreferredLabel("zone", "eu", 5),),
+        anti_affinity_group="shard-1",
+        anti_affinity_soft=True,
+    )
+    assert info.unschedulable
+    assert info.placement_note == "unschedulable: no connected worker"
+    assert (await client.get(plain)).placement.free
+
+
+async def test_a_bad_weight_fails_only_its_own_submit(
+    client: Client, tasks: FakeTaskService
+) -> None:
+    outcomes = await asyncio.gather(
+        *(
+            client.submit("echo", prefer=[PreferredLabel("zone", "eu", 0 if i == 2 else 3)])
+            for i in range(6)
+        ),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[2], InvalidArgument)
+    assert "weight must be 1..1000" in str(outcomes[2])
+    good = [o for o in outcomes if isinstance(o, str)]
+    assert len(good) == 5
+    assert [tasks.tasks[i].spec.placement.preferred_labels[0].weight for i in good] == [3] * 5
+    # The rejected batch was sent again one task per message.
+    assert [len(r.tasks) for r in tasks.stream_requests[-6:]] == [1] * 6
+
+
+async def test_a_hint_of_the_wrong_type_fails_the_call_not_the_shared_stream(
+    client: Client, tasks: FakeTaskService
+) -> None:
+    bad = {"gpus": 2}
+    outcomes = await asyncio.gather(
+        client.submit("echo", "1"),
+        client.submit("echo", require=bad),  # type: ignore[arg-type]
+        client.submit("echo", "3"),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[1], TypeError)
+    assert isinstance(outcomes[0], str)
+    assert isinstance(outcomes[2], str)
+    with pytest.raises(ValueError, match="anti_affinity"):
+        await client.submit("echo", anti_affinity_soft=True)
+    assert await client.submit("echo")
+    assert tasks.streams_opened == 1
+
+
 async def test_submit_many_is_one_batch(client: Client, tasks: FakeTaskService) -> None:
     ids = await client.submit_many(
-        [TaskRequest("a", b"1"), TaskRequest("b", priority=3, pool="other")]
+        [
+            TaskRequest("a", b"1"),
+            TaskRequest("b", priority=3, pool="other", require={"zone": "eu"}, anti_affinity="g"),
+        ]
     )
     assert [tasks.tasks[i].spec.task_type for i in ids] == ["a", "b"]
+    assert tasks.tasks[ids[1]].spec.placement == _tasks.Placement(
+        required_labels={"zone": "eu"}, anti_affinity_group="g"
+    )
     assert await client.submit_many([]) == []
     with pytest.raises(NotFound):
         await client.submit_many([TaskRequest("a"), TaskRequest("b", pool="missing")])
@@ -589,6 +672,7 @@ async def test_admin_calls(client: Client) -> None:
     assert stats.broker_state == "running"
     (default,) = stats.pools
     assert (default.pending, default.active, default.succeeded, default.cancelled) == (3, 2, 10, 0)
+    assert default.unschedulable == 2
 
 
 # -- SyncClient ----------------------------------------------------------------------------
@@ -597,7 +681,7 @@ async def test_admin_calls(client: Client) -> None:
 async def test_sync_client(address: str, tasks: FakeTaskService) -> None:
     def use_it() -> tuple[str, bytes, int]:
         with SyncClient(address) as client:
-            task_id = client.submit("echo", json=[1])
+            task_id = client.submit("echo", json=[1], prefer=[PreferredLabel("zone", "eu")])
             tasks_before = len(client.list_tasks())
             # Finishing happens on the server's loop; the completion then reaches this one.
             loop.call_soon_threadsafe(functools.partial(tasks.finish, task_id, result=b"done"))
@@ -614,6 +698,7 @@ async def test_sync_client(address: str, tasks: FakeTaskService) -> None:
     assert result == b"done"
     assert listed == 1
     assert tasks.tasks[task_id].spec.payload == b"[1]"
+    assert tasks.tasks[task_id].spec.placement.preferred_labels[0].key == "zone"
 
 
 async def test_sync_client_unreachable() -> None:

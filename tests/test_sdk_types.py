@@ -192,7 +192,8 @@ def test_list_tasks_request_maps_states_and_defaults() -> None:
 
 
 def test_submit_stream_round_trip() -> None:
-    request = _convert.submit_stream_request(7, [TaskRequest("t", b"x", 2, "p")], ["9"])
+    spec = _convert.task_spec(TaskRequest("t", b"x", 2, "p"))
+    request = _convert.submit_stream_request(7, [spec], ["9"])
     assert request.batch_id == 7
     assert not request.watch
     assert list(request.watch_task_ids) == ["9"]

@@ -16,8 +16,10 @@ from worker_sdk._errors import (
 from worker_sdk._sync import SyncClient
 from worker_sdk._types import (
     DEFAULT_ADDRESS,
+    Placement,
     PoolInfo,
     PoolStats,
+    PreferredLabel,
     Stats,
     TaskErrorInfo,
     TaskInfo,
@@ -36,8 +38,10 @@ __all__ = [
     "FailedPrecondition",
     "InvalidArgument",
     "NotFound",
+    "Placement",
     "PoolInfo",
     "PoolStats",
+    "PreferredLabel",
     "ResourceExhausted",
     "Stats",
     "SyncClient",

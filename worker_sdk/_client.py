@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
@@ -31,6 +31,7 @@ from worker_sdk._types import (
     DEFAULT_ADDRESS,
     DEFAULT_POOL,
     PoolInfo,
+    PreferredLabel,
     Stats,
     TaskInfo,
     TaskRequest,
@@ -42,7 +43,7 @@ _log = logging.getLogger("taskbroker.client")
 _T = TypeVar("_T")
 
 # One stream message stays well under gRPC's default 4 MiB receive limit on the broker.
-_MAX_MESSAGE_PAYLOAD_BYTES: Final = 1 << 20
+_MAX_MESSAGE_TASK_BYTES: Final = 1 << 20
 # Completion batches from the broker can be large (results are inlined).
 CHANNEL_OPTIONS: Final = [("grpc.max_receive_message_length", 64 << 20)]
 # A failed all-or-nothing batch with one of these codes is most likely the fault of one of
@@ -52,7 +53,8 @@ _PER_TASK_ERROR_CODES: Final = frozenset({3, 5})  # INVALID_ARGUMENT, NOT_FOUND
 
 @dataclass(slots=True)
 class _PendingSubmit:
-    request: TaskRequest
+    spec: _tasks.TaskSpec  # converted by the caller, so a bad argument fails only its submit
+    size: int  # bytes on the wire
     future: asyncio.Future[str]
     solo: bool = False  # send in a message of its own
 
@@ -95,9 +97,9 @@ class _SubmitStream:
     def finished(self) -> bool:
         return self._writer.done() and self._reader.done()
 
-    def submit(self, request: TaskRequest) -> asyncio.Future[str]:
+    def submit(self, spec: _tasks.TaskSpec) -> asyncio.Future[str]:
         future: asyncio.Future[str] = self._loop.create_future()
-        self._submits.append(_PendingSubmit(request, future))
+        self._submits.append(_PendingSubmit(spec, _convert.spec_size(spec), future))
         self._wake.set()
         return future
 
@@ -153,12 +155,11 @@ class _SubmitStream:
             if pending.future.done():  # its submit() was cancelled before it was sent
                 queue.popleft()
                 continue
-            payload_size = len(pending.request.payload)
-            if batch and (pending.solo or size + payload_size > _MAX_MESSAGE_PAYLOAD_BYTES):
+            if batch and (pending.solo or size + pending.size > _MAX_MESSAGE_TASK_BYTES):
                 break
             queue.popleft()
             batch.append(pending)
-            size += payload_size
+            size += pending.size
             if pending.solo:
                 break
         return batch
@@ -174,7 +175,7 @@ class _SubmitStream:
         if batch:
             self._unacked[batch_id] = batch
         message = _convert.submit_stream_request(
-            batch_id, [pending.request for pending in batch], watch_ids
+            batch_id, [pending.spec for pending in batch], watch_ids
         )
         await self._call.write(message)
 
@@ -357,10 +358,30 @@ class Client:
         json: Any = UNSET,
         priority: int = 0,
         pool: str = DEFAULT_POOL,
+        require: Mapping[str, str] | None = None,
+        prefer: Sequence[PreferredLabel] = (),
+        anti_affinity: str | None = None,
+        anti_affinity_soft: bool = False,
     ) -> str:
-        """Submit one task and return its id. Pass `payload` (bytes or str) or `json=`."""
-        request = TaskRequest(task_type, encode_payload(payload, json), priority, pool)
-        return await self._submit_stream().submit(request)
+        """Submit one task and return its id. Pass `payload` (bytes or str) or `json=`.
+
+        Placement hints: `require` runs it only on workers with all these labels (it waits
+        otherwise), `prefer` favours workers with these labels by weight, and tasks of one
+        `anti_affinity` group never run on one worker at the same time (with
+        `anti_affinity_soft`, they are spread as well as possible instead).
+        """
+        request = TaskRequest(
+            task_type,
+            encode_payload(payload, json),
+            priority,
+            pool,
+            require=require,
+            prefer=prefer,
+            anti_affinity=anti_affinity,
+            anti_affinity_soft=anti_affinity_soft,
+        )
+        spec = _convert.task_spec(request)
+        return await self._submit_stream().submit(spec)
 
     async def submit_many(self, tasks: Iterable[TaskRequest]) -> list[str]:
         """Submit tasks as one batch, all accepted or none; their ids in order."""

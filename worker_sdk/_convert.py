@@ -26,8 +26,10 @@ from worker_sdk._pb import admin_pb2 as _admin
 from worker_sdk._pb import tasks_pb2 as _tasks
 from worker_sdk._pb import worker_pb2 as _worker
 from worker_sdk._types import (
+    Placement,
     PoolInfo,
     PoolStats,
+    PreferredLabel,
     Stats,
     TaskErrorInfo,
     TaskInfo,
@@ -75,11 +77,23 @@ def task_state(wire: _tasks.TaskState.ValueType) -> TaskState:
     return _STATE_FROM_WIRE.get(wire, TaskState.PENDING)
 
 
+def placement(msg: _tasks.Placement) -> Placement:
+    return Placement(
+        required_labels=dict(msg.required_labels),
+        preferred_labels=tuple(
+            PreferredLabel(p.key, p.value, p.weight) for p in msg.preferred_labels
+        ),
+        anti_affinity_group=msg.anti_affinity_group,
+        anti_affinity_soft=msg.anti_affinity_soft,
+    )
+
+
 def task_info(task: _tasks.Task) -> TaskInfo:
     spec = task.spec
     error = None
     if task.HasField("error"):
         error = TaskErrorInfo(task.error.type, task.error.message, task.error.traceback)
+    hints = placement(spec.placement) if spec.HasField("placement") else Placement()
     return TaskInfo(
         id=task.id,
         task_type=spec.task_type,
@@ -95,16 +109,50 @@ def task_info(task: _tasks.Task) -> TaskInfo:
         finished_at=_time(task.finished_at_ms),
         result=task.result,
         error=error,
+        placement=hints,
+        placement_note=task.placement_note,
+        unschedulable=task.unschedulable,
     )
 
 
 def task_spec(request: TaskRequest) -> _tasks.TaskSpec:
-    return _tasks.TaskSpec(
+    """The wire form of a submit; TypeError or ValueError for arguments it cannot hold.
+
+    Called where the task is submitted, so a bad argument fails that call alone and
+    never the stream it would have shared with other submits.
+    """
+    spec = _tasks.TaskSpec(
         task_type=request.task_type,
         payload=request.payload,
         priority=request.priority,
         pool=request.pool,
     )
+    if request.require or request.prefer or request.anti_affinity:
+        _set_placement(request, spec.placement)
+    elif request.anti_affinity_soft:
+        raise ValueError("anti_affinity_soft=True needs an anti_affinity group")
+    return spec
+
+
+def _set_placement(request: TaskRequest, msg: _tasks.Placement) -> None:
+    try:
+        if request.require:
+            msg.required_labels.update(request.require)
+        for p in request.prefer:
+            msg.preferred_labels.add(key=p.key, value=p.value, weight=p.weight)
+        msg.anti_affinity_group = request.anti_affinity or ""
+    except (TypeError, AttributeError) as exc:
+        raise TypeError(
+            "placement hints: require maps str to str, prefer holds PreferredLabel(key: str, "
+            f"value: str, weight: int), anti_affinity is a str ({exc})"
+        ) from None
+    msg.anti_affinity_soft = request.anti_affinity_soft
+
+
+def spec_size(spec: _tasks.TaskSpec) -> int:
+    """How many bytes the task adds to a stream message."""
+    size: int = spec.ByteSize()
+    return size
 
 
 def pool_info(pool: _admin.Pool) -> PoolInfo:
@@ -140,6 +188,7 @@ def stats(response: _admin.StatsResponse) -> Stats:
                 cancelled=p.cancelled,
                 workers=p.workers,
                 capacity=p.capacity,
+                unschedulable=p.unschedulable,
             )
             for p in response.pools
         ),
@@ -150,11 +199,12 @@ def stats(response: _admin.StatsResponse) -> Stats:
 
 
 def submit_stream_request(
-    batch_id: int, requests: Sequence[TaskRequest], watch_task_ids: Sequence[str]
+    batch_id: int, specs: Sequence[_tasks.TaskSpec], watch_task_ids: Sequence[str]
 ) -> _tasks.SubmitStreamRequest:
+    """A stream message of specs from `task_spec`, and the ids to watch."""
     return _tasks.SubmitStreamRequest(
         batch_id=batch_id,
-        tasks=[task_spec(r) for r in requests],
+        tasks=specs,
         watch=False,
         watch_task_ids=watch_task_ids,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -13,6 +13,7 @@ from worker_sdk._types import (
     DEFAULT_ADDRESS,
     DEFAULT_POOL,
     PoolInfo,
+    PreferredLabel,
     Stats,
     TaskInfo,
     TaskRequest,
@@ -74,10 +75,24 @@ class SyncClient:
         json: Any = UNSET,
         priority: int = 0,
         pool: str = DEFAULT_POOL,
+        require: Mapping[str, str] | None = None,
+        prefer: Sequence[PreferredLabel] = (),
+        anti_affinity: str | None = None,
+        anti_affinity_soft: bool = False,
     ) -> str:
-        """Submit one task and return its id. Pass `payload` (bytes or str) or `json=`."""
+        """Submit one task and return its id; the arguments are `Client.submit`'s."""
         return self._run(
-            self._client.submit(task_type, payload, json=json, priority=priority, pool=pool)
+            self._client.submit(
+                task_type,
+                payload,
+                json=json,
+                priority=priority,
+                pool=pool,
+                require=require,
+                prefer=prefer,
+                anti_affinity=anti_affinity,
+                anti_affinity_soft=anti_affinity_soft,
+            )
         )
 
     def submit_many(self, tasks: Iterable[TaskRequest]) -> list[str]:

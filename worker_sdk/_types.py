@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import enum
 import json as _json
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -41,8 +42,38 @@ class TaskErrorInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class PreferredLabel:
+    """A soft placement preference: a worker whose label `key` equals `value` scores
+    `weight` (1..1000) more, and the best-scoring allowed worker gets the task."""
+
+    key: str
+    value: str
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Placement:
+    """A task's placement hints, as the broker stored them from `submit()`'s `require`,
+    `prefer`, `anti_affinity` and `anti_affinity_soft`."""
+
+    required_labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    preferred_labels: tuple[PreferredLabel, ...] = ()
+    anti_affinity_group: str = ""  # "" = none
+    anti_affinity_soft: bool = False
+
+    @property
+    def free(self) -> bool:
+        """No constraint and no preference: any worker of the task's type will do."""
+        return not (self.required_labels or self.preferred_labels or self.anti_affinity_group)
+
+
+@dataclass(frozen=True, slots=True)
 class TaskInfo:
-    """A task as the broker stores it. Times are timezone-aware UTC, None = not yet."""
+    """A task as the broker stores it. Times are timezone-aware UTC, None = not yet.
+
+    `placement_note` says why the task went to its worker or, while it is pending, why
+    it still waits; `unschedulable` is True while no connected worker could ever take it.
+    """
 
     id: str
     task_type: str
@@ -58,6 +89,9 @@ class TaskInfo:
     finished_at: datetime | None
     result: bytes
     error: TaskErrorInfo | None
+    placement: Placement = field(default_factory=Placement)
+    placement_note: str = ""
+    unschedulable: bool = False
 
     def json(self) -> Any:
         """The result parsed as JSON (what a handler returning a dict or list produced)."""
@@ -71,12 +105,17 @@ class TaskInfo:
 
 @dataclass(frozen=True, slots=True)
 class TaskRequest:
-    """One task to submit, for `Client.submit_many`."""
+    """One task to submit, for `Client.submit_many`; the fields are `submit()`'s arguments."""
 
     task_type: str
     payload: bytes = b""
     priority: int = 0
     pool: str = DEFAULT_POOL
+    _: KW_ONLY
+    require: Mapping[str, str] | None = field(default=None, hash=False)
+    prefer: Sequence[PreferredLabel] = field(default=(), hash=False)
+    anti_affinity: str | None = None
+    anti_affinity_soft: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +144,8 @@ class WorkerInfo:
 
 @dataclass(frozen=True, slots=True)
 class PoolStats:
-    """Task counts and worker capacity of one pool; `active` = assigned or running."""
+    """Task counts and worker capacity of one pool; `active` = assigned or running, and
+    `unschedulable` counts the pending tasks that no connected worker can take."""
 
     pool: str
     strategy: str
@@ -116,6 +156,7 @@ class PoolStats:
     cancelled: int
     workers: int
     capacity: int
+    unschedulable: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,185 @@
+"""The broker's state in memory: a store for tests, the simulator and embedding without a disk.
+
+It behaves like `SQLiteStore` as far as a caller can tell (the contract tests hold both to
+it) but keeps nothing across processes: it is not durable, so `durable()` and `flush()` have
+nothing to wait for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType, TracebackType
+from typing import Self
+
+from broker.domain import PoolConfig, Task, TaskFilter, TaskId, TaskState, WorkerId, WorkerSpec
+from broker.errors import InvalidArgument, StorageError, Unavailable
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerRecord:
+    """One worker's last connection, as the store logged it."""
+
+    spec: WorkerSpec
+    connected_at: float
+    last_heartbeat: float
+    disconnected_at: float | None = None
+
+
+class MemoryStore:
+    """Tasks, pools and the worker log in dicts; every write is "committed" at once.
+
+    It keeps copies: the engine moves its Task objects through their states in place, and a
+    change it never saved must not show through `get_task`, as with SQLite. Reads hand out
+    copies too, so changing what a read returned changes nothing stored.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: dict[TaskId, Task] = {}
+        self._pools: dict[str, PoolConfig] = {}
+        self._workers: dict[WorkerId, WorkerRecord] = {}
+        self._closed = False
+
+    @classmethod
+    async def open(cls) -> MemoryStore:
+        """A new, empty store; async like `SQLiteStore.open`, so the two swap in one line."""
+        return cls()
+
+    @property
+    def workers(self) -> Mapping[WorkerId, WorkerRecord]:
+        """The worker log, read-only: each worker's latest connection."""
+        return MappingProxyType(self._workers)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def insert_tasks(self, tasks: Sequence[Task]) -> None:
+        """Add new tasks, all or none: a duplicate id fails the batch with StorageError."""
+        self._check_open()
+        seen: set[TaskId] = set()
+        for task in tasks:
+            if task.id in self._tasks or task.id in seen:
+                raise StorageError(f"the task store could not commit: task {task.id} exists")
+            seen.add(task.id)
+        for task in tasks:
+            self._tasks[task.id] = dataclasses.replace(task)
+
+    def save(self, task: Task) -> None:
+        """Store the task's current state (everything but its spec); the last save wins.
+
+        A task not inserted yet is ignored, like SQLite's UPDATE of no row. (SQLite would
+        still apply a save queued just before the insert it shares a commit with.)
+        """
+        self._check_open()
+        stored = self._tasks.get(task.id)
+        if stored is not None:
+            self._tasks[task.id] = dataclasses.replace(task, spec=stored.spec)
+
+    async def upsert_pool(self, pool: PoolConfig) -> None:
+        """Create the pool or change its strategy."""
+        self._check_open()
+        self._pools[pool.name] = pool
+
+    def worker_connected(self, spec: WorkerSpec, at: float) -> None:
+        """Log a worker's registration; a worker that reconnects is connected again."""
+        self._check_open()
+        self._workers[spec.worker_id] = WorkerRecord(spec=spec, connected_at=at, last_heartbeat=at)
+
+    def worker_heartbeat(self, worker_id: WorkerId, at: float) -> None:
+        """Note a worker's latest heartbeat; one never connected is ignored."""
+        self._check_open()
+        if (record := self._workers.get(worker_id)) is not None:
+            self._workers[worker_id] = dataclasses.replace(record, last_heartbeat=at)
+
+    def worker_disconnected(self, worker_id: WorkerId, at: float) -> None:
+        """Log the end of a worker's connection; one never connected is ignored."""
+        self._check_open()
+        if (record := self._workers.get(worker_id)) is not None:
+            self._workers[worker_id] = dataclasses.replace(record, disconnected_at=at)
+
+    def durable(self) -> asyncio.Future[None]:
+        """A future that is done already: every write is as durable as it will get."""
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    async def flush(self) -> None:
+        """Nothing to wait for."""
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def get_task(self, task_id: TaskId) -> Task | None:
+        """The task with this id, or None."""
+        self._check_open()
+        task = self._tasks.get(task_id)
+        return None if task is None else dataclasses.replace(task)
+
+    async def list_tasks(self, flt: TaskFilter) -> list[Task]:
+        """Tasks matching the filter, newest (highest id) first, at most `flt.limit`."""
+        self._check_open()
+        if flt.limit < 0:
+            raise InvalidArgument(f"limit must not be negative, got {flt.limit}")
+        found: list[Task] = []
+        for task_id in sorted(self._tasks, reverse=True):
+            if len(found) == flt.limit:
+                break
+            task = self._tasks[task_id]
+            if (
+                (not flt.pool or task.spec.pool == flt.pool)
+                and (not flt.states or task.state in flt.states)
+                and (not flt.task_type or task.spec.task_type == flt.task_type)
+                and (flt.before_id is None or task_id < flt.before_id)
+            ):
+                found.append(dataclasses.replace(task))
+        return found
+
+    async def load_unfinished(self) -> list[Task]:
+        """Pending, assigned and running tasks in submission (seq) order, for recovery."""
+        self._check_open()
+        unfinished = [t for t in self._tasks.values() if not t.state.terminal]
+        return [dataclasses.replace(t) for t in sorted(unfinished, key=lambda t: (t.seq, t.id))]
+
+    async def max_task_id(self) -> TaskId:
+        """The highest task id stored, 0 if none."""
+        self._check_open()
+        return max(self._tasks, default=0)
+
+    async def max_seq(self) -> int:
+        """The highest seq stored, 0 if none."""
+        self._check_open()
+        return max((task.seq for task in self._tasks.values()), default=0)
+
+    async def count_by_pool_state(self) -> dict[tuple[str, TaskState], int]:
+        """How many tasks each pool has in each state; absent keys mean zero."""
+        self._check_open()
+        return dict(Counter((task.spec.pool, task.state) for task in self._tasks.values()))
+
+    async def list_pools(self) -> list[PoolConfig]:
+        """Every stored pool, by name."""
+        self._check_open()
+        return [self._pools[name] for name in sorted(self._pools)]
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Refuse reads and writes from now on. Idempotent; the data stays for inspection."""
+        self._closed = True
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Unavailable("the task store is closed")

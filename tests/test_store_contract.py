@@ -1,0 +1,553 @@
+"""The store contract: what the engine and the registry may rely on from any store.
+
+Every test runs against every store (SQLiteStore on a file in tmp_path, MemoryStore), so a
+fake that passes them can stand in for the real one. What only SQLite has (schema, group
+commit, files on disk) is tested in test_store.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from broker.domain import (
+    Placement,
+    PoolConfig,
+    PreferredLabel,
+    Task,
+    TaskError,
+    TaskFilter,
+    TaskSpec,
+    TaskState,
+    WorkerSpec,
+)
+from broker.engine import Store
+from broker.errors import InvalidArgument, StorageError, Unavailable
+from broker.memory_store import MemoryStore, WorkerRecord
+from broker.registry import WorkerLog
+from broker.store import SQLiteStore
+
+PENDING, ASSIGNED, RUNNING = TaskState.PENDING, TaskState.ASSIGNED, TaskState.RUNNING
+SUCCEEDED, FAILED, CANCELLED = TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED
+
+STORE_KINDS = ("sqlite", "memory")
+
+
+class ContractStore(Store, WorkerLog, Protocol):
+    """All a store offers: the engine's Store, the registry's WorkerLog and a lifecycle."""
+
+    def worker_heartbeat(self, worker_id: str, at: float) -> None: ...
+    async def close(self) -> None: ...
+    async def __aenter__(self) -> Self: ...
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+async def open_store(kind: str, path: Path) -> ContractStore:
+    """A new, empty store of this kind; SQLite keeps its file at `path`."""
+    if kind == "sqlite":
+        return await SQLiteStore.open(path)
+    if kind == "memory":
+        return await MemoryStore.open()
+    raise ValueError(f"unknown store kind {kind!r}")
+
+
+@pytest.fixture(params=STORE_KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    param: str = request.param
+    return param
+
+
+@pytest.fixture
+async def store(kind: str, tmp_path: Path) -> AsyncIterator[ContractStore]:
+    async with await open_store(kind, tmp_path / "broker.db") as opened:
+        yield opened
+
+
+def make_task(task_id: int, **changes: Any) -> Task:
+    """A pending task; `changes` may name fields of the Task or of its TaskSpec."""
+    spec_fields = {f.name for f in dataclasses.fields(TaskSpec)}
+    spec_changes = {name: changes.pop(name) for name in spec_fields & changes.keys()}
+    spec = TaskSpec(**{"task_type": "resize", "payload": b"\x00payload"} | spec_changes)
+    fields: dict[str, Any] = {"seq": task_id, "created_at": 1_700_000_000.5} | changes
+    return Task(id=task_id, spec=spec, **fields)
+
+
+def finished(task: Task, state: TaskState = SUCCEEDED, **changes: Any) -> Task:
+    """The task after one attempt on worker w1 that ended in `state`."""
+    return dataclasses.replace(
+        task,
+        state=state,
+        attempts=task.attempts + 1,
+        worker_id="w1",
+        assigned_at=task.created_at + 1,
+        started_at=task.created_at + 2,
+        finished_at=task.created_at + 3,
+        **changes,
+    )
+
+
+# Round trips ------------------------------------------------------------------------------
+
+ROUND_TRIP_CASES = {
+    "pending": make_task(1),
+    "empty payload": make_task(2, payload=b""),
+    "large payload": make_task(3, payload=os.urandom(2 * 1024 * 1024)),
+    "text everywhere": make_task(
+        4, task_type="ünïcode/тип", pool="gpu.a-1", priority=-1000, worker_id="wörker"
+    ),
+    "succeeded": finished(make_task(5, priority=1000), result=b"\x00\xffresult"),
+    "failed": finished(
+        make_task(6),
+        FAILED,
+        error=TaskError(type="ValueError", message="bad input", traceback="Traceback..."),
+    ),
+    "failed, error with empty fields": finished(make_task(7), FAILED, error=TaskError(type="X")),
+    "cancelled": finished(make_task(8), CANCELLED),
+    "placed, waiting": make_task(
+        9,
+        placement=Placement(
+            required_labels={"zone": "b", "gpu": ""},
+            preferred_labels=(PreferredLabel("arch", "arm", 5), PreferredLabel("disk", "ssd")),
+            anti_affinity_group="shard-7",
+            anti_affinity_soft=True,
+        ),
+        placement_note="no connected worker has zone=b",
+        unschedulable=True,
+    ),
+}
+
+
+def test_the_round_trip_cases_cover_every_field() -> None:
+    """A field added to Task or TaskSpec needs a case above, or no store is held to keep it."""
+    tasks = list(ROUND_TRIP_CASES.values())
+    assert never_set(tasks) == []
+    assert never_set([task.spec for task in tasks]) == []
+
+
+def never_set(objects: list[Any]) -> list[str]:
+    """The fields with a default that every one of these dataclass objects leaves at it."""
+    unset = []
+    for f in dataclasses.fields(objects[0]):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            continue  # required, so always set
+        if all(getattr(o, f.name) == default for o in objects):
+            unset.append(f.name)
+    return unset
+
+
+@pytest.mark.parametrize("task", ROUND_TRIP_CASES.values(), ids=ROUND_TRIP_CASES.keys())
+async def test_insert_then_get_round_trips_every_field(store: ContractStore, task: Task) -> None:
+    await store.insert_tasks([task])
+    assert await store.get_task(task.id) == task
+
+
+async def test_get_of_a_missing_task_is_none(store: ContractStore) -> None:
+    assert await store.get_task(42) is None
+
+
+async def test_save_round_trips_every_field_but_the_spec(store: ContractStore) -> None:
+    task = ROUND_TRIP_CASES["placed, waiting"]
+    await store.insert_tasks([task])
+    updated = finished(
+        task,
+        FAILED,
+        seq=99,
+        error=TaskError(type="E", message="m", traceback="t"),
+        placement_note="ran on w1",
+        unschedulable=False,
+    )
+    store.save(updated)
+    await store.flush()
+    assert await store.get_task(task.id) == updated
+    requeued = dataclasses.replace(
+        updated, state=PENDING, error=None, worker_id="", placement_note="", unschedulable=True
+    )
+    store.save(dataclasses.replace(requeued, spec=TaskSpec(task_type="other", pool="elsewhere")))
+    await store.flush()
+    assert await store.get_task(task.id) == requeued  # the spec is as inserted
+
+
+async def test_the_last_save_wins(store: ContractStore) -> None:
+    task = make_task(1)
+    await store.insert_tasks([task])
+    store.save(dataclasses.replace(task, state=ASSIGNED, worker_id="w1", attempts=1))
+    store.save(dataclasses.replace(task, state=RUNNING, worker_id="w1", attempts=1))
+    store.save(finished(task))
+    await store.flush()
+    assert await store.get_task(1) == finished(task)
+    assert await store.count_by_pool_state() == {("default", SUCCEEDED): 1}
+
+
+async def test_reads_see_writes_queued_before_them(store: ContractStore) -> None:
+    task = make_task(1)
+    await store.insert_tasks([task])
+    store.save(finished(task))
+    assert await store.get_task(1) == finished(task)
+
+
+async def test_a_save_of_a_task_never_inserted_is_ignored(store: ContractStore) -> None:
+    store.save(make_task(1))
+    await store.flush()
+    assert await store.get_task(1) is None
+    assert await store.max_task_id() == 0
+
+
+async def test_the_store_keeps_copies_not_the_callers_tasks(store: ContractStore) -> None:
+    task = make_task(1)
+    await store.insert_tasks([task])
+    task.state, task.attempts = ASSIGNED, 1  # in place, never saved
+    assert await store.get_task(1) == make_task(1)
+
+    saved = finished(make_task(1))
+    store.save(saved)
+    await store.flush()  # SQLite reads the task at commit; from here on it must not matter
+    saved.state, saved.result = FAILED, b"changed in place"
+    assert await store.get_task(1) == finished(make_task(1))
+
+    for read in [
+        await store.get_task(1),
+        *await store.list_tasks(TaskFilter()),
+        *await store.load_unfinished(),
+    ]:
+        assert read is not None
+        read.state = CANCELLED  # what a read hands out is the caller's to change
+    assert await store.get_task(1) == finished(make_task(1))
+
+
+# Durability ------------------------------------------------------------------------------
+
+
+async def test_durable_is_done_at_once_when_nothing_is_queued(store: ContractStore) -> None:
+    assert store.durable().done()
+
+
+async def test_durable_resolves_once_the_save_is_stored(store: ContractStore) -> None:
+    task = make_task(1)
+    await store.insert_tasks([task])
+    store.save(finished(task))
+    await store.durable()
+    assert await store.get_task(1) == finished(task)
+
+
+async def test_cancelling_one_waiter_leaves_the_others(store: ContractStore) -> None:
+    task = make_task(1)
+    await store.insert_tasks([task])
+    store.save(finished(task))
+    abandoned, kept = store.durable(), store.durable()
+    abandoned.cancel()
+    await kept
+    assert await store.get_task(1) == finished(task)
+
+
+async def test_a_duplicate_id_fails_its_whole_batch_and_leaves_nothing(
+    store: ContractStore,
+) -> None:
+    await store.insert_tasks([make_task(1)])
+    with pytest.raises(StorageError):
+        await store.insert_tasks([make_task(2), make_task(3), make_task(1, pool="other")])
+    with pytest.raises(StorageError):
+        await store.insert_tasks([make_task(4), make_task(4)])
+    assert [t.id for t in await store.list_tasks(TaskFilter())] == [1]
+    assert await store.get_task(1) == make_task(1)
+    assert (await store.max_task_id(), await store.max_seq()) == (1, 1)
+    await store.insert_tasks([make_task(2), make_task(4)])  # the ids are free still
+    assert [t.id for t in await store.list_tasks(TaskFilter())] == [4, 2, 1]
+
+
+# Queries ---------------------------------------------------------------------------------
+
+
+async def test_load_unfinished_returns_only_live_tasks_in_seq_order(store: ContractStore) -> None:
+    states = [PENDING, SUCCEEDED, RUNNING, FAILED, ASSIGNED, CANCELLED, PENDING]
+    seqs = [50, 10, 40, 5, 20, 1, 30]
+    tasks = [
+        make_task(i + 1, state=state, seq=seq)
+        for i, (state, seq) in enumerate(zip(states, seqs, strict=True))
+    ]
+    await store.insert_tasks(tasks)
+    unfinished = await store.load_unfinished()
+    assert [t.id for t in unfinished] == [5, 7, 3, 1]  # seq 20, 30, 40, 50
+    assert unfinished == sorted((t for t in tasks if not t.state.terminal), key=lambda t: t.seq)
+    store.save(finished(tasks[4]))
+    store.save(dataclasses.replace(tasks[0], seq=2))
+    assert [t.id for t in await store.load_unfinished()] == [1, 7, 3]
+
+
+async def test_max_task_id_and_max_seq(store: ContractStore) -> None:
+    assert (await store.max_task_id(), await store.max_seq()) == (0, 0)
+    await store.insert_tasks([make_task(7, seq=3), make_task(5, seq=9)])
+    assert (await store.max_task_id(), await store.max_seq()) == (7, 9)
+    store.save(make_task(7, seq=12))
+    assert (await store.max_task_id(), await store.max_seq()) == (7, 12)
+
+
+def listing_tasks() -> list[Task]:
+    """60 tasks over three pools, two types and every state."""
+    pools, types, states = ["default", "gpu", "tiny"], ["resize", "encode"], list(TaskState)
+    return [
+        make_task(
+            i,
+            pool=pools[i % 7 % 3],
+            task_type=types[i % 5 % 2],
+            state=states[i % len(states)],
+        )
+        for i in range(1, 61)
+    ]
+
+
+def expected(tasks: list[Task], flt: TaskFilter) -> list[int]:
+    """The ids list_tasks must return, by a plain filter."""
+    kept = [
+        t.id
+        for t in tasks
+        if (not flt.pool or t.spec.pool == flt.pool)
+        and (not flt.states or t.state in flt.states)
+        and (not flt.task_type or t.spec.task_type == flt.task_type)
+        and (flt.before_id is None or t.id < flt.before_id)
+    ]
+    return sorted(kept, reverse=True)[: flt.limit]
+
+
+FILTERS = [
+    TaskFilter(pool=pool, states=states, task_type=task_type, before_id=before_id, limit=limit)
+    for pool in ["", "gpu", "nope"]
+    for states in [frozenset(), frozenset({FAILED}), frozenset({PENDING, RUNNING, CANCELLED})]
+    for task_type in ["", "encode"]
+    for before_id in [None, 40]
+    for limit in [1, 7, 100]
+]
+
+
+async def test_list_tasks_matches_a_plain_filter(store: ContractStore) -> None:
+    tasks = listing_tasks()
+    await store.insert_tasks(tasks)
+    for flt in FILTERS:
+        assert [t.id for t in await store.list_tasks(flt)] == expected(tasks, flt), flt
+    everything = await store.list_tasks(TaskFilter(limit=1000))
+    assert everything == sorted(tasks, key=lambda t: t.id, reverse=True)
+
+
+@pytest.mark.parametrize("flt", [TaskFilter(), TaskFilter(pool="gpu", states=frozenset({FAILED}))])
+async def test_paging_with_before_id_visits_every_task_once(
+    store: ContractStore, flt: TaskFilter
+) -> None:
+    tasks = listing_tasks()
+    await store.insert_tasks(tasks)
+    seen = await page_through(store, dataclasses.replace(flt, limit=4))
+    assert seen == expected(tasks, dataclasses.replace(flt, limit=1000))
+
+
+async def page_through(store: ContractStore, page: TaskFilter) -> list[int]:
+    """The ids of every page, each asked for with before_id = the last id of the one before."""
+    seen: list[int] = []
+    while batch := await store.list_tasks(page):
+        # Without this a store that repeats a task would keep the loop (and hypothesis) going.
+        assert not seen or batch[0].id < seen[-1], f"page {batch} repeats or goes back"
+        seen += [t.id for t in batch]
+        page = dataclasses.replace(page, before_id=batch[-1].id)
+    return seen
+
+
+async def test_list_tasks_limits(store: ContractStore) -> None:
+    await store.insert_tasks([make_task(i) for i in range(1, 151)])
+    assert await store.list_tasks(TaskFilter(limit=0)) == []
+    assert [t.id for t in await store.list_tasks(TaskFilter())] == list(range(150, 50, -1))
+    assert len(await store.list_tasks(TaskFilter(limit=1000))) == 150
+    with pytest.raises(InvalidArgument, match="limit"):
+        await store.list_tasks(TaskFilter(limit=-1))
+
+
+_POOLS, _TYPES = ["a", "b", "c"], ["x", "y"]
+_stored_tasks = st.lists(
+    st.builds(
+        make_task,
+        st.integers(1, 40),
+        pool=st.sampled_from(_POOLS),
+        task_type=st.sampled_from(_TYPES),
+        state=st.sampled_from(TaskState),
+        seq=st.integers(0, 100),
+    ),
+    max_size=25,
+    unique_by=lambda task: task.id,
+)
+_filters = st.builds(
+    TaskFilter,
+    pool=st.sampled_from(["", *_POOLS, "none"]),
+    states=st.frozensets(st.sampled_from(TaskState)),
+    task_type=st.sampled_from(["", *_TYPES, "none"]),
+    limit=st.integers(0, 30),
+    before_id=st.none() | st.integers(0, 42),
+)
+_example = itertools.count()  # a fresh file per example; tmp_path lasts the whole test
+
+
+@settings(
+    max_examples=50,
+    deadline=None,  # SQLite's first fsync can be slow
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],  # explaining took 15 s
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # kind and tmp_path only
+)
+@given(tasks=_stored_tasks, filters=st.lists(_filters, min_size=1, max_size=8))
+async def test_listing_and_counting_agree_with_plain_python(
+    kind: str, tmp_path: Path, tasks: list[Task], filters: list[TaskFilter]
+) -> None:
+    by_id = {task.id: task for task in tasks}
+    async with await open_store(kind, tmp_path / f"{next(_example)}.db") as store:
+        await store.insert_tasks(tasks)
+        for flt in filters:
+            assert await store.list_tasks(flt) == [by_id[i] for i in expected(tasks, flt)], flt
+        first = filters[0]
+        seen = await page_through(store, dataclasses.replace(first, limit=max(first.limit, 1)))
+        assert seen == expected(tasks, dataclasses.replace(first, limit=1000))
+        assert await store.count_by_pool_state() == Counter((t.spec.pool, t.state) for t in tasks)
+
+
+async def test_count_by_pool_state(store: ContractStore) -> None:
+    assert await store.count_by_pool_state() == {}
+    tasks = listing_tasks()
+    await store.insert_tasks(tasks)
+    assert await store.count_by_pool_state() == Counter((t.spec.pool, t.state) for t in tasks)
+    for task in tasks:
+        if not task.state.terminal:
+            store.save(dataclasses.replace(task, state=CANCELLED))
+    counts = Counter((t.spec.pool, t.state if t.state.terminal else CANCELLED) for t in tasks)
+    assert await store.count_by_pool_state() == counts
+
+
+# Pools and workers -----------------------------------------------------------------------
+
+
+async def test_pools_upsert_and_list(store: ContractStore) -> None:
+    assert await store.list_pools() == []
+    await store.upsert_pool(PoolConfig(name="gpu", strategy="least_loaded"))
+    await store.upsert_pool(PoolConfig(name="default"))
+    await store.upsert_pool(PoolConfig(name="gpu", strategy="round_robin"))
+    assert await store.list_pools() == [
+        PoolConfig(name="default"),
+        PoolConfig(name="gpu", strategy="round_robin"),
+    ]
+
+
+async def worker_log(store: ContractStore) -> dict[str, WorkerRecord]:
+    """What the store logged per worker. The log has no read API, so look inside."""
+    if isinstance(store, MemoryStore):
+        return dict(store.workers)
+    assert isinstance(store, SQLiteStore)
+    await store.flush()
+    rows = await store._db.execute_fetchall(
+        "SELECT worker_id, pool, capacity, task_types, labels, sdk_version,"
+        " connected_at, last_heartbeat, disconnected_at FROM workers"
+    )
+    return {
+        row[0]: WorkerRecord(
+            spec=WorkerSpec(
+                worker_id=row[0],
+                pool=row[1],
+                capacity=row[2],
+                task_types=frozenset(json.loads(row[3])),
+                labels=json.loads(row[4]),
+                sdk_version=row[5],
+            ),
+            connected_at=row[6],
+            last_heartbeat=row[7],
+            disconnected_at=row[8],
+        )
+        for row in rows
+    }
+
+
+async def test_worker_log_connect_heartbeat_disconnect(store: ContractStore) -> None:
+    spec = WorkerSpec(
+        worker_id="w1",
+        pool="gpu",
+        capacity=4,
+        task_types=frozenset({"resize", "encode"}),
+        labels={"zone": "b", "arch": "arm"},
+        sdk_version="1.2.3",
+    )
+    store.worker_connected(spec, 100.0)
+    assert await worker_log(store) == {
+        "w1": WorkerRecord(spec=spec, connected_at=100.0, last_heartbeat=100.0)
+    }
+    store.worker_heartbeat("w1", 105.0)
+    store.worker_disconnected("w1", 110.0)
+    store.worker_heartbeat("ghost", 111.0)  # never connected: nothing to note
+    store.worker_disconnected("ghost", 112.0)
+    assert await worker_log(store) == {
+        "w1": WorkerRecord(
+            spec=spec, connected_at=100.0, last_heartbeat=105.0, disconnected_at=110.0
+        )
+    }
+    store.worker_disconnected("w1", 120.0)
+    store.worker_connected(spec, 121.0)  # reconnected
+    assert await worker_log(store) == {
+        "w1": WorkerRecord(spec=spec, connected_at=121.0, last_heartbeat=121.0)
+    }
+
+
+# Closing ---------------------------------------------------------------------------------
+
+WRITES: dict[str, Callable[[ContractStore], object]] = {
+    "insert_tasks": lambda s: s.insert_tasks([make_task(2)]),
+    "save": lambda s: s.save(make_task(1)),
+    "upsert_pool": lambda s: s.upsert_pool(PoolConfig(name="p")),
+    "worker_connected": lambda s: s.worker_connected(
+        WorkerSpec(worker_id="w", pool="p", capacity=1, task_types=frozenset({"t"})), 1.0
+    ),
+    "worker_heartbeat": lambda s: s.worker_heartbeat("w", 1.0),
+    "worker_disconnected": lambda s: s.worker_disconnected("w", 1.0),
+}
+READS: dict[str, Callable[[ContractStore], Coroutine[Any, Any, object]]] = {
+    "get_task": lambda s: s.get_task(1),
+    "list_tasks": lambda s: s.list_tasks(TaskFilter()),
+    "load_unfinished": lambda s: s.load_unfinished(),
+    "max_task_id": lambda s: s.max_task_id(),
+    "max_seq": lambda s: s.max_seq(),
+    "count_by_pool_state": lambda s: s.count_by_pool_state(),
+    "list_pools": lambda s: s.list_pools(),
+}
+
+
+@pytest.mark.parametrize("write", WRITES.values(), ids=WRITES.keys())
+async def test_after_close_writes_and_reads_are_refused(
+    store: ContractStore, write: Callable[[ContractStore], object]
+) -> None:
+    await store.insert_tasks([make_task(1)])
+    await store.close()
+    await store.close()  # idempotent (and the fixture closes it once more)
+    with pytest.raises(Unavailable):
+        result = write(store)
+        if isinstance(result, Coroutine):
+            await result
+    for name, read in READS.items():
+        with pytest.raises(Unavailable):
+            await read(store)
+            pytest.fail(f"{name} after close")
+
+
+async def test_leaving_the_context_closes_the_store(kind: str, tmp_path: Path) -> None:
+    async with await open_store(kind, tmp_path / "broker.db") as store:
+        await store.insert_tasks([make_task(1)])
+        assert await store.get_task(1) == make_task(1)
+    with pytest.raises(Unavailable):
+        await store.get_task(1)

@@ -243,6 +243,11 @@ class AdminApi(_admin_grpc.AdminServiceServicer):
         return convert.pool_to_pb(pool)
 
     @edge
+    async def UpdatePool(self, request: _admin.UpdatePoolRequest, context: Context) -> _admin.Pool:
+        pool = await self._engine.update_pool(convert.pool_from_pb(request.pool))
+        return convert.pool_to_pb(pool)
+
+    @edge
     async def ListWorkers(
         self, request: _admin.ListWorkersRequest, context: Context
     ) -> _admin.ListWorkersResponse:

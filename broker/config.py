@@ -12,6 +12,9 @@ The file looks like::
 
     [pools.gpu]
     strategy = "least_loaded"
+    ab_strategy = "predictive"  # A/B split: 20% of the tasks placed by another strategy
+    ab_percent = 20
+    sticky_timeout_s = 5.0      # how long a sticky task waits for its worker
 
 Every key of ``[broker]`` can be overridden by ``TASKBROKER_<KEY>`` (for example
 ``TASKBROKER_PORT=6000``). The pool ``default`` always exists.
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from broker.domain import DEFAULT_POOL, PoolConfig
+from broker.domain import DEFAULT_POOL, DEFAULT_STICKY_TIMEOUT_S, PoolConfig
 from broker.errors import ConfigError
 from broker.strategies import STRATEGIES
 
@@ -97,6 +100,22 @@ def validate_pool(pool: PoolConfig) -> None:
         f"pools.{pool.name}.strategy",
         f"unknown strategy {pool.strategy!r}; known: {', '.join(STRATEGY_NAMES)}",
     )
+    _check(
+        not pool.ab_strategy or pool.ab_strategy in STRATEGY_NAMES,
+        f"pools.{pool.name}.ab_strategy",
+        f"unknown strategy {pool.ab_strategy!r}; known: {', '.join(STRATEGY_NAMES)}",
+    )
+    _check(0 <= pool.ab_percent <= 100, f"pools.{pool.name}.ab_percent", "must be 0..100")
+    _check(
+        not pool.ab_percent or bool(pool.ab_strategy),
+        f"pools.{pool.name}.ab_percent",
+        "needs an ab_strategy",
+    )
+    _check(
+        0 <= pool.sticky_timeout_s <= 86_400,
+        f"pools.{pool.name}.sticky_timeout_s",
+        "must be 0..86400 seconds",
+    )
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -135,9 +154,9 @@ def load_config(
         _check(isinstance(pool_section, dict), "pools", "must be a table of tables")
         for name, table in pool_section.items():
             _check(isinstance(table, dict), f"pools.{name}", "must be a table")
-            extra = set(table) - {"strategy"}
+            extra = set(table) - _POOL_KEYS
             _check(not extra, f"pools.{name}.{next(iter(extra), '')}", "unknown key")
-            pools[name] = PoolConfig(name=name, strategy=str(table.get("strategy", "round_robin")))
+            pools[name] = _pool_from_table(name, table)
     for env_key, raw in (env or {}).items():
         if env_key.startswith(ENV_PREFIX):
             key = env_key[len(ENV_PREFIX) :].lower()
@@ -147,6 +166,30 @@ def load_config(
         if value is not None:
             broker_values[key] = _coerce(key, value)
     return BrokerConfig(**broker_values, pools=tuple(pools.values()))
+
+
+_POOL_KEYS = {"strategy", "ab_strategy", "ab_percent", "sticky_timeout_s"}
+
+
+def _pool_from_table(name: str, table: dict[str, Any]) -> PoolConfig:
+    def typed(key: str, kind: type, default: Any) -> Any:
+        value = table.get(key, default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        _check(
+            isinstance(value, kind) and not isinstance(value, bool),
+            f"pools.{name}.{key}",
+            f"expected {kind.__name__}, got {value!r}",
+        )
+        return value
+
+    return PoolConfig(
+        name=name,
+        strategy=typed("strategy", str, "round_robin"),
+        ab_strategy=typed("ab_strategy", str, ""),
+        ab_percent=typed("ab_percent", int, 0),
+        sticky_timeout_s=typed("sticky_timeout_s", float, DEFAULT_STICKY_TIMEOUT_S),
+    )
 
 
 def _coerce(key: str, value: Any) -> Any:

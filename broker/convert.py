@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from broker.domain import (
     ANYWHERE,
     DEFAULT_POOL,
+    DEFAULT_STICKY_TIMEOUT_S,
     Placement,
     PoolConfig,
     PoolStats,
@@ -47,7 +48,13 @@ def task_ids_from_pb(texts: Sequence[str]) -> list[TaskId]:
 
 
 def placement_from_pb(msg: _tasks.Placement) -> Placement:
-    if not (msg.required_labels or msg.preferred_labels or msg.anti_affinity_group):
+    if not (
+        msg.required_labels
+        or msg.preferred_labels
+        or msg.anti_affinity_group
+        or msg.sticky_key
+        or msg.routing_key
+    ):
         return ANYWHERE
     return Placement(
         required_labels=dict(msg.required_labels),
@@ -56,6 +63,8 @@ def placement_from_pb(msg: _tasks.Placement) -> Placement:
         ),
         anti_affinity_group=msg.anti_affinity_group,
         anti_affinity_soft=msg.anti_affinity_soft,
+        sticky_key=msg.sticky_key,
+        routing_key=msg.routing_key,
     )
 
 
@@ -75,6 +84,8 @@ def _placement_to_pb(placement: Placement, msg: _tasks.Placement) -> None:
         msg.preferred_labels.add(key=p.key, value=p.value, weight=p.weight)
     msg.anti_affinity_group = placement.anti_affinity_group
     msg.anti_affinity_soft = placement.anti_affinity_soft
+    msg.sticky_key = placement.sticky_key
+    msg.routing_key = placement.routing_key
 
 
 def specs_from_pb(msgs: Sequence[_tasks.TaskSpec]) -> list[TaskSpec]:
@@ -107,7 +118,7 @@ def task_to_pb(task: Task) -> _tasks.Task:
     )
     if task.error is not None:
         _error_to_pb(task.error, msg.error)
-    if not spec.placement.free:
+    if spec.placement is not ANYWHERE:
         _placement_to_pb(spec.placement, msg.spec.placement)
     return msg
 
@@ -197,11 +208,24 @@ def filter_from_pb(msg: _tasks.ListTasksRequest) -> TaskFilter:
 
 
 def pool_to_pb(pool: PoolConfig) -> _admin.Pool:
-    return _admin.Pool(name=pool.name, strategy=pool.strategy)
+    return _admin.Pool(
+        name=pool.name,
+        strategy=pool.strategy,
+        ab_strategy=pool.ab_strategy,
+        ab_percent=pool.ab_percent,
+        sticky_timeout_s=pool.sticky_timeout_s,
+    )
 
 
 def pool_from_pb(msg: _admin.Pool) -> PoolConfig:
-    return PoolConfig(name=msg.name, strategy=msg.strategy or "round_robin")
+    """A pool from the wire; an unset sticky timeout (0) takes the default."""
+    return PoolConfig(
+        name=msg.name,
+        strategy=msg.strategy or "round_robin",
+        ab_strategy=msg.ab_strategy,
+        ab_percent=msg.ab_percent,
+        sticky_timeout_s=msg.sticky_timeout_s or DEFAULT_STICKY_TIMEOUT_S,
+    )
 
 
 def worker_status_to_pb(status: WorkerStatus) -> _admin.WorkerStatus:
@@ -235,6 +259,30 @@ def stats_to_pb(pools: Sequence[PoolStats], broker_state: str) -> _admin.StatsRe
                 workers=s.workers,
                 capacity=s.capacity,
                 unschedulable=s.unschedulable,
+                arms=[
+                    _admin.ArmStats(
+                        strategy=a.strategy,
+                        placed=a.placed,
+                        finished=a.finished,
+                        failed=a.failed,
+                        mean_wait_s=a.mean_wait_s,
+                        mean_run_s=a.mean_run_s,
+                    )
+                    for a in s.arms
+                ],
+                runtimes=[
+                    _admin.RuntimeStats(
+                        task_type=r.task_type,
+                        samples=r.samples,
+                        mean_run_s=r.mean_run_s,
+                        stddev_run_s=r.stddev_run_s,
+                        predictions=r.predictions,
+                        mean_abs_error_s=r.mean_abs_error_s,
+                    )
+                    for r in s.runtimes
+                ],
+                sticky_hits=s.sticky_hits,
+                sticky_misses=s.sticky_misses,
             )
             for s in pools
         ],

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 DEFAULT_POOL = "default"
+DEFAULT_STICKY_TIMEOUT_S = 5.0
 MIN_PRIORITY = -1000
 MAX_PRIORITY = 1000
 
@@ -138,7 +139,7 @@ class PoolConfig:
     strategy: str = "round_robin"
     ab_strategy: str = ""  # A/B split: ab_percent of the tasks are placed by this one
     ab_percent: int = 0
-    sticky_timeout_s: float = 5.0
+    sticky_timeout_s: float = DEFAULT_STICKY_TIMEOUT_S
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -167,6 +168,30 @@ class WorkerStatus:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ArmSummary:
+    """How the tasks one strategy of a pool placed went."""
+
+    strategy: str
+    placed: int
+    finished: int
+    failed: int
+    mean_wait_s: float
+    mean_run_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuntimeSummary:
+    """What a pool learned of a task type's run time, and how well it predicts it."""
+
+    task_type: str
+    samples: int
+    mean_run_s: float
+    stddev_run_s: float
+    predictions: int
+    mean_abs_error_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PoolStats:
     """Counts for one pool, for `taskbroker stats`."""
 
@@ -180,6 +205,10 @@ class PoolStats:
     workers: int
     capacity: int
     unschedulable: int = 0  # pending tasks no connected worker can take
+    arms: tuple[ArmSummary, ...] = ()
+    runtimes: tuple[RuntimeSummary, ...] = ()
+    sticky_hits: int = 0
+    sticky_misses: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

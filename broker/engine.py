@@ -20,9 +20,11 @@ from broker.config import BrokerConfig, validate_pool
 from broker.domain import (
     MAX_PRIORITY,
     MIN_PRIORITY,
+    ArmSummary,
     Placement,
     PoolConfig,
     PoolStats,
+    RuntimeSummary,
     Task,
     TaskError,
     TaskFilter,
@@ -44,9 +46,10 @@ from broker.errors import (
     Unavailable,
 )
 from broker.registry import WorkerChannel, WorkerRegistry
+from broker.runtimes import RunStats, RuntimeKey, RuntimeModel
 from broker.scheduler import PoolScheduler
 from broker.states import check_move
-from broker.strategies import WorkerSlot
+from broker.strategies import StrategyEnv, WorkerSlot
 
 log = logging.getLogger("taskbroker.engine")
 
@@ -75,6 +78,10 @@ class Store(Protocol):
     async def upsert_pool(self, pool: PoolConfig) -> None: ...
     def worker_connected(self, spec: WorkerSpec, at: float) -> None: ...
     def worker_disconnected(self, worker_id: str, at: float) -> None: ...
+    def save_sticky(self, pool: str, key: str, worker_id: WorkerId) -> None: ...
+    def save_runtime(self, key: RuntimeKey, stats: RunStats) -> None: ...
+    async def load_sticky(self) -> dict[str, dict[str, WorkerId]]: ...
+    async def load_runtimes(self) -> list[tuple[RuntimeKey, RunStats]]: ...
 
 
 class Engine:
@@ -94,6 +101,7 @@ class Engine:
         self._idle = asyncio.Event()
         self._dirty_pools: set[str] = set()
         self._dispatch_handle: asyncio.Handle | None = None
+        self._deadline_handles: dict[str, asyncio.TimerHandle] = {}
         self.accepting = False  # submits allowed
         self.dispatching = False  # new assignments allowed
         self.stale_results = 0  # results for tasks the worker no longer holds
@@ -105,8 +113,12 @@ class Engine:
         """Load pools and unfinished tasks from the store; return how many were requeued."""
         for pool in self._config.pools:
             await self._store.upsert_pool(pool)
+        runtimes = await self._store.load_runtimes()
+        sticky = await self._store.load_sticky()
         for pool in await self._store.list_pools():
-            self._pools[pool.name] = self._new_scheduler(pool)
+            scheduler = self._pools[pool.name] = self._new_scheduler(pool)
+            scheduler.runtimes.load(runtimes)
+            scheduler.sticky.update(sticky.get(pool.name, {}))
         self._finished = Counter(
             {
                 key: n
@@ -143,6 +155,9 @@ class Engine:
         if self._dispatch_handle is not None:
             self._dispatch_handle.cancel()
             self._dispatch_handle = None
+        for handle in self._deadline_handles.values():
+            handle.cancel()
+        self._deadline_handles.clear()
         self._update_idle()
         try:
             async with asyncio.timeout(grace):
@@ -299,7 +314,7 @@ class Engine:
     # Pools ---------------------------------------------------------------------
 
     def pools(self) -> list[PoolConfig]:
-        return [PoolConfig(name=p.name, strategy=p.strategy_name) for p in self._pools.values()]
+        return [p.config for p in self._pools.values()]
 
     async def create_pool(self, pool: PoolConfig) -> PoolConfig:
         try:
@@ -311,6 +326,22 @@ class Engine:
         await self._store.upsert_pool(pool)
         self._pools[pool.name] = self._new_scheduler(pool)
         log.info("pool %s created with strategy %s", pool.name, pool.strategy)
+        return pool
+
+    async def update_pool(self, pool: PoolConfig) -> PoolConfig:
+        """Change a pool's strategy, A/B split or sticky timeout, at run time."""
+        try:
+            validate_pool(pool)
+        except ConfigError as exc:
+            raise InvalidArgument(str(exc)) from None
+        scheduler = self._pools.get(pool.name)
+        if scheduler is None:
+            raise NotFound(f"pool {pool.name!r} does not exist")
+        old = scheduler.config
+        await self._store.upsert_pool(pool)
+        scheduler.reconfigure(pool)
+        log.info("pool %s reconfigured: %s -> %s", pool.name, old, pool)
+        self._request_dispatch([pool.name])
         return pool
 
     async def stats(self) -> list[PoolStats]:
@@ -330,6 +361,20 @@ class Engine:
                     workers=len(pool.workers),
                     capacity=sum(w.capacity for w in workers),
                     unschedulable=sum(t.unschedulable for t in pool.parked()),
+                    arms=tuple(
+                        ArmSummary(
+                            strategy=a.strategy,
+                            placed=a.placed,
+                            finished=a.finished,
+                            failed=a.failed,
+                            mean_wait_s=a.mean_wait_s,
+                            mean_run_s=a.mean_run_s,
+                        )
+                        for a in pool.arm_stats()
+                    ),
+                    runtimes=tuple(_runtime_summaries(pool.runtimes)),
+                    sticky_hits=pool.sticky_hits,
+                    sticky_misses=pool.sticky_misses,
                 )
             )
         return result
@@ -438,7 +483,7 @@ class Engine:
             ):
                 self.stale_results += 1
                 continue
-            self._release(task)
+            self._learn(task, result, now)
             self._finish_attempt(task, result, now)
             self._store.save(task)
             finished.append(task)
@@ -468,7 +513,10 @@ class Engine:
     # Internals -----------------------------------------------------------------
 
     def _new_scheduler(self, pool: PoolConfig) -> PoolScheduler:
-        return PoolScheduler(pool.name, pool.strategy, self._config.starvation_interval)
+        env = StrategyEnv(clock=self._clock, runtimes=RuntimeModel(pool.name))
+        return PoolScheduler(
+            pool.name, pool.strategy, self._config.starvation_interval, env=env, config=pool
+        )
 
     def _validate_spec(self, spec: TaskSpec, index: int | None) -> None:
         where = "" if index is None else f"task {index}: "
@@ -561,6 +609,26 @@ class Engine:
             )
         return _move(task, TaskState.FAILED, started_at=started_at, finished_at=now, error=error)
 
+    def _learn(self, task: Task, result: TaskResult, now: float) -> None:
+        """Free the slot of a task that came back, and let the pool learn from the attempt."""
+        pool = self._pools[task.spec.pool]
+        worker = pool.workers.get(task.worker_id)
+        if worker is None or task.id not in worker.held:
+            return
+        if 0 < result.started_at <= result.finished_at:
+            run_s = result.finished_at - result.started_at  # the worker's own measure
+        else:
+            run_s = max(0.0, now - task.assigned_at)
+        pool.finish(
+            task,
+            task.worker_id,
+            queue_wait_s=max(0.0, task.assigned_at - task.created_at),
+            run_s=run_s,
+            success=result.success,
+        )
+        self._active -= 1
+        self._update_idle()
+
     def _release(self, task: Task) -> None:
         """The worker holding this task no longer does: its credit comes back."""
         pool = self._pools[task.spec.pool]
@@ -626,12 +694,55 @@ class Engine:
                 self._active += 1
             for worker_id, tasks in by_worker.items():
                 self._workers.connected(worker_id).channel.send_assignments(tasks)
+            self._persist_learning(self._pools[name])
+            self._wake_at_deadline(self._pools[name])
+
+    def _persist_learning(self, pool: PoolScheduler) -> None:
+        """Queue what the pool learned since last time (sticky keys, run times) for the store."""
+        if pool.sticky_moves:
+            for key, worker_id in pool.sticky_moves.items():
+                self._store.save_sticky(pool.name, key, worker_id)
+            pool.sticky_moves.clear()
+        model = pool.runtimes
+        if model.dirty:
+            for changed in model.dirty:
+                self._store.save_runtime(changed, model.stats[changed])
+            model.dirty.clear()
+
+    def _wake_at_deadline(self, pool: PoolScheduler) -> None:
+        """Place again when a sticky task's wait runs out, even if nothing else happens."""
+        deadline = pool.next_deadline()
+        handle = self._deadline_handles.pop(pool.name, None)
+        if handle is not None:
+            handle.cancel()
+        if deadline is not None:
+            delay = max(0.0, deadline - self._clock.now()) + 0.001
+            self._deadline_handles[pool.name] = asyncio.get_running_loop().call_later(
+                delay, self._request_dispatch, [pool.name]
+            )
 
     def _update_idle(self) -> None:
         if self._active == 0:
             self._idle.set()
         else:
             self._idle.clear()
+
+
+def _runtime_summaries(model: RuntimeModel) -> list[RuntimeSummary]:
+    summaries = []
+    for task_type, stats in sorted(model.by_type().items()):
+        predictions, error = model.prediction_error(task_type)
+        summaries.append(
+            RuntimeSummary(
+                task_type=task_type,
+                samples=stats.count,
+                mean_run_s=stats.mean_s,
+                stddev_run_s=stats.variance**0.5,
+                predictions=predictions,
+                mean_abs_error_s=error,
+            )
+        )
+    return summaries
 
 
 def _move(task: Task, state: TaskState, **changes: Any) -> Task:

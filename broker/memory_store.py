@@ -17,6 +17,7 @@ from typing import Self
 
 from broker.domain import PoolConfig, Task, TaskFilter, TaskId, TaskState, WorkerId, WorkerSpec
 from broker.errors import InvalidArgument, StorageError, Unavailable
+from broker.runtimes import RunStats, RuntimeKey
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,6 +41,8 @@ class MemoryStore:
     def __init__(self) -> None:
         self._tasks: dict[TaskId, Task] = {}
         self._pools: dict[str, PoolConfig] = {}
+        self._sticky: dict[str, dict[str, WorkerId]] = {}
+        self._runtimes: dict[RuntimeKey, RunStats] = {}
         self._workers: dict[WorkerId, WorkerRecord] = {}
         self._closed = False
 
@@ -78,9 +81,29 @@ class MemoryStore:
             self._tasks[task.id] = dataclasses.replace(task, spec=stored.spec)
 
     async def upsert_pool(self, pool: PoolConfig) -> None:
-        """Create the pool or change its strategy."""
+        """Create the pool or change its settings."""
         self._check_open()
         self._pools[pool.name] = pool
+
+    def save_sticky(self, pool: str, key: str, worker_id: WorkerId) -> None:
+        """Record where a sticky key now lives."""
+        self._check_open()
+        self._sticky.setdefault(pool, {})[key] = worker_id
+
+    def save_runtime(self, key: RuntimeKey, stats: RunStats) -> None:
+        """Record a snapshot of learned run-time statistics."""
+        self._check_open()
+        self._runtimes[key] = dataclasses.replace(stats)
+
+    async def load_sticky(self) -> dict[str, dict[str, WorkerId]]:
+        """Where each pool's sticky keys live: pool -> key -> worker id."""
+        self._check_open()
+        return {pool: dict(keys) for pool, keys in self._sticky.items()}
+
+    async def load_runtimes(self) -> list[tuple[RuntimeKey, RunStats]]:
+        """Every learned run-time statistic (copies)."""
+        self._check_open()
+        return [(key, dataclasses.replace(stats)) for key, stats in self._runtimes.items()]
 
     def worker_connected(self, spec: WorkerSpec, at: float) -> None:
         """Log a worker's registration; a worker that reconnects is connected again."""

@@ -36,6 +36,7 @@ from broker.domain import (
     WorkerSpec,
 )
 from broker.errors import BrokerError, InvalidArgument, StorageError, Unavailable
+from broker.runtimes import RunStats, RuntimeKey
 
 _log = logging.getLogger("taskbroker.store")
 
@@ -100,6 +101,34 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "ALTER TABLE tasks ADD COLUMN placement_note TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE tasks ADD COLUMN unschedulable INTEGER NOT NULL DEFAULT 0",
     ),
+    (
+        # Pool settings beyond the strategy; what placement learns and must not forget.
+        "ALTER TABLE pools ADD COLUMN ab_strategy TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE pools ADD COLUMN ab_percent INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE pools ADD COLUMN sticky_timeout_s REAL NOT NULL DEFAULT 5.0",
+        """
+        CREATE TABLE sticky_keys (
+            pool TEXT NOT NULL,
+            key TEXT NOT NULL,
+            worker_id TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (pool, key)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE runtimes (
+            pool TEXT NOT NULL,
+            task_type TEXT NOT NULL,
+            worker_class TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            mean_s REAL NOT NULL,
+            m2 REAL NOT NULL,
+            abs_error_s REAL NOT NULL,
+            predicted INTEGER NOT NULL,
+            PRIMARY KEY (pool, task_type, worker_class)
+        ) WITHOUT ROWID
+        """,
+    ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -120,8 +149,19 @@ _UPDATE_TASK: Final = """
     WHERE id = ?
 """
 _UPSERT_POOL: Final = """
-    INSERT INTO pools (name, strategy, created_at) VALUES (?, ?, ?)
-    ON CONFLICT (name) DO UPDATE SET strategy = excluded.strategy
+    INSERT INTO pools (name, strategy, created_at, ab_strategy, ab_percent, sticky_timeout_s)
+    VALUES (?, ?, ?, ?, ?, ?)
+    ON CONFLICT (name) DO UPDATE SET strategy = excluded.strategy,
+        ab_strategy = excluded.ab_strategy, ab_percent = excluded.ab_percent,
+        sticky_timeout_s = excluded.sticky_timeout_s
+"""
+_UPSERT_STICKY: Final = """
+    INSERT OR REPLACE INTO sticky_keys (pool, key, worker_id, updated_at) VALUES (?, ?, ?, ?)
+"""
+_UPSERT_RUNTIME: Final = """
+    INSERT OR REPLACE INTO runtimes
+        (pool, task_type, worker_class, count, mean_s, m2, abs_error_s, predicted)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 """
 _CONNECT_WORKER: Final = """
     INSERT OR REPLACE INTO workers (worker_id, pool, labels, capacity, task_types, sdk_version,
@@ -151,6 +191,8 @@ class SQLiteStore:
         self._inserts: list[_Row] = []
         self._saves: dict[TaskId, Task] = {}
         self._pools: dict[str, _Row] = {}
+        self._sticky: dict[tuple[str, str], _Row] = {}
+        self._runtimes: dict[RuntimeKey, _Row] = {}
         self._connects: dict[WorkerId, _Row] = {}
         self._heartbeats: dict[WorkerId, float] = {}
         self._disconnects: dict[WorkerId, float] = {}
@@ -223,8 +265,56 @@ class SQLiteStore:
     async def upsert_pool(self, pool: PoolConfig) -> None:
         """Create the pool or change its strategy, returning once committed."""
         self._check_writable()
-        self._pools[pool.name] = (pool.name, pool.strategy, self._clock.now())
+        self._pools[pool.name] = (
+            pool.name,
+            pool.strategy,
+            self._clock.now(),
+            pool.ab_strategy,
+            pool.ab_percent,
+            pool.sticky_timeout_s,
+        )
         await self.durable()
+
+    def save_sticky(self, pool: str, key: str, worker_id: WorkerId) -> None:
+        """Queue where a sticky key now lives, for the next commit."""
+        self._check_writable()
+        self._sticky[(pool, key)] = (pool, key, worker_id, self._clock.now())
+
+    def save_runtime(self, key: RuntimeKey, stats: RunStats) -> None:
+        """Queue a snapshot of learned run-time statistics, for the next commit."""
+        self._check_writable()
+        self._runtimes[key] = (
+            key.pool,
+            key.task_type,
+            key.worker_class,
+            stats.count,
+            stats.mean_s,
+            stats.m2,
+            stats.abs_error_s,
+            stats.predicted,
+        )
+
+    async def load_sticky(self) -> dict[str, dict[str, WorkerId]]:
+        """Where each pool's sticky keys live: pool -> key -> worker id."""
+        rows = await self._fetch("SELECT pool, key, worker_id FROM sticky_keys")
+        sticky: dict[str, dict[str, WorkerId]] = {}
+        for pool, key, worker_id in rows:
+            sticky.setdefault(pool, {})[key] = worker_id
+        return sticky
+
+    async def load_runtimes(self) -> list[tuple[RuntimeKey, RunStats]]:
+        """Every learned run-time statistic."""
+        rows = await self._fetch(
+            "SELECT pool, task_type, worker_class, count, mean_s, m2, abs_error_s, predicted"
+            " FROM runtimes"
+        )
+        return [
+            (
+                RuntimeKey(pool, task_type, worker_class),
+                RunStats(count, mean_s, m2, abs_error_s, predicted),
+            )
+            for pool, task_type, worker_class, count, mean_s, m2, abs_error_s, predicted in rows
+        ]
 
     def worker_connected(self, spec: WorkerSpec, at: float) -> None:
         """Queue a worker's registration; a worker that reconnects is connected again."""
@@ -320,8 +410,20 @@ class SQLiteStore:
 
     async def list_pools(self) -> list[PoolConfig]:
         """Every stored pool, by name."""
-        rows = await self._fetch("SELECT name, strategy FROM pools ORDER BY name")
-        return [PoolConfig(name=name, strategy=strategy) for name, strategy in rows]
+        rows = await self._fetch(
+            "SELECT name, strategy, ab_strategy, ab_percent, sticky_timeout_s"
+            " FROM pools ORDER BY name"
+        )
+        return [
+            PoolConfig(
+                name=name,
+                strategy=strategy,
+                ab_strategy=ab_strategy,
+                ab_percent=ab_percent,
+                sticky_timeout_s=sticky_timeout_s,
+            )
+            for name, strategy, ab_strategy, ab_percent, sticky_timeout_s in rows
+        ]
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -365,6 +467,8 @@ class SQLiteStore:
             self._inserts
             or self._saves
             or self._pools
+            or self._sticky
+            or self._runtimes
             or self._connects
             or self._heartbeats
             or self._disconnects
@@ -399,13 +503,15 @@ class SQLiteStore:
         inserts, self._inserts = self._inserts, []
         saves, self._saves = self._saves, {}
         pools, self._pools = self._pools, {}
+        sticky, self._sticky = self._sticky, {}
+        runtimes, self._runtimes = self._runtimes, {}
         connects, self._connects = self._connects, {}
         heartbeats, self._heartbeats = self._heartbeats, {}
         disconnects, self._disconnects = self._disconnects, {}
         waiters, self._waiters = self._waiters, []
         self._in_flight = waiters  # durable() joins this batch while it is committed
         error: Exception | None = None
-        if inserts or saves or pools or connects or heartbeats or disconnects:
+        if inserts or saves or pools or sticky or runtimes or connects or heartbeats or disconnects:
             try:
                 async with self._transaction:
                     await self._db.execute("BEGIN IMMEDIATE")
@@ -419,6 +525,10 @@ class SQLiteStore:
                             )
                         if pools:
                             await self._db.executemany(_UPSERT_POOL, pools.values())
+                        if sticky:
+                            await self._db.executemany(_UPSERT_STICKY, sticky.values())
+                        if runtimes:
+                            await self._db.executemany(_UPSERT_RUNTIME, runtimes.values())
                         if connects:
                             await self._db.executemany(_CONNECT_WORKER, connects.values())
                         if heartbeats:

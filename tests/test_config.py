@@ -45,6 +45,11 @@ def test_file_then_env_then_flags(tmp_path: Path) -> None:
         ('[pools.gpu]\nstrategy = "fastest"\n', "pools.gpu.strategy: unknown strategy"),
         ('[pools."bad name"]\n', "pools.bad name"),
         ("[pools.gpu]\ncolour = 1\n", "pools.gpu.colour: unknown key"),
+        ('[pools.gpu]\nab_strategy = "nope"\nab_percent = 5\n', "pools.gpu.ab_strategy: unknown"),
+        ('[pools.gpu]\nab_strategy = "round_robin"\nab_percent = 101\n', "must be 0..100"),
+        ("[pools.gpu]\nab_percent = 5\n", "pools.gpu.ab_percent: needs an ab_strategy"),
+        ("[pools.gpu]\nsticky_timeout_s = -1\n", "pools.gpu.sticky_timeout_s: must be"),
+        ('[pools.gpu]\nsticky_timeout_s = "soon"\n', "pools.gpu.sticky_timeout_s: expected float"),
         ("[nonsense]\n", "nonsense: unknown section"),
         ("port = [", "not valid TOML"),
     ],
@@ -54,6 +59,22 @@ def test_bad_files_name_the_key(tmp_path: Path, text: str, message: str) -> None
     path.write_text(text)
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         load_config(path)
+
+
+def test_pool_settings_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "broker.toml"
+    path.write_text(
+        '[pools.gpu]\nstrategy = "least_loaded"\nab_strategy = "round_robin"\n'
+        "ab_percent = 20\nsticky_timeout_s = 2\n"
+    )
+    (gpu,) = [p for p in load_config(path).pools if p.name == "gpu"]
+    assert gpu == PoolConfig(
+        name="gpu",
+        strategy="least_loaded",
+        ab_strategy="round_robin",
+        ab_percent=20,
+        sticky_timeout_s=2.0,
+    )
 
 
 def test_bad_env_value_names_the_key() -> None:

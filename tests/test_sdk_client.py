@@ -244,6 +244,10 @@ class FakeAdminService(_admin_grpc.AdminServiceServicer):
         self.pools[request.pool.name] = request.pool
         return request.pool
 
+    async def UpdatePool(self, request: _admin.UpdatePoolRequest, context: _Context) -> _admin.Pool:
+        self.pools[request.pool.name] = request.pool
+        return request.pool
+
     async def ListWorkers(
         self, request: _admin.ListWorkersRequest, context: _Context
     ) -> _admin.ListWorkersResponse:

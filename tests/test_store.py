@@ -58,7 +58,8 @@ async def test_open_creates_the_schema_and_reopening_changes_nothing(db_path: Pa
         await store.insert_tasks([make_task(1)])
     schema_sql = "SELECT type, name, sql FROM sqlite_master ORDER BY name"
     schema = await query(db_path, schema_sql)
-    assert {name for kind, name, _ in schema if kind == "table"} == {"pools", "tasks", "workers"}
+    tables = {name for kind, name, _ in schema if kind == "table"}
+    assert tables == {"pools", "tasks", "workers", "sticky_keys", "runtimes"}
     assert await query(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
 
     async with await SQLiteStore.open(db_path) as store:

@@ -36,6 +36,7 @@ from broker.engine import Store
 from broker.errors import InvalidArgument, StorageError, Unavailable
 from broker.memory_store import MemoryStore, WorkerRecord
 from broker.registry import WorkerLog
+from broker.runtimes import RunStats, RuntimeKey
 from broker.store import SQLiteStore
 
 PENDING, ASSIGNED, RUNNING = TaskState.PENDING, TaskState.ASSIGNED, TaskState.RUNNING
@@ -446,6 +447,52 @@ async def test_pools_upsert_and_list(store: ContractStore) -> None:
         PoolConfig(name="default"),
         PoolConfig(name="gpu", strategy="round_robin"),
     ]
+
+
+async def test_pool_settings_round_trip(store: ContractStore) -> None:
+    pool = PoolConfig(
+        name="gpu",
+        strategy="least_loaded",
+        ab_strategy="round_robin",
+        ab_percent=20,
+        sticky_timeout_s=2.5,
+    )
+    await store.upsert_pool(pool)
+    assert await store.list_pools() == [pool]
+
+
+# What placement learns ----------------------------------------------------------------
+
+
+async def test_sticky_keys_round_trip_and_move(store: ContractStore) -> None:
+    assert await store.load_sticky() == {}
+    store.save_sticky("default", "user-1", "w1")
+    store.save_sticky("default", "user-2", "w2")
+    store.save_sticky("gpu", "user-1", "g1")
+    store.save_sticky("default", "user-1", "w3")  # the key moved
+    await store.flush()
+    assert await store.load_sticky() == {
+        "default": {"user-1": "w3", "user-2": "w2"},
+        "gpu": {"user-1": "g1"},
+    }
+
+
+async def test_runtimes_round_trip_as_snapshots(store: ContractStore) -> None:
+    assert await store.load_runtimes() == []
+    key = RuntimeKey("default", "resize", "class=fast")
+    stats = RunStats()
+    for run_s in (0.1, 0.2, 0.3):
+        stats.add(run_s)
+    stats.abs_error_s, stats.predicted = 0.25, 2
+    store.save_runtime(key, stats)
+    await store.flush()
+    stats.add(10.0)  # a change that was never saved
+    ((loaded_key, loaded),) = await store.load_runtimes()
+    assert loaded_key == key
+    assert loaded.count == 3
+    assert loaded.mean_s == pytest.approx(0.2)
+    assert loaded.variance == pytest.approx(0.01)
+    assert (loaded.abs_error_s, loaded.predicted) == (0.25, 2)
 
 
 async def worker_log(store: ContractStore) -> dict[str, WorkerRecord]:

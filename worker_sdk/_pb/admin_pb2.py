@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19taskbroker/v1/admin.proto\x12\rtaskbroker.v1\"i\n\x04Pool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\x13\n\x0b\x61\x62_strategy\x18\x03 \x01(\t\x12\x12\n\nab_percent\x18\x04 \x01(\r\x12\x18\n\x10sticky_timeout_s\x18\x05 \x01(\x01\"\x12\n\x10ListPoolsRequest\"7\n\x11ListPoolsResponse\x12\"\n\x05pools\x18\x01 \x03(\x0b\x32\x13.taskbroker.v1.Pool\"6\n\x11\x43reatePoolRequest\x12!\n\x04pool\x18\x01 \x01(\x0b\x32\x13.taskbroker.v1.Pool\"\xa4\x02\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\x37\n\x06labels\x18\x03 \x03(\x0b\x32\'.taskbroker.v1.WorkerStatus.LabelsEntry\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x12\n\ntask_types\x18\x05 \x03(\t\x12\x11\n\tin_flight\x18\x06 \x01(\r\x12\x0c\n\x04load\x18\x07 \x01(\x01\x12\x17\n\x0f\x63onnected_at_ms\x18\x08 \x01(\x03\x12\x19\n\x11last_heartbeat_ms\x18\t \x01(\x03\x12\x10\n\x08\x64raining\x18\n \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\"\n\x12ListWorkersRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"C\n\x13ListWorkersResponse\x12,\n\x07workers\x18\x01 \x03(\x0b\x32\x1b.taskbroker.v1.WorkerStatus\"\'\n\x12\x44rainWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"B\n\x13\x44rainWorkerResponse\x12+\n\x06worker\x18\x01 \x01(\x0b\x32\x1b.taskbroker.v1.WorkerStatus\"\xbe\x01\n\tPoolStats\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\x0f\n\x07pending\x18\x03 \x01(\x04\x12\x10\n\x08\x61ssigned\x18\x04 \x01(\x04\x12\x11\n\tsucceeded\x18\x05 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x04\x12\x11\n\tcancelled\x18\x07 \x01(\x04\x12\x0f\n\x07workers\x18\x08 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\t \x01(\r\x12\x15\n\runschedulable\x18\n \x01(\x04\"\x0e\n\x0cStatsRequest\"N\n\rStatsResponse\x12\'\n\x05pools\x18\x01 \x03(\x0b\x32\x18.taskbroker.v1.PoolStats\x12\x14\n\x0c\x62roker_state\x18\x02 \x01(\t2\x93\x03\n\x0c\x41\x64minService\x12N\n\tListPools\x12\x1f.taskbroker.v1.ListPoolsRequest\x1a .taskbroker.v1.ListPoolsResponse\x12\x43\n\nCreatePool\x12 .taskbroker.v1.CreatePoolRequest\x1a\x13.taskbroker.v1.Pool\x12T\n\x0bListWorkers\x12!.taskbroker.v1.ListWorkersRequest\x1a\".taskbroker.v1.ListWorkersResponse\x12T\n\x0b\x44rainWorker\x12!.taskbroker.v1.DrainWorkerRequest\x1a\".taskbroker.v1.DrainWorkerResponse\x12\x42\n\x05Stats\x12\x1b.taskbroker.v1.StatsRequest\x1a\x1c.taskbroker.v1.StatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19taskbroker/v1/admin.proto\x12\rtaskbroker.v1\"i\n\x04Pool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\x13\n\x0b\x61\x62_strategy\x18\x03 \x01(\t\x12\x12\n\nab_percent\x18\x04 \x01(\r\x12\x18\n\x10sticky_timeout_s\x18\x05 \x01(\x01\"6\n\x11UpdatePoolRequest\x12!\n\x04pool\x18\x01 \x01(\x0b\x32\x13.taskbroker.v1.Pool\"\x12\n\x10ListPoolsRequest\"7\n\x11ListPoolsResponse\x12\"\n\x05pools\x18\x01 \x03(\x0b\x32\x13.taskbroker.v1.Pool\"6\n\x11\x43reatePoolRequest\x12!\n\x04pool\x18\x01 \x01(\x0b\x32\x13.taskbroker.v1.Pool\"\xa4\x02\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\x37\n\x06labels\x18\x03 \x03(\x0b\x32\'.taskbroker.v1.WorkerStatus.LabelsEntry\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x12\n\ntask_types\x18\x05 \x03(\t\x12\x11\n\tin_flight\x18\x06 \x01(\r\x12\x0c\n\x04load\x18\x07 \x01(\x01\x12\x17\n\x0f\x63onnected_at_ms\x18\x08 \x01(\x03\x12\x19\n\x11last_heartbeat_ms\x18\t \x01(\x03\x12\x10\n\x08\x64raining\x18\n \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\"\n\x12ListWorkersRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"C\n\x13ListWorkersResponse\x12,\n\x07workers\x18\x01 \x03(\x0b\x32\x1b.taskbroker.v1.WorkerStatus\"\'\n\x12\x44rainWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"B\n\x13\x44rainWorkerResponse\x12+\n\x06worker\x18\x01 \x01(\x0b\x32\x1b.taskbroker.v1.WorkerStatus\"\xc0\x02\n\tPoolStats\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\x0f\n\x07pending\x18\x03 \x01(\x04\x12\x10\n\x08\x61ssigned\x18\x04 \x01(\x04\x12\x11\n\tsucceeded\x18\x05 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x04\x12\x11\n\tcancelled\x18\x07 \x01(\x04\x12\x0f\n\x07workers\x18\x08 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\t \x01(\r\x12\x15\n\runschedulable\x18\n \x01(\x04\x12%\n\x04\x61rms\x18\x0b \x03(\x0b\x32\x17.taskbroker.v1.ArmStats\x12-\n\x08runtimes\x18\x0c \x03(\x0b\x32\x1b.taskbroker.v1.RuntimeStats\x12\x13\n\x0bsticky_hits\x18\r \x01(\x04\x12\x15\n\rsticky_misses\x18\x0e \x01(\x04\"w\n\x08\x41rmStats\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12\x0e\n\x06placed\x18\x02 \x01(\x04\x12\x10\n\x08\x66inished\x18\x03 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x04\x12\x13\n\x0bmean_wait_s\x18\x05 \x01(\x01\x12\x12\n\nmean_run_s\x18\x06 \x01(\x01\"\x8b\x01\n\x0cRuntimeStats\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12\x0f\n\x07samples\x18\x02 \x01(\x04\x12\x12\n\nmean_run_s\x18\x03 \x01(\x01\x12\x14\n\x0cstddev_run_s\x18\x04 \x01(\x01\x12\x13\n\x0bpredictions\x18\x05 \x01(\x04\x12\x18\n\x10mean_abs_error_s\x18\x06 \x01(\x01\"\x0e\n\x0cStatsRequest\"N\n\rStatsResponse\x12\'\n\x05pools\x18\x01 \x03(\x0b\x32\x18.taskbroker.v1.PoolStats\x12\x14\n\x0c\x62roker_state\x18\x02 \x01(\t2\xd8\x03\n\x0c\x41\x64minService\x12N\n\tListPools\x12\x1f.taskbroker.v1.ListPoolsRequest\x1a .taskbroker.v1.ListPoolsResponse\x12\x43\n\nCreatePool\x12 .taskbroker.v1.CreatePoolRequest\x1a\x13.taskbroker.v1.Pool\x12\x43\n\nUpdatePool\x12 .taskbroker.v1.UpdatePoolRequest\x1a\x13.taskbroker.v1.Pool\x12T\n\x0bListWorkers\x12!.taskbroker.v1.ListWorkersRequest\x1a\".taskbroker.v1.ListWorkersResponse\x12T\n\x0b\x44rainWorker\x12!.taskbroker.v1.DrainWorkerRequest\x1a\".taskbroker.v1.DrainWorkerResponse\x12\x42\n\x05Stats\x12\x1b.taskbroker.v1.StatsRequest\x1a\x1c.taskbroker.v1.StatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,30 +35,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKERSTATUS_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_POOL']._serialized_start=44
   _globals['_POOL']._serialized_end=149
-  _globals['_LISTPOOLSREQUEST']._serialized_start=151
-  _globals['_LISTPOOLSREQUEST']._serialized_end=169
-  _globals['_LISTPOOLSRESPONSE']._serialized_start=171
-  _globals['_LISTPOOLSRESPONSE']._serialized_end=226
-  _globals['_CREATEPOOLREQUEST']._serialized_start=228
-  _globals['_CREATEPOOLREQUEST']._serialized_end=282
-  _globals['_WORKERSTATUS']._serialized_start=285
-  _globals['_WORKERSTATUS']._serialized_end=577
-  _globals['_WORKERSTATUS_LABELSENTRY']._serialized_start=532
-  _globals['_WORKERSTATUS_LABELSENTRY']._serialized_end=577
-  _globals['_LISTWORKERSREQUEST']._serialized_start=579
-  _globals['_LISTWORKERSREQUEST']._serialized_end=613
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=615
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=682
-  _globals['_DRAINWORKERREQUEST']._serialized_start=684
-  _globals['_DRAINWORKERREQUEST']._serialized_end=723
-  _globals['_DRAINWORKERRESPONSE']._serialized_start=725
-  _globals['_DRAINWORKERRESPONSE']._serialized_end=791
-  _globals['_POOLSTATS']._serialized_start=794
-  _globals['_POOLSTATS']._serialized_end=984
-  _globals['_STATSREQUEST']._serialized_start=986
-  _globals['_STATSREQUEST']._serialized_end=1000
-  _globals['_STATSRESPONSE']._serialized_start=1002
-  _globals['_STATSRESPONSE']._serialized_end=1080
-  _globals['_ADMINSERVICE']._serialized_start=1083
-  _globals['_ADMINSERVICE']._serialized_end=1486
+  _globals['_UPDATEPOOLREQUEST']._serialized_start=151
+  _globals['_UPDATEPOOLREQUEST']._serialized_end=205
+  _globals['_LISTPOOLSREQUEST']._serialized_start=207
+  _globals['_LISTPOOLSREQUEST']._serialized_end=225
+  _globals['_LISTPOOLSRESPONSE']._serialized_start=227
+  _globals['_LISTPOOLSRESPONSE']._serialized_end=282
+  _globals['_CREATEPOOLREQUEST']._serialized_start=284
+  _globals['_CREATEPOOLREQUEST']._serialized_end=338
+  _globals['_WORKERSTATUS']._serialized_start=341
+  _globals['_WORKERSTATUS']._serialized_end=633
+  _globals['_WORKERSTATUS_LABELSENTRY']._serialized_start=588
+  _globals['_WORKERSTATUS_LABELSENTRY']._serialized_end=633
+  _globals['_LISTWORKERSREQUEST']._serialized_start=635
+  _globals['_LISTWORKERSREQUEST']._serialized_end=669
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=671
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=738
+  _globals['_DRAINWORKERREQUEST']._serialized_start=740
+  _globals['_DRAINWORKERREQUEST']._serialized_end=779
+  _globals['_DRAINWORKERRESPONSE']._serialized_start=781
+  _globals['_DRAINWORKERRESPONSE']._serialized_end=847
+  _globals['_POOLSTATS']._serialized_start=850
+  _globals['_POOLSTATS']._serialized_end=1170
+  _globals['_ARMSTATS']._serialized_start=1172
+  _globals['_ARMSTATS']._serialized_end=1291
+  _globals['_RUNTIMESTATS']._serialized_start=1294
+  _globals['_RUNTIMESTATS']._serialized_end=1433
+  _globals['_STATSREQUEST']._serialized_start=1435
+  _globals['_STATSREQUEST']._serialized_end=1449
+  _globals['_STATSRESPONSE']._serialized_start=1451
+  _globals['_STATSRESPONSE']._serialized_end=1529
+  _globals['_ADMINSERVICE']._serialized_start=1532
+  _globals['_ADMINSERVICE']._serialized_end=2004
 # @@protoc_insertion_point(module_scope)

@@ -55,6 +55,28 @@ class Pool(_message.Message):
 Global___Pool: _TypeAlias = Pool  # noqa: Y015
 
 @_typing.final
+class UpdatePoolRequest(_message.Message):
+    """Replaces a pool's settings (all but its name): read it, change, send back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pool(self) -> Global___Pool: ...
+    def __init__(
+        self,
+        *,
+        pool: Global___Pool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdatePoolRequest: _TypeAlias = UpdatePoolRequest  # noqa: Y015
+
+@_typing.final
 class ListPoolsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -274,6 +296,10 @@ class PoolStats(_message.Message):
     WORKERS_FIELD_NUMBER: _builtins.int
     CAPACITY_FIELD_NUMBER: _builtins.int
     UNSCHEDULABLE_FIELD_NUMBER: _builtins.int
+    ARMS_FIELD_NUMBER: _builtins.int
+    RUNTIMES_FIELD_NUMBER: _builtins.int
+    STICKY_HITS_FIELD_NUMBER: _builtins.int
+    STICKY_MISSES_FIELD_NUMBER: _builtins.int
     pool: _builtins.str
     strategy: _builtins.str
     pending: _builtins.int
@@ -287,6 +313,18 @@ class PoolStats(_message.Message):
     """summed over its workers"""
     unschedulable: _builtins.int
     """pending tasks that no connected worker can take"""
+    sticky_hits: _builtins.int
+    """sticky tasks that ran where their key ran last"""
+    sticky_misses: _builtins.int
+    """sticky tasks placed elsewhere (first run, or fallback)"""
+    @_builtins.property
+    def arms(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArmStats]:
+        """one per strategy placing this pool's tasks"""
+
+    @_builtins.property
+    def runtimes(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuntimeStats]:
+        """learned run times, per task type"""
+
     def __init__(
         self,
         *,
@@ -300,14 +338,92 @@ class PoolStats(_message.Message):
         workers: _builtins.int = ...,
         capacity: _builtins.int = ...,
         unschedulable: _builtins.int = ...,
+        arms: _abc.Iterable[Global___ArmStats] | None = ...,
+        runtimes: _abc.Iterable[Global___RuntimeStats] | None = ...,
+        sticky_hits: _builtins.int = ...,
+        sticky_misses: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned", b"assigned", "cancelled", b"cancelled", "capacity", b"capacity", "failed", b"failed", "pending", b"pending", "pool", b"pool", "strategy", b"strategy", "succeeded", b"succeeded", "unschedulable", b"unschedulable", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "assigned", b"assigned", "cancelled", b"cancelled", "capacity", b"capacity", "failed", b"failed", "pending", b"pending", "pool", b"pool", "runtimes", b"runtimes", "sticky_hits", b"sticky_hits", "sticky_misses", b"sticky_misses", "strategy", b"strategy", "succeeded", b"succeeded", "unschedulable", b"unschedulable", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PoolStats: _TypeAlias = PoolStats  # noqa: Y015
+
+@_typing.final
+class ArmStats(_message.Message):
+    """How the tasks one strategy placed went (an A/B split has two arms)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    PLACED_FIELD_NUMBER: _builtins.int
+    FINISHED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    MEAN_WAIT_S_FIELD_NUMBER: _builtins.int
+    MEAN_RUN_S_FIELD_NUMBER: _builtins.int
+    strategy: _builtins.str
+    placed: _builtins.int
+    finished: _builtins.int
+    failed: _builtins.int
+    mean_wait_s: _builtins.float
+    """queue wait of the finished ones"""
+    mean_run_s: _builtins.float
+    def __init__(
+        self,
+        *,
+        strategy: _builtins.str = ...,
+        placed: _builtins.int = ...,
+        finished: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        mean_wait_s: _builtins.float = ...,
+        mean_run_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "finished", b"finished", "mean_run_s", b"mean_run_s", "mean_wait_s", b"mean_wait_s", "placed", b"placed", "strategy", b"strategy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArmStats: _TypeAlias = ArmStats  # noqa: Y015
+
+@_typing.final
+class RuntimeStats(_message.Message):
+    """What the broker has learned about a task type's run time, and how well it predicts it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_TYPE_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    MEAN_RUN_S_FIELD_NUMBER: _builtins.int
+    STDDEV_RUN_S_FIELD_NUMBER: _builtins.int
+    PREDICTIONS_FIELD_NUMBER: _builtins.int
+    MEAN_ABS_ERROR_S_FIELD_NUMBER: _builtins.int
+    task_type: _builtins.str
+    samples: _builtins.int
+    mean_run_s: _builtins.float
+    stddev_run_s: _builtins.float
+    predictions: _builtins.int
+    """predictions scored against the actual run time"""
+    mean_abs_error_s: _builtins.float
+    def __init__(
+        self,
+        *,
+        task_type: _builtins.str = ...,
+        samples: _builtins.int = ...,
+        mean_run_s: _builtins.float = ...,
+        stddev_run_s: _builtins.float = ...,
+        predictions: _builtins.int = ...,
+        mean_abs_error_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mean_abs_error_s", b"mean_abs_error_s", "mean_run_s", b"mean_run_s", "predictions", b"predictions", "samples", b"samples", "stddev_run_s", b"stddev_run_s", "task_type", b"task_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RuntimeStats: _TypeAlias = RuntimeStats  # noqa: Y015
 
 @_typing.final
 class StatsRequest(_message.Message):

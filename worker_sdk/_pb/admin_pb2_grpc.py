@@ -44,6 +44,11 @@ class AdminServiceStub:
                 request_serializer=taskbroker_dot_v1_dot_admin__pb2.CreatePoolRequest.SerializeToString,
                 response_deserializer=taskbroker_dot_v1_dot_admin__pb2.Pool.FromString,
                 _registered_method=True)
+        self.UpdatePool = channel.unary_unary(
+                '/taskbroker.v1.AdminService/UpdatePool',
+                request_serializer=taskbroker_dot_v1_dot_admin__pb2.UpdatePoolRequest.SerializeToString,
+                response_deserializer=taskbroker_dot_v1_dot_admin__pb2.Pool.FromString,
+                _registered_method=True)
         self.ListWorkers = channel.unary_unary(
                 '/taskbroker.v1.AdminService/ListWorkers',
                 request_serializer=taskbroker_dot_v1_dot_admin__pb2.ListWorkersRequest.SerializeToString,
@@ -71,6 +76,12 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreatePool(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePool(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,6 +116,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
             'CreatePool': grpc.unary_unary_rpc_method_handler(
                     servicer.CreatePool,
                     request_deserializer=taskbroker_dot_v1_dot_admin__pb2.CreatePoolRequest.FromString,
+                    response_serializer=taskbroker_dot_v1_dot_admin__pb2.Pool.SerializeToString,
+            ),
+            'UpdatePool': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePool,
+                    request_deserializer=taskbroker_dot_v1_dot_admin__pb2.UpdatePoolRequest.FromString,
                     response_serializer=taskbroker_dot_v1_dot_admin__pb2.Pool.SerializeToString,
             ),
             'ListWorkers': grpc.unary_unary_rpc_method_handler(
@@ -176,6 +192,33 @@ class AdminService:
             target,
             '/taskbroker.v1.AdminService/CreatePool',
             taskbroker_dot_v1_dot_admin__pb2.CreatePoolRequest.SerializeToString,
+            taskbroker_dot_v1_dot_admin__pb2.Pool.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskbroker.v1.AdminService/UpdatePool',
+            taskbroker_dot_v1_dot_admin__pb2.UpdatePoolRequest.SerializeToString,
             taskbroker_dot_v1_dot_admin__pb2.Pool.FromString,
             options,
             channel_credentials,

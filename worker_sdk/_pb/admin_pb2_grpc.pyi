@@ -33,6 +33,7 @@ class AdminServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
     ListPools: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListPoolsRequest, _admin_pb2.ListPoolsResponse]
     CreatePool: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreatePoolRequest, _admin_pb2.Pool]
+    UpdatePool: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UpdatePoolRequest, _admin_pb2.Pool]
     ListWorkers: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListWorkersRequest, _admin_pb2.ListWorkersResponse]
     DrainWorker: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DrainWorkerRequest, _admin_pb2.DrainWorkerResponse]
     Stats: _grpc.UnaryUnaryMultiCallable[_admin_pb2.StatsRequest, _admin_pb2.StatsResponse]
@@ -42,6 +43,7 @@ class AdminServiceAsyncStub(AdminServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListPools: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListPoolsRequest, _admin_pb2.ListPoolsResponse]  # type: ignore[assignment]
     CreatePool: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreatePoolRequest, _admin_pb2.Pool]  # type: ignore[assignment]
+    UpdatePool: _aio.UnaryUnaryMultiCallable[_admin_pb2.UpdatePoolRequest, _admin_pb2.Pool]  # type: ignore[assignment]
     ListWorkers: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListWorkersRequest, _admin_pb2.ListWorkersResponse]  # type: ignore[assignment]
     DrainWorker: _aio.UnaryUnaryMultiCallable[_admin_pb2.DrainWorkerRequest, _admin_pb2.DrainWorkerResponse]  # type: ignore[assignment]
     Stats: _aio.UnaryUnaryMultiCallable[_admin_pb2.StatsRequest, _admin_pb2.StatsResponse]  # type: ignore[assignment]
@@ -58,6 +60,13 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     def CreatePool(
         self,
         request: _admin_pb2.CreatePoolRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.Pool, _abc.Awaitable[_admin_pb2.Pool]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdatePool(
+        self,
+        request: _admin_pb2.UpdatePoolRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.Pool, _abc.Awaitable[_admin_pb2.Pool]]: ...
 

@@ -283,6 +283,7 @@ def stats_to_pb(pools: Sequence[PoolStats], broker_state: str) -> _admin.StatsRe
                 ],
                 sticky_hits=s.sticky_hits,
                 sticky_misses=s.sticky_misses,
+                strategy_notes=s.strategy_notes,
             )
             for s in pools
         ],

@@ -209,6 +209,7 @@ class PoolStats:
     runtimes: tuple[RuntimeSummary, ...] = ()
     sticky_hits: int = 0
     sticky_misses: int = 0
+    strategy_notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -375,6 +375,7 @@ class Engine:
                     runtimes=tuple(_runtime_summaries(pool.runtimes)),
                     sticky_hits=pool.sticky_hits,
                     sticky_misses=pool.sticky_misses,
+                    strategy_notes=tuple(pool.strategy_notes()),
                 )
             )
         return result

@@ -31,6 +31,12 @@ from broker.strategies import Outcome, Strategy, StrategyEnv, WorkerSlot, make_s
 from broker.strategies._base import default_env
 
 SOFT_ANTI_AFFINITY_PENALTY = 1_000_000
+# Strategy indexes kept for (task type, required labels) pairs, so that a task with
+# only required labels is placed from an index rather than by a scan. Past this
+# many pairs, further ones are served by filtering.
+MAX_LABEL_INDEXES = 256
+
+_LabelKey = tuple[str, frozenset[tuple[str, str]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +115,9 @@ class PoolScheduler:
         self.sticky_misses = 0
         self._sticky_since: dict[TaskId, float] = {}  # when a sticky task began to wait
         self._ready_by_type: dict[str, dict[WorkerId, WorkerSlot]] = {}
+        # Ready workers of a type with some labels, one index per arm, and the reverse.
+        self._label_indexes: dict[_LabelKey, list[Strategy]] = {}
+        self._label_keys_of: dict[WorkerId, list[_LabelKey]] = {}
         self._by_label: dict[tuple[str, str], set[WorkerId]] = {}
         # The anti-affinity group of each placed task that has one, and whether it is hard.
         self._group_of: dict[TaskId, tuple[str, bool]] = {}
@@ -125,6 +134,16 @@ class PoolScheduler:
 
     def arm_stats(self) -> list[ArmStats]:
         return [arm.stats for arm in self._arms]
+
+    def strategy_notes(self) -> list[str]:
+        """What strategies that explain themselves (e.g. adaptive) say, per task type."""
+        notes = []
+        for arm in self._arms:
+            for task_type, index in sorted(arm.indexes.items()):
+                describe = getattr(index, "describe", None)
+                if describe is not None:
+                    notes.append(f"{task_type}: {describe()}")
+        return notes
 
     @property
     def pending(self) -> int:
@@ -221,6 +240,8 @@ class PoolScheduler:
         self._arms = arms
         self._placed_by.clear()
         self._ready_by_type.clear()
+        self._label_indexes.clear()
+        self._label_keys_of.clear()
         for worker in self.workers.values():
             if worker.ready:
                 self._index_add(worker)
@@ -306,9 +327,7 @@ class PoolScheduler:
                 self.sticky_misses += 1
                 self.sticky[key] = self.sticky_moves[key] = worker.worker_id
         if worker.ready:
-            for each in self._arms:
-                for task_type in worker.task_types:
-                    each.index(task_type).update(worker)
+            self._index_update(worker)
         else:
             self._index_remove(worker)
 
@@ -322,6 +341,21 @@ class PoolScheduler:
             sticky = self._sticky(task, ready)
             if sticky is not None:
                 return sticky
+        if (
+            hints.required_labels
+            and not hints.preferred_labels
+            and not hints.anti_affinity_group
+            and (index := self._label_index(task_type, hints.required_labels, arm)) is not None
+        ):
+            allowed_count = len(index)
+            worker = index.pick(task)
+            if worker is None:
+                return self._why_waiting(task)
+            note = (
+                f"{self._arms[arm].strategy}: {allowed_count} of {len(ready)} ready workers "
+                f"allowed after required labels {_labels(hints.required_labels)}"
+            )
+            return Decision(task, worker, note)
         removed: list[str] = []
         if hints.required_labels:
             matching = self._with_labels(hints.required_labels)
@@ -347,6 +381,24 @@ class PoolScheduler:
             f"allowed{filters}; score {best}"
         )
         return Decision(task, worker, note)
+
+    def _label_index(self, task_type: str, labels: Mapping[str, str], arm: int) -> Strategy | None:
+        """The arm's index of ready workers of this type with these labels (made on first
+        use); None once there are MAX_LABEL_INDEXES of them."""
+        key = (task_type, frozenset(labels.items()))
+        indexes = self._label_indexes.get(key)
+        if indexes is None:
+            if len(self._label_indexes) >= MAX_LABEL_INDEXES:
+                return None
+            indexes = self._label_indexes[key] = [
+                make_strategy(a.strategy, self.env) for a in self._arms
+            ]
+            for worker in self._ready_by_type.get(task_type, {}).values():
+                if _has_labels(worker, labels):
+                    self._label_keys_of.setdefault(worker.worker_id, []).append(key)
+                    for index in indexes:
+                        index.add(worker)
+        return indexes[arm]
 
     def _sticky(self, task: Task, ready: dict[WorkerId, WorkerSlot]) -> Decision | None:
         """Where a sticky task goes: its key's worker, a wait for it, or None (no
@@ -469,15 +521,32 @@ class PoolScheduler:
             self._index_add(worker)
             self._recheck.update(worker.task_types)
         elif worker.ready:
-            for arm in self._arms:
-                for task_type in worker.task_types:
-                    arm.index(task_type).update(worker)
+            self._index_update(worker)
 
     def _index_add(self, worker: WorkerSlot) -> None:
         for task_type in worker.task_types:
             self._ready_by_type.setdefault(task_type, {})[worker.worker_id] = worker
             for arm in self._arms:
                 arm.index(task_type).add(worker)
+        keys = [
+            key
+            for key in self._label_indexes
+            if key[0] in worker.task_types and _has_labels(worker, dict(key[1]))
+        ]
+        if keys:
+            self._label_keys_of[worker.worker_id] = keys
+            for key in keys:
+                for index in self._label_indexes[key]:
+                    index.add(worker)
+
+    def _index_update(self, worker: WorkerSlot) -> None:
+        """The ready worker's load changed."""
+        for arm in self._arms:
+            for task_type in worker.task_types:
+                arm.index(task_type).update(worker)
+        for key in self._label_keys_of.get(worker.worker_id, ()):
+            for index in self._label_indexes[key]:
+                index.update(worker)
 
     def _index_remove(self, worker: WorkerSlot) -> None:
         for task_type in worker.task_types:
@@ -488,6 +557,13 @@ class PoolScheduler:
                 index = arm.indexes.get(task_type)
                 if index is not None:
                     index.remove(worker)
+        for key in self._label_keys_of.pop(worker.worker_id, ()):
+            for index in self._label_indexes[key]:
+                index.remove(worker)
+
+
+def _has_labels(worker: WorkerSlot, labels: Mapping[str, str]) -> bool:
+    return all(worker.labels.get(k) == v for k, v in labels.items())
 
 
 def _decrement(counter: Counter[str], key: str) -> None:

@@ -300,6 +300,7 @@ class PoolStats(_message.Message):
     RUNTIMES_FIELD_NUMBER: _builtins.int
     STICKY_HITS_FIELD_NUMBER: _builtins.int
     STICKY_MISSES_FIELD_NUMBER: _builtins.int
+    STRATEGY_NOTES_FIELD_NUMBER: _builtins.int
     pool: _builtins.str
     strategy: _builtins.str
     pending: _builtins.int
@@ -325,6 +326,10 @@ class PoolStats(_message.Message):
     def runtimes(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuntimeStats]:
         """learned run times, per task type"""
 
+    @_builtins.property
+    def strategy_notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the strategies say of themselves, e.g. which one adaptive runs now."""
+
     def __init__(
         self,
         *,
@@ -342,10 +347,11 @@ class PoolStats(_message.Message):
         runtimes: _abc.Iterable[Global___RuntimeStats] | None = ...,
         sticky_hits: _builtins.int = ...,
         sticky_misses: _builtins.int = ...,
+        strategy_notes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "assigned", b"assigned", "cancelled", b"cancelled", "capacity", b"capacity", "failed", b"failed", "pending", b"pending", "pool", b"pool", "runtimes", b"runtimes", "sticky_hits", b"sticky_hits", "sticky_misses", b"sticky_misses", "strategy", b"strategy", "succeeded", b"succeeded", "unschedulable", b"unschedulable", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "assigned", b"assigned", "cancelled", b"cancelled", "capacity", b"capacity", "failed", b"failed", "pending", b"pending", "pool", b"pool", "runtimes", b"runtimes", "sticky_hits", b"sticky_hits", "sticky_misses", b"sticky_misses", "strategy", b"strategy", "strategy_notes", b"strategy_notes", "succeeded", b"succeeded", "unschedulable", b"unschedulable", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -664,7 +664,7 @@ def _state_fields(task: Task) -> _Row:
 
 
 def _placement_json(placement: Placement) -> str | None:
-    if placement.free:
+    if placement == ANYWHERE:
         return None
     return json.dumps(
         {
@@ -672,6 +672,8 @@ def _placement_json(placement: Placement) -> str | None:
             "preferred_labels": [[p.key, p.value, p.weight] for p in placement.preferred_labels],
             "anti_affinity_group": placement.anti_affinity_group,
             "anti_affinity_soft": placement.anti_affinity_soft,
+            "sticky_key": placement.sticky_key,
+            "routing_key": placement.routing_key,
         },
         separators=(",", ":"),
     )
@@ -686,6 +688,8 @@ def _placement_from_json(text: str | None) -> Placement:
         preferred_labels=tuple(PreferredLabel(k, v, w) for k, v, w in data["preferred_labels"]),
         anti_affinity_group=data["anti_affinity_group"],
         anti_affinity_soft=data["anti_affinity_soft"],
+        sticky_key=data.get("sticky_key", ""),
+        routing_key=data.get("routing_key", ""),
     )
 
 

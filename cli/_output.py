@@ -3,7 +3,8 @@
 JSON rules: datetimes are ISO 8601 strings (null when not yet); a bytes field
 (payload, result) is its UTF-8 text when it decodes, else base64, and a sibling
 ``<field>_encoding`` says which ("utf-8" or "base64"); an empty string the broker
-uses for "none" (worker id, placement note, anti-affinity group) is null.
+uses for "none" (worker id, placement note, anti-affinity group, sticky and routing
+keys, A/B strategy) is null. Durations are seconds, as floats, in keys ending ``_s``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,17 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from worker_sdk import Placement, PoolInfo, Stats, TaskInfo, TaskState, WorkerInfo
+from worker_sdk import (
+    ArmStats,
+    Placement,
+    PoolInfo,
+    PoolStats,
+    RuntimeStats,
+    Stats,
+    TaskInfo,
+    TaskState,
+    WorkerInfo,
+)
 
 
 class OutputFormat(enum.StrEnum):
@@ -57,6 +68,8 @@ def placement_dict(placement: Placement) -> dict[str, Any]:
         ],
         "anti_affinity_group": placement.anti_affinity_group or None,
         "anti_affinity_soft": placement.anti_affinity_soft,
+        "sticky_key": placement.sticky_key or None,
+        "routing_key": placement.routing_key or None,
     }
 
 
@@ -108,28 +121,66 @@ def worker_dict(worker: WorkerInfo) -> dict[str, Any]:
 
 def pool_dict(pool: PoolInfo) -> dict[str, Any]:
     """A pool as a JSON-able dict."""
-    return {"name": pool.name, "strategy": pool.strategy}
+    return {
+        "name": pool.name,
+        "strategy": pool.strategy,
+        "ab_strategy": pool.ab_strategy or None,
+        "ab_percent": pool.ab_percent,
+        "sticky_timeout_s": pool.sticky_timeout_s,
+    }
+
+
+def arm_dict(arm: ArmStats) -> dict[str, Any]:
+    """One strategy's share of a pool's placements as a JSON-able dict."""
+    return {
+        "strategy": arm.strategy,
+        "placed": arm.placed,
+        "finished": arm.finished,
+        "failed": arm.failed,
+        "mean_wait_s": arm.mean_wait_s,
+        "mean_run_s": arm.mean_run_s,
+    }
+
+
+def runtime_dict(runtime: RuntimeStats) -> dict[str, Any]:
+    """A task type's learned run time as a JSON-able dict."""
+    return {
+        "task_type": runtime.task_type,
+        "samples": runtime.samples,
+        "mean_run_s": runtime.mean_run_s,
+        "stddev_run_s": runtime.stddev_run_s,
+        "predictions": runtime.predictions,
+        "mean_abs_error_s": runtime.mean_abs_error_s,
+    }
+
+
+def pool_stats_dict(p: PoolStats) -> dict[str, Any]:
+    """One pool's statistics as a JSON-able dict; `sticky_hit_rate` is null with no sticky
+    task yet."""
+    return {
+        "pool": p.pool,
+        "strategy": p.strategy,
+        "pending": p.pending,
+        "unschedulable": p.unschedulable,
+        "active": p.active,
+        "succeeded": p.succeeded,
+        "failed": p.failed,
+        "cancelled": p.cancelled,
+        "workers": p.workers,
+        "capacity": p.capacity,
+        "sticky_hits": p.sticky_hits,
+        "sticky_misses": p.sticky_misses,
+        "sticky_hit_rate": p.sticky_hit_rate,
+        "arms": [arm_dict(a) for a in p.arms],
+        "runtimes": [runtime_dict(r) for r in p.runtimes],
+    }
 
 
 def stats_dict(stats: Stats) -> dict[str, Any]:
     """Broker statistics as a JSON-able dict."""
     return {
         "broker_state": stats.broker_state,
-        "pools": [
-            {
-                "pool": p.pool,
-                "strategy": p.strategy,
-                "pending": p.pending,
-                "unschedulable": p.unschedulable,
-                "active": p.active,
-                "succeeded": p.succeeded,
-                "failed": p.failed,
-                "cancelled": p.cancelled,
-                "workers": p.workers,
-                "capacity": p.capacity,
-            }
-            for p in stats.pools
-        ],
+        "pools": [pool_stats_dict(p) for p in stats.pools],
     }
 
 
@@ -154,8 +205,16 @@ def _when(moment: datetime | None, *, short: bool = False) -> str:
 def _duration(start: datetime | None, end: datetime | None) -> str:
     if start is None or end is None:
         return "-"
-    seconds = (end - start).total_seconds()
+    return _seconds((end - start).total_seconds())
+
+
+def _seconds(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def _timeout(seconds: float) -> str:
+    """A configured duration, as given: 5 s, 0.25 s."""
+    return f"{seconds:g} s"
 
 
 _STATE_STYLES = {
@@ -196,15 +255,19 @@ def _placement_rows(task: TaskInfo) -> list[tuple[str, Text | str]]:
     if hints.anti_affinity_group:
         soft = " (soft)" if hints.anti_affinity_soft else ""
         rows.append(("anti-affinity", hints.anti_affinity_group + soft))
+    if hints.sticky_key:
+        rows.append(("sticky key", hints.sticky_key))
+    if hints.routing_key:
+        rows.append(("routing key", hints.routing_key))
     if task.placement_note:
         style = "red" if task.unschedulable else ""
         rows.append(("placement", Text(task.placement_note, style=style)))
     return rows
 
 
-def _table(*columns: str, wrap: Iterable[str] = ()) -> Table:
+def _table(*columns: str, wrap: Iterable[str] = (), title: str | None = None) -> Table:
     """A table whose columns never wrap, except those in `wrap` (free-form text)."""
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=title, title_justify="left")
     wrapped = set(wrap)
     for column in columns:
         table.add_column(column, no_wrap=column not in wrapped, overflow="fold")
@@ -332,15 +395,31 @@ def show_worker(worker: WorkerInfo, output: OutputFormat) -> None:
         show_workers([worker], output)
 
 
+def _ab_split(pool: PoolInfo) -> str:
+    """The split as "20% adaptive", or "-" without one."""
+    if not pool.ab_strategy:
+        return "-"
+    return f"{pool.ab_percent}% {pool.ab_strategy}"
+
+
 def show_pools(pools: Sequence[PoolInfo], output: OutputFormat) -> None:
     """Print the pools."""
     if output is OutputFormat.JSON:
         print_json([pool_dict(p) for p in pools])
         return
-    table = _table("POOL", "STRATEGY")
+    table = _table("POOL", "STRATEGY", "A/B", "STICKY TIMEOUT")
     for p in pools:
-        _row(table, [p.name, p.strategy])
+        _row(table, [p.name, p.strategy, _ab_split(p), _timeout(p.sticky_timeout_s)])
     _console().print(table)
+
+
+def _pool_summary(pool: PoolInfo) -> str:
+    """The settings in a line: least_loaded, 20% adaptive, sticky timeout 5 s."""
+    parts = [pool.strategy]
+    if pool.ab_strategy:
+        parts.append(_ab_split(pool))
+    parts.append(f"sticky timeout {_timeout(pool.sticky_timeout_s)}")
+    return ", ".join(parts)
 
 
 def show_pool_created(pool: PoolInfo, output: OutputFormat) -> None:
@@ -348,11 +427,91 @@ def show_pool_created(pool: PoolInfo, output: OutputFormat) -> None:
     if output is OutputFormat.JSON:
         print_json(pool_dict(pool))
     else:
-        typer.echo(f"pool {pool.name} created ({pool.strategy})")
+        typer.echo(f"pool {pool.name} created ({_pool_summary(pool)})")
+
+
+def show_pool_updated(pool: PoolInfo, output: OutputFormat) -> None:
+    """Confirm a pool's new settings."""
+    if output is OutputFormat.JSON:
+        print_json(pool_dict(pool))
+    else:
+        typer.echo(f"pool {pool.name} updated ({_pool_summary(pool)})")
+
+
+def _sticky_hit_rate(p: PoolStats) -> str:
+    """Hits of all sticky tasks, as "75% (3/4)"; "-" before the first."""
+    rate = p.sticky_hit_rate
+    if rate is None:
+        return "-"
+    return f"{rate:.0%} ({p.sticky_hits}/{p.sticky_hits + p.sticky_misses})"
+
+
+def _arms_table(pools: Sequence[PoolStats]) -> Table | None:
+    if not any(p.arms for p in pools):
+        return None
+    table = _table(
+        "POOL",
+        "STRATEGY",
+        "PLACED",
+        "FINISHED",
+        "FAILED",
+        "MEAN WAIT",
+        "MEAN RUN",
+        title="strategy arms",
+    )
+    for p in pools:
+        for arm in p.arms:
+            finished = bool(arm.finished)
+            _row(
+                table,
+                [
+                    p.pool,
+                    arm.strategy,
+                    str(arm.placed),
+                    str(arm.finished),
+                    str(arm.failed),
+                    _seconds(arm.mean_wait_s) if finished else "-",
+                    _seconds(arm.mean_run_s) if finished else "-",
+                ],
+            )
+    return table
+
+
+def _runtimes_table(pools: Sequence[PoolStats]) -> Table | None:
+    if not any(p.runtimes for p in pools):
+        return None
+    table = _table(
+        "POOL",
+        "TASK TYPE",
+        "SAMPLES",
+        "MEAN",
+        "STDDEV",
+        "PREDICTIONS",
+        "MEAN ABS ERROR",
+        wrap=["TASK TYPE"],
+        title="learned run times",
+    )
+    for p in pools:
+        for r in p.runtimes:
+            sampled, scored = bool(r.samples), bool(r.predictions)
+            _row(
+                table,
+                [
+                    p.pool,
+                    r.task_type,
+                    str(r.samples),
+                    _seconds(r.mean_run_s) if sampled else "-",
+                    _seconds(r.stddev_run_s) if sampled else "-",
+                    str(r.predictions),
+                    _seconds(r.mean_abs_error_s) if scored else "-",
+                ],
+            )
+    return table
 
 
 def show_stats(stats: Stats, output: OutputFormat) -> None:
-    """Print per-pool counts and the broker's state."""
+    """Print per-pool counts and the broker's state, then the pools' strategy arms and
+    learned run times if there are any."""
     if output is OutputFormat.JSON:
         print_json(stats_dict(stats))
         return
@@ -367,6 +526,7 @@ def show_stats(stats: Stats, output: OutputFormat) -> None:
         "CANCELLED",
         "WORKERS",
         "CAPACITY",
+        "STICKY HITS",
     )
     for p in stats.pools:
         _row(
@@ -387,8 +547,12 @@ def show_stats(stats: Stats, output: OutputFormat) -> None:
                         p.capacity,
                     )
                 ),
+                _sticky_hit_rate(p),
             ],
         )
     console = _console()
     console.print(Text(f"broker: {stats.broker_state}"))
     console.print(table)
+    for extra in (_arms_table(stats.pools), _runtimes_table(stats.pools)):
+        if extra is not None:
+            console.print(extra)

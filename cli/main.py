@@ -11,12 +11,13 @@ from typing import Annotated
 
 import typer
 
-from cli._errors import EXIT_ERROR, CliError, OneLineErrorGroup
+from cli._errors import EXIT_ERROR, EXIT_USAGE, CliError, OneLineErrorGroup
 from cli._logs import quiet, to_stderr
 from cli._output import (
     OutputFormat,
     decode_bytes,
     show_pool_created,
+    show_pool_updated,
     show_pools,
     show_stats,
     show_task,
@@ -37,7 +38,7 @@ app = typer.Typer(
 tasks_app = typer.Typer(help="List, show and cancel tasks.", no_args_is_help=True)
 worker_app = typer.Typer(help="Run a worker process.", no_args_is_help=True)
 workers_app = typer.Typer(help="List and drain the connected workers.", no_args_is_help=True)
-pools_app = typer.Typer(help="List and create pools.", no_args_is_help=True)
+pools_app = typer.Typer(help="List, create and change pools.", no_args_is_help=True)
 app.add_typer(worker_app, name="worker")
 app.add_typer(workers_app, name="workers")
 app.add_typer(tasks_app, name="tasks")
@@ -75,11 +76,44 @@ class StateChoice(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-class StrategyChoice(enum.StrEnum):
-    """Placement strategies a pool can use."""
+# For --help only: the broker checks strategy names (INVALID_ARGUMENT, listing the ones it
+# knows), so a broker with a newer strategy is usable before this list learns of it.
+KNOWN_STRATEGIES = (
+    "round_robin",
+    "least_loaded",
+    "consistent_hash",
+    "weighted_response_time",
+    "predictive",
+    "adaptive",
+)
+_STRATEGY_NAMES = ", ".join(KNOWN_STRATEGIES)
 
-    ROUND_ROBIN = "round_robin"
-    LEAST_LOADED = "least_loaded"
+StrategyOption = Annotated[
+    str,
+    typer.Option(
+        "--strategy",
+        metavar="STRATEGY",
+        help=f"How tasks are placed on workers: {_STRATEGY_NAMES}.",
+    ),
+]
+AbStrategyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ab-strategy",
+        metavar="STRATEGY",
+        help="A/B split: the strategy placing --ab-percent of the tasks ('' = no split).",
+    ),
+]
+AbPercentOption = Annotated[
+    int | None,
+    typer.Option(
+        "--ab-percent",
+        min=0,
+        max=100,
+        metavar="N",
+        help="A/B split: the share of tasks (0..100) that --ab-strategy places.",
+    ),
+]
 
 
 class LogLevel(enum.StrEnum):
@@ -159,6 +193,12 @@ def _required_labels(labels: Sequence[Label]) -> dict[str, str]:
 def _validate_group(value: str | None) -> str | None:
     if value is not None and not value:
         raise typer.BadParameter("the group name must not be empty")
+    return value
+
+
+def _validate_key(value: str | None) -> str | None:
+    if value is not None and not value:
+        raise typer.BadParameter("the key must not be empty")
     return value
 
 
@@ -269,6 +309,25 @@ def submit(
             help="With --anti-affinity: spread the group's tasks as well as possible instead.",
         ),
     ] = False,
+    sticky_key: Annotated[
+        str | None,
+        typer.Option(
+            "--sticky-key",
+            metavar="KEY",
+            callback=_validate_key,
+            help="Run on the worker that last ran KEY if it frees a slot within the pool's "
+            "sticky timeout; elsewhere after that.",
+        ),
+    ] = None,
+    routing_key: Annotated[
+        str | None,
+        typer.Option(
+            "--routing-key",
+            metavar="KEY",
+            callback=_validate_key,
+            help="In a consistent_hash pool: tasks with one KEY go to one worker.",
+        ),
+    ] = None,
     broker: BrokerOption = DEFAULT_ADDRESS,
 ) -> None:
     """Submit a task and print its id; with --wait, print its result instead.
@@ -291,6 +350,8 @@ def submit(
             prefer=prefer or (),
             anti_affinity=anti_affinity,
             anti_affinity_soft=soft_anti_affinity,
+            sticky_key=sticky_key,
+            routing_key=routing_key,
         )
         if not wait:
             typer.echo(task_id)
@@ -390,7 +451,7 @@ def pools_list(
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
-    """List the pools and their strategies."""
+    """List the pools: strategy, A/B split and sticky timeout."""
     with SyncClient(broker) as client:
         pools = client.list_pools()
     show_pools(pools, output)
@@ -399,16 +460,86 @@ def pools_list(
 @pools_app.command("create")
 def pools_create(
     name: Annotated[str, typer.Argument(metavar="NAME")],
-    strategy: Annotated[
-        StrategyChoice, typer.Option(case_sensitive=False, help="How tasks are placed on workers.")
-    ] = StrategyChoice.ROUND_ROBIN,
+    strategy: StrategyOption = "round_robin",
+    ab_strategy: AbStrategyOption = None,
+    ab_percent: AbPercentOption = None,
+    sticky_timeout: Annotated[
+        float,
+        typer.Option(
+            "--sticky-timeout",
+            min=0,
+            metavar="SECONDS",
+            help="How long a task with a sticky key waits for its worker's slot.",
+        ),
+    ] = 5.0,
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
-    """Create a pool. Pools are never created by a submit."""
+    """Create a pool. Pools are never created by a submit.
+
+    With --ab-strategy S --ab-percent N, N% of the pool's tasks are placed by S and the
+    rest by --strategy; `stats` compares the two.
+    """
+    if (ab_strategy is None) != (ab_percent is None):
+        given = "--ab-strategy" if ab_percent is None else "--ab-percent"
+        raise typer.BadParameter(
+            "--ab-strategy and --ab-percent go together", param_hint=f"'{given}'"
+        )
     with SyncClient(broker) as client:
-        pool = client.create_pool(name, strategy=strategy.value)
+        pool = client.create_pool(
+            name,
+            strategy=strategy,
+            ab_strategy=ab_strategy or "",
+            ab_percent=ab_percent or 0,
+            sticky_timeout_s=sticky_timeout,
+        )
     show_pool_created(pool, output)
+
+
+@pools_app.command("set")
+def pools_set(
+    name: Annotated[str, typer.Argument(metavar="NAME")],
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            "--strategy",
+            metavar="STRATEGY",
+            help=f"How tasks are placed on workers: {_STRATEGY_NAMES}.",
+        ),
+    ] = None,
+    ab_strategy: AbStrategyOption = None,
+    ab_percent: AbPercentOption = None,
+    sticky_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--sticky-timeout",
+            min=0,
+            metavar="SECONDS",
+            help="How long a task with a sticky key waits for its worker's slot.",
+        ),
+    ] = None,
+    broker: BrokerOption = DEFAULT_ADDRESS,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """Change a pool's settings; those not given stay as they are.
+
+    --ab-percent 0 (or --ab-strategy '') ends an A/B split.
+    """
+    if strategy is None and ab_strategy is None and ab_percent is None and sticky_timeout is None:
+        raise CliError(
+            "nothing to change: give --strategy, --ab-strategy, --ab-percent or "
+            "--sticky-timeout (see 'taskbroker pools set --help')",
+            EXIT_USAGE,
+        )
+    with SyncClient(broker) as client:
+        pool = client.update_pool(
+            name,
+            strategy=strategy,
+            ab_strategy=ab_strategy,
+            ab_percent=ab_percent,
+            sticky_timeout_s=sticky_timeout,
+        )
+    show_pool_updated(pool, output)
 
 
 @app.command()
@@ -416,7 +547,8 @@ def stats(
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
-    """Show the broker's state and per-pool task counts (unschedulable included) and capacity."""
+    """Show the broker's state and per pool: task counts (unschedulable included), capacity
+    and sticky hit rate; then each strategy's placements and the learned run times."""
     with SyncClient(broker) as client:
         result = client.stats()
     show_stats(result, output)

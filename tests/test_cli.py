@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import socket
@@ -13,6 +14,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from broker import load_config
+from broker.strategies import STRATEGIES
 from cli import main as cli_main
 from cli._output import (
     OutputFormat,
@@ -23,11 +25,17 @@ from cli._output import (
     stats_dict,
     task_dict,
 )
-from cli.main import Label, app, parse_label, parse_preference
+from cli.main import KNOWN_STRATEGIES, Label, app, parse_label, parse_preference
 from worker_sdk import (
+    AlreadyExists,
+    ArmStats,
+    InvalidArgument,
+    NotFound,
     Placement,
+    PoolInfo,
     PoolStats,
     PreferredLabel,
+    RuntimeStats,
     Stats,
     TaskErrorInfo,
     TaskInfo,
@@ -53,6 +61,7 @@ COMMANDS = [
     ["pools"],
     ["pools", "list"],
     ["pools", "create"],
+    ["pools", "set"],
     ["stats"],
     ["health"],
     ["demo"],
@@ -113,7 +122,10 @@ def test_bad_json_payload() -> None:
         ["tasks", "list", "--output", "yaml"],
         ["tasks", "list", "--state", "sleeping"],
         ["tasks", "list", "--limit", "0"],
-        ["pools", "create", "gpu", "--strategy", "random"],
+        ["pools", "create", "gpu", "--ab-percent", "101"],
+        ["pools", "create", "gpu", "--sticky-timeout", "-1"],
+        ["pools", "set", "gpu", "--ab-percent", "-1"],
+        ["pools", "set", "gpu", "--sticky-timeout", "soon"],
     ],
     ids=lambda a: " ".join(a),
 )
@@ -137,6 +149,9 @@ def test_bad_flags_are_one_line(args: list[str]) -> None:
         (["--anti-affinity", ""], "'--anti-affinity': the group name must not be empty"),
         (["--anti-affinity"], "'--anti-affinity' requires an argument"),
         (["--soft-anti-affinity"], "'--soft-anti-affinity': needs --anti-affinity GROUP"),
+        (["--sticky-key", ""], "'--sticky-key': the key must not be empty"),
+        (["--routing-key", ""], "'--routing-key': the key must not be empty"),
+        (["--routing-key"], "'--routing-key' requires an argument"),
     ],
     ids=lambda a: " ".join(a) if isinstance(a, list) else "-",
 )
@@ -196,6 +211,7 @@ def test_submit_passes_placement_flags_to_the_sdk(monkeypatch: pytest.MonkeyPatc
         *("--require", "gpu=a100", "--require", "zone=eu"),
         *("--prefer", "disk=ssd", "--prefer", "rack=r1:7"),
         *("--anti-affinity", "shard-1", "--soft-anti-affinity"),
+        *("--sticky-key", "cache-3", "--routing-key", "user-7"),
     )
     assert (result.exit_code, result.stdout) == (0, "77\n"), result.output
     assert RecordingClient.calls == [
@@ -208,6 +224,8 @@ def test_submit_passes_placement_flags_to_the_sdk(monkeypatch: pytest.MonkeyPatc
             "prefer": [PreferredLabel("disk", "ssd", 1), PreferredLabel("rack", "r1", 7)],
             "anti_affinity": "shard-1",
             "anti_affinity_soft": True,
+            "sticky_key": "cache-3",
+            "routing_key": "user-7",
         }
     ]
     assert invoke("submit", "plain").exit_code == 0
@@ -215,6 +233,266 @@ def test_submit_passes_placement_flags_to_the_sdk(monkeypatch: pytest.MonkeyPatc
     assert RecordingClient.calls[-1]["prefer"] == ()
     assert RecordingClient.calls[-1]["anti_affinity"] is None
     assert RecordingClient.calls[-1]["anti_affinity_soft"] is False
+    assert RecordingClient.calls[-1]["sticky_key"] is None
+    assert RecordingClient.calls[-1]["routing_key"] is None
+    assert invoke("submit", "routed", "--routing-key", "user-7").exit_code == 0
+    assert RecordingClient.calls[-1]["routing_key"] == "user-7"
+    assert RecordingClient.calls[-1]["sticky_key"] is None
+
+
+SERVER_STRATEGIES = ("round_robin", "least_loaded", "consistent_hash", "adaptive")
+
+
+class PoolsClient:
+    """Stands in for SyncClient in `pools` and `stats`: pools in a class-level dict, with
+    the broker's checks (strategy names, unknown and duplicate pools)."""
+
+    pools: dict[str, PoolInfo] = {}
+    calls: list[tuple[str, dict[str, object]]] = []
+    statistics = Stats(broker_state="running", pools=())
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    def __enter__(self) -> PoolsClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    @staticmethod
+    def _check(pool: PoolInfo) -> None:
+        for name in (pool.strategy, pool.ab_strategy):
+            if name and name not in SERVER_STRATEGIES:
+                known = ", ".join(SERVER_STRATEGIES)
+                raise InvalidArgument(f"unknown strategy {name!r}; known: {known}")
+
+    def list_pools(self) -> list[PoolInfo]:
+        return list(self.pools.values())
+
+    def create_pool(self, name: str, strategy: str = "round_robin", **options: object) -> PoolInfo:
+        self.calls.append(("create_pool", {"name": name, "strategy": strategy, **options}))
+        if name in self.pools:
+            raise AlreadyExists(f"pool {name!r} exists already")
+        pool = PoolInfo(name, strategy, **options)  # type: ignore[arg-type]
+        self._check(pool)
+        self.pools[name] = pool
+        return pool
+
+    def update_pool(self, name: str, **options: object) -> PoolInfo:
+        self.calls.append(("update_pool", {"name": name, **options}))
+        if name not in self.pools:
+            raise NotFound(f"pool {name!r} does not exist")
+        changes = {k: v for k, v in options.items() if v is not None}
+        pool = PoolInfo(**{**pool_dict_of(self.pools[name]), **changes})  # type: ignore[arg-type]
+        self._check(pool)
+        self.pools[name] = pool
+        return pool
+
+    def stats(self) -> Stats:
+        return self.statistics
+
+
+def pool_dict_of(pool: PoolInfo) -> dict[str, object]:
+    return {
+        "name": pool.name,
+        "strategy": pool.strategy,
+        "ab_strategy": pool.ab_strategy,
+        "ab_percent": pool.ab_percent,
+        "sticky_timeout_s": pool.sticky_timeout_s,
+    }
+
+
+@pytest.fixture
+def pools_client(monkeypatch: pytest.MonkeyPatch) -> type[PoolsClient]:
+    monkeypatch.setattr(cli_main, "SyncClient", PoolsClient)
+    monkeypatch.setattr(
+        PoolsClient, "pools", {"default": PoolInfo("default", "round_robin", "", 0, 5.0)}
+    )
+    monkeypatch.setattr(PoolsClient, "calls", [])
+    return PoolsClient
+
+
+def test_pools_create_passes_the_settings(pools_client: type[PoolsClient]) -> None:
+    plain = invoke("pools", "create", "cpu")
+    assert plain.exit_code == 0, plain.output
+    assert plain.stdout == "pool cpu created (round_robin, sticky timeout 5 s)\n"
+    result = invoke(
+        "pools",
+        "create",
+        "gpu",
+        *("--strategy", "least_loaded", "--ab-strategy", "adaptive", "--ab-percent", "20"),
+        *("--sticky-timeout", "0.5", "-o", "json"),
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {
+        "name": "gpu",
+        "strategy": "least_loaded",
+        "ab_strategy": "adaptive",
+        "ab_percent": 20,
+        "sticky_timeout_s": 0.5,
+    }
+    assert pools_client.calls == [
+        (
+            "create_pool",
+            {
+                "name": "cpu",
+                "strategy": "round_robin",
+                "ab_strategy": "",
+                "ab_percent": 0,
+                "sticky_timeout_s": 5.0,
+            },
+        ),
+        (
+            "create_pool",
+            {
+                "name": "gpu",
+                "strategy": "least_loaded",
+                "ab_strategy": "adaptive",
+                "ab_percent": 20,
+                "sticky_timeout_s": 0.5,
+            },
+        ),
+    ]
+
+
+def test_pools_create_takes_any_strategy_name_the_broker_knows(
+    pools_client: type[PoolsClient],
+) -> None:
+    # Not a fixed choice on the command line: the broker decides.
+    assert invoke("pools", "create", "ring", "--strategy", "consistent_hash").exit_code == 0
+    line = assert_one_line_error(invoke("pools", "create", "odd", "--strategy", "random"))
+    assert "unknown strategy 'random'; known: round_robin, least_loaded" in line
+    line = assert_one_line_error(
+        invoke("pools", "create", "odd", "--ab-strategy", "coin_flip", "--ab-percent", "5")
+    )
+    assert "unknown strategy 'coin_flip'" in line
+    assert "odd" not in pools_client.pools
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["--ab-strategy", "adaptive"], "'--ab-strategy'"),
+        (["--ab-percent", "20"], "'--ab-percent'"),
+    ],
+)
+def test_pools_create_ab_options_go_together(
+    pools_client: type[PoolsClient], args: list[str], hint: str
+) -> None:
+    line = assert_one_line_error(invoke("pools", "create", "gpu", *args), 2)
+    assert f"{hint}: --ab-strategy and --ab-percent go together" in line
+    assert pools_client.calls == []
+
+
+def test_strategy_help_lists_the_names() -> None:
+    for command in (["pools", "create"], ["pools", "set"]):
+        shown = " ".join(invoke(*command, "--help").stdout.split())
+        for name in KNOWN_STRATEGIES:
+            assert name in shown
+
+
+def test_help_names_every_strategy_the_broker_has() -> None:
+    assert set(STRATEGIES) <= set(KNOWN_STRATEGIES)
+
+
+def test_pools_set_changes_only_what_is_given(pools_client: type[PoolsClient]) -> None:
+    result = invoke("pools", "set", "default", "--ab-strategy", "adaptive", "--ab-percent", "10")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "pool default updated (round_robin, 10% adaptive, sticky timeout 5 s)\n"
+    result = invoke("pools", "set", "default", "--sticky-timeout", "2.5", "-o", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {
+        "name": "default",
+        "strategy": "round_robin",
+        "ab_strategy": "adaptive",
+        "ab_percent": 10,
+        "sticky_timeout_s": 2.5,
+    }
+    assert invoke("pools", "set", "default", "--strategy", "consistent_hash").exit_code == 0
+    assert pools_client.calls == [
+        (
+            "update_pool",
+            {
+                "name": "default",
+                "strategy": None,
+                "ab_strategy": "adaptive",
+                "ab_percent": 10,
+                "sticky_timeout_s": None,
+            },
+        ),
+        (
+            "update_pool",
+            {
+                "name": "default",
+                "strategy": None,
+                "ab_strategy": None,
+                "ab_percent": None,
+                "sticky_timeout_s": 2.5,
+            },
+        ),
+        (
+            "update_pool",
+            {
+                "name": "default",
+                "strategy": "consistent_hash",
+                "ab_strategy": None,
+                "ab_percent": None,
+                "sticky_timeout_s": None,
+            },
+        ),
+    ]
+    assert pools_client.pools["default"] == PoolInfo(
+        "default", "consistent_hash", "adaptive", 10, 2.5
+    )
+    # An empty A/B strategy is a setting too: it ends the split.
+    ended = invoke("pools", "set", "default", "--ab-strategy", "", "--ab-percent", "0")
+    assert ended.stdout == "pool default updated (consistent_hash, sticky timeout 2.5 s)\n"
+
+
+def test_pools_set_errors(pools_client: type[PoolsClient]) -> None:
+    line = assert_one_line_error(invoke("pools", "set", "default"), 2)
+    assert "nothing to change: give --strategy, --ab-strategy, --ab-percent or" in line
+    line = assert_one_line_error(invoke("pools", "set", "nowhere", "--strategy", "least_loaded"))
+    assert "pool 'nowhere' does not exist" in line
+    line = assert_one_line_error(invoke("pools", "set", "default", "--strategy", "random"))
+    assert "known: round_robin, least_loaded, consistent_hash, adaptive" in line
+    assert [name for name, _ in pools_client.calls] == ["update_pool", "update_pool"]
+
+
+def test_pools_list_shows_the_split_and_sticky_timeout(pools_client: type[PoolsClient]) -> None:
+    pools_client.pools["gpu"] = PoolInfo("gpu", "least_loaded", "adaptive", 20, 0.25)
+    result = invoke("pools", "list")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if "STRATEGY" in line)
+    assert header.split() == ["POOL", "STRATEGY", "A/B", "STICKY", "TIMEOUT"]
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in lines
+        if line.split()[:1] in (["default"], ["gpu"])
+    }
+    assert rows == {
+        "default": ["round_robin", "-", "5", "s"],
+        "gpu": ["least_loaded", "20%", "adaptive", "0.25", "s"],
+    }
+    listed = json.loads(invoke("pools", "list", "-o", "json").stdout)
+    assert listed == [
+        {
+            "name": "default",
+            "strategy": "round_robin",
+            "ab_strategy": None,
+            "ab_percent": 0,
+            "sticky_timeout_s": 5.0,
+        },
+        {
+            "name": "gpu",
+            "strategy": "least_loaded",
+            "ab_strategy": "adaptive",
+            "ab_percent": 20,
+            "sticky_timeout_s": 0.25,
+        },
+    ]
 
 
 @pytest.mark.parametrize(
@@ -224,6 +502,7 @@ def test_submit_passes_placement_flags_to_the_sdk(monkeypatch: pytest.MonkeyPatc
         ["tasks", "list"],
         ["tasks", "show", "1"],
         ["pools", "list"],
+        ["pools", "set", "default", "--strategy", "least_loaded"],
         ["workers", "list"],
         ["stats"],
         ["health"],
@@ -346,6 +625,8 @@ def test_task_dict_is_json_ready() -> None:
         "preferred_labels": [],
         "anti_affinity_group": None,
         "anti_affinity_soft": False,
+        "sticky_key": None,
+        "routing_key": None,
     }
     assert (data["placement_note"], data["unschedulable"]) == (None, False)
 
@@ -355,6 +636,8 @@ HINTED = Placement(
     preferred_labels=(PreferredLabel("disk", "ssd"), PreferredLabel("rack", "r1", 7)),
     anti_affinity_group="shard-[1]",
     anti_affinity_soft=True,
+    sticky_key="cache-[3]",
+    routing_key="user-7",
 )
 NOTE = "unschedulable: no connected worker takes type 'train' and labels gpu=a100,zone=mars"
 
@@ -371,6 +654,8 @@ def test_task_dict_placement() -> None:
         ],
         "anti_affinity_group": "shard-[1]",
         "anti_affinity_soft": True,
+        "sticky_key": "cache-[3]",
+        "routing_key": "user-7",
     }
     assert data["placement_note"] == NOTE
     assert data["unschedulable"] is True
@@ -390,6 +675,8 @@ def test_tables_show_placement(capsys: pytest.CaptureFixture[str]) -> None:
     assert re.search(r"^requires +gpu=a100,zone=mars *$", shown, re.MULTILINE), shown
     assert re.search(r"^prefers +disk=ssd:1,rack=r1:7 *$", shown, re.MULTILINE), shown
     assert re.search(r"^anti-affinity +shard-\[1\] \(soft\) *$", shown, re.MULTILINE), shown
+    assert re.search(r"^sticky key +cache-\[3\] *$", shown, re.MULTILINE), shown
+    assert re.search(r"^routing key +user-7 *$", shown, re.MULTILINE), shown
     assert re.search(rf"^placement +{re.escape(NOTE)} *$", shown, re.MULTILINE), shown
     show_tasks([task, _task(id="43")], OutputFormat.TABLE)
     listed = capsys.readouterr().out
@@ -398,7 +685,7 @@ def test_tables_show_placement(capsys: pytest.CaptureFixture[str]) -> None:
     # A task without hints shows no placement rows.
     show_task(_task(), OutputFormat.TABLE)
     plain = capsys.readouterr().out
-    for name in ("requires", "prefers", "anti-affinity", "placement", "unschedulable"):
+    for name in ("requires", "prefers", "anti-affinity", "sticky", "routing", "placement"):
         assert name not in plain
 
 
@@ -423,6 +710,119 @@ def test_stats_show_unschedulable(capsys: pytest.CaptureFixture[str]) -> None:
     row = next(line for line in lines if line.split()[:1] == ["default"])
     assert header.split()[2:4] == ["PENDING", "UNSCHEDULABLE"]
     assert row.split()[2:4] == ["5", "3"]
+
+
+LEARNING_POOL = PoolStats(
+    pool="default",
+    strategy="round_robin",
+    pending=0,
+    active=0,
+    succeeded=9,
+    failed=1,
+    cancelled=0,
+    workers=2,
+    capacity=8,
+    unschedulable=0,
+    arms=(
+        ArmStats("round_robin", placed=8, finished=7, failed=1, mean_wait_s=0.5, mean_run_s=12.5),
+        ArmStats("adaptive", placed=2, finished=0, failed=0, mean_wait_s=0.0, mean_run_s=0.0),
+    ),
+    runtimes=(
+        RuntimeStats(
+            "[resize]",
+            samples=9,
+            mean_run_s=0.2,
+            stddev_run_s=0.05,
+            predictions=6,
+            mean_abs_error_s=0.01,
+        ),
+        RuntimeStats(
+            "fresh",
+            samples=0,
+            mean_run_s=0.0,
+            stddev_run_s=0.0,
+            predictions=0,
+            mean_abs_error_s=0.0,
+        ),
+    ),
+    sticky_hits=3,
+    sticky_misses=1,
+)
+QUIET_POOL = PoolStats("gpu", "least_loaded", 0, 0, 0, 0, 0, 0, 0, 0)
+
+
+def _rows(shown: str, title: str) -> list[list[str]]:
+    """The data rows of the table below `title` in a `stats` table output."""
+    lines = shown.splitlines()
+    start = lines.index(next(line for line in lines if line.strip() == title))
+    rows = []
+    for line in lines[start + 4 :]:  # title, blank, header, rule
+        if not line.strip():
+            break
+        rows.append(line.split())
+    return rows
+
+
+def test_stats_show_sticky_hits_arms_and_run_times(
+    pools_client: type[PoolsClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stats = Stats(broker_state="running", pools=(LEARNING_POOL, QUIET_POOL))
+    monkeypatch.setattr(pools_client, "statistics", stats)
+    result = invoke("stats")
+    assert result.exit_code == 0, result.output
+    shown = result.stdout
+    header = next(line for line in shown.splitlines() if "UNSCHEDULABLE" in line)
+    assert header.split()[-2:] == ["STICKY", "HITS"]
+    rows = {line.split()[0]: line.split() for line in shown.splitlines()[:8] if line.split()}
+    assert rows["default"][-2:] == ["75%", "(3/4)"]
+    assert rows["gpu"][-1] == "-"
+    assert _rows(shown, "strategy arms") == [
+        ["default", "round_robin", "8", "7", "1", "500", "ms", "12.5", "s"],
+        ["default", "adaptive", "2", "0", "0", "-", "-"],
+    ]
+    assert _rows(shown, "learned run times") == [
+        ["default", "[resize]", "9", "200", "ms", "50", "ms", "6", "10", "ms"],
+        ["default", "fresh", "0", "-", "-", "0", "-"],
+    ]
+
+
+def test_stats_without_arms_or_run_times_shows_no_extra_tables(
+    pools_client: type[PoolsClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pools_client, "statistics", Stats("running", (QUIET_POOL,)))
+    shown = invoke("stats").stdout
+    assert "gpu" in shown
+    assert "strategy arms" not in shown
+    assert "learned run times" not in shown
+
+
+def test_stats_json_carries_everything(
+    pools_client: type[PoolsClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stats = Stats(broker_state="running", pools=(LEARNING_POOL, QUIET_POOL))
+    monkeypatch.setattr(pools_client, "statistics", stats)
+    data = json.loads(invoke("stats", "-o", "json").stdout)
+    assert data == stats_dict(stats)
+    default, gpu = data["pools"]
+    assert (default["sticky_hits"], default["sticky_misses"]) == (3, 1)
+    assert default["sticky_hit_rate"] == 0.75
+    assert default["arms"][0] == {
+        "strategy": "round_robin",
+        "placed": 8,
+        "finished": 7,
+        "failed": 1,
+        "mean_wait_s": 0.5,
+        "mean_run_s": 12.5,
+    }
+    assert default["runtimes"][0] == {
+        "task_type": "[resize]",
+        "samples": 9,
+        "mean_run_s": 0.2,
+        "stddev_run_s": 0.05,
+        "predictions": 6,
+        "mean_abs_error_s": 0.01,
+    }
+    assert (gpu["arms"], gpu["runtimes"], gpu["sticky_hit_rate"]) == ([], [], None)
 
 
 def test_tables_print_text_verbatim(capsys: pytest.CaptureFixture[str]) -> None:

@@ -188,6 +188,12 @@ def test_submit_prints_the_id_and_tasks_list_json_has_it(cluster: Cluster) -> No
     assert task["worker_id"] == cluster.worker_id
 
 
+def test_submit_with_sticky_and_routing_keys(cluster: Cluster) -> None:
+    args = ("--sticky-key", "cache-3", "--routing-key", "user-7")
+    done = cluster.run("submit", "upper", "--payload", '{"text": "k"}', *args, "--wait")
+    assert (done.returncode, done.stdout) == (0, "K\n"), done.stderr
+
+
 def test_cancel_a_pending_task(cluster: Cluster) -> None:
     # No worker handles "nobody", so the task stays pending until cancelled.
     task_id = cluster.run("submit", "nobody").stdout.strip()
@@ -266,7 +272,31 @@ def test_pools_create_then_list(cluster: Cluster) -> None:
     assert again.returncode == 1
     assert "gpu" in again.stderr
     pools = json.loads(cluster.run("pools", "list", "-o", "json").stdout)
-    assert {"name": "gpu", "strategy": "least_loaded"} in pools
+    (gpu,) = [p for p in pools if p["name"] == "gpu"]
+    assert gpu == {
+        "name": "gpu",
+        "strategy": "least_loaded",
+        "ab_strategy": None,
+        "ab_percent": 0,
+        "sticky_timeout_s": 5.0,
+    }
+    assert "STICKY TIMEOUT" in cluster.run("pools", "list").stdout
+
+
+def test_pools_set_and_an_unknown_strategy(cluster: Cluster) -> None:
+    created = cluster.run("pools", "create", "cpu", "--sticky-timeout", "0.5")
+    assert created.returncode == 0, created.stderr
+    changed = cluster.run("pools", "set", "cpu", "--strategy", "least_loaded", "-o", "json")
+    assert changed.returncode == 0, changed.stderr
+    pool = json.loads(changed.stdout)
+    assert (pool["strategy"], pool["sticky_timeout_s"]) == ("least_loaded", 0.5)
+    unknown = cluster.run("pools", "set", "cpu", "--strategy", "random")
+    assert unknown.returncode == 1
+    assert "random" in unknown.stderr
+    assert "round_robin" in unknown.stderr  # the broker lists the strategies it knows
+    missing = cluster.run("pools", "set", "nowhere", "--sticky-timeout", "1")
+    assert missing.returncode == 1
+    assert "nowhere" in missing.stderr
 
 
 def test_workers_list_and_stats(cluster: Cluster) -> None:

@@ -204,3 +204,33 @@ async def test_learned_statistics_and_sticky_keys_survive_a_restart(tmp_path: Pa
             assert "sticky" in again.placement_note
         finally:
             await stop_workers(workers)
+
+
+async def test_keyed_tasks_hash_to_one_worker(broker: Broker, channel: grpc.aio.Channel) -> None:
+    admin = _admin_grpc.AdminServiceStub(channel)
+    await admin.CreatePool(
+        _admin.CreatePoolRequest(pool=_admin.Pool(name="keyed", strategy="consistent_hash"))
+    )
+    workers: Running = []
+    for name in ("a", "b", "c"):
+        worker = Worker(pool="keyed", capacity=4, worker_id=name)
+
+        @worker.task("job")
+        async def job(ctx: TaskContext, name: str = name) -> str:
+            return name
+
+        workers.append((worker, asyncio.create_task(worker.run(broker.address))))
+    try:
+        await until_workers(channel, 3)
+        where: dict[str, set[bytes]] = {}
+        for key in ("tenant-1", "tenant-2", "tenant-3", "tenant-4"):
+            for _ in range(5):  # one at a time: the load bound never pushes a key away
+                spec = _tasks.TaskSpec(
+                    task_type="job", pool="keyed", placement=_tasks.Placement(routing_key=key)
+                )
+                done = await run(channel, spec)
+                assert done.spec.placement.routing_key == key
+                where.setdefault(key, set()).add(done.result)
+        assert all(len(ran_on) == 1 for ran_on in where.values()), where
+    finally:
+        await stop_workers(workers)

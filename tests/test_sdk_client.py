@@ -15,14 +15,17 @@ import pytest
 
 from worker_sdk import (
     AlreadyExists,
+    ArmStats,
     Client,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     Placement,
+    PoolInfo,
     PreferredLabel,
     ResourceExhausted,
+    RuntimeStats,
     SyncClient,
     TaskbrokerError,
     TaskFailed,
@@ -217,9 +220,17 @@ class FakeTaskService(_tasks_grpc.TaskServiceServicer):
         return _tasks.ListTasksResponse(tasks=tasks[: request.limit or 100])
 
 
+KNOWN_STRATEGIES = ("round_robin", "least_loaded", "consistent_hash", "adaptive")
+
+
 class FakeAdminService(_admin_grpc.AdminServiceServicer):
+    """Pools in a dict (UpdatePool replaces one whole), one worker, fixed statistics."""
+
     def __init__(self) -> None:
-        self.pools = {"default": _admin.Pool(name="default", strategy="round_robin")}
+        self.pools = {
+            "default": _admin.Pool(name="default", strategy="round_robin", sticky_timeout_s=5.0)
+        }
+        self.update_requests: list[_admin.UpdatePoolRequest] = []
         self.workers = {
             "w-1": _admin.WorkerStatus(
                 worker_id="w-1",
@@ -241,12 +252,25 @@ class FakeAdminService(_admin_grpc.AdminServiceServicer):
     async def CreatePool(self, request: _admin.CreatePoolRequest, context: _Context) -> _admin.Pool:
         if request.pool.name in self.pools:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"pool {request.pool.name} exists")
+        await self._check_strategies(request.pool, context)
         self.pools[request.pool.name] = request.pool
         return request.pool
 
     async def UpdatePool(self, request: _admin.UpdatePoolRequest, context: _Context) -> _admin.Pool:
+        self.update_requests.append(request)
+        if request.pool.name not in self.pools:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"pool {request.pool.name!r}")
+        await self._check_strategies(request.pool, context)
         self.pools[request.pool.name] = request.pool
         return request.pool
+
+    async def _check_strategies(self, pool: _admin.Pool, context: _Context) -> None:
+        for name in (pool.strategy, *([pool.ab_strategy] if pool.ab_strategy else [])):
+            if name not in KNOWN_STRATEGIES:
+                known = ", ".join(KNOWN_STRATEGIES)
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"unknown strategy {name!r}; known: {known}"
+                )
 
     async def ListWorkers(
         self, request: _admin.ListWorkersRequest, context: _Context
@@ -277,6 +301,29 @@ class FakeAdminService(_admin_grpc.AdminServiceServicer):
                     workers=1,
                     capacity=4,
                     unschedulable=2,
+                    arms=[
+                        _admin.ArmStats(
+                            strategy="round_robin",
+                            placed=8,
+                            finished=7,
+                            failed=1,
+                            mean_wait_s=0.5,
+                            mean_run_s=1.25,
+                        ),
+                        _admin.ArmStats(strategy="adaptive", placed=2),
+                    ],
+                    runtimes=[
+                        _admin.RuntimeStats(
+                            task_type="echo",
+                            samples=9,
+                            mean_run_s=0.2,
+                            stddev_run_s=0.05,
+                            predictions=6,
+                            mean_abs_error_s=0.01,
+                        )
+                    ],
+                    sticky_hits=3,
+                    sticky_misses=1,
                 )
             ],
         )
@@ -288,10 +335,15 @@ def tasks() -> FakeTaskService:
 
 
 @pytest.fixture
-async def address(tasks: FakeTaskService) -> AsyncIterator[str]:
+def admin() -> FakeAdminService:
+    return FakeAdminService()
+
+
+@pytest.fixture
+async def address(tasks: FakeTaskService, admin: FakeAdminService) -> AsyncIterator[str]:
     server = grpc.aio.server()
     _tasks_grpc.add_TaskServiceServicer_to_server(tasks, server)
-    _admin_grpc.add_AdminServiceServicer_to_server(FakeAdminService(), server)
+    _admin_grpc.add_AdminServiceServicer_to_server(admin, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     yield f"127.0.0.1:{port}"
@@ -408,6 +460,22 @@ async def test_submit_carries_placement_hints(client: Client, tasks: FakeTaskSer
     assert info.unschedulable
     assert info.placement_note == "unschedulable: no connected worker"
     assert (await client.get(plain)).placement.free
+
+
+async def test_submit_carries_sticky_and_routing_keys(
+    client: Client, tasks: FakeTaskService
+) -> None:
+    both = await client.submit("train", sticky_key="cache-3", routing_key="user-7")
+    routed = await client.submit("train", routing_key="user-7")
+    (many,) = await client.submit_many([TaskRequest("train", sticky_key="cache-3")])
+    assert tasks.tasks[both].spec.placement == _tasks.Placement(
+        sticky_key="cache-3", routing_key="user-7"
+    )
+    assert tasks.tasks[routed].spec.placement == _tasks.Placement(routing_key="user-7")
+    assert tasks.tasks[many].spec.placement == _tasks.Placement(sticky_key="cache-3")
+    info = await client.get(both)
+    assert (info.placement.sticky_key, info.placement.routing_key) == ("cache-3", "user-7")
+    assert (await client.get(routed)).placement.free
 
 
 async def test_a_bad_weight_fails_only_its_own_submit(
@@ -677,6 +745,123 @@ async def test_admin_calls(client: Client) -> None:
     (default,) = stats.pools
     assert (default.pending, default.active, default.succeeded, default.cancelled) == (3, 2, 10, 0)
     assert default.unschedulable == 2
+    assert default.arms == (
+        ArmStats("round_robin", placed=8, finished=7, failed=1, mean_wait_s=0.5, mean_run_s=1.25),
+        ArmStats("adaptive", placed=2, finished=0, failed=0, mean_wait_s=0.0, mean_run_s=0.0),
+    )
+    assert default.runtimes == (
+        RuntimeStats(
+            "echo",
+            samples=9,
+            mean_run_s=0.2,
+            stddev_run_s=0.05,
+            predictions=6,
+            mean_abs_error_s=0.01,
+        ),
+    )
+    assert (default.sticky_hits, default.sticky_misses, default.sticky_hit_rate) == (3, 1, 0.75)
+
+
+async def test_create_pool_settings(client: Client, admin: FakeAdminService) -> None:
+    plain = await client.create_pool("cpu")
+    assert plain == PoolInfo("cpu", "round_robin", "", 0, 5.0)
+    assert admin.pools["cpu"] == _admin.Pool(name="cpu", strategy="round_robin", sticky_timeout_s=5)
+    split = await client.create_pool(
+        "gpu", "least_loaded", ab_strategy="adaptive", ab_percent=20, sticky_timeout_s=0.5
+    )
+    assert split == PoolInfo("gpu", "least_loaded", "adaptive", 20, 0.5)
+    assert [p.name for p in await client.list_pools()] == ["default", "cpu", "gpu"]
+    assert (await client.list_pools())[2] == split
+    with pytest.raises(InvalidArgument, match="known: round_robin, least_loaded"):
+        await client.create_pool("odd", "random")
+
+
+async def test_update_pool_changes_only_the_given_settings(
+    client: Client, admin: FakeAdminService
+) -> None:
+    await client.create_pool(
+        "gpu", "least_loaded", ab_strategy="adaptive", ab_percent=20, sticky_timeout_s=0.5
+    )
+    updated = await client.update_pool("gpu", ab_percent=50)
+    assert updated == PoolInfo("gpu", "least_loaded", "adaptive", 50, 0.5)
+    (sent,) = admin.update_requests
+    assert sent.pool == _admin.Pool(
+        name="gpu",
+        strategy="least_loaded",
+        ab_strategy="adaptive",
+        ab_percent=50,
+        sticky_timeout_s=0.5,
+    )
+    assert await client.update_pool("gpu", strategy="consistent_hash", sticky_timeout_s=2) == (
+        PoolInfo("gpu", "consistent_hash", "adaptive", 50, 2.0)
+    )
+    # "" and 0 are settings too: they end the A/B split.
+    ended = await client.update_pool("gpu", ab_strategy="", ab_percent=0)
+    assert ended == PoolInfo("gpu", "consistent_hash", "", 0, 2.0)
+    assert await client.list_pools() == [
+        PoolInfo("default", "round_robin", "", 0, 5.0),
+        ended,
+    ]
+
+
+async def test_update_pool_errors(client: Client, admin: FakeAdminService) -> None:
+    with pytest.raises(NotFound, match="pool 'nowhere' does not exist"):
+        await client.update_pool("nowhere", strategy="least_loaded")
+    assert admin.update_requests == []  # found missing by the read, never sent
+    with pytest.raises(ValueError, match="at least one setting"):
+        await client.update_pool("default")
+    with pytest.raises(InvalidArgument, match="unknown strategy 'random'"):
+        await client.update_pool("default", strategy="random")
+    with pytest.raises(ValueError, match="out of range"):
+        await client.update_pool("default", ab_percent=-1)  # the wire holds no negative
+    assert admin.pools["default"].strategy == "round_robin"
+
+
+async def test_update_pool_keeps_settings_this_sdk_does_not_know(
+    client: Client, admin: FakeAdminService
+) -> None:
+    # Field 99 stands for a setting a newer broker has: it goes back as it came.
+    unknown_field = b"\x98\x06\x01"
+    newer = _admin.Pool()
+    newer.ParseFromString(admin.pools["default"].SerializeToString() + unknown_field)
+    admin.pools["default"] = newer
+    await client.update_pool("default", strategy="least_loaded")
+    (sent,) = admin.update_requests
+    assert sent.pool.strategy == "least_loaded"
+    assert unknown_field in sent.pool.SerializeToString()
+
+
+async def test_update_pool_on_a_broker_without_it() -> None:
+    # A broker built before UpdatePool existed: its server has no such method.
+    handler = grpc.method_handlers_generic_handler(
+        "taskbroker.v1.AdminService",
+        {
+            "ListPools": grpc.unary_unary_rpc_method_handler(
+                _old_list_pools,
+                request_deserializer=_admin.ListPoolsRequest.FromString,
+                response_serializer=_admin.ListPoolsResponse.SerializeToString,
+            )
+        },
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers([handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    address = f"127.0.0.1:{port}"
+    try:
+        async with Client(address) as client:
+            with pytest.raises(TaskbrokerError, match="does not implement this call") as raised:
+                await client.update_pool("default", strategy="least_loaded")
+            assert type(raised.value) is TaskbrokerError
+            assert address in str(raised.value)
+    finally:
+        await server.stop(None)
+
+
+async def _old_list_pools(
+    request: _admin.ListPoolsRequest, context: _Context
+) -> _admin.ListPoolsResponse:
+    return _admin.ListPoolsResponse(pools=[_admin.Pool(name="default", strategy="round_robin")])
 
 
 # -- SyncClient ----------------------------------------------------------------------------
@@ -685,7 +870,13 @@ async def test_admin_calls(client: Client) -> None:
 async def test_sync_client(address: str, tasks: FakeTaskService) -> None:
     def use_it() -> tuple[str, bytes, int]:
         with SyncClient(address) as client:
-            task_id = client.submit("echo", json=[1], prefer=[PreferredLabel("zone", "eu")])
+            task_id = client.submit(
+                "echo", json=[1], prefer=[PreferredLabel("zone", "eu")], sticky_key="k"
+            )
+            assert client.create_pool("gpu", ab_strategy="adaptive", ab_percent=10).ab_percent == 10
+            assert client.update_pool("gpu", sticky_timeout_s=1.5).sticky_timeout_s == 1.5
+            with pytest.raises(NotFound):
+                client.update_pool("nowhere", strategy="least_loaded")
             tasks_before = len(client.list_tasks())
             # Finishing happens on the server's loop; the completion then reaches this one.
             loop.call_soon_threadsafe(functools.partial(tasks.finish, task_id, result=b"done"))
@@ -703,6 +894,7 @@ async def test_sync_client(address: str, tasks: FakeTaskService) -> None:
     assert listed == 1
     assert tasks.tasks[task_id].spec.payload == b"[1]"
     assert tasks.tasks[task_id].spec.placement.preferred_labels[0].key == "zone"
+    assert tasks.tasks[task_id].spec.placement.sticky_key == "k"
 
 
 async def test_sync_client_unreachable() -> None:

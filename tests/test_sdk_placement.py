@@ -27,6 +27,9 @@ def test_placement_types_are_public() -> None:
     assert Placement().free
     assert not Placement(anti_affinity_group="g").free
     assert not Placement(preferred_labels=(PreferredLabel("k", "v"),)).free
+    assert not Placement(sticky_key="user-7").free
+    # As the broker sees it: consistent_hash reads a routing key in its normal pick.
+    assert Placement(routing_key="user-7").free
 
 
 def test_task_request_with_hints_stays_hashable() -> None:
@@ -34,6 +37,50 @@ def test_task_request_with_hints_stays_hashable() -> None:
     assert TaskRequest("train", b"p", 3, "gpu") != HINTED
     with pytest.raises(TypeError):
         TaskRequest("t", b"", 0, "default", {"a": "b"})  # type: ignore[call-arg]  # keyword-only
+    keyed = TaskRequest("t", sticky_key="s", routing_key="r")
+    assert {keyed, keyed} == {keyed}
+    assert keyed != TaskRequest("t", sticky_key="s")
+
+
+@pytest.mark.parametrize(
+    ("request_", "expected"),
+    [
+        (TaskRequest("t", sticky_key="user-7"), _tasks.Placement(sticky_key="user-7")),
+        (TaskRequest("t", routing_key="user-7"), _tasks.Placement(routing_key="user-7")),
+        (
+            TaskRequest("t", require={"gpu": "a100"}, sticky_key="s", routing_key="r"),
+            _tasks.Placement(required_labels={"gpu": "a100"}, sticky_key="s", routing_key="r"),
+        ),
+        (
+            TaskRequest("t", anti_affinity="g", anti_affinity_soft=True, sticky_key="s"),
+            _tasks.Placement(anti_affinity_group="g", anti_affinity_soft=True, sticky_key="s"),
+        ),
+    ],
+)
+def test_task_spec_carries_sticky_and_routing_keys(
+    request_: TaskRequest, expected: _tasks.Placement
+) -> None:
+    assert _convert.task_spec(request_).placement == expected
+
+
+def test_empty_keys_mean_none() -> None:
+    spec = _convert.task_spec(TaskRequest("t", sticky_key="", routing_key=""))
+    assert not spec.HasField("placement")
+
+
+def test_soft_anti_affinity_needs_a_group_even_with_a_key() -> None:
+    with pytest.raises(ValueError, match="anti_affinity"):
+        _convert.task_spec(TaskRequest("t", sticky_key="s", anti_affinity_soft=True))
+
+
+def test_keys_round_trip_through_a_task() -> None:
+    request = TaskRequest("t", sticky_key="cache-3", routing_key="user-7")
+    wire = _tasks.Task(id="1", spec=_convert.task_spec(request))
+    hints = _convert.task_info(wire).placement
+    assert (hints.sticky_key, hints.routing_key) == ("cache-3", "user-7")
+    assert not hints.free
+    again = TaskRequest("t", sticky_key=hints.sticky_key, routing_key=hints.routing_key)
+    assert _convert.task_spec(again).placement == wire.spec.placement
 
 
 def test_task_spec_carries_the_hints() -> None:
@@ -107,11 +154,14 @@ def test_soft_anti_affinity_needs_a_group() -> None:
         TaskRequest("t", prefer=[("zone", "eu", 2)]),  # type: ignore[list-item]
         TaskRequest("t", prefer=[PreferredLabel("zone", "eu", "high")]),  # type: ignore[arg-type]
         TaskRequest("t", anti_affinity=7),  # type: ignore[arg-type]
+        TaskRequest("t", sticky_key=7),  # type: ignore[arg-type]
+        TaskRequest("t", routing_key=["user-7"]),  # type: ignore[arg-type]
     ],
 )
 def test_hints_of_the_wrong_type_are_a_clear_type_error(request_: TaskRequest) -> None:
-    with pytest.raises(TypeError, match="placement hints: require maps str to str"):
+    with pytest.raises(TypeError, match="placement hints: require maps str to str") as raised:
         _convert.task_spec(request_)
+    assert "sticky_key and routing_key are str" in str(raised.value)
 
 
 def test_weights_are_left_to_the_broker_unless_the_wire_cannot_hold_them() -> None:

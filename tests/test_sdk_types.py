@@ -221,6 +221,18 @@ def test_stats_and_workers_from_protobuf() -> None:
     assert stats.broker_state == "draining"
     assert stats.pools[0].active == 4
     assert stats.pools[0].capacity == 8
+    assert (stats.pools[0].arms, stats.pools[0].runtimes) == ((), ())
+    assert stats.pools[0].sticky_hit_rate is None  # no sticky task yet
+    pool = _convert.pool_info(
+        _admin.Pool(
+            name="p",
+            strategy="round_robin",
+            ab_strategy="adaptive",
+            ab_percent=5,
+            sticky_timeout_s=2,
+        )
+    )
+    assert (pool.ab_strategy, pool.ab_percent, pool.sticky_timeout_s) == ("adaptive", 5, 2.0)
     worker = _convert.worker_info(
         _admin.WorkerStatus(worker_id="w", labels={"a": "b"}, task_types=["x"], draining=True)
     )

@@ -131,6 +131,10 @@ ROUND_TRIP_CASES = {
         placement_note="no connected worker has zone=b",
         unschedulable=True,
     ),
+    "sticky and routing keys": make_task(
+        10, placement=Placement(sticky_key="user-7", routing_key="shard-3")
+    ),
+    "routing key alone": make_task(11, placement=Placement(routing_key="shard-9")),
 }
 
 
@@ -139,6 +143,7 @@ def test_the_round_trip_cases_cover_every_field() -> None:
     tasks = list(ROUND_TRIP_CASES.values())
     assert never_set(tasks) == []
     assert never_set([task.spec for task in tasks]) == []
+    assert never_set([task.spec.placement for task in tasks]) == []
 
 
 def never_set(objects: list[Any]) -> list[str]:

@@ -16,10 +16,12 @@ from worker_sdk._errors import (
 from worker_sdk._sync import SyncClient
 from worker_sdk._types import (
     DEFAULT_ADDRESS,
+    ArmStats,
     Placement,
     PoolInfo,
     PoolStats,
     PreferredLabel,
+    RuntimeStats,
     Stats,
     TaskErrorInfo,
     TaskInfo,
@@ -33,6 +35,7 @@ from worker_sdk._worker import Worker
 __all__ = [
     "DEFAULT_ADDRESS",
     "AlreadyExists",
+    "ArmStats",
     "Client",
     "DeadlineExceeded",
     "FailedPrecondition",
@@ -43,6 +46,7 @@ __all__ = [
     "PoolStats",
     "PreferredLabel",
     "ResourceExhausted",
+    "RuntimeStats",
     "Stats",
     "SyncClient",
     "TaskContext",

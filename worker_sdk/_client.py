@@ -362,13 +362,18 @@ class Client:
         prefer: Sequence[PreferredLabel] = (),
         anti_affinity: str | None = None,
         anti_affinity_soft: bool = False,
+        sticky_key: str | None = None,
+        routing_key: str | None = None,
     ) -> str:
         """Submit one task and return its id. Pass `payload` (bytes or str) or `json=`.
 
         Placement hints: `require` runs it only on workers with all these labels (it waits
         otherwise), `prefer` favours workers with these labels by weight, and tasks of one
         `anti_affinity` group never run on one worker at the same time (with
-        `anti_affinity_soft`, they are spread as well as possible instead).
+        `anti_affinity_soft`, they are spread as well as possible instead). A task with a
+        `sticky_key` goes to the worker that last ran that key if it gets a free slot within
+        the pool's sticky timeout; a `routing_key` keeps tasks with one key on one worker
+        in a pool whose strategy is consistent_hash.
         """
         request = TaskRequest(
             task_type,
@@ -379,6 +384,8 @@ class Client:
             prefer=prefer,
             anti_affinity=anti_affinity,
             anti_affinity_soft=anti_affinity_soft,
+            sticky_key=sticky_key,
+            routing_key=routing_key,
         )
         spec = _convert.task_spec(request)
         return await self._submit_stream().submit(spec)
@@ -483,10 +490,61 @@ class Client:
         response = await self._unary(admin_stub.ListPools(_convert.list_pools_request()))
         return _convert.listed_pools(response)
 
-    async def create_pool(self, name: str, strategy: str = "round_robin") -> PoolInfo:
+    async def create_pool(
+        self,
+        name: str,
+        strategy: str = "round_robin",
+        *,
+        ab_strategy: str = "",
+        ab_percent: int = 0,
+        sticky_timeout_s: float = 5.0,
+    ) -> PoolInfo:
+        """Create a pool; AlreadyExists if there is one of that name.
+
+        `ab_percent` (0..100) of its tasks are placed by `ab_strategy` instead of `strategy`
+        ("" = no A/B split). The broker checks the names and says InvalidArgument, listing
+        the strategies it knows, for an unknown one.
+        """
         _, admin_stub = self._stubs()
-        request = _convert.create_pool_request(name, strategy)
+        request = _convert.create_pool_request(
+            name,
+            strategy,
+            ab_strategy=ab_strategy,
+            ab_percent=ab_percent,
+            sticky_timeout_s=sticky_timeout_s,
+        )
         return _convert.pool_info(await self._unary(admin_stub.CreatePool(request)))
+
+    async def update_pool(
+        self,
+        name: str,
+        *,
+        strategy: str | None = None,
+        ab_strategy: str | None = None,
+        ab_percent: int | None = None,
+        sticky_timeout_s: float | None = None,
+    ) -> PoolInfo:
+        """Change the given settings of a pool, keep the others; the pool as it is now.
+
+        Reads the pool, changes it and sends it back whole, so a concurrent change to
+        another setting can be lost. NotFound for an unknown pool; ValueError if no
+        setting is given.
+        """
+        if all(v is None for v in (strategy, ab_strategy, ab_percent, sticky_timeout_s)):
+            raise ValueError("update_pool needs at least one setting to change")
+        _, admin_stub = self._stubs()
+        listed = await self._unary(admin_stub.ListPools(_convert.list_pools_request()))
+        request = _convert.update_pool_request(
+            listed,
+            name,
+            strategy=strategy,
+            ab_strategy=ab_strategy,
+            ab_percent=ab_percent,
+            sticky_timeout_s=sticky_timeout_s,
+        )
+        if request is None:
+            raise NotFound(f"pool {name!r} does not exist")
+        return _convert.pool_info(await self._unary(admin_stub.UpdatePool(request)))
 
     async def list_workers(self, pool: str | None = None) -> list[WorkerInfo]:
         _, admin_stub = self._stubs()

@@ -26,10 +26,12 @@ from worker_sdk._pb import admin_pb2 as _admin
 from worker_sdk._pb import tasks_pb2 as _tasks
 from worker_sdk._pb import worker_pb2 as _worker
 from worker_sdk._types import (
+    ArmStats,
     Placement,
     PoolInfo,
     PoolStats,
     PreferredLabel,
+    RuntimeStats,
     Stats,
     TaskErrorInfo,
     TaskInfo,
@@ -47,6 +49,10 @@ def rpc_error(error: grpc.RpcError, address: str) -> TaskbrokerError:
     details = error.details() or code.name
     if code is grpc.StatusCode.UNAVAILABLE:
         return Unavailable(f"broker at {address} is unavailable: {details}")
+    if code is grpc.StatusCode.UNIMPLEMENTED:
+        return TaskbrokerError(
+            f"broker at {address} does not implement this call (older than this SDK?): {details}"
+        )
     number = code.value[0]
     if not isinstance(number, int):  # pragma: no cover - grpc always uses (int, str)
         number = -1
@@ -85,6 +91,8 @@ def placement(msg: _tasks.Placement) -> Placement:
         ),
         anti_affinity_group=msg.anti_affinity_group,
         anti_affinity_soft=msg.anti_affinity_soft,
+        sticky_key=msg.sticky_key,
+        routing_key=msg.routing_key,
     )
 
 
@@ -127,10 +135,16 @@ def task_spec(request: TaskRequest) -> _tasks.TaskSpec:
         priority=request.priority,
         pool=request.pool,
     )
-    if request.require or request.prefer or request.anti_affinity:
-        _set_placement(request, spec.placement)
-    elif request.anti_affinity_soft:
+    if request.anti_affinity_soft and not request.anti_affinity:
         raise ValueError("anti_affinity_soft=True needs an anti_affinity group")
+    if (
+        request.require
+        or request.prefer
+        or request.anti_affinity
+        or request.sticky_key
+        or request.routing_key
+    ):
+        _set_placement(request, spec.placement)
     return spec
 
 
@@ -141,10 +155,13 @@ def _set_placement(request: TaskRequest, msg: _tasks.Placement) -> None:
         for p in request.prefer:
             msg.preferred_labels.add(key=p.key, value=p.value, weight=p.weight)
         msg.anti_affinity_group = request.anti_affinity or ""
+        msg.sticky_key = request.sticky_key or ""
+        msg.routing_key = request.routing_key or ""
     except (TypeError, AttributeError) as exc:
         raise TypeError(
             "placement hints: require maps str to str, prefer holds PreferredLabel(key: str, "
-            f"value: str, weight: int), anti_affinity is a str ({exc})"
+            "value: str, weight: int), anti_affinity, sticky_key and routing_key are str "
+            f"({exc})"
         ) from None
     msg.anti_affinity_soft = request.anti_affinity_soft
 
@@ -156,7 +173,13 @@ def spec_size(spec: _tasks.TaskSpec) -> int:
 
 
 def pool_info(pool: _admin.Pool) -> PoolInfo:
-    return PoolInfo(name=pool.name, strategy=pool.strategy)
+    return PoolInfo(
+        name=pool.name,
+        strategy=pool.strategy,
+        ab_strategy=pool.ab_strategy,
+        ab_percent=pool.ab_percent,
+        sticky_timeout_s=pool.sticky_timeout_s,
+    )
 
 
 def worker_info(status: _admin.WorkerStatus) -> WorkerInfo:
@@ -174,24 +197,51 @@ def worker_info(status: _admin.WorkerStatus) -> WorkerInfo:
     )
 
 
+def arm_stats(arm: _admin.ArmStats) -> ArmStats:
+    return ArmStats(
+        strategy=arm.strategy,
+        placed=arm.placed,
+        finished=arm.finished,
+        failed=arm.failed,
+        mean_wait_s=arm.mean_wait_s,
+        mean_run_s=arm.mean_run_s,
+    )
+
+
+def runtime_stats(runtime: _admin.RuntimeStats) -> RuntimeStats:
+    return RuntimeStats(
+        task_type=runtime.task_type,
+        samples=runtime.samples,
+        mean_run_s=runtime.mean_run_s,
+        stddev_run_s=runtime.stddev_run_s,
+        predictions=runtime.predictions,
+        mean_abs_error_s=runtime.mean_abs_error_s,
+    )
+
+
+def pool_stats(p: _admin.PoolStats) -> PoolStats:
+    return PoolStats(
+        pool=p.pool,
+        strategy=p.strategy,
+        pending=p.pending,
+        active=p.assigned,
+        succeeded=p.succeeded,
+        failed=p.failed,
+        cancelled=p.cancelled,
+        workers=p.workers,
+        capacity=p.capacity,
+        unschedulable=p.unschedulable,
+        arms=tuple(arm_stats(a) for a in p.arms),
+        runtimes=tuple(runtime_stats(r) for r in p.runtimes),
+        sticky_hits=p.sticky_hits,
+        sticky_misses=p.sticky_misses,
+    )
+
+
 def stats(response: _admin.StatsResponse) -> Stats:
     return Stats(
         broker_state=response.broker_state,
-        pools=tuple(
-            PoolStats(
-                pool=p.pool,
-                strategy=p.strategy,
-                pending=p.pending,
-                active=p.assigned,
-                succeeded=p.succeeded,
-                failed=p.failed,
-                cancelled=p.cancelled,
-                workers=p.workers,
-                capacity=p.capacity,
-                unschedulable=p.unschedulable,
-            )
-            for p in response.pools
-        ),
+        pools=tuple(pool_stats(p) for p in response.pools),
     )
 
 
@@ -270,8 +320,48 @@ def listed_pools(response: _admin.ListPoolsResponse) -> list[PoolInfo]:
     return [pool_info(p) for p in response.pools]
 
 
-def create_pool_request(name: str, strategy: str) -> _admin.CreatePoolRequest:
-    return _admin.CreatePoolRequest(pool=_admin.Pool(name=name, strategy=strategy))
+def create_pool_request(
+    name: str, strategy: str, *, ab_strategy: str, ab_percent: int, sticky_timeout_s: float
+) -> _admin.CreatePoolRequest:
+    return _admin.CreatePoolRequest(
+        pool=_admin.Pool(
+            name=name,
+            strategy=strategy,
+            ab_strategy=ab_strategy,
+            ab_percent=ab_percent,
+            sticky_timeout_s=sticky_timeout_s,
+        )
+    )
+
+
+def update_pool_request(
+    listed: _admin.ListPoolsResponse,
+    name: str,
+    *,
+    strategy: str | None,
+    ab_strategy: str | None,
+    ab_percent: int | None,
+    sticky_timeout_s: float | None,
+) -> _admin.UpdatePoolRequest | None:
+    """The pool `name` as listed, with the given settings changed; None if it is not listed.
+
+    UpdatePool replaces every setting, so the others are sent back as read, and so is any
+    setting this SDK does not know yet (protobuf keeps unknown fields).
+    """
+    current = next((p for p in listed.pools if p.name == name), None)
+    if current is None:
+        return None
+    pool = _admin.Pool()
+    pool.CopyFrom(current)
+    if strategy is not None:
+        pool.strategy = strategy
+    if ab_strategy is not None:
+        pool.ab_strategy = ab_strategy
+    if ab_percent is not None:
+        pool.ab_percent = ab_percent
+    if sticky_timeout_s is not None:
+        pool.sticky_timeout_s = sticky_timeout_s
+    return _admin.UpdatePoolRequest(pool=pool)
 
 
 def list_workers_request(pool: str | None) -> _admin.ListWorkersRequest:

@@ -79,6 +79,8 @@ class SyncClient:
         prefer: Sequence[PreferredLabel] = (),
         anti_affinity: str | None = None,
         anti_affinity_soft: bool = False,
+        sticky_key: str | None = None,
+        routing_key: str | None = None,
     ) -> str:
         """Submit one task and return its id; the arguments are `Client.submit`'s."""
         return self._run(
@@ -92,6 +94,8 @@ class SyncClient:
                 prefer=prefer,
                 anti_affinity=anti_affinity,
                 anti_affinity_soft=anti_affinity_soft,
+                sticky_key=sticky_key,
+                routing_key=routing_key,
             )
         )
 
@@ -132,8 +136,45 @@ class SyncClient:
     def list_pools(self) -> list[PoolInfo]:
         return self._run(self._client.list_pools())
 
-    def create_pool(self, name: str, strategy: str = "round_robin") -> PoolInfo:
-        return self._run(self._client.create_pool(name, strategy))
+    def create_pool(
+        self,
+        name: str,
+        strategy: str = "round_robin",
+        *,
+        ab_strategy: str = "",
+        ab_percent: int = 0,
+        sticky_timeout_s: float = 5.0,
+    ) -> PoolInfo:
+        """Create a pool; the arguments are `Client.create_pool`'s."""
+        return self._run(
+            self._client.create_pool(
+                name,
+                strategy,
+                ab_strategy=ab_strategy,
+                ab_percent=ab_percent,
+                sticky_timeout_s=sticky_timeout_s,
+            )
+        )
+
+    def update_pool(
+        self,
+        name: str,
+        *,
+        strategy: str | None = None,
+        ab_strategy: str | None = None,
+        ab_percent: int | None = None,
+        sticky_timeout_s: float | None = None,
+    ) -> PoolInfo:
+        """Change the given settings of a pool; the arguments are `Client.update_pool`'s."""
+        return self._run(
+            self._client.update_pool(
+                name,
+                strategy=strategy,
+                ab_strategy=ab_strategy,
+                ab_percent=ab_percent,
+                sticky_timeout_s=sticky_timeout_s,
+            )
+        )
 
     def list_workers(self, pool: str | None = None) -> list[WorkerInfo]:
         return self._run(self._client.list_workers(pool))

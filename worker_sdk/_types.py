@@ -54,17 +54,28 @@ class PreferredLabel:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Placement:
     """A task's placement hints, as the broker stored them from `submit()`'s `require`,
-    `prefer`, `anti_affinity` and `anti_affinity_soft`."""
+    `prefer`, `anti_affinity`, `anti_affinity_soft`, `sticky_key` and `routing_key`."""
 
     required_labels: Mapping[str, str] = field(default_factory=dict, hash=False)
     preferred_labels: tuple[PreferredLabel, ...] = ()
     anti_affinity_group: str = ""  # "" = none
     anti_affinity_soft: bool = False
+    sticky_key: str = ""  # "" = none
+    routing_key: str = ""  # "" = none
 
     @property
     def free(self) -> bool:
-        """No constraint and no preference: any worker of the task's type will do."""
-        return not (self.required_labels or self.preferred_labels or self.anti_affinity_group)
+        """No constraint, preference or sticky key: the pool strategy's own pick will do.
+
+        A routing key alone leaves a task free, as the broker sees it: the consistent_hash
+        strategy reads it in that very pick, and other strategies ignore it.
+        """
+        return not (
+            self.required_labels
+            or self.preferred_labels
+            or self.anti_affinity_group
+            or self.sticky_key
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,14 +127,24 @@ class TaskRequest:
     prefer: Sequence[PreferredLabel] = field(default=(), hash=False)
     anti_affinity: str | None = None
     anti_affinity_soft: bool = False
+    sticky_key: str | None = None
+    routing_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class PoolInfo:
-    """A pool of workers and its placement strategy."""
+    """A pool of workers and how its tasks are placed.
+
+    `ab_percent` (0..100) of its tasks are placed by `ab_strategy` ("" = no A/B split), the
+    rest by `strategy`; a task with a sticky key waits up to `sticky_timeout_s` for the
+    worker that last ran its key.
+    """
 
     name: str
     strategy: str
+    ab_strategy: str = ""
+    ab_percent: int = 0
+    sticky_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +164,42 @@ class WorkerInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ArmStats:
+    """How the tasks that one strategy placed in a pool went (an A/B split has two arms).
+
+    The means are over the finished tasks: `mean_wait_s` in the queue, `mean_run_s` running.
+    """
+
+    strategy: str
+    placed: int
+    finished: int
+    failed: int
+    mean_wait_s: float
+    mean_run_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeStats:
+    """What the broker has learned about one task type's run time, and how well it predicts
+    it: `predictions` were scored against the actual run time, off by `mean_abs_error_s`."""
+
+    task_type: str
+    samples: int
+    mean_run_s: float
+    stddev_run_s: float
+    predictions: int
+    mean_abs_error_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class PoolStats:
     """Task counts and worker capacity of one pool; `active` = assigned or running, and
-    `unschedulable` counts the pending tasks that no connected worker can take."""
+    `unschedulable` counts the pending tasks that no connected worker can take.
+
+    `arms` has one entry per strategy placing the pool's tasks, `runtimes` one per task
+    type with learned run times; `sticky_hits` counts the sticky tasks that ran where
+    their key ran last, `sticky_misses` those placed elsewhere (first run, or fallback).
+    """
 
     pool: str
     strategy: str
@@ -157,6 +211,16 @@ class PoolStats:
     workers: int
     capacity: int
     unschedulable: int
+    arms: tuple[ArmStats, ...] = ()
+    runtimes: tuple[RuntimeStats, ...] = ()
+    sticky_hits: int = 0
+    sticky_misses: int = 0
+
+    @property
+    def sticky_hit_rate(self) -> float | None:
+        """The share (0..1) of sticky tasks that ran where their key ran last; None if none."""
+        total = self.sticky_hits + self.sticky_misses
+        return self.sticky_hits / total if total else None
 
 
 @dataclass(frozen=True, slots=True)

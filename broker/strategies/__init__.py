@@ -12,15 +12,22 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from broker.strategies._base import Outcome, Strategy, StrategyEnv, WorkerSlot, default_env
+from broker.strategies.adaptive import Adaptive
+from broker.strategies.hashing import ConsistentHash
+from broker.strategies.learning import Predictive, WeightedResponseTime
 from broker.strategies.simple import LeastLoaded, RoundRobin
 
 __all__ = [
     "STRATEGIES",
+    "Adaptive",
+    "ConsistentHash",
     "LeastLoaded",
     "Outcome",
+    "Predictive",
     "RoundRobin",
     "Strategy",
     "StrategyEnv",
+    "WeightedResponseTime",
     "WorkerSlot",
     "default_env",
     "make_strategy",
@@ -29,6 +36,10 @@ __all__ = [
 STRATEGIES: dict[str, Callable[[StrategyEnv | None], Strategy]] = {
     RoundRobin.name: RoundRobin,
     LeastLoaded.name: LeastLoaded,
+    ConsistentHash.name: ConsistentHash,
+    WeightedResponseTime.name: WeightedResponseTime,
+    Predictive.name: Predictive,
+    Adaptive.name: Adaptive,
 }
 
 

@@ -1,0 +1,381 @@
+"""Learning strategies: slow or failing workers get less work; predicted finish times rule."""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter, deque
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broker.clock import FakeClock
+from broker.domain import Task, TaskSpec
+from broker.runtimes import RuntimeModel
+from broker.scheduler import PoolScheduler
+from broker.strategies import (
+    LeastLoaded,
+    Outcome,
+    Predictive,
+    Strategy,
+    StrategyEnv,
+    WeightedResponseTime,
+    WorkerSlot,
+    make_strategy,
+)
+
+FAST = {"class": "fast"}
+SLOW = {"class": "slow"}
+
+
+def task(task_id: int, task_type: str = "t") -> Task:
+    return Task(id=task_id, seq=task_id, spec=TaskSpec(task_type=task_type))
+
+
+def slot(worker_id: str, capacity: int = 4, labels: dict[str, str] | None = None) -> WorkerSlot:
+    return WorkerSlot(worker_id, "default", capacity, frozenset({"t"}), labels)
+
+
+def make_env(runtimes: RuntimeModel | None = None) -> StrategyEnv:
+    return StrategyEnv(clock=FakeClock(), runtimes=runtimes or RuntimeModel("default"))
+
+
+def trained(fast_s: float = 0.1, slow_s: float = 1.0) -> RuntimeModel:
+    """A run-time model that has seen type "t" on fast and slow workers."""
+    model = RuntimeModel("default")
+    for _ in range(20):
+        model.record("t", FAST, fast_s)
+        model.record("t", SLOW, slow_s)
+    return model
+
+
+class Pool:
+    """Drives a strategy as the scheduler does: its index of ready workers, the
+    run-time model (recorded before `observe`), and a clock."""
+
+    def __init__(self, strategy: Strategy, env: StrategyEnv, *workers: WorkerSlot) -> None:
+        self.strategy = strategy
+        self.env = env
+        self.clock = env.clock
+        assert isinstance(self.clock, FakeClock)
+        for worker in workers:
+            if worker.ready:
+                strategy.add(worker)
+
+    def place(self, task: Task) -> WorkerSlot | None:
+        worker = self.strategy.pick(task)
+        if worker is not None:
+            self.take(worker, task.id)
+        return worker
+
+    def take(self, worker: WorkerSlot, task_id: int) -> None:
+        worker.held.add(task_id)
+        if worker.ready:
+            self.strategy.update(worker)
+        else:
+            self.strategy.remove(worker)
+
+    def release(self, worker: WorkerSlot, task_id: int) -> None:
+        was_ready = worker.ready
+        worker.held.discard(task_id)
+        if worker.ready and not was_ready:
+            self.strategy.add(worker)
+        elif worker.ready:
+            self.strategy.update(worker)
+
+    def finish(self, worker: WorkerSlot, task: Task, run_s: float, success: bool = True) -> None:
+        self.release(worker, task.id)
+        if success:
+            self.env.runtimes.record(task.spec.task_type, worker.labels, run_s)
+        self.strategy.observe(Outcome(worker, task, 0.0, run_s, success))
+
+
+def simulate(
+    strategy: Strategy,
+    env: StrategyEnv,
+    workers: list[WorkerSlot],
+    run_s: dict[str, float],
+    fails: Callable[[str, int], bool] = lambda worker_id, nth: False,
+    tasks: int = 1_000,
+    every_s: float = 0.05,
+) -> Counter[str]:
+    """Tasks arriving every `every_s`, each running `run_s[worker]` where it lands;
+    how many each worker got."""
+    pool = Pool(strategy, env, *workers)
+    clock = pool.clock
+    assert isinstance(clock, FakeClock)
+    running: list[tuple[float, int, Task, WorkerSlot]] = []
+    waiting: deque[Task] = deque()
+    got: Counter[str] = Counter()
+    done: Counter[str] = Counter()
+    for i in range(tasks):
+        arrival = clock.now() + every_s
+        while running and running[0][0] <= arrival:
+            finish_at, _, finished, worker = heapq.heappop(running)
+            clock.advance(finish_at - clock.now())
+            done[worker.worker_id] += 1
+            success = not fails(worker.worker_id, done[worker.worker_id])
+            pool.finish(worker, finished, run_s[worker.worker_id], success)
+            _dispatch(pool, waiting, running, got, run_s)
+        clock.advance(arrival - clock.now())
+        waiting.append(task(i))
+        _dispatch(pool, waiting, running, got, run_s)
+    return got
+
+
+def _dispatch(
+    pool: Pool,
+    waiting: deque[Task],
+    running: list[tuple[float, int, Task, WorkerSlot]],
+    got: Counter[str],
+    run_s: dict[str, float],
+) -> None:
+    while waiting and len(pool.strategy):
+        next_task = waiting.popleft()
+        worker = pool.place(next_task)
+        assert worker is not None
+        got[worker.worker_id] += 1
+        finish_at = pool.clock.now() + run_s[worker.worker_id]
+        heapq.heappush(running, (finish_at, next_task.id, next_task, worker))
+
+
+def share(got: Counter[str], worker_id: str) -> float:
+    return got[worker_id] / sum(got.values())
+
+
+# Weighted response time -------------------------------------------------------
+
+
+def test_equal_workers_share_the_work() -> None:
+    env = make_env()
+    got = simulate(WeightedResponseTime(env), env, [slot("a"), slot("b")], {"a": 0.1, "b": 0.1})
+    assert 0.35 < share(got, "b") < 0.65
+
+
+def test_a_ten_times_slower_worker_gets_much_less_work() -> None:
+    shares = {}
+    for strategy in (WeightedResponseTime, LeastLoaded):
+        env = make_env()
+        got = simulate(strategy(env), env, [slot("fast"), slot("slow")], {"fast": 0.1, "slow": 1.0})
+        shares[strategy.name] = share(got, "slow")
+    assert shares["weighted_response_time"] < 0.02
+    assert shares["least_loaded"] > 0.05  # the slow worker is there to be used
+
+
+def test_a_worker_failing_half_its_tasks_gets_much_less_work() -> None:
+    env = make_env()
+    got = simulate(
+        WeightedResponseTime(env),
+        env,
+        [slot("good"), slot("flaky")],
+        {"good": 0.1, "flaky": 0.1},
+        fails=lambda worker_id, nth: worker_id == "flaky" and nth % 2 == 0,
+    )
+    assert share(got, "flaky") < 0.2
+
+
+def test_weights_are_smoothed_latency_and_squared_success() -> None:
+    env = make_env(RuntimeModel("default", prior_s=2.0))
+    strategy = WeightedResponseTime(env, alpha=0.5)
+    worker = slot("a")
+    strategy.add(worker)
+    stats = strategy.stats("a")
+    assert (stats.latency_s, stats.success, stats.weight) == (2.0, 1.0, 0.5)
+    strategy.observe(Outcome(worker, task(1), 0.0, 1.0, True))
+    assert (stats.latency_s, stats.success) == (1.5, 1.0)
+    strategy.observe(Outcome(worker, task(2), 0.0, 0.001, False))  # failing fast is not fast
+    assert (stats.latency_s, stats.success) == (1.5, 0.5)
+    assert stats.weight == pytest.approx(0.25 / 1.5)
+    worker.held.add(9)
+    assert strategy.score(worker) == pytest.approx(0.25 / 1.5 * 3 / 4)
+
+
+def test_weighted_response_time_ranks_the_best_allowed() -> None:
+    env = make_env()
+    strategy = WeightedResponseTime(env)
+    workers = [slot(name) for name in "abc"]
+    for worker in workers:
+        strategy.add(worker)
+    for _ in range(10):
+        strategy.observe(Outcome(workers[0], task(1), 0.0, 0.1, True))
+        strategy.observe(Outcome(workers[1], task(1), 0.0, 0.5, True))
+    assert strategy.pick(task(2)) is workers[0]
+    assert strategy.rank(task(2), workers[1:]) is workers[1]
+    assert strategy.rank(task(2), workers) is workers[0]
+
+
+# Predictive -------------------------------------------------------------------
+
+
+def test_predictive_fills_the_fast_worker_before_the_slow_one() -> None:
+    env = make_env(trained())
+    strategy = Predictive(env)
+    fast, slow = slot("fast", 4, FAST), slot("slow", 4, SLOW)
+    pool = Pool(strategy, env, fast, slow)
+    placed = [pool.place(task(i)) for i in range(8)]
+    assert [w.worker_id for w in placed if w is not None] == ["fast"] * 4 + ["slow"] * 4
+    assert pool.place(task(9)) is None
+
+
+def test_predictive_uses_the_slower_worker_once_the_faster_is_much_busier() -> None:
+    # 0.5 s against 0.8 s: the fast worker's queued work per slot must reach 0.3 s.
+    env = make_env(trained(fast_s=0.5, slow_s=0.8))
+    strategy = Predictive(env)
+    fast, slow = slot("fast", 10, FAST), slot("slow", 10, SLOW)
+    pool = Pool(strategy, env, fast, slow)
+    first_slow = next(i for i in range(20) if pool.place(task(i)) is slow)
+    assert first_slow == 6  # 0.5 + 6 * 0.5 / 10 = 0.8: a tie, and the slow one waited longer
+    assert strategy.expected_finish("t", fast) == pytest.approx(env.clock.now() + 0.8)
+    assert strategy.expected_finish("t", slow) == pytest.approx(env.clock.now() + 0.88)
+
+
+def test_predictive_sends_most_work_to_the_fast_worker() -> None:
+    env = make_env(trained())
+    fast, slow = slot("fast", 4, FAST), slot("slow", 4, SLOW)
+    got = simulate(Predictive(env), env, [fast, slow], {"fast": 0.1, "slow": 1.0}, every_s=0.03)
+    assert share(got, "slow") < 0.1
+
+
+def test_predictive_learns_from_a_cold_start() -> None:
+    env = make_env()  # no history: every prediction is the prior
+    strategy = Predictive(env)
+    fast, slow = slot("fast", 4, FAST), slot("slow", 4, SLOW)
+    assert strategy.expected_finish("t", fast) == env.clock.now() + env.runtimes.prior_s
+    pool = Pool(strategy, env, fast, slow)
+    first = [pool.place(task(i)) for i in range(4)]
+    assert Counter(w.worker_id for w in first if w is not None) == {"fast": 2, "slow": 2}
+    got = simulate(
+        Predictive(env), env, [slot("f2", 4, FAST), slot("s2", 4, SLOW)], {"f2": 0.1, "s2": 1.0}
+    )
+    assert share(got, "s2") < 0.1
+
+
+def test_predictive_stops_counting_work_that_finished_or_went_away() -> None:
+    env = make_env(trained())
+    strategy = Predictive(env)
+    fast = slot("fast", 10, FAST)
+    pool = Pool(strategy, env, fast)
+    idle = strategy.expected_finish("t", fast)
+    for i in range(4):
+        pool.place(task(i))
+    assert strategy.expected_finish("t", fast) == pytest.approx(idle + 4 * 0.1 / 10)
+    pool.finish(fast, task(0), 0.1)
+    pool.release(fast, 1)  # cancelled: released with no outcome
+    assert strategy.expected_finish("t", fast) == pytest.approx(idle + 2 * 0.1 / 10)
+    pool.finish(fast, task(2), 0.1)
+    pool.finish(fast, task(3), 0.1)
+    assert strategy.expected_finish("t", fast) == idle
+
+
+def test_predictive_ranks_the_earliest_finish_among_the_allowed() -> None:
+    env = make_env(trained())
+    strategy = Predictive(env)
+    fast, slow = slot("fast", 4, FAST), slot("slow", 4, SLOW)
+    for worker in (fast, slow):
+        strategy.add(worker)
+    assert strategy.rank(task(1), [fast, slow]) is fast
+    assert strategy.rank(task(2), [slow]) is slow
+
+
+# Every learning strategy ------------------------------------------------------
+
+
+LEARNING = ["weighted_response_time", "predictive"]
+
+
+@pytest.mark.parametrize("name", LEARNING)
+def test_an_empty_index_picks_nothing(name: str) -> None:
+    strategy = make_strategy(name, make_env())
+    assert strategy.pick(task(1)) is None
+    assert len(strategy) == 0
+    assert isinstance(strategy, WeightedResponseTime | Predictive)
+
+
+@pytest.mark.parametrize("name", LEARNING)
+def test_the_scheduler_places_with_learning_strategies(name: str) -> None:
+    pool = PoolScheduler("default", name, 1000, env=make_env(trained()))
+    pool.add_worker(slot("fast", 2, FAST))
+    pool.add_worker(slot("slow", 2, SLOW))
+    for i in range(1, 6):
+        pool.enqueue(task(i))
+    placed = [d.worker.worker_id for d in pool.place() if d.worker is not None]
+    assert sorted(placed) == ["fast", "fast", "slow", "slow"]
+    if name == "predictive":
+        assert placed[:2] == ["fast", "fast"]
+
+
+ops_st = st.lists(
+    st.one_of(
+        st.tuples(st.just("place"), st.integers(0, 7), st.booleans()),
+        st.tuples(st.just("finish"), st.integers(0, 7), st.booleans()),
+        st.tuples(st.just("cancel"), st.integers(0, 7), st.booleans()),
+        st.tuples(st.just("drain"), st.integers(0, 7), st.booleans()),
+        st.tuples(st.just("reconnect"), st.integers(0, 7), st.booleans()),
+        st.tuples(st.just("rank"), st.integers(1, 255), st.booleans()),
+    ),
+    max_size=150,
+)
+
+
+@pytest.mark.parametrize("name", LEARNING)
+@settings(max_examples=100, deadline=None)
+@given(
+    capacities=st.lists(st.integers(1, 4), min_size=1, max_size=8),
+    ops=ops_st,
+    cold=st.booleans(),
+)
+def test_picks_come_from_the_index_and_ranks_from_the_allowed(
+    name: str, capacities: list[int], ops: list[tuple[str, int, bool]], cold: bool
+) -> None:
+    env = make_env(None if cold else trained())
+    strategy = make_strategy(name, env)
+    workers = [slot(f"w{i}", c, FAST if i % 2 else SLOW) for i, c in enumerate(capacities)]
+    pool = Pool(strategy, env, *workers)
+    tasks: dict[int, Task] = {}
+    for task_id, (op, a, flag) in enumerate(ops):
+        ready = [w for w in workers if w.ready]
+        worker = workers[a % len(workers)]
+        if op == "place":
+            picked = strategy.pick(task(task_id))
+            assert (picked is None) == (not ready)
+            if picked is not None:
+                assert picked in ready
+                pool.take(picked, task_id)
+                tasks[task_id] = task(task_id)
+        elif op in ("finish", "cancel") and worker.held:
+            held = sorted(worker.held)[0]
+            if op == "finish":
+                pool.finish(worker, tasks[held], 0.1 if flag else 1.0, success=flag)
+            else:
+                pool.release(worker, held)
+        elif op == "drain":
+            was_ready = worker.ready
+            worker.draining = flag
+            if was_ready and not worker.ready:
+                strategy.remove(worker)
+            elif worker.ready and not was_ready:
+                strategy.add(worker)
+        elif op == "reconnect":  # gone, with its tasks; back under the same id
+            strategy.remove(worker)
+            fresh = slot(worker.worker_id, worker.capacity, dict(worker.labels))
+            workers[workers.index(worker)] = fresh
+            strategy.add(fresh)
+        elif op == "rank" and ready:  # and place there, as the scheduler does
+            allowed = [w for i, w in enumerate(ready) if a >> (i % 8) & 1] or ready[:1]
+            ranked = strategy.rank(task(task_id), allowed)
+            assert ranked in allowed
+            pool.take(ranked, task_id)
+            tasks[task_id] = task(task_id)
+        assert len(strategy) == sum(w.ready for w in workers)
+    if isinstance(strategy, Predictive):  # once all is done, no work is left counted
+        for worker in workers:
+            if worker.draining:
+                worker.draining = False
+                if worker.ready:
+                    strategy.add(worker)
+            for held in sorted(worker.held):
+                pool.finish(worker, tasks[held], 0.1)
+            assert strategy.expected_finish("t", worker) == env.clock.now() + (
+                env.runtimes.predict("t", worker.labels)
+            )

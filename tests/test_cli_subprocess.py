@@ -192,6 +192,10 @@ def test_submit_with_sticky_and_routing_keys(cluster: Cluster) -> None:
     args = ("--sticky-key", "cache-3", "--routing-key", "user-7")
     done = cluster.run("submit", "upper", "--payload", '{"text": "k"}', *args, "--wait")
     assert (done.returncode, done.stdout) == (0, "K\n"), done.stderr
+    listed = cluster.run("tasks", "list", "--type", "upper", "--limit", "1", "-o", "json")
+    (task,) = json.loads(listed.stdout)
+    placement = task["placement"]
+    assert (placement["sticky_key"], placement["routing_key"]) == ("cache-3", "user-7")
 
 
 def test_cancel_a_pending_task(cluster: Cluster) -> None:

@@ -25,6 +25,7 @@ from cli._output import (
     show_worker,
     show_workers,
 )
+from cli._simulate import simulate
 from worker_sdk import DEFAULT_ADDRESS, PreferredLabel, SyncClient, TaskState
 
 app = typer.Typer(
@@ -579,6 +580,10 @@ def demo(
     from cli.demo import run_demo
 
     run_demo(tasks)
+
+
+# Declared beside its body; it imports the simulator only when it runs.
+app.command()(simulate)
 
 
 def main() -> None:

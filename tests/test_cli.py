@@ -65,6 +65,7 @@ COMMANDS = [
     ["stats"],
     ["health"],
     ["demo"],
+    ["simulate"],
 ]
 
 
@@ -102,7 +103,8 @@ def test_help(command: list[str]) -> None:
 
 def test_root_help_lists_every_command() -> None:
     result = invoke("--help")
-    for name in ("serve", "worker", "submit", "tasks", "workers", "pools", "stats", "demo"):
+    commands = ("serve", "worker", "submit", "tasks", "workers", "pools", "stats", "demo")
+    for name in (*commands, "simulate"):
         assert name in result.stdout
 
 

@@ -252,9 +252,14 @@ class PoolScheduler:
 
     def next_deadline(self) -> float | None:
         """When the next sticky task stops waiting for its worker, if any is waiting."""
-        if not self._sticky_since:
-            return None
-        return min(self._sticky_since.values()) + self.config.sticky_timeout_s
+        # A wait that ran out while no worker of its type was ready needs no wake-up: the
+        # task is looked at again when one becomes ready, and then falls back.
+        now = self.env.clock.now()
+        timeout = self.config.sticky_timeout_s
+        upcoming = [
+            since + timeout for since in self._sticky_since.values() if since + timeout > now
+        ]
+        return min(upcoming, default=None)
 
     # Tasks -------------------------------------------------------------------
 

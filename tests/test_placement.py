@@ -354,3 +354,19 @@ def test_ab_split_sends_a_share_to_the_second_strategy() -> None:
         )
     finished = sum(s.finished for s in pool.arm_stats())
     assert finished == 10
+
+
+def test_a_run_out_sticky_wait_with_no_ready_worker_needs_no_wake_up() -> None:
+    pool, clock = sticky_pool(timeout=1.0)
+    pool.enqueue(sticky(1, "k"))
+    owner = placed(pool.place())[1]
+    other = "b" if owner == "a" else "a"
+    pool.enqueue(sticky(2, "k"))
+    assert placed(pool.place()) == {}  # waits for its busy owner
+    assert pool.next_deadline() == clock.now() + 1.0
+    pool.set_draining(other)  # now no worker of the type is ready at all
+    clock.advance(2.0)
+    assert placed(pool.place()) == {}
+    assert pool.next_deadline() is None  # nothing to wake up for: no busy loop
+    pool.set_draining(other, False)
+    assert placed(pool.place()) == {2: other}

@@ -173,6 +173,7 @@ def pool_stats_dict(p: PoolStats) -> dict[str, Any]:
         "sticky_hit_rate": p.sticky_hit_rate,
         "arms": [arm_dict(a) for a in p.arms],
         "runtimes": [runtime_dict(r) for r in p.runtimes],
+        "strategy_notes": list(p.strategy_notes),
     }
 
 
@@ -556,3 +557,6 @@ def show_stats(stats: Stats, output: OutputFormat) -> None:
     for extra in (_arms_table(stats.pools), _runtimes_table(stats.pools)):
         if extra is not None:
             console.print(extra)
+    for pool in stats.pools:
+        for note in pool.strategy_notes:
+            console.print(Text(f"{pool.pool}: {note}"))

@@ -234,3 +234,30 @@ async def test_keyed_tasks_hash_to_one_worker(broker: Broker, channel: grpc.aio.
         assert all(len(ran_on) == 1 for ran_on in where.values()), where
     finally:
         await stop_workers(workers)
+
+
+async def test_an_adaptive_pool_says_which_strategy_it_runs(
+    broker: Broker, channel: grpc.aio.Channel
+) -> None:
+    admin = _admin_grpc.AdminServiceStub(channel)
+    await admin.CreatePool(
+        _admin.CreatePoolRequest(pool=_admin.Pool(name="smart", strategy="adaptive"))
+    )
+    worker = Worker(pool="smart", capacity=2, worker_id="only")
+
+    @worker.task("job")
+    async def job(ctx: TaskContext) -> str:
+        return "done"
+
+    running = asyncio.create_task(worker.run(broker.address))
+    try:
+        await until_workers(channel, 1)
+        done = await run(channel, _tasks.TaskSpec(task_type="job", pool="smart"))
+        assert done.placement_note.startswith(("least_loaded", "adaptive"))
+        stats = await admin.Stats(_admin.StatsRequest())
+        (smart,) = [p for p in stats.pools if p.pool == "smart"]
+        assert smart.strategy == "adaptive"
+        assert any("adaptive: active" in note for note in smart.strategy_notes)
+    finally:
+        await worker.shutdown(grace=2)
+        await running

@@ -235,6 +235,7 @@ def pool_stats(p: _admin.PoolStats) -> PoolStats:
         runtimes=tuple(runtime_stats(r) for r in p.runtimes),
         sticky_hits=p.sticky_hits,
         sticky_misses=p.sticky_misses,
+        strategy_notes=tuple(p.strategy_notes),
     )
 
 

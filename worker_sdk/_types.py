@@ -199,6 +199,7 @@ class PoolStats:
     `arms` has one entry per strategy placing the pool's tasks, `runtimes` one per task
     type with learned run times; `sticky_hits` counts the sticky tasks that ran where
     their key ran last, `sticky_misses` those placed elsewhere (first run, or fallback).
+    `strategy_notes` is what strategies say of themselves (e.g. which one adaptive runs).
     """
 
     pool: str
@@ -215,6 +216,7 @@ class PoolStats:
     runtimes: tuple[RuntimeStats, ...] = ()
     sticky_hits: int = 0
     sticky_misses: int = 0
+    strategy_notes: tuple[str, ...] = ()
 
     @property
     def sticky_hit_rate(self) -> float | None:

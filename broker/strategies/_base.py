@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -116,3 +118,56 @@ class Strategy(Protocol):
 
     def __len__(self) -> int:
         """How many ready workers the index holds."""
+
+
+class LowestKeyIndex:
+    """Ready workers ordered by a key, lowest first, for strategies that rank by a score.
+
+    Re-keying a worker pushes a new heap entry; stale entries (an older version, or a
+    worker no longer in the index) are skipped when they reach the top, and the heap is
+    rebuilt once they outnumber the live ones, so `push` and `top` stay O(log n).
+    """
+
+    def __init__(self, key: Callable[[WorkerSlot], float]) -> None:
+        self._key = key
+        self._members: dict[WorkerId, tuple[WorkerSlot, int]] = {}
+        self._heap: list[tuple[float, int, WorkerId]] = []
+        self._tick = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __contains__(self, worker_id: object) -> bool:
+        return worker_id in self._members
+
+    def push(self, worker: WorkerSlot) -> None:
+        """Add the worker, or re-key it after its key changed."""
+        version = next(self._tick)
+        self._members[worker.worker_id] = (worker, version)
+        heapq.heappush(self._heap, (self._key(worker), version, worker.worker_id))
+        if len(self._heap) > 4 * len(self._members) + 64:
+            self._heap = [(self._key(w), v, wid) for wid, (w, v) in self._members.items()]
+            heapq.heapify(self._heap)
+
+    def discard(self, worker: WorkerSlot) -> None:
+        self._members.pop(worker.worker_id, None)
+
+    def member(self, worker_id: WorkerId) -> WorkerSlot | None:
+        entry = self._members.get(worker_id)
+        return entry[0] if entry is not None else None
+
+    def version(self, worker: WorkerSlot) -> int:
+        """When the worker was last (re-)keyed: a tie-breaker, older first."""
+        entry = self._members.get(worker.worker_id)
+        return entry[1] if entry is not None else 0
+
+    def top(self) -> WorkerSlot | None:
+        """The worker with the lowest key, or None if the index is empty."""
+        heap = self._heap
+        while heap:
+            _, version, worker_id = heap[0]
+            entry = self._members.get(worker_id)
+            if entry is not None and entry[1] == version:
+                return entry[0]
+            heapq.heappop(heap)
+        return None

@@ -15,7 +15,13 @@ from typing import ClassVar
 
 from broker.domain import Task, TaskId, WorkerId
 from broker.runtimes import worker_class
-from broker.strategies._base import Outcome, StrategyEnv, WorkerSlot, default_env
+from broker.strategies._base import (
+    LowestKeyIndex,
+    Outcome,
+    StrategyEnv,
+    WorkerSlot,
+    default_env,
+)
 
 MIN_LATENCY_S = 1e-3  # a worker reporting 0 s runs does not get an infinite weight
 MIN_SUCCESS = 0.05  # nor does a failing one get none: it still runs when others are busy
@@ -57,19 +63,17 @@ class WeightedResponseTime:
         # Kept for every worker seen (a few floats each), ready or not: a full
         # worker's outcomes still count when it frees a slot.
         self._stats: dict[WorkerId, ResponseStats] = {}
-        self._members: dict[WorkerId, tuple[WorkerSlot, int]] = {}
-        self._heap: list[tuple[float, int, WorkerId]] = []
-        self._tick = itertools.count()
+        self._index = LowestKeyIndex(lambda w: -self.score(w))
 
     def add(self, worker: WorkerSlot) -> None:
-        self._push(worker)
+        self._index.push(worker)
 
     def remove(self, worker: WorkerSlot) -> None:
-        self._members.pop(worker.worker_id, None)
+        self._index.discard(worker)
 
     def update(self, worker: WorkerSlot) -> None:
-        if worker.worker_id in self._members:
-            self._push(worker)
+        if worker.worker_id in self._index:
+            self._index.push(worker)
 
     def observe(self, outcome: Outcome) -> None:
         stats = self.stats(outcome.worker.worker_id)
@@ -77,12 +81,12 @@ class WeightedResponseTime:
         if outcome.success:
             stats.latency_s += alpha * (outcome.run_s - stats.latency_s)
         stats.success += alpha * (float(outcome.success) - stats.success)
-        member = self._members.get(outcome.worker.worker_id)
+        member = self._index.member(outcome.worker.worker_id)
         if member is not None:
-            self._push(member[0])
+            self._index.push(member)
 
     def __len__(self) -> int:
-        return len(self._members)
+        return len(self._index)
 
     def stats(self, worker_id: WorkerId) -> ResponseStats:
         """What this strategy has learned about a worker (the prior if nothing yet)."""
@@ -97,29 +101,10 @@ class WeightedResponseTime:
         return self.stats(worker.worker_id).weight * worker.free / worker.capacity
 
     def pick(self, task: Task) -> WorkerSlot | None:
-        heap = self._heap
-        while heap:
-            _, version, worker_id = heap[0]
-            member = self._members.get(worker_id)
-            if member is not None and member[1] == version:
-                return member[0]
-            heapq.heappop(heap)
-        return None
+        return self._index.top()
 
     def rank(self, task: Task, allowed: Sequence[WorkerSlot]) -> WorkerSlot:
-        return min(allowed, key=lambda w: (-self.score(w), self._version(w)))
-
-    def _version(self, worker: WorkerSlot) -> int:
-        member = self._members.get(worker.worker_id)
-        return member[1] if member is not None else 0
-
-    def _push(self, worker: WorkerSlot) -> None:
-        version = next(self._tick)
-        self._members[worker.worker_id] = (worker, version)
-        heapq.heappush(self._heap, (-self.score(worker), version, worker.worker_id))
-        if len(self._heap) > 4 * len(self._members) + 64:
-            self._heap = [(-self.score(w), v, wid) for wid, (w, v) in self._members.items()]
-            heapq.heapify(self._heap)
+        return min(allowed, key=lambda w: (-self.score(w), self._index.version(w)))
 
 
 @dataclass(slots=True)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import heapq
 import itertools
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import ClassVar
 
 from broker.domain import Task, WorkerId
-from broker.strategies._base import Outcome, StrategyEnv, WorkerSlot
+from broker.strategies._base import LowestKeyIndex, Outcome, StrategyEnv, WorkerSlot
 
 
 class RoundRobin:
@@ -58,45 +57,26 @@ class LeastLoaded:
     name: ClassVar[str] = "least_loaded"
 
     def __init__(self, env: StrategyEnv | None = None) -> None:
-        self._members: dict[WorkerId, tuple[WorkerSlot, int]] = {}
-        self._heap: list[tuple[float, int, WorkerId]] = []
-        self._tick = itertools.count()
+        self._index = LowestKeyIndex(lambda w: w.utilisation)
 
     def add(self, worker: WorkerSlot) -> None:
-        self._push(worker)
+        self._index.push(worker)
 
     def remove(self, worker: WorkerSlot) -> None:
-        self._members.pop(worker.worker_id, None)
+        self._index.discard(worker)
 
     def update(self, worker: WorkerSlot) -> None:
-        if worker.worker_id in self._members:
-            self._push(worker)
+        if worker.worker_id in self._index:
+            self._index.push(worker)
 
     def observe(self, outcome: Outcome) -> None:
         pass
 
     def __len__(self) -> int:
-        return len(self._members)
+        return len(self._index)
 
     def pick(self, task: Task) -> WorkerSlot | None:
-        heap = self._heap
-        while heap:
-            _, version, worker_id = heap[0]
-            member = self._members.get(worker_id)
-            if member is not None and member[1] == version:
-                return member[0]
-            heapq.heappop(heap)
-        return None
+        return self._index.top()
 
     def rank(self, task: Task, allowed: Sequence[WorkerSlot]) -> WorkerSlot:
-        return min(
-            allowed, key=lambda w: (w.utilisation, self._members.get(w.worker_id, (w, 0))[1])
-        )
-
-    def _push(self, worker: WorkerSlot) -> None:
-        version = next(self._tick)
-        self._members[worker.worker_id] = (worker, version)
-        heapq.heappush(self._heap, (worker.utilisation, version, worker.worker_id))
-        if len(self._heap) > 4 * len(self._members) + 64:
-            self._heap = [(w.utilisation, v, wid) for wid, (w, v) in self._members.items()]
-            heapq.heapify(self._heap)
+        return min(allowed, key=lambda w: (w.utilisation, self._index.version(w)))

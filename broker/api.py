@@ -17,7 +17,7 @@ import grpc
 from broker import convert
 from broker.domain import Task, TaskId
 from broker.engine import Engine
-from broker.errors import BrokerError
+from broker.errors import BrokerError, ResourceExhausted
 from broker.parsing import Malformed
 from broker.status import status_of
 from worker_sdk._pb import admin_pb2 as _admin
@@ -37,6 +37,26 @@ COMPLETIONS_PER_MESSAGE = 1000
 COMPLETION_BYTES_PER_MESSAGE = 1024 * 1024
 
 
+# The trailing metadata of a RESOURCE_EXHAUSTED answer that says when to try again, in
+# milliseconds: the name gRPC's own retry machinery reads as server pushback.
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+# The request metadata naming the caller, for per-client rate limits.
+CLIENT_ID_KEY = "x-taskbroker-client"
+MAX_CLIENT_ID_LENGTH = 200
+
+
+def retry_after_ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def client_identity(context: Context) -> str:
+    """Who is calling: the client id it sends, else its address."""
+    for key, value in context.invocation_metadata() or ():
+        if key == CLIENT_ID_KEY and isinstance(value, str) and value:
+            return value[:MAX_CLIENT_ID_LENGTH]
+    return context.peer() or ""
+
+
 def edge(handler: Handler[Request, Response]) -> Handler[Request, Response]:
     """Turn a BrokerError raised by a unary handler into its gRPC status."""
 
@@ -46,6 +66,10 @@ def edge(handler: Handler[Request, Response]) -> Handler[Request, Response]:
                 raise request.error()
             return await handler(self, request, context)
         except BrokerError as exc:
+            if isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
+                context.set_trailing_metadata(
+                    ((RETRY_PUSHBACK_KEY, str(retry_after_ms(exc.retry_after_s))),)
+                )
             await context.abort(status_of(exc), str(exc))
             raise  # abort() raises; this is for the type checker
 
@@ -64,20 +88,22 @@ class TaskApi(_tasks_grpc.TaskServiceServicer):
     async def Submit(
         self, request: _tasks.SubmitRequest, context: Context
     ) -> _tasks.SubmitResponse:
-        (task,) = await self._engine.submit([convert.spec_from_pb(request.task)])
-        return _tasks.SubmitResponse(task_id=str(task.id))
+        spec = convert.spec_from_pb(request.task)
+        ((task, existing),) = await self._engine.submit_detailed([spec], client_identity(context))
+        return _tasks.SubmitResponse(task_id=str(task.id), existing=existing)
 
     @edge
     async def SubmitBatch(
         self, request: _tasks.SubmitBatchRequest, context: Context
     ) -> _tasks.SubmitBatchResponse:
-        tasks = await self._engine.submit(convert.specs_from_pb(request.tasks))
+        specs = convert.specs_from_pb(request.tasks)
+        tasks = await self._engine.submit(specs, client_identity(context))
         return _tasks.SubmitBatchResponse(task_ids=[str(t.id) for t in tasks])
 
     async def SubmitStream(
         self, request_iterator: AsyncIterator[_tasks.SubmitStreamRequest], context: Context
     ) -> AsyncIterator[_tasks.SubmitStreamResponse]:
-        session = _SubmitSession(self._engine)
+        session = _SubmitSession(self._engine, client_identity(context))
         reader = asyncio.create_task(session.read(request_iterator))
         try:
             async for message in session.messages():
@@ -119,13 +145,23 @@ class TaskApi(_tasks_grpc.TaskServiceServicer):
         tasks = await self._engine.list_tasks(convert.filter_from_pb(request))
         return _tasks.ListTasksResponse(tasks=[convert.task_to_pb(t) for t in tasks])
 
+    @edge
+    async def Retry(self, request: _tasks.RetryRequest, context: Context) -> _tasks.RetryResponse:
+        tasks = await self._engine.retry(
+            convert.task_ids_from_pb(request.task_ids),
+            request.dead_letter_pool,
+            request.limit or 1000,
+        )
+        return _tasks.RetryResponse(tasks=[convert.task_to_pb(t) for t in tasks])
+
 
 class _SubmitSession:
     """One SubmitStream: batches are handled concurrently (so they share group commits),
     acks and completion notices are sent as they come, completions coalesced."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, client: str) -> None:
         self._engine = engine
+        self._client = client
         self._acks: list[_tasks.SubmitAck] = []
         self._completed: list[Task] = []
         self._not_found: list[str] = []  # watched ids the broker does not know
@@ -195,10 +231,13 @@ class _SubmitSession:
         if request.tasks:
             ack = _tasks.SubmitAck(batch_id=request.batch_id)
             try:
-                tasks = await self._engine.submit(convert.specs_from_pb(request.tasks))
+                specs = convert.specs_from_pb(request.tasks)
+                tasks = await self._engine.submit(specs, self._client)
             except BrokerError as exc:
                 ack.error_code = status_of(exc).value[0]
                 ack.error_message = str(exc)
+                if isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
+                    ack.retry_after_ms = retry_after_ms(exc.retry_after_s)
             else:
                 ack.task_ids.extend(str(t.id) for t in tasks)
                 if request.watch:
@@ -260,6 +299,13 @@ class AdminApi(_admin_grpc.AdminServiceServicer):
     ) -> _admin.DrainWorkerResponse:
         status = self._engine.drain_worker(request.worker_id)
         return _admin.DrainWorkerResponse(worker=convert.worker_status_to_pb(status))
+
+    @edge
+    async def CordonWorker(
+        self, request: _admin.CordonWorkerRequest, context: Context
+    ) -> _admin.WorkerStatus:
+        status = self._engine.cordon_worker(request.worker_id, request.cordon)
+        return convert.worker_status_to_pb(status)
 
     @edge
     async def Stats(self, request: _admin.StatsRequest, context: Context) -> _admin.StatsResponse:

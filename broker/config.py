@@ -15,6 +15,20 @@ The file looks like::
     ab_strategy = "predictive"  # A/B split: 20% of the tasks placed by another strategy
     ab_percent = 20
     sticky_timeout_s = 5.0      # how long a sticky task waits for its worker
+    max_inflight = 64           # bulkhead: tasks its workers hold at once (0 = no limit)
+    max_queue = 10000           # back-pressure: waiting tasks before submits are refused
+    client_rate_per_s = 100.0   # token bucket per client identity (0 = no limit)
+    rate_mode = "reject"        # over a rate limit: "reject" or "queue"
+    breaker_failures = 5        # consecutive failures that open a worker's breaker
+    breaker_cooldown_s = 30.0
+
+    [pools.gpu.bulkheads.render]  # per task type
+    max_inflight = 8
+    max_queue = 500
+    rate_per_s = 20.0
+
+    [pools.gpu.fairness_weights]  # per fairness key (tenant); default 1
+    tenant-a = 3
 
 Every key of ``[broker]`` can be overridden by ``TASKBROKER_<KEY>`` (for example
 ``TASKBROKER_PORT=6000``). The pool ``default`` always exists.
@@ -30,7 +44,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from broker.domain import DEFAULT_POOL, DEFAULT_STICKY_TIMEOUT_S, PoolConfig
+from broker.domain import (
+    DEFAULT_BREAKER_COOLDOWN_S,
+    DEFAULT_BREAKER_FAILURES,
+    DEFAULT_BREAKER_WINDOW,
+    DEFAULT_POOL,
+    DEFAULT_STICKY_TIMEOUT_S,
+    RATE_MODES,
+    BulkheadConfig,
+    PoolConfig,
+)
 from broker.errors import ConfigError
 from broker.strategies import STRATEGIES
 
@@ -39,6 +62,10 @@ STRATEGY_NAMES = tuple(STRATEGIES)
 SYNCHRONOUS_MODES = ("FULL", "NORMAL")
 _POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENV_PREFIX = "TASKBROKER_"
+MAX_QUEUE = 10_000_000
+MAX_INFLIGHT = 1_000_000
+MAX_RATE = 1_000_000.0
+MAX_FAIRNESS_WEIGHT = 1000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +85,9 @@ class BrokerConfig:
     heartbeat_timeout_s: float = 15.0
     starvation_interval: int = 10  # every Nth dispatch of a pool takes its oldest task
     shutdown_grace_s: float = 10.0
+    default_max_queue: int = 100_000  # waiting tasks per pool, unless the pool says otherwise
+    max_pending_bytes: int = 256 * 1024 * 1024  # payload bytes of all waiting tasks
+    idempotency_retention_s: float = 86_400.0  # how long an idempotency key is remembered
     pools: tuple[PoolConfig, ...] = (PoolConfig(name=DEFAULT_POOL),)
 
     def __post_init__(self) -> None:
@@ -81,6 +111,11 @@ class BrokerConfig:
         )
         _check(self.starvation_interval >= 2, "starvation_interval", "must be at least 2")
         _check(self.shutdown_grace_s >= 0, "shutdown_grace_s", "must not be negative")
+        _check(
+            1 <= self.default_max_queue <= MAX_QUEUE, "default_max_queue", f"must be 1..{MAX_QUEUE}"
+        )
+        _check(self.max_pending_bytes > 0, "max_pending_bytes", "must be positive")
+        _check(self.idempotency_retention_s > 0, "idempotency_retention_s", "must be positive")
         names = [p.name for p in self.pools]
         _check(DEFAULT_POOL in names, "pools", f"must include {DEFAULT_POOL!r}")
         _check(len(set(names)) == len(names), "pools", "names must be unique")
@@ -116,6 +151,58 @@ def validate_pool(pool: PoolConfig) -> None:
         f"pools.{pool.name}.sticky_timeout_s",
         "must be 0..86400 seconds",
     )
+    key = f"pools.{pool.name}"
+    _check_limits(key, pool.max_inflight, pool.max_queue)
+    _check_rate(key, "client_rate", pool.client_rate_per_s, pool.client_rate_burst)
+    _check(
+        pool.rate_mode in RATE_MODES, f"{key}.rate_mode", f"must be one of {', '.join(RATE_MODES)}"
+    )
+    _check(1 <= pool.breaker_failures <= 1000, f"{key}.breaker_failures", "must be 1..1000")
+    _check(
+        0 <= pool.breaker_failure_rate < 1, f"{key}.breaker_failure_rate", "must be 0 (off) to <1"
+    )
+    _check(2 <= pool.breaker_window <= 10_000, f"{key}.breaker_window", "must be 2..10000")
+    _check(
+        0 < pool.breaker_cooldown_s <= 86_400,
+        f"{key}.breaker_cooldown_s",
+        "must be more than 0 and at most 86400 seconds",
+    )
+    _check(0 <= pool.lease_s <= 86_400, f"{key}.lease_s", "must be 0..86400 seconds")
+    types = [b.task_type for b in pool.bulkheads]
+    _check(len(set(types)) == len(types), f"{key}.bulkheads", "one bulkhead per task type")
+    for bulkhead in pool.bulkheads:
+        where = f"{key}.bulkheads.{bulkhead.task_type}"
+        _check(bool(bulkhead.task_type.strip()), where, "needs a task type")
+        _check_limits(where, bulkhead.max_inflight, bulkhead.max_queue)
+        _check_rate(where, "rate", bulkhead.rate_per_s, bulkhead.rate_burst)
+    for fairness_key, weight in pool.fairness_weights.items():
+        _check(
+            isinstance(weight, int) and 1 <= weight <= MAX_FAIRNESS_WEIGHT,
+            f"{key}.fairness_weights.{fairness_key}",
+            f"must be 1..{MAX_FAIRNESS_WEIGHT}, got {weight!r}",
+        )
+
+
+def _check_limits(key: str, max_inflight: int, max_queue: int) -> None:
+    _check(
+        0 <= max_inflight <= MAX_INFLIGHT,
+        f"{key}.max_inflight",
+        f"must be 0 (no limit)..{MAX_INFLIGHT}, got {max_inflight}",
+    )
+    _check(
+        0 <= max_queue <= MAX_QUEUE,
+        f"{key}.max_queue",
+        f"must be 0 (the default)..{MAX_QUEUE}, got {max_queue}",
+    )
+
+
+def _check_rate(key: str, name: str, rate: float, burst: int) -> None:
+    _check(
+        0 <= rate <= MAX_RATE,
+        f"{key}.{name}_per_s",
+        f"must be 0 (no limit)..{MAX_RATE:g}, got {rate}",
+    )
+    _check(0 <= burst <= 1_000_000, f"{key}.{name}_burst", f"must be 0..1000000, got {burst}")
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -168,27 +255,72 @@ def load_config(
     return BrokerConfig(**broker_values, pools=tuple(pools.values()))
 
 
-_POOL_KEYS = {"strategy", "ab_strategy", "ab_percent", "sticky_timeout_s"}
+_POOL_DEFAULTS: dict[str, Any] = {
+    "strategy": "round_robin",
+    "ab_strategy": "",
+    "ab_percent": 0,
+    "sticky_timeout_s": DEFAULT_STICKY_TIMEOUT_S,
+    "max_inflight": 0,
+    "max_queue": 0,
+    "client_rate_per_s": 0.0,
+    "client_rate_burst": 0,
+    "rate_mode": "reject",
+    "breaker_failures": DEFAULT_BREAKER_FAILURES,
+    "breaker_failure_rate": 0.0,
+    "breaker_window": DEFAULT_BREAKER_WINDOW,
+    "breaker_cooldown_s": DEFAULT_BREAKER_COOLDOWN_S,
+    "lease_s": 0.0,
+}
+_BULKHEAD_DEFAULTS: dict[str, Any] = {
+    "max_inflight": 0,
+    "max_queue": 0,
+    "rate_per_s": 0.0,
+    "rate_burst": 0,
+}
+_POOL_KEYS = {*_POOL_DEFAULTS, "bulkheads", "fairness_weights"}
+
+
+def _typed(table: dict[str, Any], where: str, key: str, default: Any) -> Any:
+    """table[key] (or the default), of the default's type; ints pass for floats."""
+    kind = type(default)
+    value = table.get(key, default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    _check(
+        isinstance(value, kind) and not isinstance(value, bool),
+        f"{where}.{key}",
+        f"expected {kind.__name__}, got {value!r}",
+    )
+    return value
 
 
 def _pool_from_table(name: str, table: dict[str, Any]) -> PoolConfig:
-    def typed(key: str, kind: type, default: Any) -> Any:
-        value = table.get(key, default)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        _check(
-            isinstance(value, kind) and not isinstance(value, bool),
-            f"pools.{name}.{key}",
-            f"expected {kind.__name__}, got {value!r}",
+    where = f"pools.{name}"
+    values = {key: _typed(table, where, key, default) for key, default in _POOL_DEFAULTS.items()}
+    bulkheads = []
+    section = table.get("bulkheads", {})
+    _check(isinstance(section, dict), f"{where}.bulkheads", "must be a table of tables")
+    for task_type, limits in section.items():
+        at = f"{where}.bulkheads.{task_type}"
+        _check(isinstance(limits, dict), at, "must be a table")
+        extra = set(limits) - set(_BULKHEAD_DEFAULTS)
+        _check(not extra, f"{at}.{next(iter(extra), '')}", "unknown key")
+        bulkheads.append(
+            BulkheadConfig(
+                task_type=task_type,
+                **{key: _typed(limits, at, key, d) for key, d in _BULKHEAD_DEFAULTS.items()},
+            )
         )
-        return value
-
+    weights = table.get("fairness_weights", {})
+    _check(isinstance(weights, dict), f"{where}.fairness_weights", "must be a table")
+    for fairness_key, weight in weights.items():
+        _check(
+            isinstance(weight, int) and not isinstance(weight, bool),
+            f"{where}.fairness_weights.{fairness_key}",
+            f"expected int, got {weight!r}",
+        )
     return PoolConfig(
-        name=name,
-        strategy=typed("strategy", str, "round_robin"),
-        ab_strategy=typed("ab_strategy", str, ""),
-        ab_percent=typed("ab_percent", int, 0),
-        sticky_timeout_s=typed("sticky_timeout_s", float, DEFAULT_STICKY_TIMEOUT_S),
+        name=name, bulkheads=tuple(bulkheads), fairness_weights=dict(weights), **values
     )
 
 

@@ -6,12 +6,18 @@ from collections.abc import Sequence
 
 from broker.domain import (
     ANYWHERE,
+    DEFAULT_BREAKER_COOLDOWN_S,
+    DEFAULT_BREAKER_FAILURES,
+    DEFAULT_BREAKER_WINDOW,
     DEFAULT_POOL,
     DEFAULT_STICKY_TIMEOUT_S,
+    NO_RETRY,
+    BulkheadConfig,
     Placement,
     PoolConfig,
     PoolStats,
     PreferredLabel,
+    RetryPolicy,
     Task,
     TaskError,
     TaskFilter,
@@ -68,6 +74,20 @@ def placement_from_pb(msg: _tasks.Placement) -> Placement:
     )
 
 
+def retry_from_pb(msg: _tasks.RetryPolicy) -> RetryPolicy:
+    """A retry policy from the wire; unset (0) numbers take the defaults."""
+    if msg.max_attempts <= 1 and not msg.retryable_errors and not msg.non_retryable_errors:
+        return NO_RETRY
+    return RetryPolicy(
+        max_attempts=max(1, msg.max_attempts),
+        initial_backoff_s=msg.initial_backoff_s or NO_RETRY.initial_backoff_s,
+        max_backoff_s=msg.max_backoff_s or NO_RETRY.max_backoff_s,
+        backoff_multiplier=msg.backoff_multiplier or NO_RETRY.backoff_multiplier,
+        retryable_errors=frozenset(msg.retryable_errors),
+        non_retryable_errors=frozenset(msg.non_retryable_errors),
+    )
+
+
 def spec_from_pb(msg: _tasks.TaskSpec) -> TaskSpec:
     return TaskSpec(
         task_type=msg.task_type,
@@ -75,7 +95,42 @@ def spec_from_pb(msg: _tasks.TaskSpec) -> TaskSpec:
         priority=msg.priority,
         pool=msg.pool or DEFAULT_POOL,
         placement=placement_from_pb(msg.placement) if msg.HasField("placement") else ANYWHERE,
+        retry=retry_from_pb(msg.retry) if msg.HasField("retry") else NO_RETRY,
+        not_before=_seconds(msg.not_before_ms),
+        start_timeout_s=msg.start_timeout_s,
+        execution_timeout_s=msg.execution_timeout_s,
+        idempotency_key=msg.idempotency_key,
+        fairness_key=msg.fairness_key,
     )
+
+
+def _spec_to_pb(spec: TaskSpec) -> _tasks.TaskSpec:
+    msg = _tasks.TaskSpec(
+        task_type=spec.task_type,
+        payload=spec.payload,
+        priority=spec.priority,
+        pool=spec.pool,
+        not_before_ms=_ms(spec.not_before),
+        start_timeout_s=spec.start_timeout_s,
+        execution_timeout_s=spec.execution_timeout_s,
+        idempotency_key=spec.idempotency_key,
+        fairness_key=spec.fairness_key,
+    )
+    if spec.placement is not ANYWHERE:
+        _placement_to_pb(spec.placement, msg.placement)
+    if spec.retry != NO_RETRY:
+        retry = spec.retry
+        msg.retry.CopyFrom(
+            _tasks.RetryPolicy(
+                max_attempts=retry.max_attempts,
+                initial_backoff_s=retry.initial_backoff_s,
+                max_backoff_s=retry.max_backoff_s,
+                backoff_multiplier=retry.backoff_multiplier,
+                retryable_errors=sorted(retry.retryable_errors),
+                non_retryable_errors=sorted(retry.non_retryable_errors),
+            )
+        )
+    return msg
 
 
 def _placement_to_pb(placement: Placement, msg: _tasks.Placement) -> None:
@@ -99,12 +154,9 @@ def _error_to_pb(error: TaskError, msg: _tasks.TaskError) -> None:
 
 
 def task_to_pb(task: Task) -> _tasks.Task:
-    spec = task.spec
     msg = _tasks.Task(
         id=str(task.id),
-        spec=_tasks.TaskSpec(
-            task_type=spec.task_type, payload=spec.payload, priority=spec.priority, pool=spec.pool
-        ),
+        spec=_spec_to_pb(task.spec),
         state=int(task.state),  # type: ignore[arg-type]
         attempts=task.attempts,
         worker_id=task.worker_id,
@@ -115,26 +167,28 @@ def task_to_pb(task: Task) -> _tasks.Task:
         result=task.result,
         placement_note=task.placement_note,
         unschedulable=task.unschedulable,
+        not_before_ms=_ms(task.not_before),
     )
     if task.error is not None:
         _error_to_pb(task.error, msg.error)
-    if spec.placement is not ANYWHERE:
-        _placement_to_pb(spec.placement, msg.spec.placement)
     return msg
 
 
-def assignments_to_pb(assigned: Sequence[tuple[Task, int]]) -> _worker.BrokerMessage:
-    """One message of assignments: each task with the attempt it was assigned as."""
+def assignments_to_pb(assigned: Sequence[tuple[Task, int]], seq: int) -> _worker.BrokerMessage:
+    """The `seq`th message of assignments: each task with the attempt it was assigned as."""
     msg = _worker.BrokerMessage()
+    msg.assignments.seq = seq
     add = msg.assignments.assignments.add
     for task, attempt in assigned:
         spec = task.spec
+        timeout = spec.execution_timeout_s
         add(
             task_id=str(task.id),
             attempt=attempt,
             task_type=spec.task_type,
             payload=spec.payload,
             priority=spec.priority,
+            deadline_ms=_ms(task.assigned_at + timeout) if timeout else 0,
         )
     return msg
 
@@ -214,17 +268,59 @@ def pool_to_pb(pool: PoolConfig) -> _admin.Pool:
         ab_strategy=pool.ab_strategy,
         ab_percent=pool.ab_percent,
         sticky_timeout_s=pool.sticky_timeout_s,
+        max_inflight=pool.max_inflight,
+        max_queue=pool.max_queue,
+        client_rate_per_s=pool.client_rate_per_s,
+        client_rate_burst=pool.client_rate_burst,
+        rate_mode=pool.rate_mode,
+        breaker_failures=pool.breaker_failures,
+        breaker_failure_rate=pool.breaker_failure_rate,
+        breaker_window=pool.breaker_window,
+        breaker_cooldown_s=pool.breaker_cooldown_s,
+        lease_s=pool.lease_s,
+        bulkheads=[
+            _admin.Bulkhead(
+                task_type=b.task_type,
+                max_inflight=b.max_inflight,
+                max_queue=b.max_queue,
+                rate_per_s=b.rate_per_s,
+                rate_burst=b.rate_burst,
+            )
+            for b in pool.bulkheads
+        ],
+        fairness_weights=dict(pool.fairness_weights),
     )
 
 
 def pool_from_pb(msg: _admin.Pool) -> PoolConfig:
-    """A pool from the wire; an unset sticky timeout (0) takes the default."""
+    """A pool from the wire; unset (0 or empty) settings with a non-zero default take it."""
     return PoolConfig(
         name=msg.name,
         strategy=msg.strategy or "round_robin",
         ab_strategy=msg.ab_strategy,
         ab_percent=msg.ab_percent,
         sticky_timeout_s=msg.sticky_timeout_s or DEFAULT_STICKY_TIMEOUT_S,
+        max_inflight=msg.max_inflight,
+        max_queue=msg.max_queue,
+        client_rate_per_s=msg.client_rate_per_s,
+        client_rate_burst=msg.client_rate_burst,
+        rate_mode=msg.rate_mode or "reject",
+        breaker_failures=msg.breaker_failures or DEFAULT_BREAKER_FAILURES,
+        breaker_failure_rate=msg.breaker_failure_rate,
+        breaker_window=msg.breaker_window or DEFAULT_BREAKER_WINDOW,
+        breaker_cooldown_s=msg.breaker_cooldown_s or DEFAULT_BREAKER_COOLDOWN_S,
+        lease_s=msg.lease_s,
+        bulkheads=tuple(
+            BulkheadConfig(
+                task_type=b.task_type,
+                max_inflight=b.max_inflight,
+                max_queue=b.max_queue,
+                rate_per_s=b.rate_per_s,
+                rate_burst=b.rate_burst,
+            )
+            for b in msg.bulkheads
+        ),
+        fairness_weights=dict(msg.fairness_weights),
     )
 
 
@@ -241,6 +337,9 @@ def worker_status_to_pb(status: WorkerStatus) -> _admin.WorkerStatus:
         connected_at_ms=_ms(status.connected_at),
         last_heartbeat_ms=_ms(status.last_heartbeat),
         draining=status.draining,
+        cordoned=status.cordoned,
+        breaker=status.breaker,
+        consecutive_failures=status.consecutive_failures,
     )
 
 
@@ -284,6 +383,28 @@ def stats_to_pb(pools: Sequence[PoolStats], broker_state: str) -> _admin.StatsRe
                 sticky_hits=s.sticky_hits,
                 sticky_misses=s.sticky_misses,
                 strategy_notes=s.strategy_notes,
+                delayed=s.delayed,
+                dead_letter=s.dead_letter,
+                rejected=s.rejected,
+                rate_limited=s.rate_limited,
+                retried=s.retried,
+                timed_out=s.timed_out,
+                expired=s.expired,
+                lease_expired=s.lease_expired,
+                reconciled=s.reconciled,
+                deduplicated=s.deduplicated,
+                max_queue=s.max_queue,
+                max_inflight=s.max_inflight,
+                bulkheads=[
+                    _admin.BulkheadStats(
+                        task_type=b.task_type,
+                        pending=b.pending,
+                        in_flight=b.in_flight,
+                        max_queue=b.max_queue,
+                        max_inflight=b.max_inflight,
+                    )
+                    for b in s.bulkheads
+                ],
             )
             for s in pools
         ],

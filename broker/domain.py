@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 
 DEFAULT_POOL = "default"
 DEFAULT_STICKY_TIMEOUT_S = 5.0
+DEFAULT_BREAKER_FAILURES = 5
+DEFAULT_BREAKER_WINDOW = 20
+DEFAULT_BREAKER_COOLDOWN_S = 30.0
+RATE_MODES = ("reject", "queue")
 MIN_PRIORITY = -1000
 MAX_PRIORITY = 1000
 
@@ -24,6 +28,7 @@ class TaskState(enum.IntEnum):
     SUCCEEDED = 4
     FAILED = 5
     CANCELLED = 6
+    DEAD_LETTER = 7  # failed every attempt its retry policy allowed
 
     @property
     def terminal(self) -> bool:
@@ -35,7 +40,9 @@ class TaskState(enum.IntEnum):
         return self in (TaskState.ASSIGNED, TaskState.RUNNING)
 
 
-_TERMINAL = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
+_TERMINAL = frozenset(
+    {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.DEAD_LETTER}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +80,36 @@ ANYWHERE = Placement()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """How often and how soon a failed task is tried again.
+
+    Attempt n (1-based) that fails with a retryable error is retried after a random
+    delay in [0, min(max_backoff_s, initial_backoff_s * backoff_multiplier**(n-1))]
+    ("full jitter"); one that fails its last attempt goes to DEAD_LETTER.
+    """
+
+    max_attempts: int = 1
+    initial_backoff_s: float = 1.0
+    max_backoff_s: float = 300.0
+    backoff_multiplier: float = 2.0
+    retryable_errors: frozenset[str] = frozenset()  # empty: every type not listed below
+    non_retryable_errors: frozenset[str] = frozenset()
+
+    def retryable(self, error_type: str) -> bool:
+        if error_type in self.non_retryable_errors:
+            return False
+        return not self.retryable_errors or error_type in self.retryable_errors
+
+    def backoff_cap(self, attempt: int) -> float:
+        """The longest wait after failed attempt `attempt` (1-based)."""
+        exponent = min(max(attempt - 1, 0), 64)
+        return min(self.max_backoff_s, self.initial_backoff_s * self.backoff_multiplier**exponent)
+
+
+NO_RETRY = RetryPolicy()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TaskSpec:
     """What a client asks to run."""
 
@@ -81,6 +118,12 @@ class TaskSpec:
     priority: int = 0
     pool: str = DEFAULT_POOL
     placement: Placement = ANYWHERE
+    retry: RetryPolicy = NO_RETRY
+    not_before: float = 0.0  # a delayed task: pending from this epoch second on
+    start_timeout_s: float = 0.0  # fail unless started this long after becoming pending
+    execution_timeout_s: float = 0.0  # fail an attempt that runs longer than this
+    idempotency_key: str = ""
+    fairness_key: str = ""  # a tenant; keys of a pool share it by weighted round robin
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,6 +159,7 @@ class Task:
     error: TaskError | None = None
     placement_note: str = ""  # why it went where it went, or why it still waits
     unschedulable: bool = False  # pending, and no connected worker can take it
+    not_before: float = 0.0  # pending, but waiting until then (delay, backoff, rate limit)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,14 +176,43 @@ class TaskResult:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BulkheadConfig:
+    """Limits of one task type within a pool; 0 = no limit (max_queue: the pool's)."""
+
+    task_type: str
+    max_inflight: int = 0
+    max_queue: int = 0
+    rate_per_s: float = 0.0  # token bucket over the type's submits
+    rate_burst: int = 0  # 0 = max(1, rate_per_s)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PoolConfig:
-    """A pool of workers with its own queue and placement strategy."""
+    """A pool of workers with its own queue, placement strategy and limits."""
 
     name: str
     strategy: str = "round_robin"
     ab_strategy: str = ""  # A/B split: ab_percent of the tasks are placed by this one
     ab_percent: int = 0
     sticky_timeout_s: float = DEFAULT_STICKY_TIMEOUT_S
+    max_inflight: int = 0  # tasks its workers hold at once; 0 = no limit
+    max_queue: int = 0  # tasks waiting; 0 = the broker's default_max_queue
+    client_rate_per_s: float = 0.0  # token bucket per client identity; 0 = no limit
+    client_rate_burst: int = 0  # 0 = max(1, client_rate_per_s)
+    rate_mode: str = "reject"  # over a rate limit: "reject" or "queue" (delay the task)
+    breaker_failures: int = DEFAULT_BREAKER_FAILURES  # consecutive failures that open it
+    breaker_failure_rate: float = 0.0  # or this share of the last window failed; 0 = off
+    breaker_window: int = DEFAULT_BREAKER_WINDOW
+    breaker_cooldown_s: float = DEFAULT_BREAKER_COOLDOWN_S
+    lease_s: float = 0.0  # unconfirmed held tasks are requeued after; 0 = heartbeat timeout
+    bulkheads: tuple[BulkheadConfig, ...] = ()
+    fairness_weights: Mapping[str, int] = field(default_factory=dict)
+
+    def bulkhead(self, task_type: str) -> BulkheadConfig | None:
+        for bulkhead in self.bulkheads:
+            if bulkhead.task_type == task_type:
+                return bulkhead
+        return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -165,6 +238,9 @@ class WorkerStatus:
     connected_at: float
     last_heartbeat: float
     draining: bool
+    cordoned: bool = False
+    breaker: str = "closed"  # closed, open or half_open
+    consecutive_failures: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -210,6 +286,30 @@ class PoolStats:
     sticky_hits: int = 0
     sticky_misses: int = 0
     strategy_notes: tuple[str, ...] = ()
+    delayed: int = 0  # pending, waiting for a time (delay, backoff, rate limit)
+    dead_letter: int = 0
+    rejected: int = 0  # tasks refused for a full queue
+    rate_limited: int = 0  # tasks refused or delayed by a rate limit
+    retried: int = 0  # failed attempts sent back for another
+    timed_out: int = 0  # attempts past their execution timeout
+    expired: int = 0  # tasks past their start deadline
+    lease_expired: int = 0  # held tasks requeued for an expired lease
+    reconciled: int = 0  # slot count drifts repaired
+    deduplicated: int = 0  # tasks answered with an earlier one (idempotency key)
+    max_queue: int = 0
+    max_inflight: int = 0
+    bulkheads: tuple[BulkheadStats, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BulkheadStats:
+    """One task type's bulkhead in a pool, now."""
+
+    task_type: str
+    pending: int
+    in_flight: int
+    max_queue: int
+    max_inflight: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

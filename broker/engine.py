@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter, defaultdict
+import math
+import random
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
+from broker.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from broker.clock import Clock
 from broker.config import BrokerConfig, validate_pool
 from broker.domain import (
     MAX_PRIORITY,
     MIN_PRIORITY,
     ArmSummary,
+    BulkheadStats,
     Placement,
     PoolConfig,
     PoolStats,
@@ -45,11 +49,14 @@ from broker.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from broker.registry import WorkerChannel, WorkerRegistry
+from broker.ratelimit import KeyedBuckets, TokenBucket
+from broker.registry import WorkerChannel, WorkerRegistry, WorkerSession
 from broker.runtimes import RunStats, RuntimeKey, RuntimeModel
 from broker.scheduler import PoolScheduler
 from broker.states import check_move
 from broker.strategies import StrategyEnv, WorkerSlot
+from broker.strategies._base import UNLIMITED
+from broker.timers import Timers
 
 log = logging.getLogger("taskbroker.engine")
 
@@ -57,8 +64,18 @@ MAX_CAPACITY = 10_000
 MAX_NAME_LENGTH = 200
 MAX_LABELS = 64
 MAX_PREFERENCE_WEIGHT = 1000
+MAX_ATTEMPTS = 100
+MAX_TIMEOUT_S = 30 * 86_400.0
+MAX_KEY_LENGTH = 200
+# A retry hint stays within these bounds, whatever the pool's recent drain rate says.
+MAX_RECENT_ASSIGNMENTS = 100_000  # assignment times kept per pool, for retry hints
+MIN_RETRY_HINT_S = 0.05
+MAX_RETRY_HINT_S = 30.0
 
 TaskCallback = Callable[[Task], None]
+# A placeholder in `found` for a spec whose idempotency key an earlier spec of the same
+# batch has: it gets that spec's task once it is made.
+_SAME_AS_FIRST = Task(id=0, spec=TaskSpec(task_type="-"))
 
 
 class Store(Protocol):
@@ -82,15 +99,21 @@ class Store(Protocol):
     def save_runtime(self, key: RuntimeKey, stats: RunStats) -> None: ...
     async def load_sticky(self) -> dict[str, dict[str, WorkerId]]: ...
     async def load_runtimes(self) -> list[tuple[RuntimeKey, RunStats]]: ...
+    async def find_idempotent(
+        self, pool: str, keys: Sequence[str], since: float
+    ) -> dict[str, Task]: ...
 
 
 class Engine:
     """Tasks, pools and workers of one broker."""
 
-    def __init__(self, config: BrokerConfig, store: Store, clock: Clock) -> None:
+    def __init__(
+        self, config: BrokerConfig, store: Store, clock: Clock, rng: random.Random | None = None
+    ) -> None:
         self._config = config
         self._store = store
         self._clock = clock
+        self._random = rng or random.Random()
         self._pools: dict[str, PoolScheduler] = {}
         self._workers = WorkerRegistry(store, clock)
         self._live: dict[TaskId, Task] = {}  # not yet terminal, or terminal and not yet durable
@@ -106,6 +129,23 @@ class Engine:
         self.dispatching = False  # new assignments allowed
         self.stale_results = 0  # results for tasks the worker no longer holds
         self._finished: Counter[tuple[str, TaskState]] = Counter()  # durable terminal tasks
+        # Pending tasks waiting for a time (delay, retry backoff, rate limit): not queued yet.
+        self._delayed: dict[TaskId, Task] = {}
+        self._delayed_by_pool: Counter[str] = Counter()
+        # Tasks waiting per pool and per (pool, type), and their payload bytes, from the
+        # moment a submit is admitted: what back-pressure bounds.
+        self._backlog: Counter[str] = Counter()
+        self._backlog_by_type: Counter[tuple[str, str]] = Counter()
+        self._backlog_bytes = 0
+        self._timers = Timers()
+        self._timer_handle: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._leases: dict[TaskId, float] = {}  # held task -> when its lease runs out
+        self._events: Counter[tuple[str, str]] = Counter()  # (pool, event) for stats
+        self._type_buckets: dict[tuple[str, str], TokenBucket] = {}
+        self._client_buckets: dict[str, KeyedBuckets] = {}
+        self._claims: dict[tuple[str, str], asyncio.Future[Task]] = {}  # idempotency keys
+        self._assigned_recently: dict[str, deque[float]] = defaultdict(deque)
 
     # Lifecycle -----------------------------------------------------------------
 
@@ -134,7 +174,8 @@ class Engine:
                 _move(task, TaskState.PENDING)
                 self._store.save(task)
             self._live[task.id] = task
-            self._pools[task.spec.pool].enqueue(task)
+            self._count_waiting(task, 1)
+            self._wait(task)
         await self._store.flush()
         return len(unfinished)
 
@@ -143,6 +184,7 @@ class Engine:
         self.accepting = True
         self.dispatching = True
         self._request_dispatch(self._pools)
+        self._arm_timer()
 
     async def drain(self, grace: float) -> bool:
         """Stop taking submits and handing out work; wait up to `grace` s for held tasks.
@@ -158,6 +200,9 @@ class Engine:
         for handle in self._deadline_handles.values():
             handle.cancel()
         self._deadline_handles.clear()
+        if self._timer_handle is not None:
+            self._timer_handle.cancel()
+            self._timer_handle = None
         self._update_idle()
         try:
             async with asyncio.timeout(grace):
@@ -169,8 +214,24 @@ class Engine:
 
     # Submitting and reading tasks ----------------------------------------------
 
-    async def submit(self, specs: Sequence[TaskSpec]) -> list[Task]:
-        """Validate and durably store a batch, all or nothing, then queue it."""
+    async def submit(self, specs: Sequence[TaskSpec], client: str = "") -> list[Task]:
+        """Validate and durably store a batch, all or nothing, then queue it.
+
+        A spec whose idempotency key matches an earlier task of its pool (within the
+        retention window) gives that task instead of a new one; see `submit_detailed`.
+        """
+        return [task for task, _ in await self.submit_detailed(specs, client)]
+
+    async def submit_detailed(
+        self, specs: Sequence[TaskSpec], client: str = ""
+    ) -> list[tuple[Task, bool]]:
+        """As `submit`, with each task whether it existed already (an idempotency key).
+
+        Back-pressure: ResourceExhausted (with a retry hint) when the batch would take a
+        pool, a task type or the broker past its queue bound, or a rate limit that
+        rejects; a rate limit in "queue" mode delays the tasks instead. `client` is the
+        caller's identity, for per-client rate limits.
+        """
         if not self.accepting:
             raise Unavailable("the broker is not taking tasks now (it is shutting down)")
         if not specs:
@@ -181,25 +242,267 @@ class Engine:
             )
         for index, spec in enumerate(specs):
             self._validate_spec(spec, index if len(specs) > 1 else None)
+        found: dict[int, Task] = {}
+        claimed: dict[tuple[str, str], asyncio.Future[Task]] = {}
+        if any(spec.idempotency_key for spec in specs):
+            found, claimed = await self._find_existing(specs)
+        try:
+            tasks = self._admit(specs, found, client)
+            fresh = [task for index, task in enumerate(tasks) if index not in found]
+            if fresh:
+                # Queue the tasks as soon as they are durable, even if our caller is
+                # cancelled meanwhile: a stored task must never be missing from its queue.
+                committed = asyncio.ensure_future(self._store.insert_tasks(fresh))
+                committed.add_done_callback(lambda f: self._enqueue_committed(fresh, f))
+                await asyncio.shield(committed)
+        except BaseException as exc:
+            for claim in claimed.values():
+                if not claim.done():
+                    claim.set_exception(
+                        Unavailable(f"a submit with the same idempotency key failed: {exc}")
+                    )
+                    claim.exception()  # retrieved: nobody else may wait for it
+            raise
+        finally:
+            for key in claimed:
+                self._claims.pop(key, None)
+        for task in tasks:
+            made = claimed.get((task.spec.pool, task.spec.idempotency_key))
+            if made is not None and not made.done():
+                made.set_result(task)
+        if found:
+            for index in found:
+                self._events[(specs[index].pool, "deduplicated")] += 1
+        return [(task, index in found) for index, task in enumerate(tasks)]
+
+    async def _find_existing(
+        self, specs: Sequence[TaskSpec]
+    ) -> tuple[dict[int, Task], dict[tuple[str, str], asyncio.Future[Task]]]:
+        """The earlier task of each spec whose idempotency key was seen, by index; and the
+        keys this submit claimed (it resolves them with the tasks it creates)."""
+        found: dict[int, Task] = {}
+        claimed: dict[tuple[str, str], asyncio.Future[Task]] = {}
+        others: dict[int, asyncio.Future[Task]] = {}
+        lookups: dict[str, list[str]] = defaultdict(list)
+        loop = asyncio.get_running_loop()
+        for index, spec in enumerate(specs):
+            if not spec.idempotency_key:
+                continue
+            key = (spec.pool, spec.idempotency_key)
+            if key in claimed:
+                continue  # the same key twice in one batch: the first one's task
+            pending_claim = self._claims.get(key)
+            if pending_claim is not None:
+                others[index] = pending_claim
+                continue
+            claimed[key] = self._claims[key] = loop.create_future()
+            lookups[spec.pool].append(spec.idempotency_key)
+        try:
+            since = self._clock.now() - self._config.idempotency_retention_s
+            stored: dict[tuple[str, str], Task] = {}
+            for pool, keys in lookups.items():
+                matches = await self._store.find_idempotent(pool, keys, since)
+                for idempotency_key, task in matches.items():
+                    stored[(pool, idempotency_key)] = task
+            for index, pending_claim in others.items():
+                found[index] = await asyncio.shield(pending_claim)
+        except BaseException as exc:
+            for key, claim in claimed.items():
+                self._claims.pop(key, None)
+                claim.set_exception(Unavailable(f"idempotency lookup failed: {exc}"))
+                claim.exception()
+            raise
+        for key, task in stored.items():
+            claimed[key].set_result(task)
+        for index, spec in enumerate(specs):
+            key = (spec.pool, spec.idempotency_key)
+            if spec.idempotency_key and index not in found and key in stored:
+                found[index] = stored[key]
+        return found, claimed
+
+    def _admit(self, specs: Sequence[TaskSpec], found: dict[int, Task], client: str) -> list[Task]:
+        """Check the bounds and rate limits for the new specs (not those in `found`) and
+        make their tasks, counted as waiting; ResourceExhausted if a bound is hit.
+
+        Everything here is synchronous, so no other submit slips past a bound meanwhile.
+        """
         now = self._clock.now()
-        tasks = []
-        for spec in specs:
-            tasks.append(Task(id=self._next_id, spec=spec, seq=self._next_seq, created_at=now))
+        first_of: dict[tuple[str, str], int] = {}  # a key's first spec in this batch
+        for index, spec in enumerate(specs):
+            if spec.idempotency_key and index not in found:
+                first = first_of.setdefault((spec.pool, spec.idempotency_key), index)
+                if first != index:
+                    found[index] = found.get(first, _SAME_AS_FIRST)
+        new = [spec for index, spec in enumerate(specs) if index not in found]
+        by_pool = Counter(spec.pool for spec in new)
+        by_type = Counter((spec.pool, spec.task_type) for spec in new)
+        for pool_name, count in by_pool.items():
+            config = self._pools[pool_name].config
+            limit = config.max_queue or self._config.default_max_queue
+            waiting = self._backlog[pool_name]
+            if count > limit:
+                raise ResourceExhausted(
+                    f"a batch of {count} tasks for pool {pool_name!r} can never fit its "
+                    f"queue of {limit} (max_queue); send smaller batches"
+                )
+            if waiting + count > limit:
+                self._events[(pool_name, "rejected")] += count
+                raise ResourceExhausted(
+                    f"pool {pool_name!r} has {waiting} tasks waiting and takes at most "
+                    f"{limit} (max_queue); try again later",
+                    retry_after_s=self._retry_hint(pool_name, waiting + count - limit),
+                )
+        for (pool_name, task_type), count in by_type.items():
+            bulkhead = self._pools[pool_name].config.bulkhead(task_type)
+            if bulkhead is None or not bulkhead.max_queue:
+                continue
+            waiting = self._backlog_by_type[(pool_name, task_type)]
+            if count > bulkhead.max_queue:
+                raise ResourceExhausted(
+                    f"a batch of {count} tasks of type {task_type!r} can never fit its "
+                    f"bulkhead queue of {bulkhead.max_queue} (max_queue); send smaller batches"
+                )
+            if waiting + count > bulkhead.max_queue:
+                self._events[(pool_name, "rejected")] += count
+                raise ResourceExhausted(
+                    f"task type {task_type!r} of pool {pool_name!r} has {waiting} tasks "
+                    f"waiting and takes at most {bulkhead.max_queue} (bulkhead max_queue); "
+                    "try again later",
+                    retry_after_s=self._retry_hint(pool_name, waiting + count - bulkhead.max_queue),
+                )
+        size = sum(len(spec.payload) for spec in new)
+        if size > self._config.max_pending_bytes:
+            raise ResourceExhausted(
+                f"a batch of {size} payload bytes can never fit max_pending_bytes "
+                f"({self._config.max_pending_bytes}); send smaller batches"
+            )
+        if self._backlog_bytes + size > self._config.max_pending_bytes:
+            for pool_name, count in by_pool.items():
+                self._events[(pool_name, "rejected")] += count
+            raise ResourceExhausted(
+                f"the broker holds {self._backlog_bytes} payload bytes of waiting tasks and "
+                f"at most {self._config.max_pending_bytes} (max_pending_bytes); try again later",
+                retry_after_s=1.0,
+            )
+        delays = iter(self._rate_limit(new, client, now))
+        tasks: list[Task] = []
+        for index, spec in enumerate(specs):
+            if index in found:
+                earlier = found[index]
+                if earlier is _SAME_AS_FIRST:
+                    found[index] = earlier = tasks[first_of[(spec.pool, spec.idempotency_key)]]
+                tasks.append(earlier)
+                continue
+            not_before = max(spec.not_before, now + next(delays))
+            task = Task(
+                id=self._next_id,
+                spec=spec,
+                seq=self._next_seq,
+                created_at=now,
+                not_before=not_before if not_before > now else 0.0,
+            )
             self._next_id += 1
             self._next_seq += 1
-        # Queue the tasks as soon as they are durable, even if our caller is cancelled
-        # meanwhile: a stored task must never be missing from its queue.
-        committed = asyncio.ensure_future(self._store.insert_tasks(tasks))
-        committed.add_done_callback(lambda f: self._enqueue_committed(tasks, f))
-        await asyncio.shield(committed)
+            self._count_waiting(task, 1)
+            tasks.append(task)
         return tasks
+
+    def _rate_limit(self, new: Sequence[TaskSpec], client: str, now: float) -> list[float]:
+        """Take tokens for the new tasks; how long each must wait for them ("queue" mode).
+
+        In "reject" mode a bucket without enough tokens for the whole batch raises
+        ResourceExhausted with the time until it has them (tokens taken from other
+        buckets of the batch stay taken). In "queue" mode the tasks take their tokens
+        one by one, each waiting until its token is there.
+        """
+        reject = [spec for spec in new if self._pools[spec.pool].config.rate_mode != "queue"]
+        for (pool_name, task_type), count in Counter(
+            (spec.pool, spec.task_type) for spec in reject
+        ).items():
+            bucket = self._type_bucket(pool_name, task_type, now)
+            if bucket is not None:
+                self._over_rate(
+                    pool_name, f"task type {task_type!r}", bucket.take(now, count), count
+                )
+        for pool_name, count in Counter(spec.pool for spec in reject).items():
+            buckets = self._client_bucket(pool_name)
+            if buckets is not None:
+                wait = buckets.take(client, now, count)
+                self._over_rate(pool_name, f"client {client or 'anonymous'!r}", wait, count)
+        delays = []
+        for spec in new:
+            delay = 0.0
+            if self._pools[spec.pool].config.rate_mode == "queue":
+                bucket = self._type_bucket(spec.pool, spec.task_type, now)
+                if bucket is not None:
+                    delay = bucket.reserve(now)
+                buckets = self._client_bucket(spec.pool)
+                if buckets is not None:
+                    delay = max(delay, buckets.reserve(client, now))
+                if delay > 0:
+                    self._events[(spec.pool, "rate_limited")] += 1
+            delays.append(delay)
+        return delays
+
+    def _type_bucket(self, pool_name: str, task_type: str, now: float) -> TokenBucket | None:
+        """The token bucket of a task type with a rate limit (made on first use)."""
+        bulkhead = self._pools[pool_name].config.bulkhead(task_type)
+        if bulkhead is None or not bulkhead.rate_per_s:
+            return None
+        key = (pool_name, task_type)
+        bucket = self._type_buckets.get(key)
+        if bucket is None:
+            burst = bulkhead.rate_burst or max(1, int(bulkhead.rate_per_s))
+            bucket = self._type_buckets[key] = TokenBucket(bulkhead.rate_per_s, burst, now)
+        return bucket
+
+    def _client_bucket(self, pool_name: str) -> KeyedBuckets | None:
+        """The per-client token buckets of a pool with a client rate limit."""
+        config = self._pools[pool_name].config
+        if not config.client_rate_per_s:
+            return None
+        buckets = self._client_buckets.get(pool_name)
+        if buckets is None:
+            burst = config.client_rate_burst or max(1, int(config.client_rate_per_s))
+            buckets = self._client_buckets[pool_name] = KeyedBuckets(
+                config.client_rate_per_s, burst
+            )
+        return buckets
+
+    def _over_rate(self, pool_name: str, who: str, wait: float, count: int) -> None:
+        """Refuse the batch if a bucket said to wait (0: within the limit)."""
+        if wait == math.inf:
+            raise ResourceExhausted(
+                f"a batch of {count} tasks is more than the burst of {who}'s rate limit in "
+                f"pool {pool_name!r} can ever allow; send smaller batches"
+            )
+        if wait > 0:
+            self._events[(pool_name, "rate_limited")] += count
+            raise ResourceExhausted(
+                f"{who} of pool {pool_name!r} is over its rate limit; try again in {wait:.3f} s",
+                retry_after_s=wait,
+            )
+
+    def _retry_hint(self, pool_name: str, excess: int) -> float:
+        """How long until the pool has probably placed `excess` more tasks, judged by how
+        fast it placed them in (at most) the last ten seconds."""
+        recent = self._assigned_recently[pool_name]
+        now = self._clock.now()
+        while recent and recent[0] < now - 10.0:
+            recent.popleft()
+        if not recent:
+            return 1.0
+        rate = len(recent) / max(1.0, now - recent[0])  # over the time it was busy
+        return min(MAX_RETRY_HINT_S, max(MIN_RETRY_HINT_S, excess / rate))
 
     def _enqueue_committed(self, tasks: list[Task], committed: asyncio.Future[None]) -> None:
         if committed.cancelled() or committed.exception() is not None:
+            for task in tasks:
+                self._count_waiting(task, -1)
             return
         for task in tasks:
             self._live[task.id] = task
-            self._pools[task.spec.pool].enqueue(task)
+            self._wait(task)
         self._request_dispatch({task.spec.pool for task in tasks})
 
     def disconnect_all(self, reason: str) -> None:
@@ -290,9 +593,8 @@ class Engine:
             raise FailedPrecondition(
                 f"task {task_id} has {task.state.name.lower()} already; it cannot be cancelled"
             )
-        pool = self._pools[task.spec.pool]
         if task.state is TaskState.PENDING:
-            pool.dequeue(task_id)
+            self._unwait(task)
         else:
             self._release(task)
             session = self._workers.get(task.worker_id)
@@ -310,6 +612,62 @@ class Engine:
         await asyncio.shield(durable)
         self._request_dispatch([task.spec.pool])
         return task
+
+    async def retry(
+        self, task_ids: Sequence[TaskId], dead_letter_pool: str = "", limit: int = 1000
+    ) -> list[Task]:
+        """Send failed or dead-lettered tasks round again, with a fresh set of attempts:
+        these ids, and with `dead_letter_pool`, up to `limit` of its dead-lettered tasks."""
+        if not task_ids and not dead_letter_pool:
+            raise InvalidArgument("name task ids or a pool whose dead letters to retry")
+        if not 1 <= limit <= 10_000:
+            raise InvalidArgument(f"limit must be 1..10000, got {limit}")
+        if len(task_ids) > self._config.max_batch_size:
+            raise InvalidArgument(f"retry at most {self._config.max_batch_size} tasks at once")
+        tasks: dict[TaskId, Task] = {}
+        for task_id in task_ids:
+            task = await self.get(task_id)
+            if task.state not in (TaskState.FAILED, TaskState.DEAD_LETTER):
+                raise FailedPrecondition(
+                    f"task {task_id} is {task.state.name.lower()}; only failed or "
+                    "dead-lettered tasks can be retried"
+                )
+            tasks[task_id] = task
+        if dead_letter_pool:
+            if dead_letter_pool not in self._pools:
+                raise NotFound(f"pool {dead_letter_pool!r} does not exist")
+            flt = TaskFilter(
+                pool=dead_letter_pool, states=frozenset({TaskState.DEAD_LETTER}), limit=limit
+            )
+            for task in await self._store.list_tasks(flt):
+                tasks.setdefault(task.id, task)
+        retried = []
+        for task in tasks.values():
+            if task.id in self._live or not task.state.terminal:
+                continue  # not durable yet, or retried by a concurrent call
+            self._finished[(task.spec.pool, task.state)] -= 1
+            _move(
+                task,
+                TaskState.PENDING,
+                attempts=0,
+                worker_id="",
+                assigned_at=0.0,
+                started_at=0.0,
+                finished_at=0.0,
+                result=b"",
+                error=None,
+                not_before=0.0,
+                placement_note="retried by an operator",
+            )
+            self._store.save(task)
+            self._live[task.id] = task
+            self._count_waiting(task, 1)
+            self._wait(task, deadline_from=self._clock.now())
+            retried.append(task)
+        await self._store.flush()
+        self._request_dispatch({task.spec.pool for task in retried})
+        log.info("%d tasks retried by an operator", len(retried))
+        return retried
 
     # Pools ---------------------------------------------------------------------
 
@@ -340,12 +698,14 @@ class Engine:
         old = scheduler.config
         await self._store.upsert_pool(pool)
         scheduler.reconfigure(pool)
+        self._reconfigure_limits(pool)
         log.info("pool %s reconfigured: %s -> %s", pool.name, old, pool)
         self._request_dispatch([pool.name])
         return pool
 
     async def stats(self) -> list[PoolStats]:
         counts = self._finished
+        events = self._events
         result = []
         for name, pool in self._pools.items():
             workers = pool.workers.values()
@@ -353,7 +713,7 @@ class Engine:
                 PoolStats(
                     pool=name,
                     strategy=pool.strategy_name,
-                    pending=pool.pending,
+                    pending=pool.pending + self._delayed_by_pool[name],
                     active=sum(len(w.held) for w in workers),
                     succeeded=counts.get((name, TaskState.SUCCEEDED), 0),
                     failed=counts.get((name, TaskState.FAILED), 0),
@@ -376,6 +736,33 @@ class Engine:
                     sticky_hits=pool.sticky_hits,
                     sticky_misses=pool.sticky_misses,
                     strategy_notes=tuple(pool.strategy_notes()),
+                    delayed=self._delayed_by_pool[name],
+                    dead_letter=counts.get((name, TaskState.DEAD_LETTER), 0),
+                    rejected=events[(name, "rejected")],
+                    rate_limited=events[(name, "rate_limited")],
+                    retried=events[(name, "retried")],
+                    timed_out=events[(name, "timed_out")],
+                    expired=events[(name, "expired")],
+                    lease_expired=events[(name, "lease_expired")],
+                    reconciled=events[(name, "reconciled")],
+                    deduplicated=events[(name, "deduplicated")],
+                    max_queue=pool.config.max_queue or self._config.default_max_queue,
+                    max_inflight=pool.config.max_inflight,
+                    bulkheads=tuple(
+                        BulkheadStats(
+                            task_type=task_type,
+                            pending=self._backlog_by_type[(name, task_type)],
+                            in_flight=pool.inflight_by_type[task_type],
+                            max_queue=bulkhead.max_queue if bulkhead else 0,
+                            max_inflight=bulkhead.max_inflight if bulkhead else 0,
+                        )
+                        for task_type in sorted(
+                            {b.task_type for b in pool.config.bulkheads}
+                            | {t for (p, t), n in self._backlog_by_type.items() if p == name and n}
+                            | {t for t, n in pool.inflight_by_type.items() if n}
+                        )
+                        for bulkhead in [pool.config.bulkhead(task_type)]
+                    ),
                 )
             )
         return result
@@ -393,7 +780,8 @@ class Engine:
         spec = self._workers.with_id(spec)
         slot = WorkerSlot(spec.worker_id, spec.pool, spec.capacity, spec.task_types, spec.labels)
         pool.add_worker(slot)
-        self._workers.add(spec, slot, channel)
+        session = self._workers.add(spec, slot, channel)
+        session.breaker = CircuitBreaker(_breaker_settings(pool.config))
         log.info(
             "worker %s connected to pool %s (capacity %d, types %s)",
             spec.worker_id,
@@ -411,24 +799,68 @@ class Engine:
             return
         pool = self._pools[session.spec.pool]
         slot = pool.remove_worker(worker_id)
+        self._timers.cancel(("breaker", worker_id))
         requeued = 0
         for task_id in sorted(slot.held):
             task = self._live.get(task_id)
             self._active -= 1
+            self._leases.pop(task_id, None)
             if task is None or not task.state.active or task.worker_id != worker_id:
                 continue
-            _move(task, TaskState.PENDING)
-            self._store.save(task)
-            pool.enqueue(task)
+            self._requeue(task)
             requeued += 1
         log.info("worker %s disconnected (%s); %d tasks requeued", worker_id, reason, requeued)
         self._update_idle()
         self._request_dispatch([session.spec.pool])
 
-    def heartbeat(self, worker_id: WorkerId, load: float) -> None:
+    def heartbeat(
+        self,
+        worker_id: WorkerId,
+        load: float,
+        held: Iterable[TaskId] | None = None,
+        assignments_seen: int = 0,
+    ) -> None:
+        """A worker's heartbeat: its load and, to reconcile the broker's count of its busy
+        slots, the tasks it holds and the last assignments message it received.
+
+        Each held task's lease is renewed. A task the broker sent it in a message it has
+        seen, that it no longer holds and whose result never came, was lost: requeued.
+        A task it holds that it should not is cancelled on it. Without `held`, every
+        task it holds is taken as confirmed.
+        """
         session = self._workers.registered(worker_id)
         self._workers.heard_from(session)
-        session.slot.load = load
+        slot = session.slot
+        slot.load = load
+        until = session.last_heartbeat + self._lease_s(session.spec.pool)
+        if held is None:
+            for task_id in slot.held:
+                self._leases[task_id] = until
+            return
+        claimed = set(held)
+        for task_id in claimed & slot.held:
+            self._leases[task_id] = until
+        lost = slot.held - claimed
+        if lost:
+            lost -= session.channel.in_transit(assignments_seen)
+        for task_id in sorted(lost):
+            task = self._live.get(task_id)
+            if task is None or not task.state.active or task.worker_id != worker_id:
+                continue
+            log.warning(
+                "worker %s no longer holds task %d, though it saw its assignment: "
+                "requeued (slot count reconciled)",
+                worker_id,
+                task_id,
+            )
+            self._events[(session.spec.pool, "reconciled")] += 1
+            self._take_back(task, session)
+        unknown = claimed - slot.held
+        if unknown:
+            # Cancelled or requeued by the broker meanwhile: the worker should stop them.
+            session.channel.send_cancel(sorted(unknown))
+        if lost:
+            self._request_dispatch([session.spec.pool])
 
     def set_capacity(self, worker_id: WorkerId, capacity: int) -> None:
         """A worker changes how many tasks it takes at once (0 pauses it)."""
@@ -438,6 +870,17 @@ class Engine:
         self._workers.heard_from(session)
         self._pools[session.spec.pool].set_capacity(worker_id, capacity)
         self._request_dispatch([session.spec.pool])
+
+    def cordon_worker(self, worker_id: WorkerId, cordon: bool = True) -> WorkerStatus:
+        """Send a worker no new work (cordon) or let it have work again (uncordon); what it
+        holds, it keeps."""
+        session = self._workers.connected(worker_id)
+        if session.cordoned != cordon:
+            session.cordoned = cordon
+            self._apply_breaker(session)
+            log.info("worker %s %s", worker_id, "cordoned" if cordon else "uncordoned")
+            self._request_dispatch([session.spec.pool])
+        return session.status()
 
     def drain_worker(self, worker_id: WorkerId) -> WorkerStatus:
         """Send no more work to this worker and ask it to finish and disconnect."""
@@ -473,6 +916,7 @@ class Engine:
             ):
                 _move(task, TaskState.RUNNING, started_at=now)
                 self._store.save(task)
+                self._leases[task_id] = now + self._lease_s(session.spec.pool)
         finished = []
         for result in results:
             task = self._live.get(result.task_id)
@@ -485,15 +929,23 @@ class Engine:
                 self.stale_results += 1
                 continue
             self._learn(task, result, now)
+            self._record_outcome(session, result.success)
             self._finish_attempt(task, result, now)
             self._store.save(task)
-            finished.append(task)
+            if task.state is TaskState.PENDING:  # to be tried again, after a backoff
+                self._count_waiting(task, 1)
+                self._wait(task)
+            else:
+                finished.append(task)
         if finished:
             self._finish(finished, self._store.durable())
+        if results:
             self._request_dispatch([session.spec.pool])
 
     def reap(self) -> list[WorkerId]:
-        """Disconnect workers whose last heartbeat is older than the timeout."""
+        """Disconnect workers whose last heartbeat is older than the timeout, and requeue
+        held tasks whose lease ran out."""
+        self._expire_leases()
         dead = self._workers.silent(self._config.heartbeat_timeout_s)
         for worker_id in dead:
             self._workers.connected(worker_id).channel.close(
@@ -510,6 +962,37 @@ class Engine:
         while True:
             await asyncio.sleep(self._config.heartbeat_interval_s)
             self.reap()
+
+    def tick(self) -> None:
+        """Act on everything due by now: delayed tasks becoming pending, start deadlines,
+        execution timeouts, breakers' cool-downs. The loop calls it when the next one is
+        due; a test that moves a fake clock calls it itself."""
+        if self._timer_handle is not None:
+            self._timer_handle.cancel()
+            self._timer_handle = None
+        now = self._clock.now()
+        pools: set[str] = set()
+        for key in self._timers.pop_due(now):
+            kind, ident = cast(tuple[str, Any], key)
+            if kind == "ready":
+                task = self._delayed.pop(ident, None)
+                if task is not None:
+                    self._delayed_by_pool[task.spec.pool] -= 1
+                    self._pools[task.spec.pool].enqueue(task)
+                    pools.add(task.spec.pool)
+            elif kind == "start":
+                self._start_deadline_passed(ident, now)
+            elif kind == "timeout":
+                task_id, attempt = ident
+                self._execution_timed_out(task_id, attempt, now)
+            elif kind == "breaker":
+                session = self._workers.get(ident)
+                if session is not None:
+                    self._apply_breaker(session)
+                    pools.add(session.spec.pool)
+        if pools:
+            self._request_dispatch(pools)
+        self._arm_timer()
 
     # Internals -----------------------------------------------------------------
 
@@ -536,11 +1019,39 @@ class Engine:
             )
         if not spec.placement.free:
             self._validate_placement(spec.placement, where)
+        self._validate_options(spec, where)
         if len(spec.payload) > self._config.max_payload_bytes:
             raise ResourceExhausted(
                 f"{where}payload is {len(spec.payload)} bytes, over the limit of "
                 f"{self._config.max_payload_bytes} (max_payload_bytes)"
             )
+
+    def _validate_options(self, spec: TaskSpec, where: str) -> None:
+        retry = spec.retry
+        if not 1 <= retry.max_attempts <= MAX_ATTEMPTS:
+            raise InvalidArgument(
+                f"{where}retry max_attempts must be 1..{MAX_ATTEMPTS}, got {retry.max_attempts}"
+            )
+        if not 0 < retry.initial_backoff_s <= retry.max_backoff_s <= MAX_TIMEOUT_S:
+            raise InvalidArgument(
+                f"{where}retry backoff must have 0 < initial_backoff_s <= max_backoff_s <= "
+                f"{MAX_TIMEOUT_S:g}, got {retry.initial_backoff_s:g} and {retry.max_backoff_s:g}"
+            )
+        if not 1 <= retry.backoff_multiplier <= 100:
+            raise InvalidArgument(
+                f"{where}retry backoff_multiplier must be 1..100, got {retry.backoff_multiplier:g}"
+            )
+        for name in ("start_timeout_s", "execution_timeout_s"):
+            value = getattr(spec, name)
+            if not 0 <= value <= MAX_TIMEOUT_S:
+                raise InvalidArgument(
+                    f"{where}{name} must be 0 (none)..{MAX_TIMEOUT_S:g} seconds, got {value:g}"
+                )
+        if spec.not_before < 0 or spec.not_before > self._clock.now() + 366 * 86_400:
+            raise InvalidArgument(f"{where}not_before must be within a year from now")
+        for name in ("idempotency_key", "fairness_key"):
+            if len(getattr(spec, name)) > MAX_KEY_LENGTH:
+                raise InvalidArgument(f"{where}{name} is longer than {MAX_KEY_LENGTH} characters")
 
     def _validate_placement(self, placement: Placement, where: str) -> None:
         labels = [*placement.required_labels.items()]
@@ -608,6 +1119,27 @@ class Engine:
                 message=_truncate(error.message, limit),
                 traceback=_truncate(error.traceback, limit),
             )
+        return self._fail_attempt(task, error, now, started_at)
+
+    def _fail_attempt(self, task: Task, error: TaskError, now: float, started_at: float) -> Task:
+        """A failed attempt: back to pending after a backoff if the retry policy allows
+        another; else FAILED, or DEAD_LETTER if retries were allowed and ran out."""
+        policy = task.spec.retry
+        if policy.max_attempts > 1 and policy.retryable(error.type):
+            if task.attempts < policy.max_attempts:
+                backoff = self._random.uniform(0.0, policy.backoff_cap(task.attempts))
+                self._events[(task.spec.pool, "retried")] += 1
+                return _move(
+                    task,
+                    TaskState.PENDING,
+                    error=error,
+                    not_before=now + backoff,
+                    placement_note=f"attempt {task.attempts} of {policy.max_attempts} failed "
+                    f"({error.type}); retrying in {backoff:.2f} s",
+                )
+            return _move(
+                task, TaskState.DEAD_LETTER, started_at=started_at, finished_at=now, error=error
+            )
         return _move(task, TaskState.FAILED, started_at=started_at, finished_at=now, error=error)
 
     def _learn(self, task: Task, result: TaskResult, now: float) -> None:
@@ -627,6 +1159,8 @@ class Engine:
             run_s=run_s,
             success=result.success,
         )
+        self._leases.pop(task.id, None)
+        self._timers.cancel(("timeout", (task.id, task.attempts)))
         self._active -= 1
         self._update_idle()
 
@@ -636,6 +1170,8 @@ class Engine:
         worker = pool.workers.get(task.worker_id)
         if worker is not None and task.id in worker.held:
             pool.release(task.worker_id, task.id)
+            self._leases.pop(task.id, None)
+            self._timers.cancel(("timeout", (task.id, task.attempts)))
             self._active -= 1
             self._update_idle()
 
@@ -674,6 +1210,8 @@ class Engine:
         pools, self._dirty_pools = self._dirty_pools, set()
         for name in pools:
             by_worker: dict[WorkerId, list[Task]] = defaultdict(list)
+            lease_s = self._lease_s(name)
+            recent = self._assigned_recently[name]
             for decision in self._pools[name].place():
                 task = decision.task
                 if decision.worker is None:  # still waiting, for a new reason
@@ -689,14 +1227,28 @@ class Engine:
                     assigned_at=now,
                     placement_note=decision.note,
                     unschedulable=False,
+                    not_before=0.0,
                 )
                 self._store.save(task)
                 by_worker[task.worker_id].append(task)
                 self._active += 1
+                self._count_waiting(task, -1)
+                self._leases[task.id] = now + lease_s
+                recent.append(now)
+                if task.spec.start_timeout_s:
+                    self._timers.cancel(("start", task.id))
+                if timeout := task.spec.execution_timeout_s:
+                    self._timers.set(("timeout", (task.id, task.attempts)), now + timeout)
+            while len(recent) > MAX_RECENT_ASSIGNMENTS:
+                recent.popleft()
             for worker_id, tasks in by_worker.items():
-                self._workers.connected(worker_id).channel.send_assignments(tasks)
+                session = self._workers.connected(worker_id)
+                if session.breaker is not None and session.breaker.state is BreakerState.HALF_OPEN:
+                    session.breaker.on_assign()
+                session.channel.send_assignments(tasks)
             self._persist_learning(self._pools[name])
             self._wake_at_deadline(self._pools[name])
+        self._arm_timer()
 
     def _persist_learning(self, pool: PoolScheduler) -> None:
         """Queue what the pool learned since last time (sticky keys, run times) for the store."""
@@ -722,11 +1274,211 @@ class Engine:
                 delay, self._request_dispatch, [pool.name]
             )
 
+    # Waiting, time and limits -------------------------------------------------
+
+    def _count_waiting(self, task: Task, sign: int) -> None:
+        """Count a task in (+1) or out of (-1) the backlog that back-pressure bounds."""
+        pool, task_type = task.spec.pool, task.spec.task_type
+        self._backlog[pool] += sign
+        self._backlog_by_type[(pool, task_type)] += sign
+        self._backlog_bytes += sign * len(task.spec.payload)
+
+    def _wait(self, task: Task, deadline_from: float | None = None) -> None:
+        """A pending task joins its pool's queue, or waits for its not-before time first.
+
+        A task that has never run gets its start deadline here, if it has one: counted
+        from `deadline_from`, by default from when it was submitted to become pending.
+        """
+        now = self._clock.now()
+        if task.not_before > now:
+            self._delayed[task.id] = task
+            self._delayed_by_pool[task.spec.pool] += 1
+            self._timers.set(("ready", task.id), task.not_before)
+        else:
+            self._pools[task.spec.pool].enqueue(task)
+        if task.spec.start_timeout_s and not task.attempts:
+            start = deadline_from or max(task.created_at, task.spec.not_before)
+            self._timers.set(("start", task.id), start + task.spec.start_timeout_s)
+        self._arm_timer()
+
+    def _unwait(self, task: Task) -> None:
+        """Take a pending task out of its queue (or its wait) for good."""
+        if self._pools[task.spec.pool].dequeue(task.id) is None and (
+            self._delayed.pop(task.id, None) is not None
+        ):
+            self._delayed_by_pool[task.spec.pool] -= 1
+            self._timers.cancel(("ready", task.id))
+        self._timers.cancel(("start", task.id))
+        self._count_waiting(task, -1)
+
+    def _requeue(self, task: Task) -> None:
+        """A task a worker held goes back to pending (at-least-once delivery)."""
+        _move(task, TaskState.PENDING)
+        self._store.save(task)
+        self._leases.pop(task.id, None)
+        self._timers.cancel(("timeout", (task.id, task.attempts)))
+        self._count_waiting(task, 1)
+        self._wait(task)
+
+    def _take_back(self, task: Task, session: WorkerSession) -> None:
+        """Free the worker's slot of a task it should no longer run, tell it to stop,
+        and requeue the task."""
+        self._release(task)
+        session.channel.send_cancel([task.id])
+        self._requeue(task)
+
+    def _lease_s(self, pool: str) -> float:
+        return self._pools[pool].config.lease_s or self._config.heartbeat_timeout_s
+
+    def _expire_leases(self) -> None:
+        now = self._clock.now()
+        expired = [task_id for task_id, until in self._leases.items() if until < now]
+        pools = set()
+        for task_id in expired:
+            del self._leases[task_id]
+            task = self._live.get(task_id)
+            if task is None or not task.state.active:
+                continue
+            log.warning(
+                "task %d: worker %s did not confirm it for %.1f s; lease expired, requeued",
+                task_id,
+                task.worker_id,
+                self._lease_s(task.spec.pool),
+            )
+            self._events[(task.spec.pool, "lease_expired")] += 1
+            session = self._workers.get(task.worker_id)
+            if session is not None:
+                self._take_back(task, session)
+            else:
+                self._requeue(task)
+            pools.add(task.spec.pool)
+        if pools:
+            self._request_dispatch(pools)
+
+    def _start_deadline_passed(self, task_id: TaskId, now: float) -> None:
+        task = self._live.get(task_id)
+        if task is None or task.state is not TaskState.PENDING or task.attempts:
+            return
+        self._unwait(task)
+        self._events[(task.spec.pool, "expired")] += 1
+        _move(
+            task,
+            TaskState.FAILED,
+            finished_at=now,
+            not_before=0.0,
+            error=TaskError(
+                type="DeadlineExceeded",
+                message=f"no worker started it within {task.spec.start_timeout_s:g} s "
+                "(start_timeout_s)",
+            ),
+        )
+        self._store.save(task)
+        self._finish([task], self._store.durable())
+
+    def _execution_timed_out(self, task_id: TaskId, attempt: int, now: float) -> None:
+        task = self._live.get(task_id)
+        if task is None or not task.state.active or task.attempts != attempt:
+            return
+        session = self._workers.get(task.worker_id)
+        self._events[(task.spec.pool, "timed_out")] += 1
+        log.info("task %d: attempt %d timed out on worker %s", task_id, attempt, task.worker_id)
+        self._learn(task, TaskResult(task_id=task_id, attempt=attempt, success=False), now)
+        if session is not None:
+            session.channel.send_cancel([task_id])
+            self._record_outcome(session, success=False)
+        error = TaskError(
+            type="Timeout",
+            message=f"attempt {attempt} ran longer than its execution timeout of "
+            f"{task.spec.execution_timeout_s:g} s on worker {task.worker_id}; cancelled there",
+        )
+        self._fail_attempt(task, error, now, task.started_at)
+        self._store.save(task)
+        if task.state is TaskState.PENDING:
+            self._count_waiting(task, 1)
+            self._wait(task)
+        else:
+            self._finish([task], self._store.durable())
+        self._request_dispatch([task.spec.pool])
+
+    def _record_outcome(self, session: WorkerSession, success: bool) -> None:
+        """Feed a result to the worker's circuit breaker; pause or free it on a change."""
+        breaker = session.breaker
+        if breaker is None:
+            return
+        changed = breaker.record(success, self._clock.now())
+        if changed is not None:
+            log.warning(
+                "worker %s: circuit breaker %s (%d consecutive failures)",
+                session.spec.worker_id,
+                changed.value,
+                breaker.consecutive_failures,
+            )
+            self._apply_breaker(session)
+
+    def _apply_breaker(self, session: WorkerSession) -> None:
+        """Pause the worker while cordoned or its breaker is open; one trial task at a
+        time while half-open."""
+        breaker = session.breaker
+        state = BreakerState.CLOSED
+        if breaker is not None:
+            breaker.allows(self._clock.now())  # an open breaker past its cool-down: half-open
+            state = breaker.state
+        slot = session.slot
+        limit = len(slot.held) + 1 if state is BreakerState.HALF_OPEN else UNLIMITED
+        paused = session.cordoned or state is BreakerState.OPEN
+        self._pools[session.spec.pool].set_paused(session.spec.worker_id, paused, limit)
+        reopen_at = breaker.reopen_at() if breaker is not None else None
+        if reopen_at is not None:
+            self._timers.set(("breaker", session.spec.worker_id), reopen_at)
+            self._arm_timer()
+
+    def _reconfigure_limits(self, pool: PoolConfig) -> None:
+        """Apply a pool's new rate limits and breaker settings to what exists."""
+        now = self._clock.now()
+        for (name, task_type), bucket in list(self._type_buckets.items()):
+            if name != pool.name:
+                continue
+            bulkhead = pool.bulkhead(task_type)
+            if bulkhead is None or not bulkhead.rate_per_s:
+                del self._type_buckets[(name, task_type)]
+            else:
+                burst = bulkhead.rate_burst or max(1, int(bulkhead.rate_per_s))
+                bucket.reconfigure(bulkhead.rate_per_s, burst, now)
+        self._client_buckets.pop(pool.name, None)
+        settings = _breaker_settings(pool)
+        for session in self._workers:
+            if session.spec.pool == pool.name and session.breaker is not None:
+                session.breaker.reconfigure(settings)
+
+    def _arm_timer(self) -> None:
+        """Have the loop call `tick` when the next timer is due."""
+        if not self.dispatching:
+            return
+        when = self._timers.next_at()
+        if when is None:
+            return
+        if self._timer_handle is not None:
+            if self._timer_at <= when:
+                return
+            self._timer_handle.cancel()
+        self._timer_at = when
+        delay = max(0.0, when - self._clock.now())
+        self._timer_handle = asyncio.get_running_loop().call_later(delay, self.tick)
+
     def _update_idle(self) -> None:
         if self._active == 0:
             self._idle.set()
         else:
             self._idle.clear()
+
+
+def _breaker_settings(pool: PoolConfig) -> BreakerSettings:
+    return BreakerSettings(
+        failures=pool.breaker_failures,
+        failure_rate=pool.breaker_failure_rate,
+        window=pool.breaker_window,
+        cooldown_s=pool.breaker_cooldown_s,
+    )
 
 
 def _runtime_summaries(model: RuntimeModel) -> list[RuntimeSummary]:

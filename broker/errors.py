@@ -24,7 +24,11 @@ class FailedPrecondition(BrokerError):
 
 
 class ResourceExhausted(BrokerError):
-    """A size or capacity limit was hit."""
+    """A size or capacity limit was hit; `retry_after_s` hints when trying again may work."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class Unavailable(BrokerError):

@@ -184,6 +184,20 @@ class MemoryStore:
         self._check_open()
         return [self._pools[name] for name in sorted(self._pools)]
 
+    async def find_idempotent(
+        self, pool: str, keys: Sequence[str], since: float
+    ) -> dict[str, Task]:
+        """The earliest task of this pool per idempotency key, created at or after `since`."""
+        self._check_open()
+        wanted = set(keys)
+        found: dict[str, Task] = {}
+        for task_id in sorted(self._tasks):
+            task = self._tasks[task_id]
+            key = task.spec.idempotency_key
+            if key in wanted and task.spec.pool == pool and task.created_at >= since:
+                found.setdefault(key, dataclasses.replace(task))
+        return found
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def close(self) -> None:

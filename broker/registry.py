@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from broker.breaker import CircuitBreaker
 from broker.clock import Clock
 from broker.domain import Task, TaskId, WorkerId, WorkerSpec, WorkerStatus
 from broker.errors import AlreadyExists, BrokerError, FailedPrecondition, NotFound
@@ -25,6 +26,10 @@ class WorkerChannel(Protocol):
     def send_cancel(self, task_ids: Sequence[TaskId]) -> None: ...
     def send_drain(self, reason: str) -> None: ...
     def close(self, error: BrokerError) -> None: ...
+    def in_transit(self, seen: int) -> set[TaskId]:
+        """Tasks sent in messages after the `seen`th, or not sent yet: the worker cannot
+        know of them. (Messages up to `seen` are forgotten.)"""
+        ...
 
 
 class WorkerLog(Protocol):
@@ -43,6 +48,8 @@ class WorkerSession:
     channel: WorkerChannel
     connected_at: float
     last_heartbeat: float
+    breaker: CircuitBreaker | None = None
+    cordoned: bool = False
 
     def status(self) -> WorkerStatus:
         return WorkerStatus(
@@ -53,6 +60,11 @@ class WorkerSession:
             connected_at=self.connected_at,
             last_heartbeat=self.last_heartbeat,
             draining=self.slot.draining,
+            cordoned=self.cordoned,
+            breaker=self.breaker.state.value if self.breaker is not None else "closed",
+            consecutive_failures=(
+                self.breaker.consecutive_failures if self.breaker is not None else 0
+            ),
         )
 
 

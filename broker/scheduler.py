@@ -11,6 +11,10 @@ How a task is placed:
    weight, each running task of the same soft anti-affinity group costs
    ``SOFT_ANTI_AFFINITY_PENALTY``.
 3. The pool's strategy picks among the best-scoring workers.
+Bulkheads come before all of this: while the pool holds its ``max_inflight`` tasks,
+or a task type its bulkhead's ``max_inflight``, tasks of it stay queued (never
+dropped), and the other types go on. Within the pool, fairness keys (tenants)
+take turns by weighted round robin (see broker.queue).
 A task without hints skips 1-2 and takes the strategy's pick from its index. A
 task that no ready worker may take is parked, with the reason, until a worker
 of its type changes; one that no connected worker could ever take is marked
@@ -28,7 +32,7 @@ from broker.errors import AlreadyExists, NotFound
 from broker.queue import PoolQueue
 from broker.runtimes import RuntimeModel
 from broker.strategies import Outcome, Strategy, StrategyEnv, WorkerSlot, make_strategy
-from broker.strategies._base import default_env
+from broker.strategies._base import UNLIMITED, default_env
 
 SOFT_ANTI_AFFINITY_PENALTY = 1_000_000
 # Strategy indexes kept for (task type, required labels) pairs, so that a task with
@@ -103,8 +107,11 @@ class PoolScheduler:
         self.name = name
         self.env = env or default_env(name)
         self.config = config or PoolConfig(name=name, strategy=strategy)
-        self.queue = PoolQueue(starvation_interval)
+        self.queue = PoolQueue(starvation_interval, self.config.fairness_weights)
         self.workers: dict[WorkerId, WorkerSlot] = {}
+        self._type_limits = {b.task_type: b.max_inflight for b in self.config.bulkheads}
+        self.inflight_by_type: Counter[str] = Counter()  # held tasks per type, for bulkheads
+        self._type_of: dict[TaskId, str] = {}
         self._arms = [_Arm(strategy, self.env)]
         self._placed_by: dict[TaskId, int] = {}  # arm of each task a worker holds
         if self.config.ab_strategy and self.config.ab_percent:
@@ -178,6 +185,7 @@ class PoolScheduler:
         for task_id in worker.held:
             self._group_of.pop(task_id, None)
             self._placed_by.pop(task_id, None)
+            self._untype(task_id)
         self._recheck.update(worker.task_types)
         return worker
 
@@ -193,6 +201,19 @@ class PoolScheduler:
         worker.draining = draining
         self._reindex(worker, was_ready)
 
+    def set_paused(self, worker_id: WorkerId, paused: bool, limit: int = UNLIMITED) -> None:
+        """Pause a worker (cordoned, breaker open) or cap what it holds (a breaker's trial)."""
+        worker = self._get(worker_id)
+        was_ready = worker.ready
+        worker.paused = paused
+        worker.limit = limit
+        self._reindex(worker, was_ready)
+
+    @property
+    def inflight(self) -> int:
+        """Tasks the pool's workers hold."""
+        return len(self._type_of)
+
     def release(self, worker_id: WorkerId, task_id: TaskId) -> None:
         """The worker no longer holds this task: one credit back."""
         worker = self.workers.get(worker_id)
@@ -200,6 +221,7 @@ class PoolScheduler:
             was_ready = worker.ready
             worker.held.discard(task_id)
             self._placed_by.pop(task_id, None)
+            self._untype(task_id)
             grouped = self._group_of.pop(task_id, None)
             if grouped is not None:
                 group, hard = grouped
@@ -238,6 +260,8 @@ class PoolScheduler:
             arms.append(_Arm(config.ab_strategy, self.env))
         self.config = config
         self._arms = arms
+        self._type_limits = {b.task_type: b.max_inflight for b in config.bulkheads}
+        self.queue.set_weights(config.fairness_weights)
         self._placed_by.clear()
         self._ready_by_type.clear()
         self._label_indexes.clear()
@@ -286,8 +310,11 @@ class PoolScheduler:
         self._unpark(decisions)
         ready = self._ready_by_type
         queue = self.queue
-        while types := [t for t in queue.types_waiting() if ready.get(t)]:
-            # These types all have a ready worker until some worker fills up.
+        while self._pool_open() and (
+            types := [t for t in queue.types_waiting() if ready.get(t) and self._type_open(t)]
+        ):
+            # These types all have a ready worker and room in their bulkhead until some
+            # worker fills up or a bulkhead does.
             while (task := queue.pop(types)) is not None:
                 arm = self._arm_for(task)
                 if task.spec.placement.free:
@@ -302,9 +329,28 @@ class PoolScheduler:
                     worker = decision.worker
                 decisions.append(decision)
                 self._take(task, worker, arm)
-                if not worker.ready:
+                if (
+                    not worker.ready
+                    or not self._type_open(task.spec.task_type)
+                    or not self._pool_open()
+                ):
                     break
         return decisions
+
+    def _pool_open(self) -> bool:
+        """Whether the pool's bulkhead has room for one more task."""
+        limit = self.config.max_inflight
+        return not limit or len(self._type_of) < limit
+
+    def _type_open(self, task_type: str) -> bool:
+        """Whether the task type's bulkhead has room for one more task."""
+        limit = self._type_limits.get(task_type)
+        return not limit or self.inflight_by_type[task_type] < limit
+
+    def _untype(self, task_id: TaskId) -> None:
+        task_type = self._type_of.pop(task_id, None)
+        if task_type is not None:
+            _decrement(self.inflight_by_type, task_type)
 
     def _arm_for(self, task: Task) -> int:
         """0 for the main strategy; 1 for the A/B arm, for ab_percent of the tasks."""
@@ -315,6 +361,8 @@ class PoolScheduler:
     def _take(self, task: Task, worker: WorkerSlot, arm: int) -> None:
         """The worker takes the task: its credit, groups, sticky key and indexes follow."""
         worker.held.add(task.id)
+        self._type_of[task.id] = task.spec.task_type
+        self.inflight_by_type[task.spec.task_type] += 1
         self._arms[arm].stats.placed += 1
         if arm:
             self._placed_by[task.id] = arm

@@ -8,7 +8,8 @@ from broker.domain import TaskState
 from broker.errors import InvalidTransition
 
 _TASK_MOVES: dict[TaskState, frozenset[TaskState]] = {
-    TaskState.PENDING: frozenset({TaskState.ASSIGNED, TaskState.CANCELLED}),
+    # A pending task that was not started within its start deadline fails.
+    TaskState.PENDING: frozenset({TaskState.ASSIGNED, TaskState.CANCELLED, TaskState.FAILED}),
     # A worker may report a result without a start notice; a lost worker sends it back.
     TaskState.ASSIGNED: frozenset(
         {
@@ -17,14 +18,23 @@ _TASK_MOVES: dict[TaskState, frozenset[TaskState]] = {
             TaskState.FAILED,
             TaskState.CANCELLED,
             TaskState.PENDING,
+            TaskState.DEAD_LETTER,
         }
     ),
     TaskState.RUNNING: frozenset(
-        {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.PENDING}
+        {
+            TaskState.SUCCEEDED,
+            TaskState.FAILED,
+            TaskState.CANCELLED,
+            TaskState.PENDING,
+            TaskState.DEAD_LETTER,
+        }
     ),
     TaskState.SUCCEEDED: frozenset(),
-    TaskState.FAILED: frozenset(),
+    # An operator may send a failed or dead-lettered task round again (`tasks retry`).
+    TaskState.FAILED: frozenset({TaskState.PENDING}),
     TaskState.CANCELLED: frozenset(),
+    TaskState.DEAD_LETTER: frozenset({TaskState.PENDING}),
 }
 
 

@@ -20,6 +20,12 @@ from typing import Any, Final, Self
 import aiosqlite
 
 from broker.clock import Clock, SystemClock
+from broker.codec import (
+    pool_limits_from_json,
+    pool_limits_json,
+    task_options_from_json,
+    task_options_json,
+)
 from broker.config import SYNCHRONOUS_MODES
 from broker.domain import (
     ANYWHERE,
@@ -129,6 +135,16 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         ) WITHOUT ROWID
         """,
     ),
+    (
+        # Resilience: a task's retry policy, deadlines and keys (JSON, NULL for none), the
+        # time a delayed task waits for, idempotency keys, and pools' limits (JSON).
+        "ALTER TABLE tasks ADD COLUMN options TEXT",
+        "ALTER TABLE tasks ADD COLUMN not_before REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE tasks ADD COLUMN idempotency_key TEXT",
+        "CREATE INDEX tasks_idempotency ON tasks (pool, idempotency_key)"
+        " WHERE idempotency_key IS NOT NULL",
+        "ALTER TABLE pools ADD COLUMN limits TEXT",
+    ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -137,23 +153,24 @@ _UNFINISHED: Final = tuple(state for state in TaskState if not state.terminal)
 _TASK_COLUMNS: Final = (
     "id, pool, task_type, payload, priority, seq, state, attempts, worker_id, created_at,"
     " assigned_at, started_at, finished_at, result, error_type, error_message, error_traceback,"
-    " placement_note, unschedulable, placement"
+    " placement_note, unschedulable, not_before, placement, options, idempotency_key"
 )
 _SELECT_TASKS: Final = f"SELECT {_TASK_COLUMNS} FROM tasks"
-_INSERT_TASK: Final = f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 20)})"
+_INSERT_TASK: Final = f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 23)})"
 _UPDATE_TASK: Final = """
     UPDATE tasks SET seq = ?, state = ?, attempts = ?, worker_id = ?, created_at = ?,
         assigned_at = ?, started_at = ?, finished_at = ?, result = ?,
         error_type = ?, error_message = ?, error_traceback = ?,
-        placement_note = ?, unschedulable = ?
+        placement_note = ?, unschedulable = ?, not_before = ?
     WHERE id = ?
 """
 _UPSERT_POOL: Final = """
-    INSERT INTO pools (name, strategy, created_at, ab_strategy, ab_percent, sticky_timeout_s)
-    VALUES (?, ?, ?, ?, ?, ?)
+    INSERT INTO pools (name, strategy, created_at, ab_strategy, ab_percent, sticky_timeout_s,
+        limits)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (name) DO UPDATE SET strategy = excluded.strategy,
         ab_strategy = excluded.ab_strategy, ab_percent = excluded.ab_percent,
-        sticky_timeout_s = excluded.sticky_timeout_s
+        sticky_timeout_s = excluded.sticky_timeout_s, limits = excluded.limits
 """
 _UPSERT_STICKY: Final = """
     INSERT OR REPLACE INTO sticky_keys (pool, key, worker_id, updated_at) VALUES (?, ?, ?, ?)
@@ -272,6 +289,7 @@ class SQLiteStore:
             pool.ab_strategy,
             pool.ab_percent,
             pool.sticky_timeout_s,
+            pool_limits_json(pool),
         )
         await self.durable()
 
@@ -411,19 +429,41 @@ class SQLiteStore:
     async def list_pools(self) -> list[PoolConfig]:
         """Every stored pool, by name."""
         rows = await self._fetch(
-            "SELECT name, strategy, ab_strategy, ab_percent, sticky_timeout_s"
+            "SELECT name, strategy, ab_strategy, ab_percent, sticky_timeout_s, limits"
             " FROM pools ORDER BY name"
         )
         return [
-            PoolConfig(
-                name=name,
-                strategy=strategy,
-                ab_strategy=ab_strategy,
-                ab_percent=ab_percent,
-                sticky_timeout_s=sticky_timeout_s,
+            pool_limits_from_json(
+                PoolConfig(
+                    name=name,
+                    strategy=strategy,
+                    ab_strategy=ab_strategy,
+                    ab_percent=ab_percent,
+                    sticky_timeout_s=sticky_timeout_s,
+                ),
+                limits,
             )
-            for name, strategy, ab_strategy, ab_percent, sticky_timeout_s in rows
+            for name, strategy, ab_strategy, ab_percent, sticky_timeout_s, limits in rows
         ]
+
+    async def find_idempotent(
+        self, pool: str, keys: Sequence[str], since: float
+    ) -> dict[str, Task]:
+        """The earliest task of this pool per idempotency key, created at or after `since`."""
+        found: dict[str, Task] = {}
+        unique = sorted(set(keys))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            rows = await self._fetch(
+                f"{_SELECT_TASKS} WHERE pool = ? AND idempotency_key IN ({marks})"
+                " AND created_at >= ? ORDER BY id",
+                [pool, *chunk, since],
+            )
+            for row in rows:
+                task = _task_from_row(row)
+                found.setdefault(task.spec.idempotency_key, task)
+        return found
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -635,6 +675,8 @@ def _insert_row(task: Task) -> _Row:
         spec.priority,
         *_state_fields(task),
         _placement_json(spec.placement),
+        task_options_json(spec),
+        spec.idempotency_key or None,
     )
 
 
@@ -660,6 +702,7 @@ def _state_fields(task: Task) -> _Row:
         None if error is None else error.traceback,
         task.placement_note,
         int(task.unschedulable),
+        task.not_before,
     )
 
 
@@ -714,16 +757,22 @@ def _task_from_row(row: Sequence[Any]) -> Task:
         error_traceback,
         placement_note,
         unschedulable,
+        not_before,
         placement,
+        options,
+        _idempotency_key,
     ) = row
     return Task(
         id=task_id,
-        spec=TaskSpec(
-            task_type=task_type,
-            payload=payload,
-            priority=priority,
-            pool=pool,
-            placement=_placement_from_json(placement),
+        spec=task_options_from_json(
+            TaskSpec(
+                task_type=task_type,
+                payload=payload,
+                priority=priority,
+                pool=pool,
+                placement=_placement_from_json(placement),
+            ),
+            options,
         ),
         state=TaskState(state),
         seq=seq,
@@ -739,4 +788,5 @@ def _task_from_row(row: Sequence[Any]) -> Task:
         else TaskError(type=error_type, message=error_message, traceback=error_traceback),
         placement_note=placement_note,
         unschedulable=bool(unschedulable),
+        not_before=not_before,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -32,6 +33,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 # An assignments message carries at most this many payload bytes (but always one task),
 # so a batch stays far below the 4 MiB default message limit of a gRPC client.
 ASSIGNMENT_BYTES_PER_MESSAGE = 1024 * 1024
+# Assignments messages remembered until a heartbeat acknowledges them; past this many
+# (a worker that never acknowledges), the oldest are taken as seen.
+MAX_UNSEEN_MESSAGES = 10_000
 
 
 class StreamChannel:
@@ -39,6 +43,8 @@ class StreamChannel:
 
     def __init__(self) -> None:
         self._assigned: list[tuple[Task, int]] = []  # with the attempt as it was sent
+        self._seq = 0  # Assignments messages sent on this stream
+        self._unseen: deque[tuple[int, list[TaskId]]] = deque()  # sent, not yet acknowledged
         self._cancelled: list[TaskId] = []
         self._drain: str | None = None
         self._wake = asyncio.Event()
@@ -56,6 +62,20 @@ class StreamChannel:
     def send_drain(self, reason: str) -> None:
         self._drain = reason
         self._wake.set()
+
+    def in_transit(self, seen: int) -> set[TaskId]:
+        unseen = self._unseen
+        while unseen and (unseen[0][0] <= seen or len(unseen) > MAX_UNSEEN_MESSAGES):
+            unseen.popleft()
+        ids = {task.id for task, _ in self._assigned}
+        for _, task_ids in unseen:
+            ids.update(task_ids)
+        return ids
+
+    def _assignments(self, batch: list[tuple[Task, int]]) -> _worker.BrokerMessage:
+        self._seq += 1
+        self._unseen.append((self._seq, [task.id for task, _ in batch]))
+        return convert.assignments_to_pb(batch, self._seq)
 
     def close(self, error: BrokerError | None) -> None:
         """End the stream, with this error as its status (None: end it cleanly)."""
@@ -78,12 +98,12 @@ class StreamChannel:
             size = 0
             for task, attempt in assigned:
                 if batch and size + len(task.spec.payload) > ASSIGNMENT_BYTES_PER_MESSAGE:
-                    yield convert.assignments_to_pb(batch)
+                    yield self._assignments(batch)
                     batch, size = [], 0
                 batch.append((task, attempt))
                 size += len(task.spec.payload)
             if batch:
-                yield convert.assignments_to_pb(batch)
+                yield self._assignments(batch)
             if self._drain is not None:
                 reason, self._drain = self._drain, None
                 yield convert.drain_to_pb(reason)
@@ -144,7 +164,13 @@ class WorkerApi(_worker_grpc.WorkerServiceServicer):
                     started, results = convert.results_from_pb(message.results)
                     engine.report(worker_id, started, results)
                 elif kind == "heartbeat":
-                    engine.heartbeat(worker_id, message.heartbeat.load)
+                    beat = message.heartbeat
+                    engine.heartbeat(
+                        worker_id,
+                        beat.load,
+                        convert.task_ids_from_pb(beat.held_task_ids),
+                        beat.assignments_seen,
+                    )
                 elif kind == "credit":
                     engine.set_capacity(worker_id, message.credit.capacity)
                 elif kind == "register":

@@ -1,15 +1,29 @@
-"""A worker process killed with SIGKILL loses nothing: its tasks run again elsewhere."""
+"""A worker process that dies (SIGKILL) or hangs (SIGSTOP) loses nothing: its tasks run
+again on another worker, within the heartbeat timeout."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+
 from broker import Broker
-from worker_sdk import Client, TaskContext, TaskState, Worker
+from tests.conftest import make_config
+from worker_sdk import Client, TaskContext, TaskInfo, TaskState, Worker
+
+HEARTBEAT_INTERVAL_S = 0.2
+HEARTBEAT_TIMEOUT_S = 1.5
+# How late after the timeout the tasks may finish: the reaper runs once per heartbeat
+# interval, then the rescuer needs a moment to run and report them.
+MARGIN_S = 1.0
 
 STUCK_WORKER = textwrap.dedent(
     """
@@ -27,7 +41,22 @@ STUCK_WORKER = textwrap.dedent(
 )
 
 
-async def test_killed_worker_s_tasks_complete_on_another(broker: Broker, tmp_path: Path) -> None:
+@pytest.fixture
+async def quick_broker(tmp_path: Path) -> AsyncIterator[Broker]:
+    config = make_config(
+        tmp_path,
+        heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
+        heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S,
+    )
+    async with Broker(config) as running:
+        yield running
+
+
+async def run_doomed_worker(
+    broker: Broker, tmp_path: Path, fate: signal.Signals
+) -> tuple[list[TaskInfo], float]:
+    """Four tasks stuck on a worker process that then meets `fate`; they must complete on
+    a rescuer. Returns them, and the seconds from the signal to the last completion."""
     script = tmp_path / "stuck_worker.py"
     script.write_text(STUCK_WORKER)
     doomed = subprocess.Popen([sys.executable, str(script), broker.address])
@@ -37,6 +66,7 @@ async def test_killed_worker_s_tasks_complete_on_another(broker: Broker, tmp_pat
     async def job(ctx: TaskContext) -> str:
         return f"attempt {ctx.attempt}"
 
+    run: asyncio.Task[None] | None = None
     try:
         async with Client(broker.address) as client:
             async with asyncio.timeout(20):
@@ -47,12 +77,17 @@ async def test_killed_worker_s_tasks_complete_on_another(broker: Broker, tmp_pat
                 while {(await client.get(i)).state for i in ids} != {TaskState.RUNNING}:
                     await asyncio.sleep(0.02)
             run = asyncio.create_task(rescuer.run(broker.address))
-            doomed.kill()
-            doomed.wait(timeout=10)
+            async with asyncio.timeout(20):
+                while len(await client.list_workers()) < 2:
+                    await asyncio.sleep(0.02)
+            os.kill(doomed.pid, fate)
+            signalled = time.monotonic()
             infos = await client.wait_many(ids, timeout=20)
+            elapsed = time.monotonic() - signalled
+    finally:
+        if run is not None:
             await rescuer.shutdown(grace=2)
             await run
-    finally:
         if doomed.poll() is None:
             doomed.kill()
             doomed.wait(timeout=10)
@@ -60,3 +95,21 @@ async def test_killed_worker_s_tasks_complete_on_another(broker: Broker, tmp_pat
     assert all(info.worker_id == "rescuer" for info in infos)
     assert all(info.attempts == 2 for info in infos)
     assert [info.result for info in infos] == [b"attempt 2"] * 4
+    return infos, elapsed
+
+
+async def test_a_killed_worker_s_tasks_complete_on_another_at_once(
+    quick_broker: Broker, tmp_path: Path
+) -> None:
+    # The stream breaks with the process: no need to wait for the heartbeat timeout.
+    _, elapsed = await run_doomed_worker(quick_broker, tmp_path, signal.SIGKILL)
+    assert elapsed < HEARTBEAT_TIMEOUT_S
+
+
+async def test_a_hung_worker_s_tasks_complete_on_another_within_the_timeout(
+    quick_broker: Broker, tmp_path: Path
+) -> None:
+    # A stopped process keeps its connection open: only its silence gives it away.
+    _, elapsed = await run_doomed_worker(quick_broker, tmp_path, signal.SIGSTOP)
+    assert elapsed >= HEARTBEAT_TIMEOUT_S - HEARTBEAT_INTERVAL_S
+    assert elapsed <= HEARTBEAT_TIMEOUT_S + MARGIN_S

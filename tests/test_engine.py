@@ -46,6 +46,9 @@ class RecordingChannel:
     def send_drain(self, reason: str) -> None:
         self.drained.append(reason)
 
+    def in_transit(self, seen: int) -> set[TaskId]:
+        return set()
+
     def close(self, error: BrokerError) -> None:
         self.closed = error
 

@@ -219,6 +219,10 @@ class FakeTaskService(_tasks_grpc.TaskServiceServicer):
         ]
         return _tasks.ListTasksResponse(tasks=tasks[: request.limit or 100])
 
+    async def Retry(self, request: _tasks.RetryRequest, context: _Context) -> _tasks.RetryResponse:
+        # What Retry does is the real broker's to show (its own tests); not faked here.
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake broker")
+
 
 KNOWN_STRATEGIES = ("round_robin", "least_loaded", "consistent_hash", "adaptive")
 
@@ -286,6 +290,12 @@ class FakeAdminService(_admin_grpc.AdminServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, "no such worker")
         worker.draining = True
         return _admin.DrainWorkerResponse(worker=worker)
+
+    async def CordonWorker(
+        self, request: _admin.CordonWorkerRequest, context: _Context
+    ) -> _admin.WorkerStatus:
+        # What cordoning does is the real broker's to show (its own tests); not faked here.
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake broker")
 
     async def Stats(self, request: _admin.StatsRequest, context: _Context) -> _admin.StatsResponse:
         return _admin.StatsResponse(
@@ -765,7 +775,9 @@ async def test_admin_calls(client: Client) -> None:
 async def test_create_pool_settings(client: Client, admin: FakeAdminService) -> None:
     plain = await client.create_pool("cpu")
     assert plain == PoolInfo("cpu", "round_robin", "", 0, 5.0)
-    assert admin.pools["cpu"] == _admin.Pool(name="cpu", strategy="round_robin", sticky_timeout_s=5)
+    assert admin.pools["cpu"] == _admin.Pool(
+        name="cpu", strategy="round_robin", sticky_timeout_s=5, rate_mode="reject"
+    )
     split = await client.create_pool(
         "gpu", "least_loaded", ab_strategy="adaptive", ab_percent=20, sticky_timeout_s=0.5
     )
@@ -791,6 +803,7 @@ async def test_update_pool_changes_only_the_given_settings(
         ab_strategy="adaptive",
         ab_percent=50,
         sticky_timeout_s=0.5,
+        rate_mode="reject",
     )
     assert await client.update_pool("gpu", strategy="consistent_hash", sticky_timeout_s=2) == (
         PoolInfo("gpu", "consistent_hash", "adaptive", 50, 2.0)

@@ -69,7 +69,12 @@ def test_public_api_is_exported() -> None:
 
 def test_task_state_terminal() -> None:
     terminal = {s for s in TaskState if s.terminal}
-    assert terminal == {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED}
+    assert terminal == {
+        TaskState.SUCCEEDED,
+        TaskState.FAILED,
+        TaskState.CANCELLED,
+        TaskState.DEAD_LETTER,
+    }
     assert TaskState("running") is TaskState.RUNNING
 
 

@@ -43,10 +43,12 @@ def test_refused_task_moves(current: TaskState, target: TaskState) -> None:
         check_move(current, target)
 
 
-def test_terminal_states_have_no_way_out() -> None:
+def test_terminal_states_lead_only_to_an_operator_retry() -> None:
     for state in TaskState:
         if state.terminal:
-            assert not any(can_move(state, target) for target in TaskState)
+            ways_out = {target for target in TaskState if can_move(state, target)}
+            retryable = state in (TaskState.FAILED, TaskState.DEAD_LETTER)
+            assert ways_out == ({TaskState.PENDING} if retryable else set())
 
 
 def test_broker_lifecycle_in_order() -> None:

@@ -22,9 +22,11 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from broker.domain import (
+    BulkheadConfig,
     Placement,
     PoolConfig,
     PreferredLabel,
+    RetryPolicy,
     Task,
     TaskError,
     TaskFilter,
@@ -135,6 +137,32 @@ ROUND_TRIP_CASES = {
         10, placement=Placement(sticky_key="user-7", routing_key="shard-3")
     ),
     "routing key alone": make_task(11, placement=Placement(routing_key="shard-9")),
+    "retry policy, deadlines and keys, delayed": dataclasses.replace(
+        make_task(
+            12,
+            retry=RetryPolicy(
+                max_attempts=5,
+                initial_backoff_s=0.5,
+                max_backoff_s=30.0,
+                backoff_multiplier=3.0,
+                retryable_errors=frozenset({"IOError", "Timeout"}),
+                non_retryable_errors=frozenset({"ValueError"}),
+            ),
+            not_before=1_700_000_100.25,
+            start_timeout_s=60.0,
+            execution_timeout_s=2.5,
+            idempotency_key="order-17",
+            fairness_key="tenant-a",
+            attempts=2,
+            placement_note="retry 3 after a backoff",
+        ),
+        not_before=1_700_000_300.5,  # the task's own wait: a retry's backoff
+    ),
+    "dead letter": finished(
+        make_task(13, retry=RetryPolicy(max_attempts=2)),
+        TaskState.DEAD_LETTER,
+        error=TaskError(type="IOError", message="disk gone"),
+    ),
 }
 
 
@@ -464,6 +492,45 @@ async def test_pool_settings_round_trip(store: ContractStore) -> None:
     )
     await store.upsert_pool(pool)
     assert await store.list_pools() == [pool]
+
+
+async def test_pool_limits_round_trip_and_change(store: ContractStore) -> None:
+    pool = PoolConfig(
+        name="gpu",
+        max_inflight=8,
+        max_queue=100,
+        client_rate_per_s=2.5,
+        client_rate_burst=5,
+        rate_mode="queue",
+        breaker_failures=3,
+        breaker_failure_rate=0.5,
+        breaker_window=10,
+        breaker_cooldown_s=7.5,
+        lease_s=4.0,
+        bulkheads=(
+            BulkheadConfig(task_type="render", max_inflight=2, max_queue=10, rate_per_s=1.5),
+            BulkheadConfig(task_type="encode", rate_burst=3),
+        ),
+        fairness_weights={"tenant-a": 3, "tenant-b": 1},
+    )
+    await store.upsert_pool(pool)
+    assert await store.list_pools() == [pool]
+    back_to_defaults = PoolConfig(name="gpu")
+    await store.upsert_pool(back_to_defaults)
+    assert await store.list_pools() == [back_to_defaults]
+
+
+async def test_idempotency_keys_find_the_earliest_task_within_the_window(
+    store: ContractStore,
+) -> None:
+    first = make_task(1, idempotency_key="k1", created_at=100.0)
+    again = make_task(2, idempotency_key="k1", created_at=200.0)
+    other_pool = make_task(3, idempotency_key="k2", pool="gpu", created_at=200.0)
+    old = make_task(4, idempotency_key="k3", created_at=10.0)
+    await store.insert_tasks([first, again, other_pool, old])
+    found = await store.find_idempotent("default", ["k1", "k2", "k3", "nope"], since=50.0)
+    assert found == {"k1": first}
+    assert await store.find_idempotent("gpu", ["k2"], since=0.0) == {"k2": other_pool}
 
 
 # What placement learns ----------------------------------------------------------------

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import random
+import socket
 from collections import deque
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
@@ -15,8 +19,10 @@ import grpc.aio
 
 from worker_sdk import _convert
 from worker_sdk._errors import (
+    RESOURCE_EXHAUSTED,
     DeadlineExceeded,
     NotFound,
+    ResourceExhausted,
     TaskbrokerError,
     TaskFailed,
     Unavailable,
@@ -30,8 +36,10 @@ from worker_sdk._pb import tasks_pb2_grpc as _tasks_grpc
 from worker_sdk._types import (
     DEFAULT_ADDRESS,
     DEFAULT_POOL,
+    Bulkhead,
     PoolInfo,
     PreferredLabel,
+    RetryPolicy,
     Stats,
     TaskInfo,
     TaskRequest,
@@ -49,6 +57,50 @@ CHANNEL_OPTIONS: Final = [("grpc.max_receive_message_length", 64 << 20)]
 # A failed all-or-nothing batch with one of these codes is most likely the fault of one of
 # its tasks, and none of them was accepted: each is sent again alone to find the culprit.
 _PER_TASK_ERROR_CODES: Final = frozenset({3, 5})  # INVALID_ARGUMENT, NOT_FOUND
+# The broker tells clients apart by this header, e.g. for its per-client rate limits.
+CLIENT_ID_HEADER: Final = "x-taskbroker-client"
+# The first resend of a refused submit waits up to this long (full jitter), doubling after.
+_SUBMIT_BACKOFF_INITIAL_S: Final = 0.1
+
+
+def default_client_id() -> str:
+    """`hostname:pid`, made safe for a gRPC metadata value (printable ASCII)."""
+    ident = f"{socket.gethostname()}:{os.getpid()}"
+    return "".join(c if " " <= c <= "~" else "?" for c in ident)
+
+
+class _SubmitBackoff:
+    """When to resend a submit the broker refused with RESOURCE_EXHAUSTED, and the sleep.
+
+    Only a refusal with a retry hint is resent: the broker sends one when it is overloaded
+    (a full queue, a rate limit), and none for a payload over its size limit, which no wait
+    cures. Resend n waits max(hint, uniform(0, min(cap, initial * 2**(n-1)))), never more
+    than `max_backoff_s`.
+    """
+
+    def __init__(self, max_retries: int, max_backoff_s: float) -> None:
+        self.max_retries = max_retries
+        self.max_backoff_s = max_backoff_s
+        # Replaceable by tests, so they neither sleep for real nor depend on chance.
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        self.random: Callable[[], float] = random.random
+
+    def delay(self, retries: int, error: ResourceExhausted) -> float | None:
+        """How long to wait before resend number `retries + 1`; None = give up."""
+        if error.retry_after is None or retries >= self.max_retries:
+            return None
+        ceiling = min(self.max_backoff_s, _SUBMIT_BACKOFF_INITIAL_S * 2.0 ** min(retries, 30))
+        return min(self.max_backoff_s, max(error.retry_after, self.random() * ceiling))
+
+    @staticmethod
+    def gave_up(error: ResourceExhausted, retries: int) -> ResourceExhausted:
+        """The error to raise once resending stops; the broker's own after no resend."""
+        if retries == 0:
+            return error
+        plural = "y" if retries == 1 else "ies"
+        return ResourceExhausted(
+            f"{error} (gave up after {retries} retr{plural})", error.retry_after
+        )
 
 
 @dataclass(slots=True)
@@ -57,6 +109,7 @@ class _PendingSubmit:
     size: int  # bytes on the wire
     future: asyncio.Future[str]
     solo: bool = False  # send in a message of its own
+    refusals: int = 0  # times its batch was refused for overload and resent
 
 
 def _retrieve_exceptions(futures: Iterable[asyncio.Future[Any]]) -> None:
@@ -78,12 +131,17 @@ class _SubmitStream:
         call: grpc.aio.StreamStreamCall[_tasks.SubmitStreamRequest, _tasks.SubmitStreamResponse],
         address: str,
         batch_size: int,
+        backoff: _SubmitBackoff,
     ) -> None:
         self._call = call
         self._address = address
         self._batch_size = batch_size
+        self._backoff = backoff
         self._loop = asyncio.get_running_loop()
         self._submits: deque[_PendingSubmit] = deque()
+        # Batches refused for overload: waiting out their backoff, then due to be resent whole.
+        self._backing_off: dict[asyncio.Task[None], list[_PendingSubmit]] = {}
+        self._resends: deque[list[_PendingSubmit]] = deque()
         self._unacked: dict[int, list[_PendingSubmit]] = {}
         self._watch_ids: list[str] = []
         self._watchers: dict[str, list[asyncio.Future[TaskInfo]]] = {}
@@ -129,6 +187,13 @@ class _SubmitStream:
         for task in (self._writer, self._reader):
             task.cancel()
         await asyncio.gather(self._writer, self._reader, return_exceptions=True)
+        await self._stop_backoffs()
+
+    async def _stop_backoffs(self) -> None:
+        waits = list(self._backing_off)
+        for task in waits:
+            task.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
 
     # -- writer ------------------------------------------------------------------------
 
@@ -137,7 +202,7 @@ class _SubmitStream:
             while not self.broken:
                 await self._wake.wait()
                 self._wake.clear()
-                while (self._submits or self._watch_ids) and not self.broken:
+                while (self._resends or self._submits or self._watch_ids) and not self.broken:
                     await self._write_one()
         except asyncio.CancelledError:
             raise
@@ -165,7 +230,12 @@ class _SubmitStream:
         return batch
 
     async def _write_one(self) -> None:
-        batch = self._take_batch()
+        batch: list[_PendingSubmit] = []
+        while self._resends and not batch:
+            # A refused batch goes again as it was, minus the submits whose callers left.
+            batch = [p for p in self._resends.popleft() if not p.future.done()]
+        if not batch:
+            batch = self._take_batch()
         watch_ids = [i for i in self._watch_ids if i in self._watchers]
         self._watch_ids = []
         if not batch and not watch_ids:
@@ -206,6 +276,8 @@ class _SubmitStream:
                 # its submits would wait forever, so give up on the stream instead.
                 self._break(f"broker rejected message {ack.batch_id}: {ack.error_message}")
             return
+        if ack.error_code == RESOURCE_EXHAUSTED and self._resend_later(batch, ack):
+            return
         if ack.error_code:
             if len(batch) > 1 and ack.error_code in _PER_TASK_ERROR_CODES:
                 for pending in reversed(batch):
@@ -213,9 +285,12 @@ class _SubmitStream:
                     self._submits.appendleft(pending)
                 self._wake.set()
                 return
+            error = error_for_code(ack.error_code, ack.error_message, ack.retry_after)
+            if isinstance(error, ResourceExhausted):
+                error = self._backoff.gave_up(error, max((p.refusals for p in batch), default=0))
             for pending in batch:
                 if not pending.future.done():
-                    pending.future.set_exception(error_for_code(ack.error_code, ack.error_message))
+                    pending.future.set_exception(error)
             return
         if len(ack.task_ids) != len(batch):
             for pending in batch:
@@ -229,6 +304,39 @@ class _SubmitStream:
         for pending, task_id in zip(batch, ack.task_ids, strict=True):
             if not pending.future.done():
                 pending.future.set_result(task_id)
+
+    def _resend_later(self, batch: list[_PendingSubmit], ack: SubmitAcked) -> bool:
+        """Resend a batch the broker refused for overload after its backoff, keeping it
+        whole so its acks map to its callers in order; False if it is not to be resent."""
+        live = [p for p in batch if not p.future.done()]
+        if not live:
+            return True
+        refusals = max(p.refusals for p in live)
+        delay = self._backoff.delay(refusals, ResourceExhausted(ack.error_message, ack.retry_after))
+        if delay is None:
+            return False
+        for pending in live:
+            pending.refusals = refusals + 1
+        _log.debug("broker refused %d submits for now; resending in %.3fs", len(live), delay)
+        wait = asyncio.create_task(self._wait(delay), name="taskbroker-submit-backoff")
+        self._backing_off[wait] = live
+        wait.add_done_callback(self._backoff_done)
+        return True
+
+    async def _wait(self, delay: float) -> None:
+        await self._backoff.sleep(delay)
+
+    def _backoff_done(self, wait: asyncio.Task[None]) -> None:
+        batch = self._backing_off.pop(wait, None)
+        if batch is None or self.broken or wait.cancelled():
+            return
+        if (exc := wait.exception()) is not None:
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+            return
+        self._resends.append(batch)
+        self._wake.set()
 
     def _on_completions(self, completions: TasksCompleted) -> None:
         for task in completions.tasks:
@@ -252,9 +360,17 @@ class _SubmitStream:
         self._wake.set()
         self._call.cancel()
         message = f"submit stream to broker at {self._address} broke: {reason}"
-        pending_submits = [*self._submits, *(p for b in self._unacked.values() for p in b)]
+        pending_submits = [
+            *self._submits,
+            *(p for b in self._unacked.values() for p in b),
+            *(p for b in self._resends for p in b),
+            *(p for b in self._backing_off.values() for p in b),
+        ]
         self._submits.clear()
         self._unacked.clear()
+        self._resends.clear()
+        for wait in self._backing_off:
+            wait.cancel()  # the done callback finds the stream broken and leaves them be
         for pending in pending_submits:
             if not pending.future.done():
                 pending.future.set_exception(Unavailable(message))
@@ -276,13 +392,39 @@ class Client:
 
     `submit()`, `wait()` and `result()` share one SubmitStream, opened on first use, on which
     concurrent calls are coalesced into batches of up to `batch_size` tasks.
+
+    Every call carries `client_id` (default `hostname:pid`) in the `x-taskbroker-client`
+    header; the broker rate-limits submits per client identity. A submit the broker refuses
+    for overload (RESOURCE_EXHAUSTED with a retry hint) is sent again after
+    max(hint, exponential backoff with full jitter), each wait at most
+    `max_submit_backoff_s`, up to `max_submit_retries` times (0 = never); then the call
+    raises ResourceExhausted, whose `retry_after` is the broker's last hint.
     """
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, *, batch_size: int = 500) -> None:
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        batch_size: int = 500,
+        client_id: str | None = None,
+        max_submit_retries: int = 5,
+        max_submit_backoff_s: float = 10.0,
+    ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if max_submit_retries < 0:
+            raise ValueError("max_submit_retries must be 0 (never retry) or more")
+        if not max_submit_backoff_s >= 0:
+            raise ValueError("max_submit_backoff_s must be 0 or more seconds")
+        if client_id is None:
+            client_id = default_client_id()
+        if not client_id or not all(" " <= c <= "~" for c in client_id):
+            raise ValueError("client_id must be a non-empty string of printable ASCII")
         self._address = address
         self._batch_size = batch_size
+        self._client_id = client_id
+        self._metadata: tuple[tuple[str, str], ...] = ((CLIENT_ID_HEADER, client_id),)
+        self._backoff = _SubmitBackoff(max_submit_retries, max_submit_backoff_s)
         self._channel: grpc.aio.Channel | None = None
         self._task_stub: _tasks_grpc.TaskServiceAsyncStub | None = None
         self._admin_stub: _admin_grpc.AdminServiceAsyncStub | None = None
@@ -293,6 +435,11 @@ class Client:
     @property
     def address(self) -> str:
         return self._address
+
+    @property
+    def client_id(self) -> str:
+        """The identity this client sends with every call (`x-taskbroker-client`)."""
+        return self._client_id
 
     async def __aenter__(self) -> Self:
         return self
@@ -338,7 +485,8 @@ class Client:
             if stream is not None:
                 self._retired = [s for s in self._retired if not s.finished]
                 self._retired.append(stream)
-            stream = _SubmitStream(task_stub.SubmitStream(None), self._address, self._batch_size)
+            call = task_stub.SubmitStream(None, metadata=self._metadata)
+            stream = _SubmitStream(call, self._address, self._batch_size, self._backoff)
             self._stream = stream
         return stream
 
@@ -347,6 +495,20 @@ class Client:
             return await call
         except grpc.RpcError as exc:
             raise _convert.rpc_error(exc, self._address) from None
+
+    async def _submit_unary(self, send: Callable[[], Awaitable[_T]]) -> _T:
+        """A unary submit call, sent again while the broker refuses it for overload."""
+        retries = 0
+        while True:
+            try:
+                return await self._unary(send())
+            except ResourceExhausted as exc:
+                delay = self._backoff.delay(retries, exc)
+                if delay is None:
+                    raise self._backoff.gave_up(exc, retries) from None
+            retries += 1
+            _log.debug("broker refused a submit for now; resending in %.3fs", delay)
+            await self._backoff.sleep(delay)
 
     # -- tasks -------------------------------------------------------------------------
 
@@ -364,6 +526,13 @@ class Client:
         anti_affinity_soft: bool = False,
         sticky_key: str | None = None,
         routing_key: str | None = None,
+        retry: RetryPolicy | None = None,
+        delay: float | None = None,
+        not_before: datetime | None = None,
+        start_timeout: float | None = None,
+        execution_timeout: float | None = None,
+        idempotency_key: str | None = None,
+        fairness_key: str | None = None,
     ) -> str:
         """Submit one task and return its id. Pass `payload` (bytes or str) or `json=`.
 
@@ -374,6 +543,13 @@ class Client:
         `sticky_key` goes to the worker that last ran that key if it gets a free slot within
         the pool's sticky timeout; a `routing_key` keeps tasks with one key on one worker
         in a pool whose strategy is consistent_hash.
+
+        Delivery: `retry` says how often the broker tries it again after a failure (then
+        DEAD_LETTER); `delay` (seconds from now) or `not_before` (an aware datetime) holds
+        it back; it fails unless a worker takes it within `start_timeout` seconds, and an
+        attempt that runs over `execution_timeout` seconds fails and is cancelled. A second
+        submit with the same `idempotency_key` in the pool returns the first task's id; a
+        pool shares its workers among `fairness_key`s by weighted round robin.
         """
         request = TaskRequest(
             task_type,
@@ -386,23 +562,39 @@ class Client:
             anti_affinity_soft=anti_affinity_soft,
             sticky_key=sticky_key,
             routing_key=routing_key,
+            retry=retry,
+            delay=delay,
+            not_before=not_before,
+            start_timeout=start_timeout,
+            execution_timeout=execution_timeout,
+            idempotency_key=idempotency_key,
+            fairness_key=fairness_key,
         )
         spec = _convert.task_spec(request)
         return await self._submit_stream().submit(spec)
 
     async def submit_many(self, tasks: Iterable[TaskRequest]) -> list[str]:
-        """Submit tasks as one batch, all accepted or none; their ids in order."""
+        """Submit tasks as one batch, all accepted or none; their ids in order.
+
+        A batch refused for overload is sent again whole, as `submit()` does.
+        """
         requests = list(tasks)
         if not requests:
             return []
         task_stub, _ = self._stubs()
-        response = await self._unary(task_stub.SubmitBatch(_convert.submit_batch_request(requests)))
+        message = _convert.submit_batch_request(requests)
+        response = await self._submit_unary(
+            lambda: task_stub.SubmitBatch(message, metadata=self._metadata)
+        )
         return _convert.submit_batch_ids(response)
 
     async def get(self, task_id: str) -> TaskInfo:
         """The task as the broker has it now."""
         task_stub, _ = self._stubs()
-        return _convert.task_info(await self._unary(task_stub.Get(_convert.get_request(task_id))))
+        request = _convert.get_request(task_id)
+        return _convert.task_info(
+            await self._unary(task_stub.Get(request, metadata=self._metadata))
+        )
 
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskInfo:  # noqa: ASYNC109
         """The task once it is terminal; DeadlineExceeded after `timeout` seconds."""
@@ -455,7 +647,8 @@ class Client:
                 stream.unwatch(task_id, future)
 
     async def result(self, task_id: str, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
-        """The result of a task once it succeeded; TaskFailed if it failed or was cancelled."""
+        """The result of a task once it succeeded; TaskFailed if it failed, was cancelled or
+        dead-lettered."""
         task = await self.wait(task_id, timeout)
         if task.state is not TaskState.SUCCEEDED:
             raise TaskFailed(task)
@@ -464,8 +657,35 @@ class Client:
     async def cancel(self, task_id: str) -> TaskInfo:
         """Cancel a task that has not finished; the task as it is afterwards."""
         task_stub, _ = self._stubs()
-        response = await self._unary(task_stub.Cancel(_convert.cancel_request(task_id)))
+        request = _convert.cancel_request(task_id)
+        response = await self._unary(task_stub.Cancel(request, metadata=self._metadata))
         return _convert.cancelled_task(response)
+
+    async def retry(
+        self,
+        task_ids: Iterable[str] = (),
+        *,
+        dead_letter_pool: str | None = None,
+        limit: int | None = None,
+    ) -> list[TaskInfo]:
+        """Send failed or dead-lettered tasks back to their queue with a fresh set of
+        attempts: those of `task_ids`, and with `dead_letter_pool` also up to `limit` (the
+        broker's default: 1000) dead-lettered tasks of that pool. The tasks as requeued.
+        """
+        if isinstance(task_ids, str):
+            raise TypeError("task_ids is a sequence of task ids, not one str")
+        ids = list(task_ids)
+        if limit is not None:
+            if dead_letter_pool is None:
+                raise ValueError("limit bounds the tasks taken from dead_letter_pool; give both")
+            if limit < 1:
+                raise ValueError("limit must be at least 1")
+        if not ids and dead_letter_pool is None:
+            return []
+        task_stub, _ = self._stubs()
+        request = _convert.retry_request(ids, dead_letter_pool, limit)
+        response = await self._unary(task_stub.Retry(request, metadata=self._metadata))
+        return _convert.retried_tasks(response)
 
     async def list_tasks(
         self,
@@ -481,13 +701,15 @@ class Client:
         request = _convert.list_tasks_request(
             pool=pool, states=states, task_type=task_type, limit=limit, before_id=before_id
         )
-        return _convert.listed_tasks(await self._unary(task_stub.List(request)))
+        response = await self._unary(task_stub.List(request, metadata=self._metadata))
+        return _convert.listed_tasks(response)
 
     # -- administration ----------------------------------------------------------------
 
     async def list_pools(self) -> list[PoolInfo]:
         _, admin_stub = self._stubs()
-        response = await self._unary(admin_stub.ListPools(_convert.list_pools_request()))
+        request = _convert.list_pools_request()
+        response = await self._unary(admin_stub.ListPools(request, metadata=self._metadata))
         return _convert.listed_pools(response)
 
     async def create_pool(
@@ -498,22 +720,50 @@ class Client:
         ab_strategy: str = "",
         ab_percent: int = 0,
         sticky_timeout_s: float = 5.0,
+        max_inflight: int = 0,
+        max_queue: int = 0,
+        client_rate_per_s: float = 0.0,
+        client_rate_burst: int = 0,
+        rate_mode: str = "reject",
+        breaker_failures: int = 0,
+        breaker_failure_rate: float = 0.0,
+        breaker_window: int = 0,
+        breaker_cooldown_s: float = 0.0,
+        lease_s: float = 0.0,
+        bulkheads: Sequence[Bulkhead] = (),
+        fairness_weights: Mapping[str, int] | None = None,
     ) -> PoolInfo:
         """Create a pool; AlreadyExists if there is one of that name.
 
         `ab_percent` (0..100) of its tasks are placed by `ab_strategy` instead of `strategy`
         ("" = no A/B split). The broker checks the names and says InvalidArgument, listing
-        the strategies it knows, for an unknown one.
+        the strategies it knows, for an unknown one. The limits, breaker, lease, bulkhead
+        and fairness settings are PoolInfo's; 0 leaves a setting at the broker's default.
         """
         _, admin_stub = self._stubs()
         request = _convert.create_pool_request(
             name,
-            strategy,
-            ab_strategy=ab_strategy,
-            ab_percent=ab_percent,
-            sticky_timeout_s=sticky_timeout_s,
+            {
+                "strategy": strategy,
+                "ab_strategy": ab_strategy,
+                "ab_percent": ab_percent,
+                "sticky_timeout_s": sticky_timeout_s,
+                "max_inflight": max_inflight,
+                "max_queue": max_queue,
+                "client_rate_per_s": client_rate_per_s,
+                "client_rate_burst": client_rate_burst,
+                "rate_mode": rate_mode,
+                "breaker_failures": breaker_failures,
+                "breaker_failure_rate": breaker_failure_rate,
+                "breaker_window": breaker_window,
+                "breaker_cooldown_s": breaker_cooldown_s,
+                "lease_s": lease_s,
+                "bulkheads": bulkheads,
+                "fairness_weights": fairness_weights or {},
+            },
         )
-        return _convert.pool_info(await self._unary(admin_stub.CreatePool(request)))
+        response = await self._unary(admin_stub.CreatePool(request, metadata=self._metadata))
+        return _convert.pool_info(response)
 
     async def update_pool(
         self,
@@ -523,40 +773,85 @@ class Client:
         ab_strategy: str | None = None,
         ab_percent: int | None = None,
         sticky_timeout_s: float | None = None,
+        max_inflight: int | None = None,
+        max_queue: int | None = None,
+        client_rate_per_s: float | None = None,
+        client_rate_burst: int | None = None,
+        rate_mode: str | None = None,
+        breaker_failures: int | None = None,
+        breaker_failure_rate: float | None = None,
+        breaker_window: int | None = None,
+        breaker_cooldown_s: float | None = None,
+        lease_s: float | None = None,
+        bulkheads: Sequence[Bulkhead] | None = None,
+        fairness_weights: Mapping[str, int] | None = None,
     ) -> PoolInfo:
         """Change the given settings of a pool, keep the others; the pool as it is now.
 
-        Reads the pool, changes it and sends it back whole, so a concurrent change to
-        another setting can be lost. NotFound for an unknown pool; ValueError if no
-        setting is given.
+        `bulkheads` and `fairness_weights` replace the pool's whole list or map (pass `()`
+        or `{}` to clear them). Reads the pool, changes it and sends it back whole, so a
+        concurrent change to another setting can be lost. NotFound for an unknown pool;
+        ValueError if no setting is given.
         """
-        if all(v is None for v in (strategy, ab_strategy, ab_percent, sticky_timeout_s)):
+        given: dict[str, object | None] = {
+            "strategy": strategy,
+            "ab_strategy": ab_strategy,
+            "ab_percent": ab_percent,
+            "sticky_timeout_s": sticky_timeout_s,
+            "max_inflight": max_inflight,
+            "max_queue": max_queue,
+            "client_rate_per_s": client_rate_per_s,
+            "client_rate_burst": client_rate_burst,
+            "rate_mode": rate_mode,
+            "breaker_failures": breaker_failures,
+            "breaker_failure_rate": breaker_failure_rate,
+            "breaker_window": breaker_window,
+            "breaker_cooldown_s": breaker_cooldown_s,
+            "lease_s": lease_s,
+            "bulkheads": bulkheads,
+            "fairness_weights": fairness_weights,
+        }
+        changes = {key: value for key, value in given.items() if value is not None}
+        if not changes:
             raise ValueError("update_pool needs at least one setting to change")
         _, admin_stub = self._stubs()
-        listed = await self._unary(admin_stub.ListPools(_convert.list_pools_request()))
-        request = _convert.update_pool_request(
-            listed,
-            name,
-            strategy=strategy,
-            ab_strategy=ab_strategy,
-            ab_percent=ab_percent,
-            sticky_timeout_s=sticky_timeout_s,
+        listed = await self._unary(
+            admin_stub.ListPools(_convert.list_pools_request(), metadata=self._metadata)
         )
+        request = _convert.update_pool_request(listed, name, changes)
         if request is None:
             raise NotFound(f"pool {name!r} does not exist")
-        return _convert.pool_info(await self._unary(admin_stub.UpdatePool(request)))
+        response = await self._unary(admin_stub.UpdatePool(request, metadata=self._metadata))
+        return _convert.pool_info(response)
 
     async def list_workers(self, pool: str | None = None) -> list[WorkerInfo]:
         _, admin_stub = self._stubs()
         request = _convert.list_workers_request(pool)
-        return _convert.listed_workers(await self._unary(admin_stub.ListWorkers(request)))
+        response = await self._unary(admin_stub.ListWorkers(request, metadata=self._metadata))
+        return _convert.listed_workers(response)
 
     async def drain_worker(self, worker_id: str) -> WorkerInfo:
         """Ask the broker to drain a worker: it gets no more work and disconnects when idle."""
         _, admin_stub = self._stubs()
         request = _convert.drain_worker_request(worker_id)
-        return _convert.drained_worker(await self._unary(admin_stub.DrainWorker(request)))
+        response = await self._unary(admin_stub.DrainWorker(request, metadata=self._metadata))
+        return _convert.drained_worker(response)
+
+    async def cordon_worker(self, worker_id: str) -> WorkerInfo:
+        """Cordon a worker: it gets no new work, keeps what it holds and stays connected."""
+        return await self._cordon(worker_id, cordon=True)
+
+    async def uncordon_worker(self, worker_id: str) -> WorkerInfo:
+        """Let a cordoned worker take new work again."""
+        return await self._cordon(worker_id, cordon=False)
+
+    async def _cordon(self, worker_id: str, *, cordon: bool) -> WorkerInfo:
+        _, admin_stub = self._stubs()
+        request = _convert.cordon_worker_request(worker_id, cordon)
+        response = await self._unary(admin_stub.CordonWorker(request, metadata=self._metadata))
+        return _convert.worker_info(response)
 
     async def stats(self) -> Stats:
         _, admin_stub = self._stubs()
-        return _convert.stats(await self._unary(admin_stub.Stats(_convert.stats_request())))
+        request = _convert.stats_request()
+        return _convert.stats(await self._unary(admin_stub.Stats(request, metadata=self._metadata)))

@@ -5,12 +5,15 @@ No other module reads or builds a protobuf message; they pass them through opaqu
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Final, cast
 
 import grpc
 
-from worker_sdk._errors import TaskbrokerError, Unavailable, error_for_code
+from worker_sdk._errors import RESOURCE_EXHAUSTED, TaskbrokerError, Unavailable, error_for_code
 from worker_sdk._messages import (
     Assignment,
     AssignmentsReceived,
@@ -27,10 +30,13 @@ from worker_sdk._pb import tasks_pb2 as _tasks
 from worker_sdk._pb import worker_pb2 as _worker
 from worker_sdk._types import (
     ArmStats,
+    Bulkhead,
+    BulkheadStats,
     Placement,
     PoolInfo,
     PoolStats,
     PreferredLabel,
+    RetryPolicy,
     RuntimeStats,
     Stats,
     TaskErrorInfo,
@@ -42,11 +48,35 @@ from worker_sdk._types import (
 
 # -- errors ------------------------------------------------------------------------------
 
+# The trailer gRPC defines for "wait this long before retrying" (milliseconds).
+PUSHBACK_KEY: Final = "grpc-retry-pushback-ms"
+
+
+def _pushback_s(error: grpc.RpcError) -> float | None:
+    """The broker's retry hint in seconds; None without one, or with one gRPC says means
+    "do not retry" (negative) or that is not a number."""
+    try:
+        # Pairs at run time (grpc.aio's Metadata), whatever the stubs say.
+        trailers = cast(Iterable[tuple[str, str | bytes]], error.trailing_metadata() or ())
+    except AttributeError:  # an error raised without a call behind it
+        return None
+    for key, value in trailers:
+        if key == PUSHBACK_KEY:
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            try:
+                ms = int(text)
+            except ValueError:
+                return None
+            return ms / 1000 if ms >= 0 else None
+    return None
+
 
 def rpc_error(error: grpc.RpcError, address: str) -> TaskbrokerError:
     """The SDK exception for a failed gRPC call to the broker at `address`."""
     code = error.code()
     details = error.details() or code.name
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return error_for_code(RESOURCE_EXHAUSTED, details, _pushback_s(error))
     if code is grpc.StatusCode.UNAVAILABLE:
         return Unavailable(f"broker at {address} is unavailable: {details}")
     if code is grpc.StatusCode.UNIMPLEMENTED:
@@ -68,6 +98,7 @@ _STATE_FROM_WIRE: dict[_tasks.TaskState.ValueType, TaskState] = {
     _tasks.TASK_STATE_SUCCEEDED: TaskState.SUCCEEDED,
     _tasks.TASK_STATE_FAILED: TaskState.FAILED,
     _tasks.TASK_STATE_CANCELLED: TaskState.CANCELLED,
+    _tasks.TASK_STATE_DEAD_LETTER: TaskState.DEAD_LETTER,
 }
 _STATE_TO_WIRE: dict[TaskState, _tasks.TaskState.ValueType] = {
     state: wire for wire, state in _STATE_FROM_WIRE.items()
@@ -76,6 +107,27 @@ _STATE_TO_WIRE: dict[TaskState, _tasks.TaskState.ValueType] = {
 
 def _time(ms: int) -> datetime | None:
     return datetime.fromtimestamp(ms / 1000, UTC) if ms else None
+
+
+def _epoch_ms(when: datetime, name: str) -> int:
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime, e.g. datetime.now(UTC)")
+    return round(when.timestamp() * 1000)
+
+
+def _seconds_or_none(value: float) -> float | None:
+    return value if value > 0 else None
+
+
+def _positive_seconds(value: float | None, name: str) -> float:
+    """Seconds for a wire field where 0 means "none"; None gives 0."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} is a number of seconds, not {type(value).__name__}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive number of seconds (None = none)")
+    return float(value)
 
 
 def task_state(wire: _tasks.TaskState.ValueType) -> TaskState:
@@ -94,6 +146,30 @@ def placement(msg: _tasks.Placement) -> Placement:
         sticky_key=msg.sticky_key,
         routing_key=msg.routing_key,
     )
+
+
+def retry_policy(msg: _tasks.RetryPolicy) -> RetryPolicy:
+    """A wire RetryPolicy; zeros read as the defaults the broker applies for them."""
+    defaults = RetryPolicy()
+    return RetryPolicy(
+        max_attempts=msg.max_attempts or defaults.max_attempts,
+        initial_backoff_s=msg.initial_backoff_s or defaults.initial_backoff_s,
+        max_backoff_s=msg.max_backoff_s or defaults.max_backoff_s,
+        backoff_multiplier=msg.backoff_multiplier or defaults.backoff_multiplier,
+        retryable_errors=tuple(msg.retryable_errors),
+        non_retryable_errors=tuple(msg.non_retryable_errors),
+    )
+
+
+def _set_retry_policy(policy: RetryPolicy, msg: _tasks.RetryPolicy) -> None:
+    if not isinstance(policy, RetryPolicy):
+        raise TypeError(f"retry must be a RetryPolicy, not {type(policy).__name__}")
+    msg.max_attempts = policy.max_attempts
+    msg.initial_backoff_s = policy.initial_backoff_s
+    msg.max_backoff_s = policy.max_backoff_s
+    msg.backoff_multiplier = policy.backoff_multiplier
+    msg.retryable_errors.extend(policy.retryable_errors)
+    msg.non_retryable_errors.extend(policy.non_retryable_errors)
 
 
 def task_info(task: _tasks.Task) -> TaskInfo:
@@ -120,14 +196,21 @@ def task_info(task: _tasks.Task) -> TaskInfo:
         placement=hints,
         placement_note=task.placement_note,
         unschedulable=task.unschedulable,
+        retry=retry_policy(spec.retry) if spec.HasField("retry") else None,
+        not_before=_time(task.not_before_ms or spec.not_before_ms),
+        start_timeout=_seconds_or_none(spec.start_timeout_s),
+        execution_timeout=_seconds_or_none(spec.execution_timeout_s),
+        idempotency_key=spec.idempotency_key or None,
+        fairness_key=spec.fairness_key or None,
     )
 
 
-def task_spec(request: TaskRequest) -> _tasks.TaskSpec:
+def task_spec(request: TaskRequest, *, now: float | None = None) -> _tasks.TaskSpec:
     """The wire form of a submit; TypeError or ValueError for arguments it cannot hold.
 
     Called where the task is submitted, so a bad argument fails that call alone and
-    never the stream it would have shared with other submits.
+    never the stream it would have shared with other submits. A `delay` counts from
+    `now` (epoch seconds; default: the current time).
     """
     spec = _tasks.TaskSpec(
         task_type=request.task_type,
@@ -145,7 +228,35 @@ def task_spec(request: TaskRequest) -> _tasks.TaskSpec:
         or request.routing_key
     ):
         _set_placement(request, spec.placement)
+    if request.retry is not None:
+        _set_retry_policy(request.retry, spec.retry)
+    spec.not_before_ms = _not_before_ms(request, now)
+    spec.start_timeout_s = _positive_seconds(request.start_timeout, "start_timeout")
+    spec.execution_timeout_s = _positive_seconds(request.execution_timeout, "execution_timeout")
+    try:
+        spec.idempotency_key = request.idempotency_key or ""
+        spec.fairness_key = request.fairness_key or ""
+    except TypeError as exc:
+        raise TypeError(f"idempotency_key and fairness_key are str ({exc})") from None
     return spec
+
+
+def _not_before_ms(request: TaskRequest, now: float | None) -> int:
+    if request.delay is not None and request.not_before is not None:
+        raise ValueError("pass delay or not_before, not both")
+    if request.not_before is not None:
+        if not isinstance(request.not_before, datetime):
+            raise TypeError(f"not_before must be a datetime, not {type(request.not_before)}")
+        return _epoch_ms(request.not_before, "not_before")
+    if request.delay is None:
+        return 0
+    delay = request.delay
+    if isinstance(delay, bool) or not isinstance(delay, int | float):
+        raise TypeError(f"delay is a number of seconds, not {type(delay).__name__}")
+    if not (delay >= 0 and math.isfinite(delay)):
+        raise ValueError("delay must be a number of seconds >= 0")
+    start = time.time() if now is None else now
+    return round((start + delay) * 1000)
 
 
 def _set_placement(request: TaskRequest, msg: _tasks.Placement) -> None:
@@ -172,6 +283,16 @@ def spec_size(spec: _tasks.TaskSpec) -> int:
     return size
 
 
+def bulkhead(msg: _admin.Bulkhead) -> Bulkhead:
+    return Bulkhead(
+        task_type=msg.task_type,
+        max_inflight=msg.max_inflight,
+        max_queue=msg.max_queue,
+        rate_per_s=msg.rate_per_s,
+        rate_burst=msg.rate_burst,
+    )
+
+
 def pool_info(pool: _admin.Pool) -> PoolInfo:
     return PoolInfo(
         name=pool.name,
@@ -179,7 +300,69 @@ def pool_info(pool: _admin.Pool) -> PoolInfo:
         ab_strategy=pool.ab_strategy,
         ab_percent=pool.ab_percent,
         sticky_timeout_s=pool.sticky_timeout_s,
+        max_inflight=pool.max_inflight,
+        max_queue=pool.max_queue,
+        client_rate_per_s=pool.client_rate_per_s,
+        client_rate_burst=pool.client_rate_burst,
+        rate_mode=pool.rate_mode or "reject",  # the proto's default
+        breaker_failures=pool.breaker_failures,
+        breaker_failure_rate=pool.breaker_failure_rate,
+        breaker_window=pool.breaker_window,
+        breaker_cooldown_s=pool.breaker_cooldown_s,
+        lease_s=pool.lease_s,
+        bulkheads=tuple(bulkhead(b) for b in pool.bulkheads),
+        fairness_weights=dict(pool.fairness_weights),
     )
+
+
+# Pool settings that are one scalar field each, by their name in Pool and in PoolInfo.
+POOL_SCALAR_SETTINGS: Final = (
+    "strategy",
+    "ab_strategy",
+    "ab_percent",
+    "sticky_timeout_s",
+    "max_inflight",
+    "max_queue",
+    "client_rate_per_s",
+    "client_rate_burst",
+    "rate_mode",
+    "breaker_failures",
+    "breaker_failure_rate",
+    "breaker_window",
+    "breaker_cooldown_s",
+    "lease_s",
+)
+
+
+def _set_pool_settings(pool: _admin.Pool, settings: Mapping[str, object]) -> None:
+    """Set the named settings (POOL_SCALAR_SETTINGS, `bulkheads`, `fairness_weights`) on
+    `pool`; a list or map setting replaces the old one whole. ValueError or TypeError for a
+    value the wire cannot hold (a negative count, a str for a number)."""
+    for name, value in settings.items():
+        if name == "bulkheads":
+            if not isinstance(value, Iterable) or isinstance(value, str | bytes):
+                raise TypeError("bulkheads is a sequence of Bulkhead")
+            items = list(value)
+            if not all(isinstance(b, Bulkhead) for b in items):
+                raise TypeError("bulkheads is a sequence of Bulkhead")
+            del pool.bulkheads[:]
+            for b in items:
+                pool.bulkheads.add(
+                    task_type=b.task_type,
+                    max_inflight=b.max_inflight,
+                    max_queue=b.max_queue,
+                    rate_per_s=b.rate_per_s,
+                    rate_burst=b.rate_burst,
+                )
+        elif name == "fairness_weights":
+            if not isinstance(value, Mapping):
+                raise TypeError("fairness_weights maps fairness keys (str) to weights (int)")
+            pool.fairness_weights.clear()
+            pool.fairness_weights.update(value)
+        elif name in POOL_SCALAR_SETTINGS:
+            setattr(pool, name, value)
+        else:
+            raise TypeError(f"unknown pool setting {name!r}")
 
 
 def worker_info(status: _admin.WorkerStatus) -> WorkerInfo:
@@ -194,6 +377,9 @@ def worker_info(status: _admin.WorkerStatus) -> WorkerInfo:
         connected_at=_time(status.connected_at_ms),
         last_heartbeat=_time(status.last_heartbeat_ms),
         draining=status.draining,
+        cordoned=status.cordoned,
+        breaker=status.breaker or "closed",  # a broker without breakers has none open
+        consecutive_failures=status.consecutive_failures,
     )
 
 
@@ -219,6 +405,16 @@ def runtime_stats(runtime: _admin.RuntimeStats) -> RuntimeStats:
     )
 
 
+def bulkhead_stats(b: _admin.BulkheadStats) -> BulkheadStats:
+    return BulkheadStats(
+        task_type=b.task_type,
+        pending=b.pending,
+        in_flight=b.in_flight,
+        max_queue=b.max_queue,
+        max_inflight=b.max_inflight,
+    )
+
+
 def pool_stats(p: _admin.PoolStats) -> PoolStats:
     return PoolStats(
         pool=p.pool,
@@ -236,6 +432,19 @@ def pool_stats(p: _admin.PoolStats) -> PoolStats:
         sticky_hits=p.sticky_hits,
         sticky_misses=p.sticky_misses,
         strategy_notes=tuple(p.strategy_notes),
+        delayed=p.delayed,
+        dead_letter=p.dead_letter,
+        rejected=p.rejected,
+        rate_limited=p.rate_limited,
+        retried=p.retried,
+        timed_out=p.timed_out,
+        expired=p.expired,
+        lease_expired=p.lease_expired,
+        reconciled=p.reconciled,
+        deduplicated=p.deduplicated,
+        max_queue=p.max_queue,
+        max_inflight=p.max_inflight,
+        bulkheads=tuple(bulkhead_stats(b) for b in p.bulkheads),
     )
 
 
@@ -265,7 +474,10 @@ def submit_stream_event(response: _tasks.SubmitStreamResponse) -> SubmitAcked | 
     kind = response.WhichOneof("kind")
     if kind == "ack":
         ack = response.ack
-        return SubmitAcked(ack.batch_id, list(ack.task_ids), ack.error_code, ack.error_message)
+        retry_after = ack.retry_after_ms / 1000 if ack.retry_after_ms else None
+        return SubmitAcked(
+            ack.batch_id, list(ack.task_ids), ack.error_code, ack.error_message, retry_after
+        )
     if kind == "completions":
         done = response.completions
         return TasksCompleted([task_info(t) for t in done.tasks], list(done.not_found))
@@ -290,6 +502,18 @@ def cancel_request(task_id: str) -> _tasks.CancelRequest:
 
 def cancelled_task(response: _tasks.CancelResponse) -> TaskInfo:
     return task_info(response.task)
+
+
+def retry_request(
+    task_ids: Sequence[str], dead_letter_pool: str | None, limit: int | None
+) -> _tasks.RetryRequest:
+    return _tasks.RetryRequest(
+        task_ids=task_ids, dead_letter_pool=dead_letter_pool or "", limit=limit or 0
+    )
+
+
+def retried_tasks(response: _tasks.RetryResponse) -> list[TaskInfo]:
+    return [task_info(t) for t in response.tasks]
 
 
 def list_tasks_request(
@@ -321,28 +545,15 @@ def listed_pools(response: _admin.ListPoolsResponse) -> list[PoolInfo]:
     return [pool_info(p) for p in response.pools]
 
 
-def create_pool_request(
-    name: str, strategy: str, *, ab_strategy: str, ab_percent: int, sticky_timeout_s: float
-) -> _admin.CreatePoolRequest:
-    return _admin.CreatePoolRequest(
-        pool=_admin.Pool(
-            name=name,
-            strategy=strategy,
-            ab_strategy=ab_strategy,
-            ab_percent=ab_percent,
-            sticky_timeout_s=sticky_timeout_s,
-        )
-    )
+def create_pool_request(name: str, settings: Mapping[str, object]) -> _admin.CreatePoolRequest:
+    """A new pool with these settings (see `_set_pool_settings`); unnamed ones are 0/empty."""
+    pool = _admin.Pool(name=name)
+    _set_pool_settings(pool, settings)
+    return _admin.CreatePoolRequest(pool=pool)
 
 
 def update_pool_request(
-    listed: _admin.ListPoolsResponse,
-    name: str,
-    *,
-    strategy: str | None,
-    ab_strategy: str | None,
-    ab_percent: int | None,
-    sticky_timeout_s: float | None,
+    listed: _admin.ListPoolsResponse, name: str, changes: Mapping[str, object]
 ) -> _admin.UpdatePoolRequest | None:
     """The pool `name` as listed, with the given settings changed; None if it is not listed.
 
@@ -354,14 +565,7 @@ def update_pool_request(
         return None
     pool = _admin.Pool()
     pool.CopyFrom(current)
-    if strategy is not None:
-        pool.strategy = strategy
-    if ab_strategy is not None:
-        pool.ab_strategy = ab_strategy
-    if ab_percent is not None:
-        pool.ab_percent = ab_percent
-    if sticky_timeout_s is not None:
-        pool.sticky_timeout_s = sticky_timeout_s
+    _set_pool_settings(pool, changes)
     return _admin.UpdatePoolRequest(pool=pool)
 
 
@@ -379,6 +583,10 @@ def drain_worker_request(worker_id: str) -> _admin.DrainWorkerRequest:
 
 def drained_worker(response: _admin.DrainWorkerResponse) -> WorkerInfo:
     return worker_info(response.worker)
+
+
+def cordon_worker_request(worker_id: str, cordon: bool) -> _admin.CordonWorkerRequest:
+    return _admin.CordonWorkerRequest(worker_id=worker_id, cordon=cordon)
 
 
 def stats_request() -> _admin.StatsRequest:
@@ -409,8 +617,17 @@ def register_message(
     )
 
 
-def heartbeat_message(in_flight: int, load: float) -> _worker.WorkerMessage:
-    return _worker.WorkerMessage(heartbeat=_worker.Heartbeat(in_flight=in_flight, load=load))
+def heartbeat_message(
+    in_flight: int, load: float, held_task_ids: Iterable[str] = (), assignments_seen: int = 0
+) -> _worker.WorkerMessage:
+    return _worker.WorkerMessage(
+        heartbeat=_worker.Heartbeat(
+            in_flight=in_flight,
+            load=load,
+            held_task_ids=held_task_ids,
+            assignments_seen=assignments_seen,
+        )
+    )
 
 
 def credit_message(capacity: int) -> _worker.WorkerMessage:
@@ -450,9 +667,12 @@ def broker_event(message: _worker.BrokerMessage) -> BrokerEvent | None:
     if kind == "assignments":
         return AssignmentsReceived(
             [
-                Assignment(a.task_id, a.attempt, a.task_type, a.payload, a.priority)
+                Assignment(
+                    a.task_id, a.attempt, a.task_type, a.payload, a.priority, _time(a.deadline_ms)
+                )
                 for a in message.assignments.assignments
-            ]
+            ],
+            message.assignments.seq,
         )
     if kind == "cancel":
         return CancelRequested(list(message.cancel.task_ids))

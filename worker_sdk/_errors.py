@@ -29,7 +29,13 @@ class FailedPrecondition(TaskbrokerError):
 
 
 class ResourceExhausted(TaskbrokerError):
-    """A size, queue or capacity limit of the broker was hit."""
+    """A size, queue, rate or capacity limit of the broker was hit; see `retry_after`."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        # Seconds the broker asked us to wait before trying again; None when it gave no
+        # hint, as for a payload over its size limit, which no wait will cure.
+        self.retry_after = retry_after
 
 
 class Unavailable(TaskbrokerError):
@@ -41,7 +47,7 @@ class DeadlineExceeded(TaskbrokerError):
 
 
 class TaskFailed(TaskbrokerError):
-    """The task ended FAILED or CANCELLED; `.task` holds it, with its error."""
+    """The task ended FAILED, CANCELLED or DEAD_LETTER; `.task` holds it, with its error."""
 
     def __init__(self, task: TaskInfo) -> None:
         detail = f": {task.error.type}: {task.error.message}" if task.error else ""
@@ -62,6 +68,14 @@ _BY_CODE: dict[int, type[TaskbrokerError]] = {
 }
 
 
-def error_for_code(code: int, message: str) -> TaskbrokerError:
-    """The exception for a gRPC status code number; unknown codes give the root class."""
+RESOURCE_EXHAUSTED = 8
+
+
+def error_for_code(code: int, message: str, retry_after: float | None = None) -> TaskbrokerError:
+    """The exception for a gRPC status code number; unknown codes give the root class.
+
+    `retry_after` (seconds) is kept by ResourceExhausted, the one error it is sent with.
+    """
+    if code == RESOURCE_EXHAUSTED:
+        return ResourceExhausted(message, retry_after)
     return _BY_CODE.get(code, TaskbrokerError)(message)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from worker_sdk._types import TaskErrorInfo, TaskInfo
 
@@ -11,12 +12,16 @@ from worker_sdk._types import TaskErrorInfo, TaskInfo
 
 @dataclass(frozen=True, slots=True)
 class SubmitAcked:
-    """The broker's answer to one SubmitStream message: ids in order, or an error."""
+    """The broker's answer to one SubmitStream message: ids in order, or an error.
+
+    `retry_after` (seconds) comes with a RESOURCE_EXHAUSTED refusal for overload.
+    """
 
     batch_id: int
     task_ids: list[str]
     error_code: int
     error_message: str
+    retry_after: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,17 +48,22 @@ class Assignment:
     """One task the broker hands to this worker."""
 
     task_id: str
-    attempt: int
+    attempt: int  # 1 for the first run
     task_type: str
     payload: bytes
     priority: int
+    deadline: datetime | None = None  # the attempt's execution timeout, as a time
 
 
 @dataclass(frozen=True, slots=True)
 class AssignmentsReceived:
-    """A batch of assignments; the broker never exceeds the worker's free credit."""
+    """A batch of assignments; the broker never exceeds the worker's free credit.
+
+    `seq` counts the stream's Assignments messages (1, 2, 3...); heartbeats echo the last.
+    """
 
     assignments: list[Assignment]
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -12,8 +13,10 @@ from worker_sdk._payload import UNSET
 from worker_sdk._types import (
     DEFAULT_ADDRESS,
     DEFAULT_POOL,
+    Bulkhead,
     PoolInfo,
     PreferredLabel,
+    RetryPolicy,
     Stats,
     TaskInfo,
     TaskRequest,
@@ -31,14 +34,34 @@ class SyncClient:
     submit stream are reused across calls. Not for use from inside a running event loop.
     """
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, *, batch_size: int = 500) -> None:
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        batch_size: int = 500,
+        client_id: str | None = None,
+        max_submit_retries: int = 5,
+        max_submit_backoff_s: float = 10.0,
+    ) -> None:
+        """The arguments are `Client`'s."""
+        self._client = Client(
+            address,
+            batch_size=batch_size,
+            client_id=client_id,
+            max_submit_retries=max_submit_retries,
+            max_submit_backoff_s=max_submit_backoff_s,
+        )
         self._runner = asyncio.Runner()
-        self._client = Client(address, batch_size=batch_size)
         self._closed = False
 
     @property
     def address(self) -> str:
         return self._client.address
+
+    @property
+    def client_id(self) -> str:
+        """The identity this client sends with every call (`x-taskbroker-client`)."""
+        return self._client.client_id
 
     def __enter__(self) -> Self:
         return self
@@ -81,6 +104,13 @@ class SyncClient:
         anti_affinity_soft: bool = False,
         sticky_key: str | None = None,
         routing_key: str | None = None,
+        retry: RetryPolicy | None = None,
+        delay: float | None = None,
+        not_before: datetime | None = None,
+        start_timeout: float | None = None,
+        execution_timeout: float | None = None,
+        idempotency_key: str | None = None,
+        fairness_key: str | None = None,
     ) -> str:
         """Submit one task and return its id; the arguments are `Client.submit`'s."""
         return self._run(
@@ -96,6 +126,13 @@ class SyncClient:
                 anti_affinity_soft=anti_affinity_soft,
                 sticky_key=sticky_key,
                 routing_key=routing_key,
+                retry=retry,
+                delay=delay,
+                not_before=not_before,
+                start_timeout=start_timeout,
+                execution_timeout=execution_timeout,
+                idempotency_key=idempotency_key,
+                fairness_key=fairness_key,
             )
         )
 
@@ -117,6 +154,18 @@ class SyncClient:
 
     def cancel(self, task_id: str) -> TaskInfo:
         return self._run(self._client.cancel(task_id))
+
+    def retry(
+        self,
+        task_ids: Iterable[str] = (),
+        *,
+        dead_letter_pool: str | None = None,
+        limit: int | None = None,
+    ) -> list[TaskInfo]:
+        """Requeue failed or dead-lettered tasks; the arguments are `Client.retry`'s."""
+        return self._run(
+            self._client.retry(task_ids, dead_letter_pool=dead_letter_pool, limit=limit)
+        )
 
     def list_tasks(
         self,
@@ -144,6 +193,18 @@ class SyncClient:
         ab_strategy: str = "",
         ab_percent: int = 0,
         sticky_timeout_s: float = 5.0,
+        max_inflight: int = 0,
+        max_queue: int = 0,
+        client_rate_per_s: float = 0.0,
+        client_rate_burst: int = 0,
+        rate_mode: str = "reject",
+        breaker_failures: int = 0,
+        breaker_failure_rate: float = 0.0,
+        breaker_window: int = 0,
+        breaker_cooldown_s: float = 0.0,
+        lease_s: float = 0.0,
+        bulkheads: Sequence[Bulkhead] = (),
+        fairness_weights: Mapping[str, int] | None = None,
     ) -> PoolInfo:
         """Create a pool; the arguments are `Client.create_pool`'s."""
         return self._run(
@@ -153,6 +214,18 @@ class SyncClient:
                 ab_strategy=ab_strategy,
                 ab_percent=ab_percent,
                 sticky_timeout_s=sticky_timeout_s,
+                max_inflight=max_inflight,
+                max_queue=max_queue,
+                client_rate_per_s=client_rate_per_s,
+                client_rate_burst=client_rate_burst,
+                rate_mode=rate_mode,
+                breaker_failures=breaker_failures,
+                breaker_failure_rate=breaker_failure_rate,
+                breaker_window=breaker_window,
+                breaker_cooldown_s=breaker_cooldown_s,
+                lease_s=lease_s,
+                bulkheads=bulkheads,
+                fairness_weights=fairness_weights,
             )
         )
 
@@ -164,6 +237,18 @@ class SyncClient:
         ab_strategy: str | None = None,
         ab_percent: int | None = None,
         sticky_timeout_s: float | None = None,
+        max_inflight: int | None = None,
+        max_queue: int | None = None,
+        client_rate_per_s: float | None = None,
+        client_rate_burst: int | None = None,
+        rate_mode: str | None = None,
+        breaker_failures: int | None = None,
+        breaker_failure_rate: float | None = None,
+        breaker_window: int | None = None,
+        breaker_cooldown_s: float | None = None,
+        lease_s: float | None = None,
+        bulkheads: Sequence[Bulkhead] | None = None,
+        fairness_weights: Mapping[str, int] | None = None,
     ) -> PoolInfo:
         """Change the given settings of a pool; the arguments are `Client.update_pool`'s."""
         return self._run(
@@ -173,6 +258,18 @@ class SyncClient:
                 ab_strategy=ab_strategy,
                 ab_percent=ab_percent,
                 sticky_timeout_s=sticky_timeout_s,
+                max_inflight=max_inflight,
+                max_queue=max_queue,
+                client_rate_per_s=client_rate_per_s,
+                client_rate_burst=client_rate_burst,
+                rate_mode=rate_mode,
+                breaker_failures=breaker_failures,
+                breaker_failure_rate=breaker_failure_rate,
+                breaker_window=breaker_window,
+                breaker_cooldown_s=breaker_cooldown_s,
+                lease_s=lease_s,
+                bulkheads=bulkheads,
+                fairness_weights=fairness_weights,
             )
         )
 
@@ -181,6 +278,13 @@ class SyncClient:
 
     def drain_worker(self, worker_id: str) -> WorkerInfo:
         return self._run(self._client.drain_worker(worker_id))
+
+    def cordon_worker(self, worker_id: str) -> WorkerInfo:
+        """Cordon a worker: no new work until `uncordon_worker`; it keeps what it holds."""
+        return self._run(self._client.cordon_worker(worker_id))
+
+    def uncordon_worker(self, worker_id: str) -> WorkerInfo:
+        return self._run(self._client.uncordon_worker(worker_id))
 
     def stats(self) -> Stats:
         return self._run(self._client.stats())

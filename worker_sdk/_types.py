@@ -22,14 +22,50 @@ class TaskState(enum.Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    DEAD_LETTER = "dead_letter"  # failed every attempt its retry policy allowed
 
     @property
     def terminal(self) -> bool:
-        """True for SUCCEEDED, FAILED and CANCELLED: the task will not change again."""
+        """True for SUCCEEDED, FAILED, CANCELLED and DEAD_LETTER: the task will not change
+        again (unless `Client.retry` sends a failed or dead-lettered one back to its queue)."""
         return self in _TERMINAL
 
 
-_TERMINAL = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
+_TERMINAL = frozenset(
+    {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.DEAD_LETTER}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often, and how soon, the broker tries a failed task again.
+
+    A failure whose error type is retryable (listed in `retryable_errors`, or any type when
+    that is empty, but never one in `non_retryable_errors`) goes back to the queue after a
+    random wait of up to `initial_backoff_s * backoff_multiplier**(attempt - 1)`, capped at
+    `max_backoff_s`; a task that fails its last of `max_attempts` goes to DEAD_LETTER.
+    """
+
+    max_attempts: int = 1  # 1 = no retries; the broker allows at most 100
+    initial_backoff_s: float = 1.0
+    max_backoff_s: float = 300.0
+    backoff_multiplier: float = 2.0
+    retryable_errors: tuple[str, ...] = ()  # error types, e.g. "TimeoutError"
+    non_retryable_errors: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # The wire reads 0 as "the default", so a 0 here could not mean what it says.
+        if self.max_attempts < 1:
+            raise ValueError("RetryPolicy.max_attempts must be at least 1")
+        if not (self.initial_backoff_s > 0 and self.max_backoff_s > 0):
+            raise ValueError("RetryPolicy.initial_backoff_s and max_backoff_s must be > 0")
+        if not self.backoff_multiplier >= 1:
+            raise ValueError("RetryPolicy.backoff_multiplier must be at least 1")
+        for name in ("retryable_errors", "non_retryable_errors"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise TypeError(f"RetryPolicy.{name} is a sequence of error type names, not a str")
+            object.__setattr__(self, name, tuple(value))  # a list stays hashable this way
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +120,10 @@ class TaskInfo:
 
     `placement_note` says why the task went to its worker or, while it is pending, why
     it still waits; `unschedulable` is True while no connected worker could ever take it.
+    `not_before` is the time before which a pending task is not handed out (its delay, a
+    retry's backoff or a rate limit), else the `not_before` it was submitted with. The
+    other submit options (`retry`, `start_timeout`, `execution_timeout` in seconds,
+    `idempotency_key`, `fairness_key`) are as submitted; None = not set.
     """
 
     id: str
@@ -103,6 +143,12 @@ class TaskInfo:
     placement: Placement = field(default_factory=Placement)
     placement_note: str = ""
     unschedulable: bool = False
+    retry: RetryPolicy | None = None
+    not_before: datetime | None = None
+    start_timeout: float | None = None
+    execution_timeout: float | None = None
+    idempotency_key: str | None = None
+    fairness_key: str | None = None
 
     def json(self) -> Any:
         """The result parsed as JSON (what a handler returning a dict or list produced)."""
@@ -116,7 +162,11 @@ class TaskInfo:
 
 @dataclass(frozen=True, slots=True)
 class TaskRequest:
-    """One task to submit, for `Client.submit_many`; the fields are `submit()`'s arguments."""
+    """One task to submit, for `Client.submit_many`; the fields are `submit()`'s arguments.
+
+    Give at most one of `delay` (seconds, counted from when the task is submitted) and
+    `not_before` (a timezone-aware datetime).
+    """
 
     task_type: str
     payload: bytes = b""
@@ -129,6 +179,27 @@ class TaskRequest:
     anti_affinity_soft: bool = False
     sticky_key: str | None = None
     routing_key: str | None = None
+    retry: RetryPolicy | None = None
+    delay: float | None = None
+    not_before: datetime | None = None
+    start_timeout: float | None = None
+    execution_timeout: float | None = None
+    idempotency_key: str | None = None
+    fairness_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Bulkhead:
+    """Limits of one task type within a pool; 0 = no limit (`max_queue`: the pool's).
+
+    `rate_per_s` and `rate_burst` make a token bucket over the type's submits.
+    """
+
+    task_type: str
+    max_inflight: int = 0
+    max_queue: int = 0
+    rate_per_s: float = 0.0
+    rate_burst: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +209,15 @@ class PoolInfo:
     `ab_percent` (0..100) of its tasks are placed by `ab_strategy` ("" = no A/B split), the
     rest by `strategy`; a task with a sticky key waits up to `sticky_timeout_s` for the
     worker that last ran its key.
+
+    Limits, where 0 means the broker's default (or no limit): `max_inflight` tasks held by
+    the pool's workers at once and `max_queue` waiting; a token bucket per client identity
+    over its submits (`client_rate_per_s`, `client_rate_burst`), whose `rate_mode` is
+    "reject" (refuse with a retry hint) or "queue" (accept and delay); a circuit breaker
+    per worker (`breaker_failures` consecutive failures, or a `breaker_failure_rate` over
+    the last `breaker_window` results, then `breaker_cooldown_s`); `lease_s`, after which
+    a task its worker has not confirmed is requeued; `bulkheads` per task type; and
+    `fairness_weights` per fairness key (default 1).
     """
 
     name: str
@@ -145,11 +225,27 @@ class PoolInfo:
     ab_strategy: str = ""
     ab_percent: int = 0
     sticky_timeout_s: float = 5.0
+    max_inflight: int = 0
+    max_queue: int = 0
+    client_rate_per_s: float = 0.0
+    client_rate_burst: int = 0
+    rate_mode: str = "reject"
+    breaker_failures: int = 0
+    breaker_failure_rate: float = 0.0
+    breaker_window: int = 0
+    breaker_cooldown_s: float = 0.0
+    lease_s: float = 0.0
+    bulkheads: tuple[Bulkhead, ...] = ()
+    fairness_weights: dict[str, int] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerInfo:
-    """A connected worker as the broker sees it."""
+    """A connected worker as the broker sees it.
+
+    A `cordoned` worker gets no new work until uncordoned; `breaker` is its circuit breaker
+    ("closed", "open" or "half_open"), opened by `consecutive_failures` or a failure rate.
+    """
 
     worker_id: str
     pool: str
@@ -161,6 +257,9 @@ class WorkerInfo:
     connected_at: datetime | None
     last_heartbeat: datetime | None
     draining: bool
+    cordoned: bool = False
+    breaker: str = "closed"
+    consecutive_failures: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +291,18 @@ class RuntimeStats:
 
 
 @dataclass(frozen=True, slots=True)
+class BulkheadStats:
+    """One task type's bulkhead in a pool, now: `max_queue` 0 = the pool's, `max_inflight`
+    0 = no limit."""
+
+    task_type: str
+    pending: int
+    in_flight: int
+    max_queue: int
+    max_inflight: int
+
+
+@dataclass(frozen=True, slots=True)
 class PoolStats:
     """Task counts and worker capacity of one pool; `active` = assigned or running, and
     `unschedulable` counts the pending tasks that no connected worker can take.
@@ -200,6 +311,14 @@ class PoolStats:
     type with learned run times; `sticky_hits` counts the sticky tasks that ran where
     their key ran last, `sticky_misses` those placed elsewhere (first run, or fallback).
     `strategy_notes` is what strategies say of themselves (e.g. which one adaptive runs).
+
+    Flow control: `delayed` pending tasks wait for a time (a delay, a retry's backoff or a
+    rate limit), `dead_letter` tasks failed every attempt; submits `rejected` for a full
+    queue, `rate_limited` (refused or delayed), answered with an earlier task
+    (`deduplicated`); attempts `retried`, `timed_out`, tasks `expired` before they started,
+    held tasks requeued for an expired lease (`lease_expired`), slot-count drifts repaired
+    (`reconciled`). `max_queue` and `max_inflight` are the pool's limits in force and
+    `bulkheads` the per-task-type ones.
     """
 
     pool: str
@@ -217,6 +336,19 @@ class PoolStats:
     sticky_hits: int = 0
     sticky_misses: int = 0
     strategy_notes: tuple[str, ...] = ()
+    delayed: int = 0
+    dead_letter: int = 0
+    rejected: int = 0
+    rate_limited: int = 0
+    retried: int = 0
+    timed_out: int = 0
+    expired: int = 0
+    lease_expired: int = 0
+    reconciled: int = 0
+    deduplicated: int = 0
+    max_queue: int = 0
+    max_inflight: int = 0
+    bulkheads: tuple[BulkheadStats, ...] = ()
 
     @property
     def sticky_hit_rate(self) -> float | None:

@@ -8,7 +8,7 @@ import logging
 import random
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
@@ -115,6 +115,8 @@ class Worker:
         self._grace = 30.0
         self._running = False
         self._session: _Session | None = None
+        # What a session awaits between heartbeats; tests replace it to beat on demand.
+        self._heartbeat_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     @property
     def worker_id(self) -> str | None:
@@ -168,7 +170,14 @@ class Worker:
         self._stop = asyncio.Event()
         self._finished = asyncio.Event()
         executor = ThreadPoolExecutor(self._capacity, thread_name_prefix="taskbroker-handler")
-        channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        # gRPC's own reconnect backoff (1 s, growing to 120 s) would otherwise decide
+        # when a worker gets back to a restarted broker: make it follow ours.
+        reconnect = [
+            ("grpc.initial_reconnect_backoff_ms", round(self._reconnect_initial_s * 1000)),
+            ("grpc.min_reconnect_backoff_ms", round(self._reconnect_initial_s * 1000)),
+            ("grpc.max_reconnect_backoff_ms", round(self._reconnect_max_s * 1000)),
+        ]
+        channel = grpc.aio.insecure_channel(address, options=[*CHANNEL_OPTIONS, *reconnect])
         try:
             stub = _worker_grpc.WorkerServiceStub(channel)
             failures = 0
@@ -246,8 +255,11 @@ class _Session:
         self._control: list[_worker.WorkerMessage] = []
         self._outcomes: list[TaskOutcome] = []
         self._started: list[str] = []
+        self._heartbeat_due = False
         self._wake = asyncio.Event()
         self._half_close = False
+        # The seq of the last Assignments message on this stream, echoed in heartbeats.
+        self._assignments_seen = 0
 
     def is_handler_task(self, task: asyncio.Task[Any] | None) -> bool:
         return any(running.task is task for running in self._running.values())
@@ -382,6 +394,9 @@ class _Session:
         async for message in self._messages:
             event = _convert.broker_event(message)
             if isinstance(event, AssignmentsReceived):
+                # With no await in between, every task of a message up to the seq a
+                # heartbeat reports is in _running (or finished) when that heartbeat is built.
+                self._assignments_seen = event.seq
                 for assignment in event.assignments:
                     self._start(assignment)
             elif isinstance(event, CancelRequested):
@@ -403,6 +418,7 @@ class _Session:
             priority=assignment.priority,
             payload=assignment.payload,
             worker_id=self._worker_id,
+            deadline=assignment.deadline,
         )
         task = asyncio.create_task(self._execute(assignment, context))
         running = _Running(task, context)
@@ -423,6 +439,13 @@ class _Session:
         for task_id in task_ids:
             running = self._running.get(task_id)
             if running is None:
+                if any(o.task_id == task_id for o in self._outcomes):
+                    # Finished, result not sent yet: the broker no longer wants it.
+                    self._outcomes = [o for o in self._outcomes if o.task_id != task_id]
+                else:  # e.g. its result crossed the cancel on the wire
+                    _log.debug(
+                        "ignoring a cancel of task %s, which this worker does not hold", task_id
+                    )
                 continue
             running.context._cancel()
             handler = self._worker._handlers.get(running.context.task_type)
@@ -493,11 +516,32 @@ class _Session:
         self._wake.set()
 
     async def _heartbeat_loop(self) -> None:
-        capacity = self._worker._capacity
         while True:
-            await asyncio.sleep(self._heartbeat_s)
-            in_flight = len(self._running)
-            self._send_control(_convert.heartbeat_message(in_flight, in_flight / capacity))
+            await self._worker._heartbeat_sleep(self._heartbeat_s)
+            self._heartbeat_due = True
+            self._wake.set()
+
+    def _heartbeat(self) -> _worker.WorkerMessage:
+        """A heartbeat, built by the writer as it sends it, so the tasks it lists as held are
+        exactly those whose results have not gone out on the stream before it."""
+        in_flight = len(self._running)
+        return _convert.heartbeat_message(
+            in_flight,
+            in_flight / self._worker._capacity,
+            self._held_task_ids(),
+            self._assignments_seen,
+        )
+
+    def _held_task_ids(self) -> list[str]:
+        """Tasks assigned here whose result has not been written yet: running (unless the
+        broker cancelled them) or finished with the result still in the buffer."""
+        held = {
+            task_id: None
+            for task_id, running in self._running.items()
+            if not running.context.cancelled
+        }
+        held.update((outcome.task_id, None) for outcome in self._outcomes)
+        return list(held)
 
     def _take_outcomes(self) -> list[TaskOutcome]:
         size = 0
@@ -515,9 +559,13 @@ class _Session:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._control or self._outcomes or self._started:
+            while self._control or self._heartbeat_due or self._outcomes or self._started:
                 if self._control:
                     await self._call.write(self._control.pop(0))
+                    continue
+                if self._heartbeat_due:
+                    self._heartbeat_due = False
+                    await self._call.write(self._heartbeat())
                     continue
                 outcomes = self._take_outcomes()
                 started, self._started = self._started, []

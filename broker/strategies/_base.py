@@ -13,6 +13,8 @@ from broker.clock import Clock, SystemClock
 from broker.domain import Task, WorkerId
 from broker.runtimes import RuntimeModel
 
+UNLIMITED = 1 << 30
+
 
 class WorkerSlot:
     """A worker's scheduling state: how much it can take and what it holds."""
@@ -24,7 +26,9 @@ class WorkerSlot:
         "hard_groups",
         "held",
         "labels",
+        "limit",
         "load",
+        "paused",
         "pool",
         "task_types",
         "worker_id",
@@ -47,15 +51,17 @@ class WorkerSlot:
         self.groups: Counter[str] = Counter()  # anti-affinity groups of the tasks it holds
         self.hard_groups: Counter[str] = Counter()  # ... of those that allow no company
         self.draining = False
+        self.paused = False  # cordoned, or its circuit breaker is open
+        self.limit = UNLIMITED  # at most this many held (a half-open breaker's one trial)
         self.load = 0.0
 
     @property
     def free(self) -> int:
-        return self.capacity - len(self.held)
+        return min(self.capacity, self.limit) - len(self.held)
 
     @property
     def ready(self) -> bool:
-        return self.free > 0 and not self.draining
+        return self.free > 0 and not self.draining and not self.paused
 
     @property
     def utilisation(self) -> float:

@@ -22,11 +22,43 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class Pool(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class FairnessWeightsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     STRATEGY_FIELD_NUMBER: _builtins.int
     AB_STRATEGY_FIELD_NUMBER: _builtins.int
     AB_PERCENT_FIELD_NUMBER: _builtins.int
     STICKY_TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    MAX_INFLIGHT_FIELD_NUMBER: _builtins.int
+    MAX_QUEUE_FIELD_NUMBER: _builtins.int
+    CLIENT_RATE_PER_S_FIELD_NUMBER: _builtins.int
+    CLIENT_RATE_BURST_FIELD_NUMBER: _builtins.int
+    RATE_MODE_FIELD_NUMBER: _builtins.int
+    BREAKER_FAILURES_FIELD_NUMBER: _builtins.int
+    BREAKER_FAILURE_RATE_FIELD_NUMBER: _builtins.int
+    BREAKER_WINDOW_FIELD_NUMBER: _builtins.int
+    BREAKER_COOLDOWN_S_FIELD_NUMBER: _builtins.int
+    LEASE_S_FIELD_NUMBER: _builtins.int
+    BULKHEADS_FIELD_NUMBER: _builtins.int
+    FAIRNESS_WEIGHTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     strategy: _builtins.str
     """round_robin, least_loaded, consistent_hash, weighted_response_time,
@@ -37,6 +69,39 @@ class Pool(_message.Message):
     ab_percent: _builtins.int
     sticky_timeout_s: _builtins.float
     """How long a task with a sticky key waits for its worker's slot (default 5 s)."""
+    max_inflight: _builtins.int
+    """Bulkhead of the whole pool: tasks held by its workers at once (0 = no limit)
+    and tasks waiting in its queue (0 = the broker's default_max_queue).
+    """
+    max_queue: _builtins.int
+    client_rate_per_s: _builtins.float
+    """Token bucket over the pool's submits, per client identity (0 = no limit)."""
+    client_rate_burst: _builtins.int
+    rate_mode: _builtins.str
+    """Over a rate limit: "reject" (RESOURCE_EXHAUSTED with a retry hint, default)
+    or "queue" (accepted, and delayed until the bucket has a token).
+    """
+    breaker_failures: _builtins.int
+    """Circuit breaker per worker: open after this many consecutive failures
+    (0 = 5), or when more than breaker_failure_rate of the last
+    breaker_window results failed (0 = off); half-open after the cool-down.
+    """
+    breaker_failure_rate: _builtins.float
+    breaker_window: _builtins.int
+    breaker_cooldown_s: _builtins.float
+    """0 = 30 s"""
+    lease_s: _builtins.float
+    """A task held by a worker that has not confirmed it (in a heartbeat) for this
+    long is requeued; 0 = the broker's heartbeat_timeout_s.
+    """
+    @_builtins.property
+    def bulkheads(self) -> _containers.RepeatedCompositeFieldContainer[Global___Bulkhead]:
+        """per task type"""
+
+    @_builtins.property
+    def fairness_weights(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """per fairness key; default 1"""
+
     def __init__(
         self,
         *,
@@ -45,14 +110,60 @@ class Pool(_message.Message):
         ab_strategy: _builtins.str = ...,
         ab_percent: _builtins.int = ...,
         sticky_timeout_s: _builtins.float = ...,
+        max_inflight: _builtins.int = ...,
+        max_queue: _builtins.int = ...,
+        client_rate_per_s: _builtins.float = ...,
+        client_rate_burst: _builtins.int = ...,
+        rate_mode: _builtins.str = ...,
+        breaker_failures: _builtins.int = ...,
+        breaker_failure_rate: _builtins.float = ...,
+        breaker_window: _builtins.int = ...,
+        breaker_cooldown_s: _builtins.float = ...,
+        lease_s: _builtins.float = ...,
+        bulkheads: _abc.Iterable[Global___Bulkhead] | None = ...,
+        fairness_weights: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ab_percent", b"ab_percent", "ab_strategy", b"ab_strategy", "name", b"name", "sticky_timeout_s", b"sticky_timeout_s", "strategy", b"strategy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ab_percent", b"ab_percent", "ab_strategy", b"ab_strategy", "breaker_cooldown_s", b"breaker_cooldown_s", "breaker_failure_rate", b"breaker_failure_rate", "breaker_failures", b"breaker_failures", "breaker_window", b"breaker_window", "bulkheads", b"bulkheads", "client_rate_burst", b"client_rate_burst", "client_rate_per_s", b"client_rate_per_s", "fairness_weights", b"fairness_weights", "lease_s", b"lease_s", "max_inflight", b"max_inflight", "max_queue", b"max_queue", "name", b"name", "rate_mode", b"rate_mode", "sticky_timeout_s", b"sticky_timeout_s", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Pool: _TypeAlias = Pool  # noqa: Y015
+
+@_typing.final
+class Bulkhead(_message.Message):
+    """Limits of one task type in a pool; 0 = no limit (max_queue: the pool's)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_TYPE_FIELD_NUMBER: _builtins.int
+    MAX_INFLIGHT_FIELD_NUMBER: _builtins.int
+    MAX_QUEUE_FIELD_NUMBER: _builtins.int
+    RATE_PER_S_FIELD_NUMBER: _builtins.int
+    RATE_BURST_FIELD_NUMBER: _builtins.int
+    task_type: _builtins.str
+    max_inflight: _builtins.int
+    max_queue: _builtins.int
+    rate_per_s: _builtins.float
+    """token bucket over the type's submits"""
+    rate_burst: _builtins.int
+    def __init__(
+        self,
+        *,
+        task_type: _builtins.str = ...,
+        max_inflight: _builtins.int = ...,
+        max_queue: _builtins.int = ...,
+        rate_per_s: _builtins.float = ...,
+        rate_burst: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_inflight", b"max_inflight", "max_queue", b"max_queue", "rate_burst", b"rate_burst", "rate_per_s", b"rate_per_s", "task_type", b"task_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Bulkhead: _TypeAlias = Bulkhead  # noqa: Y015
 
 @_typing.final
 class UpdatePoolRequest(_message.Message):
@@ -167,6 +278,9 @@ class WorkerStatus(_message.Message):
     CONNECTED_AT_MS_FIELD_NUMBER: _builtins.int
     LAST_HEARTBEAT_MS_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
+    CORDONED_FIELD_NUMBER: _builtins.int
+    BREAKER_FIELD_NUMBER: _builtins.int
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     pool: _builtins.str
     capacity: _builtins.int
@@ -177,6 +291,11 @@ class WorkerStatus(_message.Message):
     connected_at_ms: _builtins.int
     last_heartbeat_ms: _builtins.int
     draining: _builtins.bool
+    cordoned: _builtins.bool
+    """gets no new work until uncordoned"""
+    breaker: _builtins.str
+    """closed, open or half_open"""
+    consecutive_failures: _builtins.int
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -194,10 +313,13 @@ class WorkerStatus(_message.Message):
         connected_at_ms: _builtins.int = ...,
         last_heartbeat_ms: _builtins.int = ...,
         draining: _builtins.bool = ...,
+        cordoned: _builtins.bool = ...,
+        breaker: _builtins.str = ...,
+        consecutive_failures: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "connected_at_ms", b"connected_at_ms", "draining", b"draining", "in_flight", b"in_flight", "labels", b"labels", "last_heartbeat_ms", b"last_heartbeat_ms", "load", b"load", "pool", b"pool", "task_types", b"task_types", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "capacity", b"capacity", "connected_at_ms", b"connected_at_ms", "consecutive_failures", b"consecutive_failures", "cordoned", b"cordoned", "draining", b"draining", "in_flight", b"in_flight", "labels", b"labels", "last_heartbeat_ms", b"last_heartbeat_ms", "load", b"load", "pool", b"pool", "task_types", b"task_types", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -283,6 +405,31 @@ class DrainWorkerResponse(_message.Message):
 Global___DrainWorkerResponse: _TypeAlias = DrainWorkerResponse  # noqa: Y015
 
 @_typing.final
+class CordonWorkerRequest(_message.Message):
+    """Cordon: no new work, the worker keeps what it holds and stays connected."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    CORDON_FIELD_NUMBER: _builtins.int
+    worker_id: _builtins.str
+    cordon: _builtins.bool
+    """false = uncordon"""
+    def __init__(
+        self,
+        *,
+        worker_id: _builtins.str = ...,
+        cordon: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cordon", b"cordon", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CordonWorkerRequest: _TypeAlias = CordonWorkerRequest  # noqa: Y015
+
+@_typing.final
 class PoolStats(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -301,6 +448,19 @@ class PoolStats(_message.Message):
     STICKY_HITS_FIELD_NUMBER: _builtins.int
     STICKY_MISSES_FIELD_NUMBER: _builtins.int
     STRATEGY_NOTES_FIELD_NUMBER: _builtins.int
+    DELAYED_FIELD_NUMBER: _builtins.int
+    DEAD_LETTER_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    RATE_LIMITED_FIELD_NUMBER: _builtins.int
+    RETRIED_FIELD_NUMBER: _builtins.int
+    TIMED_OUT_FIELD_NUMBER: _builtins.int
+    EXPIRED_FIELD_NUMBER: _builtins.int
+    LEASE_EXPIRED_FIELD_NUMBER: _builtins.int
+    RECONCILED_FIELD_NUMBER: _builtins.int
+    DEDUPLICATED_FIELD_NUMBER: _builtins.int
+    MAX_QUEUE_FIELD_NUMBER: _builtins.int
+    MAX_INFLIGHT_FIELD_NUMBER: _builtins.int
+    BULKHEADS_FIELD_NUMBER: _builtins.int
     pool: _builtins.str
     strategy: _builtins.str
     pending: _builtins.int
@@ -318,6 +478,27 @@ class PoolStats(_message.Message):
     """sticky tasks that ran where their key ran last"""
     sticky_misses: _builtins.int
     """sticky tasks placed elsewhere (first run, or fallback)"""
+    delayed: _builtins.int
+    """pending, waiting for a time (delay, backoff, rate)"""
+    dead_letter: _builtins.int
+    rejected: _builtins.int
+    """tasks refused for a full queue"""
+    rate_limited: _builtins.int
+    """tasks refused or delayed by a rate limit"""
+    retried: _builtins.int
+    """failed attempts sent back for another"""
+    timed_out: _builtins.int
+    """attempts past their execution timeout"""
+    expired: _builtins.int
+    """tasks past their start deadline"""
+    lease_expired: _builtins.int
+    """held tasks requeued for an expired lease"""
+    reconciled: _builtins.int
+    """slot count drifts repaired"""
+    deduplicated: _builtins.int
+    """tasks answered with an earlier one (idempotency key)"""
+    max_queue: _builtins.int
+    max_inflight: _builtins.int
     @_builtins.property
     def arms(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArmStats]:
         """one per strategy placing this pool's tasks"""
@@ -330,6 +511,8 @@ class PoolStats(_message.Message):
     def strategy_notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """What the strategies say of themselves, e.g. which one adaptive runs now."""
 
+    @_builtins.property
+    def bulkheads(self) -> _containers.RepeatedCompositeFieldContainer[Global___BulkheadStats]: ...
     def __init__(
         self,
         *,
@@ -348,14 +531,60 @@ class PoolStats(_message.Message):
         sticky_hits: _builtins.int = ...,
         sticky_misses: _builtins.int = ...,
         strategy_notes: _abc.Iterable[_builtins.str] | None = ...,
+        delayed: _builtins.int = ...,
+        dead_letter: _builtins.int = ...,
+        rejected: _builtins.int = ...,
+        rate_limited: _builtins.int = ...,
+        retried: _builtins.int = ...,
+        timed_out: _builtins.int = ...,
+        expired: _builtins.int = ...,
+        lease_expired: _builtins.int = ...,
+        reconciled: _builtins.int = ...,
+        deduplicated: _builtins.int = ...,
+        max_queue: _builtins.int = ...,
+        max_inflight: _builtins.int = ...,
+        bulkheads: _abc.Iterable[Global___BulkheadStats] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "assigned", b"assigned", "cancelled", b"cancelled", "capacity", b"capacity", "failed", b"failed", "pending", b"pending", "pool", b"pool", "runtimes", b"runtimes", "sticky_hits", b"sticky_hits", "sticky_misses", b"sticky_misses", "strategy", b"strategy", "strategy_notes", b"strategy_notes", "succeeded", b"succeeded", "unschedulable", b"unschedulable", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "assigned", b"assigned", "bulkheads", b"bulkheads", "cancelled", b"cancelled", "capacity", b"capacity", "dead_letter", b"dead_letter", "deduplicated", b"deduplicated", "delayed", b"delayed", "expired", b"expired", "failed", b"failed", "lease_expired", b"lease_expired", "max_inflight", b"max_inflight", "max_queue", b"max_queue", "pending", b"pending", "pool", b"pool", "rate_limited", b"rate_limited", "reconciled", b"reconciled", "rejected", b"rejected", "retried", b"retried", "runtimes", b"runtimes", "sticky_hits", b"sticky_hits", "sticky_misses", b"sticky_misses", "strategy", b"strategy", "strategy_notes", b"strategy_notes", "succeeded", b"succeeded", "timed_out", b"timed_out", "unschedulable", b"unschedulable", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PoolStats: _TypeAlias = PoolStats  # noqa: Y015
+
+@_typing.final
+class BulkheadStats(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_TYPE_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    MAX_QUEUE_FIELD_NUMBER: _builtins.int
+    MAX_INFLIGHT_FIELD_NUMBER: _builtins.int
+    task_type: _builtins.str
+    pending: _builtins.int
+    in_flight: _builtins.int
+    max_queue: _builtins.int
+    """0 = the pool's"""
+    max_inflight: _builtins.int
+    """0 = no limit"""
+    def __init__(
+        self,
+        *,
+        task_type: _builtins.str = ...,
+        pending: _builtins.int = ...,
+        in_flight: _builtins.int = ...,
+        max_queue: _builtins.int = ...,
+        max_inflight: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["in_flight", b"in_flight", "max_inflight", b"max_inflight", "max_queue", b"max_queue", "pending", b"pending", "task_type", b"task_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BulkheadStats: _TypeAlias = BulkheadStats  # noqa: Y015
 
 @_typing.final
 class ArmStats(_message.Message):

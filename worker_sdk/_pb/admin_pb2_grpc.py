@@ -59,6 +59,11 @@ class AdminServiceStub:
                 request_serializer=taskbroker_dot_v1_dot_admin__pb2.DrainWorkerRequest.SerializeToString,
                 response_deserializer=taskbroker_dot_v1_dot_admin__pb2.DrainWorkerResponse.FromString,
                 _registered_method=True)
+        self.CordonWorker = channel.unary_unary(
+                '/taskbroker.v1.AdminService/CordonWorker',
+                request_serializer=taskbroker_dot_v1_dot_admin__pb2.CordonWorkerRequest.SerializeToString,
+                response_deserializer=taskbroker_dot_v1_dot_admin__pb2.WorkerStatus.FromString,
+                _registered_method=True)
         self.Stats = channel.unary_unary(
                 '/taskbroker.v1.AdminService/Stats',
                 request_serializer=taskbroker_dot_v1_dot_admin__pb2.StatsRequest.SerializeToString,
@@ -99,6 +104,12 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CordonWorker(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Stats(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -132,6 +143,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.DrainWorker,
                     request_deserializer=taskbroker_dot_v1_dot_admin__pb2.DrainWorkerRequest.FromString,
                     response_serializer=taskbroker_dot_v1_dot_admin__pb2.DrainWorkerResponse.SerializeToString,
+            ),
+            'CordonWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.CordonWorker,
+                    request_deserializer=taskbroker_dot_v1_dot_admin__pb2.CordonWorkerRequest.FromString,
+                    response_serializer=taskbroker_dot_v1_dot_admin__pb2.WorkerStatus.SerializeToString,
             ),
             'Stats': grpc.unary_unary_rpc_method_handler(
                     servicer.Stats,
@@ -274,6 +290,33 @@ class AdminService:
             '/taskbroker.v1.AdminService/DrainWorker',
             taskbroker_dot_v1_dot_admin__pb2.DrainWorkerRequest.SerializeToString,
             taskbroker_dot_v1_dot_admin__pb2.DrainWorkerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CordonWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskbroker.v1.AdminService/CordonWorker',
+            taskbroker_dot_v1_dot_admin__pb2.CordonWorkerRequest.SerializeToString,
+            taskbroker_dot_v1_dot_admin__pb2.WorkerStatus.FromString,
             options,
             channel_credentials,
             insecure,

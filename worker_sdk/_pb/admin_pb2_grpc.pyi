@@ -36,6 +36,7 @@ class AdminServiceStub:
     UpdatePool: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UpdatePoolRequest, _admin_pb2.Pool]
     ListWorkers: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListWorkersRequest, _admin_pb2.ListWorkersResponse]
     DrainWorker: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DrainWorkerRequest, _admin_pb2.DrainWorkerResponse]
+    CordonWorker: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CordonWorkerRequest, _admin_pb2.WorkerStatus]
     Stats: _grpc.UnaryUnaryMultiCallable[_admin_pb2.StatsRequest, _admin_pb2.StatsResponse]
 
 @_typing.type_check_only
@@ -46,6 +47,7 @@ class AdminServiceAsyncStub(AdminServiceStub):
     UpdatePool: _aio.UnaryUnaryMultiCallable[_admin_pb2.UpdatePoolRequest, _admin_pb2.Pool]  # type: ignore[assignment]
     ListWorkers: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListWorkersRequest, _admin_pb2.ListWorkersResponse]  # type: ignore[assignment]
     DrainWorker: _aio.UnaryUnaryMultiCallable[_admin_pb2.DrainWorkerRequest, _admin_pb2.DrainWorkerResponse]  # type: ignore[assignment]
+    CordonWorker: _aio.UnaryUnaryMultiCallable[_admin_pb2.CordonWorkerRequest, _admin_pb2.WorkerStatus]  # type: ignore[assignment]
     Stats: _aio.UnaryUnaryMultiCallable[_admin_pb2.StatsRequest, _admin_pb2.StatsResponse]  # type: ignore[assignment]
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -83,6 +85,13 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.DrainWorkerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.DrainWorkerResponse, _abc.Awaitable[_admin_pb2.DrainWorkerResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CordonWorker(
+        self,
+        request: _admin_pb2.CordonWorkerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.WorkerStatus, _abc.Awaitable[_admin_pb2.WorkerStatus]]: ...
 
     @_abc_1.abstractmethod
     def Stats(

@@ -35,9 +35,12 @@ class _TaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskState.V
     TASK_STATE_SUCCEEDED: _TaskState.ValueType  # 4
     TASK_STATE_FAILED: _TaskState.ValueType  # 5
     TASK_STATE_CANCELLED: _TaskState.ValueType  # 6
+    TASK_STATE_DEAD_LETTER: _TaskState.ValueType  # 7
 
 class TaskState(_TaskState, metaclass=_TaskStateEnumTypeWrapper):
-    """Where a task is in its life. Terminal states: SUCCEEDED, FAILED, CANCELLED."""
+    """Where a task is in its life. Terminal states: SUCCEEDED, FAILED, CANCELLED,
+    DEAD_LETTER (failed every attempt its retry policy allowed; `Retry` requeues it).
+    """
 
 TASK_STATE_UNSPECIFIED: TaskState.ValueType  # 0
 TASK_STATE_PENDING: TaskState.ValueType  # 1
@@ -49,6 +52,7 @@ TASK_STATE_RUNNING: TaskState.ValueType  # 3
 TASK_STATE_SUCCEEDED: TaskState.ValueType  # 4
 TASK_STATE_FAILED: TaskState.ValueType  # 5
 TASK_STATE_CANCELLED: TaskState.ValueType  # 6
+TASK_STATE_DEAD_LETTER: TaskState.ValueType  # 7
 Global___TaskState: _TypeAlias = TaskState  # noqa: Y015
 
 @_typing.final
@@ -153,6 +157,56 @@ class Placement(_message.Message):
 Global___Placement: _TypeAlias = Placement  # noqa: Y015
 
 @_typing.final
+class RetryPolicy(_message.Message):
+    """How often, and how soon, a failed task is tried again. A failure whose error
+    type is retryable goes back to the queue after a backoff of
+    initial_backoff_s * backoff_multiplier^(attempt-1), capped at max_backoff_s,
+    with full jitter; a task that fails its last attempt goes to DEAD_LETTER.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    INITIAL_BACKOFF_S_FIELD_NUMBER: _builtins.int
+    MAX_BACKOFF_S_FIELD_NUMBER: _builtins.int
+    BACKOFF_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    RETRYABLE_ERRORS_FIELD_NUMBER: _builtins.int
+    NON_RETRYABLE_ERRORS_FIELD_NUMBER: _builtins.int
+    max_attempts: _builtins.int
+    """0 or 1 = no retries; at most 100"""
+    initial_backoff_s: _builtins.float
+    """0 = 1 s"""
+    max_backoff_s: _builtins.float
+    """0 = 300 s"""
+    backoff_multiplier: _builtins.float
+    """0 = 2.0; at least 1"""
+    @_builtins.property
+    def retryable_errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """error types; empty = all but these:"""
+
+    @_builtins.property
+    def non_retryable_errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """never retried"""
+
+    def __init__(
+        self,
+        *,
+        max_attempts: _builtins.int = ...,
+        initial_backoff_s: _builtins.float = ...,
+        max_backoff_s: _builtins.float = ...,
+        backoff_multiplier: _builtins.float = ...,
+        retryable_errors: _abc.Iterable[_builtins.str] | None = ...,
+        non_retryable_errors: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backoff_multiplier", b"backoff_multiplier", "initial_backoff_s", b"initial_backoff_s", "max_attempts", b"max_attempts", "max_backoff_s", b"max_backoff_s", "non_retryable_errors", b"non_retryable_errors", "retryable_errors", b"retryable_errors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryPolicy: _TypeAlias = RetryPolicy  # noqa: Y015
+
+@_typing.final
 class TaskSpec(_message.Message):
     """What a client asks the broker to run."""
 
@@ -163,6 +217,12 @@ class TaskSpec(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     POOL_FIELD_NUMBER: _builtins.int
     PLACEMENT_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
+    NOT_BEFORE_MS_FIELD_NUMBER: _builtins.int
+    START_TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    EXECUTION_TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    FAIRNESS_KEY_FIELD_NUMBER: _builtins.int
     task_type: _builtins.str
     """required; workers register the types they handle"""
     payload: _builtins.bytes
@@ -171,8 +231,26 @@ class TaskSpec(_message.Message):
     """higher runs first; -1000..1000, default 0"""
     pool: _builtins.str
     """empty means "default"; the pool must exist"""
+    not_before_ms: _builtins.int
+    """A delayed task: durable at once, pending from this Unix epoch millisecond on."""
+    start_timeout_s: _builtins.float
+    """Fail the task (DeadlineExceeded) unless a worker takes it within this many
+    seconds of becoming pending; 0 = no deadline.
+    """
+    execution_timeout_s: _builtins.float
+    """Fail the attempt (Timeout, retryable) and cancel it on the worker if it runs
+    longer than this many seconds; 0 = no limit.
+    """
+    idempotency_key: _builtins.str
+    """A second submit with the same key (in the same pool, within the broker's
+    idempotency_retention_s) returns the first task instead of a new one.
+    """
+    fairness_key: _builtins.str
+    """A tenant: within a pool, keys share the workers by weighted round robin."""
     @_builtins.property
     def placement(self) -> Global___Placement: ...
+    @_builtins.property
+    def retry(self) -> Global___RetryPolicy: ...
     def __init__(
         self,
         *,
@@ -181,10 +259,16 @@ class TaskSpec(_message.Message):
         priority: _builtins.int = ...,
         pool: _builtins.str = ...,
         placement: Global___Placement | None = ...,
+        retry: Global___RetryPolicy | None = ...,
+        not_before_ms: _builtins.int = ...,
+        start_timeout_s: _builtins.float = ...,
+        execution_timeout_s: _builtins.float = ...,
+        idempotency_key: _builtins.str = ...,
+        fairness_key: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["placement", b"placement"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["placement", b"placement", "retry", b"retry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "placement", b"placement", "pool", b"pool", "priority", b"priority", "task_type", b"task_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_timeout_s", b"execution_timeout_s", "fairness_key", b"fairness_key", "idempotency_key", b"idempotency_key", "not_before_ms", b"not_before_ms", "payload", b"payload", "placement", b"placement", "pool", b"pool", "priority", b"priority", "retry", b"retry", "start_timeout_s", b"start_timeout_s", "task_type", b"task_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -238,6 +322,7 @@ class Task(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     PLACEMENT_NOTE_FIELD_NUMBER: _builtins.int
     UNSCHEDULABLE_FIELD_NUMBER: _builtins.int
+    NOT_BEFORE_MS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___TaskState.ValueType
     attempts: _builtins.int
@@ -257,6 +342,8 @@ class Task(_message.Message):
     """
     unschedulable: _builtins.bool
     """pending, and no connected worker can ever take it"""
+    not_before_ms: _builtins.int
+    """Pending but not before this time (a delay, a retry's backoff or a rate limit)."""
     @_builtins.property
     def spec(self) -> Global___TaskSpec: ...
     @_builtins.property
@@ -279,10 +366,11 @@ class Task(_message.Message):
         error: Global___TaskError | None = ...,
         placement_note: _builtins.str = ...,
         unschedulable: _builtins.bool = ...,
+        not_before_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_at_ms", b"assigned_at_ms", "attempts", b"attempts", "created_at_ms", b"created_at_ms", "error", b"error", "finished_at_ms", b"finished_at_ms", "id", b"id", "placement_note", b"placement_note", "result", b"result", "spec", b"spec", "started_at_ms", b"started_at_ms", "state", b"state", "unschedulable", b"unschedulable", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_at_ms", b"assigned_at_ms", "attempts", b"attempts", "created_at_ms", b"created_at_ms", "error", b"error", "finished_at_ms", b"finished_at_ms", "id", b"id", "not_before_ms", b"not_before_ms", "placement_note", b"placement_note", "result", b"result", "spec", b"spec", "started_at_ms", b"started_at_ms", "state", b"state", "unschedulable", b"unschedulable", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -310,18 +398,27 @@ Global___SubmitRequest: _TypeAlias = SubmitRequest  # noqa: Y015
 
 @_typing.final
 class SubmitResponse(_message.Message):
+    """A submit refused for overload (a full queue or a rate limit) fails with
+    RESOURCE_EXHAUSTED and the trailing metadata `grpc-retry-pushback-ms`: how
+    long to wait before trying again.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_ID_FIELD_NUMBER: _builtins.int
+    EXISTING_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
+    existing: _builtins.bool
+    """an idempotency key matched: this is the earlier task"""
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
+        existing: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["existing", b"existing", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -419,10 +516,13 @@ class SubmitAck(_message.Message):
     TASK_IDS_FIELD_NUMBER: _builtins.int
     ERROR_CODE_FIELD_NUMBER: _builtins.int
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.int
     error_code: _builtins.int
     """a grpc status code; 0 = OK"""
     error_message: _builtins.str
+    retry_after_ms: _builtins.int
+    """with RESOURCE_EXHAUSTED: when to try again"""
     @_builtins.property
     def task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """in the order of the request; empty on error"""
@@ -434,10 +534,11 @@ class SubmitAck(_message.Message):
         task_ids: _abc.Iterable[_builtins.str] | None = ...,
         error_code: _builtins.int = ...,
         error_message: _builtins.str = ...,
+        retry_after_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "error_code", b"error_code", "error_message", b"error_message", "task_ids", b"task_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "error_code", b"error_code", "error_message", b"error_message", "retry_after_ms", b"retry_after_ms", "task_ids", b"task_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -600,6 +701,56 @@ class CancelResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelResponse: _TypeAlias = CancelResponse  # noqa: Y015
+
+@_typing.final
+class RetryRequest(_message.Message):
+    """Requeue failed or dead-lettered tasks with a fresh set of attempts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_IDS_FIELD_NUMBER: _builtins.int
+    DEAD_LETTER_POOL_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    dead_letter_pool: _builtins.str
+    """also every dead-lettered task of this pool"""
+    limit: _builtins.int
+    """with dead_letter_pool: at most this many; 0 = 1000"""
+    @_builtins.property
+    def task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        task_ids: _abc.Iterable[_builtins.str] | None = ...,
+        dead_letter_pool: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter_pool", b"dead_letter_pool", "limit", b"limit", "task_ids", b"task_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryRequest: _TypeAlias = RetryRequest  # noqa: Y015
+
+@_typing.final
+class RetryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Task]: ...
+    def __init__(
+        self,
+        *,
+        tasks: _abc.Iterable[Global___Task] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryResponse: _TypeAlias = RetryResponse  # noqa: Y015
 
 @_typing.final
 class ListTasksRequest(_message.Message):

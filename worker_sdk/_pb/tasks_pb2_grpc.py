@@ -69,6 +69,11 @@ class TaskServiceStub:
                 request_serializer=taskbroker_dot_v1_dot_tasks__pb2.ListTasksRequest.SerializeToString,
                 response_deserializer=taskbroker_dot_v1_dot_tasks__pb2.ListTasksResponse.FromString,
                 _registered_method=True)
+        self.Retry = channel.unary_unary(
+                '/taskbroker.v1.TaskService/Retry',
+                request_serializer=taskbroker_dot_v1_dot_tasks__pb2.RetryRequest.SerializeToString,
+                response_deserializer=taskbroker_dot_v1_dot_tasks__pb2.RetryResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -117,6 +122,12 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Retry(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +165,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.List,
                     request_deserializer=taskbroker_dot_v1_dot_tasks__pb2.ListTasksRequest.FromString,
                     response_serializer=taskbroker_dot_v1_dot_tasks__pb2.ListTasksResponse.SerializeToString,
+            ),
+            'Retry': grpc.unary_unary_rpc_method_handler(
+                    servicer.Retry,
+                    request_deserializer=taskbroker_dot_v1_dot_tasks__pb2.RetryRequest.FromString,
+                    response_serializer=taskbroker_dot_v1_dot_tasks__pb2.RetryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -345,6 +361,33 @@ class TaskService:
             '/taskbroker.v1.TaskService/List',
             taskbroker_dot_v1_dot_tasks__pb2.ListTasksRequest.SerializeToString,
             taskbroker_dot_v1_dot_tasks__pb2.ListTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Retry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskbroker.v1.TaskService/Retry',
+            taskbroker_dot_v1_dot_tasks__pb2.RetryRequest.SerializeToString,
+            taskbroker_dot_v1_dot_tasks__pb2.RetryResponse.FromString,
             options,
             channel_credentials,
             insecure,

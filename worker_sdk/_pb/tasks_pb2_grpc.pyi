@@ -39,6 +39,7 @@ class TaskServiceStub:
     Wait: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.WaitRequest, _tasks_pb2.WaitResponse]
     Cancel: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.CancelRequest, _tasks_pb2.CancelResponse]
     List: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.ListTasksRequest, _tasks_pb2.ListTasksResponse]
+    Retry: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.RetryRequest, _tasks_pb2.RetryResponse]
 
 @_typing.type_check_only
 class TaskServiceAsyncStub(TaskServiceStub):
@@ -51,6 +52,7 @@ class TaskServiceAsyncStub(TaskServiceStub):
     Wait: _aio.UnaryUnaryMultiCallable[_tasks_pb2.WaitRequest, _tasks_pb2.WaitResponse]  # type: ignore[assignment]
     Cancel: _aio.UnaryUnaryMultiCallable[_tasks_pb2.CancelRequest, _tasks_pb2.CancelResponse]  # type: ignore[assignment]
     List: _aio.UnaryUnaryMultiCallable[_tasks_pb2.ListTasksRequest, _tasks_pb2.ListTasksResponse]  # type: ignore[assignment]
+    Retry: _aio.UnaryUnaryMultiCallable[_tasks_pb2.RetryRequest, _tasks_pb2.RetryResponse]  # type: ignore[assignment]
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -102,5 +104,12 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tasks_pb2.ListTasksRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tasks_pb2.ListTasksResponse, _abc.Awaitable[_tasks_pb2.ListTasksResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Retry(
+        self,
+        request: _tasks_pb2.RetryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.RetryResponse, _abc.Awaitable[_tasks_pb2.RetryResponse]]: ...
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

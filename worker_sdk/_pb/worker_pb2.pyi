@@ -87,24 +87,40 @@ Global___Register: _TypeAlias = Register  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):
-    """Sent every heartbeat_interval_s. in_flight is the worker's own count."""
+    """Sent every heartbeat_interval_s. in_flight is the worker's own count.
+    held_task_ids and assignments_seen let the broker reconcile its slot count
+    with what the worker really holds: a task it sent in an Assignments message
+    up to assignments_seen that the worker no longer lists, and whose result has
+    not arrived, is requeued; a listed task the worker should not hold is
+    cancelled. Each listed task's lease is renewed.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     IN_FLIGHT_FIELD_NUMBER: _builtins.int
     LOAD_FIELD_NUMBER: _builtins.int
+    HELD_TASK_IDS_FIELD_NUMBER: _builtins.int
+    ASSIGNMENTS_SEEN_FIELD_NUMBER: _builtins.int
     in_flight: _builtins.int
     load: _builtins.float
     """free-form load figure, e.g. CPU utilisation 0..1"""
+    assignments_seen: _builtins.int
+    """seq of the last Assignments received"""
+    @_builtins.property
+    def held_task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """assigned to it and no result sent yet"""
+
     def __init__(
         self,
         *,
         in_flight: _builtins.int = ...,
         load: _builtins.float = ...,
+        held_task_ids: _abc.Iterable[_builtins.str] | None = ...,
+        assignments_seen: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["in_flight", b"in_flight", "load", b"load"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments_seen", b"assignments_seen", "held_task_ids", b"held_task_ids", "in_flight", b"in_flight", "load", b"load"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -264,12 +280,15 @@ class Assignment(_message.Message):
     TASK_TYPE_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    DEADLINE_MS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     attempt: _builtins.int
     """1 for the first run"""
     task_type: _builtins.str
     payload: _builtins.bytes
     priority: _builtins.int
+    deadline_ms: _builtins.int
+    """the attempt's execution timeout, as a time; 0 = none"""
     def __init__(
         self,
         *,
@@ -278,10 +297,11 @@ class Assignment(_message.Message):
         task_type: _builtins.str = ...,
         payload: _builtins.bytes = ...,
         priority: _builtins.int = ...,
+        deadline_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "payload", b"payload", "priority", b"priority", "task_id", b"task_id", "task_type", b"task_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "deadline_ms", b"deadline_ms", "payload", b"payload", "priority", b"priority", "task_id", b"task_id", "task_type", b"task_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -292,16 +312,20 @@ class Assignments(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ASSIGNMENTS_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """1, 2, 3... per stream; echoed as Heartbeat.assignments_seen"""
     @_builtins.property
     def assignments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Assignment]: ...
     def __init__(
         self,
         *,
         assignments: _abc.Iterable[Global___Assignment] | None = ...,
+        seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,107 @@
+"""JSON for the parts of tasks and pools the store keeps in one column each.
+
+A task's options (retry policy, deadlines, keys) and a pool's limits are read and
+written whole and never queried field by field, so one JSON column each keeps the
+schema small. Defaults are left out, so a task without options stores NULL.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+from broker.domain import NO_RETRY, BulkheadConfig, PoolConfig, RetryPolicy, TaskSpec
+
+_COMPACT = (",", ":")
+_SPEC_DEFAULTS = TaskSpec(task_type="-")
+_OPTION_FIELDS = ("start_timeout_s", "execution_timeout_s", "idempotency_key", "fairness_key")
+_POOL_DEFAULTS = PoolConfig(name="-")
+_LIMIT_FIELDS = (
+    "max_inflight",
+    "max_queue",
+    "client_rate_per_s",
+    "client_rate_burst",
+    "rate_mode",
+    "breaker_failures",
+    "breaker_failure_rate",
+    "breaker_window",
+    "breaker_cooldown_s",
+    "lease_s",
+)
+
+
+def task_options_json(spec: TaskSpec) -> str | None:
+    """The spec's retry policy, deadlines, keys and not-before time; None if all default."""
+    data: dict[str, Any] = {
+        name: getattr(spec, name)
+        for name in (*_OPTION_FIELDS, "not_before")
+        if getattr(spec, name) != getattr(_SPEC_DEFAULTS, name)
+    }
+    if spec.retry != NO_RETRY:
+        retry = spec.retry
+        data["retry"] = [
+            retry.max_attempts,
+            retry.initial_backoff_s,
+            retry.max_backoff_s,
+            retry.backoff_multiplier,
+            sorted(retry.retryable_errors),
+            sorted(retry.non_retryable_errors),
+        ]
+    return json.dumps(data, separators=_COMPACT) if data else None
+
+
+def task_options_from_json(spec: TaskSpec, text: str | None) -> TaskSpec:
+    """The spec with the options stored by task_options_json."""
+    if text is None:
+        return spec
+    data = json.loads(text)
+    retry = data.pop("retry", None)
+    if retry is not None:
+        attempts, initial, cap, multiplier, retryable, non_retryable = retry
+        data["retry"] = RetryPolicy(
+            max_attempts=attempts,
+            initial_backoff_s=initial,
+            max_backoff_s=cap,
+            backoff_multiplier=multiplier,
+            retryable_errors=frozenset(retryable),
+            non_retryable_errors=frozenset(non_retryable),
+        )
+    return replace(spec, **data)
+
+
+def pool_limits_json(pool: PoolConfig) -> str | None:
+    """The pool's limits, breaker and lease settings, bulkheads and fairness weights."""
+    data: dict[str, Any] = {
+        name: getattr(pool, name)
+        for name in _LIMIT_FIELDS
+        if getattr(pool, name) != getattr(_POOL_DEFAULTS, name)
+    }
+    if pool.bulkheads:
+        data["bulkheads"] = [
+            [b.task_type, b.max_inflight, b.max_queue, b.rate_per_s, b.rate_burst]
+            for b in pool.bulkheads
+        ]
+    if pool.fairness_weights:
+        data["fairness_weights"] = dict(pool.fairness_weights)
+    return json.dumps(data, separators=_COMPACT, sort_keys=True) if data else None
+
+
+def pool_limits_from_json(pool: PoolConfig, text: str | None) -> PoolConfig:
+    """The pool with the settings stored by pool_limits_json."""
+    if text is None:
+        return pool
+    data = json.loads(text)
+    bulkheads = data.pop("bulkheads", None)
+    if bulkheads is not None:
+        data["bulkheads"] = tuple(
+            BulkheadConfig(
+                task_type=task_type,
+                max_inflight=max_inflight,
+                max_queue=max_queue,
+                rate_per_s=rate_per_s,
+                rate_burst=rate_burst,
+            )
+            for task_type, max_inflight, max_queue, rate_per_s, rate_burst in bulkheads
+        )
+    return replace(pool, **data)

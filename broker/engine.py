@@ -23,6 +23,7 @@ from broker.config import BrokerConfig, validate_pool
 from broker.domain import (
     MAX_PRIORITY,
     MIN_PRIORITY,
+    NO_RETRY,
     ArmSummary,
     BulkheadStats,
     Placement,
@@ -1028,6 +1029,14 @@ class Engine:
 
     def _validate_options(self, spec: TaskSpec, where: str) -> None:
         retry = spec.retry
+        if retry is NO_RETRY and not (
+            spec.start_timeout_s
+            or spec.execution_timeout_s
+            or spec.not_before
+            or spec.idempotency_key
+            or spec.fairness_key
+        ):
+            return  # the common case: no options
         if not 1 <= retry.max_attempts <= MAX_ATTEMPTS:
             raise InvalidArgument(
                 f"{where}retry max_attempts must be 1..{MAX_ATTEMPTS}, got {retry.max_attempts}"

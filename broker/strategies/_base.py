@@ -57,11 +57,13 @@ class WorkerSlot:
 
     @property
     def free(self) -> int:
-        return min(self.capacity, self.limit) - len(self.held)
+        limit = self.capacity if self.capacity < self.limit else self.limit
+        return limit - len(self.held)
 
     @property
     def ready(self) -> bool:
-        return self.free > 0 and not self.draining and not self.paused
+        held = len(self.held)
+        return held < self.capacity and held < self.limit and not self.draining and not self.paused
 
     @property
     def utilisation(self) -> float:

@@ -1287,9 +1287,12 @@ class Engine:
 
     def _count_waiting(self, task: Task, sign: int) -> None:
         """Count a task in (+1) or out of (-1) the backlog that back-pressure bounds."""
-        pool, task_type = task.spec.pool, task.spec.task_type
-        self._backlog[pool] += sign
-        self._backlog_by_type[(pool, task_type)] += sign
+        key = (task.spec.pool, task.spec.task_type)
+        self._backlog[key[0]] += sign
+        by_type = self._backlog_by_type
+        by_type[key] += sign
+        if not by_type[key]:
+            del by_type[key]  # task types come and go: keep only those with a backlog
         self._backlog_bytes += sign * len(task.spec.payload)
 
     def _wait(self, task: Task, deadline_from: float | None = None) -> None:

@@ -4,7 +4,9 @@ JSON rules: datetimes are ISO 8601 strings (null when not yet); a bytes field
 (payload, result) is its UTF-8 text when it decodes, else base64, and a sibling
 ``<field>_encoding`` says which ("utf-8" or "base64"); an empty string the broker
 uses for "none" (worker id, placement note, anti-affinity group, sticky and routing
-keys, A/B strategy) is null. Durations are seconds, as floats, in keys ending ``_s``.
+keys, A/B strategy) is null, and so is an unset submit option (retry policy, timeouts,
+idempotency and fairness keys). Durations are seconds, as floats, in keys ending ``_s``.
+Pool limits are as the broker reports them, 0 meaning its default or no limit.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import enum
 import json
 import sys
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import typer
@@ -23,11 +25,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from cli._parse import bulkhead_text, number
 from worker_sdk import (
     ArmStats,
+    Bulkhead,
+    BulkheadStats,
     Placement,
     PoolInfo,
     PoolStats,
+    RetryPolicy,
     RuntimeStats,
     Stats,
     TaskInfo,
@@ -73,6 +79,20 @@ def placement_dict(placement: Placement) -> dict[str, Any]:
     }
 
 
+def retry_dict(retry: RetryPolicy | None) -> dict[str, Any] | None:
+    """A task's retry policy as a JSON-able dict; None when it was submitted without one."""
+    if retry is None:
+        return None
+    return {
+        "max_attempts": retry.max_attempts,
+        "initial_backoff_s": retry.initial_backoff_s,
+        "max_backoff_s": retry.max_backoff_s,
+        "backoff_multiplier": retry.backoff_multiplier,
+        "retryable_errors": list(retry.retryable_errors),
+        "non_retryable_errors": list(retry.non_retryable_errors),
+    }
+
+
 def task_dict(task: TaskInfo) -> dict[str, Any]:
     """A task as a JSON-able dict."""
     payload, payload_encoding = decode_bytes(task.payload)
@@ -89,6 +109,12 @@ def task_dict(task: TaskInfo) -> dict[str, Any]:
         "placement": placement_dict(task.placement),
         "placement_note": task.placement_note or None,
         "unschedulable": task.unschedulable,
+        "retry": retry_dict(task.retry),
+        "not_before": _iso(task.not_before),
+        "start_timeout_s": task.start_timeout,
+        "execution_timeout_s": task.execution_timeout,
+        "idempotency_key": task.idempotency_key,
+        "fairness_key": task.fairness_key,
         "created_at": _iso(task.created_at),
         "assigned_at": _iso(task.assigned_at),
         "started_at": _iso(task.started_at),
@@ -116,17 +142,43 @@ def worker_dict(worker: WorkerInfo) -> dict[str, Any]:
         "connected_at": _iso(worker.connected_at),
         "last_heartbeat": _iso(worker.last_heartbeat),
         "draining": worker.draining,
+        "cordoned": worker.cordoned,
+        "breaker": worker.breaker,
+        "consecutive_failures": worker.consecutive_failures,
+    }
+
+
+def bulkhead_dict(bulkhead: Bulkhead) -> dict[str, Any]:
+    """A pool's limits for one task type as a JSON-able dict."""
+    return {
+        "task_type": bulkhead.task_type,
+        "max_inflight": bulkhead.max_inflight,
+        "max_queue": bulkhead.max_queue,
+        "rate_per_s": bulkhead.rate_per_s,
+        "rate_burst": bulkhead.rate_burst,
     }
 
 
 def pool_dict(pool: PoolInfo) -> dict[str, Any]:
-    """A pool as a JSON-able dict."""
+    """A pool as a JSON-able dict: every setting, 0 being the broker's default or no limit."""
     return {
         "name": pool.name,
         "strategy": pool.strategy,
         "ab_strategy": pool.ab_strategy or None,
         "ab_percent": pool.ab_percent,
         "sticky_timeout_s": pool.sticky_timeout_s,
+        "max_inflight": pool.max_inflight,
+        "max_queue": pool.max_queue,
+        "client_rate_per_s": pool.client_rate_per_s,
+        "client_rate_burst": pool.client_rate_burst,
+        "rate_mode": pool.rate_mode,
+        "breaker_failures": pool.breaker_failures,
+        "breaker_failure_rate": pool.breaker_failure_rate,
+        "breaker_window": pool.breaker_window,
+        "breaker_cooldown_s": pool.breaker_cooldown_s,
+        "lease_s": pool.lease_s,
+        "bulkheads": [bulkhead_dict(b) for b in pool.bulkheads],
+        "fairness_weights": dict(pool.fairness_weights),
     }
 
 
@@ -154,6 +206,17 @@ def runtime_dict(runtime: RuntimeStats) -> dict[str, Any]:
     }
 
 
+def bulkhead_stats_dict(b: BulkheadStats) -> dict[str, Any]:
+    """One task type's bulkhead in a pool, now, as a JSON-able dict."""
+    return {
+        "task_type": b.task_type,
+        "pending": b.pending,
+        "in_flight": b.in_flight,
+        "max_queue": b.max_queue,
+        "max_inflight": b.max_inflight,
+    }
+
+
 def pool_stats_dict(p: PoolStats) -> dict[str, Any]:
     """One pool's statistics as a JSON-able dict; `sticky_hit_rate` is null with no sticky
     task yet."""
@@ -162,15 +225,28 @@ def pool_stats_dict(p: PoolStats) -> dict[str, Any]:
         "strategy": p.strategy,
         "pending": p.pending,
         "unschedulable": p.unschedulable,
+        "delayed": p.delayed,
         "active": p.active,
         "succeeded": p.succeeded,
         "failed": p.failed,
         "cancelled": p.cancelled,
+        "dead_letter": p.dead_letter,
         "workers": p.workers,
         "capacity": p.capacity,
         "sticky_hits": p.sticky_hits,
         "sticky_misses": p.sticky_misses,
         "sticky_hit_rate": p.sticky_hit_rate,
+        "max_queue": p.max_queue,
+        "max_inflight": p.max_inflight,
+        "rejected": p.rejected,
+        "rate_limited": p.rate_limited,
+        "deduplicated": p.deduplicated,
+        "retried": p.retried,
+        "timed_out": p.timed_out,
+        "expired": p.expired,
+        "lease_expired": p.lease_expired,
+        "reconciled": p.reconciled,
+        "bulkheads": [bulkhead_stats_dict(b) for b in p.bulkheads],
         "arms": [arm_dict(a) for a in p.arms],
         "runtimes": [runtime_dict(r) for r in p.runtimes],
         "strategy_notes": list(p.strategy_notes),
@@ -221,6 +297,7 @@ def _timeout(seconds: float) -> str:
 _STATE_STYLES = {
     "succeeded": "green",
     "failed": "red",
+    "dead_letter": "red",
     "cancelled": "yellow",
     "running": "cyan",
     "assigned": "cyan",
@@ -234,10 +311,21 @@ def _state(state: TaskState) -> Text:
 
 
 def _task_state(task: TaskInfo) -> Text:
-    """The state, marked when no connected worker can take the task."""
+    """The state, marked when no connected worker can take the task, or when it waits
+    for a time (a delay, a retry's backoff or a rate limit)."""
     if task.unschedulable:
         return Text(f"{_state_name(task.state)} (unschedulable)", style="red")
+    if _delayed(task):
+        return Text(f"{_state_name(task.state)} (delayed)")
     return _state(task.state)
+
+
+def _delayed(task: TaskInfo) -> bool:
+    return (
+        task.state is TaskState.PENDING
+        and task.not_before is not None
+        and task.not_before > datetime.now(UTC)
+    )
 
 
 def _labels(labels: Iterable[tuple[str, str]]) -> str:
@@ -263,6 +351,39 @@ def _placement_rows(task: TaskInfo) -> list[tuple[str, Text | str]]:
     if task.placement_note:
         style = "red" if task.unschedulable else ""
         rows.append(("placement", Text(task.placement_note, style=style)))
+    return rows
+
+
+def _retry_text(retry: RetryPolicy) -> str:
+    """3 attempts, backoff 1 s x2 up to 300 s, on TimeoutError,OSError, not on ValueError."""
+    plural = "" if retry.max_attempts == 1 else "s"
+    parts = [
+        f"{retry.max_attempts} attempt{plural}",
+        f"backoff {_timeout(retry.initial_backoff_s)} x{retry.backoff_multiplier:g} "
+        f"up to {_timeout(retry.max_backoff_s)}",
+    ]
+    if retry.retryable_errors:
+        parts.append(f"on {','.join(retry.retryable_errors)}")
+    if retry.non_retryable_errors:
+        parts.append(f"not on {','.join(retry.non_retryable_errors)}")
+    return ", ".join(parts)
+
+
+def _option_rows(task: TaskInfo) -> list[tuple[str, Text | str]]:
+    """The submit options that are set: retry policy, delay, timeouts, keys."""
+    rows: list[tuple[str, Text | str]] = []
+    if task.retry is not None:
+        rows.append(("retry", _retry_text(task.retry)))
+    if task.not_before is not None:
+        rows.append(("delayed until", _when(task.not_before)))
+    if task.start_timeout is not None:
+        rows.append(("start timeout", _timeout(task.start_timeout)))
+    if task.execution_timeout is not None:
+        rows.append(("execution timeout", _timeout(task.execution_timeout)))
+    if task.idempotency_key is not None:
+        rows.append(("idempotency key", task.idempotency_key))
+    if task.fairness_key is not None:
+        rows.append(("fairness key", task.fairness_key))
     return rows
 
 
@@ -324,6 +445,7 @@ def show_task(task: TaskInfo, output: OutputFormat) -> None:
         ("attempts", str(task.attempts)),
         ("worker", task.worker_id or "-"),
         *_placement_rows(task),
+        *_option_rows(task),
         ("created", _when(task.created_at)),
         ("assigned", _when(task.assigned_at)),
         ("started", _when(task.started_at)),
@@ -347,6 +469,14 @@ def show_task(task: TaskInfo, output: OutputFormat) -> None:
         console.print(Text(task.error.traceback.rstrip()), soft_wrap=True)
 
 
+def show_retried(tasks: Sequence[TaskInfo], output: OutputFormat) -> None:
+    """Print the tasks a retry sent back to their queue."""
+    if output is OutputFormat.TABLE and not tasks:
+        typer.echo("no tasks retried")
+    else:
+        show_tasks(tasks, output)
+
+
 def _with_encoding(text: str, encoding: str) -> str:
     return text if encoding == "utf-8" else f"{text} (base64)"
 
@@ -368,6 +498,7 @@ def show_workers(workers: Sequence[WorkerInfo], output: OutputFormat) -> None:
         "LABELS",
         "CONNECTED",
         "STATE",
+        "BREAKER",
         wrap=["TYPES", "LABELS"],
     )
     for w in workers:
@@ -382,10 +513,30 @@ def show_workers(workers: Sequence[WorkerInfo], output: OutputFormat) -> None:
                 ",".join(sorted(w.task_types)),
                 labels,
                 _when(w.connected_at, short=True),
-                Text("draining", style="yellow") if w.draining else "active",
+                _worker_state(w),
+                _breaker(w),
             ],
         )
     _console().print(table)
+
+
+def _worker_state(worker: WorkerInfo) -> Text:
+    """active, draining, cordoned, or "draining, cordoned"."""
+    states = [
+        name for name, on in (("draining", worker.draining), ("cordoned", worker.cordoned)) if on
+    ]
+    return Text(", ".join(states), style="yellow") if states else Text("active")
+
+
+_BREAKER_STYLES = {"open": "red", "half_open": "yellow"}
+
+
+def _breaker(worker: WorkerInfo) -> Text:
+    """The circuit breaker's state, with the failures in a row when there are any."""
+    text = worker.breaker
+    if worker.consecutive_failures:
+        text += f" ({worker.consecutive_failures} failed in a row)"
+    return Text(text, style=_BREAKER_STYLES.get(worker.breaker, ""))
 
 
 def show_worker(worker: WorkerInfo, output: OutputFormat) -> None:
@@ -403,23 +554,101 @@ def _ab_split(pool: PoolInfo) -> str:
     return f"{pool.ab_percent}% {pool.ab_strategy}"
 
 
+def _count(n: int, zero: str = "-") -> str:
+    return str(n) if n else zero
+
+
+def _client_rate(pool: PoolInfo) -> str:
+    """5/s burst 10 (queue); "-" without a limit."""
+    if not pool.client_rate_per_s:
+        return "-"
+    burst = f" burst {pool.client_rate_burst}" if pool.client_rate_burst else ""
+    return f"{number(pool.client_rate_per_s)}/s{burst} ({pool.rate_mode})"
+
+
+def _pool_breaker(pool: PoolInfo) -> str:
+    """When a worker's breaker opens and for how long: 5 in a row or 50% of 10, 30 s
+    cooldown."""
+    if not pool.breaker_failures:
+        return "-"
+    text = f"{pool.breaker_failures} in a row"
+    if pool.breaker_failure_rate:
+        text += f" or {pool.breaker_failure_rate:.0%} of {pool.breaker_window}"
+    if pool.breaker_cooldown_s:
+        text += f", {_timeout(pool.breaker_cooldown_s)} cooldown"
+    return text
+
+
+def _bulkheads(pool: PoolInfo) -> str:
+    """As --bulkhead takes them: render:max_inflight=4,rate=20 thumb:max_queue=10."""
+    return " ".join(bulkhead_text(b) for b in pool.bulkheads) or "-"
+
+
+def _fairness(pool: PoolInfo) -> str:
+    """As --fairness-weight takes them: tenant-a=3,tenant-b=1."""
+    return ",".join(f"{k}={v}" for k, v in sorted(pool.fairness_weights.items())) or "-"
+
+
 def show_pools(pools: Sequence[PoolInfo], output: OutputFormat) -> None:
-    """Print the pools."""
+    """Print the pools; a limit of 0 shows as "-" (none), max queue's as "default"."""
     if output is OutputFormat.JSON:
         print_json([pool_dict(p) for p in pools])
         return
-    table = _table("POOL", "STRATEGY", "A/B", "STICKY TIMEOUT")
+    table = _table(
+        "POOL",
+        "STRATEGY",
+        "A/B",
+        "STICKY TIMEOUT",
+        "MAX IN FLIGHT",
+        "MAX QUEUE",
+        "CLIENT RATE",
+        "BREAKER",
+        "LEASE",
+        "BULKHEADS",
+        "FAIRNESS",
+        wrap=["BULKHEADS", "FAIRNESS"],
+    )
     for p in pools:
-        _row(table, [p.name, p.strategy, _ab_split(p), _timeout(p.sticky_timeout_s)])
+        _row(
+            table,
+            [
+                p.name,
+                p.strategy,
+                _ab_split(p),
+                _timeout(p.sticky_timeout_s),
+                _count(p.max_inflight),
+                _count(p.max_queue, "default"),
+                _client_rate(p),
+                _pool_breaker(p),
+                _timeout(p.lease_s) if p.lease_s else "-",
+                _bulkheads(p),
+                _fairness(p),
+            ],
+        )
     _console().print(table)
 
 
 def _pool_summary(pool: PoolInfo) -> str:
-    """The settings in a line: least_loaded, 20% adaptive, sticky timeout 5 s."""
+    """The settings in a line: least_loaded, 20% adaptive, sticky timeout 5 s, then the
+    limits that are set."""
     parts = [pool.strategy]
     if pool.ab_strategy:
         parts.append(_ab_split(pool))
     parts.append(f"sticky timeout {_timeout(pool.sticky_timeout_s)}")
+    if pool.max_inflight:
+        parts.append(f"max in flight {pool.max_inflight}")
+    if pool.max_queue:
+        parts.append(f"max queue {pool.max_queue}")
+    if pool.client_rate_per_s:
+        parts.append(f"client rate {_client_rate(pool)}")
+    if pool.breaker_failures:
+        parts.append(f"breaker {_pool_breaker(pool)}")
+    if pool.lease_s:
+        parts.append(f"lease {_timeout(pool.lease_s)}")
+    if pool.bulkheads:
+        parts.append(f"bulkheads {_bulkheads(pool)}")
+    if pool.fairness_weights:
+        parts.append(f"fairness {_fairness(pool)}")
     return ", ".join(parts)
 
 
@@ -445,6 +674,70 @@ def _sticky_hit_rate(p: PoolStats) -> str:
     if rate is None:
         return "-"
     return f"{rate:.0%} ({p.sticky_hits}/{p.sticky_hits + p.sticky_misses})"
+
+
+def _flow_table(pools: Sequence[PoolStats]) -> Table | None:
+    if not pools:
+        return None
+    table = _table(
+        "POOL",
+        "MAX QUEUE",
+        "MAX IN FLIGHT",
+        "REJECTED",
+        "RATE LIMITED",
+        "DEDUPLICATED",
+        "RETRIED",
+        "TIMED OUT",
+        "EXPIRED",
+        "LEASE EXPIRED",
+        "RECONCILED",
+        title="limits and flow control",
+    )
+    for p in pools:
+        counts = (
+            p.rejected,
+            p.rate_limited,
+            p.deduplicated,
+            p.retried,
+            p.timed_out,
+            p.expired,
+            p.lease_expired,
+            p.reconciled,
+        )
+        _row(
+            table,
+            [p.pool, _count(p.max_queue), _count(p.max_inflight), *(str(n) for n in counts)],
+        )
+    return table
+
+
+def _bulkheads_table(pools: Sequence[PoolStats]) -> Table | None:
+    if not any(p.bulkheads for p in pools):
+        return None
+    table = _table(
+        "POOL",
+        "TASK TYPE",
+        "PENDING",
+        "IN FLIGHT",
+        "MAX QUEUE",
+        "MAX IN FLIGHT",
+        wrap=["TASK TYPE"],
+        title="bulkheads",
+    )
+    for p in pools:
+        for b in p.bulkheads:
+            _row(
+                table,
+                [
+                    p.pool,
+                    b.task_type,
+                    str(b.pending),
+                    str(b.in_flight),
+                    _count(b.max_queue, "pool's"),
+                    _count(b.max_inflight),
+                ],
+            )
+    return table
 
 
 def _arms_table(pools: Sequence[PoolStats]) -> Table | None:
@@ -511,8 +804,8 @@ def _runtimes_table(pools: Sequence[PoolStats]) -> Table | None:
 
 
 def show_stats(stats: Stats, output: OutputFormat) -> None:
-    """Print per-pool counts and the broker's state, then the pools' strategy arms and
-    learned run times if there are any."""
+    """Print per-pool counts and the broker's state, the pools' limits and flow-control
+    counters, then their bulkheads, strategy arms and learned run times if there are any."""
     if output is OutputFormat.JSON:
         print_json(stats_dict(stats))
         return
@@ -521,10 +814,12 @@ def show_stats(stats: Stats, output: OutputFormat) -> None:
         "STRATEGY",
         "PENDING",
         "UNSCHEDULABLE",
+        "DELAYED",
         "ACTIVE",
         "SUCCEEDED",
         "FAILED",
         "CANCELLED",
+        "DEAD LETTER",
         "WORKERS",
         "CAPACITY",
         "STICKY HITS",
@@ -540,10 +835,12 @@ def show_stats(stats: Stats, output: OutputFormat) -> None:
                     for n in (
                         p.pending,
                         p.unschedulable,
+                        p.delayed,
                         p.active,
                         p.succeeded,
                         p.failed,
                         p.cancelled,
+                        p.dead_letter,
                         p.workers,
                         p.capacity,
                     )
@@ -554,7 +851,13 @@ def show_stats(stats: Stats, output: OutputFormat) -> None:
     console = _console()
     console.print(Text(f"broker: {stats.broker_state}"))
     console.print(table)
-    for extra in (_arms_table(stats.pools), _runtimes_table(stats.pools)):
+    extras = (
+        _flow_table(stats.pools),
+        _bulkheads_table(stats.pools),
+        _arms_table(stats.pools),
+        _runtimes_table(stats.pools),
+    )
+    for extra in extras:
         if extra is not None:
             console.print(extra)
     for pool in stats.pools:

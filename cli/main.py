@@ -6,11 +6,13 @@ import enum
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
+from cli import _parse
 from cli._errors import EXIT_ERROR, EXIT_USAGE, CliError, OneLineErrorGroup
 from cli._logs import quiet, to_stderr
 from cli._output import (
@@ -19,14 +21,24 @@ from cli._output import (
     show_pool_created,
     show_pool_updated,
     show_pools,
+    show_retried,
     show_stats,
     show_task,
     show_tasks,
     show_worker,
     show_workers,
 )
+from cli._parse import FairnessWeight, parse_bulkhead, parse_fairness_weight
 from cli._simulate import simulate
-from worker_sdk import DEFAULT_ADDRESS, PreferredLabel, SyncClient, TaskState
+from worker_sdk import (
+    DEFAULT_ADDRESS,
+    Bulkhead,
+    PreferredLabel,
+    RetryPolicy,
+    SyncClient,
+    TaskInfo,
+    TaskState,
+)
 
 app = typer.Typer(
     cls=OneLineErrorGroup,
@@ -36,9 +48,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-tasks_app = typer.Typer(help="List, show and cancel tasks.", no_args_is_help=True)
+tasks_app = typer.Typer(help="List, show, cancel and retry tasks.", no_args_is_help=True)
 worker_app = typer.Typer(help="Run a worker process.", no_args_is_help=True)
-workers_app = typer.Typer(help="List and drain the connected workers.", no_args_is_help=True)
+workers_app = typer.Typer(
+    help="List, drain and cordon the connected workers.", no_args_is_help=True
+)
 pools_app = typer.Typer(help="List, create and change pools.", no_args_is_help=True)
 app.add_typer(worker_app, name="worker")
 app.add_typer(workers_app, name="workers")
@@ -75,6 +89,7 @@ class StateChoice(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    DEAD_LETTER = "dead_letter"
 
 
 # For --help only: the broker checks strategy names (INVALID_ARGUMENT, listing the ones it
@@ -113,6 +128,133 @@ AbPercentOption = Annotated[
         max=100,
         metavar="N",
         help="A/B split: the share of tasks (0..100) that --ab-strategy places.",
+    ),
+]
+
+
+class RateMode(enum.StrEnum):
+    """What a pool does with a submit over a rate limit."""
+
+    REJECT = "reject"
+    QUEUE = "queue"
+
+
+# The limits `pools create` and `pools set` share; None = not given. A negative value is a
+# usage error; upper bounds are the broker's to check (INVALID_ARGUMENT names the setting),
+# the command line only keeps a count within what the wire carries.
+MaxInflightOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-inflight",
+        callback=_parse.count,
+        metavar="N",
+        help="Tasks the pool's workers may hold at once; 0 = no limit.",
+    ),
+]
+MaxQueueOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-queue",
+        callback=_parse.count,
+        metavar="N",
+        help="Tasks that may wait in the pool; a submit beyond is refused. "
+        "0 = the broker's default_max_queue.",
+    ),
+]
+ClientRateOption = Annotated[
+    float | None,
+    typer.Option(
+        "--client-rate",
+        metavar="PER_S",
+        callback=_parse.non_negative,
+        help="Submits per second each client may make to the pool (a token bucket); 0 = no limit.",
+    ),
+]
+ClientBurstOption = Annotated[
+    int | None,
+    typer.Option(
+        "--client-burst",
+        callback=_parse.count,
+        metavar="N",
+        help="Submits a client may make at once under --client-rate; 0 = the rate, at least 1.",
+    ),
+]
+RateModeOption = Annotated[
+    RateMode | None,
+    typer.Option(
+        "--rate-mode",
+        case_sensitive=False,
+        help="Over a rate limit: reject the submit (the client retries later), or queue "
+        "the task with a delay.",
+    ),
+]
+BreakerFailuresOption = Annotated[
+    int | None,
+    typer.Option(
+        "--breaker-failures",
+        callback=_parse.count,
+        metavar="N",
+        help="Consecutive failures that open a worker's circuit breaker (no new tasks "
+        "until its cooldown ends); 0 = the broker's default.",
+    ),
+]
+BreakerFailureRateOption = Annotated[
+    float | None,
+    typer.Option(
+        "--breaker-failure-rate",
+        metavar="R",
+        callback=_parse.non_negative,
+        help="Also open it when this share (0 to <1) of the worker's last --breaker-window "
+        "results failed; 0 = off.",
+    ),
+]
+BreakerWindowOption = Annotated[
+    int | None,
+    typer.Option(
+        "--breaker-window",
+        callback=_parse.count,
+        metavar="N",
+        help="How many recent results --breaker-failure-rate looks at; 0 = the default.",
+    ),
+]
+BreakerCooldownOption = Annotated[
+    float | None,
+    typer.Option(
+        "--breaker-cooldown",
+        metavar="SECONDS",
+        callback=_parse.non_negative,
+        help="How long an open breaker keeps new tasks from a worker; 0 = the default.",
+    ),
+]
+LeaseOption = Annotated[
+    float | None,
+    typer.Option(
+        "--lease",
+        metavar="SECONDS",
+        callback=_parse.non_negative,
+        help="A task its worker has not confirmed within this long is requeued; "
+        "0 = the heartbeat timeout.",
+    ),
+]
+BulkheadOption = Annotated[
+    list[Bulkhead] | None,
+    typer.Option(
+        "--bulkhead",
+        parser=parse_bulkhead,
+        metavar="TYPE:KEY=VALUE,...",
+        help="Limits for one task type, e.g. render:max_inflight=4 or "
+        "render:rate=20,burst=5. Keys: max_inflight, max_queue, rate (per second), "
+        "burst; 0 = none (max_queue: the pool's). Repeat for several types.",
+    ),
+]
+FairnessWeightOption = Annotated[
+    list[FairnessWeight] | None,
+    typer.Option(
+        "--fairness-weight",
+        parser=parse_fairness_weight,
+        metavar="KEY=N",
+        help="Tasks with fairness key KEY get N shares (1..1000) of the pool's workers; "
+        "keys not named get 1. Repeat for several keys.",
     ),
 ]
 
@@ -329,18 +471,145 @@ def submit(
             help="In a consistent_hash pool: tasks with one KEY go to one worker.",
         ),
     ] = None,
+    max_attempts: Annotated[
+        int | None,
+        typer.Option(
+            "--max-attempts",
+            callback=_parse.count_from_one,
+            metavar="N",
+            help="Attempts in all, the first included (1 = no retry; the broker allows up "
+            "to 100). A task that fails its last attempt goes to dead_letter.",
+        ),
+    ] = None,
+    backoff: Annotated[
+        float | None,
+        typer.Option(
+            "--backoff",
+            metavar="SECONDS",
+            callback=_parse.positive,
+            help="With --max-attempts: the longest wait before the first retry (a random "
+            "share of it), growing by --backoff-multiplier each retry (default 1).",
+        ),
+    ] = None,
+    backoff_multiplier: Annotated[
+        float | None,
+        typer.Option(
+            "--backoff-multiplier",
+            metavar="X",
+            callback=_parse.multiplier,
+            help="With --max-attempts: how the backoff grows, at least 1 (default 2).",
+        ),
+    ] = None,
+    max_backoff: Annotated[
+        float | None,
+        typer.Option(
+            "--max-backoff",
+            metavar="SECONDS",
+            callback=_parse.positive,
+            help="With --max-attempts: the longest backoff (default 300).",
+        ),
+    ] = None,
+    retry_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--retry-on",
+            metavar="ERRORTYPE",
+            callback=_parse.error_types,
+            help="With --max-attempts: retry only errors of this type (e.g. TimeoutError); "
+            "repeatable. Without it, every error type is retried.",
+        ),
+    ] = None,
+    no_retry_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--no-retry-on",
+            metavar="ERRORTYPE",
+            callback=_parse.error_types,
+            help="With --max-attempts: never retry errors of this type; repeatable.",
+        ),
+    ] = None,
+    delay: Annotated[
+        float | None,
+        typer.Option(
+            "--delay",
+            metavar="SECONDS",
+            callback=_parse.delay,
+            help="Hand the task to a worker no sooner than this long from now.",
+        ),
+    ] = None,
+    not_before: Annotated[
+        datetime | None,
+        typer.Option(
+            "--not-before",
+            parser=_parse.parse_time,
+            metavar="TIME",
+            help="Hand the task to a worker no sooner than this ISO 8601 time (local time "
+            "without an offset); instead of --delay.",
+        ),
+    ] = None,
+    start_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--start-timeout",
+            metavar="SECONDS",
+            callback=_parse.positive,
+            help="Fail the task if no worker has taken it within this long (counted "
+            "from its --delay or --not-before, if any).",
+        ),
+    ] = None,
+    execution_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--execution-timeout",
+            metavar="SECONDS",
+            callback=_parse.positive,
+            help="Fail (and cancel) an attempt that runs longer than this; with --max-attempts, "
+            "the task may be tried again.",
+        ),
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            "--idempotency-key",
+            metavar="KEY",
+            callback=_validate_key,
+            help="A second submit with KEY to the pool prints the first task's id and "
+            "submits nothing.",
+        ),
+    ] = None,
+    fairness_key: Annotated[
+        str | None,
+        typer.Option(
+            "--fairness-key",
+            metavar="KEY",
+            callback=_validate_key,
+            help="The pool shares its workers among fairness keys by weight (see "
+            "'pools set --fairness-weight').",
+        ),
+    ] = None,
     broker: BrokerOption = DEFAULT_ADDRESS,
 ) -> None:
     """Submit a task and print its id; with --wait, print its result instead.
 
-    With --wait, a task that fails, is cancelled or does not finish in time
-    exits 1 with one line on stderr. A result is printed as UTF-8 text, or as
-    base64 when it is not valid UTF-8. A task that no worker may take (see
-    --require and --anti-affinity) waits; `tasks show ID` says why.
+    With --wait, a task that fails (for good, after its --max-attempts), is
+    cancelled or does not finish in time exits 1 with one line on stderr.
+    A result is printed as UTF-8 text, or as base64 when it is not valid
+    UTF-8. A task that no worker may take (see --require and
+    --anti-affinity) waits; `tasks show ID` says why.
     """
     required = _required_labels(require or ())
     if soft_anti_affinity and anti_affinity is None:
         raise typer.BadParameter("needs --anti-affinity GROUP", param_hint="'--soft-anti-affinity'")
+    if delay is not None and not_before is not None:
+        raise typer.BadParameter("give --delay or --not-before, not both", param_hint="'--delay'")
+    retry = _retry_policy(
+        max_attempts,
+        backoff=backoff,
+        backoff_multiplier=backoff_multiplier,
+        max_backoff=max_backoff,
+        retry_on=retry_on or [],
+        no_retry_on=no_retry_on or [],
+    )
     with SyncClient(broker) as client:
         task_id = client.submit(
             task_type,
@@ -353,23 +622,84 @@ def submit(
             anti_affinity_soft=soft_anti_affinity,
             sticky_key=sticky_key,
             routing_key=routing_key,
+            retry=retry,
+            delay=delay,
+            not_before=not_before,
+            start_timeout=start_timeout,
+            execution_timeout=execution_timeout,
+            idempotency_key=idempotency_key,
+            fairness_key=fairness_key,
         )
         if not wait:
             typer.echo(task_id)
             return
         task = client.wait(task_id, timeout=timeout)
+    _print_outcome(task)
+
+
+def _retry_policy(
+    max_attempts: int | None,
+    *,
+    backoff: float | None,
+    backoff_multiplier: float | None,
+    max_backoff: float | None,
+    retry_on: list[str],
+    no_retry_on: list[str],
+) -> RetryPolicy | None:
+    """The policy the retry flags describe; None without --max-attempts (the broker's: no retry)."""
+    given = {
+        "--backoff": backoff,
+        "--backoff-multiplier": backoff_multiplier,
+        "--max-backoff": max_backoff,
+        "--retry-on": retry_on or None,
+        "--no-retry-on": no_retry_on or None,
+    }
+    if max_attempts is None:
+        for flag, value in given.items():
+            if value is not None:
+                raise typer.BadParameter("needs --max-attempts N", param_hint=f"'{flag}'")
+        return None
+    default = RetryPolicy()
+    initial = default.initial_backoff_s if backoff is None else backoff
+    longest = default.max_backoff_s if max_backoff is None else max_backoff
+    if initial > longest:
+        flag = "--backoff" if backoff is not None else "--max-backoff"
+        raise typer.BadParameter(
+            f"--backoff ({initial:g} s) must not be more than --max-backoff ({longest:g} s)",
+            param_hint=f"'{flag}'",
+        )
+    return RetryPolicy(
+        max_attempts=max_attempts,
+        initial_backoff_s=initial,
+        max_backoff_s=longest,
+        backoff_multiplier=(
+            default.backoff_multiplier if backoff_multiplier is None else backoff_multiplier
+        ),
+        retryable_errors=tuple(retry_on),
+        non_retryable_errors=tuple(no_retry_on),
+    )
+
+
+def _print_outcome(task: TaskInfo) -> None:
+    """What `submit --wait` prints: the result, or exit 1 with why there is none."""
     if task.state is TaskState.SUCCEEDED:
         text, _ = decode_bytes(task.result)
         typer.echo(text)
-    elif task.state is TaskState.FAILED:
-        error = task.error
-        detail = f"{error.type}: {error.message}" if error is not None else "no error reported"
-        raise CliError(f"task {task_id} failed: {detail}")
-    elif task.state is TaskState.CANCELLED:
-        reason = f": {task.error.message}" if task.error is not None else ""
-        raise CliError(f"task {task_id} was cancelled{reason}")
-    else:  # wait() raises DeadlineExceeded rather than return an unfinished task
-        raise CliError(f"task {task_id} is still {task.state.value}")
+        return
+    error = task.error
+    detail = f"{error.type}: {error.message}" if error is not None else "no error reported"
+    if task.state is TaskState.FAILED:
+        raise CliError(f"task {task.id} failed: {detail}")
+    if task.state is TaskState.DEAD_LETTER:
+        plural = "" if task.attempts == 1 else "s"
+        raise CliError(
+            f"task {task.id} failed after {task.attempts} attempt{plural} (dead letter): {detail}"
+        )
+    if task.state is TaskState.CANCELLED:
+        reason = f": {error.message}" if error is not None else ""
+        raise CliError(f"task {task.id} was cancelled{reason}")
+    # wait() raises DeadlineExceeded rather than return an unfinished task
+    raise CliError(f"task {task.id} is still {task.state.value}")
 
 
 @tasks_app.command("list")
@@ -423,6 +753,49 @@ def tasks_cancel(
     show_task(task, output)
 
 
+@tasks_app.command("retry")
+def tasks_retry(
+    task_ids: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="ID", help="Failed or dead-lettered tasks to retry."),
+    ] = None,
+    dead_letter: Annotated[
+        str | None,
+        typer.Option(
+            "--dead-letter",
+            metavar="POOL",
+            help="Also retry the dead-lettered tasks of POOL (up to --limit).",
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            callback=_parse.count_from_one,
+            metavar="N",
+            help="With --dead-letter: at most this many of its tasks (the broker's default: "
+            "1000, its most: 10000).",
+        ),
+    ] = None,
+    broker: BrokerOption = DEFAULT_ADDRESS,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """Send failed or dead-lettered tasks back to their queue with a fresh set of attempts,
+    and list them."""
+    if not task_ids and dead_letter is None:
+        raise CliError(
+            "nothing to retry: give task ids or --dead-letter POOL "
+            "(see 'taskbroker tasks retry --help')",
+            EXIT_USAGE,
+        )
+    if limit is not None and dead_letter is None:
+        raise typer.BadParameter("needs --dead-letter POOL", param_hint="'--limit'")
+    if dead_letter is not None and not dead_letter:
+        raise typer.BadParameter("the pool name must not be empty", param_hint="'--dead-letter'")
+    with SyncClient(broker) as client:
+        tasks = client.retry(task_ids or (), dead_letter_pool=dead_letter, limit=limit)
+    show_retried(tasks, output)
+
+
 @workers_app.command("list")
 def workers_list(
     pool: Annotated[str | None, typer.Option(help="Only this pool.")] = None,
@@ -447,12 +820,37 @@ def workers_drain(
     show_worker(worker, output)
 
 
+@workers_app.command("cordon")
+def workers_cordon(
+    worker_id: Annotated[str, typer.Argument(metavar="ID")],
+    broker: BrokerOption = DEFAULT_ADDRESS,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """Send a worker no new tasks until uncordoned; it keeps what it holds and stays
+    connected."""
+    with SyncClient(broker) as client:
+        worker = client.cordon_worker(worker_id)
+    show_worker(worker, output)
+
+
+@workers_app.command("uncordon")
+def workers_uncordon(
+    worker_id: Annotated[str, typer.Argument(metavar="ID")],
+    broker: BrokerOption = DEFAULT_ADDRESS,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """Let a cordoned worker take new tasks again."""
+    with SyncClient(broker) as client:
+        worker = client.uncordon_worker(worker_id)
+    show_worker(worker, output)
+
+
 @pools_app.command("list")
 def pools_list(
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
-    """List the pools: strategy, A/B split and sticky timeout."""
+    """List the pools: strategy, A/B split, sticky timeout and limits."""
     with SyncClient(broker) as client:
         pools = client.list_pools()
     show_pools(pools, output)
@@ -473,19 +871,34 @@ def pools_create(
             help="How long a task with a sticky key waits for its worker's slot.",
         ),
     ] = 5.0,
+    max_inflight: MaxInflightOption = None,
+    max_queue: MaxQueueOption = None,
+    client_rate: ClientRateOption = None,
+    client_burst: ClientBurstOption = None,
+    rate_mode: RateModeOption = None,
+    breaker_failures: BreakerFailuresOption = None,
+    breaker_failure_rate: BreakerFailureRateOption = None,
+    breaker_window: BreakerWindowOption = None,
+    breaker_cooldown: BreakerCooldownOption = None,
+    lease: LeaseOption = None,
+    bulkhead: BulkheadOption = None,
+    fairness_weight: FairnessWeightOption = None,
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
     """Create a pool. Pools are never created by a submit.
 
-    With --ab-strategy S --ab-percent N, N% of the pool's tasks are placed by S and the
-    rest by --strategy; `stats` compares the two.
+    With --ab-strategy S --ab-percent N, N% of the pool's tasks are placed
+    by S and the rest by --strategy; `stats` compares the two. Limits not
+    given are the broker's defaults (see `pools list`).
     """
     if (ab_strategy is None) != (ab_percent is None):
         given = "--ab-strategy" if ab_percent is None else "--ab-percent"
         raise typer.BadParameter(
             "--ab-strategy and --ab-percent go together", param_hint=f"'{given}'"
         )
+    bulkheads = _parse.bulkheads(bulkhead or [])
+    weights = _parse.fairness_weights(fairness_weight or [])
     with SyncClient(broker) as client:
         pool = client.create_pool(
             name,
@@ -493,6 +906,18 @@ def pools_create(
             ab_strategy=ab_strategy or "",
             ab_percent=ab_percent or 0,
             sticky_timeout_s=sticky_timeout,
+            max_inflight=max_inflight or 0,
+            max_queue=max_queue or 0,
+            client_rate_per_s=client_rate or 0.0,
+            client_rate_burst=client_burst or 0,
+            rate_mode=(rate_mode or RateMode.REJECT).value,
+            breaker_failures=breaker_failures or 0,
+            breaker_failure_rate=breaker_failure_rate or 0.0,
+            breaker_window=breaker_window or 0,
+            breaker_cooldown_s=breaker_cooldown or 0.0,
+            lease_s=lease or 0.0,
+            bulkheads=bulkheads,
+            fairness_weights=weights,
         )
     show_pool_created(pool, output)
 
@@ -519,17 +944,65 @@ def pools_set(
             help="How long a task with a sticky key waits for its worker's slot.",
         ),
     ] = None,
+    max_inflight: MaxInflightOption = None,
+    max_queue: MaxQueueOption = None,
+    client_rate: ClientRateOption = None,
+    client_burst: ClientBurstOption = None,
+    rate_mode: RateModeOption = None,
+    breaker_failures: BreakerFailuresOption = None,
+    breaker_failure_rate: BreakerFailureRateOption = None,
+    breaker_window: BreakerWindowOption = None,
+    breaker_cooldown: BreakerCooldownOption = None,
+    lease: LeaseOption = None,
+    bulkhead: BulkheadOption = None,
+    clear_bulkheads: Annotated[
+        bool,
+        typer.Option("--clear-bulkheads", help="Remove every bulkhead of the pool."),
+    ] = False,
+    fairness_weight: FairnessWeightOption = None,
+    clear_fairness: Annotated[
+        bool,
+        typer.Option("--clear-fairness", help="Remove every fairness weight (all keys get 1)."),
+    ] = False,
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
     """Change a pool's settings; those not given stay as they are.
 
-    --ab-percent 0 (or --ab-strategy '') ends an A/B split.
+    --ab-percent 0 (or --ab-strategy '') ends an A/B split. --bulkhead and
+    --fairness-weight replace all of the pool's bulkheads or weights.
     """
-    if strategy is None and ab_strategy is None and ab_percent is None and sticky_timeout is None:
+    bulkheads = _replacement(
+        _parse.bulkheads(bulkhead or []), clear_bulkheads, "--bulkhead", "--clear-bulkheads"
+    )
+    weights = _replacement(
+        _parse.fairness_weights(fairness_weight or []),
+        clear_fairness,
+        "--fairness-weight",
+        "--clear-fairness",
+    )
+    settings = (
+        strategy,
+        ab_strategy,
+        ab_percent,
+        sticky_timeout,
+        max_inflight,
+        max_queue,
+        client_rate,
+        client_burst,
+        rate_mode,
+        breaker_failures,
+        breaker_failure_rate,
+        breaker_window,
+        breaker_cooldown,
+        lease,
+        bulkheads,
+        weights,
+    )
+    if all(setting is None for setting in settings):
         raise CliError(
-            "nothing to change: give --strategy, --ab-strategy, --ab-percent or "
-            "--sticky-timeout (see 'taskbroker pools set --help')",
+            "nothing to change: give a setting such as --strategy or --max-queue "
+            "(see 'taskbroker pools set --help')",
             EXIT_USAGE,
         )
     with SyncClient(broker) as client:
@@ -539,8 +1012,33 @@ def pools_set(
             ab_strategy=ab_strategy,
             ab_percent=ab_percent,
             sticky_timeout_s=sticky_timeout,
+            max_inflight=max_inflight,
+            max_queue=max_queue,
+            client_rate_per_s=client_rate,
+            client_rate_burst=client_burst,
+            rate_mode=None if rate_mode is None else rate_mode.value,
+            breaker_failures=breaker_failures,
+            breaker_failure_rate=breaker_failure_rate,
+            breaker_window=breaker_window,
+            breaker_cooldown_s=breaker_cooldown,
+            lease_s=lease,
+            bulkheads=bulkheads,
+            fairness_weights=weights,
         )
     show_pool_updated(pool, output)
+
+
+_Collection = TypeVar("_Collection", tuple[Bulkhead, ...], dict[str, int])
+
+
+def _replacement(given: _Collection, clear: bool, flag: str, clear_flag: str) -> _Collection | None:
+    """What replaces a pool's list or map: the items given, empty with the clear flag, or
+    None (unchanged) with neither."""
+    if clear and given:
+        raise typer.BadParameter(f"give {flag} or {clear_flag}, not both", param_hint=f"'{flag}'")
+    if clear or given:
+        return given
+    return None
 
 
 @app.command()
@@ -548,8 +1046,9 @@ def stats(
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
-    """Show the broker's state and per pool: task counts (unschedulable included), capacity
-    and sticky hit rate; then each strategy's placements and the learned run times."""
+    """Show the broker's state and per pool: task counts (unschedulable and delayed
+    included), capacity and sticky hit rate; then the pools' limits and flow-control
+    counters, their bulkheads, each strategy's placements and the learned run times."""
     with SyncClient(broker) as client:
         result = client.stats()
     show_stats(result, output)

@@ -277,13 +277,13 @@ def test_pools_create_then_list(cluster: Cluster) -> None:
     assert "gpu" in again.stderr
     pools = json.loads(cluster.run("pools", "list", "-o", "json").stdout)
     (gpu,) = [p for p in pools if p["name"] == "gpu"]
-    assert gpu == {
+    assert {k: gpu[k] for k in ("name", "strategy", "ab_strategy", "ab_percent")} == {
         "name": "gpu",
         "strategy": "least_loaded",
         "ab_strategy": None,
         "ab_percent": 0,
-        "sticky_timeout_s": 5.0,
     }
+    assert (gpu["sticky_timeout_s"], gpu["max_queue"], gpu["bulkheads"]) == (5.0, 0, [])
     assert "STICKY TIMEOUT" in cluster.run("pools", "list").stdout
 
 
@@ -340,6 +340,43 @@ def test_drain_stops_the_worker(tmp_path: Path) -> None:
         assert drained.returncode == 0, drained.stderr
         assert json.loads(drained.stdout)["draining"] is True
         assert worker.process.wait(WAIT_S) == 0, worker.output()
+    finally:
+        if worker is not None:
+            worker.stop()
+        assert broker.stop() == 0, broker.output()
+
+
+def test_dead_letter_retry_and_cordon(tmp_path: Path) -> None:
+    # A broker of its own: failures would open the shared worker's circuit breaker.
+    broker, address = start_broker(tmp_path)
+    worker: Proc | None = None
+    try:
+        worker, worker_id = start_worker(tmp_path, address, "failing")
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return run(*args, "--broker", address, cwd=tmp_path)
+
+        failed = cli("submit", "boom", "--max-attempts", "2", "--backoff", "0.01", "--wait")
+        assert failed.returncode == 1
+        assert failed.stdout == ""
+        dead = re.fullmatch(
+            r"error: task (\S+) failed after 2 attempts \(dead letter\): ValueError: kaboom\n",
+            failed.stderr,
+        )
+        assert dead, failed.stderr
+        listed = json.loads(cli("tasks", "list", "--state", "dead_letter", "-o", "json").stdout)
+        assert [t["id"] for t in listed] == [dead.group(1)]
+        cordoned = cli("workers", "cordon", worker_id, "-o", "json")
+        assert cordoned.returncode == 0, cordoned.stderr
+        assert json.loads(cordoned.stdout)["cordoned"] is True
+        retried = cli("tasks", "retry", "--dead-letter", "default", "-o", "json")
+        assert retried.returncode == 0, retried.stderr
+        assert [(t["id"], t["state"]) for t in json.loads(retried.stdout)] == [
+            (dead.group(1), "pending")
+        ]
+        unknown = cli("workers", "uncordon", "no-such-worker")
+        assert (unknown.returncode, unknown.stdout) == (1, "")
+        assert unknown.stderr == "error: worker 'no-such-worker' is not connected\n"
     finally:
         if worker is not None:
             worker.stop()

@@ -1,0 +1,205 @@
+"""Command-line values that need more than a type: bulkheads, fairness weights, times and
+durations. Each raises typer.BadParameter, so that a bad value is a usage error (exit 2)
+that names its flag."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+import typer
+
+from worker_sdk import Bulkhead
+
+# Counts travel as uint32: a larger one would fail in the SDK rather than at the broker,
+# whose own, tighter bounds then name the setting (INVALID_ARGUMENT, exit 1).
+WIRE_MAX = 2**32 - 1
+# The broker's bounds too; checked here so that a bad flag is a usage error (exit 2).
+MAX_FAIRNESS_WEIGHT = 1000
+MAX_DELAY_S = 366 * 86_400.0  # not_before: within a year from now
+
+BULKHEAD_KEYS = ("max_inflight", "max_queue", "rate", "burst")
+_BULKHEAD_SYNTAX = "TYPE:KEY=VALUE[,KEY=VALUE...]"
+
+
+def count(value: int | None) -> int | None:
+    """A limit or count that may be 0 (often "none" or "the default")."""
+    return _count_from(0, value)
+
+
+def count_from_one(value: int | None) -> int | None:
+    """A count that must be at least 1."""
+    return _count_from(1, value)
+
+
+def _count_from(minimum: int, value: int | None) -> int | None:
+    # A callback, not typer's min/max: those would print [0<=x<=4294967295] in --help.
+    if value is not None and value < minimum:
+        raise typer.BadParameter(f"must be {minimum} or more, got {value}")
+    if value is not None and value > WIRE_MAX:
+        raise typer.BadParameter(f"must be at most {WIRE_MAX}, got {value}")
+    return value
+
+
+def non_negative(value: float | None) -> float | None:
+    """A number of seconds (or a rate) that may be 0."""
+    if value is not None and not (value >= 0 and math.isfinite(value)):
+        raise typer.BadParameter(f"must be a number >= 0, got {value:g}")
+    return value
+
+
+def positive(value: float | None) -> float | None:
+    """A number of seconds that must be more than 0."""
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise typer.BadParameter(f"must be a number > 0, got {value:g}")
+    return value
+
+
+def delay(value: float | None) -> float | None:
+    """--delay: 0 up to the broker's year."""
+    non_negative(value)
+    if value is not None and value > MAX_DELAY_S:
+        raise typer.BadParameter(f"must be at most {number(MAX_DELAY_S)} seconds (a year)")
+    return value
+
+
+def multiplier(value: float | None) -> float | None:
+    """--backoff-multiplier: 1 keeps the backoff constant."""
+    if value is not None and not (value >= 1 and math.isfinite(value)):
+        raise typer.BadParameter(f"must be a number >= 1, got {value:g}")
+    return value
+
+
+def error_types(values: list[str] | None) -> list[str] | None:
+    """--retry-on / --no-retry-on: error type names, e.g. TimeoutError."""
+    for name in values or ():
+        if not name.strip():
+            raise typer.BadParameter("the error type must not be empty")
+    return values
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time; without a UTC offset it is local time."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected an ISO 8601 time such as 2030-01-02T03:04:05+00:00, got {text!r}"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.astimezone()
+
+
+@dataclass(frozen=True, slots=True)
+class FairnessWeight:
+    """A KEY=N fairness weight from the command line."""
+
+    key: str
+    weight: int
+
+
+def parse_fairness_weight(text: str) -> FairnessWeight:
+    """KEY=N, split at the last "=" (so a key may hold one); N is 1..1000."""
+    key, sep, number = text.rpartition("=")
+    if not sep or not key:
+        raise typer.BadParameter(f"expected KEY=N, got {text!r}")
+    try:
+        weight = int(number)
+    except ValueError:
+        raise typer.BadParameter(f"weight {number!r} in {text!r} is not a whole number") from None
+    if not 1 <= weight <= MAX_FAIRNESS_WEIGHT:
+        raise typer.BadParameter(
+            f"weight must be 1..{MAX_FAIRNESS_WEIGHT}, got {weight} in {text!r}"
+        )
+    return FairnessWeight(key, weight)
+
+
+def fairness_weights(weights: list[FairnessWeight]) -> dict[str, int]:
+    """The weights as a map; a key given twice is an error."""
+    by_key: dict[str, int] = {}
+    for weight in weights:
+        if weight.key in by_key:
+            raise typer.BadParameter(
+                f"key {weight.key!r} given twice", param_hint="'--fairness-weight'"
+            )
+        by_key[weight.key] = weight.weight
+    return by_key
+
+
+def parse_bulkhead(text: str) -> Bulkhead:
+    """TYPE:KEY=VALUE,... with keys max_inflight, max_queue, burst (whole numbers) and rate
+    (per second). The type is what precedes the last ":", so it may hold one."""
+    task_type, sep, settings = text.rpartition(":")
+    if not sep or not task_type.strip() or not settings.strip():
+        raise typer.BadParameter(f"expected {_BULKHEAD_SYNTAX}, got {text!r}")
+    values: dict[str, float | int] = {}
+    for item in settings.split(","):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r} in {text!r}")
+        if key not in BULKHEAD_KEYS:
+            known = ", ".join(BULKHEAD_KEYS)
+            raise typer.BadParameter(f"unknown key {key!r} in {text!r}; keys: {known}")
+        if key in values:
+            raise typer.BadParameter(f"{key} given twice in {text!r}")
+        values[key] = _bulkhead_value(key, value.strip(), text)
+    return Bulkhead(
+        task_type,
+        max_inflight=int(values.get("max_inflight", 0)),
+        max_queue=int(values.get("max_queue", 0)),
+        rate_per_s=float(values.get("rate", 0.0)),
+        rate_burst=int(values.get("burst", 0)),
+    )
+
+
+def _bulkhead_value(key: str, value: str, text: str) -> float | int:
+    if key == "rate":
+        try:
+            rate = float(value)
+        except ValueError:
+            raise typer.BadParameter(f"rate {value!r} in {text!r} is not a number") from None
+        if not (rate >= 0 and math.isfinite(rate)):
+            raise typer.BadParameter(f"rate must be a number >= 0, got {value} in {text!r}")
+        return rate
+    try:
+        count = int(value)
+    except ValueError:
+        raise typer.BadParameter(f"{key} {value!r} in {text!r} is not a whole number") from None
+    if not 0 <= count <= WIRE_MAX:
+        raise typer.BadParameter(f"{key} must be 0..{WIRE_MAX}, got {count} in {text!r}")
+    return count
+
+
+def bulkheads(given: list[Bulkhead]) -> tuple[Bulkhead, ...]:
+    """The bulkheads in order; a task type given twice is an error."""
+    seen: set[str] = set()
+    for bulkhead in given:
+        if bulkhead.task_type in seen:
+            raise typer.BadParameter(
+                f"task type {bulkhead.task_type!r} given twice", param_hint="'--bulkhead'"
+            )
+        seen.add(bulkhead.task_type)
+    return tuple(given)
+
+
+def bulkhead_text(bulkhead: Bulkhead) -> str:
+    """A bulkhead as --bulkhead takes it, its non-zero settings only: render:max_inflight=4."""
+    settings = [
+        f"{key}={number(value)}"
+        for key, value in (
+            ("max_inflight", bulkhead.max_inflight),
+            ("max_queue", bulkhead.max_queue),
+            ("rate", bulkhead.rate_per_s),
+            ("burst", bulkhead.rate_burst),
+        )
+        if value
+    ]
+    return f"{bulkhead.task_type}:{','.join(settings)}" if settings else bulkhead.task_type
+
+
+def number(value: float) -> str:
+    """A number as typed: 4, 2.5, 1000000 (not 1e+06)."""
+    if isinstance(value, int) or value.is_integer():
+        return str(int(value))
+    return repr(value)

@@ -15,7 +15,6 @@ import asyncio
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -27,6 +26,7 @@ from broker.domain import TaskFilter
 from broker.domain import TaskState as StoredState
 from broker.store import SQLiteStore
 from tests.crash_worker import TASK_TYPE
+from tests.processes import Deadline, Process, child_env, logs, spawn, stop_all
 from worker_sdk import Client, TaskbrokerError, TaskRequest, TaskState
 
 WORKER_SCRIPT = Path(__file__).with_name("crash_worker.py")
@@ -56,67 +56,6 @@ BROKER_ENV = {
     "TASKBROKER_HEARTBEAT_TIMEOUT_S": "5",
     "TASKBROKER_SHUTDOWN_GRACE_S": "1",
 }
-
-
-@dataclass
-class Process:
-    """A child process whose output goes to a log file."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def output(self) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return f"--- {self.name} (exit {self.popen.poll()}) ---\n{text[-4000:]}"
-
-
-def spawn(name: str, argv: list[str], workdir: Path, env: dict[str, str]) -> Process:
-    log = workdir / f"{name}.log"
-    with log.open("wb") as out:
-        popen = subprocess.Popen(
-            argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
-        )
-    return Process(name, popen, log)
-
-
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBROKER_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra or {})
-    return env
-
-
-def logs(processes: list[Process]) -> str:
-    return "\n".join(process.output() for process in processes)
-
-
-def stop_all(processes: list[Process]) -> None:
-    """SIGTERM every process still running, wait a little, then SIGKILL what is left."""
-    for process in processes:
-        if process.popen.poll() is None:
-            process.popen.terminate()
-    deadline = time.monotonic() + 5.0
-    for process in processes:
-        try:
-            process.popen.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.popen.kill()
-            process.popen.wait()
-
-
-class Deadline:
-    """The test's time budget, shared by all its waits."""
-
-    def __init__(self, seconds: float) -> None:
-        self._end = time.monotonic() + seconds
-
-    def left(self, what: str) -> float:
-        """Seconds left before `what` must have happened; fails the test if none are."""
-        left = self._end - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"out of time ({BUDGET_S:g} s) before {what}")
-        return left
 
 
 async def start_broker(

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -25,6 +23,7 @@ from typing import cast
 import grpc
 
 from tests.overload_worker import CAPACITY, TASK_TYPE, WORKER_ID
+from tests.processes import Deadline, Process, child_env, spawn, stop_all
 from worker_sdk._pb import admin_pb2 as _admin
 from worker_sdk._pb import admin_pb2_grpc as _admin_grpc
 from worker_sdk._pb import tasks_pb2 as _tasks
@@ -54,63 +53,6 @@ RSS_HEADROOM = 150 * MIB
 BUDGET_S = 50.0
 UNFINISHED = (_tasks.TASK_STATE_PENDING, _tasks.TASK_STATE_ASSIGNED, _tasks.TASK_STATE_RUNNING)
 BROKER_ENV = {"TASKBROKER_SHUTDOWN_GRACE_S": "1"}
-
-
-@dataclass
-class Process:
-    """A child process whose output goes to a log file."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def output(self) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return f"--- {self.name} (exit {self.popen.poll()}) ---\n{text[-4000:]}"
-
-
-def spawn(name: str, argv: list[str], workdir: Path, env: dict[str, str]) -> Process:
-    log = workdir / f"{name}.log"
-    with log.open("wb") as out:
-        popen = subprocess.Popen(
-            argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
-        )
-    return Process(name, popen, log)
-
-
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBROKER_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra or {})
-    return env
-
-
-def stop_all(processes: Sequence[Process]) -> None:
-    """SIGTERM every process still running, in order, then SIGKILL what is left after 5 s."""
-    for process in processes:
-        if process.popen.poll() is None:
-            process.popen.terminate()
-    deadline = time.monotonic() + 5.0
-    for process in processes:
-        try:
-            process.popen.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.popen.kill()
-            process.popen.wait()
-
-
-class Deadline:
-    """The test's time budget, shared by all its waits."""
-
-    def __init__(self, seconds: float) -> None:
-        self._end = time.monotonic() + seconds
-
-    def left(self, what: str) -> float:
-        """Seconds left before `what` must have happened; fails the test if none are."""
-        left = self._end - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"out of time ({BUDGET_S:g} s) before {what}")
-        return left
 
 
 def resident_bytes(pid: int) -> int:

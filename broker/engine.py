@@ -1169,7 +1169,8 @@ class Engine:
             success=result.success,
         )
         self._leases.pop(task.id, None)
-        self._timers.cancel(("timeout", (task.id, task.attempts)))
+        if task.spec.execution_timeout_s:
+            self._timers.cancel(("timeout", (task.id, task.attempts)))
         self._active -= 1
         self._update_idle()
 
@@ -1180,7 +1181,8 @@ class Engine:
         if worker is not None and task.id in worker.held:
             pool.release(task.worker_id, task.id)
             self._leases.pop(task.id, None)
-            self._timers.cancel(("timeout", (task.id, task.attempts)))
+            if task.spec.execution_timeout_s:
+                self._timers.cancel(("timeout", (task.id, task.attempts)))
             self._active -= 1
             self._update_idle()
 
@@ -1328,7 +1330,8 @@ class Engine:
         _move(task, TaskState.PENDING)
         self._store.save(task)
         self._leases.pop(task.id, None)
-        self._timers.cancel(("timeout", (task.id, task.attempts)))
+        if task.spec.execution_timeout_s:
+            self._timers.cancel(("timeout", (task.id, task.attempts)))
         self._count_waiting(task, 1)
         self._wait(task)
 

@@ -34,6 +34,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench
+	$(BIN)/python -m tests.bench --tracing
 	$(BIN)/python -m tests.bench_placement
 
 clean:

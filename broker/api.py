@@ -13,12 +13,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from opentelemetry.trace import Tracer
 
-from broker import convert
-from broker.domain import Task, TaskId
+from broker import convert, tracing
+from broker.capacity import DEFAULT_HORIZON_S, DEFAULT_TARGET_WAIT_S, recommend_pools
+from broker.domain import ConfigChange, Task, TaskId, TaskSpec
 from broker.engine import Engine
-from broker.errors import BrokerError, ResourceExhausted
+from broker.errors import BrokerError, NotFound, ResourceExhausted
 from broker.parsing import Malformed
+from broker.rollups import MetricsHistory
 from broker.status import status_of
 from worker_sdk._pb import admin_pb2 as _admin
 from worker_sdk._pb import admin_pb2_grpc as _admin_grpc
@@ -78,32 +81,38 @@ def edge(handler: Handler[Request, Response]) -> Handler[Request, Response]:
     return wrapper
 
 
+def _traced(specs: list[TaskSpec], tracer: Tracer | None) -> list[TaskSpec]:
+    """The specs with the trace context to store with each task, when tracing."""
+    return specs if tracer is None else tracing.with_trace_context(specs, tracer)
+
+
 class TaskApi(_tasks_grpc.TaskServiceServicer):
     """Submit, read, wait for and cancel tasks."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, tracer: Tracer | None = None) -> None:
         self._engine = engine
+        self._tracer = tracer
 
     @edge
     async def Submit(
         self, request: _tasks.SubmitRequest, context: Context
     ) -> _tasks.SubmitResponse:
-        spec = convert.spec_from_pb(request.task)
-        ((task, existing),) = await self._engine.submit_detailed([spec], client_identity(context))
+        specs = _traced([convert.spec_from_pb(request.task)], self._tracer)
+        ((task, existing),) = await self._engine.submit_detailed(specs, client_identity(context))
         return _tasks.SubmitResponse(task_id=str(task.id), existing=existing)
 
     @edge
     async def SubmitBatch(
         self, request: _tasks.SubmitBatchRequest, context: Context
     ) -> _tasks.SubmitBatchResponse:
-        specs = convert.specs_from_pb(request.tasks)
+        specs = _traced(convert.specs_from_pb(request.tasks), self._tracer)
         tasks = await self._engine.submit(specs, client_identity(context))
         return _tasks.SubmitBatchResponse(task_ids=[str(t.id) for t in tasks])
 
     async def SubmitStream(
         self, request_iterator: AsyncIterator[_tasks.SubmitStreamRequest], context: Context
     ) -> AsyncIterator[_tasks.SubmitStreamResponse]:
-        session = _SubmitSession(self._engine, client_identity(context))
+        session = _SubmitSession(self._engine, client_identity(context), self._tracer)
         reader = asyncio.create_task(session.read(request_iterator))
         try:
             async for message in session.messages():
@@ -159,9 +168,10 @@ class _SubmitSession:
     """One SubmitStream: batches are handled concurrently (so they share group commits),
     acks and completion notices are sent as they come, completions coalesced."""
 
-    def __init__(self, engine: Engine, client: str) -> None:
+    def __init__(self, engine: Engine, client: str, tracer: Tracer | None = None) -> None:
         self._engine = engine
         self._client = client
+        self._tracer = tracer
         self._acks: list[_tasks.SubmitAck] = []
         self._completed: list[Task] = []
         self._not_found: list[str] = []  # watched ids the broker does not know
@@ -231,7 +241,7 @@ class _SubmitSession:
         if request.tasks:
             ack = _tasks.SubmitAck(batch_id=request.batch_id)
             try:
-                specs = convert.specs_from_pb(request.tasks)
+                specs = _traced(convert.specs_from_pb(request.tasks), self._tracer)
                 tasks = await self._engine.submit(specs, self._client)
             except BrokerError as exc:
                 ack.error_code = status_of(exc).value[0]
@@ -266,9 +276,17 @@ class _SubmitSession:
 class AdminApi(_admin_grpc.AdminServiceServicer):
     """Pools, workers and statistics for operators."""
 
-    def __init__(self, engine: Engine, broker_state: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        history: MetricsHistory,
+        broker_state: Callable[[], str],
+        reload_config: Callable[[str], Awaitable[list[ConfigChange]]],
+    ) -> None:
         self._engine = engine
+        self._history = history
         self._broker_state = broker_state
+        self._reload_config = reload_config
 
     @edge
     async def ListPools(
@@ -278,12 +296,16 @@ class AdminApi(_admin_grpc.AdminServiceServicer):
 
     @edge
     async def CreatePool(self, request: _admin.CreatePoolRequest, context: Context) -> _admin.Pool:
-        pool = await self._engine.create_pool(convert.pool_from_pb(request.pool))
+        pool = await self._engine.create_pool(
+            convert.pool_from_pb(request.pool), who=client_identity(context)
+        )
         return convert.pool_to_pb(pool)
 
     @edge
     async def UpdatePool(self, request: _admin.UpdatePoolRequest, context: Context) -> _admin.Pool:
-        pool = await self._engine.update_pool(convert.pool_from_pb(request.pool))
+        pool = await self._engine.update_pool(
+            convert.pool_from_pb(request.pool), who=client_identity(context)
+        )
         return convert.pool_to_pb(pool)
 
     @edge
@@ -308,5 +330,61 @@ class AdminApi(_admin_grpc.AdminServiceServicer):
         return convert.worker_status_to_pb(status)
 
     @edge
+    async def ReloadConfig(
+        self, request: _admin.ReloadConfigRequest, context: Context
+    ) -> _admin.ReloadConfigResponse:
+        changes = await self._reload_config(client_identity(context))
+        return _admin.ReloadConfigResponse(
+            changes=[convert.config_change_to_pb(c) for c in changes]
+        )
+
+    @edge
+    async def ConfigHistory(
+        self, request: _admin.ConfigHistoryRequest, context: Context
+    ) -> _admin.ConfigHistoryResponse:
+        changes = await self._engine.config_history(request.pool, request.limit or 100)
+        return _admin.ConfigHistoryResponse(
+            changes=[convert.config_change_to_pb(c) for c in changes]
+        )
+
+    @edge
     async def Stats(self, request: _admin.StatsRequest, context: Context) -> _admin.StatsResponse:
-        return convert.stats_to_pb(await self._engine.stats(), self._broker_state())
+        stats = await self._engine.stats()
+        oldest = {b.pool: b.oldest_age_s for b in self._engine.backlog() if not b.task_type}
+        answer = convert.stats_to_pb(stats, self._broker_state())
+        for pool in answer.pools:
+            convert.live_to_pb(self._history.live(pool.pool), oldest.get(pool.pool, 0.0), pool)
+        return answer
+
+    @edge
+    async def MetricsHistory(
+        self, request: _admin.MetricsHistoryRequest, context: Context
+    ) -> _admin.MetricsHistoryResponse:
+        if request.pool and request.pool not in {p.name for p in self._engine.pools()}:
+            raise NotFound(f"pool {request.pool!r} does not exist")
+        points = await self._history.history(
+            request.pool,
+            request.task_type,
+            request.worker_id,
+            since=request.since_ms / 1000 or None,
+            until=request.until_ms / 1000 or None,
+            bucket_s=request.bucket_s,
+        )
+        return _admin.MetricsHistoryResponse(points=[convert.metric_point_to_pb(p) for p in points])
+
+    @edge
+    async def Recommend(
+        self, request: _admin.RecommendRequest, context: Context
+    ) -> _admin.RecommendResponse:
+        recommendations = await recommend_pools(
+            self._engine,
+            self._history,
+            now=self._engine.now(),
+            retention_s=self._engine.config.metrics_retention_s,
+            pool=request.pool,
+            target_wait_s=request.target_wait_s or DEFAULT_TARGET_WAIT_S,
+            horizon_s=request.horizon_s or DEFAULT_HORIZON_S,
+        )
+        return _admin.RecommendResponse(
+            pools=[convert.recommendation_to_pb(r) for r in recommendations]
+        )

@@ -16,6 +16,8 @@ from broker.domain import NO_RETRY, BulkheadConfig, PoolConfig, RetryPolicy, Tas
 _COMPACT = (",", ":")
 _SPEC_DEFAULTS = TaskSpec(task_type="-")
 _OPTION_FIELDS = ("start_timeout_s", "execution_timeout_s", "idempotency_key", "fairness_key")
+# Stored as given (a mapping); compared with the default as a dict.
+_MAPPING_FIELDS = ("trace_context",)
 _POOL_DEFAULTS = PoolConfig(name="-")
 _LIMIT_FIELDS = (
     "max_inflight",
@@ -40,6 +42,9 @@ def task_options_json(spec: TaskSpec) -> str | None:
         for name in (*_OPTION_FIELDS, "not_before")
         if getattr(spec, name) != getattr(_SPEC_DEFAULTS, name)
     }
+    for name in _MAPPING_FIELDS:
+        if value := getattr(spec, name):
+            data[name] = dict(value)
     if spec.retry != NO_RETRY:
         retry = spec.retry
         data["retry"] = [
@@ -62,6 +67,7 @@ def _all_default(spec: TaskSpec) -> bool:
         and not spec.execution_timeout_s
         and not spec.idempotency_key
         and not spec.fairness_key
+        and not spec.trace_context
     )
 
 
@@ -119,3 +125,29 @@ def pool_limits_from_json(pool: PoolConfig, text: str | None) -> PoolConfig:
             for task_type, max_inflight, max_queue, rate_per_s, rate_burst in bulkheads
         )
     return replace(pool, **data)
+
+
+def pool_settings(pool: PoolConfig) -> dict[str, Any]:
+    """Every setting of a pool, as JSON-ready values (for the audit of changes)."""
+    return {
+        "strategy": pool.strategy,
+        "ab_strategy": pool.ab_strategy,
+        "ab_percent": pool.ab_percent,
+        "sticky_timeout_s": pool.sticky_timeout_s,
+        **{name: getattr(pool, name) for name in _LIMIT_FIELDS},
+        "bulkheads": [
+            {
+                "task_type": b.task_type,
+                "max_inflight": b.max_inflight,
+                "max_queue": b.max_queue,
+                "rate_per_s": b.rate_per_s,
+                "rate_burst": b.rate_burst,
+            }
+            for b in pool.bulkheads
+        ],
+        "fairness_weights": dict(sorted(pool.fairness_weights.items())),
+    }
+
+
+def settings_json(settings: dict[str, Any]) -> str:
+    return json.dumps(settings, sort_keys=True, separators=_COMPACT)

@@ -60,6 +60,9 @@ from broker.strategies import STRATEGIES
 STRATEGY_NAMES = tuple(STRATEGIES)
 
 SYNCHRONOUS_MODES = ("FULL", "NORMAL")
+TRACING_EXPORTERS = ("none", "console", "otlp")
+LOG_FORMATS = ("human", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENV_PREFIX = "TASKBROKER_"
 MAX_QUEUE = 10_000_000
@@ -88,6 +91,15 @@ class BrokerConfig:
     default_max_queue: int = 100_000  # waiting tasks per pool, unless the pool says otherwise
     max_pending_bytes: int = 256 * 1024 * 1024  # payload bytes of all waiting tasks
     idempotency_retention_s: float = 86_400.0  # how long an idempotency key is remembered
+    tracing_exporter: str = "none"  # none, console or otlp (needs the OTLP exporter package)
+    tracing_sample_ratio: float = 1.0  # share of traces recorded, 0..1
+    otlp_endpoint: str = ""  # for tracing_exporter = "otlp"; "" = the exporter's default
+    prometheus_port: int = 0  # serve /metrics for Prometheus on this port; 0 = off
+    metrics_retention_s: float = 7 * 86_400.0  # how long the metrics history is kept
+    metrics_compact_after_s: float = 86_400.0  # per-minute rows older than this become hourly
+    metrics_flush_s: float = 10.0  # how often the metrics history is written
+    log_format: str = "human"  # human or json: one line per event
+    log_level: str = "INFO"
     pools: tuple[PoolConfig, ...] = (PoolConfig(name=DEFAULT_POOL),)
 
     def __post_init__(self) -> None:
@@ -116,6 +128,28 @@ class BrokerConfig:
         )
         _check(self.max_pending_bytes > 0, "max_pending_bytes", "must be positive")
         _check(self.idempotency_retention_s > 0, "idempotency_retention_s", "must be positive")
+        _check(
+            self.tracing_exporter in TRACING_EXPORTERS,
+            "tracing_exporter",
+            f"must be one of {', '.join(TRACING_EXPORTERS)}",
+        )
+        _check(0 <= self.tracing_sample_ratio <= 1, "tracing_sample_ratio", "must be 0..1")
+        _check(0 <= self.prometheus_port <= 65535, "prometheus_port", "must be 0..65535")
+        _check(self.metrics_retention_s >= 3600, "metrics_retention_s", "must be at least 3600")
+        _check(
+            0 < self.metrics_compact_after_s <= self.metrics_retention_s,
+            "metrics_compact_after_s",
+            "must be positive and at most metrics_retention_s",
+        )
+        _check(0 < self.metrics_flush_s <= 3600, "metrics_flush_s", "must be 0..3600 seconds")
+        _check(
+            self.log_format in LOG_FORMATS, "log_format", f"must be one of {', '.join(LOG_FORMATS)}"
+        )
+        _check(
+            self.log_level.upper() in LOG_LEVELS,
+            "log_level",
+            f"must be one of {', '.join(LOG_LEVELS)}",
+        )
         names = [p.name for p in self.pools]
         _check(DEFAULT_POOL in names, "pools", f"must include {DEFAULT_POOL!r}")
         _check(len(set(names)) == len(names), "pools", "names must be unique")

@@ -13,6 +13,7 @@ from broker.domain import (
     DEFAULT_STICKY_TIMEOUT_S,
     NO_RETRY,
     BulkheadConfig,
+    ConfigChange,
     Placement,
     PoolConfig,
     PoolStats,
@@ -29,6 +30,8 @@ from broker.domain import (
     WorkerStatus,
 )
 from broker.errors import InvalidArgument
+from broker.recommend import Recommendation
+from broker.rollups import LiveStats, MetricPoint
 from worker_sdk._pb import admin_pb2 as _admin
 from worker_sdk._pb import tasks_pb2 as _tasks
 from worker_sdk._pb import worker_pb2 as _worker
@@ -101,6 +104,7 @@ def spec_from_pb(msg: _tasks.TaskSpec) -> TaskSpec:
         execution_timeout_s=msg.execution_timeout_s,
         idempotency_key=msg.idempotency_key,
         fairness_key=msg.fairness_key,
+        trace_context=dict(msg.trace_context),
     )
 
 
@@ -115,6 +119,7 @@ def _spec_to_pb(spec: TaskSpec) -> _tasks.TaskSpec:
         execution_timeout_s=spec.execution_timeout_s,
         idempotency_key=spec.idempotency_key,
         fairness_key=spec.fairness_key,
+        trace_context=dict(spec.trace_context),
     )
     if spec.placement is not ANYWHERE:
         _placement_to_pb(spec.placement, msg.placement)
@@ -189,6 +194,7 @@ def assignments_to_pb(assigned: Sequence[tuple[Task, int]], seq: int) -> _worker
             payload=spec.payload,
             priority=spec.priority,
             deadline_ms=_ms(task.assigned_at + timeout) if timeout else 0,
+            trace_context=spec.trace_context,
         )
     return msg
 
@@ -408,4 +414,62 @@ def stats_to_pb(pools: Sequence[PoolStats], broker_state: str) -> _admin.StatsRe
             )
             for s in pools
         ],
+    )
+
+
+def config_change_to_pb(change: ConfigChange) -> _admin.ConfigChange:
+    return _admin.ConfigChange(
+        at_ms=_ms(change.at),
+        who=change.who,
+        source=change.source,
+        pool=change.pool,
+        before=change.before,
+        after=change.after,
+        fields=change.fields,
+    )
+
+
+def live_to_pb(live: LiveStats, oldest_pending_age_s: float, msg: _admin.PoolStats) -> None:
+    """Fill a pool's live figures (last minute) into its stats."""
+    msg.throughput_per_s = live.throughput_per_s
+    msg.wait_p50_s = live.wait_p50_s
+    msg.wait_p99_s = live.wait_p99_s
+    msg.run_p50_s = live.run_p50_s
+    msg.run_p99_s = live.run_p99_s
+    msg.oldest_pending_age_s = oldest_pending_age_s
+
+
+def metric_point_to_pb(point: MetricPoint) -> _admin.MetricPoint:
+    return _admin.MetricPoint(
+        start_ms=_ms(point.start),
+        bucket_s=point.bucket_s,
+        pool=point.pool,
+        task_type=point.task_type,
+        worker_id=point.worker_id,
+        submitted=point.submitted,
+        completed=point.completed,
+        failed=point.failed,
+        wait_mean_s=point.wait_mean_s,
+        wait_p50_s=point.wait_p50_s,
+        wait_p99_s=point.wait_p99_s,
+        run_mean_s=point.run_mean_s,
+        run_p50_s=point.run_p50_s,
+        run_p99_s=point.run_p99_s,
+    )
+
+
+def recommendation_to_pb(rec: Recommendation) -> _admin.PoolRecommendation:
+    return _admin.PoolRecommendation(
+        pool=rec.pool,
+        current_workers=rec.current_workers,
+        recommended_workers=rec.recommended_workers,
+        arrival_rate_per_s=rec.arrival_rate_per_s,
+        mean_run_s=rec.mean_run_s,
+        slots_per_worker=rec.slots_per_worker,
+        servers=rec.servers,
+        utilisation=rec.utilisation,
+        expected_wait_s=rec.expected_wait_s,
+        probability_of_wait=rec.probability_of_wait,
+        method=rec.method,
+        reasoning=rec.reasoning,
     )

@@ -124,6 +124,7 @@ class TaskSpec:
     execution_timeout_s: float = 0.0  # fail an attempt that runs longer than this
     idempotency_key: str = ""
     fairness_key: str = ""  # a tenant; keys of a pool share it by weighted round robin
+    trace_context: Mapping[str, str] = field(default_factory=dict)  # W3C traceparent etc.
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -321,3 +322,29 @@ class TaskFilter:
     task_type: str = ""
     limit: int = 100
     before_id: TaskId | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Backlog:
+    """Waiting work of a pool (task_type "") or of one task type in it, now: what an
+    autoscaler watches."""
+
+    pool: str
+    task_type: str
+    pending: int  # waiting, delayed ones included
+    delayed: int
+    in_flight: int
+    oldest_age_s: float  # how long the oldest runnable waiting task has waited; 0 = none
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigChange:
+    """One audited change of a pool's settings."""
+
+    at: float
+    who: str
+    source: str  # create_pool, update_pool, reload
+    pool: str
+    before: str  # JSON of the settings; "" for a new pool
+    after: str
+    fields: tuple[str, ...]

@@ -19,13 +19,16 @@ from typing import Any, Protocol, cast
 
 from broker.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from broker.clock import Clock
+from broker.codec import pool_settings, settings_json
 from broker.config import BrokerConfig, validate_pool
 from broker.domain import (
     MAX_PRIORITY,
     MIN_PRIORITY,
     NO_RETRY,
     ArmSummary,
+    Backlog,
     BulkheadStats,
+    ConfigChange,
     Placement,
     PoolConfig,
     PoolStats,
@@ -50,6 +53,8 @@ from broker.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from broker.logs import task_fields
+from broker.observe import Observers
 from broker.ratelimit import KeyedBuckets, TokenBucket
 from broker.registry import WorkerChannel, WorkerRegistry, WorkerSession
 from broker.runtimes import RunStats, RuntimeKey, RuntimeModel
@@ -68,6 +73,8 @@ MAX_PREFERENCE_WEIGHT = 1000
 MAX_ATTEMPTS = 100
 MAX_TIMEOUT_S = 30 * 86_400.0
 MAX_KEY_LENGTH = 200
+MAX_TRACE_KEYS = 8  # traceparent, tracestate and a little room
+MAX_TRACE_VALUE = 1024
 # A retry hint stays within these bounds, whatever the pool's recent drain rate says.
 MAX_RECENT_ASSIGNMENTS = 100_000  # assignment times kept per pool, for retry hints
 MIN_RETRY_HINT_S = 0.05
@@ -77,6 +84,7 @@ TaskCallback = Callable[[Task], None]
 # A placeholder in `found` for a spec whose idempotency key an earlier spec of the same
 # batch has: it gets that spec's task once it is made.
 _SAME_AS_FIRST = Task(id=0, spec=TaskSpec(task_type="-"))
+_UNSET = object()
 
 
 class Store(Protocol):
@@ -103,6 +111,8 @@ class Store(Protocol):
     async def find_idempotent(
         self, pool: str, keys: Sequence[str], since: float
     ) -> dict[str, Task]: ...
+    async def record_config_change(self, change: ConfigChange) -> None: ...
+    async def config_history(self, pool: str = "", limit: int = 100) -> list[ConfigChange]: ...
 
 
 class Engine:
@@ -147,13 +157,26 @@ class Engine:
         self._client_buckets: dict[str, KeyedBuckets] = {}
         self._claims: dict[tuple[str, str], asyncio.Future[Task]] = {}  # idempotency keys
         self._assigned_recently: dict[str, deque[float]] = defaultdict(deque)
+        self._queued_at: dict[TaskId, float] = {}  # when each waiting task joined its queue
+        self.observers = Observers()  # tracing, metrics and the metrics history
+
+    @property
+    def config(self) -> BrokerConfig:
+        return self._config
+
+    def now(self) -> float:
+        """The engine's clock."""
+        return self._clock.now()
 
     # Lifecycle -----------------------------------------------------------------
 
     async def recover(self) -> int:
         """Load pools and unfinished tasks from the store; return how many were requeued."""
+        stored = {pool.name: pool for pool in await self._store.list_pools()}
         for pool in self._config.pools:
-            await self._store.upsert_pool(pool)
+            if stored.get(pool.name) != pool:
+                await self._store.upsert_pool(pool)
+                await self._audit(stored.get(pool.name), pool, "config file", "startup")
         runtimes = await self._store.load_runtimes()
         sticky = await self._store.load_sticky()
         for pool in await self._store.list_pools():
@@ -505,6 +528,8 @@ class Engine:
             self._live[task.id] = task
             self._wait(task)
         self._request_dispatch({task.spec.pool for task in tasks})
+        if self.observers:
+            self.observers.submitted(tasks, self._clock.now())
 
     def disconnect_all(self, reason: str) -> None:
         """End every worker stream; what they held is requeued."""
@@ -675,7 +700,27 @@ class Engine:
     def pools(self) -> list[PoolConfig]:
         return [p.config for p in self._pools.values()]
 
-    async def create_pool(self, pool: PoolConfig) -> PoolConfig:
+    async def create_pool(
+        self, pool: PoolConfig, who: str = "", source: str = "create_pool"
+    ) -> PoolConfig:
+        await self._create_pool(pool, who, source)
+        return pool
+
+    async def update_pool(
+        self, pool: PoolConfig, who: str = "", source: str = "update_pool"
+    ) -> PoolConfig:
+        """Change a pool's settings at run time: validated (a bad value changes nothing),
+        stored, applied at once, and audited (`who` asked, through `source`)."""
+        await self._update_pool(pool, who, source)
+        return pool
+
+    async def apply_pool(self, pool: PoolConfig, who: str, source: str) -> ConfigChange | None:
+        """Create the pool, or change its settings to these; the audited change, if any."""
+        if pool.name in self._pools:
+            return await self._update_pool(pool, who, source)
+        return await self._create_pool(pool, who, source)
+
+    async def _create_pool(self, pool: PoolConfig, who: str, source: str) -> ConfigChange | None:
         try:
             validate_pool(pool)
         except ConfigError as exc:
@@ -685,10 +730,9 @@ class Engine:
         await self._store.upsert_pool(pool)
         self._pools[pool.name] = self._new_scheduler(pool)
         log.info("pool %s created with strategy %s", pool.name, pool.strategy)
-        return pool
+        return await self._audit(None, pool, who, source)
 
-    async def update_pool(self, pool: PoolConfig) -> PoolConfig:
-        """Change a pool's strategy, A/B split or sticky timeout, at run time."""
+    async def _update_pool(self, pool: PoolConfig, who: str, source: str) -> ConfigChange | None:
         try:
             validate_pool(pool)
         except ConfigError as exc:
@@ -700,9 +744,45 @@ class Engine:
         await self._store.upsert_pool(pool)
         scheduler.reconfigure(pool)
         self._reconfigure_limits(pool)
-        log.info("pool %s reconfigured: %s -> %s", pool.name, old, pool)
+        change = await self._audit(old, pool, who, source)
+        log.info(
+            "pool %s reconfigured by %s (%s): %s",
+            pool.name,
+            who or "unknown",
+            source,
+            ", ".join(change.fields) if change else "no change",
+        )
         self._request_dispatch([pool.name])
-        return pool
+        return change
+
+    async def config_history(self, pool: str = "", limit: int = 100) -> list[ConfigChange]:
+        """Audited changes of pool settings, newest first."""
+        if pool and pool not in self._pools:
+            raise NotFound(f"pool {pool!r} does not exist")
+        if not 1 <= limit <= 10_000:
+            raise InvalidArgument(f"limit must be 1..10000, got {limit}")
+        return await self._store.config_history(pool, limit)
+
+    async def _audit(
+        self, old: PoolConfig | None, new: PoolConfig, who: str, source: str
+    ) -> ConfigChange | None:
+        """Record a change of a pool's settings (none if nothing changed)."""
+        after = pool_settings(new)
+        before = pool_settings(old) if old is not None else {}
+        fields = tuple(sorted(k for k in after if before.get(k, _UNSET) != after[k]))
+        if not fields:
+            return None
+        change = ConfigChange(
+            at=self._clock.now(),
+            who=who or "unknown",
+            source=source,
+            pool=new.name,
+            before=settings_json(before) if old is not None else "",
+            after=settings_json(after),
+            fields=fields,
+        )
+        await self._store.record_config_change(change)
+        return change
 
     async def stats(self) -> list[PoolStats]:
         counts = self._finished
@@ -768,6 +848,54 @@ class Engine:
             )
         return result
 
+    def backlog(self) -> list[Backlog]:
+        """Waiting and running work per pool (task_type "") and per task type."""
+        now = self._clock.now()
+        delayed_by_type: Counter[tuple[str, str]] = Counter(
+            (t.spec.pool, t.spec.task_type) for t in self._delayed.values()
+        )
+        result = []
+        for name, pool in self._pools.items():
+            oldest_by_type: dict[str, float] = {}
+            for task_type in {
+                *pool.queue.types_waiting(),
+                *(t.spec.task_type for t in pool.parked()),
+            }:
+                oldest = pool.queue.oldest(task_type)
+                since = [self._queued_at.get(oldest.id, oldest.created_at)] if oldest else []
+                since += [
+                    self._queued_at.get(t.id, t.created_at)
+                    for t in pool.parked()
+                    if t.spec.task_type == task_type
+                ]
+                oldest_by_type[task_type] = max(0.0, now - min(since)) if since else 0.0
+            types = sorted(
+                {t for (p, t) in self._backlog_by_type if p == name}
+                | {t for t, n in pool.inflight_by_type.items() if n}
+            )
+            for task_type in types:
+                result.append(
+                    Backlog(
+                        pool=name,
+                        task_type=task_type,
+                        pending=self._backlog_by_type.get((name, task_type), 0),
+                        delayed=delayed_by_type[(name, task_type)],
+                        in_flight=pool.inflight_by_type[task_type],
+                        oldest_age_s=oldest_by_type.get(task_type, 0.0),
+                    )
+                )
+            result.append(
+                Backlog(
+                    pool=name,
+                    task_type="",
+                    pending=self._backlog[name],
+                    delayed=self._delayed_by_pool[name],
+                    in_flight=pool.inflight,
+                    oldest_age_s=max(oldest_by_type.values(), default=0.0),
+                )
+            )
+        return result
+
     # Workers -------------------------------------------------------------------
 
     def connect_worker(self, spec: WorkerSpec, channel: WorkerChannel) -> WorkerSpec:
@@ -783,6 +911,8 @@ class Engine:
         pool.add_worker(slot)
         session = self._workers.add(spec, slot, channel)
         session.breaker = CircuitBreaker(_breaker_settings(pool.config))
+        if self.observers:
+            self.observers.worker_changed(spec.worker_id, spec.pool, "connected", self._clock.now())
         log.info(
             "worker %s connected to pool %s (capacity %d, types %s)",
             spec.worker_id,
@@ -808,9 +938,12 @@ class Engine:
             self._leases.pop(task_id, None)
             if task is None or not task.state.active or task.worker_id != worker_id:
                 continue
-            self._requeue(task)
+            self._requeue(task, reason)
             requeued += 1
         log.info("worker %s disconnected (%s); %d tasks requeued", worker_id, reason, requeued)
+        if self.observers:
+            now = self._clock.now()
+            self.observers.worker_changed(worker_id, session.spec.pool, "disconnected", now)
         self._update_idle()
         self._request_dispatch([session.spec.pool])
 
@@ -853,9 +986,10 @@ class Engine:
                 "requeued (slot count reconciled)",
                 worker_id,
                 task_id,
+                extra=task_fields(task),
             )
             self._events[(session.spec.pool, "reconciled")] += 1
-            self._take_back(task, session)
+            self._take_back(task, session, "the worker no longer held it")
         unknown = claimed - slot.held
         if unknown:
             # Cancelled or requeued by the broker meanwhile: the worker should stop them.
@@ -879,7 +1013,12 @@ class Engine:
         if session.cordoned != cordon:
             session.cordoned = cordon
             self._apply_breaker(session)
-            log.info("worker %s %s", worker_id, "cordoned" if cordon else "uncordoned")
+            event = "cordoned" if cordon else "uncordoned"
+            log.info("worker %s %s", worker_id, event)
+            if self.observers:
+                self.observers.worker_changed(
+                    worker_id, session.spec.pool, event, self._clock.now()
+                )
             self._request_dispatch([session.spec.pool])
         return session.status()
 
@@ -929,10 +1068,12 @@ class Engine:
             ):
                 self.stale_results += 1
                 continue
-            self._learn(task, result, now)
+            run_s = self._learn(task, result, now)
             self._record_outcome(session, result.success)
             self._finish_attempt(task, result, now)
             self._store.save(task)
+            if self.observers:
+                self.observers.attempt_ended(task, result.success, run_s, now)
             if task.state is TaskState.PENDING:  # to be tried again, after a backoff
                 self._count_waiting(task, 1)
                 self._wait(task)
@@ -1035,6 +1176,7 @@ class Engine:
             or spec.not_before
             or spec.idempotency_key
             or spec.fairness_key
+            or spec.trace_context
         ):
             return  # the common case: no options
         if not 1 <= retry.max_attempts <= MAX_ATTEMPTS:
@@ -1061,6 +1203,14 @@ class Engine:
         for name in ("idempotency_key", "fairness_key"):
             if len(getattr(spec, name)) > MAX_KEY_LENGTH:
                 raise InvalidArgument(f"{where}{name} is longer than {MAX_KEY_LENGTH} characters")
+        trace = spec.trace_context
+        if len(trace) > MAX_TRACE_KEYS or any(
+            len(k) > MAX_KEY_LENGTH or len(v) > MAX_TRACE_VALUE for k, v in trace.items()
+        ):
+            raise InvalidArgument(
+                f"{where}trace_context holds at most {MAX_TRACE_KEYS} keys of at most "
+                f"{MAX_KEY_LENGTH} characters, with values of at most {MAX_TRACE_VALUE}"
+            )
 
     def _validate_placement(self, placement: Placement, where: str) -> None:
         labels = [*placement.required_labels.items()]
@@ -1138,6 +1288,14 @@ class Engine:
             if task.attempts < policy.max_attempts:
                 backoff = self._random.uniform(0.0, policy.backoff_cap(task.attempts))
                 self._events[(task.spec.pool, "retried")] += 1
+                log.info(
+                    "task %d: attempt %d failed (%s); retrying in %.2f s",
+                    task.id,
+                    task.attempts,
+                    error.type,
+                    backoff,
+                    extra=task_fields(task),
+                )
                 return _move(
                     task,
                     TaskState.PENDING,
@@ -1146,21 +1304,29 @@ class Engine:
                     placement_note=f"attempt {task.attempts} of {policy.max_attempts} failed "
                     f"({error.type}); retrying in {backoff:.2f} s",
                 )
+            log.warning(
+                "task %d: dead-lettered after %d attempts (%s)",
+                task.id,
+                task.attempts,
+                error.type,
+                extra=task_fields(task),
+            )
             return _move(
                 task, TaskState.DEAD_LETTER, started_at=started_at, finished_at=now, error=error
             )
         return _move(task, TaskState.FAILED, started_at=started_at, finished_at=now, error=error)
 
-    def _learn(self, task: Task, result: TaskResult, now: float) -> None:
-        """Free the slot of a task that came back, and let the pool learn from the attempt."""
-        pool = self._pools[task.spec.pool]
-        worker = pool.workers.get(task.worker_id)
-        if worker is None or task.id not in worker.held:
-            return
+    def _learn(self, task: Task, result: TaskResult, now: float) -> float:
+        """Free the slot of a task that came back, and let the pool learn from the attempt.
+        Returns the attempt's run time."""
         if 0 < result.started_at <= result.finished_at:
             run_s = result.finished_at - result.started_at  # the worker's own measure
         else:
             run_s = max(0.0, now - task.assigned_at)
+        pool = self._pools[task.spec.pool]
+        worker = pool.workers.get(task.worker_id)
+        if worker is None or task.id not in worker.held:
+            return run_s
         pool.finish(
             task,
             task.worker_id,
@@ -1173,6 +1339,7 @@ class Engine:
             self._timers.cancel(("timeout", (task.id, task.attempts)))
         self._active -= 1
         self._update_idle()
+        return run_s
 
     def _release(self, task: Task) -> None:
         """The worker holding this task no longer does: its credit comes back."""
@@ -1199,6 +1366,8 @@ class Engine:
             for task in tasks:
                 self._live.pop(task.id, None)
                 self._finished[(task.spec.pool, task.state)] += 1
+                if self.observers:
+                    self.observers.finished(task)
                 for callback in self._waiters.pop(task.id, ()):
                     try:
                         callback(task)
@@ -1244,6 +1413,9 @@ class Engine:
                 by_worker[task.worker_id].append(task)
                 self._active += 1
                 self._count_waiting(task, -1)
+                queue_wait = now - self._queued_at.pop(task.id, task.created_at)
+                if self.observers:
+                    self.observers.placed(task, queue_wait, now)
                 self._leases[task.id] = now + lease_s
                 recent.append(now)
                 if task.spec.start_timeout_s:
@@ -1308,8 +1480,10 @@ class Engine:
             self._delayed[task.id] = task
             self._delayed_by_pool[task.spec.pool] += 1
             self._timers.set(("ready", task.id), task.not_before)
+            self._queued_at[task.id] = task.not_before
         else:
             self._pools[task.spec.pool].enqueue(task)
+            self._queued_at[task.id] = now
         if task.spec.start_timeout_s and not task.attempts:
             start = deadline_from or max(task.created_at, task.spec.not_before)
             self._timers.set(("start", task.id), start + task.spec.start_timeout_s)
@@ -1323,10 +1497,14 @@ class Engine:
             self._delayed_by_pool[task.spec.pool] -= 1
             self._timers.cancel(("ready", task.id))
         self._timers.cancel(("start", task.id))
+        self._queued_at.pop(task.id, None)
         self._count_waiting(task, -1)
 
-    def _requeue(self, task: Task) -> None:
+    def _requeue(self, task: Task, reason: str) -> None:
         """A task a worker held goes back to pending (at-least-once delivery)."""
+        if self.observers:
+            self.observers.requeued(task, reason, self._clock.now())
+        log.debug("task %d requeued: %s", task.id, reason, extra=task_fields(task))
         _move(task, TaskState.PENDING)
         self._store.save(task)
         self._leases.pop(task.id, None)
@@ -1335,12 +1513,12 @@ class Engine:
         self._count_waiting(task, 1)
         self._wait(task)
 
-    def _take_back(self, task: Task, session: WorkerSession) -> None:
+    def _take_back(self, task: Task, session: WorkerSession, reason: str) -> None:
         """Free the worker's slot of a task it should no longer run, tell it to stop,
         and requeue the task."""
         self._release(task)
         session.channel.send_cancel([task.id])
-        self._requeue(task)
+        self._requeue(task, reason)
 
     def _lease_s(self, pool: str) -> float:
         return self._pools[pool].config.lease_s or self._config.heartbeat_timeout_s
@@ -1359,13 +1537,14 @@ class Engine:
                 task_id,
                 task.worker_id,
                 self._lease_s(task.spec.pool),
+                extra=task_fields(task),
             )
             self._events[(task.spec.pool, "lease_expired")] += 1
             session = self._workers.get(task.worker_id)
             if session is not None:
-                self._take_back(task, session)
+                self._take_back(task, session, "lease expired")
             else:
-                self._requeue(task)
+                self._requeue(task, "lease expired")
             pools.add(task.spec.pool)
         if pools:
             self._request_dispatch(pools)
@@ -1396,8 +1575,14 @@ class Engine:
             return
         session = self._workers.get(task.worker_id)
         self._events[(task.spec.pool, "timed_out")] += 1
-        log.info("task %d: attempt %d timed out on worker %s", task_id, attempt, task.worker_id)
-        self._learn(task, TaskResult(task_id=task_id, attempt=attempt, success=False), now)
+        log.info(
+            "task %d: attempt %d timed out on worker %s",
+            task_id,
+            attempt,
+            task.worker_id,
+            extra=task_fields(task),
+        )
+        run_s = self._learn(task, TaskResult(task_id=task_id, attempt=attempt, success=False), now)
         if session is not None:
             session.channel.send_cancel([task_id])
             self._record_outcome(session, success=False)
@@ -1408,6 +1593,8 @@ class Engine:
         )
         self._fail_attempt(task, error, now, task.started_at)
         self._store.save(task)
+        if self.observers:
+            self.observers.attempt_ended(task, False, run_s, now)
         if task.state is TaskState.PENDING:
             self._count_waiting(task, 1)
             self._wait(task)
@@ -1429,6 +1616,13 @@ class Engine:
                 breaker.consecutive_failures,
             )
             self._apply_breaker(session)
+            if self.observers:
+                self.observers.worker_changed(
+                    session.spec.worker_id,
+                    session.spec.pool,
+                    f"breaker {changed.value}",
+                    self._clock.now(),
+                )
 
     def _apply_breaker(self, session: WorkerSession) -> None:
         """Pause the worker while cordoned or its breaker is open; one trial task at a

@@ -15,8 +15,18 @@ from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 from typing import Self
 
-from broker.domain import PoolConfig, Task, TaskFilter, TaskId, TaskState, WorkerId, WorkerSpec
+from broker.domain import (
+    ConfigChange,
+    PoolConfig,
+    Task,
+    TaskFilter,
+    TaskId,
+    TaskState,
+    WorkerId,
+    WorkerSpec,
+)
 from broker.errors import InvalidArgument, StorageError, Unavailable
+from broker.rollups import RollupRow
 from broker.runtimes import RunStats, RuntimeKey
 
 
@@ -44,6 +54,8 @@ class MemoryStore:
         self._sticky: dict[str, dict[str, WorkerId]] = {}
         self._runtimes: dict[RuntimeKey, RunStats] = {}
         self._workers: dict[WorkerId, WorkerRecord] = {}
+        self._rollups: dict[tuple[str, str, WorkerId, int, float], RollupRow] = {}
+        self._audit: list[ConfigChange] = []
         self._closed = False
 
     @classmethod
@@ -84,6 +96,19 @@ class MemoryStore:
         """Create the pool or change its settings."""
         self._check_open()
         self._pools[pool.name] = pool
+
+    # -- config audit -----------------------------------------------------------------------
+
+    async def record_config_change(self, change: ConfigChange) -> None:
+        """Append an audited configuration change."""
+        self._check_open()
+        self._audit.append(change)
+
+    async def config_history(self, pool: str = "", limit: int = 100) -> list[ConfigChange]:
+        """Audited configuration changes, newest first; of one pool, or of all."""
+        self._check_open()
+        changes = [c for c in reversed(self._audit) if not pool or c.pool == pool]
+        return changes[:limit]
 
     def save_sticky(self, pool: str, key: str, worker_id: WorkerId) -> None:
         """Record where a sticky key now lives."""
@@ -130,6 +155,59 @@ class MemoryStore:
 
     async def flush(self) -> None:
         """Nothing to wait for."""
+
+    # -- metrics history --------------------------------------------------------------------
+
+    def save_rollups(self, rows: Sequence[RollupRow]) -> None:
+        """Add metrics-history rows, each to the stored row of its key (or store it)."""
+        self._check_open()
+        for row in rows:
+            self._add_rollup(row)
+
+    async def load_rollups(
+        self, pool: str, task_type: str, worker_id: str, since: float, until: float
+    ) -> list[RollupRow]:
+        """Rows whose bucket overlaps [since, until), by start; an empty pool, task type or
+        worker id matches any."""
+        self._check_open()
+        found = [
+            row
+            for row in self._rollups.values()
+            if (not pool or row.pool == pool)
+            and (not task_type or row.task_type == task_type)
+            and (not worker_id or row.worker_id == worker_id)
+            and row.start < until
+            and row.start + row.bucket_s > since
+        ]
+        return sorted(found, key=lambda r: (r.start, r.pool, r.task_type, r.worker_id, r.bucket_s))
+
+    async def compact_rollups(self, before: float, into_bucket_s: int) -> int:
+        """Merge the rows narrower than `into_bucket_s` that start before `before` into rows
+        `into_bucket_s` wide (added to any stored there); returns how many were merged."""
+        self._check_open()
+        old = [
+            row
+            for row in self._rollups.values()
+            if row.bucket_s < into_bucket_s and row.start < before
+        ]
+        for row in old:
+            del self._rollups[row.key]
+        for row in sorted(old, key=lambda r: r.start):
+            start = float(int(row.start / into_bucket_s) * into_bucket_s)
+            self._add_rollup(dataclasses.replace(row, start=start, bucket_s=into_bucket_s))
+        return len(old)
+
+    async def delete_rollups(self, before: float) -> int:
+        """Delete the rows that start before `before`; returns how many."""
+        self._check_open()
+        old = [key for key, row in self._rollups.items() if row.start < before]
+        for key in old:
+            del self._rollups[key]
+        return len(old)
+
+    def _add_rollup(self, row: RollupRow) -> None:
+        stored = self._rollups.get(row.key)
+        self._rollups[row.key] = row if stored is None else stored.plus(row)
 
     # -- reads ----------------------------------------------------------------------------
 

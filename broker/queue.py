@@ -164,6 +164,23 @@ class PoolQueue:
         """Queued tasks per fairness key, for the keys that have any."""
         return {key: tenant.size for key, tenant in self._tenants.items()}
 
+    def oldest(self, task_type: str | None = None) -> Task | None:
+        """The task waiting longest (lowest seq), of one type or of any; O(lanes)."""
+        indexes = (
+            list(self._types.values())
+            if task_type is None
+            else [i for i in [self._types.get(task_type)] if i is not None]
+        )
+        best: tuple[int, TaskId] | None = None
+        lane_of_best: _Lane | None = None
+        for index in indexes:
+            for lane in index.lanes.values():
+                if lane.tasks:
+                    head = lane.head_by_age()
+                    if best is None or head < best:
+                        best, lane_of_best = head, lane
+        return None if lane_of_best is None or best is None else lane_of_best.tasks[best[1]]
+
     def types_waiting(self) -> list[str]:
         """Task types with at least one queued task."""
         return [name for name, index in self._types.items() if index.count]

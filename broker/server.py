@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.trace import TracerProvider
 
+from broker import tracing
 from broker.api import AdminApi, TaskApi
 from broker.clock import Clock, SystemClock
-from broker.config import BrokerConfig
+from broker.config import BrokerConfig, load_config
+from broker.domain import ConfigChange
 from broker.engine import Engine
-from broker.errors import BrokerError
+from broker.errors import BrokerError, ConfigError, FailedPrecondition, InvalidArgument
+from broker.metrics import BrokerMetrics, ServingMeterProvider, meter_provider
 from broker.parsing import TolerantRegistrar
+from broker.rollups import MetricsHistory
 from broker.states import BrokerState, Lifecycle
 from broker.store import SQLiteStore
 from broker.worker_stream import WorkerApi
@@ -30,6 +40,9 @@ from worker_sdk._pb import worker_pb2_grpc as _worker_grpc
 
 log = logging.getLogger("taskbroker.server")
 
+# [broker] settings that only take effect at start (a reload logs that they changed).
+_BROKER_SETTINGS = tuple(f.name for f in dataclasses.fields(BrokerConfig) if f.name != "pools")
+
 SERVICE_NAMES = (
     _tasks.DESCRIPTOR.services_by_name["TaskService"].full_name,
     _worker.DESCRIPTOR.services_by_name["WorkerService"].full_name,
@@ -40,8 +53,29 @@ SERVICE_NAMES = (
 class Broker:
     """A running Taskbroker: `await start()`, then `await shutdown()` (or `async with`)."""
 
-    def __init__(self, config: BrokerConfig, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        config: BrokerConfig,
+        *,
+        clock: Clock | None = None,
+        config_path: Path | str | None = None,
+        config_overrides: Mapping[str, Any] | None = None,
+        metric_readers: Sequence[MetricReader] = (),
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        """`metric_readers` receive the broker's OpenTelemetry metrics (besides the
+        Prometheus endpoint that `prometheus_port` asks for); `tracer_provider` takes its
+        spans (None: the exporter that `tracing_exporter` names, if any)."""
+        self._tracer_provider = tracer_provider
+        self._owns_tracer_provider = False
         self.config = config
+        self._config_path = Path(config_path) if config_path is not None else None
+        self._config_overrides = dict(config_overrides or {})  # flags that beat the file
+        self._metric_readers = tuple(metric_readers)
+        self._meter_provider: ServingMeterProvider | None = None
+        self._metrics: BrokerMetrics | None = None
+        self._history: MetricsHistory | None = None
+        self._history_task: asyncio.Task[None] | None = None
         self._clock = clock or SystemClock()
         self._lifecycle = Lifecycle()
         self._store: SQLiteStore | None = None
@@ -85,24 +119,40 @@ class Broker:
 
     async def _start(self) -> None:
         config = self.config
+        # A missing Prometheus package or a taken port fails before anything opens.
+        self._meter_provider = meter_provider(config, self._metric_readers)
         self._store = await SQLiteStore.open(config.db_path, synchronous=config.sqlite_synchronous)
+        if self._tracer_provider is None:
+            self._tracer_provider = tracing.tracer_provider(config)
+            self._owns_tracer_provider = self._tracer_provider is not None
+        tracer = tracing.broker_tracer(self._tracer_provider) if self._tracer_provider else None
         engine = self._engine = Engine(config, self._store, self._clock)
+        history = self._history = MetricsHistory.from_config(config, self._store, self._clock)
+        engine.observers.add(history)
+        if tracer is not None:
+            engine.observers.add(tracing.TracingObserver(tracer))
+        if self._meter_provider is not None:
+            self._metrics = BrokerMetrics(
+                self._meter_provider, backlog=engine.backlog, workers=engine.workers
+            )
+            engine.observers.add(self._metrics)
         requeued = await engine.recover()
         message_limit = max(64 * 1024 * 1024, 2 * config.max_payload_bytes + 1024 * 1024)
         server = self._server = grpc.aio.server(
+            interceptors=[tracing.TracingInterceptor(tracer)] if tracer is not None else None,
             options=[
                 ("grpc.max_receive_message_length", message_limit),
                 ("grpc.max_send_message_length", message_limit),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         registrar: Any = TolerantRegistrar(server)
-        _tasks_grpc.add_TaskServiceServicer_to_server(TaskApi(engine), registrar)
+        _tasks_grpc.add_TaskServiceServicer_to_server(TaskApi(engine, tracer), registrar)
         _worker_grpc.add_WorkerServiceServicer_to_server(
             WorkerApi(engine, config.heartbeat_interval_s), registrar
         )
         _admin_grpc.add_AdminServiceServicer_to_server(
-            AdminApi(engine, lambda: self.state.value), registrar
+            AdminApi(engine, history, lambda: self.state.value, self.reload_config), registrar
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -115,6 +165,7 @@ class Broker:
         await server.start()
         engine.start()
         self._reaper = asyncio.create_task(engine.run_reaper(), name="taskbroker-reaper")
+        self._history_task = asyncio.create_task(history.run(), name="taskbroker-metrics")
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -159,9 +210,59 @@ class Broker:
             self._server = None
         if self._engine is not None:
             self._engine.disconnect_all("the broker is shutting down")
+        if self._history_task is not None:
+            self._history_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._history_task
+            self._history_task = None
+        if self._history is not None and self._store is not None:
+            try:
+                await self._history.flush()
+            except BrokerError as exc:
+                log.error("the last metrics could not be written: %s", exc)
+            self._history = None
         if self._store is not None:
             await self._store.close()
             self._store = None
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+        if self._meter_provider is not None:
+            await asyncio.to_thread(self._meter_provider.shutdown)  # a periodic reader exports
+            self._meter_provider = None
+        if self._owns_tracer_provider and self._tracer_provider is not None:
+            provider, self._tracer_provider = self._tracer_provider, None
+            await asyncio.to_thread(provider.shutdown)  # sends the spans still batched
+
+    async def reload_config(self, who: str = "") -> list[ConfigChange]:
+        """Re-read the config file and apply what changed in its pools, at run time.
+
+        Every pool of the file is validated before any is changed: a bad value raises
+        InvalidArgument (naming the key) and leaves every setting as it was. Pools created
+        at run time and not in the file are left alone. Changed `[broker]` settings take
+        effect at the next start; they are logged.
+        """
+        if self._config_path is None:
+            raise FailedPrecondition("the broker was started without a config file to reload")
+        try:
+            fresh = load_config(self._config_path, os.environ, **self._config_overrides)
+        except ConfigError as exc:
+            raise InvalidArgument(f"config not reloaded: {exc}") from None
+        changes = []
+        for pool in fresh.pools:
+            change = await self.engine.apply_pool(pool, who or "reload", "reload")
+            if change is not None:
+                changes.append(change)
+        restart = sorted(
+            key for key in _BROKER_SETTINGS if getattr(fresh, key) != getattr(self.config, key)
+        )
+        if restart:
+            log.warning(
+                "config reload: [broker] settings %s changed; they take effect at the next start",
+                ", ".join(restart),
+            )
+        log.info("config reloaded by %s: %d pool changes", who, len(changes))
+        return changes
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

@@ -29,6 +29,7 @@ from broker.codec import (
 from broker.config import SYNCHRONOUS_MODES
 from broker.domain import (
     ANYWHERE,
+    ConfigChange,
     Placement,
     PoolConfig,
     PreferredLabel,
@@ -42,6 +43,7 @@ from broker.domain import (
     WorkerSpec,
 )
 from broker.errors import BrokerError, InvalidArgument, StorageError, Unavailable
+from broker.rollups import RollupRow
 from broker.runtimes import RunStats, RuntimeKey
 
 _log = logging.getLogger("taskbroker.store")
@@ -145,6 +147,43 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         " WHERE idempotency_key IS NOT NULL",
         "ALTER TABLE pools ADD COLUMN limits TEXT",
     ),
+    (
+        # Operations: the metrics history (per-minute rollups, coarser once compacted) and
+        # the audit of configuration changes.
+        """
+        CREATE TABLE metric_rollups (
+            pool TEXT NOT NULL,
+            task_type TEXT NOT NULL,
+            worker_id TEXT NOT NULL,
+            start REAL NOT NULL,
+            bucket_s INTEGER NOT NULL,
+            submitted INTEGER NOT NULL,
+            completed INTEGER NOT NULL,
+            failed INTEGER NOT NULL,
+            wait_count INTEGER NOT NULL,
+            wait_sum REAL NOT NULL,
+            run_count INTEGER NOT NULL,
+            run_sum REAL NOT NULL,
+            wait_hist TEXT NOT NULL,
+            run_hist TEXT NOT NULL,
+            PRIMARY KEY (pool, task_type, worker_id, bucket_s, start)
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX metric_rollups_start ON metric_rollups (bucket_s, start)",
+        """
+        CREATE TABLE config_audit (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            who TEXT NOT NULL,
+            source TEXT NOT NULL,
+            pool TEXT NOT NULL,
+            before TEXT NOT NULL,
+            after TEXT NOT NULL,
+            fields TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX config_audit_pool ON config_audit (pool, id)",
+    ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -190,6 +229,60 @@ _DISCONNECT_WORKER: Final = "UPDATE workers SET disconnected_at = ? WHERE worker
 
 _Row = tuple[object, ...]
 
+# -- metrics history (SQL) ------------------------------------------------------------------
+# A rollup row is only ever added to: a row for a key that is stored already adds its
+# counts, sums and histograms (JSON arrays, added element by element) to the stored ones.
+
+_ROLLUP_COLUMNS: Final = (
+    "pool, task_type, worker_id, start, bucket_s, submitted, completed, failed,"
+    " wait_count, wait_sum, run_count, run_sum, wait_hist, run_hist"
+)
+
+
+def _hist_sum_sql(column: str) -> str:
+    """The stored JSON array `column` plus the incoming one, element by element; the
+    shorter counts as zeros beyond its end."""
+    old, new = f"metric_rollups.{column}", f"excluded.{column}"
+    return (
+        f"(SELECT json_group_array(coalesce(json_extract({old}, '$[' || e.key || ']'), 0)"
+        f" + coalesce(json_extract({new}, '$[' || e.key || ']'), 0))"
+        f" FROM json_each(CASE WHEN json_array_length({new}) > json_array_length({old})"
+        f" THEN {new} ELSE {old} END) AS e)"
+    )
+
+
+_ADD_TO_ROLLUP: Final = (
+    "ON CONFLICT (pool, task_type, worker_id, bucket_s, start) DO UPDATE SET "
+    + ", ".join(
+        f"{column} = {column} + excluded.{column}"
+        for column in (
+            "submitted",
+            "completed",
+            "failed",
+            "wait_count",
+            "wait_sum",
+            "run_count",
+            "run_sum",
+        )
+    )
+    + f", wait_hist = {_hist_sum_sql('wait_hist')}, run_hist = {_hist_sum_sql('run_hist')}"
+)
+_UPSERT_ROLLUP: Final = (
+    f"INSERT INTO metric_rollups ({_ROLLUP_COLUMNS}) VALUES ({', '.join('?' * 14)}) "
+    + _ADD_TO_ROLLUP
+)
+# SQLite reads the whole SELECT before inserting when a table is copied into itself. The
+# WHERE clause also keeps ON CONFLICT from parsing as a join's ON.
+_COMPACT_ROLLUPS: Final = (
+    f"INSERT INTO metric_rollups ({_ROLLUP_COLUMNS})"
+    " SELECT pool, task_type, worker_id, CAST(start / :into AS INTEGER) * :into, :into,"
+    " submitted, completed, failed, wait_count, wait_sum, run_count, run_sum,"
+    " wait_hist, run_hist"
+    " FROM metric_rollups WHERE bucket_s < :into AND start < :before ORDER BY start "
+    + _ADD_TO_ROLLUP
+)
+_DELETE_COMPACTED: Final = "DELETE FROM metric_rollups WHERE bucket_s < :into AND start < :before"
+
 
 class SQLiteStore:
     """Tasks, pools and workers in one SQLite file (WAL), written by group commit.
@@ -210,6 +303,7 @@ class SQLiteStore:
         self._pools: dict[str, _Row] = {}
         self._sticky: dict[tuple[str, str], _Row] = {}
         self._runtimes: dict[RuntimeKey, _Row] = {}
+        self._rollups: list[_Row] = []  # metrics history: each added to its stored row
         self._connects: dict[WorkerId, _Row] = {}
         self._heartbeats: dict[WorkerId, float] = {}
         self._disconnects: dict[WorkerId, float] = {}
@@ -292,6 +386,58 @@ class SQLiteStore:
             pool_limits_json(pool),
         )
         await self.durable()
+
+    # -- config audit -----------------------------------------------------------------------
+
+    async def record_config_change(self, change: ConfigChange) -> None:
+        """Append an audited configuration change, returning once it is committed."""
+        self._check_writable()
+        with contextlib.suppress(Exception):
+            await self.durable()  # after the pool change it records
+        try:
+            async with self._transaction:
+                await self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    await self._db.execute(
+                        "INSERT INTO config_audit (at, who, source, pool, before, after, fields)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            change.at,
+                            change.who,
+                            change.source,
+                            change.pool,
+                            change.before,
+                            change.after,
+                            json.dumps(list(change.fields)),
+                        ),
+                    )
+                    await self._db.commit()
+                except BaseException:
+                    await self._rollback()
+                    raise
+        except sqlite3.Error as exc:
+            raise StorageError(f"the task store could not record a config change: {exc}") from exc
+
+    async def config_history(self, pool: str = "", limit: int = 100) -> list[ConfigChange]:
+        """Audited configuration changes, newest first; of one pool, or of all."""
+        where, params = ("WHERE pool = ?", [pool]) if pool else ("", [])
+        rows = await self._fetch(
+            "SELECT at, who, source, pool, before, after, fields FROM config_audit "
+            f"{where} ORDER BY id DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [
+            ConfigChange(
+                at=at,
+                who=who,
+                source=source,
+                pool=pool_name,
+                before=before,
+                after=after,
+                fields=tuple(json.loads(fields)),
+            )
+            for at, who, source, pool_name, before, after, fields in rows
+        ]
 
     def save_sticky(self, pool: str, key: str, worker_id: WorkerId) -> None:
         """Queue where a sticky key now lives, for the next commit."""
@@ -385,6 +531,67 @@ class SQLiteStore:
     async def flush(self) -> None:
         """Wait until every write queued so far is committed."""
         await self.durable()
+
+    # -- metrics history --------------------------------------------------------------------
+
+    def save_rollups(self, rows: Sequence[RollupRow]) -> None:
+        """Queue metrics-history rows for the next commit; each is added to the stored row
+        of its key (pool, task type, worker, bucket_s, start), or stored if there is none."""
+        self._check_writable()
+        self._rollups.extend(_rollup_row(row) for row in rows)
+
+    async def load_rollups(
+        self, pool: str, task_type: str, worker_id: str, since: float, until: float
+    ) -> list[RollupRow]:
+        """Rows whose bucket overlaps [since, until), by start; an empty pool, task type or
+        worker id matches any."""
+        clauses = ["start < ?", "start + bucket_s > ?"]
+        params: list[object] = [until, since]
+        for column, value in (("pool", pool), ("task_type", task_type), ("worker_id", worker_id)):
+            if value:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        rows = await self._fetch(
+            f"SELECT {_ROLLUP_COLUMNS} FROM metric_rollups WHERE {' AND '.join(clauses)}"
+            " ORDER BY start, pool, task_type, worker_id, bucket_s",
+            params,
+        )
+        return [_rollup_from_row(row) for row in rows]
+
+    async def compact_rollups(self, before: float, into_bucket_s: int) -> int:
+        """Merge the rows narrower than `into_bucket_s` that start before `before` into rows
+        `into_bucket_s` wide (added to any stored there); returns how many were merged."""
+        params: dict[str, object] = {"into": into_bucket_s, "before": before}
+        return await self._rollup_transaction(
+            [(_COMPACT_ROLLUPS, params), (_DELETE_COMPACTED, params)]
+        )
+
+    async def delete_rollups(self, before: float) -> int:
+        """Delete the rows that start before `before`; returns how many."""
+        return await self._rollup_transaction(
+            [("DELETE FROM metric_rollups WHERE start < :before", {"before": before})]
+        )
+
+    async def _rollup_transaction(self, steps: Sequence[tuple[str, dict[str, object]]]) -> int:
+        """Run the statements in one transaction of their own; the last one's row count."""
+        self._check_writable()
+        changed = 0
+        try:
+            async with self._transaction:
+                await self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for sql, params in steps:
+                        async with self._db.execute(sql, params) as cursor:
+                            changed = cursor.rowcount
+                    await self._db.commit()
+                except BaseException:
+                    await self._rollback()
+                    raise
+        except sqlite3.Error as exc:
+            raise StorageError(
+                f"the task store could not change the metrics history: {exc}"
+            ) from exc
+        return changed
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -509,6 +716,7 @@ class SQLiteStore:
             or self._pools
             or self._sticky
             or self._runtimes
+            or self._rollups
             or self._connects
             or self._heartbeats
             or self._disconnects
@@ -545,13 +753,24 @@ class SQLiteStore:
         pools, self._pools = self._pools, {}
         sticky, self._sticky = self._sticky, {}
         runtimes, self._runtimes = self._runtimes, {}
+        rollups, self._rollups = self._rollups, []
         connects, self._connects = self._connects, {}
         heartbeats, self._heartbeats = self._heartbeats, {}
         disconnects, self._disconnects = self._disconnects, {}
         waiters, self._waiters = self._waiters, []
         self._in_flight = waiters  # durable() joins this batch while it is committed
         error: Exception | None = None
-        if inserts or saves or pools or sticky or runtimes or connects or heartbeats or disconnects:
+        if (
+            inserts
+            or saves
+            or pools
+            or sticky
+            or runtimes
+            or rollups
+            or connects
+            or heartbeats
+            or disconnects
+        ):
             try:
                 async with self._transaction:
                     await self._db.execute("BEGIN IMMEDIATE")
@@ -569,6 +788,8 @@ class SQLiteStore:
                             await self._db.executemany(_UPSERT_STICKY, sticky.values())
                         if runtimes:
                             await self._db.executemany(_UPSERT_RUNTIME, runtimes.values())
+                        if rollups:
+                            await self._db.executemany(_UPSERT_ROLLUP, rollups)
                         if connects:
                             await self._db.executemany(_CONNECT_WORKER, connects.values())
                         if heartbeats:
@@ -789,4 +1010,47 @@ def _task_from_row(row: Sequence[Any]) -> Task:
         placement_note=placement_note,
         unschedulable=bool(unschedulable),
         not_before=not_before,
+    )
+
+
+# -- metrics history (rows) ----------------------------------------------------------------
+
+
+def _rollup_row(row: RollupRow) -> _Row:
+    return (
+        row.pool,
+        row.task_type,
+        row.worker_id,
+        row.start,
+        row.bucket_s,
+        row.submitted,
+        row.completed,
+        row.failed,
+        row.wait_count,
+        row.wait_sum,
+        row.run_count,
+        row.run_sum,
+        json.dumps(row.wait_hist, separators=(",", ":")),
+        json.dumps(row.run_hist, separators=(",", ":")),
+    )
+
+
+def _rollup_from_row(row: Sequence[Any]) -> RollupRow:
+    (pool, task_type, worker_id, start, bucket_s, submitted, completed, failed) = row[:8]
+    (wait_count, wait_sum, run_count, run_sum, wait_hist, run_hist) = row[8:]
+    return RollupRow(
+        pool=pool,
+        task_type=task_type,
+        worker_id=worker_id,
+        start=start,
+        bucket_s=bucket_s,
+        submitted=submitted,
+        completed=completed,
+        failed=failed,
+        wait_count=wait_count,
+        wait_sum=wait_sum,
+        run_count=run_count,
+        run_sum=run_sum,
+        wait_hist=tuple(json.loads(wait_hist)),
+        run_hist=tuple(json.loads(run_hist)),
     )

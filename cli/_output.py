@@ -21,7 +21,7 @@ from typing import Any
 
 import typer
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -250,6 +250,12 @@ def pool_stats_dict(p: PoolStats) -> dict[str, Any]:
         "arms": [arm_dict(a) for a in p.arms],
         "runtimes": [runtime_dict(r) for r in p.runtimes],
         "strategy_notes": list(p.strategy_notes),
+        "throughput_per_s": p.throughput_per_s,
+        "wait_p50_s": p.wait_p50_s,
+        "wait_p99_s": p.wait_p99_s,
+        "run_p50_s": p.run_p50_s,
+        "run_p99_s": p.run_p99_s,
+        "oldest_pending_age_s": p.oldest_pending_age_s,
     }
 
 
@@ -264,6 +270,11 @@ def stats_dict(stats: Stats) -> dict[str, Any]:
 def print_json(value: Any) -> None:
     """Print JSON on stdout, unwrapped and uncoloured, for scripts."""
     typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def print_json_line(value: Any) -> None:
+    """Print one JSON document on one line (JSON Lines), flushed, for a stream of them."""
+    typer.echo(json.dumps(value, ensure_ascii=False))
 
 
 def _console() -> Console:
@@ -287,6 +298,33 @@ def _duration(start: datetime | None, end: datetime | None) -> str:
 
 def _seconds(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def _percentiles(p50: float, p99: float) -> str:
+    """A median and a 99th percentile as "12 ms / 80 ms"; "-" with nothing measured."""
+    if not (p50 or p99):
+        return "-"
+    return f"{_seconds(p50)} / {_seconds(p99)}"
+
+
+def _per_second(rate: float) -> str:
+    """3.25/s, 120/s; 0/s."""
+    if not rate:
+        return "0/s"
+    return f"{rate:.2f}/s" if rate < 10 else f"{rate:.0f}/s"
+
+
+def _age(seconds: float) -> str:
+    """How long ago, readably: 800 ms, 42.0 s, 12m 5s, 3h 4m, 2d 3h; "-" for 0."""
+    if seconds <= 0:
+        return "-"
+    if seconds < 60:
+        return _seconds(seconds)
+    whole = int(seconds)
+    for unit, size, subunit, subsize in (("d", 86_400, "h", 3600), ("h", 3600, "m", 60)):
+        if whole >= size:
+            return f"{whole // size}{unit} {whole % size // subsize}{subunit}"
+    return f"{whole // 60}m {whole % 60}s"
 
 
 def _timeout(seconds: float) -> str:
@@ -804,11 +842,17 @@ def _runtimes_table(pools: Sequence[PoolStats]) -> Table | None:
 
 
 def show_stats(stats: Stats, output: OutputFormat) -> None:
-    """Print per-pool counts and the broker's state, the pools' limits and flow-control
-    counters, then their bulkheads, strategy arms and learned run times if there are any."""
+    """Print per-pool counts, live figures and the broker's state, the pools' limits and
+    flow-control counters, then their bulkheads, strategy arms and learned run times if
+    there are any."""
     if output is OutputFormat.JSON:
         print_json(stats_dict(stats))
         return
+    _console().print(stats_view(stats))
+
+
+def stats_view(stats: Stats, heading: str | None = None) -> Group:
+    """What `stats` shows as a table, under `heading` (default: the broker's state)."""
     table = _table(
         "POOL",
         "STRATEGY",
@@ -822,6 +866,10 @@ def show_stats(stats: Stats, output: OutputFormat) -> None:
         "DEAD LETTER",
         "WORKERS",
         "CAPACITY",
+        "THROUGHPUT",
+        "WAIT P50 / P99",
+        "RUN P50 / P99",
+        "OLDEST PENDING",
         "STICKY HITS",
     )
     for p in stats.pools:
@@ -845,21 +893,25 @@ def show_stats(stats: Stats, output: OutputFormat) -> None:
                         p.capacity,
                     )
                 ),
+                _per_second(p.throughput_per_s),
+                _percentiles(p.wait_p50_s, p.wait_p99_s),
+                _percentiles(p.run_p50_s, p.run_p99_s),
+                _age(p.oldest_pending_age_s),
                 _sticky_hit_rate(p),
             ],
         )
-    console = _console()
-    console.print(Text(f"broker: {stats.broker_state}"))
-    console.print(table)
+    parts: list[RenderableType] = [
+        Text(heading if heading is not None else f"broker: {stats.broker_state}"),
+        table,
+    ]
     extras = (
         _flow_table(stats.pools),
         _bulkheads_table(stats.pools),
         _arms_table(stats.pools),
         _runtimes_table(stats.pools),
     )
-    for extra in extras:
-        if extra is not None:
-            console.print(extra)
-    for pool in stats.pools:
-        for note in pool.strategy_notes:
-            console.print(Text(f"{pool.pool}: {note}"))
+    parts.extend(extra for extra in extras if extra is not None)
+    parts.extend(
+        Text(f"{pool.pool}: {note}") for pool in stats.pools for note in pool.strategy_notes
+    )
+    return Group(*parts)

@@ -1,12 +1,13 @@
 """Command-line values that need more than a type: bulkheads, fairness weights, times and
-durations. Each raises typer.BadParameter, so that a bad value is a usage error (exit 2)
-that names its flag."""
+durations (30s, 5m, 1h, 2d). Each raises typer.BadParameter, so that a bad value is a usage
+error (exit 2) that names its flag."""
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import typer
 
@@ -88,6 +89,76 @@ def parse_time(text: str) -> datetime:
             f"expected an ISO 8601 time such as 2030-01-02T03:04:05+00:00, got {text!r}"
         ) from None
     return moment if moment.tzinfo is not None else moment.astimezone()
+
+
+# 1h30m, 90s, 2.5h, 250ms; bare numbers are seconds.
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, "w": 604_800.0}
+_DURATION_SYNTAX = "a duration such as 30s, 5m, 1h, 2d or 1h30m (a bare number is seconds)"
+_TIME_SYNTAX = "an ISO 8601 time such as 2030-01-02T03:04:05+00:00"
+
+
+def _duration_seconds(text: str) -> float | None:
+    """The seconds `text` spells, or None if it is no duration."""
+    cleaned = text.strip().lower()
+    try:
+        seconds = float(cleaned)
+    except ValueError:
+        if not _DURATION.fullmatch(cleaned):
+            return None
+        seconds = sum(
+            float(amount) * _UNIT_SECONDS[unit] for amount, unit in _DURATION_PART.findall(cleaned)
+        )
+    return seconds if math.isfinite(seconds) else None
+
+
+def parse_duration(text: str | float) -> timedelta:
+    """A duration more than 0: 30s, 5m, 1h, 2d, 1w, 1h30m, 250ms, or seconds (90, 0.5).
+
+    A number passes as seconds: typer hands an option's default to its parser too.
+    """
+    seconds = float(text) if isinstance(text, int | float) else _duration_seconds(text)
+    if seconds is None:
+        raise typer.BadParameter(f"expected {_DURATION_SYNTAX}, got {text!r}")
+    if not seconds > 0:
+        raise typer.BadParameter(f"must be more than 0 seconds, got {text!r}")
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise typer.BadParameter(f"{text!r} is too long") from None
+
+
+def parse_seconds(text: str | float) -> float:
+    """A duration more than 0 (see parse_duration), in seconds."""
+    return parse_duration(text).total_seconds()
+
+
+def parse_whole_seconds(text: str | float) -> int:
+    """A duration of whole seconds, at least 1 (see parse_duration): 5m is 300."""
+    seconds = parse_duration(text).total_seconds()
+    if not seconds.is_integer():
+        raise typer.BadParameter(f"must be a whole number of seconds, got {text!r}")
+    if seconds > WIRE_MAX:
+        raise typer.BadParameter(f"must be at most {WIRE_MAX} seconds, got {text!r}")
+    return int(seconds)
+
+
+def time_or_duration(text: str, flag: str) -> datetime | timedelta:
+    """An ISO 8601 time (local time without a UTC offset) or a duration back from now
+    (see parse_duration); a BadParameter naming `flag` for anything else."""
+    if _duration_seconds(text) is not None:  # 90 is seconds, never the year 90
+        try:
+            return parse_duration(text)
+        except typer.BadParameter as exc:
+            raise typer.BadParameter(exc.message, param_hint=f"'{flag}'") from None
+    try:
+        return parse_time(text)
+    except typer.BadParameter:
+        raise typer.BadParameter(
+            f"expected {_DURATION_SYNTAX}, or {_TIME_SYNTAX}, got {text!r}",
+            param_hint=f"'{flag}'",
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)

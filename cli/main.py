@@ -6,7 +6,7 @@ import enum
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -53,11 +53,20 @@ worker_app = typer.Typer(help="Run a worker process.", no_args_is_help=True)
 workers_app = typer.Typer(
     help="List, drain and cordon the connected workers.", no_args_is_help=True
 )
-pools_app = typer.Typer(help="List, create and change pools.", no_args_is_help=True)
+pools_app = typer.Typer(
+    help="List, create and change pools; recommend their worker counts.", no_args_is_help=True
+)
+metrics_app = typer.Typer(help="The broker's metrics history.", no_args_is_help=True)
+config_app = typer.Typer(
+    help="Reload the broker's config file; the audit trail of pool settings.",
+    no_args_is_help=True,
+)
 app.add_typer(worker_app, name="worker")
 app.add_typer(workers_app, name="workers")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(pools_app, name="pools")
+app.add_typer(metrics_app, name="metrics")
+app.add_typer(config_app, name="config")
 
 ADDR_ENV = "TASKBROKER_ADDR"
 
@@ -273,6 +282,13 @@ LogLevelOption = Annotated[
 ]
 
 
+class LogFormat(enum.StrEnum):
+    """How `serve` writes its log lines."""
+
+    HUMAN = "human"
+    JSON = "json"
+
+
 def _validate_json(value: str | None) -> str | None:
     if value is not None:
         try:
@@ -354,16 +370,42 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on; 0 picks a free one.")] = None,
     db: Annotated[str | None, typer.Option("--db", metavar="PATH", help="SQLite file.")] = None,
-    log_level: LogLevelOption = LogLevel.INFO,
+    log_format: Annotated[
+        LogFormat | None,
+        typer.Option(
+            "--log-format",
+            case_sensitive=False,
+            help="Log lines (stderr) for people, or one JSON object per line (default: "
+            "the config's log_format, else human).",
+            show_default=False,
+        ),
+    ] = None,
+    log_level: Annotated[
+        LogLevel | None,
+        typer.Option(
+            "--log-level",
+            case_sensitive=False,
+            help="Log level (stderr) (default: the config's log_level, else info).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Run the broker until SIGTERM or SIGINT, then shut down gracefully.
+    """Run the broker until SIGTERM or SIGINT, then shut down gracefully; on SIGHUP,
+    re-read the config file and apply what changed in its pools.
 
     Settings come from the config file, then TASKBROKER_* environment variables
-    (e.g. TASKBROKER_PORT=6000), then these flags.
+    (e.g. TASKBROKER_PORT=6000, TASKBROKER_LOG_FORMAT=json), then these flags.
     """
     from cli._serve import serve as run_broker
 
-    run_broker(config, host=host, port=port, db_path=db, log_level=log_level.value)
+    run_broker(
+        config,
+        host=host,
+        port=port,
+        db_path=db,
+        log_format=None if log_format is None else log_format.value,
+        log_level=None if log_level is None else log_level.value.upper(),
+    )
 
 
 @worker_app.command("run")
@@ -1041,17 +1083,210 @@ def _replacement(given: _Collection, clear: bool, flag: str, clear_flag: str) ->
     return None
 
 
+@pools_app.command("recommend")
+def pools_recommend(
+    pool: Annotated[str | None, typer.Option(help="Only this pool.")] = None,
+    target_wait: Annotated[
+        float,
+        typer.Option(
+            "--target-wait",
+            metavar="SECONDS",
+            parser=_parse.parse_seconds,
+            help="The mean queue wait to aim for, e.g. 0.5 or 2s.",
+        ),
+    ] = 1.0,
+    horizon: Annotated[
+        float,
+        typer.Option(
+            "--horizon",
+            metavar="SECONDS",
+            parser=_parse.parse_seconds,
+            help="Forecast the arrival rate this far ahead, e.g. 900 or 15m.",
+        ),
+    ] = 900.0,
+    broker: BrokerOption = DEFAULT_ADDRESS,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """Recommend a worker count per pool for a target queue wait: the broker forecasts
+    each pool's arrival rate from its history and sizes it as an M/M/c queue (Erlang C).
+    Prints a row per pool, then the reasoning behind each."""
+    from cli._observe import show_recommendations
+
+    with SyncClient(broker) as client:
+        recs = client.recommend(pool=pool, target_wait_s=target_wait, horizon_s=horizon)
+    show_recommendations(recs, output)
+
+
+# How often `stats --watch` refreshes unless told, and how often at most.
+DEFAULT_WATCH_INTERVAL_S = 2.0
+MIN_WATCH_INTERVAL_S = 0.1
+
+
 @app.command()
 def stats(
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            "-w",
+            help="Refresh until Ctrl-C; with --output json, print one JSON document (one "
+            "line, with its time in 'at') per refresh.",
+        ),
+    ] = False,
+    interval: Annotated[
+        float | None,
+        typer.Option(
+            "--interval",
+            metavar="SECONDS",
+            parser=_parse.parse_seconds,
+            help=f"With --watch: time between refreshes, e.g. 5 or 500ms (default "
+            f"{DEFAULT_WATCH_INTERVAL_S:g}).",
+        ),
+    ] = None,
+    count: Annotated[
+        int | None,
+        typer.Option(
+            "--count",
+            metavar="N",
+            callback=_parse.count_from_one,
+            help="With --watch: stop after N refreshes.",
+        ),
+    ] = None,
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
     """Show the broker's state and per pool: task counts (unschedulable and delayed
-    included), capacity and sticky hit rate; then the pools' limits and flow-control
-    counters, their bulkheads, each strategy's placements and the learned run times."""
+    included), capacity, live figures over the last minute (throughput, queue wait and run
+    time p50/p99, oldest pending task) and sticky hit rate; then the pools' limits and
+    flow-control counters, their bulkheads, each strategy's placements and the learned run
+    times."""
+    for flag, value in (("--interval", interval), ("--count", count)):
+        if value is not None and not watch:
+            raise typer.BadParameter("needs --watch", param_hint=f"'{flag}'")
+    if interval is not None and interval < MIN_WATCH_INTERVAL_S:
+        raise typer.BadParameter(
+            f"must be at least {MIN_WATCH_INTERVAL_S:g} seconds", param_hint="'--interval'"
+        )
     with SyncClient(broker) as client:
+        if watch:
+            from cli._watch import watch_stats
+
+            watch_stats(
+                client.stats,
+                output,
+                interval=DEFAULT_WATCH_INTERVAL_S if interval is None else interval,
+                count=count,
+            )
+            return
         result = client.stats()
     show_stats(result, output)
+
+
+@metrics_app.command("history")
+def metrics_history(
+    pool: Annotated[str | None, typer.Option(help="Only this pool.")] = None,
+    task_type: Annotated[
+        str | None,
+        typer.Option(
+            "--type", metavar="TYPE", help="Only this task type (else summed over the types)."
+        ),
+    ] = None,
+    worker: Annotated[
+        str | None,
+        typer.Option(
+            "--worker", metavar="ID", help="Only this worker (else summed over the workers)."
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            metavar="WHEN",
+            help="From this long ago (30m, 1h, 2d) or this ISO 8601 time (default 1h).",
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            metavar="WHEN",
+            help="Up to this long ago (10m) or this ISO 8601 time (default now).",
+        ),
+    ] = None,
+    bucket: Annotated[
+        int | None,
+        typer.Option(
+            "--bucket",
+            metavar="DURATION",
+            parser=_parse.parse_whole_seconds,
+            help="Merge the rows into buckets this wide, e.g. 5m or 1h (default: as stored, "
+            "1m, or 1h once compacted).",
+        ),
+    ] = None,
+    chart: Annotated[
+        bool,
+        typer.Option(
+            "--chart/--no-chart",
+            help="Below the table, chart the completed tasks and the run time p99 per bucket.",
+        ),
+    ] = True,
+    broker: BrokerOption = DEFAULT_ADDRESS,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """Show the metrics history, oldest first: per bucket, the tasks submitted, completed
+    and failed, and the queue wait and run time (mean, p50, p99) of those completed."""
+    from cli._observe import show_metrics_history
+
+    start = None if since is None else _parse.time_or_duration(since, "--since")
+    end = None if until is None else _parse.time_or_duration(until, "--until")
+    now = datetime.now(UTC)
+    end_time = now - end if isinstance(end, timedelta) else end
+    if start is not None and end_time is not None:
+        start_time = now - start if isinstance(start, timedelta) else start
+        if start_time >= end_time:
+            raise typer.BadParameter("must be before --until", param_hint="'--since'")
+    with SyncClient(broker) as client:
+        points = client.metrics_history(
+            pool=pool,
+            task_type=task_type,
+            worker_id=worker,
+            since=start,
+            until=end_time,
+            bucket_s=bucket or 0,
+        )
+    show_metrics_history(points, output, chart=chart)
+
+
+@config_app.command("reload")
+def config_reload(
+    broker: BrokerOption = DEFAULT_ADDRESS,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """Make the broker re-read its config file and apply what changed in its pools (as
+    SIGHUP does); print the changes, or "no changes"."""
+    from cli._observe import show_config_reload
+
+    with SyncClient(broker) as client:
+        changes = client.reload_config()
+    show_config_reload(changes, output)
+
+
+@config_app.command("history")
+def config_history(
+    pool: Annotated[str | None, typer.Option(help="Only this pool.")] = None,
+    limit: Annotated[
+        int,
+        typer.Option(callback=_parse.count_from_one, metavar="N", help="At most this many."),
+    ] = 100,
+    broker: BrokerOption = DEFAULT_ADDRESS,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """The audited changes of pool settings, newest first: when, who asked, through what
+    (create_pool, update_pool, reload), and what changed; JSON has the settings before and
+    after."""
+    from cli._observe import show_config_changes
+
+    with SyncClient(broker) as client:
+        changes = client.config_history(pool=pool, limit=limit)
+    show_config_changes(changes, output)
 
 
 @app.command()

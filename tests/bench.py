@@ -5,6 +5,8 @@ no-op handler, then measures from this process, through the SDK client:
 - e2e_throughput: N no-op tasks submitted at once, submit to result;
 - e2e_latency_p50/p99: one task at a time (light load), submit to result.
 Prints one figure a line, `NAME VALUE UNIT`, so runs can be compared line by line.
+With --tracing, client, broker and workers record every span (OpenTelemetry SDK, 100%
+sampled, batched to an exporter that drops them) and the figures end in `_traced`.
 """
 
 from __future__ import annotations
@@ -21,13 +23,35 @@ import tempfile
 import time
 from pathlib import Path
 
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
 from worker_sdk import Client, TaskContext, Worker
 
 WORKER_CAPACITY = 512
+TRACING_ENV = "TASKBROKER_BENCH_TRACING"
+
+
+class _DropSpans(SpanExporter):
+    """Spans are made, batched and handed over in full, then dropped: the cost of tracing
+    without the cost of an exporter's network or disk."""
+
+    def export(self, spans: object) -> SpanExportResult:
+        assert isinstance(spans, list | tuple)
+        assert all(isinstance(span, ReadableSpan) for span in spans)
+        return SpanExportResult.SUCCESS
+
+
+def _tracer_provider() -> TracerProvider | None:
+    if os.environ.get(TRACING_ENV) != "1":
+        return None
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(_DropSpans()))
+    return provider
 
 
 def _noop_worker() -> Worker:
-    worker = Worker(capacity=WORKER_CAPACITY)
+    worker = Worker(capacity=WORKER_CAPACITY, tracer_provider=_tracer_provider())
 
     @worker.task("noop")
     async def noop(ctx: TaskContext) -> None:
@@ -43,7 +67,7 @@ async def _run_broker(db_path: str, port_file: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    async with Broker(config) as broker:
+    async with Broker(config, tracer_provider=_tracer_provider()) as broker:
         Path(port_file).write_text(broker.address)
         await stop.wait()
 
@@ -91,7 +115,7 @@ def _cpu_seconds(pid: int) -> float:
 async def _measure(
     address: str, tasks: int, latency_samples: int, broker_pid: int, worker_pids: list[int]
 ) -> None:
-    async with Client(address) as client:
+    async with Client(address, tracer_provider=_tracer_provider()) as client:
         async with asyncio.timeout(60):
             while len(await client.list_workers()) < 2:
                 await asyncio.sleep(0.05)
@@ -103,12 +127,13 @@ async def _measure(
         samples = await _latencies(client, latency_samples)
     spent = zip(cpu_before, cpu_after, strict=True)
     cpu = [(after - before) * 1e6 / tasks for before, after in spent]
-    print(f"e2e_throughput {throughput:.0f} tasks/s")
-    print(f"cpu_per_task_broker {cpu[0]:.0f} us")
-    print(f"cpu_per_task_workers {sum(cpu[1:-1]):.0f} us")
-    print(f"cpu_per_task_client {cpu[-1]:.0f} us")
-    print(f"e2e_latency_p50 {statistics.median(samples):.2f} ms")
-    print(f"e2e_latency_p99 {_percentile(samples, 99):.2f} ms")
+    suffix = "_traced" if os.environ.get(TRACING_ENV) == "1" else ""
+    print(f"e2e_throughput{suffix} {throughput:.0f} tasks/s")
+    print(f"cpu_per_task_broker{suffix} {cpu[0]:.0f} us")
+    print(f"cpu_per_task_workers{suffix} {sum(cpu[1:-1]):.0f} us")
+    print(f"cpu_per_task_client{suffix} {cpu[-1]:.0f} us")
+    print(f"e2e_latency_p50{suffix} {statistics.median(samples):.2f} ms")
+    print(f"e2e_latency_p99{suffix} {_percentile(samples, 99):.2f} ms")
 
 
 def _spawn(*args: str, profile: str | None = None) -> subprocess.Popen[bytes]:
@@ -121,9 +146,14 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--latency-samples", type=int, default=300)
     parser.add_argument("--profile-broker", metavar="FILE", help="write the broker's cProfile")
+    parser.add_argument(
+        "--tracing", action="store_true", help="trace everything (100%% sampled) everywhere"
+    )
     parser.add_argument("role", nargs="?", default="main", choices=["main", "broker", "worker"])
     parser.add_argument("args", nargs="*")
     options = parser.parse_args()
+    if options.tracing:
+        os.environ[TRACING_ENV] = "1"  # for this process and the ones it starts
     if options.role == "broker":
         asyncio.run(_run_broker(*options.args))
         return

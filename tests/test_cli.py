@@ -79,7 +79,13 @@ COMMANDS = [
     ["pools", "list"],
     ["pools", "create"],
     ["pools", "set"],
+    ["pools", "recommend"],
     ["stats"],
+    ["metrics"],
+    ["metrics", "history"],
+    ["config"],
+    ["config", "reload"],
+    ["config", "history"],
     ["health"],
     ["demo"],
     ["simulate"],
@@ -121,7 +127,7 @@ def test_help(command: list[str]) -> None:
 def test_root_help_lists_every_command() -> None:
     result = invoke("--help")
     commands = ("serve", "worker", "submit", "tasks", "workers", "pools", "stats", "demo")
-    for name in (*commands, "simulate"):
+    for name in (*commands, "metrics", "config", "simulate"):
         assert name in result.stdout
 
 
@@ -539,6 +545,11 @@ def test_pools_list_shows_the_split_and_sticky_timeout(pools_client: type[PoolsC
         ["workers", "cordon", "w-1"],
         ["tasks", "retry", "1"],
         ["stats"],
+        ["stats", "--watch"],
+        ["metrics", "history"],
+        ["pools", "recommend"],
+        ["config", "reload"],
+        ["config", "history"],
         ["health"],
     ],
     ids=lambda a: " ".join(a),

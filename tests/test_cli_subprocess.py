@@ -405,3 +405,36 @@ def test_demo_runs_and_cleans_up(tmp_path: Path) -> None:
     removed = re.search(r"removed (\S+)", done.stdout)
     assert removed
     assert not Path(removed.group(1)).exists()
+
+
+def test_sighup_reloads_the_config_file_and_logs_json(tmp_path: Path) -> None:
+    config = tmp_path / "taskbroker.toml"
+    config.write_text('[broker]\nlog_format = "json"\n\n[pools.gpu]\nstrategy = "round_robin"\n')
+    db = tmp_path / "broker.db"
+    broker = start(
+        ["serve", "--config", str(config), "--port", "0", "--db", str(db)], tmp_path, "b"
+    )
+    try:
+        match = wait_for(lambda: LISTENING.search(broker.stdout.read_text()), "listening", broker)
+        address = match.group(1)
+        config.write_text(
+            '[broker]\nlog_format = "json"\n\n[pools.gpu]\nstrategy = "least_loaded"\n'
+        )
+        broker.process.send_signal(signal.SIGHUP)
+        wait_for(
+            lambda: "SIGHUP: config reloaded, pools changed: gpu" in broker.stderr.read_text(),
+            "the reload",
+            broker,
+        )
+        with SyncClient(address) as client:
+            pools = {p.name: p.strategy for p in client.list_pools()}
+            (change, *_) = client.config_history(pool="gpu")
+        assert pools["gpu"] == "least_loaded"
+        assert (change.who, change.source, change.fields) == ("sighup", "reload", ("strategy",))
+        again = run("config", "reload", "--broker", address, cwd=tmp_path)
+        assert (again.returncode, again.stdout) == (0, "no changes\n"), again.stderr
+    finally:
+        assert broker.stop() == 0, broker.output()
+    logged = [json.loads(line) for line in broker.stderr.read_text().splitlines()]
+    assert {"time", "level", "logger", "message"} <= set(logged[0])
+    assert any(entry["message"] == "SIGHUP received: reloading the config file" for entry in logged)

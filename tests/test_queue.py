@@ -452,3 +452,21 @@ def test_pool_queue_behaves_like_the_naive_model(codes: bytes, interval: int) ->
             expected = sum(t.spec.task_type == task_type for t in model.tasks.values())
             assert queue.count(task_type) == expected
     assert sorted(t.id for t in queue) == sorted(model.tasks)
+
+
+def test_oldest_is_the_lowest_seq_of_any_key_and_type() -> None:
+    queue = PoolQueue()
+    assert queue.oldest() is None
+    tasks = [
+        Task(id=i, spec=TaskSpec(task_type=t, fairness_key=k, priority=p), seq=i)
+        for i, (t, k, p) in enumerate(
+            [("a", "x", 0), ("b", "y", 5), ("a", "y", 9), ("b", "x", 0)], start=1
+        )
+    ]
+    for task in reversed(tasks):
+        queue.push(task)
+    assert queue.oldest() is tasks[0]
+    assert queue.oldest("b") is tasks[1]
+    queue.remove(1)
+    assert queue.oldest() is tasks[1]
+    assert queue.oldest("missing") is None

@@ -743,6 +743,8 @@ async def test_limits_change_at_run_time_and_persist(make_engine: MakeEngine) ->
         (TaskSpec(task_type="t", not_before=START + 400 * 86_400), "not_before"),
         (TaskSpec(task_type="t", idempotency_key="k" * 201), "idempotency_key"),
         (TaskSpec(task_type="t", fairness_key="k" * 201), "fairness_key"),
+        (TaskSpec(task_type="t", trace_context={"traceparent": "x" * 2000}), "trace_context"),
+        (TaskSpec(task_type="t", trace_context={f"k{i}": "v" for i in range(9)}), "trace_context"),
     ],
 )
 async def test_bad_task_options_are_refused(

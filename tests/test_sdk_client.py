@@ -297,6 +297,27 @@ class FakeAdminService(_admin_grpc.AdminServiceServicer):
         # What cordoning does is the real broker's to show (its own tests); not faked here.
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake broker")
 
+    # Operations (metrics history, recommendations, config) are the real broker's to show.
+    async def MetricsHistory(
+        self, request: _admin.MetricsHistoryRequest, context: _Context
+    ) -> _admin.MetricsHistoryResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake broker")
+
+    async def Recommend(
+        self, request: _admin.RecommendRequest, context: _Context
+    ) -> _admin.RecommendResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake broker")
+
+    async def ReloadConfig(
+        self, request: _admin.ReloadConfigRequest, context: _Context
+    ) -> _admin.ReloadConfigResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake broker")
+
+    async def ConfigHistory(
+        self, request: _admin.ConfigHistoryRequest, context: _Context
+    ) -> _admin.ConfigHistoryResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake broker")
+
     async def Stats(self, request: _admin.StatsRequest, context: _Context) -> _admin.StatsResponse:
         return _admin.StatsResponse(
             broker_state="running",

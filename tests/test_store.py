@@ -59,7 +59,15 @@ async def test_open_creates_the_schema_and_reopening_changes_nothing(db_path: Pa
     schema_sql = "SELECT type, name, sql FROM sqlite_master ORDER BY name"
     schema = await query(db_path, schema_sql)
     tables = {name for kind, name, _ in schema if kind == "table"}
-    assert tables == {"pools", "tasks", "workers", "sticky_keys", "runtimes"}
+    assert tables == {
+        "pools",
+        "tasks",
+        "workers",
+        "sticky_keys",
+        "runtimes",
+        "metric_rollups",
+        "config_audit",
+    }
     assert await query(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
 
     async with await SQLiteStore.open(db_path) as store:

@@ -38,6 +38,7 @@ from broker.engine import Store
 from broker.errors import InvalidArgument, StorageError, Unavailable
 from broker.memory_store import MemoryStore, WorkerRecord
 from broker.registry import WorkerLog
+from broker.rollups import RollupRow
 from broker.runtimes import RunStats, RuntimeKey
 from broker.store import SQLiteStore
 
@@ -153,6 +154,9 @@ ROUND_TRIP_CASES = {
             execution_timeout_s=2.5,
             idempotency_key="order-17",
             fairness_key="tenant-a",
+            trace_context={
+                "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            },
             attempts=2,
             placement_note="retry 3 after a backoff",
         ),
@@ -670,3 +674,158 @@ async def test_leaving_the_context_closes_the_store(kind: str, tmp_path: Path) -
         assert await store.get_task(1) == make_task(1)
     with pytest.raises(Unavailable):
         await store.get_task(1)
+
+
+# Metrics history ---------------------------------------------------------------------------
+
+
+def rollup_store(store: ContractStore) -> SQLiteStore | MemoryStore:
+    """The store, as one with the metrics-history methods (not in the engine's Store)."""
+    assert isinstance(store, SQLiteStore | MemoryStore)
+    return store
+
+
+def rollup(start: float, worker_id: str = "w1", **fields: Any) -> RollupRow:
+    """A minute row of pool p, type t; `fields` may change any column."""
+    values: dict[str, Any] = {"pool": "p", "task_type": "t", "bucket_s": 60} | fields
+    return RollupRow(worker_id=worker_id, start=start, **values)
+
+
+T0 = 1_700_002_800.0  # a whole hour
+
+
+async def test_rollups_round_trip_and_add_up_per_key(store: ContractStore) -> None:
+    rollups = rollup_store(store)
+    assert await rollups.load_rollups("", "", "", 0, 2e9) == []
+    first = rollup(
+        T0,
+        submitted=3,
+        completed=2,
+        failed=1,
+        wait_count=2,
+        wait_sum=0.5,
+        run_count=2,
+        run_sum=3.25,
+        wait_hist=(0, 2, 0),
+        run_hist=(1, 0, 1),
+    )
+    rollups.save_rollups([first])
+    await store.flush()
+    assert await rollups.load_rollups("p", "t", "w1", T0, T0 + 60) == [first]
+    # The same key again, twice in one batch: added to what is stored.
+    again = rollup(T0, submitted=1, completed=1, run_count=1, run_sum=1.0, run_hist=(0, 0, 1))
+    rollups.save_rollups([again, again])
+    await store.flush()
+    assert await rollups.load_rollups("", "", "", 0, 2e9) == [
+        rollup(
+            T0,
+            submitted=5,
+            completed=4,
+            failed=1,
+            wait_count=2,
+            wait_sum=0.5,
+            run_count=4,
+            run_sum=5.25,
+            wait_hist=(0, 2, 0),
+            run_hist=(1, 0, 3),
+        )
+    ]
+
+
+async def test_rollup_histograms_of_different_lengths_add_as_if_padded(
+    store: ContractStore,
+) -> None:
+    rollups = rollup_store(store)
+    rollups.save_rollups([rollup(T0, run_hist=(1, 2)), rollup(T0, run_hist=(1, 1, 1, 1))])
+    rollups.save_rollups([rollup(T0, run_hist=(5,))])
+    await store.flush()
+    (row,) = await rollups.load_rollups("", "", "", 0, 2e9)
+    assert (row.run_hist, row.wait_hist) == ((7, 3, 1, 1), ())
+
+
+async def test_load_rollups_filters_and_finds_overlapping_buckets(store: ContractStore) -> None:
+    rollups = rollup_store(store)
+    rows = [
+        rollup(T0, "w1", submitted=1),
+        rollup(T0, "w2", submitted=2),
+        rollup(T0 + 60, "w1", task_type="u", submitted=3),
+        rollup(T0 + 60, "w1", pool="q", submitted=4),
+        rollup(T0 - 3600, "w1", bucket_s=3600, submitted=5),  # an hour, ending at T0
+        rollup(T0 + 3600, "w1", bucket_s=3600, submitted=6),
+    ]
+    rollups.save_rollups(rows)
+    await store.flush()
+
+    async def submitted(
+        pool: str = "",
+        task_type: str = "",
+        worker_id: str = "",
+        since: float = 0,
+        until: float = 2e9,
+    ) -> list[int]:
+        found = await rollups.load_rollups(pool, task_type, worker_id, since, until)
+        return [row.submitted for row in found]
+
+    # Oldest first, then by pool, type and worker.
+    assert await submitted() == [5, 1, 2, 3, 4, 6]
+    assert await submitted(pool="p") == [5, 1, 2, 3, 6]
+    assert await submitted(task_type="u") == [3]
+    assert await submitted(worker_id="w2") == [2]
+    assert await submitted(pool="q", worker_id="w2") == []
+    assert await submitted(since=T0, until=T0 + 60) == [1, 2]  # [since, until)
+    assert await submitted(since=T0 - 1, until=T0) == [5]  # the hour overlaps
+    assert await submitted(since=T0 + 3599, until=T0 + 3601) == [6]
+
+
+async def test_compact_rollups_merges_narrow_rows_into_wide_ones(store: ContractStore) -> None:
+    rollups = rollup_store(store)
+    rows = [
+        rollup(T0 + m * 60, worker, submitted=1, run_count=1, run_sum=0.5, run_hist=(0, 1))
+        for m in range(120)
+        for worker in ("w1", "w2")
+    ]
+    stored_hour = rollup(T0, "w1", bucket_s=3600, submitted=10, run_hist=(3,))
+    rollups.save_rollups([*rows, stored_hour])
+    await store.flush()
+    # Before T0 + 90 min: the first hour and half of the second.
+    assert await rollups.compact_rollups(T0 + 5400, 3600) == 180
+    found = await rollups.load_rollups("", "", "", 0, 2e9)
+    hours = [
+        (r.worker_id, r.start, r.submitted, r.run_sum, r.run_hist)
+        for r in found
+        if r.bucket_s == 3600
+    ]
+    assert sorted(hours) == [
+        ("w1", T0, 70, 30.0, (3, 60)),
+        ("w1", T0 + 3600, 30, 15.0, (0, 30)),
+        ("w2", T0, 60, 30.0, (0, 60)),
+        ("w2", T0 + 3600, 30, 15.0, (0, 30)),
+    ]
+    minutes = sorted((r.worker_id, r.start) for r in found if r.bucket_s == 60)
+    assert minutes == [(w, T0 + m * 60) for w in ("w1", "w2") for m in range(90, 120)]
+    assert sum(r.submitted for r in found) == 250
+    assert await rollups.compact_rollups(T0 + 5400, 3600) == 0
+
+
+async def test_delete_rollups_deletes_what_starts_before(store: ContractStore) -> None:
+    rollups = rollup_store(store)
+    rollups.save_rollups(
+        [rollup(T0 - 3600, bucket_s=3600), rollup(T0 - 60), rollup(T0), rollup(T0 + 60)]
+    )
+    await store.flush()
+    assert await rollups.delete_rollups(T0) == 2
+    assert [r.start for r in await rollups.load_rollups("", "", "", 0, 2e9)] == [T0, T0 + 60]
+    assert await rollups.delete_rollups(T0) == 0
+
+
+async def test_after_close_the_metrics_history_is_refused(store: ContractStore) -> None:
+    rollups = rollup_store(store)
+    await store.close()
+    with pytest.raises(Unavailable):
+        rollups.save_rollups([rollup(T0)])
+    with pytest.raises(Unavailable):
+        await rollups.load_rollups("", "", "", 0, 2e9)
+    with pytest.raises(Unavailable):
+        await rollups.compact_rollups(T0, 3600)
+    with pytest.raises(Unavailable):
+        await rollups.delete_rollups(T0)

@@ -10,14 +10,15 @@ import socket
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
 import grpc
 import grpc.aio
+from opentelemetry.trace import TracerProvider
 
-from worker_sdk import _convert
+from worker_sdk import _convert, _tracing
 from worker_sdk._errors import (
     RESOURCE_EXHAUSTED,
     DeadlineExceeded,
@@ -37,7 +38,10 @@ from worker_sdk._types import (
     DEFAULT_ADDRESS,
     DEFAULT_POOL,
     Bulkhead,
+    ConfigChange,
+    MetricPoint,
     PoolInfo,
+    PoolRecommendation,
     PreferredLabel,
     RetryPolicy,
     Stats,
@@ -399,6 +403,11 @@ class Client:
     max(hint, exponential backoff with full jitter), each wait at most
     `max_submit_backoff_s`, up to `max_submit_retries` times (0 = never); then the call
     raises ResourceExhausted, whose `retry_after` is the broker's last hint.
+
+    With OpenTelemetry (`tracer_provider`, else the application's global provider, if it
+    set one) each submitted task gets a CLIENT span "taskbroker.submit" that starts its
+    trace, carried to the broker and the worker in the task; unary calls carry the
+    caller's trace context in their metadata.
     """
 
     def __init__(
@@ -409,6 +418,7 @@ class Client:
         client_id: str | None = None,
         max_submit_retries: int = 5,
         max_submit_backoff_s: float = 10.0,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -423,7 +433,8 @@ class Client:
         self._address = address
         self._batch_size = batch_size
         self._client_id = client_id
-        self._metadata: tuple[tuple[str, str], ...] = ((CLIENT_ID_HEADER, client_id),)
+        self._client_metadata: _tracing.Metadata = ((CLIENT_ID_HEADER, client_id),)
+        self._tracing = _tracing.Tracing(tracer_provider)
         self._backoff = _SubmitBackoff(max_submit_retries, max_submit_backoff_s)
         self._channel: grpc.aio.Channel | None = None
         self._task_stub: _tasks_grpc.TaskServiceAsyncStub | None = None
@@ -468,6 +479,11 @@ class Client:
 
     # -- plumbing ----------------------------------------------------------------------
 
+    @property
+    def _metadata(self) -> _tracing.Metadata:
+        """A unary call's metadata: the client id, and the caller's trace context if any."""
+        return self._tracing.call_metadata(self._client_metadata)
+
     def _stubs(self) -> tuple[_tasks_grpc.TaskServiceAsyncStub, _admin_grpc.AdminServiceAsyncStub]:
         if self._closed:
             raise RuntimeError("the client is closed")
@@ -485,7 +501,8 @@ class Client:
             if stream is not None:
                 self._retired = [s for s in self._retired if not s.finished]
                 self._retired.append(stream)
-            call = task_stub.SubmitStream(None, metadata=self._metadata)
+            # Shared by every caller: it carries no one's trace context (each task has its own).
+            call = task_stub.SubmitStream(None, metadata=self._client_metadata)
             stream = _SubmitStream(call, self._address, self._batch_size, self._backoff)
             self._stream = stream
         return stream
@@ -570,8 +587,11 @@ class Client:
             idempotency_key=idempotency_key,
             fairness_key=fairness_key,
         )
-        spec = _convert.task_spec(request)
-        return await self._submit_stream().submit(spec)
+        with self._tracing.submit_spans((request,)) as spans:
+            spec = _convert.task_spec(request, trace_context=spans.context())
+            task_id = await self._submit_stream().submit(spec)
+            spans.submitted((task_id,))
+        return task_id
 
     async def submit_many(self, tasks: Iterable[TaskRequest]) -> list[str]:
         """Submit tasks as one batch, all accepted or none; their ids in order.
@@ -582,11 +602,14 @@ class Client:
         if not requests:
             return []
         task_stub, _ = self._stubs()
-        message = _convert.submit_batch_request(requests)
-        response = await self._submit_unary(
-            lambda: task_stub.SubmitBatch(message, metadata=self._metadata)
-        )
-        return _convert.submit_batch_ids(response)
+        with self._tracing.submit_spans(requests) as spans:
+            message = _convert.submit_batch_request(requests, spans.contexts())
+            response = await self._submit_unary(
+                lambda: task_stub.SubmitBatch(message, metadata=self._metadata)
+            )
+            task_ids = _convert.submit_batch_ids(response)
+            spans.submitted(task_ids)
+        return task_ids
 
     async def get(self, task_id: str) -> TaskInfo:
         """The task as the broker has it now."""
@@ -855,3 +878,65 @@ class Client:
         _, admin_stub = self._stubs()
         request = _convert.stats_request()
         return _convert.stats(await self._unary(admin_stub.Stats(request, metadata=self._metadata)))
+
+    async def metrics_history(
+        self,
+        *,
+        pool: str | None = None,
+        task_type: str | None = None,
+        worker_id: str | None = None,
+        since: datetime | timedelta | None = None,
+        until: datetime | None = None,
+        bucket_s: int = 0,
+    ) -> list[MetricPoint]:
+        """The broker's metrics history, oldest first: per-minute rollups (hourly once
+        compacted) of the pool, task type and worker given (None = all, and the task types
+        and workers summed over), merged into buckets of `bucket_s` seconds (0 = as stored).
+
+        `since` is an aware datetime or a timedelta back from now (None = an hour ago),
+        `until` an aware datetime (None = now).
+        """
+        _, admin_stub = self._stubs()
+        request = _convert.metrics_history_request(
+            pool=pool,
+            task_type=task_type,
+            worker_id=worker_id,
+            since=since,
+            until=until,
+            bucket_s=bucket_s,
+        )
+        response = await self._unary(admin_stub.MetricsHistory(request, metadata=self._metadata))
+        return _convert.metric_points(response)
+
+    async def recommend(
+        self,
+        *,
+        pool: str | None = None,
+        target_wait_s: float = 1.0,
+        horizon_s: float = 900.0,
+    ) -> list[PoolRecommendation]:
+        """How many workers each pool (or just `pool`) needs so that a task waits
+        `target_wait_s` on average, for the arrival rate the broker forecasts over the next
+        `horizon_s` seconds from the pool's history (an M/M/c queue, Erlang C)."""
+        _, admin_stub = self._stubs()
+        request = _convert.recommend_request(pool, target_wait_s, horizon_s)
+        response = await self._unary(admin_stub.Recommend(request, metadata=self._metadata))
+        return _convert.recommendations(response)
+
+    async def reload_config(self) -> list[ConfigChange]:
+        """Make the broker re-read its config file and apply what changed in its pools;
+        the changes, empty if there were none."""
+        _, admin_stub = self._stubs()
+        request = _convert.reload_config_request()
+        response = await self._unary(admin_stub.ReloadConfig(request, metadata=self._metadata))
+        return _convert.config_changes(response)
+
+    async def config_history(
+        self, *, pool: str | None = None, limit: int = 100
+    ) -> list[ConfigChange]:
+        """The audited changes of pool settings (of `pool` only if given), newest first,
+        at most `limit`."""
+        _, admin_stub = self._stubs()
+        request = _convert.config_history_request(pool, limit)
+        response = await self._unary(admin_stub.ConfigHistory(request, metadata=self._metadata))
+        return _convert.config_changes(response)

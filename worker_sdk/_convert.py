@@ -5,11 +5,12 @@ No other module reads or builds a protobuf message; they pass them through opaqu
 
 from __future__ import annotations
 
+import json as _json
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Final, cast
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, cast
 
 import grpc
 
@@ -32,8 +33,11 @@ from worker_sdk._types import (
     ArmStats,
     Bulkhead,
     BulkheadStats,
+    ConfigChange,
+    MetricPoint,
     Placement,
     PoolInfo,
+    PoolRecommendation,
     PoolStats,
     PreferredLabel,
     RetryPolicy,
@@ -90,6 +94,9 @@ def rpc_error(error: grpc.RpcError, address: str) -> TaskbrokerError:
 
 
 # -- values ------------------------------------------------------------------------------
+
+# The largest count a uint32 field carries.
+UINT32_MAX: Final = 2**32 - 1
 
 _STATE_FROM_WIRE: dict[_tasks.TaskState.ValueType, TaskState] = {
     _tasks.TASK_STATE_PENDING: TaskState.PENDING,
@@ -205,12 +212,18 @@ def task_info(task: _tasks.Task) -> TaskInfo:
     )
 
 
-def task_spec(request: TaskRequest, *, now: float | None = None) -> _tasks.TaskSpec:
+def task_spec(
+    request: TaskRequest,
+    *,
+    now: float | None = None,
+    trace_context: Mapping[str, str] | None = None,
+) -> _tasks.TaskSpec:
     """The wire form of a submit; TypeError or ValueError for arguments it cannot hold.
 
     Called where the task is submitted, so a bad argument fails that call alone and
     never the stream it would have shared with other submits. A `delay` counts from
-    `now` (epoch seconds; default: the current time).
+    `now` (epoch seconds; default: the current time). `trace_context` is the W3C
+    context of the client's submit span, stored with the task.
     """
     spec = _tasks.TaskSpec(
         task_type=request.task_type,
@@ -218,6 +231,8 @@ def task_spec(request: TaskRequest, *, now: float | None = None) -> _tasks.TaskS
         priority=request.priority,
         pool=request.pool,
     )
+    if trace_context:
+        spec.trace_context.update(trace_context)
     if request.anti_affinity_soft and not request.anti_affinity:
         raise ValueError("anti_affinity_soft=True needs an anti_affinity group")
     if (
@@ -445,6 +460,12 @@ def pool_stats(p: _admin.PoolStats) -> PoolStats:
         max_queue=p.max_queue,
         max_inflight=p.max_inflight,
         bulkheads=tuple(bulkhead_stats(b) for b in p.bulkheads),
+        throughput_per_s=p.throughput_per_s,
+        wait_p50_s=p.wait_p50_s,
+        wait_p99_s=p.wait_p99_s,
+        run_p50_s=p.run_p50_s,
+        run_p99_s=p.run_p99_s,
+        oldest_pending_age_s=p.oldest_pending_age_s,
     )
 
 
@@ -452,6 +473,71 @@ def stats(response: _admin.StatsResponse) -> Stats:
     return Stats(
         broker_state=response.broker_state,
         pools=tuple(pool_stats(p) for p in response.pools),
+    )
+
+
+def metric_point(msg: _admin.MetricPoint) -> MetricPoint:
+    return MetricPoint(
+        start=datetime.fromtimestamp(msg.start_ms / 1000, UTC),
+        bucket_s=msg.bucket_s,
+        pool=msg.pool,
+        task_type=msg.task_type,
+        worker_id=msg.worker_id,
+        submitted=msg.submitted,
+        completed=msg.completed,
+        failed=msg.failed,
+        wait_mean_s=msg.wait_mean_s,
+        wait_p50_s=msg.wait_p50_s,
+        wait_p99_s=msg.wait_p99_s,
+        run_mean_s=msg.run_mean_s,
+        run_p50_s=msg.run_p50_s,
+        run_p99_s=msg.run_p99_s,
+    )
+
+
+def pool_recommendation(msg: _admin.PoolRecommendation) -> PoolRecommendation:
+    return PoolRecommendation(
+        pool=msg.pool,
+        current_workers=msg.current_workers,
+        recommended_workers=msg.recommended_workers,
+        arrival_rate_per_s=msg.arrival_rate_per_s,
+        mean_run_s=msg.mean_run_s,
+        slots_per_worker=msg.slots_per_worker,
+        servers=msg.servers,
+        utilisation=msg.utilisation,
+        expected_wait_s=msg.expected_wait_s,
+        probability_of_wait=msg.probability_of_wait,
+        method=msg.method,
+        reasoning=tuple(msg.reasoning),
+    )
+
+
+def _pool_settings(text: str, pool: str, which: str) -> dict[str, Any] | None:
+    """A pool's settings as the broker recorded them (a JSON object); None for ""."""
+    if not text:
+        return None
+    try:
+        settings = _json.loads(text)
+    except ValueError:
+        settings = None
+    if not isinstance(settings, dict):
+        raise TaskbrokerError(
+            f"broker sent a config change of pool {pool!r} whose {which} settings are not "
+            "a JSON object"
+        )
+    return settings
+
+
+def config_change(msg: _admin.ConfigChange) -> ConfigChange:
+    """A wire ConfigChange; TaskbrokerError if its settings are not JSON objects."""
+    return ConfigChange(
+        at=datetime.fromtimestamp(msg.at_ms / 1000, UTC),
+        who=msg.who,
+        source=msg.source,
+        pool=msg.pool,
+        before=_pool_settings(msg.before, msg.pool, "before"),
+        after=_pool_settings(msg.after, msg.pool, "after"),
+        fields=tuple(msg.fields),
     )
 
 
@@ -484,8 +570,15 @@ def submit_stream_event(response: _tasks.SubmitStreamResponse) -> SubmitAcked | 
     raise TaskbrokerError(f"broker sent an empty SubmitStreamResponse ({kind!r})")
 
 
-def submit_batch_request(requests: Iterable[TaskRequest]) -> _tasks.SubmitBatchRequest:
-    return _tasks.SubmitBatchRequest(tasks=[task_spec(r) for r in requests])
+def submit_batch_request(
+    requests: Sequence[TaskRequest], trace_contexts: Sequence[Mapping[str, str]] | None = None
+) -> _tasks.SubmitBatchRequest:
+    """A batch of submits; `trace_contexts` (one per request) as for `task_spec`."""
+    if trace_contexts is None:
+        return _tasks.SubmitBatchRequest(tasks=[task_spec(r) for r in requests])
+    return _tasks.SubmitBatchRequest(
+        tasks=[task_spec(r, trace_context=c) for r, c in zip(requests, trace_contexts, strict=True)]
+    )
 
 
 def submit_batch_ids(response: _tasks.SubmitBatchResponse) -> list[str]:
@@ -593,6 +686,94 @@ def stats_request() -> _admin.StatsRequest:
     return _admin.StatsRequest()
 
 
+def _uint32(value: int, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} is a whole number, not {type(value).__name__}")
+    if not minimum <= value <= UINT32_MAX:
+        raise ValueError(f"{name} must be {minimum}..{UINT32_MAX}, got {value}")
+    return value
+
+
+def _filter(value: str | None, name: str) -> str:
+    """An optional filter; None and "" both mean "all"."""
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name} is a str, not {type(value).__name__}")
+    return value or ""
+
+
+def metrics_history_request(
+    *,
+    pool: str | None,
+    task_type: str | None,
+    worker_id: str | None,
+    since: datetime | timedelta | None,
+    until: datetime | None,
+    bucket_s: int,
+    now: datetime | None = None,
+) -> _admin.MetricsHistoryRequest:
+    """The wire form of a history query. A `since` timedelta counts back from `now`
+    (default: the current time); an unset `since` or `until` leaves the broker's default
+    (the last hour, up to now). ValueError or TypeError for what the wire cannot say."""
+    since_ms = 0
+    if isinstance(since, timedelta):
+        if since <= timedelta(0):
+            raise ValueError("since, as a timedelta, must be positive (that long ago)")
+        since_ms = _epoch_ms((now or datetime.now(UTC)) - since, "since")
+    elif isinstance(since, datetime):
+        since_ms = _epoch_ms(since, "since")
+    elif since is not None:
+        raise TypeError(f"since is a datetime or a timedelta, not {type(since).__name__}")
+    until_ms = 0
+    if isinstance(until, datetime):
+        until_ms = _epoch_ms(until, "until")
+    elif until is not None:
+        raise TypeError(f"until is a datetime, not {type(until).__name__}")
+    if since_ms and until_ms and since_ms >= until_ms:
+        raise ValueError("since must be before until")
+    if since_ms < 0 or until_ms < 0:
+        raise ValueError("since and until must be after 1970")
+    return _admin.MetricsHistoryRequest(
+        pool=_filter(pool, "pool"),
+        task_type=_filter(task_type, "task_type"),
+        worker_id=_filter(worker_id, "worker_id"),
+        since_ms=since_ms,
+        until_ms=until_ms,
+        bucket_s=_uint32(bucket_s, "bucket_s", 0),
+    )
+
+
+def metric_points(response: _admin.MetricsHistoryResponse) -> list[MetricPoint]:
+    return [metric_point(p) for p in response.points]
+
+
+def recommend_request(
+    pool: str | None, target_wait_s: float, horizon_s: float
+) -> _admin.RecommendRequest:
+    return _admin.RecommendRequest(
+        pool=_filter(pool, "pool"),
+        target_wait_s=_positive_seconds(target_wait_s, "target_wait_s"),
+        horizon_s=_positive_seconds(horizon_s, "horizon_s"),
+    )
+
+
+def recommendations(response: _admin.RecommendResponse) -> list[PoolRecommendation]:
+    return [pool_recommendation(p) for p in response.pools]
+
+
+def reload_config_request() -> _admin.ReloadConfigRequest:
+    return _admin.ReloadConfigRequest()
+
+
+def config_history_request(pool: str | None, limit: int) -> _admin.ConfigHistoryRequest:
+    return _admin.ConfigHistoryRequest(pool=_filter(pool, "pool"), limit=_uint32(limit, "limit", 1))
+
+
+def config_changes(
+    response: _admin.ReloadConfigResponse | _admin.ConfigHistoryResponse,
+) -> list[ConfigChange]:
+    return [config_change(c) for c in response.changes]
+
+
 # -- WorkerService.Connect ---------------------------------------------------------------
 
 
@@ -668,7 +849,13 @@ def broker_event(message: _worker.BrokerMessage) -> BrokerEvent | None:
         return AssignmentsReceived(
             [
                 Assignment(
-                    a.task_id, a.attempt, a.task_type, a.payload, a.priority, _time(a.deadline_ms)
+                    a.task_id,
+                    a.attempt,
+                    a.task_type,
+                    a.payload,
+                    a.priority,
+                    _time(a.deadline_ms),
+                    dict(a.trace_context),
                 )
                 for a in message.assignments.assignments
             ],

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from worker_sdk._types import TaskErrorInfo, TaskInfo
@@ -53,6 +54,7 @@ class Assignment:
     payload: bytes
     priority: int
     deadline: datetime | None = None  # the attempt's execution timeout, as a time
+    trace_context: Mapping[str, str] = field(default_factory=dict)  # W3C, of the task's trace
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -14,7 +14,10 @@ from worker_sdk._types import (
     DEFAULT_ADDRESS,
     DEFAULT_POOL,
     Bulkhead,
+    ConfigChange,
+    MetricPoint,
     PoolInfo,
+    PoolRecommendation,
     PreferredLabel,
     RetryPolicy,
     Stats,
@@ -288,3 +291,47 @@ class SyncClient:
 
     def stats(self) -> Stats:
         return self._run(self._client.stats())
+
+    def metrics_history(
+        self,
+        *,
+        pool: str | None = None,
+        task_type: str | None = None,
+        worker_id: str | None = None,
+        since: datetime | timedelta | None = None,
+        until: datetime | None = None,
+        bucket_s: int = 0,
+    ) -> list[MetricPoint]:
+        """The broker's metrics history, oldest first; the arguments are
+        `Client.metrics_history`'s."""
+        return self._run(
+            self._client.metrics_history(
+                pool=pool,
+                task_type=task_type,
+                worker_id=worker_id,
+                since=since,
+                until=until,
+                bucket_s=bucket_s,
+            )
+        )
+
+    def recommend(
+        self,
+        *,
+        pool: str | None = None,
+        target_wait_s: float = 1.0,
+        horizon_s: float = 900.0,
+    ) -> list[PoolRecommendation]:
+        """Worker counts per pool for a target queue wait; the arguments are
+        `Client.recommend`'s."""
+        return self._run(
+            self._client.recommend(pool=pool, target_wait_s=target_wait_s, horizon_s=horizon_s)
+        )
+
+    def reload_config(self) -> list[ConfigChange]:
+        """Make the broker re-read its config file; the changes it applied."""
+        return self._run(self._client.reload_config())
+
+    def config_history(self, *, pool: str | None = None, limit: int = 100) -> list[ConfigChange]:
+        """The audited changes of pool settings, newest first."""
+        return self._run(self._client.config_history(pool=pool, limit=limit))

@@ -6,7 +6,7 @@ import enum
 import json as _json
 from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -319,6 +319,11 @@ class PoolStats:
     held tasks requeued for an expired lease (`lease_expired`), slot-count drifts repaired
     (`reconciled`). `max_queue` and `max_inflight` are the pool's limits in force and
     `bulkheads` the per-task-type ones.
+
+    Live figures over the last minute: tasks finished per second (`throughput_per_s`),
+    the median and 99th percentile of the queue wait (submit or requeue to assignment) and
+    of the run time on the worker, and how long the oldest waiting task has waited
+    (`oldest_pending_age_s`); 0 when there is nothing to measure.
     """
 
     pool: str
@@ -349,6 +354,12 @@ class PoolStats:
     max_queue: int = 0
     max_inflight: int = 0
     bulkheads: tuple[BulkheadStats, ...] = ()
+    throughput_per_s: float = 0.0
+    wait_p50_s: float = 0.0
+    wait_p99_s: float = 0.0
+    run_p50_s: float = 0.0
+    run_p99_s: float = 0.0
+    oldest_pending_age_s: float = 0.0
 
     @property
     def sticky_hit_rate(self) -> float | None:
@@ -363,3 +374,76 @@ class Stats:
 
     broker_state: str
     pools: tuple[PoolStats, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MetricPoint:
+    """One bucket of the broker's metrics history: what happened from `start` for
+    `bucket_s` seconds in `pool`, for one `task_type` and `worker_id` ("" when summed over
+    them). `completed` counts the tasks that finished, whatever the outcome, `failed` those
+    of them that failed; the wait (in the queue) and run (on the worker) figures are over
+    the finished tasks, in seconds, 0 with none.
+    """
+
+    start: datetime
+    bucket_s: int
+    pool: str
+    task_type: str
+    worker_id: str
+    submitted: int
+    completed: int
+    failed: int
+    wait_mean_s: float
+    wait_p50_s: float
+    wait_p99_s: float
+    run_mean_s: float
+    run_p50_s: float
+    run_p99_s: float
+
+    @property
+    def end(self) -> datetime:
+        """Where the bucket ends (exclusive)."""
+        return self.start + timedelta(seconds=self.bucket_s)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRecommendation:
+    """How many workers a pool needs for its target queue wait, from its history.
+
+    The broker forecasts the arrival rate (`arrival_rate_per_s`, by `method`) and, with the
+    mean run time and the workers' mean capacity (`slots_per_worker`), finds the fewest slots
+    (`servers`, c in M/M/c) whose Erlang C mean wait is within the target:
+    `recommended_workers` of them. `utilisation`, `expected_wait_s` and
+    `probability_of_wait` (that a task waits at all) hold at the recommendation;
+    `reasoning` gives the steps in words and numbers.
+    """
+
+    pool: str
+    current_workers: int
+    recommended_workers: int
+    arrival_rate_per_s: float
+    mean_run_s: float
+    slots_per_worker: float
+    servers: int
+    utilisation: float
+    expected_wait_s: float
+    probability_of_wait: float
+    method: str
+    reasoning: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigChange:
+    """One audited change of a pool's settings: `at` when, `who` asked (a client id or
+    peer, "config file" or "sighup") through which `source` ("create_pool", "update_pool",
+    "reload"), and the settings `before` (None for a new pool) and `after`, as the broker
+    reports them; `fields` names the settings that changed.
+    """
+
+    at: datetime
+    who: str
+    source: str
+    pool: str
+    before: Mapping[str, Any] | None = field(hash=False)
+    after: Mapping[str, Any] | None = field(hash=False)
+    fields: tuple[str, ...] = ()

@@ -15,8 +15,9 @@ from typing import Any, Final, TypeVar
 
 import grpc
 import grpc.aio
+from opentelemetry.trace import TracerProvider
 
-from worker_sdk import _convert
+from worker_sdk import _convert, _tracing
 from worker_sdk._client import CHANNEL_OPTIONS
 from worker_sdk._context import TaskContext
 from worker_sdk._errors import TaskbrokerError
@@ -83,6 +84,10 @@ class Worker:
     `run()` reconnects with backoff when the stream breaks and returns after `shutdown()` or
     when the broker drains the worker. The SDK installs no signal handlers: wire SIGTERM to
     `shutdown()` in your program if you want it.
+
+    With OpenTelemetry (`tracer_provider`, else the application's global provider, if it
+    set one) each attempt runs in a span "taskbroker.execute" of the task's trace, current
+    while the handler runs (in its thread, too), so the handler's own spans nest in it.
     """
 
     def __init__(
@@ -95,6 +100,7 @@ class Worker:
         broker: str = DEFAULT_ADDRESS,
         reconnect_initial_s: float = 0.2,
         reconnect_max_s: float = 10.0,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
@@ -108,6 +114,7 @@ class Worker:
         self._reconnect_initial_s = reconnect_initial_s
         self._reconnect_max_s = reconnect_max_s
         self._handlers: dict[str, _Handler] = {}
+        self._tracing = _tracing.Tracing(tracer_provider)
         self._stop_requested = False
         # Made by run(), so they belong to the loop that runs the worker.
         self._stop = asyncio.Event()
@@ -469,22 +476,26 @@ class _Session:
             return
         self._started.append(assignment.task_id)
         self._wake.set()
-        try:
-            if handler.is_async:
-                value = await handler.function(context)
+        with self._worker._tracing.execute_span(assignment, context) as span:
+            try:
+                if handler.is_async:
+                    value = await handler.function(context)
+                else:
+                    function = span.in_context(handler.function)
+                    value = await self._loop.run_in_executor(self._executor, function, context)
+                result = encode_result(value)
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if context.cancelled or (task is not None and task.cancelling()):
+                    raise
+                # The handler raised CancelledError itself (e.g. an inner timeout): a failure.
+                span.failed(exc)
+                self._report(context, assignment, None, _error_info(exc), started_ms)
+            except Exception as exc:
+                span.failed(exc)
+                self._report(context, assignment, None, _error_info(exc), started_ms)
             else:
-                value = await self._loop.run_in_executor(self._executor, handler.function, context)
-            result = encode_result(value)
-        except asyncio.CancelledError as exc:
-            task = asyncio.current_task()
-            if context.cancelled or (task is not None and task.cancelling()):
-                raise
-            # The handler raised CancelledError itself (e.g. an inner timeout): a failure.
-            self._report(context, assignment, None, _error_info(exc), started_ms)
-        except Exception as exc:
-            self._report(context, assignment, None, _error_info(exc), started_ms)
-        else:
-            self._report(context, assignment, result, None, started_ms)
+                self._report(context, assignment, result, None, started_ms)
 
     def _report(
         self,

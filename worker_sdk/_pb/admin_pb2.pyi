@@ -461,6 +461,12 @@ class PoolStats(_message.Message):
     MAX_QUEUE_FIELD_NUMBER: _builtins.int
     MAX_INFLIGHT_FIELD_NUMBER: _builtins.int
     BULKHEADS_FIELD_NUMBER: _builtins.int
+    THROUGHPUT_PER_S_FIELD_NUMBER: _builtins.int
+    WAIT_P50_S_FIELD_NUMBER: _builtins.int
+    WAIT_P99_S_FIELD_NUMBER: _builtins.int
+    RUN_P50_S_FIELD_NUMBER: _builtins.int
+    RUN_P99_S_FIELD_NUMBER: _builtins.int
+    OLDEST_PENDING_AGE_S_FIELD_NUMBER: _builtins.int
     pool: _builtins.str
     strategy: _builtins.str
     pending: _builtins.int
@@ -499,6 +505,18 @@ class PoolStats(_message.Message):
     """tasks answered with an earlier one (idempotency key)"""
     max_queue: _builtins.int
     max_inflight: _builtins.int
+    throughput_per_s: _builtins.float
+    """Live figures over the last minute (from the metrics rollups).
+    tasks finished per second
+    """
+    wait_p50_s: _builtins.float
+    """queue wait: submit (or requeue) to assignment"""
+    wait_p99_s: _builtins.float
+    run_p50_s: _builtins.float
+    """run time on the worker"""
+    run_p99_s: _builtins.float
+    oldest_pending_age_s: _builtins.float
+    """how long the oldest waiting task has waited"""
     @_builtins.property
     def arms(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArmStats]:
         """one per strategy placing this pool's tasks"""
@@ -544,14 +562,389 @@ class PoolStats(_message.Message):
         max_queue: _builtins.int = ...,
         max_inflight: _builtins.int = ...,
         bulkheads: _abc.Iterable[Global___BulkheadStats] | None = ...,
+        throughput_per_s: _builtins.float = ...,
+        wait_p50_s: _builtins.float = ...,
+        wait_p99_s: _builtins.float = ...,
+        run_p50_s: _builtins.float = ...,
+        run_p99_s: _builtins.float = ...,
+        oldest_pending_age_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "assigned", b"assigned", "bulkheads", b"bulkheads", "cancelled", b"cancelled", "capacity", b"capacity", "dead_letter", b"dead_letter", "deduplicated", b"deduplicated", "delayed", b"delayed", "expired", b"expired", "failed", b"failed", "lease_expired", b"lease_expired", "max_inflight", b"max_inflight", "max_queue", b"max_queue", "pending", b"pending", "pool", b"pool", "rate_limited", b"rate_limited", "reconciled", b"reconciled", "rejected", b"rejected", "retried", b"retried", "runtimes", b"runtimes", "sticky_hits", b"sticky_hits", "sticky_misses", b"sticky_misses", "strategy", b"strategy", "strategy_notes", b"strategy_notes", "succeeded", b"succeeded", "timed_out", b"timed_out", "unschedulable", b"unschedulable", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "assigned", b"assigned", "bulkheads", b"bulkheads", "cancelled", b"cancelled", "capacity", b"capacity", "dead_letter", b"dead_letter", "deduplicated", b"deduplicated", "delayed", b"delayed", "expired", b"expired", "failed", b"failed", "lease_expired", b"lease_expired", "max_inflight", b"max_inflight", "max_queue", b"max_queue", "oldest_pending_age_s", b"oldest_pending_age_s", "pending", b"pending", "pool", b"pool", "rate_limited", b"rate_limited", "reconciled", b"reconciled", "rejected", b"rejected", "retried", b"retried", "run_p50_s", b"run_p50_s", "run_p99_s", b"run_p99_s", "runtimes", b"runtimes", "sticky_hits", b"sticky_hits", "sticky_misses", b"sticky_misses", "strategy", b"strategy", "strategy_notes", b"strategy_notes", "succeeded", b"succeeded", "throughput_per_s", b"throughput_per_s", "timed_out", b"timed_out", "unschedulable", b"unschedulable", "wait_p50_s", b"wait_p50_s", "wait_p99_s", b"wait_p99_s", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PoolStats: _TypeAlias = PoolStats  # noqa: Y015
+
+@_typing.final
+class MetricsHistoryRequest(_message.Message):
+    """Metrics history: per-minute rollups (coarser once compacted), per pool, task type
+    and worker, kept in SQLite for metrics_retention_s.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_FIELD_NUMBER: _builtins.int
+    TASK_TYPE_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    SINCE_MS_FIELD_NUMBER: _builtins.int
+    UNTIL_MS_FIELD_NUMBER: _builtins.int
+    BUCKET_S_FIELD_NUMBER: _builtins.int
+    pool: _builtins.str
+    """empty = every pool"""
+    task_type: _builtins.str
+    """empty = every type"""
+    worker_id: _builtins.str
+    """empty = summed over workers"""
+    since_ms: _builtins.int
+    """0 = the last hour"""
+    until_ms: _builtins.int
+    """0 = now"""
+    bucket_s: _builtins.int
+    """merge rows into buckets this wide; 0 = as stored (60 s)"""
+    def __init__(
+        self,
+        *,
+        pool: _builtins.str = ...,
+        task_type: _builtins.str = ...,
+        worker_id: _builtins.str = ...,
+        since_ms: _builtins.int = ...,
+        until_ms: _builtins.int = ...,
+        bucket_s: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_s", b"bucket_s", "pool", b"pool", "since_ms", b"since_ms", "task_type", b"task_type", "until_ms", b"until_ms", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetricsHistoryRequest: _TypeAlias = MetricsHistoryRequest  # noqa: Y015
+
+@_typing.final
+class MetricPoint(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_MS_FIELD_NUMBER: _builtins.int
+    BUCKET_S_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
+    TASK_TYPE_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    SUBMITTED_FIELD_NUMBER: _builtins.int
+    COMPLETED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    WAIT_MEAN_S_FIELD_NUMBER: _builtins.int
+    WAIT_P50_S_FIELD_NUMBER: _builtins.int
+    WAIT_P99_S_FIELD_NUMBER: _builtins.int
+    RUN_MEAN_S_FIELD_NUMBER: _builtins.int
+    RUN_P50_S_FIELD_NUMBER: _builtins.int
+    RUN_P99_S_FIELD_NUMBER: _builtins.int
+    start_ms: _builtins.int
+    bucket_s: _builtins.int
+    pool: _builtins.str
+    task_type: _builtins.str
+    """empty when summed over types"""
+    worker_id: _builtins.str
+    """empty when summed over workers"""
+    submitted: _builtins.int
+    completed: _builtins.int
+    """finished, any outcome"""
+    failed: _builtins.int
+    wait_mean_s: _builtins.float
+    wait_p50_s: _builtins.float
+    wait_p99_s: _builtins.float
+    run_mean_s: _builtins.float
+    run_p50_s: _builtins.float
+    run_p99_s: _builtins.float
+    def __init__(
+        self,
+        *,
+        start_ms: _builtins.int = ...,
+        bucket_s: _builtins.int = ...,
+        pool: _builtins.str = ...,
+        task_type: _builtins.str = ...,
+        worker_id: _builtins.str = ...,
+        submitted: _builtins.int = ...,
+        completed: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        wait_mean_s: _builtins.float = ...,
+        wait_p50_s: _builtins.float = ...,
+        wait_p99_s: _builtins.float = ...,
+        run_mean_s: _builtins.float = ...,
+        run_p50_s: _builtins.float = ...,
+        run_p99_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_s", b"bucket_s", "completed", b"completed", "failed", b"failed", "pool", b"pool", "run_mean_s", b"run_mean_s", "run_p50_s", b"run_p50_s", "run_p99_s", b"run_p99_s", "start_ms", b"start_ms", "submitted", b"submitted", "task_type", b"task_type", "wait_mean_s", b"wait_mean_s", "wait_p50_s", b"wait_p50_s", "wait_p99_s", b"wait_p99_s", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetricPoint: _TypeAlias = MetricPoint  # noqa: Y015
+
+@_typing.final
+class MetricsHistoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POINTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricPoint]:
+        """oldest first"""
+
+    def __init__(
+        self,
+        *,
+        points: _abc.Iterable[Global___MetricPoint] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["points", b"points"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetricsHistoryResponse: _TypeAlias = MetricsHistoryResponse  # noqa: Y015
+
+@_typing.final
+class RecommendRequest(_message.Message):
+    """A worker count per pool for a target queue wait, from the pool's history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_FIELD_NUMBER: _builtins.int
+    TARGET_WAIT_S_FIELD_NUMBER: _builtins.int
+    HORIZON_S_FIELD_NUMBER: _builtins.int
+    pool: _builtins.str
+    """empty = every pool"""
+    target_wait_s: _builtins.float
+    """mean queue wait to aim for; 0 = 1 s"""
+    horizon_s: _builtins.float
+    """forecast this far ahead; 0 = 15 minutes"""
+    def __init__(
+        self,
+        *,
+        pool: _builtins.str = ...,
+        target_wait_s: _builtins.float = ...,
+        horizon_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["horizon_s", b"horizon_s", "pool", b"pool", "target_wait_s", b"target_wait_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecommendRequest: _TypeAlias = RecommendRequest  # noqa: Y015
+
+@_typing.final
+class PoolRecommendation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_FIELD_NUMBER: _builtins.int
+    CURRENT_WORKERS_FIELD_NUMBER: _builtins.int
+    RECOMMENDED_WORKERS_FIELD_NUMBER: _builtins.int
+    ARRIVAL_RATE_PER_S_FIELD_NUMBER: _builtins.int
+    MEAN_RUN_S_FIELD_NUMBER: _builtins.int
+    SLOTS_PER_WORKER_FIELD_NUMBER: _builtins.int
+    SERVERS_FIELD_NUMBER: _builtins.int
+    UTILISATION_FIELD_NUMBER: _builtins.int
+    EXPECTED_WAIT_S_FIELD_NUMBER: _builtins.int
+    PROBABILITY_OF_WAIT_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
+    pool: _builtins.str
+    current_workers: _builtins.int
+    recommended_workers: _builtins.int
+    arrival_rate_per_s: _builtins.float
+    """forecast for the next window"""
+    mean_run_s: _builtins.float
+    slots_per_worker: _builtins.float
+    """mean capacity of its workers (servers per worker)"""
+    servers: _builtins.int
+    """slots needed (c in M/M/c)"""
+    utilisation: _builtins.float
+    """rho = lambda / (c * mu) at the recommendation"""
+    expected_wait_s: _builtins.float
+    """Erlang C mean wait at the recommendation"""
+    probability_of_wait: _builtins.float
+    """Erlang C: P(a task waits)"""
+    method: _builtins.str
+    """how the arrival rate was forecast"""
+    @_builtins.property
+    def reasoning(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the steps, in words and numbers"""
+
+    def __init__(
+        self,
+        *,
+        pool: _builtins.str = ...,
+        current_workers: _builtins.int = ...,
+        recommended_workers: _builtins.int = ...,
+        arrival_rate_per_s: _builtins.float = ...,
+        mean_run_s: _builtins.float = ...,
+        slots_per_worker: _builtins.float = ...,
+        servers: _builtins.int = ...,
+        utilisation: _builtins.float = ...,
+        expected_wait_s: _builtins.float = ...,
+        probability_of_wait: _builtins.float = ...,
+        method: _builtins.str = ...,
+        reasoning: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrival_rate_per_s", b"arrival_rate_per_s", "current_workers", b"current_workers", "expected_wait_s", b"expected_wait_s", "mean_run_s", b"mean_run_s", "method", b"method", "pool", b"pool", "probability_of_wait", b"probability_of_wait", "reasoning", b"reasoning", "recommended_workers", b"recommended_workers", "servers", b"servers", "slots_per_worker", b"slots_per_worker", "utilisation", b"utilisation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PoolRecommendation: _TypeAlias = PoolRecommendation  # noqa: Y015
+
+@_typing.final
+class RecommendResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pools(self) -> _containers.RepeatedCompositeFieldContainer[Global___PoolRecommendation]: ...
+    def __init__(
+        self,
+        *,
+        pools: _abc.Iterable[Global___PoolRecommendation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pools", b"pools"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecommendResponse: _TypeAlias = RecommendResponse  # noqa: Y015
+
+@_typing.final
+class ReloadConfigRequest(_message.Message):
+    """Re-read the broker's config file and apply what changed in its pools."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReloadConfigRequest: _TypeAlias = ReloadConfigRequest  # noqa: Y015
+
+@_typing.final
+class ReloadConfigResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConfigChange]:
+        """empty when nothing changed"""
+
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___ConfigChange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReloadConfigResponse: _TypeAlias = ReloadConfigResponse  # noqa: Y015
+
+@_typing.final
+class ConfigHistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    pool: _builtins.str
+    """empty = every pool"""
+    limit: _builtins.int
+    """0 = 100"""
+    def __init__(
+        self,
+        *,
+        pool: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "pool", b"pool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfigHistoryRequest: _TypeAlias = ConfigHistoryRequest  # noqa: Y015
+
+@_typing.final
+class ConfigChange(_message.Message):
+    """One audited change of a pool's settings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_MS_FIELD_NUMBER: _builtins.int
+    WHO_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
+    BEFORE_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    at_ms: _builtins.int
+    who: _builtins.str
+    """the client id (or peer) that asked, "config file" or "sighup" """
+    source: _builtins.str
+    """create_pool, update_pool, reload"""
+    pool: _builtins.str
+    before: _builtins.str
+    """the settings as JSON ("" for a new pool)"""
+    after: _builtins.str
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the settings that changed"""
+
+    def __init__(
+        self,
+        *,
+        at_ms: _builtins.int = ...,
+        who: _builtins.str = ...,
+        source: _builtins.str = ...,
+        pool: _builtins.str = ...,
+        before: _builtins.str = ...,
+        after: _builtins.str = ...,
+        fields: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "at_ms", b"at_ms", "before", b"before", "fields", b"fields", "pool", b"pool", "source", b"source", "who", b"who"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfigChange: _TypeAlias = ConfigChange  # noqa: Y015
+
+@_typing.final
+class ConfigHistoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConfigChange]:
+        """newest first"""
+
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___ConfigChange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfigHistoryResponse: _TypeAlias = ConfigHistoryResponse  # noqa: Y015
 
 @_typing.final
 class BulkheadStats(_message.Message):

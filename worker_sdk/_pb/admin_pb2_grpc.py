@@ -69,6 +69,26 @@ class AdminServiceStub:
                 request_serializer=taskbroker_dot_v1_dot_admin__pb2.StatsRequest.SerializeToString,
                 response_deserializer=taskbroker_dot_v1_dot_admin__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.MetricsHistory = channel.unary_unary(
+                '/taskbroker.v1.AdminService/MetricsHistory',
+                request_serializer=taskbroker_dot_v1_dot_admin__pb2.MetricsHistoryRequest.SerializeToString,
+                response_deserializer=taskbroker_dot_v1_dot_admin__pb2.MetricsHistoryResponse.FromString,
+                _registered_method=True)
+        self.Recommend = channel.unary_unary(
+                '/taskbroker.v1.AdminService/Recommend',
+                request_serializer=taskbroker_dot_v1_dot_admin__pb2.RecommendRequest.SerializeToString,
+                response_deserializer=taskbroker_dot_v1_dot_admin__pb2.RecommendResponse.FromString,
+                _registered_method=True)
+        self.ReloadConfig = channel.unary_unary(
+                '/taskbroker.v1.AdminService/ReloadConfig',
+                request_serializer=taskbroker_dot_v1_dot_admin__pb2.ReloadConfigRequest.SerializeToString,
+                response_deserializer=taskbroker_dot_v1_dot_admin__pb2.ReloadConfigResponse.FromString,
+                _registered_method=True)
+        self.ConfigHistory = channel.unary_unary(
+                '/taskbroker.v1.AdminService/ConfigHistory',
+                request_serializer=taskbroker_dot_v1_dot_admin__pb2.ConfigHistoryRequest.SerializeToString,
+                response_deserializer=taskbroker_dot_v1_dot_admin__pb2.ConfigHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -116,6 +136,30 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MetricsHistory(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Recommend(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReloadConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfigHistory(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +197,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=taskbroker_dot_v1_dot_admin__pb2.StatsRequest.FromString,
                     response_serializer=taskbroker_dot_v1_dot_admin__pb2.StatsResponse.SerializeToString,
+            ),
+            'MetricsHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.MetricsHistory,
+                    request_deserializer=taskbroker_dot_v1_dot_admin__pb2.MetricsHistoryRequest.FromString,
+                    response_serializer=taskbroker_dot_v1_dot_admin__pb2.MetricsHistoryResponse.SerializeToString,
+            ),
+            'Recommend': grpc.unary_unary_rpc_method_handler(
+                    servicer.Recommend,
+                    request_deserializer=taskbroker_dot_v1_dot_admin__pb2.RecommendRequest.FromString,
+                    response_serializer=taskbroker_dot_v1_dot_admin__pb2.RecommendResponse.SerializeToString,
+            ),
+            'ReloadConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadConfig,
+                    request_deserializer=taskbroker_dot_v1_dot_admin__pb2.ReloadConfigRequest.FromString,
+                    response_serializer=taskbroker_dot_v1_dot_admin__pb2.ReloadConfigResponse.SerializeToString,
+            ),
+            'ConfigHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfigHistory,
+                    request_deserializer=taskbroker_dot_v1_dot_admin__pb2.ConfigHistoryRequest.FromString,
+                    response_serializer=taskbroker_dot_v1_dot_admin__pb2.ConfigHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -344,6 +408,114 @@ class AdminService:
             '/taskbroker.v1.AdminService/Stats',
             taskbroker_dot_v1_dot_admin__pb2.StatsRequest.SerializeToString,
             taskbroker_dot_v1_dot_admin__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MetricsHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskbroker.v1.AdminService/MetricsHistory',
+            taskbroker_dot_v1_dot_admin__pb2.MetricsHistoryRequest.SerializeToString,
+            taskbroker_dot_v1_dot_admin__pb2.MetricsHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Recommend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskbroker.v1.AdminService/Recommend',
+            taskbroker_dot_v1_dot_admin__pb2.RecommendRequest.SerializeToString,
+            taskbroker_dot_v1_dot_admin__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskbroker.v1.AdminService/ReloadConfig',
+            taskbroker_dot_v1_dot_admin__pb2.ReloadConfigRequest.SerializeToString,
+            taskbroker_dot_v1_dot_admin__pb2.ReloadConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfigHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskbroker.v1.AdminService/ConfigHistory',
+            taskbroker_dot_v1_dot_admin__pb2.ConfigHistoryRequest.SerializeToString,
+            taskbroker_dot_v1_dot_admin__pb2.ConfigHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

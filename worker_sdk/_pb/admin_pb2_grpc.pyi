@@ -38,6 +38,10 @@ class AdminServiceStub:
     DrainWorker: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DrainWorkerRequest, _admin_pb2.DrainWorkerResponse]
     CordonWorker: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CordonWorkerRequest, _admin_pb2.WorkerStatus]
     Stats: _grpc.UnaryUnaryMultiCallable[_admin_pb2.StatsRequest, _admin_pb2.StatsResponse]
+    MetricsHistory: _grpc.UnaryUnaryMultiCallable[_admin_pb2.MetricsHistoryRequest, _admin_pb2.MetricsHistoryResponse]
+    Recommend: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RecommendRequest, _admin_pb2.RecommendResponse]
+    ReloadConfig: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReloadConfigRequest, _admin_pb2.ReloadConfigResponse]
+    ConfigHistory: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ConfigHistoryRequest, _admin_pb2.ConfigHistoryResponse]
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -49,6 +53,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     DrainWorker: _aio.UnaryUnaryMultiCallable[_admin_pb2.DrainWorkerRequest, _admin_pb2.DrainWorkerResponse]  # type: ignore[assignment]
     CordonWorker: _aio.UnaryUnaryMultiCallable[_admin_pb2.CordonWorkerRequest, _admin_pb2.WorkerStatus]  # type: ignore[assignment]
     Stats: _aio.UnaryUnaryMultiCallable[_admin_pb2.StatsRequest, _admin_pb2.StatsResponse]  # type: ignore[assignment]
+    MetricsHistory: _aio.UnaryUnaryMultiCallable[_admin_pb2.MetricsHistoryRequest, _admin_pb2.MetricsHistoryResponse]  # type: ignore[assignment]
+    Recommend: _aio.UnaryUnaryMultiCallable[_admin_pb2.RecommendRequest, _admin_pb2.RecommendResponse]  # type: ignore[assignment]
+    ReloadConfig: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReloadConfigRequest, _admin_pb2.ReloadConfigResponse]  # type: ignore[assignment]
+    ConfigHistory: _aio.UnaryUnaryMultiCallable[_admin_pb2.ConfigHistoryRequest, _admin_pb2.ConfigHistoryResponse]  # type: ignore[assignment]
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -99,5 +107,33 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.StatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.StatsResponse, _abc.Awaitable[_admin_pb2.StatsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def MetricsHistory(
+        self,
+        request: _admin_pb2.MetricsHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.MetricsHistoryResponse, _abc.Awaitable[_admin_pb2.MetricsHistoryResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Recommend(
+        self,
+        request: _admin_pb2.RecommendRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RecommendResponse, _abc.Awaitable[_admin_pb2.RecommendResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReloadConfig(
+        self,
+        request: _admin_pb2.ReloadConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ReloadConfigResponse, _abc.Awaitable[_admin_pb2.ReloadConfigResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ConfigHistory(
+        self,
+        request: _admin_pb2.ConfigHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ConfigHistoryResponse, _abc.Awaitable[_admin_pb2.ConfigHistoryResponse]]: ...
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -212,6 +212,26 @@ class TaskSpec(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class TraceContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     TASK_TYPE_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
@@ -223,6 +243,7 @@ class TaskSpec(_message.Message):
     EXECUTION_TIMEOUT_S_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     FAIRNESS_KEY_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     task_type: _builtins.str
     """required; workers register the types they handle"""
     payload: _builtins.bytes
@@ -251,6 +272,13 @@ class TaskSpec(_message.Message):
     def placement(self) -> Global___Placement: ...
     @_builtins.property
     def retry(self) -> Global___RetryPolicy: ...
+    @_builtins.property
+    def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """W3C trace context (traceparent, tracestate) of the client's submit span; empty =
+        the broker uses the Submit call's. The broker's and the worker's spans of the
+        task join that trace.
+        """
+
     def __init__(
         self,
         *,
@@ -265,10 +293,11 @@ class TaskSpec(_message.Message):
         execution_timeout_s: _builtins.float = ...,
         idempotency_key: _builtins.str = ...,
         fairness_key: _builtins.str = ...,
+        trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["placement", b"placement", "retry", b"retry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_timeout_s", b"execution_timeout_s", "fairness_key", b"fairness_key", "idempotency_key", b"idempotency_key", "not_before_ms", b"not_before_ms", "payload", b"payload", "placement", b"placement", "pool", b"pool", "priority", b"priority", "retry", b"retry", "start_timeout_s", b"start_timeout_s", "task_type", b"task_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_timeout_s", b"execution_timeout_s", "fairness_key", b"fairness_key", "idempotency_key", b"idempotency_key", "not_before_ms", b"not_before_ms", "payload", b"payload", "placement", b"placement", "pool", b"pool", "priority", b"priority", "retry", b"retry", "start_timeout_s", b"start_timeout_s", "task_type", b"task_type", "trace_context", b"trace_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

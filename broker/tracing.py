@@ -1,0 +1,444 @@
+"""OpenTelemetry tracing of the broker: one trace per task, a span per RPC.
+
+A task's trace is the W3C context stored with it (`TaskSpec.trace_context`, set by the
+client's submit span, or by the broker at submit when the client sent none). The
+`TracingObserver` records the broker's part of it from the engine's observer hooks,
+with the broker's own clock values as span times: the wait in the queue, the placement
+(strategy note and chosen worker), each attempt and its outcome. The worker SDK
+joins the same trace with its span of the handler, from `Assignment.trace_context`.
+
+`TracingInterceptor` opens a SERVER span per RPC, child of the caller's `traceparent`
+metadata. Nothing here sets the global tracer provider: the broker passes its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, Final
+
+import grpc
+import grpc.aio
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
+
+from broker.config import BrokerConfig
+from broker.domain import Task, TaskSpec, TaskState, WorkerId
+from broker.errors import ConfigError
+
+TRACER_NAME: Final = "taskbroker.broker"
+SERVICE_NAME: Final = "taskbroker"
+# Where the OTLP span exporter lives: gRPC first, then HTTP (both in opentelemetry-exporter-otlp).
+_OTLP_MODULES: Final = (
+    "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+)
+_TRACE_HEADERS: Final = frozenset({"traceparent", "tracestate"})
+# Codes that make a server span an error (OpenTelemetry's gRPC conventions); the others
+# are the caller's mistake, recorded in rpc.grpc.status_code only.
+_SERVER_ERRORS: Final = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+_PROPAGATOR: Final = TraceContextTextMapPropagator()
+
+
+def tracer_provider(config: BrokerConfig) -> TracerProvider | None:
+    """The provider `config` asks for: None for tracing_exporter = "none".
+
+    Spans are exported in batches from a background thread; call `shutdown()` on the
+    provider when the broker stops, so the last ones are sent. Traces are sampled at
+    `tracing_sample_ratio`, and a task's trace follows the decision its client made.
+    """
+    if config.tracing_exporter == "none":
+        return None
+    if config.tracing_exporter == "console":
+        exporter: SpanExporter = ConsoleSpanExporter(service_name=SERVICE_NAME)
+    elif config.tracing_exporter == "otlp":
+        exporter = _otlp_exporter(config.otlp_endpoint)
+    else:  # BrokerConfig checks the name; this is for a config built around that check
+        raise ConfigError(f"tracing_exporter: unknown exporter {config.tracing_exporter!r}")
+    provider = TracerProvider(
+        sampler=ParentBased(TraceIdRatioBased(config.tracing_sample_ratio)),
+        resource=Resource.create({"service.name": SERVICE_NAME}),
+    )
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+def _otlp_exporter(endpoint: str) -> SpanExporter:
+    for module_name in _OTLP_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        exporter: SpanExporter = module.OTLPSpanExporter(endpoint=endpoint or None)
+        return exporter
+    raise ConfigError(
+        'tracing_exporter = "otlp" needs the opentelemetry-exporter-otlp package '
+        "(pip install opentelemetry-exporter-otlp), or choose console or none"
+    )
+
+
+def broker_tracer(provider: TracerProvider) -> Tracer:
+    """The tracer the broker's observer, interceptor and submit path share."""
+    return provider.get_tracer(TRACER_NAME)
+
+
+# -- the task's trace context ----------------------------------------------------------
+
+
+def current_trace_context() -> dict[str, str]:
+    """The current span's W3C trace context (traceparent, tracestate); {} without one."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return {}
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    return carrier
+
+
+def with_trace_context(specs: Sequence[TaskSpec], tracer: Tracer) -> list[TaskSpec]:
+    """The specs, each with the trace context to store with its task.
+
+    A spec that brings one (the client's submit span) keeps it. The others join the
+    current span (the Submit or SubmitBatch RPC's, from `TracingInterceptor`), or, with
+    none (SubmitStream, whose span is not current), start a trace of their own here,
+    with a short "taskbroker.submit" span as its root.
+    """
+    current: dict[str, str] | None = None
+    stamped: list[TaskSpec] = []
+    for spec in specs:
+        if not spec.trace_context:
+            if current is None:
+                current = current_trace_context()
+            spec = replace(spec, trace_context=current or _root_context(spec, tracer))
+        stamped.append(spec)
+    return stamped
+
+
+def _root_context(spec: TaskSpec, tracer: Tracer) -> dict[str, str]:
+    span = tracer.start_span("taskbroker.submit", otel_context.Context(), kind=SpanKind.SERVER)
+    if span.is_recording():
+        span.set_attributes({"taskbroker.task_type": spec.task_type, "taskbroker.pool": spec.pool})
+    span.end()
+    if not span.get_span_context().is_valid:
+        return {}
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, trace.set_span_in_context(span))
+    return carrier
+
+
+def _parent(task: Task) -> otel_context.Context | None:
+    """The context the broker's spans of `task` are children of; None if it has none, or
+    if its trace is not sampled (checked first: most tasks of a sampled-down broker)."""
+    carrier = task.spec.trace_context
+    traceparent = carrier.get("traceparent") if carrier else None
+    if not traceparent or not _sampled(traceparent):
+        return None
+    parent = _PROPAGATOR.extract(carrier)
+    if not trace.get_current_span(parent).get_span_context().is_valid:
+        return None
+    return parent
+
+
+def _sampled(traceparent: str) -> bool:
+    """The sampled flag of a W3C traceparent (version-trace_id-parent_id-flags)."""
+    try:
+        return bool(int(traceparent[-2:], 16) & 1)
+    except ValueError:
+        return False
+
+
+def _ns(epoch_s: float) -> int:
+    return int(epoch_s * 1e9)
+
+
+# -- the observer ------------------------------------------------------------------------
+
+
+class TracingObserver:
+    """Records the broker's spans of each traced task (an `Observer`).
+
+    Every span is a child of the task's stored trace context and is timed with the
+    engine's clock: "taskbroker.queue" (queued to placed), "taskbroker.place" (the
+    placement: strategy note, worker, attempt) and "taskbroker.attempt" (assigned to
+    result, lost or timed out; its state attribute is the task's afterwards). A task
+    that ends without an attempt ending it (cancelled, or never started) gets a
+    "taskbroker.finish" span. Only sampled traces are recorded, as the trace's root
+    decided: tasks without a trace context, or with an unsampled one, cost a dict lookup.
+    """
+
+    def __init__(self, tracer: Tracer) -> None:
+        self._tracer = tracer
+
+    def submitted(self, tasks: Sequence[Task], at: float) -> None:
+        """Nothing: the queue span, recorded at placement, starts when the task was queued."""
+
+    def placed(self, task: Task, queue_wait_s: float, at: float) -> None:
+        parent = _parent(task)
+        if parent is None:
+            return
+        placed_at = _ns(at)
+        attributes = _task_attributes(task)
+        queue = self._tracer.start_span(
+            "taskbroker.queue",
+            parent,
+            attributes={**attributes, "taskbroker.queue_wait_s": queue_wait_s},
+            start_time=_ns(at - max(0.0, queue_wait_s)),
+        )
+        queue.end(placed_at)
+        attributes["taskbroker.strategy_note"] = task.placement_note
+        attributes["taskbroker.worker_id"] = task.worker_id
+        attributes["taskbroker.attempt"] = task.attempts
+        place = self._tracer.start_span(
+            "taskbroker.place", parent, attributes=attributes, start_time=placed_at
+        )
+        place.end(placed_at)
+
+    def attempt_ended(self, task: Task, success: bool, run_s: float, at: float) -> None:
+        outcome: dict[str, AttributeValue] = {
+            "taskbroker.success": success,
+            "taskbroker.run_s": run_s,
+            "taskbroker.state": task.state.name.lower(),
+        }
+        error = None if success else task.error
+        if error is not None:
+            outcome["taskbroker.error_type"] = error.type
+        span = self._start_attempt(task, run_s, at, outcome)
+        if span is None:
+            return
+        if not success:
+            description = f"{error.type}: {error.message}" if error else "the attempt failed"
+            span.set_status(Status(StatusCode.ERROR, description))
+        span.end(_ns(at))
+
+    def requeued(self, task: Task, reason: str, at: float) -> None:
+        """The attempt that was lost gets its span, ended by a "requeued" event."""
+        run_s = max(0.0, at - task.assigned_at)
+        span = self._start_attempt(task, run_s, at, {"taskbroker.requeue_reason": reason})
+        if span is None:
+            return
+        span.add_event("requeued", {"taskbroker.reason": reason}, timestamp=_ns(at))
+        span.set_status(Status(StatusCode.ERROR, f"requeued: {reason}"))
+        span.end(_ns(at))
+
+    def finished(self, task: Task) -> None:
+        """A span for a task no attempt span ended (its last attempt span says the rest)."""
+        if task.attempts and task.state is not TaskState.CANCELLED:
+            return
+        parent = _parent(task)
+        if parent is None:
+            return
+        attributes = _task_attributes(task)
+        attributes["taskbroker.state"] = task.state.name.lower()
+        attributes["taskbroker.attempts"] = task.attempts
+        if task.error is not None:
+            attributes["taskbroker.error_type"] = task.error.type
+        finished_at = _ns(task.finished_at) if task.finished_at else None
+        span = self._tracer.start_span(
+            "taskbroker.finish", parent, attributes=attributes, start_time=finished_at
+        )
+        span.end(finished_at)
+
+    def worker_changed(self, worker_id: WorkerId, pool: str, event: str, at: float) -> None:
+        """Nothing: workers are not part of a task's trace."""
+
+    def _start_attempt(
+        self, task: Task, run_s: float, at: float, outcome: dict[str, AttributeValue]
+    ) -> Span | None:
+        parent = _parent(task)
+        if parent is None:
+            return None
+        started = task.assigned_at if 0 < task.assigned_at <= at else at - run_s
+        attributes = _task_attributes(task)
+        attributes["taskbroker.worker_id"] = task.worker_id
+        attributes["taskbroker.attempt"] = task.attempts
+        attributes.update(outcome)
+        return self._tracer.start_span(
+            "taskbroker.attempt", parent, attributes=attributes, start_time=_ns(started)
+        )
+
+
+def _task_attributes(task: Task) -> dict[str, AttributeValue]:
+    spec = task.spec
+    return {
+        "taskbroker.task_id": str(task.id),
+        "taskbroker.pool": spec.pool,
+        "taskbroker.task_type": spec.task_type,
+    }
+
+
+# -- RPCs --------------------------------------------------------------------------------
+
+
+_Behavior = Callable[..., Any]
+
+
+class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """A SERVER span per RPC, named after its method, child of the caller's traceparent.
+
+    A unary RPC's span is current while its handler runs (so `with_trace_context` joins
+    it); a streaming RPC gets one span for the whole stream, not made current, since a
+    stream outlives the many unrelated tasks and calls that go through it.
+    """
+
+    def __init__(self, tracer: Tracer) -> None:
+        self._tracer = tracer
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],  # type: ignore[type-arg]
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:  # type: ignore[type-arg]
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        call = _Call(self._tracer, handler_call_details)
+        kinds = (
+            ("unary_unary", grpc.unary_unary_rpc_method_handler),
+            ("unary_stream", grpc.unary_stream_rpc_method_handler),
+            ("stream_unary", grpc.stream_unary_rpc_method_handler),
+            ("stream_stream", grpc.stream_stream_rpc_method_handler),
+        )
+        for attribute, make in kinds:
+            behavior: _Behavior | None = getattr(handler, attribute)
+            if behavior is None:
+                continue
+            if inspect.isasyncgenfunction(behavior):
+                traced: _Behavior = call.wrap_generator(behavior)
+            elif inspect.iscoroutinefunction(behavior):
+                traced = call.wrap_coroutine(behavior, current=attribute == "unary_unary")
+            else:  # a sync handler of a server with a thread pool: left as it is
+                return handler
+            return make(
+                traced,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+class _Call:
+    """What the span of one RPC needs: its name, attributes and the caller's context."""
+
+    __slots__ = ("_attributes", "_name", "_parent", "_tracer")
+
+    def __init__(self, tracer: Tracer, details: grpc.HandlerCallDetails) -> None:
+        self._tracer = tracer
+        name = details.method.lstrip("/")
+        service, _, method = name.rpartition("/")
+        self._name = name
+        self._attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+        carrier = {
+            key: value
+            for key, value in details.invocation_metadata or ()
+            if key in _TRACE_HEADERS and isinstance(value, str)
+        }
+        self._parent = _PROPAGATOR.extract(carrier) if carrier else otel_context.Context()
+
+    def _start(self) -> Span:
+        return self._tracer.start_span(
+            self._name, self._parent, kind=SpanKind.SERVER, attributes=self._attributes
+        )
+
+    def wrap_coroutine(self, behavior: _Behavior, *, current: bool) -> _Behavior:
+        async def traced(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            span = self._start()
+            token = otel_context.attach(trace.set_span_in_context(span)) if current else None
+            try:
+                response = await behavior(request, context)
+            except BaseException as exc:
+                _end(span, context, exc)
+                raise
+            finally:
+                if token is not None:
+                    otel_context.detach(token)
+            _end(span, context, None)
+            return response
+
+        return traced
+
+    def wrap_generator(self, behavior: _Behavior) -> _Behavior:
+        async def traced(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            span = self._start()
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except BaseException as exc:
+                _end(span, context, exc)
+                raise
+            else:
+                _end(span, context, None)
+
+        return traced
+
+
+def _end(
+    span: Span, context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None
+) -> None:
+    """Set the RPC's status code on its span and end it."""
+    if span.is_recording():
+        code = _status_code(context, error)
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code in _SERVER_ERRORS:
+            if error is not None and not isinstance(error, grpc.aio.AbortError):
+                span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, f"{code.name}: {_details(context, error)}"))
+    span.end()
+
+
+def _status_code(
+    context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None
+) -> grpc.StatusCode:
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):
+        return grpc.StatusCode.CANCELLED
+    code = _context_code(context)
+    if code is not None and (error is None or isinstance(error, grpc.aio.AbortError)):
+        return code
+    return grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
+
+
+def _context_code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode | None:
+    """The code the handler set (set_code or abort), if any."""
+    try:
+        code: object = context.code()
+    except Exception:  # an older gRPC without ServicerContext.code()
+        return None
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if isinstance(code, int):
+        return _CODES_BY_NUMBER.get(code)
+    return None
+
+
+def _details(context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None) -> str:
+    try:
+        details: object = context.details()
+    except Exception:
+        details = None
+    if details:
+        return details.decode() if isinstance(details, bytes) else str(details)
+    return f"{type(error).__name__}: {error}" if error is not None else ""
+
+
+_CODES_BY_NUMBER: Final[Mapping[int, grpc.StatusCode]] = {
+    code.value[0]: code for code in grpc.StatusCode
+}

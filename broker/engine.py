@@ -848,6 +848,20 @@ class Engine:
             )
         return result
 
+    def learn_run_times(self, history: dict[tuple[str, str], RunStats]) -> int:
+        """Start the pools' run-time models from the metrics history, for the task types
+        they have not learned anything of yet. Returns how many types were seeded."""
+        seeded = 0
+        for (pool_name, task_type), stats in history.items():
+            pool = self._pools.get(pool_name)
+            if pool is None or not stats.count:
+                continue
+            key = RuntimeKey(pool_name, task_type, "*")
+            if key not in pool.runtimes.stats:
+                pool.runtimes.stats[key] = stats
+                seeded += 1
+        return seeded
+
     def backlog(self) -> list[Backlog]:
         """Waiting and running work per pool (task_type "") and per task type."""
         now = self._clock.now()

@@ -36,6 +36,7 @@ from broker.clock import Clock
 from broker.config import BrokerConfig
 from broker.domain import Task, WorkerId
 from broker.errors import InvalidArgument, StorageError, Unavailable
+from broker.runtimes import RunStats
 
 log = logging.getLogger("taskbroker.rollups")
 
@@ -468,6 +469,20 @@ class MetricsHistory:
                 log.exception("metrics history: writing failed; trying again later")
 
     # -- reading ---------------------------------------------------------------------------
+
+    async def run_times(self, since: float, until: float) -> dict[tuple[str, str], RunStats]:
+        """Run-time statistics per (pool, task type) from the stored history: what the
+        predictive strategy starts from for task types it has not learned yet."""
+        totals: dict[tuple[str, str], list[float]] = {}
+        for row in await self._store.load_rollups("", "", "", since, until):
+            if row.run_count:
+                total = totals.setdefault((row.pool, row.task_type), [0, 0.0])
+                total[0] += row.run_count
+                total[1] += row.run_sum
+        return {
+            key: RunStats(count=int(count), mean_s=run_sum / count)
+            for key, (count, run_sum) in totals.items()
+        }
 
     async def history(
         self,

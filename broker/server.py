@@ -137,6 +137,12 @@ class Broker:
             )
             engine.observers.add(self._metrics)
         requeued = await engine.recover()
+        now = self._clock.now()
+        seeded = engine.learn_run_times(
+            await history.run_times(now - config.metrics_retention_s, now)
+        )
+        if seeded:
+            log.info("run times of %d task types learned from the metrics history", seeded)
         message_limit = max(64 * 1024 * 1024, 2 * config.max_payload_bytes + 1024 * 1024)
         server = self._server = grpc.aio.server(
             interceptors=[tracing.TracingInterceptor(tracer)] if tracer is not None else None,

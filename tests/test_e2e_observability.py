@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import aiosqlite
 import grpc
 import pytest
 
@@ -118,3 +119,17 @@ async def test_live_stats_show_the_age_of_the_oldest_waiting_task(tmp_path: Path
     (other,) = [p for p in stats.pools if p.pool == "other"]
     assert other.pending == 1
     assert other.oldest_pending_age_s >= 0.05
+
+
+async def test_the_predictive_strategy_starts_from_the_metrics_history(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    async with Broker(config) as broker:
+        await run_workload(broker)
+    async with aiosqlite.connect(config.db_path) as db:  # only the history is left
+        await db.execute("DELETE FROM runtimes")
+        await db.commit()
+    async with Broker(config) as broker:
+        (pool,) = [p for p in (await broker.engine.stats()) if p.pool == "default"]
+    learned = {r.task_type: r for r in pool.runtimes}
+    assert learned["work"].samples == TASKS
+    assert 0.004 < learned["work"].mean_run_s < 1.0

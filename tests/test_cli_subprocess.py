@@ -433,6 +433,21 @@ def test_sighup_reloads_the_config_file_and_logs_json(tmp_path: Path) -> None:
         assert (change.who, change.source, change.fields) == ("sighup", "reload", ("strategy",))
         again = run("config", "reload", "--broker", address, cwd=tmp_path)
         assert (again.returncode, again.stdout) == (0, "no changes\n"), again.stderr
+        config.write_text(  # a bad value: refused, and nothing changes
+            '[broker]\nlog_format = "json"\n\n[pools.gpu]\nstrategy = "fastest"\n'
+        )
+        broker.process.send_signal(signal.SIGHUP)
+        wait_for(
+            lambda: "settings stay as they were" in broker.stderr.read_text(),
+            "the refused reload",
+            broker,
+        )
+        assert "pools.gpu.strategy" in broker.stderr.read_text()
+        with SyncClient(address) as client:
+            assert {p.name: p.strategy for p in client.list_pools()}["gpu"] == "least_loaded"
+        refused = run("config", "reload", "--broker", address, cwd=tmp_path)
+        assert refused.returncode == 1
+        assert "pools.gpu.strategy" in refused.stderr
     finally:
         assert broker.stop() == 0, broker.output()
     logged = [json.loads(line) for line in broker.stderr.read_text().splitlines()]

@@ -78,6 +78,7 @@ MAX_TRACE_VALUE = 1024
 # A retry hint stays within these bounds, whatever the pool's recent drain rate says.
 MAX_RECENT_ASSIGNMENTS = 100_000  # assignment times kept per pool, for retry hints
 MIN_RETRY_HINT_S = 0.05
+MIN_HINT_SAMPLES = 50
 MAX_RETRY_HINT_S = 30.0
 
 TaskCallback = Callable[[Task], None]
@@ -514,7 +515,7 @@ class Engine:
         now = self._clock.now()
         while recent and recent[0] < now - 10.0:
             recent.popleft()
-        if not recent:
+        if len(recent) < MIN_HINT_SAMPLES:  # too few to judge a rate by: a second
             return 1.0
         rate = len(recent) / max(1.0, now - recent[0])  # over the time it was busy
         return min(MAX_RETRY_HINT_S, max(MIN_RETRY_HINT_S, excess / rate))

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
-from collections import Counter, defaultdict, deque
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol, cast
 
+from broker.admission import Admission
 from broker.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from broker.clock import Clock
 from broker.codec import pool_settings, settings_json
@@ -55,7 +55,6 @@ from broker.errors import (
 )
 from broker.logs import task_fields
 from broker.observe import Observers
-from broker.ratelimit import KeyedBuckets, TokenBucket
 from broker.registry import WorkerChannel, WorkerRegistry, WorkerSession
 from broker.runtimes import RunStats, RuntimeKey, RuntimeModel
 from broker.scheduler import PoolScheduler
@@ -75,11 +74,6 @@ MAX_TIMEOUT_S = 30 * 86_400.0
 MAX_KEY_LENGTH = 200
 MAX_TRACE_KEYS = 8  # traceparent, tracestate and a little room
 MAX_TRACE_VALUE = 1024
-# A retry hint stays within these bounds, whatever the pool's recent drain rate says.
-MAX_RECENT_ASSIGNMENTS = 100_000  # assignment times kept per pool, for retry hints
-MIN_RETRY_HINT_S = 0.05
-MIN_HINT_SAMPLES = 50
-MAX_RETRY_HINT_S = 30.0
 
 TaskCallback = Callable[[Task], None]
 # A placeholder in `found` for a spec whose idempotency key an earlier spec of the same
@@ -144,20 +138,13 @@ class Engine:
         # Pending tasks waiting for a time (delay, retry backoff, rate limit): not queued yet.
         self._delayed: dict[TaskId, Task] = {}
         self._delayed_by_pool: Counter[str] = Counter()
-        # Tasks waiting per pool and per (pool, type), and their payload bytes, from the
-        # moment a submit is admitted: what back-pressure bounds.
-        self._backlog: Counter[str] = Counter()
-        self._backlog_by_type: Counter[tuple[str, str]] = Counter()
-        self._backlog_bytes = 0
         self._timers = Timers()
         self._timer_handle: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._leases: dict[TaskId, float] = {}  # held task -> when its lease runs out
         self._events: Counter[tuple[str, str]] = Counter()  # (pool, event) for stats
-        self._type_buckets: dict[tuple[str, str], TokenBucket] = {}
-        self._client_buckets: dict[str, KeyedBuckets] = {}
         self._claims: dict[tuple[str, str], asyncio.Future[Task]] = {}  # idempotency keys
-        self._assigned_recently: dict[str, deque[float]] = defaultdict(deque)
+        self._admission = Admission(config, lambda name: self._pools[name].config, self._events)
         self._queued_at: dict[TaskId, float] = {}  # when each waiting task joined its queue
         self.observers = Observers()  # tracing, metrics and the metrics history
 
@@ -199,7 +186,7 @@ class Engine:
                 _move(task, TaskState.PENDING)
                 self._store.save(task)
             self._live[task.id] = task
-            self._count_waiting(task, 1)
+            self._admission.count(task, 1)
             self._wait(task)
         await self._store.flush()
         return len(unfinished)
@@ -359,57 +346,7 @@ class Engine:
                 if first != index:
                     found[index] = found.get(first, _SAME_AS_FIRST)
         new = [spec for index, spec in enumerate(specs) if index not in found]
-        by_pool = Counter(spec.pool for spec in new)
-        by_type = Counter((spec.pool, spec.task_type) for spec in new)
-        for pool_name, count in by_pool.items():
-            config = self._pools[pool_name].config
-            limit = config.max_queue or self._config.default_max_queue
-            waiting = self._backlog[pool_name]
-            if count > limit:
-                raise ResourceExhausted(
-                    f"a batch of {count} tasks for pool {pool_name!r} can never fit its "
-                    f"queue of {limit} (max_queue); send smaller batches"
-                )
-            if waiting + count > limit:
-                self._events[(pool_name, "rejected")] += count
-                raise ResourceExhausted(
-                    f"pool {pool_name!r} has {waiting} tasks waiting and takes at most "
-                    f"{limit} (max_queue); try again later",
-                    retry_after_s=self._retry_hint(pool_name, waiting + count - limit),
-                )
-        for (pool_name, task_type), count in by_type.items():
-            bulkhead = self._pools[pool_name].config.bulkhead(task_type)
-            if bulkhead is None or not bulkhead.max_queue:
-                continue
-            waiting = self._backlog_by_type[(pool_name, task_type)]
-            if count > bulkhead.max_queue:
-                raise ResourceExhausted(
-                    f"a batch of {count} tasks of type {task_type!r} can never fit its "
-                    f"bulkhead queue of {bulkhead.max_queue} (max_queue); send smaller batches"
-                )
-            if waiting + count > bulkhead.max_queue:
-                self._events[(pool_name, "rejected")] += count
-                raise ResourceExhausted(
-                    f"task type {task_type!r} of pool {pool_name!r} has {waiting} tasks "
-                    f"waiting and takes at most {bulkhead.max_queue} (bulkhead max_queue); "
-                    "try again later",
-                    retry_after_s=self._retry_hint(pool_name, waiting + count - bulkhead.max_queue),
-                )
-        size = sum(len(spec.payload) for spec in new)
-        if size > self._config.max_pending_bytes:
-            raise ResourceExhausted(
-                f"a batch of {size} payload bytes can never fit max_pending_bytes "
-                f"({self._config.max_pending_bytes}); send smaller batches"
-            )
-        if self._backlog_bytes + size > self._config.max_pending_bytes:
-            for pool_name, count in by_pool.items():
-                self._events[(pool_name, "rejected")] += count
-            raise ResourceExhausted(
-                f"the broker holds {self._backlog_bytes} payload bytes of waiting tasks and "
-                f"at most {self._config.max_pending_bytes} (max_pending_bytes); try again later",
-                retry_after_s=1.0,
-            )
-        delays = iter(self._rate_limit(new, client, now))
+        delays = iter(self._admission.check(new, client, now))
         tasks: list[Task] = []
         for index, spec in enumerate(specs):
             if index in found:
@@ -428,102 +365,14 @@ class Engine:
             )
             self._next_id += 1
             self._next_seq += 1
-            self._count_waiting(task, 1)
+            self._admission.count(task, 1)
             tasks.append(task)
         return tasks
-
-    def _rate_limit(self, new: Sequence[TaskSpec], client: str, now: float) -> list[float]:
-        """Take tokens for the new tasks; how long each must wait for them ("queue" mode).
-
-        In "reject" mode a bucket without enough tokens for the whole batch raises
-        ResourceExhausted with the time until it has them (tokens taken from other
-        buckets of the batch stay taken). In "queue" mode the tasks take their tokens
-        one by one, each waiting until its token is there.
-        """
-        reject = [spec for spec in new if self._pools[spec.pool].config.rate_mode != "queue"]
-        for (pool_name, task_type), count in Counter(
-            (spec.pool, spec.task_type) for spec in reject
-        ).items():
-            bucket = self._type_bucket(pool_name, task_type, now)
-            if bucket is not None:
-                self._over_rate(
-                    pool_name, f"task type {task_type!r}", bucket.take(now, count), count
-                )
-        for pool_name, count in Counter(spec.pool for spec in reject).items():
-            buckets = self._client_bucket(pool_name)
-            if buckets is not None:
-                wait = buckets.take(client, now, count)
-                self._over_rate(pool_name, f"client {client or 'anonymous'!r}", wait, count)
-        delays = []
-        for spec in new:
-            delay = 0.0
-            if self._pools[spec.pool].config.rate_mode == "queue":
-                bucket = self._type_bucket(spec.pool, spec.task_type, now)
-                if bucket is not None:
-                    delay = bucket.reserve(now)
-                buckets = self._client_bucket(spec.pool)
-                if buckets is not None:
-                    delay = max(delay, buckets.reserve(client, now))
-                if delay > 0:
-                    self._events[(spec.pool, "rate_limited")] += 1
-            delays.append(delay)
-        return delays
-
-    def _type_bucket(self, pool_name: str, task_type: str, now: float) -> TokenBucket | None:
-        """The token bucket of a task type with a rate limit (made on first use)."""
-        bulkhead = self._pools[pool_name].config.bulkhead(task_type)
-        if bulkhead is None or not bulkhead.rate_per_s:
-            return None
-        key = (pool_name, task_type)
-        bucket = self._type_buckets.get(key)
-        if bucket is None:
-            burst = bulkhead.rate_burst or max(1, int(bulkhead.rate_per_s))
-            bucket = self._type_buckets[key] = TokenBucket(bulkhead.rate_per_s, burst, now)
-        return bucket
-
-    def _client_bucket(self, pool_name: str) -> KeyedBuckets | None:
-        """The per-client token buckets of a pool with a client rate limit."""
-        config = self._pools[pool_name].config
-        if not config.client_rate_per_s:
-            return None
-        buckets = self._client_buckets.get(pool_name)
-        if buckets is None:
-            burst = config.client_rate_burst or max(1, int(config.client_rate_per_s))
-            buckets = self._client_buckets[pool_name] = KeyedBuckets(
-                config.client_rate_per_s, burst
-            )
-        return buckets
-
-    def _over_rate(self, pool_name: str, who: str, wait: float, count: int) -> None:
-        """Refuse the batch if a bucket said to wait (0: within the limit)."""
-        if wait == math.inf:
-            raise ResourceExhausted(
-                f"a batch of {count} tasks is more than the burst of {who}'s rate limit in "
-                f"pool {pool_name!r} can ever allow; send smaller batches"
-            )
-        if wait > 0:
-            self._events[(pool_name, "rate_limited")] += count
-            raise ResourceExhausted(
-                f"{who} of pool {pool_name!r} is over its rate limit; try again in {wait:.3f} s",
-                retry_after_s=wait,
-            )
-
-    def _retry_hint(self, pool_name: str, excess: int) -> float:
-        """How long until the pool has probably placed `excess` more tasks, judged by how
-        fast it placed them in (at most) the last ten seconds."""
-        recent = self._assigned_recently[pool_name]
-        now = self._clock.now()
-        while recent and recent[0] < now - 10.0:
-            recent.popleft()
-        if len(recent) < MIN_HINT_SAMPLES:  # too few to judge a rate by: a second
-            return 1.0
-        rate = len(recent) / max(1.0, now - recent[0])  # over the time it was busy
-        return min(MAX_RETRY_HINT_S, max(MIN_RETRY_HINT_S, excess / rate))
 
     def _enqueue_committed(self, tasks: list[Task], committed: asyncio.Future[None]) -> None:
         if committed.cancelled() or committed.exception() is not None:
             for task in tasks:
-                self._count_waiting(task, -1)
+                self._admission.count(task, -1)
             return
         for task in tasks:
             self._live[task.id] = task
@@ -688,7 +537,7 @@ class Engine:
             )
             self._store.save(task)
             self._live[task.id] = task
-            self._count_waiting(task, 1)
+            self._admission.count(task, 1)
             self._wait(task, deadline_from=self._clock.now())
             retried.append(task)
         await self._store.flush()
@@ -833,14 +682,18 @@ class Engine:
                     bulkheads=tuple(
                         BulkheadStats(
                             task_type=task_type,
-                            pending=self._backlog_by_type[(name, task_type)],
+                            pending=self._admission.backlog_by_type[(name, task_type)],
                             in_flight=pool.inflight_by_type[task_type],
                             max_queue=bulkhead.max_queue if bulkhead else 0,
                             max_inflight=bulkhead.max_inflight if bulkhead else 0,
                         )
                         for task_type in sorted(
                             {b.task_type for b in pool.config.bulkheads}
-                            | {t for (p, t), n in self._backlog_by_type.items() if p == name and n}
+                            | {
+                                t
+                                for (p, t), n in self._admission.backlog_by_type.items()
+                                if p == name and n
+                            }
                             | {t for t, n in pool.inflight_by_type.items() if n}
                         )
                         for bulkhead in [pool.config.bulkhead(task_type)]
@@ -885,7 +738,7 @@ class Engine:
                 ]
                 oldest_by_type[task_type] = max(0.0, now - min(since)) if since else 0.0
             types = sorted(
-                {t for (p, t) in self._backlog_by_type if p == name}
+                {t for (p, t) in self._admission.backlog_by_type if p == name}
                 | {t for t, n in pool.inflight_by_type.items() if n}
             )
             for task_type in types:
@@ -893,7 +746,7 @@ class Engine:
                     Backlog(
                         pool=name,
                         task_type=task_type,
-                        pending=self._backlog_by_type.get((name, task_type), 0),
+                        pending=self._admission.backlog_by_type.get((name, task_type), 0),
                         delayed=delayed_by_type[(name, task_type)],
                         in_flight=pool.inflight_by_type[task_type],
                         oldest_age_s=oldest_by_type.get(task_type, 0.0),
@@ -903,7 +756,7 @@ class Engine:
                 Backlog(
                     pool=name,
                     task_type="",
-                    pending=self._backlog[name],
+                    pending=self._admission.backlog[name],
                     delayed=self._delayed_by_pool[name],
                     in_flight=pool.inflight,
                     oldest_age_s=max(oldest_by_type.values(), default=0.0),
@@ -1090,7 +943,7 @@ class Engine:
             if self.observers:
                 self.observers.attempt_ended(task, result.success, run_s, now)
             if task.state is TaskState.PENDING:  # to be tried again, after a backoff
-                self._count_waiting(task, 1)
+                self._admission.count(task, 1)
                 self._wait(task)
             else:
                 finished.append(task)
@@ -1406,7 +1259,7 @@ class Engine:
         for name in pools:
             by_worker: dict[WorkerId, list[Task]] = defaultdict(list)
             lease_s = self._lease_s(name)
-            recent = self._assigned_recently[name]
+            recent = self._admission.placements(name)
             for decision in self._pools[name].place():
                 task = decision.task
                 if decision.worker is None:  # still waiting, for a new reason
@@ -1427,7 +1280,7 @@ class Engine:
                 self._store.save(task)
                 by_worker[task.worker_id].append(task)
                 self._active += 1
-                self._count_waiting(task, -1)
+                self._admission.count(task, -1)
                 queue_wait = now - self._queued_at.pop(task.id, task.created_at)
                 if self.observers:
                     self.observers.placed(task, queue_wait, now)
@@ -1437,8 +1290,6 @@ class Engine:
                     self._timers.cancel(("start", task.id))
                 if timeout := task.spec.execution_timeout_s:
                     self._timers.set(("timeout", (task.id, task.attempts)), now + timeout)
-            while len(recent) > MAX_RECENT_ASSIGNMENTS:
-                recent.popleft()
             for worker_id, tasks in by_worker.items():
                 session = self._workers.connected(worker_id)
                 if session.breaker is not None and session.breaker.state is BreakerState.HALF_OPEN:
@@ -1474,16 +1325,6 @@ class Engine:
 
     # Waiting, time and limits -------------------------------------------------
 
-    def _count_waiting(self, task: Task, sign: int) -> None:
-        """Count a task in (+1) or out of (-1) the backlog that back-pressure bounds."""
-        key = (task.spec.pool, task.spec.task_type)
-        self._backlog[key[0]] += sign
-        by_type = self._backlog_by_type
-        by_type[key] += sign
-        if not by_type[key]:
-            del by_type[key]  # task types come and go: keep only those with a backlog
-        self._backlog_bytes += sign * len(task.spec.payload)
-
     def _wait(self, task: Task, deadline_from: float | None = None) -> None:
         """A pending task joins its pool's queue, or waits for its not-before time first.
 
@@ -1513,7 +1354,7 @@ class Engine:
             self._timers.cancel(("ready", task.id))
         self._timers.cancel(("start", task.id))
         self._queued_at.pop(task.id, None)
-        self._count_waiting(task, -1)
+        self._admission.count(task, -1)
 
     def _requeue(self, task: Task, reason: str) -> None:
         """A task a worker held goes back to pending (at-least-once delivery)."""
@@ -1525,7 +1366,7 @@ class Engine:
         self._leases.pop(task.id, None)
         if task.spec.execution_timeout_s:
             self._timers.cancel(("timeout", (task.id, task.attempts)))
-        self._count_waiting(task, 1)
+        self._admission.count(task, 1)
         self._wait(task)
 
     def _take_back(self, task: Task, session: WorkerSession, reason: str) -> None:
@@ -1611,7 +1452,7 @@ class Engine:
         if self.observers:
             self.observers.attempt_ended(task, False, run_s, now)
         if task.state is TaskState.PENDING:
-            self._count_waiting(task, 1)
+            self._admission.count(task, 1)
             self._wait(task)
         else:
             self._finish([task], self._store.durable())
@@ -1658,17 +1499,7 @@ class Engine:
 
     def _reconfigure_limits(self, pool: PoolConfig) -> None:
         """Apply a pool's new rate limits and breaker settings to what exists."""
-        now = self._clock.now()
-        for (name, task_type), bucket in list(self._type_buckets.items()):
-            if name != pool.name:
-                continue
-            bulkhead = pool.bulkhead(task_type)
-            if bulkhead is None or not bulkhead.rate_per_s:
-                del self._type_buckets[(name, task_type)]
-            else:
-                burst = bulkhead.rate_burst or max(1, int(bulkhead.rate_per_s))
-                bucket.reconfigure(bulkhead.rate_per_s, burst, now)
-        self._client_buckets.pop(pool.name, None)
+        self._admission.reconfigure(pool, self._clock.now())
         settings = _breaker_settings(pool)
         for session in self._workers:
             if session.spec.pool == pool.name and session.breaker is not None:

@@ -209,7 +209,13 @@ class _SubmitSession:
                     yield _tasks.SubmitStreamResponse(completions=completions)
             if self.failed is not None:
                 return
-            if not self._reading and not self._watched and not self._acks and not self._completed:
+            if not (
+                self._reading
+                or self._watched
+                or self._acks
+                or self._completed
+                or self._not_found  # came in while the last message was being sent
+            ):
                 return
 
     def _take_completions(self) -> list[_tasks.Completions]:

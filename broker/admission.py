@@ -3,7 +3,7 @@
 Back-pressure bounds the waiting tasks per pool (`max_queue`), per task type (its
 bulkhead's `max_queue`) and in payload bytes (`max_pending_bytes`); a submit over a bound
 is refused whole with ResourceExhausted and a retry hint, judged by how fast the pool has
-been placing tasks. Rate limits are token buckets per task type and per client identity;
+been placing tasks. Rate limits are token buckets per pool, per task type and per client identity;
 over one, a submit is refused ("reject") or its tasks are delayed until their tokens are
 there ("queue"). Everything here is synchronous, so no submit slips past a bound while
 another is being admitted.
@@ -47,6 +47,7 @@ class Admission:
         self.backlog_bytes = 0
         self._type_buckets: dict[tuple[str, str], TokenBucket] = {}
         self._client_buckets: dict[str, KeyedBuckets] = {}
+        self._pool_buckets: dict[str, TokenBucket] = {}
         self._placed: dict[str, deque[float]] = defaultdict(deque)
 
     def count(self, task: Task, sign: int) -> None:
@@ -134,6 +135,12 @@ class Admission:
                 burst = bulkhead.rate_burst or max(1, int(bulkhead.rate_per_s))
                 bucket.reconfigure(bulkhead.rate_per_s, burst, now)
         self._client_buckets.pop(pool.name, None)
+        pool_bucket = self._pool_buckets.get(pool.name)
+        if pool_bucket is not None and pool.rate_per_s:
+            burst = pool.rate_burst or max(1, int(pool.rate_per_s))
+            pool_bucket.reconfigure(pool.rate_per_s, burst, now)
+        elif pool_bucket is not None:
+            del self._pool_buckets[pool.name]
 
     def _rate_limit(self, new: Sequence[TaskSpec], client: str, now: float) -> list[float]:
         """Take tokens for the new tasks; how long each must wait for them ("queue" mode).
@@ -149,14 +156,18 @@ class Admission:
         ).items():
             bucket = self._type_bucket(pool_name, task_type, now)
             if bucket is not None:
-                self._over_rate(
-                    pool_name, f"task type {task_type!r}", bucket.take(now, count), count
-                )
+                who = f"task type {task_type!r} of pool {pool_name!r}"
+                self._over_rate(pool_name, who, bucket.take(now, count), count)
         for pool_name, count in Counter(spec.pool for spec in reject).items():
+            pool_bucket = self._pool_bucket(pool_name, now)
+            if pool_bucket is not None:
+                who = f"pool {pool_name!r}"
+                self._over_rate(pool_name, who, pool_bucket.take(now, count), count)
             buckets = self._client_bucket(pool_name)
             if buckets is not None:
                 wait = buckets.take(client, now, count)
-                self._over_rate(pool_name, f"client {client or 'anonymous'!r}", wait, count)
+                who = f"client {client or 'anonymous'!r} of pool {pool_name!r}"
+                self._over_rate(pool_name, who, wait, count)
         delays = []
         for spec in new:
             delay = 0.0
@@ -164,6 +175,9 @@ class Admission:
                 bucket = self._type_bucket(spec.pool, spec.task_type, now)
                 if bucket is not None:
                     delay = bucket.reserve(now)
+                pool_bucket = self._pool_bucket(spec.pool, now)
+                if pool_bucket is not None:
+                    delay = max(delay, pool_bucket.reserve(now))
                 buckets = self._client_bucket(spec.pool)
                 if buckets is not None:
                     delay = max(delay, buckets.reserve(client, now))
@@ -184,6 +198,17 @@ class Admission:
             bucket = self._type_buckets[key] = TokenBucket(bulkhead.rate_per_s, burst, now)
         return bucket
 
+    def _pool_bucket(self, pool_name: str, now: float) -> TokenBucket | None:
+        """The token bucket over all of a pool's submits, if it has a rate limit."""
+        config = self._pool_config(pool_name)
+        if not config.rate_per_s:
+            return None
+        bucket = self._pool_buckets.get(pool_name)
+        if bucket is None:
+            burst = config.rate_burst or max(1, int(config.rate_per_s))
+            bucket = self._pool_buckets[pool_name] = TokenBucket(config.rate_per_s, burst, now)
+        return bucket
+
     def _client_bucket(self, pool_name: str) -> KeyedBuckets | None:
         """The per-client token buckets of a pool with a client rate limit."""
         config = self._pool_config(pool_name)
@@ -201,13 +226,13 @@ class Admission:
         """Refuse the batch if a bucket said to wait (0: within the limit)."""
         if wait == math.inf:
             raise ResourceExhausted(
-                f"a batch of {count} tasks is more than the burst of {who}'s rate limit in "
-                f"pool {pool_name!r} can ever allow; send smaller batches"
+                f"a batch of {count} tasks is more than the rate limit of {who} can ever "
+                "allow at once (its burst); send smaller batches"
             )
         if wait > 0:
             self._events[(pool_name, "rate_limited")] += count
             raise ResourceExhausted(
-                f"{who} of pool {pool_name!r} is over its rate limit; try again in {wait:.3f} s",
+                f"{who} is over its rate limit; try again in {wait:.3f} s",
                 retry_after_s=wait,
             )
 

@@ -22,6 +22,8 @@ _POOL_DEFAULTS = PoolConfig(name="-")
 _LIMIT_FIELDS = (
     "max_inflight",
     "max_queue",
+    "rate_per_s",
+    "rate_burst",
     "client_rate_per_s",
     "client_rate_burst",
     "rate_mode",

@@ -17,6 +17,7 @@ The file looks like::
     sticky_timeout_s = 5.0      # how long a sticky task waits for its worker
     max_inflight = 64           # bulkhead: tasks its workers hold at once (0 = no limit)
     max_queue = 10000           # back-pressure: waiting tasks before submits are refused
+    rate_per_s = 500.0          # token bucket over all the pool's submits (0 = no limit)
     client_rate_per_s = 100.0   # token bucket per client identity (0 = no limit)
     rate_mode = "reject"        # over a rate limit: "reject" or "queue"
     breaker_failures = 5        # consecutive failures that open a worker's breaker
@@ -187,6 +188,7 @@ def validate_pool(pool: PoolConfig) -> None:
     )
     key = f"pools.{pool.name}"
     _check_limits(key, pool.max_inflight, pool.max_queue)
+    _check_rate(key, "rate", pool.rate_per_s, pool.rate_burst)
     _check_rate(key, "client_rate", pool.client_rate_per_s, pool.client_rate_burst)
     _check(
         pool.rate_mode in RATE_MODES, f"{key}.rate_mode", f"must be one of {', '.join(RATE_MODES)}"
@@ -296,6 +298,8 @@ _POOL_DEFAULTS: dict[str, Any] = {
     "sticky_timeout_s": DEFAULT_STICKY_TIMEOUT_S,
     "max_inflight": 0,
     "max_queue": 0,
+    "rate_per_s": 0.0,
+    "rate_burst": 0,
     "client_rate_per_s": 0.0,
     "client_rate_burst": 0,
     "rate_mode": "reject",

@@ -198,6 +198,8 @@ class PoolConfig:
     sticky_timeout_s: float = DEFAULT_STICKY_TIMEOUT_S
     max_inflight: int = 0  # tasks its workers hold at once; 0 = no limit
     max_queue: int = 0  # tasks waiting; 0 = the broker's default_max_queue
+    rate_per_s: float = 0.0  # token bucket over all of the pool's submits; 0 = no limit
+    rate_burst: int = 0  # 0 = max(1, rate_per_s)
     client_rate_per_s: float = 0.0  # token bucket per client identity; 0 = no limit
     client_rate_burst: int = 0  # 0 = max(1, client_rate_per_s)
     rate_mode: str = "reject"  # over a rate limit: "reject" or "queue" (delay the task)

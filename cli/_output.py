@@ -169,6 +169,8 @@ def pool_dict(pool: PoolInfo) -> dict[str, Any]:
         "sticky_timeout_s": pool.sticky_timeout_s,
         "max_inflight": pool.max_inflight,
         "max_queue": pool.max_queue,
+        "rate_per_s": pool.rate_per_s,
+        "rate_burst": pool.rate_burst,
         "client_rate_per_s": pool.client_rate_per_s,
         "client_rate_burst": pool.client_rate_burst,
         "rate_mode": pool.rate_mode,
@@ -280,7 +282,7 @@ def print_json_line(value: Any) -> None:
 def _console() -> Console:
     # Created per call: the CLI test runner swaps sys.stdout between invocations.
     # Piped output is not wrapped at rich's default 80 columns, so grep sees whole rows.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 250)
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 320)
 
 
 def _when(moment: datetime | None, *, short: bool = False) -> str:
@@ -596,6 +598,14 @@ def _count(n: int, zero: str = "-") -> str:
     return str(n) if n else zero
 
 
+def _pool_rate(pool: PoolInfo) -> str:
+    """50/s burst 100 (reject); "-" without a limit."""
+    if not pool.rate_per_s:
+        return "-"
+    burst = f" burst {pool.rate_burst}" if pool.rate_burst else ""
+    return f"{number(pool.rate_per_s)}/s{burst} ({pool.rate_mode})"
+
+
 def _client_rate(pool: PoolInfo) -> str:
     """5/s burst 10 (queue); "-" without a limit."""
     if not pool.client_rate_per_s:
@@ -639,6 +649,7 @@ def show_pools(pools: Sequence[PoolInfo], output: OutputFormat) -> None:
         "STICKY TIMEOUT",
         "MAX IN FLIGHT",
         "MAX QUEUE",
+        "RATE",
         "CLIENT RATE",
         "BREAKER",
         "LEASE",
@@ -656,6 +667,7 @@ def show_pools(pools: Sequence[PoolInfo], output: OutputFormat) -> None:
                 _timeout(p.sticky_timeout_s),
                 _count(p.max_inflight),
                 _count(p.max_queue, "default"),
+                _pool_rate(p),
                 _client_rate(p),
                 _pool_breaker(p),
                 _timeout(p.lease_s) if p.lease_s else "-",
@@ -677,6 +689,8 @@ def _pool_summary(pool: PoolInfo) -> str:
         parts.append(f"max in flight {pool.max_inflight}")
     if pool.max_queue:
         parts.append(f"max queue {pool.max_queue}")
+    if pool.rate_per_s:
+        parts.append(f"rate {_pool_rate(pool)}")
     if pool.client_rate_per_s:
         parts.append(f"client rate {_client_rate(pool)}")
     if pool.breaker_failures:

@@ -170,6 +170,24 @@ MaxQueueOption = Annotated[
         "0 = the broker's default_max_queue.",
     ),
 ]
+RateOption = Annotated[
+    float | None,
+    typer.Option(
+        "--rate",
+        metavar="PER_S",
+        callback=_parse.non_negative,
+        help="Submits per second to the pool from all clients (a token bucket); 0 = no limit.",
+    ),
+]
+BurstOption = Annotated[
+    int | None,
+    typer.Option(
+        "--burst",
+        callback=_parse.count,
+        metavar="N",
+        help="Submits at once under --rate; 0 = the rate, at least 1.",
+    ),
+]
 ClientRateOption = Annotated[
     float | None,
     typer.Option(
@@ -915,6 +933,8 @@ def pools_create(
     ] = 5.0,
     max_inflight: MaxInflightOption = None,
     max_queue: MaxQueueOption = None,
+    rate: RateOption = None,
+    burst: BurstOption = None,
     client_rate: ClientRateOption = None,
     client_burst: ClientBurstOption = None,
     rate_mode: RateModeOption = None,
@@ -950,6 +970,8 @@ def pools_create(
             sticky_timeout_s=sticky_timeout,
             max_inflight=max_inflight or 0,
             max_queue=max_queue or 0,
+            rate_per_s=rate or 0.0,
+            rate_burst=burst or 0,
             client_rate_per_s=client_rate or 0.0,
             client_rate_burst=client_burst or 0,
             rate_mode=(rate_mode or RateMode.REJECT).value,
@@ -988,6 +1010,8 @@ def pools_set(
     ] = None,
     max_inflight: MaxInflightOption = None,
     max_queue: MaxQueueOption = None,
+    rate: RateOption = None,
+    burst: BurstOption = None,
     client_rate: ClientRateOption = None,
     client_burst: ClientBurstOption = None,
     rate_mode: RateModeOption = None,
@@ -1030,6 +1054,8 @@ def pools_set(
         sticky_timeout,
         max_inflight,
         max_queue,
+        rate,
+        burst,
         client_rate,
         client_burst,
         rate_mode,
@@ -1056,6 +1082,8 @@ def pools_set(
             sticky_timeout_s=sticky_timeout,
             max_inflight=max_inflight,
             max_queue=max_queue,
+            rate_per_s=rate,
+            rate_burst=burst,
             client_rate_per_s=client_rate,
             client_rate_burst=client_burst,
             rate_mode=None if rate_mode is None else rate_mode.value,

@@ -339,6 +339,8 @@ def pool_dict_of(pool: PoolInfo) -> dict[str, object]:
 NO_LIMITS: dict[str, object] = {
     "max_inflight": 0,
     "max_queue": 0,
+    "rate_per_s": 0.0,
+    "rate_burst": 0,
     "client_rate_per_s": 0.0,
     "client_rate_burst": 0,
     "rate_mode": "reject",
@@ -507,7 +509,7 @@ def test_pools_list_shows_the_split_and_sticky_timeout(pools_client: type[PoolsC
         for line in lines
         if line.split()[:1] in (["default"], ["gpu"])
     }
-    no_limits = ["-", "default", "-", "-", "-", "-", "-"]
+    no_limits = ["-", "default", "-", "-", "-", "-", "-", "-"]
     assert rows == {
         "default": ["round_robin", "-", "5", "s", *no_limits],
         "gpu": ["least_loaded", "20%", "adaptive", "0.25", "s", *no_limits],
@@ -1113,7 +1115,11 @@ def test_pools_set_replace_or_clear(
 
 
 LIMITS_ARGS = (
-    *("--max-inflight", "40", "--max-queue", "1000", "--client-rate", "50"),
+    *("--max-inflight", "40", "--max-queue", "1000", "--rate", "500", "--burst", "50"),
+    *(
+        "--client-rate",
+        "50",
+    ),
     *("--client-burst", "100", "--rate-mode", "queue", "--breaker-failures", "3"),
     *("--breaker-failure-rate", "0.5", "--breaker-window", "10", "--breaker-cooldown", "15"),
     *("--lease", "20", "--bulkhead", "render:max_inflight=4,max_queue=100,rate=2.5,burst=5"),
@@ -1123,6 +1129,8 @@ LIMITS_ARGS = (
 LIMITS: dict[str, object] = {
     "max_inflight": 40,
     "max_queue": 1000,
+    "rate_per_s": 500.0,
+    "rate_burst": 50,
     "client_rate_per_s": 50.0,
     "client_rate_burst": 100,
     "rate_mode": "queue",
@@ -1160,6 +1168,7 @@ def test_pools_create_and_set_pass_the_limits(pools_client: type[PoolsClient]) -
     assert created.exit_code == 0, created.output
     assert created.stdout == (
         "pool gpu created (round_robin, sticky timeout 5 s, max in flight 40, max queue 1000, "
+        "rate 500/s burst 50 (queue), "
         "client rate 50/s burst 100 (queue), breaker 3 in a row or 50% of 10, 15 s cooldown, "
         "lease 20 s, bulkheads render:max_inflight=4,max_queue=100,rate=2.5,burst=5 "
         "thumb:max_queue=10, fairness tenant-a=3,tenant-b=1)\n"
@@ -1179,6 +1188,8 @@ def test_pools_create_and_set_pass_the_limits(pools_client: type[PoolsClient]) -
     changes: list[tuple[list[str], dict[str, object]]] = [
         (["--max-inflight", "0"], {"max_inflight": 0}),
         (["--max-queue", "50"], {"max_queue": 50}),
+        (["--rate", "70"], {"rate_per_s": 70.0}),
+        (["--burst", "80"], {"rate_burst": 80}),
         (["--client-rate", "7.5"], {"client_rate_per_s": 7.5}),
         (["--client-burst", "9"], {"client_rate_burst": 9}),
         (["--rate-mode", "REJECT"], {"rate_mode": "reject"}),
@@ -1201,6 +1212,8 @@ def test_pools_create_and_set_pass_the_limits(pools_client: type[PoolsClient]) -
         "round_robin",
         max_inflight=0,
         max_queue=50,
+        rate_per_s=70.0,
+        rate_burst=80,
         client_rate_per_s=7.5,
         client_rate_burst=9,
         rate_mode="reject",
@@ -1227,6 +1240,7 @@ def test_pools_list_shows_the_limits(pools_client: type[PoolsClient]) -> None:
         "STICKY TIMEOUT",
         "MAX IN FLIGHT",
         "MAX QUEUE",
+        "RATE",
         "CLIENT RATE",
         "BREAKER",
         "LEASE",
@@ -1241,6 +1255,7 @@ def test_pools_list_shows_the_limits(pools_client: type[PoolsClient]) -> None:
         "5 s",
         "40",
         "1000",
+        "500/s burst 50 (queue)",
         "50/s burst 100 (queue)",
         "3 in a row or 50% of 10, 15 s cooldown",
         "20 s",

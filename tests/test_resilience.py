@@ -261,6 +261,20 @@ async def test_a_type_over_its_rate_is_refused_until_tokens_return(
     assert never.value.retry_after_s is None
 
 
+async def test_a_pool_rate_limits_all_clients_together(
+    make_engine: MakeEngine, clock: FakeClock
+) -> None:
+    engine = await make_engine(PoolConfig(name="default", rate_per_s=2.0, rate_burst=2))
+    await engine.submit([TaskSpec(task_type="a")], client="alice")
+    await engine.submit([TaskSpec(task_type="b")], client="bob")
+    with pytest.raises(ResourceExhausted, match="pool 'default' is over its rate") as refused:
+        await engine.submit([TaskSpec(task_type="c")], client="carol")
+    assert refused.value.retry_after_s == pytest.approx(0.5)
+    await engine.update_pool(PoolConfig(name="default", rate_per_s=100.0, rate_burst=100))
+    clock.advance(0.01)  # the bucket keeps its (empty) tokens and refills at the new rate
+    await engine.submit([TaskSpec(task_type="c")], client="carol")
+
+
 async def test_clients_have_a_bucket_each(make_engine: MakeEngine) -> None:
     engine = await make_engine(
         PoolConfig(name="default", client_rate_per_s=1.0, client_rate_burst=1)
@@ -694,6 +708,7 @@ async def test_confirmed_tasks_keep_their_lease(make_engine: MakeEngine, clock: 
         ({"max_inflight": -1}, "max_inflight"),
         ({"max_queue": -5}, "max_queue"),
         ({"client_rate_per_s": -1.0}, "client_rate_per_s"),
+        ({"rate_per_s": -1.0}, "rate_per_s"),
         ({"rate_mode": "drop"}, "rate_mode"),
         ({"breaker_failures": 0}, "breaker_failures"),
         ({"breaker_cooldown_s": 0.0}, "breaker_cooldown_s"),

@@ -503,6 +503,8 @@ async def test_pool_limits_round_trip_and_change(store: ContractStore) -> None:
         name="gpu",
         max_inflight=8,
         max_queue=100,
+        rate_per_s=20.0,
+        rate_burst=40,
         client_rate_per_s=2.5,
         client_rate_burst=5,
         rate_mode="queue",

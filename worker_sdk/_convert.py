@@ -317,6 +317,8 @@ def pool_info(pool: _admin.Pool) -> PoolInfo:
         sticky_timeout_s=pool.sticky_timeout_s,
         max_inflight=pool.max_inflight,
         max_queue=pool.max_queue,
+        rate_per_s=pool.rate_per_s,
+        rate_burst=pool.rate_burst,
         client_rate_per_s=pool.client_rate_per_s,
         client_rate_burst=pool.client_rate_burst,
         rate_mode=pool.rate_mode or "reject",  # the proto's default
@@ -338,6 +340,8 @@ POOL_SCALAR_SETTINGS: Final = (
     "sticky_timeout_s",
     "max_inflight",
     "max_queue",
+    "rate_per_s",
+    "rate_burst",
     "client_rate_per_s",
     "client_rate_burst",
     "rate_mode",

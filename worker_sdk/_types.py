@@ -211,8 +211,9 @@ class PoolInfo:
     worker that last ran its key.
 
     Limits, where 0 means the broker's default (or no limit): `max_inflight` tasks held by
-    the pool's workers at once and `max_queue` waiting; a token bucket per client identity
-    over its submits (`client_rate_per_s`, `client_rate_burst`), whose `rate_mode` is
+    the pool's workers at once and `max_queue` waiting; token buckets over all its submits
+    (`rate_per_s`, `rate_burst`) and per client identity (`client_rate_per_s`,
+    `client_rate_burst`), whose `rate_mode` is
     "reject" (refuse with a retry hint) or "queue" (accept and delay); a circuit breaker
     per worker (`breaker_failures` consecutive failures, or a `breaker_failure_rate` over
     the last `breaker_window` results, then `breaker_cooldown_s`); `lease_s`, after which
@@ -227,6 +228,8 @@ class PoolInfo:
     sticky_timeout_s: float = 5.0
     max_inflight: int = 0
     max_queue: int = 0
+    rate_per_s: float = 0.0
+    rate_burst: int = 0
     client_rate_per_s: float = 0.0
     client_rate_burst: int = 0
     rate_mode: str = "reject"

@@ -59,6 +59,8 @@ class Pool(_message.Message):
     LEASE_S_FIELD_NUMBER: _builtins.int
     BULKHEADS_FIELD_NUMBER: _builtins.int
     FAIRNESS_WEIGHTS_FIELD_NUMBER: _builtins.int
+    RATE_PER_S_FIELD_NUMBER: _builtins.int
+    RATE_BURST_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     strategy: _builtins.str
     """round_robin, least_loaded, consistent_hash, weighted_response_time,
@@ -94,6 +96,9 @@ class Pool(_message.Message):
     """A task held by a worker that has not confirmed it (in a heartbeat) for this
     long is requeued; 0 = the broker's heartbeat_timeout_s.
     """
+    rate_per_s: _builtins.float
+    """Token bucket over all of the pool's submits (0 = no limit; burst 0 = the rate)."""
+    rate_burst: _builtins.int
     @_builtins.property
     def bulkheads(self) -> _containers.RepeatedCompositeFieldContainer[Global___Bulkhead]:
         """per task type"""
@@ -122,10 +127,12 @@ class Pool(_message.Message):
         lease_s: _builtins.float = ...,
         bulkheads: _abc.Iterable[Global___Bulkhead] | None = ...,
         fairness_weights: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        rate_per_s: _builtins.float = ...,
+        rate_burst: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ab_percent", b"ab_percent", "ab_strategy", b"ab_strategy", "breaker_cooldown_s", b"breaker_cooldown_s", "breaker_failure_rate", b"breaker_failure_rate", "breaker_failures", b"breaker_failures", "breaker_window", b"breaker_window", "bulkheads", b"bulkheads", "client_rate_burst", b"client_rate_burst", "client_rate_per_s", b"client_rate_per_s", "fairness_weights", b"fairness_weights", "lease_s", b"lease_s", "max_inflight", b"max_inflight", "max_queue", b"max_queue", "name", b"name", "rate_mode", b"rate_mode", "sticky_timeout_s", b"sticky_timeout_s", "strategy", b"strategy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ab_percent", b"ab_percent", "ab_strategy", b"ab_strategy", "breaker_cooldown_s", b"breaker_cooldown_s", "breaker_failure_rate", b"breaker_failure_rate", "breaker_failures", b"breaker_failures", "breaker_window", b"breaker_window", "bulkheads", b"bulkheads", "client_rate_burst", b"client_rate_burst", "client_rate_per_s", b"client_rate_per_s", "fairness_weights", b"fairness_weights", "lease_s", b"lease_s", "max_inflight", b"max_inflight", "max_queue", b"max_queue", "name", b"name", "rate_burst", b"rate_burst", "rate_mode", b"rate_mode", "rate_per_s", b"rate_per_s", "sticky_timeout_s", b"sticky_timeout_s", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

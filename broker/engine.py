@@ -716,6 +716,11 @@ class Engine:
                 seeded += 1
         return seeded
 
+    def flow_counts(self) -> dict[tuple[str, str], int]:
+        """How many tasks each pool rejected, rate-limited, deduplicated, retried, timed
+        out, expired, requeued for a lease or reconciled, by (pool, event)."""
+        return dict(self._events)
+
     def backlog(self) -> list[Backlog]:
         """Waiting and running work per pool (task_type "") and per task type."""
         now = self._clock.now()

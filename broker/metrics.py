@@ -99,6 +99,7 @@ OTHER: Final = "other"
 
 BacklogSource = Callable[[], Sequence[Backlog]]
 WorkersSource = Callable[[], Sequence[WorkerStatus]]
+FlowSource = Callable[[], Mapping[tuple[str, str], int]]  # (pool, event) -> tasks
 Attrs = Mapping[str, str]
 _Key = tuple[str, ...]
 
@@ -139,10 +140,12 @@ class BrokerMetrics:
         *,
         backlog: BacklogSource,
         workers: WorkersSource,
+        flow: FlowSource | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self._backlog = backlog
         self._workers = workers
+        self._flow = flow
         self._loop = loop if loop is not None else _running_loop()
         meter = provider.get_meter(METER_NAME)
 
@@ -174,7 +177,14 @@ class BrokerMetrics:
             ("pool", "event"),
             "Workers connecting, disconnecting, cordoned, or their breaker changing.",
         )
+        self._flow_events = _Counter(
+            "taskbroker.flow.events",
+            ("pool", "event"),
+            "The engine's flow control, in tasks: rejected (a full queue), rate_limited, "
+            "deduplicated, retried, timed_out, expired, lease_expired, reconciled.",
+        )
         self._counters = (
+            self._flow_events,
             self._submitted,
             self._completed,
             self._failed_attempts,
@@ -446,6 +456,14 @@ class BrokerMetrics:
             ) from None
 
     def _take_here(self) -> _Snapshot:
+        if self._flow is not None:
+            try:
+                flow = self._flow_events.counts
+                flow.clear()
+                for key, value in self._flow().items():
+                    flow[key] = value
+            except Exception:
+                log.exception("could not read the engine's flow-control counts for metrics")
         counts = {counter.name: dict(counter.counts) for counter in self._counters}
         try:
             backlog = list(self._backlog())

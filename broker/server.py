@@ -133,7 +133,10 @@ class Broker:
             engine.observers.add(tracing.TracingObserver(tracer))
         if self._meter_provider is not None:
             self._metrics = BrokerMetrics(
-                self._meter_provider, backlog=engine.backlog, workers=engine.workers
+                self._meter_provider,
+                backlog=engine.backlog,
+                workers=engine.workers,
+                flow=engine.flow_counts,
             )
             engine.observers.add(self._metrics)
         requeued = await engine.recover()

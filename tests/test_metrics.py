@@ -157,6 +157,20 @@ def memory() -> InMemoryMetricReader:
     return InMemoryMetricReader()
 
 
+def test_flow_control_counts_come_from_the_engine(memory: InMemoryMetricReader) -> None:
+    engine = FakeEngine()
+    flow = {("default", "rejected"): 400, ("gpu", "rate_limited"): 3}
+    provider = MeterProvider(metric_readers=[memory], shutdown_on_exit=False)
+    BrokerMetrics(provider, backlog=engine.backlog, workers=engine.workers, flow=lambda: flow)
+    got = Collected(memory)
+    assert got.value("taskbroker.flow.events", pool="default", event="rejected") == 400
+    assert got.value("taskbroker.flow.events", pool="gpu", event="rate_limited") == 3
+    flow[("default", "rejected")] = 600  # the engine counts on; the next collection sees it
+    assert Collected(memory).value("taskbroker.flow.events", pool="default", event="rejected") == (
+        600
+    )
+
+
 def test_counters_and_histograms_after_known_events(memory: InMemoryMetricReader) -> None:
     metrics = new_metrics(memory, FakeEngine())
     observer: Observer = metrics  # it is an engine observer

@@ -132,12 +132,12 @@ class Admission:
             if bulkhead is None or not bulkhead.rate_per_s:
                 del self._type_buckets[(name, task_type)]
             else:
-                burst = bulkhead.rate_burst or max(1, int(bulkhead.rate_per_s))
+                burst = _burst(bulkhead.rate_per_s, bulkhead.rate_burst)
                 bucket.reconfigure(bulkhead.rate_per_s, burst, now)
         self._client_buckets.pop(pool.name, None)
         pool_bucket = self._pool_buckets.get(pool.name)
         if pool_bucket is not None and pool.rate_per_s:
-            burst = pool.rate_burst or max(1, int(pool.rate_per_s))
+            burst = _burst(pool.rate_per_s, pool.rate_burst)
             pool_bucket.reconfigure(pool.rate_per_s, burst, now)
         elif pool_bucket is not None:
             del self._pool_buckets[pool.name]
@@ -194,7 +194,7 @@ class Admission:
         key = (pool_name, task_type)
         bucket = self._type_buckets.get(key)
         if bucket is None:
-            burst = bulkhead.rate_burst or max(1, int(bulkhead.rate_per_s))
+            burst = _burst(bulkhead.rate_per_s, bulkhead.rate_burst)
             bucket = self._type_buckets[key] = TokenBucket(bulkhead.rate_per_s, burst, now)
         return bucket
 
@@ -205,7 +205,7 @@ class Admission:
             return None
         bucket = self._pool_buckets.get(pool_name)
         if bucket is None:
-            burst = config.rate_burst or max(1, int(config.rate_per_s))
+            burst = _burst(config.rate_per_s, config.rate_burst)
             bucket = self._pool_buckets[pool_name] = TokenBucket(config.rate_per_s, burst, now)
         return bucket
 
@@ -216,7 +216,7 @@ class Admission:
             return None
         buckets = self._client_buckets.get(pool_name)
         if buckets is None:
-            burst = config.client_rate_burst or max(1, int(config.client_rate_per_s))
+            burst = _burst(config.client_rate_per_s, config.client_rate_burst)
             buckets = self._client_buckets[pool_name] = KeyedBuckets(
                 config.client_rate_per_s, burst
             )
@@ -246,3 +246,8 @@ class Admission:
             return 1.0
         rate = len(recent) / max(1.0, now - recent[0])  # over the time it was busy
         return min(MAX_RETRY_HINT_S, max(MIN_RETRY_HINT_S, excess / rate))
+
+
+def _burst(rate_per_s: float, burst: int) -> int:
+    """A bucket's burst: as set, or (0) the rate, at least 1."""
+    return burst or max(1, int(rate_per_s))

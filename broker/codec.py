@@ -37,7 +37,7 @@ _LIMIT_FIELDS = (
 
 def task_options_json(spec: TaskSpec) -> str | None:
     """The spec's retry policy, deadlines, keys and not-before time; None if all default."""
-    if _all_default(spec):
+    if not spec.has_options:
         return None
     data: dict[str, Any] = {
         name: getattr(spec, name)
@@ -58,19 +58,6 @@ def task_options_json(spec: TaskSpec) -> str | None:
             sorted(retry.non_retryable_errors),
         ]
     return json.dumps(data, separators=_COMPACT) if data else None
-
-
-def _all_default(spec: TaskSpec) -> bool:
-    """The common case, checked fast: a task with none of the options."""
-    return (
-        spec.retry is NO_RETRY
-        and not spec.not_before
-        and not spec.start_timeout_s
-        and not spec.execution_timeout_s
-        and not spec.idempotency_key
-        and not spec.fairness_key
-        and not spec.trace_context
-    )
 
 
 def task_options_from_json(spec: TaskSpec, text: str | None) -> TaskSpec:

@@ -126,6 +126,20 @@ class TaskSpec:
     fairness_key: str = ""  # a tenant; keys of a pool share it by weighted round robin
     trace_context: Mapping[str, str] = field(default_factory=dict)  # W3C traceparent etc.
 
+    @property
+    def has_options(self) -> bool:
+        """Whether any of the retry policy, delay, deadlines, keys or trace context is set;
+        checked fast, since most tasks have none."""
+        return not (
+            self.retry is NO_RETRY
+            and not self.not_before
+            and not self.start_timeout_s
+            and not self.execution_timeout_s
+            and not self.idempotency_key
+            and not self.fairness_key
+            and not self.trace_context
+        )
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskError:

@@ -24,7 +24,6 @@ from broker.config import BrokerConfig, validate_pool
 from broker.domain import (
     MAX_PRIORITY,
     MIN_PRIORITY,
-    NO_RETRY,
     ArmSummary,
     Backlog,
     BulkheadStats,
@@ -729,18 +728,17 @@ class Engine:
         )
         result = []
         for name, pool in self._pools.items():
+            since_by_type: dict[str, list[float]] = defaultdict(list)  # parked: a scan
+            for task in pool.parked():
+                since_by_type[task.spec.task_type].append(
+                    self._queued_at.get(task.id, task.created_at)
+                )
             oldest_by_type: dict[str, float] = {}
-            for task_type in {
-                *pool.queue.types_waiting(),
-                *(t.spec.task_type for t in pool.parked()),
-            }:
+            for task_type in {*pool.queue.types_waiting(), *since_by_type}:
+                since = since_by_type.get(task_type, [])
                 oldest = pool.queue.oldest(task_type)
-                since = [self._queued_at.get(oldest.id, oldest.created_at)] if oldest else []
-                since += [
-                    self._queued_at.get(t.id, t.created_at)
-                    for t in pool.parked()
-                    if t.spec.task_type == task_type
-                ]
+                if oldest is not None:
+                    since.append(self._queued_at.get(oldest.id, oldest.created_at))
                 oldest_by_type[task_type] = max(0.0, now - min(since)) if since else 0.0
             types = sorted(
                 {t for (p, t) in self._admission.backlog_by_type if p == name}
@@ -1042,16 +1040,9 @@ class Engine:
             )
 
     def _validate_options(self, spec: TaskSpec, where: str) -> None:
+        if not spec.has_options:
+            return
         retry = spec.retry
-        if retry is NO_RETRY and not (
-            spec.start_timeout_s
-            or spec.execution_timeout_s
-            or spec.not_before
-            or spec.idempotency_key
-            or spec.fairness_key
-            or spec.trace_context
-        ):
-            return  # the common case: no options
         if not 1 <= retry.max_attempts <= MAX_ATTEMPTS:
             raise InvalidArgument(
                 f"{where}retry max_attempts must be 1..{MAX_ATTEMPTS}, got {retry.max_attempts}"

@@ -160,3 +160,19 @@ async def test_changes_persist_and_the_audit_survives_a_restart(tmp_path: Path) 
     by_pool = {(c.pool, c.source, c.who) for c in changes}
     assert ("adhoc", "create_pool", "carol") in by_pool
     assert ("gpu", "startup", "config file") in by_pool
+
+
+async def test_config_history_refuses_an_unknown_pool_and_a_bad_limit(
+    configured: tuple[Broker, Path],
+) -> None:
+    broker, _ = configured
+    async with grpc.aio.insecure_channel(broker.address) as channel:
+        stub = _admin_grpc.AdminServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await stub.ConfigHistory(_admin.ConfigHistoryRequest(pool="nope"))
+        assert unknown.value.code() is grpc.StatusCode.NOT_FOUND
+        assert "nope" in (unknown.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as too_many:
+            await stub.ConfigHistory(_admin.ConfigHistoryRequest(limit=20_000))
+        assert too_many.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "limit" in (too_many.value.details() or "")

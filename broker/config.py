@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from broker.core.strategies import STRATEGIES
 from broker.domain import (
     DEFAULT_BREAKER_COOLDOWN_S,
     DEFAULT_BREAKER_FAILURES,
@@ -56,7 +57,6 @@ from broker.domain import (
     PoolConfig,
 )
 from broker.errors import ConfigError
-from broker.strategies import STRATEGIES
 
 STRATEGY_NAMES = tuple(STRATEGIES)
 

@@ -33,7 +33,7 @@ def serve(
     # Imported here so that client commands never load the broker.
     from broker import load_config
     from broker.errors import BrokerError
-    from broker.logs import configure as configure_logging
+    from broker.observability.logs import configure as configure_logging
 
     flags = {
         "host": host,

@@ -17,7 +17,7 @@ from cli._errors import CliError
 from cli._output import OutputFormat, _console, _row, _table, print_json
 
 if TYPE_CHECKING:
-    from broker.simulator import SimResult
+    from broker.sim.simulator import SimResult
 
 MAX_TASKS = 2_000_000
 
@@ -90,8 +90,8 @@ def simulate(
     anti_affinity_group, anti_affinity_soft, sticky_key, routing_key. Worker
     fields: id, capacity, task_types, labels, class, fail_rate, join_s.
     """
-    from broker.scenarios import SCENARIOS, build_scenario
-    from broker.simulator import (
+    from broker.sim.scenarios import SCENARIOS, build_scenario
+    from broker.sim.simulator import (
         SimulationError,
         check_strategies,
         compare,

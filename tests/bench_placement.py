@@ -14,9 +14,9 @@ import argparse
 import itertools
 import time
 
+from broker.core.scheduler import PoolScheduler
+from broker.core.strategies import STRATEGIES, WorkerSlot
 from broker.domain import Placement, Task, TaskSpec
-from broker.scheduler import PoolScheduler
-from broker.strategies import STRATEGIES, WorkerSlot
 
 SIZES = (10, 1_000, 10_000)
 BATCH = 200

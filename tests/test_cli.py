@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from broker import Broker, load_config
-from broker.strategies import STRATEGIES
+from broker.core.strategies import STRATEGIES
 from cli import main as cli_main
 from cli._output import (
     OutputFormat,

@@ -729,12 +729,12 @@ class ServeRecorder:
 
 @pytest.fixture
 def served(monkeypatch: pytest.MonkeyPatch) -> ServeRecorder:
-    import broker.logs
+    import broker.observability.logs
 
     recorder = ServeRecorder()
     monkeypatch.setattr(_serve, "_run", recorder.run)
     # Not the real one: it would replace the root logger's handlers, pytest's among them.
-    monkeypatch.setattr(broker.logs, "configure", recorder.configure)
+    monkeypatch.setattr(broker.observability.logs, "configure", recorder.configure)
     for key in ("TASKBROKER_LOG_FORMAT", "TASKBROKER_LOG_LEVEL"):
         monkeypatch.delenv(key, raising=False)
     return recorder

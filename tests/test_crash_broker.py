@@ -24,7 +24,7 @@ from pathlib import Path
 
 from broker.domain import TaskFilter
 from broker.domain import TaskState as StoredState
-from broker.store import SQLiteStore
+from broker.storage.sqlite import SQLiteStore
 from tests.crash_worker import TASK_TYPE
 from tests.processes import Deadline, Process, child_env, logs, spawn, stop_all
 from worker_sdk import Client, TaskbrokerError, TaskRequest, TaskState

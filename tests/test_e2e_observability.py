@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from broker import Broker
-from broker.recommend import erlang_c, mean_wait
+from broker.observability.recommend import erlang_c, mean_wait
 from tests.conftest import make_config
 from worker_sdk import Client, TaskContext, Worker
 from worker_sdk._pb import admin_pb2 as _admin

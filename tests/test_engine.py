@@ -19,9 +19,9 @@ from broker.domain import (
     TaskState,
     WorkerSpec,
 )
-from broker.engine import Engine
 from broker.errors import BrokerError, FailedPrecondition, NotFound, Unavailable
-from broker.store import SQLiteStore
+from broker.runtime.engine import Engine
+from broker.storage.sqlite import SQLiteStore
 from tests.conftest import make_config
 from tests.test_store_contract import STORE_KINDS, open_store
 

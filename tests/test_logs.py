@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from broker.domain import Task, TaskSpec
-from broker.logs import configure, task_fields, trace_id_of
+from broker.observability.logs import configure, task_fields, trace_id_of
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 

@@ -30,14 +30,14 @@ from broker.domain import (
     WorkerStatus,
 )
 from broker.errors import BrokerError, ConfigError
-from broker.metrics import (
+from broker.observability.metrics import (
     DURATION_BUCKETS_S,
     MAX_REASONS,
     OTHER,
     BrokerMetrics,
     meter_provider,
 )
-from broker.observe import Observer
+from broker.observability.observe import Observer
 from tests.conftest import make_config
 from worker_sdk import Client, TaskContext, Worker
 from worker_sdk import RetryPolicy as SdkRetryPolicy

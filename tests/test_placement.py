@@ -6,10 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.clock import FakeClock
+from broker.core.runtimes import RuntimeModel
+from broker.core.scheduler import Decision, PoolScheduler
+from broker.core.strategies import StrategyEnv, WorkerSlot
 from broker.domain import Placement, PoolConfig, PreferredLabel, Task, TaskSpec
-from broker.runtimes import RuntimeModel
-from broker.scheduler import Decision, PoolScheduler
-from broker.strategies import StrategyEnv, WorkerSlot
 
 
 def task(

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from broker.core.queue import PoolQueue
 from broker.domain import Task, TaskSpec
-from broker.queue import PoolQueue
 
 
 def task(task_id: int, priority: int = 0, task_type: str = "t") -> Task:

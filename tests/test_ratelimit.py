@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.clock import FakeClock
-from broker.ratelimit import KeyedBuckets, TokenBucket
+from broker.core.ratelimit import KeyedBuckets, TokenBucket
 
 
 def test_rate_ten_burst_one_gives_exact_waits() -> None:

@@ -12,7 +12,7 @@ from fractions import Fraction
 
 import pytest
 
-from broker.recommend import (
+from broker.observability.recommend import (
     DAY,
     erlang_b,
     erlang_c,
@@ -22,7 +22,14 @@ from broker.recommend import (
     recommend,
     servers_for,
 )
-from broker.rollups import HOUR, MINUTE, MetricPoint, RollupRow, hist_bucket, points_from_rows
+from broker.observability.rollups import (
+    HOUR,
+    MINUTE,
+    MetricPoint,
+    RollupRow,
+    hist_bucket,
+    points_from_rows,
+)
 
 NOW = 1_700_006_400.0  # a whole hour (and so a whole minute): 2023-11-15 00:00 UTC
 assert NOW % HOUR == 0

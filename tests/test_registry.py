@@ -7,10 +7,10 @@ from collections.abc import Sequence
 import pytest
 
 from broker.clock import FakeClock
+from broker.core.strategies import WorkerSlot
 from broker.domain import Task, TaskId, WorkerSpec
 from broker.errors import AlreadyExists, BrokerError, FailedPrecondition, NotFound
-from broker.registry import WorkerRegistry
-from broker.strategies import WorkerSlot
+from broker.runtime.registry import WorkerRegistry
 
 
 class Log:

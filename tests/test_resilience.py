@@ -26,7 +26,6 @@ from broker.domain import (
     TaskState,
     WorkerSpec,
 )
-from broker.engine import Engine
 from broker.errors import (
     BrokerError,
     FailedPrecondition,
@@ -34,7 +33,8 @@ from broker.errors import (
     NotFound,
     ResourceExhausted,
 )
-from broker.store import SQLiteStore
+from broker.runtime.engine import Engine
+from broker.storage.sqlite import SQLiteStore
 from tests.conftest import make_config
 
 START = 1_700_000_000.0

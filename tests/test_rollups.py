@@ -13,10 +13,9 @@ import pytest
 
 from broker.clock import FakeClock
 from broker.domain import Task, TaskSpec
-from broker.engine import Engine
 from broker.errors import InvalidArgument, StorageError
-from broker.observe import Observer
-from broker.rollups import (
+from broker.observability.observe import Observer
+from broker.observability.rollups import (
     HIST_BUCKETS,
     HIST_EDGES,
     HIST_RESOLUTION,
@@ -28,7 +27,8 @@ from broker.rollups import (
     hist_bucket,
     hist_quantile,
 )
-from broker.store import SQLiteStore
+from broker.runtime.engine import Engine
+from broker.storage.sqlite import SQLiteStore
 from tests.conftest import make_config
 from tests.test_engine import RecordingChannel, ok, worker
 

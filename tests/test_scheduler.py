@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from broker.core.scheduler import Decision, PoolScheduler
+from broker.core.strategies import LeastLoaded, RoundRobin, WorkerSlot
 from broker.domain import Task, TaskSpec
-from broker.scheduler import Decision, PoolScheduler
-from broker.strategies import LeastLoaded, RoundRobin, WorkerSlot
 
 
 def task(task_id: int, task_type: str = "t", priority: int = 0) -> Task:

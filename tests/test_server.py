@@ -11,8 +11,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from broker import Broker
+from broker.core.states import BrokerState
 from broker.errors import BrokerError, InvalidTransition
-from broker.states import BrokerState
 from tests.conftest import make_config
 
 

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner, Result
 
 from broker.domain import Placement, Task, TaskSpec
-from broker.scenarios import SCENARIOS, build_scenario
-from broker.simulator import (
+from broker.sim.scenarios import SCENARIOS, build_scenario
+from broker.sim.simulator import (
     ANY_CLASS,
     ROW_KEYS,
     SimResult,

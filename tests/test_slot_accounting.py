@@ -19,9 +19,9 @@ import pytest
 
 from broker.clock import FakeClock
 from broker.domain import PoolConfig, Task, TaskId, TaskResult, TaskSpec, TaskState, WorkerSpec
-from broker.engine import Engine
 from broker.errors import BrokerError
-from broker.store import SQLiteStore
+from broker.runtime.engine import Engine
+from broker.storage.sqlite import SQLiteStore
 from tests.conftest import make_config
 
 TASKS = 300

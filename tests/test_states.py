@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from broker.core.states import BrokerState, Lifecycle, can_move, check_move
 from broker.domain import TaskState
 from broker.errors import InvalidTransition
-from broker.states import BrokerState, Lifecycle, can_move, check_move
 
 
 @pytest.mark.parametrize(

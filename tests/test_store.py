@@ -19,7 +19,7 @@ import pytest
 from broker.clock import FakeClock
 from broker.domain import PoolConfig, Task, TaskFilter, WorkerSpec
 from broker.errors import BrokerError, StorageError
-from broker.store import SCHEMA_VERSION, SQLiteStore, _list_query
+from broker.storage.sqlite import SCHEMA_VERSION, SQLiteStore, _list_query
 from tests.test_store_contract import (
     ASSIGNED,
     FILTERS,
@@ -88,7 +88,7 @@ async def test_a_newer_schema_is_refused(db_path: Path) -> None:
 async def test_a_failing_migration_changes_nothing(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import broker.store as store_module
+    import broker.storage.sqlite as store_module
 
     steps = (*store_module._MIGRATIONS, ("CREATE TABLE extra (x)", "THIS IS NOT SQL"))
     monkeypatch.setattr(store_module, "_MIGRATIONS", steps)

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from broker.core.runtimes import RunStats, RuntimeKey
 from broker.domain import (
     BulkheadConfig,
     Placement,
@@ -34,13 +35,12 @@ from broker.domain import (
     TaskState,
     WorkerSpec,
 )
-from broker.engine import Store
 from broker.errors import InvalidArgument, StorageError, Unavailable
-from broker.memory_store import MemoryStore, WorkerRecord
-from broker.registry import WorkerLog
-from broker.rollups import RollupRow
-from broker.runtimes import RunStats, RuntimeKey
-from broker.store import SQLiteStore
+from broker.observability.rollups import RollupRow
+from broker.runtime.engine import Store
+from broker.runtime.registry import WorkerLog
+from broker.storage.memory import MemoryStore, WorkerRecord
+from broker.storage.sqlite import SQLiteStore
 
 PENDING, ASSIGNED, RUNNING = TaskState.PENDING, TaskState.ASSIGNED, TaskState.RUNNING
 SUCCEEDED, FAILED, CANCELLED = TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED

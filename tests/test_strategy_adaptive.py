@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from broker.core.strategies import Outcome, WorkerSlot
+from broker.core.strategies.adaptive import Adaptive
 from broker.domain import Task, TaskSpec
-from broker.strategies import Outcome, WorkerSlot
-from broker.strategies.adaptive import Adaptive
 
 
 def task(task_id: int) -> Task:

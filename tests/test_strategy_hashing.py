@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.clock import FakeClock
+from broker.core.runtimes import RuntimeModel
+from broker.core.scheduler import PoolScheduler
+from broker.core.strategies import ConsistentHash, StrategyEnv, WorkerSlot, make_strategy
+from broker.core.strategies.hashing import ring_point
 from broker.domain import Placement, Task, TaskSpec
-from broker.runtimes import RuntimeModel
-from broker.scheduler import PoolScheduler
-from broker.strategies import ConsistentHash, StrategyEnv, WorkerSlot, make_strategy
-from broker.strategies.hashing import ring_point
 
 KEYS = [f"user-{i}" for i in range(10_000)]
 

@@ -11,10 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.clock import FakeClock
-from broker.domain import Task, TaskSpec
-from broker.runtimes import RuntimeModel
-from broker.scheduler import PoolScheduler
-from broker.strategies import (
+from broker.core.runtimes import RuntimeModel
+from broker.core.scheduler import PoolScheduler
+from broker.core.strategies import (
     LeastLoaded,
     Outcome,
     Predictive,
@@ -24,6 +23,7 @@ from broker.strategies import (
     WorkerSlot,
     make_strategy,
 )
+from broker.domain import Task, TaskSpec
 
 FAST = {"class": "fast"}
 SLOW = {"class": "slow"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from broker.timers import Timers
+from broker.core.timers import Timers
 
 
 def test_keys_come_due_in_time_order_and_once() -> None:

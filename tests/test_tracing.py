@@ -24,8 +24,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from broker import Broker, ConfigError
 from broker.domain import Task, TaskError, TaskId, TaskSpec, TaskState
-from broker.parsing import TolerantRegistrar
-from broker.tracing import (
+from broker.observability.tracing import (
     TracingInterceptor,
     TracingObserver,
     broker_tracer,
@@ -33,6 +32,7 @@ from broker.tracing import (
     tracer_provider,
     with_trace_context,
 )
+from broker.server.parsing import TolerantRegistrar
 from tests.conftest import make_config
 from worker_sdk import Client, TaskContext, TaskFailed, TaskRequest, Worker
 from worker_sdk import _tracing as sdk_tracing

@@ -1,6 +1,6 @@
 """Broker metrics with OpenTelemetry: what autoscalers and dashboards watch.
 
-`BrokerMetrics` is an engine observer (see `broker.observe`) that reports on a
+`BrokerMetrics` is an engine observer (see `broker.observability.observe`) that reports on a
 `MeterProvider` it is given, never the global one:
 
 Counters (cumulative, attributes ``pool``, ``task_type`` and as listed):

@@ -20,13 +20,8 @@ from typing import Any, Final, Self
 import aiosqlite
 
 from broker.clock import Clock, SystemClock
-from broker.codec import (
-    pool_limits_from_json,
-    pool_limits_json,
-    task_options_from_json,
-    task_options_json,
-)
 from broker.config import SYNCHRONOUS_MODES
+from broker.core.runtimes import RunStats, RuntimeKey
 from broker.domain import (
     ANYWHERE,
     ConfigChange,
@@ -43,8 +38,13 @@ from broker.domain import (
     WorkerSpec,
 )
 from broker.errors import BrokerError, InvalidArgument, StorageError, Unavailable
-from broker.rollups import RollupRow
-from broker.runtimes import RunStats, RuntimeKey
+from broker.observability.rollups import RollupRow
+from broker.storage.codec import (
+    pool_limits_from_json,
+    pool_limits_json,
+    task_options_from_json,
+    task_options_json,
+)
 
 _log = logging.getLogger("taskbroker.store")
 

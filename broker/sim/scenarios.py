@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from broker.domain import Placement
-from broker.simulator import (
+from broker.sim.simulator import (
     ANY_CLASS,
     SimTask,
     SimulationError,

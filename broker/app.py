@@ -18,19 +18,19 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace import TracerProvider
 
-from broker import tracing
-from broker.api import AdminApi, TaskApi
 from broker.clock import Clock, SystemClock
 from broker.config import BrokerConfig, load_config
+from broker.core.states import BrokerState, Lifecycle
 from broker.domain import ConfigChange
-from broker.engine import Engine
 from broker.errors import BrokerError, ConfigError, FailedPrecondition, InvalidArgument
-from broker.metrics import BrokerMetrics, ServingMeterProvider, meter_provider
-from broker.parsing import TolerantRegistrar
-from broker.rollups import MetricsHistory
-from broker.states import BrokerState, Lifecycle
-from broker.store import SQLiteStore
-from broker.worker_stream import WorkerApi
+from broker.observability import tracing
+from broker.observability.metrics import BrokerMetrics, ServingMeterProvider, meter_provider
+from broker.observability.rollups import MetricsHistory
+from broker.runtime.engine import Engine
+from broker.server.api import AdminApi, TaskApi
+from broker.server.parsing import TolerantRegistrar
+from broker.server.workers import WorkerApi
+from broker.storage.sqlite import SQLiteStore
 from worker_sdk._pb import admin_pb2 as _admin
 from worker_sdk._pb import admin_pb2_grpc as _admin_grpc
 from worker_sdk._pb import tasks_pb2 as _tasks

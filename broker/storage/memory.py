@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 from typing import Self
 
+from broker.core.runtimes import RunStats, RuntimeKey
 from broker.domain import (
     ConfigChange,
     PoolConfig,
@@ -26,8 +27,7 @@ from broker.domain import (
     WorkerSpec,
 )
 from broker.errors import InvalidArgument, StorageError, Unavailable
-from broker.rollups import RollupRow
-from broker.runtimes import RunStats, RuntimeKey
+from broker.observability.rollups import RollupRow
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -16,11 +16,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol, cast
 
-from broker.admission import Admission
-from broker.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from broker.clock import Clock
-from broker.codec import pool_settings, settings_json
 from broker.config import BrokerConfig, validate_pool
+from broker.core.admission import Admission
+from broker.core.breaker import BreakerSettings, BreakerState, CircuitBreaker
+from broker.core.runtimes import RunStats, RuntimeKey, RuntimeModel
+from broker.core.scheduler import PoolScheduler
+from broker.core.states import check_move
+from broker.core.strategies import StrategyEnv, WorkerSlot
+from broker.core.strategies._base import UNLIMITED
+from broker.core.timers import Timers
 from broker.domain import (
     MAX_PRIORITY,
     MIN_PRIORITY,
@@ -52,15 +57,10 @@ from broker.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from broker.logs import task_fields
-from broker.observe import Observers
-from broker.registry import WorkerChannel, WorkerRegistry, WorkerSession
-from broker.runtimes import RunStats, RuntimeKey, RuntimeModel
-from broker.scheduler import PoolScheduler
-from broker.states import check_move
-from broker.strategies import StrategyEnv, WorkerSlot
-from broker.strategies._base import UNLIMITED
-from broker.timers import Timers
+from broker.observability.logs import task_fields
+from broker.observability.observe import Observers
+from broker.runtime.registry import WorkerChannel, WorkerRegistry, WorkerSession
+from broker.storage.codec import pool_settings, settings_json
 
 log = logging.getLogger("taskbroker.engine")
 
@@ -82,7 +82,7 @@ _UNSET = object()
 
 
 class Store(Protocol):
-    """What the engine needs from a durable store (see broker.store.SQLiteStore)."""
+    """What the engine needs from a durable store (see broker.storage.sqlite.SQLiteStore)."""
 
     async def insert_tasks(self, tasks: Sequence[Task]) -> None: ...
     def save(self, task: Task) -> None: ...

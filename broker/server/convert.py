@@ -30,8 +30,8 @@ from broker.domain import (
     WorkerStatus,
 )
 from broker.errors import InvalidArgument
-from broker.recommend import Recommendation
-from broker.rollups import LiveStats, MetricPoint
+from broker.observability.recommend import Recommendation
+from broker.observability.rollups import LiveStats, MetricPoint
 from worker_sdk._pb import admin_pb2 as _admin
 from worker_sdk._pb import tasks_pb2 as _tasks
 from worker_sdk._pb import worker_pb2 as _worker

@@ -14,7 +14,7 @@ How a task is placed:
 Bulkheads come before all of this: while the pool holds its ``max_inflight`` tasks,
 or a task type its bulkhead's ``max_inflight``, tasks of it stay queued (never
 dropped), and the other types go on. Within the pool, fairness keys (tenants)
-take turns by weighted round robin (see broker.queue).
+take turns by weighted round robin (see broker.core.queue).
 A task without hints skips 1-2 and takes the strategy's pick from its index. A
 task that no ready worker may take is parked, with the reason, until a worker
 of its type changes; one that no connected worker could ever take is marked
@@ -27,12 +27,12 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from broker.core.queue import PoolQueue
+from broker.core.runtimes import RuntimeModel
+from broker.core.strategies import Outcome, Strategy, StrategyEnv, WorkerSlot, make_strategy
+from broker.core.strategies._base import UNLIMITED, default_env
 from broker.domain import PoolConfig, Task, TaskId, WorkerId
 from broker.errors import AlreadyExists, NotFound
-from broker.queue import PoolQueue
-from broker.runtimes import RuntimeModel
-from broker.strategies import Outcome, Strategy, StrategyEnv, WorkerSlot, make_strategy
-from broker.strategies._base import UNLIMITED, default_env
 
 SOFT_ANTI_AFFINITY_PENALTY = 1_000_000
 # Strategy indexes kept for (task type, required labels) pairs, so that a task with

@@ -1,6 +1,7 @@
 """How many workers a pool needs: forecast its arrivals, then size it as an M/M/c queue.
 
-Pure functions over the metrics history (broker.rollups), for `taskbroker pools recommend`:
+Pure functions over the metrics history (broker.observability.rollups), for
+`taskbroker pools recommend`:
 
 - `forecast_rate` forecasts the mean arrival rate over the next `horizon_s` seconds: Holt's
   linear trend (double exponential smoothing) over the recent per-minute arrival rates, or,
@@ -22,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
-from broker.rollups import HOUR, MINUTE, MetricPoint
+from broker.observability.rollups import HOUR, MINUTE, MetricPoint
 
 DAY: Final = 86_400
 SEASONAL_MIN_HISTORY_S: Final = 2 * DAY  # history needed for the daily season

@@ -13,15 +13,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from broker.domain import Task, TaskId, WorkerId
-from broker.runtimes import worker_class
-from broker.strategies._base import (
+from broker.core.runtimes import worker_class
+from broker.core.strategies._base import (
     LowestKeyIndex,
     Outcome,
     StrategyEnv,
     WorkerSlot,
     default_env,
 )
+from broker.domain import Task, TaskId, WorkerId
 
 MIN_LATENCY_S = 1e-3  # a worker reporting 0 s runs does not get an infinite weight
 MIN_SUCCESS = 0.05  # nor does a failing one get none: it still runs when others are busy

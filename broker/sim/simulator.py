@@ -60,6 +60,9 @@ from pathlib import Path
 from typing import Any
 
 from broker.clock import FakeClock
+from broker.core.runtimes import RuntimeModel
+from broker.core.scheduler import PoolScheduler
+from broker.core.strategies import STRATEGIES, StrategyEnv, WorkerSlot
 from broker.domain import (
     ANYWHERE,
     MAX_PRIORITY,
@@ -72,9 +75,6 @@ from broker.domain import (
     WorkerId,
 )
 from broker.errors import BrokerError
-from broker.runtimes import RuntimeModel
-from broker.scheduler import PoolScheduler
-from broker.strategies import STRATEGIES, StrategyEnv, WorkerSlot
 
 POOL = "sim"
 ANY_CLASS = "*"

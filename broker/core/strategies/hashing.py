@@ -44,8 +44,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import ClassVar
 
+from broker.core.strategies._base import Outcome, StrategyEnv, WorkerSlot, default_env
 from broker.domain import Task, WorkerId
-from broker.strategies._base import Outcome, StrategyEnv, WorkerSlot, default_env
 
 RING_SIZE = 1 << 64
 _SLOT_BITS = 32  # a ring entry is (point << _SLOT_BITS) | the owner's slot number

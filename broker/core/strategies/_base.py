@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 from broker.clock import Clock, SystemClock
+from broker.core.runtimes import RuntimeModel
 from broker.domain import Task, WorkerId
-from broker.runtimes import RuntimeModel
 
 UNLIMITED = 1 << 30
 

@@ -1,12 +1,12 @@
 """Worker counts per pool: the pool's history and its workers now, through the queueing
-model of broker.recommend."""
+model of broker.observability.recommend."""
 
 from __future__ import annotations
 
-from broker.engine import Engine
 from broker.errors import InvalidArgument, NotFound
-from broker.recommend import Recommendation, recommend
-from broker.rollups import MetricsHistory
+from broker.observability.recommend import Recommendation, recommend
+from broker.observability.rollups import MetricsHistory
+from broker.runtime.engine import Engine
 
 DEFAULT_TARGET_WAIT_S = 1.0
 DEFAULT_HORIZON_S = 900.0

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from broker.strategies._base import Outcome, Strategy, StrategyEnv, WorkerSlot, default_env
-from broker.strategies.adaptive import Adaptive
-from broker.strategies.hashing import ConsistentHash
-from broker.strategies.learning import Predictive, WeightedResponseTime
-from broker.strategies.simple import LeastLoaded, RoundRobin
+from broker.core.strategies._base import Outcome, Strategy, StrategyEnv, WorkerSlot, default_env
+from broker.core.strategies.adaptive import Adaptive
+from broker.core.strategies.hashing import ConsistentHash
+from broker.core.strategies.learning import Predictive, WeightedResponseTime
+from broker.core.strategies.simple import LeastLoaded, RoundRobin
 
 __all__ = [
     "STRATEGIES",

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+from broker.core.strategies._base import Outcome, Strategy, StrategyEnv, WorkerSlot, default_env
 from broker.domain import Task, TaskId
-from broker.strategies._base import Outcome, Strategy, StrategyEnv, WorkerSlot, default_env
 
 log = logging.getLogger("taskbroker.adaptive")
 
@@ -54,7 +54,7 @@ class Adaptive:
         confirmations: int = 2,
         failure_penalty: float = 2.0,
     ) -> None:
-        from broker.strategies import STRATEGIES  # the registry imports this module
+        from broker.core.strategies import STRATEGIES  # the registry imports this module
 
         env = env or default_env()
         names = [c for c in candidates if c in STRATEGIES and c != self.name]

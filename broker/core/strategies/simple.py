@@ -7,8 +7,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import ClassVar
 
+from broker.core.strategies._base import LowestKeyIndex, Outcome, StrategyEnv, WorkerSlot
 from broker.domain import Task, WorkerId
-from broker.strategies._base import LowestKeyIndex, Outcome, StrategyEnv, WorkerSlot
 
 
 class RoundRobin:

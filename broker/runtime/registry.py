@@ -12,11 +12,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from broker.breaker import CircuitBreaker
 from broker.clock import Clock
+from broker.core.breaker import CircuitBreaker
+from broker.core.strategies import WorkerSlot
 from broker.domain import Task, TaskId, WorkerId, WorkerSpec, WorkerStatus
 from broker.errors import AlreadyExists, BrokerError, FailedPrecondition, NotFound
-from broker.strategies import WorkerSlot
 
 
 class WorkerChannel(Protocol):

@@ -17,12 +17,12 @@ from typing import Any
 
 import grpc
 
-from broker import convert
 from broker.domain import Task, TaskId
-from broker.engine import Engine
 from broker.errors import BrokerError, FailedPrecondition, InvalidArgument
-from broker.parsing import Malformed
-from broker.status import status_of
+from broker.runtime.engine import Engine
+from broker.server import convert
+from broker.server.parsing import Malformed
+from broker.server.status import status_of
 from worker_sdk._pb import worker_pb2 as _worker
 from worker_sdk._pb import worker_pb2_grpc as _worker_grpc
 

@@ -1,7 +1,7 @@
 """The gRPC edge for clients and operators: TaskService and AdminService.
 
 Each handler converts the request to domain types, calls the engine, and
-converts the answer back; a BrokerError becomes its status code (broker.status).
+converts the answer back; a BrokerError becomes its status code (broker.server.status).
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ from typing import Any, TypeVar
 import grpc
 from opentelemetry.trace import Tracer
 
-from broker import convert, tracing
-from broker.capacity import DEFAULT_HORIZON_S, DEFAULT_TARGET_WAIT_S, recommend_pools
 from broker.domain import ConfigChange, Task, TaskId, TaskSpec
-from broker.engine import Engine
 from broker.errors import BrokerError, NotFound, ResourceExhausted
-from broker.parsing import Malformed
-from broker.rollups import MetricsHistory
-from broker.status import status_of
+from broker.observability import tracing
+from broker.observability.capacity import DEFAULT_HORIZON_S, DEFAULT_TARGET_WAIT_S, recommend_pools
+from broker.observability.rollups import MetricsHistory
+from broker.runtime.engine import Engine
+from broker.server import convert
+from broker.server.parsing import Malformed
+from broker.server.status import status_of
 from worker_sdk._pb import admin_pb2 as _admin
 from worker_sdk._pb import admin_pb2_grpc as _admin_grpc
 from worker_sdk._pb import tasks_pb2 as _tasks

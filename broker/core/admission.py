@@ -16,9 +16,9 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Sequence
 
 from broker.config import BrokerConfig
+from broker.core.ratelimit import KeyedBuckets, TokenBucket
 from broker.domain import PoolConfig, Task, TaskSpec
 from broker.errors import ResourceExhausted
-from broker.ratelimit import KeyedBuckets, TokenBucket
 
 # A retry hint stays within these bounds, whatever the pool's recent placement rate says.
 MIN_RETRY_HINT_S = 0.05

@@ -1,10 +1,10 @@
 """The metrics history: per-minute rollups of what each pool did, kept in the store.
 
-`MetricsHistory` is an observer (see broker.observe). As tasks move it counts, per pool,
-task type, worker and minute, the tasks submitted, the attempts that ended and failed, and
-the queue waits and run times, each as a count, a sum and a log-scale histogram, so that
-quantiles can still be estimated after rows are merged. Its `run` loop writes what it
-gathered through the store's group commit every `metrics_flush_s` seconds, and once an
+`MetricsHistory` is an observer (see broker.observability.observe). As tasks move it counts,
+per pool, task type, worker and minute, the tasks submitted, the attempts that ended and
+failed, and the queue waits and run times, each as a count, a sum and a log-scale histogram,
+so that quantiles can still be estimated after rows are merged. Its `run` loop writes what
+it gathered through the store's group commit every `metrics_flush_s` seconds, and once an
 hour merges minute rows older than `metrics_compact_after_s` into hourly rows and deletes
 rows older than `metrics_retention_s`. So the history survives restarts and stays small.
 
@@ -34,9 +34,9 @@ from typing import Final, NamedTuple, Protocol
 
 from broker.clock import Clock
 from broker.config import BrokerConfig
+from broker.core.runtimes import RunStats
 from broker.domain import Task, WorkerId
 from broker.errors import InvalidArgument, StorageError, Unavailable
-from broker.runtimes import RunStats
 
 log = logging.getLogger("taskbroker.rollups")
 

@@ -35,7 +35,7 @@ from broker.errors import (
 )
 from broker.runtime.engine import Engine
 from broker.storage.sqlite import SQLiteStore
-from tests.conftest import make_config
+from tests.support.config import make_config
 
 START = 1_700_000_000.0
 

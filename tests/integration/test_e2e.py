@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from broker import Broker
-from tests.conftest import make_config
+from tests.support.config import make_config
 from worker_sdk import (
     Client,
     NotFound,

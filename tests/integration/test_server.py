@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from broker import Broker
 from broker.core.states import BrokerState
 from broker.errors import BrokerError, InvalidTransition
-from tests.conftest import make_config
+from tests.support.config import make_config
 
 
 async def test_health_is_serving_for_every_service(channel: grpc.aio.Channel) -> None:

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from broker import Broker
-from tests.conftest import make_config
+from tests.support.config import make_config
 from worker_sdk import TaskContext, Worker
 from worker_sdk._pb import admin_pb2 as _admin
 from worker_sdk._pb import admin_pb2_grpc as _admin_grpc

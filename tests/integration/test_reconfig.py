@@ -16,7 +16,7 @@ import pytest
 from broker import Broker
 from broker.domain import PoolConfig
 from broker.errors import FailedPrecondition, InvalidArgument
-from tests.conftest import make_config
+from tests.support.config import make_config
 from worker_sdk._pb import admin_pb2 as _admin
 from worker_sdk._pb import admin_pb2_grpc as _admin_grpc
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from cli._worker import load_worker
 from cli.main import app
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parent.parent.parent / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 

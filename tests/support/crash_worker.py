@@ -1,6 +1,6 @@
-"""A worker process for tests/test_crash_broker.py that journals every execution.
+"""A worker process for tests/e2e/test_crash_broker.py that journals every execution.
 
-    python tests/crash_worker.py ADDRESS JOURNAL CAPACITY
+    python tests/support/crash_worker.py ADDRESS JOURNAL CAPACITY
 
 The journal gets one line per event, each written with a single write(2) to a file opened
 with O_APPEND, so a line is in the file as soon as the event happens, whoever dies next.

@@ -1,6 +1,6 @@
 """A broker killed with SIGKILL mid-stream loses no task it acknowledged.
 
-Real processes: `taskbroker serve` on a SQLite file, two workers (tests/crash_worker.py)
+Real processes: `taskbroker serve` on a SQLite file, two workers (tests/support/crash_worker.py)
 that journal every execution, and this test submitting batches. Part-way through, the
 broker is killed with SIGKILL while submits are in flight and tasks and results stream to
 and from the workers; it is started again on the same file and port, the workers reconnect
@@ -25,11 +25,11 @@ from pathlib import Path
 from broker.domain import TaskFilter
 from broker.domain import TaskState as StoredState
 from broker.storage.sqlite import SQLiteStore
-from tests.crash_worker import TASK_TYPE
-from tests.processes import Deadline, Process, child_env, logs, spawn, stop_all
+from tests.support.crash_worker import TASK_TYPE
+from tests.support.processes import Deadline, Process, child_env, logs, spawn, stop_all
 from worker_sdk import Client, TaskbrokerError, TaskRequest, TaskState
 
-WORKER_SCRIPT = Path(__file__).with_name("crash_worker.py")
+WORKER_SCRIPT = Path(__file__).parent.parent / "support" / "crash_worker.py"
 LISTENING = re.compile(r"taskbroker listening on (\S+)")
 
 TOTAL_TASKS = 3000

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from broker import Broker
-from tests.conftest import make_config
+from tests.support.config import make_config
 from worker_sdk import Client, TaskContext, TaskInfo, TaskState, Worker
 
 HEARTBEAT_INTERVAL_S = 0.2

@@ -1,7 +1,7 @@
 """Overload with real processes: a flood of submits meets a bounded queue.
 
 `taskbroker serve` with `max_queue = 2000` on its default pool, one slow worker
-(tests/overload_worker.py), and eight submitters sending 200-task batches through the raw
+(tests/support/overload_worker.py), and eight submitters sending 200-task batches through the raw
 generated stubs (the SDK's retries would hide the rejections), far faster than the worker
 drains. The broker must refuse the excess fast with RESOURCE_EXHAUSTED and a retry hint,
 keep its queue and its memory bounded meanwhile, and then run every task it accepted.
@@ -22,14 +22,14 @@ from typing import cast
 
 import grpc
 
-from tests.overload_worker import CAPACITY, TASK_TYPE, WORKER_ID
-from tests.processes import Deadline, Process, child_env, spawn, stop_all
+from tests.support.overload_worker import CAPACITY, TASK_TYPE, WORKER_ID
+from tests.support.processes import Deadline, Process, child_env, spawn, stop_all
 from worker_sdk._pb import admin_pb2 as _admin
 from worker_sdk._pb import admin_pb2_grpc as _admin_grpc
 from worker_sdk._pb import tasks_pb2 as _tasks
 from worker_sdk._pb import tasks_pb2_grpc as _tasks_grpc
 
-WORKER_SCRIPT = Path(__file__).with_name("overload_worker.py")
+WORKER_SCRIPT = Path(__file__).parent.parent / "support" / "overload_worker.py"
 LISTENING = re.compile(r"taskbroker listening on (\S+)")
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
 

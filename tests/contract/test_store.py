@@ -20,7 +20,7 @@ from broker.clock import FakeClock
 from broker.domain import PoolConfig, Task, TaskFilter, WorkerSpec
 from broker.errors import BrokerError, StorageError
 from broker.storage.sqlite import SCHEMA_VERSION, SQLiteStore, _list_query
-from tests.test_store_contract import (
+from tests.contract.test_store_contract import (
     ASSIGNED,
     FILTERS,
     PENDING,

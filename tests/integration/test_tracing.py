@@ -33,7 +33,7 @@ from broker.observability.tracing import (
     with_trace_context,
 )
 from broker.server.parsing import TolerantRegistrar
-from tests.conftest import make_config
+from tests.support.config import make_config
 from worker_sdk import Client, TaskContext, TaskFailed, TaskRequest, Worker
 from worker_sdk import _tracing as sdk_tracing
 from worker_sdk._messages import Assignment

@@ -12,7 +12,7 @@ import pytest
 
 from broker import Broker
 from broker.observability.recommend import erlang_c, mean_wait
-from tests.conftest import make_config
+from tests.support.config import make_config
 from worker_sdk import Client, TaskContext, Worker
 from worker_sdk._pb import admin_pb2 as _admin
 from worker_sdk._pb import admin_pb2_grpc as _admin_grpc

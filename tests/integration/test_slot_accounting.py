@@ -22,7 +22,7 @@ from broker.domain import PoolConfig, Task, TaskId, TaskResult, TaskSpec, TaskSt
 from broker.errors import BrokerError
 from broker.runtime.engine import Engine
 from broker.storage.sqlite import SQLiteStore
-from tests.conftest import make_config
+from tests.support.config import make_config
 
 TASKS = 300
 WORKERS = 4

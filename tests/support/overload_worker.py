@@ -1,6 +1,6 @@
-"""A slow worker process for tests/test_overload.py.
+"""A slow worker process for tests/e2e/test_overload.py.
 
-    python tests/overload_worker.py ADDRESS
+    python tests/support/overload_worker.py ADDRESS
 
 One worker with CAPACITY slots whose handler sleeps WORK_S, so it drains at most
 CAPACITY / WORK_S tasks a second (800), far slower than the test submits. SIGTERM ends

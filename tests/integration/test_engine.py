@@ -3,61 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from broker.clock import FakeClock
 from broker.domain import (
-    Task,
     TaskError,
     TaskFilter,
-    TaskId,
     TaskResult,
     TaskSpec,
     TaskState,
-    WorkerSpec,
 )
-from broker.errors import BrokerError, FailedPrecondition, NotFound, Unavailable
+from broker.errors import FailedPrecondition, NotFound, Unavailable
 from broker.runtime.engine import Engine
 from broker.storage.sqlite import SQLiteStore
-from tests.conftest import make_config
-from tests.test_store_contract import STORE_KINDS, open_store
-
-
-class RecordingChannel:
-    """Collects what the engine sends to one worker."""
-
-    def __init__(self) -> None:
-        self.assigned: list[Task] = []
-        self.cancelled: list[TaskId] = []
-        self.drained: list[str] = []
-        self.closed: BrokerError | None = None
-        self.wake = asyncio.Event()
-
-    def send_assignments(self, tasks: Sequence[Task]) -> None:
-        self.assigned.extend(tasks)
-        self.wake.set()
-
-    def send_cancel(self, task_ids: Sequence[TaskId]) -> None:
-        self.cancelled.extend(task_ids)
-
-    def send_drain(self, reason: str) -> None:
-        self.drained.append(reason)
-
-    def in_transit(self, seen: int) -> set[TaskId]:
-        return set()
-
-    def close(self, error: BrokerError) -> None:
-        self.closed = error
-
-    async def until_assigned(self, count: int) -> list[Task]:
-        async with asyncio.timeout(5):
-            while len(self.assigned) < count:
-                self.wake.clear()
-                await self.wake.wait()
-        return self.assigned
+from tests.contract.test_store_contract import STORE_KINDS, open_store
+from tests.support.config import make_config
+from tests.support.engine import RecordingChannel, ok, worker
 
 
 @pytest.fixture
@@ -76,16 +40,6 @@ async def engine(
         await engine.recover()
         engine.start()
         yield engine
-
-
-def worker(worker_id: str, capacity: int = 2, types: tuple[str, ...] = ("t",)) -> WorkerSpec:
-    return WorkerSpec(
-        worker_id=worker_id, pool="default", capacity=capacity, task_types=frozenset(types)
-    )
-
-
-def ok(task: Task, result: bytes = b"done") -> TaskResult:
-    return TaskResult(task_id=task.id, attempt=task.attempts, success=True, result=result)
 
 
 async def test_results_complete_tasks_and_free_credit(engine: Engine) -> None:

@@ -19,7 +19,7 @@ from cli._chart import bar_chart, bars, merge_columns
 from cli._observe import change_text, config_change_dict, metric_point_dict, timeline
 from cli._output import stats_dict
 from cli._parse import parse_duration, parse_whole_seconds, time_or_duration
-from tests.test_cli import assert_one_line_error, invoke
+from tests.support.cli import assert_one_line_error, invoke
 from worker_sdk import ConfigChange, MetricPoint, PoolRecommendation, PoolStats, Stats
 
 T0 = datetime(2030, 1, 2, 12, 0, tzinfo=UTC)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from broker import Broker, load_config
 from broker.core.strategies import STRATEGIES
@@ -32,7 +32,8 @@ from cli._output import (
     worker_dict,
 )
 from cli._parse import FairnessWeight, bulkhead_text, parse_bulkhead, parse_fairness_weight
-from cli.main import KNOWN_STRATEGIES, Label, StateChoice, app, parse_label, parse_preference
+from cli.main import KNOWN_STRATEGIES, Label, StateChoice, parse_label, parse_preference
+from tests.support.cli import assert_one_line_error, invoke
 from worker_sdk import (
     AlreadyExists,
     ArmStats,
@@ -56,7 +57,7 @@ from worker_sdk import (
     WorkerInfo,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 READMES = [ROOT / "README.md", ROOT / "deploy" / "README.md"]
 
 COMMANDS = [
@@ -90,22 +91,6 @@ COMMANDS = [
     ["demo"],
     ["simulate"],
 ]
-
-
-def invoke(*args: str, env: dict[str, str | None] | None = None) -> Result:
-    # TASKBROKER_* from the developer's shell must not leak into these tests.
-    clean: dict[str, str | None] = {"TASKBROKER_ADDR": None, "TASKBROKER_PORT": None}
-    return CliRunner().invoke(app, list(args), env={**clean, **(env or {})})
-
-
-def assert_one_line_error(result: Result, exit_code: int = 1) -> str:
-    assert result.exit_code == exit_code, result.output
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 @pytest.fixture

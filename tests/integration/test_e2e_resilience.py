@@ -20,7 +20,7 @@ import pytest
 
 from broker import Broker
 from broker.domain import BulkheadConfig, PoolConfig
-from tests.conftest import make_config
+from tests.support.config import make_config
 from worker_sdk import (
     Bulkhead,
     Client,

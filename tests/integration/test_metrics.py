@@ -38,7 +38,7 @@ from broker.observability.metrics import (
     meter_provider,
 )
 from broker.observability.observe import Observer
-from tests.conftest import make_config
+from tests.support.config import make_config
 from worker_sdk import Client, TaskContext, Worker
 from worker_sdk import RetryPolicy as SdkRetryPolicy
 

@@ -29,8 +29,8 @@ from broker.observability.rollups import (
 )
 from broker.runtime.engine import Engine
 from broker.storage.sqlite import SQLiteStore
-from tests.conftest import make_config
-from tests.test_engine import RecordingChannel, ok, worker
+from tests.support.config import make_config
+from tests.support.engine import RecordingChannel, ok, worker
 
 START = 1_700_002_800.0  # a whole hour
 assert START % HOUR == 0

@@ -1,0 +1,1 @@
+"""What the tests share: fakes, configurations, broker and process helpers."""

@@ -1,0 +1,23 @@
+"""Running the CLI in process, and what every CLI error looks like."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner, Result
+
+from cli.main import app
+
+
+def invoke(*args: str, env: dict[str, str | None] | None = None) -> Result:
+    # TASKBROKER_* from the developer's shell must not leak into these tests.
+    clean: dict[str, str | None] = {"TASKBROKER_ADDR": None, "TASKBROKER_PORT": None}
+    return CliRunner().invoke(app, list(args), env={**clean, **(env or {})})
+
+
+def assert_one_line_error(result: Result, exit_code: int = 1) -> str:
+    assert result.exit_code == exit_code, result.output
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.output
+    return lines[0]

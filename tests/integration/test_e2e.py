@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from broker import Broker
+from broker.core.states import BrokerState
 from tests.support.config import make_config
 from worker_sdk import (
     Client,
@@ -207,8 +208,10 @@ async def test_graceful_shutdown_lets_held_work_finish(tmp_path: Path) -> None:
             while (await client.get(task_id)).state is not TaskState.RUNNING:
                 await asyncio.sleep(0.01)
     stopping = asyncio.create_task(broker.shutdown(grace=5))
-    await asyncio.sleep(0.05)
-    assert not stopping.done()
+    async with asyncio.timeout(5):
+        while broker.state is not BrokerState.DRAINING:
+            await asyncio.sleep(0)
+    assert not stopping.done()  # draining: it waits for the held task
     release.set()
     await stopping
     await worker.shutdown(grace=1)

@@ -4,6 +4,7 @@ live stats, and worker-count recommendations checked against the queueing formul
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import aiosqlite
@@ -11,6 +12,7 @@ import grpc
 import pytest
 
 from broker import Broker
+from broker.clock import FakeClock
 from broker.observability.recommend import erlang_c, mean_wait
 from tests.support.config import make_config
 from worker_sdk import Client, TaskContext, Worker
@@ -110,15 +112,16 @@ async def test_recommendations_follow_the_erlang_c_formula(tmp_path: Path) -> No
 
 
 async def test_live_stats_show_the_age_of_the_oldest_waiting_task(tmp_path: Path) -> None:
-    async with Broker(make_config(tmp_path)) as broker:
+    clock = FakeClock(start=time.time())
+    async with Broker(make_config(tmp_path), clock=clock) as broker:
         async with Client(broker.address) as client:
             await client.submit("nobody-runs-this", pool="other")
-        await asyncio.sleep(0.05)
+        clock.advance(5.0)
         stats = await admin_call(broker, "Stats", _admin.StatsRequest())
     assert isinstance(stats, _admin.StatsResponse)
     (other,) = [p for p in stats.pools if p.pool == "other"]
     assert other.pending == 1
-    assert other.oldest_pending_age_s >= 0.05
+    assert other.oldest_pending_age_s >= 5.0
 
 
 async def test_the_predictive_strategy_starts_from_the_metrics_history(tmp_path: Path) -> None:

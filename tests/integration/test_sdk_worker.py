@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -13,6 +14,7 @@ import grpc
 import grpc.aio
 import pytest
 
+from tests.support.waiting import until_logged
 from worker_sdk import (
     AlreadyExists,
     FailedPrecondition,
@@ -365,7 +367,9 @@ async def test_heartbeat_reports_in_flight_and_load() -> None:
     assert beat.load == pytest.approx(0.25)
 
 
-async def test_drain_finishes_in_flight_work_then_run_returns() -> None:
+async def test_drain_finishes_in_flight_work_then_run_returns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     worker = Worker(reconnect_initial_s=0.01, reconnect_max_s=0.05)
     release = asyncio.Event()
 
@@ -380,8 +384,9 @@ async def test_drain_finishes_in_flight_work_then_run_returns() -> None:
         session = await service.sessions.get()
         session.assign(("t1", "hold", b""))
         await session.until(lambda: "t1" in session.started)
-        session.drain()
-        await asyncio.sleep(0.05)
+        with caplog.at_level(logging.INFO, logger="taskbroker.worker"):
+            session.drain()
+            await until_logged(caplog, "broker drains worker")
         assert not run.done()  # still finishing t1
         release.set()
         await asyncio.wait_for(run, 5)
@@ -524,10 +529,13 @@ async def test_refused_registration_raises(
     assert service.connects == 1
 
 
-async def test_unreachable_broker_keeps_retrying_until_shutdown() -> None:
+async def test_unreachable_broker_keeps_retrying_until_shutdown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     worker = make_worker()
-    run = asyncio.create_task(worker.run("127.0.0.1:1"))
-    await asyncio.sleep(0.1)
+    with caplog.at_level(logging.WARNING, logger="taskbroker.worker"):
+        run = asyncio.create_task(worker.run("127.0.0.1:1"))
+        await until_logged(caplog, "reconnecting in", times=2)
     assert not run.done()
     await asyncio.wait_for(worker.shutdown(), 5)
     await run

@@ -24,7 +24,8 @@ from broker.core.states import BrokerState, Lifecycle
 from broker.domain import ConfigChange
 from broker.errors import BrokerError, ConfigError, FailedPrecondition, InvalidArgument
 from broker.observability import tracing
-from broker.observability.metrics import BrokerMetrics, ServingMeterProvider, meter_provider
+from broker.observability.exporters import ServingMeterProvider, meter_provider
+from broker.observability.metrics import BrokerMetrics
 from broker.observability.rollups import MetricsHistory
 from broker.runtime.engine import Engine
 from broker.server.api import AdminApi, TaskApi

@@ -30,12 +30,12 @@ from broker.domain import (
     WorkerStatus,
 )
 from broker.errors import BrokerError, ConfigError
+from broker.observability.exporters import meter_provider
 from broker.observability.metrics import (
     DURATION_BUCKETS_S,
     MAX_REASONS,
     OTHER,
     BrokerMetrics,
-    meter_provider,
 )
 from broker.observability.observe import Observer
 from tests.support.config import make_config

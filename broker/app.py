@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -76,14 +76,14 @@ class Broker:
         self._meter_provider: ServingMeterProvider | None = None
         self._metrics: BrokerMetrics | None = None
         self._history: MetricsHistory | None = None
-        self._history_task: asyncio.Task[None] | None = None
         self._clock = clock or SystemClock()
         self._lifecycle = Lifecycle()
         self._store: SQLiteStore | None = None
         self._engine: Engine | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        self._reaper: asyncio.Task[None] | None = None
+        self._background: asyncio.Task[None] | None = None
+        self.failure: BaseException | None = None  # what stopped the broker, if it crashed
         self._port = 0
         self._stopped = asyncio.Event()
 
@@ -174,8 +174,14 @@ class Broker:
             raise BrokerError(f"cannot listen on {config.host}:{config.port}: {exc}") from None
         await server.start()
         engine.start()
-        self._reaper = asyncio.create_task(engine.run_reaper(), name="taskbroker-reaper")
-        self._history_task = asyncio.create_task(history.run(), name="taskbroker-metrics")
+        supervising = asyncio.Event()
+        self._background = asyncio.create_task(
+            self._supervise(
+                {"reaper": engine.run_reaper, "metrics history": history.run}, supervising
+            ),
+            name="taskbroker-background",
+        )
+        await supervising.wait()
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -184,6 +190,27 @@ class Broker:
             config.db_path,
             requeued,
         )
+
+    async def _supervise(
+        self, jobs: Mapping[str, Callable[[], Coroutine[Any, Any, None]]], started: asyncio.Event
+    ) -> None:
+        """Run the broker's background work in one TaskGroup for as long as the broker runs.
+
+        Shutdown cancels it. If any job fails, the TaskGroup cancels the others; the failure
+        is logged, kept in `failure`, and the broker shuts down as on SIGTERM, so that a
+        crashed job never goes unseen while the broker carries on without it.
+        """
+        try:
+            async with asyncio.TaskGroup() as group:
+                for name, job in jobs.items():
+                    group.create_task(_named(name, job()), name=f"taskbroker-{name}")
+                started.set()
+        except Exception as exc:  # an ExceptionGroup of what failed
+            failures = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
+            self.failure = failures[0]
+            for failure in failures:
+                log.critical("the broker stops: %s", failure, exc_info=failure)
+            await self.shutdown()
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop gracefully: refuse new work, let held tasks finish within `grace` seconds,
@@ -210,21 +237,16 @@ class Broker:
             log.info("taskbroker stopped")
 
     async def _close(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
+        background, self._background = self._background, None
+        if background is not None and background is not asyncio.current_task():
+            background.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
-            self._reaper = None
+                await background
         if self._server is not None:
             await self._server.stop(grace=1.0)
             self._server = None
         if self._engine is not None:
             self._engine.disconnect_all("the broker is shutting down")
-        if self._history_task is not None:
-            self._history_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._history_task
-            self._history_task = None
         if self._history is not None and self._store is not None:
             try:
                 await self._history.flush()
@@ -288,3 +310,15 @@ class Broker:
         tb: TracebackType | None,
     ) -> None:
         await self.shutdown()
+
+
+class BackgroundJobFailed(BrokerError):
+    """One of the broker's background jobs (reaper, metrics history, ...) failed."""
+
+
+async def _named(name: str, job: Coroutine[Any, Any, None]) -> None:
+    """Run a background job; its failure says which job it was."""
+    try:
+        await job
+    except Exception as exc:
+        raise BackgroundJobFailed(f"the {name} failed: {exc!r}") from exc

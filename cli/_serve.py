@@ -59,6 +59,7 @@ async def _run(
     config: BrokerConfig, config_path: Path | None = None, flags: dict[str, Any] | None = None
 ) -> None:
     from broker import Broker
+    from broker.errors import BrokerError
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -92,6 +93,8 @@ async def _run(
                 waiter.cancel()
         if reloader.done() and not reloader.cancelled():
             reloader.result()  # a bug in reloading surfaces rather than hangs
+        if broker.failure is not None:
+            raise BrokerError(f"the broker stopped after a failure: {broker.failure}")
     finally:
         try:
             await broker.shutdown()  # idempotent; also releases a half-started broker

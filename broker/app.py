@@ -28,6 +28,7 @@ from broker.observability.metrics import BrokerMetrics, ServingMeterProvider, me
 from broker.observability.rollups import MetricsHistory
 from broker.runtime.engine import Engine
 from broker.server.api import AdminApi, TaskApi
+from broker.server.interceptors import server_interceptors
 from broker.server.parsing import TolerantRegistrar
 from broker.server.workers import WorkerApi
 from broker.storage.sqlite import SQLiteStore
@@ -148,7 +149,7 @@ class Broker:
             log.info("run times of %d task types learned from the metrics history", seeded)
         message_limit = max(64 * 1024 * 1024, 2 * config.max_payload_bytes + 1024 * 1024)
         server = self._server = grpc.aio.server(
-            interceptors=[tracing.TracingInterceptor(tracer)] if tracer is not None else None,
+            interceptors=server_interceptors(config, tracer),
             options=[
                 ("grpc.max_receive_message_length", message_limit),
                 ("grpc.max_send_message_length", message_limit),

@@ -1,4 +1,5 @@
-"""The composition root: a Broker wires config, store, engine and gRPC server together."""
+"""The composition root: a Broker wires config, store, engine, service layer and gRPC
+server together."""
 
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ from types import TracebackType
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -28,27 +27,14 @@ from broker.observability.exporters import ServingMeterProvider, meter_provider
 from broker.observability.metrics import BrokerMetrics
 from broker.observability.rollups import MetricsHistory
 from broker.runtime.engine import Engine
-from broker.server.api import AdminApi, TaskApi
-from broker.server.parsing import TolerantRegistrar
-from broker.server.workers import WorkerApi
+from broker.server.grpc_server import build_server, health_servicer, set_serving
+from broker.service import BrokerService
 from broker.storage.sqlite import SQLiteStore
-from worker_sdk._pb import admin_pb2 as _admin
-from worker_sdk._pb import admin_pb2_grpc as _admin_grpc
-from worker_sdk._pb import tasks_pb2 as _tasks
-from worker_sdk._pb import tasks_pb2_grpc as _tasks_grpc
-from worker_sdk._pb import worker_pb2 as _worker
-from worker_sdk._pb import worker_pb2_grpc as _worker_grpc
 
 log = logging.getLogger("taskbroker.server")
 
 # [broker] settings that only take effect at start (a reload logs that they changed).
 _BROKER_SETTINGS = tuple(f.name for f in dataclasses.fields(BrokerConfig) if f.name != "pools")
-
-SERVICE_NAMES = (
-    _tasks.DESCRIPTOR.services_by_name["TaskService"].full_name,
-    _worker.DESCRIPTOR.services_by_name["WorkerService"].full_name,
-    _admin.DESCRIPTOR.services_by_name["AdminService"].full_name,
-)
 
 
 class Broker:
@@ -80,8 +66,9 @@ class Broker:
         self._lifecycle = Lifecycle()
         self._store: SQLiteStore | None = None
         self._engine: Engine | None = None
+        self._service: BrokerService | None = None
         self._server: grpc.aio.Server | None = None
-        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._health = health_servicer()
         self._background: asyncio.Task[None] | None = None
         self.failure: BaseException | None = None  # what stopped the broker, if it crashed
         self._port = 0
@@ -105,6 +92,13 @@ class Broker:
         if self._engine is None:
             raise BrokerError("the broker has not started")
         return self._engine
+
+    @property
+    def service(self) -> BrokerService:
+        """The service layer every transport calls (the gRPC server is one)."""
+        if self._service is None:
+            raise BrokerError("the broker has not started")
+        return self._service
 
     async def start(self) -> None:
         """Open the store, requeue unfinished work, bind the port and start serving."""
@@ -147,31 +141,17 @@ class Broker:
         )
         if seeded:
             log.info("run times of %d task types learned from the metrics history", seeded)
-        message_limit = max(64 * 1024 * 1024, 2 * config.max_payload_bytes + 1024 * 1024)
-        server = self._server = grpc.aio.server(
-            interceptors=[tracing.TracingInterceptor(tracer)] if tracer is not None else None,
-            options=[
-                ("grpc.max_receive_message_length", message_limit),
-                ("grpc.max_send_message_length", message_limit),
-                ("grpc.so_reuseport", 0),
-            ],
+        service = self._service = BrokerService(
+            engine,
+            history,
+            broker_state=lambda: self.state,
+            reload_config=self.reload_config,
+            tracer=tracer,
         )
-        registrar: Any = TolerantRegistrar(server)
-        _tasks_grpc.add_TaskServiceServicer_to_server(TaskApi(engine, tracer), registrar)
-        _worker_grpc.add_WorkerServiceServicer_to_server(
-            WorkerApi(engine, config.heartbeat_interval_s), registrar
+        server, self._port = build_server(
+            config, service, health_service=self._health, tracer=tracer
         )
-        _admin_grpc.add_AdminServiceServicer_to_server(
-            AdminApi(engine, history, lambda: self.state.value, self.reload_config), registrar
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
-        try:
-            self._port = server.add_insecure_port(f"{config.host}:{config.port}")
-        except RuntimeError as exc:
-            raise BrokerError(f"cannot listen on {config.host}:{config.port}: {exc}") from None
+        self._server = server
         await server.start()
         engine.start()
         supervising = asyncio.Event()
@@ -182,8 +162,7 @@ class Broker:
             name="taskbroker-background",
         )
         await supervising.wait()
-        for name in ("", *SERVICE_NAMES):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await set_serving(self._health)
         log.info(
             "taskbroker listening on %s (db %s); %d unfinished tasks requeued",
             self.address,

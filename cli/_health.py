@@ -7,11 +7,12 @@ from grpc_health.v1 import health_pb2 as _health_pb
 from grpc_health.v1 import health_pb2_grpc as _health_grpc
 
 from cli._errors import CliError
+from worker_sdk._channel import open_blocking_channel
 
 
 def check(address: str, service: str = "", timeout: float = 3.0) -> str:
     """The serving status name ("SERVING", "NOT_SERVING", ...) of `service` at `address`."""
-    with grpc.insecure_channel(address) as channel:
+    with open_blocking_channel(address, options=()) as channel:  # a small answer: no options
         stub = _health_grpc.HealthStub(channel)
         try:
             response = stub.Check(_health_pb.HealthCheckRequest(service=service), timeout=timeout)

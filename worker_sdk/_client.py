@@ -19,6 +19,7 @@ import grpc.aio
 from opentelemetry.trace import TracerProvider
 
 from worker_sdk import _convert, _tracing
+from worker_sdk._channel import open_channel
 from worker_sdk._errors import (
     RESOURCE_EXHAUSTED,
     DeadlineExceeded,
@@ -56,8 +57,6 @@ _T = TypeVar("_T")
 
 # One stream message stays well under gRPC's default 4 MiB receive limit on the broker.
 _MAX_MESSAGE_TASK_BYTES: Final = 1 << 20
-# Completion batches from the broker can be large (results are inlined).
-CHANNEL_OPTIONS: Final = [("grpc.max_receive_message_length", 64 << 20)]
 # A failed all-or-nothing batch with one of these codes is most likely the fault of one of
 # its tasks, and none of them was accepted: each is sent again alone to find the culprit.
 _PER_TASK_ERROR_CODES: Final = frozenset({3, 5})  # INVALID_ARGUMENT, NOT_FOUND
@@ -489,7 +488,7 @@ class Client:
             raise RuntimeError("the client is closed")
         if self._task_stub is None or self._admin_stub is None:
             # Created here, not in __init__, so it binds to the loop that uses it.
-            self._channel = grpc.aio.insecure_channel(self._address, options=CHANNEL_OPTIONS)
+            self._channel = open_channel(self._address)
             self._task_stub = _tasks_grpc.TaskServiceStub(self._channel)
             self._admin_stub = _admin_grpc.AdminServiceStub(self._channel)
         return self._task_stub, self._admin_stub

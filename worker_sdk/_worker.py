@@ -18,7 +18,7 @@ import grpc.aio
 from opentelemetry.trace import TracerProvider
 
 from worker_sdk import _convert, _tracing
-from worker_sdk._client import CHANNEL_OPTIONS
+from worker_sdk._channel import open_channel
 from worker_sdk._context import TaskContext
 from worker_sdk._errors import TaskbrokerError
 from worker_sdk._messages import (
@@ -184,7 +184,7 @@ class Worker:
             ("grpc.min_reconnect_backoff_ms", round(self._reconnect_initial_s * 1000)),
             ("grpc.max_reconnect_backoff_ms", round(self._reconnect_max_s * 1000)),
         ]
-        channel = grpc.aio.insecure_channel(address, options=[*CHANNEL_OPTIONS, *reconnect])
+        channel = open_channel(address, extra_options=reconnect)
         try:
             stub = _worker_grpc.WorkerServiceStub(channel)
             failures = 0

@@ -32,6 +32,7 @@ from broker.domain import (
 from broker.errors import InvalidArgument
 from broker.observability.recommend import Recommendation
 from broker.observability.rollups import LiveStats, MetricPoint
+from broker.service import BrokerStats
 from worker_sdk._pb import admin_pb2 as _admin
 from worker_sdk._pb import tasks_pb2 as _tasks
 from worker_sdk._pb import worker_pb2 as _worker
@@ -353,71 +354,81 @@ def worker_status_to_pb(status: WorkerStatus) -> _admin.WorkerStatus:
     )
 
 
-def stats_to_pb(pools: Sequence[PoolStats], broker_state: str) -> _admin.StatsResponse:
+def stats_to_pb(stats: BrokerStats) -> _admin.StatsResponse:
     return _admin.StatsResponse(
-        broker_state=broker_state,
-        pools=[
-            _admin.PoolStats(
-                pool=s.pool,
-                strategy=s.strategy,
-                pending=s.pending,
-                assigned=s.active,
-                succeeded=s.succeeded,
-                failed=s.failed,
-                cancelled=s.cancelled,
-                workers=s.workers,
-                capacity=s.capacity,
-                unschedulable=s.unschedulable,
-                arms=[
-                    _admin.ArmStats(
-                        strategy=a.strategy,
-                        placed=a.placed,
-                        finished=a.finished,
-                        failed=a.failed,
-                        mean_wait_s=a.mean_wait_s,
-                        mean_run_s=a.mean_run_s,
-                    )
-                    for a in s.arms
-                ],
-                runtimes=[
-                    _admin.RuntimeStats(
-                        task_type=r.task_type,
-                        samples=r.samples,
-                        mean_run_s=r.mean_run_s,
-                        stddev_run_s=r.stddev_run_s,
-                        predictions=r.predictions,
-                        mean_abs_error_s=r.mean_abs_error_s,
-                    )
-                    for r in s.runtimes
-                ],
-                sticky_hits=s.sticky_hits,
-                sticky_misses=s.sticky_misses,
-                strategy_notes=s.strategy_notes,
-                delayed=s.delayed,
-                dead_letter=s.dead_letter,
-                rejected=s.rejected,
-                rate_limited=s.rate_limited,
-                retried=s.retried,
-                timed_out=s.timed_out,
-                expired=s.expired,
-                lease_expired=s.lease_expired,
-                reconciled=s.reconciled,
-                deduplicated=s.deduplicated,
-                max_queue=s.max_queue,
-                max_inflight=s.max_inflight,
-                bulkheads=[
-                    _admin.BulkheadStats(
-                        task_type=b.task_type,
-                        pending=b.pending,
-                        in_flight=b.in_flight,
-                        max_queue=b.max_queue,
-                        max_inflight=b.max_inflight,
-                    )
-                    for b in s.bulkheads
-                ],
+        broker_state=stats.broker_state.value,
+        pools=[_pool_stats_to_pb(p.stats, p.live, p.oldest_pending_age_s) for p in stats.pools],
+    )
+
+
+def _pool_stats_to_pb(
+    s: PoolStats, live: LiveStats, oldest_pending_age_s: float
+) -> _admin.PoolStats:
+    return _admin.PoolStats(
+        pool=s.pool,
+        strategy=s.strategy,
+        pending=s.pending,
+        assigned=s.active,
+        succeeded=s.succeeded,
+        failed=s.failed,
+        cancelled=s.cancelled,
+        workers=s.workers,
+        capacity=s.capacity,
+        unschedulable=s.unschedulable,
+        arms=[
+            _admin.ArmStats(
+                strategy=a.strategy,
+                placed=a.placed,
+                finished=a.finished,
+                failed=a.failed,
+                mean_wait_s=a.mean_wait_s,
+                mean_run_s=a.mean_run_s,
             )
-            for s in pools
+            for a in s.arms
         ],
+        runtimes=[
+            _admin.RuntimeStats(
+                task_type=r.task_type,
+                samples=r.samples,
+                mean_run_s=r.mean_run_s,
+                stddev_run_s=r.stddev_run_s,
+                predictions=r.predictions,
+                mean_abs_error_s=r.mean_abs_error_s,
+            )
+            for r in s.runtimes
+        ],
+        sticky_hits=s.sticky_hits,
+        sticky_misses=s.sticky_misses,
+        strategy_notes=s.strategy_notes,
+        delayed=s.delayed,
+        dead_letter=s.dead_letter,
+        rejected=s.rejected,
+        rate_limited=s.rate_limited,
+        retried=s.retried,
+        timed_out=s.timed_out,
+        expired=s.expired,
+        lease_expired=s.lease_expired,
+        reconciled=s.reconciled,
+        deduplicated=s.deduplicated,
+        max_queue=s.max_queue,
+        max_inflight=s.max_inflight,
+        bulkheads=[
+            _admin.BulkheadStats(
+                task_type=b.task_type,
+                pending=b.pending,
+                in_flight=b.in_flight,
+                max_queue=b.max_queue,
+                max_inflight=b.max_inflight,
+            )
+            for b in s.bulkheads
+        ],
+        # The pool's live figures (last minute).
+        throughput_per_s=live.throughput_per_s,
+        wait_p50_s=live.wait_p50_s,
+        wait_p99_s=live.wait_p99_s,
+        run_p50_s=live.run_p50_s,
+        run_p99_s=live.run_p99_s,
+        oldest_pending_age_s=oldest_pending_age_s,
     )
 
 
@@ -431,16 +442,6 @@ def config_change_to_pb(change: ConfigChange) -> _admin.ConfigChange:
         after=change.after,
         fields=change.fields,
     )
-
-
-def live_to_pb(live: LiveStats, oldest_pending_age_s: float, msg: _admin.PoolStats) -> None:
-    """Fill a pool's live figures (last minute) into its stats."""
-    msg.throughput_per_s = live.throughput_per_s
-    msg.wait_p50_s = live.wait_p50_s
-    msg.wait_p99_s = live.wait_p99_s
-    msg.run_p50_s = live.run_p50_s
-    msg.run_p99_s = live.run_p99_s
-    msg.oldest_pending_age_s = oldest_pending_age_s
 
 
 def metric_point_to_pb(point: MetricPoint) -> _admin.MetricPoint:

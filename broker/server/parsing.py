@@ -1,4 +1,5 @@
-"""Parse requests so that bytes that are not a valid message become INVALID_ARGUMENT.
+"""What the edge reads from a call besides its fields: the request's bytes, tolerantly,
+and the caller's identity.
 
 gRPC parses a request before the handler runs and answers UNKNOWN when that
 fails. Registering the services through `TolerantRegistrar` hands the handler
@@ -14,6 +15,18 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from broker.errors import InvalidArgument
+
+# The request metadata naming the caller, for per-client rate limits.
+CLIENT_ID_KEY = "x-taskbroker-client"
+MAX_CLIENT_ID_LENGTH = 200
+
+
+def client_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """Who is calling: the client id it sends, else its address."""
+    for key, value in context.invocation_metadata() or ():
+        if key == CLIENT_ID_KEY and isinstance(value, str) and value:
+            return value[:MAX_CLIENT_ID_LENGTH]
+    return context.peer() or ""
 
 
 class Malformed:

@@ -1,6 +1,10 @@
-"""The one table from broker errors to gRPC status codes."""
+"""Broker errors as gRPC statuses: the one table of codes, and the `edge` decorator that
+applies it to a unary handler."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 
@@ -15,6 +19,12 @@ from broker.errors import (
     StorageError,
     Unavailable,
 )
+from broker.server.parsing import Malformed
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Handler = Callable[[Any, Request, Context], Awaitable[Response]]
 
 STATUS_CODES: dict[type[BrokerError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -27,6 +37,10 @@ STATUS_CODES: dict[type[BrokerError], grpc.StatusCode] = {
     StorageError: grpc.StatusCode.UNAVAILABLE,
 }
 
+# The trailing metadata of a RESOURCE_EXHAUSTED answer that says when to try again, in
+# milliseconds: the name gRPC's own retry machinery reads as server pushback.
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
 
 def status_of(error: BrokerError) -> grpc.StatusCode:
     """The status code for an error: its own class's, else its nearest base's."""
@@ -35,3 +49,29 @@ def status_of(error: BrokerError) -> grpc.StatusCode:
         if code is not None:
             return code
     return grpc.StatusCode.INTERNAL
+
+
+def retry_after_ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def edge(handler: Handler[Request, Response]) -> Handler[Request, Response]:
+    """Turn a BrokerError raised by a unary handler into its gRPC status (and a malformed
+    request into INVALID_ARGUMENT before the handler runs)."""
+
+    async def wrapper(self: Any, request: Request, context: Context) -> Response:
+        try:
+            if isinstance(request, Malformed):
+                raise request.error()
+            return await handler(self, request, context)
+        except BrokerError as exc:
+            if isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
+                context.set_trailing_metadata(
+                    ((RETRY_PUSHBACK_KEY, str(retry_after_ms(exc.retry_after_s))),)
+                )
+            await context.abort(status_of(exc), str(exc))
+            raise  # abort() raises; this is for the type checker
+
+    wrapper.__name__ = handler.__name__
+    wrapper.__doc__ = handler.__doc__
+    return wrapper

@@ -1,9 +1,10 @@
-"""The gRPC edge for workers: one WorkerService.Connect stream per worker process.
+"""The gRPC WorkerService: one Connect stream per worker process.
 
 The first message must be Register. After the ack, a reader task feeds the
-worker's heartbeats, credit changes and results to the engine, while the
-handler writes what the engine sends (assignments, cancels, drain), merging
-everything queued since the last write into as few messages as it can.
+worker's heartbeats, credit changes and results to the broker (through the
+BrokerService's worker calls), while the handler writes what the broker sends
+(assignments, cancels, drain), merging everything queued since the last write
+into as few messages as it can.
 """
 
 from __future__ import annotations
@@ -13,22 +14,19 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
 import grpc
 
 from broker.domain import Task, TaskId
 from broker.errors import BrokerError, FailedPrecondition, InvalidArgument
-from broker.runtime.engine import Engine
 from broker.server import convert
 from broker.server.parsing import Malformed
-from broker.server.status import status_of
+from broker.server.status import Context, status_of
+from broker.service import BrokerService
 from worker_sdk._pb import worker_pb2 as _worker
 from worker_sdk._pb import worker_pb2_grpc as _worker_grpc
 
 log = logging.getLogger("taskbroker.workers")
-
-Context = grpc.aio.ServicerContext[Any, Any]
 
 # An assignments message carries at most this many payload bytes (but always one task),
 # so a batch stays far below the 4 MiB default message limit of a gRPC client.
@@ -39,7 +37,7 @@ MAX_UNSEEN_MESSAGES = 10_000
 
 
 class StreamChannel:
-    """The engine's WorkerChannel for one stream: an outbox the stream handler drains."""
+    """The broker's WorkerChannel for one stream: an outbox the stream handler drains."""
 
     def __init__(self) -> None:
         self._assigned: list[tuple[Task, int]] = []  # with the attempt as it was sent
@@ -109,12 +107,11 @@ class StreamChannel:
                 yield convert.drain_to_pb(reason)
 
 
-class WorkerApi(_worker_grpc.WorkerServiceServicer):
-    """Registers workers and carries their stream to and from the engine."""
+class WorkerService(_worker_grpc.WorkerServiceServicer):
+    """Registers workers and carries their stream to and from the broker."""
 
-    def __init__(self, engine: Engine, heartbeat_interval_s: float) -> None:
-        self._engine = engine
-        self._heartbeat_interval_s = heartbeat_interval_s
+    def __init__(self, service: BrokerService) -> None:
+        self._service = service
 
     async def Connect(
         self, request_iterator: AsyncIterator[_worker.WorkerMessage], context: Context
@@ -133,12 +130,14 @@ class WorkerApi(_worker_grpc.WorkerServiceServicer):
                     "the first message on a worker stream must be register, "
                     f"got {first.WhichOneof('kind') or 'an empty message'}"
                 )
-            spec = self._engine.connect_worker(convert.worker_spec_from_pb(first.register), channel)
+            spec = self._service.connect_worker(
+                convert.worker_spec_from_pb(first.register), channel
+            )
         except BrokerError as exc:
             await context.abort(status_of(exc), str(exc))
         reader = asyncio.create_task(self._read(spec.worker_id, requests, channel))
         try:
-            yield convert.register_ack_to_pb(spec.worker_id, self._heartbeat_interval_s)
+            yield convert.register_ack_to_pb(spec.worker_id, self._service.heartbeat_interval_s)
             async for message in channel.messages():
                 yield message
             if channel.error is not None:
@@ -147,12 +146,12 @@ class WorkerApi(_worker_grpc.WorkerServiceServicer):
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-            self._engine.disconnect_worker(spec.worker_id, "stream ended")
+            self._service.disconnect_worker(spec.worker_id, "stream ended")
 
     async def _read(
         self, worker_id: str, requests: AsyncIterator[_worker.WorkerMessage], channel: StreamChannel
     ) -> None:
-        engine = self._engine
+        service = self._service
         try:
             async for message in requests:
                 if channel.ended:
@@ -162,17 +161,17 @@ class WorkerApi(_worker_grpc.WorkerServiceServicer):
                 kind = message.WhichOneof("kind")
                 if kind == "results":
                     started, results = convert.results_from_pb(message.results)
-                    engine.report(worker_id, started, results)
+                    service.report(worker_id, started, results)
                 elif kind == "heartbeat":
                     beat = message.heartbeat
-                    engine.heartbeat(
+                    service.heartbeat(
                         worker_id,
                         beat.load,
                         convert.task_ids_from_pb(beat.held_task_ids),
                         beat.assignments_seen,
                     )
                 elif kind == "credit":
-                    engine.set_capacity(worker_id, message.credit.capacity)
+                    service.set_capacity(worker_id, message.credit.capacity)
                 elif kind == "register":
                     raise FailedPrecondition("this stream is registered already")
                 else:

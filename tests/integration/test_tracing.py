@@ -25,13 +25,13 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from broker import Broker, ConfigError
 from broker.domain import Task, TaskError, TaskId, TaskSpec, TaskState
 from broker.observability.tracing import (
-    TracingInterceptor,
     TracingObserver,
     broker_tracer,
     current_trace_context,
     tracer_provider,
     with_trace_context,
 )
+from broker.server.interceptors import TracingInterceptor
 from broker.server.parsing import TolerantRegistrar
 from tests.support.config import make_config
 from worker_sdk import Client, TaskContext, TaskFailed, TaskRequest, Worker

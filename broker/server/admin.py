@@ -1,0 +1,112 @@
+"""The gRPC AdminService: pools, workers, configuration and statistics for operators.
+
+Each handler converts the request to domain types, calls one BrokerService method and
+converts the answer back; a BrokerError becomes its status code (broker.server.status).
+"""
+
+from __future__ import annotations
+
+from broker.server import convert
+from broker.server.parsing import client_identity
+from broker.server.status import Context, edge
+from broker.service import DEFAULT_HORIZON_S, DEFAULT_TARGET_WAIT_S, BrokerService
+from worker_sdk._pb import admin_pb2 as _admin
+from worker_sdk._pb import admin_pb2_grpc as _admin_grpc
+
+
+class AdminService(_admin_grpc.AdminServiceServicer):
+    """Pools, workers and statistics for operators."""
+
+    def __init__(self, service: BrokerService) -> None:
+        self._service = service
+
+    @edge
+    async def ListPools(
+        self, request: _admin.ListPoolsRequest, context: Context
+    ) -> _admin.ListPoolsResponse:
+        pools = self._service.list_pools()
+        return _admin.ListPoolsResponse(pools=[convert.pool_to_pb(p) for p in pools])
+
+    @edge
+    async def CreatePool(self, request: _admin.CreatePoolRequest, context: Context) -> _admin.Pool:
+        pool = await self._service.create_pool(
+            convert.pool_from_pb(request.pool), who=client_identity(context)
+        )
+        return convert.pool_to_pb(pool)
+
+    @edge
+    async def UpdatePool(self, request: _admin.UpdatePoolRequest, context: Context) -> _admin.Pool:
+        pool = await self._service.update_pool(
+            convert.pool_from_pb(request.pool), who=client_identity(context)
+        )
+        return convert.pool_to_pb(pool)
+
+    @edge
+    async def ListWorkers(
+        self, request: _admin.ListWorkersRequest, context: Context
+    ) -> _admin.ListWorkersResponse:
+        workers = self._service.list_workers(request.pool)
+        return _admin.ListWorkersResponse(workers=[convert.worker_status_to_pb(w) for w in workers])
+
+    @edge
+    async def DrainWorker(
+        self, request: _admin.DrainWorkerRequest, context: Context
+    ) -> _admin.DrainWorkerResponse:
+        status = self._service.drain_worker(request.worker_id)
+        return _admin.DrainWorkerResponse(worker=convert.worker_status_to_pb(status))
+
+    @edge
+    async def CordonWorker(
+        self, request: _admin.CordonWorkerRequest, context: Context
+    ) -> _admin.WorkerStatus:
+        status = self._service.cordon_worker(request.worker_id, request.cordon)
+        return convert.worker_status_to_pb(status)
+
+    @edge
+    async def ReloadConfig(
+        self, request: _admin.ReloadConfigRequest, context: Context
+    ) -> _admin.ReloadConfigResponse:
+        changes = await self._service.reload_config(client_identity(context))
+        return _admin.ReloadConfigResponse(
+            changes=[convert.config_change_to_pb(c) for c in changes]
+        )
+
+    @edge
+    async def ConfigHistory(
+        self, request: _admin.ConfigHistoryRequest, context: Context
+    ) -> _admin.ConfigHistoryResponse:
+        changes = await self._service.config_history(request.pool, request.limit or 100)
+        return _admin.ConfigHistoryResponse(
+            changes=[convert.config_change_to_pb(c) for c in changes]
+        )
+
+    @edge
+    async def Stats(self, request: _admin.StatsRequest, context: Context) -> _admin.StatsResponse:
+        return convert.stats_to_pb(await self._service.stats())
+
+    @edge
+    async def MetricsHistory(
+        self, request: _admin.MetricsHistoryRequest, context: Context
+    ) -> _admin.MetricsHistoryResponse:
+        points = await self._service.metrics_history(
+            request.pool,
+            request.task_type,
+            request.worker_id,
+            since=request.since_ms / 1000 or None,
+            until=request.until_ms / 1000 or None,
+            bucket_s=request.bucket_s,
+        )
+        return _admin.MetricsHistoryResponse(points=[convert.metric_point_to_pb(p) for p in points])
+
+    @edge
+    async def Recommend(
+        self, request: _admin.RecommendRequest, context: Context
+    ) -> _admin.RecommendResponse:
+        recommendations = await self._service.recommend(
+            request.pool,
+            target_wait_s=request.target_wait_s or DEFAULT_TARGET_WAIT_S,
+            horizon_s=request.horizon_s or DEFAULT_HORIZON_S,
+        )
+        return _admin.RecommendResponse(
+            pools=[convert.recommendation_to_pb(r) for r in recommendations]
+        )

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 from typing import Self
 
-from broker.core.runtimes import RunStats, RuntimeKey
 from broker.domain import (
     ConfigChange,
     PoolConfig,
@@ -27,7 +26,7 @@ from broker.domain import (
     WorkerSpec,
 )
 from broker.errors import InvalidArgument, StorageError, Unavailable
-from broker.observability.rollups import RollupRow
+from broker.stats import RollupRow, RunStats, RuntimeKey
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -21,7 +21,6 @@ import aiosqlite
 
 from broker.clock import Clock, SystemClock
 from broker.config import SYNCHRONOUS_MODES
-from broker.core.runtimes import RunStats, RuntimeKey
 from broker.domain import (
     ANYWHERE,
     ConfigChange,
@@ -38,7 +37,7 @@ from broker.domain import (
     WorkerSpec,
 )
 from broker.errors import BrokerError, InvalidArgument, StorageError, Unavailable
-from broker.observability.rollups import RollupRow
+from broker.stats import RollupRow, RunStats, RuntimeKey
 from broker.storage.codec import (
     pool_limits_from_json,
     pool_limits_json,

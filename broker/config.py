@@ -57,10 +57,10 @@ from broker.domain import (
     PoolConfig,
 )
 from broker.errors import ConfigError
+from broker.storage.sqlite import SYNCHRONOUS_MODES
 
 STRATEGY_NAMES = tuple(STRATEGIES)
 
-SYNCHRONOUS_MODES = ("FULL", "NORMAL")
 TRACING_EXPORTERS = ("none", "console", "otlp")
 LOG_FORMATS = ("human", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

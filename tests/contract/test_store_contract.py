@@ -7,6 +7,7 @@ commit, files on disk) is tested in test_store.py.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import json
@@ -258,7 +259,7 @@ async def test_the_store_keeps_copies_not_the_callers_tasks(store: ContractStore
 
     saved = finished(make_task(1))
     store.save(saved)
-    await store.flush()  # SQLite reads the task at commit; from here on it must not matter
+    await store.flush()
     saved.state, saved.result = FAILED, b"changed in place"
     assert await store.get_task(1) == finished(make_task(1))
 
@@ -270,6 +271,38 @@ async def test_the_store_keeps_copies_not_the_callers_tasks(store: ContractStore
         assert read is not None
         read.state = CANCELLED  # what a read hands out is the caller's to change
     assert await store.get_task(1) == finished(make_task(1))
+
+
+async def test_a_save_stores_the_task_as_it_was_when_saved(store: ContractStore) -> None:
+    task = make_task(1)
+    await store.insert_tasks([task])
+    running = dataclasses.replace(task, state=RUNNING, worker_id="w1", attempts=1)
+    store.save(running)
+    # Changed in place before the commit, and never saved again: not stored.
+    running.state, running.finished_at, running.result = SUCCEEDED, 5.0, b"unsaved"
+    await store.flush()
+    assert await store.get_task(1) == dataclasses.replace(
+        task, state=RUNNING, worker_id="w1", attempts=1
+    )
+    store.save(running)  # saved again: now it is
+    await store.flush()
+    assert await store.get_task(1) == running
+
+
+async def test_inserted_and_runtime_snapshots_ignore_later_changes(store: ContractStore) -> None:
+    task = make_task(1)
+    inserting = asyncio.ensure_future(store.insert_tasks([task]))
+    await asyncio.sleep(0)  # the insert has started: it waits for its commit
+    task.state, task.attempts = ASSIGNED, 1
+    key, stats = RuntimeKey("default", "resize", "*"), RunStats()
+    stats.add(1.0)
+    store.save_runtime(key, stats)
+    stats.add(3.0)  # before the commit, never saved
+    await inserting
+    await store.flush()
+    assert await store.get_task(1) == make_task(1)
+    ((_, loaded),) = await store.load_runtimes()
+    assert (loaded.count, loaded.mean_s) == (1, 1.0)
 
 
 # Durability ------------------------------------------------------------------------------
@@ -575,10 +608,10 @@ async def test_runtimes_round_trip_as_snapshots(store: ContractStore) -> None:
 
 async def worker_log(store: ContractStore) -> dict[str, WorkerRecord]:
     """What the store logged per worker. The log has no read API, so look inside."""
+    await store.flush()
     if isinstance(store, MemoryStore):
         return dict(store.workers)
     assert isinstance(store, SQLiteStore)
-    await store.flush()
     rows = await store._db.execute_fetchall(
         "SELECT worker_id, pool, capacity, task_types, labels, sdk_version,"
         " connected_at, last_heartbeat, disconnected_at FROM workers"

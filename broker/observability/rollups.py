@@ -29,7 +29,7 @@ import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, NamedTuple, Protocol
+from typing import Final, NamedTuple
 
 from broker.clock import Clock
 from broker.config import BrokerConfig
@@ -40,6 +40,7 @@ from broker.errors import InvalidArgument, StorageError, Unavailable
 from broker.stats import RollupRow as RollupRow
 from broker.stats import RunStats
 from broker.stats import hist_add as hist_add
+from broker.storage.contract import RollupStore
 
 log = logging.getLogger("taskbroker.rollups")
 
@@ -95,34 +96,6 @@ def hist_quantile(hist: Sequence[int], q: float) -> float:
 
 def _floor(at: float, step: float) -> float:
     return float(math.floor(at / step) * step)
-
-
-# -- what is stored ------------------------------------------------------------------------
-
-
-class RollupStore(Protocol):
-    """What the metrics history needs from a store (SQLiteStore and MemoryStore have it)."""
-
-    def save_rollups(self, rows: Sequence[RollupRow]) -> None:
-        """Queue rows for the next commit, each added to the stored row of its key."""
-
-    async def load_rollups(
-        self, pool: str, task_type: str, worker_id: str, since: float, until: float
-    ) -> list[RollupRow]:
-        """Rows overlapping [since, until); an empty pool, type or worker matches any."""
-        ...
-
-    async def compact_rollups(self, before: float, into_bucket_s: int) -> int:
-        """Merge rows narrower than `into_bucket_s` that start before `before` into rows
-        that wide; returns how many rows were merged away."""
-        ...
-
-    async def delete_rollups(self, before: float) -> int:
-        """Delete rows that start before `before`; returns how many."""
-        ...
-
-    async def flush(self) -> None:
-        """Wait until every write queued so far is committed."""
 
 
 # -- what is read --------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from broker.domain import PoolConfig, Task, TaskFilter, WorkerSpec
 from broker.errors import BrokerError, StorageError
 from broker.storage.sqlite import SQLiteStore, list_query
 from broker.storage.sqlite_schema import SCHEMA_VERSION
-from tests.contract.test_store_contract import (
+from tests.support.store import (
     ASSIGNED,
     FILTERS,
     PENDING,

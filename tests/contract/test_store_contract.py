@@ -540,6 +540,21 @@ async def test_leaving_the_context_closes_the_store(backend: Backend, tmp_path: 
         await store.get_task(1)
 
 
+async def test_run_in_a_task_group_returns_once_the_store_is_closed(
+    backend: Backend, tmp_path: Path
+) -> None:
+    async with asyncio.timeout(10), asyncio.TaskGroup() as group:
+        store = await backend.open(tmp_path / "broker.db")
+        runner = group.create_task(store.run())
+        await store.insert_tasks([make_task(1)])
+        store.save(finished(make_task(1)))
+        assert await store.get_task(1) == finished(make_task(1))
+        await store.close()
+    assert runner.done()
+    with pytest.raises(Unavailable):
+        await store.get_task(1)
+
+
 # Metrics history ---------------------------------------------------------------------------
 
 

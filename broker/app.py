@@ -30,7 +30,7 @@ from broker.runtime.engine import Engine
 from broker.server.api import AdminApi, TaskApi
 from broker.server.parsing import TolerantRegistrar
 from broker.server.workers import WorkerApi
-from broker.storage.sqlite import SQLiteStore
+from broker.storage import Store, open_store
 from worker_sdk._pb import admin_pb2 as _admin
 from worker_sdk._pb import admin_pb2_grpc as _admin_grpc
 from worker_sdk._pb import tasks_pb2 as _tasks
@@ -78,7 +78,7 @@ class Broker:
         self._history_task: asyncio.Task[None] | None = None
         self._clock = clock or SystemClock()
         self._lifecycle = Lifecycle()
-        self._store: SQLiteStore | None = None
+        self._store: Store | None = None
         self._engine: Engine | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -121,7 +121,7 @@ class Broker:
         config = self.config
         # A missing Prometheus package or a taken port fails before anything opens.
         self._meter_provider = meter_provider(config, self._metric_readers)
-        self._store = await SQLiteStore.open(config.db_path, synchronous=config.sqlite_synchronous)
+        self._store = await open_store(config.db_path, synchronous=config.sqlite_synchronous)
         if self._tracer_provider is None:
             self._tracer_provider = tracing.tracer_provider(config)
             self._owns_tracer_provider = self._tracer_provider is not None

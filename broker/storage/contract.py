@@ -27,8 +27,10 @@ The rules:
 - Errors. A commit is all or nothing. If it fails, every caller waiting for it (an
   `insert_tasks`, `upsert_pool` or `record_config_change`, a `durable()` future) gets a
   StorageError whose cause is the backend's error, its writes are lost (including the saves
-  that rode along), and the next commit starts afresh. After `close()`, or once the writer
-  has stopped, reads and writes raise Unavailable.
+  that rode along), and the next commit starts afresh. After `close()`, reads and writes
+  raise Unavailable. If the writer stops without `close()` (cancelled, or broken), writes
+  are still queued but waiting for them raises Unavailable at once; `close()` then commits
+  them itself.
 - Lifecycle. A backend's `open()` returns a store ready to use. `run()` is its writer loop:
   the composition root runs it in its TaskGroup, so that the writer's failure surfaces there
   and cancelling the group stops it; without `run()`, the first write starts the writer as a

@@ -249,7 +249,11 @@ class GroupCommit(Generic[TaskRowT]):
             writer = self._writer
             if writer is not None and not writer.done():
                 self._wakeup.set()
-                await asyncio.wait([writer])
+                try:
+                    await asyncio.wait([writer])
+                except asyncio.CancelledError:
+                    writer.cancel()  # whoever cancels the close stops the writer too
+                    raise
             if writer is not None and not writer.cancelled():
                 writer.exception()  # logged by the writer, raised by run(): not news here
             if self._queued or self._waiters:

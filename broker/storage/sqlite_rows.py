@@ -218,7 +218,7 @@ POOL_COLUMNS: Final = "name, strategy, ab_strategy, ab_percent, sticky_timeout_s
 
 
 def pool_row(pool: PoolConfig, at: float) -> Row:
-    """A pool created (or changed) at `at`, in _UPSERT_POOL's order."""
+    """A pool created (or changed) at `at`, in the order of sqlite._UPSERT_POOL."""
     return (
         pool.name,
         pool.strategy,
@@ -271,7 +271,7 @@ def runtime_from_row(row: Sequence[Any]) -> tuple[RuntimeKey, RunStats]:
 
 
 def connect_row(spec: WorkerSpec, at: float) -> Row:
-    """A worker connected at `at`, in _CONNECT_WORKER's order."""
+    """A worker connected at `at`, in the order of sqlite._CONNECT_WORKER."""
     return (
         spec.worker_id,
         spec.pool,
@@ -285,7 +285,7 @@ def connect_row(spec: WorkerSpec, at: float) -> Row:
 
 
 def config_change_row(change: ConfigChange) -> Row:
-    """An audited change, in _INSERT_CONFIG_CHANGE's order."""
+    """An audited change, in the order of sqlite._INSERT_CONFIG_CHANGE."""
     return (
         change.at,
         change.who,

@@ -138,7 +138,10 @@ class GroupCommit(Generic[TaskRowT]):
         if self._closing:
             raise Unavailable("the task store is closed")
         self._queued.saves[task.id] = self._saved_row(task)
-        self._wake()
+        # _wake(), inlined: this runs for every save.
+        if self._writer is None:
+            self.start()
+        self._wakeup.set()
 
     async def upsert_pool(self, pool: PoolConfig) -> None:
         """Create the pool or change its settings, returning once committed."""

@@ -29,7 +29,7 @@ from broker.observability.rollups import MetricsHistory
 from broker.runtime.engine import Engine
 from broker.server.grpc_server import build_server, health_servicer, set_serving
 from broker.service import BrokerService
-from broker.storage.sqlite import SQLiteStore
+from broker.storage import Store, open_store
 
 log = logging.getLogger("taskbroker.server")
 
@@ -64,12 +64,13 @@ class Broker:
         self._history: MetricsHistory | None = None
         self._clock = clock or SystemClock()
         self._lifecycle = Lifecycle()
-        self._store: SQLiteStore | None = None
+        self._store: Store | None = None
         self._engine: Engine | None = None
         self._service: BrokerService | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health_servicer()
-        self._background: asyncio.Task[None] | None = None
+        self._background: asyncio.Task[None] | None = None  # the TaskGroup of the jobs
+        self._jobs: dict[str, asyncio.Task[None]] = {}
         self.failure: BaseException | None = None  # what stopped the broker, if it crashed
         self._port = 0
         self._stopped = asyncio.Event()
@@ -116,7 +117,7 @@ class Broker:
         config = self.config
         # A missing Prometheus package or a taken port fails before anything opens.
         self._meter_provider = meter_provider(config, self._metric_readers)
-        self._store = await SQLiteStore.open(config.db_path, synchronous=config.sqlite_synchronous)
+        self._store = await open_store(config.db_path, synchronous=config.sqlite_synchronous)
         if self._tracer_provider is None:
             self._tracer_provider = tracing.tracer_provider(config)
             self._owns_tracer_provider = self._tracer_provider is not None
@@ -157,7 +158,12 @@ class Broker:
         supervising = asyncio.Event()
         self._background = asyncio.create_task(
             self._supervise(
-                {"reaper": engine.run_reaper, "metrics history": history.run}, supervising
+                {
+                    "store writer": self._store.run,
+                    "reaper": engine.run_reaper,
+                    "metrics history": history.run,
+                },
+                supervising,
             ),
             name="taskbroker-background",
         )
@@ -175,21 +181,25 @@ class Broker:
     ) -> None:
         """Run the broker's background work in one TaskGroup for as long as the broker runs.
 
-        Shutdown cancels it. If any job fails, the TaskGroup cancels the others; the failure
-        is logged, kept in `failure`, and the broker shuts down as on SIGTERM, so that a
-        crashed job never goes unseen while the broker carries on without it.
+        Shutdown cancels the jobs but the store writer, which ends when the store is closed,
+        after the last writes. If any job fails, the TaskGroup cancels the others; the
+        failure is logged, kept in `failure`, and the broker shuts down as on SIGTERM, so
+        that a crashed job never goes unseen while the broker carries on without it.
         """
         try:
             async with asyncio.TaskGroup() as group:
                 for name, job in jobs.items():
-                    group.create_task(_named(name, job()), name=f"taskbroker-{name}")
+                    self._jobs[name] = group.create_task(
+                        _named(name, job()), name=f"taskbroker-{name}"
+                    )
                 started.set()
         except Exception as exc:  # an ExceptionGroup of what failed
             failures = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
             self.failure = failures[0]
             for failure in failures:
                 log.critical("the broker stops: %s", failure, exc_info=failure)
-            await self.shutdown()
+            if self.state is BrokerState.RUNNING:
+                await self.shutdown()
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop gracefully: refuse new work, let held tasks finish within `grace` seconds,
@@ -216,11 +226,9 @@ class Broker:
             log.info("taskbroker stopped")
 
     async def _close(self) -> None:
-        background, self._background = self._background, None
-        if background is not None and background is not asyncio.current_task():
-            background.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await background
+        for name, job in self._jobs.items():
+            if name != "store writer":
+                job.cancel()
         if self._server is not None:
             await self._server.stop(grace=1.0)
             self._server = None
@@ -233,8 +241,13 @@ class Broker:
                 log.error("the last metrics could not be written: %s", exc)
             self._history = None
         if self._store is not None:
-            await self._store.close()
+            await self._store.close()  # the last writes; the store writer's job then ends
             self._store = None
+        background, self._background = self._background, None
+        if background is not None and background is not asyncio.current_task():
+            with contextlib.suppress(asyncio.CancelledError):
+                await background
+        self._jobs.clear()
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None

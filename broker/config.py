@@ -57,10 +57,10 @@ from broker.domain import (
     PoolConfig,
 )
 from broker.errors import ConfigError
+from broker.store_url import SYNCHRONOUS_MODES, parse_store_url
 
 STRATEGY_NAMES = tuple(STRATEGIES)
 
-SYNCHRONOUS_MODES = ("FULL", "NORMAL")
 TRACING_EXPORTERS = ("none", "console", "otlp")
 LOG_FORMATS = ("human", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -78,7 +78,7 @@ class BrokerConfig:
 
     host: str = "127.0.0.1"
     port: int = 50051  # 0 = pick a free port
-    db_path: str = "taskbroker.db"
+    db_path: str = "taskbroker.db"  # a path, sqlite:///abs.db, sqlite:rel.db or memory:
     sqlite_synchronous: str = "FULL"  # FULL: a commit survives power loss; NORMAL: a crash
     max_payload_bytes: int = 1024 * 1024
     max_result_bytes: int = 1024 * 1024
@@ -107,6 +107,10 @@ class BrokerConfig:
         _check(0 <= self.port <= 65535, "port", "must be 0..65535")
         _check(bool(self.host), "host", "must not be empty")
         _check(bool(self.db_path), "db_path", "must not be empty")
+        try:
+            parse_store_url(self.db_path)
+        except ConfigError as exc:
+            raise ConfigError(f"db_path: {exc}") from None
         _check(
             self.sqlite_synchronous in SYNCHRONOUS_MODES,
             "sqlite_synchronous",

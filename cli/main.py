@@ -387,7 +387,15 @@ def serve(
     ] = None,
     host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on; 0 picks a free one.")] = None,
-    db: Annotated[str | None, typer.Option("--db", metavar="PATH", help="SQLite file.")] = None,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            metavar="PATH|URL",
+            help="The store: a SQLite file path (or sqlite:///abs/path.db, sqlite:relative.db),"
+            " or memory: to keep nothing.",
+        ),
+    ] = None,
     log_format: Annotated[
         LogFormat | None,
         typer.Option(

@@ -15,42 +15,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+# Re-exported: the values moved to broker.stats, below the store.
+from broker.stats import RunStats as RunStats
+from broker.stats import RuntimeKey as RuntimeKey
+
 
 def worker_class(labels: Mapping[str, str]) -> str:
     """A stable name for a worker's label set ("" for no labels)."""
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-
-
-@dataclass(slots=True)
-class RunStats:
-    """Running count, mean and variance of run times, and the error of predictions."""
-
-    count: int = 0
-    mean_s: float = 0.0
-    m2: float = 0.0  # sum of squared deviations (Welford)
-    abs_error_s: float = 0.0  # summed |predicted - actual| over `predicted` samples
-    predicted: int = 0
-
-    def add(self, run_s: float) -> None:
-        self.count += 1
-        delta = run_s - self.mean_s
-        self.mean_s += delta / self.count
-        self.m2 += delta * (run_s - self.mean_s)
-
-    @property
-    def variance(self) -> float:
-        return self.m2 / (self.count - 1) if self.count > 1 else 0.0
-
-    @property
-    def mean_abs_error_s(self) -> float:
-        return self.abs_error_s / self.predicted if self.predicted else 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class RuntimeKey:
-    pool: str
-    task_type: str
-    worker_class: str  # "*" for every worker of the type
 
 
 @dataclass(slots=True)

@@ -29,14 +29,18 @@ import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import zip_longest
-from typing import Final, NamedTuple, Protocol
+from typing import Final, NamedTuple
 
 from broker.clock import Clock
 from broker.config import BrokerConfig
-from broker.core.runtimes import RunStats
 from broker.domain import Task, WorkerId
 from broker.errors import InvalidArgument, StorageError, Unavailable
+
+# Re-exported: the stored values moved to broker.stats, below the store.
+from broker.stats import RollupRow as RollupRow
+from broker.stats import RunStats
+from broker.stats import hist_add as hist_add
+from broker.storage.contract import RollupStore
 
 log = logging.getLogger("taskbroker.rollups")
 
@@ -61,11 +65,6 @@ def hist_bucket(value_s: float) -> int:
     if value_s < HIST_EDGES[0]:
         return 0
     return bisect.bisect_right(HIST_EDGES, value_s)
-
-
-def hist_add(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
-    """Two histograms added bucket by bucket; the shorter counts as zeros beyond its end."""
-    return tuple(x + y for x, y in zip_longest(a, b, fillvalue=0))
 
 
 def hist_quantile(hist: Sequence[int], q: float) -> float:
@@ -97,79 +96,6 @@ def hist_quantile(hist: Sequence[int], q: float) -> float:
 
 def _floor(at: float, step: float) -> float:
     return float(math.floor(at / step) * step)
-
-
-# -- what is stored ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RollupRow:
-    """One row of the metrics history: what happened in [start, start + bucket_s) for one
-    pool, task type and worker (worker_id "" for submissions)."""
-
-    pool: str
-    task_type: str
-    worker_id: WorkerId
-    start: float  # epoch seconds, a multiple of bucket_s
-    bucket_s: int  # 60 as written, 3600 once compacted
-    submitted: int = 0
-    completed: int = 0  # attempts that ended, any outcome
-    failed: int = 0  # attempts that failed
-    wait_count: int = 0
-    wait_sum: float = 0.0
-    run_count: int = 0
-    run_sum: float = 0.0
-    wait_hist: tuple[int, ...] = ()  # counts per HIST_EDGES bucket; () = all zero
-    run_hist: tuple[int, ...] = ()
-
-    @property
-    def key(self) -> tuple[str, str, WorkerId, int, float]:
-        """What identifies the row in the store."""
-        return (self.pool, self.task_type, self.worker_id, self.bucket_s, self.start)
-
-    def plus(self, other: RollupRow) -> RollupRow:
-        """This row with `other`'s counts, sums and histograms added (its key is kept)."""
-        return RollupRow(
-            pool=self.pool,
-            task_type=self.task_type,
-            worker_id=self.worker_id,
-            start=self.start,
-            bucket_s=self.bucket_s,
-            submitted=self.submitted + other.submitted,
-            completed=self.completed + other.completed,
-            failed=self.failed + other.failed,
-            wait_count=self.wait_count + other.wait_count,
-            wait_sum=self.wait_sum + other.wait_sum,
-            run_count=self.run_count + other.run_count,
-            run_sum=self.run_sum + other.run_sum,
-            wait_hist=hist_add(self.wait_hist, other.wait_hist),
-            run_hist=hist_add(self.run_hist, other.run_hist),
-        )
-
-
-class RollupStore(Protocol):
-    """What the metrics history needs from a store (SQLiteStore and MemoryStore have it)."""
-
-    def save_rollups(self, rows: Sequence[RollupRow]) -> None:
-        """Queue rows for the next commit, each added to the stored row of its key."""
-
-    async def load_rollups(
-        self, pool: str, task_type: str, worker_id: str, since: float, until: float
-    ) -> list[RollupRow]:
-        """Rows overlapping [since, until); an empty pool, type or worker matches any."""
-        ...
-
-    async def compact_rollups(self, before: float, into_bucket_s: int) -> int:
-        """Merge rows narrower than `into_bucket_s` that start before `before` into rows
-        that wide; returns how many rows were merged away."""
-        ...
-
-    async def delete_rollups(self, before: float) -> int:
-        """Delete rows that start before `before`; returns how many."""
-        ...
-
-    async def flush(self) -> None:
-        """Wait until every write queued so far is committed."""
 
 
 # -- what is read --------------------------------------------------------------------------

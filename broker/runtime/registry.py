@@ -17,6 +17,7 @@ from broker.core.breaker import CircuitBreaker
 from broker.core.strategies import WorkerSlot
 from broker.domain import Task, TaskId, WorkerId, WorkerSpec, WorkerStatus
 from broker.errors import AlreadyExists, BrokerError, FailedPrecondition, NotFound
+from broker.storage.contract import WorkerLog
 
 
 class WorkerChannel(Protocol):
@@ -30,13 +31,6 @@ class WorkerChannel(Protocol):
         """Tasks sent in messages after the `seen`th, or not sent yet: the worker cannot
         know of them. (Messages up to `seen` are forgotten.)"""
         ...
-
-
-class WorkerLog(Protocol):
-    """Where connections are recorded (the store)."""
-
-    def worker_connected(self, spec: WorkerSpec, at: float) -> None: ...
-    def worker_disconnected(self, worker_id: str, at: float) -> None: ...
 
 
 @dataclass(slots=True)

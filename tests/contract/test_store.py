@@ -19,8 +19,9 @@ import pytest
 from broker.clock import FakeClock
 from broker.domain import PoolConfig, Task, TaskFilter, WorkerSpec
 from broker.errors import BrokerError, StorageError
-from broker.storage.sqlite import SCHEMA_VERSION, SQLiteStore, _list_query
-from tests.contract.test_store_contract import (
+from broker.storage.sqlite import SQLiteStore, list_query
+from broker.storage.sqlite_schema import SCHEMA_VERSION
+from tests.support.store import (
     ASSIGNED,
     FILTERS,
     PENDING,
@@ -88,11 +89,11 @@ async def test_a_newer_schema_is_refused(db_path: Path) -> None:
 async def test_a_failing_migration_changes_nothing(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import broker.storage.sqlite as store_module
+    import broker.storage.sqlite_schema as schema_module
 
-    steps = (*store_module._MIGRATIONS, ("CREATE TABLE extra (x)", "THIS IS NOT SQL"))
-    monkeypatch.setattr(store_module, "_MIGRATIONS", steps)
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", len(steps))
+    steps = (*schema_module.MIGRATIONS, ("CREATE TABLE extra (x)", "THIS IS NOT SQL"))
+    monkeypatch.setattr(schema_module, "MIGRATIONS", steps)
+    monkeypatch.setattr(schema_module, "SCHEMA_VERSION", len(steps))
     with pytest.raises(sqlite3.OperationalError):
         await SQLiteStore.open(db_path)
     assert await query(db_path, "SELECT name FROM sqlite_master") == []
@@ -278,7 +279,7 @@ async def test_queries_walk_indexes_without_sorting_everything(store: SQLiteStor
         return " | ".join(row[3] for row in rows)
 
     for flt in FILTERS:
-        listing = await plan(*_list_query(flt))
+        listing = await plan(*list_query(flt))
         assert "TEMP B-TREE" not in listing, (flt, listing)
         if flt.pool or flt.states or flt.task_type:
             assert "SCAN" not in listing, (flt, listing)

@@ -1,33 +1,29 @@
-"""The store contract: what the engine and the registry may rely on from any store.
+"""The store contract (broker.storage.contract): what the engine, the registry and the
+metrics history may rely on from any store.
 
-Every test runs against every store (SQLiteStore on a file in tmp_path, MemoryStore), so a
-fake that passes them can stand in for the real one. What only SQLite has (schema, group
-commit, files on disk) is tested in test_store.py.
+Every test runs once per backend in tests.support.store.BACKENDS (SQLiteStore on a file in
+tmp_path, MemoryStore, and whatever is added there), so a fake that passes them can stand
+in for the real one. What only SQLite has (schema, group commit, files on disk) is tested
+in test_store.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
-import json
-import os
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from broker.core.runtimes import RunStats, RuntimeKey
 from broker.domain import (
     BulkheadConfig,
-    Placement,
     PoolConfig,
-    PreferredLabel,
-    RetryPolicy,
     Task,
     TaskError,
     TaskFilter,
@@ -36,138 +32,39 @@ from broker.domain import (
     WorkerSpec,
 )
 from broker.errors import InvalidArgument, StorageError, Unavailable
-from broker.observability.rollups import RollupRow
-from broker.runtime.engine import Store
-from broker.runtime.registry import WorkerLog
-from broker.storage.memory import MemoryStore, WorkerRecord
-from broker.storage.sqlite import SQLiteStore
-
-PENDING, ASSIGNED, RUNNING = TaskState.PENDING, TaskState.ASSIGNED, TaskState.RUNNING
-SUCCEEDED, FAILED, CANCELLED = TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED
-
-STORE_KINDS = ("sqlite", "memory")
-
-
-class ContractStore(Store, WorkerLog, Protocol):
-    """All a store offers: the engine's Store, the registry's WorkerLog and a lifecycle."""
-
-    def worker_heartbeat(self, worker_id: str, at: float) -> None: ...
-    async def close(self) -> None: ...
-    async def __aenter__(self) -> Self: ...
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
+from broker.stats import RollupRow, RunStats, RuntimeKey
+from broker.storage.contract import Store
+from broker.storage.memory import WorkerRecord
+from tests.support.store import (
+    ASSIGNED,
+    CANCELLED,
+    FAILED,
+    FILTERS,
+    PENDING,
+    ROUND_TRIP_CASES,
+    RUNNING,
+    SUCCEEDED,
+    Backend,
+    expected,
+    finished,
+    listing_tasks,
+    make_task,
+    parametrize_backends,
+    worker_log,
+)
 
 
-async def open_store(kind: str, path: Path) -> ContractStore:
-    """A new, empty store of this kind; SQLite keeps its file at `path`."""
-    if kind == "sqlite":
-        return await SQLiteStore.open(path)
-    if kind == "memory":
-        return await MemoryStore.open()
-    raise ValueError(f"unknown store kind {kind!r}")
-
-
-@pytest.fixture(params=STORE_KINDS)
-def kind(request: pytest.FixtureRequest) -> str:
-    param: str = request.param
-    return param
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    parametrize_backends(metafunc)
 
 
 @pytest.fixture
-async def store(kind: str, tmp_path: Path) -> AsyncIterator[ContractStore]:
-    async with await open_store(kind, tmp_path / "broker.db") as opened:
+async def store(backend: Backend, tmp_path: Path) -> AsyncIterator[Store]:
+    async with await backend.open(tmp_path / "broker.db") as opened:
         yield opened
 
 
-def make_task(task_id: int, **changes: Any) -> Task:
-    """A pending task; `changes` may name fields of the Task or of its TaskSpec."""
-    spec_fields = {f.name for f in dataclasses.fields(TaskSpec)}
-    spec_changes = {name: changes.pop(name) for name in spec_fields & changes.keys()}
-    spec = TaskSpec(**{"task_type": "resize", "payload": b"\x00payload"} | spec_changes)
-    fields: dict[str, Any] = {"seq": task_id, "created_at": 1_700_000_000.5} | changes
-    return Task(id=task_id, spec=spec, **fields)
-
-
-def finished(task: Task, state: TaskState = SUCCEEDED, **changes: Any) -> Task:
-    """The task after one attempt on worker w1 that ended in `state`."""
-    return dataclasses.replace(
-        task,
-        state=state,
-        attempts=task.attempts + 1,
-        worker_id="w1",
-        assigned_at=task.created_at + 1,
-        started_at=task.created_at + 2,
-        finished_at=task.created_at + 3,
-        **changes,
-    )
-
-
 # Round trips ------------------------------------------------------------------------------
-
-ROUND_TRIP_CASES = {
-    "pending": make_task(1),
-    "empty payload": make_task(2, payload=b""),
-    "large payload": make_task(3, payload=os.urandom(2 * 1024 * 1024)),
-    "text everywhere": make_task(
-        4, task_type="ünïcode/тип", pool="gpu.a-1", priority=-1000, worker_id="wörker"
-    ),
-    "succeeded": finished(make_task(5, priority=1000), result=b"\x00\xffresult"),
-    "failed": finished(
-        make_task(6),
-        FAILED,
-        error=TaskError(type="ValueError", message="bad input", traceback="Traceback..."),
-    ),
-    "failed, error with empty fields": finished(make_task(7), FAILED, error=TaskError(type="X")),
-    "cancelled": finished(make_task(8), CANCELLED),
-    "placed, waiting": make_task(
-        9,
-        placement=Placement(
-            required_labels={"zone": "b", "gpu": ""},
-            preferred_labels=(PreferredLabel("arch", "arm", 5), PreferredLabel("disk", "ssd")),
-            anti_affinity_group="shard-7",
-            anti_affinity_soft=True,
-        ),
-        placement_note="no connected worker has zone=b",
-        unschedulable=True,
-    ),
-    "sticky and routing keys": make_task(
-        10, placement=Placement(sticky_key="user-7", routing_key="shard-3")
-    ),
-    "routing key alone": make_task(11, placement=Placement(routing_key="shard-9")),
-    "retry policy, deadlines and keys, delayed": dataclasses.replace(
-        make_task(
-            12,
-            retry=RetryPolicy(
-                max_attempts=5,
-                initial_backoff_s=0.5,
-                max_backoff_s=30.0,
-                backoff_multiplier=3.0,
-                retryable_errors=frozenset({"IOError", "Timeout"}),
-                non_retryable_errors=frozenset({"ValueError"}),
-            ),
-            not_before=1_700_000_100.25,
-            start_timeout_s=60.0,
-            execution_timeout_s=2.5,
-            idempotency_key="order-17",
-            fairness_key="tenant-a",
-            trace_context={
-                "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-            },
-            attempts=2,
-            placement_note="retry 3 after a backoff",
-        ),
-        not_before=1_700_000_300.5,  # the task's own wait: a retry's backoff
-    ),
-    "dead letter": finished(
-        make_task(13, retry=RetryPolicy(max_attempts=2)),
-        TaskState.DEAD_LETTER,
-        error=TaskError(type="IOError", message="disk gone"),
-    ),
-}
 
 
 def test_the_round_trip_cases_cover_every_field() -> None:
@@ -194,16 +91,16 @@ def never_set(objects: list[Any]) -> list[str]:
 
 
 @pytest.mark.parametrize("task", ROUND_TRIP_CASES.values(), ids=ROUND_TRIP_CASES.keys())
-async def test_insert_then_get_round_trips_every_field(store: ContractStore, task: Task) -> None:
+async def test_insert_then_get_round_trips_every_field(store: Store, task: Task) -> None:
     await store.insert_tasks([task])
     assert await store.get_task(task.id) == task
 
 
-async def test_get_of_a_missing_task_is_none(store: ContractStore) -> None:
+async def test_get_of_a_missing_task_is_none(store: Store) -> None:
     assert await store.get_task(42) is None
 
 
-async def test_save_round_trips_every_field_but_the_spec(store: ContractStore) -> None:
+async def test_save_round_trips_every_field_but_the_spec(store: Store) -> None:
     task = ROUND_TRIP_CASES["placed, waiting"]
     await store.insert_tasks([task])
     updated = finished(
@@ -225,7 +122,7 @@ async def test_save_round_trips_every_field_but_the_spec(store: ContractStore) -
     assert await store.get_task(task.id) == requeued  # the spec is as inserted
 
 
-async def test_the_last_save_wins(store: ContractStore) -> None:
+async def test_the_last_save_wins(store: Store) -> None:
     task = make_task(1)
     await store.insert_tasks([task])
     store.save(dataclasses.replace(task, state=ASSIGNED, worker_id="w1", attempts=1))
@@ -236,21 +133,21 @@ async def test_the_last_save_wins(store: ContractStore) -> None:
     assert await store.count_by_pool_state() == {("default", SUCCEEDED): 1}
 
 
-async def test_reads_see_writes_queued_before_them(store: ContractStore) -> None:
+async def test_reads_see_writes_queued_before_them(store: Store) -> None:
     task = make_task(1)
     await store.insert_tasks([task])
     store.save(finished(task))
     assert await store.get_task(1) == finished(task)
 
 
-async def test_a_save_of_a_task_never_inserted_is_ignored(store: ContractStore) -> None:
+async def test_a_save_of_a_task_never_inserted_is_ignored(store: Store) -> None:
     store.save(make_task(1))
     await store.flush()
     assert await store.get_task(1) is None
     assert await store.max_task_id() == 0
 
 
-async def test_the_store_keeps_copies_not_the_callers_tasks(store: ContractStore) -> None:
+async def test_the_store_keeps_copies_not_the_callers_tasks(store: Store) -> None:
     task = make_task(1)
     await store.insert_tasks([task])
     task.state, task.attempts = ASSIGNED, 1  # in place, never saved
@@ -258,7 +155,7 @@ async def test_the_store_keeps_copies_not_the_callers_tasks(store: ContractStore
 
     saved = finished(make_task(1))
     store.save(saved)
-    await store.flush()  # SQLite reads the task at commit; from here on it must not matter
+    await store.flush()
     saved.state, saved.result = FAILED, b"changed in place"
     assert await store.get_task(1) == finished(make_task(1))
 
@@ -272,14 +169,46 @@ async def test_the_store_keeps_copies_not_the_callers_tasks(store: ContractStore
     assert await store.get_task(1) == finished(make_task(1))
 
 
+async def test_a_save_stores_the_task_as_it_was_when_saved(store: Store) -> None:
+    task = make_task(1)
+    await store.insert_tasks([task])
+    running = dataclasses.replace(task, state=RUNNING, worker_id="w1", attempts=1)
+    store.save(running)
+    # Changed in place before the commit, and never saved again: not stored.
+    running.state, running.finished_at, running.result = SUCCEEDED, 5.0, b"unsaved"
+    await store.flush()
+    assert await store.get_task(1) == dataclasses.replace(
+        task, state=RUNNING, worker_id="w1", attempts=1
+    )
+    store.save(running)  # saved again: now it is
+    await store.flush()
+    assert await store.get_task(1) == running
+
+
+async def test_inserted_and_runtime_snapshots_ignore_later_changes(store: Store) -> None:
+    task = make_task(1)
+    inserting = asyncio.ensure_future(store.insert_tasks([task]))
+    await asyncio.sleep(0)  # the insert has started: it waits for its commit
+    task.state, task.attempts = ASSIGNED, 1
+    key, stats = RuntimeKey("default", "resize", "*"), RunStats()
+    stats.add(1.0)
+    store.save_runtime(key, stats)
+    stats.add(3.0)  # before the commit, never saved
+    await inserting
+    await store.flush()
+    assert await store.get_task(1) == make_task(1)
+    ((_, loaded),) = await store.load_runtimes()
+    assert (loaded.count, loaded.mean_s) == (1, 1.0)
+
+
 # Durability ------------------------------------------------------------------------------
 
 
-async def test_durable_is_done_at_once_when_nothing_is_queued(store: ContractStore) -> None:
+async def test_durable_is_done_at_once_when_nothing_is_queued(store: Store) -> None:
     assert store.durable().done()
 
 
-async def test_durable_resolves_once_the_save_is_stored(store: ContractStore) -> None:
+async def test_durable_resolves_once_the_save_is_stored(store: Store) -> None:
     task = make_task(1)
     await store.insert_tasks([task])
     store.save(finished(task))
@@ -287,7 +216,7 @@ async def test_durable_resolves_once_the_save_is_stored(store: ContractStore) ->
     assert await store.get_task(1) == finished(task)
 
 
-async def test_cancelling_one_waiter_leaves_the_others(store: ContractStore) -> None:
+async def test_cancelling_one_waiter_leaves_the_others(store: Store) -> None:
     task = make_task(1)
     await store.insert_tasks([task])
     store.save(finished(task))
@@ -298,7 +227,7 @@ async def test_cancelling_one_waiter_leaves_the_others(store: ContractStore) -> 
 
 
 async def test_a_duplicate_id_fails_its_whole_batch_and_leaves_nothing(
-    store: ContractStore,
+    store: Store,
 ) -> None:
     await store.insert_tasks([make_task(1)])
     with pytest.raises(StorageError):
@@ -315,7 +244,7 @@ async def test_a_duplicate_id_fails_its_whole_batch_and_leaves_nothing(
 # Queries ---------------------------------------------------------------------------------
 
 
-async def test_load_unfinished_returns_only_live_tasks_in_seq_order(store: ContractStore) -> None:
+async def test_load_unfinished_returns_only_live_tasks_in_seq_order(store: Store) -> None:
     states = [PENDING, SUCCEEDED, RUNNING, FAILED, ASSIGNED, CANCELLED, PENDING]
     seqs = [50, 10, 40, 5, 20, 1, 30]
     tasks = [
@@ -331,7 +260,7 @@ async def test_load_unfinished_returns_only_live_tasks_in_seq_order(store: Contr
     assert [t.id for t in await store.load_unfinished()] == [1, 7, 3]
 
 
-async def test_max_task_id_and_max_seq(store: ContractStore) -> None:
+async def test_max_task_id_and_max_seq(store: Store) -> None:
     assert (await store.max_task_id(), await store.max_seq()) == (0, 0)
     await store.insert_tasks([make_task(7, seq=3), make_task(5, seq=9)])
     assert (await store.max_task_id(), await store.max_seq()) == (7, 9)
@@ -339,44 +268,7 @@ async def test_max_task_id_and_max_seq(store: ContractStore) -> None:
     assert (await store.max_task_id(), await store.max_seq()) == (7, 12)
 
 
-def listing_tasks() -> list[Task]:
-    """60 tasks over three pools, two types and every state."""
-    pools, types, states = ["default", "gpu", "tiny"], ["resize", "encode"], list(TaskState)
-    return [
-        make_task(
-            i,
-            pool=pools[i % 7 % 3],
-            task_type=types[i % 5 % 2],
-            state=states[i % len(states)],
-        )
-        for i in range(1, 61)
-    ]
-
-
-def expected(tasks: list[Task], flt: TaskFilter) -> list[int]:
-    """The ids list_tasks must return, by a plain filter."""
-    kept = [
-        t.id
-        for t in tasks
-        if (not flt.pool or t.spec.pool == flt.pool)
-        and (not flt.states or t.state in flt.states)
-        and (not flt.task_type or t.spec.task_type == flt.task_type)
-        and (flt.before_id is None or t.id < flt.before_id)
-    ]
-    return sorted(kept, reverse=True)[: flt.limit]
-
-
-FILTERS = [
-    TaskFilter(pool=pool, states=states, task_type=task_type, before_id=before_id, limit=limit)
-    for pool in ["", "gpu", "nope"]
-    for states in [frozenset(), frozenset({FAILED}), frozenset({PENDING, RUNNING, CANCELLED})]
-    for task_type in ["", "encode"]
-    for before_id in [None, 40]
-    for limit in [1, 7, 100]
-]
-
-
-async def test_list_tasks_matches_a_plain_filter(store: ContractStore) -> None:
+async def test_list_tasks_matches_a_plain_filter(store: Store) -> None:
     tasks = listing_tasks()
     await store.insert_tasks(tasks)
     for flt in FILTERS:
@@ -386,16 +278,14 @@ async def test_list_tasks_matches_a_plain_filter(store: ContractStore) -> None:
 
 
 @pytest.mark.parametrize("flt", [TaskFilter(), TaskFilter(pool="gpu", states=frozenset({FAILED}))])
-async def test_paging_with_before_id_visits_every_task_once(
-    store: ContractStore, flt: TaskFilter
-) -> None:
+async def test_paging_with_before_id_visits_every_task_once(store: Store, flt: TaskFilter) -> None:
     tasks = listing_tasks()
     await store.insert_tasks(tasks)
     seen = await page_through(store, dataclasses.replace(flt, limit=4))
     assert seen == expected(tasks, dataclasses.replace(flt, limit=1000))
 
 
-async def page_through(store: ContractStore, page: TaskFilter) -> list[int]:
+async def page_through(store: Store, page: TaskFilter) -> list[int]:
     """The ids of every page, each asked for with before_id = the last id of the one before."""
     seen: list[int] = []
     while batch := await store.list_tasks(page):
@@ -406,7 +296,7 @@ async def page_through(store: ContractStore, page: TaskFilter) -> list[int]:
     return seen
 
 
-async def test_list_tasks_limits(store: ContractStore) -> None:
+async def test_list_tasks_limits(store: Store) -> None:
     await store.insert_tasks([make_task(i) for i in range(1, 151)])
     assert await store.list_tasks(TaskFilter(limit=0)) == []
     assert [t.id for t in await store.list_tasks(TaskFilter())] == list(range(150, 50, -1))
@@ -443,14 +333,14 @@ _example = itertools.count()  # a fresh file per example; tmp_path lasts the who
     max_examples=50,
     deadline=None,  # SQLite's first fsync can be slow
     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],  # explaining took 15 s
-    suppress_health_check=[HealthCheck.function_scoped_fixture],  # kind and tmp_path only
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # tmp_path only
 )
 @given(tasks=_stored_tasks, filters=st.lists(_filters, min_size=1, max_size=8))
 async def test_listing_and_counting_agree_with_plain_python(
-    kind: str, tmp_path: Path, tasks: list[Task], filters: list[TaskFilter]
+    backend: Backend, tmp_path: Path, tasks: list[Task], filters: list[TaskFilter]
 ) -> None:
     by_id = {task.id: task for task in tasks}
-    async with await open_store(kind, tmp_path / f"{next(_example)}.db") as store:
+    async with await backend.open(tmp_path / f"{next(_example)}.db") as store:
         await store.insert_tasks(tasks)
         for flt in filters:
             assert await store.list_tasks(flt) == [by_id[i] for i in expected(tasks, flt)], flt
@@ -460,7 +350,7 @@ async def test_listing_and_counting_agree_with_plain_python(
         assert await store.count_by_pool_state() == Counter((t.spec.pool, t.state) for t in tasks)
 
 
-async def test_count_by_pool_state(store: ContractStore) -> None:
+async def test_count_by_pool_state(store: Store) -> None:
     assert await store.count_by_pool_state() == {}
     tasks = listing_tasks()
     await store.insert_tasks(tasks)
@@ -475,7 +365,7 @@ async def test_count_by_pool_state(store: ContractStore) -> None:
 # Pools and workers -----------------------------------------------------------------------
 
 
-async def test_pools_upsert_and_list(store: ContractStore) -> None:
+async def test_pools_upsert_and_list(store: Store) -> None:
     assert await store.list_pools() == []
     await store.upsert_pool(PoolConfig(name="gpu", strategy="least_loaded"))
     await store.upsert_pool(PoolConfig(name="default"))
@@ -486,7 +376,7 @@ async def test_pools_upsert_and_list(store: ContractStore) -> None:
     ]
 
 
-async def test_pool_settings_round_trip(store: ContractStore) -> None:
+async def test_pool_settings_round_trip(store: Store) -> None:
     pool = PoolConfig(
         name="gpu",
         strategy="least_loaded",
@@ -498,7 +388,7 @@ async def test_pool_settings_round_trip(store: ContractStore) -> None:
     assert await store.list_pools() == [pool]
 
 
-async def test_pool_limits_round_trip_and_change(store: ContractStore) -> None:
+async def test_pool_limits_round_trip_and_change(store: Store) -> None:
     pool = PoolConfig(
         name="gpu",
         max_inflight=8,
@@ -527,7 +417,7 @@ async def test_pool_limits_round_trip_and_change(store: ContractStore) -> None:
 
 
 async def test_idempotency_keys_find_the_earliest_task_within_the_window(
-    store: ContractStore,
+    store: Store,
 ) -> None:
     first = make_task(1, idempotency_key="k1", created_at=100.0)
     again = make_task(2, idempotency_key="k1", created_at=200.0)
@@ -542,7 +432,7 @@ async def test_idempotency_keys_find_the_earliest_task_within_the_window(
 # What placement learns ----------------------------------------------------------------
 
 
-async def test_sticky_keys_round_trip_and_move(store: ContractStore) -> None:
+async def test_sticky_keys_round_trip_and_move(store: Store) -> None:
     assert await store.load_sticky() == {}
     store.save_sticky("default", "user-1", "w1")
     store.save_sticky("default", "user-2", "w2")
@@ -555,7 +445,7 @@ async def test_sticky_keys_round_trip_and_move(store: ContractStore) -> None:
     }
 
 
-async def test_runtimes_round_trip_as_snapshots(store: ContractStore) -> None:
+async def test_runtimes_round_trip_as_snapshots(store: Store) -> None:
     assert await store.load_runtimes() == []
     key = RuntimeKey("default", "resize", "class=fast")
     stats = RunStats()
@@ -573,35 +463,7 @@ async def test_runtimes_round_trip_as_snapshots(store: ContractStore) -> None:
     assert (loaded.abs_error_s, loaded.predicted) == (0.25, 2)
 
 
-async def worker_log(store: ContractStore) -> dict[str, WorkerRecord]:
-    """What the store logged per worker. The log has no read API, so look inside."""
-    if isinstance(store, MemoryStore):
-        return dict(store.workers)
-    assert isinstance(store, SQLiteStore)
-    await store.flush()
-    rows = await store._db.execute_fetchall(
-        "SELECT worker_id, pool, capacity, task_types, labels, sdk_version,"
-        " connected_at, last_heartbeat, disconnected_at FROM workers"
-    )
-    return {
-        row[0]: WorkerRecord(
-            spec=WorkerSpec(
-                worker_id=row[0],
-                pool=row[1],
-                capacity=row[2],
-                task_types=frozenset(json.loads(row[3])),
-                labels=json.loads(row[4]),
-                sdk_version=row[5],
-            ),
-            connected_at=row[6],
-            last_heartbeat=row[7],
-            disconnected_at=row[8],
-        )
-        for row in rows
-    }
-
-
-async def test_worker_log_connect_heartbeat_disconnect(store: ContractStore) -> None:
+async def test_worker_log_connect_heartbeat_disconnect(store: Store) -> None:
     spec = WorkerSpec(
         worker_id="w1",
         pool="gpu",
@@ -632,7 +494,7 @@ async def test_worker_log_connect_heartbeat_disconnect(store: ContractStore) -> 
 
 # Closing ---------------------------------------------------------------------------------
 
-WRITES: dict[str, Callable[[ContractStore], object]] = {
+WRITES: dict[str, Callable[[Store], object]] = {
     "insert_tasks": lambda s: s.insert_tasks([make_task(2)]),
     "save": lambda s: s.save(make_task(1)),
     "upsert_pool": lambda s: s.upsert_pool(PoolConfig(name="p")),
@@ -642,7 +504,7 @@ WRITES: dict[str, Callable[[ContractStore], object]] = {
     "worker_heartbeat": lambda s: s.worker_heartbeat("w", 1.0),
     "worker_disconnected": lambda s: s.worker_disconnected("w", 1.0),
 }
-READS: dict[str, Callable[[ContractStore], Coroutine[Any, Any, object]]] = {
+READS: dict[str, Callable[[Store], Coroutine[Any, Any, object]]] = {
     "get_task": lambda s: s.get_task(1),
     "list_tasks": lambda s: s.list_tasks(TaskFilter()),
     "load_unfinished": lambda s: s.load_unfinished(),
@@ -655,7 +517,7 @@ READS: dict[str, Callable[[ContractStore], Coroutine[Any, Any, object]]] = {
 
 @pytest.mark.parametrize("write", WRITES.values(), ids=WRITES.keys())
 async def test_after_close_writes_and_reads_are_refused(
-    store: ContractStore, write: Callable[[ContractStore], object]
+    store: Store, write: Callable[[Store], object]
 ) -> None:
     await store.insert_tasks([make_task(1)])
     await store.close()
@@ -670,21 +532,30 @@ async def test_after_close_writes_and_reads_are_refused(
             pytest.fail(f"{name} after close")
 
 
-async def test_leaving_the_context_closes_the_store(kind: str, tmp_path: Path) -> None:
-    async with await open_store(kind, tmp_path / "broker.db") as store:
+async def test_leaving_the_context_closes_the_store(backend: Backend, tmp_path: Path) -> None:
+    async with await backend.open(tmp_path / "broker.db") as store:
         await store.insert_tasks([make_task(1)])
         assert await store.get_task(1) == make_task(1)
     with pytest.raises(Unavailable):
         await store.get_task(1)
 
 
+async def test_run_in_a_task_group_returns_once_the_store_is_closed(
+    backend: Backend, tmp_path: Path
+) -> None:
+    async with asyncio.timeout(10), asyncio.TaskGroup() as group:
+        store = await backend.open(tmp_path / "broker.db")
+        runner = group.create_task(store.run())
+        await store.insert_tasks([make_task(1)])
+        store.save(finished(make_task(1)))
+        assert await store.get_task(1) == finished(make_task(1))
+        await store.close()
+    assert runner.done()
+    with pytest.raises(Unavailable):
+        await store.get_task(1)
+
+
 # Metrics history ---------------------------------------------------------------------------
-
-
-def rollup_store(store: ContractStore) -> SQLiteStore | MemoryStore:
-    """The store, as one with the metrics-history methods (not in the engine's Store)."""
-    assert isinstance(store, SQLiteStore | MemoryStore)
-    return store
 
 
 def rollup(start: float, worker_id: str = "w1", **fields: Any) -> RollupRow:
@@ -696,9 +567,8 @@ def rollup(start: float, worker_id: str = "w1", **fields: Any) -> RollupRow:
 T0 = 1_700_002_800.0  # a whole hour
 
 
-async def test_rollups_round_trip_and_add_up_per_key(store: ContractStore) -> None:
-    rollups = rollup_store(store)
-    assert await rollups.load_rollups("", "", "", 0, 2e9) == []
+async def test_rollups_round_trip_and_add_up_per_key(store: Store) -> None:
+    assert await store.load_rollups("", "", "", 0, 2e9) == []
     first = rollup(
         T0,
         submitted=3,
@@ -711,14 +581,14 @@ async def test_rollups_round_trip_and_add_up_per_key(store: ContractStore) -> No
         wait_hist=(0, 2, 0),
         run_hist=(1, 0, 1),
     )
-    rollups.save_rollups([first])
+    store.save_rollups([first])
     await store.flush()
-    assert await rollups.load_rollups("p", "t", "w1", T0, T0 + 60) == [first]
+    assert await store.load_rollups("p", "t", "w1", T0, T0 + 60) == [first]
     # The same key again, twice in one batch: added to what is stored.
     again = rollup(T0, submitted=1, completed=1, run_count=1, run_sum=1.0, run_hist=(0, 0, 1))
-    rollups.save_rollups([again, again])
+    store.save_rollups([again, again])
     await store.flush()
-    assert await rollups.load_rollups("", "", "", 0, 2e9) == [
+    assert await store.load_rollups("", "", "", 0, 2e9) == [
         rollup(
             T0,
             submitted=5,
@@ -735,18 +605,16 @@ async def test_rollups_round_trip_and_add_up_per_key(store: ContractStore) -> No
 
 
 async def test_rollup_histograms_of_different_lengths_add_as_if_padded(
-    store: ContractStore,
+    store: Store,
 ) -> None:
-    rollups = rollup_store(store)
-    rollups.save_rollups([rollup(T0, run_hist=(1, 2)), rollup(T0, run_hist=(1, 1, 1, 1))])
-    rollups.save_rollups([rollup(T0, run_hist=(5,))])
+    store.save_rollups([rollup(T0, run_hist=(1, 2)), rollup(T0, run_hist=(1, 1, 1, 1))])
+    store.save_rollups([rollup(T0, run_hist=(5,))])
     await store.flush()
-    (row,) = await rollups.load_rollups("", "", "", 0, 2e9)
+    (row,) = await store.load_rollups("", "", "", 0, 2e9)
     assert (row.run_hist, row.wait_hist) == ((7, 3, 1, 1), ())
 
 
-async def test_load_rollups_filters_and_finds_overlapping_buckets(store: ContractStore) -> None:
-    rollups = rollup_store(store)
+async def test_load_rollups_filters_and_finds_overlapping_buckets(store: Store) -> None:
     rows = [
         rollup(T0, "w1", submitted=1),
         rollup(T0, "w2", submitted=2),
@@ -755,7 +623,7 @@ async def test_load_rollups_filters_and_finds_overlapping_buckets(store: Contrac
         rollup(T0 - 3600, "w1", bucket_s=3600, submitted=5),  # an hour, ending at T0
         rollup(T0 + 3600, "w1", bucket_s=3600, submitted=6),
     ]
-    rollups.save_rollups(rows)
+    store.save_rollups(rows)
     await store.flush()
 
     async def submitted(
@@ -765,7 +633,7 @@ async def test_load_rollups_filters_and_finds_overlapping_buckets(store: Contrac
         since: float = 0,
         until: float = 2e9,
     ) -> list[int]:
-        found = await rollups.load_rollups(pool, task_type, worker_id, since, until)
+        found = await store.load_rollups(pool, task_type, worker_id, since, until)
         return [row.submitted for row in found]
 
     # Oldest first, then by pool, type and worker.
@@ -779,19 +647,18 @@ async def test_load_rollups_filters_and_finds_overlapping_buckets(store: Contrac
     assert await submitted(since=T0 + 3599, until=T0 + 3601) == [6]
 
 
-async def test_compact_rollups_merges_narrow_rows_into_wide_ones(store: ContractStore) -> None:
-    rollups = rollup_store(store)
+async def test_compact_rollups_merges_narrow_rows_into_wide_ones(store: Store) -> None:
     rows = [
         rollup(T0 + m * 60, worker, submitted=1, run_count=1, run_sum=0.5, run_hist=(0, 1))
         for m in range(120)
         for worker in ("w1", "w2")
     ]
     stored_hour = rollup(T0, "w1", bucket_s=3600, submitted=10, run_hist=(3,))
-    rollups.save_rollups([*rows, stored_hour])
+    store.save_rollups([*rows, stored_hour])
     await store.flush()
     # Before T0 + 90 min: the first hour and half of the second.
-    assert await rollups.compact_rollups(T0 + 5400, 3600) == 180
-    found = await rollups.load_rollups("", "", "", 0, 2e9)
+    assert await store.compact_rollups(T0 + 5400, 3600) == 180
+    found = await store.load_rollups("", "", "", 0, 2e9)
     hours = [
         (r.worker_id, r.start, r.submitted, r.run_sum, r.run_hist)
         for r in found
@@ -806,28 +673,26 @@ async def test_compact_rollups_merges_narrow_rows_into_wide_ones(store: Contract
     minutes = sorted((r.worker_id, r.start) for r in found if r.bucket_s == 60)
     assert minutes == [(w, T0 + m * 60) for w in ("w1", "w2") for m in range(90, 120)]
     assert sum(r.submitted for r in found) == 250
-    assert await rollups.compact_rollups(T0 + 5400, 3600) == 0
+    assert await store.compact_rollups(T0 + 5400, 3600) == 0
 
 
-async def test_delete_rollups_deletes_what_starts_before(store: ContractStore) -> None:
-    rollups = rollup_store(store)
-    rollups.save_rollups(
+async def test_delete_rollups_deletes_what_starts_before(store: Store) -> None:
+    store.save_rollups(
         [rollup(T0 - 3600, bucket_s=3600), rollup(T0 - 60), rollup(T0), rollup(T0 + 60)]
     )
     await store.flush()
-    assert await rollups.delete_rollups(T0) == 2
-    assert [r.start for r in await rollups.load_rollups("", "", "", 0, 2e9)] == [T0, T0 + 60]
-    assert await rollups.delete_rollups(T0) == 0
+    assert await store.delete_rollups(T0) == 2
+    assert [r.start for r in await store.load_rollups("", "", "", 0, 2e9)] == [T0, T0 + 60]
+    assert await store.delete_rollups(T0) == 0
 
 
-async def test_after_close_the_metrics_history_is_refused(store: ContractStore) -> None:
-    rollups = rollup_store(store)
+async def test_after_close_the_metrics_history_is_refused(store: Store) -> None:
     await store.close()
     with pytest.raises(Unavailable):
-        rollups.save_rollups([rollup(T0)])
+        store.save_rollups([rollup(T0)])
     with pytest.raises(Unavailable):
-        await rollups.load_rollups("", "", "", 0, 2e9)
+        await store.load_rollups("", "", "", 0, 2e9)
     with pytest.raises(Unavailable):
-        await rollups.compact_rollups(T0, 3600)
+        await store.compact_rollups(T0, 3600)
     with pytest.raises(Unavailable):
-        await rollups.delete_rollups(T0)
+        await store.delete_rollups(T0)

@@ -19,9 +19,9 @@ from broker.domain import (
 from broker.errors import FailedPrecondition, NotFound, Unavailable
 from broker.runtime.engine import Engine
 from broker.storage.sqlite import SQLiteStore
-from tests.contract.test_store_contract import STORE_KINDS, open_store
 from tests.support.config import make_config
 from tests.support.engine import RecordingChannel, ok, worker
+from tests.support.store import BACKENDS, Backend
 
 
 @pytest.fixture
@@ -29,13 +29,14 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=STORE_KINDS)
+@pytest.fixture(params=BACKENDS, ids=lambda backend: backend.name)
 async def engine(
     request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
 ) -> AsyncIterator[Engine]:
     """An engine on each kind of store: they must behave the same under it."""
     config = make_config(tmp_path, heartbeat_interval_s=1.0, heartbeat_timeout_s=3.0)
-    async with await open_store(request.param, Path(config.db_path)) as store:
+    backend: Backend = request.param
+    async with await backend.open(Path(config.db_path)) as store:
         engine = Engine(config, store, clock)
         await engine.recover()
         engine.start()

@@ -1,0 +1,352 @@
+"""Group commit, for every backend: writes are queued in memory, and one writer hands
+everything queued since its last commit to the backend as one `WriteBatch`, to be written
+in one transaction, then wakes whoever waits for it. So thousands of submissions per
+second cost a few fsyncs, not one each.
+
+`GroupCommit` is the write half of a `Store` (see broker.storage.contract): the queued
+writes, `durable()` and `flush()`, the writer loop and the store's lifecycle. A backend
+store subclasses it, gives it a `Backend` (how a task is kept until the commit, and how a
+batch is committed), and adds the reads, each of which awaits `_settle()` first.
+
+What a write queues is a snapshot. Tasks are kept in the backend's own form (`TaskRowT`,
+SQLite's row tuple, the memory backend's copy of the task), so that a snapshot costs no
+more than the row the backend would build at commit time anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Generic, Protocol, Self, TypeVar
+
+from broker.clock import Clock
+from broker.domain import ConfigChange, PoolConfig, Task, TaskId, WorkerId, WorkerSpec
+from broker.errors import StorageError, Unavailable
+from broker.stats import RollupRow, RunStats, RuntimeKey
+
+_log = logging.getLogger("taskbroker.store")
+
+TaskRowT = TypeVar("TaskRowT")
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBatch(Generic[TaskRowT]):
+    """Everything queued for one commit. Saves, pools, sticky keys, run times and worker
+    events keep only the latest per key; inserts, config changes and rollups keep all.
+
+    The backend writes it in this order: inserts (so a save queued after an insert lands
+    on its row), saves, pools, config changes (after the pool change they record), sticky
+    keys, run times, rollups (each added to the stored row of its key), connects,
+    heartbeats, disconnects (a connect drops any disconnect queued before it).
+    """
+
+    inserts: list[TaskRowT] = field(default_factory=list)
+    saves: dict[TaskId, TaskRowT] = field(default_factory=dict)
+    pools: dict[str, tuple[PoolConfig, float]] = field(default_factory=dict)  # (pool, at)
+    config_changes: list[ConfigChange] = field(default_factory=list)
+    sticky: dict[tuple[str, str], tuple[WorkerId, float]] = field(default_factory=dict)
+    runtimes: dict[RuntimeKey, RunStats] = field(default_factory=dict)  # copies
+    rollups: list[RollupRow] = field(default_factory=list)
+    connects: dict[WorkerId, tuple[WorkerSpec, float]] = field(default_factory=dict)
+    heartbeats: dict[WorkerId, float] = field(default_factory=dict)
+    disconnects: dict[WorkerId, float] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        """Whether anything is queued."""
+        return bool(
+            self.inserts
+            or self.saves
+            or self.pools
+            or self.config_changes
+            or self.sticky
+            or self.runtimes
+            or self.rollups
+            or self.connects
+            or self.heartbeats
+            or self.disconnects
+        )
+
+
+class Backend(Protocol[TaskRowT]):
+    """What a storage backend gives the group commit."""
+
+    def inserted_row(self, task: Task) -> TaskRowT:
+        """A snapshot of a new task, in the form `commit` writes it."""
+        ...
+
+    def saved_row(self, task: Task) -> TaskRowT:
+        """A snapshot of a saved task's state (everything but its spec)."""
+        ...
+
+    async def commit(self, batch: WriteBatch[TaskRowT]) -> None:
+        """Write the batch in one transaction: all of it, or (raising) none of it."""
+
+    async def close(self) -> None:
+        """Release what the backend holds; called once, after the last commit."""
+
+
+class GroupCommit(Generic[TaskRowT]):
+    """The queued writes, durability and lifecycle of a store; see the module docstring.
+
+    The writer starts with the first write that needs a commit, as a task of the store's
+    own, or under `run()`; `close()` commits what is left and stops it.
+    """
+
+    def __init__(self, backend: Backend[TaskRowT], clock: Clock) -> None:
+        self._backend = backend
+        self._clock = clock
+        self._inserted_row = backend.inserted_row
+        self._saved_row = backend.saved_row
+        self._queued: WriteBatch[TaskRowT] = WriteBatch()
+        self._waiters: list[asyncio.Future[None]] = []  # resolved by the next commit
+        self._in_flight: list[asyncio.Future[None]] | None = None  # by the running one
+        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._closed = asyncio.Event()
+        self._commits = 0
+
+    @property
+    def commits(self) -> int:
+        """How many transactions the writer has committed; lets tests see the grouping."""
+        return self._commits
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def insert_tasks(self, tasks: Sequence[Task]) -> None:
+        """Add new tasks, returning once they are committed.
+
+        Concurrent callers share a transaction, so a failing batch (say, a duplicate id)
+        fails every caller in it. Cancelling the wait does not withdraw the tasks.
+        """
+        self._check_writable()
+        if tasks:
+            inserted_row = self._inserted_row
+            self._queued.inserts.extend(inserted_row(task) for task in tasks)
+            await self.durable()
+
+    def save(self, task: Task) -> None:
+        """Queue a snapshot of the task's state (everything but its spec) for the next commit.
+
+        Only the last save of a task before a commit is written. The task must have been
+        inserted already; await `durable()` when the caller needs the write committed.
+        """
+        if self._closing:
+            raise Unavailable("the task store is closed")
+        self._queued.saves[task.id] = self._saved_row(task)
+        # _wake(), inlined: this runs for every save.
+        if self._writer is None:
+            self.start()
+        self._wakeup.set()
+
+    async def upsert_pool(self, pool: PoolConfig) -> None:
+        """Create the pool or change its settings, returning once committed."""
+        self._check_writable()
+        self._queued.pools[pool.name] = (pool, self._clock.now())
+        await self.durable()
+
+    async def record_config_change(self, change: ConfigChange) -> None:
+        """Append an audited configuration change, returning once it is committed."""
+        self._check_writable()
+        self._queued.config_changes.append(change)
+        await self.durable()
+
+    def save_sticky(self, pool: str, key: str, worker_id: WorkerId) -> None:
+        """Queue where a sticky key now lives, for the next commit."""
+        self._check_writable()
+        self._queued.sticky[(pool, key)] = (worker_id, self._clock.now())
+
+    def save_runtime(self, key: RuntimeKey, stats: RunStats) -> None:
+        """Queue a snapshot of learned run-time statistics, for the next commit."""
+        self._check_writable()
+        self._queued.runtimes[key] = RunStats(
+            stats.count, stats.mean_s, stats.m2, stats.abs_error_s, stats.predicted
+        )
+
+    def save_rollups(self, rows: Sequence[RollupRow]) -> None:
+        """Queue metrics-history rows for the next commit; each is added to the stored row
+        of its key (pool, task type, worker, bucket_s, start), or stored if there is none."""
+        self._check_writable()
+        self._queued.rollups.extend(rows)
+
+    def worker_connected(self, spec: WorkerSpec, at: float) -> None:
+        """Queue a worker's registration; a worker that reconnects is connected again."""
+        self._check_writable()
+        self._queued.connects[spec.worker_id] = (spec, at)
+        # Connects are written before disconnects, so an earlier disconnect must not follow.
+        self._queued.disconnects.pop(spec.worker_id, None)
+        self._wake()
+
+    def worker_heartbeat(self, worker_id: WorkerId, at: float) -> None:
+        """Note a worker's latest heartbeat; one never connected is ignored.
+
+        It rides along with the next commit rather than causing one: a heartbeat is worth a
+        row update, not an fsync.
+        """
+        self._check_writable()
+        self._queued.heartbeats[worker_id] = at
+
+    def worker_disconnected(self, worker_id: WorkerId, at: float) -> None:
+        """Queue the end of a worker's connection; one never connected is ignored."""
+        self._check_writable()
+        self._queued.disconnects[worker_id] = at
+        self._wake()
+
+    def durable(self) -> asyncio.Future[None]:
+        """A future that resolves once every write queued before this call is committed.
+
+        It raises the commit's error if that failed. Each call gets its own future, so
+        cancelling one waiter affects no other.
+        """
+        future = asyncio.get_running_loop().create_future()
+        if self._queued:
+            if self._writer is not None and self._writer.done() and not self._closing:
+                future.set_exception(Unavailable("the task store's writer stopped"))
+            else:
+                self._waiters.append(future)
+                self._wake()
+        elif self._in_flight is not None:
+            self._in_flight.append(future)
+        else:
+            future.set_result(None)
+        return future
+
+    async def flush(self) -> None:
+        """Wait until every write queued so far is committed."""
+        await self.durable()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> asyncio.Task[None]:
+        """Start the writer as a task of the store's own, unless it has started already."""
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_loop(), name="taskbroker-store-writer")
+        return self._writer
+
+    async def run(self) -> None:
+        """The writer loop, for a TaskGroup: `task_group.create_task(store.run())`.
+
+        Returns once `close()` has committed the last batch; raises what stopped the writer
+        if it died; cancelling it cancels the writer (what is queued then is committed by
+        `close()`). Call it once.
+        """
+        if self._writer is None and self._closing:
+            return
+        await self.start()
+
+    async def close(self) -> None:
+        """Commit everything still queued, stop the writer and release the backend.
+
+        Idempotent. Raises the commit's error if the last writes could not be committed.
+        """
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        final = self.durable()
+        try:
+            writer = self._writer
+            if writer is not None and not writer.done():
+                self._wakeup.set()
+                try:
+                    await asyncio.wait([writer])
+                except asyncio.CancelledError:
+                    writer.cancel()  # whoever cancels the close stops the writer too
+                    raise
+            if writer is not None and not writer.cancelled():
+                writer.exception()  # logged by the writer, raised by run(): not news here
+            if self._queued or self._waiters:
+                # The writer is gone (cancelled, crashed) or never started: commit here.
+                await self._commit_queued()
+            await final
+        finally:
+            try:
+                await self._backend.close()
+            finally:
+                self._closed.set()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- for the backends' reads -----------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self._closing:
+            raise Unavailable("the task store is closed")
+
+    async def _settle(self) -> None:
+        """Before a read: refuse it once closed, else wait for the writes queued before it.
+
+        A failed commit is news for its own waiters; a read only needs it settled.
+        """
+        if self._closed.is_set():
+            raise Unavailable("the task store is closed")
+        with contextlib.suppress(Exception):
+            await self.durable()
+
+    # -- the writer -----------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if self._writer is None and not self._closing:
+            self.start()
+        self._wakeup.set()
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                await self._commit_queued()
+                if self._closing and not self._queued:
+                    return
+        except Exception:
+            _log.exception("the task store's writer stopped")
+            raise
+        finally:
+            # Reached with waiters only if cancelled or broken: nobody may wait forever.
+            stopped = Unavailable("the task store's writer stopped")
+            for future in [*self._waiters, *(self._in_flight or ())]:
+                if not future.done():
+                    future.set_exception(stopped)
+            self._waiters, self._in_flight = [], None
+
+    async def _commit_queued(self) -> None:
+        """Commit everything queued so far in one transaction, then settle its waiters."""
+        batch = self._queued
+        self._queued = WriteBatch()
+        waiters, self._waiters = self._waiters, []
+        self._in_flight = waiters  # durable() joins this batch while it is committed
+        error: Exception | None = None
+        if batch:
+            try:
+                await self._backend.commit(batch)
+                self._commits += 1
+            except Exception as exc:
+                _log.exception(
+                    "commit failed; lost %d inserted and %d saved tasks, %d waiters told",
+                    len(batch.inserts),
+                    len(batch.saves),
+                    len(waiters),
+                )
+                error = StorageError(f"the task store could not commit: {exc}")
+                error.__cause__ = exc
+        for future in waiters:
+            if future.done():  # its caller stopped waiting
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+        self._in_flight = None

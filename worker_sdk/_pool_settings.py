@@ -48,6 +48,7 @@ from worker_sdk._types import Bulkhead
 # The largest count a uint32 field carries.
 UINT32_MAX: Final = 2**32 - 1
 
+DEFAULT_STRATEGY: Final = "round_robin"
 # For help texts only: the broker checks strategy names (INVALID_ARGUMENT, listing the ones
 # it knows), so a broker with a newer strategy is usable before this list learns of it.
 KNOWN_STRATEGIES: Final = (
@@ -87,7 +88,7 @@ POOL_SETTINGS: Final[tuple[PoolSetting, ...]] = (
     PoolSetting(
         name="strategy",
         type=str,
-        default="round_robin",
+        default=DEFAULT_STRATEGY,
         flag="--strategy",
         metavar="STRATEGY",
         help=f"How tasks are placed on workers: {', '.join(KNOWN_STRATEGIES)}.",
@@ -300,39 +301,37 @@ def create_defaults() -> dict[str, object]:
 
 
 _Func = TypeVar("_Func", bound=Callable[..., object])
+_NESTED_ANNOTATIONS: Final = {
+    "bulkheads": "Sequence[Bulkhead]",
+    "fairness_weights": "Mapping[str, int]",
+}
 
 
-def _annotation(name: str) -> str:
-    if name == "bulkheads":
-        return "Sequence[Bulkhead]"
-    if name == "fairness_weights":
-        return "Mapping[str, int]"
-    return BY_NAME[name].type.__name__
+def _keyword(name: str, *, changes: bool) -> inspect.Parameter:
+    """A setting as a keyword argument: with None ("as it is") for `changes`, else with the
+    SDK's default (but fairness_weights, whose None has always meant none)."""
+    annotation = _NESTED_ANNOTATIONS.get(name) or BY_NAME[name].type.__name__
+    if changes or name == "fairness_weights":
+        default: object = None
+        annotation += " | None"
+    else:
+        default = create_defaults()[name]
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+    )
 
 
 def with_settings_signature(*, changes: bool) -> Callable[[_Func], _Func]:
-    """Show a method's `**settings` as one keyword argument per setting, to help() and
-    inspect: with the SDK's defaults, or (`changes`) with None, "leave as it is"."""
+    """Show a method's `**settings` to help() and inspect as one keyword argument per
+    setting it does not name itself; see `_keyword` for their defaults."""
 
     def decorate(method: _Func) -> _Func:
         signature = inspect.signature(method)
-        kept = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
-        defaults = create_defaults()
-        taken = {p.name for p in kept}
-        settings = [
-            inspect.Parameter(
-                name,
-                inspect.Parameter.KEYWORD_ONLY,
-                default=None if changes or name == "fairness_weights" else defaults[name],
-                annotation=f"{_annotation(name)} | None"
-                if changes or name == "fairness_weights"
-                else _annotation(name),
-            )
-            for name in SETTING_NAMES
-            if name not in taken
-        ]
+        named = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        taken = {p.name for p in named}
+        settings = [_keyword(n, changes=changes) for n in SETTING_NAMES if n not in taken]
         method.__signature__ = signature.replace(  # type: ignore[attr-defined]
-            parameters=[*kept, *settings]
+            parameters=[*named, *settings]
         )
         return method
 

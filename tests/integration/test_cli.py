@@ -19,7 +19,7 @@ from typer.testing import Result
 
 from broker import Broker, load_config
 from broker.core.strategies import STRATEGIES
-from cli import main as cli_main
+from cli import _common as cli_common
 from cli._output import (
     OutputFormat,
     decode_bytes,
@@ -225,7 +225,7 @@ class RecordingClient:
 
 
 def test_submit_passes_placement_flags_to_the_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli_main, "SyncClient", RecordingClient)
+    monkeypatch.setattr(cli_common, "SyncClient", RecordingClient)
     monkeypatch.setattr(RecordingClient, "calls", [])
     result = invoke(
         "submit",
@@ -347,7 +347,7 @@ UNCHANGED: dict[str, object] = dict.fromkeys(
 
 @pytest.fixture
 def pools_client(monkeypatch: pytest.MonkeyPatch) -> type[PoolsClient]:
-    monkeypatch.setattr(cli_main, "SyncClient", PoolsClient)
+    monkeypatch.setattr(cli_common, "SyncClient", PoolsClient)
     monkeypatch.setattr(
         PoolsClient, "pools", {"default": PoolInfo("default", "round_robin", "", 0, 5.0)}
     )
@@ -898,7 +898,7 @@ def test_state_choices_are_the_sdk_states() -> None:
 
 
 def test_submit_passes_resilience_flags_to_the_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli_main, "SyncClient", RecordingClient)
+    monkeypatch.setattr(cli_common, "SyncClient", RecordingClient)
     monkeypatch.setattr(RecordingClient, "calls", [])
     result = invoke(
         "submit",

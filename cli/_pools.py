@@ -14,7 +14,8 @@ import typer
 from cli import _parse
 from cli._common import BrokerOption, OutputOption, connect
 from cli._errors import EXIT_USAGE, CliError
-from cli._output import OutputFormat, show_pool_created, show_pool_updated, show_pools
+from cli._output import OutputFormat
+from cli._output_pools import show_pool_created, show_pool_updated, show_pools
 from cli._parse import FairnessWeight, parse_bulkhead, parse_fairness_weight
 from worker_sdk import DEFAULT_ADDRESS, Bulkhead
 from worker_sdk._pool_settings import POOL_SETTINGS, PoolSetting

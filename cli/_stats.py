@@ -10,7 +10,8 @@ import typer
 
 from cli import _parse
 from cli._common import BrokerOption, OutputOption, connect
-from cli._output import OutputFormat, show_stats
+from cli._output import OutputFormat
+from cli._output_pools import show_stats
 from worker_sdk import DEFAULT_ADDRESS
 
 metrics_app = typer.Typer(help="The broker's metrics history.", no_args_is_help=True)

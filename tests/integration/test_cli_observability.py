@@ -17,7 +17,7 @@ from cli import _common as cli_common
 from cli import _serve, _watch
 from cli._chart import bar_chart, bars, merge_columns
 from cli._observe import change_text, config_change_dict, metric_point_dict, timeline
-from cli._output import stats_dict
+from cli._output_pools import stats_dict
 from cli._parse import parse_duration, parse_whole_seconds, time_or_duration
 from tests.support.cli import assert_one_line_error, invoke
 from worker_sdk import ConfigChange, MetricPoint, PoolRecommendation, PoolStats, Stats

@@ -13,13 +13,15 @@ CreatePool/UpdatePool requests), the keyword arguments of `Client.create_pool` a
 `update_pool` (their signatures for help() and inspect; `PoolSettings` for mypy), the
 `SyncClient`'s twins of those, and the `pools create|set` flags.
 
-Why in the SDK: the SDK must never import the broker, and the broker depends on the SDK
-package already (its generated code lives here), so the SDK is the one place both sides
-may share. This module imports nothing but the SDK's plain types, no gRPC and no protobuf.
-The broker's own modules (its config loader, store codec and protobuf converter) derive
-from the fields of its `PoolConfig` instead, which the descriptor test holds equal to
-these rows: `broker.core` reaches `broker.config`, and the scheduling core imports
-nothing of the SDK.
+Why a table here: the .proto knows the names and wire types, but not the help texts, flags,
+bounds or the SDK's defaults, and the SDK must never import the broker; so the SDK holds
+the table, importing nothing but its plain types (no gRPC, no protobuf). Why the broker
+does not import it: importing any module of worker_sdk runs the package's __init__, which
+loads gRPC and the generated code, and `broker.config` (which the scheduling core imports)
+must stay free of both. So the broker's config loader, store codec and protobuf converter
+derive from the fields of its own `PoolConfig` (`broker.domain.POOL_SCALAR_SETTINGS`), and
+the test against the .proto descriptor holds those fields, these rows, `PoolInfo` and
+`message Pool` equal.
 
 Adding a setting, say `max_retries_per_s`:
 

@@ -905,8 +905,8 @@ async def _old_list_pools(
 def test_sync_client_has_a_blocking_twin_of_every_client_call() -> None:
     calls = [
         name
-        for name, method in vars(Client).items()
-        if inspect.iscoroutinefunction(method) and not name.startswith("_") and name != "close"
+        for name, method in inspect.getmembers(Client, inspect.iscoroutinefunction)
+        if not name.startswith("_") and name != "close"
     ]
     assert len(calls) > 20
     for name in calls:

@@ -47,11 +47,9 @@ from typing import Any
 
 from broker.core.strategies import STRATEGIES
 from broker.domain import (
-    DEFAULT_BREAKER_COOLDOWN_S,
-    DEFAULT_BREAKER_FAILURES,
-    DEFAULT_BREAKER_WINDOW,
+    BULKHEAD_LIMITS,
     DEFAULT_POOL,
-    DEFAULT_STICKY_TIMEOUT_S,
+    POOL_SCALAR_SETTINGS,
     RATE_MODES,
     BulkheadConfig,
     PoolConfig,
@@ -295,29 +293,13 @@ def load_config(
     return BrokerConfig(**broker_values, pools=tuple(pools.values()))
 
 
+# The keys of a [pools.NAME] table and of its bulkheads: PoolConfig's and BulkheadConfig's
+# settings, each of the type of its default.
 _POOL_DEFAULTS: dict[str, Any] = {
-    "strategy": "round_robin",
-    "ab_strategy": "",
-    "ab_percent": 0,
-    "sticky_timeout_s": DEFAULT_STICKY_TIMEOUT_S,
-    "max_inflight": 0,
-    "max_queue": 0,
-    "rate_per_s": 0.0,
-    "rate_burst": 0,
-    "client_rate_per_s": 0.0,
-    "client_rate_burst": 0,
-    "rate_mode": "reject",
-    "breaker_failures": DEFAULT_BREAKER_FAILURES,
-    "breaker_failure_rate": 0.0,
-    "breaker_window": DEFAULT_BREAKER_WINDOW,
-    "breaker_cooldown_s": DEFAULT_BREAKER_COOLDOWN_S,
-    "lease_s": 0.0,
+    f.name: f.default for f in dataclasses.fields(PoolConfig) if f.name in POOL_SCALAR_SETTINGS
 }
 _BULKHEAD_DEFAULTS: dict[str, Any] = {
-    "max_inflight": 0,
-    "max_queue": 0,
-    "rate_per_s": 0.0,
-    "rate_burst": 0,
+    f.name: f.default for f in dataclasses.fields(BulkheadConfig) if f.name in BULKHEAD_LIMITS
 }
 _POOL_KEYS = {*_POOL_DEFAULTS, "bulkheads", "fairness_weights"}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 DEFAULT_POOL = "default"
 DEFAULT_STICKY_TIMEOUT_S = 5.0
@@ -230,6 +230,20 @@ class PoolConfig:
             if bulkhead.task_type == task_type:
                 return bulkhead
         return None
+
+
+# A pool's settings that are one value each: every field of PoolConfig but its name and the
+# nested bulkheads and fairness weights, in order. The config file, the store, the audit log
+# and the wire name them so; the broker's modules derive their lists from these, and
+# tests/unit/test_pool_settings.py holds them equal to the SDK's table
+# (worker_sdk/_pool_settings.py) and to message Pool.
+POOL_SCALAR_SETTINGS: tuple[str, ...] = tuple(
+    f.name for f in fields(PoolConfig) if f.name not in ("name", "bulkheads", "fairness_weights")
+)
+# The limits of a bulkhead, in order: every field of BulkheadConfig but its task type.
+BULKHEAD_LIMITS: tuple[str, ...] = tuple(
+    f.name for f in fields(BulkheadConfig) if f.name != "task_type"
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -8,19 +8,21 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import typer
 
 from worker_sdk import Bulkhead
+from worker_sdk._pool_settings import BULKHEAD_SETTINGS, MAX_FAIRNESS_WEIGHT, UINT32_MAX
 
 # Counts travel as uint32: a larger one would fail in the SDK rather than at the broker,
 # whose own, tighter bounds then name the setting (INVALID_ARGUMENT, exit 1).
-WIRE_MAX = 2**32 - 1
-# The broker's bounds too; checked here so that a bad flag is a usage error (exit 2).
-MAX_FAIRNESS_WEIGHT = 1000
+WIRE_MAX = UINT32_MAX
 MAX_DELAY_S = 366 * 86_400.0  # not_before: within a year from now
 
-BULKHEAD_KEYS = ("max_inflight", "max_queue", "rate", "burst")
+# --bulkhead's keys, each for a limit of Bulkhead.
+BULKHEAD_KEYS = tuple(s.key for s in BULKHEAD_SETTINGS)
+_BULKHEAD_LIMITS = {s.key: s for s in BULKHEAD_SETTINGS}
 _BULKHEAD_SYNTAX = "TYPE:KEY=VALUE[,KEY=VALUE...]"
 
 
@@ -203,7 +205,7 @@ def parse_bulkhead(text: str) -> Bulkhead:
     task_type, sep, settings = text.rpartition(":")
     if not sep or not task_type.strip() or not settings.strip():
         raise typer.BadParameter(f"expected {_BULKHEAD_SYNTAX}, got {text!r}")
-    values: dict[str, float | int] = {}
+    values: dict[str, Any] = {}
     for item in settings.split(","):
         key, eq, value = item.partition("=")
         key = key.strip()
@@ -215,23 +217,17 @@ def parse_bulkhead(text: str) -> Bulkhead:
         if key in values:
             raise typer.BadParameter(f"{key} given twice in {text!r}")
         values[key] = _bulkhead_value(key, value.strip(), text)
-    return Bulkhead(
-        task_type,
-        max_inflight=int(values.get("max_inflight", 0)),
-        max_queue=int(values.get("max_queue", 0)),
-        rate_per_s=float(values.get("rate", 0.0)),
-        rate_burst=int(values.get("burst", 0)),
-    )
+    return Bulkhead(task_type, **{_BULKHEAD_LIMITS[key].name: v for key, v in values.items()})
 
 
 def _bulkhead_value(key: str, value: str, text: str) -> float | int:
-    if key == "rate":
+    if _BULKHEAD_LIMITS[key].type is float:
         try:
             rate = float(value)
         except ValueError:
-            raise typer.BadParameter(f"rate {value!r} in {text!r} is not a number") from None
+            raise typer.BadParameter(f"{key} {value!r} in {text!r} is not a number") from None
         if not (rate >= 0 and math.isfinite(rate)):
-            raise typer.BadParameter(f"rate must be a number >= 0, got {value} in {text!r}")
+            raise typer.BadParameter(f"{key} must be a number >= 0, got {value} in {text!r}")
         return rate
     try:
         count = int(value)
@@ -257,14 +253,9 @@ def bulkheads(given: list[Bulkhead]) -> tuple[Bulkhead, ...]:
 def bulkhead_text(bulkhead: Bulkhead) -> str:
     """A bulkhead as --bulkhead takes it, its non-zero settings only: render:max_inflight=4."""
     settings = [
-        f"{key}={number(value)}"
-        for key, value in (
-            ("max_inflight", bulkhead.max_inflight),
-            ("max_queue", bulkhead.max_queue),
-            ("rate", bulkhead.rate_per_s),
-            ("burst", bulkhead.rate_burst),
-        )
-        if value
+        f"{s.key}={number(value)}"
+        for s in BULKHEAD_SETTINGS
+        if (value := getattr(bulkhead, s.name))
     ]
     return f"{bulkhead.task_type}:{','.join(settings)}" if settings else bulkhead.task_type
 

@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 
 from rich.live import Live
 
-from cli._output import OutputFormat, _console, _when, print_json_line, stats_dict, stats_view
+from cli._output import OutputFormat, _console, _when, print_json_line
+from cli._output_pools import stats_dict, stats_view
 from worker_sdk import Stats
 
 # Replaced by tests, so that they do not wait for real.

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 
 from broker.domain import (
     ANYWHERE,
-    DEFAULT_BREAKER_COOLDOWN_S,
-    DEFAULT_BREAKER_FAILURES,
-    DEFAULT_BREAKER_WINDOW,
+    BULKHEAD_LIMITS,
     DEFAULT_POOL,
-    DEFAULT_STICKY_TIMEOUT_S,
     NO_RETRY,
+    POOL_SCALAR_SETTINGS,
     BulkheadConfig,
     ConfigChange,
     Placement,
@@ -271,64 +270,25 @@ def filter_from_pb(msg: _tasks.ListTasksRequest) -> TaskFilter:
 def pool_to_pb(pool: PoolConfig) -> _admin.Pool:
     return _admin.Pool(
         name=pool.name,
-        strategy=pool.strategy,
-        ab_strategy=pool.ab_strategy,
-        ab_percent=pool.ab_percent,
-        sticky_timeout_s=pool.sticky_timeout_s,
-        max_inflight=pool.max_inflight,
-        max_queue=pool.max_queue,
-        rate_per_s=pool.rate_per_s,
-        rate_burst=pool.rate_burst,
-        client_rate_per_s=pool.client_rate_per_s,
-        client_rate_burst=pool.client_rate_burst,
-        rate_mode=pool.rate_mode,
-        breaker_failures=pool.breaker_failures,
-        breaker_failure_rate=pool.breaker_failure_rate,
-        breaker_window=pool.breaker_window,
-        breaker_cooldown_s=pool.breaker_cooldown_s,
-        lease_s=pool.lease_s,
-        bulkheads=[
-            _admin.Bulkhead(
-                task_type=b.task_type,
-                max_inflight=b.max_inflight,
-                max_queue=b.max_queue,
-                rate_per_s=b.rate_per_s,
-                rate_burst=b.rate_burst,
-            )
-            for b in pool.bulkheads
-        ],
+        **{name: getattr(pool, name) for name in POOL_SCALAR_SETTINGS},
+        bulkheads=[_admin.Bulkhead(**asdict(b)) for b in pool.bulkheads],
         fairness_weights=dict(pool.fairness_weights),
     )
 
 
+_POOL_DEFAULTS = PoolConfig(name=DEFAULT_POOL)
+
+
 def pool_from_pb(msg: _admin.Pool) -> PoolConfig:
-    """A pool from the wire; unset (0 or empty) settings with a non-zero default take it."""
+    """A pool from the wire; unset (0 or empty) settings take the broker's default."""
     return PoolConfig(
         name=msg.name,
-        strategy=msg.strategy or "round_robin",
-        ab_strategy=msg.ab_strategy,
-        ab_percent=msg.ab_percent,
-        sticky_timeout_s=msg.sticky_timeout_s or DEFAULT_STICKY_TIMEOUT_S,
-        max_inflight=msg.max_inflight,
-        max_queue=msg.max_queue,
-        rate_per_s=msg.rate_per_s,
-        rate_burst=msg.rate_burst,
-        client_rate_per_s=msg.client_rate_per_s,
-        client_rate_burst=msg.client_rate_burst,
-        rate_mode=msg.rate_mode or "reject",
-        breaker_failures=msg.breaker_failures or DEFAULT_BREAKER_FAILURES,
-        breaker_failure_rate=msg.breaker_failure_rate,
-        breaker_window=msg.breaker_window or DEFAULT_BREAKER_WINDOW,
-        breaker_cooldown_s=msg.breaker_cooldown_s or DEFAULT_BREAKER_COOLDOWN_S,
-        lease_s=msg.lease_s,
+        **{
+            name: getattr(msg, name) or getattr(_POOL_DEFAULTS, name)
+            for name in POOL_SCALAR_SETTINGS
+        },
         bulkheads=tuple(
-            BulkheadConfig(
-                task_type=b.task_type,
-                max_inflight=b.max_inflight,
-                max_queue=b.max_queue,
-                rate_per_s=b.rate_per_s,
-                rate_burst=b.rate_burst,
-            )
+            BulkheadConfig(task_type=b.task_type, **{n: getattr(b, n) for n in BULKHEAD_LIMITS})
             for b in msg.bulkheads
         ),
         fairness_weights=dict(msg.fairness_weights),

@@ -8,10 +8,18 @@ schema small. Defaults are left out, so a task without options stores NULL.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
-from broker.domain import NO_RETRY, BulkheadConfig, PoolConfig, RetryPolicy, TaskSpec
+from broker.domain import (
+    BULKHEAD_LIMITS,
+    NO_RETRY,
+    POOL_SCALAR_SETTINGS,
+    BulkheadConfig,
+    PoolConfig,
+    RetryPolicy,
+    TaskSpec,
+)
 
 _COMPACT = (",", ":")
 _SPEC_DEFAULTS = TaskSpec(task_type="-")
@@ -19,20 +27,10 @@ _OPTION_FIELDS = ("start_timeout_s", "execution_timeout_s", "idempotency_key", "
 # Stored as given (a mapping); compared with the default as a dict.
 _MAPPING_FIELDS = ("trace_context",)
 _POOL_DEFAULTS = PoolConfig(name="-")
-_LIMIT_FIELDS = (
-    "max_inflight",
-    "max_queue",
-    "rate_per_s",
-    "rate_burst",
-    "client_rate_per_s",
-    "client_rate_burst",
-    "rate_mode",
-    "breaker_failures",
-    "breaker_failure_rate",
-    "breaker_window",
-    "breaker_cooldown_s",
-    "lease_s",
-)
+# The pools table has columns of its own for these (they predate the JSON of its limits).
+_COLUMN_SETTINGS = ("strategy", "ab_strategy", "ab_percent", "sticky_timeout_s")
+# Every other setting goes in the JSON, under its name.
+_LIMIT_FIELDS = tuple(name for name in POOL_SCALAR_SETTINGS if name not in _COLUMN_SETTINGS)
 
 
 def task_options_json(spec: TaskSpec) -> str | None:
@@ -87,9 +85,10 @@ def pool_limits_json(pool: PoolConfig) -> str | None:
         if getattr(pool, name) != getattr(_POOL_DEFAULTS, name)
     }
     if pool.bulkheads:
+        # A list each, in field order: a new limit goes last, and is missing (its default)
+        # from the rows written before it.
         data["bulkheads"] = [
-            [b.task_type, b.max_inflight, b.max_queue, b.rate_per_s, b.rate_burst]
-            for b in pool.bulkheads
+            [b.task_type, *(getattr(b, name) for name in BULKHEAD_LIMITS)] for b in pool.bulkheads
         ]
     if pool.fairness_weights:
         data["fairness_weights"] = dict(pool.fairness_weights)
@@ -104,14 +103,8 @@ def pool_limits_from_json(pool: PoolConfig, text: str | None) -> PoolConfig:
     bulkheads = data.pop("bulkheads", None)
     if bulkheads is not None:
         data["bulkheads"] = tuple(
-            BulkheadConfig(
-                task_type=task_type,
-                max_inflight=max_inflight,
-                max_queue=max_queue,
-                rate_per_s=rate_per_s,
-                rate_burst=rate_burst,
-            )
-            for task_type, max_inflight, max_queue, rate_per_s, rate_burst in bulkheads
+            BulkheadConfig(task_type=task_type, **dict(zip(BULKHEAD_LIMITS, limits, strict=False)))
+            for task_type, *limits in bulkheads
         )
     return replace(pool, **data)
 
@@ -119,21 +112,8 @@ def pool_limits_from_json(pool: PoolConfig, text: str | None) -> PoolConfig:
 def pool_settings(pool: PoolConfig) -> dict[str, Any]:
     """Every setting of a pool, as JSON-ready values (for the audit of changes)."""
     return {
-        "strategy": pool.strategy,
-        "ab_strategy": pool.ab_strategy,
-        "ab_percent": pool.ab_percent,
-        "sticky_timeout_s": pool.sticky_timeout_s,
-        **{name: getattr(pool, name) for name in _LIMIT_FIELDS},
-        "bulkheads": [
-            {
-                "task_type": b.task_type,
-                "max_inflight": b.max_inflight,
-                "max_queue": b.max_queue,
-                "rate_per_s": b.rate_per_s,
-                "rate_burst": b.rate_burst,
-            }
-            for b in pool.bulkheads
-        ],
+        **{name: getattr(pool, name) for name in POOL_SCALAR_SETTINGS},
+        "bulkheads": [asdict(b) for b in pool.bulkheads],
         "fairness_weights": dict(sorted(pool.fairness_weights.items())),
     }
 

@@ -15,22 +15,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer.main
 from typer.testing import Result
 
 from broker import Broker, load_config
 from broker.core.strategies import STRATEGIES
+from cli import _common as cli_common
 from cli import main as cli_main
 from cli._output import (
     OutputFormat,
     decode_bytes,
-    show_stats,
     show_task,
     show_tasks,
     show_workers,
-    stats_dict,
     task_dict,
     worker_dict,
 )
+from cli._output_pools import show_stats, stats_dict
 from cli._parse import FairnessWeight, bulkhead_text, parse_bulkhead, parse_fairness_weight
 from cli.main import KNOWN_STRATEGIES, Label, StateChoice, parse_label, parse_preference
 from tests.support.cli import assert_one_line_error, invoke
@@ -56,6 +57,7 @@ from worker_sdk import (
     Worker,
     WorkerInfo,
 )
+from worker_sdk._pool_settings import POOL_SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 READMES = [ROOT / "README.md", ROOT / "deploy" / "README.md"]
@@ -225,7 +227,7 @@ class RecordingClient:
 
 
 def test_submit_passes_placement_flags_to_the_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli_main, "SyncClient", RecordingClient)
+    monkeypatch.setattr(cli_common, "SyncClient", RecordingClient)
     monkeypatch.setattr(RecordingClient, "calls", [])
     result = invoke(
         "submit",
@@ -347,7 +349,7 @@ UNCHANGED: dict[str, object] = dict.fromkeys(
 
 @pytest.fixture
 def pools_client(monkeypatch: pytest.MonkeyPatch) -> type[PoolsClient]:
-    monkeypatch.setattr(cli_main, "SyncClient", PoolsClient)
+    monkeypatch.setattr(cli_common, "SyncClient", PoolsClient)
     monkeypatch.setattr(
         PoolsClient, "pools", {"default": PoolInfo("default", "round_robin", "", 0, 5.0)}
     )
@@ -439,6 +441,14 @@ def test_strategy_help_lists_the_names() -> None:
 
 def test_help_names_every_strategy_the_broker_has() -> None:
     assert set(STRATEGIES) <= set(KNOWN_STRATEGIES)
+
+
+def test_pools_create_and_set_have_a_flag_per_pool_setting() -> None:
+    pools = typer.main.get_command(cli_main.app).commands["pools"]  # type: ignore[attr-defined]
+    flags = [s.flag for s in POOL_SETTINGS]
+    for name in ("create", "set"):
+        opts = [opt for param in pools.commands[name].params for opt in param.opts]
+        assert opts[1 : 1 + len(flags)] == flags, name  # after NAME, in the table's order
 
 
 def test_pools_set_changes_only_what_is_given(pools_client: type[PoolsClient]) -> None:
@@ -898,7 +908,7 @@ def test_state_choices_are_the_sdk_states() -> None:
 
 
 def test_submit_passes_resilience_flags_to_the_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli_main, "SyncClient", RecordingClient)
+    monkeypatch.setattr(cli_common, "SyncClient", RecordingClient)
     monkeypatch.setattr(RecordingClient, "calls", [])
     result = invoke(
         "submit",

@@ -13,11 +13,11 @@ import pytest
 from typer.testing import Result
 
 from broker import BrokerConfig
+from cli import _common as cli_common
 from cli import _serve, _watch
-from cli import main as cli_main
 from cli._chart import bar_chart, bars, merge_columns
 from cli._observe import change_text, config_change_dict, metric_point_dict, timeline
-from cli._output import stats_dict
+from cli._output_pools import stats_dict
 from cli._parse import parse_duration, parse_whole_seconds, time_or_duration
 from tests.support.cli import assert_one_line_error, invoke
 from worker_sdk import ConfigChange, MetricPoint, PoolRecommendation, PoolStats, Stats
@@ -165,7 +165,7 @@ class ObservingClient:
 
 @pytest.fixture
 def client(monkeypatch: pytest.MonkeyPatch) -> type[ObservingClient]:
-    monkeypatch.setattr(cli_main, "SyncClient", ObservingClient)
+    monkeypatch.setattr(cli_common, "SyncClient", ObservingClient)
     monkeypatch.setattr(ObservingClient, "calls", [])
     monkeypatch.setattr(ObservingClient, "statistics", [Stats("running", (LIVE_POOL, IDLE_POOL))])
     return ObservingClient

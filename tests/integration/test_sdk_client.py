@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import socket
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -899,6 +900,20 @@ async def _old_list_pools(
 
 
 # -- SyncClient ----------------------------------------------------------------------------
+
+
+def test_sync_client_has_a_blocking_twin_of_every_client_call() -> None:
+    calls = [
+        name
+        for name, method in inspect.getmembers(Client, inspect.iscoroutinefunction)
+        if not name.startswith("_") and name != "close"
+    ]
+    assert len(calls) > 20
+    for name in calls:
+        twin = getattr(SyncClient, name)
+        assert not inspect.iscoroutinefunction(twin), name
+        assert inspect.signature(twin) == inspect.signature(getattr(Client, name)), name
+        assert twin.__doc__ == getattr(Client, name).__doc__, name
 
 
 async def test_sync_client(address: str, tasks: FakeTaskService) -> None:

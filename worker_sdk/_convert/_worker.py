@@ -1,0 +1,111 @@
+"""The WorkerService stream: a worker's messages to the broker, and the broker's to SDK events."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from worker_sdk._convert._common import wire_time
+from worker_sdk._messages import (
+    Assignment,
+    AssignmentsReceived,
+    BrokerEvent,
+    CancelRequested,
+    DrainRequested,
+    RegisterAcked,
+    TaskOutcome,
+)
+from worker_sdk._pb import worker_pb2 as _worker
+
+
+def register_message(
+    *,
+    worker_id: str,
+    pool: str,
+    labels: Mapping[str, str],
+    capacity: int,
+    task_types: Iterable[str],
+    sdk_version: str,
+) -> _worker.WorkerMessage:
+    return _worker.WorkerMessage(
+        register=_worker.Register(
+            worker_id=worker_id,
+            pool=pool,
+            labels=dict(labels),
+            capacity=capacity,
+            task_types=list(task_types),
+            sdk_version=sdk_version,
+        )
+    )
+
+
+def heartbeat_message(
+    in_flight: int, load: float, held_task_ids: Iterable[str] = (), assignments_seen: int = 0
+) -> _worker.WorkerMessage:
+    return _worker.WorkerMessage(
+        heartbeat=_worker.Heartbeat(
+            in_flight=in_flight,
+            load=load,
+            held_task_ids=held_task_ids,
+            assignments_seen=assignments_seen,
+        )
+    )
+
+
+def credit_message(capacity: int) -> _worker.WorkerMessage:
+    return _worker.WorkerMessage(credit=_worker.Credit(capacity=capacity))
+
+
+def _task_result(outcome: TaskOutcome) -> _worker.TaskResult:
+    result = _worker.TaskResult(
+        task_id=outcome.task_id,
+        attempt=outcome.attempt,
+        success=outcome.success,
+        result=outcome.result,
+        started_at_ms=outcome.started_at_ms,
+        finished_at_ms=outcome.finished_at_ms,
+    )
+    if outcome.error is not None:
+        result.error.type = outcome.error.type
+        result.error.message = outcome.error.message
+        result.error.traceback = outcome.error.traceback
+    return result
+
+
+def results_message(
+    outcomes: Sequence[TaskOutcome], started_task_ids: Sequence[str]
+) -> _worker.WorkerMessage:
+    return _worker.WorkerMessage(
+        results=_worker.Results(
+            results=[_task_result(o) for o in outcomes],
+            started_task_ids=started_task_ids,
+        )
+    )
+
+
+def broker_event(message: _worker.BrokerMessage) -> BrokerEvent | None:
+    """The event a BrokerMessage carries; None for an empty message (ignored)."""
+    kind = message.WhichOneof("kind")
+    if kind == "assignments":
+        return AssignmentsReceived(
+            [
+                Assignment(
+                    a.task_id,
+                    a.attempt,
+                    a.task_type,
+                    a.payload,
+                    a.priority,
+                    wire_time(a.deadline_ms),
+                    dict(a.trace_context),
+                )
+                for a in message.assignments.assignments
+            ],
+            message.assignments.seq,
+        )
+    if kind == "cancel":
+        return CancelRequested(list(message.cancel.task_ids))
+    if kind == "drain":
+        return DrainRequested(message.drain.reason)
+    if kind == "register_ack":
+        ack = message.register_ack
+        return RegisterAcked(ack.worker_id, ack.heartbeat_interval_s)
+    return None

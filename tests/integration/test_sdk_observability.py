@@ -14,6 +14,7 @@ import grpc
 import grpc.aio
 import pytest
 
+from tests.support.fake_broker import serve_services
 from worker_sdk import (
     Client,
     ConfigChange,
@@ -385,12 +386,8 @@ def admin() -> FakeObservabilityAdmin:
 
 @pytest.fixture
 async def address(admin: FakeObservabilityAdmin) -> AsyncIterator[str]:
-    server = grpc.aio.server()
-    _admin_grpc.add_AdminServiceServicer_to_server(admin, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield f"127.0.0.1:{port}"
-    await server.stop(None)
+    async with serve_services(admin) as address:
+        yield address
 
 
 @pytest.fixture

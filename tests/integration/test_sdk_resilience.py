@@ -23,6 +23,15 @@ import grpc.aio
 import pytest
 
 import worker_sdk
+from tests.support.fake_broker import (
+    FakeAdminService,
+    FakeSession,
+    FakeTaskService,
+    FakeWorkerService,
+    running,
+    serve,
+    serve_services,
+)
 from worker_sdk import (
     Bulkhead,
     BulkheadStats,
@@ -43,14 +52,9 @@ from worker_sdk import (
 from worker_sdk._errors import error_for_code
 from worker_sdk._messages import AssignmentsReceived, SubmitAcked, TaskOutcome
 from worker_sdk._pb import admin_pb2 as _admin
-from worker_sdk._pb import admin_pb2_grpc as _admin_grpc
 from worker_sdk._pb import tasks_pb2 as _tasks
-from worker_sdk._pb import tasks_pb2_grpc as _tasks_grpc
 from worker_sdk._pb import worker_pb2 as _worker
 from worker_sdk._worker import _Session
-
-from .test_sdk_client import FakeAdminService, FakeTaskService
-from .test_sdk_worker import FakeSession, FakeWorkerService, running, serve
 
 _Context = grpc.aio.ServicerContext[object, object]
 _EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -523,13 +527,8 @@ def admin() -> RecordingAdminService:
 
 @pytest.fixture
 async def address(tasks: RecordingTaskService, admin: RecordingAdminService) -> AsyncIterator[str]:
-    server = grpc.aio.server()
-    _tasks_grpc.add_TaskServiceServicer_to_server(tasks, server)
-    _admin_grpc.add_AdminServiceServicer_to_server(admin, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield f"127.0.0.1:{port}"
-    await server.stop(None)
+    async with serve_services(tasks, admin) as address:
+        yield address
 
 
 class Sleeps:

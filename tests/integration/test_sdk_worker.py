@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 import grpc.aio
 import pytest
 
+from tests.support.fake_broker import FakeWorkerService, running, serve
 from tests.support.waiting import until_logged
 from worker_sdk import (
     AlreadyExists,
@@ -24,157 +23,6 @@ from worker_sdk import (
     TaskContext,
     Worker,
 )
-from worker_sdk._pb import worker_pb2 as _worker
-from worker_sdk._pb import worker_pb2_grpc as _worker_grpc
-
-
-class FakeSession:
-    """One Connect stream as the fake broker sees it; the test drives it."""
-
-    def __init__(self, register: _worker.Register, worker_id: str) -> None:
-        self.register = register
-        self.worker_id = worker_id
-        self.messages: list[_worker.WorkerMessage] = []
-        self.outbox: asyncio.Queue[_worker.BrokerMessage | None] = asyncio.Queue()
-        self.ended = asyncio.Event()
-        self._changed = asyncio.Event()
-
-    @property
-    def results(self) -> dict[str, _worker.TaskResult]:
-        return {
-            r.task_id: r
-            for m in self.messages
-            if m.WhichOneof("kind") == "results"
-            for r in m.results.results
-        }
-
-    @property
-    def result_messages(self) -> list[_worker.Results]:
-        return [m.results for m in self.messages if m.WhichOneof("kind") == "results"]
-
-    @property
-    def started(self) -> list[str]:
-        return [t for r in self.result_messages for t in r.started_task_ids]
-
-    def of_kind(self, kind: str) -> list[_worker.WorkerMessage]:
-        return [m for m in self.messages if m.WhichOneof("kind") == kind]
-
-    def record(self, message: _worker.WorkerMessage) -> None:
-        self.messages.append(message)
-        self._changed.set()
-
-    async def until(self, predicate: Callable[[], bool]) -> None:
-        """Wait until `predicate` holds, re-checking on every message or stream end."""
-        while not predicate():
-            self._changed.clear()
-            await self._changed.wait()
-
-    def assign(self, *tasks: tuple[str, str, bytes]) -> None:
-        self.outbox.put_nowait(
-            _worker.BrokerMessage(
-                assignments=_worker.Assignments(
-                    assignments=[
-                        _worker.Assignment(
-                            task_id=task_id, attempt=1, task_type=task_type, payload=payload
-                        )
-                        for task_id, task_type, payload in tasks
-                    ]
-                )
-            )
-        )
-
-    def cancel(self, *task_ids: str) -> None:
-        self.outbox.put_nowait(
-            _worker.BrokerMessage(cancel=_worker.CancelTasks(task_ids=list(task_ids)))
-        )
-
-    def drain(self) -> None:
-        self.outbox.put_nowait(_worker.BrokerMessage(drain=_worker.Drain(reason="test")))
-
-    async def consume(self, requests: AsyncIterator[_worker.WorkerMessage]) -> None:
-        try:
-            async for message in requests:
-                self.record(message)
-        finally:
-            self.ended.set()
-            self._changed.set()
-
-
-class FakeWorkerService(_worker_grpc.WorkerServiceServicer):
-    """Acks registration, then relays what the test queues and records what the worker sends."""
-
-    def __init__(
-        self, *, refuse: grpc.StatusCode | None = None, heartbeat_interval_s: float = 30.0
-    ) -> None:
-        self.refuse = refuse
-        self.heartbeat_interval_s = heartbeat_interval_s
-        self.sessions: asyncio.Queue[FakeSession] = asyncio.Queue()
-        self.connects = 0
-        self.connected = asyncio.Event()
-
-    async def Connect(  # type: ignore[override]
-        self,
-        request_iterator: AsyncIterator[_worker.WorkerMessage],
-        context: grpc.aio.ServicerContext[_worker.WorkerMessage, _worker.BrokerMessage],
-    ) -> None:
-        self.connects += 1
-        self.connected.set()
-        requests = aiter(request_iterator)
-        first = await anext(requests)
-        if self.refuse is not None:
-            await context.abort(self.refuse, "refused by the fake broker")
-        assert first.WhichOneof("kind") == "register"
-        worker_id = first.register.worker_id or f"w-{self.connects}"
-        session = FakeSession(first.register, worker_id)
-        await context.write(
-            _worker.BrokerMessage(
-                register_ack=_worker.RegisterAck(
-                    worker_id=worker_id, heartbeat_interval_s=self.heartbeat_interval_s
-                )
-            )
-        )
-        self.sessions.put_nowait(session)
-        reader = asyncio.create_task(session.consume(requests))
-        try:
-            while True:
-                outgoing = asyncio.create_task(session.outbox.get())
-                await asyncio.wait({outgoing, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if not outgoing.done():
-                    outgoing.cancel()
-                    return  # the worker half-closed
-                message = outgoing.result()
-                if message is None:
-                    return
-                await context.write(message)
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-
-
-@contextlib.asynccontextmanager
-async def serve(service: FakeWorkerService, port: int = 0) -> AsyncIterator[tuple[str, int]]:
-    server = grpc.aio.server()
-    _worker_grpc.add_WorkerServiceServicer_to_server(service, server)
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    try:
-        yield f"127.0.0.1:{bound}", bound
-    finally:
-        await server.stop(None)
-
-
-@contextlib.asynccontextmanager
-async def running(worker: Worker, address: str) -> AsyncIterator[asyncio.Task[None]]:
-    """Run the worker in a task; shut it down (and check it ended cleanly) afterwards."""
-    task = asyncio.create_task(worker.run(address))
-    try:
-        yield task
-    finally:
-        await worker.shutdown(grace=1.0)
-        await task
-        leftovers = [t for t in asyncio.all_tasks() if t.get_name().startswith("taskbroker-")]
-        assert leftovers == []
 
 
 def make_worker(**kwargs: Any) -> Worker:

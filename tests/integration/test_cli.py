@@ -35,12 +35,12 @@ from cli._output_pools import show_stats, stats_dict
 from cli._parse import FairnessWeight, bulkhead_text, parse_bulkhead, parse_fairness_weight
 from cli.main import KNOWN_STRATEGIES, Label, StateChoice, parse_label, parse_preference
 from tests.support.cli import assert_one_line_error, invoke
+from tests.support.workers import start_worker
 from worker_sdk import (
     AlreadyExists,
     ArmStats,
     Bulkhead,
     BulkheadStats,
-    Client,
     InvalidArgument,
     NotFound,
     Placement,
@@ -1538,10 +1538,7 @@ async def live_worker(broker: Broker) -> AsyncIterator[str]:
     async def boom(ctx: TaskContext) -> None:
         raise ValueError("kaboom")
 
-    run = asyncio.create_task(worker.run(broker.address))
-    async with Client(broker.address) as client, asyncio.timeout(10):
-        while not await client.list_workers():
-            await asyncio.sleep(0.01)
+    run = await start_worker(worker, broker.address)
     yield WORKER_ID
     await worker.shutdown(grace=2)
     await run

@@ -12,6 +12,7 @@ import pytest
 from broker import Broker
 from broker.core.states import BrokerState
 from tests.support.config import make_config
+from tests.support.workers import start_worker
 from worker_sdk import (
     Client,
     NotFound,
@@ -49,11 +50,7 @@ def demo_worker(capacity: int = 8, worker_id: str | None = None) -> Worker:
 @pytest.fixture
 async def running_worker(broker: Broker) -> AsyncIterator[Worker]:
     worker = demo_worker()
-    run = asyncio.create_task(worker.run(broker.address))
-    async with Client(broker.address) as client:
-        async with asyncio.timeout(10):
-            while not await client.list_workers():
-                await asyncio.sleep(0.01)
+    run = await start_worker(worker, broker.address)
     yield worker
     await worker.shutdown(grace=2)
     await run
@@ -148,10 +145,7 @@ async def test_priorities_order_the_queue(broker: Broker, client: Client) -> Non
 
 async def test_drain_makes_the_worker_finish_and_leave(broker: Broker, client: Client) -> None:
     worker = demo_worker(worker_id="drain-me")
-    run = asyncio.create_task(worker.run(broker.address))
-    async with asyncio.timeout(10):
-        while not await client.list_workers():
-            await asyncio.sleep(0.01)
+    run = await start_worker(worker, broker.address)
     status = await client.drain_worker("drain-me")
     assert status.draining
     async with asyncio.timeout(10):

@@ -21,6 +21,7 @@ import pytest
 from broker import Broker
 from broker.domain import BulkheadConfig, PoolConfig
 from tests.support.config import make_config
+from tests.support.workers import until_workers
 from worker_sdk import (
     Bulkhead,
     Client,
@@ -49,12 +50,6 @@ async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
     )
     async with Broker(dataclasses.replace(config, pools=pools)) as running:
         yield running
-
-
-async def until_workers(client: Client, count: int, pool: str | None = None) -> None:
-    async with asyncio.timeout(10):
-        while len(await client.list_workers(pool)) < count:
-            await asyncio.sleep(0.01)
 
 
 async def test_a_full_queue_answers_resource_exhausted_with_a_retry_hint(

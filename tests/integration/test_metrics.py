@@ -39,6 +39,7 @@ from broker.observability.metrics import (
 )
 from broker.observability.observe import Observer
 from tests.support.config import make_config
+from tests.support.workers import start_worker
 from worker_sdk import Client, TaskContext, Worker
 from worker_sdk import RetryPolicy as SdkRetryPolicy
 
@@ -451,11 +452,7 @@ async def measured(
 
 async def running(worker: Worker, client: Client) -> asyncio.Task[None]:
     """Start the worker; return once the broker has it."""
-    run = asyncio.create_task(worker.run(client.address))
-    async with asyncio.timeout(10):
-        while not await client.list_workers():
-            await asyncio.sleep(0.01)
-    return run
+    return await start_worker(worker, client.address)
 
 
 async def test_a_known_workload_shows_in_the_metrics(

@@ -26,7 +26,7 @@ from typing import Any, cast
 from broker.clock import Clock
 from broker.config import BrokerConfig
 from broker.core.admission import Admission
-from broker.core.attempts import fail_attempt, finish_attempt, move
+from broker.core.attempts import Outcomes, move
 from broker.core.effects import Effects
 from broker.core.members import Member, Members
 from broker.core.runtimes import RuntimeModel
@@ -70,6 +70,13 @@ class TaskLifecycle:
         self.leases: dict[TaskId, float] = {}  # held task -> when its lease runs out
         self.active = 0  # tasks held by workers
         self.stale_results = 0  # results for tasks the worker no longer holds
+        self.outcomes = Outcomes(
+            max_result_bytes=config.max_result_bytes,
+            max_traceback_chars=config.max_traceback_chars,
+            rng=rng,
+            events=self.events,
+            logs=self.effects.logs,
+        )
 
     # Pools ---------------------------------------------------------------------
 
@@ -117,6 +124,12 @@ class TaskLifecycle:
             self.waiting.wait(task, now)
             dispatch.add(task.spec.pool)
 
+    def forget(self, tasks: Iterable[Task]) -> None:
+        """These ended tasks are durable: the lifecycle lets go of them."""
+        live = self.live
+        for task in tasks:
+            live.pop(task.id, None)
+
     def recovered(self, task: Task, now: float) -> None:
         """An unfinished task loaded from the store after a restart waits again."""
         self.effects.now = now
@@ -131,27 +144,32 @@ class TaskLifecycle:
 
     def place(self, name: str, now: float) -> int:
         """Place what can be placed in this pool; returns how many tasks were assigned."""
+        pool = self.pools[name]
+        decisions = pool.place()
+        self.waiting.wake_for_sticky(pool)
+        if not decisions:
+            return 0
         effects = self.effects
         effects.now = now
         save = effects.save
         placed = effects.placed
-        pool = self.pools[name]
         lease_until = now + self.lease_s(name)
         recent = self.admission.placements(name)
         queued_at = self.waiting.queued_at
         leases = self.leases
         timers = self.timers
         count = self.admission.count
-        members = self.members
+        half_open = self.members.half_open
         assigned = 0
-        for decision in pool.place():
+        for decision in decisions:
             task = decision.task
             if decision.worker is None:  # still waiting, for a new reason
                 task.placement_note = decision.note
                 task.unschedulable = decision.unschedulable
                 save.append(task)
                 continue
-            check_move(task.state, ASSIGNED)
+            if task.state is not PENDING:
+                check_move(task.state, ASSIGNED)  # raises: only a pending task is placed
             task.state = ASSIGNED
             task.attempts += 1
             task.worker_id = worker_id = decision.worker.worker_id
@@ -164,7 +182,8 @@ class TaskLifecycle:
             placed.append((task, now - queued_at.pop(task.id, task.created_at)))
             leases[task.id] = lease_until
             recent.append(now)
-            members.assigned(worker_id)
+            if half_open and worker_id in half_open:
+                self.members.assigned(worker_id)  # the breaker's trial
             spec = task.spec
             if spec.start_timeout_s:
                 timers.cancel(("start", task.id))
@@ -172,7 +191,6 @@ class TaskLifecycle:
                 timers.set(("timeout", (task.id, task.attempts)), now + timeout)
             assigned += 1
         self.active += assigned
-        self.waiting.wake_for_sticky(pool)
         return assigned
 
     # What workers report -----------------------------------------------------------
@@ -192,6 +210,8 @@ class TaskLifecycle:
         member = self.members[worker_id]
         live = self.live
         save = effects.save
+        record = self.members.record
+        finish = self.outcomes.finish
         if started and results:  # a start and a result in one message: the result will do
             finishing = {r.task_id for r in results}
             started = [task_id for task_id in started if task_id not in finishing]
@@ -215,17 +235,8 @@ class TaskLifecycle:
                 self.stale_results += 1
                 continue
             run_s = self._learn(task, result, now)
-            self.members.record(member, result.success, now)
-            finish_attempt(
-                task,
-                result,
-                now,
-                max_result_bytes=self.config.max_result_bytes,
-                max_traceback_chars=self.config.max_traceback_chars,
-                rng=self.random,
-                events=self.events,
-                logs=effects.logs,
-            )
+            record(member, result.success, now)
+            finish(task, result, now)
             save.append(task)
             effects.attempts.append((task, result.success, run_s))
             if task.state is PENDING:  # to be tried again, after a backoff
@@ -512,8 +523,7 @@ class TaskLifecycle:
             message=f"attempt {attempt} ran longer than its execution timeout of "
             f"{task.spec.execution_timeout_s:g} s on worker {worker_id}; cancelled there",
         )
-        events, logs = self.events, effects.logs
-        fail_attempt(task, error, now, task.started_at, rng=self.random, events=events, logs=logs)
+        self.outcomes.fail(task, error, now, task.started_at)
         effects.save.append(task)
         effects.attempts.append((task, False, run_s))
         if task.state is PENDING:

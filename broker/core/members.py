@@ -48,7 +48,7 @@ class Members:
         self._timers = timers
         self._effects = effects
         self._by_id: dict[WorkerId, Member] = {}
-        self._half_open: set[WorkerId] = set()  # breakers that let a trial through
+        self.half_open: set[WorkerId] = set()  # breakers that let a trial through
 
     def __contains__(self, worker_id: object) -> bool:
         return worker_id in self._by_id
@@ -88,12 +88,12 @@ class Members:
         if member is not None:
             self._pools[member.pool].remove_worker(worker_id)
             self._timers.cancel(("breaker", worker_id))
-            self._half_open.discard(worker_id)
+            self.half_open.discard(worker_id)
         return member
 
     def assigned(self, worker_id: WorkerId) -> None:
         """The worker was given a task: while its breaker is half-open, that is the trial."""
-        if self._half_open and worker_id in self._half_open:
+        if worker_id in self.half_open:
             self._by_id[worker_id].breaker.on_assign()
 
     def record(self, member: Member, success: bool, now: float) -> None:
@@ -122,9 +122,9 @@ class Members:
         state = breaker.state
         half_open = state is BreakerState.HALF_OPEN
         if half_open:
-            self._half_open.add(worker_id)
+            self.half_open.add(worker_id)
         else:
-            self._half_open.discard(worker_id)
+            self.half_open.discard(worker_id)
         limit = len(member.slot.held) + 1 if half_open else UNLIMITED
         paused = member.cordoned or state is BreakerState.OPEN
         self._pools[member.pool].set_paused(worker_id, paused, limit)
@@ -161,6 +161,8 @@ class Members:
         if member.slot.draining == draining:
             return False
         self._pools[member.pool].set_draining(worker_id, draining)
+        if not draining:
+            self._effects.dispatch.add(member.pool)
         return True
 
     def set_capacity(self, worker_id: WorkerId, capacity: int) -> None:

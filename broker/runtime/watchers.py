@@ -114,10 +114,9 @@ class Watchers:
                     self._store.save(task)
                 self.finish(tasks, self._store.durable())
                 return
-            live = self._core.live
+            self._core.forget(tasks)
             observers = self._observers
             for task in tasks:
-                live.pop(task.id, None)
                 self.finished[(task.spec.pool, task.state)] += 1
                 if observers:
                     observers.finished(task)

@@ -5,8 +5,9 @@ place and leaves here what someone else must do about it: store these tasks, sen
 these assignments and cancellations, tell observers and watchers, place again in
 these pools. The runtime applies them to the store, the worker channels and the
 observers; the simulator to its virtual workers. One sink is reused for the life of
-the lifecycle (no list per event): whoever applies it calls `clear()` afterwards,
-before the next event, so effects never pile up across an await.
+the lifecycle (no list per event): whoever applies it calls `clear()` afterwards. The
+runtime does so right after each event, with no await in between, so the effects of
+one call are never applied by another.
 """
 
 from __future__ import annotations
@@ -47,19 +48,6 @@ class Effects:
         self.requeued: list[tuple[Task, str]] = []  # held tasks sent back to pending: why
         self.worker_events: list[tuple[WorkerId, str, str]] = []  # worker, pool, event
         self.logs: list[LogNote] = []
-
-    def __bool__(self) -> bool:
-        return bool(
-            self.save
-            or self.placed
-            or self.cancel
-            or self.finished
-            or self.dispatch
-            or self.attempts
-            or self.requeued
-            or self.worker_events
-            or self.logs
-        )
 
     def clear(self) -> None:
         """Forget what was applied (keeping the lists, so the next event allocates none)."""

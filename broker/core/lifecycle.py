@@ -3,7 +3,8 @@
 `TaskLifecycle` holds what scheduling needs to know — the pools' schedulers, the tasks
 in flight, the connected workers' slots and circuit breakers, leases, and one heap of
 timers — and takes the lifecycle's events: a task submitted, placed, started or
-reported on; a worker joining, heard from, lost; time passing (`tick`). Each event
+reported on, cancelled or retried; a worker heard from or lost (joining, cordons and
+drains are `members` events, broker.core.members); time passing (`tick`). Each event
 moves tasks through the checked state machine in place (a copy per change would cost
 more than all the rest) and leaves what others must do in `effects` (broker.core.effects):
 persist, send, cancel, notify, place again. The runtime applies those to the store,
@@ -20,7 +21,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 from broker.clock import Clock
@@ -28,7 +29,7 @@ from broker.config import BrokerConfig
 from broker.core.admission import Admission
 from broker.core.attempts import Outcomes, move
 from broker.core.effects import Effects
-from broker.core.members import Member, Members
+from broker.core.members import Members
 from broker.core.runtimes import RuntimeModel
 from broker.core.scheduler import PoolScheduler
 from broker.core.states import check_move
@@ -58,7 +59,6 @@ class TaskLifecycle:
     def __init__(self, config: BrokerConfig, clock: Clock, rng: random.Random) -> None:
         self.config = config
         self.clock = clock  # the strategies' and sticky waits' time
-        self.random = rng  # retry backoff jitter
         self.effects = Effects()
         self.pools: dict[str, PoolScheduler] = {}
         self.live: dict[TaskId, Task] = {}  # not yet terminal, or terminal and not yet durable
@@ -73,7 +73,7 @@ class TaskLifecycle:
         self.outcomes = Outcomes(
             max_result_bytes=config.max_result_bytes,
             max_traceback_chars=config.max_traceback_chars,
-            rng=rng,
+            rng=rng,  # the retry backoff's jitter
             events=self.events,
             logs=self.effects.logs,
         )
@@ -337,23 +337,6 @@ class TaskLifecycle:
         return True
 
     # Workers -----------------------------------------------------------------------
-
-    def worker_joined(
-        self,
-        worker_id: WorkerId,
-        pool: str,
-        capacity: int,
-        task_types: frozenset[str],
-        labels: Mapping[str, str],
-        now: float,
-    ) -> Member:
-        """A worker connected to a pool: it gets a slot and a closed breaker."""
-        member = self.members.join(worker_id, pool, capacity, task_types, labels)
-        effects = self.effects
-        effects.now = now
-        effects.worker_events.append((worker_id, pool, "connected"))
-        effects.dispatch.add(pool)
-        return member
 
     def worker_lost(self, worker_id: WorkerId, reason: str, now: float) -> int:
         """A worker is gone: every task it held is requeued (at-least-once delivery).

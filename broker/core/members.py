@@ -72,6 +72,7 @@ class Members:
         capacity: int,
         task_types: frozenset[str],
         labels: Mapping[str, str],
+        now: float,
     ) -> Member:
         """A worker connected to a pool: a slot in its scheduler and a closed breaker."""
         scheduler = self._pools[pool]
@@ -79,6 +80,10 @@ class Members:
         scheduler.add_worker(slot)
         member = Member(pool, slot, CircuitBreaker(breaker_settings(scheduler.config)))
         self._by_id[worker_id] = member
+        effects = self._effects
+        effects.now = now
+        effects.worker_events.append((worker_id, pool, "connected"))
+        effects.dispatch.add(pool)
         return member
 
     def leave(self, worker_id: WorkerId) -> Member | None:

@@ -392,7 +392,7 @@ class Engine:
             raise NotFound(f"pool {spec.pool!r} does not exist")
         validate_worker(spec)
         spec = self._workers.with_id(spec)
-        member = self._core.worker_joined(
+        member = self._core.members.join(
             spec.worker_id,
             spec.pool,
             spec.capacity,

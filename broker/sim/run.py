@@ -372,7 +372,7 @@ class _Run:
             return
         spec = self.specs[worker_id]
         self.connected[worker_id] = ConnectedWorker(spec, now)
-        self.core.worker_joined(
+        self.core.members.join(
             worker_id, POOL, spec.capacity, spec.task_types, dict(spec.labels), self.clock.now()
         )
 

@@ -57,7 +57,7 @@ class World:
         return task
 
     def join(self, worker_id: str = "w", capacity: int = 1, **labels: str) -> None:
-        self.core.worker_joined(worker_id, POOL, capacity, frozenset({"t"}), labels, self.now)
+        self.core.members.join(worker_id, POOL, capacity, frozenset({"t"}), labels, self.now)
 
     def place(self) -> list[Task]:
         """Place, and return the tasks assigned (the effects are cleared)."""

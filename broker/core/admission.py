@@ -60,8 +60,8 @@ class Admission:
         waiting = by_type.get(key, 0) + sign  # (a Counter's [] of a missing key is slow)
         if waiting:
             by_type[key] = waiting
-        else:
-            del by_type[key]  # task types come and go: keep only those with a backlog
+        else:  # task types come and go: keep only those with a backlog
+            by_type.pop(key)  # (not `del`: a Counter's __delitem__ is slow)
         if spec.payload:
             self.backlog_bytes += sign * len(spec.payload)
 

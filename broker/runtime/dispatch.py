@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from broker.clock import Clock
 from broker.core.lifecycle import TaskLifecycle
+from broker.core.runtimes import RunStats, RuntimeKey
 from broker.core.scheduler import PoolScheduler
+from broker.domain import WorkerId
 
-if TYPE_CHECKING:
-    from broker.runtime.engine import Store
+
+class LearningLog(Protocol):
+    """Where a pool's learning is kept (the store)."""
+
+    def save_sticky(self, pool: str, key: str, worker_id: WorkerId) -> None: ...
+    def save_runtime(self, key: RuntimeKey, stats: RunStats) -> None: ...
 
 
 class Dispatcher:
@@ -26,7 +32,7 @@ class Dispatcher:
     def __init__(
         self,
         core: TaskLifecycle,
-        store: Store,
+        store: LearningLog,
         clock: Clock,
         apply: Callable[[], object],
     ) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from broker.core.effects import Effects, LogNote
 from broker.core.lifecycle import TaskLifecycle
@@ -23,10 +23,14 @@ from broker.runtime.registry import WorkerRegistry
 from broker.runtime.ticker import Ticker
 from broker.runtime.watchers import Watchers
 
-if TYPE_CHECKING:
-    from broker.runtime.engine import Store
-
 log = logging.getLogger("taskbroker.engine")
+
+
+class TaskSaves(Protocol):
+    """Where changed tasks go (the store): queued saves, and when they are durable."""
+
+    def save(self, task: Task) -> None: ...
+    def durable(self) -> asyncio.Future[None]: ...
 
 
 class Applier:
@@ -35,7 +39,7 @@ class Applier:
     def __init__(
         self,
         core: TaskLifecycle,
-        store: Store,
+        store: TaskSaves,
         workers: WorkerRegistry,
         observers: Observers,
         watchers: Watchers,

@@ -10,23 +10,28 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from broker.clock import Clock
 from broker.domain import Task, TaskSpec
 from broker.errors import Unavailable
 
-if TYPE_CHECKING:
-    from broker.runtime.engine import Store
-
 Key = tuple[str, str]  # (pool, idempotency key)
 Claimed = dict[Key, asyncio.Future[Task]]
+
+
+class KeyLookup(Protocol):
+    """Where idempotency keys are remembered (the store)."""
+
+    async def find_idempotent(
+        self, pool: str, keys: Sequence[str], since: float
+    ) -> dict[str, Task]: ...
 
 
 class Claims:
     """The keys claimed by submits in progress."""
 
-    def __init__(self, store: Store, clock: Clock, retention_s: float) -> None:
+    def __init__(self, store: KeyLookup, clock: Clock, retention_s: float) -> None:
         self._store = store
         self._clock = clock
         self._retention_s = retention_s

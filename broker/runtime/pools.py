@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from broker.clock import Clock
 from broker.config import validate_pool
@@ -18,12 +18,17 @@ from broker.domain import ConfigChange, PoolConfig
 from broker.errors import AlreadyExists, ConfigError, InvalidArgument, NotFound
 from broker.storage.codec import pool_settings, settings_json
 
-if TYPE_CHECKING:
-    from broker.runtime.engine import Store
-
 log = logging.getLogger("taskbroker.engine")
 
 _UNSET = object()
+
+
+class PoolLog(Protocol):
+    """Where pools and their audited changes are kept (the store)."""
+
+    async def upsert_pool(self, pool: PoolConfig) -> None: ...
+    async def record_config_change(self, change: ConfigChange) -> None: ...
+    async def config_history(self, pool: str = "", limit: int = 100) -> list[ConfigChange]: ...
 
 
 class PoolAdmin:
@@ -32,7 +37,7 @@ class PoolAdmin:
     def __init__(
         self,
         core: TaskLifecycle,
-        store: Store,
+        store: PoolLog,
         clock: Clock,
         request_dispatch: Callable[[Iterable[str]], None],
     ) -> None:

@@ -11,25 +11,30 @@ import asyncio
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from broker.core.lifecycle import TaskLifecycle
 from broker.domain import Task, TaskId, TaskState
 from broker.errors import InvalidArgument, NotFound
 from broker.observability.observe import Observers
 
-if TYPE_CHECKING:
-    from broker.runtime.engine import Store
-
 log = logging.getLogger("taskbroker.engine")
 
 TaskCallback = Callable[[Task], None]
 
 
+class TaskLog(Protocol):
+    """Where tasks are kept (the store): read one, queue a save, wait for durability."""
+
+    async def get_task(self, task_id: int) -> Task | None: ...
+    def save(self, task: Task) -> None: ...
+    def durable(self) -> asyncio.Future[None]: ...
+
+
 class Watchers:
     """Callbacks per task id, and the durable terminal tasks per (pool, state)."""
 
-    def __init__(self, core: TaskLifecycle, store: Store, observers: Observers) -> None:
+    def __init__(self, core: TaskLifecycle, store: TaskLog, observers: Observers) -> None:
         self._core = core
         self._store = store
         self._observers = observers

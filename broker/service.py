@@ -35,8 +35,9 @@ from broker.errors import FailedPrecondition, InvalidArgument, NotFound
 from broker.observability import tracing
 from broker.observability.recommend import Recommendation, recommend
 from broker.observability.rollups import LiveStats, MetricPoint, MetricsHistory
-from broker.runtime.engine import Engine, TaskCallback
+from broker.runtime.engine import Engine
 from broker.runtime.registry import WorkerChannel
+from broker.runtime.watchers import TaskCallback
 
 DEFAULT_TARGET_WAIT_S = 1.0
 DEFAULT_HORIZON_S = 900.0

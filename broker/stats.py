@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import zip_longest
+from typing import NamedTuple
 
 from broker.domain import WorkerId
 
@@ -43,8 +44,10 @@ class RunStats:
         return self.abs_error_s / self.predicted if self.predicted else 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class RuntimeKey:
+class RuntimeKey(NamedTuple):
+    """What a `RunStats` is about. (A named tuple: it is made and hashed per finished
+    task and per prediction, and a tuple's hash and equality cost least.)"""
+
     pool: str
     task_type: str
     worker_class: str  # "*" for every worker of the type

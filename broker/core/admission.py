@@ -52,13 +52,18 @@ class Admission:
 
     def count(self, task: Task, sign: int) -> None:
         """Count a task in (+1) or out of (-1) the backlog."""
-        key = (task.spec.pool, task.spec.task_type)
-        self.backlog[key[0]] += sign
+        spec = task.spec
+        backlog = self.backlog
+        backlog[spec.pool] = backlog.get(spec.pool, 0) + sign
+        key = (spec.pool, spec.task_type)
         by_type = self.backlog_by_type
-        by_type[key] += sign
-        if not by_type[key]:
-            del by_type[key]  # task types come and go: keep only those with a backlog
-        self.backlog_bytes += sign * len(task.spec.payload)
+        waiting = by_type.get(key, 0) + sign  # (a Counter's [] of a missing key is slow)
+        if waiting:
+            by_type[key] = waiting
+        else:  # task types come and go: keep only those with a backlog
+            by_type.pop(key)  # (not `del`: a Counter's __delitem__ is slow)
+        if spec.payload:
+            self.backlog_bytes += sign * len(spec.payload)
 
     def placements(self, pool: str) -> deque[float]:
         """The pool's recent placement times; the engine appends one per placement."""

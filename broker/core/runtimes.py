@@ -41,30 +41,38 @@ class RuntimeModel:
 
     def predict(self, task_type: str, labels: Mapping[str, str]) -> float:
         """Expected run time in seconds of a task of this type on a worker with these labels."""
-        for key in (
-            RuntimeKey(self.pool, task_type, worker_class(labels)),
-            RuntimeKey(self.pool, task_type, "*"),
-        ):
-            stats = self.stats.get(key)
-            if stats is not None and stats.count:
-                return stats.mean_s
-        return self.prior_s
+        stats = self.stats.get(RuntimeKey(self.pool, task_type, worker_class(labels)))
+        if stats is None or not stats.count:
+            stats = self.stats.get(RuntimeKey(self.pool, task_type, "*"))
+            if stats is None or not stats.count:
+                return self.prior_s
+        return stats.mean_s
 
     def record(self, task_type: str, labels: Mapping[str, str], run_s: float) -> None:
         """Learn from one finished task, scoring the prediction made for it first."""
-        predicted = self.predict(task_type, labels)
-        for key in (
-            RuntimeKey(self.pool, task_type, worker_class(labels)),
-            RuntimeKey(self.pool, task_type, "*"),
-        ):
-            stats = self.stats.get(key)
-            if stats is None:
-                stats = self.stats[key] = RunStats()
-            if key.worker_class != "*":
-                stats.abs_error_s += abs(predicted - run_s)
-                stats.predicted += 1
-            stats.add(run_s)
-            self.dirty.add(key)
+        by_class = RuntimeKey(self.pool, task_type, worker_class(labels))
+        by_type = RuntimeKey(self.pool, task_type, "*")
+        known = self.stats
+        class_stats = known.get(by_class)
+        type_stats = known.get(by_type)
+        # What `predict` would have said, from the same two keys.
+        if class_stats is not None and class_stats.count:
+            predicted = class_stats.mean_s
+        elif type_stats is not None and type_stats.count:
+            predicted = type_stats.mean_s
+        else:
+            predicted = self.prior_s
+        if class_stats is None:
+            class_stats = known[by_class] = RunStats()
+        if by_class.worker_class != "*":
+            class_stats.abs_error_s += abs(predicted - run_s)
+            class_stats.predicted += 1
+        class_stats.add(run_s)
+        if type_stats is None:
+            type_stats = known[by_type] = RunStats()
+        type_stats.add(run_s)
+        self.dirty.add(by_class)
+        self.dirty.add(by_type)
 
     def by_type(self) -> dict[str, RunStats]:
         """The every-worker statistics of each task type."""

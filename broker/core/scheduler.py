@@ -278,6 +278,8 @@ class PoolScheduler:
         """When the next sticky task stops waiting for its worker, if any is waiting."""
         # A wait that ran out while no worker of its type was ready needs no wake-up: the
         # task is looked at again when one becomes ready, and then falls back.
+        if not self._sticky_since:
+            return None
         now = self.env.clock.now()
         timeout = self.config.sticky_timeout_s
         upcoming = [

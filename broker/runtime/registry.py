@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from broker.clock import Clock
-from broker.core.breaker import CircuitBreaker
+from broker.core.members import Member
 from broker.core.strategies import WorkerSlot
 from broker.domain import Task, TaskId, WorkerId, WorkerSpec, WorkerStatus
 from broker.errors import AlreadyExists, BrokerError, FailedPrecondition, NotFound
@@ -42,10 +42,11 @@ class WorkerSession:
     channel: WorkerChannel
     connected_at: float
     last_heartbeat: float
-    breaker: CircuitBreaker | None = None
-    cordoned: bool = False
+    member: Member | None = None  # its breaker and cordon, as the lifecycle keeps them
 
     def status(self) -> WorkerStatus:
+        member = self.member
+        breaker = member.breaker if member is not None else None
         return WorkerStatus(
             spec=self.spec,
             in_flight=len(self.slot.held),
@@ -54,11 +55,9 @@ class WorkerSession:
             connected_at=self.connected_at,
             last_heartbeat=self.last_heartbeat,
             draining=self.slot.draining,
-            cordoned=self.cordoned,
-            breaker=self.breaker.state.value if self.breaker is not None else "closed",
-            consecutive_failures=(
-                self.breaker.consecutive_failures if self.breaker is not None else 0
-            ),
+            cordoned=member.cordoned if member is not None else False,
+            breaker=breaker.state.value if breaker is not None else "closed",
+            consecutive_failures=breaker.consecutive_failures if breaker is not None else 0,
         )
 
 
@@ -84,10 +83,17 @@ class WorkerRegistry:
             raise AlreadyExists(f"a worker with id {spec.worker_id!r} is connected already")
         return spec
 
-    def add(self, spec: WorkerSpec, slot: WorkerSlot, channel: WorkerChannel) -> WorkerSession:
+    def add(
+        self,
+        spec: WorkerSpec,
+        slot: WorkerSlot,
+        channel: WorkerChannel,
+        member: Member | None = None,
+    ) -> WorkerSession:
         spec = self.with_id(spec)
         now = self._clock.now()
-        session = self._sessions[spec.worker_id] = WorkerSession(spec, slot, channel, now, now)
+        session = WorkerSession(spec, slot, channel, now, now, member)
+        self._sessions[spec.worker_id] = session
         self._log.worker_connected(spec, now)
         return session
 

@@ -135,7 +135,7 @@ async def test_no_slot_leaks_whatever_is_lost(tmp_path: Path, seed: int) -> None
                     connect(engine, worker)
             for _ in range(5):
                 await asyncio.sleep(0)
-            check_slots(engine, engine._live)
+            check_slots(engine, engine._core.live)
 
         for _ in range(30):  # a rough patch: messages and streams lost at random
             await step(loss=0.2, breaks=0.05)

@@ -23,9 +23,6 @@ from broker.sim.simulator import (
     WorkerChange,
     WorkerEvent,
     Workload,
-    _Attempt,
-    _Connected,
-    _violation,
     compare,
     load_trace,
     parse_workers,
@@ -33,6 +30,7 @@ from broker.sim.simulator import (
     simulate,
     strategy_names,
 )
+from broker.sim.workers import Attempt, ConnectedWorker, violation
 from cli.main import app
 
 SMALL = 400  # tasks per scenario in tests: the whole file must stay well under 20 s
@@ -207,26 +205,26 @@ def test_failures_are_reported() -> None:
 
 
 def test_violation_check_is_independent() -> None:
-    connected = _Connected(SimWorker(worker_id="w", capacity=2, task_types=WORK), 0.0)
+    connected = ConnectedWorker(SimWorker(worker_id="w", capacity=2, task_types=WORK), 0.0)
     plain = Task(id=1, spec=TaskSpec(task_type="work"))
-    assert _violation(plain, connected) is None
+    assert violation(plain, connected) is None
     other = Task(id=2, spec=TaskSpec(task_type="other"))
-    assert "type" in (_violation(other, connected) or "")
+    assert "type" in (violation(other, connected) or "")
     gpu = Task(
         id=3, spec=TaskSpec(task_type="work", placement=Placement(required_labels={"a": "b"}))
     )
-    assert "required labels a=b" in (_violation(gpu, connected) or "")
+    assert "required labels a=b" in (violation(gpu, connected) or "")
     hard = Task(id=4, spec=TaskSpec(task_type="work", placement=Placement(anti_affinity_group="g")))
     soft_placement = Placement(anti_affinity_group="g", anti_affinity_soft=True)
     soft = Task(id=5, spec=TaskSpec(task_type="work", placement=soft_placement))
-    connected.running[5] = _Attempt(1, soft, "w", 0.0, 0.0, True)
-    assert "anti-affinity" in (_violation(hard, connected) or "")
-    assert _violation(Task(id=6, spec=soft.spec), connected) is None  # soft beside soft
-    connected.running[1] = _Attempt(2, plain, "w", 0.0, 0.0, True)
-    assert "capacity" in (_violation(Task(id=7, spec=plain.spec), connected) or "")
+    connected.running[5] = Attempt(1, soft, "w", 0.0, 0.0, True)
+    assert "anti-affinity" in (violation(hard, connected) or "")
+    assert violation(Task(id=6, spec=soft.spec), connected) is None  # soft beside soft
+    connected.running[1] = Attempt(2, plain, "w", 0.0, 0.0, True)
+    assert "capacity" in (violation(Task(id=7, spec=plain.spec), connected) or "")
     connected.running.clear()
     connected.draining = True
-    assert "draining" in (_violation(plain, connected) or "")
+    assert "draining" in (violation(plain, connected) or "")
 
 
 def test_row_has_the_documented_keys() -> None:

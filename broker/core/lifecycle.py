@@ -1,0 +1,550 @@
+"""The task lifecycle, decided without I/O: events in, effects out, on one clock.
+
+`TaskLifecycle` holds what scheduling needs to know — the pools' schedulers, the tasks
+in flight, the connected workers' slots and circuit breakers, leases, and one heap of
+timers — and takes the lifecycle's events: a task submitted, placed, started or
+reported on, cancelled or retried; a worker heard from or lost (joining, cordons and
+drains are `members` events, broker.core.members); time passing (`tick`). Each event
+moves tasks through the checked state machine in place (a copy per change would cost
+more than all the rest) and leaves what others must do in `effects` (broker.core.effects):
+persist, send, cancel, notify, place again. The runtime applies those to the store,
+the worker channels and the observers; the simulator applies the same events to
+virtual workers, so retries, leases, bulkheads and breakers act there as here.
+
+Every event takes `now`, the injected clock's time when it happened; every wake-up
+(a delay or backoff running out, a start deadline, an execution timeout, a breaker's
+cool-down, a sticky task's wait) is a key in `timers`, due at a time on that clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
+
+from broker.clock import Clock
+from broker.config import BrokerConfig
+from broker.core.admission import Admission
+from broker.core.attempts import Outcomes, move
+from broker.core.effects import Effects
+from broker.core.members import Members
+from broker.core.runtimes import RuntimeModel
+from broker.core.scheduler import PoolScheduler
+from broker.core.states import check_move
+from broker.core.strategies import StrategyEnv
+from broker.core.timers import Timers
+from broker.core.waiting import Waiting
+from broker.domain import (
+    PoolConfig,
+    Task,
+    TaskError,
+    TaskId,
+    TaskResult,
+    TaskSpec,
+    TaskState,
+    WorkerId,
+)
+from broker.errors import FailedPrecondition
+
+PENDING = TaskState.PENDING
+ASSIGNED = TaskState.ASSIGNED
+RUNNING = TaskState.RUNNING
+
+
+class TaskLifecycle:
+    """Tasks, pools and workers of one broker (or one simulation), decided in memory."""
+
+    def __init__(self, config: BrokerConfig, clock: Clock, rng: random.Random) -> None:
+        self.config = config
+        self.clock = clock  # the strategies' and sticky waits' time
+        self.effects = Effects()
+        self.pools: dict[str, PoolScheduler] = {}
+        self.live: dict[TaskId, Task] = {}  # not yet terminal, or terminal and not yet durable
+        self.events: Counter[tuple[str, str]] = Counter()  # (pool, event) for stats
+        self.admission = Admission(config, lambda name: self.pools[name].config, self.events)
+        self.timers = Timers()  # every wake-up, on the injected clock
+        self.members = Members(self.pools, self.timers, self.effects)
+        self.waiting = Waiting(self.pools, self.timers, self.admission)
+        self.leases: dict[TaskId, float] = {}  # held task -> when its lease runs out
+        self.active = 0  # tasks held by workers
+        self.stale_results = 0  # results for tasks the worker no longer holds
+        self.outcomes = Outcomes(
+            max_result_bytes=config.max_result_bytes,
+            max_traceback_chars=config.max_traceback_chars,
+            rng=rng,  # the retry backoff's jitter
+            events=self.events,
+            logs=self.effects.logs,
+        )
+
+    # Pools ---------------------------------------------------------------------
+
+    def add_pool(self, pool: PoolConfig) -> PoolScheduler:
+        env = StrategyEnv(clock=self.clock, runtimes=RuntimeModel(pool.name))
+        scheduler = PoolScheduler(
+            pool.name, pool.strategy, self.config.starvation_interval, env=env, config=pool
+        )
+        self.pools[pool.name] = scheduler
+        return scheduler
+
+    def reconfigure(self, pool: PoolConfig, now: float) -> None:
+        """New settings for a pool: its strategy, limits and its workers' breakers.
+        (The runtime places again once the change is recorded.)"""
+        self.pools[pool.name].reconfigure(pool)
+        self.admission.reconfigure(pool, now)
+        self.members.reconfigure(pool)
+
+    def lease_s(self, pool: str) -> float:
+        return self.pools[pool].config.lease_s or self.config.heartbeat_timeout_s
+
+    def next_wake(self) -> float | None:
+        """When the next timer is due, if any."""
+        return self.timers.next_at()
+
+    # Tasks coming in -----------------------------------------------------------
+
+    def admit(
+        self, specs: Sequence[TaskSpec], found: dict[int, Task], client: str, now: float
+    ) -> list[Task]:
+        """Make and count the batch's tasks (see `Waiting.admit`); ResourceExhausted if
+        a bound or a rate limit refuses them."""
+        return self.waiting.admit(specs, found, client, now)
+
+    def not_stored(self, tasks: Iterable[Task]) -> None:
+        """Admitted tasks whose insert failed: they wait nowhere."""
+        self.waiting.not_stored(tasks)
+
+    def submitted(self, tasks: Iterable[Task], now: float) -> None:
+        """Admitted (counted) tasks are stored: they wait in their pools' queues."""
+        self.effects.now = now
+        dispatch = self.effects.dispatch
+        for task in tasks:
+            self.live[task.id] = task
+            self.waiting.wait(task, now)
+            dispatch.add(task.spec.pool)
+
+    def forget(self, tasks: Iterable[Task]) -> None:
+        """These ended tasks are durable: the lifecycle lets go of them."""
+        live = self.live
+        for task in tasks:
+            live.pop(task.id, None)
+
+    def recovered(self, task: Task, now: float) -> None:
+        """An unfinished task loaded from the store after a restart waits again."""
+        self.effects.now = now
+        if task.state is not PENDING:
+            move(task, PENDING)
+            self.effects.save.append(task)
+        self.live[task.id] = task
+        self.admission.count(task, 1)
+        self.waiting.wait(task, now)
+
+    # Placing ---------------------------------------------------------------------
+
+    def place(self, name: str, now: float) -> int:
+        """Place what can be placed in this pool; returns how many tasks were assigned."""
+        pool = self.pools[name]
+        decisions = pool.place()
+        self.waiting.wake_for_sticky(pool)
+        if not decisions:
+            return 0
+        effects = self.effects
+        effects.now = now
+        save = effects.save
+        placed = effects.placed
+        lease_until = now + self.lease_s(name)
+        recent = self.admission.placements(name)
+        queued_at = self.waiting.queued_at
+        leases = self.leases
+        timers = self.timers
+        count = self.admission.count
+        half_open = self.members.half_open
+        assigned = 0
+        for decision in decisions:
+            task = decision.task
+            if decision.worker is None:  # still waiting, for a new reason
+                task.placement_note = decision.note
+                task.unschedulable = decision.unschedulable
+                save.append(task)
+                continue
+            if task.state is not PENDING:
+                check_move(task.state, ASSIGNED)  # raises: only a pending task is placed
+            task.state = ASSIGNED
+            task.attempts += 1
+            task.worker_id = worker_id = decision.worker.worker_id
+            task.assigned_at = now
+            task.placement_note = decision.note
+            task.unschedulable = False
+            task.not_before = 0.0
+            save.append(task)
+            count(task, -1)
+            placed.append((task, now - queued_at.pop(task.id, task.created_at)))
+            leases[task.id] = lease_until
+            recent.append(now)
+            if half_open and worker_id in half_open:
+                self.members.assigned(worker_id)  # the breaker's trial
+            spec = task.spec
+            if spec.start_timeout_s:
+                timers.cancel(("start", task.id))
+            if timeout := spec.execution_timeout_s:
+                timers.set(("timeout", (task.id, task.attempts)), now + timeout)
+            assigned += 1
+        self.active += assigned
+        return assigned
+
+    # What workers report -----------------------------------------------------------
+
+    def reported(
+        self,
+        worker_id: WorkerId,
+        started: Sequence[TaskId],
+        results: Sequence[TaskResult],
+        now: float,
+    ) -> None:
+        """A worker's start notices and results. Stale ones (a task it no longer holds)
+        are counted and dropped. A failed attempt goes back to pending after a backoff
+        if its retry policy allows another, else it fails or is dead-lettered."""
+        effects = self.effects
+        effects.now = now
+        member = self.members[worker_id]
+        live = self.live
+        save = effects.save
+        record = self.members.record
+        finish = self.outcomes.finish
+        if started and results:  # a start and a result in one message: the result will do
+            finishing = {r.task_id for r in results}
+            started = [task_id for task_id in started if task_id not in finishing]
+        if started:
+            lease_until = now + self.lease_s(member.pool)
+            for task_id in started:
+                task = live.get(task_id)
+                if task is not None and task.state is ASSIGNED and task.worker_id == worker_id:
+                    task.state = RUNNING  # ASSIGNED -> RUNNING is always allowed
+                    task.started_at = now
+                    save.append(task)
+                    self.leases[task_id] = lease_until
+        for result in results:
+            task = live.get(result.task_id)
+            if (
+                task is None
+                or not task.state.active
+                or task.worker_id != worker_id
+                or task.attempts != result.attempt
+            ):
+                self.stale_results += 1
+                continue
+            run_s = self._learn(task, result, now)
+            record(member, result.success, now)
+            finish(task, result, now)
+            save.append(task)
+            effects.attempts.append((task, result.success, run_s))
+            if task.state is PENDING:  # to be tried again, after a backoff
+                self.admission.count(task, 1)
+                self.waiting.wait(task, now)
+            else:
+                effects.finished.append(task)
+        if results:
+            effects.dispatch.add(member.pool)
+
+    def _learn(self, task: Task, result: TaskResult, now: float) -> float:
+        """Free the slot of a task that came back, and let the pool learn from the attempt.
+        Returns the attempt's run time."""
+        if 0 < result.started_at <= result.finished_at:
+            run_s = result.finished_at - result.started_at  # the worker's own measure
+        else:
+            run_s = max(0.0, now - task.assigned_at)
+        pool = self.pools[task.spec.pool]
+        worker = pool.workers.get(task.worker_id)
+        if worker is None or task.id not in worker.held:
+            return run_s
+        pool.finish(
+            task,
+            task.worker_id,
+            queue_wait_s=max(0.0, task.assigned_at - task.created_at),
+            run_s=run_s,
+            success=result.success,
+        )
+        self.leases.pop(task.id, None)
+        if task.spec.execution_timeout_s:
+            self.timers.cancel(("timeout", (task.id, task.attempts)))
+        self.active -= 1
+        return run_s
+
+    # Operators and clients -------------------------------------------------------------
+
+    def cancel(self, task: Task, now: float) -> bool:
+        """Cancel a pending or running task (a running one is told to stop on its worker);
+        False if it was cancelled already, FailedPrecondition if it ended otherwise. The
+        runtime places again once the cancellation is durable."""
+        if task.state is TaskState.CANCELLED:
+            return False
+        if task.state.terminal:
+            raise FailedPrecondition(
+                f"task {task.id} has {task.state.name.lower()} already; it cannot be cancelled"
+            )
+        effects = self.effects
+        effects.now = now
+        if task.state is PENDING:
+            self.waiting.unwait(task)
+        else:
+            self._release(task)
+            if task.worker_id in self.members:
+                effects.cancel.append((task.worker_id, [task.id]))
+        move(
+            task,
+            TaskState.CANCELLED,
+            finished_at=now,
+            error=TaskError(type="Cancelled", message="cancelled by a client request"),
+        )
+        effects.save.append(task)
+        effects.finished.append(task)
+        return True
+
+    @staticmethod
+    def check_retryable(task: Task) -> None:
+        """FailedPrecondition unless an operator may send this task round again."""
+        if task.state not in (TaskState.FAILED, TaskState.DEAD_LETTER):
+            raise FailedPrecondition(
+                f"task {task.id} is {task.state.name.lower()}; only failed or "
+                "dead-lettered tasks can be retried"
+            )
+
+    def retry(self, task: Task, now: float) -> bool:
+        """An operator sends a durable failed or dead-lettered task round again, with a
+        fresh set of attempts; False if it is not (yet) durable and terminal. The runtime
+        places again once the retries are durable."""
+        if task.id in self.live or not task.state.terminal:
+            return False  # not durable yet, or retried by a concurrent call
+        self.effects.now = now
+        move(
+            task,
+            PENDING,
+            attempts=0,
+            worker_id="",
+            assigned_at=0.0,
+            started_at=0.0,
+            finished_at=0.0,
+            result=b"",
+            error=None,
+            not_before=0.0,
+            placement_note="retried by an operator",
+        )
+        self.effects.save.append(task)
+        self.live[task.id] = task
+        self.admission.count(task, 1)
+        self.waiting.wait(task, now, deadline_from=now)
+        return True
+
+    # Workers -----------------------------------------------------------------------
+
+    def worker_lost(self, worker_id: WorkerId, reason: str, now: float) -> int:
+        """A worker is gone: every task it held is requeued (at-least-once delivery).
+        Returns how many were."""
+        member = self.members.leave(worker_id)
+        if member is None:
+            return 0
+        effects = self.effects
+        effects.now = now
+        requeued = 0
+        for task_id in sorted(member.slot.held):
+            task = self.live.get(task_id)
+            self.active -= 1
+            self.leases.pop(task_id, None)
+            if task is None or not task.state.active or task.worker_id != worker_id:
+                continue
+            self._requeue(task, reason, now)
+            requeued += 1
+        effects.worker_events.append((worker_id, member.pool, "disconnected"))
+        effects.dispatch.add(member.pool)
+        return requeued
+
+    def heartbeat(
+        self,
+        worker_id: WorkerId,
+        load: float,
+        held: Iterable[TaskId] | None,
+        unseen: Callable[[], set[TaskId]],
+        now: float,
+    ) -> None:
+        """A worker's heartbeat: its load and the tasks it holds, each lease renewed.
+
+        A task it should hold but does not, sent in a message it has seen (`unseen()`
+        gives those it cannot know of yet), was lost: requeued. A task it holds that it
+        should not is cancelled on it. Without `held`, every task it holds is confirmed.
+        """
+        member = self.members[worker_id]
+        slot = member.slot
+        slot.load = load
+        until = now + self.lease_s(member.pool)
+        leases = self.leases
+        if held is None:
+            for task_id in slot.held:
+                leases[task_id] = until
+            return
+        effects = self.effects
+        effects.now = now
+        claimed = set(held)
+        for task_id in claimed & slot.held:
+            leases[task_id] = until
+        lost = slot.held - claimed
+        if lost:
+            lost -= unseen()
+        for task_id in sorted(lost):
+            task = self.live.get(task_id)
+            if task is None or not task.state.active or task.worker_id != worker_id:
+                continue
+            effects.logs.append(
+                (
+                    logging.WARNING,
+                    "worker %s no longer holds task %d, though it saw its assignment: "
+                    "requeued (slot count reconciled)",
+                    (worker_id, task_id),
+                    task,
+                )
+            )
+            self.events[(member.pool, "reconciled")] += 1
+            self._take_back(task, "the worker no longer held it", now)
+        unknown = claimed - slot.held
+        if unknown:
+            # Cancelled or requeued by the broker meanwhile: the worker should stop them.
+            effects.cancel.append((worker_id, sorted(unknown)))
+        if lost:
+            effects.dispatch.add(member.pool)
+
+    # Time ----------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Act on every timer due by `now`: delayed tasks becoming ready, start deadlines,
+        execution timeouts, breakers' cool-downs, sticky waits running out."""
+        effects = self.effects
+        effects.now = now
+        for key in self.timers.pop_due(now):
+            kind, ident = cast(tuple[str, Any], key)
+            if kind == "ready":
+                pool = self.waiting.ready(ident)
+                if pool is not None:
+                    effects.dispatch.add(pool)
+            elif kind == "start":
+                self._start_deadline_passed(ident, now)
+            elif kind == "timeout":
+                task_id, attempt = ident
+                self._execution_timed_out(task_id, attempt, now)
+            elif kind == "breaker":
+                self.members.cooled_down(ident, now)
+            elif kind == "sticky":
+                self.waiting.sticky_due(ident)
+                effects.dispatch.add(ident)
+
+    def expire_leases(self, now: float) -> None:
+        """Requeue held tasks whose worker did not confirm them in time."""
+        effects = self.effects
+        effects.now = now
+        expired = [task_id for task_id, until in self.leases.items() if until < now]
+        for task_id in expired:
+            del self.leases[task_id]
+            task = self.live.get(task_id)
+            if task is None or not task.state.active:
+                continue
+            effects.logs.append(
+                (
+                    logging.WARNING,
+                    "task %d: worker %s did not confirm it for %.1f s; lease expired, requeued",
+                    (task_id, task.worker_id, self.lease_s(task.spec.pool)),
+                    task,
+                )
+            )
+            self.events[(task.spec.pool, "lease_expired")] += 1
+            if task.worker_id in self.members:
+                self._take_back(task, "lease expired", now)
+            else:
+                self._requeue(task, "lease expired", now)
+            effects.dispatch.add(task.spec.pool)
+
+    def _start_deadline_passed(self, task_id: TaskId, now: float) -> None:
+        task = self.live.get(task_id)
+        if task is None or task.state is not PENDING or task.attempts:
+            return
+        self.waiting.unwait(task)
+        self.events[(task.spec.pool, "expired")] += 1
+        move(
+            task,
+            TaskState.FAILED,
+            finished_at=now,
+            not_before=0.0,
+            error=TaskError(
+                type="DeadlineExceeded",
+                message=f"no worker started it within {task.spec.start_timeout_s:g} s "
+                "(start_timeout_s)",
+            ),
+        )
+        self.effects.save.append(task)
+        self.effects.finished.append(task)
+
+    def _execution_timed_out(self, task_id: TaskId, attempt: int, now: float) -> None:
+        task = self.live.get(task_id)
+        if task is None or not task.state.active or task.attempts != attempt:
+            return
+        effects = self.effects
+        worker_id = task.worker_id
+        member = self.members.get(worker_id)
+        self.events[(task.spec.pool, "timed_out")] += 1
+        effects.logs.append(
+            (
+                logging.INFO,
+                "task %d: attempt %d timed out on worker %s",
+                (task_id, attempt, worker_id),
+                task,
+            )
+        )
+        run_s = self._learn(task, TaskResult(task_id=task_id, attempt=attempt, success=False), now)
+        if member is not None:
+            effects.cancel.append((worker_id, [task_id]))
+            self.members.record(member, False, now)
+        error = TaskError(
+            type="Timeout",
+            message=f"attempt {attempt} ran longer than its execution timeout of "
+            f"{task.spec.execution_timeout_s:g} s on worker {worker_id}; cancelled there",
+        )
+        self.outcomes.fail(task, error, now, task.started_at)
+        effects.save.append(task)
+        effects.attempts.append((task, False, run_s))
+        if task.state is PENDING:
+            self.admission.count(task, 1)
+            self.waiting.wait(task, now)
+        else:
+            effects.finished.append(task)
+        effects.dispatch.add(task.spec.pool)
+
+    # Held tasks going back -------------------------------------------------------
+
+    def _requeue(self, task: Task, reason: str, now: float) -> None:
+        """A task a worker held goes back to pending (at-least-once delivery)."""
+        effects = self.effects
+        effects.requeued.append((task, reason))
+        effects.logs.append((logging.DEBUG, "task %d requeued: %s", (task.id, reason), task))
+        move(task, PENDING)
+        effects.save.append(task)
+        self.leases.pop(task.id, None)
+        if task.spec.execution_timeout_s:
+            self.timers.cancel(("timeout", (task.id, task.attempts)))
+        self.admission.count(task, 1)
+        self.waiting.wait(task, now)
+
+    def _take_back(self, task: Task, reason: str, now: float) -> None:
+        """Free the worker's slot of a task it should no longer run, tell it to stop,
+        and requeue the task."""
+        self._release(task)
+        self.effects.cancel.append((task.worker_id, [task.id]))
+        self._requeue(task, reason, now)
+
+    def _release(self, task: Task) -> None:
+        """The worker holding this task no longer does: its credit comes back."""
+        pool = self.pools[task.spec.pool]
+        worker = pool.workers.get(task.worker_id)
+        if worker is not None and task.id in worker.held:
+            pool.release(task.worker_id, task.id)
+            self.leases.pop(task.id, None)
+            if task.spec.execution_timeout_s:
+                self.timers.cancel(("timeout", (task.id, task.attempts)))
+            self.active -= 1

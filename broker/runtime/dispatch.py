@@ -1,0 +1,82 @@
+"""Dispatch: place what can be placed in the pools that changed, once per loop turn.
+
+Whatever frees a slot or brings a task asks for a dispatch of its pool; the requests
+of one turn of the event loop are gathered and served together by one `call_soon`,
+so a burst of results or submits costs one placement round per pool, and each worker
+gets one assignments message for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from broker.clock import Clock
+from broker.core.lifecycle import TaskLifecycle
+from broker.core.runtimes import RunStats, RuntimeKey
+from broker.core.scheduler import PoolScheduler
+from broker.domain import WorkerId
+
+
+class LearningLog(Protocol):
+    """Where a pool's learning is kept (the store)."""
+
+    def save_sticky(self, pool: str, key: str, worker_id: WorkerId) -> None: ...
+    def save_runtime(self, key: RuntimeKey, stats: RunStats) -> None: ...
+
+
+class Dispatcher:
+    """The pools waiting for a placement round, and the loop callback that runs it."""
+
+    def __init__(
+        self,
+        core: TaskLifecycle,
+        store: LearningLog,
+        clock: Clock,
+        apply: Callable[[], object],
+    ) -> None:
+        self._core = core
+        self._store = store
+        self._clock = clock
+        self._apply = apply  # the lifecycle's effects: assignments out, tasks stored
+        self._dirty: set[str] = set()
+        self._handle: asyncio.Handle | None = None
+        self.active = False  # new assignments allowed
+
+    def request(self, pools: Iterable[str]) -> None:
+        """Place again in these pools, soon (once for all the requests of this turn)."""
+        self._dirty.update(pools)
+        if self._handle is None and self.active:
+            self._handle = asyncio.get_running_loop().call_soon(self._run)
+
+    def stop(self) -> None:
+        """No more assignments (a drain): the planned round is dropped."""
+        self.active = False
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _run(self) -> None:
+        self._handle = None
+        if not self.active:
+            return
+        core = self._core
+        now = self._clock.now()
+        pools, self._dirty = self._dirty, set()
+        for name in pools:
+            core.place(name, now)
+            self._persist_learning(core.pools[name])
+        self._apply()
+
+    def _persist_learning(self, pool: PoolScheduler) -> None:
+        """Queue what the pool learned since last time (sticky keys, run times) for the store."""
+        if pool.sticky_moves:
+            for key, worker_id in pool.sticky_moves.items():
+                self._store.save_sticky(pool.name, key, worker_id)
+            pool.sticky_moves.clear()
+        model = pool.runtimes
+        if model.dirty:
+            for changed in model.dirty:
+                self._store.save_runtime(changed, model.stats[changed])
+            model.dirty.clear()

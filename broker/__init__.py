@@ -1,4 +1,5 @@
-"""Taskbroker's broker: the gRPC server, the scheduler and the SQLite store."""
+"""Taskbroker's broker: `Broker` (broker.app) wires the gRPC edge, the service layer, the
+runtime, the scheduling core and the store together; see each package's docstring."""
 
 from broker.app import Broker
 from broker.config import BrokerConfig, load_config

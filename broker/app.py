@@ -241,7 +241,11 @@ class Broker:
                 log.error("the last metrics could not be written: %s", exc)
             self._history = None
         if self._store is not None:
-            await self._store.close()  # the last writes; the store writer's job then ends
+            try:
+                await self._store.close()  # the last writes; the store writer's job then ends
+            except Exception as exc:  # the broker stops all the same, and says what was lost
+                log.critical("the store could not write its last changes: %s", exc)
+                self.failure = self.failure or exc
             self._store = None
         background, self._background = self._background, None
         if background is not None and background is not asyncio.current_task():

@@ -14,9 +14,10 @@ from broker.app import BackgroundJobFailed
 from broker.core.states import BrokerState
 from broker.errors import BrokerError
 from broker.observability.rollups import MetricsHistory
+from broker.storage.groupcommit import GroupCommit
 from cli import _serve
 from tests.support.config import make_config
-from worker_sdk import Client, Unavailable
+from worker_sdk import Client, TaskbrokerError, Unavailable
 
 
 def _background_tasks() -> set[str]:
@@ -70,3 +71,28 @@ async def test_serve_exits_with_the_failure(
     with pytest.raises(BrokerError, match="stopped after a failure: the metrics history failed"):
         async with asyncio.timeout(10):
             await _serve._run(make_config(tmp_path))
+
+
+async def test_a_dead_store_writer_stops_the_broker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's writer is one of the supervised jobs: if it dies, the broker does not
+    carry on taking tasks it can no longer store."""
+    broker = Broker(make_config(tmp_path))
+    await broker.start()
+    real_commit = GroupCommit._commit_queued
+
+    async def broken(self: GroupCommit[object]) -> None:
+        raise RuntimeError("writer bug")
+
+    monkeypatch.setattr(GroupCommit, "_commit_queued", broken)
+    async with Client(broker.address, max_submit_retries=0) as client:
+        with pytest.raises(TaskbrokerError):
+            await client.submit("t")
+    async with asyncio.timeout(10):
+        await broker.wait_stopped()
+    monkeypatch.setattr(GroupCommit, "_commit_queued", real_commit)
+    assert broker.state is BrokerState.STOPPED
+    assert isinstance(broker.failure, BackgroundJobFailed)
+    assert "store writer" in str(broker.failure)
+    assert _background_tasks() == set()

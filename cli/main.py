@@ -14,7 +14,8 @@ from cli._logs import quiet
 from cli._pools import pools_app
 from cli._simulate import simulate
 from cli._stats import config_app, metrics_app, stats
-from cli._tasks import Label, StateChoice, parse_label, parse_preference, submit, tasks_app
+from cli._submit import Label, parse_label, parse_preference, submit
+from cli._tasks import StateChoice, tasks_app
 from cli._workers import worker_app, workers_app
 from worker_sdk import DEFAULT_ADDRESS
 from worker_sdk._pool_settings import KNOWN_STRATEGIES

@@ -36,7 +36,9 @@ Gauges, read from the engine at collection time:
 
 Cost: the observer runs on the event loop for every task, so counters are kept in plain
 ints and reported through observable counters (an SDK ``add`` costs ~10 µs); only the
-three histogram records per task go through the SDK. Attribute dicts are cached.
+three histogram records per task go through the SDK. Attribute dicts are cached. Every
+instrument of one collection reads the same snapshot of the engine and the counts, taken
+on the broker's loop (`broker.observability.snapshots`).
 
 `meter_provider` builds the provider the broker needs for its configuration, with a
 Prometheus scrape endpoint when ``prometheus_port`` is set (the optional ``prometheus``
@@ -46,22 +48,20 @@ extra).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
 from broker.domain import Backlog, Task, TaskState, WorkerId, WorkerStatus
-from broker.errors import BrokerError
 
-if TYPE_CHECKING:
-    pass
-
-log = logging.getLogger("taskbroker.metrics")
+# Re-exported: the sources' types and the logger moved to broker.observability.snapshots.
+from broker.observability.snapshots import BacklogSource as BacklogSource
+from broker.observability.snapshots import Counter, Snapshot, Snapshots, running_loop
+from broker.observability.snapshots import FlowSource as FlowSource
+from broker.observability.snapshots import WorkersSource as WorkersSource
+from broker.observability.snapshots import log as log
 
 METER_NAME: Final = "taskbroker"
 # Explicit buckets for every duration histogram: 1 ms to 1 h, about 2.5x apart.
@@ -92,32 +92,9 @@ BREAKER_STATES: Final = ("closed", "open", "half_open")
 MAX_REASONS: Final = 32  # distinct requeue reasons and worker events; then "other"
 OTHER: Final = "other"
 
-BacklogSource = Callable[[], Sequence[Backlog]]
-WorkersSource = Callable[[], Sequence[WorkerStatus]]
-FlowSource = Callable[[], Mapping[tuple[str, str], int]]  # (pool, event) -> tasks
 Attrs = Mapping[str, str]
-_Key = tuple[str, ...]
 
 _OUTCOMES: Final = {state: state.name.lower() for state in TaskState if state.terminal}
-
-
-@dataclass(frozen=True, slots=True)
-class _Counter:
-    """A counter kept in plain ints on the loop, reported by an observable counter."""
-
-    name: str
-    keys: tuple[str, ...]  # attribute names, in the order of a _Key
-    description: str
-    counts: dict[_Key, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class _Snapshot:
-    """What one collection reports: taken at once, on the loop."""
-
-    backlog: Sequence[Backlog] = ()
-    workers: Sequence[WorkerStatus] = ()
-    counts: Mapping[str, Mapping[_Key, int]] = field(default_factory=dict)
 
 
 class BrokerMetrics:
@@ -138,41 +115,37 @@ class BrokerMetrics:
         flow: FlowSource | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        self._backlog = backlog
-        self._workers = workers
-        self._flow = flow
-        self._loop = loop if loop is not None else _running_loop()
         meter = provider.get_meter(METER_NAME)
 
-        self._submitted = _Counter(
+        self._submitted = Counter(
             "taskbroker.tasks.submitted", ("pool", "task_type"), "Tasks accepted."
         )
-        self._completed = _Counter(
+        self._completed = Counter(
             "taskbroker.tasks.completed",
             ("pool", "task_type", "outcome"),
             "Tasks that reached a terminal state, durably, by outcome.",
         )
-        self._failed_attempts = _Counter(
+        self._failed_attempts = Counter(
             "taskbroker.tasks.failed_attempts",
             ("pool", "task_type"),
             "Attempts that failed: the handler's error or the broker's timeout.",
         )
-        self._retried = _Counter(
+        self._retried = Counter(
             "taskbroker.tasks.retried",
             ("pool", "task_type"),
             "Failed attempts sent back to pending for another attempt.",
         )
-        self._requeued = _Counter(
+        self._requeued = Counter(
             "taskbroker.tasks.requeued",
             ("pool", "task_type", "reason"),
             "Held tasks that went back to pending without a result.",
         )
-        self._worker_events = _Counter(
+        self._worker_events = Counter(
             "taskbroker.workers.events",
             ("pool", "event"),
             "Workers connecting, disconnecting, cordoned, or their breaker changing.",
         )
-        self._flow_events = _Counter(
+        self._flow_events = Counter(
             "taskbroker.flow.events",
             ("pool", "event"),
             "The engine's flow control, in tasks: rejected (a full queue), rate_limited, "
@@ -186,6 +159,14 @@ class BrokerMetrics:
             self._retried,
             self._requeued,
             self._worker_events,
+        )
+        self._snapshots = Snapshots(
+            backlog=backlog,
+            workers=workers,
+            counters=self._counters,
+            flow=flow,
+            flow_counter=self._flow_events,
+            loop=loop if loop is not None else running_loop(),
         )
         for counter in self._counters:
             meter.create_observable_counter(
@@ -216,7 +197,7 @@ class BrokerMetrics:
             explicit_bucket_boundaries_advisory=buckets,
         )
 
-        gauges: tuple[tuple[str, str, str, Callable[[_Snapshot], Iterable[Observation]]], ...] = (
+        gauges: tuple[tuple[str, str, str, Callable[[Snapshot], Iterable[Observation]]], ...] = (
             (
                 "taskbroker.backlog.pending",
                 "{task}",
@@ -280,13 +261,7 @@ class BrokerMetrics:
         self._labels: dict[str, str] = {}  # free-text reasons and events, bounded
         self._pending_since: dict[int, float] = {}  # retried and requeued tasks
         self._seen_types: set[tuple[str, str]] = set()  # per-type backlog series reported
-
-        # One snapshot serves every instrument of a collection; an instrument that asks
-        # twice starts the next collection.
-        self._snapshot_lock = threading.Lock()
-        self._snapshot = _Snapshot()
-        self._snapshot_readers: set[str] = {counter.name for counter in self._counters}
-        self._final: _Snapshot | None = None  # set by close()
+        self._seen_lock = threading.Lock()  # collections may run on more than one thread
 
     # Observer --------------------------------------------------------------------
 
@@ -347,9 +322,7 @@ class BrokerMetrics:
         the engine again. Call it on the loop before shutting the provider down, so that
         a final export from another thread (a periodic reader's) need not wait for a
         loop that is busy shutting down."""
-        snapshot = self._take_here()
-        with self._snapshot_lock:
-            self._final = snapshot
+        self._snapshots.close()
 
     # Attributes ------------------------------------------------------------------
 
@@ -385,8 +358,11 @@ class BrokerMetrics:
 
     # Collection ------------------------------------------------------------------
 
+    def _read(self, reader: str, options: CallbackOptions) -> Snapshot:
+        return self._snapshots.read(reader, options.timeout_millis / 1000)
+
     def _count_callback(
-        self, counter: _Counter
+        self, counter: Counter
     ) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
             counts = self._read(counter.name, options).counts.get(counter.name, {})
@@ -398,78 +374,15 @@ class BrokerMetrics:
         return observe
 
     def _gauge_callback(
-        self, name: str, observe: Callable[[_Snapshot], Iterable[Observation]]
+        self, name: str, observe: Callable[[Snapshot], Iterable[Observation]]
     ) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(options: CallbackOptions) -> Iterable[Observation]:
             return observe(self._read(name, options))
 
         return callback
 
-    def _read(self, reader: str, options: CallbackOptions) -> _Snapshot:
-        """The snapshot of the current collection; a fresh one when `reader` has read
-        the last one already (it is the next collection)."""
-        with self._snapshot_lock:
-            if reader not in self._snapshot_readers:
-                self._snapshot_readers.add(reader)
-                return self._snapshot
-        # Not under the lock: the loop may be collecting too, and would wait for it.
-        snapshot = self._take(options.timeout_millis / 1000)
-        with self._snapshot_lock:
-            self._snapshot = snapshot
-            self._snapshot_readers = {reader}
-        return snapshot
-
-    def _take(self, timeout_s: float) -> _Snapshot:
-        """Read the engine and copy the counts, on the loop that owns them."""
-        if self._final is not None:
-            return self._final
-        loop = self._loop
-        # The engine changes only on its loop: with the loop idle, or from it, read here.
-        if loop is None or not loop.is_running() or _running_loop() is loop:
-            return self._take_here()
-        future: concurrent.futures.Future[_Snapshot] = concurrent.futures.Future()
-
-        def take() -> None:
-            if not future.set_running_or_notify_cancel():
-                return  # the collection gave up waiting
-            try:
-                future.set_result(self._take_here())
-            except BaseException as exc:
-                future.set_exception(exc)
-                raise
-
-        try:
-            loop.call_soon_threadsafe(take)
-        except RuntimeError:  # the loop closed meanwhile
-            return self._take_here()
-        try:
-            return future.result(timeout=timeout_s)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise BrokerError(
-                f"the broker's event loop did not answer in {timeout_s:g} s"
-            ) from None
-
-    def _take_here(self) -> _Snapshot:
-        if self._flow is not None:
-            try:
-                flow = self._flow_events.counts
-                flow.clear()
-                for key, value in self._flow().items():
-                    flow[key] = value
-            except Exception:
-                log.exception("could not read the engine's flow-control counts for metrics")
-        counts = {counter.name: dict(counter.counts) for counter in self._counters}
-        try:
-            backlog = list(self._backlog())
-            workers = list(self._workers())
-        except Exception:
-            log.exception("could not read the backlog and workers for metrics")
-            return _Snapshot(counts=counts)
-        return _Snapshot(backlog=backlog, workers=workers, counts=counts)
-
     def _backlog_observations(
-        self, snapshot: _Snapshot, value: Callable[[Backlog], float]
+        self, snapshot: Snapshot, value: Callable[[Backlog], float]
     ) -> list[Observation]:
         observations = []
         reported = set()
@@ -480,7 +393,7 @@ class BrokerMetrics:
             else:
                 attrs = {"pool": row.pool}
             observations.append(Observation(value(row), attrs))
-        with self._snapshot_lock:
+        with self._seen_lock:
             self._seen_types |= reported
             gone = self._seen_types - reported
         pools = {row.pool for row in snapshot.backlog}
@@ -491,36 +404,36 @@ class BrokerMetrics:
         )
         return observations
 
-    def _observe_pending(self, snapshot: _Snapshot) -> Iterable[Observation]:
+    def _observe_pending(self, snapshot: Snapshot) -> Iterable[Observation]:
         return self._backlog_observations(snapshot, lambda row: row.pending)
 
-    def _observe_delayed(self, snapshot: _Snapshot) -> Iterable[Observation]:
+    def _observe_delayed(self, snapshot: Snapshot) -> Iterable[Observation]:
         return self._backlog_observations(snapshot, lambda row: row.delayed)
 
-    def _observe_oldest_age(self, snapshot: _Snapshot) -> Iterable[Observation]:
+    def _observe_oldest_age(self, snapshot: Snapshot) -> Iterable[Observation]:
         return self._backlog_observations(snapshot, lambda row: row.oldest_age_s)
 
-    def _observe_inflight(self, snapshot: _Snapshot) -> Iterable[Observation]:
+    def _observe_inflight(self, snapshot: Snapshot) -> Iterable[Observation]:
         return self._backlog_observations(snapshot, lambda row: row.in_flight)
 
-    def _observe_connected(self, snapshot: _Snapshot) -> Iterable[Observation]:
+    def _observe_connected(self, snapshot: Snapshot) -> Iterable[Observation]:
         return self._per_pool(snapshot, lambda worker: 1)
 
-    def _observe_capacity(self, snapshot: _Snapshot) -> Iterable[Observation]:
+    def _observe_capacity(self, snapshot: Snapshot) -> Iterable[Observation]:
         return self._per_pool(snapshot, lambda worker: worker.capacity)
 
-    def _observe_in_use(self, snapshot: _Snapshot) -> Iterable[Observation]:
+    def _observe_in_use(self, snapshot: Snapshot) -> Iterable[Observation]:
         return self._per_pool(snapshot, lambda worker: worker.in_flight)
 
     def _per_pool(
-        self, snapshot: _Snapshot, value: Callable[[WorkerStatus], int]
+        self, snapshot: Snapshot, value: Callable[[WorkerStatus], int]
     ) -> Iterable[Observation]:
         totals = dict.fromkeys(_pools(snapshot), 0)
         for worker in snapshot.workers:
             totals[worker.spec.pool] += value(worker)
         return [Observation(total, {"pool": pool}) for pool, total in totals.items()]
 
-    def _observe_breakers(self, snapshot: _Snapshot) -> Iterable[Observation]:
+    def _observe_breakers(self, snapshot: Snapshot) -> Iterable[Observation]:
         counts = {(pool, state): 0 for pool in _pools(snapshot) for state in BREAKER_STATES}
         for worker in snapshot.workers:
             key = (worker.spec.pool, worker.breaker)
@@ -531,15 +444,8 @@ class BrokerMetrics:
         ]
 
 
-def _pools(snapshot: _Snapshot) -> list[str]:
+def _pools(snapshot: Snapshot) -> list[str]:
     """Every pool: those in the backlog (all of them) and any a worker is in."""
     pools = dict.fromkeys(row.pool for row in snapshot.backlog)
     pools.update(dict.fromkeys(worker.spec.pool for worker in snapshot.workers))
     return list(pools)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None

@@ -1,0 +1,434 @@
+"""One connection to the broker: registration, then a reader, a writer and a heartbeat; it
+runs the handlers of the tasks assigned on it and sends their outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import grpc
+import grpc.aio
+
+from worker_sdk import _convert
+from worker_sdk._context import TaskContext
+from worker_sdk._errors import TaskbrokerError
+from worker_sdk._messages import (
+    Assignment,
+    AssignmentsReceived,
+    CancelRequested,
+    DrainRequested,
+    RegisterAcked,
+    TaskOutcome,
+)
+from worker_sdk._payload import bound_traceback, encode_result
+from worker_sdk._pb import worker_pb2 as _worker
+from worker_sdk._types import TaskErrorInfo
+from worker_sdk._version import __version__
+
+if TYPE_CHECKING:
+    from worker_sdk._worker import Worker
+
+_log = logging.getLogger("taskbroker.worker")
+
+# Refusals that will not change by trying again.
+_FATAL_REGISTRATION_CODES: Final = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+)
+_DEFAULT_HEARTBEAT_S: Final = 5.0
+# After we half-close, how long the broker gets to end the stream before we cancel it.
+_CLOSE_TIMEOUT_S: Final = 5.0
+# Results above this many bytes go out in more than one message (gRPC's default limit is 4 MiB).
+_MAX_MESSAGE_RESULT_BYTES: Final = 1 << 20
+
+_Stream = grpc.aio.StreamStreamCall[_worker.WorkerMessage, _worker.BrokerMessage]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Handler:
+    function: Callable[[TaskContext], Any]
+    is_async: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Running:
+    task: asyncio.Task[None]
+    context: TaskContext
+
+
+class _StreamLost(Exception):
+    """The stream to the broker broke; the worker reconnects."""
+
+
+class _Session:
+    """One connection: registration, then reader, writer and heartbeat until it ends."""
+
+    def __init__(
+        self,
+        worker: Worker,
+        call: _Stream,
+        executor: ThreadPoolExecutor,
+        address: str,
+    ) -> None:
+        self._worker = worker
+        self._call = call
+        self._messages = aiter(call)
+        self._executor = executor
+        self._address = address
+        self._loop = asyncio.get_running_loop()
+        self.registered = False
+        self._worker_id = ""
+        self._heartbeat_s = _DEFAULT_HEARTBEAT_S
+        self._running: dict[str, _Running] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._drain = asyncio.Event()
+        # The writer's buffers: everything queued while it writes goes out in one message.
+        self._control: list[_worker.WorkerMessage] = []
+        self._outcomes: list[TaskOutcome] = []
+        self._started: list[str] = []
+        self._heartbeat_due = False
+        self._wake = asyncio.Event()
+        self._half_close = False
+        # The seq of the last Assignments message on this stream, echoed in heartbeats.
+        self._assignments_seen = 0
+
+    def is_handler_task(self, task: asyncio.Task[Any] | None) -> bool:
+        return any(running.task is task for running in self._running.values())
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def run(self, registered_before: bool) -> None:
+        """Serve until drained or stopped (returns) or until the stream breaks (_StreamLost)."""
+        stop_wait = asyncio.create_task(self._worker._stop.wait())
+        background: list[asyncio.Task[Any]] = [stop_wait]
+        try:
+            register = asyncio.create_task(self._register(registered_before))
+            background.append(register)
+            await asyncio.wait({register, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if not register.done():
+                return  # shut down before the broker answered
+            register.result()
+            reader = asyncio.create_task(self._read_loop(), name="taskbroker-worker-reader")
+            writer = asyncio.create_task(self._write_loop(), name="taskbroker-worker-writer")
+            heartbeat = asyncio.create_task(self._heartbeat_loop(), name="taskbroker-heartbeat")
+            drain_wait = asyncio.create_task(self._drain.wait())
+            background += [reader, writer, heartbeat, drain_wait]
+            await asyncio.wait(
+                {reader, writer, stop_wait, drain_wait}, return_when=asyncio.FIRST_COMPLETED
+            )
+            stopping = self._worker._stop.is_set()
+            if not (stopping or self._drain.is_set()):
+                raise _StreamLost(self._loss_reason(reader, writer))
+            # A drain (or shutdown) counts even if the broker ended the stream right after it.
+            if stopping:
+                _log.info("worker %s shutting down", self._worker_id)
+                self._send_control(_convert.credit_message(0))
+                grace: float | None = self._worker._grace
+            else:
+                grace = None
+            await self._finish_in_flight(grace, reader, writer)
+            await self._close(reader, writer)
+        finally:
+            for running in self._running.values():
+                running.context._cancel()
+                running.task.cancel()
+            self._call.cancel()
+            handlers = [running.task for running in self._running.values()]
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*handlers, *background, return_exceptions=True)
+
+    async def _register(self, registered_before: bool) -> None:
+        worker = self._worker
+        try:
+            await self._call.write(
+                _convert.register_message(
+                    worker_id=worker._worker_id or "",
+                    pool=worker._pool,
+                    labels=worker._labels,
+                    capacity=worker._capacity,
+                    task_types=worker._handlers,
+                    sdk_version=__version__,
+                )
+            )
+            first = await anext(self._messages, None)
+        except grpc.RpcError as exc:
+            error = _convert.rpc_error(exc, self._address)
+            code = exc.code()
+            # Re-registering the same id may race the broker noticing the old stream is gone.
+            retry_conflict = registered_before and code is grpc.StatusCode.ALREADY_EXISTS
+            if code in _FATAL_REGISTRATION_CODES and not retry_conflict:
+                _log.error("broker at %s refused registration: %s", self._address, error)
+                raise error from None
+            raise _StreamLost(f"registration failed: {error}") from None
+        except asyncio.InvalidStateError as exc:
+            raise _StreamLost(f"registration failed: {exc}") from None
+        if first is None:
+            raise _StreamLost(f"broker at {self._address} closed the stream before registering")
+        event = _convert.broker_event(first)
+        if not isinstance(event, RegisterAcked):
+            raise TaskbrokerError(
+                f"broker at {self._address} answered the registration with {event!r}"
+            )
+        self._worker_id = event.worker_id or worker._worker_id or ""
+        worker._worker_id = self._worker_id
+        if event.heartbeat_interval_s > 0:
+            self._heartbeat_s = event.heartbeat_interval_s
+        self.registered = True
+        _log.info(
+            "registered with %s as %s (pool %s, capacity %d, types %s)",
+            self._address,
+            self._worker_id,
+            worker._pool,
+            worker._capacity,
+            ", ".join(worker._handlers),
+        )
+
+    def _loss_reason(self, reader: asyncio.Task[None], writer: asyncio.Task[None]) -> str:
+        for task in (reader, writer):
+            if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
+                if isinstance(exc, grpc.RpcError):
+                    return f"lost the stream: {_convert.rpc_error(exc, self._address)}"
+                return f"lost the stream to {self._address}: {type(exc).__name__}: {exc}"
+        return f"broker at {self._address} ended the stream"
+
+    async def _finish_in_flight(
+        self, grace: float | None, reader: asyncio.Task[None], writer: asyncio.Task[None]
+    ) -> None:
+        """Wait for in-flight handlers, at most `grace` seconds, then cancel the rest."""
+        idle = asyncio.create_task(self._idle.wait())
+        try:
+            await asyncio.wait(
+                {idle, reader, writer}, timeout=grace, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            idle.cancel()
+        if self._running:
+            _log.warning(
+                "cancelling %d unfinished tasks; the broker requeues them", len(self._running)
+            )
+            for running in self._running.values():
+                running.context._cancel()
+                running.task.cancel()
+
+    async def _close(self, reader: asyncio.Task[None], writer: asyncio.Task[None]) -> None:
+        """Flush what is buffered, half-close, and give the broker a moment to end the call."""
+        self._half_close = True
+        self._wake.set()
+        await asyncio.wait({reader, writer}, timeout=_CLOSE_TIMEOUT_S)
+        if not writer.done():
+            _log.warning("broker at %s did not take our last results in time", self._address)
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        async for message in self._messages:
+            event = _convert.broker_event(message)
+            if isinstance(event, AssignmentsReceived):
+                # With no await in between, every task of a message up to the seq a
+                # heartbeat reports is in _running (or finished) when that heartbeat is built.
+                self._assignments_seen = event.seq
+                for assignment in event.assignments:
+                    self._start(assignment)
+            elif isinstance(event, CancelRequested):
+                self._cancel(event.task_ids)
+            elif isinstance(event, DrainRequested):
+                _log.info("broker drains worker %s: %s", self._worker_id, event.reason or "-")
+                self._drain.set()
+            elif isinstance(event, RegisterAcked):
+                _log.debug("ignoring a second register_ack")
+
+    def _start(self, assignment: Assignment) -> None:
+        if assignment.task_id in self._running:
+            _log.warning("task %s assigned again while running; ignored", assignment.task_id)
+            return
+        context = TaskContext(
+            task_id=assignment.task_id,
+            task_type=assignment.task_type,
+            attempt=assignment.attempt,
+            priority=assignment.priority,
+            payload=assignment.payload,
+            worker_id=self._worker_id,
+            deadline=assignment.deadline,
+        )
+        task = asyncio.create_task(self._execute(assignment, context))
+        running = _Running(task, context)
+        self._running[assignment.task_id] = running
+        self._idle.clear()
+        task.add_done_callback(lambda _: self._forget(assignment.task_id, running))
+
+    def _forget(self, task_id: str, running: _Running) -> None:
+        if self._running.get(task_id) is running:
+            del self._running[task_id]
+        if not self._running:
+            self._idle.set()
+        task = running.task
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            _log.error("handler of task %s raised %r", task_id, exc)
+
+    def _cancel(self, task_ids: list[str]) -> None:
+        for task_id in task_ids:
+            running = self._running.get(task_id)
+            if running is None:
+                if any(o.task_id == task_id for o in self._outcomes):
+                    # Finished, result not sent yet: the broker no longer wants it.
+                    self._outcomes = [o for o in self._outcomes if o.task_id != task_id]
+                else:  # e.g. its result crossed the cancel on the wire
+                    _log.debug(
+                        "ignoring a cancel of task %s, which this worker does not hold", task_id
+                    )
+                continue
+            running.context._cancel()
+            handler = self._worker._handlers.get(running.context.task_type)
+            if handler is not None and handler.is_async:
+                running.task.cancel()
+            # A sync handler's thread cannot be interrupted: it sees ctx.cancelled, and its
+            # result is dropped; it keeps its slot until it returns.
+
+    # -- running a task ----------------------------------------------------------------
+
+    async def _execute(self, assignment: Assignment, context: TaskContext) -> None:
+        started_ms = _now_ms()
+        handler = self._worker._handlers.get(assignment.task_type)
+        if handler is None:
+            error = TaskErrorInfo(
+                "UnknownTaskType",
+                f"worker {self._worker_id} has no handler for task type {assignment.task_type!r}",
+                "",
+            )
+            self._report(context, assignment, None, error, started_ms)
+            return
+        self._started.append(assignment.task_id)
+        self._wake.set()
+        with self._worker._tracing.execute_span(assignment, context) as span:
+            try:
+                if handler.is_async:
+                    value = await handler.function(context)
+                else:
+                    function = span.in_context(handler.function)
+                    value = await self._loop.run_in_executor(self._executor, function, context)
+                result = encode_result(value)
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if context.cancelled or (task is not None and task.cancelling()):
+                    raise
+                # The handler raised CancelledError itself (e.g. an inner timeout): a failure.
+                span.failed(exc)
+                self._report(context, assignment, None, _error_info(exc), started_ms)
+            except Exception as exc:
+                span.failed(exc)
+                self._report(context, assignment, None, _error_info(exc), started_ms)
+            else:
+                self._report(context, assignment, result, None, started_ms)
+
+    def _report(
+        self,
+        context: TaskContext,
+        assignment: Assignment,
+        result: bytes | None,
+        error: TaskErrorInfo | None,
+        started_ms: int,
+    ) -> None:
+        if context.cancelled or self._half_close:
+            return  # the broker no longer wants it, or can no longer be told
+        self._outcomes.append(
+            TaskOutcome(
+                task_id=assignment.task_id,
+                attempt=assignment.attempt,
+                success=error is None,
+                result=result or b"",
+                error=error,
+                started_at_ms=started_ms,
+                finished_at_ms=_now_ms(),
+            )
+        )
+        self._wake.set()
+
+    # -- writing -----------------------------------------------------------------------
+
+    def _send_control(self, message: _worker.WorkerMessage) -> None:
+        self._control.append(message)
+        self._wake.set()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await self._worker._heartbeat_sleep(self._heartbeat_s)
+            self._heartbeat_due = True
+            self._wake.set()
+
+    def _heartbeat(self) -> _worker.WorkerMessage:
+        """A heartbeat, built by the writer as it sends it, so the tasks it lists as held are
+        exactly those whose results have not gone out on the stream before it."""
+        in_flight = len(self._running)
+        return _convert.heartbeat_message(
+            in_flight,
+            in_flight / self._worker._capacity,
+            self._held_task_ids(),
+            self._assignments_seen,
+        )
+
+    def _held_task_ids(self) -> list[str]:
+        """Tasks assigned here whose result has not been written yet: running (unless the
+        broker cancelled them) or finished with the result still in the buffer."""
+        held = {
+            task_id: None
+            for task_id, running in self._running.items()
+            if not running.context.cancelled
+        }
+        held.update((outcome.task_id, None) for outcome in self._outcomes)
+        return list(held)
+
+    def _take_outcomes(self) -> list[TaskOutcome]:
+        size = 0
+        count = 0
+        for outcome in self._outcomes:
+            size += len(outcome.result) + (len(outcome.error.traceback) if outcome.error else 0)
+            if count and size > _MAX_MESSAGE_RESULT_BYTES:
+                break
+            count += 1
+        taken = self._outcomes[:count]
+        del self._outcomes[:count]
+        return taken
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._control or self._heartbeat_due or self._outcomes or self._started:
+                if self._control:
+                    await self._call.write(self._control.pop(0))
+                    continue
+                if self._heartbeat_due:
+                    self._heartbeat_due = False
+                    await self._call.write(self._heartbeat())
+                    continue
+                outcomes = self._take_outcomes()
+                started, self._started = self._started, []
+                await self._call.write(_convert.results_message(outcomes, started))
+            if self._half_close:
+                await self._call.done_writing()
+                return
+
+
+def _error_info(error: BaseException) -> TaskErrorInfo:
+    """The TaskError reported for a handler's exception."""
+    return TaskErrorInfo(
+        type=type(error).__name__,
+        message=str(error),
+        traceback=bound_traceback("".join(traceback.format_exception(error))),
+    )

@@ -128,12 +128,15 @@ class _Session:
             heartbeat = asyncio.create_task(self._heartbeat_loop(), name="taskbroker-heartbeat")
             drain_wait = asyncio.create_task(self._drain.wait())
             background += [reader, writer, heartbeat, drain_wait]
+            # The heartbeat never ends by itself: if it does, it failed, and the session
+            # starts again rather than go on silently without heartbeats.
             await asyncio.wait(
-                {reader, writer, stop_wait, drain_wait}, return_when=asyncio.FIRST_COMPLETED
+                {reader, writer, heartbeat, stop_wait, drain_wait},
+                return_when=asyncio.FIRST_COMPLETED,
             )
             stopping = self._worker._stop.is_set()
             if not (stopping or self._drain.is_set()):
-                raise _StreamLost(self._loss_reason(reader, writer))
+                raise _StreamLost(self._loss_reason(reader, writer, heartbeat))
             # A drain (or shutdown) counts even if the broker ended the stream right after it.
             if stopping:
                 _log.info("worker %s shutting down", self._worker_id)
@@ -199,7 +202,11 @@ class _Session:
             ", ".join(worker._handlers),
         )
 
-    def _loss_reason(self, reader: asyncio.Task[None], writer: asyncio.Task[None]) -> str:
+    def _loss_reason(
+        self, reader: asyncio.Task[None], writer: asyncio.Task[None], heartbeat: asyncio.Task[None]
+    ) -> str:
+        if heartbeat.done() and not heartbeat.cancelled() and (exc := heartbeat.exception()):
+            return f"the heartbeat failed: {type(exc).__name__}: {exc}"
         for task in (reader, writer):
             if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
                 if isinstance(exc, grpc.RpcError):

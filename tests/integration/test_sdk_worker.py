@@ -411,3 +411,28 @@ def test_task_decorator_registers_and_returns_the_function() -> None:
 async def test_run_without_handlers_is_an_error() -> None:
     with pytest.raises(ValueError, match="no handlers"):
         await Worker().run("127.0.0.1:1")
+
+
+async def test_a_failed_heartbeat_restarts_the_session_and_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker never goes on silently without heartbeats (the broker would take its
+    tasks back): the session ends, the failure is logged, and the worker reconnects."""
+    worker = make_worker()
+    beats = 0
+
+    async def failing_sleep(seconds: float) -> None:
+        nonlocal beats
+        beats += 1
+        if beats == 1:
+            raise RuntimeError("clock broke")
+        await asyncio.Event().wait()
+
+    worker._heartbeat_sleep = failing_sleep
+    service = FakeWorkerService()
+    with caplog.at_level(logging.WARNING, logger="taskbroker.worker"):
+        async with serve(service) as (address, _), running(worker, address):
+            await service.sessions.get()
+            await until_logged(caplog, "the heartbeat failed: RuntimeError: clock broke")
+            await service.sessions.get()  # it registered again
+    assert service.connects == 2

@@ -27,12 +27,22 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from broker.core.arms import ArmStats, make_arms
 from broker.core.queue import PoolQueue
 from broker.core.runtimes import RuntimeModel
 from broker.core.strategies import Outcome, Strategy, StrategyEnv, WorkerSlot, make_strategy
 from broker.core.strategies._base import UNLIMITED, default_env
 from broker.domain import PoolConfig, Task, TaskId, WorkerId
 from broker.errors import AlreadyExists, NotFound
+
+# ArmStats is kept importable from here.
+__all__ = [
+    "MAX_LABEL_INDEXES",
+    "SOFT_ANTI_AFFINITY_PENALTY",
+    "ArmStats",
+    "Decision",
+    "PoolScheduler",
+]
 
 SOFT_ANTI_AFFINITY_PENALTY = 1_000_000
 # Strategy indexes kept for (task type, required labels) pairs, so that a task with
@@ -52,43 +62,6 @@ class Decision:
     note: str
     unschedulable: bool = False
     arm: str = ""  # the strategy that placed it
-
-
-@dataclass(slots=True)
-class ArmStats:
-    """How the tasks one strategy placed went: for A/B splits and adaptive switching."""
-
-    strategy: str
-    placed: int = 0
-    finished: int = 0
-    failed: int = 0
-    wait_s: float = 0.0  # summed queue wait of finished tasks
-    run_s: float = 0.0  # summed run time of finished tasks
-
-    @property
-    def mean_wait_s(self) -> float:
-        return self.wait_s / self.finished if self.finished else 0.0
-
-    @property
-    def mean_run_s(self) -> float:
-        return self.run_s / self.finished if self.finished else 0.0
-
-
-class _Arm:
-    """One strategy of the pool, with an index per task type, and its results."""
-
-    def __init__(self, strategy: str, env: StrategyEnv) -> None:
-        make_strategy(strategy, env)  # KeyError for an unknown name, before anything changes
-        self.strategy = strategy
-        self.env = env
-        self.indexes: dict[str, Strategy] = {}
-        self.stats = ArmStats(strategy)
-
-    def index(self, task_type: str) -> Strategy:
-        index = self.indexes.get(task_type)
-        if index is None:
-            index = self.indexes[task_type] = make_strategy(self.strategy, self.env)
-        return index
 
 
 class PoolScheduler:
@@ -112,10 +85,8 @@ class PoolScheduler:
         self._type_limits = {b.task_type: b.max_inflight for b in self.config.bulkheads}
         self.inflight_by_type: Counter[str] = Counter()  # held tasks per type, for bulkheads
         self._type_of: dict[TaskId, str] = {}
-        self._arms = [_Arm(strategy, self.env)]
+        self._arms = make_arms(strategy, self.config, self.env)
         self._placed_by: dict[TaskId, int] = {}  # arm of each task a worker holds
-        if self.config.ab_strategy and self.config.ab_percent:
-            self._arms.append(_Arm(self.config.ab_strategy, self.env))
         self.sticky: dict[str, WorkerId] = {}  # sticky key -> the worker that last ran it
         self.sticky_moves: dict[str, WorkerId] = {}  # changed since the store last saw them
         self.sticky_hits = 0
@@ -255,9 +226,7 @@ class PoolScheduler:
 
     def reconfigure(self, config: PoolConfig) -> None:
         """Switch strategy (and A/B split, sticky timeout): rebuild the ready indexes."""
-        arms = [_Arm(config.strategy, self.env)]  # KeyError before anything changes
-        if config.ab_strategy and config.ab_percent:
-            arms.append(_Arm(config.ab_strategy, self.env))
+        arms = make_arms(config.strategy, config, self.env)  # KeyError before anything changes
         self.config = config
         self._arms = arms
         self._type_limits = {b.task_type: b.max_inflight for b in config.bulkheads}

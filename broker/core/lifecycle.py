@@ -3,14 +3,15 @@
 `TaskLifecycle` holds what scheduling needs to know — the pools' schedulers, the tasks
 in flight, the connected workers' slots and circuit breakers, the tasks they hold with
 their leases (broker.core.held), and one heap of timers — and takes the lifecycle's
-events: a task submitted, placed, started or reported on, cancelled or retried; a
-worker heard from or lost (joining, cordons and drains are `members` events,
-broker.core.members); time passing (`tick`). Each event moves tasks through the
-checked state machine in place (a copy per change would cost more than all the rest)
-and leaves what others must do in `effects` (broker.core.effects): persist, send,
-cancel, notify, place again. The runtime applies those to the store, the worker
-channels and the observers; the simulator applies the same events to virtual workers,
-so retries, leases, bulkheads and breakers act there as here.
+events: a task submitted, placed, started or reported on, cancelled or retried (an
+operator's or client's events, broker.core.operators); a worker heard from or lost
+(joining, cordons and drains are `members` events, broker.core.members); time passing
+(`tick`). Each event moves tasks through the checked state machine in place (a copy
+per change would cost more than all the rest) and leaves what others must do in
+`effects` (broker.core.effects): persist, send, cancel, notify, place again. The
+runtime applies those to the store, the worker channels and the observers; the
+simulator applies the same events to virtual workers, so retries, leases, bulkheads
+and breakers act there as here.
 
 Every event takes `now`, the injected clock's time when it happened; every wake-up
 (a delay or backoff running out, a start deadline, an execution timeout, a breaker's
@@ -32,6 +33,7 @@ from broker.core.attempts import Outcomes, move
 from broker.core.effects import Effects
 from broker.core.held import Held
 from broker.core.members import Members
+from broker.core.operators import Operators
 from broker.core.runtimes import RuntimeModel
 from broker.core.scheduler import PoolScheduler
 from broker.core.states import check_move
@@ -48,7 +50,6 @@ from broker.domain import (
     TaskState,
     WorkerId,
 )
-from broker.errors import FailedPrecondition
 
 PENDING = TaskState.PENDING
 ASSIGNED = TaskState.ASSIGNED
@@ -77,6 +78,9 @@ class TaskLifecycle:
             rng=rng,  # the retry backoff's jitter
             events=self.events,
             logs=self.effects.logs,
+        )
+        self.operators = Operators(
+            self.live, self.effects, self.admission, self.waiting, self.held, self.members
         )
 
     @property
@@ -264,67 +268,16 @@ class TaskLifecycle:
     # Operators and clients -------------------------------------------------------------
 
     def cancel(self, task: Task, now: float) -> bool:
-        """Cancel a pending or running task (a running one is told to stop on its worker);
-        False if it was cancelled already, FailedPrecondition if it ended otherwise. The
-        runtime places again once the cancellation is durable."""
-        if task.state is TaskState.CANCELLED:
-            return False
-        if task.state.terminal:
-            raise FailedPrecondition(
-                f"task {task.id} has {task.state.name.lower()} already; it cannot be cancelled"
-            )
-        effects = self.effects
-        effects.now = now
-        if task.state is PENDING:
-            self.waiting.unwait(task)
-        else:
-            self.held.release(task)
-            if task.worker_id in self.members:
-                effects.cancel.append((task.worker_id, [task.id]))
-        move(
-            task,
-            TaskState.CANCELLED,
-            finished_at=now,
-            error=TaskError(type="Cancelled", message="cancelled by a client request"),
-        )
-        effects.save.append(task)
-        effects.finished.append(task)
-        return True
+        """Cancel a pending or running task; False if it was cancelled already,
+        FailedPrecondition if it ended otherwise (see `Operators.cancel`)."""
+        return self.operators.cancel(task, now)
 
-    @staticmethod
-    def check_retryable(task: Task) -> None:
-        """FailedPrecondition unless an operator may send this task round again."""
-        if task.state not in (TaskState.FAILED, TaskState.DEAD_LETTER):
-            raise FailedPrecondition(
-                f"task {task.id} is {task.state.name.lower()}; only failed or "
-                "dead-lettered tasks can be retried"
-            )
+    check_retryable = staticmethod(Operators.check_retryable)
 
     def retry(self, task: Task, now: float) -> bool:
-        """An operator sends a durable failed or dead-lettered task round again, with a
-        fresh set of attempts; False if it is not (yet) durable and terminal. The runtime
-        places again once the retries are durable."""
-        if task.id in self.live or not task.state.terminal:
-            return False  # not durable yet, or retried by a concurrent call
-        self.effects.now = now
-        move(
-            task,
-            PENDING,
-            attempts=0,
-            worker_id="",
-            assigned_at=0.0,
-            started_at=0.0,
-            finished_at=0.0,
-            result=b"",
-            error=None,
-            not_before=0.0,
-            placement_note="retried by an operator",
-        )
-        self.effects.save.append(task)
-        self.live[task.id] = task
-        self.admission.count(task, 1)
-        self.waiting.wait(task, now, deadline_from=now)
-        return True
+        """Send a durable failed or dead-lettered task round again; False if it is not
+        (yet) durable and terminal (see `Operators.retry`)."""
+        return self.operators.retry(task, now)
 
     # Workers -----------------------------------------------------------------------
 

@@ -1,15 +1,17 @@
 """The task lifecycle, decided without I/O: events in, effects out, on one clock.
 
 `TaskLifecycle` holds what scheduling needs to know — the pools' schedulers, the tasks
-in flight, the connected workers' slots and circuit breakers, leases, and one heap of
-timers — and takes the lifecycle's events: a task submitted, placed, started or
-reported on, cancelled or retried; a worker heard from or lost (joining, cordons and
-drains are `members` events, broker.core.members); time passing (`tick`). Each event
-moves tasks through the checked state machine in place (a copy per change would cost
-more than all the rest) and leaves what others must do in `effects` (broker.core.effects):
-persist, send, cancel, notify, place again. The runtime applies those to the store,
-the worker channels and the observers; the simulator applies the same events to
-virtual workers, so retries, leases, bulkheads and breakers act there as here.
+in flight, the connected workers' slots and circuit breakers, the tasks they hold with
+their leases (broker.core.held), and one heap of timers — and takes the lifecycle's
+events: a task submitted, placed, started or reported on, cancelled or retried (an
+operator's or client's events, broker.core.operators); a worker heard from or lost
+(joining, cordons and drains are `members` events, broker.core.members); time passing
+(`tick`). Each event moves tasks through the checked state machine in place (a copy
+per change would cost more than all the rest) and leaves what others must do in
+`effects` (broker.core.effects): persist, send, cancel, notify, place again. The
+runtime applies those to the store, the worker channels and the observers; the
+simulator applies the same events to virtual workers, so retries, leases, bulkheads
+and breakers act there as here.
 
 Every event takes `now`, the injected clock's time when it happened; every wake-up
 (a delay or backoff running out, a start deadline, an execution timeout, a breaker's
@@ -29,7 +31,9 @@ from broker.config import BrokerConfig
 from broker.core.admission import Admission
 from broker.core.attempts import Outcomes, move
 from broker.core.effects import Effects
+from broker.core.held import Held
 from broker.core.members import Members
+from broker.core.operators import Operators
 from broker.core.runtimes import RuntimeModel
 from broker.core.scheduler import PoolScheduler
 from broker.core.states import check_move
@@ -46,7 +50,6 @@ from broker.domain import (
     TaskState,
     WorkerId,
 )
-from broker.errors import FailedPrecondition
 
 PENDING = TaskState.PENDING
 ASSIGNED = TaskState.ASSIGNED
@@ -67,8 +70,7 @@ class TaskLifecycle:
         self.timers = Timers()  # every wake-up, on the injected clock
         self.members = Members(self.pools, self.timers, self.effects)
         self.waiting = Waiting(self.pools, self.timers, self.admission)
-        self.leases: dict[TaskId, float] = {}  # held task -> when its lease runs out
-        self.active = 0  # tasks held by workers
+        self.held = Held(self.pools, self.timers, self.effects, self.admission, self.waiting)
         self.stale_results = 0  # results for tasks the worker no longer holds
         self.outcomes = Outcomes(
             max_result_bytes=config.max_result_bytes,
@@ -77,6 +79,19 @@ class TaskLifecycle:
             events=self.events,
             logs=self.effects.logs,
         )
+        self.operators = Operators(
+            self.live, self.effects, self.admission, self.waiting, self.held, self.members
+        )
+
+    @property
+    def leases(self) -> dict[TaskId, float]:
+        """Each held task's lease: when it runs out."""
+        return self.held.leases
+
+    @property
+    def active(self) -> int:
+        """Tasks held by workers."""
+        return self.held.active
 
     # Pools ---------------------------------------------------------------------
 
@@ -156,7 +171,8 @@ class TaskLifecycle:
         lease_until = now + self.lease_s(name)
         recent = self.admission.placements(name)
         queued_at = self.waiting.queued_at
-        leases = self.leases
+        held = self.held
+        leases = held.leases
         timers = self.timers
         count = self.admission.count
         half_open = self.members.half_open
@@ -190,7 +206,7 @@ class TaskLifecycle:
             if timeout := spec.execution_timeout_s:
                 timers.set(("timeout", (task.id, task.attempts)), now + timeout)
             assigned += 1
-        self.active += assigned
+        held.active += assigned
         return assigned
 
     # What workers report -----------------------------------------------------------
@@ -212,18 +228,20 @@ class TaskLifecycle:
         save = effects.save
         record = self.members.record
         finish = self.outcomes.finish
+        came_back = self.held.came_back
         if started and results:  # a start and a result in one message: the result will do
             finishing = {r.task_id for r in results}
             started = [task_id for task_id in started if task_id not in finishing]
         if started:
             lease_until = now + self.lease_s(member.pool)
+            leases = self.held.leases
             for task_id in started:
                 task = live.get(task_id)
                 if task is not None and task.state is ASSIGNED and task.worker_id == worker_id:
                     task.state = RUNNING  # ASSIGNED -> RUNNING is always allowed
                     task.started_at = now
                     save.append(task)
-                    self.leases[task_id] = lease_until
+                    leases[task_id] = lease_until
         for result in results:
             task = live.get(result.task_id)
             if (
@@ -234,7 +252,7 @@ class TaskLifecycle:
             ):
                 self.stale_results += 1
                 continue
-            run_s = self._learn(task, result, now)
+            run_s = came_back(task, result, now)
             record(member, result.success, now)
             finish(task, result, now)
             save.append(task)
@@ -247,94 +265,19 @@ class TaskLifecycle:
         if results:
             effects.dispatch.add(member.pool)
 
-    def _learn(self, task: Task, result: TaskResult, now: float) -> float:
-        """Free the slot of a task that came back, and let the pool learn from the attempt.
-        Returns the attempt's run time."""
-        if 0 < result.started_at <= result.finished_at:
-            run_s = result.finished_at - result.started_at  # the worker's own measure
-        else:
-            run_s = max(0.0, now - task.assigned_at)
-        pool = self.pools[task.spec.pool]
-        worker = pool.workers.get(task.worker_id)
-        if worker is None or task.id not in worker.held:
-            return run_s
-        pool.finish(
-            task,
-            task.worker_id,
-            queue_wait_s=max(0.0, task.assigned_at - task.created_at),
-            run_s=run_s,
-            success=result.success,
-        )
-        self.leases.pop(task.id, None)
-        if task.spec.execution_timeout_s:
-            self.timers.cancel(("timeout", (task.id, task.attempts)))
-        self.active -= 1
-        return run_s
-
     # Operators and clients -------------------------------------------------------------
 
     def cancel(self, task: Task, now: float) -> bool:
-        """Cancel a pending or running task (a running one is told to stop on its worker);
-        False if it was cancelled already, FailedPrecondition if it ended otherwise. The
-        runtime places again once the cancellation is durable."""
-        if task.state is TaskState.CANCELLED:
-            return False
-        if task.state.terminal:
-            raise FailedPrecondition(
-                f"task {task.id} has {task.state.name.lower()} already; it cannot be cancelled"
-            )
-        effects = self.effects
-        effects.now = now
-        if task.state is PENDING:
-            self.waiting.unwait(task)
-        else:
-            self._release(task)
-            if task.worker_id in self.members:
-                effects.cancel.append((task.worker_id, [task.id]))
-        move(
-            task,
-            TaskState.CANCELLED,
-            finished_at=now,
-            error=TaskError(type="Cancelled", message="cancelled by a client request"),
-        )
-        effects.save.append(task)
-        effects.finished.append(task)
-        return True
+        """Cancel a pending or running task; False if it was cancelled already,
+        FailedPrecondition if it ended otherwise (see `Operators.cancel`)."""
+        return self.operators.cancel(task, now)
 
-    @staticmethod
-    def check_retryable(task: Task) -> None:
-        """FailedPrecondition unless an operator may send this task round again."""
-        if task.state not in (TaskState.FAILED, TaskState.DEAD_LETTER):
-            raise FailedPrecondition(
-                f"task {task.id} is {task.state.name.lower()}; only failed or "
-                "dead-lettered tasks can be retried"
-            )
+    check_retryable = staticmethod(Operators.check_retryable)
 
     def retry(self, task: Task, now: float) -> bool:
-        """An operator sends a durable failed or dead-lettered task round again, with a
-        fresh set of attempts; False if it is not (yet) durable and terminal. The runtime
-        places again once the retries are durable."""
-        if task.id in self.live or not task.state.terminal:
-            return False  # not durable yet, or retried by a concurrent call
-        self.effects.now = now
-        move(
-            task,
-            PENDING,
-            attempts=0,
-            worker_id="",
-            assigned_at=0.0,
-            started_at=0.0,
-            finished_at=0.0,
-            result=b"",
-            error=None,
-            not_before=0.0,
-            placement_note="retried by an operator",
-        )
-        self.effects.save.append(task)
-        self.live[task.id] = task
-        self.admission.count(task, 1)
-        self.waiting.wait(task, now, deadline_from=now)
-        return True
+        """Send a durable failed or dead-lettered task round again; False if it is not
+        (yet) durable and terminal (see `Operators.retry`)."""
+        return self.operators.retry(task, now)
 
     # Workers -----------------------------------------------------------------------
 
@@ -346,14 +289,14 @@ class TaskLifecycle:
             return 0
         effects = self.effects
         effects.now = now
+        held = self.held
         requeued = 0
         for task_id in sorted(member.slot.held):
             task = self.live.get(task_id)
-            self.active -= 1
-            self.leases.pop(task_id, None)
+            held.dropped(task_id)
             if task is None or not task.state.active or task.worker_id != worker_id:
                 continue
-            self._requeue(task, reason, now)
+            held.requeue(task, reason, now)
             requeued += 1
         effects.worker_events.append((worker_id, member.pool, "disconnected"))
         effects.dispatch.add(member.pool)
@@ -377,7 +320,7 @@ class TaskLifecycle:
         slot = member.slot
         slot.load = load
         until = now + self.lease_s(member.pool)
-        leases = self.leases
+        leases = self.held.leases
         if held is None:
             for task_id in slot.held:
                 leases[task_id] = until
@@ -404,7 +347,7 @@ class TaskLifecycle:
                 )
             )
             self.events[(member.pool, "reconciled")] += 1
-            self._take_back(task, "the worker no longer held it", now)
+            self.held.take_back(task, "the worker no longer held it", now)
         unknown = claimed - slot.held
         if unknown:
             # Cancelled or requeued by the broker meanwhile: the worker should stop them.
@@ -440,9 +383,11 @@ class TaskLifecycle:
         """Requeue held tasks whose worker did not confirm them in time."""
         effects = self.effects
         effects.now = now
-        expired = [task_id for task_id, until in self.leases.items() if until < now]
+        held = self.held
+        leases = held.leases
+        expired = [task_id for task_id, until in leases.items() if until < now]
         for task_id in expired:
-            del self.leases[task_id]
+            del leases[task_id]
             task = self.live.get(task_id)
             if task is None or not task.state.active:
                 continue
@@ -456,9 +401,9 @@ class TaskLifecycle:
             )
             self.events[(task.spec.pool, "lease_expired")] += 1
             if task.worker_id in self.members:
-                self._take_back(task, "lease expired", now)
+                held.take_back(task, "lease expired", now)
             else:
-                self._requeue(task, "lease expired", now)
+                held.requeue(task, "lease expired", now)
             effects.dispatch.add(task.spec.pool)
 
     def _start_deadline_passed(self, task_id: TaskId, now: float) -> None:
@@ -497,7 +442,8 @@ class TaskLifecycle:
                 task,
             )
         )
-        run_s = self._learn(task, TaskResult(task_id=task_id, attempt=attempt, success=False), now)
+        result = TaskResult(task_id=task_id, attempt=attempt, success=False)
+        run_s = self.held.came_back(task, result, now)
         if member is not None:
             effects.cancel.append((worker_id, [task_id]))
             self.members.record(member, False, now)
@@ -515,36 +461,3 @@ class TaskLifecycle:
         else:
             effects.finished.append(task)
         effects.dispatch.add(task.spec.pool)
-
-    # Held tasks going back -------------------------------------------------------
-
-    def _requeue(self, task: Task, reason: str, now: float) -> None:
-        """A task a worker held goes back to pending (at-least-once delivery)."""
-        effects = self.effects
-        effects.requeued.append((task, reason))
-        effects.logs.append((logging.DEBUG, "task %d requeued: %s", (task.id, reason), task))
-        move(task, PENDING)
-        effects.save.append(task)
-        self.leases.pop(task.id, None)
-        if task.spec.execution_timeout_s:
-            self.timers.cancel(("timeout", (task.id, task.attempts)))
-        self.admission.count(task, 1)
-        self.waiting.wait(task, now)
-
-    def _take_back(self, task: Task, reason: str, now: float) -> None:
-        """Free the worker's slot of a task it should no longer run, tell it to stop,
-        and requeue the task."""
-        self._release(task)
-        self.effects.cancel.append((task.worker_id, [task.id]))
-        self._requeue(task, reason, now)
-
-    def _release(self, task: Task) -> None:
-        """The worker holding this task no longer does: its credit comes back."""
-        pool = self.pools[task.spec.pool]
-        worker = pool.workers.get(task.worker_id)
-        if worker is not None and task.id in worker.held:
-            pool.release(task.worker_id, task.id)
-            self.leases.pop(task.id, None)
-            if task.spec.execution_timeout_s:
-                self.timers.cancel(("timeout", (task.id, task.attempts)))
-            self.active -= 1

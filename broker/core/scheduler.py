@@ -1,99 +1,58 @@
-"""Pure placement decisions for one pool: which pending task goes to which worker.
+"""A pool's placement rounds: which waiting task goes next, to which worker, and the
+bookkeeping of what its workers hold.
 
 No I/O and no clock: the engine feeds it tasks and workers and applies the
 decisions it returns, so tests and tools can drive it directly.
 
-How a task is placed:
-1. Hard constraints are filters, applied first: the task's type, free credit,
-   its required labels (looked up in a label index, not by scanning workers) and
-   hard anti-affinity (no worker already running a task of the same group).
-2. Preferences score what is left: each matching preferred label adds its
-   weight, each running task of the same soft anti-affinity group costs
-   ``SOFT_ANTI_AFFINITY_PENALTY``.
-3. The pool's strategy picks among the best-scoring workers.
-Bulkheads come before all of this: while the pool holds its ``max_inflight`` tasks,
-or a task type its bulkhead's ``max_inflight``, tasks of it stay queued (never
-dropped), and the other types go on. Within the pool, fairness keys (tenants)
-take turns by weighted round robin (see broker.core.queue).
-A task without hints skips 1-2 and takes the strategy's pick from its index. A
-task that no ready worker may take is parked, with the reason, until a worker
+How a round goes:
+Bulkheads come first: while the pool holds its ``max_inflight`` tasks, or a task
+type its bulkhead's ``max_inflight``, tasks of it stay queued (never dropped), and
+the other types go on. Within the pool, fairness keys (tenants) take turns by
+weighted round robin (see broker.core.queue). Each task is placed by one of the
+pool's arms (broker.core.arms): its strategy, or the A/B arm for ``ab_percent`` of
+the tasks. A task without hints takes the strategy's pick from its index. A task
+with a sticky key goes back to the worker that last ran the key, waiting up to
+``sticky_timeout_s`` for it. Any other task with hints goes through the placement
+filters and scores (broker.core.placement).
+A task that no ready worker may take is parked, with the reason, until a worker
 of its type changes; one that no connected worker could ever take is marked
-unschedulable.
+unschedulable. Once placed, a task holds its worker's credit, its type's and pool's
+bulkhead room and its anti-affinity group until the worker releases it.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
+from broker.core.arms import ArmStats, make_arms
+from broker.core.placement import (
+    MAX_LABEL_INDEXES,
+    SOFT_ANTI_AFFINITY_PENALTY,
+    Decision,
+    ReadyWorkers,
+    fits,
+)
 from broker.core.queue import PoolQueue
 from broker.core.runtimes import RuntimeModel
-from broker.core.strategies import Outcome, Strategy, StrategyEnv, WorkerSlot, make_strategy
+from broker.core.strategies import Outcome, StrategyEnv, WorkerSlot
 from broker.core.strategies._base import UNLIMITED, default_env
 from broker.domain import PoolConfig, Task, TaskId, WorkerId
 from broker.errors import AlreadyExists, NotFound
 
-SOFT_ANTI_AFFINITY_PENALTY = 1_000_000
-# Strategy indexes kept for (task type, required labels) pairs, so that a task with
-# only required labels is placed from an index rather than by a scan. Past this
-# many pairs, further ones are served by filtering.
-MAX_LABEL_INDEXES = 256
-
-_LabelKey = tuple[str, frozenset[tuple[str, str]]]
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """This task goes to this worker, or (worker None) waits, for the reason in `note`."""
-
-    task: Task
-    worker: WorkerSlot | None
-    note: str
-    unschedulable: bool = False
-    arm: str = ""  # the strategy that placed it
-
-
-@dataclass(slots=True)
-class ArmStats:
-    """How the tasks one strategy placed went: for A/B splits and adaptive switching."""
-
-    strategy: str
-    placed: int = 0
-    finished: int = 0
-    failed: int = 0
-    wait_s: float = 0.0  # summed queue wait of finished tasks
-    run_s: float = 0.0  # summed run time of finished tasks
-
-    @property
-    def mean_wait_s(self) -> float:
-        return self.wait_s / self.finished if self.finished else 0.0
-
-    @property
-    def mean_run_s(self) -> float:
-        return self.run_s / self.finished if self.finished else 0.0
-
-
-class _Arm:
-    """One strategy of the pool, with an index per task type, and its results."""
-
-    def __init__(self, strategy: str, env: StrategyEnv) -> None:
-        make_strategy(strategy, env)  # KeyError for an unknown name, before anything changes
-        self.strategy = strategy
-        self.env = env
-        self.indexes: dict[str, Strategy] = {}
-        self.stats = ArmStats(strategy)
-
-    def index(self, task_type: str) -> Strategy:
-        index = self.indexes.get(task_type)
-        if index is None:
-            index = self.indexes[task_type] = make_strategy(self.strategy, self.env)
-        return index
+# Decision, ArmStats and the placement constants are kept importable from here.
+__all__ = [
+    "MAX_LABEL_INDEXES",
+    "SOFT_ANTI_AFFINITY_PENALTY",
+    "ArmStats",
+    "Decision",
+    "PoolScheduler",
+]
 
 
 class PoolScheduler:
-    """A pool's queue, its workers' credit, one strategy index per task type, and the
-    label index behind placement filters."""
+    """A pool's queue, its workers' credit, its bulkheads, arms and sticky keys, and
+    the ready workers placement picks from."""
 
     def __init__(
         self,
@@ -112,20 +71,15 @@ class PoolScheduler:
         self._type_limits = {b.task_type: b.max_inflight for b in self.config.bulkheads}
         self.inflight_by_type: Counter[str] = Counter()  # held tasks per type, for bulkheads
         self._type_of: dict[TaskId, str] = {}
-        self._arms = [_Arm(strategy, self.env)]
+        self._arms = make_arms(strategy, self.config, self.env)
         self._placed_by: dict[TaskId, int] = {}  # arm of each task a worker holds
-        if self.config.ab_strategy and self.config.ab_percent:
-            self._arms.append(_Arm(self.config.ab_strategy, self.env))
         self.sticky: dict[str, WorkerId] = {}  # sticky key -> the worker that last ran it
         self.sticky_moves: dict[str, WorkerId] = {}  # changed since the store last saw them
         self.sticky_hits = 0
         self.sticky_misses = 0
         self._sticky_since: dict[TaskId, float] = {}  # when a sticky task began to wait
-        self._ready_by_type: dict[str, dict[WorkerId, WorkerSlot]] = {}
-        # Ready workers of a type with some labels, one index per arm, and the reverse.
-        self._label_indexes: dict[_LabelKey, list[Strategy]] = {}
-        self._label_keys_of: dict[WorkerId, list[_LabelKey]] = {}
-        self._by_label: dict[tuple[str, str], set[WorkerId]] = {}
+        self._ready = ReadyWorkers(self.workers, self._arms, self.env)
+        self._ready_by_type = self._ready.by_type  # the same dict, kept by self._ready
         # The anti-affinity group of each placed task that has one, and whether it is hard.
         self._group_of: dict[TaskId, tuple[str, bool]] = {}
         self._parked: dict[str, dict[TaskId, Task]] = {}  # by task type
@@ -166,22 +120,17 @@ class PoolScheduler:
         if worker.worker_id in self.workers:
             raise AlreadyExists(f"worker {worker.worker_id!r} is connected already")
         self.workers[worker.worker_id] = worker
-        for label in worker.labels.items():
-            self._by_label.setdefault(label, set()).add(worker.worker_id)
+        self._ready.connect(worker)
         if worker.ready:
-            self._index_add(worker)
+            self._ready.add(worker)
         self._recheck.update(worker.task_types)
 
     def remove_worker(self, worker_id: WorkerId) -> WorkerSlot:
         """Forget a worker; the caller requeues what it held (``slot.held``)."""
         worker = self._get(worker_id)
-        self._index_remove(worker)
+        self._ready.remove(worker)
         del self.workers[worker_id]
-        for label in worker.labels.items():
-            holders = self._by_label[label]
-            holders.discard(worker_id)
-            if not holders:
-                del self._by_label[label]
+        self._ready.disconnect(worker)
         for task_id in worker.held:
             self._group_of.pop(task_id, None)
             self._placed_by.pop(task_id, None)
@@ -255,20 +204,13 @@ class PoolScheduler:
 
     def reconfigure(self, config: PoolConfig) -> None:
         """Switch strategy (and A/B split, sticky timeout): rebuild the ready indexes."""
-        arms = [_Arm(config.strategy, self.env)]  # KeyError before anything changes
-        if config.ab_strategy and config.ab_percent:
-            arms.append(_Arm(config.ab_strategy, self.env))
+        arms = make_arms(config.strategy, config, self.env)  # KeyError before anything changes
         self.config = config
         self._arms = arms
         self._type_limits = {b.task_type: b.max_inflight for b in config.bulkheads}
         self.queue.set_weights(config.fairness_weights)
         self._placed_by.clear()
-        self._ready_by_type.clear()
-        self._label_indexes.clear()
-        self._label_keys_of.clear()
-        for worker in self.workers.values():
-            if worker.ready:
-                self._index_add(worker)
+        self._ready.reset(arms)
 
     def set_strategy(self, strategy: str) -> None:
         """Switch the main strategy, keeping the rest of the pool's settings."""
@@ -311,6 +253,7 @@ class PoolScheduler:
         decisions: list[Decision] = []
         self._unpark(decisions)
         ready = self._ready_by_type
+        choose = self._ready.choose
         queue = self.queue
         while self._pool_open() and (
             types := [t for t in queue.types_waiting() if ready.get(t) and self._type_open(t)]
@@ -324,7 +267,8 @@ class PoolScheduler:
                     assert worker is not None, "a non-empty strategy index always picks"
                     decision = Decision(task, worker, self._arms[arm].strategy)
                 else:
-                    decision = self._choose(task, arm)
+                    sticky = self._sticky(task) if task.spec.placement.sticky_key else None
+                    decision = choose(task, arm) if sticky is None else sticky
                     if decision.worker is None:
                         self._park(task, decision, decisions)
                         continue
@@ -382,80 +326,13 @@ class PoolScheduler:
                 self.sticky_misses += 1
                 self.sticky[key] = self.sticky_moves[key] = worker.worker_id
         if worker.ready:
-            self._index_update(worker)
+            self._ready.update(worker)
         else:
-            self._index_remove(worker)
+            self._ready.remove(worker)
 
-    # Placement with hints ----------------------------------------------------
+    # Sticky keys and parked tasks ----------------------------------------------------
 
-    def _choose(self, task: Task, arm: int = 0) -> Decision:
-        hints = task.spec.placement
-        task_type = task.spec.task_type
-        ready = self._ready_by_type.get(task_type, {})
-        if hints.sticky_key:
-            sticky = self._sticky(task, ready)
-            if sticky is not None:
-                return sticky
-        if (
-            hints.required_labels
-            and not hints.preferred_labels
-            and not hints.anti_affinity_group
-            and (index := self._label_index(task_type, hints.required_labels, arm)) is not None
-        ):
-            allowed_count = len(index)
-            worker = index.pick(task)
-            if worker is None:
-                return self._why_waiting(task)
-            note = (
-                f"{self._arms[arm].strategy}: {allowed_count} of {len(ready)} ready workers "
-                f"allowed after required labels {_labels(hints.required_labels)}"
-            )
-            return Decision(task, worker, note)
-        removed: list[str] = []
-        if hints.required_labels:
-            matching = self._with_labels(hints.required_labels)
-            allowed = [ready[w] for w in matching if w in ready]
-            removed.append(f"required labels {_labels(hints.required_labels)}")
-        else:
-            allowed = list(ready.values())
-        if group := hints.anti_affinity_group:
-            # A hard task runs alone among its group; a soft one only avoids hard ones.
-            running = "hard_groups" if hints.anti_affinity_soft else "groups"
-            allowed = [w for w in allowed if not getattr(w, running).get(group)]
-            removed.append(f"anti-affinity group {group!r}")
-        if not allowed:
-            return self._why_waiting(task)
-        scores = {w.worker_id: self._score(task, w) for w in allowed}
-        best = max(scores.values())
-        top = [w for w in allowed if scores[w.worker_id] == best]
-        strategy = self._arms[arm]
-        worker = strategy.index(task_type).rank(task, top)
-        filters = f" after {' and '.join(removed)}" if removed else ""
-        note = (
-            f"{strategy.strategy}: {len(allowed)} of {len(ready)} ready workers "
-            f"allowed{filters}; score {best}"
-        )
-        return Decision(task, worker, note)
-
-    def _label_index(self, task_type: str, labels: Mapping[str, str], arm: int) -> Strategy | None:
-        """The arm's index of ready workers of this type with these labels (made on first
-        use); None once there are MAX_LABEL_INDEXES of them."""
-        key = (task_type, frozenset(labels.items()))
-        indexes = self._label_indexes.get(key)
-        if indexes is None:
-            if len(self._label_indexes) >= MAX_LABEL_INDEXES:
-                return None
-            indexes = self._label_indexes[key] = [
-                make_strategy(a.strategy, self.env) for a in self._arms
-            ]
-            for worker in self._ready_by_type.get(task_type, {}).values():
-                if _has_labels(worker, labels):
-                    self._label_keys_of.setdefault(worker.worker_id, []).append(key)
-                    for index in indexes:
-                        index.add(worker)
-        return indexes[arm]
-
-    def _sticky(self, task: Task, ready: dict[WorkerId, WorkerSlot]) -> Decision | None:
+    def _sticky(self, task: Task) -> Decision | None:
         """Where a sticky task goes: its key's worker, a wait for it, or None (no
         worker for the key, or the wait ran out: place it as any other task)."""
         key = task.spec.placement.sticky_key
@@ -467,7 +344,8 @@ class PoolScheduler:
             or any(owner.labels.get(k) != v for k, v in required.items())
         ):
             return None  # the key's worker is gone or can never take this task
-        if owner.worker_id in ready and self._fits(task, owner):
+        ready = self._ready_by_type.get(task.spec.task_type, {})
+        if owner.worker_id in ready and fits(task, owner):
             return Decision(task, owner, f"sticky: key {key!r} stays on {owner.worker_id}")
         now = self.env.clock.now()
         since = self._sticky_since.setdefault(task.id, now)
@@ -480,53 +358,6 @@ class PoolScheduler:
             None,
             f"waiting: sticky key {key!r} waits for worker {owner.worker_id} "
             f"for up to {deadline - now:.1f} s more",
-        )
-
-    def _fits(self, task: Task, worker: WorkerSlot) -> bool:
-        """Whether the worker passes the task's hard filters."""
-        hints = task.spec.placement
-        if any(worker.labels.get(k) != v for k, v in hints.required_labels.items()):
-            return False
-        if group := hints.anti_affinity_group:
-            running = worker.hard_groups if hints.anti_affinity_soft else worker.groups
-            return not running.get(group)
-        return True
-
-    def _score(self, task: Task, worker: WorkerSlot) -> int:
-        hints = task.spec.placement
-        score = sum(p.weight for p in hints.preferred_labels if worker.labels.get(p.key) == p.value)
-        if hints.anti_affinity_soft and hints.anti_affinity_group:
-            score -= SOFT_ANTI_AFFINITY_PENALTY * worker.groups.get(hints.anti_affinity_group, 0)
-        return score
-
-    def _with_labels(self, labels: Mapping[str, str]) -> set[WorkerId]:
-        """Connected workers (ready or not) whose labels include all of these."""
-        holders = [self._by_label.get(item, set()) for item in labels.items()]
-        holders.sort(key=len)
-        return set(holders[0]).intersection(*holders[1:]) if holders else set(self.workers)
-
-    def _why_waiting(self, task: Task) -> Decision:
-        """The decision to park a task that no ready worker may take, with the reason."""
-        hints = task.spec.placement
-        task_type = task.spec.task_type
-        able = [
-            w
-            for w in (self.workers[i] for i in self._with_labels(hints.required_labels))
-            if task_type in w.task_types
-        ]
-        wanted = f"type {task_type!r}"
-        if hints.required_labels:
-            wanted += f" and labels {_labels(hints.required_labels)}"
-        if not able:
-            return Decision(task, None, f"unschedulable: no connected worker takes {wanted}", True)
-        free = [w for w in able if w.ready]
-        if not free:
-            return Decision(task, None, f"waiting: all {len(able)} workers for {wanted} are busy")
-        return Decision(
-            task,
-            None,
-            f"waiting: all {len(free)} free workers for {wanted} run a task of "
-            f"anti-affinity group {hints.anti_affinity_group!r}",
         )
 
     def _park(self, task: Task, decision: Decision, decisions: list[Decision]) -> None:
@@ -553,7 +384,7 @@ class PoolScheduler:
             else:  # no ready worker of this type: only the reasons can change
                 self._parked[task_type] = parked
                 for task in parked.values():
-                    decision = self._why_waiting(task)
+                    decision = self._ready.why_waiting(task)
                     if (decision.note, decision.unschedulable) != (
                         task.placement_note,
                         task.unschedulable,
@@ -571,61 +402,15 @@ class PoolScheduler:
     def _reindex(self, worker: WorkerSlot, was_ready: bool) -> None:
         """Keep the ready indexes in step with a change to the worker."""
         if was_ready and not worker.ready:
-            self._index_remove(worker)
+            self._ready.remove(worker)
         elif worker.ready and not was_ready:
-            self._index_add(worker)
+            self._ready.add(worker)
             self._recheck.update(worker.task_types)
         elif worker.ready:
-            self._index_update(worker)
-
-    def _index_add(self, worker: WorkerSlot) -> None:
-        for task_type in worker.task_types:
-            self._ready_by_type.setdefault(task_type, {})[worker.worker_id] = worker
-            for arm in self._arms:
-                arm.index(task_type).add(worker)
-        keys = [
-            key
-            for key in self._label_indexes
-            if key[0] in worker.task_types and _has_labels(worker, dict(key[1]))
-        ]
-        if keys:
-            self._label_keys_of[worker.worker_id] = keys
-            for key in keys:
-                for index in self._label_indexes[key]:
-                    index.add(worker)
-
-    def _index_update(self, worker: WorkerSlot) -> None:
-        """The ready worker's load changed."""
-        for arm in self._arms:
-            for task_type in worker.task_types:
-                arm.index(task_type).update(worker)
-        for key in self._label_keys_of.get(worker.worker_id, ()):
-            for index in self._label_indexes[key]:
-                index.update(worker)
-
-    def _index_remove(self, worker: WorkerSlot) -> None:
-        for task_type in worker.task_types:
-            ready = self._ready_by_type.get(task_type)
-            if ready is not None:
-                ready.pop(worker.worker_id, None)
-            for arm in self._arms:
-                index = arm.indexes.get(task_type)
-                if index is not None:
-                    index.remove(worker)
-        for key in self._label_keys_of.pop(worker.worker_id, ()):
-            for index in self._label_indexes[key]:
-                index.remove(worker)
-
-
-def _has_labels(worker: WorkerSlot, labels: Mapping[str, str]) -> bool:
-    return all(worker.labels.get(k) == v for k, v in labels.items())
+            self._ready.update(worker)
 
 
 def _decrement(counter: Counter[str], key: str) -> None:
     counter[key] -= 1
     if counter[key] <= 0:
         del counter[key]
-
-
-def _labels(labels: Mapping[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))

@@ -37,8 +37,12 @@ from broker.core.queue import PoolQueue
 from broker.core.runtimes import RuntimeModel
 from broker.core.strategies import Outcome, StrategyEnv, WorkerSlot
 from broker.core.strategies._base import UNLIMITED, default_env
+from broker.core.validation import MAX_STICKY_KEYS
 from broker.domain import PoolConfig, Task, TaskId, WorkerId
 from broker.errors import AlreadyExists, NotFound
+
+# In sticky_moves: the key was evicted; the store deletes it.
+FORGET_STICKY: WorkerId = ""
 
 # Decision, ArmStats and the placement constants are kept importable from here.
 __all__ = [
@@ -62,6 +66,7 @@ class PoolScheduler:
         *,
         env: StrategyEnv | None = None,
         config: PoolConfig | None = None,
+        max_sticky_keys: int = MAX_STICKY_KEYS,
     ) -> None:
         self.name = name
         self.env = env or default_env(name)
@@ -73,8 +78,12 @@ class PoolScheduler:
         self._type_of: dict[TaskId, str] = {}
         self._arms = make_arms(strategy, self.config, self.env)
         self._placed_by: dict[TaskId, int] = {}  # arm of each task a worker holds
-        self.sticky: dict[str, WorkerId] = {}  # sticky key -> the worker that last ran it
-        self.sticky_moves: dict[str, WorkerId] = {}  # changed since the store last saw them
+        # Sticky key -> the worker that last ran it, least recently used first; past
+        # max_sticky_keys the least recently used key is forgotten.
+        self.sticky: dict[str, WorkerId] = {}
+        self.max_sticky_keys = max_sticky_keys
+        # Changed since the store last saw them; FORGET_STICKY: evicted, delete it.
+        self.sticky_moves: dict[str, WorkerId] = {}
         self.sticky_hits = 0
         self.sticky_misses = 0
         self._sticky_since: dict[TaskId, float] = {}  # when a sticky task began to wait
@@ -322,15 +331,32 @@ class PoolScheduler:
             self._sticky_since.pop(task.id, None)
             if self.sticky.get(key) == worker.worker_id:
                 self.sticky_hits += 1
+                self.sticky[key] = self.sticky.pop(key)  # now the most recently used
             else:
                 self.sticky_misses += 1
+                self.sticky.pop(key, None)
                 self.sticky[key] = self.sticky_moves[key] = worker.worker_id
+                self._evict_sticky()
         if worker.ready:
             self._ready.update(worker)
         else:
             self._ready.remove(worker)
 
     # Sticky keys and parked tasks ----------------------------------------------------
+
+    def restore_sticky(self, keys: dict[str, WorkerId]) -> None:
+        """Take back the sticky keys the store kept (oldest first), within the bound."""
+        self.sticky.update(keys)
+        self._evict_sticky()
+
+    def _evict_sticky(self) -> None:
+        """Forget the least recently used sticky keys past max_sticky_keys, in memory
+        and (through sticky_moves) in the store."""
+        sticky = self.sticky
+        while len(sticky) > self.max_sticky_keys:
+            oldest = next(iter(sticky))
+            del sticky[oldest]
+            self.sticky_moves[oldest] = FORGET_STICKY
 
     def _sticky(self, task: Task) -> Decision | None:
         """Where a sticky task goes: its key's worker, a wait for it, or None (no

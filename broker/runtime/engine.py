@@ -121,7 +121,7 @@ class Engine:
         for pool in await self._store.list_pools():
             scheduler = core.add_pool(pool)
             scheduler.runtimes.load(runtimes)
-            scheduler.sticky.update(sticky.get(pool.name, {}))
+            scheduler.restore_sticky(sticky.get(pool.name, {}))
         counts = await self._store.count_by_pool_state()
         self._watchers.finished = Counter({key: n for key, n in counts.items() if key[1].terminal})
         core.waiting.next_id = await self._store.max_task_id() + 1
@@ -360,9 +360,9 @@ class Engine:
         """Register a worker; returns its spec with the id it was given."""
         if not self.accepting:
             raise Unavailable("the broker is not taking workers now (it is shutting down)")
+        validate_worker(spec)
         if spec.pool not in self._core.pools:
             raise NotFound(f"pool {spec.pool!r} does not exist")
-        validate_worker(spec)
         spec = self._workers.with_id(spec)
         member = self._core.members.join(
             spec.worker_id,

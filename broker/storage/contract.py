@@ -119,7 +119,8 @@ class Store(WorkerLog, RollupStore, Protocol):
         """Append an audited configuration change, returning once committed."""
 
     def save_sticky(self, pool: str, key: str, worker_id: WorkerId) -> None:
-        """Queue where a sticky key now lives."""
+        """Queue where a sticky key now lives; an empty `worker_id` forgets the key (the
+        scheduler evicted it)."""
 
     def save_runtime(self, key: RuntimeKey, stats: RunStats) -> None:
         """Queue a snapshot of learned run-time statistics."""
@@ -175,7 +176,8 @@ class Store(WorkerLog, RollupStore, Protocol):
         ...
 
     async def load_sticky(self) -> dict[str, dict[str, WorkerId]]:
-        """Where each pool's sticky keys live: pool -> key -> worker id."""
+        """Where each pool's sticky keys live: pool -> key -> worker id, each pool's keys
+        in the order they were last saved, oldest first."""
         ...
 
     async def load_runtimes(self) -> list[tuple[RuntimeKey, RunStats]]:

@@ -94,7 +94,10 @@ class _MemoryWriter:
             tables.pools[pool.name] = pool
         tables.audit.extend(batch.config_changes)
         for (pool_name, key), (worker_id, _at) in batch.sticky.items():
-            tables.sticky.setdefault(pool_name, {})[key] = worker_id
+            keys = tables.sticky.setdefault(pool_name, {})
+            keys.pop(key, None)  # kept in the order of their last change, like SQLite's
+            if worker_id:  # an empty worker id forgets the key
+                keys[key] = worker_id
         tables.runtimes.update(batch.runtimes)
         for row in batch.rollups:
             tables.add_rollup(row)

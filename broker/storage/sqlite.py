@@ -77,6 +77,7 @@ _INSERT_CONFIG_CHANGE: Final = """
 _UPSERT_STICKY: Final = """
     INSERT OR REPLACE INTO sticky_keys (pool, key, worker_id, updated_at) VALUES (?, ?, ?, ?)
 """
+_DELETE_STICKY: Final = "DELETE FROM sticky_keys WHERE pool = ? AND key = ?"
 _UPSERT_RUNTIME: Final = f"""
     INSERT OR REPLACE INTO runtimes ({RUNTIME_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 """
@@ -296,7 +297,7 @@ class SQLiteStore(GroupCommit[Row]):
 
     async def load_sticky(self) -> dict[str, dict[str, WorkerId]]:
         """Where each pool's sticky keys live: pool -> key -> worker id."""
-        rows = await self._fetch("SELECT pool, key, worker_id FROM sticky_keys")
+        rows = await self._fetch("SELECT pool, key, worker_id FROM sticky_keys ORDER BY updated_at")
         sticky: dict[str, dict[str, WorkerId]] = {}
         for pool, key, worker_id in rows:
             sticky.setdefault(pool, {})[key] = worker_id
@@ -382,7 +383,11 @@ def _statements(batch: WriteBatch[Row]) -> list[tuple[str, Sequence[Row]]]:
         (_INSERT_CONFIG_CHANGE, [config_change_row(c) for c in batch.config_changes]),
         (
             _UPSERT_STICKY,
-            [(pool, key, *where) for (pool, key), where in batch.sticky.items()],
+            [(pool, key, *where) for (pool, key), where in batch.sticky.items() if where[0]],
+        ),
+        (
+            _DELETE_STICKY,  # an empty worker id forgets the key
+            [(pool, key) for (pool, key), (worker_id, _) in batch.sticky.items() if not worker_id],
         ),
         (_UPSERT_RUNTIME, [runtime_row(k, stats) for k, stats in batch.runtimes.items()]),
         (_UPSERT_ROLLUP, [rollup_row(row) for row in batch.rollups]),

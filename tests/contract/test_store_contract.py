@@ -445,6 +445,15 @@ async def test_sticky_keys_round_trip_and_move(store: Store) -> None:
     }
 
 
+async def test_an_empty_worker_id_forgets_a_sticky_key(store: Store) -> None:
+    store.save_sticky("default", "user-1", "w1")
+    store.save_sticky("default", "user-2", "w2")
+    await store.flush()
+    store.save_sticky("default", "user-1", "")  # evicted by the scheduler
+    await store.flush()
+    assert await store.load_sticky() == {"default": {"user-2": "w2"}}
+
+
 async def test_runtimes_round_trip_as_snapshots(store: Store) -> None:
     assert await store.load_runtimes() == []
     key = RuntimeKey("default", "resize", "class=fast")

@@ -370,3 +370,30 @@ def test_a_run_out_sticky_wait_with_no_ready_worker_needs_no_wake_up() -> None:
     assert pool.next_deadline() is None  # nothing to wake up for: no busy loop
     pool.set_draining(other, False)
     assert placed(pool.place()) == {2: other}
+
+
+def test_the_sticky_map_forgets_its_least_recently_used_keys() -> None:
+    pool, _ = sticky_pool()
+    pool.max_sticky_keys = 2
+    for task_id, key in [(1, "k1"), (2, "k2")]:
+        pool.enqueue(sticky(task_id, key))
+        (worker,) = placed(pool.place()).values()
+        pool.release(worker, task_id)
+    pool.sticky_moves.clear()  # as the dispatcher does once it queued them for the store
+    pool.enqueue(sticky(3, "k1"))  # k1 used again: k2 is now the least recently used
+    (worker,) = placed(pool.place()).values()
+    pool.release(worker, 3)
+    pool.enqueue(sticky(4, "k3"))
+    placed(pool.place())
+    assert list(pool.sticky) == ["k1", "k3"]
+    assert pool.sticky_moves["k2"] == ""  # the store deletes it
+    assert "k3" in pool.sticky_moves
+    assert "k1" not in pool.sticky_moves
+
+
+def test_restored_sticky_keys_keep_within_the_bound() -> None:
+    pool, _ = sticky_pool()
+    pool.max_sticky_keys = 3
+    pool.restore_sticky({f"k{i}": "a" for i in range(5)})  # oldest first
+    assert list(pool.sticky) == ["k2", "k3", "k4"]
+    assert pool.sticky_moves == {"k0": "", "k1": ""}

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from opentelemetry.trace import Tracer
 
+from broker.core import validation
 from broker.core.states import BrokerState
 from broker.domain import (
     Backlog,
@@ -108,6 +109,7 @@ class BrokerService:
 
     async def list_tasks(self, flt: TaskFilter) -> list[Task]:
         """Tasks matching `flt`, newest first."""
+        validation.validate_names(pool=flt.pool, task_type=flt.task_type)
         return await self._engine.list_tasks(flt)
 
     async def wait(self, task_ids: Sequence[TaskId], timeout_s: float) -> list[Task]:
@@ -130,6 +132,8 @@ class BrokerService:
     ) -> list[Task]:
         """Send failed or dead-lettered tasks round again: these ids, and with
         `dead_letter_pool`, up to `limit` of its dead-lettered tasks."""
+        validation.validate_ids("task_ids", task_ids)
+        validation.validate_names(dead_letter_pool=dead_letter_pool)
         return await self._engine.retry(task_ids, dead_letter_pool, limit)
 
     # -- pools and configuration ---------------------------------------------------------
@@ -138,9 +142,11 @@ class BrokerService:
         return self._engine.pools()
 
     async def create_pool(self, pool: PoolConfig, who: str = "") -> PoolConfig:
+        validation.validate_pool_request(pool)
         return await self._engine.create_pool(pool, who=who)
 
     async def update_pool(self, pool: PoolConfig, who: str = "") -> PoolConfig:
+        validation.validate_pool_request(pool)
         return await self._engine.update_pool(pool, who=who)
 
     async def reload_config(self, who: str = "") -> list[ConfigChange]:
@@ -151,19 +157,23 @@ class BrokerService:
 
     async def config_history(self, pool: str = "", limit: int = 100) -> list[ConfigChange]:
         """Audited changes of pool settings, newest first."""
+        validation.validate_names(pool=pool)
         return await self._engine.config_history(pool, limit)
 
     # -- operating workers ---------------------------------------------------------------
 
     def list_workers(self, pool: str = "") -> list[WorkerStatus]:
+        validation.validate_names(pool=pool)
         return self._engine.workers(pool)
 
     def drain_worker(self, worker_id: WorkerId) -> WorkerStatus:
         """Send the worker no more work and ask it to finish and disconnect."""
+        validation.validate_names(worker_id=worker_id)
         return self._engine.drain_worker(worker_id)
 
     def cordon_worker(self, worker_id: WorkerId, cordon: bool = True) -> WorkerStatus:
         """Send the worker no new work (cordon) or let it have work again (cordon=False)."""
+        validation.validate_names(worker_id=worker_id)
         return self._engine.cordon_worker(worker_id, cordon)
 
     # -- statistics ----------------------------------------------------------------------
@@ -199,6 +209,7 @@ class BrokerService:
         bucket_s: int = 0,
     ) -> list[MetricPoint]:
         """Points of the metrics history (see MetricsHistory.history); a pool must exist."""
+        validation.validate_names(pool=pool, task_type=task_type, worker_id=worker_id)
         self._check_pool(pool)
         return await self._history.history(
             pool, task_type, worker_id, since=since, until=until, bucket_s=bucket_s
@@ -214,6 +225,7 @@ class BrokerService:
         """A worker count for each pool (or the one named), for a mean queue wait of
         `target_wait_s` over the next `horizon_s` seconds: its history and its workers
         now, through the queueing model of broker.observability.recommend."""
+        validation.validate_names(pool=pool)
         engine = self._engine
         names = [p.name for p in engine.pools()]
         if pool and pool not in names:
@@ -275,12 +287,15 @@ class BrokerService:
         assignments_seen: int = 0,
     ) -> None:
         """A worker's load and the tasks it holds (to reconcile the broker's count)."""
+        held = None if held is None else list(held)
+        validation.validate_heartbeat(load, held)
         self._engine.heartbeat(worker_id, load, held, assignments_seen)
 
     def report(
         self, worker_id: WorkerId, started: Sequence[TaskId], results: Sequence[TaskResult]
     ) -> None:
         """A worker's start notices and results."""
+        validation.validate_report(started, results)
         self._engine.report(worker_id, started, results)
 
     def set_capacity(self, worker_id: WorkerId, capacity: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -283,6 +284,7 @@ class Client(AdminCalls):
 
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskInfo:  # noqa: ASYNC109
         """The task once it is terminal; DeadlineExceeded after `timeout` seconds."""
+        _check_timeout(timeout)
         if timeout is None:
             return await self._watch(task_id)
         deadline = asyncio.timeout(timeout)
@@ -300,6 +302,7 @@ class Client(AdminCalls):
         timeout: float | None = None,  # noqa: ASYNC109 - a deadline for the whole wait
     ) -> list[TaskInfo]:
         """The tasks, in order, once all are terminal; DeadlineExceeded after `timeout`."""
+        _check_timeout(timeout)
         if not task_ids:
             return []
         stream = self._submit_stream()
@@ -388,3 +391,9 @@ class Client(AdminCalls):
         )
         response = await self._unary(task_stub.List(request, metadata=self._metadata))
         return _convert.listed_tasks(response)
+
+
+def _check_timeout(timeout: float | None) -> None:
+    """A wait's timeout is None (no limit) or a finite number of seconds, 0 or more."""
+    if timeout is not None and not (math.isfinite(timeout) and timeout >= 0):
+        raise ValueError(f"timeout must be None or a finite number of seconds >= 0, got {timeout}")

@@ -432,10 +432,13 @@ class _Session:
                 return
 
 
+MAX_ERROR_TYPE_CHARS = 200
+
+
 def _error_info(error: BaseException) -> TaskErrorInfo:
     """The TaskError reported for a handler's exception."""
     return TaskErrorInfo(
-        type=type(error).__name__,
+        type=type(error).__name__[:MAX_ERROR_TYPE_CHARS],  # the broker's limit
         message=str(error),
         traceback=bound_traceback("".join(traceback.format_exception(error))),
     )

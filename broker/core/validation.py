@@ -1,18 +1,23 @@
-"""What a task or a worker may ask for: the limits, checked once at the door.
+"""What a task, a worker or a caller may ask for: the limits, checked once at the door.
 
-Each check raises the broker's error for the caller (InvalidArgument, NotFound,
-ResourceExhausted) with a message that names the field and the limit; `where`
-prefixes it with the task's place in a batch ("task 3: "). Pure: time is passed in.
+Every string and list that comes in on the wire has its limit here (the README's
+"Limits" table lists them). Each check raises the broker's error for the caller
+(InvalidArgument, NotFound, ResourceExhausted) with a message that names the field and
+the limit; `where` prefixes it with the task's place in a batch ("task 3: "). Pure:
+time is passed in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Container, Sequence
+import math
+from collections.abc import Collection, Container, Iterable, Sequence
 
 from broker.domain import (
     MAX_PRIORITY,
     MIN_PRIORITY,
     Placement,
+    PoolConfig,
+    TaskResult,
     TaskSpec,
     WorkerSpec,
 )
@@ -28,6 +33,46 @@ MAX_KEY_LENGTH = 200
 MAX_TRACE_KEYS = 8  # traceparent, tracestate and a little room
 MAX_TRACE_VALUE = 1024
 MAX_DELAY_S = 366 * 86_400.0  # how far ahead not_before may be
+MAX_TASK_TYPES = 256  # task types one worker registers
+MAX_ERROR_NAMES = 64  # error types in each list of a retry policy
+MAX_TASK_IDS = 10_000  # task ids in one request or worker message
+MAX_TASK_STATES = 16  # states in a task list filter
+MAX_BULKHEADS = 256  # bulkheads of one pool
+MAX_FAIRNESS_WEIGHTS = 1000  # fairness weights of one pool
+MAX_STICKY_KEYS = 100_000  # sticky keys a pool remembers; the least recently used go
+
+
+def check_length(value: str, field: str, limit: int = MAX_NAME_LENGTH, where: str = "") -> None:
+    """InvalidArgument unless `value` has at most `limit` characters."""
+    if len(value) > limit:
+        raise InvalidArgument(
+            f"{where}{field} is longer than {limit} characters (got {len(value)})"
+        )
+
+
+def check_count(items: Collection[object], field: str, limit: int, where: str = "") -> None:
+    """InvalidArgument unless `items` holds at most `limit` entries."""
+    if len(items) > limit:
+        raise InvalidArgument(f"{where}{field} holds more than {limit} entries (got {len(items)})")
+
+
+def check_names(
+    names: Collection[str], field: str, count: int, length: int = MAX_NAME_LENGTH, where: str = ""
+) -> None:
+    """At most `count` names, each of at most `length` characters."""
+    check_count(names, field, count, where)
+    for name in names:
+        check_length(name, f"each of {field}", length, where)
+
+
+def check_wait_timeout(timeout_s: float) -> None:
+    """A Wait's timeout: a finite number of seconds, 0 or more (0 asks for the broker's
+    longest wait, max_wait_s, which also caps longer ones)."""
+    if not (math.isfinite(timeout_s) and timeout_s >= 0):
+        raise InvalidArgument(
+            f"timeout_s must be a finite number of seconds, 0 (the longest wait) or more, "
+            f"got {timeout_s}"
+        )
 
 
 def validate_batch(
@@ -60,12 +105,12 @@ def validate_spec(
     """Check one task's type, priority, pool, placement, options and payload size."""
     if not spec.task_type or not spec.task_type.strip():
         raise InvalidArgument(f"{where}task_type must not be empty")
-    if len(spec.task_type) > MAX_NAME_LENGTH:
-        raise InvalidArgument(f"{where}task_type is longer than {MAX_NAME_LENGTH} characters")
+    check_length(spec.task_type, "task_type", MAX_NAME_LENGTH, where)
     if not MIN_PRIORITY <= spec.priority <= MAX_PRIORITY:
         raise InvalidArgument(
             f"{where}priority must be {MIN_PRIORITY}..{MAX_PRIORITY}, got {spec.priority}"
         )
+    check_length(spec.pool, "pool", MAX_NAME_LENGTH, where)
     if spec.pool not in pools:
         raise NotFound(
             f"{where}pool {spec.pool!r} does not exist "
@@ -73,6 +118,7 @@ def validate_spec(
         )
     if not spec.placement.free:
         validate_placement(spec.placement, where)
+    check_length(spec.placement.routing_key, "routing_key", MAX_KEY_LENGTH, where)
     if spec.has_options:
         validate_options(spec, where, now)
     if len(spec.payload) > max_payload_bytes:
@@ -85,6 +131,10 @@ def validate_spec(
 def validate_options(spec: TaskSpec, where: str, now: float) -> None:
     """Check the retry policy, delay, deadlines, keys and trace context."""
     retry = spec.retry
+    check_names(retry.retryable_errors, "retry retryable_errors", MAX_ERROR_NAMES, where=where)
+    check_names(
+        retry.non_retryable_errors, "retry non_retryable_errors", MAX_ERROR_NAMES, where=where
+    )
     if not 1 <= retry.max_attempts <= MAX_ATTEMPTS:
         raise InvalidArgument(
             f"{where}retry max_attempts must be 1..{MAX_ATTEMPTS}, got {retry.max_attempts}"
@@ -107,8 +157,7 @@ def validate_options(spec: TaskSpec, where: str, now: float) -> None:
     if spec.not_before < 0 or spec.not_before > now + MAX_DELAY_S:
         raise InvalidArgument(f"{where}not_before must be within a year from now")
     for name in ("idempotency_key", "fairness_key"):
-        if len(getattr(spec, name)) > MAX_KEY_LENGTH:
-            raise InvalidArgument(f"{where}{name} is longer than {MAX_KEY_LENGTH} characters")
+        check_length(getattr(spec, name), name, MAX_KEY_LENGTH, where)
     trace = spec.trace_context
     if len(trace) > MAX_TRACE_KEYS or any(
         len(k) > MAX_KEY_LENGTH or len(v) > MAX_TRACE_VALUE for k, v in trace.items()
@@ -120,7 +169,8 @@ def validate_options(spec: TaskSpec, where: str, now: float) -> None:
 
 
 def validate_placement(placement: Placement, where: str) -> None:
-    """Check a task's required and preferred labels and its anti-affinity group."""
+    """Check a task's labels, its anti-affinity group and its sticky key."""
+    check_length(placement.sticky_key, "sticky_key", MAX_KEY_LENGTH, where)
     labels = [*placement.required_labels.items()]
     labels += [(p.key, p.value) for p in placement.preferred_labels]
     if len(labels) > MAX_LABELS:
@@ -137,25 +187,68 @@ def validate_placement(placement: Placement, where: str) -> None:
                 f"{where}preferred label {preferred.key}={preferred.value}: weight must be "
                 f"1..{MAX_PREFERENCE_WEIGHT}, got {preferred.weight}"
             )
-    if len(placement.anti_affinity_group) > MAX_NAME_LENGTH:
-        raise InvalidArgument(
-            f"{where}anti_affinity_group is longer than {MAX_NAME_LENGTH} characters"
-        )
+    check_length(placement.anti_affinity_group, "anti_affinity_group", MAX_NAME_LENGTH, where)
 
 
 def validate_worker(spec: WorkerSpec) -> None:
-    """Check what a worker registers: capacity, task types, id and labels."""
+    """Check what a worker registers: capacity, task types, id, pool, labels, version."""
     if not 1 <= spec.capacity <= MAX_CAPACITY:
         raise InvalidArgument(f"capacity must be 1..{MAX_CAPACITY}, got {spec.capacity}")
     if not spec.task_types:
         raise InvalidArgument("a worker must register at least one task type")
+    check_names(spec.task_types, "task_types", MAX_TASK_TYPES)
     for task_type in spec.task_types:
-        if not task_type.strip() or len(task_type) > MAX_NAME_LENGTH:
+        if not task_type.strip():
             raise InvalidArgument(f"invalid task type {task_type!r}")
-    if len(spec.worker_id) > MAX_NAME_LENGTH:
-        raise InvalidArgument(f"worker_id is longer than {MAX_NAME_LENGTH} characters")
-    if len(spec.labels) > MAX_LABELS:
-        raise InvalidArgument(f"a worker has at most {MAX_LABELS} labels")
+    check_length(spec.worker_id, "worker_id")
+    check_length(spec.pool, "pool")
+    check_length(spec.sdk_version, "sdk_version")
+    check_count(spec.labels, "labels", MAX_LABELS)
+    for key, value in spec.labels.items():
+        check_length(key, "label key")
+        check_length(value, "label value")
+
+
+def validate_report(started: Collection[object], results: Sequence[TaskResult]) -> None:
+    """Check a worker's results message: how many, and each error's type. (Messages and
+    tracebacks are cut to max_traceback_chars later; results over max_result_bytes fail
+    their task.)"""
+    check_count(started, "started_task_ids", MAX_TASK_IDS)
+    check_count(results, "results", MAX_TASK_IDS)
+    for result in results:
+        if result.error is not None:
+            check_length(result.error.type, "error type")
+
+
+def validate_heartbeat(load: float, held: Collection[object] | None) -> None:
+    """Check a heartbeat: a finite load, and at most MAX_TASK_IDS held ids."""
+    if not math.isfinite(load):
+        raise InvalidArgument(f"load must be a finite number, got {load}")
+    if held is not None:
+        check_count(held, "held_task_ids", MAX_TASK_IDS)
+
+
+def validate_pool_request(pool: PoolConfig) -> None:
+    """Check the strings and lists of a pool from a caller, before its settings are checked
+    (broker.config.validate_pool): name, strategy names, bulkheads, fairness weights."""
+    check_length(pool.name, "pool name")
+    for name in ("strategy", "ab_strategy", "rate_mode"):
+        check_length(getattr(pool, name), name)
+    check_count(pool.bulkheads, "bulkheads", MAX_BULKHEADS)
+    for bulkhead in pool.bulkheads:
+        check_length(bulkhead.task_type, "bulkhead task_type")
+    check_names(pool.fairness_weights, "fairness_weights", MAX_FAIRNESS_WEIGHTS, MAX_KEY_LENGTH)
+
+
+def validate_names(**names: str) -> None:
+    """Check names a query or command takes (pools, task types, worker ids)."""
+    for field, value in names.items():
+        check_length(value, field)
+
+
+def validate_ids(field: str, ids: Iterable[object]) -> None:
+    """Check the count of task ids in one request."""
+    check_count(list(ids), field, MAX_TASK_IDS)
 
 
 def validate_capacity(capacity: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict
 
+from broker.core.validation import MAX_TASK_STATES, check_count, check_wait_timeout
 from broker.domain import (
     ANYWHERE,
     BULKHEAD_LIMITS,
@@ -54,6 +55,13 @@ def task_id_from_pb(text: str) -> TaskId:
 
 def task_ids_from_pb(texts: Sequence[str]) -> list[TaskId]:
     return [task_id_from_pb(t) for t in texts]
+
+
+def wait_timeout_from_pb(timeout_s: float) -> float:
+    """A Wait's timeout: 0 is the broker's longest wait (inf here, capped by max_wait_s);
+    negative, NaN or infinite ones are refused."""
+    check_wait_timeout(timeout_s)
+    return timeout_s or float("inf")
 
 
 def placement_from_pb(msg: _tasks.Placement) -> Placement:
@@ -252,6 +260,7 @@ def results_from_pb(msg: _worker.Results) -> tuple[list[TaskId], list[TaskResult
 
 
 def filter_from_pb(msg: _tasks.ListTasksRequest) -> TaskFilter:
+    check_count(msg.states, "states", MAX_TASK_STATES)
     states = set()
     for value in msg.states:
         try:

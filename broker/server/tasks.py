@@ -10,8 +10,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+from broker.core.validation import MAX_TASK_IDS
 from broker.domain import Task, TaskId
-from broker.errors import BrokerError, ResourceExhausted
+from broker.errors import BrokerError, InvalidArgument, ResourceExhausted
 from broker.server import convert
 from broker.server.parsing import Malformed, client_identity
 from broker.server.status import Context, edge, retry_after_ms, status_of
@@ -70,7 +71,7 @@ class TaskService(_tasks_grpc.TaskServiceServicer):
     @edge
     async def Wait(self, request: _tasks.WaitRequest, context: Context) -> _tasks.WaitResponse:
         ids = convert.task_ids_from_pb(request.task_ids)
-        timeout = request.timeout_s if request.timeout_s > 0 else float("inf")
+        timeout = convert.wait_timeout_from_pb(request.timeout_s)
         remaining = context.time_remaining()
         if remaining is not None:  # answer before the caller's deadline does
             timeout = min(timeout, max(0.0, remaining - 0.05))
@@ -196,6 +197,13 @@ class _SubmitSession:
                     watch.extend(t.id for t in tasks)
             self._acks.append(ack)
             self._wake.set()
+        if len(request.watch_task_ids) > MAX_TASK_IDS:
+            self.failed = InvalidArgument(
+                f"watch_task_ids holds more than {MAX_TASK_IDS} entries "
+                f"(got {len(request.watch_task_ids)})"
+            )
+            self._wake.set()
+            return
         for text in request.watch_task_ids:
             try:
                 watch.append(convert.task_id_from_pb(text))

@@ -203,7 +203,8 @@ def validate_worker(spec: WorkerSpec) -> None:
     check_length(spec.worker_id, "worker_id")
     check_length(spec.pool, "pool")
     check_length(spec.sdk_version, "sdk_version")
-    check_count(spec.labels, "labels", MAX_LABELS)
+    if len(spec.labels) > MAX_LABELS:
+        raise InvalidArgument(f"labels: a worker has at most {MAX_LABELS} labels")
     for key, value in spec.labels.items():
         check_length(key, "label key")
         check_length(value, "label value")

@@ -17,7 +17,7 @@ import grpc.aio
 
 from worker_sdk import _convert
 from worker_sdk._context import TaskContext
-from worker_sdk._errors import TaskbrokerError
+from worker_sdk._errors import TaskbrokerError, WorkerError
 from worker_sdk._messages import (
     Assignment,
     AssignmentsReceived,
@@ -435,7 +435,7 @@ class _Session:
 def _error_info(error: BaseException) -> TaskErrorInfo:
     """The TaskError reported for a handler's exception."""
     return TaskErrorInfo(
-        type=type(error).__name__,
+        type="WorkerError" if isinstance(error, WorkerError) else type(error).__name__,
         message=str(error),
         traceback=bound_traceback("".join(traceback.format_exception(error))),
     )

@@ -383,11 +383,13 @@ class Engine:
         self._apply()
         return spec
 
-    def disconnect_worker(self, worker_id: WorkerId, reason: str) -> None:
-        """Forget a worker and requeue every task it held (at-least-once delivery)."""
+    def disconnect_worker(self, worker_id: WorkerId, reason: str, *, counts: bool = True) -> None:
+        """Forget a worker and requeue every task it held (at-least-once delivery); unless
+        `counts` is False (the broker's own doing), each such task has a failed attempt
+        (WorkerLost), and one delivered `max_deliveries` times is dead-lettered."""
         if self._workers.remove(worker_id) is None:
             return
-        requeued = self._core.worker_lost(worker_id, reason, self._clock.now())
+        requeued = self._core.worker_lost(worker_id, reason, self._clock.now(), counts=counts)
         log.info("worker %s disconnected (%s); %d tasks requeued", worker_id, reason, requeued)
         self._apply()
 
@@ -395,7 +397,7 @@ class Engine:
         """End every worker stream; what they held is requeued."""
         for session in self._workers:
             session.channel.close(Unavailable(reason))
-            self.disconnect_worker(session.spec.worker_id, reason)
+            self.disconnect_worker(session.spec.worker_id, reason, counts=False)
 
     def heartbeat(
         self,

@@ -35,7 +35,7 @@ def test_the_defaults_are_the_domains() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("failures", 0),
+        ("failures", -1),
         ("failure_rate", -0.1),
         ("failure_rate", 1.0),
         ("failure_rate", float("nan")),

@@ -375,7 +375,8 @@ def test_a_task_that_loses_its_worker_each_time_is_dead_lettered_after_max_deliv
         3,
         "WorkerLost",
     )
-    assert task.error is not None and "max_deliveries = 3" in task.error.message
+    assert task.error is not None
+    assert "max_deliveries = 3" in task.error.message
     assert world.effects.finished == [task]
     assert world.core.active == 0
 

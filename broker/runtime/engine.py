@@ -12,6 +12,7 @@ and never blocks it: the only waits are on the store's commits.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from collections import Counter
@@ -227,9 +228,16 @@ class Engine:
             self.observers.submitted(tasks, now)
 
     async def get(self, task_id: TaskId) -> Task:
-        task = self._core.live.get(task_id)
-        if task is None:
-            task = await self._store.get_task(task_id)
+        """The task; a pending one with why it waits in its placement_note, if no worker
+        that could take it takes work (see `TaskLifecycle.why_waiting`)."""
+        core = self._core
+        task = core.live.get(task_id)
+        if task is not None:
+            note = core.why_waiting(task, self._clock.now())
+            if note and note != task.placement_note:
+                return dataclasses.replace(task, placement_note=note)
+            return task
+        task = await self._store.get_task(task_id)
         if task is None:
             raise NotFound(f"task {task_id} does not exist")
         return task

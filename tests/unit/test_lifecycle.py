@@ -445,3 +445,28 @@ def test_one_type_s_handler_errors_do_not_stop_a_worker_s_other_types() -> None:
     run("a", False)
     run("b", False)  # a second type fails too: the worker's fault
     assert ("w", POOL, "breaker open") in world.effects.worker_events
+
+
+def test_a_pending_task_s_note_says_why_no_worker_takes_it() -> None:
+    world = World(breaker_failures=1, breaker_cooldown_s=10.0)
+    task = world.submit()
+    assert world.core.why_waiting(task, world.now) == (
+        "unschedulable: no connected worker of pool 'default' serves type 't'"
+    )
+    world.join("w")
+    world.join("x")
+    world.core.members.cordon("x", True, world.now)
+    (first,) = world.place()
+    world.report(first, False, error=TaskError(type="WorkerError"))  # opens w's breaker
+    waiting = world.submit()
+    assert world.core.why_waiting(waiting, world.now) == (
+        "waiting: no worker for type 't' takes work: 1 with an open circuit breaker, 1 cordoned"
+    )
+    world.core.members.set_draining("w")
+    world.core.members.cordon("x", False, world.now)
+    world.core.members.set_draining("x")
+    assert world.core.why_waiting(waiting, world.now) == (
+        "waiting: no worker for type 't' takes work: 2 draining"
+    )
+    world.core.members.set_draining("x", False)
+    assert world.core.why_waiting(waiting, world.now) == ""  # x may take it

@@ -408,7 +408,7 @@ class TaskLifecycle:
         if required:
             wanted += " and labels " + ",".join(f"{k}={v}" for k, v in sorted(required.items()))
         if not serving:
-            return f"unschedulable: no connected worker of pool {spec.pool!r} serves {wanted}"
+            return f"unschedulable: no connected worker takes {wanted}"
         reasons = [
             f"{count} {why}"
             for count, why in (
@@ -466,11 +466,9 @@ class TaskLifecycle:
             )
             self.events[(task.spec.pool, "lease_expired")] += 1
             worker_id = task.worker_id
-            member = self.members.get(worker_id)
-            if member is not None:
+            if worker_id in self.members:
                 held.release(task)
                 effects.cancel.append((worker_id, [task_id]))
-                self.members.record(member, False, now, task.spec.task_type, LEASE_EXPIRED)
             self.attempt_lost(task, LEASE_EXPIRED, "lease expired", now)
             effects.dispatch.add(task.spec.pool)
 

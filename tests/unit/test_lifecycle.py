@@ -451,7 +451,7 @@ def test_a_pending_task_s_note_says_why_no_worker_takes_it() -> None:
     world = World(breaker_failures=1, breaker_cooldown_s=10.0)
     task = world.submit()
     assert world.core.why_waiting(task, world.now) == (
-        "unschedulable: no connected worker of pool 'default' serves type 't'"
+        "unschedulable: no connected worker takes type 't'"
     )
     world.join("w")
     world.join("x")

@@ -5,8 +5,8 @@ share of failures among its recent results, opens the breaker. OPEN: no work unt
 the cool-down has passed; then HALF_OPEN: one trial task at a time. A success closes
 the breaker; a failure opens it again for a fresh cool-down. Pure: time is passed in.
 
-Whose fault: a failure is the worker's (an infrastructure failure: its lease ran out,
-an attempt timed out on it, or its SDK reported the error as the worker's own), or
+Whose fault: a failure is the worker's (an infrastructure failure: an attempt timed
+out on it, or its SDK reported the error as the worker's own), or
 the task's (its handler raised). Handler errors blame the worker only when they are
 spread over at least two task types (within the run of consecutive failures, or
 within the window for the failure rate): a run of one type's exceptions is the

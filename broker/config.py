@@ -20,7 +20,7 @@ The file looks like::
     rate_per_s = 500.0          # token bucket over all the pool's submits (0 = no limit)
     client_rate_per_s = 100.0   # token bucket per client identity (0 = no limit)
     rate_mode = "reject"        # over a rate limit: "reject" or "queue"
-    breaker_failures = 5        # consecutive failures that open a worker's breaker
+    breaker_failures = 5        # consecutive failures that open a worker's breaker; 0 = off
     breaker_cooldown_s = 30.0
 
     [pools.gpu.bulkheads.render]  # per task type
@@ -86,6 +86,10 @@ class BrokerConfig:
     heartbeat_interval_s: float = 5.0
     heartbeat_timeout_s: float = 15.0
     starvation_interval: int = 10  # every Nth dispatch of a pool takes its oldest task
+    # A task without a retry policy (that retries WorkerLost) whose worker is lost while
+    # holding it (stream lost, missed heartbeats, lease expired) is delivered again at most
+    # until it has been delivered this many times; then it is dead-lettered.
+    max_deliveries: int = 5
     shutdown_grace_s: float = 10.0
     default_max_queue: int = 100_000  # waiting tasks per pool, unless the pool says otherwise
     max_pending_bytes: int = 256 * 1024 * 1024  # payload bytes of all waiting tasks
@@ -125,6 +129,7 @@ class BrokerConfig:
             "must be greater than heartbeat_interval_s",
         )
         _check(self.starvation_interval >= 2, "starvation_interval", "must be at least 2")
+        _check(1 <= self.max_deliveries <= 1000, "max_deliveries", "must be 1..1000")
         _check(self.shutdown_grace_s >= 0, "shutdown_grace_s", "must not be negative")
         _check(
             1 <= self.default_max_queue <= MAX_QUEUE, "default_max_queue", f"must be 1..{MAX_QUEUE}"
@@ -195,7 +200,7 @@ def validate_pool(pool: PoolConfig) -> None:
     _check(
         pool.rate_mode in RATE_MODES, f"{key}.rate_mode", f"must be one of {', '.join(RATE_MODES)}"
     )
-    _check(1 <= pool.breaker_failures <= 1000, f"{key}.breaker_failures", "must be 1..1000")
+    _check(0 <= pool.breaker_failures <= 1000, f"{key}.breaker_failures", "must be 0 (off) to 1000")
     _check(
         0 <= pool.breaker_failure_rate < 1, f"{key}.breaker_failure_rate", "must be 0 (off) to <1"
     )

@@ -11,6 +11,12 @@ DEFAULT_STICKY_TIMEOUT_S = 5.0
 DEFAULT_BREAKER_FAILURES = 5
 DEFAULT_BREAKER_WINDOW = 20
 DEFAULT_BREAKER_COOLDOWN_S = 30.0
+# The error types of failed attempts that are the worker's fault, not the task's: the
+# worker was lost while holding the task, its lease ran out, the attempt timed out on it,
+# or the worker's SDK said so (a handler raising worker_sdk.WorkerError).
+WORKER_LOST = "WorkerLost"
+LEASE_EXPIRED = "LeaseExpired"
+WORKER_FAULTS: frozenset[str] = frozenset({WORKER_LOST, LEASE_EXPIRED, "Timeout", "WorkerError"})
 RATE_MODES = ("reject", "queue")
 MIN_PRIORITY = -1000
 MAX_PRIORITY = 1000

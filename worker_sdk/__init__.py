@@ -12,6 +12,7 @@ from worker_sdk._errors import (
     TaskbrokerError,
     TaskFailed,
     Unavailable,
+    WorkerError,
 )
 from worker_sdk._sync import SyncClient
 from worker_sdk._types import (
@@ -70,6 +71,7 @@ __all__ = [
     "TaskbrokerError",
     "Unavailable",
     "Worker",
+    "WorkerError",
     "WorkerInfo",
     "__version__",
 ]

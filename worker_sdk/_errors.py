@@ -79,3 +79,7 @@ def error_for_code(code: int, message: str, retry_after: float | None = None) ->
     if code == RESOURCE_EXHAUSTED:
         return ResourceExhausted(message, retry_after)
     return _BY_CODE.get(code, TaskbrokerError)(message)
+
+
+class WorkerError(TaskbrokerError):
+    """Raised by a handler: the failure is the worker's own fault, not the task's."""

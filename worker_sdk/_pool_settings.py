@@ -197,7 +197,9 @@ POOL_SETTINGS: Final[tuple[PoolSetting, ...]] = (
         flag="--breaker-failures",
         metavar="N",
         help="Consecutive failures that open a worker's circuit breaker (no new tasks "
-        "until its cooldown ends); 0 = the broker's default.",
+        "until its cooldown ends); on `pools set` 0 turns it off, on `pools create` 0 "
+        "is the broker's default (5). Handler errors of one task type count only "
+        "against a worker that serves that type alone.",
         minimum=0,
     ),
     PoolSetting(

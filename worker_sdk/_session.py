@@ -17,7 +17,7 @@ import grpc.aio
 
 from worker_sdk import _convert
 from worker_sdk._context import TaskContext
-from worker_sdk._errors import TaskbrokerError
+from worker_sdk._errors import TaskbrokerError, WorkerError
 from worker_sdk._messages import (
     Assignment,
     AssignmentsReceived,
@@ -438,7 +438,9 @@ MAX_ERROR_TYPE_CHARS = 200
 def _error_info(error: BaseException) -> TaskErrorInfo:
     """The TaskError reported for a handler's exception."""
     return TaskErrorInfo(
-        type=type(error).__name__[:MAX_ERROR_TYPE_CHARS],  # the broker's limit
+        type=("WorkerError" if isinstance(error, WorkerError) else type(error).__name__)[
+            :MAX_ERROR_TYPE_CHARS
+        ],  # the broker's limit
         message=str(error),
         traceback=bound_traceback("".join(traceback.format_exception(error))),
     )

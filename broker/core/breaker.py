@@ -4,6 +4,15 @@ CLOSED: the worker gets work. A run of consecutive failures, or (if set) too hig
 share of failures among its recent results, opens the breaker. OPEN: no work until
 the cool-down has passed; then HALF_OPEN: one trial task at a time. A success closes
 the breaker; a failure opens it again for a fresh cool-down. Pure: time is passed in.
+
+Whose fault: a failure is the worker's (an infrastructure failure: an attempt timed
+out on it, or its SDK reported the error as the worker's own), or
+the task's (its handler raised). Handler errors blame the worker only when they are
+spread over at least two task types (within the run of consecutive failures, or
+within the window for the failure rate): a run of one type's exceptions is the
+payload's fault and leaves a worker that serves other types open to them. (A worker
+that serves one type only cannot tell the two apart: each failure counts.)
+`failures = 0` turns the breaker off: it never opens.
 """
 
 from __future__ import annotations
@@ -32,14 +41,14 @@ class BreakerState(enum.Enum):
 class BreakerSettings:
     """When a breaker opens, and how long it stays open before a trial."""
 
-    failures: int = DEFAULT_BREAKER_FAILURES  # consecutive failures that open it
+    failures: int = DEFAULT_BREAKER_FAILURES  # consecutive failures that open it; 0 = off
     failure_rate: float = 0.0  # 0 = off; else open above this share of `window` results
     window: int = DEFAULT_BREAKER_WINDOW
     cooldown_s: float = DEFAULT_BREAKER_COOLDOWN_S
 
     def __post_init__(self) -> None:
-        if self.failures < 1:
-            raise ValueError(f"failures must be at least 1, not {self.failures}")
+        if self.failures < 0:
+            raise ValueError(f"failures must be 0 (off) or more, not {self.failures}")
         if not 0.0 <= self.failure_rate < 1.0:
             raise ValueError(f"failure_rate must be 0 (off) or below 1, not {self.failure_rate}")
         if self.window < 1:
@@ -51,12 +60,20 @@ class BreakerSettings:
 class CircuitBreaker:
     """One worker's breaker: fed its results, it says whether the worker may get work."""
 
-    def __init__(self, settings: BreakerSettings) -> None:
+    def __init__(self, settings: BreakerSettings, types_served: int = 1) -> None:
         self._settings = settings
+        # How many task types a handler error must be spread over to blame the worker.
+        self._types_to_blame = 1 if types_served < 2 else 2
         self._state = BreakerState.CLOSED
         self._consecutive_failures = 0
-        self._recent: deque[bool] = deque(maxlen=self._settings.window)  # True: a failure
+        # The run of consecutive failures: its first failing type, and whether it was
+        # spread over another type or had an infrastructure failure (the worker's).
+        self._run_type: str | None = None
+        self._run_blames = False
+        # Recent results: None a success, else the failing task type ("" infrastructure).
+        self._recent: deque[str | None] = deque(maxlen=self._settings.window)
         self._recent_failures = 0
+        self._recent_types: dict[str, int] = {}  # failures in the window, by task type
         self._opened_at: float | None = None
         self._trial_in_flight = False
 
@@ -105,11 +122,15 @@ class CircuitBreaker:
         if self._state is BreakerState.HALF_OPEN:
             self._trial_in_flight = False
 
-    def record(self, success: bool, now: float) -> BreakerState | None:
+    def record(
+        self, success: bool, now: float, task_type: str = "", infra: bool = False
+    ) -> BreakerState | None:
         """Count one result of the worker; the new state if this changed it, else None.
 
-        While open, results are of tasks given out before it opened and are ignored:
-        only the trial after the cool-down decides. While half-open, any result decides.
+        `task_type` is the type of the task whose attempt this was; `infra` says the
+        failure was the worker's own (see the module's rule). While open, results are of
+        tasks given out before it opened and are ignored: only the trial after the
+        cool-down decides. While half-open, any result decides.
         """
         state = self._state
         if state is BreakerState.OPEN:
@@ -122,12 +143,25 @@ class CircuitBreaker:
             self._consecutive_failures += 1
             self._open(now)
             return BreakerState.OPEN
-        self._remember(failed=not success)
+        if not self._settings.failures:
+            return None  # off
+        failed_as = None if success else ("" if infra else task_type)
+        self._remember(failed_as)
         if success:
             self._consecutive_failures = 0
+            self._run_type = None
+            self._run_blames = False
             return None
         self._consecutive_failures += 1
-        if self._consecutive_failures >= self._settings.failures or self._rate_exceeded():
+        if infra or self._types_to_blame < 2:
+            self._run_blames = True
+        elif self._run_type is None:
+            self._run_type = task_type
+        elif task_type != self._run_type:
+            self._run_blames = True
+        if (
+            self._run_blames and self._consecutive_failures >= self._settings.failures
+        ) or self._rate_exceeded():
             self._open(now)
             return BreakerState.OPEN
         return None
@@ -142,20 +176,37 @@ class CircuitBreaker:
         """New settings, same state; thresholds apply from the next result on."""
         self._settings = settings
         self._recent = deque(self._recent, maxlen=settings.window)
-        self._recent_failures = sum(self._recent)
+        self._recent_failures = 0
+        self._recent_types.clear()
+        for failed_as in self._recent:
+            if failed_as is not None:
+                self._count(failed_as, 1)
 
-    def _remember(self, *, failed: bool) -> None:
+    def _remember(self, failed_as: str | None) -> None:
         recent = self._recent
-        if len(recent) == recent.maxlen and recent[0]:
-            self._recent_failures -= 1
-        recent.append(failed)
-        self._recent_failures += failed
+        if len(recent) == recent.maxlen and (oldest := recent[0]) is not None:
+            self._count(oldest, -1)
+        recent.append(failed_as)
+        if failed_as is not None:
+            self._count(failed_as, 1)
+
+    def _count(self, failed_as: str, change: int) -> None:
+        self._recent_failures += change
+        types = self._recent_types
+        left = types.get(failed_as, 0) + change
+        if left > 0:
+            types[failed_as] = left
+        else:
+            types.pop(failed_as, None)
 
     def _rate_exceeded(self) -> bool:
         settings = self._settings
         if not settings.failure_rate or len(self._recent) < settings.window:
             return False
-        return self._recent_failures / settings.window > settings.failure_rate
+        if self._recent_failures / settings.window <= settings.failure_rate:
+            return False
+        types = self._recent_types
+        return len(types) >= self._types_to_blame or "" in types
 
     def _open(self, now: float) -> None:
         self._state = BreakerState.OPEN
@@ -166,5 +217,8 @@ class CircuitBreaker:
         self._state = BreakerState.CLOSED
         self._opened_at = None
         self._consecutive_failures = 0
+        self._run_type = None
+        self._run_blames = False
         self._recent.clear()
         self._recent_failures = 0
+        self._recent_types.clear()

@@ -89,11 +89,16 @@ class Held:
         effects.logs.append((logging.DEBUG, "task %d requeued: %s", (task.id, reason), task))
         move(task, TaskState.PENDING)
         effects.save.append(task)
+        self.let_go(task)
+        self._admission.count(task, 1)
+        self._waiting.wait(task, now)
+
+    def let_go(self, task: Task) -> None:
+        """Forget the lease and the execution timeout of a task its worker no longer
+        holds (its slot is freed or gone already)."""
         self.leases.pop(task.id, None)
         if task.spec.execution_timeout_s:
             self._timers.cancel(("timeout", (task.id, task.attempts)))
-        self._admission.count(task, 1)
-        self._waiting.wait(task, now)
 
     def take_back(self, task: Task, reason: str, now: float) -> None:
         """Free the worker's slot of a task it should no longer run, tell it to stop,

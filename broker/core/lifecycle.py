@@ -24,12 +24,14 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any, cast
 
 from broker.clock import Clock
 from broker.config import BrokerConfig
 from broker.core.admission import Admission
 from broker.core.attempts import Outcomes, move
+from broker.core.breaker import BreakerState
 from broker.core.effects import Effects
 from broker.core.held import Held
 from broker.core.members import Members
@@ -41,6 +43,8 @@ from broker.core.strategies import StrategyEnv
 from broker.core.timers import Timers
 from broker.core.waiting import Waiting
 from broker.domain import (
+    LEASE_EXPIRED,
+    WORKER_LOST,
     PoolConfig,
     Task,
     TaskError,
@@ -149,6 +153,9 @@ class TaskLifecycle:
         """An unfinished task loaded from the store after a restart waits again."""
         self.effects.now = now
         if task.state is not PENDING:
+            # Held when the broker stopped: the broker's fault, not the task's, so that
+            # delivery does not count against max_deliveries (nor max_attempts).
+            task.attempts = max(0, task.attempts - 1)
             move(task, PENDING)
             self.effects.save.append(task)
         self.live[task.id] = task
@@ -253,7 +260,11 @@ class TaskLifecycle:
                 self.stale_results += 1
                 continue
             run_s = came_back(task, result, now)
-            record(member, result.success, now)
+            if result.success:
+                record(member, True, now)
+            else:
+                error = result.error
+                record(member, False, now, task.spec.task_type, error.type if error else "")
             finish(task, result, now)
             save.append(task)
             effects.attempts.append((task, result.success, run_s))
@@ -281,9 +292,15 @@ class TaskLifecycle:
 
     # Workers -----------------------------------------------------------------------
 
-    def worker_lost(self, worker_id: WorkerId, reason: str, now: float) -> int:
+    def worker_lost(
+        self, worker_id: WorkerId, reason: str, now: float, *, counts: bool = True
+    ) -> int:
         """A worker is gone: every task it held is requeued (at-least-once delivery).
-        Returns how many were."""
+
+        Unless `counts` is False (the broker itself ends the stream, shutting down), the
+        loss is a failed attempt of each task (WorkerLost, see `attempt_lost`): a task
+        that keeps taking its workers down ends in the dead letter. Returns how many
+        tasks were given back."""
         member = self.members.leave(worker_id)
         if member is None:
             return 0
@@ -296,7 +313,10 @@ class TaskLifecycle:
             held.dropped(task_id)
             if task is None or not task.state.active or task.worker_id != worker_id:
                 continue
-            held.requeue(task, reason, now)
+            if counts:
+                self.attempt_lost(task, WORKER_LOST, reason, now)
+            else:
+                held.requeue(task, reason, now)
             requeued += 1
         effects.worker_events.append((worker_id, member.pool, "disconnected"))
         effects.dispatch.add(member.pool)
@@ -355,6 +375,51 @@ class TaskLifecycle:
         if lost:
             effects.dispatch.add(member.pool)
 
+    def why_waiting(self, task: Task, now: float) -> str:
+        """Why a pending task waits when no worker that could take it takes work: no
+        connected worker of its pool serves its type (and labels), or every one that does
+        has an open circuit breaker, is cordoned or is draining. "" otherwise (its
+        `placement_note` says the rest: busy workers, a backoff, a sticky wait). Asked
+        when someone looks at the task, so placement pays nothing for it."""
+        if task.state is not PENDING or task.not_before > now:
+            return ""
+        spec = task.spec
+        task_type = spec.task_type
+        required = spec.placement.required_labels
+        serving = breaker_open = cordoned = draining = 0
+        for member in self.members:
+            slot = member.slot
+            if (
+                member.pool != spec.pool
+                or task_type not in slot.task_types
+                or any(slot.labels.get(k) != v for k, v in required.items())
+            ):
+                continue
+            serving += 1
+            if member.cordoned:
+                cordoned += 1
+            elif slot.draining:
+                draining += 1
+            elif member.breaker.state is BreakerState.OPEN:
+                breaker_open += 1
+            else:
+                return ""  # this one may take it
+        wanted = f"type {task_type!r}"
+        if required:
+            wanted += " and labels " + ",".join(f"{k}={v}" for k, v in sorted(required.items()))
+        if not serving:
+            return f"unschedulable: no connected worker takes {wanted}"
+        reasons = [
+            f"{count} {why}"
+            for count, why in (
+                (breaker_open, "with an open circuit breaker"),
+                (cordoned, "cordoned"),
+                (draining, "draining"),
+            )
+            if count
+        ]
+        return f"waiting: no worker for {wanted} takes work: {', '.join(reasons)}"
+
     # Time ----------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
@@ -400,11 +465,63 @@ class TaskLifecycle:
                 )
             )
             self.events[(task.spec.pool, "lease_expired")] += 1
-            if task.worker_id in self.members:
-                held.take_back(task, "lease expired", now)
-            else:
-                held.requeue(task, "lease expired", now)
+            worker_id = task.worker_id
+            if worker_id in self.members:
+                held.release(task)
+                effects.cancel.append((worker_id, [task_id]))
+            self.attempt_lost(task, LEASE_EXPIRED, "lease expired", now)
             effects.dispatch.add(task.spec.pool)
+
+    def attempt_lost(self, task: Task, error_type: str, reason: str, now: float) -> None:
+        """The worker holding this task was lost, or its lease on it ran out: a failed
+        attempt, the worker's fault rather than the handler's, whose error names the cause.
+
+        If the task's retry policy retries this error type, it decides as for any failure
+        (a backoff, or the dead letter after max_attempts). Otherwise the task is
+        delivered again at once, until it has been delivered `max_deliveries` times
+        (a broker setting): then it is dead-lettered, so that a task that crashes every
+        worker it is sent to stops taking them down. (The task's slot is already freed.)
+        """
+        effects = self.effects
+        error = TaskError(
+            type=error_type, message=f"attempt {task.attempts} on worker {task.worker_id}: {reason}"
+        )
+        policy = task.spec.retry
+        if policy.max_attempts > 1 and policy.retryable(error_type):
+            self.held.let_go(task)
+            effects.requeued.append((task, reason))
+            self.outcomes.fail(task, error, now, task.started_at)
+        elif task.attempts < self.config.max_deliveries:
+            task.error = error
+            self.held.requeue(task, reason, now)
+            return
+        else:
+            self.held.let_go(task)
+            effects.logs.append(
+                (
+                    logging.WARNING,
+                    "task %d: dead-lettered after %d deliveries, each ending in a lost "
+                    "worker (max_deliveries)",
+                    (task.id, task.attempts),
+                    task,
+                )
+            )
+            move(
+                task,
+                TaskState.DEAD_LETTER,
+                finished_at=now,
+                error=replace(
+                    error,
+                    message=f"{error.message}; delivered {task.attempts} times, each "
+                    f"ending in a lost worker (max_deliveries = {self.config.max_deliveries})",
+                ),
+            )
+        effects.save.append(task)
+        if task.state is PENDING:
+            self.admission.count(task, 1)
+            self.waiting.wait(task, now)
+        else:
+            effects.finished.append(task)
 
     def _start_deadline_passed(self, task_id: TaskId, now: float) -> None:
         task = self.live.get(task_id)
@@ -446,7 +563,7 @@ class TaskLifecycle:
         run_s = self.held.came_back(task, result, now)
         if member is not None:
             effects.cancel.append((worker_id, [task_id]))
-            self.members.record(member, False, now)
+            self.members.record(member, False, now, task.spec.task_type, "Timeout")
         error = TaskError(
             type="Timeout",
             message=f"attempt {attempt} ran longer than its execution timeout of "

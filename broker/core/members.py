@@ -16,7 +16,7 @@ from broker.core.scheduler import PoolScheduler
 from broker.core.strategies import WorkerSlot
 from broker.core.strategies._base import UNLIMITED
 from broker.core.timers import Timers
-from broker.domain import PoolConfig, WorkerId
+from broker.domain import WORKER_FAULTS, PoolConfig, WorkerId
 
 
 class Member:
@@ -78,7 +78,8 @@ class Members:
         scheduler = self._pools[pool]
         slot = WorkerSlot(worker_id, pool, capacity, task_types, labels)
         scheduler.add_worker(slot)
-        member = Member(pool, slot, CircuitBreaker(breaker_settings(scheduler.config)))
+        breaker = CircuitBreaker(breaker_settings(scheduler.config), len(task_types))
+        member = Member(pool, slot, breaker)
         self._by_id[worker_id] = member
         effects = self._effects
         effects.now = now
@@ -101,10 +102,18 @@ class Members:
         if worker_id in self.half_open:
             self._by_id[worker_id].breaker.on_assign()
 
-    def record(self, member: Member, success: bool, now: float) -> None:
-        """Feed a result to the worker's circuit breaker; pause or free it on a change."""
+    def record(
+        self,
+        member: Member,
+        success: bool,
+        now: float,
+        task_type: str = "",
+        error_type: str = "",
+    ) -> None:
+        """Feed a result to the worker's circuit breaker; pause or free it on a change.
+        A failure whose `error_type` is in WORKER_FAULTS is the worker's own."""
         breaker = member.breaker
-        changed = breaker.record(success, now)
+        changed = breaker.record(success, now, task_type, error_type in WORKER_FAULTS)
         if changed is not None:
             worker_id = member.slot.worker_id
             effects = self._effects

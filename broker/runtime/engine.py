@@ -12,6 +12,7 @@ and never blocks it: the only waits are on the store's commits.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from collections import Counter
@@ -227,9 +228,16 @@ class Engine:
             self.observers.submitted(tasks, now)
 
     async def get(self, task_id: TaskId) -> Task:
-        task = self._core.live.get(task_id)
-        if task is None:
-            task = await self._store.get_task(task_id)
+        """The task; a pending one with why it waits in its placement_note, if no worker
+        that could take it takes work (see `TaskLifecycle.why_waiting`)."""
+        core = self._core
+        task = core.live.get(task_id)
+        if task is not None:
+            note = core.why_waiting(task, self._clock.now())
+            if note and note != task.placement_note:
+                return dataclasses.replace(task, placement_note=note)
+            return task
+        task = await self._store.get_task(task_id)
         if task is None:
             raise NotFound(f"task {task_id} does not exist")
         return task
@@ -383,11 +391,13 @@ class Engine:
         self._apply()
         return spec
 
-    def disconnect_worker(self, worker_id: WorkerId, reason: str) -> None:
-        """Forget a worker and requeue every task it held (at-least-once delivery)."""
+    def disconnect_worker(self, worker_id: WorkerId, reason: str, *, counts: bool = True) -> None:
+        """Forget a worker and requeue every task it held (at-least-once delivery); unless
+        `counts` is False (the broker's own doing), each such task has a failed attempt
+        (WorkerLost), and one delivered `max_deliveries` times is dead-lettered."""
         if self._workers.remove(worker_id) is None:
             return
-        requeued = self._core.worker_lost(worker_id, reason, self._clock.now())
+        requeued = self._core.worker_lost(worker_id, reason, self._clock.now(), counts=counts)
         log.info("worker %s disconnected (%s); %d tasks requeued", worker_id, reason, requeued)
         self._apply()
 
@@ -395,7 +405,7 @@ class Engine:
         """End every worker stream; what they held is requeued."""
         for session in self._workers:
             session.channel.close(Unavailable(reason))
-            self.disconnect_worker(session.spec.worker_id, reason)
+            self.disconnect_worker(session.spec.worker_id, reason, counts=False)
 
     def heartbeat(
         self,

@@ -30,7 +30,7 @@ class AdminService(_admin_grpc.AdminServiceServicer):
     @edge
     async def CreatePool(self, request: _admin.CreatePoolRequest, context: Context) -> _admin.Pool:
         pool = await self._service.create_pool(
-            convert.pool_from_pb(request.pool), who=client_identity(context)
+            convert.pool_from_pb(request.pool, update=True), who=client_identity(context)
         )
         return convert.pool_to_pb(pool)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
+from typing import Any
 
 from broker.core.validation import MAX_TASK_STATES, check_count, check_wait_timeout
 from broker.domain import (
@@ -288,14 +289,17 @@ def pool_to_pb(pool: PoolConfig) -> _admin.Pool:
 _POOL_DEFAULTS = PoolConfig(name=DEFAULT_POOL)
 
 
-def pool_from_pb(msg: _admin.Pool) -> PoolConfig:
-    """A pool from the wire; unset (0 or empty) settings take the broker's default."""
+def pool_from_pb(msg: _admin.Pool, *, update: bool = False) -> PoolConfig:
+    """A pool from the wire; unset (0 or empty) settings take the broker's default. In an
+    update (the pool as read, changed), breaker_failures 0 turns the breaker off."""
+    settings: dict[str, Any] = {
+        name: getattr(msg, name) or getattr(_POOL_DEFAULTS, name) for name in POOL_SCALAR_SETTINGS
+    }
+    if update:
+        settings["breaker_failures"] = msg.breaker_failures
     return PoolConfig(
         name=msg.name,
-        **{
-            name: getattr(msg, name) or getattr(_POOL_DEFAULTS, name)
-            for name in POOL_SCALAR_SETTINGS
-        },
+        **settings,
         bulkheads=tuple(
             BulkheadConfig(task_type=b.task_type, **{n: getattr(b, n) for n in BULKHEAD_LIMITS})
             for b in msg.bulkheads

@@ -55,6 +55,7 @@ from worker_sdk import (
     TaskInfo,
     TaskState,
     Worker,
+    WorkerError,
     WorkerInfo,
 )
 from worker_sdk._pool_settings import POOL_SETTINGS
@@ -1527,7 +1528,8 @@ def live(broker: Broker) -> Live:
 
 @pytest.fixture
 async def live_worker(broker: Broker) -> AsyncIterator[str]:
-    """A worker with `echo` and `boom` (raises ValueError) in the default pool; its id."""
+    """A worker with `echo`, `boom` (raises ValueError) and `broken` (raises WorkerError,
+    the worker's own fault) in the default pool; its id."""
     worker = Worker(capacity=2, worker_id=WORKER_ID)
 
     @worker.task("echo")
@@ -1537,6 +1539,10 @@ async def live_worker(broker: Broker) -> AsyncIterator[str]:
     @worker.task("boom")
     async def boom(ctx: TaskContext) -> None:
         raise ValueError("kaboom")
+
+    @worker.task("broken")
+    async def broken(ctx: TaskContext) -> None:
+        raise WorkerError("no disk")
 
     run = await start_worker(worker, broker.address)
     yield WORKER_ID
@@ -1648,7 +1654,8 @@ async def test_live_cordon_and_breaker(live: Live, live_worker: str) -> None:
     )
     updated = await live.json("pools", "set", "default", "--breaker-failures", "1")
     assert updated["breaker_failures"] == 1
-    await live.error("submit", "boom", "--wait", "--timeout", "20")
+    # (A ValueError of one of its two types would be the task's fault, not the worker's.)
+    await live.error("submit", "broken", "--wait", "--timeout", "20")
     (worker,) = await live.json("workers", "list")
     assert (worker["breaker"], worker["consecutive_failures"]) == ("open", 1)
     table = (await live.run("workers", "list")).stdout

@@ -21,7 +21,7 @@ import pytest
 from broker import Broker
 from broker.domain import BulkheadConfig, PoolConfig
 from tests.support.config import make_config
-from tests.support.workers import until_workers
+from tests.support.workers import start_worker, until_workers
 from worker_sdk import (
     Bulkhead,
     Client,
@@ -319,3 +319,34 @@ async def _stats(broker: Broker) -> list[_admin.PoolStats]:
     async with grpc.aio.insecure_channel(broker.address) as channel:
         answer = await _admin_grpc.AdminServiceStub(channel).Stats(_admin.StatsRequest())
     return list(answer.pools)
+
+
+async def test_one_type_s_handler_errors_do_not_open_the_breaker_for_the_worker_s_others(
+    broker: Broker,
+) -> None:
+    worker = Worker(capacity=1, worker_id="both")
+
+    @worker.task("a")
+    async def a(ctx: TaskContext) -> None:
+        raise ValueError("a bad payload")
+
+    @worker.task("b")
+    async def b(ctx: TaskContext) -> bytes:
+        return b"b done"
+
+    run = await start_worker(worker, broker.address)
+    try:
+        async with Client(broker.address) as client:
+            failing = [await client.submit("a", str(i)) for i in range(5)]
+            infos = await client.wait_many(failing, timeout=20)
+            assert {(i.state, i.error.type if i.error else "") for i in infos} == {
+                (TaskState.FAILED, "ValueError")
+            }
+            (listed,) = await client.list_workers()
+            assert (listed.breaker, listed.consecutive_failures) == ("closed", 5)
+            other = await client.submit("b")
+            (done,) = await client.wait_many([other], timeout=5)
+            assert (done.state, done.result) == (TaskState.SUCCEEDED, b"b done")
+    finally:
+        await worker.shutdown(grace=2)
+        await run

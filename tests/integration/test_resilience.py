@@ -710,7 +710,7 @@ async def test_confirmed_tasks_keep_their_lease(make_engine: MakeEngine, clock: 
         ({"client_rate_per_s": -1.0}, "client_rate_per_s"),
         ({"rate_per_s": -1.0}, "rate_per_s"),
         ({"rate_mode": "drop"}, "rate_mode"),
-        ({"breaker_failures": 0}, "breaker_failures"),
+        ({"breaker_failures": -1}, "breaker_failures"),
         ({"breaker_cooldown_s": 0.0}, "breaker_cooldown_s"),
         ({"lease_s": -1.0}, "lease_s"),
         ({"bulkheads": (BulkheadConfig(task_type="t", max_inflight=-2),)}, "max_inflight"),

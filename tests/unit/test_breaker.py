@@ -35,7 +35,7 @@ def test_the_defaults_are_the_domains() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("failures", 0),
+        ("failures", -1),
         ("failure_rate", -0.1),
         ("failure_rate", 1.0),
         ("failure_rate", float("nan")),
@@ -252,3 +252,48 @@ def test_invariants_over_any_sequence_of_events(
         else:
             assert subject.opened_at is not None
         assert (subject.reopen_at() is not None) == (subject.state is OPEN)
+
+
+# Whose fault: the task's or the worker's ------------------------------------------------
+
+
+def test_a_run_of_one_type_s_handler_errors_does_not_open_a_multi_type_worker_s_breaker() -> None:
+    subject = CircuitBreaker(BreakerSettings(failures=3), types_served=2)
+    for at in range(10):
+        assert subject.record(False, float(at), "a") is None
+    assert subject.state is BreakerState.CLOSED
+    assert subject.consecutive_failures == 10
+
+
+def test_failures_over_two_types_open_it() -> None:
+    subject = CircuitBreaker(BreakerSettings(failures=3), types_served=2)
+    subject.record(False, 0.0, "a")
+    subject.record(False, 1.0, "a")
+    assert subject.record(False, 2.0, "b") is BreakerState.OPEN
+
+
+def test_the_worker_s_own_failures_open_it_whatever_the_type() -> None:
+    subject = CircuitBreaker(BreakerSettings(failures=2), types_served=3)
+    subject.record(False, 0.0, "a", infra=True)
+    assert subject.record(False, 1.0, "a") is BreakerState.OPEN
+
+
+def test_the_rate_counts_only_failures_over_two_types_or_the_worker_s_own() -> None:
+    settings = BreakerSettings(failures=1000, failure_rate=0.5, window=4)
+    one_type = CircuitBreaker(settings, types_served=2)
+    for at in range(8):
+        one_type.record(at % 4 == 0, float(at), "a")
+    assert one_type.state is BreakerState.CLOSED
+    two_types = CircuitBreaker(settings, types_served=2)
+    two_types.record(True, 0.0, "a")
+    two_types.record(False, 1.0, "a")
+    two_types.record(False, 2.0, "b")
+    assert two_types.record(False, 3.0, "a") is BreakerState.OPEN
+
+
+def test_failures_zero_turns_it_off() -> None:
+    subject = CircuitBreaker(BreakerSettings(failures=0, failure_rate=0.1, window=2))
+    for at in range(20):
+        assert subject.record(False, float(at), "a", infra=True) is None
+    assert subject.state is BreakerState.CLOSED
+    assert subject.allows(20.0)

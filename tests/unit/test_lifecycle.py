@@ -347,3 +347,126 @@ def test_moves_the_state_machine_forbids_are_refused() -> None:
         world.core.check_retryable(task)
     with pytest.raises(InvalidTransition):
         world.place()
+
+
+# Lost workers count against the task ---------------------------------------------------
+
+
+def test_a_task_that_loses_its_worker_each_time_is_dead_lettered_after_max_deliveries() -> None:
+    world = World(BrokerConfig(max_deliveries=3))
+    task = world.submit()
+    for delivery in (1, 2):
+        world.join()
+        world.place()
+        world.effects.clear()
+        world.core.worker_lost("w", "stream ended", world.now)
+        assert (state(task), task.attempts, error_type(task)) == (
+            TaskState.PENDING,
+            delivery,
+            "WorkerLost",
+        )
+        assert world.effects.requeued == [(task, "stream ended")]
+    world.join()
+    world.place()
+    world.effects.clear()
+    world.core.worker_lost("w", "stream ended", world.now)
+    assert (state(task), task.attempts, error_type(task)) == (
+        TaskState.DEAD_LETTER,
+        3,
+        "WorkerLost",
+    )
+    assert task.error is not None
+    assert "max_deliveries = 3" in task.error.message
+    assert world.effects.finished == [task]
+    assert world.core.active == 0
+
+
+def test_a_lost_worker_is_a_failed_attempt_under_the_task_s_retry_policy() -> None:
+    world = World(BrokerConfig(max_deliveries=10))
+    policy = RetryPolicy(max_attempts=2, initial_backoff_s=1.0)
+    task = world.submit(retry=policy)
+    world.join()
+    world.place()
+    world.core.worker_lost("w", "stream ended", world.now)
+    assert state(task) is TaskState.PENDING
+    assert task.not_before <= world.now + 1.0  # a backoff, as for other failures
+    world.join()
+    world.advance(1.0)
+    assert world.place() == [task]
+    world.effects.clear()
+    world.core.worker_lost("w", "stream ended", world.now)
+    assert (state(task), error_type(task)) == (TaskState.DEAD_LETTER, "WorkerLost")
+
+
+def test_an_expired_lease_is_a_failed_attempt_named_lease_expired() -> None:
+    world = World(BrokerConfig(max_deliveries=1), lease_s=5.0)
+    world.join()
+    task = world.submit()
+    world.place()
+    world.clock.advance(6.0)
+    world.effects.clear()
+    world.core.expire_leases(world.now)
+    assert (state(task), error_type(task)) == (TaskState.DEAD_LETTER, "LeaseExpired")
+    assert world.effects.cancel == [("w", [task.id])]
+
+
+def test_the_broker_s_own_shutdown_and_restart_do_not_count_against_the_task() -> None:
+    world = World(BrokerConfig(max_deliveries=1))
+    task = world.submit()
+    world.join()
+    world.place()
+    world.core.worker_lost("w", "the broker is shutting down", world.now, counts=False)
+    assert (state(task), task.attempts) == (TaskState.PENDING, 1)
+    # Restarted: a task that was held at the crash waits again, its delivery not counted.
+    restarted = World(BrokerConfig(max_deliveries=1))
+    task.state = TaskState.ASSIGNED
+    restarted.core.recovered(task, restarted.now)
+    assert (state(task), task.attempts) == (TaskState.PENDING, 0)
+    restarted.join()
+    assert restarted.place() == [task]
+    assert task.attempts == 1
+
+
+def test_one_type_s_handler_errors_do_not_stop_a_worker_s_other_types() -> None:
+    world = World(breaker_failures=2, breaker_cooldown_s=10.0)
+    world.core.members.join("w", POOL, 1, frozenset({"a", "b"}), {}, world.now)
+
+    def run(task_type: str, success: bool) -> Task:
+        (task,) = world.core.admit([TaskSpec(task_type=task_type)], {}, "", world.now)
+        world.core.submitted([task], world.now)
+        assert world.place() == [task]
+        world.report(task, success, error=TaskError(type="ValueError"))
+        return task
+
+    for _ in range(5):
+        run("a", False)
+    assert world.core.members["w"].breaker.state.value == "closed"
+    assert state(run("b", True)) is TaskState.SUCCEEDED
+    run("a", False)
+    run("b", False)  # a second type fails too: the worker's fault
+    assert ("w", POOL, "breaker open") in world.effects.worker_events
+
+
+def test_a_pending_task_s_note_says_why_no_worker_takes_it() -> None:
+    world = World(breaker_failures=1, breaker_cooldown_s=10.0)
+    task = world.submit()
+    assert world.core.why_waiting(task, world.now) == (
+        "unschedulable: no connected worker takes type 't'"
+    )
+    world.join("w")
+    world.join("x")
+    world.core.members.cordon("x", True, world.now)
+    (first,) = world.place()
+    world.report(first, False, error=TaskError(type="WorkerError"))  # opens w's breaker
+    waiting = world.submit()
+    assert world.core.why_waiting(waiting, world.now) == (
+        "waiting: no worker for type 't' takes work: 1 with an open circuit breaker, 1 cordoned"
+    )
+    world.core.members.set_draining("w")
+    world.core.members.cordon("x", False, world.now)
+    world.core.members.set_draining("x")
+    assert world.core.why_waiting(waiting, world.now) == (
+        "waiting: no worker for type 't' takes work: 2 draining"
+    )
+    world.core.members.set_draining("x", False)
+    assert world.core.why_waiting(waiting, world.now) == ""  # x may take it

@@ -184,6 +184,6 @@ def test_bad_task_options_and_pool_settings_are_refused() -> None:
         simulate(workload([steady("w")], [task(0.0, 1.0, bad_retry)]), "round_robin")
     with pytest.raises(SimulationError, match="pool settings"):
         simulate(
-            workload([steady("w")], [task(0.0)], PoolConfig(name=POOL, breaker_failures=0)),
+            workload([steady("w")], [task(0.0)], PoolConfig(name=POOL, breaker_failures=-1)),
             "round_robin",
         )

@@ -85,8 +85,10 @@ class Pool(_message.Message):
     """
     breaker_failures: _builtins.int
     """Circuit breaker per worker: open after this many consecutive failures
-    (0 = 5), or when more than breaker_failure_rate of the last
-    breaker_window results failed (0 = off); half-open after the cool-down.
+    (0 = 5 in CreatePool, off in UpdatePool), or when more than
+    breaker_failure_rate of the last breaker_window results failed (0 = off);
+    half-open after the cool-down. Handler errors of one task type count only
+    against a worker serving that type alone; see the README's Resilience.
     """
     breaker_failure_rate: _builtins.float
     breaker_window: _builtins.int

@@ -18,7 +18,7 @@ from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace import TracerProvider
 
 from broker.clock import Clock, SystemClock
-from broker.config import BrokerConfig, load_config
+from broker.config import BrokerConfig, load_config, validate_pool
 from broker.core.states import BrokerState, Lifecycle
 from broker.domain import ConfigChange
 from broker.errors import BrokerError, ConfigError, FailedPrecondition, InvalidArgument
@@ -274,6 +274,10 @@ class Broker:
             raise FailedPrecondition("the broker was started without a config file to reload")
         try:
             fresh = load_config(self._config_path, os.environ, **self._config_overrides)
+            # Checked against the heartbeat interval this broker runs with: a changed one
+            # only takes effect at the next start.
+            for pool in fresh.pools:
+                validate_pool(pool, self.config.heartbeat_interval_s)
         except ConfigError as exc:
             raise InvalidArgument(f"config not reloaded: {exc}") from None
         changes = []

@@ -68,6 +68,10 @@ MAX_QUEUE = 10_000_000
 MAX_INFLIGHT = 1_000_000
 MAX_RATE = 1_000_000.0
 MAX_FAIRNESS_WEIGHT = 1000
+# A lease (a pool's lease_s, or heartbeat_timeout_s) must last at least this many heartbeat
+# intervals: a worker renews its leases with each heartbeat, so one heartbeat may come late
+# by a whole interval (a busy worker, a slow network) before a task is taken back from it.
+LEASE_HEARTBEATS = 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,9 +128,11 @@ class BrokerConfig:
         _check(self.max_wait_s > 0, "max_wait_s", "must be positive")
         _check(self.heartbeat_interval_s > 0, "heartbeat_interval_s", "must be positive")
         _check(
-            self.heartbeat_timeout_s > self.heartbeat_interval_s,
+            self.heartbeat_timeout_s >= LEASE_HEARTBEATS * self.heartbeat_interval_s,
             "heartbeat_timeout_s",
-            "must be greater than heartbeat_interval_s",
+            f"must be greater than heartbeat_interval_s: at least {LEASE_HEARTBEATS} heartbeat"
+            f" intervals ({LEASE_HEARTBEATS * self.heartbeat_interval_s:g} s),"
+            f" got {self.heartbeat_timeout_s:g}",
         )
         _check(self.starvation_interval >= 2, "starvation_interval", "must be at least 2")
         _check(1 <= self.max_deliveries <= 1000, "max_deliveries", "must be 1..1000")
@@ -162,11 +168,12 @@ class BrokerConfig:
         _check(DEFAULT_POOL in names, "pools", f"must include {DEFAULT_POOL!r}")
         _check(len(set(names)) == len(names), "pools", "names must be unique")
         for pool in self.pools:
-            validate_pool(pool)
+            validate_pool(pool, self.heartbeat_interval_s)
 
 
-def validate_pool(pool: PoolConfig) -> None:
-    """Raise ConfigError unless the pool's name and strategy are valid."""
+def validate_pool(pool: PoolConfig, heartbeat_interval_s: float | None = None) -> None:
+    """Raise ConfigError unless the pool's settings are valid; with the broker's
+    `heartbeat_interval_s`, its lease too (see check_lease)."""
     _check(
         bool(_POOL_NAME.match(pool.name)),
         f"pools.{pool.name}",
@@ -211,6 +218,8 @@ def validate_pool(pool: PoolConfig) -> None:
         "must be more than 0 and at most 86400 seconds",
     )
     _check(0 <= pool.lease_s <= 86_400, f"{key}.lease_s", "must be 0..86400 seconds")
+    if heartbeat_interval_s is not None:
+        check_lease(pool, heartbeat_interval_s)
     types = [b.task_type for b in pool.bulkheads]
     _check(len(set(types)) == len(types), f"{key}.bulkheads", "one bulkhead per task type")
     for bulkhead in pool.bulkheads:
@@ -224,6 +233,19 @@ def validate_pool(pool: PoolConfig) -> None:
             f"{key}.fairness_weights.{fairness_key}",
             f"must be 1..{MAX_FAIRNESS_WEIGHT}, got {weight!r}",
         )
+
+
+def check_lease(pool: PoolConfig, heartbeat_interval_s: float) -> None:
+    """ConfigError unless the pool's lease_s is 0 (the heartbeat timeout) or lasts at least
+    LEASE_HEARTBEATS heartbeat intervals: a shorter lease expires between two heartbeats,
+    and a task that runs longer than it is taken back again and again."""
+    least = LEASE_HEARTBEATS * heartbeat_interval_s
+    _check(
+        pool.lease_s == 0 or pool.lease_s >= least,
+        f"pools.{pool.name}.lease_s",
+        f"must be 0 (the heartbeat timeout) or at least {LEASE_HEARTBEATS} heartbeat"
+        f" intervals ({least:g} s), got {pool.lease_s:g}",
+    )
 
 
 def _check_limits(key: str, max_inflight: int, max_queue: int) -> None:

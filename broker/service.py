@@ -275,6 +275,16 @@ class BrokerService:
         """How often a connected worker should send a heartbeat."""
         return self._engine.config.heartbeat_interval_s
 
+    @property
+    def heartbeat_timeout_s(self) -> float:
+        """How long a silent worker stays connected."""
+        return self._engine.config.heartbeat_timeout_s
+
+    def lease_s(self, pool: str) -> float:
+        """The lease on the tasks a worker of `pool` holds, as it stands: the pool's
+        lease_s, or the heartbeat timeout if it has none."""
+        return self._engine.lease_s(pool)
+
     def connect_worker(self, spec: WorkerSpec, channel: WorkerChannel) -> WorkerSpec:
         """Register a worker; returns its spec with the id it was given."""
         return self._engine.connect_worker(spec, channel)

@@ -42,6 +42,10 @@ class RegisterAcked:
 
     worker_id: str
     heartbeat_interval_s: float
+    # Renew the lease on held tasks (a heartbeat) within this, or the broker takes them
+    # back; 0 = the broker did not say.
+    lease_s: float = 0.0
+    heartbeat_timeout_s: float = 0.0  # 0 = the broker did not say
 
 
 @dataclass(frozen=True, slots=True)

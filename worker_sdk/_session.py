@@ -46,6 +46,9 @@ _FATAL_REGISTRATION_CODES: Final = frozenset(
     }
 )
 _DEFAULT_HEARTBEAT_S: Final = 5.0
+# A heartbeat renews the leases on the tasks a worker holds: at least this many beat within
+# a lease (and within the heartbeat timeout), whatever interval the broker asks for.
+_HEARTBEATS_PER_LEASE: Final = 2
 # After we half-close, how long the broker gets to end the stream before we cancel it.
 _CLOSE_TIMEOUT_S: Final = 5.0
 # Results above this many bytes go out in more than one message (gRPC's default limit is 4 MiB).
@@ -93,6 +96,7 @@ class _Session:
         self.registered = False
         self._worker_id = ""
         self._heartbeat_s = _DEFAULT_HEARTBEAT_S
+        self.lease_s: float | None = None  # as the broker told it at registration
         self._running: dict[str, _Running] = {}
         self._idle = asyncio.Event()
         self._idle.set()
@@ -190,8 +194,8 @@ class _Session:
             )
         self._worker_id = event.worker_id or worker._worker_id or ""
         worker._worker_id = self._worker_id
-        if event.heartbeat_interval_s > 0:
-            self._heartbeat_s = event.heartbeat_interval_s
+        self._heartbeat_s = heartbeat_interval(event)
+        self.lease_s = worker._lease_s = event.lease_s or None
         self.registered = True
         _log.info(
             "registered with %s as %s (pool %s, capacity %d, types %s)",
@@ -444,3 +448,14 @@ def _error_info(error: BaseException) -> TaskErrorInfo:
         message=str(error),
         traceback=bound_traceback("".join(traceback.format_exception(error))),
     )
+
+
+def heartbeat_interval(ack: RegisterAcked) -> float:
+    """How often to beat: the interval the broker asks for, but never so seldom that fewer
+    than _HEARTBEATS_PER_LEASE beats fall within the lease or the heartbeat timeout it
+    told (a broker that says neither gets the interval it asks for)."""
+    interval = ack.heartbeat_interval_s if ack.heartbeat_interval_s > 0 else _DEFAULT_HEARTBEAT_S
+    for limit in (ack.lease_s, ack.heartbeat_timeout_s):
+        if limit > 0:
+            interval = min(interval, limit / _HEARTBEATS_PER_LEASE)
+    return interval

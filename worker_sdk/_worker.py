@@ -83,6 +83,7 @@ class Worker:
         self._grace = 30.0
         self._running = False
         self._session: _Session | None = None
+        self._lease_s: float | None = None  # set by a session at registration
         # What a session awaits between heartbeats; tests replace it to beat on demand.
         self._heartbeat_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
@@ -90,6 +91,14 @@ class Worker:
     def worker_id(self) -> str | None:
         """The id the broker acknowledged (or the one configured, before registration)."""
         return self._worker_id
+
+    @property
+    def lease_s(self) -> float | None:
+        """The lease the broker gave this worker's tasks at the last registration: a task
+        whose lease a heartbeat does not renew within this many seconds is taken back.
+        None before registration (or if the broker did not say). The worker heartbeats at
+        least twice within it."""
+        return self._lease_s
 
     @property
     def task_types(self) -> tuple[str, ...]:

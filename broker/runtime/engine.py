@@ -100,6 +100,11 @@ class Engine:
         """Results for tasks the worker no longer holds."""
         return self._core.stale_results
 
+    def lease_s(self, pool: str) -> float:
+        """The lease on a task held by a worker of `pool`: the pool's lease_s, or the
+        heartbeat timeout."""
+        return self._core.lease_s(pool)
+
     def now(self) -> float:
         """The engine's clock."""
         return self._clock.now()

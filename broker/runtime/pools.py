@@ -47,7 +47,7 @@ class PoolAdmin:
         self._request_dispatch = request_dispatch
 
     async def create(self, pool: PoolConfig, who: str, source: str) -> ConfigChange | None:
-        _validate(pool)
+        _validate(pool, self._core.config.heartbeat_interval_s)
         if pool.name in self._core.pools:
             raise AlreadyExists(f"pool {pool.name!r} exists already")
         await self._store.upsert_pool(pool)
@@ -56,7 +56,7 @@ class PoolAdmin:
         return await self.audit(None, pool, who, source)
 
     async def update(self, pool: PoolConfig, who: str, source: str) -> ConfigChange | None:
-        _validate(pool)
+        _validate(pool, self._core.config.heartbeat_interval_s)
         scheduler = self._core.pools.get(pool.name)
         if scheduler is None:
             raise NotFound(f"pool {pool.name!r} does not exist")
@@ -110,8 +110,8 @@ class PoolAdmin:
         return change
 
 
-def _validate(pool: PoolConfig) -> None:
+def _validate(pool: PoolConfig, heartbeat_interval_s: float) -> None:
     try:
-        validate_pool(pool)
+        validate_pool(pool, heartbeat_interval_s)
     except ConfigError as exc:
         raise InvalidArgument(str(exc)) from None

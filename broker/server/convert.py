@@ -218,10 +218,15 @@ def drain_to_pb(reason: str) -> _worker.BrokerMessage:
     return _worker.BrokerMessage(drain=_worker.Drain(reason=reason))
 
 
-def register_ack_to_pb(worker_id: str, heartbeat_interval_s: float) -> _worker.BrokerMessage:
+def register_ack_to_pb(
+    worker_id: str, heartbeat_interval_s: float, lease_s: float, heartbeat_timeout_s: float
+) -> _worker.BrokerMessage:
     return _worker.BrokerMessage(
         register_ack=_worker.RegisterAck(
-            worker_id=worker_id, heartbeat_interval_s=heartbeat_interval_s
+            worker_id=worker_id,
+            heartbeat_interval_s=heartbeat_interval_s,
+            lease_s=lease_s,
+            heartbeat_timeout_s=heartbeat_timeout_s,
         )
     )
 

@@ -137,7 +137,13 @@ class WorkerService(_worker_grpc.WorkerServiceServicer):
             await context.abort(status_of(exc), str(exc))
         reader = asyncio.create_task(self._read(spec.worker_id, requests, channel))
         try:
-            yield convert.register_ack_to_pb(spec.worker_id, self._service.heartbeat_interval_s)
+            service = self._service
+            yield convert.register_ack_to_pb(
+                spec.worker_id,
+                service.heartbeat_interval_s,
+                service.lease_s(spec.pool),
+                service.heartbeat_timeout_s,
+            )
             async for message in channel.messages():
                 yield message
             if channel.error is not None:

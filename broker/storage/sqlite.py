@@ -23,6 +23,7 @@ from broker.domain import ConfigChange, PoolConfig, Task, TaskFilter, TaskId, Ta
 from broker.errors import InvalidArgument, StorageError
 from broker.stats import RollupRow, RunStats, RuntimeKey
 from broker.storage.groupcommit import GroupCommit, WriteBatch
+from broker.storage.lockfile import StoreLock
 from broker.storage.sqlite_rows import (
     POOL_COLUMNS,
     ROLLUP_COLUMNS,
@@ -144,9 +145,12 @@ class _SQLiteWriter:
     inserted_row = staticmethod(insert_row)
     saved_row = staticmethod(update_row)
 
-    def __init__(self, db: aiosqlite.Connection, transaction: asyncio.Lock) -> None:
+    def __init__(
+        self, db: aiosqlite.Connection, transaction: asyncio.Lock, lock: StoreLock | None
+    ) -> None:
         self._db = db
         self._transaction = transaction
+        self._lock = lock
 
     async def commit(self, batch: WriteBatch[Row]) -> None:
         db = self._db
@@ -162,7 +166,11 @@ class _SQLiteWriter:
                 raise
 
     async def close(self) -> None:
-        await self._db.close()
+        try:
+            await self._db.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
 
 class SQLiteStore(GroupCommit[Row]):
@@ -174,11 +182,14 @@ class SQLiteStore(GroupCommit[Row]):
     broker.storage.contract.
     """
 
-    def __init__(self, db: aiosqlite.Connection, clock: Clock) -> None:
-        """Wrap an open, migrated connection; call `SQLiteStore.open` instead."""
+    def __init__(
+        self, db: aiosqlite.Connection, clock: Clock, lock: StoreLock | None = None
+    ) -> None:
+        """Wrap an open, migrated connection (and the file's lock, released on close);
+        call `SQLiteStore.open` instead."""
         self._db = db
         self._transaction = asyncio.Lock()  # keeps reads out of the writer's transaction
-        super().__init__(_SQLiteWriter(db, self._transaction), clock)
+        super().__init__(_SQLiteWriter(db, self._transaction, lock), clock)
 
     @classmethod
     async def open(
@@ -193,10 +204,20 @@ class SQLiteStore(GroupCommit[Row]):
         `synchronous` is FULL (a commit survives power loss) or NORMAL (it survives a crash
         of the process). Raises BrokerError if the file's schema is newer than this code.
         The writer starts with the first write, or under `run()`.
+
+        One store per file: the store holds an exclusive lock on `<path>.lock` until it is
+        closed (or its process ends), and a second open of the same file, from this
+        process or another, raises StorageError naming the holder's pid.
         """
         if synchronous not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, not {synchronous!r}")
-        db = await aiosqlite.connect(path, isolation_level=None)  # we issue BEGIN ourselves
+        lock = None if str(path) in ("", ":memory:") else StoreLock.acquire(path)
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None)  # we issue BEGIN ourselves
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
         try:
             async with db.execute("PRAGMA journal_mode = WAL") as cursor:
                 row = await cursor.fetchone()
@@ -206,9 +227,13 @@ class SQLiteStore(GroupCommit[Row]):
             await db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
             await migrate(db, path)
         except BaseException:
-            await db.close()
+            try:
+                await db.close()
+            finally:
+                if lock is not None:
+                    lock.release()
             raise
-        return cls(db, clock or SystemClock())
+        return cls(db, clock or SystemClock(), lock)
 
     # -- reads ----------------------------------------------------------------------------
 

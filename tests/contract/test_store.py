@@ -8,7 +8,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -84,6 +87,56 @@ async def test_a_newer_schema_is_refused(db_path: Path) -> None:
         await SQLiteStore.open(db_path)
     assert await query(db_path, "SELECT name FROM sqlite_master") == []
     assert await query(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION + 1,)]
+
+
+# One store per file ---------------------------------------------------------------------
+
+# Opens the store at argv[1] and holds it, printing "open", until killed.
+_HOLDER = """
+import asyncio, sys
+from broker.storage.sqlite import SQLiteStore
+
+async def main():
+    store = await SQLiteStore.open(sys.argv[1])
+    print("open", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_second_open_of_the_same_file_fails_until_the_first_closes(
+    db_path: Path,
+) -> None:
+    first = await SQLiteStore.open(db_path)
+    try:
+        with pytest.raises(StorageError, match=rf"{db_path} is in use by process {os.getpid()}\b"):
+            await SQLiteStore.open(db_path)
+        await first.insert_tasks([make_task(1)])  # the refused open did not disturb it
+    finally:
+        await first.close()
+    async with await SQLiteStore.open(db_path) as second:
+        assert await second.get_task(1) == make_task(1)
+
+
+async def test_a_store_held_by_a_killed_process_opens(db_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(db_path)],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).parent.parent.parent,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"open\n"
+        with pytest.raises(StorageError, match=rf"in use by process {holder.pid}\b"):
+            await SQLiteStore.open(db_path)
+    finally:
+        holder.kill()  # SIGKILL: no close, no clean-up
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+    async with await SQLiteStore.open(db_path) as store:
+        assert await store.max_task_id() == 0
 
 
 async def test_a_failing_migration_changes_nothing(

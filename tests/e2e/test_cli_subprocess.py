@@ -398,6 +398,36 @@ def test_sigterm_stops_broker_and_worker_cleanly(tmp_path: Path) -> None:
     assert "stopped" in broker.stderr.read_text()
 
 
+def test_a_second_broker_on_the_same_db_exits_naming_the_first(tmp_path: Path) -> None:
+    broker, address = start_broker(tmp_path)
+    db = tmp_path / "broker.db"
+    second: Proc | None = None
+    try:
+        second = start(["serve", "--port", "0", "--db", str(db)], tmp_path, "second")
+        try:
+            assert second.process.wait(WAIT_S) == 1, second.output()
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"a second broker runs on {db}") from None
+        errors = [line for line in second.stderr.read_text().splitlines() if "error" in line]
+        assert errors == [
+            f"error: the database {db} is in use by process {broker.process.pid}"
+            f" (lock file {db}.lock); one broker per database file"
+        ], second.output()
+        assert "listening" not in second.stdout.read_text()
+        with SyncClient(address) as client:  # the first broker is undisturbed
+            assert client.submit("upper", json={"text": "x"}) == "1"
+    finally:
+        if second is not None:
+            second.stop()
+        assert broker.stop() == 0, broker.output()
+    # Once the first has stopped, the file is free.
+    third = start(["serve", "--port", "0", "--db", str(db)], tmp_path, "third")
+    try:
+        wait_for(lambda: LISTENING.search(third.stdout.read_text()), "listening", third)
+    finally:
+        assert third.stop() == 0, third.output()
+
+
 def test_demo_runs_and_cleans_up(tmp_path: Path) -> None:
     done = run("demo", "--tasks", "40", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr

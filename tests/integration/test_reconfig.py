@@ -127,6 +127,45 @@ async def test_a_bad_reload_changes_nothing(
     assert broker.engine.pools() == before
 
 
+async def test_a_lease_within_two_heartbeats_is_refused_at_run_time(
+    configured: tuple[Broker, Path], tmp_path: Path
+) -> None:
+    broker, path = configured  # heartbeat_interval_s is 5: a lease needs 10 s at least
+    before = broker.engine.pools()
+    async with grpc.aio.insecure_channel(broker.address) as channel:
+        stub = _admin_grpc.AdminServiceStub(channel)
+        (pool,) = [
+            p for p in (await stub.ListPools(_admin.ListPoolsRequest())).pools if p.name == "gpu"
+        ]
+        pool.lease_s = 9.0
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.UpdatePool(_admin.UpdatePoolRequest(pool=pool))
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "pools.gpu.lease_s: must be 0 (the heartbeat timeout) or at least 2" in (
+            refused.value.details() or ""
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.CreatePool(
+                _admin.CreatePoolRequest(pool=_admin.Pool(name="short", lease_s=1.0))
+            )
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "pools.short.lease_s" in (refused.value.details() or "")
+        pool.lease_s = 10.0
+        await stub.UpdatePool(_admin.UpdatePoolRequest(pool=pool))
+    assert {p.name: p.lease_s for p in broker.engine.pools()}["gpu"] == 10.0
+    before = broker.engine.pools()
+    # A reload is checked against the interval the broker runs with, even if the file
+    # changes the interval too (that takes effect at the next start).
+    write_config(path, tmp_path / "broker.db", extra="\n[pools.batch]\nlease_s = 4.0\n")
+    with pytest.raises(InvalidArgument, match=r"pools\.batch\.lease_s"):
+        await broker.reload_config(who="ops")
+    text = path.read_text().replace("port = 0\n", "port = 0\nheartbeat_interval_s = 1.0\n")
+    path.write_text(text)
+    with pytest.raises(InvalidArgument, match=r"config not reloaded: pools\.batch\.lease_s"):
+        await broker.reload_config(who="ops")
+    assert broker.engine.pools() == before
+
+
 async def test_reload_over_grpc_and_without_a_config_file(
     configured: tuple[Broker, Path], tmp_path: Path
 ) -> None:

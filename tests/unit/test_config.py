@@ -42,6 +42,14 @@ def test_file_then_env_then_flags(tmp_path: Path) -> None:
         ("[broker]\nbogus = 1\n", "bogus: unknown setting"),
         ("[broker]\nmax_payload_bytes = -1\n", "max_payload_bytes: must be positive"),
         ("[broker]\nheartbeat_timeout_s = 1\n", "heartbeat_timeout_s: must be greater"),
+        (
+            "[broker]\nheartbeat_interval_s = 5\nheartbeat_timeout_s = 9\n",
+            "heartbeat_timeout_s: must be greater than heartbeat_interval_s: at least 2 heartbeat",
+        ),
+        (
+            "[pools.gpu]\nlease_s = 9\n",
+            r"pools.gpu.lease_s: must be 0 \(the heartbeat timeout\) or at least 2 heartbeat",
+        ),
         ('[pools.gpu]\nstrategy = "fastest"\n', "pools.gpu.strategy: unknown strategy"),
         ('[pools."bad name"]\n', "pools.bad name"),
         ("[pools.gpu]\ncolour = 1\n", "pools.gpu.colour: unknown key"),

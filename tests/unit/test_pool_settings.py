@@ -228,7 +228,8 @@ def test_the_audit_names_every_setting() -> None:
 
 
 def test_the_config_file_takes_every_setting(tmp_path: Path) -> None:
-    lines = ["[pools.full]"]
+    # A heartbeat interval the pool's lease_s spans twice (a lease must).
+    lines = ["[broker]", f"heartbeat_interval_s = {FULL.lease_s / 2}", "[pools.full]"]
     lines += [f"{n} = {json.dumps(getattr(FULL, n))}" for n in NAMES]
     for bulkhead in FULL.bulkheads:
         lines.append(f"[pools.full.bulkheads.{bulkhead.task_type}]")

@@ -107,5 +107,7 @@ def broker_event(message: _worker.BrokerMessage) -> BrokerEvent | None:
         return DrainRequested(message.drain.reason)
     if kind == "register_ack":
         ack = message.register_ack
-        return RegisterAcked(ack.worker_id, ack.heartbeat_interval_s)
+        return RegisterAcked(
+            ack.worker_id, ack.heartbeat_interval_s, ack.lease_s, ack.heartbeat_timeout_s
+        )
     return None

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import tasks_pb2 as taskbroker_dot_v1_dot_tasks__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ataskbroker/v1/worker.proto\x12\rtaskbroker.v1\x1a\x19taskbroker/v1/tasks.proto\"\xca\x01\n\x08Register\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\x33\n\x06labels\x18\x03 \x03(\x0b\x32#.taskbroker.v1.Register.LabelsEntry\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x12\n\ntask_types\x18\x05 \x03(\t\x12\x13\n\x0bsdk_version\x18\x06 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"]\n\tHeartbeat\x12\x11\n\tin_flight\x18\x01 \x01(\r\x12\x0c\n\x04load\x18\x02 \x01(\x01\x12\x15\n\rheld_task_ids\x18\x03 \x03(\t\x12\x18\n\x10\x61ssignments_seen\x18\x04 \x01(\x04\"\x1a\n\x06\x43redit\x12\x10\n\x08\x63\x61pacity\x18\x01 \x01(\r\"\xa7\x01\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0f\n\x07success\x18\x03 \x01(\x08\x12\x0e\n\x06result\x18\x04 \x01(\x0c\x12\'\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x18.taskbroker.v1.TaskError\x12\x15\n\rstarted_at_ms\x18\x06 \x01(\x03\x12\x16\n\x0e\x66inished_at_ms\x18\x07 \x01(\x03\"O\n\x07Results\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.taskbroker.v1.TaskResult\x12\x18\n\x10started_task_ids\x18\x02 \x03(\t\"\xc7\x01\n\rWorkerMessage\x12+\n\x08register\x18\x01 \x01(\x0b\x32\x17.taskbroker.v1.RegisterH\x00\x12-\n\theartbeat\x18\x02 \x01(\x0b\x32\x18.taskbroker.v1.HeartbeatH\x00\x12\'\n\x06\x63redit\x18\x03 \x01(\x0b\x32\x15.taskbroker.v1.CreditH\x00\x12)\n\x07results\x18\x04 \x01(\x0b\x32\x16.taskbroker.v1.ResultsH\x00\x42\x06\n\x04kind\">\n\x0bRegisterAck\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\"\xf2\x01\n\nAssignment\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x11\n\ttask_type\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x06 \x01(\x03\x12\x42\n\rtrace_context\x18\x07 \x03(\x0b\x32+.taskbroker.v1.Assignment.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"J\n\x0b\x41ssignments\x12.\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x19.taskbroker.v1.Assignment\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"\x1f\n\x0b\x43\x61ncelTasks\x12\x10\n\x08task_ids\x18\x01 \x03(\t\"\x17\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xd3\x01\n\rBrokerMessage\x12\x32\n\x0cregister_ack\x18\x01 \x01(\x0b\x32\x1a.taskbroker.v1.RegisterAckH\x00\x12\x31\n\x0b\x61ssignments\x18\x02 \x01(\x0b\x32\x1a.taskbroker.v1.AssignmentsH\x00\x12,\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x1a.taskbroker.v1.CancelTasksH\x00\x12%\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x14.taskbroker.v1.DrainH\x00\x42\x06\n\x04kind2Z\n\rWorkerService\x12I\n\x07\x43onnect\x12\x1c.taskbroker.v1.WorkerMessage\x1a\x1c.taskbroker.v1.BrokerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ataskbroker/v1/worker.proto\x12\rtaskbroker.v1\x1a\x19taskbroker/v1/tasks.proto\"\xca\x01\n\x08Register\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\x33\n\x06labels\x18\x03 \x03(\x0b\x32#.taskbroker.v1.Register.LabelsEntry\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x12\n\ntask_types\x18\x05 \x03(\t\x12\x13\n\x0bsdk_version\x18\x06 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"]\n\tHeartbeat\x12\x11\n\tin_flight\x18\x01 \x01(\r\x12\x0c\n\x04load\x18\x02 \x01(\x01\x12\x15\n\rheld_task_ids\x18\x03 \x03(\t\x12\x18\n\x10\x61ssignments_seen\x18\x04 \x01(\x04\"\x1a\n\x06\x43redit\x12\x10\n\x08\x63\x61pacity\x18\x01 \x01(\r\"\xa7\x01\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0f\n\x07success\x18\x03 \x01(\x08\x12\x0e\n\x06result\x18\x04 \x01(\x0c\x12\'\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x18.taskbroker.v1.TaskError\x12\x15\n\rstarted_at_ms\x18\x06 \x01(\x03\x12\x16\n\x0e\x66inished_at_ms\x18\x07 \x01(\x03\"O\n\x07Results\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.taskbroker.v1.TaskResult\x12\x18\n\x10started_task_ids\x18\x02 \x03(\t\"\xc7\x01\n\rWorkerMessage\x12+\n\x08register\x18\x01 \x01(\x0b\x32\x17.taskbroker.v1.RegisterH\x00\x12-\n\theartbeat\x18\x02 \x01(\x0b\x32\x18.taskbroker.v1.HeartbeatH\x00\x12\'\n\x06\x63redit\x18\x03 \x01(\x0b\x32\x15.taskbroker.v1.CreditH\x00\x12)\n\x07results\x18\x04 \x01(\x0b\x32\x16.taskbroker.v1.ResultsH\x00\x42\x06\n\x04kind\"l\n\x0bRegisterAck\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x0f\n\x07lease_s\x18\x03 \x01(\x01\x12\x1b\n\x13heartbeat_timeout_s\x18\x04 \x01(\x01\"\xf2\x01\n\nAssignment\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x11\n\ttask_type\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x06 \x01(\x03\x12\x42\n\rtrace_context\x18\x07 \x03(\x0b\x32+.taskbroker.v1.Assignment.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"J\n\x0b\x41ssignments\x12.\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x19.taskbroker.v1.Assignment\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"\x1f\n\x0b\x43\x61ncelTasks\x12\x10\n\x08task_ids\x18\x01 \x03(\t\"\x17\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xd3\x01\n\rBrokerMessage\x12\x32\n\x0cregister_ack\x18\x01 \x01(\x0b\x32\x1a.taskbroker.v1.RegisterAckH\x00\x12\x31\n\x0b\x61ssignments\x18\x02 \x01(\x0b\x32\x1a.taskbroker.v1.AssignmentsH\x00\x12,\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x1a.taskbroker.v1.CancelTasksH\x00\x12%\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x14.taskbroker.v1.DrainH\x00\x42\x06\n\x04kind2Z\n\rWorkerService\x12I\n\x07\x43onnect\x12\x1c.taskbroker.v1.WorkerMessage\x1a\x1c.taskbroker.v1.BrokerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,19 +51,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKERMESSAGE']._serialized_start=652
   _globals['_WORKERMESSAGE']._serialized_end=851
   _globals['_REGISTERACK']._serialized_start=853
-  _globals['_REGISTERACK']._serialized_end=915
-  _globals['_ASSIGNMENT']._serialized_start=918
-  _globals['_ASSIGNMENT']._serialized_end=1160
-  _globals['_ASSIGNMENT_TRACECONTEXTENTRY']._serialized_start=1109
-  _globals['_ASSIGNMENT_TRACECONTEXTENTRY']._serialized_end=1160
-  _globals['_ASSIGNMENTS']._serialized_start=1162
-  _globals['_ASSIGNMENTS']._serialized_end=1236
-  _globals['_CANCELTASKS']._serialized_start=1238
-  _globals['_CANCELTASKS']._serialized_end=1269
-  _globals['_DRAIN']._serialized_start=1271
-  _globals['_DRAIN']._serialized_end=1294
-  _globals['_BROKERMESSAGE']._serialized_start=1297
-  _globals['_BROKERMESSAGE']._serialized_end=1508
-  _globals['_WORKERSERVICE']._serialized_start=1510
-  _globals['_WORKERSERVICE']._serialized_end=1600
+  _globals['_REGISTERACK']._serialized_end=961
+  _globals['_ASSIGNMENT']._serialized_start=964
+  _globals['_ASSIGNMENT']._serialized_end=1206
+  _globals['_ASSIGNMENT_TRACECONTEXTENTRY']._serialized_start=1155
+  _globals['_ASSIGNMENT_TRACECONTEXTENTRY']._serialized_end=1206
+  _globals['_ASSIGNMENTS']._serialized_start=1208
+  _globals['_ASSIGNMENTS']._serialized_end=1282
+  _globals['_CANCELTASKS']._serialized_start=1284
+  _globals['_CANCELTASKS']._serialized_end=1315
+  _globals['_DRAIN']._serialized_start=1317
+  _globals['_DRAIN']._serialized_end=1340
+  _globals['_BROKERMESSAGE']._serialized_start=1343
+  _globals['_BROKERMESSAGE']._serialized_end=1554
+  _globals['_WORKERSERVICE']._serialized_start=1556
+  _globals['_WORKERSERVICE']._serialized_end=1646
 # @@protoc_insertion_point(module_scope)

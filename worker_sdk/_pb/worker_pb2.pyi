@@ -255,17 +255,29 @@ class RegisterAck(_message.Message):
 
     WORKER_ID_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _builtins.int
+    LEASE_S_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_TIMEOUT_S_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     heartbeat_interval_s: _builtins.float
+    lease_s: _builtins.float
+    """The lease the worker must honour on the tasks it holds: renew it by a heartbeat
+    (which lists the tasks) within this many seconds, or the broker takes the task back
+    and hands it out again. Its pool's lease_s at registration, or heartbeat_timeout_s if
+    the pool has none; at least twice heartbeat_interval_s. 0 = not told (older broker).
+    """
+    heartbeat_timeout_s: _builtins.float
+    """A worker silent for this long is dropped and its tasks requeued. 0 = not told."""
     def __init__(
         self,
         *,
         worker_id: _builtins.str = ...,
         heartbeat_interval_s: _builtins.float = ...,
+        lease_s: _builtins.float = ...,
+        heartbeat_timeout_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_s", b"heartbeat_interval_s", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_s", b"heartbeat_interval_s", "heartbeat_timeout_s", b"heartbeat_timeout_s", "lease_s", b"lease_s", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -51,6 +51,7 @@ from worker_sdk._types import Bulkhead
 UINT32_MAX: Final = 2**32 - 1
 
 DEFAULT_STRATEGY: Final = "round_robin"
+DEFAULT_RETENTION_S: Final = 7 * 86_400.0  # the broker's default too
 # For help texts only: the broker checks strategy names (INVALID_ARGUMENT, listing the ones
 # it knows), so a broker with a newer strategy is usable before this list learns of it.
 KNOWN_STRATEGIES: Final = (
@@ -238,6 +239,17 @@ POOL_SETTINGS: Final[tuple[PoolSetting, ...]] = (
         "0 = the heartbeat timeout.",
         minimum=0,
     ),
+    PoolSetting(
+        name="retention_s",
+        type=float,
+        default=DEFAULT_RETENTION_S,
+        flag="--retention",
+        metavar="SECONDS",
+        help="Finished tasks (with their payloads and results) are deleted this long after "
+        "they finished; 0 = kept forever.",
+        minimum=0,
+        create_shows_default=True,
+    ),
 )
 
 # The settings that hold many values: a list of Bulkhead, and a map of fairness key to
@@ -289,6 +301,7 @@ class PoolSettings(TypedDict, total=False):
     breaker_window: int | None
     breaker_cooldown_s: float | None
     lease_s: float | None
+    retention_s: float | None
     bulkheads: Sequence[Bulkhead] | None
     fairness_weights: Mapping[str, int] | None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 from dataclasses import asdict
 
 from broker.domain import (
@@ -277,14 +278,26 @@ def pool_to_pb(pool: PoolConfig) -> _admin.Pool:
 
 
 _POOL_DEFAULTS = PoolConfig(name=DEFAULT_POOL)
+_POOL_PRESENCE = frozenset(
+    f.name for f in _admin.Pool.DESCRIPTOR.fields if f.has_presence and not f.message_type
+)
+
+
+def _pool_setting(msg: _admin.Pool, name: str, default: object) -> Any:
+    if name in _POOL_PRESENCE:
+        has_field: Any = msg.HasField  # typed for the literal names only
+        return getattr(msg, name) if has_field(name) else default
+    return getattr(msg, name) or default
 
 
 def pool_from_pb(msg: _admin.Pool) -> PoolConfig:
-    """A pool from the wire; unset (0 or empty) settings take the broker's default."""
+    """A pool from the wire; unset (0 or empty) settings take the broker's default. A
+    setting with presence on the wire (`optional`, like retention_s, where 0 means
+    something) takes the broker's default only when it is not sent."""
     return PoolConfig(
         name=msg.name,
         **{
-            name: getattr(msg, name) or getattr(_POOL_DEFAULTS, name)
+            name: _pool_setting(msg, name, getattr(_POOL_DEFAULTS, name))
             for name in POOL_SCALAR_SETTINGS
         },
         bulkheads=tuple(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 from dataclasses import asdict
+from typing import Any
 
 from broker.domain import (
     ANYWHERE,
@@ -253,12 +253,7 @@ def results_from_pb(msg: _worker.Results) -> tuple[list[TaskId], list[TaskResult
 
 
 def filter_from_pb(msg: _tasks.ListTasksRequest) -> TaskFilter:
-    states = set()
-    for value in msg.states:
-        try:
-            states.add(TaskState(value))
-        except ValueError:
-            raise InvalidArgument(f"unknown task state {value}") from None
+    states = states_from_pb(msg.states)
     return TaskFilter(
         pool=msg.pool,
         states=frozenset(states),
@@ -266,6 +261,34 @@ def filter_from_pb(msg: _tasks.ListTasksRequest) -> TaskFilter:
         limit=msg.limit or 100,
         before_id=task_id_from_pb(msg.before_id) if msg.before_id else None,
     )
+
+
+def states_from_pb(values: Sequence[int]) -> frozenset[TaskState]:
+    """Task states from the wire; InvalidArgument for an unknown one."""
+    states = set()
+    for value in values:
+        try:
+            states.add(TaskState(value))
+        except ValueError:
+            raise InvalidArgument(f"unknown task state {value}") from None
+    return frozenset(states)
+
+
+def purge_states_from_pb(values: Sequence[int]) -> frozenset[TaskState]:
+    """A purge's states from the wire: at most one of each finished state."""
+    if len(values) > len(TaskState):
+        raise InvalidArgument(f"at most {len(TaskState)} states, got {len(values)}")
+    return states_from_pb(values)
+
+
+def pool_name_from_pb(name: str) -> str:
+    """A pool name from the wire ("" = every pool); InvalidArgument if over 64 characters."""
+    if len(name) > MAX_POOL_NAME:
+        raise InvalidArgument(f"a pool name is at most {MAX_POOL_NAME} characters")
+    return name
+
+
+MAX_POOL_NAME = 64
 
 
 def pool_to_pb(pool: PoolConfig) -> _admin.Pool:

@@ -150,8 +150,7 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         # Retention: finished tasks by pool and the time they finished, so that the purge
         # walks only the ones it deletes. Partial, so unfinished tasks cost it nothing
         # (TERMINAL_STATES_SQL; a query must repeat that term to use it).
-        "CREATE INDEX tasks_finished ON tasks (pool, finished_at)"
-        " WHERE state IN (4, 5, 6, 7)",
+        "CREATE INDEX tasks_finished ON tasks (pool, finished_at) WHERE state IN (4, 5, 6, 7)",
     ),
 )
 # The WHERE of the tasks_finished index, which a query repeats word for word to use it.

@@ -708,9 +708,7 @@ async def test_purge_deletes_only_finished_tasks_of_the_pool_older_than_the_cuto
     store: Store,
 ) -> None:
     def done(task_id: int, state: TaskState, at: float, **changes: Any) -> Task:
-        return dataclasses.replace(
-            finished(make_task(task_id, **changes), state), finished_at=at
-        )
+        return dataclasses.replace(finished(make_task(task_id, **changes), state), finished_at=at)
 
     old = [done(1, SUCCEEDED, 10.0), done(2, FAILED, 11.0), done(3, CANCELLED, 12.0)]
     old.append(done(4, DEAD_LETTER, 13.0, idempotency_key="k"))
@@ -730,7 +728,8 @@ async def test_purge_deletes_only_finished_tasks_of_the_pool_older_than_the_cuto
     assert await store.get_task(1) is None
     assert await store.find_idempotent("default", ["k"], since=0.0) == {}
     counts = await store.count_by_pool_state()
-    assert counts[("default", SUCCEEDED)] == 1 and ("default", FAILED) not in counts
+    assert counts[("default", SUCCEEDED)] == 1
+    assert ("default", FAILED) not in counts
     # Nothing more is old enough; unfinished tasks never go, whatever their times.
     assert await store.purge_tasks("default", 1e12, TERMINAL, limit=1000) == {SUCCEEDED: 1}
     assert sorted(t.id for t in await store.load_unfinished()) == [7, 8, 9]

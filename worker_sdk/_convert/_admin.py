@@ -15,6 +15,7 @@ from worker_sdk._convert._common import (
     uint32,
     wire_time,
 )
+from worker_sdk._convert._tasks import _STATE_TO_WIRE as STATE_TO_WIRE
 from worker_sdk._errors import TaskbrokerError
 from worker_sdk._pb import admin_pb2 as _admin
 from worker_sdk._pool_settings import BULKHEAD_SETTINGS, BY_NAME, POOL_SETTINGS, PoolSetting
@@ -29,6 +30,7 @@ from worker_sdk._types import (
     PoolStats,
     RuntimeStats,
     Stats,
+    TaskState,
     WorkerInfo,
 )
 
@@ -373,6 +375,22 @@ def config_history_request(pool: str | None, limit: int) -> _admin.ConfigHistory
     return _admin.ConfigHistoryRequest(
         pool=optional_filter(pool, "pool"), limit=uint32(limit, "limit", 1)
     )
+
+
+def purge_tasks_request(
+    pool: str | None, older_than_s: float, states: Iterable[TaskState]
+) -> _admin.PurgeTasksRequest:
+    if not 0 <= older_than_s < float("inf"):
+        raise ValueError(f"older_than must be 0 or more, got {older_than_s}")
+    return _admin.PurgeTasksRequest(
+        pool=optional_filter(pool, "pool"),
+        older_than_s=older_than_s,
+        states=sorted({STATE_TO_WIRE[s] for s in states}),
+    )
+
+
+def purged(response: _admin.PurgeTasksResponse) -> int:
+    return response.deleted
 
 
 def config_changes(

@@ -245,7 +245,11 @@ async def test_admin_bad_input(channel: grpc.aio.Channel) -> None:
             "INVALID_ARGUMENT",
             "running",
         ),
-        (_admin.PurgeTasksRequest(states=[99]), "INVALID_ARGUMENT", "unknown task state"),
+        (
+            _admin.PurgeTasksRequest(states=[_tasks.TaskState.ValueType(99)]),
+            "INVALID_ARGUMENT",
+            "unknown task state",
+        ),
         (
             _admin.PurgeTasksRequest(states=[_tasks.TASK_STATE_SUCCEEDED] * 8),
             "INVALID_ARGUMENT",

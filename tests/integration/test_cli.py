@@ -337,6 +337,7 @@ NO_LIMITS: dict[str, object] = {
     "breaker_window": 0,
     "breaker_cooldown_s": 0.0,
     "lease_s": 0.0,
+    "retention_s": 604800.0,
     "bulkheads": (),
     "fairness_weights": {},
 }
@@ -1135,6 +1136,7 @@ LIMITS: dict[str, object] = {
     "breaker_window": 10,
     "breaker_cooldown_s": 15.0,
     "lease_s": 20.0,
+    "retention_s": 604800.0,
     "bulkheads": (Bulkhead("render", 4, 100, 2.5, 5), Bulkhead("thumb", max_queue=10)),
     "fairness_weights": {"tenant-a": 3, "tenant-b": 1},
 }
@@ -1745,3 +1747,16 @@ async def test_live_purge_deletes_finished_tasks_only(live: Live, live_worker: s
     line = await live.error("tasks", "purge", "--older-than", "soon", exit_code=2)
     assert "'--older-than'" in line
     assert [t["id"] for t in await live.json("tasks", "list")] == [pending]
+
+
+async def test_live_pool_retention(live: Live) -> None:
+    created = await live.run("pools", "create", "keep", "--retention", "0")
+    assert created.stdout.endswith(", finished tasks kept forever)\n"), created.output
+    (keep,) = [p for p in await live.json("pools", "list") if p["name"] == "keep"]
+    assert keep["retention_s"] == 0.0
+    updated = await live.json("pools", "set", "keep", "--retention", "3600")
+    assert updated["retention_s"] == 3600.0
+    default = await live.json("pools", "set", "default", "--max-queue", "10")
+    assert default["retention_s"] == 604800.0  # the default, kept by an update
+    line = await live.error("pools", "set", "keep", "--retention", "-1", exit_code=2)
+    assert "--retention" in line

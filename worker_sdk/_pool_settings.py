@@ -85,6 +85,9 @@ class PoolSetting:
     # `pools create` shows the default in --help and sends it; otherwise the flag is
     # unset unless given, and the SDK's default goes.
     create_shows_default: bool = False
+    # create_pool leaves it unset unless given, so that the broker's default applies (a
+    # field with presence on the wire, where 0 means something else than the default).
+    broker_default: bool = False
 
 
 POOL_SETTINGS: Final[tuple[PoolSetting, ...]] = (
@@ -249,6 +252,7 @@ POOL_SETTINGS: Final[tuple[PoolSetting, ...]] = (
         "they finished; 0 = kept forever.",
         minimum=0,
         create_shows_default=True,
+        broker_default=True,
     ),
 )
 
@@ -309,7 +313,7 @@ class PoolSettings(TypedDict, total=False):
 def create_defaults() -> dict[str, object]:
     """What create_pool sends for each setting not given."""
     return {
-        **{s.name: s.default for s in POOL_SETTINGS},
+        **{s.name: s.default for s in POOL_SETTINGS if not s.broker_default},
         "bulkheads": (),
         "fairness_weights": {},
     }
@@ -324,11 +328,14 @@ _NESTED_ANNOTATIONS: Final = {
 
 def _keyword(name: str, *, changes: bool) -> inspect.Parameter:
     """A setting as a keyword argument: with None ("as it is") for `changes`, else with the
-    SDK's default (but fairness_weights, whose None has always meant none)."""
+    SDK's default (but fairness_weights, whose None has always meant none). A setting with
+    `broker_default` shows the table's default, which is the broker's, sent or not."""
     annotation = _NESTED_ANNOTATIONS.get(name) or BY_NAME[name].type.__name__
     if changes or name == "fairness_weights":
         default: object = None
         annotation += " | None"
+    elif name in BY_NAME:
+        default = BY_NAME[name].default
     else:
         default = create_defaults()[name]
     return inspect.Parameter(

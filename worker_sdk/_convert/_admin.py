@@ -6,7 +6,7 @@ from __future__ import annotations
 import json as _json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from worker_sdk._convert._common import (
     epoch_ms,
@@ -45,7 +45,20 @@ def _setting(pool: _admin.Pool, setting: PoolSetting) -> Any:
     value = getattr(pool, setting.name)
     if setting.choices and not value:
         return setting.default  # "" is no choice: a broker that sends none means the default
+    if setting.name in _PRESENCE and not _has_field(pool, setting.name):
+        return setting.default  # not sent (a broker older than the field): the default
     return value
+
+
+# The settings whose 0 means something other than the default: `optional` on the wire.
+_PRESENCE: Final = frozenset(
+    f.name for f in _admin.Pool.DESCRIPTOR.fields if f.has_presence and not f.message_type
+)
+
+
+def _has_field(pool: _admin.Pool, name: str) -> bool:
+    has_field: Any = pool.HasField  # typed for the literal names only
+    return bool(has_field(name))
 
 
 def pool_info(pool: _admin.Pool) -> PoolInfo:

@@ -162,6 +162,7 @@ class Broker:
                     "store writer": self._store.run,
                     "reaper": engine.run_reaper,
                     "metrics history": history.run,
+                    "task retention": engine.run_retention,
                 },
                 supervising,
             ),

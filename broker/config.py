@@ -22,6 +22,7 @@ The file looks like::
     rate_mode = "reject"        # over a rate limit: "reject" or "queue"
     breaker_failures = 5        # consecutive failures that open a worker's breaker; 0 = off
     breaker_cooldown_s = 30.0
+    retention_s = 604800.0      # finished tasks are deleted a week after (0 = kept forever)
 
     [pools.gpu.bulkheads.render]  # per task type
     max_inflight = 8
@@ -49,6 +50,7 @@ from broker.core.strategies import STRATEGIES
 from broker.domain import (
     BULKHEAD_LIMITS,
     DEFAULT_POOL,
+    MAX_RETENTION_S,
     POOL_SCALAR_SETTINGS,
     RATE_MODES,
     BulkheadConfig,
@@ -105,6 +107,8 @@ class BrokerConfig:
     metrics_retention_s: float = 7 * 86_400.0  # how long the metrics history is kept
     metrics_compact_after_s: float = 86_400.0  # per-minute rows older than this become hourly
     metrics_flush_s: float = 10.0  # how often the metrics history is written
+    task_purge_interval_s: float = 60.0  # how often finished tasks past retention are deleted
+    task_purge_batch: int = 1000  # tasks deleted per transaction
     log_format: str = "human"  # human or json: one line per event
     log_level: str = "INFO"
     pools: tuple[PoolConfig, ...] = (PoolConfig(name=DEFAULT_POOL),)
@@ -156,6 +160,12 @@ class BrokerConfig:
             "must be positive and at most metrics_retention_s",
         )
         _check(0 < self.metrics_flush_s <= 3600, "metrics_flush_s", "must be 0..3600 seconds")
+        _check(
+            0 < self.task_purge_interval_s <= 86_400,
+            "task_purge_interval_s",
+            "must be more than 0 and at most 86400 seconds",
+        )
+        _check(1 <= self.task_purge_batch <= 100_000, "task_purge_batch", "must be 1..100000")
         _check(
             self.log_format in LOG_FORMATS, "log_format", f"must be one of {', '.join(LOG_FORMATS)}"
         )
@@ -218,6 +228,11 @@ def validate_pool(pool: PoolConfig, heartbeat_interval_s: float | None = None) -
         "must be more than 0 and at most 86400 seconds",
     )
     _check(0 <= pool.lease_s <= 86_400, f"{key}.lease_s", "must be 0..86400 seconds")
+    _check(
+        0 <= pool.retention_s <= MAX_RETENTION_S,
+        f"{key}.retention_s",
+        f"must be 0 (keep forever)..{MAX_RETENTION_S:.0f} seconds",
+    )
     if heartbeat_interval_s is not None:
         check_lease(pool, heartbeat_interval_s)
     types = [b.task_type for b in pool.bulkheads]

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields
 
 DEFAULT_POOL = "default"
 DEFAULT_STICKY_TIMEOUT_S = 5.0
+DEFAULT_RETENTION_S = 7 * 86_400.0  # finished tasks are deleted after a week
+MAX_RETENTION_S = 3650 * 86_400.0
 DEFAULT_BREAKER_FAILURES = 5
 DEFAULT_BREAKER_WINDOW = 20
 DEFAULT_BREAKER_COOLDOWN_S = 30.0
@@ -228,6 +230,7 @@ class PoolConfig:
     breaker_window: int = DEFAULT_BREAKER_WINDOW
     breaker_cooldown_s: float = DEFAULT_BREAKER_COOLDOWN_S
     lease_s: float = 0.0  # unconfirmed held tasks are requeued after; 0 = heartbeat timeout
+    retention_s: float = DEFAULT_RETENTION_S  # finished tasks are deleted after; 0 = never
     bulkheads: tuple[BulkheadConfig, ...] = ()
     fairness_weights: Mapping[str, int] = field(default_factory=dict)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from opentelemetry.trace import Tracer
 
@@ -28,6 +29,7 @@ from broker.domain import (
     TaskId,
     TaskResult,
     TaskSpec,
+    TaskState,
     WorkerId,
     WorkerSpec,
     WorkerStatus,
@@ -42,6 +44,7 @@ from broker.runtime.watchers import TaskCallback
 
 DEFAULT_TARGET_WAIT_S = 1.0
 DEFAULT_HORIZON_S = 900.0
+MAX_PURGE_AGE_S: Final = 3650 * 86_400.0  # a purge's older_than_s, at most ten years
 
 ConfigReloader = Callable[[str], Awaitable[list[ConfigChange]]]
 
@@ -135,6 +138,22 @@ class BrokerService:
         validation.validate_ids("task_ids", task_ids)
         validation.validate_names(dead_letter_pool=dead_letter_pool)
         return await self._engine.retry(task_ids, dead_letter_pool, limit)
+
+    async def purge_tasks(
+        self, pool: str = "", older_than_s: float = 0.0, states: Iterable[TaskState] = ()
+    ) -> int:
+        """Delete finished tasks (with their payloads, results and idempotency keys) of
+        `pool` ("" = every pool) in `states` (none = every finished state) that finished at
+        least `older_than_s` seconds ago; how many went. A task that is not finished is
+        never deleted: InvalidArgument for such a state, or a negative age; NotFound for an
+        unknown pool."""
+        if not 0 <= older_than_s <= MAX_PURGE_AGE_S:
+            raise InvalidArgument(
+                f"older_than_s must be 0..{MAX_PURGE_AGE_S:.0f} seconds, got {older_than_s}"
+            )
+        chosen = frozenset(states) or frozenset(s for s in TaskState if s.terminal)
+        self._check_pool(pool)
+        return await self._engine.purge(pool, self._engine.now() - older_than_s, chosen)
 
     # -- pools and configuration ---------------------------------------------------------
 

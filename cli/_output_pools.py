@@ -26,7 +26,7 @@ from cli._output import (
 )
 from cli._parse import bulkhead_text, number
 from worker_sdk import ArmStats, Bulkhead, BulkheadStats, PoolInfo, PoolStats, RuntimeStats, Stats
-from worker_sdk._pool_settings import POOL_SETTINGS
+from worker_sdk._pool_settings import DEFAULT_RETENTION_S, POOL_SETTINGS
 
 # -- JSON --------------------------------------------------------------------------------
 
@@ -245,6 +245,10 @@ def _pool_summary(pool: PoolInfo) -> str:
         parts.append(f"breaker {_pool_breaker(pool)}")
     if pool.lease_s:
         parts.append(f"lease {_timeout(pool.lease_s)}")
+    if not pool.retention_s:
+        parts.append("finished tasks kept forever")
+    elif pool.retention_s != DEFAULT_RETENTION_S:
+        parts.append(f"retention {_timeout(pool.retention_s)}")
     if pool.bulkheads:
         parts.append(f"bulkheads {_bulkheads(pool)}")
     if pool.fairness_weights:

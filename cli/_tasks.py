@@ -1,4 +1,4 @@
-"""`tasks list|show|cancel|retry`: the commands about tasks already submitted."""
+"""`tasks list|show|cancel|retry|purge`: the commands about tasks already submitted."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import typer
 from cli import _parse
 from cli._common import BrokerOption, OutputOption, connect
 from cli._errors import EXIT_USAGE, CliError
-from cli._output import OutputFormat, show_retried, show_task, show_tasks
+from cli._output import OutputFormat, print_json, show_retried, show_task, show_tasks
 from worker_sdk import DEFAULT_ADDRESS, TaskState
 
-tasks_app = typer.Typer(help="List, show, cancel and retry tasks.", no_args_is_help=True)
+tasks_app = typer.Typer(help="List, show, cancel, retry and purge tasks.", no_args_is_help=True)
 
 
 class StateChoice(enum.StrEnum):
@@ -120,3 +120,46 @@ def tasks_retry(
     with connect(broker) as client:
         tasks = client.retry(task_ids or (), dead_letter_pool=dead_letter, limit=limit)
     show_retried(tasks, output)
+
+
+class FinishedStateChoice(enum.StrEnum):
+    """The states a purge may delete: the finished ones."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    DEAD_LETTER = "dead_letter"
+
+
+@tasks_app.command("purge")
+def tasks_purge(
+    pool: Annotated[str | None, typer.Option(help="Only this pool (default: every pool).")] = None,
+    older_than: Annotated[
+        float | None,
+        typer.Option(
+            "--older-than",
+            metavar="DURATION",
+            parser=_parse.parse_seconds,
+            help="Only tasks that finished at least this long ago (30m, 2d, ...); "
+            "default: whenever they finished.",
+        ),
+    ] = None,
+    state: Annotated[
+        list[FinishedStateChoice] | None,
+        typer.Option(
+            case_sensitive=False,
+            help="Only tasks in this finished state; repeat for several (default: all four).",
+        ),
+    ] = None,
+    broker: BrokerOption = DEFAULT_ADDRESS,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """Delete finished tasks, with their payloads, results and idempotency keys. Tasks
+    that have not finished are never deleted. Prints how many were deleted."""
+    states = tuple(TaskState(s.value) for s in state or ())
+    with connect(broker) as client:
+        deleted = client.purge_tasks(pool=pool, older_than=older_than or 0.0, states=states)
+    if output is OutputFormat.JSON:
+        print_json({"deleted": deleted})
+    else:
+        typer.echo(f"{deleted} finished task{'' if deleted == 1 else 's'} deleted")

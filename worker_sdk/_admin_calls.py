@@ -3,7 +3,7 @@ recommendations and config changes."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from datetime import datetime, timedelta
 from typing import TypeVar, Unpack
 
@@ -23,6 +23,7 @@ from worker_sdk._types import (
     PoolInfo,
     PoolRecommendation,
     Stats,
+    TaskState,
     WorkerInfo,
 )
 
@@ -190,3 +191,20 @@ class AdminCalls:
         request = _convert.config_history_request(pool, limit)
         response = await self._unary(admin_stub.ConfigHistory(request, metadata=self._metadata))
         return _convert.config_changes(response)
+
+    async def purge_tasks(
+        self,
+        *,
+        pool: str | None = None,
+        older_than: float | timedelta = 0.0,
+        states: Iterable[TaskState] = (),
+    ) -> int:
+        """Delete finished tasks, with their payloads, results and idempotency keys: those
+        of `pool` (None: every pool) in `states` (empty: every finished state) that finished
+        at least `older_than` (seconds or a timedelta) ago. Tasks that have not finished are
+        never deleted (InvalidArgument for such a state). How many were deleted."""
+        seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
+        _, admin_stub = self._stubs()
+        request = _convert.purge_tasks_request(pool, float(seconds), states)
+        response = await self._unary(admin_stub.PurgeTasks(request, metadata=self._metadata))
+        return _convert.purged(response)

@@ -51,6 +51,7 @@ from worker_sdk._types import Bulkhead
 UINT32_MAX: Final = 2**32 - 1
 
 DEFAULT_STRATEGY: Final = "round_robin"
+DEFAULT_RETENTION_S: Final = 7 * 86_400.0  # the broker's default too
 # For help texts only: the broker checks strategy names (INVALID_ARGUMENT, listing the ones
 # it knows), so a broker with a newer strategy is usable before this list learns of it.
 KNOWN_STRATEGIES: Final = (
@@ -84,6 +85,9 @@ class PoolSetting:
     # `pools create` shows the default in --help and sends it; otherwise the flag is
     # unset unless given, and the SDK's default goes.
     create_shows_default: bool = False
+    # create_pool leaves it unset unless given, so that the broker's default applies (a
+    # field with presence on the wire, where 0 means something else than the default).
+    broker_default: bool = False
 
 
 POOL_SETTINGS: Final[tuple[PoolSetting, ...]] = (
@@ -240,6 +244,18 @@ POOL_SETTINGS: Final[tuple[PoolSetting, ...]] = (
         "0 = the heartbeat timeout.",
         minimum=0,
     ),
+    PoolSetting(
+        name="retention_s",
+        type=float,
+        default=DEFAULT_RETENTION_S,
+        flag="--retention",
+        metavar="SECONDS",
+        help="Finished tasks (with their payloads and results) are deleted this long after "
+        "they finished; 0 = kept forever.",
+        minimum=0,
+        create_shows_default=True,
+        broker_default=True,
+    ),
 )
 
 # The settings that hold many values: a list of Bulkhead, and a map of fairness key to
@@ -291,6 +307,7 @@ class PoolSettings(TypedDict, total=False):
     breaker_window: int | None
     breaker_cooldown_s: float | None
     lease_s: float | None
+    retention_s: float | None
     bulkheads: Sequence[Bulkhead] | None
     fairness_weights: Mapping[str, int] | None
 
@@ -298,7 +315,7 @@ class PoolSettings(TypedDict, total=False):
 def create_defaults() -> dict[str, object]:
     """What create_pool sends for each setting not given."""
     return {
-        **{s.name: s.default for s in POOL_SETTINGS},
+        **{s.name: s.default for s in POOL_SETTINGS if not s.broker_default},
         "bulkheads": (),
         "fairness_weights": {},
     }
@@ -313,11 +330,14 @@ _NESTED_ANNOTATIONS: Final = {
 
 def _keyword(name: str, *, changes: bool) -> inspect.Parameter:
     """A setting as a keyword argument: with None ("as it is") for `changes`, else with the
-    SDK's default (but fairness_weights, whose None has always meant none)."""
+    SDK's default (but fairness_weights, whose None has always meant none). A setting with
+    `broker_default` shows the table's default, which is the broker's, sent or not."""
     annotation = _NESTED_ANNOTATIONS.get(name) or BY_NAME[name].type.__name__
     if changes or name == "fairness_weights":
         default: object = None
         annotation += " | None"
+    elif name in BY_NAME:
+        default = BY_NAME[name].default
     else:
         default = create_defaults()[name]
     return inspect.Parameter(

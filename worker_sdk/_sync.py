@@ -116,3 +116,4 @@ class SyncClient:
     recommend = _blocking(Client.recommend)
     reload_config = _blocking(Client.reload_config)
     config_history = _blocking(Client.config_history)
+    purge_tasks = _blocking(Client.purge_tasks)

@@ -218,7 +218,8 @@ class PoolInfo:
     per worker (`breaker_failures` consecutive failures, or a `breaker_failure_rate` over
     the last `breaker_window` results, then `breaker_cooldown_s`); `lease_s`, after which
     a task its worker has not confirmed is requeued; `bulkheads` per task type; and
-    `fairness_weights` per fairness key (default 1).
+    `fairness_weights` per fairness key (default 1). Finished tasks are deleted
+    `retention_s` after they finished (0 = kept forever).
     """
 
     name: str
@@ -238,6 +239,7 @@ class PoolInfo:
     breaker_window: int = 0
     breaker_cooldown_s: float = 0.0
     lease_s: float = 0.0
+    retention_s: float = 7 * 86_400.0
     bulkheads: tuple[Bulkhead, ...] = ()
     fairness_weights: dict[str, int] = field(default_factory=dict, hash=False)
 

@@ -81,6 +81,17 @@ class AdminService(_admin_grpc.AdminServiceServicer):
         )
 
     @edge
+    async def PurgeTasks(
+        self, request: _admin.PurgeTasksRequest, context: Context
+    ) -> _admin.PurgeTasksResponse:
+        deleted = await self._service.purge_tasks(
+            convert.pool_name_from_pb(request.pool),
+            request.older_than_s,
+            convert.purge_states_from_pb(request.states),
+        )
+        return _admin.PurgeTasksResponse(deleted=deleted)
+
+    @edge
     async def Stats(self, request: _admin.StatsRequest, context: Context) -> _admin.StatsResponse:
         return convert.stats_to_pb(await self._service.stats())
 

@@ -267,12 +267,7 @@ def results_from_pb(msg: _worker.Results) -> tuple[list[TaskId], list[TaskResult
 
 def filter_from_pb(msg: _tasks.ListTasksRequest) -> TaskFilter:
     check_count(msg.states, "states", MAX_TASK_STATES)
-    states = set()
-    for value in msg.states:
-        try:
-            states.add(TaskState(value))
-        except ValueError:
-            raise InvalidArgument(f"unknown task state {value}") from None
+    states = states_from_pb(msg.states)
     return TaskFilter(
         pool=msg.pool,
         states=frozenset(states),
@@ -280,6 +275,34 @@ def filter_from_pb(msg: _tasks.ListTasksRequest) -> TaskFilter:
         limit=msg.limit or 100,
         before_id=task_id_from_pb(msg.before_id) if msg.before_id else None,
     )
+
+
+def states_from_pb(values: Sequence[int]) -> frozenset[TaskState]:
+    """Task states from the wire; InvalidArgument for an unknown one."""
+    states = set()
+    for value in values:
+        try:
+            states.add(TaskState(value))
+        except ValueError:
+            raise InvalidArgument(f"unknown task state {value}") from None
+    return frozenset(states)
+
+
+def purge_states_from_pb(values: Sequence[int]) -> frozenset[TaskState]:
+    """A purge's states from the wire: at most one of each finished state."""
+    if len(values) > len(TaskState):
+        raise InvalidArgument(f"at most {len(TaskState)} states, got {len(values)}")
+    return states_from_pb(values)
+
+
+def pool_name_from_pb(name: str) -> str:
+    """A pool name from the wire ("" = every pool); InvalidArgument if over 64 characters."""
+    if len(name) > MAX_POOL_NAME:
+        raise InvalidArgument(f"a pool name is at most {MAX_POOL_NAME} characters")
+    return name
+
+
+MAX_POOL_NAME = 64
 
 
 def pool_to_pb(pool: PoolConfig) -> _admin.Pool:
@@ -292,13 +315,26 @@ def pool_to_pb(pool: PoolConfig) -> _admin.Pool:
 
 
 _POOL_DEFAULTS = PoolConfig(name=DEFAULT_POOL)
+_POOL_PRESENCE = frozenset(
+    f.name for f in _admin.Pool.DESCRIPTOR.fields if f.has_presence and not f.message_type
+)
+
+
+def _pool_setting(msg: _admin.Pool, name: str, default: object) -> Any:
+    if name in _POOL_PRESENCE:
+        has_field: Any = msg.HasField  # typed for the literal names only
+        return getattr(msg, name) if has_field(name) else default
+    return getattr(msg, name) or default
 
 
 def pool_from_pb(msg: _admin.Pool, *, update: bool = False) -> PoolConfig:
-    """A pool from the wire; unset (0 or empty) settings take the broker's default. In an
-    update (the pool as read, changed), breaker_failures 0 turns the breaker off."""
+    """A pool from the wire; unset (0 or empty) settings take the broker's default. A
+    setting with presence on the wire (`optional`, like retention_s, where 0 means
+    something) takes the broker's default only when it is not sent. In an update (the
+    pool as read, changed), breaker_failures 0 turns the breaker off."""
     settings: dict[str, Any] = {
-        name: getattr(msg, name) or getattr(_POOL_DEFAULTS, name) for name in POOL_SCALAR_SETTINGS
+        name: _pool_setting(msg, name, getattr(_POOL_DEFAULTS, name))
+        for name in POOL_SCALAR_SETTINGS
     }
     if update:
         settings["breaker_failures"] = msg.breaker_failures

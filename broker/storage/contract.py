@@ -31,6 +31,7 @@ The rules:
   raise Unavailable. If the writer stops without `close()` (cancelled, or broken), writes
   are still queued but waiting for them raises Unavailable at once; `close()` then commits
   them itself.
+- Retention. `purge_tasks` deletes only finished (terminal) tasks, in bounded batches.
 - Lifecycle. A backend's `open()` returns a store ready to use. `run()` is its writer loop:
   the composition root runs it in its TaskGroup, so that the writer's failure surfaces there
   and cancelling the group stops it; without `run()`, the first write starts the writer as a
@@ -41,7 +42,7 @@ The rules:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from types import TracebackType
 from typing import Protocol, Self
 
@@ -55,7 +56,22 @@ from broker.domain import (
     WorkerId,
     WorkerSpec,
 )
+from broker.errors import InvalidArgument
 from broker.stats import RollupRow, RunStats, RuntimeKey
+
+
+def check_purge(states: Collection[TaskState], limit: int) -> frozenset[TaskState]:
+    """The states a purge may delete, checked: terminal ones only, at least one; and its
+    limit, at least 1. InvalidArgument otherwise."""
+    chosen = frozenset(states)
+    if not chosen:
+        raise InvalidArgument("a purge needs at least one finished state")
+    unfinished = sorted(s.name.lower() for s in chosen if not s.terminal)
+    if unfinished:
+        raise InvalidArgument(f"only finished tasks are purged, not {', '.join(unfinished)}")
+    if limit < 1:
+        raise InvalidArgument(f"a purge's limit must be at least 1, got {limit}")
+    return chosen
 
 
 class WorkerLog(Protocol):
@@ -132,6 +148,21 @@ class Store(WorkerLog, RollupStore, Protocol):
         """A future that resolves once every write queued before this call is committed,
         or raises the commit's error. Each call gets its own future, so cancelling one
         waiter affects no other."""
+        ...
+
+    async def purge_tasks(
+        self, pool: str, finished_before: float, states: Collection[TaskState], limit: int
+    ) -> dict[TaskState, int]:
+        """Delete at most `limit` finished tasks of `pool` in `states` whose `finished_at`
+        is before `finished_before`, oldest first, with their payloads, results and
+        idempotency keys; how many of each state went.
+
+        It runs in a transaction of its own, after the writes queued before it, and
+        returns once that has committed; a save queued later of a deleted task is ignored.
+        A task in a state that is not terminal is never deleted: InvalidArgument for such a
+        state, for no states, and for a limit below 1. The limit bounds how long one call
+        holds the writer; the caller repeats the call for more.
+        """
         ...
 
     # -- reads ----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -27,6 +27,7 @@ from broker.domain import (
 )
 from broker.errors import InvalidArgument
 from broker.stats import RollupRow, RunStats, RuntimeKey
+from broker.storage.contract import check_purge
 from broker.storage.groupcommit import GroupCommit, WriteBatch
 
 
@@ -217,6 +218,31 @@ class MemoryStore(GroupCommit[Task]):
         """Every learned run-time statistic (copies)."""
         await self._settle()
         return [(key, dataclasses.replace(s)) for key, s in self._tables.runtimes.items()]
+
+    # -- retention ------------------------------------------------------------------------
+
+    async def purge_tasks(
+        self, pool: str, finished_before: float, states: Collection[TaskState], limit: int
+    ) -> dict[TaskState, int]:
+        """Delete at most `limit` finished tasks of `pool` in `states` that finished before
+        `finished_before`, oldest first; how many of each state went."""
+        chosen = check_purge(states, limit)
+        self._check_writable()
+        await self._settle()
+        tasks = self._tables.tasks
+        old = sorted(
+            (
+                task
+                for task in tasks.values()
+                if task.spec.pool == pool
+                and task.state in chosen
+                and task.finished_at < finished_before
+            ),
+            key=lambda task: (task.finished_at, task.id),
+        )[:limit]
+        for task in old:
+            del tasks[task.id]
+        return dict(Counter(task.state for task in old))
 
     # -- metrics history ------------------------------------------------------------------
 

@@ -12,7 +12,8 @@ import asyncio
 import json
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -22,6 +23,7 @@ from broker.clock import Clock, SystemClock
 from broker.domain import ConfigChange, PoolConfig, Task, TaskFilter, TaskId, TaskState, WorkerId
 from broker.errors import InvalidArgument, StorageError
 from broker.stats import RollupRow, RunStats, RuntimeKey
+from broker.storage.contract import check_purge
 from broker.storage.groupcommit import GroupCommit, WriteBatch
 from broker.storage.lockfile import StoreLock
 from broker.storage.sqlite_rows import (
@@ -43,7 +45,7 @@ from broker.storage.sqlite_rows import (
     task_from_row,
     update_row,
 )
-from broker.storage.sqlite_schema import migrate
+from broker.storage.sqlite_schema import TERMINAL_STATES_SQL, migrate
 from broker.store_url import SYNCHRONOUS_MODES
 
 _log = logging.getLogger("taskbroker.store")
@@ -366,6 +368,40 @@ class SQLiteStore(GroupCommit[Row]):
         return await self._rollup_transaction(
             [("DELETE FROM metric_rollups WHERE start < :before", {"before": before})]
         )
+
+    # -- retention ------------------------------------------------------------------------
+
+    async def purge_tasks(
+        self, pool: str, finished_before: float, states: Collection[TaskState], limit: int
+    ) -> dict[TaskState, int]:
+        """Delete at most `limit` finished tasks of `pool` in `states` that finished before
+        `finished_before`, oldest first, in one transaction; how many of each state went.
+
+        The tasks_finished index (pool, finished_at, over terminal tasks only) finds them
+        without a scan.
+        """
+        chosen = check_purge(states, limit)
+        self._check_writable()
+        await self._settle()
+        marks = ", ".join("?" * len(chosen))
+        sql = (
+            "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks"
+            f" WHERE pool = ? AND {TERMINAL_STATES_SQL} AND finished_at < ?"
+            f" AND state IN ({marks}) ORDER BY finished_at LIMIT ?) RETURNING state"
+        )
+        params = [pool, finished_before, *sorted(map(int, chosen)), limit]
+        try:
+            async with self._transaction:
+                await self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    rows = await self._db.execute_fetchall(sql, params)
+                    await self._db.commit()
+                except BaseException:
+                    await _rollback(self._db)
+                    raise
+        except sqlite3.Error as exc:
+            raise StorageError(f"the task store could not purge tasks: {exc}") from exc
+        return dict(Counter(TaskState(state) for (state,) in rows))
 
     # -- internals ------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import aiosqlite
 import pytest
 
 from broker.clock import FakeClock
-from broker.domain import PoolConfig, Task, TaskFilter, WorkerSpec
+from broker.domain import PoolConfig, Task, TaskFilter, TaskState, WorkerSpec
 from broker.errors import BrokerError, StorageError
 from broker.storage.sqlite import SQLiteStore, list_query
 from broker.storage.sqlite_schema import SCHEMA_VERSION
@@ -343,6 +343,19 @@ async def test_queries_walk_indexes_without_sorting_everything(store: SQLiteStor
     assert "SEARCH tasks USING INDEX" in recovery, recovery
     counting = await plan("SELECT pool, state, count(*) FROM tasks GROUP BY pool, state", [])
     assert "COVERING INDEX" in counting, counting
+
+
+async def test_the_purge_walks_the_finished_index_without_a_scan(store: SQLiteStore) -> None:
+    statements: list[str] = []
+    await store._db.set_trace_callback(statements.append)
+    await store.purge_tasks("default", 100.0, {TaskState.SUCCEEDED, TaskState.FAILED}, 1000)
+    await store._db.set_trace_callback(None)  # type: ignore[arg-type]
+    purge = next(s for s in statements if s.startswith("DELETE FROM tasks"))
+    rows = await store._db.execute_fetchall(f"EXPLAIN QUERY PLAN {purge}")
+    plan = " | ".join(row[3] for row in rows)
+    assert "USING INDEX tasks_finished (pool=? AND finished_at<?)" in plan, plan
+    assert "SCAN" not in plan, plan
+    assert "TEMP B-TREE" not in plan, plan
 
 
 # Pools and workers -----------------------------------------------------------------------

@@ -705,3 +705,82 @@ async def test_after_close_the_metrics_history_is_refused(store: Store) -> None:
         await store.compact_rollups(T0, 3600)
     with pytest.raises(Unavailable):
         await store.delete_rollups(T0)
+
+
+# Retention ----------------------------------------------------------------------------
+
+DEAD_LETTER = TaskState.DEAD_LETTER
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, DEAD_LETTER})
+
+
+async def test_purge_deletes_only_finished_tasks_of_the_pool_older_than_the_cutoff(
+    store: Store,
+) -> None:
+    def done(task_id: int, state: TaskState, at: float, **changes: Any) -> Task:
+        return dataclasses.replace(finished(make_task(task_id, **changes), state), finished_at=at)
+
+    old = [done(1, SUCCEEDED, 10.0), done(2, FAILED, 11.0), done(3, CANCELLED, 12.0)]
+    old.append(done(4, DEAD_LETTER, 13.0, idempotency_key="k"))
+    new = done(5, SUCCEEDED, 100.0)
+    other_pool = done(6, SUCCEEDED, 10.0, pool="gpu")
+    unfinished = [make_task(7), make_task(8, state=ASSIGNED), make_task(9, state=RUNNING)]
+    await store.insert_tasks([*old, new, other_pool, *unfinished])
+
+    assert await store.purge_tasks("default", 50.0, TERMINAL, limit=1000) == {
+        SUCCEEDED: 1,
+        FAILED: 1,
+        CANCELLED: 1,
+        DEAD_LETTER: 1,
+    }
+    left = await store.list_tasks(TaskFilter(limit=100))
+    assert sorted(t.id for t in left) == [5, 6, 7, 8, 9]
+    assert await store.get_task(1) is None
+    assert await store.find_idempotent("default", ["k"], since=0.0) == {}
+    counts = await store.count_by_pool_state()
+    assert counts[("default", SUCCEEDED)] == 1
+    assert ("default", FAILED) not in counts
+    # Nothing more is old enough; unfinished tasks never go, whatever their times.
+    assert await store.purge_tasks("default", 1e12, TERMINAL, limit=1000) == {SUCCEEDED: 1}
+    assert sorted(t.id for t in await store.load_unfinished()) == [7, 8, 9]
+
+
+async def test_purge_takes_the_states_asked_for_oldest_first_up_to_the_limit(
+    store: Store,
+) -> None:
+    tasks = [
+        dataclasses.replace(
+            finished(make_task(i), FAILED if i % 2 else SUCCEEDED), finished_at=float(100 - i)
+        )
+        for i in range(1, 11)
+    ]
+    await store.insert_tasks(tasks)
+    # The oldest succeeded ones first: ids 10, 8, 6 finished at 90, 92, 94.
+    assert await store.purge_tasks("default", 1e9, {SUCCEEDED}, limit=3) == {SUCCEEDED: 3}
+    left = {t.id for t in await store.list_tasks(TaskFilter(limit=100))}
+    assert left == {1, 2, 3, 4, 5, 7, 9}
+    assert await store.purge_tasks("default", 1e9, {SUCCEEDED, FAILED}, limit=100) == {
+        SUCCEEDED: 2,
+        FAILED: 5,
+    }
+
+
+async def test_a_save_after_a_purge_does_not_bring_the_task_back(store: Store) -> None:
+    task = finished(make_task(1))
+    await store.insert_tasks([task])
+    assert await store.purge_tasks("default", 1e12, TERMINAL, limit=10) == {SUCCEEDED: 1}
+    store.save(task)
+    await store.flush()
+    assert await store.get_task(1) is None
+
+
+@pytest.mark.parametrize(
+    ("states", "limit"),
+    [(set(), 10), ({PENDING}, 10), ({SUCCEEDED, RUNNING}, 10), ({SUCCEEDED}, 0)],
+)
+async def test_purge_refuses_unfinished_states_and_bad_limits(
+    store: Store, states: set[TaskState], limit: int
+) -> None:
+    await store.insert_tasks([make_task(1), finished(make_task(2))])
+    with pytest.raises(InvalidArgument):
+        await store.purge_tasks("default", 1e12, states, limit=limit)
+    assert len(await store.list_tasks(TaskFilter(limit=10))) == 2

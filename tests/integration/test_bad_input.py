@@ -230,6 +230,48 @@ async def test_admin_bad_input(channel: grpc.aio.Channel) -> None:
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+@pytest.mark.parametrize(
+    ("request_", "code", "words"),
+    [
+        (_admin.PurgeTasksRequest(older_than_s=-1), "INVALID_ARGUMENT", "older_than_s"),
+        (_admin.PurgeTasksRequest(older_than_s=float("nan")), "INVALID_ARGUMENT", "older_than_s"),
+        (
+            _admin.PurgeTasksRequest(states=[_tasks.TASK_STATE_PENDING]),
+            "INVALID_ARGUMENT",
+            "pending",
+        ),
+        (
+            _admin.PurgeTasksRequest(states=[_tasks.TASK_STATE_RUNNING]),
+            "INVALID_ARGUMENT",
+            "running",
+        ),
+        (
+            _admin.PurgeTasksRequest(states=[_tasks.TaskState.ValueType(99)]),
+            "INVALID_ARGUMENT",
+            "unknown task state",
+        ),
+        (
+            _admin.PurgeTasksRequest(states=[_tasks.TASK_STATE_SUCCEEDED] * 8),
+            "INVALID_ARGUMENT",
+            "at most 7 states",
+        ),
+        (_admin.PurgeTasksRequest(pool="p" * 65), "INVALID_ARGUMENT", "at most 64"),
+        (_admin.PurgeTasksRequest(pool="nope"), "NOT_FOUND", "nope"),
+    ],
+)
+async def test_purge_bad_input(
+    channel: grpc.aio.Channel, request_: _admin.PurgeTasksRequest, code: str, words: str
+) -> None:
+    tasks = _tasks_grpc.TaskServiceStub(channel)
+    await tasks.Submit(_tasks.SubmitRequest(task=_tasks.TaskSpec(task_type="ok")))
+    admin = _admin_grpc.AdminServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await admin.PurgeTasks(request_)
+    assert info.value.code() == getattr(grpc.StatusCode, code)
+    assert words in (info.value.details() or "")
+    await still_serving(channel)
+
+
 async def test_garbage_on_the_submit_stream_ends_it(channel: grpc.aio.Channel) -> None:
     raw = channel.stream_stream("/taskbroker.v1.TaskService/SubmitStream", None, None)
 

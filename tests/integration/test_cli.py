@@ -74,6 +74,7 @@ COMMANDS = [
     ["tasks", "show"],
     ["tasks", "cancel"],
     ["tasks", "retry"],
+    ["tasks", "purge"],
     ["workers"],
     ["workers", "list"],
     ["workers", "drain"],
@@ -337,6 +338,7 @@ NO_LIMITS: dict[str, object] = {
     "breaker_window": 0,
     "breaker_cooldown_s": 0.0,
     "lease_s": 0.0,
+    "retention_s": 604800.0,
     "bulkheads": (),
     "fairness_weights": {},
 }
@@ -1135,6 +1137,7 @@ LIMITS: dict[str, object] = {
     "breaker_window": 10,
     "breaker_cooldown_s": 15.0,
     "lease_s": 20.0,
+    "retention_s": 604800.0,
     "bulkheads": (Bulkhead("render", 4, 100, 2.5, 5), Bulkhead("thumb", max_queue=10)),
     "fairness_weights": {"tenant-a": 3, "tenant-b": 1},
 }
@@ -1727,3 +1730,40 @@ async def test_live_pool_limits(live: Live) -> None:
     line = await live.error("pools", "create", "cpu", "--fairness-weight", "a=5000", exit_code=2)
     assert "weight must be 1..1000" in line
     assert await live.json("pools", "list") == before
+
+
+async def test_live_purge_deletes_finished_tasks_only(live: Live, live_worker: str) -> None:
+    done = (await live.run("submit", "echo", "--payload", '"hi"', "--wait")).stdout
+    assert done.strip() == '"hi"'
+    await live.error("submit", "boom", "--wait", "--timeout", "20")
+    pending = (await live.run("submit", "nobody-runs-this")).stdout.strip()
+
+    assert await live.json("tasks", "purge", "--older-than", "1h") == {"deleted": 0}
+    result = await live.run("tasks", "purge", "--state", "failed", "--pool", "default")
+    assert (result.exit_code, result.stdout) == (0, "1 finished task deleted\n"), result.output
+    assert await live.json("tasks", "purge") == {"deleted": 1}
+    assert [t["id"] for t in await live.json("tasks", "list")] == [pending]
+    stats = await live.json("stats")
+    default = next(p for p in stats["pools"] if p["pool"] == "default")
+    assert (default["succeeded"], default["failed"], default["pending"]) == (0, 0, 1)
+
+    line = await live.error("tasks", "purge", "--pool", "nowhere")
+    assert "pool 'nowhere' does not exist" in line
+    line = await live.error("tasks", "purge", "--state", "pending", exit_code=2)
+    assert "'pending' is not one of" in line
+    line = await live.error("tasks", "purge", "--older-than", "soon", exit_code=2)
+    assert "'--older-than'" in line
+    assert [t["id"] for t in await live.json("tasks", "list")] == [pending]
+
+
+async def test_live_pool_retention(live: Live) -> None:
+    created = await live.run("pools", "create", "keep", "--retention", "0")
+    assert created.stdout.endswith(", finished tasks kept forever)\n"), created.output
+    (keep,) = [p for p in await live.json("pools", "list") if p["name"] == "keep"]
+    assert keep["retention_s"] == 0.0
+    updated = await live.json("pools", "set", "keep", "--retention", "3600")
+    assert updated["retention_s"] == 3600.0
+    default = await live.json("pools", "set", "default", "--max-queue", "10")
+    assert default["retention_s"] == 604800.0  # the default, kept by an update
+    line = await live.error("pools", "set", "keep", "--retention", "-1", exit_code=2)
+    assert "--retention" in line

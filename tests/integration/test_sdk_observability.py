@@ -372,6 +372,11 @@ class FakeObservabilityAdmin(_admin_grpc.AdminServiceServicer):
     ) -> _admin.WorkerStatus:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
 
+    async def PurgeTasks(
+        self, request: _admin.PurgeTasksRequest, context: _Context
+    ) -> _admin.PurgeTasksResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
+
     async def Stats(self, request: _admin.StatsRequest, context: _Context) -> _admin.StatsResponse:
         return _admin.StatsResponse(
             broker_state="running",

@@ -301,6 +301,11 @@ class FakeAdminService(_admin_grpc.AdminServiceServicer):
     ) -> _admin.ConfigHistoryResponse:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake broker")
 
+    async def PurgeTasks(
+        self, request: _admin.PurgeTasksRequest, context: _Context
+    ) -> _admin.PurgeTasksResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake broker")
+
     async def Stats(self, request: _admin.StatsRequest, context: _Context) -> _admin.StatsResponse:
         return _admin.StatsResponse(
             broker_state="running",

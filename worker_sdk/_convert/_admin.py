@@ -6,7 +6,7 @@ from __future__ import annotations
 import json as _json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from worker_sdk._convert._common import (
     epoch_ms,
@@ -15,6 +15,7 @@ from worker_sdk._convert._common import (
     uint32,
     wire_time,
 )
+from worker_sdk._convert._tasks import _STATE_TO_WIRE as STATE_TO_WIRE
 from worker_sdk._errors import TaskbrokerError
 from worker_sdk._pb import admin_pb2 as _admin
 from worker_sdk._pool_settings import BULKHEAD_SETTINGS, BY_NAME, POOL_SETTINGS, PoolSetting
@@ -29,6 +30,7 @@ from worker_sdk._types import (
     PoolStats,
     RuntimeStats,
     Stats,
+    TaskState,
     WorkerInfo,
 )
 
@@ -43,7 +45,20 @@ def _setting(pool: _admin.Pool, setting: PoolSetting) -> Any:
     value = getattr(pool, setting.name)
     if setting.choices and not value:
         return setting.default  # "" is no choice: a broker that sends none means the default
+    if setting.name in _PRESENCE and not _has_field(pool, setting.name):
+        return setting.default  # not sent (a broker older than the field): the default
     return value
+
+
+# The settings whose 0 means something other than the default: `optional` on the wire.
+_PRESENCE: Final = frozenset(
+    f.name for f in _admin.Pool.DESCRIPTOR.fields if f.has_presence and not f.message_type
+)
+
+
+def _has_field(pool: _admin.Pool, name: str) -> bool:
+    has_field: Any = pool.HasField  # typed for the literal names only
+    return bool(has_field(name))
 
 
 def pool_info(pool: _admin.Pool) -> PoolInfo:
@@ -373,6 +388,22 @@ def config_history_request(pool: str | None, limit: int) -> _admin.ConfigHistory
     return _admin.ConfigHistoryRequest(
         pool=optional_filter(pool, "pool"), limit=uint32(limit, "limit", 1)
     )
+
+
+def purge_tasks_request(
+    pool: str | None, older_than_s: float, states: Iterable[TaskState]
+) -> _admin.PurgeTasksRequest:
+    if not 0 <= older_than_s < float("inf"):
+        raise ValueError(f"older_than must be 0 or more, got {older_than_s}")
+    return _admin.PurgeTasksRequest(
+        pool=optional_filter(pool, "pool"),
+        older_than_s=older_than_s,
+        states=sorted({STATE_TO_WIRE[s] for s in states}),
+    )
+
+
+def purged(response: _admin.PurgeTasksResponse) -> int:
+    return response.deleted
 
 
 def config_changes(

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from . import tasks_pb2 as _tasks_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -61,6 +62,7 @@ class Pool(_message.Message):
     FAIRNESS_WEIGHTS_FIELD_NUMBER: _builtins.int
     RATE_PER_S_FIELD_NUMBER: _builtins.int
     RATE_BURST_FIELD_NUMBER: _builtins.int
+    RETENTION_S_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     strategy: _builtins.str
     """round_robin, least_loaded, consistent_hash, weighted_response_time,
@@ -101,6 +103,10 @@ class Pool(_message.Message):
     rate_per_s: _builtins.float
     """Token bucket over all of the pool's submits (0 = no limit; burst 0 = the rate)."""
     rate_burst: _builtins.int
+    retention_s: _builtins.float
+    """Finished tasks (with their payloads and results) are deleted this long after
+    they finished; 0 = kept forever. Unset = the broker's default (7 days).
+    """
     @_builtins.property
     def bulkheads(self) -> _containers.RepeatedCompositeFieldContainer[Global___Bulkhead]:
         """per task type"""
@@ -131,12 +137,15 @@ class Pool(_message.Message):
         fairness_weights: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         rate_per_s: _builtins.float = ...,
         rate_burst: _builtins.int = ...,
+        retention_s: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_retention_s", b"_retention_s", "retention_s", b"retention_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ab_percent", b"ab_percent", "ab_strategy", b"ab_strategy", "breaker_cooldown_s", b"breaker_cooldown_s", "breaker_failure_rate", b"breaker_failure_rate", "breaker_failures", b"breaker_failures", "breaker_window", b"breaker_window", "bulkheads", b"bulkheads", "client_rate_burst", b"client_rate_burst", "client_rate_per_s", b"client_rate_per_s", "fairness_weights", b"fairness_weights", "lease_s", b"lease_s", "max_inflight", b"max_inflight", "max_queue", b"max_queue", "name", b"name", "rate_burst", b"rate_burst", "rate_mode", b"rate_mode", "rate_per_s", b"rate_per_s", "sticky_timeout_s", b"sticky_timeout_s", "strategy", b"strategy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_retention_s", b"_retention_s", "ab_percent", b"ab_percent", "ab_strategy", b"ab_strategy", "breaker_cooldown_s", b"breaker_cooldown_s", "breaker_failure_rate", b"breaker_failure_rate", "breaker_failures", b"breaker_failures", "breaker_window", b"breaker_window", "bulkheads", b"bulkheads", "client_rate_burst", b"client_rate_burst", "client_rate_per_s", b"client_rate_per_s", "fairness_weights", b"fairness_weights", "lease_s", b"lease_s", "max_inflight", b"max_inflight", "max_queue", b"max_queue", "name", b"name", "rate_burst", b"rate_burst", "rate_mode", b"rate_mode", "rate_per_s", b"rate_per_s", "retention_s", b"retention_s", "sticky_timeout_s", b"sticky_timeout_s", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__retention_s: _TypeAlias = _typing.Literal["retention_s"]  # noqa: Y015
+    _WhichOneofArgType__retention_s: _TypeAlias = _typing.Literal["_retention_s", b"_retention_s"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__retention_s) -> _WhichOneofReturnType__retention_s | None: ...
 
 Global___Pool: _TypeAlias = Pool  # noqa: Y015
 
@@ -1100,3 +1109,56 @@ class StatsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatsResponse: _TypeAlias = StatsResponse  # noqa: Y015
+
+@_typing.final
+class PurgeTasksRequest(_message.Message):
+    """Deletes finished tasks (and their payloads, results and idempotency keys).
+    Tasks that are not finished are never deleted.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_FIELD_NUMBER: _builtins.int
+    OLDER_THAN_S_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    pool: _builtins.str
+    """"" = every pool"""
+    older_than_s: _builtins.float
+    """finished at least this long ago (0 = any time)"""
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[_tasks_pb2.TaskState.ValueType]:
+        """terminal states only; empty = all four"""
+
+    def __init__(
+        self,
+        *,
+        pool: _builtins.str = ...,
+        older_than_s: _builtins.float = ...,
+        states: _abc.Iterable[_tasks_pb2.TaskState.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["older_than_s", b"older_than_s", "pool", b"pool", "states", b"states"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeTasksRequest: _TypeAlias = PurgeTasksRequest  # noqa: Y015
+
+@_typing.final
+class PurgeTasksResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_FIELD_NUMBER: _builtins.int
+    deleted: _builtins.int
+    def __init__(
+        self,
+        *,
+        deleted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeTasksResponse: _TypeAlias = PurgeTasksResponse  # noqa: Y015

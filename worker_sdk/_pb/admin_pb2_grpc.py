@@ -89,6 +89,11 @@ class AdminServiceStub:
                 request_serializer=taskbroker_dot_v1_dot_admin__pb2.ConfigHistoryRequest.SerializeToString,
                 response_deserializer=taskbroker_dot_v1_dot_admin__pb2.ConfigHistoryResponse.FromString,
                 _registered_method=True)
+        self.PurgeTasks = channel.unary_unary(
+                '/taskbroker.v1.AdminService/PurgeTasks',
+                request_serializer=taskbroker_dot_v1_dot_admin__pb2.PurgeTasksRequest.SerializeToString,
+                response_deserializer=taskbroker_dot_v1_dot_admin__pb2.PurgeTasksResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -160,6 +165,12 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PurgeTasks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +228,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ConfigHistory,
                     request_deserializer=taskbroker_dot_v1_dot_admin__pb2.ConfigHistoryRequest.FromString,
                     response_serializer=taskbroker_dot_v1_dot_admin__pb2.ConfigHistoryResponse.SerializeToString,
+            ),
+            'PurgeTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeTasks,
+                    request_deserializer=taskbroker_dot_v1_dot_admin__pb2.PurgeTasksRequest.FromString,
+                    response_serializer=taskbroker_dot_v1_dot_admin__pb2.PurgeTasksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -516,6 +532,33 @@ class AdminService:
             '/taskbroker.v1.AdminService/ConfigHistory',
             taskbroker_dot_v1_dot_admin__pb2.ConfigHistoryRequest.SerializeToString,
             taskbroker_dot_v1_dot_admin__pb2.ConfigHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskbroker.v1.AdminService/PurgeTasks',
+            taskbroker_dot_v1_dot_admin__pb2.PurgeTasksRequest.SerializeToString,
+            taskbroker_dot_v1_dot_admin__pb2.PurgeTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

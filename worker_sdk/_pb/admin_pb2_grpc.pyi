@@ -42,6 +42,7 @@ class AdminServiceStub:
     Recommend: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RecommendRequest, _admin_pb2.RecommendResponse]
     ReloadConfig: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReloadConfigRequest, _admin_pb2.ReloadConfigResponse]
     ConfigHistory: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ConfigHistoryRequest, _admin_pb2.ConfigHistoryResponse]
+    PurgeTasks: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PurgeTasksRequest, _admin_pb2.PurgeTasksResponse]
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -57,6 +58,7 @@ class AdminServiceAsyncStub(AdminServiceStub):
     Recommend: _aio.UnaryUnaryMultiCallable[_admin_pb2.RecommendRequest, _admin_pb2.RecommendResponse]  # type: ignore[assignment]
     ReloadConfig: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReloadConfigRequest, _admin_pb2.ReloadConfigResponse]  # type: ignore[assignment]
     ConfigHistory: _aio.UnaryUnaryMultiCallable[_admin_pb2.ConfigHistoryRequest, _admin_pb2.ConfigHistoryResponse]  # type: ignore[assignment]
+    PurgeTasks: _aio.UnaryUnaryMultiCallable[_admin_pb2.PurgeTasksRequest, _admin_pb2.PurgeTasksResponse]  # type: ignore[assignment]
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -135,5 +137,12 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ConfigHistoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ConfigHistoryResponse, _abc.Awaitable[_admin_pb2.ConfigHistoryResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PurgeTasks(
+        self,
+        request: _admin_pb2.PurgeTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.PurgeTasksResponse, _abc.Awaitable[_admin_pb2.PurgeTasksResponse]]: ...
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

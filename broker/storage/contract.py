@@ -10,7 +10,8 @@ The rules:
 
 - Durability. Writes are queued and committed in groups (broker.storage.groupcommit): a
   write is durable once the group commit that carries it has committed, and not before.
-  `insert_tasks`, `upsert_pool` and `record_config_change` return only then; `save`,
+  `insert_tasks`, `upsert_pool`, `record_config_change` and `record_file_settings` return
+  only then; `save`,
   `save_sticky`, `save_runtime`, `save_rollups` and the worker log only queue. `durable()`
   is a future for everything queued before the call; `flush()` awaits it. (The memory
   backend commits to memory: there, "durable" means visible, in order, not on disk.)
@@ -42,9 +43,9 @@ The rules:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 from broker.domain import (
     ConfigChange,
@@ -134,6 +135,12 @@ class Store(WorkerLog, RollupStore, Protocol):
     async def record_config_change(self, change: ConfigChange) -> None:
         """Append an audited configuration change, returning once committed."""
 
+    async def record_file_settings(self, pool: str, settings: Mapping[str, Any]) -> None:
+        """Remember the settings the config file last gave `pool` (JSON-ready values by
+        key, as `codec.pool_settings` gives them), replacing what was remembered; returns
+        once committed. A reload or a restart applies only the keys whose file value
+        differs from these."""
+
     def save_sticky(self, pool: str, key: str, worker_id: WorkerId) -> None:
         """Queue where a sticky key now lives; an empty `worker_id` forgets the key (the
         scheduler evicted it)."""
@@ -204,6 +211,11 @@ class Store(WorkerLog, RollupStore, Protocol):
 
     async def config_history(self, pool: str = "", limit: int = 100) -> list[ConfigChange]:
         """Audited configuration changes, newest first; of one pool, or of all."""
+        ...
+
+    async def load_file_settings(self) -> dict[str, dict[str, Any]]:
+        """The settings the config file last gave each pool, by pool (those never
+        recorded are absent)."""
         ...
 
     async def load_sticky(self) -> dict[str, dict[str, WorkerId]]:

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Generic, Protocol, Self, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from broker.clock import Clock
 from broker.domain import ConfigChange, PoolConfig, Task, TaskId, WorkerId, WorkerSpec
@@ -39,15 +40,17 @@ class WriteBatch(Generic[TaskRowT]):
     events keep only the latest per key; inserts, config changes and rollups keep all.
 
     The backend writes it in this order: inserts (so a save queued after an insert lands
-    on its row), saves, pools, config changes (after the pool change they record), sticky
-    keys, run times, rollups (each added to the stored row of its key), connects,
-    heartbeats, disconnects (a connect drops any disconnect queued before it).
+    on its row), saves, pools, config changes (after the pool change they record), the
+    config file's settings of pools, sticky keys, run times, rollups (each added to the
+    stored row of its key), connects, heartbeats, disconnects (a connect drops any
+    disconnect queued before it).
     """
 
     inserts: list[TaskRowT] = field(default_factory=list)
     saves: dict[TaskId, TaskRowT] = field(default_factory=dict)
     pools: dict[str, tuple[PoolConfig, float]] = field(default_factory=dict)  # (pool, at)
     config_changes: list[ConfigChange] = field(default_factory=list)
+    file_settings: dict[str, str] = field(default_factory=dict)  # pool -> settings (JSON)
     sticky: dict[tuple[str, str], tuple[WorkerId, float]] = field(default_factory=dict)
     runtimes: dict[RuntimeKey, RunStats] = field(default_factory=dict)  # copies
     rollups: list[RollupRow] = field(default_factory=list)
@@ -62,6 +65,7 @@ class WriteBatch(Generic[TaskRowT]):
             or self.saves
             or self.pools
             or self.config_changes
+            or self.file_settings
             or self.sticky
             or self.runtimes
             or self.rollups
@@ -153,6 +157,13 @@ class GroupCommit(Generic[TaskRowT]):
         """Append an audited configuration change, returning once it is committed."""
         self._check_writable()
         self._queued.config_changes.append(change)
+        await self.durable()
+
+    async def record_file_settings(self, pool: str, settings: Mapping[str, Any]) -> None:
+        """Remember the settings the config file last gave the pool, returning once
+        committed."""
+        self._check_writable()
+        self._queued.file_settings[pool] = json.dumps(settings, sort_keys=True)
         await self.durable()
 
     def save_sticky(self, pool: str, key: str, worker_id: WorkerId) -> None:

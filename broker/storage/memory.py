@@ -9,10 +9,12 @@ writes queued before them. It keeps nothing across processes: "durable" means ap
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 from broker.clock import Clock, SystemClock
 from broker.domain import (
@@ -51,6 +53,7 @@ class _Tables:
     tasks: dict[TaskId, Task] = dataclasses.field(default_factory=dict)
     pools: dict[str, PoolConfig] = dataclasses.field(default_factory=dict)
     audit: list[ConfigChange] = dataclasses.field(default_factory=list)
+    file_settings: dict[str, str] = dataclasses.field(default_factory=dict)  # JSON by pool
     sticky: dict[str, dict[str, WorkerId]] = dataclasses.field(default_factory=dict)
     runtimes: dict[RuntimeKey, RunStats] = dataclasses.field(default_factory=dict)
     rollups: dict[_RollupKey, RollupRow] = dataclasses.field(default_factory=dict)
@@ -94,6 +97,7 @@ class _MemoryWriter:
         for pool, _at in batch.pools.values():
             tables.pools[pool.name] = pool
         tables.audit.extend(batch.config_changes)
+        tables.file_settings.update(batch.file_settings)
         for (pool_name, key), (worker_id, _at) in batch.sticky.items():
             keys = tables.sticky.setdefault(pool_name, {})
             keys.pop(key, None)  # kept in the order of their last change, like SQLite's
@@ -208,6 +212,11 @@ class MemoryStore(GroupCommit[Task]):
         await self._settle()
         changes = [c for c in reversed(self._tables.audit) if not pool or c.pool == pool]
         return changes[:limit]
+
+    async def load_file_settings(self) -> dict[str, dict[str, Any]]:
+        """The settings the config file last gave each pool, by pool."""
+        await self._settle()
+        return {pool: json.loads(text) for pool, text in self._tables.file_settings.items()}
 
     async def load_sticky(self) -> dict[str, dict[str, WorkerId]]:
         """Where each pool's sticky keys live: pool -> key -> worker id."""

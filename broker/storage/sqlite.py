@@ -15,7 +15,7 @@ import sqlite3
 from collections import Counter
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import aiosqlite
 
@@ -76,6 +76,9 @@ _UPSERT_POOL: Final = """
 _INSERT_CONFIG_CHANGE: Final = """
     INSERT INTO config_audit (at, who, source, pool, before, after, fields)
     VALUES (?, ?, ?, ?, ?, ?, ?)
+"""
+_UPSERT_FILE_SETTINGS: Final = """
+    INSERT OR REPLACE INTO pool_file_settings (pool, settings) VALUES (?, ?)
 """
 _UPSERT_STICKY: Final = """
     INSERT OR REPLACE INTO sticky_keys (pool, key, worker_id, updated_at) VALUES (?, ?, ?, ?)
@@ -322,6 +325,11 @@ class SQLiteStore(GroupCommit[Row]):
             for at, who, source, pool_name, before, after, fields in rows
         ]
 
+    async def load_file_settings(self) -> dict[str, dict[str, Any]]:
+        """The settings the config file last gave each pool, by pool."""
+        rows = await self._fetch("SELECT pool, settings FROM pool_file_settings")
+        return {pool: json.loads(settings) for pool, settings in rows}
+
     async def load_sticky(self) -> dict[str, dict[str, WorkerId]]:
         """Where each pool's sticky keys live: pool -> key -> worker id."""
         rows = await self._fetch("SELECT pool, key, worker_id FROM sticky_keys ORDER BY updated_at")
@@ -442,6 +450,7 @@ def _statements(batch: WriteBatch[Row]) -> list[tuple[str, Sequence[Row]]]:
         (_UPDATE_TASK, list(batch.saves.values())),
         (_UPSERT_POOL, [pool_row(pool, at) for pool, at in batch.pools.values()]),
         (_INSERT_CONFIG_CHANGE, [config_change_row(c) for c in batch.config_changes]),
+        (_UPSERT_FILE_SETTINGS, list(batch.file_settings.items())),
         (
             _UPSERT_STICKY,
             [(pool, key, *where) for (pool, key), where in batch.sticky.items() if where[0]],

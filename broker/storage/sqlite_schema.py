@@ -152,6 +152,16 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         # (TERMINAL_STATES_SQL; a query must repeat that term to use it).
         "CREATE INDEX tasks_finished ON tasks (pool, finished_at) WHERE state IN (4, 5, 6, 7)",
     ),
+    (
+        # The settings the config file last gave each pool (JSON), so that a reload or a
+        # restart applies only what the file changed and keeps the changes made at run time.
+        """
+        CREATE TABLE pool_file_settings (
+            pool TEXT PRIMARY KEY,
+            settings TEXT NOT NULL
+        ) WITHOUT ROWID
+        """,
+    ),
 )
 # The WHERE of the tasks_finished index, which a query repeats word for word to use it.
 TERMINAL_STATES_SQL: Final = "state IN (4, 5, 6, 7)"

@@ -416,6 +416,25 @@ async def test_pool_limits_round_trip_and_change(store: Store) -> None:
     assert await store.list_pools() == [back_to_defaults]
 
 
+async def test_the_config_files_settings_of_pools_round_trip_and_are_replaced(
+    store: Store,
+) -> None:
+    assert await store.load_file_settings() == {}
+    gpu = {"max_inflight": 32, "rate_per_s": 2.5, "bulkheads": [{"task_type": "render"}]}
+    await store.record_file_settings("gpu", gpu)
+    await store.record_file_settings("default", {"strategy": "round_robin"})
+    gpu["max_inflight"] = 1  # the store kept a snapshot
+    assert await store.load_file_settings() == {
+        "default": {"strategy": "round_robin"},
+        "gpu": {"max_inflight": 32, "rate_per_s": 2.5, "bulkheads": [{"task_type": "render"}]},
+    }
+    await store.record_file_settings("gpu", {"max_inflight": 100, "fairness_weights": {"a": 2}})
+    settings = await store.load_file_settings()
+    assert settings["gpu"] == {"max_inflight": 100, "fairness_weights": {"a": 2}}
+    settings["gpu"]["max_inflight"] = 7  # a read is a copy
+    assert (await store.load_file_settings())["gpu"]["max_inflight"] == 100
+
+
 async def test_idempotency_keys_find_the_earliest_task_within_the_window(
     store: Store,
 ) -> None:
@@ -507,6 +526,7 @@ WRITES: dict[str, Callable[[Store], object]] = {
     "insert_tasks": lambda s: s.insert_tasks([make_task(2)]),
     "save": lambda s: s.save(make_task(1)),
     "upsert_pool": lambda s: s.upsert_pool(PoolConfig(name="p")),
+    "record_file_settings": lambda s: s.record_file_settings("p", {"max_queue": 1}),
     "worker_connected": lambda s: s.worker_connected(
         WorkerSpec(worker_id="w", pool="p", capacity=1, task_types=frozenset({"t"})), 1.0
     ),
@@ -521,6 +541,7 @@ READS: dict[str, Callable[[Store], Coroutine[Any, Any, object]]] = {
     "max_seq": lambda s: s.max_seq(),
     "count_by_pool_state": lambda s: s.count_by_pool_state(),
     "list_pools": lambda s: s.list_pools(),
+    "load_file_settings": lambda s: s.load_file_settings(),
 }
 
 

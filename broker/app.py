@@ -264,7 +264,9 @@ class Broker:
             await asyncio.to_thread(provider.shutdown)  # sends the spans still batched
 
     async def reload_config(self, who: str = "") -> list[ConfigChange]:
-        """Re-read the config file and apply what changed in its pools, at run time.
+        """Re-read the config file and apply what changed in its pools, at run time: the
+        keys whose value in the file differs from the one it had when last seen (a change
+        made at run time stands until the file changes that key), and the pools it adds.
 
         Every pool of the file is validated before any is changed: a bad value raises
         InvalidArgument (naming the key) and leaves every setting as it was. Pools created
@@ -281,11 +283,7 @@ class Broker:
                 validate_pool(pool, self.config.heartbeat_interval_s)
         except ConfigError as exc:
             raise InvalidArgument(f"config not reloaded: {exc}") from None
-        changes = []
-        for pool in fresh.pools:
-            change = await self.engine.apply_pool(pool, who or "reload", "reload")
-            if change is not None:
-                changes.append(change)
+        changes = await self.engine.apply_file_pools(fresh.pools, who or "reload", "reload")
         restart = sorted(
             key for key in _BROKER_SETTINGS if getattr(fresh, key) != getattr(self.config, key)
         )

@@ -123,11 +123,9 @@ class Engine:
     async def recover(self) -> int:
         """Load pools and unfinished tasks from the store; return how many were requeued."""
         core = self._core
-        stored = {pool.name: pool for pool in await self._store.list_pools()}
-        for pool in self._config.pools:
-            if stored.get(pool.name) != pool:
-                await self._store.upsert_pool(pool)
-                await self._pools.audit(stored.get(pool.name), pool, "config file", "startup")
+        # The config file's pools change only the keys the file changed since it was
+        # last seen; a change made at run time stands until then.
+        await self._pools.recover_from_file(await self._store.list_pools(), self._config.pools)
         runtimes = await self._store.load_runtimes()
         sticky = await self._store.load_sticky()
         for pool in await self._store.list_pools():
@@ -414,9 +412,13 @@ class Engine:
         await self._pools.update(pool, who, source)
         return pool
 
-    async def apply_pool(self, pool: PoolConfig, who: str, source: str) -> ConfigChange | None:
-        """Create the pool, or change its settings to these; the audited change, if any."""
-        return await self._pools.apply(pool, who, source)
+    async def apply_file_pools(
+        self, pools: Sequence[PoolConfig], who: str, source: str
+    ) -> list[ConfigChange]:
+        """Apply the config file's pools (validated already), creating the new ones and
+        changing only the keys the file changed since it was last seen; the audited
+        changes."""
+        return await self._pools.apply_file(pools, who, source)
 
     async def config_history(self, pool: str = "", limit: int = 100) -> list[ConfigChange]:
         """Audited changes of pool settings, newest first."""

@@ -215,3 +215,72 @@ async def test_config_history_refuses_an_unknown_pool_and_a_bad_limit(
             await stub.ConfigHistory(_admin.ConfigHistoryRequest(limit=20_000))
         assert too_many.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert "limit" in (too_many.value.details() or "")
+
+
+async def set_gpu(broker: Broker, **settings: object) -> None:
+    """Change the gpu pool at run time, through UpdatePool."""
+    async with grpc.aio.insecure_channel(broker.address) as channel:
+        stub = _admin_grpc.AdminServiceStub(channel)
+        (pool,) = [
+            p for p in (await stub.ListPools(_admin.ListPoolsRequest())).pools if p.name == "gpu"
+        ]
+        for key, value in settings.items():
+            setattr(pool, key, value)
+        await stub.UpdatePool(
+            _admin.UpdatePoolRequest(pool=pool), metadata=(("x-taskbroker-client", "alice"),)
+        )
+
+
+def gpu(broker: Broker) -> PoolConfig:
+    return {p.name: p for p in broker.engine.pools()}["gpu"]
+
+
+async def test_a_run_time_change_stands_until_the_file_changes_that_key(
+    configured: tuple[Broker, Path], tmp_path: Path
+) -> None:
+    broker, path = configured
+    await set_gpu(broker, max_queue=500, strategy="predictive")
+    assert await broker.reload_config(who="ops") == []  # the file is as it was
+    assert (gpu(broker).max_queue, gpu(broker).strategy) == (500, "predictive")
+    assert (await history(broker, "gpu"))[0].source == "update_pool"
+
+    write_config(path, tmp_path / "broker.db", gpu_max_queue=250)
+    (change,) = await broker.reload_config(who="ops")
+    assert (change.pool, change.who, change.source, change.fields) == (
+        "gpu",
+        "ops",
+        "reload",
+        ("max_queue",),
+    )
+    assert json.loads(change.before)["max_queue"] == 500
+    # The file's new value applies; the key it did not change keeps its run-time value.
+    assert (gpu(broker).max_queue, gpu(broker).strategy) == (250, "predictive")
+    assert await broker.reload_config(who="ops") == []
+    await set_gpu(broker, max_queue=600)
+    assert await broker.reload_config(who="ops") == []
+    assert gpu(broker).max_queue == 600
+
+
+async def test_a_restart_keeps_run_time_changes_unless_the_file_changed_the_key(
+    tmp_path: Path,
+) -> None:
+    from broker.config import load_config
+
+    path = write_config(tmp_path / "taskbroker.toml", tmp_path / "broker.db")
+    async with Broker(load_config(path, {}), config_path=path) as broker:
+        await set_gpu(broker, max_queue=500, strategy="predictive")
+    async with Broker(load_config(path, {}), config_path=path) as broker:  # file unchanged
+        assert (gpu(broker).max_queue, gpu(broker).strategy) == (500, "predictive")
+        assert (await history(broker, "gpu"))[0].source == "update_pool"
+    write_config(path, tmp_path / "broker.db", gpu_max_queue=250)
+    async with Broker(load_config(path, {}), config_path=path) as broker:
+        assert (gpu(broker).max_queue, gpu(broker).strategy) == (250, "predictive")
+        latest = (await history(broker, "gpu"))[0]
+        assert (latest.who, latest.source, list(latest.fields)) == (
+            "config file",
+            "startup",
+            ["max_queue"],
+        )
+        assert json.loads(latest.before)["max_queue"] == 500
+    async with Broker(load_config(path, {}), config_path=path) as broker:  # nothing new
+        assert (gpu(broker).max_queue, gpu(broker).strategy) == (250, "predictive")

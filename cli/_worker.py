@@ -9,11 +9,14 @@ import os
 import signal
 import sys
 import traceback
+from typing import NoReturn
 
-from cli._errors import CliError
+from cli._errors import EXIT_INTERRUPTED, CliError
 from worker_sdk import Worker
 
 logger = logging.getLogger("taskbroker.cli")
+
+_STOPPED = "stopped by a second signal; in-flight tasks will be retried"
 
 
 def load_worker(target: str) -> Worker:
@@ -62,16 +65,30 @@ def _where(exc: BaseException) -> str:
 
 
 def run_worker(worker: Worker, broker: str | None) -> None:
-    """Run the worker until it stops; the first SIGTERM/SIGINT shuts it down gracefully."""
-    try:
-        asyncio.run(_run(worker, broker))
-    except asyncio.CancelledError:
-        raise CliError("stopped by a second signal; in-flight tasks will be retried", 130) from None
+    """Run the worker until it stops; the first SIGTERM/SIGINT shuts it down gracefully,
+    a second one ends the process at once (see `_stop_now`)."""
+    asyncio.run(_run(worker, broker))
+
+
+def _stop_now(worker: Worker, name: str) -> NoReturn:
+    """End the process now, whatever its handlers do.
+
+    A sync handler's thread cannot be interrupted, and the interpreter would wait for it on
+    the way out, so this does not unwind: it kills the worker's handler processes (if it has
+    any), says why on stderr and leaves with os._exit. The broker requeues what it held.
+    """
+    logger.warning("%s received again: stopping now", name)
+    worker.kill_handler_processes()
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stderr.write(f"error: {_STOPPED}\n")
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 async def _run(worker: Worker, broker: str | None) -> None:
     loop = asyncio.get_running_loop()
-    running = asyncio.current_task()
     shutdowns: list[asyncio.Task[None]] = []
 
     def on_signal(signum: int) -> None:
@@ -79,9 +96,8 @@ async def _run(worker: Worker, broker: str | None) -> None:
         if not shutdowns:
             logger.info("%s received: finishing in-flight tasks, then exiting", name)
             shutdowns.append(loop.create_task(worker.shutdown()))
-        elif running is not None:
-            logger.warning("%s received again: stopping now", name)
-            running.cancel()
+        else:
+            _stop_now(worker, name)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)

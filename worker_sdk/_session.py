@@ -57,6 +57,10 @@ _MAX_MESSAGE_RESULT_BYTES: Final = 1 << 20
 _Stream = grpc.aio.StreamStreamCall[_worker.WorkerMessage, _worker.BrokerMessage]
 
 
+def _ignore(_: int) -> None:
+    pass
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -127,6 +131,11 @@ class _Session:
             if not register.done():
                 return  # shut down before the broker answered
             register.result()
+            slots = self._worker._processes
+            if slots is not None:
+                slots.on_available = self._offer
+                if slots.available < self._worker._capacity:
+                    self._offer(slots.available)
             reader = asyncio.create_task(self._read_loop(), name="taskbroker-worker-reader")
             writer = asyncio.create_task(self._write_loop(), name="taskbroker-worker-writer")
             heartbeat = asyncio.create_task(self._heartbeat_loop(), name="taskbroker-heartbeat")
@@ -151,6 +160,8 @@ class _Session:
             await self._finish_in_flight(grace, reader, writer)
             await self._close(reader, writer)
         finally:
+            if self._worker._processes is not None:
+                self._worker._processes.on_available = _ignore
             for running in self._running.values():
                 running.context._cancel()
                 running.task.cancel()
@@ -159,6 +170,13 @@ class _Session:
             for task in background:
                 task.cancel()
             await asyncio.gather(*handlers, *background, return_exceptions=True)
+
+    def _offer(self, available: int) -> None:
+        """Tell the broker how many slots it may fill: fewer while a killed handler process
+        is being replaced."""
+        if self._worker._stop.is_set() or self._drain.is_set() or self._half_close:
+            return  # the worker already told the broker it takes no more
+        self._send_control(_convert.credit_message(available))
 
     async def _register(self, registered_before: bool) -> None:
         worker = self._worker
@@ -306,8 +324,8 @@ class _Session:
                 continue
             running.context._cancel()
             handler = self._worker._handlers.get(running.context.task_type)
-            if handler is not None and handler.is_async:
-                running.task.cancel()
+            if handler is not None and (handler.is_async or self._worker._processes is not None):
+                running.task.cancel()  # in a child process, that kills the child
             # A sync handler's thread cannot be interrupted: it sees ctx.cancelled, and its
             # result is dropped; it keeps its slot until it returns.
 
@@ -324,16 +342,33 @@ class _Session:
             )
             self._report(context, assignment, None, error, started_ms)
             return
-        self._started.append(assignment.task_id)
-        self._wake.set()
+        slots = None if handler.is_async else self._worker._processes
+
+        def started() -> None:
+            nonlocal started_ms
+            started_ms = _now_ms()
+            self._started.append(assignment.task_id)
+            self._wake.set()
+
+        if slots is None:
+            started()
         with self._worker._tracing.execute_span(assignment, context) as span:
             try:
                 if handler.is_async:
-                    value = await handler.function(context)
+                    result = encode_result(await handler.function(context))
+                elif slots is not None:
+                    # In a child process, which is only started on once it has one free.
+                    encoded, failure = await slots.run(
+                        self._executor, assignment.task_type, context, started
+                    )
+                    if encoded is None:
+                        self._report(context, assignment, None, failure, started_ms)
+                        return
+                    result = encoded
                 else:
                     function = span.in_context(handler.function)
                     value = await self._loop.run_in_executor(self._executor, function, context)
-                result = encode_result(value)
+                    result = encode_result(value)
             except asyncio.CancelledError as exc:
                 task = asyncio.current_task()
                 if context.cancelled or (task is not None and task.cancelling()):

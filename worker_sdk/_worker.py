@@ -9,7 +9,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from opentelemetry.trace import TracerProvider
 
@@ -17,6 +17,7 @@ from worker_sdk import _tracing
 from worker_sdk._channel import open_channel
 from worker_sdk._context import TaskContext
 from worker_sdk._pb import worker_pb2_grpc as _worker_grpc
+from worker_sdk._processes import ProcessSlots, pickled_handlers
 
 # The session, and what it shares with the worker, moved to worker_sdk._session; every
 # name stays importable from here.
@@ -42,6 +43,13 @@ class Worker:
     """Runs tasks for one pool: `@worker.task("type")` registers handlers, `run()` serves.
 
     Async handlers run as asyncio tasks, sync handlers in a thread pool of `capacity` threads.
+    A thread cannot be stopped: a sync handler that ignores `ctx.cancelled` keeps its slot
+    busy past its task's execution timeout. With `sync_handlers="process"` they run in
+    `capacity` child processes instead (spawned, one per slot), and a cancelled task (its
+    execution timeout, a cancel, a shutdown past its grace) has its child killed and
+    replaced, the slot offered to the broker again once the new child is ready. The
+    handlers must then be module-level functions (pickled by name: checked when `run()`
+    starts), and their results are encoded in the child.
     `run()` reconnects with backoff when the stream breaks and returns after `shutdown()` or
     when the broker drains the worker. The SDK installs no signal handlers: wire SIGTERM to
     `shutdown()` in your program if you want it.
@@ -62,9 +70,15 @@ class Worker:
         reconnect_initial_s: float = 0.2,
         reconnect_max_s: float = 10.0,
         tracer_provider: TracerProvider | None = None,
+        sync_handlers: Literal["thread", "process"] = "thread",
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
+        if sync_handlers not in ("thread", "process"):
+            raise ValueError(f"sync_handlers must be 'thread' or 'process', not {sync_handlers!r}")
+        self._sync_handlers = sync_handlers
+        # The handler processes while run() runs with sync_handlers="process".
+        self._processes: ProcessSlots | None = None
         if reconnect_initial_s <= 0 or reconnect_max_s < reconnect_initial_s:
             raise ValueError("need 0 < reconnect_initial_s <= reconnect_max_s")
         self._pool = pool
@@ -143,9 +157,20 @@ class Worker:
         if self._stop_requested:
             return
         address = broker or self._broker
+        sync = {t: h.function for t, h in self._handlers.items() if not h.is_async}
+        blob = pickled_handlers(sync) if self._sync_handlers == "process" and sync else None
         self._running = True
         self._stop = asyncio.Event()
         self._finished = asyncio.Event()
+        if blob is not None:
+            slots = ProcessSlots(blob, self._capacity)
+            try:
+                await slots.start()
+            except BaseException:
+                self._running = False
+                self._finished.set()
+                raise
+            self._processes = slots
         executor = ThreadPoolExecutor(self._capacity, thread_name_prefix="taskbroker-handler")
         # gRPC's own reconnect backoff (1 s, growing to 120 s) would otherwise decide
         # when a worker gets back to a restarted broker: make it follow ours.
@@ -180,6 +205,9 @@ class Worker:
                     self._session = None
         finally:
             await channel.close(None)
+            if self._processes is not None:
+                await self._processes.close()
+                self._processes = None
             executor.shutdown(wait=False, cancel_futures=True)
             self._running = False
             self._finished.set()
@@ -196,6 +224,18 @@ class Worker:
             return  # called from a handler: waiting here would wait for ourselves
         if self._running:
             await self._finished.wait()
+
+    def kill_handler_processes(self) -> None:
+        """SIGKILL the handler processes now (with `sync_handlers="process"`), without
+        waiting: for a program about to exit at once. Their tasks are requeued by the broker.
+        """
+        if self._processes is not None:
+            self._processes.kill_all()
+
+    @property
+    def handler_pids(self) -> tuple[int, ...]:
+        """The pids of the handler processes (with `sync_handlers="process"`, while running)."""
+        return tuple(self._processes.pids) if self._processes is not None else ()
 
     async def _sleep_unless_stopped(self, delay: float) -> None:
         try:

@@ -14,7 +14,14 @@ from cli import _parse
 from cli._common import BrokerOption, connect
 from cli._errors import CliError
 from cli._output import decode_bytes
-from worker_sdk import DEFAULT_ADDRESS, PreferredLabel, RetryPolicy, TaskInfo, TaskState
+from worker_sdk import (
+    DEFAULT_ADDRESS,
+    PreferredLabel,
+    RetryPolicy,
+    TaskbrokerError,
+    TaskInfo,
+    TaskState,
+)
 
 
 def _validate_json(value: str | None) -> str | None:
@@ -281,8 +288,10 @@ def submit(
 ) -> None:
     """Submit a task and print its id; with --wait, print its result instead.
 
-    With --wait, a task that fails (for good, after its --max-attempts), is
-    cancelled or does not finish in time exits 1 with one line on stderr.
+    With --wait, `task ID accepted; waiting...` goes to stderr first, and
+    the wait rides out a broker restart within --timeout. A task that fails
+    (for good, after its --max-attempts), is cancelled or does not finish in
+    time exits 1 with an error line on stderr that names it.
     A result is printed as UTF-8 text, or as base64 when it is not valid
     UTF-8. A task that no worker may take (see --require and
     --anti-affinity) waits; `tasks show ID` says why.
@@ -323,8 +332,22 @@ def submit(
         if not wait:
             typer.echo(task_id)
             return
-        task = client.wait(task_id, timeout=timeout)
+        # On stderr, so stdout keeps only the result; should the wait fail or be
+        # interrupted, the user knows the task was accepted and need not submit it again.
+        typer.echo(f"task {task_id} accepted; waiting...", err=True)
+        try:
+            task = client.wait(task_id, timeout=timeout)
+        except TaskbrokerError as exc:
+            raise CliError(_wait_failed(task_id, exc)) from None
     _print_outcome(task)
+
+
+def _wait_failed(task_id: str, error: TaskbrokerError) -> str:
+    """Why waiting for an accepted task failed, naming it so the user can look it up."""
+    message = str(error)
+    if not message.startswith(f"task {task_id} "):
+        message = f"task {task_id}: {message}"
+    return f"{message}; see 'taskbroker tasks show {task_id}'"
 
 
 def _retry_policy(

@@ -27,7 +27,7 @@ from worker_sdk._errors import (
 from worker_sdk._payload import UNSET, encode_payload
 from worker_sdk._pb import admin_pb2_grpc as _admin_grpc
 from worker_sdk._pb import tasks_pb2_grpc as _tasks_grpc
-from worker_sdk._stream import SubmitBackoff, SubmitStream, retrieve_exceptions
+from worker_sdk._stream import StreamLost, SubmitBackoff, SubmitStream, retrieve_exceptions
 from worker_sdk._types import (
     DEFAULT_ADDRESS,
     DEFAULT_POOL,
@@ -40,6 +40,11 @@ from worker_sdk._types import (
 
 _log = logging.getLogger("taskbroker.client")
 _T = TypeVar("_T")
+
+# A wait whose stream is lost watches its tasks again on a new stream after this long,
+# doubling each time up to the longest, until the wait's own timeout.
+_REWATCH_INITIAL_S: Final = 0.05
+_REWATCH_MAX_S: Final = 1.0
 
 # The broker tells clients apart by this header, e.g. for its per-client rate limits.
 CLIENT_ID_HEADER: Final = "x-taskbroker-client"
@@ -56,6 +61,11 @@ class Client(AdminCalls):
 
     `submit()`, `wait()` and `result()` share one SubmitStream, opened on first use, on which
     concurrent calls are coalesced into batches of up to `batch_size` tasks.
+
+    A wait (`wait`, `wait_many`, `result`) rides out a broker restart: when the stream is
+    lost (UNAVAILABLE, or the broker ends it), the client opens a new one, with backoff, and
+    watches the same task ids again until the wait's own timeout. A submit the broker had
+    not acknowledged when the stream broke fails with Unavailable; it is never resent.
 
     Every call carries `client_id` (default `hostname:pid`) in the `x-taskbroker-client`
     header; the broker rate-limits submits per client identity. A submit the broker refuses
@@ -286,11 +296,13 @@ class Client(AdminCalls):
         """The task once it is terminal; DeadlineExceeded after `timeout` seconds."""
         _check_timeout(timeout)
         if timeout is None:
-            return await self._watch(task_id)
+            (task,) = await self._watch((task_id,))
+            return task
         deadline = asyncio.timeout(timeout)
         try:
             async with deadline:
-                return await self._watch(task_id)
+                (task,) = await self._watch((task_id,))
+                return task
         except TimeoutError:
             if not deadline.expired():
                 raise
@@ -305,34 +317,58 @@ class Client(AdminCalls):
         _check_timeout(timeout)
         if not task_ids:
             return []
-        stream = self._submit_stream()
-        futures = [stream.watch(task_id) for task_id in task_ids]
+        found: dict[str, TaskInfo] = {}
         deadline = asyncio.timeout(timeout)
         try:
             async with deadline:
-                return list(await asyncio.gather(*futures))
+                return await self._watch(task_ids, found)
         except TimeoutError:
             if not deadline.expired():
                 raise
-            unfinished = sum(1 for f in futures if not f.done())
+            unfinished = sum(1 for task_id in task_ids if task_id not in found)
             raise DeadlineExceeded(
-                f"{unfinished} of {len(futures)} tasks did not finish within {timeout}s"
+                f"{unfinished} of {len(task_ids)} tasks did not finish within {timeout}s"
             ) from None
-        finally:
-            for task_id, future in zip(task_ids, futures, strict=True):
-                if not future.done():
-                    future.cancel()
-                    stream.unwatch(task_id, future)
-            retrieve_exceptions(futures)
 
-    async def _watch(self, task_id: str) -> TaskInfo:
-        stream = self._submit_stream()
-        future = stream.watch(task_id)
-        try:
-            return await future
-        finally:
-            if future.cancelled():
-                stream.unwatch(task_id, future)
+    async def _watch(
+        self, task_ids: Sequence[str], found: dict[str, TaskInfo] | None = None
+    ) -> list[TaskInfo]:
+        """The tasks once all are terminal (each also put in `found` as it finishes).
+
+        A lost stream fails the watches with StreamLost; the tasks not yet finished are then
+        watched again on a new stream, after a backoff, until the caller gives up.
+        """
+        if found is None:
+            found = {}
+        losses = 0
+        while True:
+            stream = self._submit_stream()
+            futures = {
+                task_id: stream.watch(task_id)
+                for task_id in dict.fromkeys(task_ids)
+                if task_id not in found
+            }
+            lost: StreamLost | None = None
+            try:
+                await asyncio.gather(*futures.values())
+            except StreamLost as exc:
+                lost = exc
+            finally:
+                for task_id, future in futures.items():
+                    if not future.done() or future.cancelled():
+                        future.cancel()
+                        stream.unwatch(task_id, future)
+                    elif future.exception() is None:
+                        found[task_id] = future.result()
+                retrieve_exceptions(futures.values())
+            if lost is None:
+                return [found[task_id] for task_id in task_ids]
+            if self._closed:
+                raise lost
+            delay = min(_REWATCH_MAX_S, _REWATCH_INITIAL_S * 2.0 ** min(losses, 30))
+            losses += 1
+            _log.debug("watching %d tasks again in %.3fs", len(task_ids) - len(found), delay)
+            await asyncio.sleep(delay)
 
     async def result(self, task_id: str, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
         """The result of a task once it succeeded; TaskFailed if it failed, was cancelled or

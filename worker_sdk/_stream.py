@@ -81,6 +81,11 @@ class _PendingSubmit:
     refusals: int = 0  # times its batch was refused for overload and resent
 
 
+class StreamLost(Unavailable):
+    """A wait's stream was lost in a way a new stream may cure: the broker went away or
+    restarted (UNAVAILABLE), or ended the stream. The client watches the task again."""
+
+
 def retrieve_exceptions(futures: Iterable[asyncio.Future[Any]]) -> None:
     """Mark failed futures as seen, so asyncio does not log them as never retrieved."""
     for future in futures:
@@ -176,9 +181,10 @@ class SubmitStream:
         except asyncio.CancelledError:
             raise
         except grpc.RpcError as exc:
-            self._break(str(_convert.rpc_error(exc, self._address)))
+            error = _convert.rpc_error(exc, self._address)
+            self._break(str(error), lost=isinstance(error, Unavailable))
         except Exception as exc:  # e.g. InvalidStateError: the call ended under us
-            self._break(f"{type(exc).__name__}: {exc}")
+            self._break(f"{type(exc).__name__}: {exc}", lost=True)
 
     def _take_batch(self) -> list[_PendingSubmit]:
         batch: list[_PendingSubmit] = []
@@ -222,6 +228,7 @@ class SubmitStream:
 
     async def _read_loop(self) -> None:
         reason = "the broker ended the stream"
+        lost = True
         try:
             async for response in self._call:
                 event = _convert.submit_stream_event(response)
@@ -232,10 +239,13 @@ class SubmitStream:
         except asyncio.CancelledError:
             raise
         except grpc.RpcError as exc:
-            reason = str(_convert.rpc_error(exc, self._address))
+            error = _convert.rpc_error(exc, self._address)
+            reason = str(error)
+            lost = isinstance(error, Unavailable)
         except TaskbrokerError as exc:  # a message we cannot make sense of
             reason = str(exc)
-        self._break(reason)
+            lost = False
+        self._break(reason, lost=lost)
 
     def _on_ack(self, ack: SubmitAcked) -> None:
         batch = self._unacked.pop(ack.batch_id, None)
@@ -321,8 +331,13 @@ class SubmitStream:
 
     # -- breakage ----------------------------------------------------------------------
 
-    def _break(self, reason: str) -> None:
-        """Fail everything pending with Unavailable; the client opens a new stream next time."""
+    def _break(self, reason: str, *, lost: bool = False) -> None:
+        """Fail everything pending with Unavailable; the client opens a new stream next time.
+
+        With `lost` (the broker went away or ended the stream), waits fail with StreamLost
+        instead, which the client answers by watching the same tasks on a new stream.
+        Submits fail either way: one that was not acknowledged is never sent again.
+        """
         if self.broken:
             return
         self.broken = True
@@ -349,8 +364,11 @@ class SubmitStream:
         for futures in watchers.values():
             for future in futures:
                 if not future.done():
-                    future.set_exception(Unavailable(message))
-        if pending_submits or watchers:
+                    future.set_exception(StreamLost(message) if lost else Unavailable(message))
+        failed_waits = 0 if lost else len(watchers)
+        if pending_submits or failed_waits:
             _log.warning(
-                "%s; failed %d submits and %d waits", message, len(pending_submits), len(watchers)
+                "%s; failed %d submits and %d waits", message, len(pending_submits), failed_waits
             )
+        if lost and watchers:
+            _log.info("%s; watching %d tasks again", message, len(watchers))

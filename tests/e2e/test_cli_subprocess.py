@@ -155,14 +155,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def test_submit_wait_prints_the_result(cluster: Cluster) -> None:
     done = cluster.run("submit", "upper", "--payload", '{"text": "hello"}', "--wait")
-    assert (done.returncode, done.stdout, done.stderr) == (0, "HELLO\n", "")
+    assert (done.returncode, done.stdout) == (0, "HELLO\n"), done.stderr
+    assert re.fullmatch(r"task \S+ accepted; waiting\.\.\.\n", done.stderr), done.stderr
 
 
 def test_submit_wait_on_a_failing_task_exits_1(cluster: Cluster) -> None:
     done = cluster.run("submit", "boom", "--wait", "--timeout", "15")
     assert done.returncode == 1
     assert done.stdout == ""
-    assert re.fullmatch(r"error: task \S+ failed: ValueError: kaboom\n", done.stderr), done.stderr
+    assert re.fullmatch(
+        r"task (\S+) accepted; waiting\.\.\.\nerror: task \1 failed: ValueError: kaboom\n",
+        done.stderr,
+    ), done.stderr
 
 
 def test_submit_prints_the_id_and_tasks_list_json_has_it(cluster: Cluster) -> None:
@@ -226,7 +230,8 @@ def test_required_labels_place_the_task_or_say_why_it_waits(cluster: Cluster) ->
         *("--payload", '{"text": "placed"}', "--require", "zone=eu", "--prefer", "suite=cli:5"),
         *("--wait", "--timeout", "15"),
     )
-    assert (done.returncode, done.stdout, done.stderr) == (0, "PLACED\n", "")
+    assert (done.returncode, done.stdout) == (0, "PLACED\n"), done.stderr
+    assert re.fullmatch(r"task \S+ accepted; waiting\.\.\.\n", done.stderr), done.stderr
     listed = json.loads(cluster.run("tasks", "list", "--type", "upper", "-o", "json").stdout)
     (placed,) = [t for t in listed if t["payload"] == '{"text": "placed"}']
     assert placed["placement"]["required_labels"] == {"zone": "eu"}
@@ -360,7 +365,8 @@ def test_dead_letter_retry_and_cordon(tmp_path: Path) -> None:
         assert failed.returncode == 1
         assert failed.stdout == ""
         dead = re.fullmatch(
-            r"error: task (\S+) failed after 2 attempts \(dead letter\): ValueError: kaboom\n",
+            r"task (\S+) accepted; waiting\.\.\.\n"
+            r"error: task \1 failed after 2 attempts \(dead letter\): ValueError: kaboom\n",
             failed.stderr,
         )
         assert dead, failed.stderr

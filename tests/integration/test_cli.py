@@ -35,6 +35,7 @@ from cli._output_pools import show_stats, stats_dict
 from cli._parse import FairnessWeight, bulkhead_text, parse_bulkhead, parse_fairness_weight
 from cli.main import KNOWN_STRATEGIES, Label, StateChoice, parse_label, parse_preference
 from tests.support.cli import assert_one_line_error, invoke
+from tests.support.config import make_config
 from tests.support.workers import start_worker
 from worker_sdk import (
     AlreadyExists,
@@ -1767,3 +1768,61 @@ async def test_live_pool_retention(live: Live) -> None:
     assert default["retention_s"] == 604800.0  # the default, kept by an update
     line = await live.error("pools", "set", "keep", "--retention", "-1", exit_code=2)
     assert "--retention" in line
+
+
+async def test_live_submit_wait_names_the_accepted_task_on_stderr(
+    live: Live, live_worker: str
+) -> None:
+    done = await live.run("submit", "echo", "--payload", '"hi"', "--wait")
+    assert (done.exit_code, done.stdout) == (0, '"hi"\n'), done.output
+    accepted = re.fullmatch(r"task (\S+) accepted; waiting\.\.\.\n", done.stderr)
+    assert accepted, done.stderr
+    shown = await live.json("tasks", "show", accepted.group(1))
+    assert (shown["state"], shown["result"]) == ("succeeded", '"hi"')
+    # A wait that fails names the task, which was accepted and goes on waiting for a worker.
+    late = await live.run("submit", "nobody-runs-this", "--wait", "--timeout", "0.2")
+    assert (late.exit_code, late.stdout) == (1, ""), late.output
+    failed = re.fullmatch(
+        r"task (\S+) accepted; waiting\.\.\.\n"
+        r"error: task \1 did not finish within 0\.2s; see 'taskbroker tasks show \1'\n",
+        late.stderr,
+    )
+    assert failed, late.stderr
+    assert (await live.json("tasks", "show", failed.group(1)))["state"] == "pending"
+
+
+async def test_live_submit_wait_rides_out_a_broker_restart(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    config = dataclasses.replace(make_config(tmp_path), port=port)
+    started = asyncio.Event()
+    release = asyncio.Event()
+    worker = Worker(capacity=1, reconnect_initial_s=0.01, reconnect_max_s=0.1)
+
+    @worker.task("gate")
+    async def gate(ctx: TaskContext) -> str:
+        started.set()
+        await release.wait()
+        return "through"
+
+    broker = Broker(config)
+    await broker.start()
+    run = asyncio.create_task(worker.run(broker.address))
+    try:
+        submitting = asyncio.create_task(
+            Live(broker.address).run("submit", "gate", "--wait", "--timeout", "60")
+        )
+        async with asyncio.timeout(10):
+            await started.wait()
+        await broker.shutdown(grace=0)
+        broker = Broker(config)  # the same port and file
+        await broker.start()
+        release.set()
+        done = await submitting
+        assert (done.exit_code, done.stdout) == (0, "through\n"), done.output
+        assert re.fullmatch(r"task \S+ accepted; waiting\.\.\.\n", done.stderr), done.stderr
+    finally:
+        await worker.shutdown(grace=1)
+        await run
+        await broker.shutdown(grace=0)

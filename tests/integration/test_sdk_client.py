@@ -332,7 +332,7 @@ async def test_many_concurrent_results(client: Client, tasks: FakeTaskService) -
 # -- breakage ------------------------------------------------------------------------------
 
 
-async def test_broken_stream_fails_pending_calls_then_reopens(
+async def test_broken_stream_fails_pending_submits_watches_waits_again_then_reopens(
     client: Client, tasks: FakeTaskService
 ) -> None:
     finished_id = await client.submit("echo")
@@ -341,13 +341,19 @@ async def test_broken_stream_fails_pending_calls_then_reopens(
     submitting = asyncio.gather(*(client.submit("echo") for _ in range(10)), return_exceptions=True)
     await tasks.until(lambda: sum(len(r.tasks) for r in tasks.stream_requests) == 11)
     tasks.break_streams()
+    tasks.hold_acks = False
     outcomes = await asyncio.wait_for(submitting, 5)
     assert all(isinstance(o, Unavailable) for o in outcomes)
     assert all(client.address in str(o) for o in outcomes)
-    with pytest.raises(Unavailable):
-        await asyncio.wait_for(waiting, 5)
-    # The next call opens a new stream.
-    tasks.hold_acks = False
+
+    # The wait is not failed: it watches its task again, on a new stream.
+    def watched_twice() -> bool:
+        return sum(finished_id in r.watch_task_ids for r in tasks.stream_requests) == 2
+
+    await asyncio.wait_for(tasks.until(watched_twice), 5)
+    tasks.finish(finished_id, result=b"done")
+    assert (await asyncio.wait_for(waiting, 5)).result == b"done"
+    # Later calls use that new stream.
     assert await client.submit("echo")
     assert tasks.streams_opened == 2
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from typer.testing import CliRunner, Result
 
 from cli.main import app
@@ -17,6 +19,12 @@ def assert_one_line_error(result: Result, exit_code: int = 1) -> str:
     assert result.exit_code == exit_code, result.output
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
+    # `submit --wait` names the task it waits for first; the error then names it too.
+    accepted = re.fullmatch(r"task (\S+) accepted; waiting\.\.\.", lines[0]) if lines else None
+    if accepted is not None:
+        lines = lines[1:]
+        assert lines, result.stderr
+        assert f"task {accepted.group(1)}" in lines[0], result.stderr
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ")
     assert "Traceback" not in result.output

@@ -11,6 +11,7 @@ Errors are BrokerErrors (broker.errors); each transport maps them to its own cod
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -322,10 +323,11 @@ class BrokerService:
 
     def report(
         self, worker_id: WorkerId, started: Sequence[TaskId], results: Sequence[TaskResult]
-    ) -> None:
-        """A worker's start notices and results."""
+    ) -> asyncio.Future[None] | None:
+        """A worker's start notices and results; with results, a future that resolves once
+        they are durable (see `Engine.report`)."""
         validation.validate_report(started, results)
-        self._engine.report(worker_id, started, results)
+        return self._engine.report(worker_id, started, results)
 
     def set_capacity(self, worker_id: WorkerId, capacity: int) -> None:
         """A worker changes how many tasks it takes at once (0 pauses it)."""

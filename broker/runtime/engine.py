@@ -544,13 +544,18 @@ class Engine:
 
     def report(
         self, worker_id: WorkerId, started: Sequence[TaskId], results: Sequence[TaskResult]
-    ) -> None:
+    ) -> asyncio.Future[None] | None:
         """A worker's start notices and results. Stale ones (a task it no longer holds) are
-        counted and dropped."""
+        counted and dropped. With results, returns a future that resolves once they are
+        durable (it raises if their commit failed): the worker stream sends the worker no
+        new task before then (see broker.server.workers)."""
         session = self._workers.registered(worker_id)
         self._workers.heard_from(session)
         self._core.reported(worker_id, started, results, session.last_heartbeat)
-        self._apply()
+        durable = self._apply()  # the future of the tasks that ended, if any did
+        if durable is None and results:
+            durable = self._store.durable()
+        return durable
 
     def reap(self) -> list[WorkerId]:
         """Disconnect workers whose last heartbeat is older than the timeout, and requeue

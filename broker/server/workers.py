@@ -5,6 +5,12 @@ worker's heartbeats, credit changes and results to the broker (through the
 BrokerService's worker calls), while the handler writes what the broker sends
 (assignments, cancels, drain), merging everything queued since the last write
 into as few messages as it can.
+
+New assignments wait until the results the worker sent so far are durable. A result
+frees its slot in the broker at once, and the broker may place the next task on it, but
+that task leaves only once the commit holding the result is done. So a worker never
+runs more tasks whose outcome a broker crash could lose than its capacity: the tasks
+run again after a crash are at most the worker slots (README, Delivery semantics).
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ class StreamChannel:
         self._cancelled: list[TaskId] = []
         self._drain: str | None = None
         self._wake = asyncio.Event()
+        # Resolves once the worker's last results are durable; assignments wait for it.
+        self._results_durable: asyncio.Future[None] | None = None
         self.ended = False
         self.error: BrokerError | None = None
 
@@ -56,6 +64,22 @@ class StreamChannel:
     def send_cancel(self, task_ids: Sequence[TaskId]) -> None:
         self._cancelled.extend(task_ids)
         self._wake.set()
+
+    def results_pending(self, durable: asyncio.Future[None]) -> None:
+        """The worker's results so far are durable once `durable` resolves (commits are
+        in order, so it stands for every earlier one): hold new assignments until then."""
+        if durable.done():
+            _seen(durable)
+            return
+        self._results_durable = durable
+        durable.add_done_callback(self._results_settled)
+
+    def _results_settled(self, durable: asyncio.Future[None]) -> None:
+        _seen(durable)  # a failed commit is the watchers' and the broker's news, not ours
+        if durable is self._results_durable:
+            self._results_durable = None
+            if self._assigned or self._drain is not None:
+                self._wake.set()
 
     def send_drain(self, reason: str) -> None:
         self._drain = reason
@@ -91,6 +115,8 @@ class StreamChannel:
             if self._cancelled:
                 cancelled, self._cancelled = self._cancelled, []
                 yield convert.cancel_to_pb(cancelled)
+            if self._results_durable is not None:
+                continue  # woken again when the results are durable
             assigned, self._assigned = self._assigned, []
             batch: list[tuple[Task, int]] = []
             size = 0
@@ -105,6 +131,12 @@ class StreamChannel:
             if self._drain is not None:
                 reason, self._drain = self._drain, None
                 yield convert.drain_to_pb(reason)
+
+
+def _seen(future: asyncio.Future[None]) -> None:
+    """Mark a durability future's outcome as retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 class WorkerService(_worker_grpc.WorkerServiceServicer):
@@ -167,7 +199,9 @@ class WorkerService(_worker_grpc.WorkerServiceServicer):
                 kind = message.WhichOneof("kind")
                 if kind == "results":
                     started, results = convert.results_from_pb(message.results)
-                    service.report(worker_id, started, results)
+                    durable = service.report(worker_id, started, results)
+                    if durable is not None:
+                        channel.results_pending(durable)
                 elif kind == "heartbeat":
                     beat = message.heartbeat
                     service.heartbeat(

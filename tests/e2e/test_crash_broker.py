@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from broker.domain import TaskFilter
 from broker.domain import TaskState as StoredState
 from broker.storage.sqlite import SQLiteStore
@@ -30,6 +32,7 @@ from tests.support.processes import Deadline, Process, child_env, logs, spawn, s
 from worker_sdk import Client, TaskbrokerError, TaskRequest, TaskState
 
 WORKER_SCRIPT = Path(__file__).parent.parent / "support" / "crash_worker.py"
+SLOW_BROKER_SCRIPT = Path(__file__).parent.parent / "support" / "slow_commit_broker.py"
 LISTENING = re.compile(r"taskbroker listening on (\S+)")
 
 TOTAL_TASKS = 3000
@@ -59,10 +62,14 @@ BROKER_ENV = {
 
 
 async def start_broker(
-    name: str, workdir: Path, db: Path, port: int, deadline: Deadline
+    name: str, workdir: Path, db: Path, port: int, deadline: Deadline, commit_delay_s: float = 0.0
 ) -> tuple[Process, str]:
-    """Start `taskbroker serve` and return it with the address it printed."""
-    argv = [sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--db", str(db)]
+    """Start `taskbroker serve` and return it with the address it printed; with a
+    `commit_delay_s`, each of its commits takes that much longer (a slow disk)."""
+    serve = ["-m", "cli.main"]
+    if commit_delay_s:
+        serve = [str(SLOW_BROKER_SCRIPT), str(commit_delay_s)]
+    argv = [sys.executable, *serve, "serve", "--port", str(port), "--db", str(db)]
     broker = spawn(name, argv, workdir, child_env(BROKER_ENV))
     while not (match := LISTENING.search(broker.log.read_text(errors="replace"))):
         assert broker.popen.poll() is None, broker.output()
@@ -157,7 +164,17 @@ def read_journal(path: Path) -> list[Session]:
     return sessions
 
 
-async def test_broker_killed_mid_stream_loses_no_accepted_task(tmp_path: Path) -> None:
+# Commits as they come (an fsync each), and commits that take 20 ms more, where results
+# would pile up while a commit runs unless the broker held the workers back (fewer tasks:
+# the slow commits pace the workers).
+@pytest.mark.parametrize(
+    ("commit_delay_s", "total_tasks", "kill_after"),
+    [(0.0, TOTAL_TASKS, KILL_AFTER), (0.02, 1200, 700)],
+    ids=["fsync", "slow-commit"],
+)
+async def test_broker_killed_mid_stream_loses_no_accepted_task(
+    tmp_path: Path, commit_delay_s: float, total_tasks: int, kill_after: int
+) -> None:
     began = time.monotonic()
     deadline = Deadline(BUDGET_S)
     db = tmp_path / "broker.db"
@@ -165,14 +182,14 @@ async def test_broker_killed_mid_stream_loses_no_accepted_task(tmp_path: Path) -
     processes: list[Process] = []
     submissions = Submissions()
     try:
-        broker, address = await start_broker("broker-1", tmp_path, db, 0, deadline)
+        broker, address = await start_broker("broker-1", tmp_path, db, 0, deadline, commit_delay_s)
         processes.append(broker)
         port = int(address.rsplit(":", 1)[1])
         for i, path in enumerate(journal_paths):
             argv = [sys.executable, str(WORKER_SCRIPT), address, str(path), str(CAPACITY)]
             processes.append(spawn(f"worker-{i}", argv, tmp_path, child_env()))
 
-        # Phase 1: submit, at the workers' pace, until KILL_AFTER tasks are acknowledged;
+        # Phase 1: submit, at the workers' pace, until kill_after tasks are acknowledged;
         # then, a moment after the next batches went out, SIGKILL the broker. Submits still
         # in flight then count if the broker acknowledged them, and not if they failed.
         killed_at: float | None = None
@@ -190,7 +207,7 @@ async def test_broker_killed_mid_stream_loses_no_accepted_task(tmp_path: Path) -
 
         def kill_when_due() -> None:
             nonlocal kill_due
-            if not kill_due and len(submissions.accepted) >= KILL_AFTER:
+            if not kill_due and len(submissions.accepted) >= kill_after:
                 kill_due = True
                 asyncio.get_running_loop().call_later(KILL_DELAY_S, kill)
 
@@ -207,7 +224,7 @@ async def test_broker_killed_mid_stream_loses_no_accepted_task(tmp_path: Path) -
                     submissions,
                     lambda: killed_at is not None,
                     after_ack=kill_when_due,
-                    pace_until=KILL_AFTER,
+                    pace_until=kill_after,
                 )
                 for _ in range(LANES)
             ]
@@ -220,7 +237,9 @@ async def test_broker_killed_mid_stream_loses_no_accepted_task(tmp_path: Path) -
         durable_done = await durably_succeeded(db)
 
         # Phase 2: the same file and port again; the workers find their way back alone.
-        broker, address_again = await start_broker("broker-2", tmp_path, db, port, deadline)
+        broker, address_again = await start_broker(
+            "broker-2", tmp_path, db, port, deadline, commit_delay_s
+        )
         processes.append(broker)
         assert address_again == address
         broker_back = time.monotonic() - killed_at
@@ -228,7 +247,7 @@ async def test_broker_killed_mid_stream_loses_no_accepted_task(tmp_path: Path) -
 
             def enough() -> bool:
                 pending = BATCH_SIZE * submissions.in_flight
-                return len(submissions.accepted) + pending >= TOTAL_TASKS
+                return len(submissions.accepted) + pending >= total_tasks
 
             lanes = [submit_lane(client, submissions, enough) for _ in range(LANES)]
             await asyncio.wait_for(asyncio.gather(*lanes), deadline.left("the second phase"))
@@ -268,12 +287,12 @@ async def test_broker_killed_mid_stream_loses_no_accepted_task(tmp_path: Path) -
     #    lends a worker more credit than its capacity. Those not finished at the kill are
     #    counted below, and checked against the capacity;
     #  - finished before the kill, but in no committed transaction: in the worker's outbox,
-    #    on the wire, or received but not yet committed. The broker gives a worker its
-    #    credit back when a result arrives, before it is committed, so the workers go on
-    #    finishing tasks during a group commit: these are what they finish in one or two
-    #    commits, not one results message per worker. They are read from the store the
+    #    on the wire, or received but not yet committed. They are read from the store the
     #    kill left behind.
     # Hence duplicates <= in flight <= WORKERS * CAPACITY + finished_not_durable.
+    # Tighter: the broker sends a worker no new task until the results it received from
+    # it are durable, so what one worker was sent and is not durably done never exceeds
+    # its capacity, however slow the commits: duplicates <= WORKERS * CAPACITY, the slots.
     first_sessions = [sessions[0] for sessions in journals]
     finished = {i: t for s in first_sessions for i, t in s.done.items() if t <= killed_at}
     held_unfinished = [{i for i, _ in s.started} - finished.keys() for s in first_sessions]
@@ -288,6 +307,9 @@ async def test_broker_killed_mid_stream_loses_no_accepted_task(tmp_path: Path) -
     assert not twice & durable_done, f"durably finished tasks ran again: {sorted(twice)[:10]}"
     assert twice <= in_flight, f"ran twice, not in flight: {sorted(twice - in_flight)[:10]}"
     assert duplicates <= len(in_flight) <= bound, (duplicates, len(in_flight), bound)
+    sent_not_durable = [{i for i, _ in s.started} - durable_done for s in first_sessions]
+    assert all(len(sent) <= CAPACITY for sent in sent_not_durable), sent_not_durable
+    assert duplicates <= WORKERS * CAPACITY, (duplicates, len(in_flight))
     # Results are committed as they come: most of what finished before the kill is durable
     # (a commit takes milliseconds, and the first phase lasts many of them).
     assert len(finished_not_durable) < len(finished) / 2, (len(finished_not_durable), finished)
@@ -303,7 +325,8 @@ async def test_broker_killed_mid_stream_loses_no_accepted_task(tmp_path: Path) -
         f"{duplicates}; in flight at the kill {len(in_flight)}: "
         f"{sum(map(len, held_unfinished))} unfinished on the workers, "
         f"{len(finished_not_durable)} of the {len(finished)} finished not durable (the "
-        f"oldest for {oldest_ms:.0f} ms); bound {bound}; broker back after "
+        f"oldest for {oldest_ms:.0f} ms); bound {bound}, slots {WORKERS * CAPACITY}; "
+        f"commit delay {commit_delay_s:g} s; broker back after "
         f"{broker_back:.2f} s, workers after {workers_back:.2f} s; "
         f"test {time.monotonic() - began:.1f} s"
     )

@@ -296,13 +296,11 @@ class Client(AdminCalls):
         """The task once it is terminal; DeadlineExceeded after `timeout` seconds."""
         _check_timeout(timeout)
         if timeout is None:
-            (task,) = await self._watch((task_id,))
-            return task
+            return await self._watch_one(task_id)
         deadline = asyncio.timeout(timeout)
         try:
             async with deadline:
-                (task,) = await self._watch((task_id,))
-                return task
+                return await self._watch_one(task_id)
         except TimeoutError:
             if not deadline.expired():
                 raise
@@ -365,10 +363,27 @@ class Client(AdminCalls):
                 return [found[task_id] for task_id in task_ids]
             if self._closed:
                 raise lost
-            delay = min(_REWATCH_MAX_S, _REWATCH_INITIAL_S * 2.0 ** min(losses, 30))
+            _log.debug("watching %d tasks again", len(task_ids) - len(found))
+            await _rewatch_pause(losses)
             losses += 1
-            _log.debug("watching %d tasks again in %.3fs", len(task_ids) - len(found), delay)
-            await asyncio.sleep(delay)
+
+    async def _watch_one(self, task_id: str) -> TaskInfo:
+        """`_watch` of one task, without gathering: the path every `wait` takes."""
+        losses = 0
+        while True:
+            stream = self._submit_stream()
+            future = stream.watch(task_id)
+            try:
+                return await future
+            except StreamLost:
+                if self._closed:
+                    raise
+            finally:
+                if future.cancelled():
+                    stream.unwatch(task_id, future)
+            _log.debug("watching task %s again", task_id)
+            await _rewatch_pause(losses)
+            losses += 1
 
     async def result(self, task_id: str, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
         """The result of a task once it succeeded; TaskFailed if it failed, was cancelled or
@@ -433,3 +448,8 @@ def _check_timeout(timeout: float | None) -> None:
     """A wait's timeout is None (no limit) or a finite number of seconds, 0 or more."""
     if timeout is not None and not (math.isfinite(timeout) and timeout >= 0):
         raise ValueError(f"timeout must be None or a finite number of seconds >= 0, got {timeout}")
+
+
+async def _rewatch_pause(losses: int) -> None:
+    """The backoff before watching again after `losses` lost streams."""
+    await asyncio.sleep(min(_REWATCH_MAX_S, _REWATCH_INITIAL_S * 2.0 ** min(losses, 30)))

@@ -52,14 +52,21 @@ class StreamChannel:
         self._cancelled: list[TaskId] = []
         self._drain: str | None = None
         self._wake = asyncio.Event()
-        # Resolves once the worker's last results are durable; assignments wait for it.
+        # Resolves once the worker's last results are durable.
         self._results_durable: asyncio.Future[None] | None = None
+        # Assignments made while results were being committed, each batch with the commit
+        # it waits for (in commit order); released as those commits are done.
+        self._held: deque[tuple[asyncio.Future[None], list[tuple[Task, int]]]] = deque()
         self.ended = False
         self.error: BrokerError | None = None
 
     def send_assignments(self, tasks: Sequence[Task]) -> None:
-        self._assigned.extend((task, task.attempts) for task in tasks)
-        self._wake.set()
+        durable = self._results_durable
+        if durable is None:
+            self._assigned.extend((task, task.attempts) for task in tasks)
+            self._wake.set()
+        else:
+            self._hold(durable, [(task, task.attempts) for task in tasks])
 
     def send_cancel(self, task_ids: Sequence[TaskId]) -> None:
         self._cancelled.extend(task_ids)
@@ -67,19 +74,37 @@ class StreamChannel:
 
     def results_pending(self, durable: asyncio.Future[None]) -> None:
         """The worker's results so far are durable once `durable` resolves (commits are
-        in order, so it stands for every earlier one): hold new assignments until then."""
+        in order, so it stands for every earlier one). Assignments made from now on, and
+        any not sent yet, wait for it; those made before earlier results wait only for
+        theirs, so a steady flow of results never holds assignments back for longer than
+        the commit of the results that freed their slots."""
         if durable.done():
             _seen(durable)
             return
         self._results_durable = durable
         durable.add_done_callback(self._results_settled)
+        if self._assigned:
+            assigned, self._assigned = self._assigned, []
+            self._hold(durable, assigned)
+
+    def _hold(self, durable: asyncio.Future[None], batch: list[tuple[Task, int]]) -> None:
+        held = self._held
+        if held and held[-1][0] is durable:
+            held[-1][1].extend(batch)
+        else:
+            held.append((durable, batch))
 
     def _results_settled(self, durable: asyncio.Future[None]) -> None:
         _seen(durable)  # a failed commit is the watchers' and the broker's news, not ours
         if durable is self._results_durable:
             self._results_durable = None
-            if self._assigned or self._drain is not None:
-                self._wake.set()
+        held = self._held
+        released = False
+        while held and held[0][0].done():  # commits finish in order
+            self._assigned.extend(held.popleft()[1])
+            released = True
+        if released or (self._drain is not None and not held):
+            self._wake.set()
 
     def send_drain(self, reason: str) -> None:
         self._drain = reason
@@ -90,6 +115,8 @@ class StreamChannel:
         while unseen and (unseen[0][0] <= seen or len(unseen) > MAX_UNSEEN_MESSAGES):
             unseen.popleft()
         ids = {task.id for task, _ in self._assigned}
+        for _, batch in self._held:
+            ids.update(task.id for task, _ in batch)
         for _, task_ids in unseen:
             ids.update(task_ids)
         return ids
@@ -115,8 +142,6 @@ class StreamChannel:
             if self._cancelled:
                 cancelled, self._cancelled = self._cancelled, []
                 yield convert.cancel_to_pb(cancelled)
-            if self._results_durable is not None:
-                continue  # woken again when the results are durable
             assigned, self._assigned = self._assigned, []
             batch: list[tuple[Task, int]] = []
             size = 0
@@ -128,7 +153,7 @@ class StreamChannel:
                 size += len(task.spec.payload)
             if batch:
                 yield self._assignments(batch)
-            if self._drain is not None:
+            if self._drain is not None and not self._held:  # after every assignment
                 reason, self._drain = self._drain, None
                 yield convert.drain_to_pb(reason)
 

@@ -31,10 +31,9 @@ from broker.clock import Clock
 from broker.config import BrokerConfig
 from broker.core.admission import Admission
 from broker.core.attempts import Outcomes, move
-from broker.core.breaker import BreakerState
 from broker.core.effects import Effects
 from broker.core.held import Held
-from broker.core.members import Members
+from broker.core.members import Members, why_waiting
 from broker.core.operators import Operators
 from broker.core.runtimes import RuntimeModel
 from broker.core.scheduler import PoolScheduler
@@ -376,49 +375,11 @@ class TaskLifecycle:
             effects.dispatch.add(member.pool)
 
     def why_waiting(self, task: Task, now: float) -> str:
-        """Why a pending task waits when no worker that could take it takes work: no
-        connected worker of its pool serves its type (and labels), or every one that does
-        has an open circuit breaker, is cordoned or is draining. "" otherwise (its
-        `placement_note` says the rest: busy workers, a backoff, a sticky wait). Asked
-        when someone looks at the task, so placement pays nothing for it."""
+        """Why a pending task waits when no worker that could take it takes work; ""
+        otherwise (see broker.core.members.why_waiting)."""
         if task.state is not PENDING or task.not_before > now:
             return ""
-        spec = task.spec
-        task_type = spec.task_type
-        required = spec.placement.required_labels
-        serving = breaker_open = cordoned = draining = 0
-        for member in self.members:
-            slot = member.slot
-            if (
-                member.pool != spec.pool
-                or task_type not in slot.task_types
-                or any(slot.labels.get(k) != v for k, v in required.items())
-            ):
-                continue
-            serving += 1
-            if member.cordoned:
-                cordoned += 1
-            elif slot.draining:
-                draining += 1
-            elif member.breaker.state is BreakerState.OPEN:
-                breaker_open += 1
-            else:
-                return ""  # this one may take it
-        wanted = f"type {task_type!r}"
-        if required:
-            wanted += " and labels " + ",".join(f"{k}={v}" for k, v in sorted(required.items()))
-        if not serving:
-            return f"unschedulable: no connected worker takes {wanted}"
-        reasons = [
-            f"{count} {why}"
-            for count, why in (
-                (breaker_open, "with an open circuit breaker"),
-                (cordoned, "cordoned"),
-                (draining, "draining"),
-            )
-            if count
-        ]
-        return f"waiting: no worker for {wanted} takes work: {', '.join(reasons)}"
+        return why_waiting(self.members, task)
 
     # Time ----------------------------------------------------------------------------
 

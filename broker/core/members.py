@@ -8,7 +8,7 @@ trial task through at a time. A breaker's cool-down is a key in the lifecycle's 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from broker.core.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from broker.core.effects import Effects
@@ -16,7 +16,7 @@ from broker.core.scheduler import PoolScheduler
 from broker.core.strategies import WorkerSlot
 from broker.core.strategies._base import UNLIMITED
 from broker.core.timers import Timers
-from broker.domain import WORKER_FAULTS, PoolConfig, WorkerId
+from broker.domain import WORKER_FAULTS, PoolConfig, Task, WorkerId
 
 
 class Member:
@@ -191,3 +191,47 @@ class Members:
         for member in self._by_id.values():
             if member.pool == pool.name:
                 member.breaker.reconfigure(settings)
+
+
+def why_waiting(members: Iterable[Member], task: Task) -> str:
+    """Why a pending task waits when no worker that could take it takes work: no
+    connected worker of its pool serves its type (and labels), or every one that does
+    has an open circuit breaker, is cordoned or is draining. "" otherwise (its
+    `placement_note` says the rest: busy workers, a backoff, a sticky wait). Asked
+    when someone looks at the task, so placement pays nothing for it."""
+    spec = task.spec
+    task_type = spec.task_type
+    required = spec.placement.required_labels
+    serving = breaker_open = cordoned = draining = 0
+    for member in members:
+        slot = member.slot
+        if (
+            member.pool != spec.pool
+            or task_type not in slot.task_types
+            or any(slot.labels.get(k) != v for k, v in required.items())
+        ):
+            continue
+        serving += 1
+        if member.cordoned:
+            cordoned += 1
+        elif slot.draining:
+            draining += 1
+        elif member.breaker.state is BreakerState.OPEN:
+            breaker_open += 1
+        else:
+            return ""  # this one may take it
+    wanted = f"type {task_type!r}"
+    if required:
+        wanted += " and labels " + ",".join(f"{k}={v}" for k, v in sorted(required.items()))
+    if not serving:
+        return f"unschedulable: no connected worker takes {wanted}"
+    reasons = [
+        f"{count} {why}"
+        for count, why in (
+            (breaker_open, "with an open circuit breaker"),
+            (cordoned, "cordoned"),
+            (draining, "draining"),
+        )
+        if count
+    ]
+    return f"waiting: no worker for {wanted} takes work: {', '.join(reasons)}"

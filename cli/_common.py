@@ -38,6 +38,13 @@ def connect(broker: str) -> SyncClient:
     return SyncClient(broker)
 
 
+class LogFormat(enum.StrEnum):
+    """How long-running commands write their log lines."""
+
+    HUMAN = "human"
+    JSON = "json"
+
+
 class LogLevel(enum.StrEnum):
     """Logging levels for long-running commands."""
 

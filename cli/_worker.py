@@ -11,7 +11,7 @@ import sys
 import traceback
 from typing import NoReturn
 
-from cli._errors import EXIT_INTERRUPTED, CliError
+from cli._errors import EXIT_INTERRUPTED, EXIT_USAGE, CliError
 from worker_sdk import Worker
 
 logger = logging.getLogger("taskbroker.cli")
@@ -53,6 +53,21 @@ def load_worker(target: str) -> Worker:
     if not obj.task_types:
         raise CliError(f"{target} has no handlers: register one with @worker.task(...)")
     return obj
+
+
+def configure_worker(
+    worker: Worker,
+    *,
+    pool: str | None,
+    capacity: int | None,
+    labels: dict[str, str] | None,
+    worker_id: str | None,
+) -> None:
+    """Apply the command line's overrides to the worker (None keeps its own setting)."""
+    try:
+        worker.configure(pool=pool, capacity=capacity, labels=labels, worker_id=worker_id)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
 
 
 def _where(exc: BaseException) -> str:

@@ -7,9 +7,18 @@ from typing import Annotated
 
 import typer
 
-from cli._common import ADDR_ENV, BrokerOption, LogLevel, LogLevelOption, OutputOption, connect
+from cli._common import (
+    ADDR_ENV,
+    BrokerOption,
+    LogFormat,
+    LogLevel,
+    LogLevelOption,
+    OutputOption,
+    connect,
+)
 from cli._logs import to_stderr
 from cli._output import OutputFormat, show_worker, show_workers
+from cli._submit import Label, parse_label
 from worker_sdk import DEFAULT_ADDRESS
 
 worker_app = typer.Typer(help="Run a worker process.", no_args_is_help=True)
@@ -36,18 +45,81 @@ def worker_run(
             envvar=ADDR_ENV,
             show_envvar=True,
             metavar="HOST:PORT",
-            help="Address of the broker [default: the Worker's own broker=, "
-            f"normally {DEFAULT_ADDRESS}]",
+            help="Address of the broker (default: the Worker's own broker=, "
+            f"normally {DEFAULT_ADDRESS}).",
         ),
     ] = None,
+    pool: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="Pool to serve (default: the Worker's own pool=, normally default).",
+            show_default=False,
+        ),
+    ] = None,
+    capacity: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            metavar="N",
+            help="Tasks run at once (default: the Worker's own capacity=).",
+            show_default=False,
+        ),
+    ] = None,
+    labels: Annotated[
+        list[Label] | None,
+        typer.Option(
+            "--labels",
+            "--label",
+            parser=parse_label,
+            metavar="KEY=VALUE",
+            help="A label to register with, added to (or replacing the value of) the "
+            "Worker's own labels=; repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    worker_id: Annotated[
+        str | None,
+        typer.Option(
+            "--worker-id",
+            metavar="ID",
+            help="Id to register as (default: the Worker's own worker_id=, else one the "
+            "broker assigns).",
+            show_default=False,
+        ),
+    ] = None,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            "--log-format",
+            case_sensitive=False,
+            help="Log lines (stderr) for people, or one JSON object per line.",
+        ),
+    ] = LogFormat.HUMAN,
     log_level: LogLevelOption = LogLevel.INFO,
 ) -> None:
-    """Run a worker until SIGTERM/SIGINT (it finishes its in-flight tasks) or a drain."""
-    from cli._worker import load_worker, run_worker
+    """Run a worker until SIGTERM/SIGINT (it finishes its in-flight tasks) or a drain.
 
+    --pool, --capacity, --labels and --worker-id override what the Worker was built with.
+    """
+    from cli._worker import configure_worker, load_worker, run_worker
+
+    extra_labels = _labels(labels or ())
     worker = load_worker(target)
-    to_stderr(log_level.value)
+    configure_worker(worker, pool=pool, capacity=capacity, labels=extra_labels, worker_id=worker_id)
+    to_stderr(log_level.value, log_format.value)
     run_worker(worker, broker)
+
+
+def _labels(labels: list[Label] | tuple[Label, ...]) -> dict[str, str] | None:
+    if not labels:
+        return None
+    found: dict[str, str] = {}
+    for label in labels:
+        if label.key in found:
+            raise typer.BadParameter(f"label {label.key!r} given twice", param_hint="'--labels'")
+        found[label.key] = label.value
+    return found
 
 
 @workers_app.command("list")

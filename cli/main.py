@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from cli._common import BrokerOption, LogLevel
+from cli._common import BrokerOption, LogFormat, LogLevel
 from cli._errors import EXIT_ERROR, OneLineErrorGroup
 from cli._logs import quiet
 from cli._pools import pools_app
@@ -44,13 +43,6 @@ app.add_typer(tasks_app, name="tasks")
 app.add_typer(pools_app, name="pools")
 app.add_typer(metrics_app, name="metrics")
 app.add_typer(config_app, name="config")
-
-
-class LogFormat(enum.StrEnum):
-    """How `serve` writes its log lines."""
-
-    HUMAN = "human"
-    JSON = "json"
 
 
 @app.command()

@@ -126,6 +126,39 @@ class Worker:
     def capacity(self) -> int:
         return self._capacity
 
+    @property
+    def labels(self) -> dict[str, str]:
+        """The labels the worker registers with (a copy)."""
+        return dict(self._labels)
+
+    def configure(
+        self,
+        *,
+        pool: str | None = None,
+        capacity: int | None = None,
+        labels: Mapping[str, str] | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        """Override what the worker was built with, before `run()` (as `taskbroker worker
+        run --pool/--capacity/--labels/--worker-id` does). An argument left None keeps its
+        setting; `labels` are merged over the existing ones (a key given here wins)."""
+        if self._running:
+            raise RuntimeError("configure the worker before run()")
+        if capacity is not None and capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        if pool is not None:
+            if not pool:
+                raise ValueError("pool must not be empty")
+            self._pool = pool
+        if capacity is not None:
+            self._capacity = capacity
+        if labels is not None:
+            self._labels.update(labels)
+        if worker_id is not None:
+            if not worker_id:
+                raise ValueError("worker_id must not be empty")
+            self._worker_id = worker_id
+
     def task(self, task_type: str) -> Callable[[_H], _H]:
         """Register the decorated function as the handler of `task_type`; it is returned as is.
 

@@ -100,6 +100,30 @@ def serve(
     )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from worker_sdk._version import __version__
+
+        typer.echo(f"taskbroker {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Taskbroker: a gRPC task-dispatch broker for worker pools, durable on SQLite."""
+
+
 # Declared in the modules of their kind; registered here, in the order --help lists them.
 app.command()(submit)
 app.command()(stats)

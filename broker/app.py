@@ -27,7 +27,7 @@ from broker.observability.exporters import ServingMeterProvider, meter_provider
 from broker.observability.metrics import BrokerMetrics
 from broker.observability.rollups import MetricsHistory
 from broker.runtime.engine import Engine
-from broker.server.grpc_server import build_server, health_servicer, set_serving
+from broker.server.grpc_server import add_services, bind_server, health_servicer, set_serving
 from broker.service import BrokerService
 from broker.storage import Store, open_store
 
@@ -117,11 +117,14 @@ class Broker:
         config = self.config
         # A missing Prometheus package or a taken port fails before anything opens.
         self._meter_provider = meter_provider(config, self._metric_readers)
-        self._store = await open_store(config.db_path, synchronous=config.sqlite_synchronous)
         if self._tracer_provider is None:
             self._tracer_provider = tracing.tracer_provider(config)
             self._owns_tracer_provider = self._tracer_provider is not None
         tracer = tracing.broker_tracer(self._tracer_provider) if self._tracer_provider else None
+        # The port before the store: a port in use fails before a database is created.
+        server, self._port = bind_server(config, tracer=tracer)
+        self._server = server
+        self._store = await open_store(config.db_path, synchronous=config.sqlite_synchronous)
         engine = self._engine = Engine(config, self._store, self._clock)
         history = self._history = MetricsHistory.from_config(config, self._store, self._clock)
         engine.observers.add(history)
@@ -149,10 +152,7 @@ class Broker:
             reload_config=self.reload_config,
             tracer=tracer,
         )
-        server, self._port = build_server(
-            config, service, health_service=self._health, tracer=tracer
-        )
-        self._server = server
+        add_services(server, service, health_service=self._health)
         await server.start()
         engine.start()
         supervising = asyncio.Event()

@@ -52,7 +52,7 @@ def serve(
     except BrokerError as exc:
         raise CliError(str(exc)) from None
     except (OSError, sqlite3.Error) as exc:
-        raise CliError(f"cannot start the broker (db {config.db_path}): {exc}") from None
+        raise CliError(f"cannot open the database {config.db_path}: {exc}") from None
 
 
 async def _run(

@@ -2,11 +2,14 @@
 servicers, health and reflection.
 
 `server_interceptors` and `server_credentials` are where authentication and TLS go;
-the composition root (broker.app) calls `build_server` and owns the server's lifecycle.
+the composition root (broker.app) calls `bind_server` and `add_services` and owns the
+server's lifecycle.
 """
 
 from __future__ import annotations
 
+import errno
+import socket
 from typing import Any
 
 import grpc
@@ -63,23 +66,65 @@ async def set_serving(health_service: Any) -> None:
         await health_service.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
-def build_server(
-    config: BrokerConfig,
-    service: BrokerService,
-    *,
-    health_service: Any,
-    tracer: Tracer | None = None,
+def bind_server(
+    config: BrokerConfig, *, tracer: Tracer | None = None
 ) -> tuple[grpc.aio.Server, int]:
-    """A server for the broker's services (plus `health_service` and reflection), bound
-    to config.host:config.port but not started; returns it and the port it was bound to
-    (config.port, or the one chosen for port 0).
+    """A server bound to config.host:config.port, with no services yet and not started
+    (see `add_services`); returns it and the port it was bound to (config.port, or the one
+    chosen for port 0). The broker binds first, so that a port in use fails before the
+    database is opened.
 
-    Raises BrokerError if the address cannot be bound.
+    Raises BrokerError ("cannot listen on HOST:PORT: address already in use") if the
+    address cannot be bound.
     """
+    address = f"{config.host}:{config.port}"
+    if config.port:
+        _check_free(config.host, config.port, address)
     server = grpc.aio.server(
         interceptors=server_interceptors(config, tracer),
         options=server_options(config),
     )
+    credentials = server_credentials(config)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:
+        # gRPC's message ends in a hint about GRPC_VERBOSITY; keep the first sentence.
+        reason = str(exc).split(";")[0].strip() or "cannot bind"
+        raise BrokerError(f"cannot listen on {address}: {reason}") from None
+    return server, port
+
+
+def _check_free(host: str, port: int, address: str) -> None:
+    """Raise BrokerError if `port` is taken on (any address of) `host`, by binding it
+    once ourselves (as gRPC would, with SO_REUSEADDR): gRPC's own failure prints a log
+    line of the C core on stderr that no Python setting silences."""
+    try:
+        infos = socket.getaddrinfo(
+            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise BrokerError(f"cannot listen on {address}: {exc.strerror}") from None
+    for family, kind, proto, _name, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise BrokerError(
+                        f"cannot listen on {address}: address already in use"
+                    ) from None
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    continue  # e.g. an IPv6 address on a host without IPv6: gRPC says
+                raise BrokerError(f"cannot listen on {address}: {exc.strerror}") from None
+
+
+def add_services(server: grpc.aio.Server, service: BrokerService, *, health_service: Any) -> None:
+    """Register the broker's services (plus `health_service` and reflection) on a server
+    from `bind_server`, before it starts."""
     # Requests are parsed tolerantly: bad bytes become INVALID_ARGUMENT, not UNKNOWN.
     registrar: Any = TolerantRegistrar(server)
     _tasks_grpc.add_TaskServiceServicer_to_server(TaskService(service), registrar)
@@ -89,13 +134,17 @@ def build_server(
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    address = f"{config.host}:{config.port}"
-    credentials = server_credentials(config)
-    try:
-        if credentials is None:
-            port = server.add_insecure_port(address)
-        else:
-            port = server.add_secure_port(address, credentials)
-    except RuntimeError as exc:
-        raise BrokerError(f"cannot listen on {address}: {exc}") from None
+
+
+def build_server(
+    config: BrokerConfig,
+    service: BrokerService,
+    *,
+    health_service: Any,
+    tracer: Tracer | None = None,
+) -> tuple[grpc.aio.Server, int]:
+    """`bind_server`, then `add_services`: a server for the broker's services, bound but
+    not started, and its port. Raises BrokerError if the address cannot be bound."""
+    server, port = bind_server(config, tracer=tracer)
+    add_services(server, service, health_service=health_service)
     return server, port

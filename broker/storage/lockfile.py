@@ -33,7 +33,10 @@ class StoreLock:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise StorageError(f"cannot create the lock file {path}: {exc.strerror}") from None
+            raise StorageError(
+                f"cannot open the database {db_path}: cannot create its lock file {path}:"
+                f" {exc.strerror}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

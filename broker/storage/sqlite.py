@@ -217,11 +217,15 @@ class SQLiteStore(GroupCommit[Row]):
         if synchronous not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, not {synchronous!r}")
         lock = None if str(path) in ("", ":memory:") else StoreLock.acquire(path)
+        connecting = aiosqlite.connect(path, isolation_level=None)  # we issue BEGIN ourselves
         try:
-            db = await aiosqlite.connect(path, isolation_level=None)  # we issue BEGIN ourselves
+            db = await connecting
         except BaseException:
-            if lock is not None:
-                lock.release()
+            try:
+                await _ended(connecting)
+            finally:
+                if lock is not None:
+                    lock.release()
             raise
         try:
             async with db.execute("PRAGMA journal_mode = WAL") as cursor:
@@ -504,3 +508,15 @@ def list_query(flt: TaskFilter) -> tuple[str, list[object]]:
         part_params += [int(state), *params]
     sql = f"{' UNION ALL '.join([part] * len(states))} ORDER BY id DESC LIMIT ?"
     return sql, [*part_params, flt.limit]
+
+
+async def _ended(connection: aiosqlite.Connection) -> None:
+    """Wait until the thread of a connection that failed to open has ended.
+
+    aiosqlite stops it on a failed connect but does not wait: the thread would then report
+    to a closed event loop ("RuntimeError: Event loop is closed" on stderr) once the
+    program has given up and left `asyncio.run`.
+    """
+    thread = connection._thread  # aiosqlite keeps no public handle on it
+    if thread.is_alive():
+        await asyncio.to_thread(thread.join, 5.0)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from broker import Broker
+from broker import Broker, load_config
 from tests.support.workers import start_worker
 from worker_sdk import SyncClient, Worker
 
@@ -26,6 +26,14 @@ def _python_block(first_line: str) -> str:
     found = [b for b in blocks if first_line in b.splitlines()]
     assert len(found) == 1, first_line
     return str(found[0])
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
+    """A broker as `taskbroker serve` starts it (its pools: just "default"), on a free port."""
+    config = load_config(None, {}, port=0, db_path=str(tmp_path / "broker.db"))
+    async with Broker(config) as running:
+        yield running
 
 
 @pytest.fixture
@@ -80,3 +88,17 @@ async def test_sync_client_in_a_running_event_loop_says_to_use_client(broker: Br
     assert "SyncClient cannot be used inside a running event loop" in message
     assert "worker_sdk.Client" in message
     assert raised.value.__context__ is None  # the only error, not one raised while closing
+
+
+async def test_readme_sync_client_prints_what_its_comments_say(
+    broker: Broker, readme_worker: None, tmp_path: Path
+) -> None:
+    source = _python_block("from worker_sdk import SyncClient")
+    code, stdout, stderr = await _run_script(source, broker.address, tmp_path)
+    assert code == 0, stderr
+    expected = [
+        line.partition("  # ")[2]
+        for line in source.splitlines()
+        if line.lstrip().startswith("print(")
+    ]
+    assert stdout.splitlines() == expected

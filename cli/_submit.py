@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,8 +17,10 @@ from cli._errors import CliError
 from cli._output import decode_bytes
 from worker_sdk import (
     DEFAULT_ADDRESS,
+    DeadlineExceeded,
     PreferredLabel,
     RetryPolicy,
+    SyncClient,
     TaskbrokerError,
     TaskInfo,
     TaskState,
@@ -293,8 +296,10 @@ def submit(
     (for good, after its --max-attempts), is cancelled or does not finish in
     time exits 1 with an error line on stderr that names it.
     A result is printed as UTF-8 text, or as base64 when it is not valid
-    UTF-8. A task that no worker may take (see --require and
-    --anti-affinity) waits; `tasks show ID` says why.
+    UTF-8. A task that no worker may take (no connected worker serves its
+    type or pool, see also --require and --anti-affinity) waits; after a
+    second, --wait prints `warning: task ID waits: WHY` on stderr and goes on
+    waiting; `tasks show ID` says why too.
     """
     required = _required_labels(require or ())
     if soft_anti_affinity and anti_affinity is None:
@@ -336,10 +341,44 @@ def submit(
         # interrupted, the user knows the task was accepted and need not submit it again.
         typer.echo(f"task {task_id} accepted; waiting...", err=True)
         try:
-            task = client.wait(task_id, timeout=timeout)
+            task = _wait_and_warn(client, task_id, timeout)
         except TaskbrokerError as exc:
             raise CliError(_wait_failed(task_id, exc)) from None
     _print_outcome(task)
+
+
+# How long `submit --wait` waits before it asks the broker whether the task can be placed.
+WARN_AFTER_S = 1.0
+
+
+def _wait_and_warn(client: SyncClient, task_id: str, timeout: float | None) -> TaskInfo:
+    """`client.wait`, but a task still pending after WARN_AFTER_S whose placement note
+    says why it waits (e.g. no connected worker takes its type: a typo is enough) gets
+    one `warning: task ID waits: NOTE` line on stderr; the wait goes on until `timeout`."""
+    started = time.monotonic()
+    if timeout is not None and timeout <= WARN_AFTER_S:
+        return client.wait(task_id, timeout=timeout)
+    try:
+        return client.wait(task_id, timeout=WARN_AFTER_S)
+    except DeadlineExceeded:
+        pass
+    try:
+        task = client.get(task_id)
+    except TaskbrokerError:
+        pass  # e.g. the broker is restarting: only the warning is lost, the wait rides it out
+    else:
+        if task.state is TaskState.PENDING and task.placement_note:
+            typer.echo(f"warning: task {task_id} waits: {task.placement_note}", err=True)
+    if timeout is None:
+        return client.wait(task_id)
+    remaining = timeout - (time.monotonic() - started)
+    if remaining > 0:
+        try:
+            return client.wait(task_id, timeout=remaining)
+        except DeadlineExceeded:
+            pass
+    # The whole timeout, not what was left of it.
+    raise DeadlineExceeded(f"task {task_id} did not finish within {timeout}s")
 
 
 def _wait_failed(task_id: str, error: TaskbrokerError) -> str:

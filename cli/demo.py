@@ -84,7 +84,8 @@ def make_tasks(count: int, seed: int = 7) -> list[DemoTask]:
 
 @dataclass
 class Tally:
-    """What has finished so far, for the live view and the summary."""
+    """What has finished so far, for the live view and the summary: `done` counts the
+    tasks that succeeded, `failed` the others (failed, cancelled, dead-lettered)."""
 
     submitted: Counter[int] = field(default_factory=Counter)
     done: Counter[int] = field(default_factory=Counter)
@@ -94,8 +95,9 @@ class Tally:
     errors: Counter[str] = field(default_factory=Counter)
 
     def add(self, task: TaskInfo) -> None:
-        self.done[task.priority] += 1
-        if task.state is not TaskState.SUCCEEDED:
+        if task.state is TaskState.SUCCEEDED:
+            self.done[task.priority] += 1
+        else:
             self.failed[task.priority] += 1
             self.errors[task.error.type if task.error else task.state.value] += 1
         if task.worker_id:
@@ -109,12 +111,12 @@ class Tally:
         for column in ("priority", "submitted", "done", "failed", "avg wait in queue"):
             table.add_column(column, justify="right")
         for name, priority in PRIORITIES.items():
-            done = self.done[priority]
-            wait = f"{self.queued_ms[priority] / done:.0f} ms" if done else "-"
+            finished = self.done[priority] + self.failed[priority]
+            wait = f"{self.queued_ms[priority] / finished:.0f} ms" if finished else "-"
             table.add_row(
                 f"{name} ({priority})",
                 str(self.submitted[priority]),
-                str(done),
+                str(self.done[priority]),
                 str(self.failed[priority]),
                 wait,
             )

@@ -32,11 +32,29 @@ def _blocking(
     return blocking
 
 
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _refuse_in_event_loop() -> None:
+    """A clear error in place of asyncio's, for a SyncClient called from a running loop."""
+    if _in_event_loop():
+        raise RuntimeError(
+            "SyncClient cannot be used inside a running event loop (in an async function, "
+            "or in Jupyter): use worker_sdk.Client there, with `await client.submit(...)`"
+        )
+
+
 class SyncClient:
     """A blocking client for scripts and threads without an event loop.
 
     It keeps one event loop (an asyncio.Runner) for its whole life, so the channel and the
-    submit stream are reused across calls. Not for use from inside a running event loop.
+    submit stream are reused across calls. Not for use from inside a running event loop
+    (an async function, Jupyter): its calls raise RuntimeError there; use `Client`.
     """
 
     def __init__(
@@ -57,6 +75,7 @@ class SyncClient:
             max_submit_backoff_s=max_submit_backoff_s,
         )
         self._runner = asyncio.Runner()
+        self._started = False  # whether the runner has run anything (and has a loop)
         self._closed = False
 
     @property
@@ -83,6 +102,13 @@ class SyncClient:
         """Close the client and its event loop. Idempotent."""
         if self._closed:
             return
+        if not self._started and _in_event_loop():
+            # Every call was refused (see _run): there is no loop or channel to close,
+            # and leaving a `with` block must not hide the error that explained why.
+            self._closed = True
+            self._runner.close()
+            return
+        _refuse_in_event_loop()
         self._closed = True
         try:
             self._runner.run(self._client.close())
@@ -93,6 +119,12 @@ class SyncClient:
         if self._closed:
             coro.close()
             raise RuntimeError("the client is closed")
+        try:
+            _refuse_in_event_loop()
+        except RuntimeError:
+            coro.close()
+            raise
+        self._started = True
         return self._runner.run(coro)
 
     submit = _blocking(Client.submit)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_cli_subprocess import run
+from tests.support.cli_processes import run
 
 
 def one_error_line(done: subprocess.CompletedProcess[str]) -> str:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.e2e.test_cli_subprocess import Proc, run, start, start_broker, wait_for
 from tests.support.cli import assert_one_line_error, invoke
+from tests.support.cli_processes import Proc, run, start, start_broker, wait_for
 from worker_sdk import SyncClient, Worker
 
 FLAGS_MODULE = """

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_cli_subprocess import WAIT_S, Proc, start, start_broker, wait_for
+from tests.support.cli_processes import WAIT_S, Proc, start, start_broker, wait_for
 from worker_sdk import SyncClient, TaskState
 
 SPIN_MODULE = """

@@ -9,26 +9,13 @@ import grpc
 import pytest
 
 from broker import Broker
+from tests.support.raw_grpc import register, still_serving, submit_status, worker_stream_error
 from worker_sdk._pb import admin_pb2 as _admin
 from worker_sdk._pb import admin_pb2_grpc as _admin_grpc
 from worker_sdk._pb import tasks_pb2 as _tasks
 from worker_sdk._pb import tasks_pb2_grpc as _tasks_grpc
 from worker_sdk._pb import worker_pb2 as _worker
 from worker_sdk._pb import worker_pb2_grpc as _worker_grpc
-
-
-async def submit_status(channel: grpc.aio.Channel, spec: _tasks.TaskSpec) -> grpc.aio.AioRpcError:
-    stub = _tasks_grpc.TaskServiceStub(channel)
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.Submit(_tasks.SubmitRequest(task=spec))
-    return info.value
-
-
-async def still_serving(channel: grpc.aio.Channel) -> None:
-    stub = _tasks_grpc.TaskServiceStub(channel)
-    reply = await stub.Submit(_tasks.SubmitRequest(task=_tasks.TaskSpec(task_type="ok")))
-    task = await stub.Get(_tasks.GetTaskRequest(task_id=reply.task_id))
-    assert task.state == _tasks.TASK_STATE_PENDING
 
 
 async def test_unknown_pool_is_not_found(channel: grpc.aio.Channel) -> None:
@@ -115,29 +102,6 @@ async def test_submit_stream_acks_errors_per_batch(channel: grpc.aio.Channel) ->
     assert acks[2].error_code == 0
     assert len(acks[2].task_ids) == 1
     assert sorted(not_found) == ["999999", "junk"]
-
-
-async def worker_stream_error(
-    channel: grpc.aio.Channel, messages: list[_worker.WorkerMessage]
-) -> grpc.aio.AioRpcError:
-    stub = _worker_grpc.WorkerServiceStub(channel)
-
-    async def requests() -> AsyncIterator[_worker.WorkerMessage]:
-        for message in messages:
-            yield message
-        await asyncio.sleep(5)  # keep the stream open until the broker ends it
-
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        async with asyncio.timeout(5):
-            async for _ in stub.Connect(requests()):
-                pass
-    return info.value
-
-
-def register(**fields: object) -> _worker.WorkerMessage:
-    values: dict[str, object] = {"pool": "default", "capacity": 2, "task_types": ["x"]}
-    values.update(fields)
-    return _worker.WorkerMessage(register=_worker.Register(**values))  # type: ignore[arg-type]
 
 
 async def test_worker_must_register_first(channel: grpc.aio.Channel) -> None:

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from broker import Broker
-from tests.integration.test_bad_input import (
+from tests.support.raw_grpc import (
     register,
     still_serving,
     submit_status,

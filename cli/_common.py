@@ -32,10 +32,13 @@ OutputOption = Annotated[
 ]
 
 
-def connect(broker: str) -> SyncClient:
+def connect(broker: str, *, submit_retries: int | None = None) -> SyncClient:
     """The client a command talks to the broker at `broker` with (a test puts a fake in
-    this module's SyncClient)."""
-    return SyncClient(broker)
+    this module's SyncClient); `submit_retries` overrides how often a submit refused for
+    overload is sent again (None: the SDK's default)."""
+    if submit_retries is None:
+        return SyncClient(broker)
+    return SyncClient(broker, max_submit_retries=submit_retries)
 
 
 class LogFormat(enum.StrEnum):

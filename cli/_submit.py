@@ -118,6 +118,14 @@ def submit(
         float | None,
         typer.Option(min=0, metavar="SECONDS", help="With --wait: give up after this long."),
     ] = None,
+    no_retry: Annotated[
+        bool,
+        typer.Option(
+            "--no-retry",
+            help="Fail at once when the broker refuses the submit for overload (a full "
+            "queue or a rate limit), instead of sending it again after the broker's hint.",
+        ),
+    ] = False,
     require: Annotated[
         list[Label] | None,
         typer.Option(
@@ -314,7 +322,7 @@ def submit(
         retry_on=retry_on or [],
         no_retry_on=no_retry_on or [],
     )
-    with connect(broker) as client:
+    with connect(broker, submit_retries=0 if no_retry else None) as client:
         task_id = client.submit(
             task_type,
             payload,

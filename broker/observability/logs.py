@@ -81,6 +81,9 @@ class HumanFormatter(logging.Formatter):
         return f"{head} {' '.join(extras)}{sep}{rest}"
 
 
+_CHATTY_LIBRARIES = ("aiosqlite", "asyncio", "grpc")
+
+
 def configure(log_format: str, level: str, stream: IO[str] | None = None) -> None:
     """Send the broker's records (and every other logger's) to `stream` (stderr) in
     `log_format` ("human" or "json") from `level` up, replacing earlier handlers."""
@@ -91,3 +94,7 @@ def configure(log_format: str, level: str, stream: IO[str] | None = None) -> Non
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Libraries' own debug records (aiosqlite logs every statement) would drown the
+    # broker's: at debug level, they still show from INFO up.
+    for chatty in _CHATTY_LIBRARIES:
+        logging.getLogger(chatty).setLevel(max(logging.INFO, root.level))

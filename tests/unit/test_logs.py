@@ -19,7 +19,10 @@ TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    libraries = {name: logging.getLogger(name).level for name in ("aiosqlite", "asyncio", "grpc")}
     yield
+    for name, library_level in libraries.items():
+        logging.getLogger(name).setLevel(library_level)
     for handler in root.handlers[:]:
         root.removeHandler(handler)
     for handler in handlers:
@@ -73,3 +76,14 @@ def test_human_lines_append_the_ids() -> None:
         "task_type=resize worker_id=w1 attempt=2"
     )
     assert plain.endswith("x: plain")
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_debug_level_shows_the_broker_s_debug_but_not_the_libraries() -> None:
+    out = io.StringIO()
+    configure("json", "debug", out)
+    logging.getLogger("taskbroker.engine").debug("a broker detail")
+    logging.getLogger("aiosqlite").debug("executing a statement")
+    logging.getLogger("aiosqlite").warning("a library warning")
+    messages = [json.loads(line)["message"] for line in out.getvalue().splitlines()]
+    assert messages == ["a broker detail", "a library warning"]

@@ -40,7 +40,7 @@ class TaskState(enum.IntEnum):
 
     @property
     def terminal(self) -> bool:
-        return self in _TERMINAL
+        return self in TERMINAL_STATES
 
     @property
     def active(self) -> bool:
@@ -48,7 +48,8 @@ class TaskState(enum.IntEnum):
         return self in (TaskState.ASSIGNED, TaskState.RUNNING)
 
 
-_TERMINAL = frozenset(
+# The states a task ends in.
+TERMINAL_STATES = frozenset(
     {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.DEAD_LETTER}
 )
 

@@ -21,6 +21,7 @@ from opentelemetry.trace import Tracer
 from broker.core import validation
 from broker.core.states import BrokerState
 from broker.domain import (
+    TERMINAL_STATES,
     Backlog,
     ConfigChange,
     PoolConfig,
@@ -152,7 +153,7 @@ class BrokerService:
             raise InvalidArgument(
                 f"older_than_s must be 0..{MAX_PURGE_AGE_S:.0f} seconds, got {older_than_s}"
             )
-        chosen = frozenset(states) or frozenset(s for s in TaskState if s.terminal)
+        chosen = frozenset(states) or TERMINAL_STATES
         self._check_pool(pool)
         return await self._engine.purge(pool, self._engine.now() - older_than_s, chosen)
 

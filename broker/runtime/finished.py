@@ -16,14 +16,12 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from broker.clock import Clock
 from broker.config import BrokerConfig
 from broker.core.lifecycle import TaskLifecycle
-from broker.domain import Task, TaskFilter, TaskId, TaskState
+from broker.domain import TERMINAL_STATES, Task, TaskFilter, TaskId, TaskState
 from broker.errors import InvalidArgument, NotFound, Unavailable
 from broker.runtime.watchers import Watchers
 from broker.storage.contract import Store, check_purge
 
 log = logging.getLogger("taskbroker.engine")
-
-TERMINAL_STATES = frozenset(state for state in TaskState if state.terminal)
 
 
 class FinishedTasks:

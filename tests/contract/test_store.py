@@ -20,10 +20,10 @@ import aiosqlite
 import pytest
 
 from broker.clock import FakeClock
-from broker.domain import PoolConfig, Task, TaskFilter, TaskState, WorkerSpec
+from broker.domain import TERMINAL_STATES, PoolConfig, Task, TaskFilter, TaskState, WorkerSpec
 from broker.errors import BrokerError, StorageError
 from broker.storage.sqlite import SQLiteStore, list_query
-from broker.storage.sqlite_schema import SCHEMA_VERSION
+from broker.storage.sqlite_schema import SCHEMA_VERSION, TERMINAL_STATES_SQL
 from tests.support.store import (
     ASSIGNED,
     FILTERS,
@@ -95,6 +95,8 @@ async def test_a_newer_schema_is_refused(db_path: Path) -> None:
 # Opens the store at argv[1] and holds it, printing "open", until killed.
 _HOLDER = """
 import asyncio, sys
+from broker.domain import TERMINAL_STATES
+from broker.storage.sqlite_schema import TERMINAL_STATES_SQL
 from broker.storage.sqlite import SQLiteStore
 
 async def main():
@@ -467,3 +469,10 @@ async def test_close_raises_when_the_last_commit_fails(
     await store.close()  # closed all the same
     async with await SQLiteStore.open(db_path) as reopened:
         assert await reopened.get_task(1) == make_task(1)
+
+
+def test_the_finished_index_condition_names_the_terminal_states() -> None:
+    """The SQL condition of the retention index is a literal (a query repeats it word for
+    word to use the index); it must name exactly the domain's terminal states."""
+    values = sorted(state.value for state in TERMINAL_STATES)
+    assert f"state IN ({', '.join(map(str, values))})" == TERMINAL_STATES_SQL

@@ -3,10 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The JavaScript conformance client and buf, from the npm registry (tests/conformance).
+NODE_DIR := tests/conformance
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+BUF := $(NODE_DIR)/node_modules/.bin/buf
+SUDO := $(if $(shell command -v sudo),sudo)
 
 .PHONY: install protos lint format test demo bench clean
 
-install: $(STAMP)
+install: $(STAMP) $(NODE_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,14 +19,26 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# node and npm come from the system's packages when the machine has none.
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	command -v node >/dev/null && command -v npm >/dev/null \
+		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y nodejs npm)
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund
+	touch $@
+
 protos: $(STAMP)
 	$(BIN)/python protos/generate.py
 
-lint: $(STAMP)
+lint: $(STAMP) $(NODE_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BUF) lint protos
+	$(BUF) breaking protos --against $(NODE_DIR)/frozen_v1
+	if git rev-parse -q --verify 'HEAD~1^{commit}' >/dev/null; then \
+		$(BUF) breaking protos --against '.git#ref=HEAD~1,subdir=protos'; \
+	else echo "buf breaking: no previous commit in this clone, compared with frozen_v1 only"; fi
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
@@ -39,4 +56,4 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench_placement
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info $(NODE_DIR)/node_modules

@@ -35,10 +35,7 @@ lint: $(STAMP) $(NODE_STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BUF) lint protos
-	$(BUF) breaking protos --against $(NODE_DIR)/frozen_v1
-	if git rev-parse -q --verify 'HEAD~1^{commit}' >/dev/null; then \
-		$(BUF) breaking protos --against '.git#ref=HEAD~1,subdir=protos'; \
-	else echo "buf breaking: no previous commit in this clone, compared with frozen_v1 only"; fi
+	BUF=$(BUF) protos/breaking.sh
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

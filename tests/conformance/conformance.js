@@ -282,13 +282,13 @@ const CHECKS = [
       await ctx.worker({ handlers: { [type]: () => ({ error: { type: "ValueError", message: "bad input" } }) } });
       const id = await ctx.submit({ task_type: type, retry: { max_attempts: 1 } });
       const [task] = await ctx.finished([id]);
-      check(["TASK_STATE_FAILED", "TASK_STATE_DEAD_LETTER"].includes(task.state), `state ${task.state}`);
-      equal([task.error.type, task.error.message, task.attempts], ["ValueError", "bad input", 1], "error");
+      // With a single attempt the task ends FAILED, not DEAD_LETTER.
+      equal([task.state, task.error.type, task.error.message, task.attempts], ["TASK_STATE_FAILED", "ValueError", "bad input", 1], "a failed task");
       // A thrown handler error is reported the same way.
       const thrown = ctx.type("throw");
       await ctx.worker({ handlers: { [thrown]: () => { throw new TypeError("no"); } } });
       const [other] = await ctx.finished([await ctx.submit({ task_type: thrown })]);
-      equal([other.error.type, other.error.message], ["TypeError", "no"], "error of a throwing handler");
+      equal([other.state, other.error.type, other.error.message], ["TASK_STATE_FAILED", "TypeError", "no"], "a task whose handler threw (no retry policy)");
     },
   },
   {
@@ -309,8 +309,8 @@ const CHECKS = [
       const [flaky, always, fatal] = await ctx.finished(ids);
       equal([flaky.state, flaky.attempts, flaky.result.toString()], ["TASK_STATE_SUCCEEDED", 3, "ok on 3"], "a task that succeeds on its third attempt");
       equal([always.state, always.attempts, always.error.message], ["TASK_STATE_DEAD_LETTER", 3, "attempt 3"], "a task that fails every attempt");
-      equal([fatal.attempts, fatal.error.type], [1, "Fatal"], "a non-retryable failure");
-      check(["TASK_STATE_FAILED", "TASK_STATE_DEAD_LETTER"].includes(fatal.state), `non-retryable state ${fatal.state}`);
+      // A non-retryable error ends the task FAILED at once; exhausted attempts end it DEAD_LETTER.
+      equal([fatal.state, fatal.attempts, fatal.error.type], ["TASK_STATE_FAILED", 1, "Fatal"], "a non-retryable failure");
       // Retry requeues a dead-lettered task with a fresh set of attempts.
       const { tasks } = await ctx.call("Retry", { task_ids: [always.id] });
       equal(tasks.map((t) => t.id), [always.id], "Retry");
@@ -357,6 +357,39 @@ const CHECKS = [
       check(lease > 0 && lease <= 5, `lease_s ${lease}: the broker under test should have a short lease`);
       const [task] = await ctx.finished([await ctx.submit({ task_type: type })]);
       equal([task.state, task.attempts], ["TASK_STATE_SUCCEEDED", 1], "a task held past its lease");
+    },
+  },
+  {
+    name: "heartbeat_reconcile",
+    async run(ctx) {
+      // A task the worker was sent (up to assignments_seen) and no longer lists, with no
+      // result, is requeued; a task it lists but should not hold is cancelled.
+      const type = ctx.type("lost");
+      const handler = (a) => (a.attempt === 1 ? new Promise(() => {}) : { result: Buffer.from(`attempt ${a.attempt}`) });
+      const worker = await ctx.worker({ handlers: { [type]: handler } });
+      const id = await ctx.submit({ task_type: type });
+      await until("the assignment", () => worker.assignments.some((a) => a.task_id === id));
+      worker.forget(id);
+      const [task] = await ctx.finished([id]);
+      equal([task.state, task.attempts, task.result.toString()], ["TASK_STATE_SUCCEEDED", 2, "attempt 2"], "a task the worker forgot");
+      const stranger = await ctx.submit({ task_type: ctx.type("other"), not_before_ms: String(Date.now() + 3_600_000) });
+      worker.claimed.push(stranger);
+      await until("CancelTasks for a task the worker does not hold", () => worker.cancels.includes(stranger));
+      // Only the worker's claim is cancelled, not the task.
+      equal((await ctx.call("Get", { task_id: stranger })).state, "TASK_STATE_PENDING", "the task claimed by mistake");
+      worker.claimed.length = 0;
+      await ctx.call("Cancel", { task_id: stranger });
+    },
+  },
+  {
+    name: "admin_reads",
+    async run(ctx) {
+      const { pools } = await ctx.call("ListPools", {});
+      check(pools.some((pool) => pool.name === "default"), "ListPools has no default pool");
+      const stats = await ctx.call("Stats", {});
+      check(stats.pools.some((pool) => pool.pool === "default"), "Stats has no default pool");
+      equal(stats.broker_state, "running", "Stats.broker_state");
+      await expectStatus(ctx.call("DrainWorker", { worker_id: ctx.workerId("absent") }), ["NOT_FOUND"], "DrainWorker of an unknown worker");
     },
   },
   {
@@ -425,8 +458,7 @@ const CHECKS = [
       const huge = ctx.type("huge");
       await ctx.worker({ handlers: { [huge]: () => ({ result: Buffer.alloc(MAX_PAYLOAD_BYTES + 1) }) } });
       const [tooLarge] = await ctx.finished([await ctx.submit({ task_type: huge, retry: { max_attempts: 1 } })]);
-      check(tooLarge.state !== "TASK_STATE_SUCCEEDED", "a task with an over-size result succeeded");
-      equal(tooLarge.error.type, "ResultTooLarge", "error type of an over-size result");
+      equal([tooLarge.state, tooLarge.error.type], ["TASK_STATE_FAILED", "ResultTooLarge"], "a task with an over-size result");
     },
   },
 ];

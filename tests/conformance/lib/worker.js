@@ -23,6 +23,7 @@ class Worker {
     this.cancels = []; // every task id cancelled by the broker
     this.drains = []; // reasons of every Drain received
     this.ack = null;
+    this.claimed = []; // ids listed in heartbeats though not held (to test the broker)
     this.ended = new Promise((resolve) => (this._ended = resolve));
     this.drained = new Promise((resolve) => (this._drained = resolve));
   }
@@ -126,10 +127,15 @@ class Worker {
       heartbeat: {
         in_flight: this.held.size,
         load: 0,
-        held_task_ids: [...this.held.keys()],
+        held_task_ids: [...this.held.keys(), ...this.claimed],
         assignments_seen: this.seen,
       },
     });
+  }
+
+  // Drop a task without a result, as a worker that lost track of it would.
+  forget(taskId) {
+    this.held.delete(taskId);
   }
 
   credit(capacity) {

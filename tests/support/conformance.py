@@ -34,11 +34,17 @@ def buf() -> str:
 
 
 def run_node(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [node(), str(CONFORMANCE_DIR / "conformance.js"), *args],
-        cwd=CONFORMANCE_DIR,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    """Run conformance.js; past `timeout` it is killed and the test fails with what it
+    printed so far."""
+    try:
+        return subprocess.run(
+            [node(), str(CONFORMANCE_DIR / "conformance.js"), *args],
+            cwd=CONFORMANCE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        printed = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        pytest.fail(f"conformance.js ran for over {timeout:g} s; it printed:\n{printed}")

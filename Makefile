@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml
 $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	command -v node >/dev/null && command -v npm >/dev/null \
 		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y nodejs npm)
+	node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 18 ? 0 : 1)' \
+		|| (echo "tests/conformance needs Node 18 or later, found $$(node --version)" >&2; exit 1)
 	cd $(NODE_DIR) && npm ci --no-audit --no-fund
 	touch $@
 

@@ -3,10 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The JavaScript conformance client and buf, from the npm registry (tests/conformance).
+NODE_DIR := tests/conformance
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+BUF := $(NODE_DIR)/node_modules/.bin/buf
+SUDO := $(if $(shell command -v sudo),sudo)
 
 .PHONY: install protos lint format test demo bench clean
 
-install: $(STAMP)
+install: $(STAMP) $(NODE_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,14 +19,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# node and npm come from the system's packages when the machine has none.
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	command -v node >/dev/null && command -v npm >/dev/null \
+		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y nodejs npm)
+	node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 18 ? 0 : 1)' \
+		|| (echo "tests/conformance needs Node 18 or later, found $$(node --version)" >&2; exit 1)
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund
+	touch $@
+
 protos: $(STAMP)
 	$(BIN)/python protos/generate.py
 
-lint: $(STAMP)
+lint: $(STAMP) $(NODE_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BUF) lint protos
+	BUF=$(BUF) protos/breaking.sh
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
@@ -39,4 +55,4 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench_placement
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info $(NODE_DIR)/node_modules

@@ -1,0 +1,170 @@
+// A Taskbroker worker on the WorkerService.Connect stream, as worker.proto describes it:
+// Register first; then heartbeats every heartbeat_interval_s listing the tasks held (the
+// ones assigned and not yet answered with a result); a start notice and a result per task;
+// Credit to change how many tasks run at once; CancelTasks stops tasks without a result;
+// after Drain, finish what is held and disconnect.
+"use strict";
+
+const { connect, callMetadata } = require("./api");
+
+class Worker {
+  // handlers: task_type -> async (assignment, { signal }) => ({ result: Buffer }) or
+  // ({ error: { type, message } }); `signal` aborts when the broker cancels the task.
+  constructor(api, address, { workerId = "", pool = "", capacity = 1, labels = {}, handlers, log = () => {} }) {
+    this.api = api;
+    this.address = address;
+    this.register = { worker_id: workerId, pool, labels, capacity, task_types: Object.keys(handlers), sdk_version: "conformance-js" };
+    this.handlers = handlers;
+    this.log = log;
+    this.held = new Map(); // task id -> { attempt, abort }
+    this.maxHeld = 0;
+    this.seen = "0"; // seq of the last Assignments message, echoed in heartbeats
+    this.assignments = []; // every Assignment received, in order
+    this.cancels = []; // every task id cancelled by the broker
+    this.drains = []; // reasons of every Drain received
+    this.ack = null;
+    this.claimed = []; // ids listed in heartbeats though not held (to test the broker)
+    this.ended = new Promise((resolve) => (this._ended = resolve));
+    this.drained = new Promise((resolve) => (this._drained = resolve));
+  }
+
+  // Connect and register; resolves with the RegisterAck, rejects with the stream's error.
+  start() {
+    this.clients = connect(this.api, this.address);
+    this.stream = this.clients.workers.Connect(callMetadata());
+    return new Promise((resolve, reject) => {
+      this.stream.on("data", (message) => {
+        try {
+          this._receive(message, resolve);
+        } catch (err) {
+          this.log(`worker ${this.register.worker_id}: ${err.stack}`);
+        }
+      });
+      this.stream.on("error", (err) => {
+        this.error = err;
+        reject(err);
+        this._finish();
+      });
+      this.stream.on("end", () => {
+        reject(new Error("stream ended before RegisterAck"));
+        this._finish();
+      });
+      this.stream.write({ register: this.register });
+    });
+  }
+
+  _finish() {
+    clearInterval(this.timer);
+    for (const { abort } of this.held.values()) abort.abort();
+    this._ended();
+    if (this.clients) this.clients.close();
+  }
+
+  _receive(message, registered) {
+    switch (message.kind) {
+      case "register_ack":
+        this.ack = message.register_ack;
+        this.timer = setInterval(() => this.heartbeat(), this.ack.heartbeat_interval_s * 1000);
+        registered(this.ack);
+        break;
+      case "assignments":
+        this.seen = message.assignments.seq;
+        for (const assignment of message.assignments.assignments) this._run(assignment);
+        break;
+      case "cancel":
+        for (const id of message.cancel.task_ids) {
+          this.cancels.push(id);
+          const task = this.held.get(id);
+          if (task) {
+            this.held.delete(id);
+            task.abort.abort();
+          }
+        }
+        break;
+      case "drain":
+        this.drains.push(message.drain.reason);
+        this._drained(message.drain.reason);
+        this._closeIfDrained();
+        break;
+      default:
+        this.log(`worker ${this.register.worker_id}: unknown message ${JSON.stringify(message)}`);
+    }
+  }
+
+  _run(assignment) {
+    this.assignments.push(assignment);
+    const abort = new AbortController();
+    const entry = { attempt: assignment.attempt, abort };
+    this.held.set(assignment.task_id, entry);
+    this.maxHeld = Math.max(this.maxHeld, this.held.size);
+    this._send({ results: { started_task_ids: [assignment.task_id] } });
+    const started = Date.now();
+    Promise.resolve()
+      .then(() => this.handlers[assignment.task_type](assignment, { signal: abort.signal, worker: this }))
+      .catch((err) => ({ error: { type: err.name || "Error", message: String(err.message || err) } }))
+      .then((outcome) => {
+        // A task the broker cancelled, or handed out again, wants no result from this run.
+        if (this.held.get(assignment.task_id) !== entry) return;
+        this.held.delete(assignment.task_id);
+        const result = {
+          task_id: assignment.task_id,
+          attempt: assignment.attempt,
+          success: !outcome.error,
+          started_at_ms: String(started),
+          finished_at_ms: String(Date.now()),
+        };
+        if (outcome.error) result.error = { type: outcome.error.type, message: outcome.error.message, traceback: "" };
+        else result.result = outcome.result || Buffer.alloc(0);
+        this._send({ results: { results: [result] } });
+        this._closeIfDrained();
+      });
+  }
+
+  // Results are sent as they come, never buffered, so every heartbeat's held list is
+  // exactly the tasks with no result sent yet.
+  heartbeat() {
+    this._send({
+      heartbeat: {
+        in_flight: this.held.size,
+        load: 0,
+        held_task_ids: [...this.held.keys(), ...this.claimed],
+        assignments_seen: this.seen,
+      },
+    });
+  }
+
+  // Drop a task without a result, as a worker that lost track of it would.
+  forget(taskId) {
+    this.held.delete(taskId);
+  }
+
+  credit(capacity) {
+    this._send({ credit: { capacity } });
+  }
+
+  _send(message) {
+    if (!this.closed) this.stream.write(message);
+  }
+
+  _closeIfDrained() {
+    if (this.drains.length && this.held.size === 0) this.stop();
+  }
+
+  // Half-close the stream; the broker then ends it.
+  stop() {
+    if (this.closed) return this.ended;
+    this.closed = true;
+    clearInterval(this.timer);
+    this.stream.end();
+    return this.ended;
+  }
+
+  // Cancel the stream outright, as a crash would break it.
+  kill() {
+    this.closed = true;
+    this.stream.cancel();
+    return this.ended;
+  }
+}
+
+module.exports = { Worker };

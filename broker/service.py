@@ -40,12 +40,16 @@ from broker.errors import FailedPrecondition, InvalidArgument, NotFound
 from broker.observability import tracing
 from broker.observability.recommend import Recommendation, recommend
 from broker.observability.rollups import LiveStats, MetricPoint, MetricsHistory
+from broker.runtime.activity import ActivityFeed
 from broker.runtime.engine import Engine
 from broker.runtime.registry import WorkerChannel
 from broker.runtime.watchers import TaskCallback
 
 DEFAULT_TARGET_WAIT_S = 1.0
 DEFAULT_HORIZON_S = 900.0
+# A pool with nothing waiting or running is active (worth a worker) only if at least this
+# many arrivals are forecast over the horizon; see `BrokerService.scaling`.
+ACTIVATION_TASKS: Final = 1.0
 MAX_PURGE_AGE_S: Final = 3650 * 86_400.0  # a purge's older_than_s, at most ten years
 
 ConfigReloader = Callable[[str], Awaitable[list[ConfigChange]]]
@@ -67,6 +71,20 @@ class BrokerStats:
 
     broker_state: BrokerState
     pools: tuple[PoolOverview, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScalingSignal:
+    """What an autoscaler acts on for one pool: whether it needs any worker, how many,
+    and the recommendation they come from."""
+
+    pool: str
+    active: bool  # work waits or runs, or at least ACTIVATION_TASKS are forecast
+    desired_workers: int  # the recommendation while active, else 0
+    pending: int
+    in_flight: int
+    forecast_tasks: float  # arrivals forecast over the horizon, the backlog included
+    recommendation: Recommendation
 
 
 class BrokerService:
@@ -91,6 +109,8 @@ class BrokerService:
         self._broker_state = broker_state
         self._reload_config = reload_config
         self._tracer = tracer
+        self._activity = ActivityFeed()
+        engine.observers.add(self._activity)
 
     # -- tasks ---------------------------------------------------------------------------
 
@@ -281,6 +301,47 @@ class BrokerService:
             except ValueError as exc:
                 raise InvalidArgument(str(exc)) from None
         return result
+
+    async def scaling(
+        self,
+        pool: str,
+        *,
+        target_wait_s: float = DEFAULT_TARGET_WAIT_S,
+        horizon_s: float = DEFAULT_HORIZON_S,
+    ) -> ScalingSignal:
+        """The autoscaling signal of one pool, from `recommend` at the same moment.
+
+        The pool is active while a task waits or runs, or while at least ACTIVATION_TASKS
+        arrivals are forecast over the horizon (a forecast decays slowly and would keep a
+        quiet pool at one worker for hours); then the desired count is the recommendation,
+        else 0, so an idle pool scales to zero and the next task it gets wakes it.
+        """
+        if not pool:
+            raise InvalidArgument("pool must be named")
+        (recommendation,) = await self.recommend(
+            pool, target_wait_s=target_wait_s, horizon_s=horizon_s
+        )
+        pending = in_flight = 0
+        for backlog in self._engine.backlog():
+            if backlog.pool == pool and not backlog.task_type:
+                pending, in_flight = backlog.pending, backlog.in_flight
+        forecast_tasks = recommendation.arrival_rate_per_s * horizon_s
+        active = pending > 0 or in_flight > 0 or forecast_tasks >= ACTIVATION_TASKS
+        return ScalingSignal(
+            pool=pool,
+            active=active,
+            desired_workers=recommendation.recommended_workers if active else 0,
+            pending=pending,
+            in_flight=in_flight,
+            forecast_tasks=forecast_tasks,
+            recommendation=recommendation,
+        )
+
+    def next_activity(self, pool: str) -> asyncio.Event:
+        """An event set at the next change of `pool`'s work (a task submitted, placed,
+        ended or requeued, a worker come or gone). Take it before reading `scaling`, then
+        wait on it: nothing that happens in between is missed."""
+        return self._activity.next_change(pool)
 
     def _check_pool(self, pool: str) -> None:
         if pool and pool not in {p.name for p in self._engine.pools()}:

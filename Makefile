@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install protos lint format test demo bench clean
+.PHONY: install protos lock lint format test demo bench clean
 
 install: $(STAMP)
 
@@ -16,6 +16,13 @@ $(STAMP): pyproject.toml
 
 protos: $(STAMP)
 	$(BIN)/python protos/generate.py
+
+# The images' pinned dependencies (deploy/requirements.lock), from pyproject.toml.
+lock: $(STAMP)
+	$(BIN)/python -m pip install --quiet uv==0.13.9
+	$(BIN)/uv pip compile pyproject.toml deploy/build-requirements.in --extra prometheus \
+	    --universal --python-version 3.11 --generate-hashes \
+	    --custom-compile-command "make lock" --quiet -o deploy/requirements.lock
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

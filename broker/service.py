@@ -37,7 +37,7 @@ from broker.domain import (
     WorkerStatus,
 )
 from broker.errors import FailedPrecondition, InvalidArgument, NotFound
-from broker.observability import tracing
+from broker.observability import scaling, tracing
 from broker.observability.recommend import Recommendation, recommend
 from broker.observability.rollups import LiveStats, MetricPoint, MetricsHistory
 from broker.runtime.activity import ActivityFeed
@@ -47,9 +47,6 @@ from broker.runtime.watchers import TaskCallback
 
 DEFAULT_TARGET_WAIT_S = 1.0
 DEFAULT_HORIZON_S = 900.0
-# A pool with nothing waiting or running is active (worth a worker) only if at least this
-# many arrivals are forecast over the horizon; see `BrokerService.scaling`.
-ACTIVATION_TASKS: Final = 1.0
 MAX_PURGE_AGE_S: Final = 3650 * 86_400.0  # a purge's older_than_s, at most ten years
 
 ConfigReloader = Callable[[str], Awaitable[list[ConfigChange]]]
@@ -79,7 +76,7 @@ class ScalingSignal:
     and the recommendation they come from."""
 
     pool: str
-    active: bool  # work waits or runs, or at least ACTIVATION_TASKS are forecast
+    active: bool  # work waits or runs, or is forecast (broker.observability.scaling)
     desired_workers: int  # the recommendation while active, else 0
     pending: int
     in_flight: int
@@ -309,12 +306,9 @@ class BrokerService:
         target_wait_s: float = DEFAULT_TARGET_WAIT_S,
         horizon_s: float = DEFAULT_HORIZON_S,
     ) -> ScalingSignal:
-        """The autoscaling signal of one pool, from `recommend` at the same moment.
-
-        The pool is active while a task waits or runs, or while at least ACTIVATION_TASKS
-        arrivals are forecast over the horizon (a forecast decays slowly and would keep a
-        quiet pool at one worker for hours); then the desired count is the recommendation,
-        else 0, so an idle pool scales to zero and the next task it gets wakes it.
+        """The autoscaling signal of one pool, from `recommend` at the same moment and the
+        rule of broker.observability.scaling: the recommendation while the pool has work
+        or a forecast of it, else 0 (an idle pool scales to zero; its next task wakes it).
         """
         if not pool:
             raise InvalidArgument("pool must be named")
@@ -325,15 +319,16 @@ class BrokerService:
         for backlog in self._engine.backlog():
             if backlog.pool == pool and not backlog.task_type:
                 pending, in_flight = backlog.pending, backlog.in_flight
-        forecast_tasks = recommendation.arrival_rate_per_s * horizon_s
-        active = pending > 0 or in_flight > 0 or forecast_tasks >= ACTIVATION_TASKS
+        decision = scaling.decide(
+            recommendation, pending=pending, in_flight=in_flight, horizon_s=horizon_s
+        )
         return ScalingSignal(
             pool=pool,
-            active=active,
-            desired_workers=recommendation.recommended_workers if active else 0,
+            active=decision.active,
+            desired_workers=decision.desired_workers,
             pending=pending,
             in_flight=in_flight,
-            forecast_tasks=forecast_tasks,
+            forecast_tasks=decision.forecast_tasks,
             recommendation=recommendation,
         )
 

@@ -9,7 +9,7 @@ NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 BUF := $(NODE_DIR)/node_modules/.bin/buf
 SUDO := $(if $(shell command -v sudo),sudo)
 
-.PHONY: install protos lint format test demo bench clean
+.PHONY: install protos lock lint format test demo bench clean
 
 install: $(STAMP) $(NODE_STAMP)
 
@@ -30,6 +30,13 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 
 protos: $(STAMP)
 	$(BIN)/python protos/generate.py
+
+# The images' pinned dependencies (deploy/requirements.lock), from pyproject.toml.
+lock: $(STAMP)
+	$(BIN)/python -m pip install --quiet uv==0.13.9
+	$(BIN)/uv pip compile pyproject.toml deploy/build-requirements.in --extra prometheus \
+	    --universal --python-version 3.11 --generate-hashes \
+	    --custom-compile-command "make lock" --quiet -o deploy/requirements.lock
 
 lint: $(STAMP) $(NODE_STAMP)
 	$(BIN)/ruff check .

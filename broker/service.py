@@ -37,9 +37,10 @@ from broker.domain import (
     WorkerStatus,
 )
 from broker.errors import FailedPrecondition, InvalidArgument, NotFound
-from broker.observability import tracing
+from broker.observability import scaling, tracing
 from broker.observability.recommend import Recommendation, recommend
 from broker.observability.rollups import LiveStats, MetricPoint, MetricsHistory
+from broker.runtime.activity import ActivityFeed
 from broker.runtime.engine import Engine
 from broker.runtime.registry import WorkerChannel
 from broker.runtime.watchers import TaskCallback
@@ -69,6 +70,20 @@ class BrokerStats:
     pools: tuple[PoolOverview, ...]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScalingSignal:
+    """What an autoscaler acts on for one pool: whether it needs any worker, how many,
+    and the recommendation they come from."""
+
+    pool: str
+    active: bool  # work waits or runs, or is forecast (broker.observability.scaling)
+    desired_workers: int  # the recommendation while active, else 0
+    pending: int
+    in_flight: int
+    forecast_tasks: float  # arrivals forecast over the horizon, the backlog included
+    recommendation: Recommendation
+
+
 class BrokerService:
     """Tasks, pools, workers and statistics of one running broker.
 
@@ -91,6 +106,8 @@ class BrokerService:
         self._broker_state = broker_state
         self._reload_config = reload_config
         self._tracer = tracer
+        self._activity = ActivityFeed()
+        engine.observers.add(self._activity)
 
     # -- tasks ---------------------------------------------------------------------------
 
@@ -281,6 +298,45 @@ class BrokerService:
             except ValueError as exc:
                 raise InvalidArgument(str(exc)) from None
         return result
+
+    async def scaling(
+        self,
+        pool: str,
+        *,
+        target_wait_s: float = DEFAULT_TARGET_WAIT_S,
+        horizon_s: float = DEFAULT_HORIZON_S,
+    ) -> ScalingSignal:
+        """The autoscaling signal of one pool, from `recommend` at the same moment and the
+        rule of broker.observability.scaling: the recommendation while the pool has work
+        or a forecast of it, else 0 (an idle pool scales to zero; its next task wakes it).
+        """
+        if not pool:
+            raise InvalidArgument("pool must be named")
+        (recommendation,) = await self.recommend(
+            pool, target_wait_s=target_wait_s, horizon_s=horizon_s
+        )
+        pending = in_flight = 0
+        for backlog in self._engine.backlog():
+            if backlog.pool == pool and not backlog.task_type:
+                pending, in_flight = backlog.pending, backlog.in_flight
+        decision = scaling.decide(
+            recommendation, pending=pending, in_flight=in_flight, horizon_s=horizon_s
+        )
+        return ScalingSignal(
+            pool=pool,
+            active=decision.active,
+            desired_workers=decision.desired_workers,
+            pending=pending,
+            in_flight=in_flight,
+            forecast_tasks=decision.forecast_tasks,
+            recommendation=recommendation,
+        )
+
+    def next_activity(self, pool: str) -> asyncio.Event:
+        """An event set at the next change of `pool`'s work (a task submitted, placed,
+        ended or requeued, a worker come or gone). Take it before reading `scaling`, then
+        wait on it: nothing that happens in between is missed."""
+        return self._activity.next_change(pool)
 
     def _check_pool(self, pool: str) -> None:
         if pool and pool not in {p.name for p in self._engine.pools()}:

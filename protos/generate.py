@@ -1,8 +1,9 @@
-"""Generate the Python modules for protos/taskbroker/v1/*.proto.
+"""Generate the Python modules for protos/taskbroker/v1/*.proto and for KEDA's
+protos/externalscaler/externalscaler.proto (which the broker serves).
 
 The modules land flat in one package (worker_sdk/_pb by default) and import each
 other relatively, so the SDK carries its own wire code and needs no top-level
-``taskbroker`` package. ``make protos`` runs this; a test runs it into a
+``taskbroker`` (or ``externalscaler``) package. ``make protos`` runs this; a test runs it into a
 temporary folder and fails if the committed modules differ.
 """
 
@@ -19,16 +20,19 @@ from grpc_tools import protoc
 
 PROTO_ROOT = Path(__file__).resolve().parent
 PROTO_PACKAGE = "taskbroker/v1"
+PROTO_PACKAGES = (PROTO_PACKAGE, "externalscaler")
 DEFAULT_OUT = PROTO_ROOT.parent / "worker_sdk" / "_pb"
-_ABSOLUTE_IMPORT = re.compile(r"^from taskbroker\.v1 import (\w+)", re.MULTILINE)
-_PYI_IMPORT = re.compile(r"^import taskbroker\.v1\.(\w+)$", re.MULTILINE)
+_ABSOLUTE_IMPORT = re.compile(r"^from (?:taskbroker\.v1|externalscaler) import (\w+)", re.MULTILINE)
+_PYI_IMPORT = re.compile(r"^import (?:taskbroker\.v1|externalscaler)\.(\w+)$", re.MULTILINE)
 
 
 def generate(out_dir: Path) -> list[Path]:
     """Write the generated modules into out_dir and return their paths."""
     import grpc_tools
 
-    protos = sorted((PROTO_ROOT / PROTO_PACKAGE).glob("*.proto"))
+    protos = [
+        p for package in PROTO_PACKAGES for p in sorted((PROTO_ROOT / package).glob("*.proto"))
+    ]
     include = Path(grpc_tools.__file__).resolve().parent / "_proto"
     bin_dir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory() as tmp:
@@ -48,11 +52,14 @@ def generate(out_dir: Path) -> list[Path]:
             raise RuntimeError("protoc failed")
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
-        for src in sorted((Path(tmp) / PROTO_PACKAGE).iterdir()):
+        sources = [src for package in PROTO_PACKAGES for src in (Path(tmp) / package).iterdir()]
+        for src in sorted(sources, key=lambda path: path.name):
             text = src.read_text()
             text = _ABSOLUTE_IMPORT.sub(r"from . import \1", text)
             text = _PYI_IMPORT.sub(r"from . import \1", text)
-            text = text.replace("taskbroker.v1.", "") if src.suffix == ".pyi" else text
+            if src.suffix == ".pyi":
+                text = text.replace("taskbroker.v1.", "")
+                text = re.sub(r"\bexternalscaler\.(externalscaler_pb2)", r"\1", text)
             dest = out_dir / src.name
             dest.write_text(text)
             written.append(dest)

@@ -21,12 +21,15 @@ from broker.config import BrokerConfig
 from broker.errors import BrokerError
 from broker.server.admin import AdminService
 from broker.server.interceptors import server_interceptors
+from broker.server.keda import ExternalScalerService
 from broker.server.parsing import TolerantRegistrar
 from broker.server.tasks import TaskService
 from broker.server.workers import WorkerService
 from broker.service import BrokerService
 from worker_sdk._pb import admin_pb2 as _admin
 from worker_sdk._pb import admin_pb2_grpc as _admin_grpc
+from worker_sdk._pb import externalscaler_pb2 as _keda
+from worker_sdk._pb import externalscaler_pb2_grpc as _keda_grpc
 from worker_sdk._pb import tasks_pb2 as _tasks
 from worker_sdk._pb import tasks_pb2_grpc as _tasks_grpc
 from worker_sdk._pb import worker_pb2 as _worker
@@ -36,6 +39,7 @@ SERVICE_NAMES = (
     _tasks.DESCRIPTOR.services_by_name["TaskService"].full_name,
     _worker.DESCRIPTOR.services_by_name["WorkerService"].full_name,
     _admin.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    _keda.DESCRIPTOR.services_by_name["ExternalScaler"].full_name,  # for KEDA
 )
 
 
@@ -130,6 +134,7 @@ def add_services(server: grpc.aio.Server, service: BrokerService, *, health_serv
     _tasks_grpc.add_TaskServiceServicer_to_server(TaskService(service), registrar)
     _worker_grpc.add_WorkerServiceServicer_to_server(WorkerService(service), registrar)
     _admin_grpc.add_AdminServiceServicer_to_server(AdminService(service), registrar)
+    _keda_grpc.add_ExternalScalerServicer_to_server(ExternalScalerService(service), registrar)
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server

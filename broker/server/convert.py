@@ -403,7 +403,7 @@ def _sets(msg: _admin.Pool, field: Any) -> bool:
     """Whether a request sets a Pool field, as AIP-134 reads an update without a mask: a
     list or map that is not empty, an `optional` field that is present, a scalar that is
     not 0 or ""."""
-    if field.label == field.LABEL_REPEATED:
+    if field.is_repeated:
         return len(getattr(msg, field.name)) > 0
     if field.has_presence:
         has_field: Any = msg.HasField

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from google.rpc.error_details_pb2 import BadRequest, ErrorInfo
+from grpc_status import rpc_status
 
 from broker import Broker
 from tests.support.raw_grpc import register, still_serving, submit_status, worker_stream_error
@@ -38,13 +40,23 @@ async def test_priority_out_of_range_is_invalid(channel: grpc.aio.Channel) -> No
     assert "priority" in (error.details() or "")
 
 
-async def test_payload_over_the_limit_is_resource_exhausted(
+async def test_payload_over_the_limit_is_invalid_argument_and_never_retried(
     broker: Broker, channel: grpc.aio.Channel
 ) -> None:
+    """A payload over max_payload_bytes can never be accepted: not RESOURCE_EXHAUSTED
+    (which gRPC retry policies retry), and no retry pushback; the details name the field."""
     limit = broker.config.max_payload_bytes
     error = await submit_status(channel, _tasks.TaskSpec(task_type="x", payload=b"x" * (limit + 1)))
-    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "max_payload_bytes" in (error.details() or "")
+    trailers = dict(error.trailing_metadata() or ())
+    assert "grpc-retry-pushback-ms" not in trailers
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    info, bad_request = ErrorInfo(), BadRequest()
+    assert status.details[0].Unpack(info) and info.reason == "OVER_LIMIT"
+    assert status.details[1].Unpack(bad_request)
+    assert [v.field for v in bad_request.field_violations] == ["payload"]
     await still_serving(channel)
 
 

@@ -54,7 +54,8 @@ async def test_payload_over_the_limit_is_invalid_argument_and_never_retried(
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
     assert status is not None
     info, bad_request = ErrorInfo(), BadRequest()
-    assert status.details[0].Unpack(info) and info.reason == "OVER_LIMIT"
+    assert status.details[0].Unpack(info)
+    assert info.reason == "OVER_LIMIT"
     assert status.details[1].Unpack(bad_request)
     assert [v.field for v in bad_request.field_violations] == ["payload"]
     await still_serving(channel)

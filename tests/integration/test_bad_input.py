@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from typing import cast
 
 import grpc
 import pytest
@@ -49,8 +50,8 @@ async def test_payload_over_the_limit_is_invalid_argument_and_never_retried(
     error = await submit_status(channel, _tasks.TaskSpec(task_type="x", payload=b"x" * (limit + 1)))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "max_payload_bytes" in (error.details() or "")
-    trailers = dict(error.trailing_metadata() or ())
-    assert "grpc-retry-pushback-ms" not in trailers
+    trailers = cast(Iterable[tuple[str, str | bytes]], error.trailing_metadata() or ())
+    assert "grpc-retry-pushback-ms" not in {key for key, _ in trailers}
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
     assert status is not None
     info, bad_request = ErrorInfo(), BadRequest()

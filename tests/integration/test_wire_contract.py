@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2 as _reflection
 from grpc_status import rpc_status
 
 from broker import Broker
+from worker_sdk import Client
 from worker_sdk._pb import admin_pb2 as _admin
 from worker_sdk._pb import admin_pb2_grpc as _admin_grpc
 from worker_sdk._pb import tasks_pb2 as _tasks
@@ -125,6 +126,21 @@ async def test_34_tasks_of_1_mib_are_read_by_a_client_with_a_4_mib_receive_limit
     assert len(light.tasks) == 34
     assert not light.next_page_token
     assert all(not t.spec.payload and t.view == _tasks.TASK_VIEW_BASIC for t in light.tasks)
+
+
+async def test_the_sdk_follows_pages_and_can_list_without_payloads(
+    broker: Broker, small_client: grpc.aio.Channel
+) -> None:
+    tasks = _tasks_grpc.TaskServiceStub(small_client)
+    specs = [_tasks.TaskSpec(task_type="big", payload=b"x" * MIB) for _ in range(6)]
+    await tasks.SubmitBatch(_tasks.SubmitBatchRequest(tasks=specs))
+    async with Client(broker.address) as client:
+        full = await client.list_tasks(limit=6)
+        light = await client.list_tasks(limit=6, payloads=False)
+        assert len(await client.list_tasks(limit=4)) == 4
+    assert [len(t.payload) for t in full] == [MIB] * 6  # from more than one page
+    assert [t.id for t in light] == [t.id for t in full]
+    assert all(t.payload == b"" for t in light)
 
 
 async def test_list_pages_by_token_and_refuses_a_token_for_other_filters(

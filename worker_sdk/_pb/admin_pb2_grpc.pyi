@@ -34,32 +34,54 @@ class AdminServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
     ListPools: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListPoolsRequest, _admin_pb2.ListPoolsResponse]
+    """Pools in name order, paged (see ListPoolsRequest)."""
     CreatePool: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreatePoolRequest, _admin_pb2.Pool]
+    """ALREADY_EXISTS if a pool of that name exists; INVALID_ARGUMENT for a bad
+    setting (the message names it).
+    """
     UpdatePool: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UpdatePoolRequest, _admin_pb2.Pool]
+    """Change some of a pool's settings (see UpdatePoolRequest): NOT_FOUND for no such
+    pool, INVALID_ARGUMENT for a bad setting or mask, ABORTED for a stale etag.
+    """
     ListWorkers: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListWorkersRequest, _admin_pb2.ListWorkersResponse]
+    """Connected workers in id order, paged (see ListWorkersRequest)."""
     DrainWorker: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DrainWorkerRequest, _admin_pb2.DrainWorkerResponse]
+    """Send a worker no more work and ask it to finish and disconnect."""
     CordonWorker: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CordonWorkerRequest, _admin_pb2.WorkerStatus]
     Stats: _grpc.UnaryUnaryMultiCallable[_admin_pb2.StatsRequest, _admin_pb2.StatsResponse]
     MetricsHistory: _grpc.UnaryUnaryMultiCallable[_admin_pb2.MetricsHistoryRequest, _admin_pb2.MetricsHistoryResponse]
     Recommend: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RecommendRequest, _admin_pb2.RecommendResponse]
     ReloadConfig: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReloadConfigRequest, _admin_pb2.ReloadConfigResponse]
+    """FAILED_PRECONDITION if the broker was started without a config file."""
     ConfigHistory: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ConfigHistoryRequest, _admin_pb2.ConfigHistoryResponse]
+    """Audited changes of pool settings, newest first, paged."""
     PurgeTasks: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PurgeTasksRequest, _admin_pb2.PurgeTasksResponse]
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListPools: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListPoolsRequest, _admin_pb2.ListPoolsResponse]  # type: ignore[assignment]
+    """Pools in name order, paged (see ListPoolsRequest)."""
     CreatePool: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreatePoolRequest, _admin_pb2.Pool]  # type: ignore[assignment]
+    """ALREADY_EXISTS if a pool of that name exists; INVALID_ARGUMENT for a bad
+    setting (the message names it).
+    """
     UpdatePool: _aio.UnaryUnaryMultiCallable[_admin_pb2.UpdatePoolRequest, _admin_pb2.Pool]  # type: ignore[assignment]
+    """Change some of a pool's settings (see UpdatePoolRequest): NOT_FOUND for no such
+    pool, INVALID_ARGUMENT for a bad setting or mask, ABORTED for a stale etag.
+    """
     ListWorkers: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListWorkersRequest, _admin_pb2.ListWorkersResponse]  # type: ignore[assignment]
+    """Connected workers in id order, paged (see ListWorkersRequest)."""
     DrainWorker: _aio.UnaryUnaryMultiCallable[_admin_pb2.DrainWorkerRequest, _admin_pb2.DrainWorkerResponse]  # type: ignore[assignment]
+    """Send a worker no more work and ask it to finish and disconnect."""
     CordonWorker: _aio.UnaryUnaryMultiCallable[_admin_pb2.CordonWorkerRequest, _admin_pb2.WorkerStatus]  # type: ignore[assignment]
     Stats: _aio.UnaryUnaryMultiCallable[_admin_pb2.StatsRequest, _admin_pb2.StatsResponse]  # type: ignore[assignment]
     MetricsHistory: _aio.UnaryUnaryMultiCallable[_admin_pb2.MetricsHistoryRequest, _admin_pb2.MetricsHistoryResponse]  # type: ignore[assignment]
     Recommend: _aio.UnaryUnaryMultiCallable[_admin_pb2.RecommendRequest, _admin_pb2.RecommendResponse]  # type: ignore[assignment]
     ReloadConfig: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReloadConfigRequest, _admin_pb2.ReloadConfigResponse]  # type: ignore[assignment]
+    """FAILED_PRECONDITION if the broker was started without a config file."""
     ConfigHistory: _aio.UnaryUnaryMultiCallable[_admin_pb2.ConfigHistoryRequest, _admin_pb2.ConfigHistoryResponse]  # type: ignore[assignment]
+    """Audited changes of pool settings, newest first, paged."""
     PurgeTasks: _aio.UnaryUnaryMultiCallable[_admin_pb2.PurgeTasksRequest, _admin_pb2.PurgeTasksResponse]  # type: ignore[assignment]
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -68,35 +90,44 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _admin_pb2.ListPoolsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.ListPoolsResponse, _abc.Awaitable[_admin_pb2.ListPoolsResponse]]: ...
+    ) -> _typing.Union[_admin_pb2.ListPoolsResponse, _abc.Awaitable[_admin_pb2.ListPoolsResponse]]:
+        """Pools in name order, paged (see ListPoolsRequest)."""
 
     @_abc_1.abstractmethod
     def CreatePool(
         self,
         request: _admin_pb2.CreatePoolRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.Pool, _abc.Awaitable[_admin_pb2.Pool]]: ...
+    ) -> _typing.Union[_admin_pb2.Pool, _abc.Awaitable[_admin_pb2.Pool]]:
+        """ALREADY_EXISTS if a pool of that name exists; INVALID_ARGUMENT for a bad
+        setting (the message names it).
+        """
 
     @_abc_1.abstractmethod
     def UpdatePool(
         self,
         request: _admin_pb2.UpdatePoolRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.Pool, _abc.Awaitable[_admin_pb2.Pool]]: ...
+    ) -> _typing.Union[_admin_pb2.Pool, _abc.Awaitable[_admin_pb2.Pool]]:
+        """Change some of a pool's settings (see UpdatePoolRequest): NOT_FOUND for no such
+        pool, INVALID_ARGUMENT for a bad setting or mask, ABORTED for a stale etag.
+        """
 
     @_abc_1.abstractmethod
     def ListWorkers(
         self,
         request: _admin_pb2.ListWorkersRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.ListWorkersResponse, _abc.Awaitable[_admin_pb2.ListWorkersResponse]]: ...
+    ) -> _typing.Union[_admin_pb2.ListWorkersResponse, _abc.Awaitable[_admin_pb2.ListWorkersResponse]]:
+        """Connected workers in id order, paged (see ListWorkersRequest)."""
 
     @_abc_1.abstractmethod
     def DrainWorker(
         self,
         request: _admin_pb2.DrainWorkerRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.DrainWorkerResponse, _abc.Awaitable[_admin_pb2.DrainWorkerResponse]]: ...
+    ) -> _typing.Union[_admin_pb2.DrainWorkerResponse, _abc.Awaitable[_admin_pb2.DrainWorkerResponse]]:
+        """Send a worker no more work and ask it to finish and disconnect."""
 
     @_abc_1.abstractmethod
     def CordonWorker(
@@ -131,14 +162,16 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _admin_pb2.ReloadConfigRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.ReloadConfigResponse, _abc.Awaitable[_admin_pb2.ReloadConfigResponse]]: ...
+    ) -> _typing.Union[_admin_pb2.ReloadConfigResponse, _abc.Awaitable[_admin_pb2.ReloadConfigResponse]]:
+        """FAILED_PRECONDITION if the broker was started without a config file."""
 
     @_abc_1.abstractmethod
     def ConfigHistory(
         self,
         request: _admin_pb2.ConfigHistoryRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.ConfigHistoryResponse, _abc.Awaitable[_admin_pb2.ConfigHistoryResponse]]: ...
+    ) -> _typing.Union[_admin_pb2.ConfigHistoryResponse, _abc.Awaitable[_admin_pb2.ConfigHistoryResponse]]:
+        """Audited changes of pool settings, newest first, paged."""
 
     @_abc_1.abstractmethod
     def PurgeTasks(

@@ -63,13 +63,31 @@ class TaskServiceStub:
     Submit: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.SubmitRequest, _tasks_pb2.SubmitResponse]
     """Submit one task. See TaskSpec for the limits and SubmitResponse for overload."""
     SubmitBatch: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.SubmitBatchRequest, _tasks_pb2.SubmitBatchResponse]
+    """Submit up to max_batch_size tasks, all or none; errors as for Submit, a task's
+    error prefixed with its place ("task 3: ").
+    """
     SubmitStream: _grpc.StreamStreamMultiCallable[_tasks_pb2.SubmitStreamRequest, _tasks_pb2.SubmitStreamResponse]
-    """The high-throughput path: batches in, acks and completion notices out."""
+    """The high-throughput path: batches in, acks and completion notices out. Errors
+    of a batch come in its SubmitAck; a malformed message, or more watch_task_ids
+    than allowed, ends the stream with INVALID_ARGUMENT.
+    """
     Get: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.GetTaskRequest, _tasks_pb2.Task]
+    """One task; NOT_FOUND if it does not exist (or was purged)."""
     Wait: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.WaitRequest, _tasks_pb2.WaitResponse]
+    """The tasks once all are terminal, or as they are when the timeout (or the
+    call's deadline) runs out; NOT_FOUND if one does not exist.
+    """
     Cancel: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.CancelRequest, _tasks_pb2.CancelResponse]
+    """Cancel a task that has not finished: a pending one at once, a running one is
+    told to stop on its worker. A cancelled task is returned as it is; one that
+    ended otherwise is FAILED_PRECONDITION.
+    """
     List: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.ListTasksRequest, _tasks_pb2.ListTasksResponse]
+    """Tasks, newest first, in pages (see ListTasksRequest)."""
     Retry: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.RetryRequest, _tasks_pb2.RetryResponse]
+    """Requeue FAILED or DEAD_LETTER tasks; FAILED_PRECONDITION for a task in another
+    state.
+    """
 
 @_typing.type_check_only
 class TaskServiceAsyncStub(TaskServiceStub):
@@ -77,13 +95,31 @@ class TaskServiceAsyncStub(TaskServiceStub):
     Submit: _aio.UnaryUnaryMultiCallable[_tasks_pb2.SubmitRequest, _tasks_pb2.SubmitResponse]  # type: ignore[assignment]
     """Submit one task. See TaskSpec for the limits and SubmitResponse for overload."""
     SubmitBatch: _aio.UnaryUnaryMultiCallable[_tasks_pb2.SubmitBatchRequest, _tasks_pb2.SubmitBatchResponse]  # type: ignore[assignment]
+    """Submit up to max_batch_size tasks, all or none; errors as for Submit, a task's
+    error prefixed with its place ("task 3: ").
+    """
     SubmitStream: _aio.StreamStreamMultiCallable[_tasks_pb2.SubmitStreamRequest, _tasks_pb2.SubmitStreamResponse]  # type: ignore[assignment]
-    """The high-throughput path: batches in, acks and completion notices out."""
+    """The high-throughput path: batches in, acks and completion notices out. Errors
+    of a batch come in its SubmitAck; a malformed message, or more watch_task_ids
+    than allowed, ends the stream with INVALID_ARGUMENT.
+    """
     Get: _aio.UnaryUnaryMultiCallable[_tasks_pb2.GetTaskRequest, _tasks_pb2.Task]  # type: ignore[assignment]
+    """One task; NOT_FOUND if it does not exist (or was purged)."""
     Wait: _aio.UnaryUnaryMultiCallable[_tasks_pb2.WaitRequest, _tasks_pb2.WaitResponse]  # type: ignore[assignment]
+    """The tasks once all are terminal, or as they are when the timeout (or the
+    call's deadline) runs out; NOT_FOUND if one does not exist.
+    """
     Cancel: _aio.UnaryUnaryMultiCallable[_tasks_pb2.CancelRequest, _tasks_pb2.CancelResponse]  # type: ignore[assignment]
+    """Cancel a task that has not finished: a pending one at once, a running one is
+    told to stop on its worker. A cancelled task is returned as it is; one that
+    ended otherwise is FAILED_PRECONDITION.
+    """
     List: _aio.UnaryUnaryMultiCallable[_tasks_pb2.ListTasksRequest, _tasks_pb2.ListTasksResponse]  # type: ignore[assignment]
+    """Tasks, newest first, in pages (see ListTasksRequest)."""
     Retry: _aio.UnaryUnaryMultiCallable[_tasks_pb2.RetryRequest, _tasks_pb2.RetryResponse]  # type: ignore[assignment]
+    """Requeue FAILED or DEAD_LETTER tasks; FAILED_PRECONDITION for a task in another
+    state.
+    """
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -99,7 +135,10 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _tasks_pb2.SubmitBatchRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_tasks_pb2.SubmitBatchResponse, _abc.Awaitable[_tasks_pb2.SubmitBatchResponse]]: ...
+    ) -> _typing.Union[_tasks_pb2.SubmitBatchResponse, _abc.Awaitable[_tasks_pb2.SubmitBatchResponse]]:
+        """Submit up to max_batch_size tasks, all or none; errors as for Submit, a task's
+        error prefixed with its place ("task 3: ").
+        """
 
     @_abc_1.abstractmethod
     def SubmitStream(
@@ -107,41 +146,56 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_tasks_pb2.SubmitStreamRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_tasks_pb2.SubmitStreamResponse], _abc.AsyncIterator[_tasks_pb2.SubmitStreamResponse]]:
-        """The high-throughput path: batches in, acks and completion notices out."""
+        """The high-throughput path: batches in, acks and completion notices out. Errors
+        of a batch come in its SubmitAck; a malformed message, or more watch_task_ids
+        than allowed, ends the stream with INVALID_ARGUMENT.
+        """
 
     @_abc_1.abstractmethod
     def Get(
         self,
         request: _tasks_pb2.GetTaskRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_tasks_pb2.Task, _abc.Awaitable[_tasks_pb2.Task]]: ...
+    ) -> _typing.Union[_tasks_pb2.Task, _abc.Awaitable[_tasks_pb2.Task]]:
+        """One task; NOT_FOUND if it does not exist (or was purged)."""
 
     @_abc_1.abstractmethod
     def Wait(
         self,
         request: _tasks_pb2.WaitRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_tasks_pb2.WaitResponse, _abc.Awaitable[_tasks_pb2.WaitResponse]]: ...
+    ) -> _typing.Union[_tasks_pb2.WaitResponse, _abc.Awaitable[_tasks_pb2.WaitResponse]]:
+        """The tasks once all are terminal, or as they are when the timeout (or the
+        call's deadline) runs out; NOT_FOUND if one does not exist.
+        """
 
     @_abc_1.abstractmethod
     def Cancel(
         self,
         request: _tasks_pb2.CancelRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_tasks_pb2.CancelResponse, _abc.Awaitable[_tasks_pb2.CancelResponse]]: ...
+    ) -> _typing.Union[_tasks_pb2.CancelResponse, _abc.Awaitable[_tasks_pb2.CancelResponse]]:
+        """Cancel a task that has not finished: a pending one at once, a running one is
+        told to stop on its worker. A cancelled task is returned as it is; one that
+        ended otherwise is FAILED_PRECONDITION.
+        """
 
     @_abc_1.abstractmethod
     def List(
         self,
         request: _tasks_pb2.ListTasksRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_tasks_pb2.ListTasksResponse, _abc.Awaitable[_tasks_pb2.ListTasksResponse]]: ...
+    ) -> _typing.Union[_tasks_pb2.ListTasksResponse, _abc.Awaitable[_tasks_pb2.ListTasksResponse]]:
+        """Tasks, newest first, in pages (see ListTasksRequest)."""
 
     @_abc_1.abstractmethod
     def Retry(
         self,
         request: _tasks_pb2.RetryRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_tasks_pb2.RetryResponse, _abc.Awaitable[_tasks_pb2.RetryResponse]]: ...
+    ) -> _typing.Union[_tasks_pb2.RetryResponse, _abc.Awaitable[_tasks_pb2.RetryResponse]]:
+        """Requeue FAILED or DEAD_LETTER tasks; FAILED_PRECONDITION for a task in another
+        state.
+        """
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -20,6 +20,7 @@ from broker.errors import (
     InvalidArgument,
     InvalidTransition,
     NotFound,
+    OverLimit,
     ResourceExhausted,
     StorageError,
     Unavailable,
@@ -46,6 +47,9 @@ STATUS_CODES: dict[type[BrokerError], grpc.StatusCode] = {
 # The trailing metadata of a RESOURCE_EXHAUSTED answer that says when to try again, in
 # milliseconds: the name gRPC's own retry machinery reads as server pushback.
 RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+# The pushback gRFC A6 defines as "do not retry" (any negative number): sent with what can
+# never succeed as sent, so that not even a retry policy listing its code retries it.
+DO_NOT_RETRY = "-1"
 # The google.rpc.ErrorInfo domain of the broker's errors.
 ERROR_DOMAIN = "taskbroker"
 
@@ -76,7 +80,8 @@ def rich_status(error: BrokerError) -> RichStatus:
     """The status for an error, with its google.rpc details in the trailer
     `grpc-status-details-bin` (read with grpc_status.rpc_status.from_call): an ErrorInfo
     with the error's reason, a BadRequest naming its field if it has one, a RetryInfo if
-    it says when to try again; and, for RESOURCE_EXHAUSTED, `grpc-retry-pushback-ms`."""
+    it says when to try again; and `grpc-retry-pushback-ms`: the delay with RESOURCE_EXHAUSTED,
+    "do not retry" with an OverLimit."""
     code = status_of(error)
     message = str(error)
     status = Status(code=code.value[0], message=message)
@@ -91,6 +96,8 @@ def rich_status(error: BrokerError) -> RichStatus:
         info.retry_delay.FromMilliseconds(delay_ms)
         status.details.add().Pack(info)
         pushback = ((RETRY_PUSHBACK_KEY, str(delay_ms)),)
+    elif isinstance(error, OverLimit):
+        pushback = ((RETRY_PUSHBACK_KEY, DO_NOT_RETRY),)
     answer = rpc_status.to_status(status)
     return RichStatus(code, message, (*answer.trailing_metadata, *pushback))
 

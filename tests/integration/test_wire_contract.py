@@ -401,11 +401,12 @@ async def test_errors_carry_google_rpc_details(channel: grpc.aio.Channel) -> Non
     assert any(d.Unpack(retry) for d in _details(full).details)
     assert retry.retry_delay.ToMilliseconds() == int(pushback) > 0
 
-    # A batch the queue can never hold is not overload: INVALID_ARGUMENT, no pushback.
+    # A batch the queue can never hold is not overload: INVALID_ARGUMENT, and a pushback
+    # that says "do not retry".
     never = await _fails(tasks.SubmitBatch(_tasks.SubmitBatchRequest(tasks=[spec, spec])))
     assert never.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert _error_info(never).reason == "OVER_LIMIT"
-    assert "grpc-retry-pushback-ms" not in _trailers(never)
+    assert _trailers(never)["grpc-retry-pushback-ms"] == "-1"
 
 
 # -- terminal states and enums -------------------------------------------------------------

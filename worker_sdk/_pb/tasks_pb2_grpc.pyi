@@ -11,7 +11,9 @@ IDEMPOTENCY_KEY_REUSED, QUEUE_FULL, RATE_LIMITED, OVER_LIMIT, NOT_FOUND), a
 `google.rpc.RetryInfo` when trying again later can help. The codes:
   INVALID_ARGUMENT     the request is malformed or over a fixed limit (a payload
                        over max_payload_bytes, a batch bigger than a queue or a
-                       rate limit's burst can ever take). Never retry unchanged.
+                       rate limit's burst can ever take; ErrorInfo reason
+                       OVER_LIMIT, and `grpc-retry-pushback-ms: -1`, gRFC A6's
+                       "do not retry"). Never retry unchanged.
   NOT_FOUND            a named task, pool or worker does not exist.
   ALREADY_EXISTS       a pool of that name exists; an idempotency key was reused
                        for a different task (see TaskSpec.idempotency_key).

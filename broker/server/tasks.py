@@ -24,6 +24,8 @@ from worker_sdk._pb import tasks_pb2_grpc as _tasks_grpc
 COMPLETIONS_PER_MESSAGE = 1000
 # Payloads plus results in one Completions message, so it stays far below 4 MiB.
 COMPLETION_BYTES_PER_MESSAGE = 1024 * 1024
+# Room in a message for a task's other fields (an error's traceback, placement notes).
+COMPLETION_HEADROOM_BYTES = 256 * 1024
 
 
 class TaskService(_tasks_grpc.TaskServiceServicer):
@@ -204,6 +206,8 @@ class _SubmitSession:
         for task in completed:
             view = self._views.pop(task.id, convert.FULL)
             task_size = len(task.spec.payload) + len(task.result) if view == convert.FULL else 0
+            if task_size > self._service.max_response_bytes - COMPLETION_HEADROOM_BYTES:
+                view, task_size = convert.BASIC, 0  # too big for any message: Get reads it
             if len(messages[-1].tasks) >= COMPLETIONS_PER_MESSAGE or (
                 size and size + task_size > COMPLETION_BYTES_PER_MESSAGE
             ):

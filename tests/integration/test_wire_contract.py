@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Iterable
+from pathlib import Path
 from typing import Any, cast
 
 import grpc
@@ -18,6 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2 as _reflection
 from grpc_status import rpc_status
 
 from broker import Broker
+from tests.support.config import make_config
 from worker_sdk import Client
 from worker_sdk._pb import admin_pb2 as _admin
 from worker_sdk._pb import admin_pb2_grpc as _admin_grpc
@@ -193,6 +195,35 @@ async def test_completion_notices_leave_payloads_out_when_asked(
     assert (done.id, done.state, done.terminal) == (task_id, _tasks.TASK_STATE_CANCELLED, True)
     assert (done.view, done.spec.payload) == (_tasks.TASK_VIEW_BASIC, b"")
     await outbox.put(None)
+
+
+async def test_a_lower_max_response_bytes_bounds_every_read(tmp_path: Path) -> None:
+    config = make_config(tmp_path, max_response_bytes=300 * 1024)
+    async with Broker(config) as broker, grpc.aio.insecure_channel(broker.address) as channel:
+        tasks = _tasks_grpc.TaskServiceStub(channel)
+        outbox: asyncio.Queue[_tasks.SubmitStreamRequest | None] = asyncio.Queue()
+
+        async def requests() -> AsyncIterator[_tasks.SubmitStreamRequest]:
+            while (message := await outbox.get()) is not None:
+                yield message
+
+        stream = tasks.SubmitStream(requests())
+        specs = [_tasks.TaskSpec(task_type="t", payload=b"x" * 120_000) for _ in range(5)]
+        await outbox.put(_tasks.SubmitStreamRequest(batch_id=1, tasks=specs, watch=True))
+        ids = list((await _next(stream)).ack.task_ids)
+        page = await tasks.List(_tasks.ListTasksRequest(limit=5))
+        assert len(page.tasks) == 2  # 120 kB each: a third would pass 300 KiB
+        assert page.next_page_token
+        assert page.ByteSize() <= config.max_response_bytes
+        waited = await tasks.Wait(_tasks.WaitRequest(task_ids=ids, timeout_s=0.01))
+        assert [t.view for t in waited.tasks] == [_tasks.TASK_VIEW_FULL] * 2 + [
+            _tasks.TASK_VIEW_BASIC
+        ] * 3
+        # A completion notice too big for the limit comes without its payload.
+        await tasks.Cancel(_tasks.CancelRequest(task_id=ids[0]))
+        (done,) = (await _next(stream)).completions.tasks
+        assert (done.id, done.view, done.spec.payload) == (ids[0], _tasks.TASK_VIEW_BASIC, b"")
+        await outbox.put(None)
 
 
 # -- SubmitStream acks ---------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from opentelemetry.trace import Tracer
 
+from broker.config import BrokerConfig
 from broker.core import validation
 from broker.core.states import BrokerState
 from broker.domain import (
@@ -323,6 +324,11 @@ class BrokerService:
     # A transport carrying a worker's connection calls these: connect_worker once, with a
     # WorkerChannel through which the broker sends it work; then what the worker says;
     # disconnect_worker when the connection ends, however it ends.
+
+    @property
+    def config(self) -> BrokerConfig:
+        """The broker's configuration (its limits are part of the wire contract)."""
+        return self._engine.config
 
     @property
     def max_response_bytes(self) -> int:

@@ -6,6 +6,7 @@ converts the answer back; a BrokerError becomes its status code (broker.server.s
 
 from __future__ import annotations
 
+from broker.core.validation import MAX_TASK_IDS
 from broker.errors import InvalidArgument
 from broker.server import convert, paging
 from broker.server.parsing import client_identity
@@ -133,7 +134,20 @@ class AdminService(_admin_grpc.AdminServiceServicer):
 
     @edge
     async def Stats(self, request: _admin.StatsRequest, context: Context) -> _admin.StatsResponse:
-        return convert.stats_to_pb(await self._service.stats())
+        response = convert.stats_to_pb(await self._service.stats())
+        config = self._service.config
+        response.limits.CopyFrom(
+            _admin.BrokerLimits(
+                max_payload_bytes=config.max_payload_bytes,
+                max_result_bytes=config.max_result_bytes,
+                max_response_bytes=config.max_response_bytes,
+                max_batch_size=config.max_batch_size,
+                max_wait_s=config.max_wait_s,
+                max_task_ids=MAX_TASK_IDS,
+                max_page_size=paging.MAX_PAGE_SIZE,
+            )
+        )
+        return response
 
     @edge
     async def MetricsHistory(

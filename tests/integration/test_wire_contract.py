@@ -201,6 +201,8 @@ async def test_a_lower_max_response_bytes_bounds_every_read(tmp_path: Path) -> N
     config = make_config(tmp_path, max_response_bytes=300 * 1024)
     async with Broker(config) as broker, grpc.aio.insecure_channel(broker.address) as channel:
         tasks = _tasks_grpc.TaskServiceStub(channel)
+        limits = (await _admin_grpc.AdminServiceStub(channel).Stats(_admin.StatsRequest())).limits
+        assert (limits.max_response_bytes, limits.max_payload_bytes) == (300 * 1024, MIB)
         outbox: asyncio.Queue[_tasks.SubmitStreamRequest | None] = asyncio.Queue()
 
         async def requests() -> AsyncIterator[_tasks.SubmitStreamRequest]:

@@ -1288,26 +1288,78 @@ class StatsResponse(_message.Message):
     POOLS_FIELD_NUMBER: _builtins.int
     BROKER_STATE_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     broker_state: _builtins.str
     """created, starting, running, draining, stopped"""
     state: Global___BrokerState.ValueType
     """broker_state, as an enum"""
     @_builtins.property
     def pools(self) -> _containers.RepeatedCompositeFieldContainer[Global___PoolStats]: ...
+    @_builtins.property
+    def limits(self) -> Global___BrokerLimits: ...
     def __init__(
         self,
         *,
         pools: _abc.Iterable[Global___PoolStats] | None = ...,
         broker_state: _builtins.str = ...,
         state: Global___BrokerState.ValueType = ...,
+        limits: Global___BrokerLimits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["broker_state", b"broker_state", "pools", b"pools", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["broker_state", b"broker_state", "limits", b"limits", "pools", b"pools", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatsResponse: _TypeAlias = StatsResponse  # noqa: Y015
+
+@_typing.final
+class BrokerLimits(_message.Message):
+    """The limits a client must keep to, as this broker is configured (the .proto
+    comments name each where it applies).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_PAYLOAD_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_RESULT_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_RESPONSE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    MAX_WAIT_S_FIELD_NUMBER: _builtins.int
+    MAX_TASK_IDS_FIELD_NUMBER: _builtins.int
+    MAX_PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    max_payload_bytes: _builtins.int
+    """a TaskSpec.payload; over it: INVALID_ARGUMENT"""
+    max_result_bytes: _builtins.int
+    """a result; over it the task fails (ResultTooLarge)"""
+    max_response_bytes: _builtins.int
+    """the most any read answers (see TaskView)"""
+    max_batch_size: _builtins.int
+    """tasks in one batch, ids in one Wait"""
+    max_wait_s: _builtins.float
+    """the longest Wait"""
+    max_task_ids: _builtins.int
+    """ids in Retry and in a SubmitStream watch list"""
+    max_page_size: _builtins.int
+    """page_size (and ListTasks limit) of a listing"""
+    def __init__(
+        self,
+        *,
+        max_payload_bytes: _builtins.int = ...,
+        max_result_bytes: _builtins.int = ...,
+        max_response_bytes: _builtins.int = ...,
+        max_batch_size: _builtins.int = ...,
+        max_wait_s: _builtins.float = ...,
+        max_task_ids: _builtins.int = ...,
+        max_page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_batch_size", b"max_batch_size", "max_page_size", b"max_page_size", "max_payload_bytes", b"max_payload_bytes", "max_response_bytes", b"max_response_bytes", "max_result_bytes", b"max_result_bytes", "max_task_ids", b"max_task_ids", "max_wait_s", b"max_wait_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BrokerLimits: _TypeAlias = BrokerLimits  # noqa: Y015
 
 @_typing.final
 class PurgeTasksRequest(_message.Message):

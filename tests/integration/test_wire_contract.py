@@ -20,7 +20,7 @@ from grpc_status import rpc_status
 
 from broker import Broker
 from tests.support.config import make_config
-from worker_sdk import Client
+from worker_sdk import AlreadyExists, Client
 from worker_sdk._pb import admin_pb2 as _admin
 from worker_sdk._pb import admin_pb2_grpc as _admin_grpc
 from worker_sdk._pb import tasks_pb2 as _tasks
@@ -292,6 +292,21 @@ async def test_an_idempotency_key_reused_for_another_task_is_refused(
     assert first.task_id in (error.details() or "")
     listed = await tasks.List(_tasks.ListTasksRequest())
     assert [t.id for t in listed.tasks] == [first.task_id]  # nothing new was made
+
+
+async def test_the_sdk_fails_only_the_submit_that_reuses_a_key(broker: Broker) -> None:
+    async with Client(broker.address) as client:
+        first = await client.submit("t", b"a", idempotency_key="order-1")
+        # Sent at once, these share one SubmitStream message; only one reuses the key.
+        reused, fresh = await asyncio.gather(
+            client.submit("t", b"b", idempotency_key="order-1"),
+            client.submit("t", b"c"),
+            return_exceptions=True,
+        )
+        assert isinstance(reused, AlreadyExists)
+        assert first in str(reused)
+        assert isinstance(fresh, str)
+        assert fresh != first
 
 
 # -- UpdatePool: masks and etags -----------------------------------------------------------

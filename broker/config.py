@@ -86,6 +86,10 @@ class BrokerConfig:
     sqlite_synchronous: str = "FULL"  # FULL: a commit survives power loss; NORMAL: a crash
     max_payload_bytes: int = 1024 * 1024
     max_result_bytes: int = 1024 * 1024
+    # No answer to a read (Get, List, Wait, completion notices) is bigger than this:
+    # List pages stop short of it, Wait and completions leave payloads and results out
+    # beyond it. The default is gRPC's default receive limit, so any client can read.
+    max_response_bytes: int = 4 * 1024 * 1024
     max_traceback_chars: int = 16_000
     max_batch_size: int = 1000
     max_wait_s: float = 300.0
@@ -128,6 +132,7 @@ class BrokerConfig:
         )
         for key in ("max_payload_bytes", "max_result_bytes", "max_traceback_chars"):
             _check(getattr(self, key) > 0, key, "must be positive")
+        _check(self.max_response_bytes >= 64 * 1024, "max_response_bytes", "must be at least 65536")
         _check(1 <= self.max_batch_size <= 100_000, "max_batch_size", "must be 1..100000")
         _check(self.max_wait_s > 0, "max_wait_s", "must be positive")
         _check(self.heartbeat_interval_s > 0, "heartbeat_interval_s", "must be positive")

@@ -2,9 +2,9 @@
 
 The gRPC servicers (broker.server) parse a request, call one method here and convert
 the answer; an HTTP dashboard or an autoscaler's endpoint would do the same. Nothing
-here knows protobuf or gRPC. The service holds no state of its own: it composes the
-runtime (the Engine), the metrics history and the broker's lifecycle, which the
-composition root (broker.app) hands it.
+here knows protobuf or gRPC. The service holds no state of its own but a lock that puts
+pool updates in a row: it composes the runtime (the Engine), the metrics history and the
+broker's lifecycle, which the composition root (broker.app) hands it.
 
 Errors are BrokerErrors (broker.errors); each transport maps them to its own codes.
 """
@@ -12,12 +12,16 @@ Errors are BrokerErrors (broker.errors); each transport maps them to its own cod
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import dataclasses
+import hashlib
+import json
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from opentelemetry.trace import Tracer
 
+from broker.config import BrokerConfig
 from broker.core import validation
 from broker.core.states import BrokerState
 from broker.domain import (
@@ -36,7 +40,7 @@ from broker.domain import (
     WorkerSpec,
     WorkerStatus,
 )
-from broker.errors import FailedPrecondition, InvalidArgument, NotFound
+from broker.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from broker.observability import scaling, tracing
 from broker.observability.recommend import Recommendation, recommend
 from broker.observability.rollups import LiveStats, MetricPoint, MetricsHistory
@@ -84,6 +88,13 @@ class ScalingSignal:
     recommendation: Recommendation
 
 
+def pool_etag(pool: PoolConfig) -> str:
+    """A pool's etag (AIP-154): a hash of its settings, so it changes exactly when they do
+    and needs nothing stored."""
+    text = json.dumps(dataclasses.asdict(pool), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
 class BrokerService:
     """Tasks, pools, workers and statistics of one running broker.
 
@@ -108,6 +119,8 @@ class BrokerService:
         self._tracer = tracer
         self._activity = ActivityFeed()
         engine.observers.add(self._activity)
+        # Pool updates one at a time, so that an etag is checked against what is applied.
+        self._pool_updates = asyncio.Lock()
 
     # -- tasks ---------------------------------------------------------------------------
 
@@ -186,6 +199,27 @@ class BrokerService:
     async def update_pool(self, pool: PoolConfig, who: str = "") -> PoolConfig:
         validation.validate_pool_request(pool)
         return await self._engine.update_pool(pool, who=who)
+
+    async def change_pool(
+        self, name: str, changes: Mapping[str, Any], etag: str = "", who: str = ""
+    ) -> PoolConfig:
+        """Change these settings of a pool (PoolConfig field names) and keep the others;
+        the pool as it is afterwards. With `etag`, Aborted unless the pool's settings are
+        still those the etag was made from (see `pool_etag`); NotFound for no such pool."""
+        async with self._pool_updates:
+            current = next((p for p in self._engine.pools() if p.name == name), None)
+            if current is None:
+                raise NotFound(f"pool {name!r} does not exist", field="pool.name")
+            if etag and etag != pool_etag(current):
+                raise Aborted(
+                    f"pool {name!r} changed since it was read (its etag is no longer "
+                    f"{etag!r}); read it again, reapply the change and send it again",
+                    field="etag",
+                    reason="ETAG_MISMATCH",
+                )
+            pool = dataclasses.replace(current, **changes)
+            validation.validate_pool_request(pool)
+            return await self._engine.update_pool(pool, who=who)
 
     async def reload_config(self, who: str = "") -> list[ConfigChange]:
         """Re-read the config file and apply what changed in its pools."""
@@ -346,6 +380,16 @@ class BrokerService:
     # A transport carrying a worker's connection calls these: connect_worker once, with a
     # WorkerChannel through which the broker sends it work; then what the worker says;
     # disconnect_worker when the connection ends, however it ends.
+
+    @property
+    def config(self) -> BrokerConfig:
+        """The broker's configuration (its limits are part of the wire contract)."""
+        return self._engine.config
+
+    @property
+    def max_response_bytes(self) -> int:
+        """The most bytes one answer to a read may take (the broker's max_response_bytes)."""
+        return self._engine.config.max_response_bytes
 
     @property
     def heartbeat_interval_s(self) -> float:

@@ -49,8 +49,14 @@ def tasks_list(
     """List tasks, newest first."""
     states = tuple(TaskState(s.value) for s in state or ())
     with connect(broker) as client:
+        # The table shows no payloads or results: ask for tasks without them.
         tasks = client.list_tasks(
-            pool=pool, states=states, task_type=task_type, limit=limit, before_id=before
+            pool=pool,
+            states=states,
+            task_type=task_type,
+            limit=limit,
+            before_id=before,
+            payloads=output is OutputFormat.JSON,
         )
     show_tasks(tasks, output)
 

@@ -434,14 +434,33 @@ class Client(AdminCalls):
         task_type: str | None = None,
         limit: int = 100,
         before_id: str | None = None,
+        payloads: bool = True,
     ) -> list[TaskInfo]:
-        """Tasks matching every given filter, newest first; page with `before_id`."""
+        """Tasks matching every given filter, newest first, at most `limit`; page with
+        `before_id`. With `payloads=False` the broker leaves each task's payload and result
+        out (they read b""), which makes a listing of big tasks light.
+
+        The broker answers in pages of at most its max_response_bytes; this follows them
+        until it has `limit` tasks or there are no more.
+        """
         task_stub, _ = self._stubs()
-        request = _convert.list_tasks_request(
-            pool=pool, states=states, task_type=task_type, limit=limit, before_id=before_id
-        )
-        response = await self._unary(task_stub.List(request, metadata=self._metadata))
-        return _convert.listed_tasks(response)
+        tasks: list[TaskInfo] = []
+        token = ""
+        while True:
+            request = _convert.list_tasks_request(
+                pool=pool,
+                states=states,
+                task_type=task_type,
+                limit=limit - len(tasks),
+                before_id=before_id,
+                payloads=payloads,
+                page_token=token,
+            )
+            response = await self._unary(task_stub.List(request, metadata=self._metadata))
+            tasks.extend(_convert.listed_tasks(response))
+            token = response.next_page_token
+            if not token or len(tasks) >= limit or not response.tasks:
+                return tasks
 
 
 def _check_timeout(timeout: float | None) -> None:

@@ -34,7 +34,8 @@ class ResourceExhausted(TaskbrokerError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         # Seconds the broker asked us to wait before trying again; None when it gave no
-        # hint, as for a payload over its size limit, which no wait will cure.
+        # hint (a broker older than this SDK also sent this for a payload over its size
+        # limit, which no wait will cure; newer ones say InvalidArgument).
         self.retry_after = retry_after
 
 

@@ -263,6 +263,10 @@ POOL_SETTINGS: Final[tuple[PoolSetting, ...]] = (
 NESTED_SETTINGS: Final = ("bulkheads", "fairness_weights")
 MAX_FAIRNESS_WEIGHT: Final = 1000
 
+# Fields of message Pool that describe its settings rather than being ones: the etag, and
+# the enum twins of strategy and rate_mode (the broker fills them; the SDK reads the names).
+POOL_DESCRIPTION_FIELDS: Final = ("etag", "strategy_kind", "rate_mode_kind")
+
 SETTING_NAMES: Final = (*(s.name for s in POOL_SETTINGS), *NESTED_SETTINGS)
 BY_NAME: Final[Mapping[str, PoolSetting]] = {s.name: s for s in POOL_SETTINGS}
 

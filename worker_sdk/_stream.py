@@ -33,7 +33,9 @@ _log = logging.getLogger("taskbroker.client")
 _MAX_MESSAGE_TASK_BYTES: Final = 1 << 20
 # A failed all-or-nothing batch with one of these codes is most likely the fault of one of
 # its tasks, and none of them was accepted: each is sent again alone to find the culprit.
-_PER_TASK_ERROR_CODES: Final = frozenset({3, 5})  # INVALID_ARGUMENT, NOT_FOUND
+# Errors one task of a coalesced batch can cause (so its batch is resent task by task):
+# INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS (an idempotency key reused for another task).
+_PER_TASK_ERROR_CODES: Final = frozenset({3, 5, 6})
 # The first resend of a refused submit waits up to this long (full jitter), doubling after.
 _SUBMIT_BACKOFF_INITIAL_S: Final = 0.1
 

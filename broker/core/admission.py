@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from broker.config import BrokerConfig
 from broker.core.ratelimit import KeyedBuckets, TokenBucket
 from broker.domain import PoolConfig, Task, TaskSpec
-from broker.errors import ResourceExhausted
+from broker.errors import OverLimit, ResourceExhausted
 
 # A retry hint stays within these bounds, whatever the pool's recent placement rate says.
 MIN_RETRY_HINT_S = 0.05
@@ -82,7 +82,7 @@ class Admission:
             limit = config.max_queue or self._config.default_max_queue
             waiting = self.backlog[pool_name]
             if count > limit:
-                raise ResourceExhausted(
+                raise OverLimit(
                     f"a batch of {count} tasks for pool {pool_name!r} can never fit its "
                     f"queue of {limit} (max_queue); send smaller batches"
                 )
@@ -92,6 +92,7 @@ class Admission:
                     f"pool {pool_name!r} has {waiting} tasks waiting and takes at most "
                     f"{limit} (max_queue); try again later",
                     retry_after_s=self._retry_hint(pool_name, waiting + count - limit, now),
+                    reason="QUEUE_FULL",
                 )
         for (pool_name, task_type), count in by_type.items():
             bulkhead = self._pool_config(pool_name).bulkhead(task_type)
@@ -99,7 +100,7 @@ class Admission:
                 continue
             waiting = self.backlog_by_type[(pool_name, task_type)]
             if count > bulkhead.max_queue:
-                raise ResourceExhausted(
+                raise OverLimit(
                     f"a batch of {count} tasks of type {task_type!r} can never fit its "
                     f"bulkhead queue of {bulkhead.max_queue} (max_queue); send smaller batches"
                 )
@@ -111,10 +112,11 @@ class Admission:
                     f"waiting and takes at most {bulkhead.max_queue} (bulkhead max_queue); "
                     "try again later",
                     retry_after_s=self._retry_hint(pool_name, excess, now),
+                    reason="QUEUE_FULL",
                 )
         size = sum(len(spec.payload) for spec in new)
         if size > self._config.max_pending_bytes:
-            raise ResourceExhausted(
+            raise OverLimit(
                 f"a batch of {size} payload bytes can never fit max_pending_bytes "
                 f"({self._config.max_pending_bytes}); send smaller batches"
             )
@@ -125,6 +127,7 @@ class Admission:
                 f"the broker holds {self.backlog_bytes} payload bytes of waiting tasks and "
                 f"at most {self._config.max_pending_bytes} (max_pending_bytes); try again later",
                 retry_after_s=1.0,
+                reason="QUEUE_FULL",
             )
         return self._rate_limit(new, client, now)
 
@@ -230,7 +233,7 @@ class Admission:
     def _over_rate(self, pool_name: str, who: str, wait: float, count: int) -> None:
         """Refuse the batch if a bucket said to wait (0: within the limit)."""
         if wait == math.inf:
-            raise ResourceExhausted(
+            raise OverLimit(
                 f"a batch of {count} tasks is more than the rate limit of {who} can ever "
                 "allow at once (its burst); send smaller batches"
             )
@@ -239,6 +242,7 @@ class Admission:
             raise ResourceExhausted(
                 f"{who} is over its rate limit; try again in {wait:.3f} s",
                 retry_after_s=wait,
+                reason="RATE_LIMITED",
             )
 
     def _retry_hint(self, pool_name: str, excess: int, now: float) -> float:

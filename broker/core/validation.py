@@ -2,7 +2,7 @@
 
 Every string and list that comes in on the wire has its limit here (the README's
 "Limits" table lists them). Each check raises the broker's error for the caller
-(InvalidArgument, NotFound, ResourceExhausted) with a message that names the field and
+(InvalidArgument, OverLimit, NotFound) with a message that names the field and
 the limit; `where` prefixes it with the task's place in a batch ("task 3: "). Pure:
 time is passed in.
 """
@@ -21,7 +21,7 @@ from broker.domain import (
     TaskSpec,
     WorkerSpec,
 )
-from broker.errors import InvalidArgument, NotFound, ResourceExhausted
+from broker.errors import InvalidArgument, NotFound, OverLimit
 
 MAX_CAPACITY = 10_000
 MAX_NAME_LENGTH = 200
@@ -122,9 +122,10 @@ def validate_spec(
     if spec.has_options:
         validate_options(spec, where, now)
     if len(spec.payload) > max_payload_bytes:
-        raise ResourceExhausted(
+        raise OverLimit(
             f"{where}payload is {len(spec.payload)} bytes, over the limit of "
-            f"{max_payload_bytes} (max_payload_bytes)"
+            f"{max_payload_bytes} (max_payload_bytes)",
+            field="payload",
         )
 
 

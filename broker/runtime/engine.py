@@ -38,7 +38,7 @@ from broker.domain import (
     WorkerSpec,
     WorkerStatus,
 )
-from broker.errors import InvalidArgument, NotFound, Unavailable
+from broker.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from broker.observability.observe import Observers
 from broker.runtime import stats
 from broker.runtime.dispatch import Dispatcher
@@ -213,6 +213,7 @@ class Engine:
         if any(spec.idempotency_key for spec in specs):
             found, claimed = await self._claims.find_existing(specs)
         try:
+            _check_same_tasks(specs, found)
             tasks = self._core.admit(specs, found, client, self._clock.now())
             fresh = [task for index, task in enumerate(tasks) if index not in found]
             if fresh:
@@ -506,3 +507,18 @@ class Engine:
         self._ticker.disarm()
         self._core.tick(self._clock.now())
         self._apply()
+
+
+def _check_same_tasks(specs: Sequence[TaskSpec], found: dict[int, Task]) -> None:
+    """AlreadyExists if an idempotency key names an earlier task that is not the one now
+    asked for (another task type or payload): a reused key, not a retried submit."""
+    for index, task in found.items():
+        spec = specs[index]
+        if spec.task_type != task.spec.task_type or spec.payload != task.spec.payload:
+            where = f"task {index}: " if len(specs) > 1 else ""
+            raise AlreadyExists(
+                f"{where}idempotency key {spec.idempotency_key!r} was used for task {task.id}, "
+                "which has another task type or payload; use a new key for a new task",
+                field="idempotency_key",
+                reason="IDEMPOTENCY_KEY_REUSED",
+            )

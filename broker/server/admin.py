@@ -6,12 +6,16 @@ converts the answer back; a BrokerError becomes its status code (broker.server.s
 
 from __future__ import annotations
 
-from broker.server import convert
+from broker.core.validation import MAX_TASK_IDS
+from broker.errors import InvalidArgument
+from broker.server import convert, paging
 from broker.server.parsing import client_identity
 from broker.server.status import Context, edge
 from broker.service import DEFAULT_HORIZON_S, DEFAULT_TARGET_WAIT_S, BrokerService
 from worker_sdk._pb import admin_pb2 as _admin
 from worker_sdk._pb import admin_pb2_grpc as _admin_grpc
+
+MAX_HISTORY = 10_000  # audited changes one ConfigHistory call reaches back, over its pages
 
 
 class AdminService(_admin_grpc.AdminServiceServicer):
@@ -24,8 +28,18 @@ class AdminService(_admin_grpc.AdminServiceServicer):
     async def ListPools(
         self, request: _admin.ListPoolsRequest, context: Context
     ) -> _admin.ListPoolsResponse:
-        pools = self._service.list_pools()
-        return _admin.ListPoolsResponse(pools=[convert.pool_to_pb(p) for p in pools])
+        size = paging.page_size(request.page_size, paging.MAX_PAGE_SIZE)
+        after = paging.read_token(request.page_token, "pools", "")
+        pools = sorted(self._service.list_pools(), key=lambda p: p.name)
+        if after is not None:
+            pools = [p for p in pools if p.name > str(after)]
+        if not request.page_size:  # a v1 client: every pool
+            size = len(pools)
+        page, more = pools[:size], len(pools) > size
+        token = paging.make_token("pools", "", page[-1].name) if more and page else ""
+        return _admin.ListPoolsResponse(
+            pools=[convert.pool_to_pb(p) for p in page], next_page_token=token
+        )
 
     @edge
     async def CreatePool(self, request: _admin.CreatePoolRequest, context: Context) -> _admin.Pool:
@@ -36,17 +50,30 @@ class AdminService(_admin_grpc.AdminServiceServicer):
 
     @edge
     async def UpdatePool(self, request: _admin.UpdatePoolRequest, context: Context) -> _admin.Pool:
-        pool = await self._service.update_pool(
-            convert.pool_from_pb(request.pool), who=client_identity(context)
-        )
+        name, changes, etag = convert.pool_update_from_pb(request)
+        pool = await self._service.change_pool(name, changes, etag, who=client_identity(context))
         return convert.pool_to_pb(pool)
 
     @edge
     async def ListWorkers(
         self, request: _admin.ListWorkersRequest, context: Context
     ) -> _admin.ListWorkersResponse:
-        workers = self._service.list_workers(request.pool)
-        return _admin.ListWorkersResponse(workers=[convert.worker_status_to_pb(w) for w in workers])
+        size = paging.page_size(request.page_size, paging.MAX_PAGE_SIZE)
+        after = paging.read_token(request.page_token, "workers", paging.fingerprint(request.pool))
+        workers = sorted(self._service.list_workers(request.pool), key=lambda w: w.spec.worker_id)
+        if after is not None:
+            workers = [w for w in workers if w.spec.worker_id > str(after)]
+        if not request.page_size:  # a v1 client: every worker
+            size = len(workers)
+        page, more = workers[:size], len(workers) > size
+        token = (
+            paging.make_token("workers", paging.fingerprint(request.pool), page[-1].spec.worker_id)
+            if more and page
+            else ""
+        )
+        return _admin.ListWorkersResponse(
+            workers=[convert.worker_status_to_pb(w) for w in page], next_page_token=token
+        )
 
     @edge
     async def DrainWorker(
@@ -75,9 +102,23 @@ class AdminService(_admin_grpc.AdminServiceServicer):
     async def ConfigHistory(
         self, request: _admin.ConfigHistoryRequest, context: Context
     ) -> _admin.ConfigHistoryResponse:
-        changes = await self._service.config_history(request.pool, request.limit or 100)
+        # The page token holds how many changes (newest first) earlier pages had: a change
+        # made while a client pages can show once more at the top of its next page.
+        filters = paging.fingerprint(request.pool)
+        skip = paging.read_token(request.page_token, "config_history", filters) or 0
+        if not isinstance(skip, int) or skip < 0:
+            raise InvalidArgument("page_token is not a page token of this listing")
+        size = request.limit or 100
+        if size > MAX_HISTORY:
+            raise InvalidArgument(f"limit must be 1..{MAX_HISTORY}, got {size}", field="limit")
+        changes = await self._service.config_history(
+            request.pool, min(skip + size + 1, MAX_HISTORY)
+        )
+        page = changes[skip : skip + size]
+        more = len(changes) > skip + size
+        token = paging.make_token("config_history", filters, skip + size) if more else ""
         return _admin.ConfigHistoryResponse(
-            changes=[convert.config_change_to_pb(c) for c in changes]
+            changes=[convert.config_change_to_pb(c) for c in page], next_page_token=token
         )
 
     @edge
@@ -93,7 +134,20 @@ class AdminService(_admin_grpc.AdminServiceServicer):
 
     @edge
     async def Stats(self, request: _admin.StatsRequest, context: Context) -> _admin.StatsResponse:
-        return convert.stats_to_pb(await self._service.stats())
+        response = convert.stats_to_pb(await self._service.stats())
+        config = self._service.config
+        response.limits.CopyFrom(
+            _admin.BrokerLimits(
+                max_payload_bytes=config.max_payload_bytes,
+                max_result_bytes=config.max_result_bytes,
+                max_response_bytes=config.max_response_bytes,
+                max_batch_size=config.max_batch_size,
+                max_wait_s=config.max_wait_s,
+                max_task_ids=MAX_TASK_IDS,
+                max_page_size=paging.MAX_PAGE_SIZE,
+            )
+        )
+        return response
 
     @edge
     async def MetricsHistory(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -13,6 +14,7 @@ from broker.domain import (
     DEFAULT_POOL,
     NO_RETRY,
     POOL_SCALAR_SETTINGS,
+    TERMINAL_STATES,
     BulkheadConfig,
     ConfigChange,
     Placement,
@@ -33,7 +35,7 @@ from broker.domain import (
 from broker.errors import InvalidArgument
 from broker.observability.recommend import Recommendation
 from broker.observability.rollups import LiveStats, MetricPoint
-from broker.service import BrokerStats
+from broker.service import BrokerStats, pool_etag
 from worker_sdk._pb import admin_pb2 as _admin
 from worker_sdk._pb import tasks_pb2 as _tasks
 from worker_sdk._pb import worker_pb2 as _worker
@@ -47,15 +49,19 @@ def _seconds(ms: int) -> float:
     return ms / 1000.0
 
 
-def task_id_from_pb(text: str) -> TaskId:
-    """Task ids travel as decimal strings."""
-    if not text.isdigit() or len(text) > 19:
-        raise InvalidArgument(f"{text!r} is not a task id")
+_TASK_ID = re.compile(r"[1-9][0-9]{0,18}")
+
+
+def task_id_from_pb(text: str, field: str = "task_id") -> TaskId:
+    """Task ids travel as decimal strings of a positive integer, written one way only:
+    ASCII digits, no sign, no leading zero ("013" is not task 13)."""
+    if _TASK_ID.fullmatch(text) is None:
+        raise InvalidArgument(f"{text[:40]!r} is not a task id", field=field)
     return int(text)
 
 
-def task_ids_from_pb(texts: Sequence[str]) -> list[TaskId]:
-    return [task_id_from_pb(t) for t in texts]
+def task_ids_from_pb(texts: Sequence[str], field: str = "task_ids") -> list[TaskId]:
+    return [task_id_from_pb(t, field) for t in texts]
 
 
 def wait_timeout_from_pb(timeout_s: float) -> float:
@@ -117,10 +123,10 @@ def spec_from_pb(msg: _tasks.TaskSpec) -> TaskSpec:
     )
 
 
-def _spec_to_pb(spec: TaskSpec) -> _tasks.TaskSpec:
+def _spec_to_pb(spec: TaskSpec, *, with_payload: bool = True) -> _tasks.TaskSpec:
     msg = _tasks.TaskSpec(
         task_type=spec.task_type,
-        payload=spec.payload,
+        payload=spec.payload if with_payload else b"",
         priority=spec.priority,
         pool=spec.pool,
         not_before_ms=_ms(spec.not_before),
@@ -167,10 +173,16 @@ def _error_to_pb(error: TaskError, msg: _tasks.TaskError) -> None:
     msg.traceback = error.traceback
 
 
-def task_to_pb(task: Task) -> _tasks.Task:
+FULL = _tasks.TASK_VIEW_FULL
+BASIC = _tasks.TASK_VIEW_BASIC
+
+
+def task_to_pb(task: Task, view: _tasks.TaskView.ValueType = FULL) -> _tasks.Task:
+    """The task on the wire; in the BASIC view without its payload and result."""
+    full = view != BASIC
     msg = _tasks.Task(
         id=str(task.id),
-        spec=_spec_to_pb(task.spec),
+        spec=_spec_to_pb(task.spec, with_payload=full),
         state=int(task.state),  # type: ignore[arg-type]
         attempts=task.attempts,
         worker_id=task.worker_id,
@@ -178,10 +190,12 @@ def task_to_pb(task: Task) -> _tasks.Task:
         assigned_at_ms=_ms(task.assigned_at),
         started_at_ms=_ms(task.started_at),
         finished_at_ms=_ms(task.finished_at),
-        result=task.result,
+        result=task.result if full else b"",
         placement_note=task.placement_note,
         unschedulable=task.unschedulable,
         not_before_ms=_ms(task.not_before),
+        view=FULL if full else BASIC,
+        terminal=task.state in TERMINAL_STATES,
     )
     if task.error is not None:
         _error_to_pb(task.error, msg.error)
@@ -273,7 +287,7 @@ def filter_from_pb(msg: _tasks.ListTasksRequest) -> TaskFilter:
         states=frozenset(states),
         task_type=msg.task_type,
         limit=msg.limit or 100,
-        before_id=task_id_from_pb(msg.before_id) if msg.before_id else None,
+        before_id=task_id_from_pb(msg.before_id, "before_id") if msg.before_id else None,
     )
 
 
@@ -305,12 +319,36 @@ def pool_name_from_pb(name: str) -> str:
 MAX_POOL_NAME = 64
 
 
+def _enum_value(enum: Any, prefix: str, name: str) -> Any:
+    """The value of `PREFIX_NAME` in a generated enum, 0 (unspecified) if it has none."""
+    return enum.values_by_name.get(
+        f"{prefix}_{name.upper()}", enum.values_by_name[f"{prefix}_UNSPECIFIED"]
+    ).number
+
+
+def _enum_name(enum: Any, prefix: str, number: int) -> str:
+    """The lower-case name after `PREFIX_` of an enum value; "" for unspecified or unknown."""
+    value = enum.values_by_number.get(number)
+    if value is None or number == 0:
+        return ""
+    return str(value.name).removeprefix(f"{prefix}_").lower()
+
+
+_STRATEGY = _admin.DESCRIPTOR.enum_types_by_name["Strategy"]
+_RATE_MODE = _admin.DESCRIPTOR.enum_types_by_name["RateMode"]
+_BREAKER = _admin.DESCRIPTOR.enum_types_by_name["BreakerState"]
+_BROKER_STATE = _admin.DESCRIPTOR.enum_types_by_name["BrokerState"]
+
+
 def pool_to_pb(pool: PoolConfig) -> _admin.Pool:
     return _admin.Pool(
         name=pool.name,
         **{name: getattr(pool, name) for name in POOL_SCALAR_SETTINGS},
         bulkheads=[_admin.Bulkhead(**asdict(b)) for b in pool.bulkheads],
         fairness_weights=dict(pool.fairness_weights),
+        etag=pool_etag(pool),
+        strategy_kind=_enum_value(_STRATEGY, "STRATEGY", pool.strategy),
+        rate_mode_kind=_enum_value(_RATE_MODE, "RATE_MODE", pool.rate_mode),
     )
 
 
@@ -338,6 +376,10 @@ def pool_from_pb(msg: _admin.Pool, *, update: bool = False) -> PoolConfig:
     }
     if update:
         settings["breaker_failures"] = msg.breaker_failures
+    if not msg.strategy and msg.strategy_kind:
+        settings["strategy"] = _enum_name(_STRATEGY, "STRATEGY", msg.strategy_kind) or "?"
+    if not msg.rate_mode and msg.rate_mode_kind:
+        settings["rate_mode"] = _enum_name(_RATE_MODE, "RATE_MODE", msg.rate_mode_kind) or "?"
     return PoolConfig(
         name=msg.name,
         **settings,
@@ -347,6 +389,61 @@ def pool_from_pb(msg: _admin.Pool, *, update: bool = False) -> PoolConfig:
         ),
         fairness_weights=dict(msg.fairness_weights),
     )
+
+
+# Pool fields that are not settings: what names the pool and what describes its settings.
+_NOT_SETTINGS = frozenset({"name", "etag"})
+# Enum twins of string settings: setting one sets the other.
+_TWINS = {"strategy_kind": "strategy", "rate_mode_kind": "rate_mode"}
+POOL_MASK_PATHS = frozenset(f.name for f in _admin.Pool.DESCRIPTOR.fields) - _NOT_SETTINGS
+MAX_MASK_PATHS = 64
+
+
+def _sets(msg: _admin.Pool, field: Any) -> bool:
+    """Whether a request sets a Pool field, as AIP-134 reads an update without a mask: a
+    list or map that is not empty, an `optional` field that is present, a scalar that is
+    not 0 or ""."""
+    if field.is_repeated:
+        return len(getattr(msg, field.name)) > 0
+    if field.has_presence:
+        has_field: Any = msg.HasField
+        return bool(has_field(field.name))
+    return bool(getattr(msg, field.name))
+
+
+def pool_update_from_pb(
+    request: _admin.UpdatePoolRequest,
+) -> tuple[str, dict[str, Any], str]:
+    """An UpdatePool request as (pool name, the settings it changes, etag).
+
+    With an update mask, the settings it names take the request's values (0 or empty
+    included, read as in `pool_from_pb` for an update); without one, the settings the
+    request sets (see `_sets`), so a client that does not know a field never resets it.
+    """
+    msg = request.pool
+    if request.HasField("update_mask"):
+        paths = list(request.update_mask.paths)
+        check_count(paths, "update_mask.paths", MAX_MASK_PATHS)
+        if paths == ["*"]:
+            chosen = set(POOL_MASK_PATHS)
+        else:
+            unknown = [p for p in paths if p not in POOL_MASK_PATHS]
+            if unknown:
+                raise InvalidArgument(
+                    f"update_mask names {unknown[0][:100]!r}, which is not a pool setting "
+                    f"(one of {', '.join(sorted(POOL_MASK_PATHS))}, or *)",
+                    field="update_mask",
+                )
+            chosen = set(paths)
+    else:
+        chosen = {
+            f.name for f in msg.DESCRIPTOR.fields if f.name not in _NOT_SETTINGS and _sets(msg, f)
+        }
+    chosen = {_TWINS.get(name, name) for name in chosen}
+    if not msg.name:
+        raise InvalidArgument("pool.name must name the pool to update", field="pool.name")
+    full = pool_from_pb(msg, update=True)
+    return msg.name, {name: getattr(full, name) for name in sorted(chosen)}, request.etag
 
 
 def worker_status_to_pb(status: WorkerStatus) -> _admin.WorkerStatus:
@@ -365,12 +462,14 @@ def worker_status_to_pb(status: WorkerStatus) -> _admin.WorkerStatus:
         cordoned=status.cordoned,
         breaker=status.breaker,
         consecutive_failures=status.consecutive_failures,
+        breaker_state=_enum_value(_BREAKER, "BREAKER_STATE", status.breaker),
     )
 
 
 def stats_to_pb(stats: BrokerStats) -> _admin.StatsResponse:
     return _admin.StatsResponse(
         broker_state=stats.broker_state.value,
+        state=_enum_value(_BROKER_STATE, "BROKER_STATE", stats.broker_state.value),
         pools=[_pool_stats_to_pb(p.stats, p.live, p.oldest_pending_age_s) for p in stats.pools],
     )
 

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection_pb2 as _reflection
 from opentelemetry.trace import Tracer
 
 from broker.config import BrokerConfig
@@ -41,6 +42,12 @@ SERVICE_NAMES = (
     _admin.DESCRIPTOR.services_by_name["AdminService"].full_name,
     _keda.DESCRIPTOR.services_by_name["ExternalScaler"].full_name,  # for KEDA
 )
+
+
+# Server reflection's stable name. Its messages are v1alpha's, field for field (the
+# protocol was renamed, not changed), and grpcio-reflection serves only v1alpha, so the
+# one servicer answers at both names.
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 
 def server_options(config: BrokerConfig) -> list[tuple[str, Any]]:
@@ -136,9 +143,26 @@ def add_services(server: grpc.aio.Server, service: BrokerService, *, health_serv
     _admin_grpc.add_AdminServiceServicer_to_server(AdminService(service), registrar)
     _keda_grpc.add_ExternalScalerServicer_to_server(ExternalScalerService(service), registrar)
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    add_reflection(server)
+
+
+def add_reflection(server: grpc.aio.Server) -> None:
+    """Serve server reflection as grpc.reflection.v1 and v1alpha, for tools (grpcurl,
+    Postman) of either generation."""
+    names = (*SERVICE_NAMES, health.SERVICE_NAME, REFLECTION_V1, reflection.SERVICE_NAME)
+    servicer = reflection.aio.ReflectionServicer(names)  # type: ignore[attr-defined]
+    handlers = {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=_reflection.ServerReflectionRequest.FromString,
+            response_serializer=_reflection.ServerReflectionResponse.SerializeToString,
+        )
+    }
+    for service_name in (REFLECTION_V1, reflection.SERVICE_NAME):
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service_name, handlers),)
+        )
+        server.add_registered_method_handlers(service_name, handlers)  # type: ignore[attr-defined]
 
 
 def build_server(

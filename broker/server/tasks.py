@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import dataclasses
+from collections.abc import AsyncIterator, Sequence
 
 from broker.core.validation import MAX_TASK_IDS
 from broker.domain import Task, TaskId
 from broker.errors import BrokerError, InvalidArgument, ResourceExhausted
-from broker.server import convert
+from broker.server import convert, paging
 from broker.server.parsing import Malformed, client_identity
-from broker.server.status import Context, edge, retry_after_ms, status_of
+from broker.server.status import Context, abort, edge, retry_after_ms, status_of
 from broker.service import BrokerService
 from worker_sdk._pb import tasks_pb2 as _tasks
 from worker_sdk._pb import tasks_pb2_grpc as _tasks_grpc
@@ -23,6 +24,8 @@ from worker_sdk._pb import tasks_pb2_grpc as _tasks_grpc
 COMPLETIONS_PER_MESSAGE = 1000
 # Payloads plus results in one Completions message, so it stays far below 4 MiB.
 COMPLETION_BYTES_PER_MESSAGE = 1024 * 1024
+# Room in a message for a task's other fields (an error's traceback, placement notes).
+COMPLETION_HEADROOM_BYTES = 256 * 1024
 
 
 class TaskService(_tasks_grpc.TaskServiceServicer):
@@ -56,7 +59,7 @@ class TaskService(_tasks_grpc.TaskServiceServicer):
             async for message in session.messages():
                 yield message
             if session.failed is not None:
-                await context.abort(status_of(session.failed), str(session.failed))
+                await abort(context, session.failed)
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -65,18 +68,22 @@ class TaskService(_tasks_grpc.TaskServiceServicer):
 
     @edge
     async def Get(self, request: _tasks.GetTaskRequest, context: Context) -> _tasks.Task:
+        view = paging.view_from_pb(request.view)
         task = await self._service.get(convert.task_id_from_pb(request.task_id))
-        return convert.task_to_pb(task)
+        return convert.task_to_pb(task, view)
 
     @edge
     async def Wait(self, request: _tasks.WaitRequest, context: Context) -> _tasks.WaitResponse:
         ids = convert.task_ids_from_pb(request.task_ids)
         timeout = convert.wait_timeout_from_pb(request.timeout_s)
+        view = paging.view_from_pb(request.view)
         remaining = context.time_remaining()
         if remaining is not None:  # answer before the caller's deadline does
             timeout = min(timeout, max(0.0, remaining - 0.05))
         tasks = await self._service.wait(ids, timeout)
-        return _tasks.WaitResponse(tasks=[convert.task_to_pb(t) for t in tasks])
+        return _tasks.WaitResponse(
+            tasks=tasks_within(tasks, view, self._service.max_response_bytes)
+        )
 
     @edge
     async def Cancel(
@@ -89,8 +96,24 @@ class TaskService(_tasks_grpc.TaskServiceServicer):
     async def List(
         self, request: _tasks.ListTasksRequest, context: Context
     ) -> _tasks.ListTasksResponse:
-        tasks = await self._service.list_tasks(convert.filter_from_pb(request))
-        return _tasks.ListTasksResponse(tasks=[convert.task_to_pb(t) for t in tasks])
+        flt = convert.filter_from_pb(request)
+        view = paging.view_from_pb(request.view)
+        size = paging.page_size(request.page_size, flt.limit)
+        if size > paging.MAX_PAGE_SIZE:
+            raise InvalidArgument(f"limit must be 1..1000, got {size}", field="limit")
+        filters = paging.fingerprint(flt.pool, sorted(flt.states), flt.task_type)
+        after = paging.read_token(request.page_token, "tasks", filters)
+        if after is not None:
+            flt = dataclasses.replace(flt, before_id=int(after))
+        # One more than a page, to know whether another follows.
+        flt = dataclasses.replace(flt, limit=min(size + 1, paging.MAX_PAGE_SIZE))
+        tasks = await self._service.list_tasks(flt)
+        page = [convert.task_to_pb(t, view) for t in tasks[:size]]
+        count = paging.fitting(page, _tasks.Task.ByteSize, self._service.max_response_bytes)
+        del page[count:]
+        more = count < min(size, len(tasks)) or len(tasks) > size or len(tasks) == flt.limit
+        token = paging.make_token("tasks", filters, int(page[-1].id)) if more and page else ""
+        return _tasks.ListTasksResponse(tasks=page, next_page_token=token)
 
     @edge
     async def Retry(self, request: _tasks.RetryRequest, context: Context) -> _tasks.RetryResponse:
@@ -100,6 +123,24 @@ class TaskService(_tasks_grpc.TaskServiceServicer):
             request.limit or 1000,
         )
         return _tasks.RetryResponse(tasks=[convert.task_to_pb(t) for t in tasks])
+
+
+def tasks_within(
+    tasks: Sequence[Task], view: _tasks.TaskView.ValueType, budget: int
+) -> list[_tasks.Task]:
+    """The tasks in `view`, as many in full as fit `budget` bytes (in order), the rest in
+    the BASIC view (without payload and result), so the answer stays within it."""
+    used = paging.RESPONSE_OVERHEAD_BYTES
+    out = []
+    for task in tasks:
+        msg = convert.task_to_pb(task, view)
+        size = paging.entry_size(msg.ByteSize())
+        if msg.view == convert.FULL and used + size > budget:
+            msg = convert.task_to_pb(task, convert.BASIC)
+            size = paging.entry_size(msg.ByteSize())
+        used += size
+        out.append(msg)
+    return out
 
 
 class _SubmitSession:
@@ -113,6 +154,7 @@ class _SubmitSession:
         self._completed: list[Task] = []
         self._not_found: list[str] = []  # watched ids the broker does not know
         self._watched: set[TaskId] = set()
+        self._views: dict[TaskId, _tasks.TaskView.ValueType] = {}  # other than FULL
         self._handlers: set[asyncio.Task[None]] = set()
         self._reading = True
         self._wake = asyncio.Event()
@@ -162,13 +204,16 @@ class _SubmitSession:
         self._not_found = []
         size = 0
         for task in completed:
-            task_size = len(task.spec.payload) + len(task.result)
+            view = self._views.pop(task.id, convert.FULL)
+            task_size = len(task.spec.payload) + len(task.result) if view == convert.FULL else 0
+            if task_size > self._service.max_response_bytes - COMPLETION_HEADROOM_BYTES:
+                view, task_size = convert.BASIC, 0  # too big for any message: Get reads it
             if len(messages[-1].tasks) >= COMPLETIONS_PER_MESSAGE or (
                 size and size + task_size > COMPLETION_BYTES_PER_MESSAGE
             ):
                 messages.append(_tasks.Completions())
                 size = 0
-            messages[-1].tasks.append(convert.task_to_pb(task))
+            messages[-1].tasks.append(convert.task_to_pb(task, view))
             size += task_size
         return messages
 
@@ -178,25 +223,38 @@ class _SubmitSession:
         await asyncio.gather(*self._handlers, return_exceptions=True)
         self._service.unwatch(self._watched, self._on_completed)
         self._watched.clear()
+        self._views.clear()
+
+    def _ack(self, ack: _tasks.SubmitAck, error: BrokerError | None = None) -> None:
+        if error is not None:
+            ack.error_code = status_of(error).value[0]
+            ack.error_message = str(error)
+            if isinstance(error, ResourceExhausted) and error.retry_after_s is not None:
+                ack.retry_after_ms = retry_after_ms(error.retry_after_s)
+        self._acks.append(ack)
+        self._wake.set()
 
     async def _handle(self, request: _tasks.SubmitStreamRequest) -> None:
+        """Submit the message's tasks and watch what it asks; every message gets one ack
+        (one without tasks once its watches are in place)."""
         watch: list[TaskId] = []
+        ack = _tasks.SubmitAck(batch_id=request.batch_id)
+        try:
+            view = paging.view_from_pb(request.completion_view, "completion_view")
+        except BrokerError as exc:
+            self._ack(ack, exc)
+            return
         if request.tasks:
-            ack = _tasks.SubmitAck(batch_id=request.batch_id)
             try:
                 specs = convert.specs_from_pb(request.tasks)
                 tasks = await self._service.submit(specs, self._client)
             except BrokerError as exc:
-                ack.error_code = status_of(exc).value[0]
-                ack.error_message = str(exc)
-                if isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
-                    ack.retry_after_ms = retry_after_ms(exc.retry_after_s)
+                self._ack(ack, exc)
             else:
                 ack.task_ids.extend(str(t.id) for t in tasks)
                 if request.watch:
                     watch.extend(t.id for t in tasks)
-            self._acks.append(ack)
-            self._wake.set()
+                self._ack(ack)
         if len(request.watch_task_ids) > MAX_TASK_IDS:
             self.failed = InvalidArgument(
                 f"watch_task_ids holds more than {MAX_TASK_IDS} entries "
@@ -211,11 +269,15 @@ class _SubmitSession:
                 self._not_found.append(text)
         if watch:
             self._watched.update(watch)
+            if view != convert.FULL:
+                self._views.update(dict.fromkeys(watch, view))
             missing = await self._service.watch(watch, self._on_completed)
             if missing:
                 self._watched.difference_update(missing)
                 self._not_found.extend(str(i) for i in missing)
                 self._wake.set()
+        if not request.tasks:
+            self._ack(ack)
 
     def _on_completed(self, task: Task) -> None:
         self._watched.discard(task.id)

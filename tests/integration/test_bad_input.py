@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from typing import cast
 
 import grpc
 import pytest
+from google.rpc.error_details_pb2 import BadRequest, ErrorInfo
+from grpc_status import rpc_status
 
 from broker import Broker
 from tests.support.raw_grpc import register, still_serving, submit_status, worker_stream_error
@@ -38,13 +41,25 @@ async def test_priority_out_of_range_is_invalid(channel: grpc.aio.Channel) -> No
     assert "priority" in (error.details() or "")
 
 
-async def test_payload_over_the_limit_is_resource_exhausted(
+async def test_payload_over_the_limit_is_invalid_argument_and_never_retried(
     broker: Broker, channel: grpc.aio.Channel
 ) -> None:
+    """A payload over max_payload_bytes can never be accepted: not RESOURCE_EXHAUSTED
+    (which gRPC retry policies retry), and a pushback that says "do not retry" (gRFC A6);
+    the details name the field."""
     limit = broker.config.max_payload_bytes
     error = await submit_status(channel, _tasks.TaskSpec(task_type="x", payload=b"x" * (limit + 1)))
-    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "max_payload_bytes" in (error.details() or "")
+    trailers = cast(Iterable[tuple[str, str | bytes]], error.trailing_metadata() or ())
+    assert ("grpc-retry-pushback-ms", "-1") in set(trailers)
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    info, bad_request = ErrorInfo(), BadRequest()
+    assert status.details[0].Unpack(info)
+    assert info.reason == "OVER_LIMIT"
+    assert status.details[1].Unpack(bad_request)
+    assert [v.field for v in bad_request.field_violations] == ["payload"]
     await still_serving(channel)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
 
 from broker import Broker
 from tests.support.config import make_config
@@ -162,13 +163,16 @@ async def test_pool_settings_change_at_run_time(channel: grpc.aio.Channel) -> No
             _admin.Pool(name="default", ab_percent=150, ab_strategy="round_robin"),
             grpc.StatusCode.INVALID_ARGUMENT,
         ),
+        # Without a mask only the fields sent change, and ab_strategy is set already;
+        # with one, an ab_strategy sent empty clears it, and a split needs one.
         (_admin.Pool(name="default", ab_percent=10), grpc.StatusCode.INVALID_ARGUMENT),
         (_admin.Pool(name="default", sticky_timeout_s=-1), grpc.StatusCode.INVALID_ARGUMENT),
         (_admin.Pool(name="nope"), grpc.StatusCode.NOT_FOUND),
     ]
     for pool, code in bad:
+        mask = FieldMask(paths=["ab_percent", "ab_strategy"]) if pool.ab_percent == 10 else None
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await admin.UpdatePool(_admin.UpdatePoolRequest(pool=pool))
+            await admin.UpdatePool(_admin.UpdatePoolRequest(pool=pool, update_mask=mask))
         assert info.value.code() == code
     pools = {p.name: p for p in (await admin.ListPools(_admin.ListPoolsRequest())).pools}
     assert pools["default"].strategy == "least_loaded"  # the old setting stays

@@ -32,6 +32,7 @@ from worker_sdk._pool_settings import (
     BULKHEAD_SETTINGS,
     KNOWN_STRATEGIES,
     NESTED_SETTINGS,
+    POOL_DESCRIPTION_FIELDS,
     POOL_SETTINGS,
     SETTING_NAMES,
     PoolSetting,
@@ -52,11 +53,12 @@ BULKHEAD_NAMES = tuple(s.name for s in BULKHEAD_SETTINGS)
 
 
 def _scalar_fields(descriptor: Descriptor, key: str) -> dict[str, type]:
-    """The message's one-value fields (but `key`, the name or task type) and their types."""
+    """The message's one-value fields (but `key`, the name or task type, and the fields
+    that describe a pool's settings) and their types."""
     return {
         f.name: _WIRE_TYPES[f.type]
         for f in descriptor.fields
-        if not f.is_repeated and f.name != key
+        if not f.is_repeated and f.name != key and f.name not in POOL_DESCRIPTION_FIELDS
     }
 
 

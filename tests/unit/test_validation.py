@@ -15,7 +15,7 @@ from broker.core.validation import (
     validate_worker,
 )
 from broker.domain import Placement, PreferredLabel, RetryPolicy, TaskSpec, WorkerSpec
-from broker.errors import BrokerError, InvalidArgument, NotFound, ResourceExhausted
+from broker.errors import BrokerError, InvalidArgument, NotFound, OverLimit
 
 NOW = 1_700_000_000.0
 POOLS = frozenset({"default"})
@@ -47,7 +47,7 @@ def test_a_batch_is_not_empty_nor_too_big_and_names_its_bad_task() -> None:
             r"priority must be -1000\.\.1000",
         ),
         (TaskSpec(task_type="t", pool="gpu"), NotFound, "pool 'gpu' does not exist"),
-        (TaskSpec(task_type="t", payload=b"x" * 101), ResourceExhausted, "max_payload_bytes"),
+        (TaskSpec(task_type="t", payload=b"x" * 101), OverLimit, "max_payload_bytes"),
         (
             TaskSpec(task_type="t", retry=RetryPolicy(max_attempts=MAX_ATTEMPTS + 1)),
             InvalidArgument,

@@ -8,6 +8,8 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from google.protobuf.field_mask_pb2 import FieldMask
+
 from worker_sdk._convert._common import (
     epoch_ms,
     optional_filter,
@@ -283,18 +285,21 @@ def create_pool_request(name: str, settings: Mapping[str, object]) -> _admin.Cre
 def update_pool_request(
     listed: _admin.ListPoolsResponse, name: str, changes: Mapping[str, object]
 ) -> _admin.UpdatePoolRequest | None:
-    """The pool `name` as listed, with the given settings changed; None if it is not listed.
+    """The pool `name` as listed, with the given settings changed and named in the update
+    mask; None if it is not listed.
 
-    UpdatePool replaces every setting, so the others are sent back as read, and so is any
-    setting this SDK does not know yet (protobuf keeps unknown fields).
+    The broker changes only the settings the mask names (0 or empty included). The others
+    are sent back as read too, and so is any setting this SDK does not know yet (protobuf
+    keeps unknown fields), for a broker older than update masks, which replaces them all.
     """
     current = next((p for p in listed.pools if p.name == name), None)
     if current is None:
         return None
     pool = _admin.Pool()
     pool.CopyFrom(current)
+    pool.ClearField("etag")
     _set_pool_settings(pool, changes)
-    return _admin.UpdatePoolRequest(pool=pool)
+    return _admin.UpdatePoolRequest(pool=pool, update_mask=FieldMask(paths=sorted(changes)))
 
 
 def list_workers_request(pool: str | None) -> _admin.ListWorkersRequest:

@@ -271,13 +271,18 @@ def list_tasks_request(
     task_type: str | None,
     limit: int,
     before_id: str | None,
+    payloads: bool = True,
+    page_token: str = "",
 ) -> _tasks.ListTasksRequest:
+    """A page of a listing; without `payloads`, in the basic view (no payload or result)."""
     return _tasks.ListTasksRequest(
         pool=pool or "",
         states=[_STATE_TO_WIRE[s] for s in states],
         task_type=task_type or "",
         limit=limit,
         before_id=before_id or "",
+        page_token=page_token,
+        view=_tasks.TASK_VIEW_FULL if payloads else _tasks.TASK_VIEW_BASIC,
     )
 
 

@@ -100,31 +100,38 @@ class AdminServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def ListPools(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Pools in name order, paged (see ListPoolsRequest).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreatePool(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """ALREADY_EXISTS if a pool of that name exists; INVALID_ARGUMENT for a bad
+        setting (the message names it).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdatePool(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Change some of a pool's settings (see UpdatePoolRequest): NOT_FOUND for no such
+        pool, INVALID_ARGUMENT for a bad setting or mask, ABORTED for a stale etag.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListWorkers(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Connected workers in id order, paged (see ListWorkersRequest).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DrainWorker(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Send a worker no more work and ask it to finish and disconnect.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -154,13 +161,15 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReloadConfig(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """FAILED_PRECONDITION if the broker was started without a config file.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ConfigHistory(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Audited changes of pool settings, newest first, paged.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

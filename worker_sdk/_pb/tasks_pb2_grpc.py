@@ -80,50 +80,64 @@ class TaskServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Submit(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Submit one task. See TaskSpec for the limits and SubmitResponse for overload.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SubmitBatch(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Submit up to max_batch_size tasks, all or none; errors as for Submit, a task's
+        error prefixed with its place ("task 3: ").
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SubmitStream(self, request_iterator, context):
-        """The high-throughput path: batches in, acks and completion notices out.
+        """The high-throughput path: batches in, acks and completion notices out. Errors
+        of a batch come in its SubmitAck; a malformed message, or more watch_task_ids
+        than allowed, ends the stream with INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Get(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One task; NOT_FOUND if it does not exist (or was purged).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Wait(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The tasks once all are terminal, or as they are when the timeout (or the
+        call's deadline) runs out; NOT_FOUND if one does not exist.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Cancel(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Cancel a task that has not finished: a pending one at once, a running one is
+        told to stop on its worker. A cancelled task is returned as it is; one that
+        ended otherwise is FAILED_PRECONDITION.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def List(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Tasks, newest first, in pages (see ListTasksRequest).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Retry(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Requeue FAILED or DEAD_LETTER tasks; FAILED_PRECONDITION for a task in another
+        state.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

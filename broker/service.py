@@ -18,6 +18,7 @@ from typing import Final
 
 from opentelemetry.trace import Tracer
 
+from broker.config import BrokerConfig
 from broker.core import validation
 from broker.core.states import BrokerState
 from broker.domain import (
@@ -40,7 +41,7 @@ from broker.errors import FailedPrecondition, InvalidArgument, NotFound
 from broker.observability import tracing
 from broker.observability.recommend import Recommendation, recommend
 from broker.observability.rollups import LiveStats, MetricPoint, MetricsHistory
-from broker.runtime.engine import Engine
+from broker.runtime.engine import Engine, WorkerConnection
 from broker.runtime.registry import WorkerChannel
 from broker.runtime.watchers import TaskCallback
 
@@ -292,6 +293,11 @@ class BrokerService:
     # disconnect_worker when the connection ends, however it ends.
 
     @property
+    def config(self) -> BrokerConfig:
+        """The broker's settings, for the limits a transport tells its callers."""
+        return self._engine.config
+
+    @property
     def heartbeat_interval_s(self) -> float:
         """How often a connected worker should send a heartbeat."""
         return self._engine.config.heartbeat_interval_s
@@ -309,6 +315,20 @@ class BrokerService:
     def connect_worker(self, spec: WorkerSpec, channel: WorkerChannel) -> WorkerSpec:
         """Register a worker; returns its spec with the id it was given."""
         return self._engine.connect_worker(spec, channel)
+
+    def connect_worker_session(
+        self, spec: WorkerSpec, channel: WorkerChannel, resume_token: str = ""
+    ) -> WorkerConnection:
+        """Register a worker, or resume its session with the token its last stream was
+        given (see `Engine.connect_worker_session`)."""
+        return self._engine.connect_worker_session(spec, channel, resume_token)
+
+    def worker_stream_ended(
+        self, worker_id: WorkerId, channel: WorkerChannel, *, broken: bool
+    ) -> None:
+        """A worker's stream ended: cleanly, or `broken` (its tasks are then kept for a
+        resume, see `Engine.stream_ended`)."""
+        self._engine.stream_ended(worker_id, channel, broken=broken)
 
     def heartbeat(
         self,

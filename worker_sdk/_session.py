@@ -560,6 +560,7 @@ class _Session:
                 started, self._held.started = self._held.started, []
                 await self._call.write(_convert.results_message(outcomes, started))
             if self._half_close:
+                await self._call.write(_convert.leave_message())  # we will not resume
                 await self._call.done_writing()
                 return
 

@@ -445,11 +445,11 @@ class Engine:
         return min(self.lease_s(pool), self._config.heartbeat_timeout_s)
 
     def stream_ended(self, worker_id: WorkerId, channel: WorkerChannel, *, broken: bool) -> None:
-        """A worker's stream ended. Cleanly (the worker closed it, or the broker did): the
-        worker is gone and what it held is requeued. `broken` (the connection failed):
-        its tasks are kept for the resume window, for the worker to resume the session on
-        a new stream; it gets no new work meanwhile. Nothing if another stream has taken
-        the session over."""
+        """A worker's stream ended. If it may be resumed (`broken`: the worker did not say
+        it leaves, nor did the broker end it for an error) and the worker holds tasks, they
+        are kept for the resume window, for the worker to resume the session on a new
+        stream, and it gets no new work meanwhile. Else the worker is gone and what it held
+        is requeued. Nothing if another stream has taken the session over."""
         session = self._workers.get(worker_id)
         if session is None or session.channel is not channel:
             return

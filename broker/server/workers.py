@@ -68,6 +68,7 @@ class StreamChannel:
         self.error: BrokerError | None = None
         # The connection failed under the stream (rather than either side ending it).
         self.broken = False
+        self.left = False  # the worker said Leave: it will not resume
 
     def send_assignments(self, tasks: Sequence[Task]) -> None:
         attempts = self._attempts
@@ -102,7 +103,8 @@ class StreamChannel:
         """The worker sent these results: their tasks' attempts need no remembering."""
         attempts = self._attempts
         for result in results:
-            attempts.pop(result.task_id, None)
+            if attempts.get(result.task_id) == result.attempt:
+                del attempts[result.task_id]
 
     def results_pending(self, durable: asyncio.Future[None]) -> None:
         """The worker's results so far are durable once `durable` resolves (commits are
@@ -259,9 +261,10 @@ class WorkerService(_worker_grpc.WorkerServiceServicer):
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-            # Ended by neither side (the connection failed or the call was cancelled):
-            # the worker may resume its session on a new stream.
-            broken = channel.broken or not channel.ended
+            # A stream that ends without the worker's Leave may be resumed (a cancelled
+            # call looks the same as a half-close here); one the broker ended with an
+            # error may not.
+            broken = not channel.left and (channel.error is None or channel.broken)
             channel.close(None)
             self._service.worker_stream_ended(spec.worker_id, channel, broken=broken)
 
@@ -292,6 +295,8 @@ class WorkerService(_worker_grpc.WorkerServiceServicer):
                     )
                 elif kind == "credit":
                     service.set_capacity(worker_id, message.credit.capacity)
+                elif kind == "leave":
+                    channel.left = True
                 elif kind == "register":
                     raise FailedPrecondition("this stream is registered already")
                 else:

@@ -58,6 +58,11 @@ def credit_message(capacity: int) -> _worker.WorkerMessage:
     return _worker.WorkerMessage(credit=_worker.Credit(capacity=capacity))
 
 
+def leave_message() -> _worker.WorkerMessage:
+    """The worker goes away for good: the broker requeues what it still holds at once."""
+    return _worker.WorkerMessage(leave=_worker.Leave())
+
+
 def _task_result(outcome: TaskOutcome) -> _worker.TaskResult:
     result = _worker.TaskResult(
         task_id=outcome.task_id,

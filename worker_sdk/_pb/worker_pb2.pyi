@@ -340,6 +340,30 @@ class Results(_message.Message):
 Global___Results: _TypeAlias = Results  # noqa: Y015
 
 @_typing.final
+class Leave(_message.Message):
+    """The worker is going away for good (it will not resume this session): the tasks it
+    still holds are requeued as soon as the stream ends, instead of being kept for a
+    resume. Send it last, after the last results, then half-close.
+
+    A stream that ends without it while the worker holds tasks (a crash, a broken
+    connection, or an older worker) keeps them for RegisterAck.resume_window_s; a stream
+    that ends while the worker holds nothing ends the session at once.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Leave: _TypeAlias = Leave  # noqa: Y015
+
+@_typing.final
 class WorkerMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -347,6 +371,7 @@ class WorkerMessage(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     CREDIT_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
+    LEAVE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def register(self) -> Global___Register: ...
     @_builtins.property
@@ -355,6 +380,8 @@ class WorkerMessage(_message.Message):
     def credit(self) -> Global___Credit: ...
     @_builtins.property
     def results(self) -> Global___Results: ...
+    @_builtins.property
+    def leave(self) -> Global___Leave: ...
     def __init__(
         self,
         *,
@@ -362,12 +389,13 @@ class WorkerMessage(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         credit: Global___Credit | None = ...,
         results: Global___Results | None = ...,
+        leave: Global___Leave | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["credit", b"credit", "heartbeat", b"heartbeat", "kind", b"kind", "register", b"register", "results", b"results"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["credit", b"credit", "heartbeat", b"heartbeat", "kind", b"kind", "leave", b"leave", "register", b"register", "results", b"results"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credit", b"credit", "heartbeat", b"heartbeat", "kind", b"kind", "register", b"register", "results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credit", b"credit", "heartbeat", b"heartbeat", "kind", b"kind", "leave", b"leave", "register", b"register", "results", b"results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["register", "heartbeat", "credit", "results"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["register", "heartbeat", "credit", "results", "leave"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -436,8 +464,9 @@ class RegisterAck(_message.Message):
     worker id's tasks.
     """
     resume_window_s: _builtins.float
-    """How long after the stream breaks the broker keeps the worker's tasks for a resume;
-    past it (or if the lease runs out first) they are requeued. 0 = no resumption.
+    """How long after the stream ends without a Leave the broker keeps the worker's tasks
+    for a resume; past it (or if a task's lease runs out first) they are requeued.
+    0 = no resumption.
     """
     resumed: _builtins.bool
     """This stream resumed an earlier session: the tasks it held are still the worker's."""

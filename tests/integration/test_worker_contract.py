@@ -286,20 +286,20 @@ def _failure(type_: str, retryable: bool | None, task_fault: bool = False) -> _t
         (RetryPolicy(max_attempts=3, initial_backoff_s=0.001), "BadInput", False, False),
         # A policy that retries only Flaky: the worker says this one may pass next time.
         (
-            RetryPolicy(max_attempts=3, initial_backoff_s=0.001, retryable_errors=["Flaky"]),
+            RetryPolicy(max_attempts=3, initial_backoff_s=0.001, retryable_errors=("Flaky",)),
             "Timeoutish",
             True,
             True,
         ),
         # The policy's own lists win over the worker.
         (
-            RetryPolicy(max_attempts=3, initial_backoff_s=0.001, non_retryable_errors=["Flaky"]),
+            RetryPolicy(max_attempts=3, initial_backoff_s=0.001, non_retryable_errors=("Flaky",)),
             "Flaky",
             True,
             False,
         ),
         (
-            RetryPolicy(max_attempts=3, initial_backoff_s=0.001, retryable_errors=["Flaky"]),
+            RetryPolicy(max_attempts=3, initial_backoff_s=0.001, retryable_errors=("Flaky",)),
             "Flaky",
             False,
             True,

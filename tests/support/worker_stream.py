@@ -44,8 +44,7 @@ class RawWorker:
         """The broker's next message; AssertionError if the stream ended instead."""
         async with asyncio.timeout(READ_TIMEOUT_S):
             message = await self.call.read()
-        assert message is not grpc.aio.EOF, "the broker ended the stream"
-        assert isinstance(message, _worker.BrokerMessage)
+        assert isinstance(message, _worker.BrokerMessage), "the broker ended the stream"
         return message
 
     async def next_of(self, kind: str) -> _worker.BrokerMessage:
@@ -59,7 +58,7 @@ class RawWorker:
         """Read to the end of the stream (skipping what comes first); its status code."""
         async with asyncio.timeout(READ_TIMEOUT_S):
             try:
-                while await self.call.read() is not grpc.aio.EOF:
+                while isinstance(await self.call.read(), _worker.BrokerMessage):
                     pass
             except grpc.aio.AioRpcError as exc:
                 return exc.code()

@@ -540,9 +540,17 @@ class _Session:
             if count and size > _MAX_MESSAGE_RESULT_BYTES:
                 break
             count += 1
-        taken = self._held.outcomes[:count]
-        del self._held.outcomes[:count]
-        return taken
+        return self._held.outcomes[:count]
+
+    def _sent(self, outcomes: list[TaskOutcome], started: list[str]) -> None:
+        """These results and start notices are written: no longer owed. (Until then they
+        stay held, so a stream that breaks under the write leaves them for the next.)"""
+        held = self._held
+        if outcomes:
+            written = {id(outcome) for outcome in outcomes}
+            held.outcomes[:] = [o for o in held.outcomes if id(o) not in written]
+        if started:
+            del held.started[: len(started)]
 
     async def _write_loop(self) -> None:
         while True:
@@ -557,8 +565,9 @@ class _Session:
                     await self._call.write(self._heartbeat())
                     continue
                 outcomes = self._take_outcomes()
-                started, self._held.started = self._held.started, []
+                started = list(self._held.started)
                 await self._call.write(_convert.results_message(outcomes, started))
+                self._sent(outcomes, started)
             if self._half_close:
                 await self._call.write(_convert.leave_message())  # we will not resume
                 await self._call.done_writing()

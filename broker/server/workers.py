@@ -172,13 +172,14 @@ class StreamChannel:
             await self._wake.wait()
             self._wake.clear()
             if self.ended:
-                if self.error is None:  # ended cleanly: what was queued goes out first
-                    if self._cancelled:
-                        yield convert.cancel_to_pb(self._cancelled)
-                    if self._dropped:
-                        yield convert.dropped_to_pb(self._dropped)
-                    if self._drain is not None:
-                        yield convert.drain_to_pb(*self._drain)
+                # Ended cleanly, what was queued goes out first; a Drain always does (the
+                # broker stopping ends the streams at once if no task is held).
+                if self.error is None and self._cancelled:
+                    yield convert.cancel_to_pb(self._cancelled)
+                if self.error is None and self._dropped:
+                    yield convert.dropped_to_pb(self._dropped)
+                if self._drain is not None:
+                    yield convert.drain_to_pb(*self._drain)
                 return
             if self._cancelled:
                 cancelled, self._cancelled = self._cancelled, []

@@ -424,6 +424,17 @@ class TaskLifecycle:
                 self.waiting.sticky_due(ident)
                 effects.dispatch.add(ident)
 
+    def keep_leases(self, worker_id: WorkerId, until: float) -> None:
+        """The worker's stream broke and the broker keeps its tasks for it until then:
+        their leases run at least that long, so a resume in time finds them."""
+        member = self.members.get(worker_id)
+        if member is None:
+            return
+        leases = self.held.leases
+        for task_id in member.slot.held:
+            if task_id in leases:
+                leases[task_id] = max(leases[task_id], until)
+
     def expire_leases(self, now: float) -> None:
         """Requeue held tasks whose worker did not confirm them in time."""
         effects = self.effects

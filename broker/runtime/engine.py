@@ -456,8 +456,10 @@ class Engine:
         if broken and self.accepting and not session.slot.draining:
             window = self.resume_window_s(session.spec.pool)
             if window > 0 and session.slot.held:
-                session.detached_at = self._clock.now()
+                now = self._clock.now()
+                session.detached_at = now
                 self._core.members.set_capacity(worker_id, 0)
+                self._core.keep_leases(worker_id, now + window)
                 self._apply()
                 log.info(
                     "worker %s: stream broke; its %d tasks are kept %.1f s for a resume",
@@ -579,15 +581,15 @@ class Engine:
         """Disconnect workers whose last heartbeat is older than the timeout, and requeue
         held tasks whose lease ran out."""
         now = self._clock.now()
-        self._core.expire_leases(now)
-        self._apply()
-        for session in self._workers:
+        for session in self._workers:  # first: their tasks' leases end with the window
             detached_at = session.detached_at
             if detached_at is not None:
                 if now - detached_at > self.resume_window_s(session.spec.pool):
                     self.disconnect_worker(session.spec.worker_id, "not resumed in time")
             elif session.slot.draining:
                 self._end_drained(session)
+        self._core.expire_leases(now)
+        self._apply()
         timeout = self._config.heartbeat_timeout_s
         dead = self._workers.silent(timeout)
         for worker_id in dead:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import socket
 import sys
 import textwrap
 import time
@@ -170,3 +171,49 @@ async def test_a_crashed_worker_process_is_not_resumed_and_its_task_runs_again(
     assert task.worker_id != "crashes"
     # Kept for the resume window (the heartbeat timeout, 3 s), then given out again.
     assert 2.0 < waited < 3.0 + 3.0, waited
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_an_sdk_worker_told_the_broker_stops_finishes_and_comes_back(
+    tmp_path: Path,
+) -> None:
+    config = make_config(tmp_path, port=free_port(), shutdown_grace_s=10.0)
+    release = asyncio.Event()
+    worker = Worker(capacity=1, reconnect_initial_s=0.05, reconnect_max_s=0.2)
+
+    @worker.task("t")
+    async def t(ctx: TaskContext) -> str:
+        await release.wait()
+        return "finished in the grace"
+
+    run = asyncio.create_task(worker.run(f"127.0.0.1:{config.port}"))
+    try:
+        first = Broker(config)
+        async with first:
+            async with Client(first.address) as client:
+                await until_workers(client)
+                task_id = await client.submit("t")
+                async with asyncio.timeout(10):
+                    while (await client.get(task_id)).state is not TaskState.RUNNING:
+                        await asyncio.sleep(0.01)
+            stopping = asyncio.create_task(first.shutdown())
+            release.set()  # the handler ends within the grace, after the Drain
+            await stopping
+        assert not run.done()  # not an exit: the worker reconnects
+        async with Broker(config) as second, Client(second.address) as client:
+            await until_workers(client)  # the same worker, back
+            task = await client.get(task_id)
+    finally:
+        await worker.shutdown(grace=2)
+        await run
+    assert (task.state, task.result, task.attempts) == (
+        TaskState.SUCCEEDED,
+        b"finished in the grace",
+        1,
+    )

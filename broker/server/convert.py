@@ -186,9 +186,6 @@ def _error_to_pb(error: TaskError, msg: _tasks.TaskError) -> None:
     msg.message = error.message
     msg.traceback = error.traceback
     msg.broker_type = _BROKER_ERROR_TYPES.get(error.type, _tasks.TaskError.BROKER_TYPE_UNSPECIFIED)
-    if error.retryable is not None:
-        msg.retryable = error.retryable
-    msg.task_fault = error.task_fault
 
 
 def task_to_pb(task: Task) -> _tasks.Task:

@@ -390,13 +390,15 @@ class TaskError(_message.Message):
     traceback: _builtins.str
     """size-bounded"""
     retryable: _builtins.bool
-    """Set by a worker: whether the failure may succeed if tried again (a timeout talking
-    to another service: true; a malformed payload: false). Unset = the policy decides.
+    """Set by a worker in TaskResult.error: whether the failure may succeed if tried again
+    (a timeout talking to another service: true; a malformed payload: false). Unset =
+    the policy decides (see above). The broker acts on it and does not keep it: a Task's
+    error never carries it.
     """
     task_fault: _builtins.bool
-    """Set by a worker: the failure is the task's fault (its payload), not the worker's, so
-    it does not count against the worker's circuit breaker. Unset or false: the type
-    decides (see above).
+    """Set by a worker in TaskResult.error: the failure is the task's fault (its payload),
+    not the worker's, so it does not count against the worker's circuit breaker. Unset
+    or false: the type decides (see above). Not kept, as `retryable`.
     """
     broker_type: Global___TaskError.BrokerType.ValueType
     """The broker's types as an enum, set by the broker when `type` is one of them."""

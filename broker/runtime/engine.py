@@ -435,6 +435,8 @@ class Engine:
             old.close(AlreadyExists(f"worker {worker_id!r} resumed its session on a new stream"))
         self._workers.attach(session, channel)
         self._core.members.set_capacity(worker_id, spec.capacity)
+        if session.slot.draining:  # the new stream is told too
+            channel.send_drain("drained by an operator", session.drain_until)
         log.info("worker %s resumed its session (%d tasks held)", worker_id, len(session.slot.held))
         self._apply()
         return WorkerConnection(session.spec, session.resume_token, window, resumed=True)

@@ -4,8 +4,8 @@ SQLite file, raw gRPC.
 
 Registration with zero credit, the limits in RegisterAck, dropped results answered,
 cancels that name the attempt, session resumption (and who may resume), Drain with a
-deadline, the broker's own clock for start and finish times, and a worker's word on
-whether its failure is retryable.
+deadline, the broker's own clock for start and finish times, a worker's word on
+whether its failure is retryable, and the content types the SDK states.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from broker.clock import FakeClock
 from broker.core.validation import MAX_CAPACITY, MAX_TASK_IDS
 from tests.support.config import make_config
 from tests.support.worker_stream import RawWorker
-from worker_sdk import Client, RetryPolicy, TaskInfo, TaskState
+from tests.support.workers import until_workers
+from worker_sdk import Client, RetryPolicy, TaskContext, TaskInfo, TaskState, Worker
 from worker_sdk._pb import tasks_pb2 as _tasks
 from worker_sdk._pb import tasks_pb2_grpc as _tasks_grpc
 from worker_sdk._pb import worker_pb2 as _worker
@@ -353,3 +354,37 @@ async def test_the_brokers_own_error_types_are_marked_on_the_wire(
     task = await _tasks_grpc.TaskServiceStub(channel).Get(_tasks.GetTaskRequest(task_id=task_id))
     assert task.error.type == "Cancelled"
     assert task.error.broker_type == _tasks.TaskError.BROKER_TYPE_CANCELLED
+
+
+# -- content types ---------------------------------------------------------------------
+
+
+async def test_the_sdk_states_the_content_type_of_payloads_and_results(
+    broker: Broker, client: Client, channel: grpc.aio.Channel
+) -> None:
+    worker = Worker(capacity=1)
+    seen: list[str] = []
+
+    @worker.task("t")
+    async def t(ctx: TaskContext) -> object:
+        return ctx.json() if ctx.payload.startswith(b"{") else ctx.payload.decode()
+
+    run = asyncio.create_task(worker.run(broker.address))
+    try:
+        await until_workers(client)
+        as_json = await client.submit("t", json={"n": 1})
+        as_text = await client.submit("t", "text")
+        as_bytes = await client.submit("t", b"\x00")
+        await client.wait_many([as_json, as_text, as_bytes], timeout=10)
+        stub = _tasks_grpc.TaskServiceStub(channel)
+        for task_id in (as_json, as_text, as_bytes):
+            task = await stub.Get(_tasks.GetTaskRequest(task_id=task_id))
+            seen.append(f"{task.spec.payload_content_type} -> {task.result_content_type}")
+    finally:
+        await worker.shutdown(grace=2)
+        await run
+    assert seen == [
+        "application/json -> application/json",
+        "text/plain; charset=utf-8 -> text/plain; charset=utf-8",
+        "application/octet-stream -> text/plain; charset=utf-8",
+    ]

@@ -101,6 +101,9 @@ class BrokerConfig:
     # until it has been delivered this many times; then it is dead-lettered.
     max_deliveries: int = 5
     shutdown_grace_s: float = 10.0
+    # A worker an operator drains has this long to finish what it holds; then its stream is
+    # ended and what it still holds is requeued.
+    drain_timeout_s: float = 600.0
     default_max_queue: int = 100_000  # waiting tasks per pool, unless the pool says otherwise
     max_pending_bytes: int = 256 * 1024 * 1024  # payload bytes of all waiting tasks
     idempotency_retention_s: float = 86_400.0  # how long an idempotency key is remembered
@@ -116,6 +119,11 @@ class BrokerConfig:
     log_format: str = "human"  # human or json: one line per event
     log_level: str = "INFO"
     pools: tuple[PoolConfig, ...] = (PoolConfig(name=DEFAULT_POOL),)
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest message the server receives or sends: big enough for a full batch."""
+        return max(64 * 1024 * 1024, 2 * self.max_payload_bytes + 1024 * 1024)
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "port", "must be 0..65535")
@@ -146,6 +154,7 @@ class BrokerConfig:
         _check(self.starvation_interval >= 2, "starvation_interval", "must be at least 2")
         _check(1 <= self.max_deliveries <= 1000, "max_deliveries", "must be 1..1000")
         _check(self.shutdown_grace_s >= 0, "shutdown_grace_s", "must not be negative")
+        _check(self.drain_timeout_s > 0, "drain_timeout_s", "must be positive")
         _check(
             1 <= self.default_max_queue <= MAX_QUEUE, "default_max_queue", f"must be 1..{MAX_QUEUE}"
         )

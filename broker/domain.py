@@ -19,6 +19,19 @@ DEFAULT_BREAKER_COOLDOWN_S = 30.0
 WORKER_LOST = "WorkerLost"
 LEASE_EXPIRED = "LeaseExpired"
 WORKER_FAULTS: frozenset[str] = frozenset({WORKER_LOST, LEASE_EXPIRED, "Timeout", "WorkerError"})
+# Every error type the broker itself (or a worker SDK) puts in a TaskError; the wire's
+# TaskError.BrokerType lists them, and says what each means.
+BROKER_ERROR_TYPES: tuple[str, ...] = (
+    "Cancelled",
+    "Timeout",
+    "DeadlineExceeded",
+    "ResultTooLarge",
+    WORKER_LOST,
+    LEASE_EXPIRED,
+    "Error",
+    "WorkerError",
+    "UnknownTaskType",
+)
 RATE_MODES = ("reject", "queue")
 MIN_PRIORITY = -1000
 MAX_PRIORITY = 1000
@@ -104,10 +117,18 @@ class RetryPolicy:
     retryable_errors: frozenset[str] = frozenset()  # empty: every type not listed below
     non_retryable_errors: frozenset[str] = frozenset()
 
-    def retryable(self, error_type: str) -> bool:
+    def retryable(self, error_type: str, hint: bool | None = None) -> bool:
+        """Whether an attempt failing with `error_type` is tried again: never if the
+        policy lists the type as non-retryable, always if it lists it as retryable;
+        else as the worker's `hint` says, if it said; else only if the policy lists no
+        retryable types."""
         if error_type in self.non_retryable_errors:
             return False
-        return not self.retryable_errors or error_type in self.retryable_errors
+        if error_type in self.retryable_errors:
+            return True
+        if hint is not None:
+            return hint
+        return not self.retryable_errors
 
     def backoff_cap(self, attempt: int) -> float:
         """The longest wait after failed attempt `attempt` (1-based)."""
@@ -134,6 +155,7 @@ class TaskSpec:
     idempotency_key: str = ""
     fairness_key: str = ""  # a tenant; keys of a pool share it by weighted round robin
     trace_context: Mapping[str, str] = field(default_factory=dict)  # W3C traceparent etc.
+    payload_content_type: str = ""  # the payload's media type, as the client said
 
     @property
     def has_options(self) -> bool:
@@ -147,6 +169,7 @@ class TaskSpec:
             and not self.idempotency_key
             and not self.fairness_key
             and not self.trace_context
+            and not self.payload_content_type
         )
 
 
@@ -157,6 +180,11 @@ class TaskError:
     type: str
     message: str = ""
     traceback: str = ""
+    # A worker's word on its failure: whether trying again may help (None: it did not
+    # say; see RetryPolicy.retryable), and whether it is the task's fault rather than
+    # the worker's (then the worker's breaker does not count it).
+    retryable: bool | None = None
+    task_fault: bool = False
 
 
 @dataclass(slots=True, kw_only=True)
@@ -180,6 +208,7 @@ class Task:
     started_at: float = 0.0
     finished_at: float = 0.0
     result: bytes = b""
+    result_content_type: str = ""  # the result's media type, as the worker said
     error: TaskError | None = None
     placement_note: str = ""  # why it went where it went, or why it still waits
     unschedulable: bool = False  # pending, and no connected worker can take it
@@ -197,6 +226,7 @@ class TaskResult:
     error: TaskError | None = None
     started_at: float = 0.0
     finished_at: float = 0.0
+    result_content_type: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

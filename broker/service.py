@@ -45,7 +45,7 @@ from broker.observability import scaling, tracing
 from broker.observability.recommend import Recommendation, recommend
 from broker.observability.rollups import LiveStats, MetricPoint, MetricsHistory
 from broker.runtime.activity import ActivityFeed
-from broker.runtime.engine import Engine
+from broker.runtime.engine import Engine, WorkerConnection
 from broker.runtime.registry import WorkerChannel
 from broker.runtime.watchers import TaskCallback
 
@@ -409,6 +409,20 @@ class BrokerService:
     def connect_worker(self, spec: WorkerSpec, channel: WorkerChannel) -> WorkerSpec:
         """Register a worker; returns its spec with the id it was given."""
         return self._engine.connect_worker(spec, channel)
+
+    def connect_worker_session(
+        self, spec: WorkerSpec, channel: WorkerChannel, resume_token: str = ""
+    ) -> WorkerConnection:
+        """Register a worker, or resume its session with the token its last stream was
+        given (see `Engine.connect_worker_session`)."""
+        return self._engine.connect_worker_session(spec, channel, resume_token)
+
+    def worker_stream_ended(
+        self, worker_id: WorkerId, channel: WorkerChannel, *, broken: bool
+    ) -> None:
+        """A worker's stream ended: cleanly, or `broken` (its tasks are then kept for a
+        resume, see `Engine.stream_ended`)."""
+        self._engine.stream_ended(worker_id, channel, broken=broken)
 
     def heartbeat(
         self,

@@ -24,7 +24,7 @@ from worker_sdk._errors import (
     ResourceExhausted,
     TaskFailed,
 )
-from worker_sdk._payload import UNSET, encode_payload
+from worker_sdk._payload import UNSET, encode_payload, payload_content_type
 from worker_sdk._pb import admin_pb2_grpc as _admin_grpc
 from worker_sdk._pb import tasks_pb2_grpc as _tasks_grpc
 from worker_sdk._stream import StreamLost, SubmitBackoff, SubmitStream, retrieve_exceptions
@@ -259,6 +259,7 @@ class Client(AdminCalls):
             execution_timeout=execution_timeout,
             idempotency_key=idempotency_key,
             fairness_key=fairness_key,
+            content_type=payload_content_type(payload, json),
         )
         with self._tracing.submit_spans((request,)) as spans:
             spec = _convert.task_spec(request, trace_context=spans.context())

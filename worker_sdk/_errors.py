@@ -84,3 +84,10 @@ def error_for_code(code: int, message: str, retry_after: float | None = None) ->
 
 class WorkerError(TaskbrokerError):
     """Raised by a handler: the failure is the worker's own fault, not the task's."""
+
+    # `retryable` is sent with the failure (TaskError.retryable): whether trying again may
+    # help; None leaves it to the task's RetryPolicy. (Any exception a handler raises may
+    # carry `retryable` and `task_fault` attributes; the SDK sends them.)
+    def __init__(self, *args: object, retryable: bool | None = None) -> None:
+        super().__init__(*args)
+        self.retryable = retryable

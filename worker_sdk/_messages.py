@@ -46,6 +46,11 @@ class RegisterAcked:
     # back; 0 = the broker did not say.
     lease_s: float = 0.0
     heartbeat_timeout_s: float = 0.0  # 0 = the broker did not say
+    # The secret that resumes this session on a new stream, and for how long after the
+    # stream breaks ("" / 0: the broker does not resume sessions).
+    resume_token: str = ""
+    resume_window_s: float = 0.0
+    resumed: bool = False  # this stream resumed the last one: its tasks are still ours
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +64,7 @@ class Assignment:
     priority: int
     deadline: datetime | None = None  # the attempt's execution timeout, as a time
     trace_context: Mapping[str, str] = field(default_factory=dict)  # W3C, of the task's trace
+    payload_content_type: str = ""  # as the client said; "" = not said
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,19 +80,34 @@ class AssignmentsReceived:
 
 @dataclass(frozen=True, slots=True)
 class CancelRequested:
-    """Stop these tasks; their results are no longer wanted."""
+    """Stop these tasks; their results are no longer wanted. `attempts` names the attempt
+    of each it knows (stop only that one: the task may come again as a later attempt)."""
 
     task_ids: list[str]
+    attempts: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class DrainRequested:
-    """The broker sends no more work: finish what is held, then disconnect."""
+    """The broker sends no more work: finish what is held by `deadline`, then disconnect.
+    `stopping`: the broker itself is stopping (reconnect later), not draining this worker
+    (exit)."""
 
     reason: str
+    deadline: datetime | None = None
+    stopping: bool = False
 
 
-BrokerEvent = RegisterAcked | AssignmentsReceived | CancelRequested | DrainRequested
+@dataclass(frozen=True, slots=True)
+class ResultsDropped:
+    """Results the broker did not take: (task id, attempt, why) each."""
+
+    results: list[tuple[str, int, str]]
+
+
+BrokerEvent = (
+    RegisterAcked | AssignmentsReceived | CancelRequested | DrainRequested | ResultsDropped
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,3 +121,4 @@ class TaskOutcome:
     error: TaskErrorInfo | None
     started_at_ms: int
     finished_at_ms: int
+    content_type: str = ""  # of `result`

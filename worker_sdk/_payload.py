@@ -22,6 +22,12 @@ class _Unset:
 
 UNSET: Final = _Unset()
 
+# The media types the SDK gives payloads and results (TaskSpec.payload_content_type,
+# TaskResult.result_content_type), as the .proto comments state them.
+TEXT: Final = "text/plain; charset=utf-8"
+JSON: Final = "application/json"
+OCTET_STREAM: Final = "application/octet-stream"
+
 
 def encode_payload(payload: bytes | str | None, json_value: Any = UNSET) -> bytes:
     """A submit payload: bytes as is, str as UTF-8, None as empty, or `json_value` as JSON."""
@@ -40,17 +46,27 @@ def encode_payload(payload: bytes | str | None, json_value: Any = UNSET) -> byte
     raise TypeError(f"payload must be bytes or str, not {type(payload).__name__}; use json=")
 
 
-def encode_result(value: Any) -> bytes:
-    """A handler's return value: bytes as is, str as UTF-8, None as empty, else JSON."""
+def payload_content_type(payload: bytes | str | None, json_value: Any = UNSET) -> str:
+    """The media type `encode_payload` gives these arguments ("" for no payload)."""
+    if json_value is not UNSET:
+        return JSON
+    if payload is None:
+        return ""
+    return TEXT if isinstance(payload, str) else OCTET_STREAM
+
+
+def encode_result(value: Any) -> tuple[bytes, str]:
+    """A handler's return value and its media type: bytes as is, str as UTF-8 text,
+    None as empty (no type), else JSON."""
     if value is None:
-        return b""
+        return b"", ""
     if isinstance(value, bytes):
-        return value
+        return value, OCTET_STREAM
     if isinstance(value, str):
-        return value.encode()
+        return value.encode(), TEXT
     if isinstance(value, bytearray | memoryview):
-        return bytes(value)
-    return _json.dumps(value, separators=(",", ":")).encode()
+        return bytes(value), OCTET_STREAM
+    return _json.dumps(value, separators=(",", ":")).encode(), JSON
 
 
 # Tracebacks are kept to their last part: the innermost frames say the most.

@@ -28,7 +28,8 @@ _log = logging.getLogger("taskbroker.worker")
 _CONTEXT = multiprocessing.get_context("spawn")
 
 # What a child answers a task with.
-Outcome = tuple[bytes | None, TaskErrorInfo | None]
+# The encoded result and its media type, or the error.
+Outcome = tuple[tuple[bytes, str] | None, TaskErrorInfo | None]
 
 
 def pickled_handlers(handlers: Mapping[str, Callable[[TaskContext], Any]]) -> bytes:

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -24,6 +24,7 @@ from worker_sdk._messages import (
     CancelRequested,
     DrainRequested,
     RegisterAcked,
+    ResultsDropped,
     TaskOutcome,
 )
 from worker_sdk._payload import bound_traceback, encode_result
@@ -81,6 +82,42 @@ class _StreamLost(Exception):
     """The stream to the broker broke; the worker reconnects."""
 
 
+class _Held:
+    """The tasks this worker holds and what it owes the broker for them: the handlers
+    running, results and start notices not yet sent. It outlives a stream that broke,
+    so the next stream can resume the session with them (see `Carried`)."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, _Running] = {}
+        self.outcomes: list[TaskOutcome] = []
+        self.started: list[str] = []
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.wake: Callable[[], None] = _nothing  # the current stream's writer
+
+    def cancel_all(self) -> list[asyncio.Task[None]]:
+        """Cancel every handler; their tasks, to await."""
+        for running in self.running.values():
+            running.context._cancel()
+            running.task.cancel()
+        self.outcomes.clear()
+        self.started.clear()
+        return [running.task for running in self.running.values()]
+
+
+@dataclass(slots=True)
+class Carried:
+    """What a broken stream leaves for the next: the held tasks, and the token that
+    resumes the session they belong to."""
+
+    held: _Held
+    resume_token: str
+
+
+def _nothing() -> None:
+    pass
+
+
 class _Session:
     """One connection: registration, then reader, writer and heartbeat until it ends."""
 
@@ -101,14 +138,14 @@ class _Session:
         self._worker_id = ""
         self._heartbeat_s = _DEFAULT_HEARTBEAT_S
         self.lease_s: float | None = None  # as the broker told it at registration
-        self._running: dict[str, _Running] = {}
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._held = _Held()
+        self._resume_token = ""  # as the broker gave it at registration
+        self._keep_held = False  # the stream broke: the handlers run on, for a resume
         self._drain = asyncio.Event()
-        # The writer's buffers: everything queued while it writes goes out in one message.
+        self._drain_request: DrainRequested | None = None
+        # The writer's buffers: everything queued while it writes goes out in one message
+        # (results and start notices wait in self._held).
         self._control: list[_worker.WorkerMessage] = []
-        self._outcomes: list[TaskOutcome] = []
-        self._started: list[str] = []
         self._heartbeat_due = False
         self._wake = asyncio.Event()
         self._half_close = False
@@ -116,7 +153,7 @@ class _Session:
         self._assignments_seen = 0
 
     def is_handler_task(self, task: asyncio.Task[Any] | None) -> bool:
-        return any(running.task is task for running in self._running.values())
+        return any(running.task is task for running in self._held.running.values())
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -149,27 +186,41 @@ class _Session:
             )
             stopping = self._worker._stop.is_set()
             if not (stopping or self._drain.is_set()):
+                self._keep_for_resume()
                 raise _StreamLost(self._loss_reason(reader, writer, heartbeat))
             # A drain (or shutdown) counts even if the broker ended the stream right after it.
+            drain = self._drain_request
             if stopping:
                 _log.info("worker %s shutting down", self._worker_id)
                 self._send_control(_convert.credit_message(0))
                 grace: float | None = self._worker._grace
+            elif drain is not None and drain.deadline is not None:
+                grace = max(0.0, drain.deadline.timestamp() - time.time())
             else:
                 grace = None
             await self._finish_in_flight(grace, reader, writer)
             await self._close(reader, writer)
+            if not stopping and drain is not None and drain.stopping:
+                # The broker is going away, not sending us away: connect again (to it
+                # restarted, or whatever answers at its address).
+                raise _StreamLost(f"the broker at {self._address} is stopping")
         finally:
             if self._worker._processes is not None:
                 self._worker._processes.on_available = _ignore
-            for running in self._running.values():
-                running.context._cancel()
-                running.task.cancel()
+            handlers = [] if self._keep_held else self._held.cancel_all()
             self._call.cancel()
-            handlers = [running.task for running in self._running.values()]
             for task in background:
                 task.cancel()
             await asyncio.gather(*handlers, *background, return_exceptions=True)
+
+    def _keep_for_resume(self) -> None:
+        """The stream broke: if the broker gave a resume token and tasks are held, leave
+        them running for the next stream to resume the session with."""
+        held = self._held
+        if self._resume_token and (held.running or held.outcomes):
+            self._keep_held = True
+            held.wake = _nothing
+            self._worker._carried = Carried(held, self._resume_token)
 
     def _offer(self, available: int) -> None:
         """Tell the broker how many slots it may fill: fewer while a killed handler process
@@ -180,6 +231,7 @@ class _Session:
 
     async def _register(self, registered_before: bool) -> None:
         worker = self._worker
+        carried = worker._carried
         try:
             await self._call.write(
                 _convert.register_message(
@@ -189,6 +241,7 @@ class _Session:
                     capacity=worker._capacity,
                     task_types=worker._handlers,
                     sdk_version=__version__,
+                    resume_token=carried.resume_token if carried is not None else "",
                 )
             )
             first = await anext(self._messages, None)
@@ -214,6 +267,25 @@ class _Session:
         worker._worker_id = self._worker_id
         self._heartbeat_s = heartbeat_interval(event)
         self.lease_s = worker._lease_s = event.lease_s or None
+        self._resume_token = event.resume_token
+        worker._carried = None
+        if carried is not None:
+            if event.resumed:
+                self._held = carried.held
+                _log.info(
+                    "resumed the session of worker %s with %d tasks held",
+                    self._worker_id,
+                    len(self._held.running) + len(self._held.outcomes),
+                )
+            else:  # the broker has requeued them: they would run twice
+                _log.warning(
+                    "the broker did not resume the session; cancelling %d tasks it requeued",
+                    len(carried.held.running),
+                )
+                worker._abandoned.extend(carried.held.cancel_all())
+        self._held.wake = self._wake.set
+        if self._held.outcomes or self._held.started:
+            self._wake.set()  # what the handlers finished while we were away
         self.registered = True
         _log.info(
             "registered with %s as %s (pool %s, capacity %d, types %s)",
@@ -240,18 +312,18 @@ class _Session:
         self, grace: float | None, reader: asyncio.Task[None], writer: asyncio.Task[None]
     ) -> None:
         """Wait for in-flight handlers, at most `grace` seconds, then cancel the rest."""
-        idle = asyncio.create_task(self._idle.wait())
+        idle = asyncio.create_task(self._held.idle.wait())
         try:
             await asyncio.wait(
                 {idle, reader, writer}, timeout=grace, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             idle.cancel()
-        if self._running:
+        if self._held.running:
             _log.warning(
-                "cancelling %d unfinished tasks; the broker requeues them", len(self._running)
+                "cancelling %d unfinished tasks; the broker requeues them", len(self._held.running)
             )
-            for running in self._running.values():
+            for running in self._held.running.values():
                 running.context._cancel()
                 running.task.cancel()
 
@@ -275,15 +347,24 @@ class _Session:
                 for assignment in event.assignments:
                     self._start(assignment)
             elif isinstance(event, CancelRequested):
-                self._cancel(event.task_ids)
+                self._cancel(event.task_ids, event.attempts)
             elif isinstance(event, DrainRequested):
                 _log.info("broker drains worker %s: %s", self._worker_id, event.reason or "-")
+                self._drain_request = event
                 self._drain.set()
+            elif isinstance(event, ResultsDropped):
+                for task_id, attempt, why in event.results:
+                    _log.info(
+                        "the broker dropped the result of task %s (attempt %d): %s",
+                        task_id,
+                        attempt,
+                        why,
+                    )
             elif isinstance(event, RegisterAcked):
                 _log.debug("ignoring a second register_ack")
 
     def _start(self, assignment: Assignment) -> None:
-        if assignment.task_id in self._running:
+        if assignment.task_id in self._held.running:
             _log.warning("task %s assigned again while running; ignored", assignment.task_id)
             return
         context = TaskContext(
@@ -297,26 +378,36 @@ class _Session:
         )
         task = asyncio.create_task(self._execute(assignment, context))
         running = _Running(task, context)
-        self._running[assignment.task_id] = running
-        self._idle.clear()
+        self._held.running[assignment.task_id] = running
+        self._held.idle.clear()
         task.add_done_callback(lambda _: self._forget(assignment.task_id, running))
 
     def _forget(self, task_id: str, running: _Running) -> None:
-        if self._running.get(task_id) is running:
-            del self._running[task_id]
-        if not self._running:
-            self._idle.set()
+        if self._held.running.get(task_id) is running:
+            del self._held.running[task_id]
+        if not self._held.running:
+            self._held.idle.set()
         task = running.task
         if not task.cancelled() and (exc := task.exception()) is not None:
             _log.error("handler of task %s raised %r", task_id, exc)
 
-    def _cancel(self, task_ids: list[str]) -> None:
+    def _cancel(self, task_ids: list[str], attempts: Mapping[str, int]) -> None:
+        held = self._held
         for task_id in task_ids:
-            running = self._running.get(task_id)
+            attempt = attempts.get(task_id, 0)  # 0: whichever attempt it is
+            running = held.running.get(task_id)
+            if running is not None and attempt and running.context.attempt != attempt:
+                _log.debug("ignoring a cancel of attempt %d of task %s", attempt, task_id)
+                continue
             if running is None:
-                if any(o.task_id == task_id for o in self._outcomes):
+                stale = [
+                    o
+                    for o in held.outcomes
+                    if o.task_id == task_id and (not attempt or o.attempt == attempt)
+                ]
+                if stale:
                     # Finished, result not sent yet: the broker no longer wants it.
-                    self._outcomes = [o for o in self._outcomes if o.task_id != task_id]
+                    held.outcomes[:] = [o for o in held.outcomes if o not in stale]
                 else:  # e.g. its result crossed the cancel on the wire
                     _log.debug(
                         "ignoring a cancel of task %s, which this worker does not hold", task_id
@@ -347,15 +438,15 @@ class _Session:
         def started() -> None:
             nonlocal started_ms
             started_ms = _now_ms()
-            self._started.append(assignment.task_id)
-            self._wake.set()
+            self._held.started.append(assignment.task_id)
+            self._held.wake()
 
         if slots is None:
             started()
         with self._worker._tracing.execute_span(assignment, context) as span:
             try:
                 if handler.is_async:
-                    result = encode_result(await handler.function(context))
+                    result, content_type = encode_result(await handler.function(context))
                 elif slots is not None:
                     # In a child process, which is only started on once it has one free.
                     encoded, failure = await slots.run(
@@ -364,11 +455,11 @@ class _Session:
                     if encoded is None:
                         self._report(context, assignment, None, failure, started_ms)
                         return
-                    result = encoded
+                    result, content_type = encoded
                 else:
                     function = span.in_context(handler.function)
                     value = await self._loop.run_in_executor(self._executor, function, context)
-                    result = encode_result(value)
+                    result, content_type = encode_result(value)
             except asyncio.CancelledError as exc:
                 task = asyncio.current_task()
                 if context.cancelled or (task is not None and task.cancelling()):
@@ -380,7 +471,7 @@ class _Session:
                 span.failed(exc)
                 self._report(context, assignment, None, _error_info(exc), started_ms)
             else:
-                self._report(context, assignment, result, None, started_ms)
+                self._report(context, assignment, result, None, started_ms, content_type)
 
     def _report(
         self,
@@ -389,10 +480,11 @@ class _Session:
         result: bytes | None,
         error: TaskErrorInfo | None,
         started_ms: int,
+        content_type: str = "",
     ) -> None:
         if context.cancelled or self._half_close:
             return  # the broker no longer wants it, or can no longer be told
-        self._outcomes.append(
+        self._held.outcomes.append(
             TaskOutcome(
                 task_id=assignment.task_id,
                 attempt=assignment.attempt,
@@ -401,9 +493,10 @@ class _Session:
                 error=error,
                 started_at_ms=started_ms,
                 finished_at_ms=_now_ms(),
+                content_type=content_type,
             )
         )
-        self._wake.set()
+        self._held.wake()
 
     # -- writing -----------------------------------------------------------------------
 
@@ -420,7 +513,7 @@ class _Session:
     def _heartbeat(self) -> _worker.WorkerMessage:
         """A heartbeat, built by the writer as it sends it, so the tasks it lists as held are
         exactly those whose results have not gone out on the stream before it."""
-        in_flight = len(self._running)
+        in_flight = len(self._held.running)
         return _convert.heartbeat_message(
             in_flight,
             in_flight / self._worker._capacity,
@@ -433,29 +526,37 @@ class _Session:
         broker cancelled them) or finished with the result still in the buffer."""
         held = {
             task_id: None
-            for task_id, running in self._running.items()
+            for task_id, running in self._held.running.items()
             if not running.context.cancelled
         }
-        held.update((outcome.task_id, None) for outcome in self._outcomes)
+        held.update((outcome.task_id, None) for outcome in self._held.outcomes)
         return list(held)
 
     def _take_outcomes(self) -> list[TaskOutcome]:
         size = 0
         count = 0
-        for outcome in self._outcomes:
+        for outcome in self._held.outcomes:
             size += len(outcome.result) + (len(outcome.error.traceback) if outcome.error else 0)
             if count and size > _MAX_MESSAGE_RESULT_BYTES:
                 break
             count += 1
-        taken = self._outcomes[:count]
-        del self._outcomes[:count]
-        return taken
+        return self._held.outcomes[:count]
+
+    def _sent(self, outcomes: list[TaskOutcome], started: list[str]) -> None:
+        """These results and start notices are written: no longer owed. (Until then they
+        stay held, so a stream that breaks under the write leaves them for the next.)"""
+        held = self._held
+        if outcomes:
+            written = {id(outcome) for outcome in outcomes}
+            held.outcomes[:] = [o for o in held.outcomes if id(o) not in written]
+        if started:
+            del held.started[: len(started)]
 
     async def _write_loop(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._control or self._heartbeat_due or self._outcomes or self._started:
+            while self._control or self._heartbeat_due or self._held.outcomes or self._held.started:
                 if self._control:
                     await self._call.write(self._control.pop(0))
                     continue
@@ -464,9 +565,11 @@ class _Session:
                     await self._call.write(self._heartbeat())
                     continue
                 outcomes = self._take_outcomes()
-                started, self._started = self._started, []
+                started = list(self._held.started)
                 await self._call.write(_convert.results_message(outcomes, started))
+                self._sent(outcomes, started)
             if self._half_close:
+                await self._call.write(_convert.leave_message())  # we will not resume
                 await self._call.done_writing()
                 return
 
@@ -475,13 +578,18 @@ MAX_ERROR_TYPE_CHARS = 200
 
 
 def _error_info(error: BaseException) -> TaskErrorInfo:
-    """The TaskError reported for a handler's exception."""
+    """The TaskError reported for a handler's exception: with its `retryable` and
+    `task_fault` attributes, if it has them (bools; worker_sdk's errors do)."""
+    retryable = getattr(error, "retryable", None)
+    task_fault = getattr(error, "task_fault", False)
     return TaskErrorInfo(
         type=("WorkerError" if isinstance(error, WorkerError) else type(error).__name__)[
             :MAX_ERROR_TYPE_CHARS
         ],  # the broker's limit
         message=str(error),
         traceback=bound_traceback("".join(traceback.format_exception(error))),
+        retryable=retryable if isinstance(retryable, bool) else None,
+        task_fault=task_fault if isinstance(task_fault, bool) else False,
     )
 
 

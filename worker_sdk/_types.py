@@ -70,11 +70,18 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class TaskErrorInfo:
-    """Why a task failed, as its worker (or the broker) reported it."""
+    """Why a task failed, as its worker (or the broker) reported it.
+
+    `retryable`: the worker's word on whether trying again may help (None: it did not
+    say; the task's RetryPolicy decides). `task_fault`: the failure is the task's own
+    (its payload), not the worker's.
+    """
 
     type: str
     message: str
     traceback: str
+    retryable: bool | None = None
+    task_fault: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +193,9 @@ class TaskRequest:
     execution_timeout: float | None = None
     idempotency_key: str | None = None
     fairness_key: str | None = None
+    # The payload's media type (TaskSpec.payload_content_type); None: none for an empty
+    # payload, else "application/octet-stream". `Client.submit` sets it (see README).
+    content_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

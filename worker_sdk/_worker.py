@@ -25,6 +25,7 @@ from worker_sdk._session import _CLOSE_TIMEOUT_S as _CLOSE_TIMEOUT_S
 from worker_sdk._session import _DEFAULT_HEARTBEAT_S as _DEFAULT_HEARTBEAT_S
 from worker_sdk._session import _FATAL_REGISTRATION_CODES as _FATAL_REGISTRATION_CODES
 from worker_sdk._session import _MAX_MESSAGE_RESULT_BYTES as _MAX_MESSAGE_RESULT_BYTES
+from worker_sdk._session import Carried
 from worker_sdk._session import _error_info as _error_info
 from worker_sdk._session import _Handler as _Handler
 from worker_sdk._session import _now_ms as _now_ms
@@ -98,6 +99,10 @@ class Worker:
         self._running = False
         self._session: _Session | None = None
         self._lease_s: float | None = None  # set by a session at registration
+        # Tasks a broken stream left running, for the next stream to resume; handlers
+        # of a session the broker did not resume, being cancelled.
+        self._carried: Carried | None = None
+        self._abandoned: list[asyncio.Task[None]] = []
         # What a session awaits between heartbeats; tests replace it to beat on demand.
         self._heartbeat_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
@@ -237,6 +242,10 @@ class Worker:
                 finally:
                     self._session = None
         finally:
+            carried, self._carried = self._carried, None
+            abandoned = self._abandoned + (carried.held.cancel_all() if carried else [])
+            self._abandoned = []
+            await asyncio.gather(*abandoned, return_exceptions=True)
             await channel.close(None)
             if self._processes is not None:
                 await self._processes.close()

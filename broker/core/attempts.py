@@ -47,7 +47,7 @@ class Outcomes:
     def finish(self, task: Task, result: TaskResult, now: float) -> None:
         """Move the task on from its worker's report of the attempt: SUCCEEDED, FAILED if
         the result is too large, else as `fail` decides (the error truncated)."""
-        started_at = task.started_at or result.started_at
+        started_at = task.started_at or worker_time(result.started_at, task.assigned_at, now)
         if result.success:
             if len(result.result) > self._max_result_bytes:
                 move(
@@ -67,6 +67,7 @@ class Outcomes:
             task.started_at = started_at
             task.finished_at = now
             task.result = result.result
+            task.result_content_type = result.result_content_type
             return
         error = result.error or TaskError(type="Error", message="the worker reported a failure")
         limit = self._max_traceback_chars
@@ -83,7 +84,7 @@ class Outcomes:
         policy allows another; else FAILED, or DEAD_LETTER if retries were allowed and
         ran out."""
         policy = task.spec.retry
-        if policy.max_attempts > 1 and policy.retryable(error.type):
+        if policy.max_attempts > 1 and policy.retryable(error.type, error.retryable):
             if task.attempts < policy.max_attempts:
                 backoff = self._random.uniform(0.0, policy.backoff_cap(task.attempts))
                 self._events[(task.spec.pool, "retried")] += 1
@@ -115,6 +116,15 @@ class Outcomes:
             move(task, TaskState.DEAD_LETTER, started_at=started_at, finished_at=now, error=error)
             return
         move(task, TaskState.FAILED, started_at=started_at, finished_at=now, error=error)
+
+
+def worker_time(reported: float, earliest: float, now: float) -> float:
+    """A time from the worker's clock, where the broker saw nothing better: 0.0 if the
+    worker said nothing, else clamped to [earliest, now] (a worker's clock may be wrong,
+    even by decades)."""
+    if reported <= 0.0:
+        return 0.0
+    return min(max(reported, earliest), now)
 
 
 def truncate(text: str, limit: int) -> str:

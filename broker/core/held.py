@@ -45,10 +45,14 @@ class Held:
     def came_back(self, task: Task, result: TaskResult, now: float) -> float:
         """Free the slot of a task that came back, and let the pool learn from the attempt.
         Returns the attempt's run time."""
+        # The broker's measure: from the assignment to the result's arrival.
+        run_s = max(0.0, now - task.assigned_at)
         if 0 < result.started_at <= result.finished_at:
-            run_s = result.finished_at - result.started_at  # the worker's own measure
-        else:
-            run_s = max(0.0, now - task.assigned_at)
+            # The worker's own measure is finer (no network in it), but only believed
+            # when it fits within what the broker saw.
+            worker_run_s = result.finished_at - result.started_at
+            if worker_run_s <= max(0.0, now - task.assigned_at):
+                run_s = worker_run_s
         pool = self._pools[task.spec.pool]
         worker = pool.workers.get(task.worker_id)
         if worker is None or task.id not in worker.held:

@@ -59,6 +59,20 @@ ASSIGNED = TaskState.ASSIGNED
 RUNNING = TaskState.RUNNING
 
 
+# Why a result was dropped (see TaskLifecycle.reported).
+DROP_UNKNOWN = "unknown"  # not a task in flight: no such task, or it has ended
+DROP_WRONG_ATTEMPT = "wrong_attempt"  # the task is on another attempt now
+DROP_NOT_HELD = "not_held"  # the task is not held by this worker
+
+
+def _why_stale(task: Task | None, worker_id: WorkerId) -> str:
+    if task is None:
+        return DROP_UNKNOWN
+    if not task.state.active or task.worker_id != worker_id:
+        return DROP_NOT_HELD
+    return DROP_WRONG_ATTEMPT
+
+
 class TaskLifecycle:
     """Tasks, pools and workers of one broker (or one simulation), decided in memory."""
 
@@ -223,10 +237,11 @@ class TaskLifecycle:
         started: Sequence[TaskId],
         results: Sequence[TaskResult],
         now: float,
-    ) -> None:
+    ) -> list[tuple[TaskResult, str]]:
         """A worker's start notices and results. Stale ones (a task it no longer holds)
-        are counted and dropped. A failed attempt goes back to pending after a backoff
-        if its retry policy allows another, else it fails or is dead-lettered."""
+        are counted and dropped; returned, each with why (DROP_UNKNOWN, DROP_WRONG_ATTEMPT,
+        DROP_NOT_HELD). A failed attempt goes back to pending after a backoff if its retry
+        policy allows another, else it fails or is dead-lettered."""
         effects = self.effects
         effects.now = now
         member = self.members[worker_id]
@@ -248,6 +263,7 @@ class TaskLifecycle:
                     task.started_at = now
                     save.append(task)
                     leases[task_id] = lease_until
+        dropped: list[tuple[TaskResult, str]] = []
         for result in results:
             task = live.get(result.task_id)
             if (
@@ -257,13 +273,15 @@ class TaskLifecycle:
                 or task.attempts != result.attempt
             ):
                 self.stale_results += 1
+                dropped.append((result, _why_stale(task, worker_id)))
                 continue
             run_s = came_back(task, result, now)
             if result.success:
                 record(member, True, now)
             else:
                 error = result.error
-                record(member, False, now, task.spec.task_type, error.type if error else "")
+                if error is None or not error.task_fault:
+                    record(member, False, now, task.spec.task_type, error.type if error else "")
             finish(task, result, now)
             save.append(task)
             effects.attempts.append((task, result.success, run_s))
@@ -274,6 +292,7 @@ class TaskLifecycle:
                 effects.finished.append(task)
         if results:
             effects.dispatch.add(member.pool)
+        return dropped
 
     # Operators and clients -------------------------------------------------------------
 
@@ -404,6 +423,17 @@ class TaskLifecycle:
             elif kind == "sticky":
                 self.waiting.sticky_due(ident)
                 effects.dispatch.add(ident)
+
+    def keep_leases(self, worker_id: WorkerId, until: float) -> None:
+        """The worker's stream broke and the broker keeps its tasks for it until then:
+        their leases run at least that long, so a resume in time finds them."""
+        member = self.members.get(worker_id)
+        if member is None:
+            return
+        leases = self.held.leases
+        for task_id in member.slot.held:
+            if task_id in leases:
+                leases[task_id] = max(leases[task_id], until)
 
     def expire_leases(self, now: float) -> None:
         """Requeue held tasks whose worker did not confirm them in time."""

@@ -193,8 +193,8 @@ def validate_placement(placement: Placement, where: str) -> None:
 
 def validate_worker(spec: WorkerSpec) -> None:
     """Check what a worker registers: capacity, task types, id, pool, labels, version."""
-    if not 1 <= spec.capacity <= MAX_CAPACITY:
-        raise InvalidArgument(f"capacity must be 1..{MAX_CAPACITY}, got {spec.capacity}")
+    if not 0 <= spec.capacity <= MAX_CAPACITY:
+        raise InvalidArgument(f"capacity must be 0 (paused)..{MAX_CAPACITY}, got {spec.capacity}")
     if not spec.task_types:
         raise InvalidArgument("a worker must register at least one task type")
     check_names(spec.task_types, "task_types", MAX_TASK_TYPES)

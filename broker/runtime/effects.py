@@ -65,13 +65,13 @@ class Applier:
             save = self._store.save
             for task in effects.save:
                 save(task)
-        if effects.placed:
-            self._send_assignments(effects.placed, effects.now)
-        if effects.cancel:
+        if effects.cancel:  # before assignments: a task may be cancelled, then sent again
             for worker_id, task_ids in effects.cancel:
                 session = self._workers.get(worker_id)
                 if session is not None:
                     session.channel.send_cancel(task_ids)
+        if effects.placed:
+            self._send_assignments(effects.placed, effects.now)
         if self.observers:
             self._observe(effects)
         durable = None

@@ -46,12 +46,24 @@ from broker.runtime.effects import Applier
 from broker.runtime.finished import FinishedTasks
 from broker.runtime.idempotency import Claimed, Claims
 from broker.runtime.pools import PoolAdmin
-from broker.runtime.registry import WorkerChannel, WorkerRegistry
+from broker.runtime.registry import WorkerChannel, WorkerRegistry, WorkerSession
 from broker.runtime.ticker import Ticker
 from broker.runtime.watchers import TaskCallback, Watchers
 from broker.storage.contract import Store
 
 log = logging.getLogger("taskbroker.engine")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerConnection:
+    """A registered worker stream: the worker's spec, the token that resumes its session
+    on a later stream, how long its tasks are kept for that, and whether this stream
+    resumed an earlier one."""
+
+    spec: WorkerSpec
+    resume_token: str
+    resume_window_s: float
+    resumed: bool
 
 
 class Engine:
@@ -169,6 +181,10 @@ class Engine:
         self.accepting = False
         self._dispatcher.stop()
         self._ticker.stop()
+        deadline = self._clock.now() + grace
+        for session in self._workers:
+            if session.detached_at is None:
+                session.channel.send_drain("the broker is stopping", deadline, stopping=True)
         self._applier.update_idle()
         try:
             async with asyncio.timeout(grace):
@@ -368,11 +384,29 @@ class Engine:
 
     def connect_worker(self, spec: WorkerSpec, channel: WorkerChannel) -> WorkerSpec:
         """Register a worker; returns its spec with the id it was given."""
+        return self.connect_worker_session(spec, channel).spec
+
+    def connect_worker_session(
+        self, spec: WorkerSpec, channel: WorkerChannel, resume_token: str = ""
+    ) -> WorkerConnection:
+        """Register a worker, or resume its session: with the resume token of the stream
+        that last had this worker id, the new stream takes over that session and the
+        tasks it holds (the old stream, if still open, is ended). A new session for an id
+        whose stream broke requeues what that one held first; an id whose stream is open
+        is AlreadyExists without the token."""
         if not self.accepting:
             raise Unavailable("the broker is not taking workers now (it is shutting down)")
         validate_worker(spec)
         if spec.pool not in self._core.pools:
             raise NotFound(f"pool {spec.pool!r} does not exist")
+        window = self.resume_window_s(spec.pool)
+        if spec.worker_id:
+            session = self._workers.resumable(spec.worker_id, resume_token)
+            if session is not None and session.spec.pool == spec.pool:
+                return self._resume(session, spec, channel, window)
+            stale = self._workers.get(spec.worker_id)
+            if stale is not None and stale.detached_at is not None:
+                self.disconnect_worker(spec.worker_id, "its stream broke and a new session began")
         spec = self._workers.with_id(spec)
         member = self._core.members.join(
             spec.worker_id,
@@ -382,7 +416,7 @@ class Engine:
             spec.labels,
             self._clock.now(),
         )
-        self._workers.add(spec, member.slot, channel, member)
+        session = self._workers.add(spec, member.slot, channel, member)
         log.info(
             "worker %s connected to pool %s (capacity %d, types %s)",
             spec.worker_id,
@@ -391,7 +425,53 @@ class Engine:
             ",".join(sorted(spec.task_types)),
         )
         self._apply()
-        return spec
+        return WorkerConnection(spec, session.resume_token, window, resumed=False)
+
+    def _resume(
+        self, session: WorkerSession, spec: WorkerSpec, channel: WorkerChannel, window: float
+    ) -> WorkerConnection:
+        worker_id = session.spec.worker_id
+        old = session.channel
+        if session.detached_at is None:
+            old.close(AlreadyExists(f"worker {worker_id!r} resumed its session on a new stream"))
+        self._workers.attach(session, channel)
+        self._core.members.set_capacity(worker_id, spec.capacity)
+        if session.slot.draining:  # the new stream is told too
+            channel.send_drain("drained by an operator", session.drain_until)
+        log.info("worker %s resumed its session (%d tasks held)", worker_id, len(session.slot.held))
+        self._apply()
+        return WorkerConnection(session.spec, session.resume_token, window, resumed=True)
+
+    def resume_window_s(self, pool: str) -> float:
+        """How long the tasks of a worker whose stream broke are kept for it to resume:
+        its pool's lease, at most the heartbeat timeout."""
+        return min(self.lease_s(pool), self._config.heartbeat_timeout_s)
+
+    def stream_ended(self, worker_id: WorkerId, channel: WorkerChannel, *, broken: bool) -> None:
+        """A worker's stream ended. If it may be resumed (`broken`: the worker did not say
+        it leaves, nor did the broker end it for an error) and the worker holds tasks, they
+        are kept for the resume window, for the worker to resume the session on a new
+        stream, and it gets no new work meanwhile. Else the worker is gone and what it held
+        is requeued. Nothing if another stream has taken the session over."""
+        session = self._workers.get(worker_id)
+        if session is None or session.channel is not channel:
+            return
+        if broken and self.accepting and not session.slot.draining:
+            window = self.resume_window_s(session.spec.pool)
+            if window > 0 and session.slot.held:
+                now = self._clock.now()
+                session.detached_at = now
+                self._core.members.set_capacity(worker_id, 0)
+                self._core.keep_leases(worker_id, now + window)
+                self._apply()
+                log.info(
+                    "worker %s: stream broke; its %d tasks are kept %.1f s for a resume",
+                    worker_id,
+                    len(session.slot.held),
+                    window,
+                )
+                return
+        self.disconnect_worker(worker_id, "stream ended")
 
     def disconnect_worker(self, worker_id: WorkerId, reason: str, *, counts: bool = True) -> None:
         """Forget a worker and requeue every task it held (at-least-once delivery); unless
@@ -453,12 +533,28 @@ class Engine:
         return session.status()
 
     def drain_worker(self, worker_id: WorkerId) -> WorkerStatus:
-        """Send no more work to this worker and ask it to finish and disconnect."""
+        """Send no more work to this worker and ask it to finish and disconnect by the
+        drain deadline (the config's drain_timeout_s from now); its stream is ended once
+        it holds nothing, or at the deadline (what it still holds is requeued then)."""
         session = self._workers.connected(worker_id)
         if self._core.members.set_draining(worker_id):
-            session.channel.send_drain("drained by an operator")
+            session.drain_until = self._clock.now() + self._config.drain_timeout_s
+            session.channel.send_drain("drained by an operator", session.drain_until)
             log.info("worker %s draining", worker_id)
+            self._end_drained(session)
         return session.status()
+
+    def _end_drained(self, session: WorkerSession) -> None:
+        """End a draining worker's stream once it holds nothing or its deadline passed."""
+        if not session.slot.draining or session.detached_at is not None:
+            return
+        worker_id = session.spec.worker_id
+        if not session.slot.held:
+            session.channel.close(None)
+            self.disconnect_worker(worker_id, "drained", counts=False)
+        elif session.drain_until and self._clock.now() >= session.drain_until:
+            session.channel.close(None)
+            self.disconnect_worker(worker_id, "the drain deadline passed")
 
     def workers(self, pool: str = "") -> list[WorkerStatus]:
         if pool and pool not in self._core.pools:
@@ -474,16 +570,28 @@ class Engine:
         new task before then (see broker.server.workers)."""
         session = self._workers.registered(worker_id)
         self._workers.heard_from(session)
-        self._core.reported(worker_id, started, results, session.last_heartbeat)
+        dropped = self._core.reported(worker_id, started, results, session.last_heartbeat)
+        if dropped:
+            session.channel.send_dropped(dropped)
         durable = self._apply()  # the future of the tasks that ended, if any did
         if durable is None and results:
             durable = self._store.durable()
+        if results and session.slot.draining:
+            self._end_drained(session)
         return durable
 
     def reap(self) -> list[WorkerId]:
         """Disconnect workers whose last heartbeat is older than the timeout, and requeue
         held tasks whose lease ran out."""
-        self._core.expire_leases(self._clock.now())
+        now = self._clock.now()
+        for session in self._workers:  # first: their tasks' leases end with the window
+            detached_at = session.detached_at
+            if detached_at is not None:
+                if now - detached_at > self.resume_window_s(session.spec.pool):
+                    self.disconnect_worker(session.spec.worker_id, "not resumed in time")
+            elif session.slot.draining:
+                self._end_drained(session)
+        self._core.expire_leases(now)
         self._apply()
         timeout = self._config.heartbeat_timeout_s
         dead = self._workers.silent(timeout)

@@ -15,7 +15,7 @@ from typing import Protocol
 from broker.clock import Clock
 from broker.core.members import Member
 from broker.core.strategies import WorkerSlot
-from broker.domain import Task, TaskId, WorkerId, WorkerSpec, WorkerStatus
+from broker.domain import Task, TaskId, TaskResult, WorkerId, WorkerSpec, WorkerStatus
 from broker.errors import AlreadyExists, BrokerError, FailedPrecondition, NotFound
 from broker.storage.contract import WorkerLog
 
@@ -25,8 +25,19 @@ class WorkerChannel(Protocol):
 
     def send_assignments(self, tasks: Sequence[Task]) -> None: ...
     def send_cancel(self, task_ids: Sequence[TaskId]) -> None: ...
-    def send_drain(self, reason: str) -> None: ...
-    def close(self, error: BrokerError) -> None: ...
+    def send_drain(self, reason: str, deadline: float = 0.0, stopping: bool = False) -> None:
+        """No more work: finish by `deadline` (epoch seconds; 0 = none). `stopping`: the
+        broker itself is stopping, not this worker."""
+        ...
+
+    def send_dropped(self, dropped: Sequence[tuple[TaskResult, str]]) -> None:
+        """Results the broker did not take, each with why (see TaskLifecycle.reported)."""
+        ...
+
+    def close(self, error: BrokerError | None) -> None:
+        """End the stream: with this error, or cleanly (None)."""
+        ...
+
     def in_transit(self, seen: int) -> set[TaskId]:
         """Tasks sent in messages after the `seen`th, or not sent yet: the worker cannot
         know of them. (Messages up to `seen` are forgotten.)"""
@@ -43,6 +54,12 @@ class WorkerSession:
     connected_at: float
     last_heartbeat: float
     member: Member | None = None  # its breaker and cordon, as the lifecycle keeps them
+    # The secret a new stream shows to resume this session (Register.resume_token).
+    resume_token: str = ""
+    # When its stream broke, if it did: its tasks are kept for a resume until then plus
+    # the resume window (None: connected).
+    detached_at: float | None = None
+    drain_until: float = 0.0  # draining: the stream is ended at this time at the latest
 
     def status(self) -> WorkerStatus:
         member = self.member
@@ -80,8 +97,28 @@ class WorkerRegistry:
         if not spec.worker_id:
             spec = replace(spec, worker_id=f"w-{secrets.token_hex(4)}")
         if spec.worker_id in self._sessions:
-            raise AlreadyExists(f"a worker with id {spec.worker_id!r} is connected already")
+            raise AlreadyExists(
+                f"a worker with id {spec.worker_id!r} is connected already (a stream that "
+                "shows its resume_token takes its place)"
+            )
         return spec
+
+    def resumable(self, worker_id: WorkerId, token: str) -> WorkerSession | None:
+        """The session a stream showing `token` may take over: that worker id's, if the
+        token is its own (compared in constant time)."""
+        session = self._sessions.get(worker_id)
+        if session is None or not token or not session.resume_token:
+            return None
+        if not secrets.compare_digest(token.encode(), session.resume_token.encode()):
+            return None
+        return session
+
+    def attach(self, session: WorkerSession, channel: WorkerChannel) -> None:
+        """A new stream takes over the session: a fresh token, heard from now."""
+        session.channel = channel
+        session.detached_at = None
+        session.resume_token = secrets.token_urlsafe(24)
+        session.last_heartbeat = self._clock.now()
 
     def add(
         self,
@@ -92,7 +129,9 @@ class WorkerRegistry:
     ) -> WorkerSession:
         spec = self.with_id(spec)
         now = self._clock.now()
-        session = WorkerSession(spec, slot, channel, now, now, member)
+        session = WorkerSession(
+            spec, slot, channel, now, now, member, resume_token=secrets.token_urlsafe(24)
+        )
         self._sessions[spec.worker_id] = session
         self._log.worker_connected(spec, now)
         return session
@@ -124,6 +163,10 @@ class WorkerRegistry:
         session.last_heartbeat = self._clock.now()
 
     def silent(self, timeout: float) -> list[WorkerId]:
-        """Workers not heard from for more than `timeout` seconds."""
+        """Connected workers not heard from for more than `timeout` seconds."""
         deadline = self._clock.now() - timeout
-        return [wid for wid, s in self._sessions.items() if s.last_heartbeat < deadline]
+        return [
+            wid
+            for wid, s in self._sessions.items()
+            if s.last_heartbeat < deadline and s.detached_at is None
+        ]

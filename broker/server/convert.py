@@ -7,9 +7,17 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from broker.core.validation import MAX_TASK_STATES, check_count, check_wait_timeout
+from broker.config import BrokerConfig
+from broker.core.validation import (
+    MAX_CAPACITY,
+    MAX_TASK_IDS,
+    MAX_TASK_STATES,
+    check_count,
+    check_wait_timeout,
+)
 from broker.domain import (
     ANYWHERE,
+    BROKER_ERROR_TYPES,
     BULKHEAD_LIMITS,
     DEFAULT_POOL,
     NO_RETRY,
@@ -120,6 +128,7 @@ def spec_from_pb(msg: _tasks.TaskSpec) -> TaskSpec:
         idempotency_key=msg.idempotency_key,
         fairness_key=msg.fairness_key,
         trace_context=dict(msg.trace_context),
+        payload_content_type=msg.payload_content_type,
     )
 
 
@@ -135,6 +144,7 @@ def _spec_to_pb(spec: TaskSpec, *, with_payload: bool = True) -> _tasks.TaskSpec
         idempotency_key=spec.idempotency_key,
         fairness_key=spec.fairness_key,
         trace_context=dict(spec.trace_context),
+        payload_content_type=spec.payload_content_type,
     )
     if spec.placement is not ANYWHERE:
         _placement_to_pb(spec.placement, msg.placement)
@@ -167,10 +177,21 @@ def specs_from_pb(msgs: Sequence[_tasks.TaskSpec]) -> list[TaskSpec]:
     return [spec_from_pb(m) for m in msgs]
 
 
+# Each of the broker's error types as TaskError.BrokerType: "WorkerLost" is
+# BROKER_TYPE_WORKER_LOST, and so on.
+_BROKER_ERROR_TYPES: dict[str, _tasks.TaskError.BrokerType.ValueType] = {
+    name: _tasks.TaskError.BrokerType.Value(
+        "BROKER_TYPE_" + "".join(f"_{c}" if c.isupper() else c.upper() for c in name).lstrip("_")
+    )
+    for name in BROKER_ERROR_TYPES
+}
+
+
 def _error_to_pb(error: TaskError, msg: _tasks.TaskError) -> None:
     msg.type = error.type
     msg.message = error.message
     msg.traceback = error.traceback
+    msg.broker_type = _BROKER_ERROR_TYPES.get(error.type, _tasks.TaskError.BROKER_TYPE_UNSPECIFIED)
 
 
 FULL = _tasks.TASK_VIEW_FULL
@@ -194,6 +215,7 @@ def task_to_pb(task: Task, view: _tasks.TaskView.ValueType = FULL) -> _tasks.Tas
         placement_note=task.placement_note,
         unschedulable=task.unschedulable,
         not_before_ms=_ms(task.not_before),
+        result_content_type=task.result_content_type,
         view=FULL if full else BASIC,
         terminal=task.state in TERMINAL_STATES,
     )
@@ -218,31 +240,84 @@ def assignments_to_pb(assigned: Sequence[tuple[Task, int]], seq: int) -> _worker
             priority=spec.priority,
             deadline_ms=_ms(task.assigned_at + timeout) if timeout else 0,
             trace_context=spec.trace_context,
+            payload_content_type=spec.payload_content_type,
         )
     return msg
 
 
-def cancel_to_pb(task_ids: Sequence[TaskId]) -> _worker.BrokerMessage:
+def cancel_to_pb(cancelled: Sequence[tuple[TaskId, int]]) -> _worker.BrokerMessage:
+    """Cancel these attempts (attempt 0: not known); each id in task_ids too, for older
+    workers."""
     msg = _worker.BrokerMessage()
-    msg.cancel.task_ids.extend(str(i) for i in task_ids)
+    msg.cancel.task_ids.extend(str(task_id) for task_id, _ in cancelled)
+    add = msg.cancel.tasks.add
+    for task_id, attempt in cancelled:
+        add(task_id=str(task_id), attempt=attempt)
     return msg
 
 
-def drain_to_pb(reason: str) -> _worker.BrokerMessage:
-    return _worker.BrokerMessage(drain=_worker.Drain(reason=reason))
+def drain_to_pb(reason: str, deadline: float, stopping: bool) -> _worker.BrokerMessage:
+    kind = _worker.DRAIN_REASON_BROKER_STOPPING if stopping else _worker.DRAIN_REASON_OPERATOR
+    return _worker.BrokerMessage(
+        drain=_worker.Drain(reason=reason, deadline_ms=_ms(deadline) if deadline else 0, kind=kind)
+    )
+
+
+_DROP_REASONS: dict[str, tuple[_worker.DropReason.ValueType, str]] = {
+    "unknown": (
+        _worker.DROP_REASON_UNKNOWN_TASK,
+        "no such task is in flight (it never existed, or it has ended)",
+    ),
+    "wrong_attempt": (_worker.DROP_REASON_WRONG_ATTEMPT, "the task is on another attempt now"),
+    "not_held": (_worker.DROP_REASON_NOT_HELD, "the task is not held by this worker"),
+    "cancelled": (_worker.DROP_REASON_CANCELLED, "the broker cancelled this attempt"),
+}
+
+
+def dropped_to_pb(dropped: Sequence[tuple[TaskResult, str]]) -> _worker.BrokerMessage:
+    """Results the broker did not take, with why (a TaskLifecycle DROP_ reason, or
+    "cancelled")."""
+    msg = _worker.BrokerMessage()
+    add = msg.results_dropped.results.add
+    for result, why in dropped:
+        reason, message = _DROP_REASONS.get(why, (_worker.DROP_REASON_UNSPECIFIED, why))
+        add(task_id=str(result.task_id), attempt=result.attempt, reason=reason, message=message)
+    return msg
 
 
 def register_ack_to_pb(
-    worker_id: str, heartbeat_interval_s: float, lease_s: float, heartbeat_timeout_s: float
+    worker_id: str,
+    heartbeat_interval_s: float,
+    lease_s: float,
+    heartbeat_timeout_s: float,
+    *,
+    config: BrokerConfig | None = None,
+    message_limit: int = 0,
+    resume_token: str = "",
+    resume_window_s: float = 0.0,
+    resumed: bool = False,
 ) -> _worker.BrokerMessage:
-    return _worker.BrokerMessage(
-        register_ack=_worker.RegisterAck(
-            worker_id=worker_id,
-            heartbeat_interval_s=heartbeat_interval_s,
-            lease_s=lease_s,
-            heartbeat_timeout_s=heartbeat_timeout_s,
-        )
+    """The answer to a registration: the worker's id, and with `config` every limit
+    and rule the worker must honour."""
+    ack = _worker.RegisterAck(
+        worker_id=worker_id,
+        heartbeat_interval_s=heartbeat_interval_s,
+        lease_s=lease_s,
+        heartbeat_timeout_s=heartbeat_timeout_s,
+        resume_token=resume_token,
+        resume_window_s=resume_window_s,
+        resumed=resumed,
     )
+    if config is not None:
+        ack.results_renew_liveness = True
+        ack.max_result_bytes = config.max_result_bytes
+        ack.max_message_bytes = message_limit
+        ack.max_task_ids = MAX_TASK_IDS
+        ack.max_batch_size = config.max_batch_size
+        ack.max_wait_ids = MAX_TASK_IDS
+        ack.max_traceback_chars = config.max_traceback_chars
+        ack.max_capacity = MAX_CAPACITY
+    return _worker.BrokerMessage(register_ack=ack)
 
 
 def worker_spec_from_pb(msg: _worker.Register) -> WorkerSpec:
@@ -263,7 +338,11 @@ def results_from_pb(msg: _worker.Results) -> tuple[list[TaskId], list[TaskResult
         error = None
         if not r.success:
             error = TaskError(
-                type=r.error.type, message=r.error.message, traceback=r.error.traceback
+                type=r.error.type,
+                message=r.error.message,
+                traceback=r.error.traceback,
+                retryable=r.error.retryable if r.error.HasField("retryable") else None,
+                task_fault=r.error.task_fault,
             )
         results.append(
             TaskResult(
@@ -274,6 +353,7 @@ def results_from_pb(msg: _worker.Results) -> tuple[list[TaskId], list[TaskResult
                 error=error,
                 started_at=_seconds(r.started_at_ms),
                 finished_at=_seconds(r.finished_at_ms),
+                result_content_type=r.result_content_type,
             )
         )
     return started, results

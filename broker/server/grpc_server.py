@@ -52,10 +52,10 @@ REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 def server_options(config: BrokerConfig) -> list[tuple[str, Any]]:
     """Channel arguments of the server: messages big enough for a full batch."""
-    message_limit = max(64 * 1024 * 1024, 2 * config.max_payload_bytes + 1024 * 1024)
+    limit = config.max_message_bytes
     return [
-        ("grpc.max_receive_message_length", message_limit),
-        ("grpc.max_send_message_length", message_limit),
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
         ("grpc.so_reuseport", 0),
     ]
 

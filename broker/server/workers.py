@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
-from broker.domain import Task, TaskId
+from broker.domain import Task, TaskId, TaskResult
 from broker.errors import BrokerError, FailedPrecondition, InvalidArgument
 from broker.server import convert
 from broker.server.parsing import Malformed
@@ -40,6 +40,8 @@ ASSIGNMENT_BYTES_PER_MESSAGE = 1024 * 1024
 # Assignments messages remembered until a heartbeat acknowledges them; past this many
 # (a worker that never acknowledges), the oldest are taken as seen.
 MAX_UNSEEN_MESSAGES = 10_000
+# Cancelled attempts remembered per stream, to say so of a result that crossed a cancel.
+MAX_RECENT_CANCELS = 10_000
 
 
 class StreamChannel:
@@ -49,8 +51,13 @@ class StreamChannel:
         self._assigned: list[tuple[Task, int]] = []  # with the attempt as it was sent
         self._seq = 0  # Assignments messages sent on this stream
         self._unseen: deque[tuple[int, list[TaskId]]] = deque()  # sent, not yet acknowledged
-        self._cancelled: list[TaskId] = []
-        self._drain: str | None = None
+        # The attempt each task was last sent as, until its result or cancel.
+        self._attempts: dict[TaskId, int] = {}
+        self._cancelled: list[tuple[TaskId, int]] = []
+        # Attempts cancelled lately, so a result that crossed the cancel is answered so.
+        self._recently_cancelled: dict[TaskId, int] = {}
+        self._dropped: list[tuple[TaskResult, str]] = []
+        self._drain: tuple[str, float, bool] | None = None
         self._wake = asyncio.Event()
         # Resolves once the worker's last results are durable.
         self._results_durable: asyncio.Future[None] | None = None
@@ -59,8 +66,14 @@ class StreamChannel:
         self._held: deque[tuple[asyncio.Future[None], list[tuple[Task, int]]]] = deque()
         self.ended = False
         self.error: BrokerError | None = None
+        # The connection failed under the stream (rather than either side ending it).
+        self.broken = False
+        self.left = False  # the worker said Leave: it will not resume
 
     def send_assignments(self, tasks: Sequence[Task]) -> None:
+        attempts = self._attempts
+        for task in tasks:
+            attempts[task.id] = task.attempts
         durable = self._results_durable
         if durable is None:
             self._assigned.extend((task, task.attempts) for task in tasks)
@@ -69,8 +82,29 @@ class StreamChannel:
             self._hold(durable, [(task, task.attempts) for task in tasks])
 
     def send_cancel(self, task_ids: Sequence[TaskId]) -> None:
-        self._cancelled.extend(task_ids)
+        recent = self._recently_cancelled
+        for task_id in task_ids:
+            attempt = self._attempts.pop(task_id, 0)
+            self._cancelled.append((task_id, attempt))
+            recent[task_id] = attempt
+        while len(recent) > MAX_RECENT_CANCELS:
+            del recent[next(iter(recent))]
         self._wake.set()
+
+    def send_dropped(self, dropped: Sequence[tuple[TaskResult, str]]) -> None:
+        recent = self._recently_cancelled
+        for result, why in dropped:
+            if recent.get(result.task_id) in (result.attempt, 0) and result.task_id in recent:
+                why = "cancelled"
+            self._dropped.append((result, why))
+        self._wake.set()
+
+    def results_arrived(self, results: Sequence[TaskResult]) -> None:
+        """The worker sent these results: their tasks' attempts need no remembering."""
+        attempts = self._attempts
+        for result in results:
+            if attempts.get(result.task_id) == result.attempt:
+                del attempts[result.task_id]
 
     def results_pending(self, durable: asyncio.Future[None]) -> None:
         """The worker's results so far are durable once `durable` resolves (commits are
@@ -106,8 +140,8 @@ class StreamChannel:
         if released or (self._drain is not None and not held):
             self._wake.set()
 
-    def send_drain(self, reason: str) -> None:
-        self._drain = reason
+    def send_drain(self, reason: str, deadline: float = 0.0, stopping: bool = False) -> None:
+        self._drain = (reason, deadline, stopping)
         self._wake.set()
 
     def in_transit(self, seen: int) -> set[TaskId]:
@@ -138,10 +172,21 @@ class StreamChannel:
             await self._wake.wait()
             self._wake.clear()
             if self.ended:
+                # Ended cleanly, what was queued goes out first; a Drain always does (the
+                # broker stopping ends the streams at once if no task is held).
+                if self.error is None and self._cancelled:
+                    yield convert.cancel_to_pb(self._cancelled)
+                if self.error is None and self._dropped:
+                    yield convert.dropped_to_pb(self._dropped)
+                if self._drain is not None:
+                    yield convert.drain_to_pb(*self._drain)
                 return
             if self._cancelled:
                 cancelled, self._cancelled = self._cancelled, []
                 yield convert.cancel_to_pb(cancelled)
+            if self._dropped:
+                dropped, self._dropped = self._dropped, []
+                yield convert.dropped_to_pb(dropped)
             assigned, self._assigned = self._assigned, []
             batch: list[tuple[Task, int]] = []
             size = 0
@@ -154,8 +199,8 @@ class StreamChannel:
             if batch:
                 yield self._assignments(batch)
             if self._drain is not None and not self._held:  # after every assignment
-                reason, self._drain = self._drain, None
-                yield convert.drain_to_pb(reason)
+                drain, self._drain = self._drain, None
+                yield convert.drain_to_pb(*drain)
 
 
 def _seen(future: asyncio.Future[None]) -> None:
@@ -187,11 +232,14 @@ class WorkerService(_worker_grpc.WorkerServiceServicer):
                     "the first message on a worker stream must be register, "
                     f"got {first.WhichOneof('kind') or 'an empty message'}"
                 )
-            spec = self._service.connect_worker(
-                convert.worker_spec_from_pb(first.register), channel
+            connection = self._service.connect_worker_session(
+                convert.worker_spec_from_pb(first.register),
+                channel,
+                first.register.resume_token,
             )
         except BrokerError as exc:
             await context.abort(status_of(exc), str(exc))
+        spec = connection.spec
         reader = asyncio.create_task(self._read(spec.worker_id, requests, channel))
         try:
             service = self._service
@@ -200,6 +248,11 @@ class WorkerService(_worker_grpc.WorkerServiceServicer):
                 service.heartbeat_interval_s,
                 service.lease_s(spec.pool),
                 service.heartbeat_timeout_s,
+                config=service.config,
+                message_limit=service.config.max_message_bytes,
+                resume_token=connection.resume_token,
+                resume_window_s=connection.resume_window_s,
+                resumed=connection.resumed,
             )
             async for message in channel.messages():
                 yield message
@@ -209,7 +262,12 @@ class WorkerService(_worker_grpc.WorkerServiceServicer):
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-            self._service.disconnect_worker(spec.worker_id, "stream ended")
+            # A stream that ends without the worker's Leave may be resumed (a cancelled
+            # call looks the same as a half-close here); one the broker ended with an
+            # error may not.
+            broken = not channel.left and (channel.error is None or channel.broken)
+            channel.close(None)
+            self._service.worker_stream_ended(spec.worker_id, channel, broken=broken)
 
     async def _read(
         self, worker_id: str, requests: AsyncIterator[_worker.WorkerMessage], channel: StreamChannel
@@ -224,6 +282,7 @@ class WorkerService(_worker_grpc.WorkerServiceServicer):
                 kind = message.WhichOneof("kind")
                 if kind == "results":
                     started, results = convert.results_from_pb(message.results)
+                    channel.results_arrived(results)
                     durable = service.report(worker_id, started, results)
                     if durable is not None:
                         channel.results_pending(durable)
@@ -237,6 +296,8 @@ class WorkerService(_worker_grpc.WorkerServiceServicer):
                     )
                 elif kind == "credit":
                     service.set_capacity(worker_id, message.credit.capacity)
+                elif kind == "leave":
+                    channel.left = True
                 elif kind == "register":
                     raise FailedPrecondition("this stream is registered already")
                 else:
@@ -246,6 +307,7 @@ class WorkerService(_worker_grpc.WorkerServiceServicer):
             log.warning("worker %s: %s", worker_id, exc)
             channel.close(exc)
         except grpc.aio.AioRpcError:
+            channel.broken = True
             channel.close(None)
         except asyncio.CancelledError:
             raise

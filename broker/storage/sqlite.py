@@ -57,12 +57,12 @@ _UNFINISHED: Final = tuple(state for state in TaskState if not state.terminal)
 
 # -- what a commit writes ------------------------------------------------------------------
 
-_INSERT_TASK: Final = f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * 23)})"
+_INSERT_TASK: Final = f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * 24)})"
 _UPDATE_TASK: Final = """
     UPDATE tasks SET seq = ?, state = ?, attempts = ?, worker_id = ?, created_at = ?,
         assigned_at = ?, started_at = ?, finished_at = ?, result = ?,
         error_type = ?, error_message = ?, error_traceback = ?,
-        placement_note = ?, unschedulable = ?, not_before = ?
+        placement_note = ?, unschedulable = ?, not_before = ?, result_content_type = ?
     WHERE id = ?
 """
 _UPSERT_POOL: Final = """

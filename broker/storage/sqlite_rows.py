@@ -32,7 +32,8 @@ Row = tuple[object, ...]
 TASK_COLUMNS: Final = (
     "id, pool, task_type, payload, priority, seq, state, attempts, worker_id, created_at,"
     " assigned_at, started_at, finished_at, result, error_type, error_message, error_traceback,"
-    " placement_note, unschedulable, not_before, placement, options, idempotency_key"
+    " placement_note, unschedulable, not_before, result_content_type, placement, options,"
+    " idempotency_key"
 )
 SELECT_TASKS: Final = f"SELECT {TASK_COLUMNS} FROM tasks"
 
@@ -78,6 +79,7 @@ def update_row(task: Task) -> Row:
         task.placement_note,
         int(task.unschedulable),
         task.not_before,
+        task.result_content_type,
         task.id,
     )
 
@@ -135,6 +137,7 @@ def task_from_row(row: Sequence[Any]) -> Task:
         placement_note,
         unschedulable,
         not_before,
+        result_content_type,
         placement,
         options,
         _idempotency_key,
@@ -166,6 +169,7 @@ def task_from_row(row: Sequence[Any]) -> Task:
         placement_note=placement_note,
         unschedulable=bool(unschedulable),
         not_before=not_before,
+        result_content_type=result_content_type,
     )
 
 

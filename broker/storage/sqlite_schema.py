@@ -162,6 +162,10 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         ) WITHOUT ROWID
         """,
     ),
+    (
+        # The media type of a task's result, as its worker said.
+        "ALTER TABLE tasks ADD COLUMN result_content_type TEXT NOT NULL DEFAULT ''",
+    ),
 )
 # The WHERE of the tasks_finished index, which a query repeats word for word to use it.
 TERMINAL_STATES_SQL: Final = "state IN (4, 5, 6, 7)"

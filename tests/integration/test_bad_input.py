@@ -131,7 +131,7 @@ async def test_worker_must_register_first(channel: grpc.aio.Channel) -> None:
     ("fields", "code", "text"),
     [
         ({"pool": "nope"}, grpc.StatusCode.NOT_FOUND, "pool 'nope'"),
-        ({"capacity": 0}, grpc.StatusCode.INVALID_ARGUMENT, "capacity"),
+        ({"capacity": 10_001}, grpc.StatusCode.INVALID_ARGUMENT, "capacity"),
         ({"task_types": []}, grpc.StatusCode.INVALID_ARGUMENT, "task type"),
     ],
 )

@@ -57,10 +57,13 @@ class Channel:
     def send_cancel(self, task_ids: Sequence[TaskId]) -> None:
         self.cancelled.extend(task_ids)
 
-    def send_drain(self, reason: str) -> None:
+    def send_drain(self, reason: str, deadline: float = 0.0, stopping: bool = False) -> None:
         self.drained.append(reason)
 
-    def close(self, error: BrokerError) -> None:
+    def send_dropped(self, dropped: Sequence[tuple[TaskResult, str]]) -> None:
+        pass
+
+    def close(self, error: BrokerError | None) -> None:
         self.closed = error
 
     def in_transit(self, seen: int) -> set[TaskId]:
@@ -771,10 +774,12 @@ async def test_bad_task_options_are_refused(
         await engine.submit([spec])
 
 
-async def test_zero_capacity_and_unknown_names_are_clear_errors(make_engine: MakeEngine) -> None:
+async def test_too_much_capacity_and_unknown_names_are_clear_errors(
+    make_engine: MakeEngine,
+) -> None:
     engine = await make_engine()
     with pytest.raises(InvalidArgument, match="capacity"):
-        engine.connect_worker(worker("w", capacity=0), Channel())
+        engine.connect_worker(worker("w", capacity=10_001), Channel())
     with pytest.raises(NotFound, match="ghost"):
         engine.drain_worker("ghost")
     with pytest.raises(NotFound, match="nope"):

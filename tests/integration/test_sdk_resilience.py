@@ -1006,11 +1006,13 @@ async def test_a_buffered_result_counts_as_held_and_a_cancel_drops_it() -> None:
     worker = Worker()
     session = _Session(worker, NoCall(), None, "addr")  # type: ignore[arg-type]
     outcome = TaskOutcome("done", 1, True, b"", None, 1, 2)
-    session._outcomes.append(outcome)
+    session._held.outcomes.append(outcome)
     assert session._held_task_ids() == ["done"]
     assert list(session._heartbeat().heartbeat.held_task_ids) == ["done"]
-    session._cancel(["done"])
-    assert session._outcomes == []
+    session._cancel(["done"], {"done": 2})  # another attempt: this one stays
+    assert session._held.outcomes == [outcome]
+    session._cancel(["done"], {"done": 1})
+    assert session._held.outcomes == []
     assert session._held_task_ids() == []
 
 

@@ -58,10 +58,13 @@ class LossyWorker:
         for task_id in task_ids:
             self.holding.pop(task_id, None)
 
-    def send_drain(self, reason: str) -> None:
+    def send_drain(self, reason: str, deadline: float = 0.0, stopping: bool = False) -> None:
         pass
 
-    def close(self, error: BrokerError) -> None:
+    def send_dropped(self, dropped: Sequence[tuple[TaskResult, str]]) -> None:
+        pass
+
+    def close(self, error: BrokerError | None) -> None:
         self.closed = True
 
     def in_transit(self, seen: int) -> set[TaskId]:

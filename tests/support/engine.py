@@ -27,13 +27,16 @@ class RecordingChannel:
     def send_cancel(self, task_ids: Sequence[TaskId]) -> None:
         self.cancelled.extend(task_ids)
 
-    def send_drain(self, reason: str) -> None:
+    def send_drain(self, reason: str, deadline: float = 0.0, stopping: bool = False) -> None:
         self.drained.append(reason)
 
     def in_transit(self, seen: int) -> set[TaskId]:
         return set()
 
-    def close(self, error: BrokerError) -> None:
+    def send_dropped(self, dropped: Sequence[tuple[TaskResult, str]]) -> None:
+        pass
+
+    def close(self, error: BrokerError | None) -> None:
         self.closed = error
 
     async def until_assigned(self, count: int) -> list[Task]:

@@ -130,7 +130,11 @@ ROUND_TRIP_CASES = {
     "text everywhere": make_task(
         4, task_type="ünïcode/тип", pool="gpu.a-1", priority=-1000, worker_id="wörker"
     ),
-    "succeeded": finished(make_task(5, priority=1000), result=b"\x00\xffresult"),
+    "succeeded": finished(
+        make_task(5, priority=1000, payload_content_type="application/json"),
+        result=b"\x00\xffresult",
+        result_content_type="application/octet-stream",
+    ),
     "failed": finished(
         make_task(6),
         FAILED,

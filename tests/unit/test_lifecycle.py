@@ -470,3 +470,32 @@ def test_a_pending_task_s_note_says_why_no_worker_takes_it() -> None:
     )
     world.core.members.set_draining("x", False)
     assert world.core.why_waiting(waiting, world.now) == ""  # x may take it
+
+
+# The worker's clock ---------------------------------------------------------------
+
+
+def test_a_workers_run_time_is_learned_only_when_it_fits_what_the_broker_saw() -> None:
+    world = World()
+    world.join()
+    task = world.submit()
+    world.place()
+    world.clock.advance(2.0)
+    # An hour, by a worker's clock set to 1970: the broker saw two seconds.
+    world.report(task, started_at=1.0, finished_at=3601.0)
+    ((_, _, run_s),) = world.effects.attempts
+    assert run_s == 2.0
+    assert task.started_at == task.assigned_at  # clamped, not 1970
+    assert task.finished_at == world.now
+
+
+def test_a_workers_own_run_time_is_learned_when_it_is_sane() -> None:
+    world = World()
+    world.join()
+    task = world.submit()
+    world.place()
+    world.clock.advance(2.0)
+    world.report(task, started_at=world.now - 1.5, finished_at=world.now - 0.25)
+    ((_, _, run_s),) = world.effects.attempts
+    assert run_s == pytest.approx(1.25)  # finer than the broker's 2 s: no network in it
+    assert task.started_at == pytest.approx(world.now - 1.5)

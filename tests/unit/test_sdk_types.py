@@ -130,7 +130,21 @@ def test_encode_payload_rejects_mixed_and_odd_types() -> None:
     ],
 )
 def test_encode_result(value: object, expected: bytes) -> None:
-    assert encode_result(value) == expected
+    assert encode_result(value)[0] == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "content_type"),
+    [
+        (b"raw", "application/octet-stream"),
+        ("text", "text/plain; charset=utf-8"),
+        (None, ""),
+        ({"n": 1}, "application/json"),
+        ([1], "application/json"),
+    ],
+)
+def test_a_result_has_the_content_type_the_proto_states(value: object, content_type: str) -> None:
+    assert encode_result(value)[1] == content_type
 
 
 def test_encode_result_rejects_what_json_cannot_hold() -> None:
@@ -202,7 +216,13 @@ def test_submit_stream_round_trip() -> None:
     assert request.batch_id == 7
     assert not request.watch
     assert list(request.watch_task_ids) == ["9"]
-    assert request.tasks[0] == _tasks.TaskSpec(task_type="t", payload=b"x", priority=2, pool="p")
+    assert request.tasks[0] == _tasks.TaskSpec(
+        task_type="t",
+        payload=b"x",
+        priority=2,
+        pool="p",
+        payload_content_type="application/octet-stream",
+    )
     ack = _tasks.SubmitStreamResponse(ack=_tasks.SubmitAck(batch_id=7, task_ids=["1"]))
     assert _convert.submit_stream_event(ack) == SubmitAcked(7, ["1"], 0, "")
     done = _tasks.SubmitStreamResponse(

@@ -137,8 +137,7 @@ def worker(**fields: object) -> WorkerSpec:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        (worker(capacity=0), "capacity must be 1..10000, got 0"),
-        (worker(capacity=MAX_CAPACITY + 1), "capacity must be 1..10000"),
+        (worker(capacity=MAX_CAPACITY + 1), "capacity must be 0 \\(paused\\)..10000"),
         (worker(task_types=frozenset()), "at least one task type"),
         (worker(task_types=frozenset({" "})), "invalid task type ' '"),
         (worker(worker_id="w" * 201), "worker_id is longer than 200"),

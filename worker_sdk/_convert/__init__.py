@@ -63,6 +63,7 @@ from worker_sdk._convert._worker import (
     broker_event,
     credit_message,
     heartbeat_message,
+    leave_message,
     register_message,
     results_message,
 )
@@ -85,6 +86,7 @@ __all__ = [
     "drained_worker",
     "get_request",
     "heartbeat_message",
+    "leave_message",
     "list_pools_request",
     "list_tasks_request",
     "list_workers_request",

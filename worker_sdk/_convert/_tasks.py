@@ -10,6 +10,7 @@ from datetime import datetime
 from worker_sdk._convert._common import epoch_ms, positive_seconds, seconds_or_none, wire_time
 from worker_sdk._errors import TaskbrokerError
 from worker_sdk._messages import SubmitAcked, TasksCompleted
+from worker_sdk._payload import OCTET_STREAM
 from worker_sdk._pb import tasks_pb2 as _tasks
 from worker_sdk._types import (
     Placement,
@@ -129,6 +130,10 @@ def task_spec(
         priority=request.priority,
         pool=request.pool,
     )
+    if request.content_type is not None:
+        spec.payload_content_type = request.content_type
+    elif request.payload:
+        spec.payload_content_type = OCTET_STREAM
     if trace_context:
         spec.trace_context.update(trace_context)
     if request.anti_affinity_soft and not request.anti_affinity:

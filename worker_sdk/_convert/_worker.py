@@ -12,6 +12,7 @@ from worker_sdk._messages import (
     CancelRequested,
     DrainRequested,
     RegisterAcked,
+    ResultsDropped,
     TaskOutcome,
 )
 from worker_sdk._pb import worker_pb2 as _worker
@@ -25,6 +26,7 @@ def register_message(
     capacity: int,
     task_types: Iterable[str],
     sdk_version: str,
+    resume_token: str = "",
 ) -> _worker.WorkerMessage:
     return _worker.WorkerMessage(
         register=_worker.Register(
@@ -34,6 +36,7 @@ def register_message(
             capacity=capacity,
             task_types=list(task_types),
             sdk_version=sdk_version,
+            resume_token=resume_token,
         )
     )
 
@@ -55,6 +58,11 @@ def credit_message(capacity: int) -> _worker.WorkerMessage:
     return _worker.WorkerMessage(credit=_worker.Credit(capacity=capacity))
 
 
+def leave_message() -> _worker.WorkerMessage:
+    """The worker goes away for good: the broker requeues what it still holds at once."""
+    return _worker.WorkerMessage(leave=_worker.Leave())
+
+
 def _task_result(outcome: TaskOutcome) -> _worker.TaskResult:
     result = _worker.TaskResult(
         task_id=outcome.task_id,
@@ -63,11 +71,16 @@ def _task_result(outcome: TaskOutcome) -> _worker.TaskResult:
         result=outcome.result,
         started_at_ms=outcome.started_at_ms,
         finished_at_ms=outcome.finished_at_ms,
+        result_content_type=outcome.content_type,
     )
     if outcome.error is not None:
-        result.error.type = outcome.error.type
-        result.error.message = outcome.error.message
-        result.error.traceback = outcome.error.traceback
+        error = outcome.error
+        result.error.type = error.type
+        result.error.message = error.message
+        result.error.traceback = error.traceback
+        if error.retryable is not None:
+            result.error.retryable = error.retryable
+        result.error.task_fault = error.task_fault
     return result
 
 
@@ -96,18 +109,40 @@ def broker_event(message: _worker.BrokerMessage) -> BrokerEvent | None:
                     a.priority,
                     wire_time(a.deadline_ms),
                     dict(a.trace_context),
+                    a.payload_content_type,
                 )
                 for a in message.assignments.assignments
             ],
             message.assignments.seq,
         )
     if kind == "cancel":
-        return CancelRequested(list(message.cancel.task_ids))
+        cancel = message.cancel
+        attempts = {t.task_id: t.attempt for t in cancel.tasks if t.attempt}
+        task_ids = list(dict.fromkeys([*cancel.task_ids, *(t.task_id for t in cancel.tasks)]))
+        return CancelRequested(task_ids, attempts)
     if kind == "drain":
-        return DrainRequested(message.drain.reason)
+        drain = message.drain
+        return DrainRequested(
+            drain.reason,
+            wire_time(drain.deadline_ms),
+            drain.kind == _worker.DRAIN_REASON_BROKER_STOPPING,
+        )
+    if kind == "results_dropped":
+        return ResultsDropped(
+            [
+                (r.task_id, r.attempt, r.message or _worker.DropReason.Name(r.reason))
+                for r in message.results_dropped.results
+            ]
+        )
     if kind == "register_ack":
         ack = message.register_ack
         return RegisterAcked(
-            ack.worker_id, ack.heartbeat_interval_s, ack.lease_s, ack.heartbeat_timeout_s
+            ack.worker_id,
+            ack.heartbeat_interval_s,
+            ack.lease_s,
+            ack.heartbeat_timeout_s,
+            ack.resume_token,
+            ack.resume_window_s,
+            ack.resumed,
         )
     return None

@@ -302,6 +302,7 @@ class TaskSpec(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     FAIRNESS_KEY_FIELD_NUMBER: _builtins.int
     TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
+    PAYLOAD_CONTENT_TYPE_FIELD_NUMBER: _builtins.int
     task_type: _builtins.str
     """required; workers register the types they handle"""
     payload: _builtins.bytes
@@ -329,6 +330,13 @@ class TaskSpec(_message.Message):
     """
     fairness_key: _builtins.str
     """A tenant: within a pool, keys share the workers by weighted round robin."""
+    payload_content_type: _builtins.str
+    """The media type of `payload`, handed to the worker with it (Assignment) and kept with
+    the task. The broker does not check it. The Python SDK's conventions, which it sets:
+    a str is sent as UTF-8, "text/plain; charset=utf-8"; a dict, list, number, bool or
+    None as JSON, "application/json"; bytes as they are, "application/octet-stream".
+    Empty = not said (older clients): the SDK then guesses as before.
+    """
     @_builtins.property
     def placement(self) -> Global___Placement: ...
     @_builtins.property
@@ -355,10 +363,11 @@ class TaskSpec(_message.Message):
         idempotency_key: _builtins.str = ...,
         fairness_key: _builtins.str = ...,
         trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        payload_content_type: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["placement", b"placement", "retry", b"retry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_timeout_s", b"execution_timeout_s", "fairness_key", b"fairness_key", "idempotency_key", b"idempotency_key", "not_before_ms", b"not_before_ms", "payload", b"payload", "placement", b"placement", "pool", b"pool", "priority", b"priority", "retry", b"retry", "start_timeout_s", b"start_timeout_s", "task_type", b"task_type", "trace_context", b"trace_context"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_timeout_s", b"execution_timeout_s", "fairness_key", b"fairness_key", "idempotency_key", b"idempotency_key", "not_before_ms", b"not_before_ms", "payload", b"payload", "payload_content_type", b"payload_content_type", "placement", b"placement", "pool", b"pool", "priority", b"priority", "retry", b"retry", "start_timeout_s", b"start_timeout_s", "task_type", b"task_type", "trace_context", b"trace_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -366,30 +375,111 @@ Global___TaskSpec: _TypeAlias = TaskSpec  # noqa: Y015
 
 @_typing.final
 class TaskError(_message.Message):
-    """Why a task failed, as the worker (or the broker) reported it."""
+    """Why a task failed, as the worker (or the broker) reported it.
+
+    `type` is one namespace: the broker's own types below, and the worker's (e.g. its
+    exception class name). A worker must not report one of the broker's types, except
+    WorkerError and UnknownTaskType, which the SDKs report. The broker's types, as the
+    exact strings in `type` (and as `broker_type`):
+      Cancelled        a client cancelled the task (state CANCELLED). Never retried.
+      Timeout          the attempt ran longer than execution_timeout_s; the worker was told
+                       to stop it. Retryable; counts against the worker's breaker.
+      DeadlineExceeded no worker took the task within start_timeout_s (state FAILED).
+                       Never retried.
+      ResultTooLarge   the worker's result was over max_result_bytes (state FAILED).
+                       Never retried.
+      WorkerLost       the worker holding the task disconnected or went silent. The task
+                       is delivered again (up to the broker's max_deliveries), or retried
+                       by its policy if that names the type.
+      LeaseExpired     the worker did not renew its lease on the task in time; as
+                       WorkerLost.
+      Error            the worker reported a failure without an error.
+      WorkerError      the worker (not the task) failed: SDK handlers raise it.
+      UnknownTaskType  the worker has no handler for the task's type.
+    Timeout, WorkerLost, LeaseExpired and WorkerError are the worker's fault: they count
+    against the worker's circuit breaker, not the task's.
+
+    Whether a failed attempt is retried (when the task's RetryPolicy allows more than one
+    attempt): a type named in the policy's non_retryable_errors is never retried, one named
+    in its retryable_errors always is; otherwise the worker's `retryable`, if set, decides;
+    otherwise an empty retryable_errors list retries every type. A broker type marked
+    "never retried" above is not retried whatever the worker says.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
+
+    class _BrokerType:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _BrokerTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[TaskError._BrokerType.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        BROKER_TYPE_UNSPECIFIED: TaskError._BrokerType.ValueType  # 0
+        """not one of the broker's types"""
+        BROKER_TYPE_CANCELLED: TaskError._BrokerType.ValueType  # 1
+        BROKER_TYPE_TIMEOUT: TaskError._BrokerType.ValueType  # 2
+        BROKER_TYPE_DEADLINE_EXCEEDED: TaskError._BrokerType.ValueType  # 3
+        BROKER_TYPE_RESULT_TOO_LARGE: TaskError._BrokerType.ValueType  # 4
+        BROKER_TYPE_WORKER_LOST: TaskError._BrokerType.ValueType  # 5
+        BROKER_TYPE_LEASE_EXPIRED: TaskError._BrokerType.ValueType  # 6
+        BROKER_TYPE_ERROR: TaskError._BrokerType.ValueType  # 7
+        BROKER_TYPE_WORKER_ERROR: TaskError._BrokerType.ValueType  # 8
+        BROKER_TYPE_UNKNOWN_TASK_TYPE: TaskError._BrokerType.ValueType  # 9
+
+    class BrokerType(_BrokerType, metaclass=_BrokerTypeEnumTypeWrapper): ...
+    BROKER_TYPE_UNSPECIFIED: TaskError.BrokerType.ValueType  # 0
+    """not one of the broker's types"""
+    BROKER_TYPE_CANCELLED: TaskError.BrokerType.ValueType  # 1
+    BROKER_TYPE_TIMEOUT: TaskError.BrokerType.ValueType  # 2
+    BROKER_TYPE_DEADLINE_EXCEEDED: TaskError.BrokerType.ValueType  # 3
+    BROKER_TYPE_RESULT_TOO_LARGE: TaskError.BrokerType.ValueType  # 4
+    BROKER_TYPE_WORKER_LOST: TaskError.BrokerType.ValueType  # 5
+    BROKER_TYPE_LEASE_EXPIRED: TaskError.BrokerType.ValueType  # 6
+    BROKER_TYPE_ERROR: TaskError.BrokerType.ValueType  # 7
+    BROKER_TYPE_WORKER_ERROR: TaskError.BrokerType.ValueType  # 8
+    BROKER_TYPE_UNKNOWN_TASK_TYPE: TaskError.BrokerType.ValueType  # 9
 
     TYPE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     TRACEBACK_FIELD_NUMBER: _builtins.int
+    RETRYABLE_FIELD_NUMBER: _builtins.int
+    TASK_FAULT_FIELD_NUMBER: _builtins.int
+    BROKER_TYPE_FIELD_NUMBER: _builtins.int
     type: _builtins.str
     """e.g. the exception class name"""
     message: _builtins.str
     traceback: _builtins.str
     """size-bounded"""
+    retryable: _builtins.bool
+    """Set by a worker in TaskResult.error: whether the failure may succeed if tried again
+    (a timeout talking to another service: true; a malformed payload: false). Unset =
+    the policy decides (see above). The broker acts on it and does not keep it: a Task's
+    error never carries it.
+    """
+    task_fault: _builtins.bool
+    """Set by a worker in TaskResult.error: the failure is the task's fault (its payload),
+    not the worker's, so it does not count against the worker's circuit breaker. Unset
+    or false: the type decides (see above). Not kept, as `retryable`.
+    """
+    broker_type: Global___TaskError.BrokerType.ValueType
+    """The broker's types as an enum, set by the broker when `type` is one of them."""
     def __init__(
         self,
         *,
         type: _builtins.str = ...,
         message: _builtins.str = ...,
         traceback: _builtins.str = ...,
+        retryable: _builtins.bool | None = ...,
+        task_fault: _builtins.bool = ...,
+        broker_type: Global___TaskError.BrokerType.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_retryable", b"_retryable", "retryable", b"retryable"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "traceback", b"traceback", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_retryable", b"_retryable", "broker_type", b"broker_type", "message", b"message", "retryable", b"retryable", "task_fault", b"task_fault", "traceback", b"traceback", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__retryable: _TypeAlias = _typing.Literal["retryable"]  # noqa: Y015
+    _WhichOneofArgType__retryable: _TypeAlias = _typing.Literal["_retryable", b"_retryable"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__retryable) -> _WhichOneofReturnType__retryable | None: ...
 
 Global___TaskError: _TypeAlias = TaskError  # noqa: Y015
 
@@ -413,6 +503,7 @@ class Task(_message.Message):
     PLACEMENT_NOTE_FIELD_NUMBER: _builtins.int
     UNSCHEDULABLE_FIELD_NUMBER: _builtins.int
     NOT_BEFORE_MS_FIELD_NUMBER: _builtins.int
+    RESULT_CONTENT_TYPE_FIELD_NUMBER: _builtins.int
     VIEW_FIELD_NUMBER: _builtins.int
     TERMINAL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
@@ -436,6 +527,8 @@ class Task(_message.Message):
     """pending, and no connected worker can ever take it"""
     not_before_ms: _builtins.int
     """Pending but not before this time (a delay, a retry's backoff or a rate limit)."""
+    result_content_type: _builtins.str
+    """The media type of `result`, as the worker said (TaskResult.result_content_type)."""
     view: Global___TaskView.ValueType
     """How much of the task this message carries. TASK_VIEW_BASIC: spec.payload and
     result were left out (asked for, or left out to keep the answer within
@@ -469,12 +562,13 @@ class Task(_message.Message):
         placement_note: _builtins.str = ...,
         unschedulable: _builtins.bool = ...,
         not_before_ms: _builtins.int = ...,
+        result_content_type: _builtins.str = ...,
         view: Global___TaskView.ValueType = ...,
         terminal: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_at_ms", b"assigned_at_ms", "attempts", b"attempts", "created_at_ms", b"created_at_ms", "error", b"error", "finished_at_ms", b"finished_at_ms", "id", b"id", "not_before_ms", b"not_before_ms", "placement_note", b"placement_note", "result", b"result", "spec", b"spec", "started_at_ms", b"started_at_ms", "state", b"state", "terminal", b"terminal", "unschedulable", b"unschedulable", "view", b"view", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_at_ms", b"assigned_at_ms", "attempts", b"attempts", "created_at_ms", b"created_at_ms", "error", b"error", "finished_at_ms", b"finished_at_ms", "id", b"id", "not_before_ms", b"not_before_ms", "placement_note", b"placement_note", "result", b"result", "result_content_type", b"result_content_type", "spec", b"spec", "started_at_ms", b"started_at_ms", "state", b"state", "terminal", b"terminal", "unschedulable", b"unschedulable", "view", b"view", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

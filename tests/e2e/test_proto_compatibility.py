@@ -69,7 +69,7 @@ def test_the_protos_as_they_are_pass(repo: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "old", "new", "reported"),
     [
-        ("tasks.proto", "string worker_id = 5;", "string worker_id = 15;", "worker_id"),
+        ("tasks.proto", "string worker_id = 5;", "string worker_id = 95;", "worker_id"),
         ("tasks.proto", "string worker_id = 5;", "string holder_id = 5;", "worker_id"),
         ("tasks.proto", "string worker_id = 5;", "bytes worker_id = 5;", "worker_id"),
         ("worker.proto", "  uint32 capacity = 1;\n}", "  int32 capacity = 1;\n}", "capacity"),

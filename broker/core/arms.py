@@ -45,8 +45,12 @@ class Arm:
     def index(self, task_type: str) -> Strategy:
         index = self.indexes.get(task_type)
         if index is None:
-            index = self.indexes[task_type] = make_strategy(self.strategy, self.env)
+            index = self.indexes[task_type] = self.make_index()
         return index
+
+    def make_index(self) -> Strategy:
+        """A new, empty index of this arm's strategy."""
+        return make_strategy(self.strategy, self.env)
 
 
 def make_arms(strategy: str, config: PoolConfig, env: StrategyEnv) -> list[Arm]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 
-from broker.core.arms import ArmStats, make_arms
+from broker.core.arms import Arm, ArmStats, make_arms
 from broker.core.placement import (
     MAX_LABEL_INDEXES,
     SOFT_ANTI_AFFINITY_PENALTY,
@@ -35,7 +35,7 @@ from broker.core.placement import (
 )
 from broker.core.queue import PoolQueue
 from broker.core.runtimes import RuntimeModel
-from broker.core.strategies import Outcome, StrategyEnv, WorkerSlot
+from broker.core.strategies import Outcome, Strategy, StrategyEnv, WorkerSlot
 from broker.core.strategies._base import UNLIMITED, default_env
 from broker.core.validation import MAX_STICKY_KEYS
 from broker.domain import PoolConfig, Task, TaskId, WorkerId
@@ -87,6 +87,8 @@ class PoolScheduler:
         self.sticky_hits = 0
         self.sticky_misses = 0
         self._sticky_since: dict[TaskId, float] = {}  # when a sticky task began to wait
+        # Tasks a strategy holds back for a busy worker, and when that wait runs out.
+        self._held_until: dict[TaskId, float] = {}
         self._ready = ReadyWorkers(self.workers, self._arms, self.env)
         self._ready_by_type = self._ready.by_type  # the same dict, kept by self._ready
         # The anti-affinity group of each placed task that has one, and whether it is hard.
@@ -221,21 +223,34 @@ class PoolScheduler:
         self._placed_by.clear()
         self._ready.reset(arms)
 
+    def use_arms(self, arms: list[Arm]) -> None:
+        """Place with these arms from now on (the simulator's yardsticks, which are no
+        registered strategy); the config is unchanged."""
+        self._arms = arms
+        self._placed_by.clear()
+        self._ready.reset(arms)
+
+    def indexes(self, task_type: str) -> list[Strategy]:
+        """The strategy index of each arm for a task type, made on first use."""
+        return [arm.index(task_type) for arm in self._arms]
+
     def set_strategy(self, strategy: str) -> None:
         """Switch the main strategy, keeping the rest of the pool's settings."""
         self.reconfigure(replace(self.config, strategy=strategy))
 
     def next_deadline(self) -> float | None:
-        """When the next sticky task stops waiting for its worker, if any is waiting."""
+        """When the next waiting task (for its sticky key's worker, or held back for a
+        busy worker) stops waiting, if any is waiting."""
         # A wait that ran out while no worker of its type was ready needs no wake-up: the
         # task is looked at again when one becomes ready, and then falls back.
-        if not self._sticky_since:
+        if not self._sticky_since and not self._held_until:
             return None
         now = self.env.clock.now()
         timeout = self.config.sticky_timeout_s
         upcoming = [
             since + timeout for since in self._sticky_since.values() if since + timeout > now
         ]
+        upcoming += [until for until in self._held_until.values() if until > now]
         return min(upcoming, default=None)
 
     # Tasks -------------------------------------------------------------------
@@ -246,6 +261,7 @@ class PoolScheduler:
     def dequeue(self, task_id: TaskId) -> Task | None:
         """Take a waiting task out (queued or parked); None if it is not waiting here."""
         self._sticky_since.pop(task_id, None)
+        self._held_until.pop(task_id, None)
         task = self.queue.remove(task_id)
         if task is None:
             for parked in self._parked.values():
@@ -272,9 +288,13 @@ class PoolScheduler:
             while (task := queue.pop(types)) is not None:
                 arm = self._arm_for(task)
                 if task.spec.placement.free:
-                    worker = self._arms[arm].index(task.spec.task_type).pick(task)
-                    assert worker is not None, "a non-empty strategy index always picks"
-                    decision = Decision(task, worker, self._arms[arm].strategy)
+                    index = self._arms[arm].index(task.spec.task_type)
+                    worker = index.pick(task)
+                    if worker is None:  # held back for a busy worker
+                        self._hold(task, index, decisions)
+                        continue
+                    note = getattr(index, "note", "") or self._arms[arm].strategy
+                    decision = Decision(task, worker, note)
                 else:
                     sticky = self._sticky(task) if task.spec.placement.sticky_key else None
                     decision = choose(task, arm) if sticky is None else sticky
@@ -386,6 +406,16 @@ class PoolScheduler:
             f"for up to {deadline - now:.1f} s more",
         )
 
+    def _hold(self, task: Task, index: object, decisions: list[Decision]) -> None:
+        """Park a task its strategy holds back for a busy worker, until the worker frees a
+        slot or the hold runs out (a timer: `next_deadline`)."""
+        held = getattr(index, "held", None)
+        hold = held(task) if held is not None else None
+        assert hold is not None, "a strategy with ready workers picks or says why it holds"
+        note, until = hold
+        self._held_until[task.id] = until
+        self._park(task, Decision(task, None, note), decisions)
+
     def _park(self, task: Task, decision: Decision, decisions: list[Decision]) -> None:
         self._parked.setdefault(task.spec.task_type, {})[task.id] = task
         if (decision.note, decision.unschedulable) != (task.placement_note, task.unschedulable):
@@ -399,6 +429,11 @@ class PoolScheduler:
             for task_type, waiting in self._parked.items():
                 if any(self._sticky_since.get(i, expired + 1) <= expired for i in waiting):
                     self._recheck.add(task_type)
+        if self._held_until:
+            now = self.env.clock.now()
+            for task_type, waiting in self._parked.items():
+                if any(self._held_until.get(i, now + 1) <= now for i in waiting):
+                    self._recheck.add(task_type)
         recheck, self._recheck = self._recheck, set()
         for task_type in recheck:
             parked = self._parked.pop(task_type, None)
@@ -406,6 +441,7 @@ class PoolScheduler:
                 continue
             if self._ready_by_type.get(task_type):
                 for task in parked.values():
+                    self._held_until.pop(task.id, None)
                     self.queue.push(task)
             else:  # no ready worker of this type: only the reasons can change
                 self._parked[task_type] = parked

@@ -235,7 +235,7 @@ def test_predictive_fills_the_fast_worker_then_holds_tasks_for_it() -> None:
     # The hold runs out: once it has waited as long as the slow worker takes, it goes there.
     env.clock.advance(1.0)  # type: ignore[attr-defined]
     assert pool.place(task(5)) is slow
-    assert "waited 1.0 s" in strategy.note
+    assert "waited 1.00 s for it" in strategy.note
 
 
 def test_predictive_uses_the_slower_worker_once_the_faster_is_much_busier() -> None:
@@ -298,7 +298,7 @@ def test_the_scheduler_parks_a_held_task_until_the_fast_worker_frees() -> None:
     (placed,) = pool.place()
     assert placed.task.id == 2
     assert placed.worker is pool.workers["fast"]
-    assert "waited 0.1 s" in placed.note
+    assert "waited 0.10 s for it" in placed.note
     assert pool.next_deadline() is None
 
 

@@ -220,10 +220,12 @@ class Predictive:
                 return None
         self._placing(task, worker, finish_s, now)
         note = f"{self.name}: expected finish {finish_s:.2f} s on {worker.worker_id}"
+        if runner_up is None:
+            runner_up = self._next_in_class(task, worker)
         if runner_up is not None:
             note += f" vs {runner_up[0]:.2f} s on {runner_up[1].worker_id}"
         if hold is not None:
-            note += f"; waited {now - hold.since:.1f} s"
+            note += f"; waited {now - hold.since:.2f} s for it"
         self.note = note
         return worker
 
@@ -307,6 +309,21 @@ class Predictive:
             worker = self._top(bucket)
             if worker is not None:
                 yield worker
+
+    def _next_in_class(self, task: Task, worker: WorkerSlot) -> tuple[float, WorkerSlot] | None:
+        """For the note: a worker of the same label set near the top of its heap."""
+        member = self._members.get(worker.worker_id)
+        bucket = self._classes.get(member[2]) if member is not None else None
+        if bucket is None:
+            return None
+        best: tuple[float, WorkerSlot] | None = None
+        for _, _, version, worker_id in bucket.heap[1:3]:
+            other = self._members.get(worker_id)
+            if other is not None and other[1] == version and worker_id != worker.worker_id:
+                run_s = self._run_s(task, other[0])
+                if best is None or run_s < best[0]:
+                    best = (run_s, other[0])
+        return best
 
     def _version(self, worker: WorkerSlot) -> int:
         member = self._members.get(worker.worker_id)

@@ -69,8 +69,8 @@ class PoolScheduler:
         max_sticky_keys: int = MAX_STICKY_KEYS,
     ) -> None:
         self.name = name
-        self.env = env or default_env(name)
         self.config = config or PoolConfig(name=name, strategy=strategy)
+        self.env = _with_settings(env or default_env(name), self.config)
         self.queue = PoolQueue(starvation_interval, self.config.fairness_weights)
         self.workers: dict[WorkerId, WorkerSlot] = {}
         self._type_limits = {b.task_type: b.max_inflight for b in self.config.bulkheads}
@@ -215,7 +215,9 @@ class PoolScheduler:
 
     def reconfigure(self, config: PoolConfig) -> None:
         """Switch strategy (and A/B split, sticky timeout): rebuild the ready indexes."""
-        arms = make_arms(config.strategy, config, self.env)  # KeyError before anything changes
+        env = _with_settings(self.env, config)
+        arms = make_arms(config.strategy, config, env)  # KeyError before anything changes
+        self.env = env
         self.config = config
         self._arms = arms
         self._type_limits = {b.task_type: b.max_inflight for b in config.bulkheads}
@@ -470,6 +472,14 @@ class PoolScheduler:
             self._recheck.update(worker.task_types)
         elif worker.ready:
             self._ready.update(worker)
+
+
+def _with_settings(env: StrategyEnv, config: PoolConfig) -> StrategyEnv:
+    """The strategy env with the pool's settings for its strategies."""
+    window, explore = config.adaptive_window, config.adaptive_explore_percent / 100
+    if (env.adaptive_window, env.adaptive_explore) == (window, explore):
+        return env
+    return replace(env, adaptive_window=window, adaptive_explore=explore)
 
 
 def _decrement(counter: Counter[str], key: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -11,7 +12,7 @@ from broker.core.runtimes import RuntimeModel
 from broker.core.scheduler import PoolScheduler
 from broker.core.strategies import Outcome, StrategyEnv, WorkerSlot
 from broker.core.strategies.adaptive import Adaptive
-from broker.domain import Task, TaskSpec
+from broker.domain import PoolConfig, Task, TaskSpec
 
 
 def task(task_id: int) -> Task:
@@ -132,3 +133,17 @@ def test_a_held_task_is_placed_again_by_the_arm_that_held_it() -> None:
     pool.finish(task(1), "fast", queue_wait_s=0.0, run_s=0.1, success=True)
     (again,) = pool.place()
     assert again.worker is pool.workers["fast"]
+
+
+def test_the_pool_settings_reach_its_adaptive_strategy() -> None:
+    config = PoolConfig(
+        name="p", strategy="adaptive", adaptive_window=80, adaptive_explore_percent=50
+    )
+    pool = PoolScheduler("p", "adaptive", 1000, config=config)
+    (adaptive,) = pool.indexes("t")
+    assert isinstance(adaptive, Adaptive)
+    assert (adaptive.window, adaptive.explore_share) == (80, 0.5)
+    pool.reconfigure(replace(config, adaptive_window=300, adaptive_explore_percent=5))
+    (adaptive,) = pool.indexes("t")
+    assert isinstance(adaptive, Adaptive)
+    assert (adaptive.window, adaptive.explore_share) == (300, 0.05)

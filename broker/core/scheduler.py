@@ -78,6 +78,7 @@ class PoolScheduler:
         self._type_of: dict[TaskId, str] = {}
         self._arms = make_arms(strategy, self.config, self.env)
         self._placed_by: dict[TaskId, int] = {}  # arm of each task a worker holds
+        self.arms_changed = False  # arm statistics changed since the store last saw them
         # Sticky key -> the worker that last ran it, least recently used first; past
         # max_sticky_keys the least recently used key is forgotten.
         self.sticky: dict[str, WorkerId] = {}
@@ -106,6 +107,13 @@ class PoolScheduler:
 
     def arm_stats(self) -> list[ArmStats]:
         return [arm.stats for arm in self._arms]
+
+    def restore_arm_stats(self, saved: list[ArmStats]) -> None:
+        """Go on counting from what the store kept, for each arm whose strategy is the
+        one it had then."""
+        for arm, stats in zip(self._arms, saved, strict=False):
+            if arm.stats.strategy == stats.strategy:
+                arm.stats = replace(stats)
 
     def strategy_notes(self) -> list[str]:
         """What strategies that explain themselves (e.g. adaptive) say, per task type."""
@@ -199,6 +207,7 @@ class PoolScheduler:
         arm = self._arms[min(self._placed_by.get(task.id, 0), len(self._arms) - 1)]
         self.release(worker_id, task.id)
         stats = arm.stats
+        self.arms_changed = True
         stats.finished += 1
         stats.failed += not success
         stats.wait_s += queue_wait_s
@@ -217,6 +226,10 @@ class PoolScheduler:
         """Switch strategy (and A/B split, sticky timeout): rebuild the ready indexes."""
         env = _with_settings(self.env, config)
         arms = make_arms(config.strategy, config, env)  # KeyError before anything changes
+        for new, old in zip(arms, self._arms, strict=False):  # an arm that stays counts on
+            if new.strategy == old.strategy:
+                new.stats = old.stats
+        self.arms_changed = True
         self.env = env
         self.config = config
         self._arms = arms
@@ -341,6 +354,7 @@ class PoolScheduler:
         self._type_of[task.id] = task.spec.task_type
         self.inflight_by_type[task.spec.task_type] += 1
         self._arms[arm].stats.placed += 1
+        self.arms_changed = True
         if arm:
             self._placed_by[task.id] = arm
         hints = task.spec.placement

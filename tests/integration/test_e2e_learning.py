@@ -22,7 +22,7 @@ from broker.domain import PoolConfig
 from broker.sim.run import compare
 from broker.sim.scenarios import build_scenario
 from tests.support.config import make_config
-from worker_sdk import TaskContext, Worker
+from worker_sdk import Client, PoolStats, TaskContext, Worker
 from worker_sdk._pb import admin_pb2 as _admin
 from worker_sdk._pb import admin_pb2_grpc as _admin_grpc
 from worker_sdk._pb import tasks_pb2 as _tasks
@@ -81,3 +81,45 @@ async def test_predictive_sends_the_quick_worker_more_than_round_robin(tmp_path:
     workload = build_scenario("same-labels", tasks=500, seed=0)
     sim_rr, sim_predictive = compare(workload, ["round_robin", "predictive"], seed=0)
     assert sim_predictive.placed_on["quick-1"] > sim_rr.placed_on["quick-1"]
+
+
+async def default_stats(client: Client) -> PoolStats:
+    (default,) = [p for p in (await client.stats()).pools if p.pool == "default"]
+    return default
+
+
+async def test_arm_statistics_survive_a_restart_and_ab_percent_0_clears_the_arm(
+    tmp_path: Path,
+) -> None:
+    config = make_config(tmp_path)
+    async with Broker(config) as broker:
+        async with Client(broker.address) as client:
+            await client.update_pool("default", ab_strategy="predictive", ab_percent=50)
+            worker = Worker(capacity=2, worker_id="w")
+
+            @worker.task("job")
+            async def job(ctx: TaskContext) -> str:
+                return "done"
+
+            running = asyncio.create_task(worker.run(broker.address))
+            ids = [await client.submit("job", b"") for _ in range(20)]
+            await client.wait_many(ids, timeout=30)
+            await worker.shutdown(grace=2)
+            await running
+            before = await default_stats(client)
+    assert [a.strategy for a in before.arms] == ["round_robin", "predictive"]
+    assert sum(a.finished for a in before.arms) == 20
+    assert all(a.finished for a in before.arms)
+    async with Broker(config) as broker, Client(broker.address) as client:
+        after = await default_stats(client)
+        assert after.arms == before.arms
+        pool = await client.update_pool("default", ab_percent=0)
+        assert (pool.ab_strategy, pool.ab_percent) == ("", 0)
+        cleared = await default_stats(client)
+        assert cleared.arms == before.arms[:1]
+    async with Broker(config) as broker, Client(broker.address) as client:
+        restarted = await default_stats(client)
+        assert restarted.arms == before.arms[:1]
+        pool = await client.update_pool("default", ab_strategy="predictive", ab_percent=10)
+        split = await default_stats(client)
+        assert [a.placed for a in split.arms] == [before.arms[0].placed, 0]  # counts anew

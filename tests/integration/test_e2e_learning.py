@@ -92,21 +92,20 @@ async def test_arm_statistics_survive_a_restart_and_ab_percent_0_clears_the_arm(
     tmp_path: Path,
 ) -> None:
     config = make_config(tmp_path)
-    async with Broker(config) as broker:
-        async with Client(broker.address) as client:
-            await client.update_pool("default", ab_strategy="predictive", ab_percent=50)
-            worker = Worker(capacity=2, worker_id="w")
+    async with Broker(config) as broker, Client(broker.address) as client:
+        await client.update_pool("default", ab_strategy="predictive", ab_percent=50)
+        worker = Worker(capacity=2, worker_id="w")
 
-            @worker.task("job")
-            async def job(ctx: TaskContext) -> str:
-                return "done"
+        @worker.task("job")
+        async def job(ctx: TaskContext) -> str:
+            return "done"
 
-            running = asyncio.create_task(worker.run(broker.address))
-            ids = [await client.submit("job", b"") for _ in range(20)]
-            await client.wait_many(ids, timeout=30)
-            await worker.shutdown(grace=2)
-            await running
-            before = await default_stats(client)
+        running = asyncio.create_task(worker.run(broker.address))
+        ids = [await client.submit("job", b"") for _ in range(20)]
+        await client.wait_many(ids, timeout=30)
+        await worker.shutdown(grace=2)
+        await running
+        before = await default_stats(client)
     assert [a.strategy for a in before.arms] == ["round_robin", "predictive"]
     assert sum(a.finished for a in before.arms) == 20
     assert all(a.finished for a in before.arms)

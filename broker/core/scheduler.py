@@ -88,6 +88,7 @@ class PoolScheduler:
         self.sticky_hits = 0
         self.sticky_misses = 0
         self._sticky_since: dict[TaskId, float] = {}  # when a sticky task began to wait
+        self._key_moves: dict[TaskId, str] = {}  # why a sticky task's key is moving
         # Tasks a strategy holds back for a busy worker, and when that wait runs out.
         self._held_until: dict[TaskId, float] = {}
         self._ready = ReadyWorkers(self.workers, self._arms, self.env)
@@ -276,6 +277,7 @@ class PoolScheduler:
     def dequeue(self, task_id: TaskId) -> Task | None:
         """Take a waiting task out (queued or parked); None if it is not waiting here."""
         self._sticky_since.pop(task_id, None)
+        self._key_moves.pop(task_id, None)
         self._held_until.pop(task_id, None)
         task = self.queue.remove(task_id)
         if task is None:
@@ -312,7 +314,13 @@ class PoolScheduler:
                     decision = Decision(task, worker, note)
                 else:
                     sticky = self._sticky(task) if task.spec.placement.sticky_key else None
-                    decision = choose(task, arm) if sticky is None else sticky
+                    if sticky is None:
+                        decision = choose(task, arm)
+                        if (moved := self._key_moves.pop(task.id, None)) and decision.worker:
+                            note = f"{decision.note}; {moved}, moved to {decision.worker.worker_id}"
+                            decision = replace(decision, note=note)
+                    else:
+                        decision = sticky
                     if decision.worker is None:
                         self._park(task, decision, decisions)
                         continue
@@ -398,28 +406,43 @@ class PoolScheduler:
         """Where a sticky task goes: its key's worker, a wait for it, or None (no
         worker for the key, or the wait ran out: place it as any other task)."""
         key = task.spec.placement.sticky_key
-        owner = self.workers.get(self.sticky.get(key, ""))
+        held_by = self.sticky.get(key, "")
+        owner = self.workers.get(held_by)
         required = task.spec.placement.required_labels
         if (
             owner is None
             or task.spec.task_type not in owner.task_types
             or any(owner.labels.get(k) != v for k, v in required.items())
         ):
-            return None  # the key's worker is gone or can never take this task
+            # The key's worker is gone or can never take this task.
+            if held_by:
+                why = "is gone" if owner is None else "cannot take it"
+                self._key_moves[task.id] = f"sticky key {key!r} held by {held_by}, which {why}"
+            return None
         ready = self._ready_by_type.get(task.spec.task_type, {})
-        if owner.worker_id in ready and fits(task, owner):
-            return Decision(task, owner, f"sticky: key {key!r} stays on {owner.worker_id}")
         now = self.env.clock.now()
+        if owner.worker_id in ready and fits(task, owner):
+            since = self._sticky_since.get(task.id)
+            if since is None:
+                return Decision(task, owner, f"sticky: key {key!r} stays on {owner.worker_id}")
+            return Decision(
+                task,
+                owner,
+                f"sticky: key {key!r} held by {owner.worker_id}, waited {now - since:.1f} s",
+            )
         since = self._sticky_since.setdefault(task.id, now)
         deadline = since + self.config.sticky_timeout_s
         if now >= deadline:
             del self._sticky_since[task.id]
+            self._key_moves[task.id] = (
+                f"sticky key {key!r} held by {owner.worker_id}, waited {now - since:.1f} s"
+            )
             return None
         return Decision(
             task,
             None,
-            f"waiting: sticky key {key!r} waits for worker {owner.worker_id} "
-            f"for up to {deadline - now:.1f} s more",
+            f"waiting: sticky key {key!r} waits for worker {owner.worker_id} for up to "
+            f"{deadline - now:.1f} s more (waited {now - since:.1f} s)",
         )
 
     def _hold(self, task: Task, index: object, decisions: list[Decision]) -> None:

@@ -483,3 +483,19 @@ def test_picks_come_from_the_index_and_ranks_from_the_allowed(
             for held in sorted(worker.held):
                 pool.finish(worker, tasks[held], 0.1)
             assert strategy.frees_in("t", worker) == 0.0
+
+
+def test_holds_of_tasks_that_went_away_are_dropped_once_they_run_out() -> None:
+    env = make_env(trained())
+    strategy = Predictive(env)
+    fast = [slot(f"fast-{i}", 1, FAST) for i in range(200)]
+    pool = Pool(strategy, env, *fast, slot("slow", 1, SLOW))
+    for i in range(200):
+        pool.place(task(i))
+    for i in range(1000, 2200):  # held, then cancelled while waiting: never looked at again
+        assert strategy.pick(task(i)) is None
+    assert strategy.frees_in("t", fast[0]) > 0.1  # what is held for it counts
+    env.clock.advance(10.0)  # type: ignore[attr-defined]
+    assert strategy.frees_in("t", fast[0]) < 0.1  # until the holds run out
+    strategy.pick(task(3000))
+    assert len(strategy._holds) <= 1  # and then they are dropped

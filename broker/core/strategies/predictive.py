@@ -37,6 +37,8 @@ from broker.stats import RunStats
 PRIOR_WEIGHT = 2.0  # samples the prior counts as, for a worker whose runs do not vary
 BUSY_SCAN = 256  # busy workers looked at per pick, at most
 RUNNING_LONG_SHARE = 0.2  # a task past its expected run time still needs this share of it
+PRUNE_HOLDS_AT = 1024  # holds kept before those that ran out are dropped
+PRUNE_HOLDS_EVERY_S = 10.0  # ... or this often
 HOLD_MARGIN = 0.95  # hold only for a finish at least 5 % sooner than the best ready one
 
 
@@ -77,6 +79,8 @@ class Predictive:
         self._placed: dict[TaskId, WorkerId] = {}
         self._on: dict[WorkerId, dict[TaskId, tuple[float, float]]] = {}
         self._holds: dict[TaskId, _Hold] = {}
+        self._prune_at = PRUNE_HOLDS_AT
+        self._prune_after = 0.0
         self._held_for: dict[WorkerId, dict[TaskId, _Hold]] = {}
         self.note = ""  # why the last pick went where it did
         self._task_type = ""  # of the tasks it places (one index per type)
@@ -290,6 +294,18 @@ class Predictive:
 
     def _release_hold(self, task_id: TaskId) -> _Hold | None:
         """Stop holding the task for a worker (it is being placed, or looked at again)."""
+        hold = self._drop_hold(task_id)
+        if self._holds and (
+            len(self._holds) > self._prune_at or self._env.clock.now() >= self._prune_after
+        ):  # drop the holds of tasks that went elsewhere (cancelled) and ran out
+            now = self._env.clock.now()
+            for stale in [t for t, h in self._holds.items() if h.until < now]:
+                self._drop_hold(stale)
+            self._prune_at = max(PRUNE_HOLDS_AT, 2 * len(self._holds))
+            self._prune_after = now + PRUNE_HOLDS_EVERY_S
+        return hold
+
+    def _drop_hold(self, task_id: TaskId) -> _Hold | None:
         hold = self._holds.pop(task_id, None)
         if hold is not None:
             waiting = self._held_for.get(hold.worker_id)
@@ -297,10 +313,6 @@ class Predictive:
                 waiting.pop(task_id, None)
                 if not waiting:
                     del self._held_for[hold.worker_id]
-        if len(self._holds) > 1024:  # drop holds of tasks that went elsewhere (cancelled)
-            now = self._env.clock.now()
-            for stale in [t for t, h in self._holds.items() if h.until < now - 60.0]:
-                self._release_hold(stale)
         return hold
 
     def _candidates(self) -> Iterator[WorkerSlot]:

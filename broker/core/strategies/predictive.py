@@ -83,6 +83,9 @@ class Predictive:
         self._prune_after = 0.0
         self._held_for: dict[WorkerId, dict[TaskId, _Hold]] = {}
         self.note = ""  # why the last pick went where it did
+        self._class_of: dict[WorkerId, str] = {}  # label set of every worker seen
+        self._priors: dict[str, float] = {}  # by label set, for one model version and type
+        self._priors_of: tuple[int, str] = (-1, "")
         self._task_type = ""  # of the tasks it places (one index per type)
 
     # The index of ready workers ------------------------------------------------
@@ -91,7 +94,9 @@ class Predictive:
         worker_id = worker.worker_id
         self._busy.pop(worker_id, None)
         if worker_id not in self._members:
-            name = worker_class(worker.labels)
+            name = self._class_of.get(worker_id)
+            if name is None:
+                name = self._class_of[worker_id] = worker_class(worker.labels)
             bucket = self._classes.get(name)
             if bucket is None:
                 bucket = self._classes[name] = _WorkerClass(worker.labels)
@@ -118,6 +123,7 @@ class Predictive:
         worker_id = worker.worker_id
         self._busy.pop(worker_id, None)
         self._learned.pop(worker_id, None)
+        self._class_of.pop(worker_id, None)
         for task_id in list(self._held_for.pop(worker_id, {})):
             self._holds.pop(task_id, None)
 
@@ -148,7 +154,7 @@ class Predictive:
     def estimate(self, task_type: str, worker: WorkerSlot) -> float:
         """Expected run time of a task of this type on the worker: its own mean shrunk
         towards the prior, by PRIOR_WEIGHT x (1 + squared coefficient of variation)."""
-        prior = self._env.runtimes.predict(task_type, worker.labels)
+        prior = self._prior(task_type, worker)
         learned = self._learned.get(worker.worker_id)
         if learned is None or not learned.count:
             return prior
@@ -156,6 +162,20 @@ class Predictive:
         spread = learned.variance / (mean * mean) if mean > 0 else 0.0
         weight = PRIOR_WEIGHT * (1.0 + spread)
         return (learned.count * mean + weight * prior) / (learned.count + weight)
+
+    def _prior(self, task_type: str, worker: WorkerSlot) -> float:
+        """What the pool predicts for the worker's label set, cached until it learns."""
+        runtimes = self._env.runtimes
+        if (runtimes.version, task_type) != self._priors_of:
+            self._priors.clear()
+            self._priors_of = (runtimes.version, task_type)
+        name = self._class_of.get(worker.worker_id)
+        if name is None:
+            name = worker_class(worker.labels)
+        prior = self._priors.get(name)
+        if prior is None:
+            prior = self._priors[name] = runtimes.predict_class(task_type, name)
+        return prior
 
     def frees_in(self, task_type: str, worker: WorkerSlot) -> float:
         """Seconds until the worker is expected to start one more task of this type,

@@ -41,9 +41,9 @@ class Oracle(Predictive):
     def _running_ends(self, task_type: str, worker: WorkerSlot, now: float) -> list[float]:
         return self._running_ends_of(worker.worker_id)
 
-    def _candidates(self) -> Iterator[WorkerSlot]:
-        for worker, _, _ in self._members.values():
-            yield worker
+    def _candidates(self, task: Task) -> Iterator[tuple[WorkerSlot, float, int]]:
+        for worker, version, _ in self._members.values():
+            yield worker, self._run_s(task, worker), version
 
 
 class OracleArm(Arm):

@@ -49,6 +49,8 @@ class _WorkerClass:
     labels: Mapping[str, str]
     size: int = 0
     heap: list[tuple[float, int, int, WorkerId]] = field(default_factory=list)
+    # The top's expected run time: (its version, the model's version, task type, run time).
+    top_run: tuple[int, int, str, float] | None = None
 
 
 @dataclass(slots=True)
@@ -225,8 +227,8 @@ class Predictive:
         self._task_type = task.spec.task_type
         best: tuple[float, int, int, WorkerSlot] | None = None
         runner_up: tuple[float, WorkerSlot] | None = None
-        for worker in self._candidates():
-            key = (self._run_s(task, worker), len(worker.held), self._version(worker))
+        for worker, run_s, version in self._candidates(task):
+            key = (run_s, len(worker.held), version)
             if best is None or key < best[:3]:
                 if best is not None:
                     runner_up = (best[0], best[3])
@@ -335,12 +337,31 @@ class Predictive:
                     del self._held_for[hold.worker_id]
         return hold
 
-    def _candidates(self) -> Iterator[WorkerSlot]:
-        """The ready workers worth estimating: the top of each label set."""
+    def _candidates(self, task: Task) -> Iterator[tuple[WorkerSlot, float, int]]:
+        """The ready workers worth weighing, the top of each label set: each with the
+        task's expected run time there and its version. A top's estimate is kept until
+        it or the model changes."""
+        model = self._env.runtimes.version
+        task_type = task.spec.task_type
+        members = self._members
         for bucket in self._classes.values():
-            worker = self._top(bucket)
-            if worker is not None:
-                yield worker
+            heap = bucket.heap
+            while heap:
+                worker_id = heap[0][3]
+                member = members.get(worker_id)
+                if member is not None and member[1] == heap[0][2]:
+                    break
+                heapq.heappop(heap)
+            else:
+                continue
+            worker, version, _ = member
+            cached = bucket.top_run
+            if cached is not None and cached[:3] == (version, model, task_type):
+                yield worker, cached[3], version
+            else:
+                run_s = self._run_s(task, worker)
+                bucket.top_run = (version, model, task_type, run_s)
+                yield worker, run_s, version
 
     def _next_in_class(self, task: Task, worker: WorkerSlot) -> tuple[float, WorkerSlot] | None:
         """For the note: a worker of the same label set near the top of its heap."""

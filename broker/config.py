@@ -23,6 +23,8 @@ The file looks like::
     breaker_failures = 5        # consecutive failures that open a worker's breaker; 0 = off
     breaker_cooldown_s = 30.0
     retention_s = 604800.0      # finished tasks are deleted a week after (0 = kept forever)
+    adaptive_window = 200       # adaptive: costs kept per strategy and task type to compare
+    adaptive_explore_percent = 20  # adaptive: share of tasks its challengers place
 
     [pools.gpu.bulkheads.render]  # per task type
     max_inflight = 8
@@ -195,6 +197,10 @@ class BrokerConfig:
             validate_pool(pool, self.heartbeat_interval_s)
 
 
+MIN_ADAPTIVE_WINDOW = 20  # adaptive compares no arm on fewer costs than this (MIN_SAMPLES)
+MAX_ADAPTIVE_WINDOW = 100_000
+
+
 def validate_pool(pool: PoolConfig, heartbeat_interval_s: float | None = None) -> None:
     """Raise ConfigError unless the pool's settings are valid; with the broker's
     `heartbeat_interval_s`, its lease too (see check_lease)."""
@@ -246,6 +252,16 @@ def validate_pool(pool: PoolConfig, heartbeat_interval_s: float | None = None) -
         0 <= pool.retention_s <= MAX_RETENTION_S,
         f"{key}.retention_s",
         f"must be 0 (keep forever)..{MAX_RETENTION_S:.0f} seconds",
+    )
+    _check(
+        MIN_ADAPTIVE_WINDOW <= pool.adaptive_window <= MAX_ADAPTIVE_WINDOW,
+        f"{key}.adaptive_window",
+        f"must be {MIN_ADAPTIVE_WINDOW}..{MAX_ADAPTIVE_WINDOW}",
+    )
+    _check(
+        1 <= pool.adaptive_explore_percent <= 100,
+        f"{key}.adaptive_explore_percent",
+        "must be 1..100",
     )
     if heartbeat_interval_s is not None:
         check_lease(pool, heartbeat_interval_s)

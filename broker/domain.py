@@ -262,6 +262,8 @@ class PoolConfig:
     breaker_cooldown_s: float = DEFAULT_BREAKER_COOLDOWN_S
     lease_s: float = 0.0  # unconfirmed held tasks are requeued after; 0 = heartbeat timeout
     retention_s: float = DEFAULT_RETENTION_S  # finished tasks are deleted after; 0 = never
+    adaptive_window: int = 200  # adaptive: costs kept per strategy and task type
+    adaptive_explore_percent: int = 20  # adaptive: share of tasks the challengers place
     bulkheads: tuple[BulkheadConfig, ...] = ()
     fairness_weights: Mapping[str, int] = field(default_factory=dict)
 

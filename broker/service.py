@@ -16,7 +16,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from opentelemetry.trace import Tracer
@@ -194,11 +194,13 @@ class BrokerService:
 
     async def create_pool(self, pool: PoolConfig, who: str = "") -> PoolConfig:
         validation.validate_pool_request(pool)
-        return await self._engine.create_pool(pool, who=who)
+        return await self._engine.create_pool(_ab_split(pool), who=who)
 
     async def update_pool(self, pool: PoolConfig, who: str = "") -> PoolConfig:
+        """Replace a pool's settings. ab_percent 0 ends an A/B split: the A/B strategy is
+        cleared, and with it the A/B arm and its statistics."""
         validation.validate_pool_request(pool)
-        return await self._engine.update_pool(pool, who=who)
+        return await self._engine.update_pool(_ab_split(pool), who=who)
 
     async def change_pool(
         self, name: str, changes: Mapping[str, Any], etag: str = "", who: str = ""
@@ -451,3 +453,8 @@ class BrokerService:
     def disconnect_worker(self, worker_id: WorkerId, reason: str) -> None:
         """Forget a worker; what it held is requeued."""
         self._engine.disconnect_worker(worker_id, reason)
+
+
+def _ab_split(pool: PoolConfig) -> PoolConfig:
+    """The pool with no A/B strategy left behind by an ab_percent of 0."""
+    return replace(pool, ab_strategy="") if pool.ab_strategy and not pool.ab_percent else pool

@@ -53,6 +53,27 @@ class RuntimeKey(NamedTuple):
     worker_class: str  # "*" for every worker of the type
 
 
+@dataclass(slots=True)
+class ArmStats:
+    """How the tasks one arm of a pool (its strategy, or the A/B one) placed went: for
+    A/B splits. Kept by the store, so a restart goes on counting."""
+
+    strategy: str
+    placed: int = 0
+    finished: int = 0
+    failed: int = 0
+    wait_s: float = 0.0  # summed queue wait of finished tasks
+    run_s: float = 0.0  # summed run time of finished tasks
+
+    @property
+    def mean_wait_s(self) -> float:
+        return self.wait_s / self.finished if self.finished else 0.0
+
+    @property
+    def mean_run_s(self) -> float:
+        return self.run_s / self.finished if self.finished else 0.0
+
+
 # -- the metrics history -------------------------------------------------------------------
 
 

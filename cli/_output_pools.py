@@ -253,6 +253,10 @@ def _pool_summary(pool: PoolInfo) -> str:
         parts.append(f"bulkheads {_bulkheads(pool)}")
     if pool.fairness_weights:
         parts.append(f"fairness {_fairness(pool)}")
+    if "adaptive" in (pool.strategy, pool.ab_strategy) and pool.adaptive_window:
+        parts.append(
+            f"adaptive window {pool.adaptive_window}, {pool.adaptive_explore_percent}% exploring"
+        )
     return ", ".join(parts)
 
 

@@ -256,6 +256,30 @@ POOL_SETTINGS: Final[tuple[PoolSetting, ...]] = (
         create_shows_default=True,
         broker_default=True,
     ),
+    PoolSetting(
+        name="adaptive_window",
+        type=int,
+        default=0,
+        flag="--adaptive-window",
+        metavar="N",
+        help="Adaptive placement: the last costs kept per strategy and task type to compare "
+        "them (20..100000); 0 = the default (200).",
+        minimum=0,
+        maximum=100_000,
+        range_in_help=True,
+    ),
+    PoolSetting(
+        name="adaptive_explore_percent",
+        type=int,
+        default=0,
+        flag="--adaptive-explore",
+        metavar="PERCENT",
+        help="Adaptive placement: the share of tasks (1..100) its challengers place; "
+        "0 = the default (20).",
+        minimum=0,
+        maximum=100,
+        range_in_help=True,
+    ),
 )
 
 # The settings that hold many values: a list of Bulkhead, and a map of fairness key to
@@ -312,6 +336,8 @@ class PoolSettings(TypedDict, total=False):
     breaker_cooldown_s: float | None
     lease_s: float | None
     retention_s: float | None
+    adaptive_window: int | None
+    adaptive_explore_percent: int | None
     bulkheads: Sequence[Bulkhead] | None
     fairness_weights: Mapping[str, int] | None
 

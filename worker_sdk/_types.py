@@ -229,7 +229,9 @@ class PoolInfo:
     the last `breaker_window` results, then `breaker_cooldown_s`); `lease_s`, after which
     a task its worker has not confirmed is requeued; `bulkheads` per task type; and
     `fairness_weights` per fairness key (default 1). Finished tasks are deleted
-    `retention_s` after they finished (0 = kept forever).
+    `retention_s` after they finished (0 = kept forever). An adaptive strategy compares
+    its candidates over the last `adaptive_window` costs of each, and lets the
+    challengers place `adaptive_explore_percent` of the tasks.
     """
 
     name: str
@@ -250,6 +252,8 @@ class PoolInfo:
     breaker_cooldown_s: float = 0.0
     lease_s: float = 0.0
     retention_s: float = 7 * 86_400.0
+    adaptive_window: int = 0
+    adaptive_explore_percent: int = 0
     bulkheads: tuple[Bulkhead, ...] = ()
     fairness_weights: dict[str, int] = field(default_factory=dict, hash=False)
 

@@ -6,30 +6,11 @@ went, so that a split can be compared and an adaptive strategy can learn.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from broker.core.strategies import Strategy, StrategyEnv, make_strategy
 from broker.domain import PoolConfig
 
-
-@dataclass(slots=True)
-class ArmStats:
-    """How the tasks one strategy placed went: for A/B splits and adaptive switching."""
-
-    strategy: str
-    placed: int = 0
-    finished: int = 0
-    failed: int = 0
-    wait_s: float = 0.0  # summed queue wait of finished tasks
-    run_s: float = 0.0  # summed run time of finished tasks
-
-    @property
-    def mean_wait_s(self) -> float:
-        return self.wait_s / self.finished if self.finished else 0.0
-
-    @property
-    def mean_run_s(self) -> float:
-        return self.run_s / self.finished if self.finished else 0.0
+# Re-exported: the value moved to broker.stats, below the store.
+from broker.stats import ArmStats as ArmStats
 
 
 class Arm:
@@ -45,8 +26,12 @@ class Arm:
     def index(self, task_type: str) -> Strategy:
         index = self.indexes.get(task_type)
         if index is None:
-            index = self.indexes[task_type] = make_strategy(self.strategy, self.env)
+            index = self.indexes[task_type] = self.make_index()
         return index
+
+    def make_index(self) -> Strategy:
+        """A new, empty index of this arm's strategy."""
+        return make_strategy(self.strategy, self.env)
 
 
 def make_arms(strategy: str, config: PoolConfig, env: StrategyEnv) -> list[Arm]:

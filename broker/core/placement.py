@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from broker.core.arms import Arm
-from broker.core.strategies import Strategy, StrategyEnv, WorkerSlot, make_strategy
+from broker.core.strategies import Strategy, StrategyEnv, WorkerSlot
 from broker.domain import Task, WorkerId
 
 SOFT_ANTI_AFFINITY_PENALTY = 1_000_000
@@ -70,7 +70,20 @@ class ReadyWorkers:
             self._by_label.setdefault(label, set()).add(worker.worker_id)
 
     def disconnect(self, worker: WorkerSlot) -> None:
-        """A worker left: forget its labels."""
+        """A worker left: forget its labels, and tell the strategies that keep busy
+        workers in mind (predictive) to forget it."""
+        for arm in self.arms:
+            for task_type in worker.task_types:
+                index = arm.indexes.get(task_type)
+                forget = getattr(index, "disconnect", None)
+                if forget is not None:
+                    forget(worker)
+        for key in self._label_indexes:
+            if key[0] in worker.task_types:
+                for index in self._label_indexes[key]:
+                    forget = getattr(index, "disconnect", None)
+                    if forget is not None:
+                        forget(worker)
         for label in worker.labels.items():
             holders = self._by_label[label]
             holders.discard(worker.worker_id)
@@ -207,9 +220,7 @@ class ReadyWorkers:
         if indexes is None:
             if len(self._label_indexes) >= MAX_LABEL_INDEXES:
                 return None
-            indexes = self._label_indexes[key] = [
-                make_strategy(a.strategy, self._env) for a in self.arms
-            ]
+            indexes = self._label_indexes[key] = [a.make_index() for a in self.arms]
             for worker in self.by_type.get(task_type, {}).values():
                 if _has_labels(worker, labels):
                     self._label_keys_of.setdefault(worker.worker_id, []).append(key)

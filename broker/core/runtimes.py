@@ -33,15 +33,21 @@ class RuntimeModel:
     prior_s: float = 1.0
     stats: dict[RuntimeKey, RunStats] = field(default_factory=dict)
     dirty: set[RuntimeKey] = field(default_factory=set)  # changed since the store last saw them
+    version: int = 0  # counts changes, so that users may cache predictions
 
     def load(self, rows: Iterable[tuple[RuntimeKey, RunStats]]) -> None:
         for key, stats in rows:
             if key.pool == self.pool:
                 self.stats[key] = stats
+        self.version += 1
 
     def predict(self, task_type: str, labels: Mapping[str, str]) -> float:
         """Expected run time in seconds of a task of this type on a worker with these labels."""
-        stats = self.stats.get(RuntimeKey(self.pool, task_type, worker_class(labels)))
+        return self.predict_class(task_type, worker_class(labels))
+
+    def predict_class(self, task_type: str, class_name: str) -> float:
+        """`predict` for a worker class named by `worker_class`."""
+        stats = self.stats.get(RuntimeKey(self.pool, task_type, class_name))
         if stats is None or not stats.count:
             stats = self.stats.get(RuntimeKey(self.pool, task_type, "*"))
             if stats is None or not stats.count:
@@ -73,6 +79,7 @@ class RuntimeModel:
         type_stats.add(run_s)
         self.dirty.add(by_class)
         self.dirty.add(by_type)
+        self.version += 1
 
     def by_type(self) -> dict[str, RunStats]:
         """The every-worker statistics of each task type."""

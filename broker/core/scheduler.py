@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 
-from broker.core.arms import ArmStats, make_arms
+from broker.core.arms import Arm, ArmStats, make_arms
 from broker.core.placement import (
     MAX_LABEL_INDEXES,
     SOFT_ANTI_AFFINITY_PENALTY,
@@ -35,7 +35,7 @@ from broker.core.placement import (
 )
 from broker.core.queue import PoolQueue
 from broker.core.runtimes import RuntimeModel
-from broker.core.strategies import Outcome, StrategyEnv, WorkerSlot
+from broker.core.strategies import Outcome, Strategy, StrategyEnv, WorkerSlot
 from broker.core.strategies._base import UNLIMITED, default_env
 from broker.core.validation import MAX_STICKY_KEYS
 from broker.domain import PoolConfig, Task, TaskId, WorkerId
@@ -69,8 +69,8 @@ class PoolScheduler:
         max_sticky_keys: int = MAX_STICKY_KEYS,
     ) -> None:
         self.name = name
-        self.env = env or default_env(name)
         self.config = config or PoolConfig(name=name, strategy=strategy)
+        self.env = _with_settings(env or default_env(name), self.config)
         self.queue = PoolQueue(starvation_interval, self.config.fairness_weights)
         self.workers: dict[WorkerId, WorkerSlot] = {}
         self._type_limits = {b.task_type: b.max_inflight for b in self.config.bulkheads}
@@ -78,6 +78,7 @@ class PoolScheduler:
         self._type_of: dict[TaskId, str] = {}
         self._arms = make_arms(strategy, self.config, self.env)
         self._placed_by: dict[TaskId, int] = {}  # arm of each task a worker holds
+        self.arms_changed = False  # arm statistics changed since the store last saw them
         # Sticky key -> the worker that last ran it, least recently used first; past
         # max_sticky_keys the least recently used key is forgotten.
         self.sticky: dict[str, WorkerId] = {}
@@ -87,6 +88,9 @@ class PoolScheduler:
         self.sticky_hits = 0
         self.sticky_misses = 0
         self._sticky_since: dict[TaskId, float] = {}  # when a sticky task began to wait
+        self._key_moves: dict[TaskId, str] = {}  # why a sticky task's key is moving
+        # Tasks a strategy holds back for a busy worker, and when that wait runs out.
+        self._held_until: dict[TaskId, float] = {}
         self._ready = ReadyWorkers(self.workers, self._arms, self.env)
         self._ready_by_type = self._ready.by_type  # the same dict, kept by self._ready
         # The anti-affinity group of each placed task that has one, and whether it is hard.
@@ -104,6 +108,13 @@ class PoolScheduler:
 
     def arm_stats(self) -> list[ArmStats]:
         return [arm.stats for arm in self._arms]
+
+    def restore_arm_stats(self, saved: list[ArmStats]) -> None:
+        """Go on counting from what the store kept, for each arm whose strategy is the
+        one it had then."""
+        for arm, stats in zip(self._arms, saved, strict=False):
+            if arm.stats.strategy == stats.strategy:
+                arm.stats = replace(stats)
 
     def strategy_notes(self) -> list[str]:
         """What strategies that explain themselves (e.g. adaptive) say, per task type."""
@@ -197,6 +208,7 @@ class PoolScheduler:
         arm = self._arms[min(self._placed_by.get(task.id, 0), len(self._arms) - 1)]
         self.release(worker_id, task.id)
         stats = arm.stats
+        self.arms_changed = True
         stats.finished += 1
         stats.failed += not success
         stats.wait_s += queue_wait_s
@@ -213,7 +225,13 @@ class PoolScheduler:
 
     def reconfigure(self, config: PoolConfig) -> None:
         """Switch strategy (and A/B split, sticky timeout): rebuild the ready indexes."""
-        arms = make_arms(config.strategy, config, self.env)  # KeyError before anything changes
+        env = _with_settings(self.env, config)
+        arms = make_arms(config.strategy, config, env)  # KeyError before anything changes
+        for new, old in zip(arms, self._arms, strict=False):  # an arm that stays counts on
+            if new.strategy == old.strategy:
+                new.stats = old.stats
+        self.arms_changed = True
+        self.env = env
         self.config = config
         self._arms = arms
         self._type_limits = {b.task_type: b.max_inflight for b in config.bulkheads}
@@ -221,21 +239,34 @@ class PoolScheduler:
         self._placed_by.clear()
         self._ready.reset(arms)
 
+    def use_arms(self, arms: list[Arm]) -> None:
+        """Place with these arms from now on (the simulator's yardsticks, which are no
+        registered strategy); the config is unchanged."""
+        self._arms = arms
+        self._placed_by.clear()
+        self._ready.reset(arms)
+
+    def indexes(self, task_type: str) -> list[Strategy]:
+        """The strategy index of each arm for a task type, made on first use."""
+        return [arm.index(task_type) for arm in self._arms]
+
     def set_strategy(self, strategy: str) -> None:
         """Switch the main strategy, keeping the rest of the pool's settings."""
         self.reconfigure(replace(self.config, strategy=strategy))
 
     def next_deadline(self) -> float | None:
-        """When the next sticky task stops waiting for its worker, if any is waiting."""
+        """When the next waiting task (for its sticky key's worker, or held back for a
+        busy worker) stops waiting, if any is waiting."""
         # A wait that ran out while no worker of its type was ready needs no wake-up: the
         # task is looked at again when one becomes ready, and then falls back.
-        if not self._sticky_since:
+        if not self._sticky_since and not self._held_until:
             return None
         now = self.env.clock.now()
         timeout = self.config.sticky_timeout_s
         upcoming = [
             since + timeout for since in self._sticky_since.values() if since + timeout > now
         ]
+        upcoming += [until for until in self._held_until.values() if until > now]
         return min(upcoming, default=None)
 
     # Tasks -------------------------------------------------------------------
@@ -246,6 +277,8 @@ class PoolScheduler:
     def dequeue(self, task_id: TaskId) -> Task | None:
         """Take a waiting task out (queued or parked); None if it is not waiting here."""
         self._sticky_since.pop(task_id, None)
+        self._key_moves.pop(task_id, None)
+        self._held_until.pop(task_id, None)
         task = self.queue.remove(task_id)
         if task is None:
             for parked in self._parked.values():
@@ -272,12 +305,22 @@ class PoolScheduler:
             while (task := queue.pop(types)) is not None:
                 arm = self._arm_for(task)
                 if task.spec.placement.free:
-                    worker = self._arms[arm].index(task.spec.task_type).pick(task)
-                    assert worker is not None, "a non-empty strategy index always picks"
-                    decision = Decision(task, worker, self._arms[arm].strategy)
+                    index = self._arms[arm].index(task.spec.task_type)
+                    worker = index.pick(task)
+                    if worker is None:  # held back for a busy worker
+                        self._hold(task, index, decisions)
+                        continue
+                    note = getattr(index, "note", "") or self._arms[arm].strategy
+                    decision = Decision(task, worker, note)
                 else:
                     sticky = self._sticky(task) if task.spec.placement.sticky_key else None
-                    decision = choose(task, arm) if sticky is None else sticky
+                    if sticky is None:
+                        decision = choose(task, arm)
+                        if (moved := self._key_moves.pop(task.id, None)) and decision.worker:
+                            note = f"{decision.note}; {moved}, moved to {decision.worker.worker_id}"
+                            decision = replace(decision, note=note)
+                    else:
+                        decision = sticky
                     if decision.worker is None:
                         self._park(task, decision, decisions)
                         continue
@@ -319,6 +362,7 @@ class PoolScheduler:
         self._type_of[task.id] = task.spec.task_type
         self.inflight_by_type[task.spec.task_type] += 1
         self._arms[arm].stats.placed += 1
+        self.arms_changed = True
         if arm:
             self._placed_by[task.id] = arm
         hints = task.spec.placement
@@ -362,29 +406,54 @@ class PoolScheduler:
         """Where a sticky task goes: its key's worker, a wait for it, or None (no
         worker for the key, or the wait ran out: place it as any other task)."""
         key = task.spec.placement.sticky_key
-        owner = self.workers.get(self.sticky.get(key, ""))
+        held_by = self.sticky.get(key, "")
+        owner = self.workers.get(held_by)
         required = task.spec.placement.required_labels
         if (
             owner is None
             or task.spec.task_type not in owner.task_types
             or any(owner.labels.get(k) != v for k, v in required.items())
         ):
-            return None  # the key's worker is gone or can never take this task
+            # The key's worker is gone or can never take this task.
+            if held_by:
+                why = "is gone" if owner is None else "cannot take it"
+                self._key_moves[task.id] = f"sticky key {key!r} held by {held_by}, which {why}"
+            return None
         ready = self._ready_by_type.get(task.spec.task_type, {})
-        if owner.worker_id in ready and fits(task, owner):
-            return Decision(task, owner, f"sticky: key {key!r} stays on {owner.worker_id}")
         now = self.env.clock.now()
+        if owner.worker_id in ready and fits(task, owner):
+            since = self._sticky_since.get(task.id)
+            if since is None:
+                return Decision(task, owner, f"sticky: key {key!r} stays on {owner.worker_id}")
+            return Decision(
+                task,
+                owner,
+                f"sticky: key {key!r} held by {owner.worker_id}, waited {now - since:.1f} s",
+            )
         since = self._sticky_since.setdefault(task.id, now)
         deadline = since + self.config.sticky_timeout_s
         if now >= deadline:
             del self._sticky_since[task.id]
+            self._key_moves[task.id] = (
+                f"sticky key {key!r} held by {owner.worker_id}, waited {now - since:.1f} s"
+            )
             return None
         return Decision(
             task,
             None,
-            f"waiting: sticky key {key!r} waits for worker {owner.worker_id} "
-            f"for up to {deadline - now:.1f} s more",
+            f"waiting: sticky key {key!r} waits for worker {owner.worker_id} for up to "
+            f"{deadline - now:.1f} s more (waited {now - since:.1f} s)",
         )
+
+    def _hold(self, task: Task, index: object, decisions: list[Decision]) -> None:
+        """Park a task its strategy holds back for a busy worker, until the worker frees a
+        slot or the hold runs out (a timer: `next_deadline`)."""
+        held = getattr(index, "held", None)
+        hold = held(task) if held is not None else None
+        assert hold is not None, "a strategy with ready workers picks or says why it holds"
+        note, until = hold
+        self._held_until[task.id] = until
+        self._park(task, Decision(task, None, note), decisions)
 
     def _park(self, task: Task, decision: Decision, decisions: list[Decision]) -> None:
         self._parked.setdefault(task.spec.task_type, {})[task.id] = task
@@ -399,6 +468,11 @@ class PoolScheduler:
             for task_type, waiting in self._parked.items():
                 if any(self._sticky_since.get(i, expired + 1) <= expired for i in waiting):
                     self._recheck.add(task_type)
+        if self._held_until:
+            now = self.env.clock.now()
+            for task_type, waiting in self._parked.items():
+                if any(self._held_until.get(i, now + 1) <= now for i in waiting):
+                    self._recheck.add(task_type)
         recheck, self._recheck = self._recheck, set()
         for task_type in recheck:
             parked = self._parked.pop(task_type, None)
@@ -406,6 +480,7 @@ class PoolScheduler:
                 continue
             if self._ready_by_type.get(task_type):
                 for task in parked.values():
+                    self._held_until.pop(task.id, None)
                     self.queue.push(task)
             else:  # no ready worker of this type: only the reasons can change
                 self._parked[task_type] = parked
@@ -434,6 +509,14 @@ class PoolScheduler:
             self._recheck.update(worker.task_types)
         elif worker.ready:
             self._ready.update(worker)
+
+
+def _with_settings(env: StrategyEnv, config: PoolConfig) -> StrategyEnv:
+    """The strategy env with the pool's settings for its strategies."""
+    window, explore = config.adaptive_window, config.adaptive_explore_percent / 100
+    if (env.adaptive_window, env.adaptive_explore) == (window, explore):
+        return env
+    return replace(env, adaptive_window=window, adaptive_explore=explore)
 
 
 def _decrement(counter: Counter[str], key: str) -> None:

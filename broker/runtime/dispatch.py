@@ -9,10 +9,11 @@ gets one assignments message for it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from broker.clock import Clock
+from broker.core.arms import ArmStats
 from broker.core.lifecycle import TaskLifecycle
 from broker.core.runtimes import RunStats, RuntimeKey
 from broker.core.scheduler import PoolScheduler
@@ -24,6 +25,7 @@ class LearningLog(Protocol):
 
     def save_sticky(self, pool: str, key: str, worker_id: WorkerId) -> None: ...
     def save_runtime(self, key: RuntimeKey, stats: RunStats) -> None: ...
+    def save_arm_stats(self, pool: str, arms: Sequence[ArmStats]) -> None: ...
 
 
 class Dispatcher:
@@ -75,6 +77,9 @@ class Dispatcher:
             for key, worker_id in pool.sticky_moves.items():
                 self._store.save_sticky(pool.name, key, worker_id)
             pool.sticky_moves.clear()
+        if pool.arms_changed:
+            self._store.save_arm_stats(pool.name, pool.arm_stats())
+            pool.arms_changed = False
         model = pool.runtimes
         if model.dirty:
             for changed in model.dirty:

@@ -148,9 +148,11 @@ class Engine:
         await self._pools.recover_from_file(await self._store.list_pools(), self._config.pools)
         runtimes = await self._store.load_runtimes()
         sticky = await self._store.load_sticky()
+        arm_stats = await self._store.load_arm_stats()
         for pool in await self._store.list_pools():
             scheduler = core.add_pool(pool)
             scheduler.runtimes.load(runtimes)
+            scheduler.restore_arm_stats(arm_stats.get(pool.name, []))
             scheduler.restore_sticky(sticky.get(pool.name, {}))
         counts = await self._store.count_by_pool_state()
         self._watchers.finished = Counter({key: n for key, n in counts.items() if key[1].terminal})

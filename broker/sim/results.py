@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 # The keys of `SimResult.as_row()`, in table order.
@@ -23,6 +23,8 @@ ROW_KEYS = (
     "wait_p95_s",
     "wait_p99_s",
     "run_mean_s",
+    "response_mean_s",
+    "response_p99_s",
     "utilisation",
     "violations",
     "sticky_placements",
@@ -48,6 +50,8 @@ class SimResult:
     wait_p95_s: float
     wait_p99_s: float
     run_mean_s: float
+    response_mean_s: float  # queue wait + run, per finished attempt
+    response_p99_s: float
     utilisation: float  # busy slot-seconds / connected slot-seconds, up to the makespan
     violations: int
     sticky_placements: int  # placements of a task whose sticky key had run before
@@ -58,6 +62,11 @@ class SimResult:
     dead_lettered: int = 0  # tasks whose retries ran out
     timed_out: int = 0  # attempts cancelled past their execution timeout
     breaker_trips: int = 0  # times a worker's circuit breaker opened
+    placed_on: Mapping[str, int] = field(default_factory=dict)  # placements per worker
+    strategy_notes: tuple[str, ...] = ()  # what the strategy said of itself (adaptive)
+    # Adaptive: after how many of its tasks it switched, and the strategy it ended on.
+    switched_at: tuple[int, ...] = ()
+    active: str = ""
 
     def as_row(self) -> dict[str, Any]:
         """The result as a JSON-ready dict with the keys of `ROW_KEYS`."""

@@ -21,14 +21,16 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from broker.clock import FakeClock
 from broker.config import BrokerConfig
 from broker.core.breaker import BreakerState
 from broker.core.lifecycle import TaskLifecycle
-from broker.core.strategies import STRATEGIES
+from broker.core.strategies import STRATEGIES, Adaptive
 from broker.domain import Task, TaskId, TaskResult, TaskSpec, TaskState, WorkerId
+from broker.sim.oracle import ORACLE, OracleArm
 from broker.sim.results import SimResult, percentile
 from broker.sim.workers import Attempt, ConnectedWorker, violation
 from broker.sim.workload import (
@@ -46,8 +48,8 @@ MAX_IDLE_WAKES = 10_000
 
 
 def strategy_names() -> list[str]:
-    """The strategies the scheduler knows now."""
-    return list(STRATEGIES)
+    """The strategies the scheduler knows now, and the oracle (the simulator's yardstick)."""
+    return [*STRATEGIES, ORACLE]
 
 
 def check_strategies(names: Iterable[str]) -> list[str]:
@@ -56,8 +58,8 @@ def check_strategies(names: Iterable[str]) -> list[str]:
     if not names:
         raise SimulationError("no strategies given")
     for name in names:
-        if name not in STRATEGIES:
-            known = ", ".join(STRATEGIES)
+        if name not in STRATEGIES and name != ORACLE:
+            known = ", ".join(strategy_names())
             raise SimulationError(f"unknown strategy {name!r}; choose from: {known}")
     return names
 
@@ -114,7 +116,11 @@ class _Run:
         config = BrokerConfig()
         self.heartbeat_s = config.heartbeat_interval_s
         self.core = TaskLifecycle(config, self.clock, backoff_rng)
-        self.pool = self.core.add_pool(workload.pool_config(strategy))
+        if strategy == ORACLE:  # no registered strategy: the pool is given its arm
+            self.pool = self.core.add_pool(workload.pool_config("round_robin"))
+            self.pool.use_arms([OracleArm(self.pool.env, self._true_run_s, self._running_ends)])
+        else:
+            self.pool = self.core.add_pool(workload.pool_config(strategy))
 
         self.specs = {w.worker_id: w for w in workload.workers}
         self.connected: dict[WorkerId, ConnectedWorker] = {}
@@ -129,6 +135,8 @@ class _Run:
         self.failed = 0
         self.requeued = 0
         self.waits: list[float] = []
+        self.responses: list[float] = []  # queue wait + run, per finished attempt
+        self.placed_on: Counter[WorkerId] = Counter()
         self.run_total_s = 0.0
         self.busy_s = 0.0
         self.connected_spans: list[tuple[float, float, int]] = []  # from, to, capacity
@@ -279,6 +287,7 @@ class _Run:
 
         wait = now - self.queued_at.pop(task.id)
         self.waits.append(wait)
+        self.placed_on[worker_id] += 1
         hints = task.spec.placement
         if key := hints.sticky_key:
             last = self.last_worker_of_key.get(key)
@@ -303,7 +312,7 @@ class _Run:
         if not success:
             duration *= spec.fail_time_factor
 
-        attempt = Attempt(next(self.run_ids), task, worker_id, now, wait, success)
+        attempt = Attempt(next(self.run_ids), task, worker_id, now, wait, success, now + duration)
         self.attempts[attempt.run_id] = attempt
         worker.running[task.id] = attempt
         heapq.heappush(heap, (now + duration, _FINISH, next(self.sequence), attempt.run_id, ""))
@@ -335,6 +344,7 @@ class _Run:
         worker = self.connected[attempt.worker_id]
         del worker.running[task.id]
         run_s = now - attempt.started_s
+        self.responses.append(attempt.queue_wait_s + run_s)
         self.busy_s += run_s
         self.run_total_s += run_s
         # The worker's own measure of the run, on its clock (simulated seconds).
@@ -361,6 +371,27 @@ class _Run:
                 self.busy_s += now - attempt.started_s
         if worker.draining and not worker.running:
             self._disconnect(worker_id, now)
+
+    # What the oracle knows ---------------------------------------------------------
+
+    def _true_run_s(self, task: Task, worker_id: WorkerId) -> float:
+        """How long the task's next attempt would run on the worker (a warm key aside)."""
+        spec = self.specs[worker_id]
+        index = task.id - 1
+        duration = _mean_duration(self.workload.tasks[index], spec.worker_class)
+        if task.attempts == 0:
+            duration *= self.factors[index] if self.factors else 1.0
+            if self.fail_draws[index] < spec.fail_rate:
+                duration *= spec.fail_time_factor
+        return duration
+
+    def _running_ends(self, worker_id: WorkerId) -> list[float]:
+        """Seconds until each attempt the worker runs ends."""
+        worker = self.connected.get(worker_id)
+        if worker is None:
+            return []
+        now = self.clock.now() - self.epoch
+        return [max(0.0, a.ends_s - now) for a in worker.running.values()]
 
     # Workers ----------------------------------------------------------------
 
@@ -419,7 +450,15 @@ class _Run:
             (w.joined_s, end, w.spec.capacity) for w in self.connected.values()
         ]
         available = sum(cap * max(0.0, min(to, end) - start) for start, to, cap in spans)
+        switched_at: list[int] = []
+        active = ""
+        for task_type in sorted({t.task_type for t in self.workload.tasks}):
+            for index in self.pool.indexes(task_type):
+                if isinstance(index, Adaptive):
+                    switched_at += index.switched_at
+                    active = index.active
         waits = sorted(self.waits)
+        responses = sorted(self.responses)
         tasks = len(self.workload.tasks)
         return SimResult(
             scenario=self.workload.name,
@@ -436,6 +475,8 @@ class _Run:
             wait_p95_s=percentile(waits, 95),
             wait_p99_s=percentile(waits, 99),
             run_mean_s=self.run_total_s / self.completed if self.completed else 0.0,
+            response_mean_s=sum(responses) / len(responses) if responses else 0.0,
+            response_p99_s=percentile(responses, 99),
             utilisation=min(1.0, self.busy_s / available) if available > 0 else 0.0,
             violations=self.violations,
             sticky_placements=self.sticky_placements,
@@ -447,6 +488,10 @@ class _Run:
             dead_lettered=self.dead_lettered,
             timed_out=self.core.events[(POOL, "timed_out")],
             breaker_trips=self.breaker_trips,
+            placed_on=dict(self.placed_on),
+            strategy_notes=tuple(self.pool.strategy_notes()),
+            switched_at=tuple(switched_at),
+            active=active,
         )
 
 

@@ -101,6 +101,57 @@ def heterogeneous(tasks: int, rng: random.Random) -> Workload:
 FINAL_BATCH = 8
 
 
+def same_labels(tasks: int, rng: random.Random) -> Workload:
+    means = {"quick": 0.1, "sluggish": 1.0}
+    # No labels: placement cannot tell them apart but by what it measures.
+    workers = [
+        SimWorker(worker_id=f"{name}-1", capacity=2, task_types=WORK, worker_class=name)
+        for name in means
+    ]
+    arrivals = _poisson(rng, _rate(workers, means, 0.6))
+    return Workload(
+        name="same-labels",
+        workers=tuple(workers),
+        tasks=tuple(
+            SimTask(arrival_s=next(arrivals), task_type="work", duration_s=means)
+            for _ in range(tasks)
+        ),
+        jitter_sigma=0.5,
+    )
+
+
+def one_better(tasks: int, rng: random.Random) -> Workload:
+    means = {"fast": 0.1, "slow": 0.18}
+    workers = _workers("fast", 4, 1, WORK, **{"class": "fast"}) + _workers(
+        "slow", 4, 1, WORK, **{"class": "slow"}
+    )
+    arrivals = _poisson(rng, _rate(workers, means, 0.3))
+    return Workload(
+        name="one-better",
+        workers=tuple(workers),
+        tasks=tuple(
+            SimTask(arrival_s=next(arrivals), task_type="work", duration_s=means)
+            for _ in range(tasks)
+        ),
+        jitter_sigma=0.3,
+    )
+
+
+def steady(tasks: int, rng: random.Random) -> Workload:
+    means = {ANY_CLASS: 0.2}
+    workers = _workers("steady", 8, 2, WORK)
+    arrivals = _poisson(rng, _rate(workers, means, 0.6))
+    return Workload(
+        name="steady",
+        workers=tuple(workers),
+        tasks=tuple(
+            SimTask(arrival_s=next(arrivals), task_type="work", duration_s=means)
+            for _ in range(tasks)
+        ),
+        jitter_sigma=0.5,
+    )
+
+
 def _zipf(keys: int, exponent: float) -> list[float]:
     """Cumulative weights of a Zipf-like law over ranks 1..keys."""
     return list(itertools.accumulate(1 / rank**exponent for rank in range(1, keys + 1)))
@@ -249,6 +300,27 @@ SCENARIOS: dict[str, Scenario] = {
             "of capacity, then a closing batch of 8 tasks",
             10_000,
             heterogeneous,
+        ),
+        Scenario(
+            "same-labels",
+            "two workers with the same (no) labels, one taking 0.1 s and one 1 s, capacity "
+            "2 each, Poisson arrivals at 60% of capacity",
+            10_000,
+            same_labels,
+        ),
+        Scenario(
+            "one-better",
+            "4 workers taking 0.1 s and 4 taking 0.18 s, capacity 1, at 30% of capacity: "
+            "placing by learned run time beats spreading the load",
+            10_000,
+            one_better,
+        ),
+        Scenario(
+            "steady",
+            "8 identical workers of capacity 2 at 60% of capacity: no strategy is much "
+            "better, so adaptive should stay put",
+            10_000,
+            steady,
         ),
         Scenario(
             "hot-keys",

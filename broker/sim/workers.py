@@ -26,6 +26,7 @@ class Attempt:
     started_s: float
     queue_wait_s: float
     success: bool
+    ends_s: float = 0.0  # when it will end, unless stopped first
 
 
 @dataclass(slots=True)

@@ -18,7 +18,8 @@ The rules:
 - Snapshots. A write captures its argument as it is at the moment of the call: `save(task)`
   stores the task's state then, so changing the task in place afterwards changes nothing
   stored unless it is saved again (likewise the statistics given to `save_runtime`, and
-  the tasks given to `insert_tasks` as its coroutine starts). Reads hand out copies:
+  the arm statistics given to `save_arm_stats`, and the tasks given to `insert_tasks` as its
+  coroutine starts). Reads hand out copies:
   changing what a read returned changes nothing stored.
 - Ordering. The last save of a task wins. Reads see every write queued before them (they
   wait for it). Within one commit, inserts come before saves, so a save queued right after
@@ -58,7 +59,7 @@ from broker.domain import (
     WorkerSpec,
 )
 from broker.errors import InvalidArgument
-from broker.stats import RollupRow, RunStats, RuntimeKey
+from broker.stats import ArmStats, RollupRow, RunStats, RuntimeKey
 
 
 def check_purge(states: Collection[TaskState], limit: int) -> frozenset[TaskState]:
@@ -148,6 +149,10 @@ class Store(WorkerLog, RollupStore, Protocol):
     def save_runtime(self, key: RuntimeKey, stats: RunStats) -> None:
         """Queue a snapshot of learned run-time statistics."""
 
+    def save_arm_stats(self, pool: str, arms: Sequence[ArmStats]) -> None:
+        """Queue a snapshot of how each arm of the pool (its strategy, then the A/B one if
+        any) placed, replacing what was kept for the pool: an arm not given is forgotten."""
+
     def worker_heartbeat(self, worker_id: WorkerId, at: float) -> None:
         """Note a worker's latest heartbeat; one never connected is ignored."""
 
@@ -225,6 +230,10 @@ class Store(WorkerLog, RollupStore, Protocol):
 
     async def load_runtimes(self) -> list[tuple[RuntimeKey, RunStats]]:
         """Every learned run-time statistic."""
+        ...
+
+    async def load_arm_stats(self) -> dict[str, list[ArmStats]]:
+        """Each pool's arm statistics, in the order they were saved."""
         ...
 
     # -- lifecycle ------------------------------------------------------------------------

@@ -20,14 +20,14 @@ import contextlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
 
 from broker.clock import Clock
 from broker.domain import ConfigChange, PoolConfig, Task, TaskId, WorkerId, WorkerSpec
 from broker.errors import StorageError, Unavailable
-from broker.stats import RollupRow, RunStats, RuntimeKey
+from broker.stats import ArmStats, RollupRow, RunStats, RuntimeKey
 
 _log = logging.getLogger("taskbroker.store")
 
@@ -53,6 +53,7 @@ class WriteBatch(Generic[TaskRowT]):
     file_settings: dict[str, str] = field(default_factory=dict)  # pool -> settings (JSON)
     sticky: dict[tuple[str, str], tuple[WorkerId, float]] = field(default_factory=dict)
     runtimes: dict[RuntimeKey, RunStats] = field(default_factory=dict)  # copies
+    arm_stats: dict[str, tuple[ArmStats, ...]] = field(default_factory=dict)  # pool -> copies
     rollups: list[RollupRow] = field(default_factory=list)
     connects: dict[WorkerId, tuple[WorkerSpec, float]] = field(default_factory=dict)
     heartbeats: dict[WorkerId, float] = field(default_factory=dict)
@@ -68,6 +69,7 @@ class WriteBatch(Generic[TaskRowT]):
             or self.file_settings
             or self.sticky
             or self.runtimes
+            or self.arm_stats
             or self.rollups
             or self.connects
             or self.heartbeats
@@ -177,6 +179,11 @@ class GroupCommit(Generic[TaskRowT]):
         self._queued.runtimes[key] = RunStats(
             stats.count, stats.mean_s, stats.m2, stats.abs_error_s, stats.predicted
         )
+
+    def save_arm_stats(self, pool: str, arms: Sequence[ArmStats]) -> None:
+        """Queue a snapshot of the pool's arm statistics, for the next commit."""
+        self._check_writable()
+        self._queued.arm_stats[pool] = tuple(replace(arm) for arm in arms)
 
     def save_rollups(self, rows: Sequence[RollupRow]) -> None:
         """Queue metrics-history rows for the next commit; each is added to the stored row

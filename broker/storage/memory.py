@@ -28,7 +28,7 @@ from broker.domain import (
     WorkerSpec,
 )
 from broker.errors import InvalidArgument
-from broker.stats import RollupRow, RunStats, RuntimeKey
+from broker.stats import ArmStats, RollupRow, RunStats, RuntimeKey
 from broker.storage.contract import check_purge
 from broker.storage.groupcommit import GroupCommit, WriteBatch
 
@@ -56,6 +56,7 @@ class _Tables:
     file_settings: dict[str, str] = dataclasses.field(default_factory=dict)  # JSON by pool
     sticky: dict[str, dict[str, WorkerId]] = dataclasses.field(default_factory=dict)
     runtimes: dict[RuntimeKey, RunStats] = dataclasses.field(default_factory=dict)
+    arm_stats: dict[str, tuple[ArmStats, ...]] = dataclasses.field(default_factory=dict)
     rollups: dict[_RollupKey, RollupRow] = dataclasses.field(default_factory=dict)
     workers: dict[WorkerId, WorkerRecord] = dataclasses.field(default_factory=dict)
 
@@ -104,6 +105,7 @@ class _MemoryWriter:
             if worker_id:  # an empty worker id forgets the key
                 keys[key] = worker_id
         tables.runtimes.update(batch.runtimes)
+        tables.arm_stats.update(batch.arm_stats)
         for row in batch.rollups:
             tables.add_rollup(row)
         workers = tables.workers
@@ -227,6 +229,14 @@ class MemoryStore(GroupCommit[Task]):
         """Every learned run-time statistic (copies)."""
         await self._settle()
         return [(key, dataclasses.replace(s)) for key, s in self._tables.runtimes.items()]
+
+    async def load_arm_stats(self) -> dict[str, list[ArmStats]]:
+        """Each pool's arm statistics (copies)."""
+        await self._settle()
+        return {
+            pool: [dataclasses.replace(arm) for arm in arms]
+            for pool, arms in self._tables.arm_stats.items()
+        }
 
     # -- retention ------------------------------------------------------------------------
 

@@ -22,17 +22,20 @@ import aiosqlite
 from broker.clock import Clock, SystemClock
 from broker.domain import ConfigChange, PoolConfig, Task, TaskFilter, TaskId, TaskState, WorkerId
 from broker.errors import InvalidArgument, StorageError
-from broker.stats import RollupRow, RunStats, RuntimeKey
+from broker.stats import ArmStats, RollupRow, RunStats, RuntimeKey
 from broker.storage.contract import check_purge
 from broker.storage.groupcommit import GroupCommit, WriteBatch
 from broker.storage.lockfile import StoreLock
 from broker.storage.sqlite_rows import (
+    ARM_STATS_COLUMNS,
     POOL_COLUMNS,
     ROLLUP_COLUMNS,
     RUNTIME_COLUMNS,
     SELECT_TASKS,
     TASK_COLUMNS,
     Row,
+    arm_stats_from_row,
+    arm_stats_rows,
     config_change_row,
     connect_row,
     insert_row,
@@ -86,6 +89,10 @@ _UPSERT_STICKY: Final = """
 _DELETE_STICKY: Final = "DELETE FROM sticky_keys WHERE pool = ? AND key = ?"
 _UPSERT_RUNTIME: Final = f"""
     INSERT OR REPLACE INTO runtimes ({RUNTIME_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_DELETE_ARM_STATS: Final = "DELETE FROM arm_stats WHERE pool = ?"
+_INSERT_ARM_STATS: Final = f"""
+    INSERT INTO arm_stats ({ARM_STATS_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 """
 _CONNECT_WORKER: Final = """
     INSERT OR REPLACE INTO workers (worker_id, pool, labels, capacity, task_types, sdk_version,
@@ -347,6 +354,15 @@ class SQLiteStore(GroupCommit[Row]):
         rows = await self._fetch(f"SELECT {RUNTIME_COLUMNS} FROM runtimes")
         return [runtime_from_row(row) for row in rows]
 
+    async def load_arm_stats(self) -> dict[str, list[ArmStats]]:
+        """Each pool's arm statistics, in the order they were saved."""
+        rows = await self._fetch(f"SELECT {ARM_STATS_COLUMNS} FROM arm_stats ORDER BY pool, arm")
+        stats: dict[str, list[ArmStats]] = {}
+        for row in rows:
+            pool, arm = arm_stats_from_row(row)
+            stats.setdefault(pool, []).append(arm)
+        return stats
+
     # -- metrics history ------------------------------------------------------------------
 
     async def load_rollups(
@@ -464,6 +480,11 @@ def _statements(batch: WriteBatch[Row]) -> list[tuple[str, Sequence[Row]]]:
             [(pool, key) for (pool, key), (worker_id, _) in batch.sticky.items() if not worker_id],
         ),
         (_UPSERT_RUNTIME, [runtime_row(k, stats) for k, stats in batch.runtimes.items()]),
+        (_DELETE_ARM_STATS, [(pool,) for pool in batch.arm_stats]),
+        (
+            _INSERT_ARM_STATS,
+            [row for pool, arms in batch.arm_stats.items() for row in arm_stats_rows(pool, arms)],
+        ),
         (_UPSERT_ROLLUP, [rollup_row(row) for row in batch.rollups]),
         (_CONNECT_WORKER, [connect_row(spec, at) for spec, at in batch.connects.values()]),
         (_HEARTBEAT_WORKER, [(at, w) for w, at in batch.heartbeats.items()]),

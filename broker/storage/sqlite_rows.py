@@ -19,7 +19,7 @@ from broker.domain import (
     TaskState,
     WorkerSpec,
 )
-from broker.stats import RollupRow, RunStats, RuntimeKey
+from broker.stats import ArmStats, RollupRow, RunStats, RuntimeKey
 from broker.storage.codec import (
     pool_limits_from_json,
     pool_limits_json,
@@ -272,6 +272,23 @@ def runtime_from_row(row: Sequence[Any]) -> tuple[RuntimeKey, RunStats]:
     return RuntimeKey(pool, task_type, worker_class), RunStats(
         count, mean_s, m2, abs_error_s, predicted
     )
+
+
+ARM_STATS_COLUMNS: Final = "pool, arm, strategy, placed, finished, failed, wait_s, run_s"
+
+
+def arm_stats_rows(pool: str, arms: Sequence[ArmStats]) -> list[Row]:
+    """A pool's arm statistics, in the order of ARM_STATS_COLUMNS."""
+    return [
+        (pool, i, a.strategy, a.placed, a.finished, a.failed, a.wait_s, a.run_s)
+        for i, a in enumerate(arms)
+    ]
+
+
+def arm_stats_from_row(row: Sequence[Any]) -> tuple[str, ArmStats]:
+    """The pool and statistics in a row of ARM_STATS_COLUMNS."""
+    pool, _, strategy, placed, finished, failed, wait_s, run_s = row
+    return pool, ArmStats(strategy, placed, finished, failed, wait_s, run_s)
 
 
 def connect_row(spec: WorkerSpec, at: float) -> Row:

@@ -166,6 +166,23 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         # The media type of a task's result, as its worker said.
         "ALTER TABLE tasks ADD COLUMN result_content_type TEXT NOT NULL DEFAULT ''",
     ),
+    (
+        # How each arm of a pool (its strategy, and the A/B one) placed, so that an A/B
+        # comparison goes on counting across a restart.
+        """
+        CREATE TABLE arm_stats (
+            pool TEXT NOT NULL,
+            arm INTEGER NOT NULL,
+            strategy TEXT NOT NULL,
+            placed INTEGER NOT NULL,
+            finished INTEGER NOT NULL,
+            failed INTEGER NOT NULL,
+            wait_s REAL NOT NULL,
+            run_s REAL NOT NULL,
+            PRIMARY KEY (pool, arm)
+        ) WITHOUT ROWID
+        """,
+    ),
 )
 # The WHERE of the tasks_finished index, which a query repeats word for word to use it.
 TERMINAL_STATES_SQL: Final = "state IN (4, 5, 6, 7)"

@@ -72,6 +72,7 @@ async def test_open_creates_the_schema_and_reopening_changes_nothing(db_path: Pa
         "metric_rollups",
         "config_audit",
         "pool_file_settings",
+        "arm_stats",
     }
     assert await query(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
 

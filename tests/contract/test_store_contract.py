@@ -32,7 +32,7 @@ from broker.domain import (
     WorkerSpec,
 )
 from broker.errors import InvalidArgument, StorageError, Unavailable
-from broker.stats import RollupRow, RunStats, RuntimeKey
+from broker.stats import ArmStats, RollupRow, RunStats, RuntimeKey
 from broker.storage.contract import Store
 from broker.storage.memory import WorkerRecord
 from tests.support.store import (
@@ -489,6 +489,31 @@ async def test_runtimes_round_trip_as_snapshots(store: Store) -> None:
     assert loaded.mean_s == pytest.approx(0.2)
     assert loaded.variance == pytest.approx(0.01)
     assert (loaded.abs_error_s, loaded.predicted) == (0.25, 2)
+
+
+async def test_arm_stats_round_trip_as_snapshots_per_pool(store: Store) -> None:
+    assert await store.load_arm_stats() == {}
+    main = ArmStats("least_loaded", placed=8, finished=7, failed=1, wait_s=0.5, run_s=2.25)
+    split = ArmStats("predictive", placed=2, finished=2, wait_s=0.1, run_s=0.2)
+    store.save_arm_stats("default", [main, split])
+    store.save_arm_stats("gpu", [ArmStats("round_robin", placed=1)])
+    await store.flush()
+    main.placed = 99  # a change that was never saved
+    loaded = await store.load_arm_stats()
+    assert loaded == {
+        "default": [
+            ArmStats("least_loaded", placed=8, finished=7, failed=1, wait_s=0.5, run_s=2.25),
+            ArmStats("predictive", placed=2, finished=2, wait_s=0.1, run_s=0.2),
+        ],
+        "gpu": [ArmStats("round_robin", placed=1)],
+    }
+    loaded["gpu"][0].placed = 5  # a read hands out copies
+    store.save_arm_stats("default", [ArmStats("least_loaded", placed=9)])  # the split ended
+    await store.flush()
+    assert await store.load_arm_stats() == {
+        "default": [ArmStats("least_loaded", placed=9)],
+        "gpu": [ArmStats("round_robin", placed=1)],
+    }
 
 
 async def test_worker_log_connect_heartbeat_disconnect(store: Store) -> None:

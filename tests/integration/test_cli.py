@@ -340,6 +340,8 @@ NO_LIMITS: dict[str, object] = {
     "breaker_cooldown_s": 0.0,
     "lease_s": 0.0,
     "retention_s": 604800.0,
+    "adaptive_window": 0,
+    "adaptive_explore_percent": 0,
     "bulkheads": (),
     "fairness_weights": {},
 }
@@ -1124,6 +1126,7 @@ LIMITS_ARGS = (
     *("--lease", "20", "--bulkhead", "render:max_inflight=4,max_queue=100,rate=2.5,burst=5"),
     *("--bulkhead", "thumb:max_queue=10"),
     *("--fairness-weight", "tenant-a=3", "--fairness-weight", "tenant-b=1"),
+    *("--adaptive-window", "300", "--adaptive-explore", "10"),
 )
 LIMITS: dict[str, object] = {
     "max_inflight": 40,
@@ -1139,6 +1142,8 @@ LIMITS: dict[str, object] = {
     "breaker_cooldown_s": 15.0,
     "lease_s": 20.0,
     "retention_s": 604800.0,
+    "adaptive_window": 300,
+    "adaptive_explore_percent": 10,
     "bulkheads": (Bulkhead("render", 4, 100, 2.5, 5), Bulkhead("thumb", max_queue=10)),
     "fairness_weights": {"tenant-a": 3, "tenant-b": 1},
 }
@@ -1202,6 +1207,8 @@ def test_pools_create_and_set_pass_the_limits(pools_client: type[PoolsClient]) -
         (["--clear-bulkheads"], {"bulkheads": ()}),
         (["--fairness-weight", "tenant-c=7"], {"fairness_weights": {"tenant-c": 7}}),
         (["--clear-fairness"], {"fairness_weights": {}}),
+        (["--adaptive-window", "0"], {"adaptive_window": 0}),
+        (["--adaptive-explore", "5"], {"adaptive_explore_percent": 5}),
     ]
     for args, change in changes:
         result = invoke("pools", "set", "gpu", *args)
@@ -1222,6 +1229,8 @@ def test_pools_create_and_set_pass_the_limits(pools_client: type[PoolsClient]) -
         breaker_window=30,
         breaker_cooldown_s=2.0,
         lease_s=0.0,
+        adaptive_window=0,
+        adaptive_explore_percent=5,
         bulkheads=(),
         fairness_weights={},
     )
@@ -1826,3 +1835,25 @@ async def test_live_submit_wait_rides_out_a_broker_restart(tmp_path: Path) -> No
         await worker.shutdown(grace=1)
         await run
         await broker.shutdown(grace=0)
+
+
+def test_pools_set_takes_the_adaptive_settings(pools_client: type[PoolsClient]) -> None:
+    result = invoke(
+        "pools", "set", "default", "--strategy", "adaptive", "--adaptive-window", "300",
+        "--adaptive-explore", "10",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        "pool default updated (adaptive, sticky timeout 5 s, adaptive window 300, 10% exploring)\n"
+    )
+    assert pools_client.calls[-1] == (
+        "update_pool",
+        {
+            "name": "default",
+            **UNCHANGED,
+            "strategy": "adaptive",
+            "adaptive_window": 300,
+            "adaptive_explore_percent": 10,
+        },
+    )
+    assert invoke("pools", "set", "default", "--adaptive-explore", "101").exit_code == 2

@@ -165,6 +165,8 @@ def _other(setting: PoolSetting) -> Any:
         return next(c for c in reversed(setting.choices) if c != setting.default)
     if setting.type is str:
         return next(n for n in reversed(KNOWN_STRATEGIES) if n != setting.default)
+    if setting.name == "adaptive_window":  # compares no fewer than 20 costs
+        return 50
     return 3 if setting.type is int else 0.5
 
 

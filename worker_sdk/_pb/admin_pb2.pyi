@@ -176,6 +176,8 @@ class Pool(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     STRATEGY_KIND_FIELD_NUMBER: _builtins.int
     RATE_MODE_KIND_FIELD_NUMBER: _builtins.int
+    ADAPTIVE_WINDOW_FIELD_NUMBER: _builtins.int
+    ADAPTIVE_EXPLORE_PERCENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     strategy: _builtins.str
     """round_robin, least_loaded, consistent_hash, weighted_response_time,
@@ -231,6 +233,11 @@ class Pool(_message.Message):
     both; on input the name wins, and an empty name takes the enum's.
     """
     rate_mode_kind: Global___RateMode.ValueType
+    adaptive_window: _builtins.int
+    """Adaptive placement: the costs kept per strategy and task type to compare them
+    (0 = 200), and the share of tasks (1..100) the challengers place (0 = 20).
+    """
+    adaptive_explore_percent: _builtins.int
     @_builtins.property
     def bulkheads(self) -> _containers.RepeatedCompositeFieldContainer[Global___Bulkhead]:
         """per task type"""
@@ -265,10 +272,12 @@ class Pool(_message.Message):
         etag: _builtins.str = ...,
         strategy_kind: Global___Strategy.ValueType = ...,
         rate_mode_kind: Global___RateMode.ValueType = ...,
+        adaptive_window: _builtins.int = ...,
+        adaptive_explore_percent: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_retention_s", b"_retention_s", "retention_s", b"retention_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_retention_s", b"_retention_s", "ab_percent", b"ab_percent", "ab_strategy", b"ab_strategy", "breaker_cooldown_s", b"breaker_cooldown_s", "breaker_failure_rate", b"breaker_failure_rate", "breaker_failures", b"breaker_failures", "breaker_window", b"breaker_window", "bulkheads", b"bulkheads", "client_rate_burst", b"client_rate_burst", "client_rate_per_s", b"client_rate_per_s", "etag", b"etag", "fairness_weights", b"fairness_weights", "lease_s", b"lease_s", "max_inflight", b"max_inflight", "max_queue", b"max_queue", "name", b"name", "rate_burst", b"rate_burst", "rate_mode", b"rate_mode", "rate_mode_kind", b"rate_mode_kind", "rate_per_s", b"rate_per_s", "retention_s", b"retention_s", "sticky_timeout_s", b"sticky_timeout_s", "strategy", b"strategy", "strategy_kind", b"strategy_kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_retention_s", b"_retention_s", "ab_percent", b"ab_percent", "ab_strategy", b"ab_strategy", "adaptive_explore_percent", b"adaptive_explore_percent", "adaptive_window", b"adaptive_window", "breaker_cooldown_s", b"breaker_cooldown_s", "breaker_failure_rate", b"breaker_failure_rate", "breaker_failures", b"breaker_failures", "breaker_window", b"breaker_window", "bulkheads", b"bulkheads", "client_rate_burst", b"client_rate_burst", "client_rate_per_s", b"client_rate_per_s", "etag", b"etag", "fairness_weights", b"fairness_weights", "lease_s", b"lease_s", "max_inflight", b"max_inflight", "max_queue", b"max_queue", "name", b"name", "rate_burst", b"rate_burst", "rate_mode", b"rate_mode", "rate_mode_kind", b"rate_mode_kind", "rate_per_s", b"rate_per_s", "retention_s", b"retention_s", "sticky_timeout_s", b"sticky_timeout_s", "strategy", b"strategy", "strategy_kind", b"strategy_kind"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__retention_s: _TypeAlias = _typing.Literal["retention_s"]  # noqa: Y015
     _WhichOneofArgType__retention_s: _TypeAlias = _typing.Literal["_retention_s", b"_retention_s"]  # noqa: Y015

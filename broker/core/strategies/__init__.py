@@ -14,7 +14,8 @@ from collections.abc import Callable
 from broker.core.strategies._base import Outcome, Strategy, StrategyEnv, WorkerSlot, default_env
 from broker.core.strategies.adaptive import Adaptive
 from broker.core.strategies.hashing import ConsistentHash
-from broker.core.strategies.learning import Predictive, WeightedResponseTime
+from broker.core.strategies.learning import WeightedResponseTime
+from broker.core.strategies.predictive import Predictive
 from broker.core.strategies.simple import LeastLoaded, RoundRobin
 
 __all__ = [

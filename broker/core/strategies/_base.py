@@ -88,6 +88,8 @@ class StrategyEnv:
     clock: Clock
     runtimes: RuntimeModel
     hash_load_epsilon: float = 0.25  # consistent hashing: at most (1 + e) x the mean load
+    adaptive_window: int = 200  # adaptive: costs kept per arm and task type
+    adaptive_explore: float = 0.2  # adaptive: share of tasks placed by the challengers
 
 
 def default_env(pool: str = "default") -> StrategyEnv:

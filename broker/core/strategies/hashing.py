@@ -98,6 +98,7 @@ class ConsistentHash:
         # What each ready worker adds to the totals below, as of its last add/update.
         self._counted: dict[WorkerId, tuple[int, int]] = {}
         self._held_total = 0
+        self.note = ""  # why the last pick went where it did, when the ring owner was full
         self._capacity_total = 0
         self._idle: OrderedDict[WorkerId, float] = OrderedDict()  # not ready since, oldest first
 
@@ -158,12 +159,24 @@ class ConsistentHash:
             if worker is None or worker.worker_id in rejected:
                 continue
             if self._under_bound(worker):
+                if first is None:
+                    self.note = ""
+                else:
+                    self.note = (
+                        f"{self.name}: ring owner {first.worker_id} over its bounded load, "
+                        f"spilled to {worker.worker_id}"
+                    )
                 return worker
             if first is None:
                 first = worker
             rejected.add(worker.worker_id)
             if len(rejected) == len(ready):
                 break
+        if first is not None:
+            self.note = (
+                f"{self.name}: every ready worker over its bounded load; "
+                f"ring owner {first.worker_id}"
+            )
         return first
 
     def rank(self, task: Task, allowed: Sequence[WorkerSlot]) -> WorkerSlot:

@@ -1,0 +1,439 @@
+"""Predictive placement: each task where it is expected to finish first, busy workers too.
+
+What a task costs on a worker is its expected run time there, learned per worker
+(`Predictive.estimate`): the worker's own mean, shrunk towards a prior with a weight
+that grows with the spread of its samples, so three lucky runs do not make a worker
+fast. The prior is what the pool has learned for the worker's label set, else for the
+task type, else the pool's prior (`RuntimeModel.predict`), which is also all a new
+worker starts with.
+
+A ready worker (a free slot) starts the task now. A busy one starts it when a slot is
+expected to free: the tasks it holds each end at their start plus their expected run
+time (never sooner than a fifth of it from now, as a task running long may run longer),
+and the tasks already held back for it take the slots in turn. When a busy worker is
+expected to finish the task sooner than the best ready one, the task is held back for
+it: `pick` returns None and `held` says for whom and for how long, which becomes the
+task's placement note. The wait is bounded: a task is never held longer than the best
+ready worker was expected to take to run it, from the moment it was first held, so a
+worker slower than predicted cannot starve it.
+
+Costs: a pick peeks one heap per label set of ready workers, and looks at no more than
+`BUSY_SCAN` busy workers, those predicted faster than the best ready one.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from broker.core.runtimes import worker_class
+from broker.core.strategies._base import Outcome, StrategyEnv, WorkerSlot, default_env
+from broker.domain import Task, TaskId, WorkerId
+from broker.stats import RunStats
+
+PRIOR_WEIGHT = 2.0  # samples the prior counts as, for a worker whose runs do not vary
+BUSY_SCAN = 256  # busy workers looked at per pick, at most
+RUNNING_LONG_SHARE = 0.2  # a task past its expected run time still needs this share of it
+PRUNE_HOLDS_AT = 1024  # holds kept before those that ran out are dropped
+PRUNE_HOLDS_EVERY_S = 10.0  # ... or this often
+HOLD_MARGIN = 0.95  # hold only for a finish at least 5 % sooner than the best ready one
+
+
+@dataclass(slots=True)
+class _WorkerClass:
+    """The ready workers of one label set, by expected run time, least first."""
+
+    labels: Mapping[str, str]
+    size: int = 0
+    heap: list[tuple[float, int, int, WorkerId]] = field(default_factory=list)
+    # The top's expected run time: (its version, the model's version, task type, run time).
+    top_run: tuple[int, int, str, float] | None = None
+
+
+@dataclass(slots=True)
+class _Hold:
+    """A task held back for a busy worker."""
+
+    worker_id: WorkerId
+    run_s: float  # its expected run time there
+    since: float  # when it was first held
+    until: float  # when it stops waiting for a busy worker
+    note: str
+
+
+class Predictive:
+    """The worker, ready or busy, on which the task is expected to finish first."""
+
+    name: ClassVar[str] = "predictive"
+    hold_margin: ClassVar[float] = HOLD_MARGIN
+
+    def __init__(self, env: StrategyEnv | None = None) -> None:
+        self._env = env or default_env()
+        self._members: dict[WorkerId, tuple[WorkerSlot, int, str]] = {}  # version, class
+        self._classes: dict[str, _WorkerClass] = {}
+        self._tick = itertools.count()
+        self._busy: dict[WorkerId, WorkerSlot] = {}  # connected, every slot taken
+        self._learned: dict[WorkerId, RunStats] = {}  # this type's run times per worker
+        # The tasks this instance placed: on which worker, expected run time and start.
+        self._placed: dict[TaskId, WorkerId] = {}
+        self._on: dict[WorkerId, dict[TaskId, tuple[float, float]]] = {}
+        self._holds: dict[TaskId, _Hold] = {}
+        self._prune_at = PRUNE_HOLDS_AT
+        self._prune_after = 0.0
+        self._held_for: dict[WorkerId, dict[TaskId, _Hold]] = {}
+        self.note = ""  # why the last pick went where it did
+        self._class_of: dict[WorkerId, str] = {}  # label set of every worker seen
+        self._priors: dict[str, float] = {}  # by label set, for one model version and type
+        self._priors_of: tuple[int, str] = (-1, "")
+        self._task_type = ""  # of the tasks it places (one index per type)
+
+    # The index of ready workers ------------------------------------------------
+
+    def add(self, worker: WorkerSlot) -> None:
+        worker_id = worker.worker_id
+        self._busy.pop(worker_id, None)
+        if worker_id not in self._members:
+            name = self._class_of.get(worker_id)
+            if name is None:
+                name = self._class_of[worker_id] = worker_class(worker.labels)
+            bucket = self._classes.get(name)
+            if bucket is None:
+                bucket = self._classes[name] = _WorkerClass(worker.labels)
+            bucket.size += 1
+            self._members[worker_id] = (worker, -1, name)
+        self._forget_released(worker)
+        self._push(worker)
+
+    def remove(self, worker: WorkerSlot) -> None:
+        member = self._members.pop(worker.worker_id, None)
+        if member is not None:
+            bucket = self._classes[member[2]]
+            bucket.size -= 1
+            if not bucket.size:
+                del self._classes[member[2]]
+        if worker.free <= 0 and not worker.draining and not worker.paused:
+            self._busy[worker.worker_id] = worker  # full: it may be worth waiting for
+        else:
+            self._busy.pop(worker.worker_id, None)
+
+    def disconnect(self, worker: WorkerSlot) -> None:
+        """The worker left the pool: forget what was learned and held for it."""
+        self.remove(worker)
+        worker_id = worker.worker_id
+        self._busy.pop(worker_id, None)
+        self._learned.pop(worker_id, None)
+        self._class_of.pop(worker_id, None)
+        for task_id in list(self._held_for.pop(worker_id, {})):
+            self._holds.pop(task_id, None)
+
+    def update(self, worker: WorkerSlot) -> None:
+        if worker.worker_id in self._members:
+            self._forget_released(worker)
+            self._push(worker)
+
+    def observe(self, outcome: Outcome) -> None:
+        worker_id = self._forget(outcome.task.id)
+        worker = outcome.worker
+        self._task_type = outcome.task.spec.task_type
+        if outcome.success:
+            learned = self._learned.get(worker.worker_id)
+            if learned is None:
+                learned = self._learned[worker.worker_id] = RunStats()
+            learned.add(outcome.run_s)
+        if worker.worker_id in self._members:
+            self._push(self._members[worker.worker_id][0])
+        elif worker_id is not None and worker_id in self._members:
+            self._push(self._members[worker_id][0])
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    # What is expected -----------------------------------------------------------
+
+    def estimate(self, task_type: str, worker: WorkerSlot) -> float:
+        """Expected run time of a task of this type on the worker: its own mean shrunk
+        towards the prior, by PRIOR_WEIGHT x (1 + squared coefficient of variation)."""
+        prior = self._prior(task_type, worker)
+        learned = self._learned.get(worker.worker_id)
+        if learned is None or not learned.count:
+            return prior
+        mean = learned.mean_s
+        spread = learned.variance / (mean * mean) if mean > 0 else 0.0
+        weight = PRIOR_WEIGHT * (1.0 + spread)
+        return (learned.count * mean + weight * prior) / (learned.count + weight)
+
+    def _prior(self, task_type: str, worker: WorkerSlot) -> float:
+        """What the pool predicts for the worker's label set, cached until it learns."""
+        runtimes = self._env.runtimes
+        if (runtimes.version, task_type) != self._priors_of:
+            self._priors.clear()
+            self._priors_of = (runtimes.version, task_type)
+        name = self._class_of.get(worker.worker_id)
+        if name is None:
+            name = worker_class(worker.labels)
+        prior = self._priors.get(name)
+        if prior is None:
+            prior = self._priors[name] = runtimes.predict_class(task_type, name)
+        return prior
+
+    def frees_in(self, task_type: str, worker: WorkerSlot) -> float:
+        """Seconds until the worker is expected to start one more task of this type,
+        after the tasks it holds and those held back for it."""
+        now = self._env.clock.now()
+        capacity = worker.capacity if worker.capacity < worker.limit else worker.limit
+        if capacity <= 0:
+            return float("inf")
+        ends = self._running_ends(task_type, worker, now)
+        ends.sort()
+        slots = [0.0] * max(0, capacity - len(ends)) + ends[:capacity]
+        heapq.heapify(slots)
+        for hold in self._held_for.get(worker.worker_id, {}).values():
+            if hold.until > now:  # not one that ran out (or whose task went away)
+                heapq.heapreplace(slots, slots[0] + hold.run_s)
+        return slots[0]
+
+    def _running_ends(self, task_type: str, worker: WorkerSlot, now: float) -> list[float]:
+        """Seconds until each task the worker holds is expected to end."""
+        own = self._on.get(worker.worker_id, {})
+        ends = [max(start + run - now, RUNNING_LONG_SHARE * run) for run, start in own.values()]
+        unknown = len(worker.held) - len(ends)
+        if unknown > 0:  # placed by someone else: assume a task of this type, just started
+            ends += [self.estimate(task_type, worker)] * unknown
+        return ends
+
+    def _run_s(self, task: Task, worker: WorkerSlot) -> float:
+        """The task's expected run time on the worker."""
+        return self.estimate(task.spec.task_type, worker)
+
+    def expected_finish(self, task_type: str, worker: WorkerSlot) -> float:
+        """When a task of this type given to the worker now is expected to end."""
+        return (
+            self._env.clock.now()
+            + self.frees_in(task_type, worker)
+            + self.estimate(task_type, worker)
+        )
+
+    def held(self, task: Task) -> tuple[str, float] | None:
+        """Why a task the last pick returned None for waits, and until when."""
+        hold = self._holds.get(task.id)
+        return None if hold is None else (hold.note, hold.until)
+
+    # Placing --------------------------------------------------------------------
+
+    def pick(self, task: Task) -> WorkerSlot | None:
+        self._task_type = task.spec.task_type
+        best: tuple[float, int, int, WorkerSlot] | None = None
+        runner_up: tuple[float, WorkerSlot] | None = None
+        for worker, run_s, version in self._candidates(task):
+            key = (run_s, len(worker.held), version)
+            if best is None or key < best[:3]:
+                if best is not None:
+                    runner_up = (best[0], best[3])
+                best = (*key, worker)
+            elif runner_up is None or key[0] < runner_up[0]:
+                runner_up = (key[0], worker)
+        if best is None:
+            return None
+        finish_s, worker = best[0], best[3]
+        now = self._env.clock.now()
+        hold = self._release_hold(task.id)
+        if self._busy and (hold is None or now < hold.until):
+            waited = self._hold_for_busy(task, finish_s, worker, hold, now)
+            if waited is not None:
+                return None
+        self._placing(task, worker, finish_s, now)
+        note = f"{self.name}: expected finish {finish_s:.2f} s on {worker.worker_id}"
+        if runner_up is None:
+            runner_up = self._next_in_class(task, worker)
+        if runner_up is not None:
+            note += f" vs {runner_up[0]:.2f} s on {runner_up[1].worker_id}"
+        if hold is not None:
+            note += f"; waited {now - hold.since:.2f} s for it"
+        self.note = note
+        return worker
+
+    def rank(self, task: Task, allowed: Sequence[WorkerSlot]) -> WorkerSlot:
+        self._task_type = task.spec.task_type
+        scored = sorted(
+            (self._run_s(task, w), len(w.held), self._version(w), i) for i, w in enumerate(allowed)
+        )
+        worker = allowed[scored[0][3]]
+        self._release_hold(task.id)
+        self._placing(task, worker, scored[0][0], self._env.clock.now())
+        note = f"{self.name}: expected finish {scored[0][0]:.2f} s on {worker.worker_id}"
+        if len(scored) > 1:
+            note += f" vs {scored[1][0]:.2f} s on {allowed[scored[1][3]].worker_id}"
+        self.note = note
+        return worker
+
+    # Internals -------------------------------------------------------------------
+
+    def _hold_for_busy(
+        self,
+        task: Task,
+        ready_finish_s: float,
+        ready: WorkerSlot,
+        hold: _Hold | None,
+        now: float,
+    ) -> _Hold | None:
+        """Hold the task for the busy worker expected to finish it soonest, if that is
+        sooner than the best ready worker; the hold, or None to place it now."""
+        task_type = task.spec.task_type
+        best: tuple[float, float, float, WorkerSlot] | None = None
+        limit_s = ready_finish_s * self.hold_margin
+        stale = []
+        for scanned, (worker_id, worker) in enumerate(self._busy.items()):
+            if scanned >= BUSY_SCAN:
+                break
+            if worker.draining or worker.paused or worker.free > 0:
+                stale.append(worker_id)  # it would be in the index if it were ready
+                continue
+            run_s = self._run_s(task, worker)
+            if run_s >= limit_s:
+                continue
+            starts_in = self.frees_in(task_type, worker)
+            finish_s = starts_in + run_s
+            if finish_s < limit_s and (best is None or finish_s < best[0]):
+                best = (finish_s, starts_in, run_s, worker)
+        for worker_id in stale:
+            del self._busy[worker_id]
+        if best is None:
+            return None
+        finish_s, starts_in, run_s, worker = best
+        since = hold.since if hold is not None else now
+        until = hold.until if hold is not None else now + ready_finish_s
+        note = (
+            f"waiting: {self.name} holds it for busy worker {worker.worker_id}: expected "
+            f"finish {finish_s:.2f} s there (a slot frees in {starts_in:.2f} s) vs "
+            f"{ready_finish_s:.2f} s on {ready.worker_id}; waits up to {until - now:.1f} s more"
+        )
+        held = self._holds[task.id] = _Hold(worker.worker_id, run_s, since, until, note)
+        self._held_for.setdefault(worker.worker_id, {})[task.id] = held
+        return held
+
+    def _release_hold(self, task_id: TaskId) -> _Hold | None:
+        """Stop holding the task for a worker (it is being placed, or looked at again)."""
+        hold = self._drop_hold(task_id)
+        if self._holds and (
+            len(self._holds) > self._prune_at or self._env.clock.now() >= self._prune_after
+        ):  # drop the holds of tasks that went elsewhere (cancelled) and ran out
+            now = self._env.clock.now()
+            for stale in [t for t, h in self._holds.items() if h.until < now]:
+                self._drop_hold(stale)
+            self._prune_at = max(PRUNE_HOLDS_AT, 2 * len(self._holds))
+            self._prune_after = now + PRUNE_HOLDS_EVERY_S
+        return hold
+
+    def _drop_hold(self, task_id: TaskId) -> _Hold | None:
+        hold = self._holds.pop(task_id, None)
+        if hold is not None:
+            waiting = self._held_for.get(hold.worker_id)
+            if waiting is not None:
+                waiting.pop(task_id, None)
+                if not waiting:
+                    del self._held_for[hold.worker_id]
+        return hold
+
+    def _candidates(self, task: Task) -> Iterator[tuple[WorkerSlot, float, int]]:
+        """The ready workers worth weighing, the top of each label set: each with the
+        task's expected run time there and its version. A top's estimate is kept until
+        it or the model changes."""
+        model = self._env.runtimes.version
+        task_type = task.spec.task_type
+        members = self._members
+        for bucket in self._classes.values():
+            heap = bucket.heap
+            while heap:
+                worker_id = heap[0][3]
+                member = members.get(worker_id)
+                if member is not None and member[1] == heap[0][2]:
+                    break
+                heapq.heappop(heap)
+            else:
+                continue
+            worker, version, _ = member
+            cached = bucket.top_run
+            if cached is not None and cached[:3] == (version, model, task_type):
+                yield worker, cached[3], version
+            else:
+                run_s = self._run_s(task, worker)
+                bucket.top_run = (version, model, task_type, run_s)
+                yield worker, run_s, version
+
+    def _next_in_class(self, task: Task, worker: WorkerSlot) -> tuple[float, WorkerSlot] | None:
+        """For the note: a worker of the same label set near the top of its heap."""
+        member = self._members.get(worker.worker_id)
+        bucket = self._classes.get(member[2]) if member is not None else None
+        if bucket is None:
+            return None
+        best: tuple[float, WorkerSlot] | None = None
+        for _, _, version, worker_id in bucket.heap[1:3]:
+            other = self._members.get(worker_id)
+            if other is not None and other[1] == version and worker_id != worker.worker_id:
+                run_s = self._run_s(task, other[0])
+                if best is None or run_s < best[0]:
+                    best = (run_s, other[0])
+        return best
+
+    def _version(self, worker: WorkerSlot) -> int:
+        member = self._members.get(worker.worker_id)
+        return member[1] if member is not None else 0
+
+    def _top(self, bucket: _WorkerClass) -> WorkerSlot | None:
+        heap = bucket.heap
+        while heap:
+            _, _, version, worker_id = heap[0]
+            member = self._members.get(worker_id)
+            if member is not None and member[1] == version:
+                return member[0]
+            heapq.heappop(heap)
+        return None
+
+    def _key(self, worker: WorkerSlot, version: int) -> tuple[float, int, int, WorkerId]:
+        # Expected run times move as the model learns; a bucket's top is estimated
+        # afresh on each pick, the order below it is that of the last push.
+        run_s = self.estimate(self._task_type, worker)
+        return (run_s, len(worker.held), version, worker.worker_id)
+
+    def _push(self, worker: WorkerSlot) -> None:
+        worker_id = worker.worker_id
+        name = self._members[worker_id][2]
+        version = next(self._tick)
+        self._members[worker_id] = (worker, version, name)
+        bucket = self._classes[name]
+        heapq.heappush(bucket.heap, self._key(worker, version))
+        if len(bucket.heap) > 4 * bucket.size + 64:
+            bucket.heap = [self._key(w, v) for wid, (w, v, n) in self._members.items() if n == name]
+            heapq.heapify(bucket.heap)
+
+    def _placing(self, task: Task, worker: WorkerSlot, run_s: float, now: float) -> None:
+        """Count the task's expected run time against the worker it is going to."""
+        before = self._forget(task.id)  # placed before, and requeued without an outcome
+        if before is not None and before in self._members:
+            self._push(self._members[before][0])
+        worker_id = worker.worker_id
+        self._placed[task.id] = worker_id
+        self._on.setdefault(worker_id, {})[task.id] = (run_s, now)
+
+    def _forget(self, task_id: TaskId) -> WorkerId | None:
+        """Stop counting a task; the worker it was counted against, if any."""
+        worker_id = self._placed.pop(task_id, None)
+        if worker_id is None:
+            return None
+        on = self._on[worker_id]
+        del on[task_id]
+        if not on:
+            del self._on[worker_id]
+        return worker_id
+
+    def _forget_released(self, worker: WorkerSlot) -> None:
+        """Drop tasks the worker no longer holds though no outcome came (cancelled,
+        or a new connection under the same id). Only when they must exist: counting
+        more tasks than it holds; O(its tasks) then, O(1) otherwise."""
+        on = self._on.get(worker.worker_id)
+        if on and len(on) > len(worker.held):
+            for task_id in [t for t in on if t not in worker.held]:
+                self._forget(task_id)

@@ -205,9 +205,10 @@ class BrokerService:
     async def change_pool(
         self, name: str, changes: Mapping[str, Any], etag: str = "", who: str = ""
     ) -> PoolConfig:
-        """Change these settings of a pool (PoolConfig field names) and keep the others;
-        the pool as it is afterwards. With `etag`, Aborted unless the pool's settings are
-        still those the etag was made from (see `pool_etag`); NotFound for no such pool."""
+        """Change these settings of a pool (PoolConfig field names) and keep the others
+        (ab_percent 0 ends an A/B split, as in update_pool); the pool as it is afterwards.
+        With `etag`, Aborted unless the pool's settings are still those the etag was made
+        from (see `pool_etag`); NotFound for no such pool."""
         async with self._pool_updates:
             current = next((p for p in self._engine.pools() if p.name == name), None)
             if current is None:
@@ -221,7 +222,7 @@ class BrokerService:
                 )
             pool = dataclasses.replace(current, **changes)
             validation.validate_pool_request(pool)
-            return await self._engine.update_pool(pool, who=who)
+            return await self._engine.update_pool(_ab_split(pool), who=who)
 
     async def reload_config(self, who: str = "") -> list[ConfigChange]:
         """Re-read the config file and apply what changed in its pools."""

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install protos lint format test demo bench clean
+.PHONY: install protos lint format test demo bench bench-quick bench-compare clean
 
 install: $(STAMP)
 
@@ -35,8 +35,17 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench
-	$(BIN)/python -m tests.bench --tracing
+	$(BIN)/python -m tests.bench_workers
 	$(BIN)/python -m tests.bench_placement
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m tests.bench --quick
+	$(BIN)/python -m tests.bench_workers --quick
+	$(BIN)/python -m tests.bench_placement --quick
+
+# Before and after, alternating: BASE is a checkout of the commit to compare with.
+bench-compare: $(STAMP)
+	$(BIN)/python -m tests.bench_compare $(BASE) --runs $(or $(RUNS),3) $(QUICK)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

@@ -60,8 +60,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--decisions", type=int, default=20_000)
     parser.add_argument("--seconds", type=float, default=1.5)
+    parser.add_argument("--quick", action="store_true", help="at most 0.3 s a measurement")
     options = parser.parse_args()
-    limits = {"decisions": options.decisions, "seconds": options.seconds}
+    seconds = min(options.seconds, 0.3) if options.quick else options.seconds
+    limits = {"decisions": options.decisions, "seconds": seconds}
     for strategy in sorted(STRATEGIES):
         for workers in SIZES:
             value = rate(strategy, workers, labels=False, **limits)

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -46,22 +47,33 @@ def _rss_mib(pid: int) -> float:
 async def _one_worker(
     stub: _worker_grpc.WorkerServiceStub, registered: list[int], done: asyncio.Event, total: int
 ) -> None:
-    call: Any = stub.Connect()  # type: ignore[call-arg]  # written and read by hand
-    register = _worker.Register(pool="default", capacity=1, task_types=["noop"])
-    await call.write(_worker.WorkerMessage(register=register))
-    reply = await call.read()
-    if reply is _EOF or not reply.HasField("register_ack"):
-        return
+    """One simulated worker: register (again after a pause if the stream fails, as the
+    SDK's workers do), then heartbeat at the interval the broker asks for."""
+    pause = 0.2
+    while True:
+        try:
+            call: Any = stub.Connect()  # type: ignore[call-arg]  # written and read by hand
+            register = _worker.Register(pool="default", capacity=1, task_types=["noop"])
+            await call.write(_worker.WorkerMessage(register=register))
+            reply = await call.read()
+            if reply is _EOF or not reply.HasField("register_ack"):
+                raise ConnectionError("no register ack")
+        except (grpc.aio.AioRpcError, ConnectionError):
+            await asyncio.sleep(pause * (0.5 + random.random()))
+            pause = min(pause * 2, 5.0)
+            continue
+        break
     registered[0] += 1
     if registered[0] == total:
         done.set()
     interval = reply.register_ack.heartbeat_interval_s or 5.0
     beat = _worker.WorkerMessage(heartbeat=_worker.Heartbeat(in_flight=0))
     # Spread the heartbeats over the interval, as workers started at different times do.
-    await asyncio.sleep(interval * (registered[0] % 97) / 97)
-    while True:
-        await call.write(beat)
-        await asyncio.sleep(interval)
+    await asyncio.sleep(interval * random.random())
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        while True:
+            await call.write(beat)
+            await asyncio.sleep(interval)
 
 
 async def _run_streams(address: str, count: str, deadline_s: str) -> None:

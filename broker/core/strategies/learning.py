@@ -186,12 +186,13 @@ class Predictive:
     def pick(self, task: Task) -> WorkerSlot | None:
         task_type = task.spec.task_type
         best: tuple[float, int, WorkerSlot, float] | None = None
-        for bucket in self._classes.values():
+        predict = self._env.runtimes.predict_class
+        for name, bucket in self._classes.items():
             top = self._top(bucket)
             if top is None:
                 continue
             queued_per_slot, version, worker = top
-            run_s = self._env.runtimes.predict(task_type, bucket.labels)
+            run_s = predict(task_type, name)
             finish_in = run_s + queued_per_slot
             if best is None or (finish_in, version) < best[:2]:
                 best = (finish_in, version, worker, run_s)

@@ -23,6 +23,7 @@ import pytest
 from broker.clock import FakeClock
 from broker.domain import TERMINAL_STATES, PoolConfig, Task, TaskFilter, TaskState, WorkerSpec
 from broker.errors import BrokerError, StorageError
+from broker.storage import groupcommit
 from broker.storage import sqlite as sqlite_module
 from broker.storage.sqlite import SQLiteStore, list_query
 from broker.storage.sqlite_schema import SCHEMA_VERSION, TERMINAL_STATES_SQL
@@ -277,6 +278,26 @@ async def test_durable_waits_for_the_commit_that_carries_the_save(
     assert not durable.done()
     await durable
     assert await query(db_path, "SELECT state FROM tasks") == [(SUCCEEDED,)]
+
+
+async def test_a_save_rides_along_with_the_next_commit_someone_waits_for(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, db_path: Path
+) -> None:
+    """A save alone does not start a commit (an assignment, say): the next write that is
+    waited for (its result, a submit) commits both at once."""
+    monkeypatch.setattr(groupcommit, "SAVE_DELAY_S", 3600.0, raising=False)  # not here
+    first = make_task(1)
+    await store.insert_tasks([first])
+    before = store.commits
+    store.save(finished(first))
+    for _ in range(20):  # every chance for the writer to start a commit of its own
+        await asyncio.sleep(0)
+    await store.insert_tasks([make_task(2)])
+    assert store.commits == before + 1
+    assert await query(db_path, "SELECT id, state FROM tasks ORDER BY id") == [
+        (1, SUCCEEDED),
+        (2, PENDING),
+    ]
 
 
 async def test_writes_during_a_commit_go_into_the_next_one(

@@ -9,7 +9,7 @@ NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 BUF := $(NODE_DIR)/node_modules/.bin/buf
 SUDO := $(if $(shell command -v sudo),sudo)
 
-.PHONY: install protos lock lint format test demo bench clean
+.PHONY: install protos lock lint format test demo bench bench-quick bench-compare clean
 
 install: $(STAMP) $(NODE_STAMP)
 
@@ -58,8 +58,17 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench
-	$(BIN)/python -m tests.bench --tracing
+	$(BIN)/python -m tests.bench_workers
 	$(BIN)/python -m tests.bench_placement
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m tests.bench --quick
+	$(BIN)/python -m tests.bench_workers --quick
+	$(BIN)/python -m tests.bench_placement --quick
+
+# Before and after, alternating: BASE is a checkout of the commit to compare with.
+bench-compare: $(STAMP)
+	$(BIN)/python -m tests.bench_compare $(BASE) --runs $(or $(RUNS),3) $(QUICK)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info $(NODE_DIR)/node_modules

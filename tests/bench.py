@@ -1,12 +1,20 @@
-"""End-to-end benchmark: `make bench` (or `python -m tests.bench`).
+"""End-to-end benchmark: `make bench` (or `python -m tests.bench`; `--quick` for short runs).
 
-Starts a broker process on a fresh SQLite file and two worker processes with a
-no-op handler, then measures from this process, through the SDK client:
-- e2e_throughput: N no-op tasks submitted at once, submit to result;
-- e2e_latency_p50/p99: one task at a time (light load), submit to result.
+Starts broker processes on fresh SQLite files (synchronous = FULL) and worker processes
+with a no-op handler, then measures from this process, through the SDK client:
+- pingpong_p50/p99: a bare grpc.aio bidirectional stream, one message each way, against
+  an echo server in its own process: the floor every other latency is compared with;
+- one slot (two workers with one slot each): light-load submit → result latency, one task
+  at a time (e2e_latency_p50/p99 and their ratios to the ping-pong), and the end-to-end
+  rate of many tasks submitted at once (e2e_throughput_one_slot);
+- many slots (two workers with 512 slots each): the end-to-end rate with batched submits
+  (e2e_throughput_batched) and with single submits pipelined (e2e_throughput);
+- traced: the single-submit run again with tracing everywhere, 1 % of traces sampled
+  (e2e_throughput_traced, and its cost against the untraced run).
+Each throughput run also gives the CPU time per task of the broker, of the workers
+together and of this client, from /proc and resource usage of the real processes.
 Prints one figure a line, `NAME VALUE UNIT`, so runs can be compared line by line.
-With --tracing, client, broker and workers record every span (OpenTelemetry SDK, 100%
-sampled, batched to an exporter that drops them) and the figures end in `_traced`.
+Every loop is bounded in count and in time.
 """
 
 from __future__ import annotations
@@ -21,15 +29,44 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import grpc
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-from worker_sdk import Client, TaskContext, Worker
+from worker_sdk import Client, TaskContext, TaskRequest, Worker
 
-WORKER_CAPACITY = 512
+MANY_SLOTS = 512
 TRACING_ENV = "TASKBROKER_BENCH_TRACING"
+TRACE_SAMPLE = 0.01
+BATCH = 500
+RUN_TIMEOUT_S = 300  # one deadline for a whole run, not a timer per task
+_ECHO = "/bench.Echo/Ping"
+_EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from the stubs
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How much each measurement does: `make bench` or `make bench-quick`."""
+
+    pingpongs: int
+    latency_samples: int
+    one_slot_tasks: int
+    many_slot_tasks: int
+    warmup: int
+
+
+FULL = Counts(
+    pingpongs=2000, latency_samples=500, one_slot_tasks=6000, many_slot_tasks=20_000, warmup=2000
+)
+QUICK = Counts(
+    pingpongs=500, latency_samples=150, one_slot_tasks=1500, many_slot_tasks=4000, warmup=500
+)
 
 
 class _DropSpans(SpanExporter):
@@ -45,19 +82,13 @@ class _DropSpans(SpanExporter):
 def _tracer_provider() -> TracerProvider | None:
     if os.environ.get(TRACING_ENV) != "1":
         return None
-    provider = TracerProvider()
+    # The client decides (1 %); broker and workers follow the trace's decision.
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(TRACE_SAMPLE)))
     provider.add_span_processor(BatchSpanProcessor(_DropSpans()))
     return provider
 
 
-def _noop_worker() -> Worker:
-    worker = Worker(capacity=WORKER_CAPACITY, tracer_provider=_tracer_provider())
-
-    @worker.task("noop")
-    async def noop(ctx: TaskContext) -> None:
-        return None
-
-    return worker
+# -- the processes --------------------------------------------------------------------------
 
 
 async def _run_broker(db_path: str, port_file: str) -> None:
@@ -72,32 +103,94 @@ async def _run_broker(db_path: str, port_file: str) -> None:
         await stop.wait()
 
 
-async def _run_worker(address: str) -> None:
-    worker = _noop_worker()
+async def _run_worker(address: str, capacity: str) -> None:
+    worker = Worker(capacity=int(capacity), tracer_provider=_tracer_provider())
+
+    @worker.task("noop")
+    async def noop(ctx: TaskContext) -> None:
+        return None
+
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(worker.shutdown(5)))
     await worker.run(address)
 
 
-async def _throughput(client: Client, count: int) -> float:
-    async def one() -> None:
-        task_id = await client.submit("noop")
-        await client.wait(task_id)
+async def _run_echo(port_file: str) -> None:
+    """A bare grpc.aio server with one bidirectional method that sends back what it gets."""
 
-    started = time.perf_counter()
-    async with asyncio.timeout(300):  # one deadline for the run, not a timer per task
-        await asyncio.gather(*(one() for _ in range(count)))
-    return count / (time.perf_counter() - started)
+    async def echo(requests: object, context: Any) -> None:
+        while True:
+            message = await context.read()
+            if message is _EOF:
+                return
+            await context.write(message)
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Ping": grpc.stream_stream_rpc_method_handler(echo)}
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    Path(port_file).write_text(f"127.0.0.1:{port}")
+    await stop.wait()
+    await server.stop(1)
 
 
-async def _latencies(client: Client, count: int) -> list[float]:
-    samples = []
-    for _ in range(count):
-        started = time.perf_counter()
-        task_id = await client.submit("noop")
-        await client.wait(task_id, timeout=30)
-        samples.append((time.perf_counter() - started) * 1000)
-    return samples
+def _spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "tests.bench", *args]
+    return subprocess.Popen(command, env={**os.environ, **(env or {})})
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in reversed(procs):
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+
+
+def _wait_for_file(path: str, proc: subprocess.Popen[bytes], what: str) -> str:
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path) or not Path(path).read_text():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise SystemExit(f"the {what} did not start")
+        time.sleep(0.02)
+    return Path(path).read_text()
+
+
+@contextlib.contextmanager
+def cluster(capacity: int, workers: int = 2, *, tracing: bool = False) -> Iterator[Cluster]:
+    """A broker on a fresh SQLite file and `workers` no-op workers of `capacity` slots."""
+    env = {TRACING_ENV: "1" if tracing else "0"}
+    with tempfile.TemporaryDirectory() as tmp:
+        port_file = os.path.join(tmp, "address")
+        procs = [_spawn("broker", os.path.join(tmp, "bench.db"), port_file, env=env)]
+        try:
+            address = _wait_for_file(port_file, procs[0], "broker")
+            for _ in range(workers):
+                procs.append(_spawn("worker", address, str(capacity), env=env))
+            yield Cluster(address, procs[0].pid, [proc.pid for proc in procs[1:]], workers)
+        finally:
+            _stop(procs)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    address: str
+    broker_pid: int
+    worker_pids: list[int]
+    workers: int
+
+
+# -- measurements ---------------------------------------------------------------------------
 
 
 def _percentile(samples: list[float], pct: float) -> float:
@@ -112,85 +205,168 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _measure(
-    address: str, tasks: int, latency_samples: int, broker_pid: int, worker_pids: list[int]
-) -> None:
-    async with Client(address, tracer_provider=_tracer_provider()) as client:
-        async with asyncio.timeout(60):
-            while len(await client.list_workers()) < 2:
-                await asyncio.sleep(0.05)
-        await _throughput(client, 2000)  # warm up
-        pids = [broker_pid, *worker_pids]
-        cpu_before = [_cpu_seconds(pid) for pid in pids] + [time.process_time()]
-        throughput = await _throughput(client, tasks)
-        cpu_after = [_cpu_seconds(pid) for pid in pids] + [time.process_time()]
-        samples = await _latencies(client, latency_samples)
-    spent = zip(cpu_before, cpu_after, strict=True)
-    cpu = [(after - before) * 1e6 / tasks for before, after in spent]
-    suffix = "_traced" if os.environ.get(TRACING_ENV) == "1" else ""
-    print(f"e2e_throughput{suffix} {throughput:.0f} tasks/s")
-    print(f"cpu_per_task_broker{suffix} {cpu[0]:.0f} us")
-    print(f"cpu_per_task_workers{suffix} {sum(cpu[1:-1]):.0f} us")
-    print(f"cpu_per_task_client{suffix} {cpu[-1]:.0f} us")
-    print(f"e2e_latency_p50{suffix} {statistics.median(samples):.2f} ms")
-    print(f"e2e_latency_p99{suffix} {_percentile(samples, 99):.2f} ms")
+def _emit(name: str, value: float, unit: str, digits: int = 0) -> None:
+    print(f"{name} {value:.{digits}f} {unit}", flush=True)
 
 
-def _spawn(*args: str, profile: str | None = None) -> subprocess.Popen[bytes]:
-    runner = ["-m", "cProfile", "-o", profile] if profile else []
-    return subprocess.Popen([sys.executable, *runner, "-m", "tests.bench", *args])
+async def pingpong(count: int) -> list[float]:
+    """Round trips of one small message on one bidirectional stream, in milliseconds; also
+    prints the echo server's CPU time per round trip, what grpc.aio itself costs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        port_file = os.path.join(tmp, "address")
+        server = _spawn("echo", port_file)
+        try:
+            address = _wait_for_file(port_file, server, "echo server")
+            async with grpc.aio.insecure_channel(address) as channel:
+                ping: Any = channel.stream_stream(_ECHO, None, None)  # bytes as they are
+                call = ping()
+                samples = []
+                cpu_before = _cpu_seconds(server.pid)
+                async with asyncio.timeout(RUN_TIMEOUT_S):
+                    for i in range(count + count // 10):  # the first tenth warms up
+                        started = time.perf_counter()
+                        await call.write(b"ping")
+                        await call.read()
+                        if i >= count // 10:
+                            samples.append((time.perf_counter() - started) * 1000)
+                    await call.done_writing()
+                rounds = count + count // 10
+                _emit(
+                    "pingpong_cpu_server",
+                    (_cpu_seconds(server.pid) - cpu_before) * 1e6 / rounds,
+                    "us",
+                )
+            return samples
+        finally:
+            _stop([server])
+
+
+async def _ready(client: Client, workers: int) -> None:
+    async with asyncio.timeout(60):
+        while len(await client.list_workers()) < workers:
+            await asyncio.sleep(0.05)
+
+
+async def _single(client: Client, count: int) -> None:
+    async def one() -> None:
+        task_id = await client.submit("noop")
+        await client.wait(task_id)
+
+    await asyncio.gather(*(one() for _ in range(count)))
+
+
+async def _batched(client: Client, count: int) -> None:
+    async def batch(size: int) -> None:
+        task_ids = await client.submit_many([TaskRequest("noop") for _ in range(size)])
+        await client.wait_many(task_ids)
+
+    sizes = [min(BATCH, count - start) for start in range(0, count, BATCH)]
+    await asyncio.gather(*(batch(size) for size in sizes))
+
+
+async def throughput(
+    client: Client, setup: Cluster, count: int, batched: bool, suffix: str
+) -> float:
+    """Tasks per second, submit to result, and the CPU each process spent per task."""
+    run = _batched if batched else _single
+    pids = [setup.broker_pid, *setup.worker_pids]
+    cpu_before = [_cpu_seconds(pid) for pid in pids] + [time.process_time()]
+    started = time.perf_counter()
+    async with asyncio.timeout(RUN_TIMEOUT_S):
+        await run(client, count)
+    rate = count / (time.perf_counter() - started)
+    cpu_after = [_cpu_seconds(pid) for pid in pids] + [time.process_time()]
+    cpu = [
+        (after - before) * 1e6 / count for before, after in zip(cpu_before, cpu_after, strict=True)
+    ]
+    _emit(f"e2e_throughput{suffix}", rate, "tasks/s")
+    _emit(f"cpu_per_task_broker{suffix}", cpu[0], "us")
+    _emit(f"cpu_per_task_workers{suffix}", sum(cpu[1:-1]), "us")
+    _emit(f"cpu_per_task_client{suffix}", cpu[-1], "us")
+    return rate
+
+
+async def latencies(client: Client, count: int) -> list[float]:
+    """Submit → result of one task at a time, in milliseconds."""
+    samples = []
+    async with asyncio.timeout(RUN_TIMEOUT_S):
+        for _ in range(count):
+            started = time.perf_counter()
+            task_id = await client.submit("noop")
+            await client.wait(task_id, timeout=30)
+            samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+async def one_slot(counts: Counts, ping: list[float]) -> None:
+    with cluster(capacity=1) as setup:
+        async with Client(setup.address) as client:
+            await _ready(client, setup.workers)
+            await _single(client, counts.warmup // 4)
+            samples = await latencies(client, counts.latency_samples)
+            p50, p99 = statistics.median(samples), _percentile(samples, 99)
+            _emit("e2e_latency_p50", p50, "ms", 2)
+            _emit("e2e_latency_p99", p99, "ms", 2)
+            _emit("e2e_latency_p50_pingpongs", p50 / statistics.median(ping), "x", 2)
+            _emit("e2e_latency_p99_pingpongs", p99 / _percentile(ping, 99), "x", 2)
+            await throughput(client, setup, counts.one_slot_tasks, False, "_one_slot")
+
+
+async def many_slots(counts: Counts, *, tracing: bool) -> float:
+    with cluster(capacity=MANY_SLOTS, tracing=tracing) as setup:
+        async with Client(setup.address, tracer_provider=_tracer_provider()) as client:
+            await _ready(client, setup.workers)
+            await _single(client, counts.warmup)
+            if tracing:
+                return await throughput(client, setup, counts.many_slot_tasks, False, "_traced")
+            await throughput(client, setup, counts.many_slot_tasks, True, "_batched")
+            return await throughput(client, setup, counts.many_slot_tasks, False, "")
+
+
+async def measure(counts: Counts, parts: set[str]) -> None:
+    ping = await pingpong(counts.pingpongs)
+    _emit("pingpong_p50", statistics.median(ping), "ms", 3)
+    _emit("pingpong_p99", _percentile(ping, 99), "ms", 3)
+    if "one_slot" in parts:
+        await one_slot(counts, ping)
+    untraced = None
+    if "many_slots" in parts:
+        untraced = await many_slots(counts, tracing=False)
+    if "traced" in parts:
+        os.environ[TRACING_ENV] = "1"  # for this client
+        try:
+            traced = await many_slots(counts, tracing=True)
+        finally:
+            os.environ[TRACING_ENV] = "0"
+        if untraced:
+            _emit("tracing_cost", (1 - traced / untraced) * 100, "%", 1)
+
+
+PARTS = ("one_slot", "many_slots", "traced")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tasks", type=int, default=20_000)
-    parser.add_argument("--latency-samples", type=int, default=300)
-    parser.add_argument("--profile-broker", metavar="FILE", help="write the broker's cProfile")
-    parser.add_argument(
-        "--tracing", action="store_true", help="trace everything (100%% sampled) everywhere"
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("role", nargs="?", default="main", choices=["main", "broker", "worker"])
+    parser.add_argument("--quick", action="store_true", help="shorter counts, for development")
+    parser.add_argument(
+        "--only", action="append", choices=PARTS, help="run only this part (repeatable)"
+    )
+    parser.add_argument(
+        "role", nargs="?", default="main", choices=["main", "broker", "worker", "echo"]
+    )
     parser.add_argument("args", nargs="*")
     options = parser.parse_args()
-    if options.tracing:
-        os.environ[TRACING_ENV] = "1"  # for this process and the ones it starts
     if options.role == "broker":
         asyncio.run(_run_broker(*options.args))
-        return
-    if options.role == "worker":
+    elif options.role == "worker":
         asyncio.run(_run_worker(*options.args))
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        port_file = os.path.join(tmp, "address")
-        db_path = os.path.join(tmp, "bench.db")
-        procs = [_spawn("broker", db_path, port_file, profile=options.profile_broker)]
-        try:
-            deadline = time.monotonic() + 30
-            while not os.path.exists(port_file) or not Path(port_file).read_text():
-                if time.monotonic() > deadline or procs[0].poll() is not None:
-                    raise SystemExit("the broker did not start")
-                time.sleep(0.05)
-            address = Path(port_file).read_text()
-            procs += [_spawn("worker", address), _spawn("worker", address)]
-            asyncio.run(
-                _measure(
-                    address,
-                    options.tasks,
-                    options.latency_samples,
-                    procs[0].pid,
-                    [p.pid for p in procs[1:]],
-                )
-            )
-        finally:
-            for proc in reversed(procs):
-                proc.send_signal(signal.SIGTERM)
-            for proc in reversed(procs):
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        proc.wait(timeout=5)
+    elif options.role == "echo":
+        asyncio.run(_run_echo(*options.args))
+    else:
+        counts = QUICK if options.quick else FULL
+        asyncio.run(measure(counts, set(options.only or PARTS)))
 
 
 if __name__ == "__main__":

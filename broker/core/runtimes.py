@@ -34,6 +34,9 @@ class RuntimeModel:
     stats: dict[RuntimeKey, RunStats] = field(default_factory=dict)
     dirty: set[RuntimeKey] = field(default_factory=set)  # changed since the store last saw them
     version: int = 0  # counts changes, so that users may cache predictions
+    _keys: dict[tuple[str, str], tuple[RuntimeKey, RuntimeKey]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def load(self, rows: Iterable[tuple[RuntimeKey, RunStats]]) -> None:
         for key, stats in rows:
@@ -46,10 +49,17 @@ class RuntimeModel:
         return self.predict_class(task_type, worker_class(labels))
 
     def predict_class(self, task_type: str, class_name: str) -> float:
-        """`predict` for a worker class named by `worker_class`."""
-        stats = self.stats.get(RuntimeKey(self.pool, task_type, class_name))
+        """`predict`, for a worker class already named (see `worker_class`)."""
+        keys = self._keys.get((task_type, class_name))
+        if keys is None:  # made once: a placement asks this for every class of worker
+            keys = (
+                RuntimeKey(self.pool, task_type, class_name),
+                RuntimeKey(self.pool, task_type, "*"),
+            )
+            self._keys[(task_type, class_name)] = keys
+        stats = self.stats.get(keys[0])
         if stats is None or not stats.count:
-            stats = self.stats.get(RuntimeKey(self.pool, task_type, "*"))
+            stats = self.stats.get(keys[1])
             if stats is None or not stats.count:
                 return self.prior_s
         return stats.mean_s

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Any, Generic, Protocol, Self, TypeVar
+from typing import Any, Final, Generic, Protocol, Self, TypeVar
 
 from broker.clock import Clock
 from broker.domain import ConfigChange, PoolConfig, Task, TaskId, WorkerId, WorkerSpec
@@ -30,6 +30,11 @@ from broker.errors import StorageError, Unavailable
 from broker.stats import ArmStats, RollupRow, RunStats, RuntimeKey
 
 _log = logging.getLogger("taskbroker.store")
+
+# How long a save may wait for a commit that someone waits for, before it gets one of its
+# own. A save that is not yet committed is lost to a crash: the task is then recovered
+# in the state of its last commit (pending, assigned or running: run again all the same).
+SAVE_DELAY_S: Final = 0.05
 
 TaskRowT = TypeVar("TaskRowT")
 
@@ -115,6 +120,7 @@ class GroupCommit(Generic[TaskRowT]):
         self._closing = False
         self._closed = asyncio.Event()
         self._commits = 0
+        self._save_timer: asyncio.TimerHandle | None = None  # commits saves left waiting
 
     @property
     def commits(self) -> int:
@@ -144,10 +150,14 @@ class GroupCommit(Generic[TaskRowT]):
         if self._closing:
             raise Unavailable("the task store is closed")
         self._queued.saves[task.id] = self._saved_row(task)
-        # _wake(), inlined: this runs for every save.
+        # Nobody waits for a save by itself: it rides along with the next commit someone
+        # waits for (a result, a submit), or is committed SAVE_DELAY_S later. So a task's
+        # assignment and its result cost one commit, not two, of which the second would
+        # wait for the first.
         if self._writer is None:
             self.start()
-        self._wakeup.set()
+        if self._save_timer is None:
+            self._save_timer = asyncio.get_running_loop().call_later(SAVE_DELAY_S, self._saves_due)
 
     async def upsert_pool(self, pool: PoolConfig) -> None:
         """Create the pool or change its settings, returning once committed."""
@@ -316,6 +326,10 @@ class GroupCommit(Generic[TaskRowT]):
 
     # -- the writer -----------------------------------------------------------------------
 
+    def _saves_due(self) -> None:
+        self._save_timer = None
+        self._wakeup.set()
+
     def _wake(self) -> None:
         if self._writer is None and not self._closing:
             self.start()
@@ -344,6 +358,9 @@ class GroupCommit(Generic[TaskRowT]):
         """Commit everything queued so far in one transaction, then settle its waiters."""
         batch = self._queued
         self._queued = WriteBatch()
+        if self._save_timer is not None:  # the saves are in this batch
+            self._save_timer.cancel()
+            self._save_timer = None
         waiters, self._waiters = self._waiters, []
         self._in_flight = waiters  # durable() joins this batch while it is committed
         error: Exception | None = None

@@ -13,9 +13,9 @@ import json
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import aiosqlite
 
@@ -52,6 +52,7 @@ from broker.storage.sqlite_schema import TERMINAL_STATES_SQL, migrate
 from broker.store_url import SYNCHRONOUS_MODES
 
 _log = logging.getLogger("taskbroker.store")
+_T = TypeVar("_T")
 
 # FULL: a commit survives power loss; NORMAL: it survives a crash of the process.
 _BUSY_TIMEOUT_MS: Final = 5000
@@ -165,17 +166,11 @@ class _SQLiteWriter:
         self._lock = lock
 
     async def commit(self, batch: WriteBatch[Row]) -> None:
-        db = self._db
+        statements = [(sql, rows) for sql, rows in _statements(batch) if rows]
         async with self._transaction:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, rows in _statements(batch):
-                    if rows:
-                        await db.executemany(sql, rows)
-                await db.commit()
-            except BaseException:
-                await _rollback(db)
-                raise
+            # One call into the connection's thread for the whole transaction, not one per
+            # statement: each call is a wake-up of that thread and one of the event loop.
+            await _in_thread(self._db, _write_transaction, statements)
 
     async def close(self) -> None:
         try:
@@ -490,6 +485,38 @@ def _statements(batch: WriteBatch[Row]) -> list[tuple[str, Sequence[Row]]]:
         (_HEARTBEAT_WORKER, [(at, w) for w, at in batch.heartbeats.items()]),
         (_DISCONNECT_WORKER, [(at, w) for w, at in batch.disconnects.items()]),
     ]
+
+
+def _write_transaction(
+    conn: sqlite3.Connection, statements: list[tuple[str, Sequence[Row]]]
+) -> None:
+    """BEGIN, the statements and COMMIT, run in the connection's thread; on any error,
+    ROLLBACK and raise it."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for sql, rows in statements:
+            conn.executemany(sql, rows)
+        _commit(conn)
+    except BaseException:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            _log.exception("rollback failed")
+        raise
+
+
+def _commit(conn: sqlite3.Connection) -> None:
+    conn.execute("COMMIT")
+
+
+async def _in_thread(db: aiosqlite.Connection, function: Callable[..., _T], *args: Any) -> _T:
+    """Run `function(connection, *args)` in the connection's own thread, as one call.
+
+    aiosqlite runs each of its methods this way, one call each; it has no public way to
+    run several statements in one call, so this uses the queue its methods use.
+    """
+    result: _T = await db._execute(function, db._conn, *args)  # type: ignore[no-untyped-call]
+    return result
 
 
 async def _rollback(db: aiosqlite.Connection) -> None:

@@ -12,7 +12,8 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ import pytest
 from broker.clock import FakeClock
 from broker.domain import TERMINAL_STATES, PoolConfig, Task, TaskFilter, TaskState, WorkerSpec
 from broker.errors import BrokerError, StorageError
+from broker.storage import groupcommit
+from broker.storage import sqlite as sqlite_module
 from broker.storage.sqlite import SQLiteStore, list_query
 from broker.storage.sqlite_schema import SCHEMA_VERSION, TERMINAL_STATES_SQL
 from tests.support.store import (
@@ -41,6 +44,33 @@ async def query(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[A
     """Read the file through a connection of its own: sees only what was committed."""
     async with aiosqlite.connect(path) as db:
         return list(await db.execute_fetchall(sql, params))
+
+
+def failing_commit(message: str) -> Callable[[sqlite3.Connection], None]:
+    """A stand-in for the COMMIT of a transaction (run in the connection's thread, after
+    its statements) that fails as a disk would."""
+
+    def commit(conn: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError(message)
+
+    return commit
+
+
+def held_commits(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, threading.Event]:
+    """Make every COMMIT wait, in the connection's thread, until the returned threading
+    event is set; the asyncio event is set once one has started."""
+    loop = asyncio.get_running_loop()
+    started, release = asyncio.Event(), threading.Event()
+    commit = sqlite_module._commit
+
+    def held(conn: sqlite3.Connection) -> None:
+        loop.call_soon_threadsafe(started.set)
+        if not release.wait(timeout=30):
+            raise sqlite3.OperationalError("the test never released the commit")
+        commit(conn)
+
+    monkeypatch.setattr(sqlite_module, "_commit", held)
+    return started, release
 
 
 @pytest.fixture
@@ -251,20 +281,32 @@ async def test_durable_waits_for_the_commit_that_carries_the_save(
     assert await query(db_path, "SELECT state FROM tasks") == [(SUCCEEDED,)]
 
 
+async def test_a_save_rides_along_with_the_next_commit_someone_waits_for(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, db_path: Path
+) -> None:
+    """A save alone does not start a commit (an assignment, say): the next write that is
+    waited for (its result, a submit) commits both at once."""
+    monkeypatch.setattr(groupcommit, "SAVE_DELAY_S", 3600.0, raising=False)  # not here
+    first = make_task(1)
+    await store.insert_tasks([first])
+    before = store.commits
+    store.save(finished(first))
+    for _ in range(20):  # every chance for the writer to start a commit of its own
+        await asyncio.sleep(0)
+    await store.insert_tasks([make_task(2)])
+    assert store.commits == before + 1
+    assert await query(db_path, "SELECT id, state FROM tasks ORDER BY id") == [
+        (1, SUCCEEDED),
+        (2, PENDING),
+    ]
+
+
 async def test_writes_during_a_commit_go_into_the_next_one(
     store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, db_path: Path
 ) -> None:
     first, second = make_task(1), make_task(2)
     await store.insert_tasks([first, second])
-    commit_started, release = asyncio.Event(), asyncio.Event()
-    commit = store._db.commit
-
-    async def held_commit() -> None:
-        commit_started.set()
-        await release.wait()
-        await commit()
-
-    monkeypatch.setattr(store._db, "commit", held_commit)
+    commit_started, release = held_commits(monkeypatch)
     before = store.commits
     store.save(finished(first))
     await commit_started.wait()  # the first save's commit is now in flight
@@ -291,12 +333,8 @@ async def test_a_failed_commit_fails_its_waiters_and_the_writer_goes_on(
     db_path: Path,
 ) -> None:
     await store.insert_tasks([make_task(1)])
-    commit = store._db.commit
-
-    async def broken_commit() -> None:
-        raise sqlite3.OperationalError("disk I/O error")
-
-    monkeypatch.setattr(store._db, "commit", broken_commit)
+    commit = sqlite_module._commit
+    monkeypatch.setattr(sqlite_module, "_commit", failing_commit("disk I/O error"))
     store.save(finished(make_task(1)))
     with caplog.at_level(logging.ERROR, logger="taskbroker.store"):
         results = await asyncio.gather(
@@ -306,7 +344,7 @@ async def test_a_failed_commit_fails_its_waiters_and_the_writer_goes_on(
     assert [str(c) for c in causes] == ["disk I/O error", "disk I/O error"]
     assert any(r.name == "taskbroker.store" and r.exc_info for r in caplog.records)
 
-    monkeypatch.setattr(store._db, "commit", commit)
+    monkeypatch.setattr(sqlite_module, "_commit", commit)
     await store.insert_tasks([make_task(3)])
     rows = await query(db_path, "SELECT id, state FROM tasks ORDER BY id")
     assert rows == [(1, PENDING), (3, PENDING)]  # the failed batch was rolled back whole
@@ -424,15 +462,7 @@ async def test_close_during_a_commit_writes_what_came_after_it(
     store = await SQLiteStore.open(db_path)
     first, second = make_task(1), make_task(2)
     await store.insert_tasks([first, second])
-    commit_started, release = asyncio.Event(), asyncio.Event()
-    commit = store._db.commit
-
-    async def held_commit() -> None:
-        commit_started.set()
-        await release.wait()
-        await commit()
-
-    monkeypatch.setattr(store._db, "commit", held_commit)
+    commit_started, release = held_commits(monkeypatch)
     store.save(finished(first))
     await commit_started.wait()
     store.save(finished(second))  # queued behind the commit in flight
@@ -459,11 +489,7 @@ async def test_close_raises_when_the_last_commit_fails(
 ) -> None:
     store = await SQLiteStore.open(db_path)
     await store.insert_tasks([make_task(1)])
-
-    async def broken_commit() -> None:
-        raise sqlite3.OperationalError("disk full")
-
-    monkeypatch.setattr(store._db, "commit", broken_commit)
+    monkeypatch.setattr(sqlite_module, "_commit", failing_commit("disk full"))
     store.save(finished(make_task(1)))
     with pytest.raises(StorageError, match="could not commit: disk full"):
         await store.close()

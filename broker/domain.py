@@ -388,3 +388,16 @@ class ConfigChange:
     before: str  # JSON of the settings; "" for a new pool
     after: str
     fields: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiToken:
+    """A bearer token the broker accepts. Its secret is never kept: only its SHA-256
+    (`digest`, hex), against which a presented secret is checked."""
+
+    name: str  # the caller's identity, in audit records, rate limits and logs
+    roles: tuple[str, ...]  # of broker.auth.ROLES
+    pools: tuple[str, ...]  # the pools it may use; () = every pool
+    digest: str
+    created_at: float
+    revoked_at: float | None = None

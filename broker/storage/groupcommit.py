@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
 
 from broker.clock import Clock
-from broker.domain import ConfigChange, PoolConfig, Task, TaskId, WorkerId, WorkerSpec
+from broker.domain import ApiToken, ConfigChange, PoolConfig, Task, TaskId, WorkerId, WorkerSpec
 from broker.errors import StorageError, Unavailable
 from broker.stats import RollupRow, RunStats, RuntimeKey
 
@@ -41,7 +41,7 @@ class WriteBatch(Generic[TaskRowT]):
 
     The backend writes it in this order: inserts (so a save queued after an insert lands
     on its row), saves, pools, config changes (after the pool change they record), the
-    config file's settings of pools, sticky keys, run times, rollups (each added to the
+    config file's settings of pools, API tokens, sticky keys, run times, rollups (each added to the
     stored row of its key), connects, heartbeats, disconnects (a connect drops any
     disconnect queued before it).
     """
@@ -51,6 +51,7 @@ class WriteBatch(Generic[TaskRowT]):
     pools: dict[str, tuple[PoolConfig, float]] = field(default_factory=dict)  # (pool, at)
     config_changes: list[ConfigChange] = field(default_factory=list)
     file_settings: dict[str, str] = field(default_factory=dict)  # pool -> settings (JSON)
+    tokens: dict[str, ApiToken] = field(default_factory=dict)  # by name
     sticky: dict[tuple[str, str], tuple[WorkerId, float]] = field(default_factory=dict)
     runtimes: dict[RuntimeKey, RunStats] = field(default_factory=dict)  # copies
     rollups: list[RollupRow] = field(default_factory=list)
@@ -66,6 +67,7 @@ class WriteBatch(Generic[TaskRowT]):
             or self.pools
             or self.config_changes
             or self.file_settings
+            or self.tokens
             or self.sticky
             or self.runtimes
             or self.rollups
@@ -157,6 +159,12 @@ class GroupCommit(Generic[TaskRowT]):
         """Append an audited configuration change, returning once it is committed."""
         self._check_writable()
         self._queued.config_changes.append(change)
+        await self.durable()
+
+    async def save_token(self, token: ApiToken) -> None:
+        """Store an API token, replacing the one of its name; returns once committed."""
+        self._check_writable()
+        self._queued.tokens[token.name] = token
         await self.durable()
 
     async def record_file_settings(self, pool: str, settings: Mapping[str, Any]) -> None:

@@ -31,6 +31,7 @@ from typing import Any, Final
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 from opentelemetry import trace
 
 from broker.auth import ADMIN, READ, ROLES, SUBMIT, WORKER, Principal, TokenRegistry
@@ -152,6 +153,7 @@ _AUTH = "taskbroker.v1.AuthService"
 _HEALTH = "grpc.health.v1.Health"
 _REFLECTION = "grpc.reflection.v1alpha.ServerReflection"
 _REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+_FOREIGN = frozenset({_HEALTH, _REFLECTION, _REFLECTION_V1})
 _READERS = (READ, SUBMIT)  # a submitter reads the tasks of its pools
 
 POLICY: Final[Mapping[tuple[str, str], Rule]] = {
@@ -182,6 +184,7 @@ POLICY: Final[Mapping[tuple[str, str], Rule]] = {
     (_AUTH, "WhoAmI"): Rule(ANY_ROLE, unscoped_ok=True),
     (_HEALTH, "Check"): Rule(OPEN),
     (_HEALTH, "Watch"): Rule(OPEN),
+    (_HEALTH, "List"): Rule(OPEN),
     (_REFLECTION, "ServerReflectionInfo"): Rule((ADMIN,)),
     (_REFLECTION_V1, "ServerReflectionInfo"): Rule((ADMIN,)),
 }
@@ -295,6 +298,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         call = _AuthCall(
             self, rule, secret, f"{service}/{method}", method == "Connect" and service == _WORKERS
         )
+        deserializer = handler.request_deserializer
+        if service in _FOREIGN and deserializer is not None:
+            # Not parsed tolerantly (broker.server.parsing): bad bytes would be UNKNOWN.
+            deserializer = _marking_unparsable(deserializer)
         for attribute, make in _KINDS:
             behavior: _Behavior | None = getattr(handler, attribute)
             if behavior is None:
@@ -306,7 +313,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 guarded = call.wrap_coroutine(behavior, streaming_in)
             return make(
                 guarded,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -338,6 +345,26 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             grpc.StatusCode.UNAUTHENTICATED,
             "credentials required: a bearer token or a client certificate",
         )
+
+
+class _Unparsable:
+    """A request of a service the broker does not parse itself, whose bytes were bad."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def denied(self) -> Denied:
+        return Denied(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {self.reason}")
+
+
+def _marking_unparsable(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def parse_or_mark(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return _Unparsable(str(exc))
+
+    return parse_or_mark
 
 
 async def _no_lookup(_task_id: str) -> str | None:
@@ -461,6 +488,8 @@ class _Guard:
                 self._counted = True
             if principal.token:
                 self._unwatch = self._call._server._registry.watch(principal.token, self._revoked)
+            if isinstance(request, _Unparsable):
+                raise request.denied()
             rule = self._call._rule
             if principal.pools and rule is not None and rule.scope is not None:
                 if not streaming_in:
@@ -489,7 +518,8 @@ class _Guard:
             return request
         principal = self._principal
         needs_scope = principal is not None and bool(principal.pools)
-        if not self._peeked and not needs_scope:
+        foreign = self._call._name.rpartition("/")[0] in _FOREIGN
+        if not self._peeked and not needs_scope and not foreign:
             return request
         return self._checked(request, needs_scope)
 
@@ -498,6 +528,9 @@ class _Guard:
             yield self._first
             self._first = None
         async for request in requests:
+            if isinstance(request, _Unparsable):
+                self._stop(request.denied())
+                return
             if needs_scope:
                 try:
                     await self._scope(request)

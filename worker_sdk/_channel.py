@@ -208,7 +208,9 @@ def open_channel(
             _credentials(settings, secret),
             options=[*options, *extra_options, *settings.options()],
         )
-    interceptors: Any = None if secret is None else [_AioToken(secret)]
+    if secret is None:
+        return grpc.aio.insecure_channel(address, options=[*options, *extra_options])
+    interceptors: Any = [_AioToken(secret)]
     return grpc.aio.insecure_channel(
         address, options=[*options, *extra_options], interceptors=interceptors
     )

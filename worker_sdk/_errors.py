@@ -43,8 +43,7 @@ class Unavailable(TaskbrokerError):
 
 
 class Unauthenticated(TaskbrokerError):
-    """The broker wants credentials (a token or a client certificate) it was not given,
-    or the token is unknown or revoked."""
+    """The broker wants a valid token or client certificate; none, or a revoked one, came."""
 
 
 class PermissionDenied(TaskbrokerError):

@@ -43,7 +43,7 @@ async def broker(tmp_path: Path, pki: Pki) -> AsyncIterator[Broker]:
 
 
 async def cli(broker: Broker, pki: Pki, *args: str, token: str | None = None) -> Result:
-    env = {"TASKBROKER_TOKEN": token} if token is not None else {"TASKBROKER_TOKEN": None}
+    env: dict[str, str | None] = {"TASKBROKER_TOKEN": token}
     return await asyncio.to_thread(
         invoke, "--tls-ca", str(pki.ca_file), *args, "--broker", broker.address, env=env
     )

@@ -134,6 +134,7 @@ class TaskSpec:
     idempotency_key: str = ""
     fairness_key: str = ""  # a tenant; keys of a pool share it by weighted round robin
     trace_context: Mapping[str, str] = field(default_factory=dict)  # W3C traceparent etc.
+    submitter: str = ""  # the authenticated identity that submitted it; set by the broker
 
     @property
     def has_options(self) -> bool:
@@ -147,6 +148,7 @@ class TaskSpec:
             and not self.idempotency_key
             and not self.fairness_key
             and not self.trace_context
+            and not self.submitter
         )
 
 

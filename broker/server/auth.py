@@ -67,9 +67,9 @@ class Denied(Exception):
 
 # -- the policy table -------------------------------------------------------------------
 
-TaskLookup = Callable[[str], Awaitable[str | None]]
-"""The pool of a task (by its id as sent), or None if it cannot be told (no such task, a
-malformed id): the handler then answers as it would for anyone."""
+TaskLookup = Callable[[str], Awaitable[tuple[str, str] | None]]
+"""The pool and submitter of a task (by its id as sent), or None if it cannot be told (no
+such task, a malformed id): the handler then answers as it would for anyone."""
 
 Scope = Callable[[Principal, Any, TaskLookup], Awaitable[None]]
 """Raises Denied unless the caller's pools allow this request."""
@@ -78,13 +78,15 @@ Scope = Callable[[Principal, Any, TaskLookup], Awaitable[None]]
 @dataclass(frozen=True, slots=True)
 class Rule:
     """Who may call one method: `roles` (any one; () = any authenticated caller; None =
-    anyone, without credentials) and, for a caller limited to pools, `scope`; a method
-    without a scope needs a caller that is not limited to pools (unless roles is None)."""
+    anyone, without credentials), and `scope`, which checks the request against the
+    caller's pools and, for a caller who may touch only its own tasks, their submitter. A
+    method without a scope needs a caller that is not limited to pools (unless roles is
+    None or `unscoped_ok`)."""
 
     roles: tuple[str, ...] | None
     scope: Scope | None = None
     unscoped_ok: bool = False  # a pool-limited caller may call it without a scope check
-    # For a pool-limited caller: the answer, cut to what its pools let it see.
+    # The answer, cut to what the caller may see (its pools, its own tasks).
     cut: Callable[[Principal, Any], Any] | None = None
 
 
@@ -98,51 +100,77 @@ def _check_pool(principal: Principal, pool: str) -> None:
 
 
 async def _spec_pool(principal: Principal, request: Any, _: TaskLookup) -> None:
-    _check_pool(principal, request.task.pool)
+    if principal.pools:
+        _check_pool(principal, request.task.pool)
 
 
 async def _specs_pools(principal: Principal, request: Any, _: TaskLookup) -> None:
-    for spec in request.tasks:
-        _check_pool(principal, spec.pool)
+    if principal.pools:
+        for spec in request.tasks:
+            _check_pool(principal, spec.pool)
 
 
 async def _stream_pools(principal: Principal, request: Any, lookup: TaskLookup) -> None:
     await _specs_pools(principal, request, lookup)
     for task_id in request.watch_task_ids:
-        await _task_in_scope(principal, task_id, lookup)
+        await _task_in_scope(principal, task_id, lookup, own=not principal.has(READ))
 
 
 async def _request_pool(principal: Principal, request: Any, _: TaskLookup) -> None:
+    if not principal.pools:
+        return
     if not request.pool:  # every pool: more than a limited caller may see
         raise Denied(grpc.StatusCode.PERMISSION_DENIED, "name a pool you are allowed to use")
     _check_pool(principal, request.pool)
 
 
 async def _register_pool(principal: Principal, request: Any, _: TaskLookup) -> None:
-    if request.WhichOneof("kind") == "register":
+    if principal.pools and request.WhichOneof("kind") == "register":
         _check_pool(principal, request.register.pool)
 
 
-async def _task_in_scope(principal: Principal, task_id: str, lookup: TaskLookup) -> None:
-    pool = await lookup(task_id)
-    if pool is not None and not principal.may_use(pool):
+async def _task_in_scope(
+    principal: Principal, task_id: str, lookup: TaskLookup, *, own: bool
+) -> None:
+    """NOT_FOUND, as for a task that does not exist, for a task outside the caller's pools
+    or, with `own`, one it did not submit."""
+    if not principal.pools and not own:
+        return
+    found = await lookup(task_id)
+    if found is None:
+        return  # the handler answers, as it would for anyone
+    pool, submitter = found
+    if not principal.may_use(pool) or (own and submitter != principal.name):
         # What a task that does not exist gets (broker.runtime.engine), word for word.
         raise Denied(grpc.StatusCode.NOT_FOUND, f"task {task_id} does not exist")
 
 
-async def _one_task(principal: Principal, request: Any, lookup: TaskLookup) -> None:
-    await _task_in_scope(principal, request.task_id, lookup)
+async def _read_one(principal: Principal, request: Any, lookup: TaskLookup) -> None:
+    await _task_in_scope(principal, request.task_id, lookup, own=not principal.has(READ))
 
 
-async def _many_tasks(principal: Principal, request: Any, lookup: TaskLookup) -> None:
+async def _read_many(principal: Principal, request: Any, lookup: TaskLookup) -> None:
     for task_id in request.task_ids:
-        await _task_in_scope(principal, task_id, lookup)
+        await _task_in_scope(principal, task_id, lookup, own=not principal.has(READ))
+
+
+async def _cancel_one(principal: Principal, request: Any, lookup: TaskLookup) -> None:
+    await _task_in_scope(principal, request.task_id, lookup, own=not principal.has(ADMIN))
 
 
 def _own_pools(principal: Principal, response: Any) -> Any:
-    kept = [pool for pool in response.pools if principal.may_use(pool.name)]
-    del response.pools[:]
-    response.pools.extend(kept)
+    if principal.pools:
+        kept = [pool for pool in response.pools if principal.may_use(pool.name)]
+        del response.pools[:]
+        response.pools.extend(kept)
+    return response
+
+
+def _own_tasks(principal: Principal, response: Any) -> Any:
+    if not principal.has(READ):  # a submitter lists the tasks it submitted
+        kept = [task for task in response.tasks if task.submitter == principal.name]
+        del response.tasks[:]
+        response.tasks.extend(kept)
     return response
 
 
@@ -160,10 +188,10 @@ POLICY: Final[Mapping[tuple[str, str], Rule]] = {
     (_TASKS, "Submit"): Rule((SUBMIT,), _spec_pool),
     (_TASKS, "SubmitBatch"): Rule((SUBMIT,), _specs_pools),
     (_TASKS, "SubmitStream"): Rule((SUBMIT,), _stream_pools),
-    (_TASKS, "Get"): Rule(_READERS, _one_task),
-    (_TASKS, "Wait"): Rule(_READERS, _many_tasks),
-    (_TASKS, "List"): Rule(_READERS, _request_pool),
-    (_TASKS, "Cancel"): Rule((SUBMIT,), _one_task),  # admin: any task
+    (_TASKS, "Get"): Rule(_READERS, _read_one),
+    (_TASKS, "Wait"): Rule(_READERS, _read_many),
+    (_TASKS, "List"): Rule(_READERS, _request_pool, cut=_own_tasks),
+    (_TASKS, "Cancel"): Rule((SUBMIT,), _cancel_one),  # its own tasks; an admin's: any
     (_TASKS, "Retry"): Rule((ADMIN,)),
     (_WORKERS, "Connect"): Rule((WORKER,), _register_pool),
     (_ADMIN, "ListPools"): Rule((READ,), unscoped_ok=True, cut=_own_pools),
@@ -367,7 +395,7 @@ def _marking_unparsable(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]
     return parse_or_mark
 
 
-async def _no_lookup(_task_id: str) -> str | None:
+async def _no_lookup(_task_id: str) -> tuple[str, str] | None:
     return None
 
 
@@ -491,10 +519,10 @@ class _Guard:
             if isinstance(request, _Unparsable):
                 raise request.denied()
             rule = self._call._rule
-            if principal.pools and rule is not None and rule.scope is not None:
+            if principal.kind != "open" and rule is not None and rule.scope is not None:
                 if not streaming_in:
                     await self._scope(request)
-                elif self._call._worker:  # the first message registers: check it now
+                elif self._call._worker and principal.pools:  # registers: check it now
                     try:
                         self._first = await anext(aiter(request))
                         self._peeked = True
@@ -507,7 +535,7 @@ class _Guard:
     async def _scope(self, request: Any) -> None:
         rule = self._call._rule
         principal = self._principal
-        if rule is None or rule.scope is None or principal is None or not principal.pools:
+        if rule is None or rule.scope is None or principal is None:
             return
         if not hasattr(request, "DESCRIPTOR"):
             return  # malformed: the handler says so
@@ -517,7 +545,9 @@ class _Guard:
         if not streaming_in:
             return request
         principal = self._principal
-        needs_scope = principal is not None and bool(principal.pools)
+        needs_scope = principal is not None and (
+            bool(principal.pools) or (principal.kind != "open" and not principal.has(READ))
+        )
         foreign = self._call._name.rpartition("/")[0] in _FOREIGN
         if not self._peeked and not needs_scope and not foreign:
             return request
@@ -542,7 +572,7 @@ class _Guard:
     def cut(self, response: Any) -> Any:
         rule = self._call._rule
         principal = self._principal
-        if rule is None or rule.cut is None or principal is None or not principal.pools:
+        if rule is None or rule.cut is None or principal is None or principal.kind == "open":
             return response
         return rule.cut(principal, response)
 
@@ -572,13 +602,15 @@ class _Guard:
         await self._context.abort(denied.code, str(denied))
 
 
-async def task_pool(lookup: Callable[[int], Awaitable[Any]], task_id: str) -> str | None:
-    """The pool of the task with id `task_id`, via `lookup` (BrokerService.get); None if
-    there is no such task or the id is malformed."""
+async def task_owner(
+    lookup: Callable[[int], Awaitable[Any]], task_id: str
+) -> tuple[str, str] | None:
+    """The pool and submitter of the task with id `task_id`, via `lookup`
+    (BrokerService.get); None if there is no such task or the id is malformed."""
     if not task_id.isdigit() or len(task_id) > 19:
         return None
     try:
         task = await lookup(int(task_id))
     except BrokerError:
         return None
-    return str(task.spec.pool)
+    return str(task.spec.pool), str(task.spec.submitter)

@@ -100,7 +100,8 @@ def retry_from_pb(msg: _tasks.RetryPolicy) -> RetryPolicy:
     )
 
 
-def spec_from_pb(msg: _tasks.TaskSpec) -> TaskSpec:
+def spec_from_pb(msg: _tasks.TaskSpec, submitter: str = "") -> TaskSpec:
+    """The spec of a task to submit; `submitter` is the caller's authenticated identity."""
     return TaskSpec(
         task_type=msg.task_type,
         payload=msg.payload,
@@ -114,6 +115,7 @@ def spec_from_pb(msg: _tasks.TaskSpec) -> TaskSpec:
         idempotency_key=msg.idempotency_key,
         fairness_key=msg.fairness_key,
         trace_context=dict(msg.trace_context),
+        submitter=submitter,
     )
 
 
@@ -157,8 +159,8 @@ def _placement_to_pb(placement: Placement, msg: _tasks.Placement) -> None:
     msg.routing_key = placement.routing_key
 
 
-def specs_from_pb(msgs: Sequence[_tasks.TaskSpec]) -> list[TaskSpec]:
-    return [spec_from_pb(m) for m in msgs]
+def specs_from_pb(msgs: Sequence[_tasks.TaskSpec], submitter: str = "") -> list[TaskSpec]:
+    return [spec_from_pb(m, submitter) for m in msgs]
 
 
 def _error_to_pb(error: TaskError, msg: _tasks.TaskError) -> None:
@@ -182,6 +184,7 @@ def task_to_pb(task: Task) -> _tasks.Task:
         placement_note=task.placement_note,
         unschedulable=task.unschedulable,
         not_before_ms=_ms(task.not_before),
+        submitter=task.spec.submitter,
     )
     if task.error is not None:
         _error_to_pb(task.error, msg.error)

@@ -21,7 +21,7 @@ from broker.clock import SystemClock
 from broker.config import BrokerConfig
 from broker.errors import BrokerError
 from broker.server.admin import AdminService
-from broker.server.auth import task_pool
+from broker.server.auth import task_owner
 from broker.server.interceptors import server_interceptors
 from broker.server.parsing import TolerantRegistrar
 from broker.server.security import Security, limit_options
@@ -146,7 +146,7 @@ def add_services(
     _admin_grpc.add_AdminServiceServicer_to_server(AdminService(service), registrar)
     if security is not None:
         _auth_grpc.add_AuthServiceServicer_to_server(AuthService(security.registry), registrar)
-        security.interceptor.set_task_lookup(lambda task_id: task_pool(service.get, task_id))
+        security.interceptor.set_task_lookup(lambda task_id: task_owner(service.get, task_id))
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
     if security is None or security.config.reflection:
         reflection.enable_server_reflection(

@@ -36,6 +36,15 @@ def client_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return context.peer() or ""
 
 
+def submitter() -> str:
+    """The identity a task submitted by the running call is recorded with: the
+    authenticated one, or "" when the broker authenticates no one."""
+    principal = current_principal()
+    if principal is None or principal.kind == "open":
+        return ""
+    return principal.name
+
+
 class Malformed:
     """A request whose bytes could not be parsed."""
 

@@ -14,7 +14,7 @@ from broker.core.validation import MAX_TASK_IDS
 from broker.domain import Task, TaskId
 from broker.errors import BrokerError, InvalidArgument, ResourceExhausted
 from broker.server import convert
-from broker.server.parsing import Malformed, client_identity
+from broker.server.parsing import Malformed, client_identity, submitter
 from broker.server.status import Context, edge, retry_after_ms, status_of
 from broker.service import BrokerService
 from worker_sdk._pb import tasks_pb2 as _tasks
@@ -35,7 +35,7 @@ class TaskService(_tasks_grpc.TaskServiceServicer):
     async def Submit(
         self, request: _tasks.SubmitRequest, context: Context
     ) -> _tasks.SubmitResponse:
-        specs = [convert.spec_from_pb(request.task)]
+        specs = [convert.spec_from_pb(request.task, submitter())]
         ((task, existing),) = await self._service.submit_detailed(specs, client_identity(context))
         return _tasks.SubmitResponse(task_id=str(task.id), existing=existing)
 
@@ -43,7 +43,7 @@ class TaskService(_tasks_grpc.TaskServiceServicer):
     async def SubmitBatch(
         self, request: _tasks.SubmitBatchRequest, context: Context
     ) -> _tasks.SubmitBatchResponse:
-        specs = convert.specs_from_pb(request.tasks)
+        specs = convert.specs_from_pb(request.tasks, submitter())
         tasks = await self._service.submit(specs, client_identity(context))
         return _tasks.SubmitBatchResponse(task_ids=[str(t.id) for t in tasks])
 
@@ -109,6 +109,7 @@ class _SubmitSession:
     def __init__(self, service: BrokerService, client: str) -> None:
         self._service = service
         self._client = client
+        self._submitter = submitter()
         self._acks: list[_tasks.SubmitAck] = []
         self._completed: list[Task] = []
         self._not_found: list[str] = []  # watched ids the broker does not know
@@ -184,7 +185,7 @@ class _SubmitSession:
         if request.tasks:
             ack = _tasks.SubmitAck(batch_id=request.batch_id)
             try:
-                specs = convert.specs_from_pb(request.tasks)
+                specs = convert.specs_from_pb(request.tasks, self._submitter)
                 tasks = await self._service.submit(specs, self._client)
             except BrokerError as exc:
                 ack.error_code = status_of(exc).value[0]

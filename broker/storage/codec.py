@@ -23,7 +23,13 @@ from broker.domain import (
 
 _COMPACT = (",", ":")
 _SPEC_DEFAULTS = TaskSpec(task_type="-")
-_OPTION_FIELDS = ("start_timeout_s", "execution_timeout_s", "idempotency_key", "fairness_key")
+_OPTION_FIELDS = (
+    "start_timeout_s",
+    "execution_timeout_s",
+    "idempotency_key",
+    "fairness_key",
+    "submitter",
+)
 # Stored as given (a mapping); compared with the default as a dict.
 _MAPPING_FIELDS = ("trace_context",)
 _POOL_DEFAULTS = PoolConfig(name="-")

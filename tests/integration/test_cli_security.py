@@ -97,6 +97,11 @@ async def test_tokens_are_created_listed_used_and_revoked(
 
     submitted = await cli(broker, pki, "submit", "x", "--pool", "other", token=secret)
     assert submitted.exit_code == 0, submitted.output
+    shown = await cli(
+        broker, pki, "tasks", "show", submitted.stdout.strip(), "-o", "json", token=secret
+    )
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["submitter"] == "ci"
     refused = await cli(broker, pki, "submit", "x", "--pool", "default", token=secret)
     line = assert_one_line_error(refused)
     assert "not allowed to use pool 'default'" in line

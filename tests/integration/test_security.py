@@ -616,3 +616,34 @@ async def test_unavailable_is_what_a_client_sees_without_a_broker(pki: Pki) -> N
         with pytest.raises(Unavailable) as raised:
             await client.list_pools()
     assert ADMIN_SECRET not in str(raised.value)
+
+
+# -- the submitter ------------------------------------------------------------------------------
+
+
+async def test_a_task_records_its_submitter_who_alone_reads_and_cancels_it(
+    broker: Broker, admin: Client, pki: Pki
+) -> None:
+    _, alice_secret = await admin.create_token("alice", ["submit"])
+    _, bob_secret = await admin.create_token("bob", ["submit"])
+    async with (
+        Client(broker.address, tls=pki.trust(), token=alice_secret, client_id="label") as alice,
+        Client(broker.address, tls=pki.trust(), token=bob_secret) as bob,
+    ):
+        mine = await alice.submit("x")
+        theirs = await bob.submit("x")
+        assert (await alice.get(mine)).submitter == "alice"  # not the client header
+        assert (await admin.get(theirs)).submitter == "bob"
+        assert [t.id for t in await alice.list_tasks(pool="default")] == [mine]
+        with pytest.raises(Exception, match=f"^task {theirs} does not exist$"):
+            await alice.get(theirs)
+        with pytest.raises(Exception, match=f"^task {theirs} does not exist$"):
+            await alice.cancel(theirs)
+        assert (await alice.cancel(mine)).state.name == "CANCELLED"
+        assert (await admin.get(theirs)).state.name == "PENDING"
+
+
+async def test_without_authentication_no_submitter_is_recorded(tmp_path: Path) -> None:
+    async with Broker(make_config(tmp_path)) as running, Client(running.address) as client:
+        task_id = await client.submit("x")
+        assert (await client.get(task_id)).submitter is None

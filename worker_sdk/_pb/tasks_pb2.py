@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19taskbroker/v1/tasks.proto\x12\rtaskbroker.v1\"<\n\x0ePreferredLabel\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x05\"\xa4\x02\n\tPlacement\x12\x45\n\x0frequired_labels\x18\x01 \x03(\x0b\x32,.taskbroker.v1.Placement.RequiredLabelsEntry\x12\x37\n\x10preferred_labels\x18\x02 \x03(\x0b\x32\x1d.taskbroker.v1.PreferredLabel\x12\x1b\n\x13\x61nti_affinity_group\x18\x03 \x01(\t\x12\x1a\n\x12\x61nti_affinity_soft\x18\x04 \x01(\x08\x12\x12\n\nsticky_key\x18\x05 \x01(\t\x12\x13\n\x0brouting_key\x18\x06 \x01(\t\x1a\x35\n\x13RequiredLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa9\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\r\x12\x19\n\x11initial_backoff_s\x18\x02 \x01(\x01\x12\x15\n\rmax_backoff_s\x18\x03 \x01(\x01\x12\x1a\n\x12\x62\x61\x63koff_multiplier\x18\x04 \x01(\x01\x12\x18\n\x10retryable_errors\x18\x05 \x03(\t\x12\x1c\n\x14non_retryable_errors\x18\x06 \x03(\t\"\x99\x03\n\x08TaskSpec\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\x0c\n\x04pool\x18\x04 \x01(\t\x12+\n\tplacement\x18\x05 \x01(\x0b\x32\x18.taskbroker.v1.Placement\x12)\n\x05retry\x18\x06 \x01(\x0b\x32\x1a.taskbroker.v1.RetryPolicy\x12\x15\n\rnot_before_ms\x18\x07 \x01(\x03\x12\x17\n\x0fstart_timeout_s\x18\x08 \x01(\x01\x12\x1b\n\x13\x65xecution_timeout_s\x18\t \x01(\x01\x12\x17\n\x0fidempotency_key\x18\n \x01(\t\x12\x14\n\x0c\x66\x61irness_key\x18\x0b \x01(\t\x12@\n\rtrace_context\x18\x0c \x03(\x0b\x32).taskbroker.v1.TaskSpec.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"=\n\tTaskError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\"\xe4\x02\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12%\n\x04spec\x18\x02 \x01(\x0b\x32\x17.taskbroker.v1.TaskSpec\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.taskbroker.v1.TaskState\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\r\x12\x11\n\tworker_id\x18\x05 \x01(\t\x12\x15\n\rcreated_at_ms\x18\x06 \x01(\x03\x12\x16\n\x0e\x61ssigned_at_ms\x18\x07 \x01(\x03\x12\x15\n\rstarted_at_ms\x18\x08 \x01(\x03\x12\x16\n\x0e\x66inished_at_ms\x18\t \x01(\x03\x12\x0e\n\x06result\x18\n \x01(\x0c\x12\'\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x18.taskbroker.v1.TaskError\x12\x16\n\x0eplacement_note\x18\x0c \x01(\t\x12\x15\n\runschedulable\x18\r \x01(\x08\x12\x15\n\rnot_before_ms\x18\x0e \x01(\x03\"6\n\rSubmitRequest\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x17.taskbroker.v1.TaskSpec\"3\n\x0eSubmitResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08\x65xisting\x18\x02 \x01(\x08\"<\n\x12SubmitBatchRequest\x12&\n\x05tasks\x18\x01 \x03(\x0b\x32\x17.taskbroker.v1.TaskSpec\"\'\n\x13SubmitBatchResponse\x12\x10\n\x08task_ids\x18\x01 \x03(\t\"v\n\x13SubmitStreamRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12&\n\x05tasks\x18\x02 \x03(\x0b\x32\x17.taskbroker.v1.TaskSpec\x12\r\n\x05watch\x18\x03 \x01(\x08\x12\x16\n\x0ewatch_task_ids\x18\x04 \x03(\t\"r\n\tSubmitAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x10\n\x08task_ids\x18\x02 \x03(\t\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x05 \x01(\r\"D\n\x0b\x43ompletions\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.taskbroker.v1.Task\x12\x11\n\tnot_found\x18\x02 \x03(\t\"z\n\x14SubmitStreamResponse\x12\'\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x18.taskbroker.v1.SubmitAckH\x00\x12\x31\n\x0b\x63ompletions\x18\x02 \x01(\x0b\x32\x1a.taskbroker.v1.CompletionsH\x00\x42\x06\n\x04kind\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"2\n\x0bWaitRequest\x12\x10\n\x08task_ids\x18\x01 \x03(\t\x12\x11\n\ttimeout_s\x18\x02 \x01(\x01\"2\n\x0cWaitResponse\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.taskbroker.v1.Task\" \n\rCancelRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"3\n\x0e\x43\x61ncelResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.taskbroker.v1.Task\"I\n\x0cRetryRequest\x12\x10\n\x08task_ids\x18\x01 \x03(\t\x12\x18\n\x10\x64\x65\x61\x64_letter_pool\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\"3\n\rRetryResponse\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.taskbroker.v1.Task\"\x7f\n\x10ListTasksRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12(\n\x06states\x18\x02 \x03(\x0e\x32\x18.taskbroker.v1.TaskState\x12\x11\n\ttask_type\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\r\x12\x11\n\tbefore_id\x18\x05 \x01(\t\"7\n\x11ListTasksResponse\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.taskbroker.v1.Task*\xd7\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_STATE_PENDING\x10\x01\x12\x17\n\x13TASK_STATE_ASSIGNED\x10\x02\x12\x16\n\x12TASK_STATE_RUNNING\x10\x03\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x04\x12\x15\n\x11TASK_STATE_FAILED\x10\x05\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x06\x12\x1a\n\x16TASK_STATE_DEAD_LETTER\x10\x07\x32\xd9\x04\n\x0bTaskService\x12\x45\n\x06Submit\x12\x1c.taskbroker.v1.SubmitRequest\x1a\x1d.taskbroker.v1.SubmitResponse\x12T\n\x0bSubmitBatch\x12!.taskbroker.v1.SubmitBatchRequest\x1a\".taskbroker.v1.SubmitBatchResponse\x12[\n\x0cSubmitStream\x12\".taskbroker.v1.SubmitStreamRequest\x1a#.taskbroker.v1.SubmitStreamResponse(\x01\x30\x01\x12\x39\n\x03Get\x12\x1d.taskbroker.v1.GetTaskRequest\x1a\x13.taskbroker.v1.Task\x12?\n\x04Wait\x12\x1a.taskbroker.v1.WaitRequest\x1a\x1b.taskbroker.v1.WaitResponse\x12\x45\n\x06\x43\x61ncel\x12\x1c.taskbroker.v1.CancelRequest\x1a\x1d.taskbroker.v1.CancelResponse\x12I\n\x04List\x12\x1f.taskbroker.v1.ListTasksRequest\x1a .taskbroker.v1.ListTasksResponse\x12\x42\n\x05Retry\x12\x1b.taskbroker.v1.RetryRequest\x1a\x1c.taskbroker.v1.RetryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19taskbroker/v1/tasks.proto\x12\rtaskbroker.v1\"<\n\x0ePreferredLabel\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x05\"\xa4\x02\n\tPlacement\x12\x45\n\x0frequired_labels\x18\x01 \x03(\x0b\x32,.taskbroker.v1.Placement.RequiredLabelsEntry\x12\x37\n\x10preferred_labels\x18\x02 \x03(\x0b\x32\x1d.taskbroker.v1.PreferredLabel\x12\x1b\n\x13\x61nti_affinity_group\x18\x03 \x01(\t\x12\x1a\n\x12\x61nti_affinity_soft\x18\x04 \x01(\x08\x12\x12\n\nsticky_key\x18\x05 \x01(\t\x12\x13\n\x0brouting_key\x18\x06 \x01(\t\x1a\x35\n\x13RequiredLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa9\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\r\x12\x19\n\x11initial_backoff_s\x18\x02 \x01(\x01\x12\x15\n\rmax_backoff_s\x18\x03 \x01(\x01\x12\x1a\n\x12\x62\x61\x63koff_multiplier\x18\x04 \x01(\x01\x12\x18\n\x10retryable_errors\x18\x05 \x03(\t\x12\x1c\n\x14non_retryable_errors\x18\x06 \x03(\t\"\x99\x03\n\x08TaskSpec\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\x0c\n\x04pool\x18\x04 \x01(\t\x12+\n\tplacement\x18\x05 \x01(\x0b\x32\x18.taskbroker.v1.Placement\x12)\n\x05retry\x18\x06 \x01(\x0b\x32\x1a.taskbroker.v1.RetryPolicy\x12\x15\n\rnot_before_ms\x18\x07 \x01(\x03\x12\x17\n\x0fstart_timeout_s\x18\x08 \x01(\x01\x12\x1b\n\x13\x65xecution_timeout_s\x18\t \x01(\x01\x12\x17\n\x0fidempotency_key\x18\n \x01(\t\x12\x14\n\x0c\x66\x61irness_key\x18\x0b \x01(\t\x12@\n\rtrace_context\x18\x0c \x03(\x0b\x32).taskbroker.v1.TaskSpec.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"=\n\tTaskError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\"\xf7\x02\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12%\n\x04spec\x18\x02 \x01(\x0b\x32\x17.taskbroker.v1.TaskSpec\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.taskbroker.v1.TaskState\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\r\x12\x11\n\tworker_id\x18\x05 \x01(\t\x12\x15\n\rcreated_at_ms\x18\x06 \x01(\x03\x12\x16\n\x0e\x61ssigned_at_ms\x18\x07 \x01(\x03\x12\x15\n\rstarted_at_ms\x18\x08 \x01(\x03\x12\x16\n\x0e\x66inished_at_ms\x18\t \x01(\x03\x12\x0e\n\x06result\x18\n \x01(\x0c\x12\'\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x18.taskbroker.v1.TaskError\x12\x16\n\x0eplacement_note\x18\x0c \x01(\t\x12\x15\n\runschedulable\x18\r \x01(\x08\x12\x15\n\rnot_before_ms\x18\x0e \x01(\x03\x12\x11\n\tsubmitter\x18\x1e \x01(\t\"6\n\rSubmitRequest\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x17.taskbroker.v1.TaskSpec\"3\n\x0eSubmitResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08\x65xisting\x18\x02 \x01(\x08\"<\n\x12SubmitBatchRequest\x12&\n\x05tasks\x18\x01 \x03(\x0b\x32\x17.taskbroker.v1.TaskSpec\"\'\n\x13SubmitBatchResponse\x12\x10\n\x08task_ids\x18\x01 \x03(\t\"v\n\x13SubmitStreamRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12&\n\x05tasks\x18\x02 \x03(\x0b\x32\x17.taskbroker.v1.TaskSpec\x12\r\n\x05watch\x18\x03 \x01(\x08\x12\x16\n\x0ewatch_task_ids\x18\x04 \x03(\t\"r\n\tSubmitAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x10\n\x08task_ids\x18\x02 \x03(\t\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x05 \x01(\r\"D\n\x0b\x43ompletions\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.taskbroker.v1.Task\x12\x11\n\tnot_found\x18\x02 \x03(\t\"z\n\x14SubmitStreamResponse\x12\'\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x18.taskbroker.v1.SubmitAckH\x00\x12\x31\n\x0b\x63ompletions\x18\x02 \x01(\x0b\x32\x1a.taskbroker.v1.CompletionsH\x00\x42\x06\n\x04kind\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"2\n\x0bWaitRequest\x12\x10\n\x08task_ids\x18\x01 \x03(\t\x12\x11\n\ttimeout_s\x18\x02 \x01(\x01\"2\n\x0cWaitResponse\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.taskbroker.v1.Task\" \n\rCancelRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"3\n\x0e\x43\x61ncelResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.taskbroker.v1.Task\"I\n\x0cRetryRequest\x12\x10\n\x08task_ids\x18\x01 \x03(\t\x12\x18\n\x10\x64\x65\x61\x64_letter_pool\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\"3\n\rRetryResponse\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.taskbroker.v1.Task\"\x7f\n\x10ListTasksRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12(\n\x06states\x18\x02 \x03(\x0e\x32\x18.taskbroker.v1.TaskState\x12\x11\n\ttask_type\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\r\x12\x11\n\tbefore_id\x18\x05 \x01(\t\"7\n\x11ListTasksResponse\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.taskbroker.v1.Task*\xd7\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_STATE_PENDING\x10\x01\x12\x17\n\x13TASK_STATE_ASSIGNED\x10\x02\x12\x16\n\x12TASK_STATE_RUNNING\x10\x03\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x04\x12\x15\n\x11TASK_STATE_FAILED\x10\x05\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x06\x12\x1a\n\x16TASK_STATE_DEAD_LETTER\x10\x07\x32\xd9\x04\n\x0bTaskService\x12\x45\n\x06Submit\x12\x1c.taskbroker.v1.SubmitRequest\x1a\x1d.taskbroker.v1.SubmitResponse\x12T\n\x0bSubmitBatch\x12!.taskbroker.v1.SubmitBatchRequest\x1a\".taskbroker.v1.SubmitBatchResponse\x12[\n\x0cSubmitStream\x12\".taskbroker.v1.SubmitStreamRequest\x1a#.taskbroker.v1.SubmitStreamResponse(\x01\x30\x01\x12\x39\n\x03Get\x12\x1d.taskbroker.v1.GetTaskRequest\x1a\x13.taskbroker.v1.Task\x12?\n\x04Wait\x12\x1a.taskbroker.v1.WaitRequest\x1a\x1b.taskbroker.v1.WaitResponse\x12\x45\n\x06\x43\x61ncel\x12\x1c.taskbroker.v1.CancelRequest\x1a\x1d.taskbroker.v1.CancelResponse\x12I\n\x04List\x12\x1f.taskbroker.v1.ListTasksRequest\x1a .taskbroker.v1.ListTasksResponse\x12\x42\n\x05Retry\x12\x1b.taskbroker.v1.RetryRequest\x1a\x1c.taskbroker.v1.RetryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PLACEMENT_REQUIREDLABELSENTRY']._serialized_options = b'8\001'
   _globals['_TASKSPEC_TRACECONTEXTENTRY']._loaded_options = None
   _globals['_TASKSPEC_TRACECONTEXTENTRY']._serialized_options = b'8\001'
-  _globals['_TASKSTATE']._serialized_start=2590
-  _globals['_TASKSTATE']._serialized_end=2805
+  _globals['_TASKSTATE']._serialized_start=2609
+  _globals['_TASKSTATE']._serialized_end=2824
   _globals['_PREFERREDLABEL']._serialized_start=44
   _globals['_PREFERREDLABEL']._serialized_end=104
   _globals['_PLACEMENT']._serialized_start=107
@@ -52,41 +52,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKERROR']._serialized_start=985
   _globals['_TASKERROR']._serialized_end=1046
   _globals['_TASK']._serialized_start=1049
-  _globals['_TASK']._serialized_end=1405
-  _globals['_SUBMITREQUEST']._serialized_start=1407
-  _globals['_SUBMITREQUEST']._serialized_end=1461
-  _globals['_SUBMITRESPONSE']._serialized_start=1463
-  _globals['_SUBMITRESPONSE']._serialized_end=1514
-  _globals['_SUBMITBATCHREQUEST']._serialized_start=1516
-  _globals['_SUBMITBATCHREQUEST']._serialized_end=1576
-  _globals['_SUBMITBATCHRESPONSE']._serialized_start=1578
-  _globals['_SUBMITBATCHRESPONSE']._serialized_end=1617
-  _globals['_SUBMITSTREAMREQUEST']._serialized_start=1619
-  _globals['_SUBMITSTREAMREQUEST']._serialized_end=1737
-  _globals['_SUBMITACK']._serialized_start=1739
-  _globals['_SUBMITACK']._serialized_end=1853
-  _globals['_COMPLETIONS']._serialized_start=1855
-  _globals['_COMPLETIONS']._serialized_end=1923
-  _globals['_SUBMITSTREAMRESPONSE']._serialized_start=1925
-  _globals['_SUBMITSTREAMRESPONSE']._serialized_end=2047
-  _globals['_GETTASKREQUEST']._serialized_start=2049
-  _globals['_GETTASKREQUEST']._serialized_end=2082
-  _globals['_WAITREQUEST']._serialized_start=2084
-  _globals['_WAITREQUEST']._serialized_end=2134
-  _globals['_WAITRESPONSE']._serialized_start=2136
-  _globals['_WAITRESPONSE']._serialized_end=2186
-  _globals['_CANCELREQUEST']._serialized_start=2188
-  _globals['_CANCELREQUEST']._serialized_end=2220
-  _globals['_CANCELRESPONSE']._serialized_start=2222
-  _globals['_CANCELRESPONSE']._serialized_end=2273
-  _globals['_RETRYREQUEST']._serialized_start=2275
-  _globals['_RETRYREQUEST']._serialized_end=2348
-  _globals['_RETRYRESPONSE']._serialized_start=2350
-  _globals['_RETRYRESPONSE']._serialized_end=2401
-  _globals['_LISTTASKSREQUEST']._serialized_start=2403
-  _globals['_LISTTASKSREQUEST']._serialized_end=2530
-  _globals['_LISTTASKSRESPONSE']._serialized_start=2532
-  _globals['_LISTTASKSRESPONSE']._serialized_end=2587
-  _globals['_TASKSERVICE']._serialized_start=2808
-  _globals['_TASKSERVICE']._serialized_end=3409
+  _globals['_TASK']._serialized_end=1424
+  _globals['_SUBMITREQUEST']._serialized_start=1426
+  _globals['_SUBMITREQUEST']._serialized_end=1480
+  _globals['_SUBMITRESPONSE']._serialized_start=1482
+  _globals['_SUBMITRESPONSE']._serialized_end=1533
+  _globals['_SUBMITBATCHREQUEST']._serialized_start=1535
+  _globals['_SUBMITBATCHREQUEST']._serialized_end=1595
+  _globals['_SUBMITBATCHRESPONSE']._serialized_start=1597
+  _globals['_SUBMITBATCHRESPONSE']._serialized_end=1636
+  _globals['_SUBMITSTREAMREQUEST']._serialized_start=1638
+  _globals['_SUBMITSTREAMREQUEST']._serialized_end=1756
+  _globals['_SUBMITACK']._serialized_start=1758
+  _globals['_SUBMITACK']._serialized_end=1872
+  _globals['_COMPLETIONS']._serialized_start=1874
+  _globals['_COMPLETIONS']._serialized_end=1942
+  _globals['_SUBMITSTREAMRESPONSE']._serialized_start=1944
+  _globals['_SUBMITSTREAMRESPONSE']._serialized_end=2066
+  _globals['_GETTASKREQUEST']._serialized_start=2068
+  _globals['_GETTASKREQUEST']._serialized_end=2101
+  _globals['_WAITREQUEST']._serialized_start=2103
+  _globals['_WAITREQUEST']._serialized_end=2153
+  _globals['_WAITRESPONSE']._serialized_start=2155
+  _globals['_WAITRESPONSE']._serialized_end=2205
+  _globals['_CANCELREQUEST']._serialized_start=2207
+  _globals['_CANCELREQUEST']._serialized_end=2239
+  _globals['_CANCELRESPONSE']._serialized_start=2241
+  _globals['_CANCELRESPONSE']._serialized_end=2292
+  _globals['_RETRYREQUEST']._serialized_start=2294
+  _globals['_RETRYREQUEST']._serialized_end=2367
+  _globals['_RETRYRESPONSE']._serialized_start=2369
+  _globals['_RETRYRESPONSE']._serialized_end=2420
+  _globals['_LISTTASKSREQUEST']._serialized_start=2422
+  _globals['_LISTTASKSREQUEST']._serialized_end=2549
+  _globals['_LISTTASKSRESPONSE']._serialized_start=2551
+  _globals['_LISTTASKSRESPONSE']._serialized_end=2606
+  _globals['_TASKSERVICE']._serialized_start=2827
+  _globals['_TASKSERVICE']._serialized_end=3428
 # @@protoc_insertion_point(module_scope)

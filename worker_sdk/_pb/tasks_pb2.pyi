@@ -352,6 +352,7 @@ class Task(_message.Message):
     PLACEMENT_NOTE_FIELD_NUMBER: _builtins.int
     UNSCHEDULABLE_FIELD_NUMBER: _builtins.int
     NOT_BEFORE_MS_FIELD_NUMBER: _builtins.int
+    SUBMITTER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___TaskState.ValueType
     attempts: _builtins.int
@@ -373,6 +374,10 @@ class Task(_message.Message):
     """pending, and no connected worker can ever take it"""
     not_before_ms: _builtins.int
     """Pending but not before this time (a delay, a retry's backoff or a rate limit)."""
+    submitter: _builtins.str
+    """The authenticated identity that submitted it (a token's name or a client
+    certificate's subject); empty when the broker authenticates no one.
+    """
     @_builtins.property
     def spec(self) -> Global___TaskSpec: ...
     @_builtins.property
@@ -396,10 +401,11 @@ class Task(_message.Message):
         placement_note: _builtins.str = ...,
         unschedulable: _builtins.bool = ...,
         not_before_ms: _builtins.int = ...,
+        submitter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_at_ms", b"assigned_at_ms", "attempts", b"attempts", "created_at_ms", b"created_at_ms", "error", b"error", "finished_at_ms", b"finished_at_ms", "id", b"id", "not_before_ms", b"not_before_ms", "placement_note", b"placement_note", "result", b"result", "spec", b"spec", "started_at_ms", b"started_at_ms", "state", b"state", "unschedulable", b"unschedulable", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_at_ms", b"assigned_at_ms", "attempts", b"attempts", "created_at_ms", b"created_at_ms", "error", b"error", "finished_at_ms", b"finished_at_ms", "id", b"id", "not_before_ms", b"not_before_ms", "placement_note", b"placement_note", "result", b"result", "spec", b"spec", "started_at_ms", b"started_at_ms", "state", b"state", "submitter", b"submitter", "unschedulable", b"unschedulable", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

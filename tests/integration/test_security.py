@@ -647,3 +647,31 @@ async def test_without_authentication_no_submitter_is_recorded(tmp_path: Path) -
     async with Broker(make_config(tmp_path)) as running, Client(running.address) as client:
         task_id = await client.submit("x")
         assert (await client.get(task_id)).submitter is None
+
+
+async def test_spans_carry_the_identity_and_never_the_token(tmp_path: Path, pki: Pki) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    try:
+        async with (
+            Broker(secure_config(tmp_path, pki), tracer_provider=provider) as running,
+            Client(running.address, tls=pki.trust(), token=ADMIN_SECRET) as admin,
+        ):
+            await admin.list_pools()
+            with pytest.raises(Unauthenticated):
+                async with Client(running.address, tls=pki.trust(), token="tbk_wrong") as bad:
+                    await bad.list_pools()
+    finally:
+        provider.shutdown()
+    spans = exporter.get_finished_spans()
+    (listed, refused) = [s for s in spans if s.name.endswith("AdminService/ListPools")]
+    assert (listed.attributes or {})["enduser.id"] == "ops"
+    assert (refused.attributes or {})["rpc.grpc.status_code"] == 16
+    text = repr([(s.name, dict(s.attributes or {}), s.events, s.status) for s in spans])
+    assert ADMIN_SECRET not in text
+    assert "tbk_wrong" not in text

@@ -36,6 +36,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench
 	$(BIN)/python -m tests.bench --tracing
+	$(BIN)/python -m tests.bench --tls
+	$(BIN)/python -m tests.bench --token
 	$(BIN)/python -m tests.bench_placement
 
 clean:

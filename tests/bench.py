@@ -7,6 +7,8 @@ no-op handler, then measures from this process, through the SDK client:
 Prints one figure a line, `NAME VALUE UNIT`, so runs can be compared line by line.
 With --tracing, client, broker and workers record every span (OpenTelemetry SDK, 100%
 sampled, batched to an exporter that drops them) and the figures end in `_traced`.
+With --tls and/or --token (tests.bench_security), over TLS and/or with a token checked
+on every call: the figures end in `_tls` / `_token`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
+from tests import bench_security
 from worker_sdk import Client, TaskContext, Worker
 
 WORKER_CAPACITY = 512
@@ -51,7 +54,11 @@ def _tracer_provider() -> TracerProvider | None:
 
 
 def _noop_worker() -> Worker:
-    worker = Worker(capacity=WORKER_CAPACITY, tracer_provider=_tracer_provider())
+    worker = Worker(
+        capacity=WORKER_CAPACITY,
+        tracer_provider=_tracer_provider(),
+        **bench_security.connection(),
+    )
 
     @worker.task("noop")
     async def noop(ctx: TaskContext) -> None:
@@ -115,7 +122,8 @@ def _cpu_seconds(pid: int) -> float:
 async def _measure(
     address: str, tasks: int, latency_samples: int, broker_pid: int, worker_pids: list[int]
 ) -> None:
-    async with Client(address, tracer_provider=_tracer_provider()) as client:
+    security = bench_security.connection()
+    async with Client(address, tracer_provider=_tracer_provider(), **security) as client:
         async with asyncio.timeout(60):
             while len(await client.list_workers()) < 2:
                 await asyncio.sleep(0.05)
@@ -128,6 +136,7 @@ async def _measure(
     spent = zip(cpu_before, cpu_after, strict=True)
     cpu = [(after - before) * 1e6 / tasks for before, after in spent]
     suffix = "_traced" if os.environ.get(TRACING_ENV) == "1" else ""
+    suffix += bench_security.suffix()
     print(f"e2e_throughput{suffix} {throughput:.0f} tasks/s")
     print(f"cpu_per_task_broker{suffix} {cpu[0]:.0f} us")
     print(f"cpu_per_task_workers{suffix} {sum(cpu[1:-1]):.0f} us")
@@ -149,11 +158,15 @@ def main() -> None:
     parser.add_argument(
         "--tracing", action="store_true", help="trace everything (100%% sampled) everywhere"
     )
+    parser.add_argument("--tls", action="store_true", help="the broker serves TLS")
+    parser.add_argument("--token", action="store_true", help="the broker checks a token")
     parser.add_argument("role", nargs="?", default="main", choices=["main", "broker", "worker"])
     parser.add_argument("args", nargs="*")
     options = parser.parse_args()
     if options.tracing:
         os.environ[TRACING_ENV] = "1"  # for this process and the ones it starts
+    if options.role == "main" and (options.tls or options.token):
+        bench_security.enable(tls=options.tls, token=options.token)
     if options.role == "broker":
         asyncio.run(_run_broker(*options.args))
         return

@@ -128,13 +128,14 @@ else:
     _UnaryUnary = grpc.UnaryUnaryClientInterceptor
 
 
-class _AioToken(_AioUnaryUnary, _AioUnaryStream, _AioStreamUnary, _AioStreamStream):
-    """Adds the token to every call of a plaintext asyncio channel."""
+class _AioToken:
+    """Adds the token to every call of a plaintext asyncio channel (one interceptor per
+    kind of call: a channel files each interceptor under the first kind it is)."""
 
     def __init__(self, token: Token) -> None:
         self._token = token
 
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    def details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         return grpc.aio.ClientCallDetails(
             details.method,
             details.timeout,
@@ -143,21 +144,29 @@ class _AioToken(_AioUnaryUnary, _AioUnaryStream, _AioStreamUnary, _AioStreamStre
             details.wait_for_ready,
         )
 
+
+class _UnaryUnaryToken(_AioToken, _AioUnaryUnary):
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
+        return await continuation(self.details(details), request)
 
+
+class _UnaryStreamToken(_AioToken, _AioUnaryStream):
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
+        return await continuation(self.details(details), request)
 
+
+class _StreamUnaryToken(_AioToken, _AioStreamUnary):
     async def intercept_stream_unary(
         self, continuation: Any, details: Any, request_iterator: Any
     ) -> Any:
-        return await continuation(self._details(details), request_iterator)
+        return await continuation(self.details(details), request_iterator)
 
+
+class _StreamStreamToken(_AioToken, _AioStreamStream):
     async def intercept_stream_stream(
         self, continuation: Any, details: Any, request_iterator: Any
     ) -> Any:
-        return await continuation(self._details(details), request_iterator)
+        return await continuation(self.details(details), request_iterator)
 
 
 class _BlockingToken(_UnaryUnary):
@@ -210,7 +219,10 @@ def open_channel(
         )
     if secret is None:
         return grpc.aio.insecure_channel(address, options=[*options, *extra_options])
-    interceptors: Any = [_AioToken(secret)]
+    interceptors: Any = [
+        kind(secret)
+        for kind in (_UnaryUnaryToken, _UnaryStreamToken, _StreamUnaryToken, _StreamStreamToken)
+    ]
     return grpc.aio.insecure_channel(
         address, options=[*options, *extra_options], interceptors=interceptors
     )

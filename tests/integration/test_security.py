@@ -29,8 +29,10 @@ from worker_sdk import (
     Client,
     PermissionDenied,
     ResourceExhausted,
+    TaskContext,
     Unauthenticated,
     Unavailable,
+    Worker,
 )
 from worker_sdk._channel import open_channel
 from worker_sdk._pb import tasks_pb2 as _tasks
@@ -675,3 +677,29 @@ async def test_spans_carry_the_identity_and_never_the_token(tmp_path: Path, pki:
     text = repr([(s.name, dict(s.attributes or {}), s.events, s.status) for s in spans])
     assert ADMIN_SECRET not in text
     assert "tbk_wrong" not in text
+
+
+async def test_tokens_on_a_plaintext_loopback_broker_reach_every_kind_of_call(
+    tmp_path: Path,
+) -> None:
+    config = make_config(tmp_path, auth="token", tokens_file=str(tokens_file(tmp_path)))
+    async with Broker(config) as running:
+        async with Client(running.address, token=ADMIN_SECRET) as admin:
+            _, worker_secret = await admin.create_token("w", ["worker"])
+        worker = Worker(broker=running.address, token=worker_secret, capacity=1)
+
+        @worker.task("echo")
+        async def echo(ctx: TaskContext) -> bytes:
+            return ctx.payload
+
+        serving = asyncio.create_task(worker.run())
+        try:
+            async with Client(running.address, token=ADMIN_SECRET) as admin:
+                task_id = await admin.submit("echo", b"hi")  # the submit stream
+                done = await admin.wait(task_id, timeout=10)  # and its completions
+                assert done.result == b"hi"
+                (listed,) = await admin.list_workers()
+                assert listed.pool == "default"
+        finally:
+            await worker.shutdown(1)
+            await serving

@@ -12,7 +12,8 @@ enforces it on every call, the worker stream included:
 - how much: concurrent calls, connections and workers per identity (RESOURCE_EXHAUSTED).
 
 With `auth = "none"` every caller is an admin, as before; the identity is then a client
-certificate's subject if there is one. A token that is revoked is refused from then on,
+certificate's subject if there is one (and without mutual TLS, the broker's own services
+are not wrapped at all). A token that is revoked is refused from then on,
 and the streams it has open are ended (UNAUTHENTICATED).
 
 The caller of the running call is `current_principal()`: the identity that rate limits,
@@ -304,6 +305,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def __init__(self, config: BrokerConfig, registry: TokenRegistry) -> None:
         self._required = config.auth != "none"
+        # Nothing to authenticate, authorize or count: the broker's own services go
+        # through untouched (every wrapper costs each call and each stream message).
+        self._open = not self._required and not config.tls_client_ca_file
         self._registry = registry
         self._limits = _Limits(config)
         self._lookup: TaskLookup = _no_lookup
@@ -321,6 +325,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:
             return handler  # UNIMPLEMENTED, as gRPC answers it
         service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        if self._open and service not in _FOREIGN:
+            return handler
         rule = POLICY.get((service, method))
         secret = _bearer(handler_call_details.invocation_metadata or ())
         call = _AuthCall(

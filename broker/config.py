@@ -123,7 +123,7 @@ class BrokerConfig:
     reflection: bool = True  # server reflection (for admins only when auth is on)
     # Limits per authenticated identity (a token or certificate); 0 = no limit.
     max_streams_per_identity: int = 1000  # concurrent calls
-    max_connections_per_identity: int = 100  # connections with calls in flight
+    max_connections_per_identity: int = 1000  # connections with calls in flight
     max_workers_per_identity: int = 1000  # connected workers
     keepalive_min_ping_s: float = 10.0  # pings more often than this are refused (GOAWAY)
     max_connection_age_s: float = 0.0  # connections are closed after this long; 0 = never

@@ -537,7 +537,6 @@ async def test_calls_and_workers_per_identity_are_limited(tmp_path: Path, pki: P
                 tasks_stub.Wait(_tasks.WaitRequest(task_ids=[task_id], timeout_s=5), metadata=auth)
                 for _ in range(2)
             ]
-            await asyncio.sleep(0)
             async with Client(running.address, tls=pki.trust(), token=secret) as client:
                 with pytest.raises(ResourceExhausted, match="max_streams_per_identity"):
                     for _ in range(50):  # until the two waits are in flight
@@ -766,3 +765,40 @@ async def test_a_worker_refused_for_its_pool_stops_with_permission_denied(
 
     with pytest.raises(PermissionDenied, match="pool 'default'"):
         await asyncio.wait_for(worker.run(), 10)  # not retried: it would never help
+
+
+async def test_connections_per_identity_are_limited(tmp_path: Path, pki: Pki) -> None:
+    config = secure_config(tmp_path, pki, max_connections_per_identity=1)
+    async with Broker(config) as running:
+        async with Client(running.address, tls=pki.trust(), token=ADMIN_SECRET) as admin:
+            task_id = await admin.submit("nobody-runs-this")
+        auth = (("authorization", f"Bearer {ADMIN_SECRET}"),)
+        request = _tasks.WaitRequest(task_ids=[task_id], timeout_s=5)
+        async with (
+            open_channel(running.address, tls=pki.trust()) as first,
+            open_channel(running.address, tls=pki.trust()) as second,
+        ):
+            waiting = _tasks_grpc.TaskServiceStub(first).Wait(request, metadata=auth)
+            stub = _tasks_grpc.TaskServiceStub(second)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                for _ in range(50):  # until the first connection's wait is in flight
+                    await stub.List(_tasks.ListTasksRequest(), metadata=auth)
+            assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_connections_per_identity" in (refused.value.details() or "")
+            waiting.cancel()  # its end frees its connection's place
+            assert await _eventually_listed(stub, auth)
+
+
+async def _eventually_listed(
+    stub: _tasks_grpc.TaskServiceAsyncStub, auth: tuple[tuple[str, str], ...]
+) -> bool:
+    for _ in range(250):
+        try:
+            await stub.List(_tasks.ListTasksRequest(), metadata=auth)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            await asyncio.sleep(0.02)  # polling: nothing tells the client the place is free
+        else:
+            return True
+    return False

@@ -59,6 +59,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench
 	$(BIN)/python -m tests.bench_workers
+	$(BIN)/python -m tests.bench --tls
+	$(BIN)/python -m tests.bench --token
 	$(BIN)/python -m tests.bench_placement
 
 bench-quick: $(STAMP)

@@ -28,6 +28,7 @@ from broker.observability.metrics import BrokerMetrics
 from broker.observability.rollups import MetricsHistory
 from broker.runtime.engine import Engine
 from broker.server.grpc_server import add_services, bind_server, health_servicer, set_serving
+from broker.server.security import Security
 from broker.service import BrokerService
 from broker.storage import Store, open_store
 
@@ -68,6 +69,7 @@ class Broker:
         self._engine: Engine | None = None
         self._service: BrokerService | None = None
         self._server: grpc.aio.Server | None = None
+        self._security: Security | None = None
         self._health = health_servicer()
         self._background: asyncio.Task[None] | None = None  # the TaskGroup of the jobs
         self._jobs: dict[str, asyncio.Task[None]] = {}
@@ -122,9 +124,11 @@ class Broker:
             self._owns_tracer_provider = self._tracer_provider is not None
         tracer = tracing.broker_tracer(self._tracer_provider) if self._tracer_provider else None
         # The port before the store: a port in use fails before a database is created.
-        server, self._port = bind_server(config, tracer=tracer)
+        security = self._security = Security(config, self._clock)
+        server, self._port = bind_server(config, tracer=tracer, security=security)
         self._server = server
         self._store = await open_store(config.db_path, synchronous=config.sqlite_synchronous)
+        await security.attach(self._store)
         engine = self._engine = Engine(config, self._store, self._clock)
         history = self._history = MetricsHistory.from_config(config, self._store, self._clock)
         engine.observers.add(history)
@@ -152,7 +156,7 @@ class Broker:
             reload_config=self.reload_config,
             tracer=tracer,
         )
-        add_services(server, service, health_service=self._health)
+        add_services(server, service, health_service=self._health, security=security)
         await server.start()
         engine.start()
         supervising = asyncio.Event()
@@ -272,7 +276,15 @@ class Broker:
         InvalidArgument (naming the key) and leaves every setting as it was. Pools created
         at run time and not in the file are left alone. Changed `[broker]` settings take
         effect at the next start; they are logged.
+
+        The TLS certificate files and the tokens file are read again first (open
+        connections keep the certificates they have), with or without a config file.
         """
+        if self._security is not None:
+            try:
+                self._security.reload()
+            except ConfigError as exc:
+                raise InvalidArgument(f"config not reloaded: {exc}") from None
         if self._config_path is None:
             raise FailedPrecondition("the broker was started without a config file to reload")
         try:

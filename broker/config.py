@@ -66,6 +66,7 @@ STRATEGY_NAMES = tuple(STRATEGIES)
 TRACING_EXPORTERS = ("none", "console", "otlp")
 LOG_FORMATS = ("human", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+AUTH_MODES = ("none", "token")
 _POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENV_PREFIX = "TASKBROKER_"
 MAX_QUEUE = 10_000_000
@@ -120,6 +121,22 @@ class BrokerConfig:
     task_purge_batch: int = 1000  # tasks deleted per transaction
     log_format: str = "human"  # human or json: one line per event
     log_level: str = "INFO"
+    # Security (README "Security"). TLS when both files are set; with a client CA, mutual
+    # TLS: every client must show a certificate that CA signed.
+    tls_cert_file: str = ""  # PEM certificate chain of the broker
+    tls_key_file: str = ""  # its PEM private key
+    tls_client_ca_file: str = ""  # PEM CA(s) of client certificates: mutual TLS
+    allow_insecure: bool = False  # plaintext on an address other than loopback
+    auth: str = "none"  # none, or token: every call needs a token or a known certificate
+    tokens_file: str = ""  # static tokens and certificate identities (TOML)
+    reflection: bool = True  # server reflection (for admins only when auth is on)
+    # Limits per authenticated identity (a token or certificate); 0 = no limit.
+    max_streams_per_identity: int = 1000  # concurrent calls
+    max_connections_per_identity: int = 1000  # connections with calls in flight
+    max_workers_per_identity: int = 1000  # connected workers
+    keepalive_min_ping_s: float = 10.0  # pings more often than this are refused (GOAWAY)
+    max_connection_age_s: float = 0.0  # connections are closed after this long; 0 = never
+    max_connection_age_grace_s: float = 30.0  # calls still running then get this long
     pools: tuple[PoolConfig, ...] = (PoolConfig(name=DEFAULT_POOL),)
 
     @property
@@ -189,6 +206,30 @@ class BrokerConfig:
             self.log_level.upper() in LOG_LEVELS,
             "log_level",
             f"must be one of {', '.join(LOG_LEVELS)}",
+        )
+        _check(
+            bool(self.tls_cert_file) == bool(self.tls_key_file),
+            "tls_cert_file",
+            "tls_cert_file and tls_key_file go together",
+        )
+        _check(
+            not self.tls_client_ca_file or bool(self.tls_cert_file),
+            "tls_client_ca_file",
+            "mutual TLS needs tls_cert_file and tls_key_file",
+        )
+        _check(self.auth in AUTH_MODES, "auth", f"must be one of {', '.join(AUTH_MODES)}")
+        for key in (
+            "max_streams_per_identity",
+            "max_connections_per_identity",
+            "max_workers_per_identity",
+        ):
+            _check(getattr(self, key) >= 0, key, "must be 0 (no limit) or more")
+        _check(self.keepalive_min_ping_s >= 0, "keepalive_min_ping_s", "must not be negative")
+        _check(self.max_connection_age_s >= 0, "max_connection_age_s", "must not be negative")
+        _check(
+            self.max_connection_age_grace_s >= 0,
+            "max_connection_age_grace_s",
+            "must not be negative",
         )
         names = [p.name for p in self.pools]
         _check(DEFAULT_POOL in names, "pools", f"must include {DEFAULT_POOL!r}")
@@ -420,6 +461,9 @@ def _pool_from_table(name: str, table: dict[str, Any]) -> PoolConfig:
     )
 
 
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
 def _coerce(key: str, value: Any) -> Any:
     """Turn a TOML or environment value into the field's type, naming the key on failure."""
     field = _BROKER_KEYS.get(key)
@@ -427,6 +471,12 @@ def _coerce(key: str, value: Any) -> Any:
     assert field is not None
     kind = field.type if isinstance(field.type, str) else field.type.__name__
     try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in _BOOLS:
+                return _BOOLS[value.lower()]
+            raise ValueError(value)
         if kind == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError(value)

@@ -156,6 +156,7 @@ class TaskSpec:
     fairness_key: str = ""  # a tenant; keys of a pool share it by weighted round robin
     trace_context: Mapping[str, str] = field(default_factory=dict)  # W3C traceparent etc.
     payload_content_type: str = ""  # the payload's media type, as the client said
+    submitter: str = ""  # the authenticated identity that submitted it; set by the broker
 
     @property
     def has_options(self) -> bool:
@@ -170,6 +171,7 @@ class TaskSpec:
             and not self.fairness_key
             and not self.trace_context
             and not self.payload_content_type
+            and not self.submitter
         )
 
 
@@ -420,3 +422,16 @@ class ConfigChange:
     before: str  # JSON of the settings; "" for a new pool
     after: str
     fields: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiToken:
+    """A bearer token the broker accepts. Its secret is never kept: only its SHA-256
+    (`digest`, hex), against which a presented secret is checked."""
+
+    name: str  # the caller's identity, in audit records, rate limits and logs
+    roles: tuple[str, ...]  # of broker.auth.ROLES
+    pools: tuple[str, ...]  # the pools it may use; () = every pool
+    digest: str
+    created_at: float
+    revoked_at: float | None = None

@@ -1,15 +1,19 @@
-"""What every command shares: the --broker and --output options, log levels, and the client
-the commands reach the broker with."""
+"""What every command shares: the --broker and --output options, log levels, the
+connection's TLS and token, and the client the commands reach the broker with."""
 
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from cli._errors import EXIT_USAGE, CliError
 from cli._output import OutputFormat
-from worker_sdk import SyncClient
+from worker_sdk import TLS, SyncClient
+from worker_sdk._channel import Token
 
 ADDR_ENV = "TASKBROKER_ADDR"
 
@@ -32,13 +36,86 @@ OutputOption = Annotated[
 ]
 
 
+TOKEN_ENV = "TASKBROKER_TOKEN"
+TOKEN_FILE_ENV = "TASKBROKER_TOKEN_FILE"
+TLS_CA_ENV = "TASKBROKER_TLS_CA"
+TLS_CERT_ENV = "TASKBROKER_TLS_CERT"
+TLS_KEY_ENV = "TASKBROKER_TLS_KEY"
+TLS_SERVER_NAME_ENV = "TASKBROKER_TLS_SERVER_NAME"
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How commands reach the broker, from the root options (`taskbroker --tls-ca ...`)."""
+
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_server_name: str | None = None
+    tls: bool = False
+    token: str | None = None  # never printed
+    token_file: Path | None = None
+
+    def __repr__(self) -> str:  # the token stays out of tracebacks and logs
+        return f"Connection(tls={self.tls_settings()!r}, token={'***' if self.token else None})"
+
+    def tls_settings(self) -> TLS | None:
+        if not (self.tls or self.tls_ca or self.tls_cert or self.tls_key or self.tls_server_name):
+            return None
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise CliError("--tls-cert and --tls-key go together (mutual TLS)", EXIT_USAGE)
+        return TLS(
+            ca_file=str(self.tls_ca) if self.tls_ca else None,
+            cert_file=str(self.tls_cert) if self.tls_cert else None,
+            key_file=str(self.tls_key) if self.tls_key else None,
+            server_name=self.tls_server_name,
+        )
+
+    def bearer(self) -> Token | None:
+        secret = self.token
+        if not secret and self.token_file is not None:
+            try:
+                secret = self.token_file.read_text().strip()
+            except OSError as exc:
+                raise CliError(
+                    f"cannot read the token file {self.token_file}: {exc.strerror}"
+                ) from None
+        if not secret:
+            return None
+        try:
+            return Token(secret)
+        except ValueError as exc:
+            raise CliError(str(exc), EXIT_USAGE) from None
+
+
+_connection = Connection()
+
+
+def set_connection(connection: Connection) -> None:
+    """Remember the root options for the command that runs."""
+    global _connection
+    _connection = connection
+
+
+def connection_settings() -> tuple[TLS | None, Token | None]:
+    """The TLS settings and token the command line (or its environment) gives."""
+    return _connection.tls_settings(), _connection.bearer()
+
+
 def connect(broker: str, *, submit_retries: int | None = None) -> SyncClient:
     """The client a command talks to the broker at `broker` with (a test puts a fake in
     this module's SyncClient); `submit_retries` overrides how often a submit refused for
-    overload is sent again (None: the SDK's default)."""
+    overload is sent again (None: the SDK's default). TLS and the token come from the
+    root options."""
+    tls, token = connection_settings()
+    secure: dict[str, object] = {}
+    if tls is not None:
+        secure["tls"] = tls
+    if token is not None:
+        secure["token"] = token
     if submit_retries is None:
-        return SyncClient(broker)
-    return SyncClient(broker, max_submit_retries=submit_retries)
+        return SyncClient(broker, **secure)  # type: ignore[arg-type]
+    return SyncClient(broker, max_submit_retries=submit_retries, **secure)  # type: ignore[arg-type]
 
 
 class LogFormat(enum.StrEnum):

@@ -6,13 +6,16 @@ import grpc
 from grpc_health.v1 import health_pb2 as _health_pb
 from grpc_health.v1 import health_pb2_grpc as _health_grpc
 
+from cli._common import connection_settings
 from cli._errors import CliError
 from worker_sdk._channel import open_blocking_channel
 
 
 def check(address: str, service: str = "", timeout: float = 3.0) -> str:
     """The serving status name ("SERVING", "NOT_SERVING", ...) of `service` at `address`."""
-    with open_blocking_channel(address, options=()) as channel:  # a small answer: no options
+    tls, token = connection_settings()
+    # A small answer: no options. The health service needs no token, but takes one.
+    with open_blocking_channel(address, options=(), tls=tls, token=token) as channel:
         stub = _health_grpc.HealthStub(channel)
         try:
             response = stub.Check(_health_pb.HealthCheckRequest(service=service), timeout=timeout)

@@ -107,6 +107,7 @@ def task_dict(task: TaskInfo) -> dict[str, Any]:
         "execution_timeout_s": task.execution_timeout,
         "idempotency_key": task.idempotency_key,
         "fairness_key": task.fairness_key,
+        "submitter": task.submitter,
         "created_at": _iso(task.created_at),
         "assigned_at": _iso(task.assigned_at),
         "started_at": _iso(task.started_at),
@@ -295,6 +296,8 @@ def _option_rows(task: TaskInfo) -> list[tuple[str, Text | str]]:
         rows.append(("idempotency key", task.idempotency_key))
     if task.fairness_key is not None:
         rows.append(("fairness key", task.fairness_key))
+    if task.submitter is not None:
+        rows.append(("submitter", task.submitter))
     return rows
 
 

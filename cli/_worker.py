@@ -11,6 +11,7 @@ import sys
 import traceback
 from typing import NoReturn
 
+from cli._common import connection_settings
 from cli._errors import EXIT_INTERRUPTED, EXIT_USAGE, CliError
 from worker_sdk import Worker
 
@@ -63,9 +64,13 @@ def configure_worker(
     labels: dict[str, str] | None,
     worker_id: str | None,
 ) -> None:
-    """Apply the command line's overrides to the worker (None keeps its own setting)."""
+    """Apply the command line's overrides to the worker (None keeps its own setting), and
+    the connection's TLS and token if the command line gives them."""
+    tls, token = connection_settings()
     try:
-        worker.configure(pool=pool, capacity=capacity, labels=labels, worker_id=worker_id)
+        worker.configure(
+            pool=pool, capacity=capacity, labels=labels, worker_id=worker_id, tls=tls, token=token
+        )
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
 

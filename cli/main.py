@@ -7,7 +7,19 @@ from typing import Annotated
 
 import typer
 
-from cli._common import BrokerOption, LogFormat, LogLevel
+from cli._common import (
+    TLS_CA_ENV,
+    TLS_CERT_ENV,
+    TLS_KEY_ENV,
+    TLS_SERVER_NAME_ENV,
+    TOKEN_ENV,
+    TOKEN_FILE_ENV,
+    BrokerOption,
+    Connection,
+    LogFormat,
+    LogLevel,
+    set_connection,
+)
 from cli._errors import EXIT_ERROR, OneLineErrorGroup
 from cli._logs import quiet
 from cli._pools import pools_app
@@ -15,6 +27,7 @@ from cli._simulate import simulate
 from cli._stats import config_app, metrics_app, stats
 from cli._submit import Label, parse_label, parse_preference, submit
 from cli._tasks import StateChoice, tasks_app
+from cli._tokens import tokens_app
 from cli._workers import worker_app, workers_app
 from worker_sdk import DEFAULT_ADDRESS
 from worker_sdk._pool_settings import KNOWN_STRATEGIES
@@ -43,6 +56,7 @@ app.add_typer(tasks_app, name="tasks")
 app.add_typer(pools_app, name="pools")
 app.add_typer(metrics_app, name="metrics")
 app.add_typer(config_app, name="config")
+app.add_typer(tokens_app, name="tokens")
 
 
 @app.command()
@@ -120,8 +134,78 @@ def _root(
             help="Print the version and exit.",
         ),
     ] = False,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-ca",
+            envvar=TLS_CA_ENV,
+            metavar="FILE",
+            help="Reach the broker over TLS, trusting this CA (PEM).",
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-cert",
+            envvar=TLS_CERT_ENV,
+            metavar="FILE",
+            help="Client certificate (PEM) for mutual TLS.",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-key",
+            envvar=TLS_KEY_ENV,
+            metavar="FILE",
+            help="Key (PEM) of the client certificate.",
+        ),
+    ] = None,
+    tls_server_name: Annotated[
+        str | None,
+        typer.Option(
+            "--tls-server-name",
+            envvar=TLS_SERVER_NAME_ENV,
+            metavar="NAME",
+            help="The name the broker's certificate is checked against (default: its host).",
+        ),
+    ] = None,
+    tls: Annotated[
+        bool, typer.Option("--tls", help="Reach the broker over TLS, trusting the system's CAs.")
+    ] = False,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar=TOKEN_ENV,
+            metavar="TOKEN",
+            show_envvar=True,
+            help="API token. Prefer the environment variable or --token-file: a flag shows"
+            " in the process list.",
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            envvar=TOKEN_FILE_ENV,
+            metavar="FILE",
+            help="Read the API token from this file.",
+        ),
+    ] = None,
 ) -> None:
     """Taskbroker: a gRPC task-dispatch broker for worker pools, durable on SQLite."""
+    set_connection(
+        Connection(
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_server_name=tls_server_name,
+            tls=tls,
+            token=token,
+            token_file=token_file,
+        )
+    )
 
 
 # Declared in the modules of their kind; registered here, in the order --help lists them.

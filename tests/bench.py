@@ -14,6 +14,8 @@ with a no-op handler, then measures from this process, through the SDK client:
 Each throughput run also gives the CPU time per task of the broker, of the workers
 together and of this client, from /proc and resource usage of the real processes.
 Prints one figure a line, `NAME VALUE UNIT`, so runs can be compared line by line.
+With --tls and/or --token (tests.bench_security), only the many-slot run, over TLS and/or
+with a token checked on every call: its figures end in `_tls` / `_token`.
 Every loop is bounded in count and in time.
 """
 
@@ -39,6 +41,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
+from tests import bench_security
 from worker_sdk import Client, TaskContext, TaskRequest, Worker
 
 MANY_SLOTS = 512
@@ -104,7 +107,11 @@ async def _run_broker(db_path: str, port_file: str) -> None:
 
 
 async def _run_worker(address: str, capacity: str) -> None:
-    worker = Worker(capacity=int(capacity), tracer_provider=_tracer_provider())
+    worker = Worker(
+        capacity=int(capacity),
+        tracer_provider=_tracer_provider(),
+        **bench_security.connection(),
+    )
 
     @worker.task("noop")
     async def noop(ctx: TaskContext) -> None:
@@ -300,7 +307,7 @@ async def latencies(client: Client, count: int) -> list[float]:
 
 async def one_slot(counts: Counts, ping: list[float]) -> None:
     with cluster(capacity=1) as setup:
-        async with Client(setup.address) as client:
+        async with Client(setup.address, **bench_security.connection()) as client:
             await _ready(client, setup.workers)
             await _single(client, counts.warmup // 4)
             samples = await latencies(client, counts.latency_samples)
@@ -314,20 +321,22 @@ async def one_slot(counts: Counts, ping: list[float]) -> None:
 
 async def many_slots(counts: Counts, *, tracing: bool) -> float:
     with cluster(capacity=MANY_SLOTS, tracing=tracing) as setup:
-        async with Client(setup.address, tracer_provider=_tracer_provider()) as client:
+        security = bench_security.connection()
+        async with Client(setup.address, tracer_provider=_tracer_provider(), **security) as client:
             await _ready(client, setup.workers)
             await _single(client, counts.warmup)
             if tracing:
                 return await throughput(client, setup, counts.many_slot_tasks, False, "_traced")
-            await throughput(client, setup, counts.many_slot_tasks, True, "_batched")
-            return await throughput(client, setup, counts.many_slot_tasks, False, "")
+            suffix = bench_security.suffix()
+            await throughput(client, setup, counts.many_slot_tasks, True, "_batched" + suffix)
+            return await throughput(client, setup, counts.many_slot_tasks, False, suffix)
 
 
 async def measure(counts: Counts, parts: set[str]) -> None:
-    ping = await pingpong(counts.pingpongs)
-    _emit("pingpong_p50", statistics.median(ping), "ms", 3)
-    _emit("pingpong_p99", _percentile(ping, 99), "ms", 3)
     if "one_slot" in parts:
+        ping = await pingpong(counts.pingpongs)
+        _emit("pingpong_p50", statistics.median(ping), "ms", 3)
+        _emit("pingpong_p99", _percentile(ping, 99), "ms", 3)
         await one_slot(counts, ping)
     untraced = None
     if "many_slots" in parts:
@@ -356,6 +365,12 @@ def main() -> None:
     parser.add_argument(
         "role", nargs="?", default="main", choices=["main", "broker", "worker", "echo"]
     )
+    parser.add_argument(
+        "--tls", action="store_true", help="many slots only, the broker serving TLS (_tls)"
+    )
+    parser.add_argument(
+        "--token", action="store_true", help="many slots only, a token checked (_token)"
+    )
     parser.add_argument("args", nargs="*")
     options = parser.parse_args()
     if options.role == "broker":
@@ -366,7 +381,11 @@ def main() -> None:
         asyncio.run(_run_echo(*options.args))
     else:
         counts = QUICK if options.quick else FULL
-        asyncio.run(measure(counts, set(options.only or PARTS)))
+        parts = set(options.only or PARTS)
+        if options.tls or options.token:
+            bench_security.enable(tls=options.tls, token=options.token)
+            parts = {"many_slots"}
+        asyncio.run(measure(counts, parts))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Taskbroker SDK: `Worker` runs tasks, `Client` and `SyncClient` submit and watch them."""
 
+from worker_sdk._channel import TLS
 from worker_sdk._client import Client
 from worker_sdk._context import TaskContext
 from worker_sdk._errors import (
@@ -8,13 +9,16 @@ from worker_sdk._errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     TaskbrokerError,
     TaskFailed,
+    Unauthenticated,
     Unavailable,
     WorkerError,
 )
 from worker_sdk._sync import SyncClient
+from worker_sdk._token_types import Identity, TokenInfo
 from worker_sdk._types import (
     DEFAULT_ADDRESS,
     ArmStats,
@@ -41,6 +45,7 @@ from worker_sdk._worker import Worker
 
 __all__ = [
     "DEFAULT_ADDRESS",
+    "TLS",
     "AlreadyExists",
     "ArmStats",
     "Bulkhead",
@@ -49,9 +54,11 @@ __all__ = [
     "ConfigChange",
     "DeadlineExceeded",
     "FailedPrecondition",
+    "Identity",
     "InvalidArgument",
     "MetricPoint",
     "NotFound",
+    "PermissionDenied",
     "Placement",
     "PoolInfo",
     "PoolRecommendation",
@@ -69,6 +76,8 @@ __all__ = [
     "TaskRequest",
     "TaskState",
     "TaskbrokerError",
+    "TokenInfo",
+    "Unauthenticated",
     "Unavailable",
     "Worker",
     "WorkerError",

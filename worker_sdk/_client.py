@@ -18,7 +18,7 @@ from opentelemetry.trace import TracerProvider
 
 from worker_sdk import _convert, _tracing
 from worker_sdk._admin_calls import AdminCalls
-from worker_sdk._channel import open_channel
+from worker_sdk._channel import TLSSetting, Token, open_channel, tls_of, token_of
 from worker_sdk._errors import (
     DeadlineExceeded,
     ResourceExhausted,
@@ -26,8 +26,10 @@ from worker_sdk._errors import (
 )
 from worker_sdk._payload import UNSET, encode_payload, payload_content_type
 from worker_sdk._pb import admin_pb2_grpc as _admin_grpc
+from worker_sdk._pb import auth_pb2_grpc as _auth_grpc
 from worker_sdk._pb import tasks_pb2_grpc as _tasks_grpc
 from worker_sdk._stream import StreamLost, SubmitBackoff, SubmitStream, retrieve_exceptions
+from worker_sdk._tokens import TokenCalls
 from worker_sdk._types import (
     DEFAULT_ADDRESS,
     DEFAULT_POOL,
@@ -56,7 +58,7 @@ def default_client_id() -> str:
     return "".join(c if " " <= c <= "~" else "?" for c in ident)
 
 
-class Client(AdminCalls):
+class Client(AdminCalls, TokenCalls):
     """An asyncio client of the broker. Use `async with Client(...) as client:`.
 
     `submit()`, `wait()` and `result()` share one SubmitStream, opened on first use, on which
@@ -79,8 +81,11 @@ class Client(AdminCalls):
     trace, carried to the broker and the worker in the task; unary calls carry the
     caller's trace context in their metadata.
 
+    `tls` (a `TLS`, or True for the system's roots) reaches a broker over TLS, with a
+    client certificate for mutual TLS; `token` is sent as a bearer token with every call.
+
     The administration calls (pools, workers, statistics, history, config) are in
-    `worker_sdk._admin_calls`.
+    `worker_sdk._admin_calls`; the token calls in `worker_sdk._tokens`.
     """
 
     def __init__(
@@ -92,6 +97,8 @@ class Client(AdminCalls):
         max_submit_retries: int = 5,
         max_submit_backoff_s: float = 10.0,
         tracer_provider: TracerProvider | None = None,
+        tls: TLSSetting = None,
+        token: str | Token | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -104,6 +111,8 @@ class Client(AdminCalls):
         if not client_id or not all(" " <= c <= "~" for c in client_id):
             raise ValueError("client_id must be a non-empty string of printable ASCII")
         self._address = address
+        self._tls = tls_of(tls)
+        self._token = token_of(token)
         self._batch_size = batch_size
         self._client_id = client_id
         self._client_metadata: _tracing.Metadata = ((CLIENT_ID_HEADER, client_id),)
@@ -112,6 +121,7 @@ class Client(AdminCalls):
         self._channel: grpc.aio.Channel | None = None
         self._task_stub: _tasks_grpc.TaskServiceAsyncStub | None = None
         self._admin_stub: _admin_grpc.AdminServiceAsyncStub | None = None
+        self._auth: _auth_grpc.AuthServiceAsyncStub | None = None
         self._stream: SubmitStream | None = None
         self._retired: list[SubmitStream] = []
         self._closed = False
@@ -162,10 +172,16 @@ class Client(AdminCalls):
             raise RuntimeError("the client is closed")
         if self._task_stub is None or self._admin_stub is None:
             # Created here, not in __init__, so it binds to the loop that uses it.
-            self._channel = open_channel(self._address)
+            self._channel = open_channel(self._address, tls=self._tls, token=self._token)
             self._task_stub = _tasks_grpc.TaskServiceStub(self._channel)
             self._admin_stub = _admin_grpc.AdminServiceStub(self._channel)
+            self._auth = _auth_grpc.AuthServiceStub(self._channel)
         return self._task_stub, self._admin_stub
+
+    def _auth_stub(self) -> _auth_grpc.AuthServiceAsyncStub:
+        self._stubs()
+        assert self._auth is not None
+        return self._auth
 
     def _submit_stream(self) -> SubmitStream:
         stream = self._stream

@@ -43,6 +43,14 @@ class Unavailable(TaskbrokerError):
     """The broker is unreachable, shutting down, or the stream to it broke."""
 
 
+class Unauthenticated(TaskbrokerError):
+    """The broker wants a valid token or client certificate; none, or a revoked one, came."""
+
+
+class PermissionDenied(TaskbrokerError):
+    """The caller's roles or pools do not allow this."""
+
+
 class DeadlineExceeded(TaskbrokerError):
     """A wait or call ran out of time before the broker answered."""
 
@@ -63,9 +71,11 @@ _BY_CODE: dict[int, type[TaskbrokerError]] = {
     4: DeadlineExceeded,
     5: NotFound,
     6: AlreadyExists,
+    7: PermissionDenied,
     8: ResourceExhausted,
     9: FailedPrecondition,
     14: Unavailable,
+    16: Unauthenticated,
 }
 
 

@@ -44,6 +44,8 @@ _FATAL_REGISTRATION_CODES: Final = frozenset(
         grpc.StatusCode.NOT_FOUND,
         grpc.StatusCode.ALREADY_EXISTS,
         grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
     }
 )
 _DEFAULT_HEARTBEAT_S: Final = 5.0

@@ -18,8 +18,10 @@ from worker_sdk import _convert
 from worker_sdk._errors import (
     RESOURCE_EXHAUSTED,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     TaskbrokerError,
+    Unauthenticated,
     Unavailable,
     error_for_code,
 )
@@ -81,6 +83,11 @@ class _PendingSubmit:
     future: asyncio.Future[str]
     solo: bool = False  # send in a message of its own
     refusals: int = 0  # times its batch was refused for overload and resent
+
+
+def _refusal(error: TaskbrokerError) -> type[TaskbrokerError] | None:
+    """The class of an error that ends a stream for good: the caller may not."""
+    return type(error) if isinstance(error, Unauthenticated | PermissionDenied) else None
 
 
 class StreamLost(Unavailable):
@@ -184,7 +191,7 @@ class SubmitStream:
             raise
         except grpc.RpcError as exc:
             error = _convert.rpc_error(exc, self._address)
-            self._break(str(error), lost=isinstance(error, Unavailable))
+            self._break(str(error), lost=isinstance(error, Unavailable), refused=_refusal(error))
         except Exception as exc:  # e.g. InvalidStateError: the call ended under us
             self._break(f"{type(exc).__name__}: {exc}", lost=True)
 
@@ -231,6 +238,7 @@ class SubmitStream:
     async def _read_loop(self) -> None:
         reason = "the broker ended the stream"
         lost = True
+        refused = None
         try:
             async for response in self._call:
                 event = _convert.submit_stream_event(response)
@@ -244,10 +252,11 @@ class SubmitStream:
             error = _convert.rpc_error(exc, self._address)
             reason = str(error)
             lost = isinstance(error, Unavailable)
+            refused = _refusal(error)
         except TaskbrokerError as exc:  # a message we cannot make sense of
             reason = str(exc)
             lost = False
-        self._break(reason, lost=lost)
+        self._break(reason, lost=lost, refused=refused)
 
     def _on_ack(self, ack: SubmitAcked) -> None:
         batch = self._unacked.pop(ack.batch_id, None)
@@ -333,8 +342,13 @@ class SubmitStream:
 
     # -- breakage ----------------------------------------------------------------------
 
-    def _break(self, reason: str, *, lost: bool = False) -> None:
+    def _break(
+        self, reason: str, *, lost: bool = False, refused: type[TaskbrokerError] | None = None
+    ) -> None:
         """Fail everything pending with Unavailable; the client opens a new stream next time.
+
+        With `refused` (the broker refused the caller's credentials or rights), what is
+        pending fails with that error instead: trying again would not help.
 
         With `lost` (the broker went away or ended the stream), waits fail with StreamLost
         instead, which the client answers by watching the same tasks on a new stream.
@@ -357,16 +371,20 @@ class SubmitStream:
         self._resends.clear()
         for wait in self._backing_off:
             wait.cancel()  # the done callback finds the stream broken and leaves them be
+        failure = refused or Unavailable
+        if refused is not None:
+            lost = False
+            message = reason
         for pending in pending_submits:
             if not pending.future.done():
-                pending.future.set_exception(Unavailable(message))
+                pending.future.set_exception(failure(message))
         watchers = self._watchers
         self._watchers = {}
         self._watch_ids = []
         for futures in watchers.values():
             for future in futures:
                 if not future.done():
-                    future.set_exception(StreamLost(message) if lost else Unavailable(message))
+                    future.set_exception(StreamLost(message) if lost else failure(message))
         failed_waits = 0 if lost else len(watchers)
         if pending_submits or failed_waits:
             _log.warning(

@@ -12,6 +12,7 @@ from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
+from worker_sdk._channel import TLSSetting, Token
 from worker_sdk._client import Client
 from worker_sdk._types import DEFAULT_ADDRESS
 
@@ -65,6 +66,8 @@ class SyncClient:
         client_id: str | None = None,
         max_submit_retries: int = 5,
         max_submit_backoff_s: float = 10.0,
+        tls: TLSSetting = None,
+        token: str | Token | None = None,
     ) -> None:
         """The arguments are `Client`'s."""
         self._client = Client(
@@ -73,6 +76,8 @@ class SyncClient:
             client_id=client_id,
             max_submit_retries=max_submit_retries,
             max_submit_backoff_s=max_submit_backoff_s,
+            tls=tls,
+            token=token,
         )
         self._runner = asyncio.Runner()
         self._started = False  # whether the runner has run anything (and has a loop)
@@ -149,3 +154,7 @@ class SyncClient:
     reload_config = _blocking(Client.reload_config)
     config_history = _blocking(Client.config_history)
     purge_tasks = _blocking(Client.purge_tasks)
+    create_token = _blocking(Client.create_token)
+    list_tokens = _blocking(Client.list_tokens)
+    revoke_token = _blocking(Client.revoke_token)
+    whoami = _blocking(Client.whoami)

@@ -130,7 +130,8 @@ class TaskInfo:
     `not_before` is the time before which a pending task is not handed out (its delay, a
     retry's backoff or a rate limit), else the `not_before` it was submitted with. The
     other submit options (`retry`, `start_timeout`, `execution_timeout` in seconds,
-    `idempotency_key`, `fairness_key`) are as submitted; None = not set.
+    `idempotency_key`, `fairness_key`) are as submitted; None = not set. `submitter` is
+    the authenticated identity that submitted it; None when the broker authenticates no one.
     """
 
     id: str
@@ -156,6 +157,7 @@ class TaskInfo:
     execution_timeout: float | None = None
     idempotency_key: str | None = None
     fairness_key: str | None = None
+    submitter: str | None = None
 
     def json(self) -> Any:
         """The result parsed as JSON (what a handler returning a dict or list produced)."""

@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeVar
 from opentelemetry.trace import TracerProvider
 
 from worker_sdk import _tracing
-from worker_sdk._channel import open_channel
+from worker_sdk._channel import TLSSetting, Token, open_channel, tls_of, token_of
 from worker_sdk._context import TaskContext
 from worker_sdk._pb import worker_pb2_grpc as _worker_grpc
 from worker_sdk._processes import ProcessSlots, pickled_handlers
@@ -72,6 +72,8 @@ class Worker:
         reconnect_max_s: float = 10.0,
         tracer_provider: TracerProvider | None = None,
         sync_handlers: Literal["thread", "process"] = "thread",
+        tls: TLSSetting = None,
+        token: str | Token | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
@@ -87,6 +89,8 @@ class Worker:
         self._labels = dict(labels or {})
         self._worker_id = worker_id
         self._broker = broker
+        self._tls = tls_of(tls)
+        self._token = token_of(token)
         self._reconnect_initial_s = reconnect_initial_s
         self._reconnect_max_s = reconnect_max_s
         self._handlers: dict[str, _Handler] = {}
@@ -143,10 +147,13 @@ class Worker:
         capacity: int | None = None,
         labels: Mapping[str, str] | None = None,
         worker_id: str | None = None,
+        tls: TLSSetting = None,
+        token: str | Token | None = None,
     ) -> None:
         """Override what the worker was built with, before `run()` (as `taskbroker worker
-        run --pool/--capacity/--labels/--worker-id` does). An argument left None keeps its
-        setting; `labels` are merged over the existing ones (a key given here wins)."""
+        run --pool/--capacity/--labels/--worker-id`, and `--tls-*`/`--token`, do). An
+        argument left None keeps its setting; `labels` are merged over the existing ones
+        (a key given here wins)."""
         if self._running:
             raise RuntimeError("configure the worker before run()")
         if capacity is not None and capacity < 1:
@@ -163,6 +170,10 @@ class Worker:
             if not worker_id:
                 raise ValueError("worker_id must not be empty")
             self._worker_id = worker_id
+        if tls is not None:
+            self._tls = tls_of(tls)
+        if token is not None:
+            self._token = token_of(token)
 
     def task(self, task_type: str) -> Callable[[_H], _H]:
         """Register the decorated function as the handler of `task_type`; it is returned as is.
@@ -217,7 +228,7 @@ class Worker:
             ("grpc.min_reconnect_backoff_ms", round(self._reconnect_initial_s * 1000)),
             ("grpc.max_reconnect_backoff_ms", round(self._reconnect_max_s * 1000)),
         ]
-        channel = open_channel(address, extra_options=reconnect)
+        channel = open_channel(address, extra_options=reconnect, tls=self._tls, token=self._token)
         try:
             stub = _worker_grpc.WorkerServiceStub(channel)
             failures = 0

@@ -114,7 +114,8 @@ def retry_from_pb(msg: _tasks.RetryPolicy) -> RetryPolicy:
     )
 
 
-def spec_from_pb(msg: _tasks.TaskSpec) -> TaskSpec:
+def spec_from_pb(msg: _tasks.TaskSpec, submitter: str = "") -> TaskSpec:
+    """The spec of a task to submit; `submitter` is the caller's authenticated identity."""
     return TaskSpec(
         task_type=msg.task_type,
         payload=msg.payload,
@@ -129,6 +130,7 @@ def spec_from_pb(msg: _tasks.TaskSpec) -> TaskSpec:
         fairness_key=msg.fairness_key,
         trace_context=dict(msg.trace_context),
         payload_content_type=msg.payload_content_type,
+        submitter=submitter,
     )
 
 
@@ -173,8 +175,8 @@ def _placement_to_pb(placement: Placement, msg: _tasks.Placement) -> None:
     msg.routing_key = placement.routing_key
 
 
-def specs_from_pb(msgs: Sequence[_tasks.TaskSpec]) -> list[TaskSpec]:
-    return [spec_from_pb(m) for m in msgs]
+def specs_from_pb(msgs: Sequence[_tasks.TaskSpec], submitter: str = "") -> list[TaskSpec]:
+    return [spec_from_pb(m, submitter) for m in msgs]
 
 
 # Each of the broker's error types as TaskError.BrokerType: "WorkerLost" is
@@ -218,6 +220,7 @@ def task_to_pb(task: Task, view: _tasks.TaskView.ValueType = FULL) -> _tasks.Tas
         result_content_type=task.result_content_type,
         view=FULL if full else BASIC,
         terminal=task.state in TERMINAL_STATES,
+        submitter=task.spec.submitter,
     )
     if task.error is not None:
         _error_to_pb(task.error, msg.error)

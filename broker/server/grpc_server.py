@@ -1,7 +1,7 @@
 """The broker's gRPC server, built in one place: its options, interceptors, credentials,
 servicers, health and reflection.
 
-`server_interceptors` and `server_credentials` are where authentication and TLS go;
+TLS, tokens and the limits against abuse come from a `Security` (broker.server.security);
 the composition root (broker.app) calls `bind_server` and `add_services` and owns the
 server's lifecycle.
 """
@@ -18,17 +18,23 @@ from grpc_reflection.v1alpha import reflection
 from grpc_reflection.v1alpha import reflection_pb2 as _reflection
 from opentelemetry.trace import Tracer
 
+from broker.clock import SystemClock
 from broker.config import BrokerConfig
 from broker.errors import BrokerError
 from broker.server.admin import AdminService
+from broker.server.auth import task_owner
 from broker.server.interceptors import server_interceptors
 from broker.server.keda import ExternalScalerService
 from broker.server.parsing import TolerantRegistrar
+from broker.server.security import Security, limit_options
 from broker.server.tasks import TaskService
+from broker.server.tokens import AuthService
 from broker.server.workers import WorkerService
 from broker.service import BrokerService
 from worker_sdk._pb import admin_pb2 as _admin
 from worker_sdk._pb import admin_pb2_grpc as _admin_grpc
+from worker_sdk._pb import auth_pb2 as _auth
+from worker_sdk._pb import auth_pb2_grpc as _auth_grpc
 from worker_sdk._pb import externalscaler_pb2 as _keda
 from worker_sdk._pb import externalscaler_pb2_grpc as _keda_grpc
 from worker_sdk._pb import tasks_pb2 as _tasks
@@ -41,6 +47,7 @@ SERVICE_NAMES = (
     _worker.DESCRIPTOR.services_by_name["WorkerService"].full_name,
     _admin.DESCRIPTOR.services_by_name["AdminService"].full_name,
     _keda.DESCRIPTOR.services_by_name["ExternalScaler"].full_name,  # for KEDA
+    _auth.DESCRIPTOR.services_by_name["AuthService"].full_name,
 )
 
 
@@ -51,18 +58,15 @@ REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 
 def server_options(config: BrokerConfig) -> list[tuple[str, Any]]:
-    """Channel arguments of the server: messages big enough for a full batch."""
+    """Channel arguments of the server: messages big enough for a full batch, no bigger;
+    keepalive enforcement and connection age (broker.server.security.limit_options)."""
     limit = config.max_message_bytes
     return [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
         ("grpc.so_reuseport", 0),
+        *limit_options(config),
     ]
-
-
-def server_credentials(config: BrokerConfig) -> grpc.ServerCredentials | None:
-    """The credentials the port is bound with; None: a plaintext port (all there is today)."""
-    return None
 
 
 def health_servicer() -> Any:
@@ -78,7 +82,7 @@ async def set_serving(health_service: Any) -> None:
 
 
 def bind_server(
-    config: BrokerConfig, *, tracer: Tracer | None = None
+    config: BrokerConfig, *, tracer: Tracer | None = None, security: Security | None = None
 ) -> tuple[grpc.aio.Server, int]:
     """A server bound to config.host:config.port, with no services yet and not started
     (see `add_services`); returns it and the port it was bound to (config.port, or the one
@@ -86,16 +90,19 @@ def bind_server(
     database is opened.
 
     Raises BrokerError ("cannot listen on HOST:PORT: address already in use") if the
-    address cannot be bound.
+    address cannot be bound, or if it would be plaintext beyond loopback without
+    `allow_insecure`. Without `security`, one is made from the config.
     """
     address = f"{config.host}:{config.port}"
+    if security is None:
+        security = Security(config, SystemClock())
     if config.port:
         _check_free(config.host, config.port, address)
     server = grpc.aio.server(
-        interceptors=server_interceptors(config, tracer),
+        interceptors=[*server_interceptors(config, tracer), security.interceptor],
         options=server_options(config),
     )
-    credentials = server_credentials(config)
+    credentials = security.credentials()
     try:
         if credentials is None:
             port = server.add_insecure_port(address)
@@ -133,17 +140,28 @@ def _check_free(host: str, port: int, address: str) -> None:
                 raise BrokerError(f"cannot listen on {address}: {exc.strerror}") from None
 
 
-def add_services(server: grpc.aio.Server, service: BrokerService, *, health_service: Any) -> None:
-    """Register the broker's services (plus `health_service` and reflection) on a server
-    from `bind_server`, before it starts."""
+def add_services(
+    server: grpc.aio.Server,
+    service: BrokerService,
+    *,
+    health_service: Any,
+    security: Security | None = None,
+) -> None:
+    """Register the broker's services (plus `health_service` and, unless the config
+    turns it off, reflection) on a server from `bind_server`, before it starts;
+    `security` is the one the server was bound with."""
     # Requests are parsed tolerantly: bad bytes become INVALID_ARGUMENT, not UNKNOWN.
     registrar: Any = TolerantRegistrar(server)
     _tasks_grpc.add_TaskServiceServicer_to_server(TaskService(service), registrar)
     _worker_grpc.add_WorkerServiceServicer_to_server(WorkerService(service), registrar)
     _admin_grpc.add_AdminServiceServicer_to_server(AdminService(service), registrar)
     _keda_grpc.add_ExternalScalerServicer_to_server(ExternalScalerService(service), registrar)
+    if security is not None:
+        _auth_grpc.add_AuthServiceServicer_to_server(AuthService(security.registry), registrar)
+        security.interceptor.set_task_lookup(lambda task_id: task_owner(service.get, task_id))
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
-    add_reflection(server)
+    if security is None or security.config.reflection:
+        add_reflection(server)
 
 
 def add_reflection(server: grpc.aio.Server) -> None:
@@ -171,9 +189,11 @@ def build_server(
     *,
     health_service: Any,
     tracer: Tracer | None = None,
+    security: Security | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """`bind_server`, then `add_services`: a server for the broker's services, bound but
     not started, and its port. Raises BrokerError if the address cannot be bound."""
-    server, port = bind_server(config, tracer=tracer)
-    add_services(server, service, health_service=health_service)
+    security = security or Security(config, SystemClock())
+    server, port = bind_server(config, tracer=tracer, security=security)
+    add_services(server, service, health_service=health_service, security=security)
     return server, port

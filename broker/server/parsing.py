@@ -15,18 +15,34 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from broker.errors import InvalidArgument
+from broker.server.auth import current_principal
 
-# The request metadata naming the caller, for per-client rate limits.
+# The request metadata naming the caller: its identity when the broker authenticates no
+# one (auth = "none" and no client certificate), else a label only.
 CLIENT_ID_KEY = "x-taskbroker-client"
 MAX_CLIENT_ID_LENGTH = 200
 
 
 def client_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """Who is calling: the client id it sends, else its address."""
+    """Who is calling, for per-client rate limits and the config audit: the identity the
+    broker authenticated (a token's name, a certificate's subject); without one, the
+    client id the caller sends, else its address."""
+    principal = current_principal()
+    if principal is not None and principal.name:
+        return principal.name
     for key, value in context.invocation_metadata() or ():
         if key == CLIENT_ID_KEY and isinstance(value, str) and value:
             return value[:MAX_CLIENT_ID_LENGTH]
     return context.peer() or ""
+
+
+def submitter() -> str:
+    """The identity a task submitted by the running call is recorded with: the
+    authenticated one, or "" when the broker authenticates no one."""
+    principal = current_principal()
+    if principal is None or principal.kind == "open":
+        return ""
+    return principal.name
 
 
 class Malformed:

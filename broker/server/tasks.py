@@ -15,7 +15,7 @@ from broker.core.validation import MAX_TASK_IDS
 from broker.domain import Task, TaskId
 from broker.errors import BrokerError, InvalidArgument, ResourceExhausted
 from broker.server import convert, paging
-from broker.server.parsing import Malformed, client_identity
+from broker.server.parsing import Malformed, client_identity, submitter
 from broker.server.status import Context, abort, edge, retry_after_ms, status_of
 from broker.service import BrokerService
 from worker_sdk._pb import tasks_pb2 as _tasks
@@ -38,7 +38,7 @@ class TaskService(_tasks_grpc.TaskServiceServicer):
     async def Submit(
         self, request: _tasks.SubmitRequest, context: Context
     ) -> _tasks.SubmitResponse:
-        specs = [convert.spec_from_pb(request.task)]
+        specs = [convert.spec_from_pb(request.task, submitter())]
         ((task, existing),) = await self._service.submit_detailed(specs, client_identity(context))
         return _tasks.SubmitResponse(task_id=str(task.id), existing=existing)
 
@@ -46,7 +46,7 @@ class TaskService(_tasks_grpc.TaskServiceServicer):
     async def SubmitBatch(
         self, request: _tasks.SubmitBatchRequest, context: Context
     ) -> _tasks.SubmitBatchResponse:
-        specs = convert.specs_from_pb(request.tasks)
+        specs = convert.specs_from_pb(request.tasks, submitter())
         tasks = await self._service.submit(specs, client_identity(context))
         return _tasks.SubmitBatchResponse(task_ids=[str(t.id) for t in tasks])
 
@@ -150,6 +150,7 @@ class _SubmitSession:
     def __init__(self, service: BrokerService, client: str) -> None:
         self._service = service
         self._client = client
+        self._submitter = submitter()
         self._acks: list[_tasks.SubmitAck] = []
         self._completed: list[Task] = []
         self._not_found: list[str] = []  # watched ids the broker does not know
@@ -246,7 +247,7 @@ class _SubmitSession:
             return
         if request.tasks:
             try:
-                specs = convert.specs_from_pb(request.tasks)
+                specs = convert.specs_from_pb(request.tasks, self._submitter)
                 tasks = await self._service.submit(specs, self._client)
             except BrokerError as exc:
                 self._ack(ack, exc)

@@ -29,6 +29,7 @@ _OPTION_FIELDS = (
     "idempotency_key",
     "fairness_key",
     "payload_content_type",
+    "submitter",
 )
 # Stored as given (a mapping); compared with the default as a dict.
 _MAPPING_FIELDS = ("trace_context",)

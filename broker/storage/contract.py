@@ -49,6 +49,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from broker.domain import (
+    ApiToken,
     ConfigChange,
     PoolConfig,
     Task,
@@ -136,6 +137,11 @@ class Store(WorkerLog, RollupStore, Protocol):
     async def record_config_change(self, change: ConfigChange) -> None:
         """Append an audited configuration change, returning once committed."""
 
+    async def save_token(self, token: ApiToken) -> None:
+        """Store an API token (its digest, never its secret), replacing the one of its
+        name (a revocation); returns once committed."""
+        ...
+
     async def record_file_settings(self, pool: str, settings: Mapping[str, Any]) -> None:
         """Remember the settings the config file last gave `pool` (JSON-ready values by
         key, as `codec.pool_settings` gives them), replacing what was remembered; returns
@@ -216,6 +222,10 @@ class Store(WorkerLog, RollupStore, Protocol):
 
     async def config_history(self, pool: str = "", limit: int = 100) -> list[ConfigChange]:
         """Audited configuration changes, newest first; of one pool, or of all."""
+        ...
+
+    async def load_tokens(self) -> list[ApiToken]:
+        """Every stored API token, revoked ones too, by name."""
         ...
 
     async def load_file_settings(self) -> dict[str, dict[str, Any]]:

@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Any, Final, Generic, Protocol, Self, TypeVar
 
 from broker.clock import Clock
-from broker.domain import ConfigChange, PoolConfig, Task, TaskId, WorkerId, WorkerSpec
+from broker.domain import ApiToken, ConfigChange, PoolConfig, Task, TaskId, WorkerId, WorkerSpec
 from broker.errors import StorageError, Unavailable
 from broker.stats import ArmStats, RollupRow, RunStats, RuntimeKey
 
@@ -46,7 +46,7 @@ class WriteBatch(Generic[TaskRowT]):
 
     The backend writes it in this order: inserts (so a save queued after an insert lands
     on its row), saves, pools, config changes (after the pool change they record), the
-    config file's settings of pools, sticky keys, run times, rollups (each added to the
+    config file's settings of pools, API tokens, sticky keys, run times, rollups (each added to the
     stored row of its key), connects, heartbeats, disconnects (a connect drops any
     disconnect queued before it).
     """
@@ -56,6 +56,7 @@ class WriteBatch(Generic[TaskRowT]):
     pools: dict[str, tuple[PoolConfig, float]] = field(default_factory=dict)  # (pool, at)
     config_changes: list[ConfigChange] = field(default_factory=list)
     file_settings: dict[str, str] = field(default_factory=dict)  # pool -> settings (JSON)
+    tokens: dict[str, ApiToken] = field(default_factory=dict)  # by name
     sticky: dict[tuple[str, str], tuple[WorkerId, float]] = field(default_factory=dict)
     runtimes: dict[RuntimeKey, RunStats] = field(default_factory=dict)  # copies
     arm_stats: dict[str, tuple[ArmStats, ...]] = field(default_factory=dict)  # pool -> copies
@@ -72,6 +73,7 @@ class WriteBatch(Generic[TaskRowT]):
             or self.pools
             or self.config_changes
             or self.file_settings
+            or self.tokens
             or self.sticky
             or self.runtimes
             or self.arm_stats
@@ -169,6 +171,12 @@ class GroupCommit(Generic[TaskRowT]):
         """Append an audited configuration change, returning once it is committed."""
         self._check_writable()
         self._queued.config_changes.append(change)
+        await self.durable()
+
+    async def save_token(self, token: ApiToken) -> None:
+        """Store an API token, replacing the one of its name; returns once committed."""
+        self._check_writable()
+        self._queued.tokens[token.name] = token
         await self.durable()
 
     async def record_file_settings(self, pool: str, settings: Mapping[str, Any]) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from broker.clock import Clock, SystemClock
 from broker.domain import (
+    ApiToken,
     ConfigChange,
     PoolConfig,
     Task,
@@ -54,6 +55,7 @@ class _Tables:
     pools: dict[str, PoolConfig] = dataclasses.field(default_factory=dict)
     audit: list[ConfigChange] = dataclasses.field(default_factory=list)
     file_settings: dict[str, str] = dataclasses.field(default_factory=dict)  # JSON by pool
+    tokens: dict[str, ApiToken] = dataclasses.field(default_factory=dict)  # by name
     sticky: dict[str, dict[str, WorkerId]] = dataclasses.field(default_factory=dict)
     runtimes: dict[RuntimeKey, RunStats] = dataclasses.field(default_factory=dict)
     arm_stats: dict[str, tuple[ArmStats, ...]] = dataclasses.field(default_factory=dict)
@@ -99,6 +101,7 @@ class _MemoryWriter:
             tables.pools[pool.name] = pool
         tables.audit.extend(batch.config_changes)
         tables.file_settings.update(batch.file_settings)
+        tables.tokens.update(batch.tokens)
         for (pool_name, key), (worker_id, _at) in batch.sticky.items():
             keys = tables.sticky.setdefault(pool_name, {})
             keys.pop(key, None)  # kept in the order of their last change, like SQLite's
@@ -214,6 +217,11 @@ class MemoryStore(GroupCommit[Task]):
         await self._settle()
         changes = [c for c in reversed(self._tables.audit) if not pool or c.pool == pool]
         return changes[:limit]
+
+    async def load_tokens(self) -> list[ApiToken]:
+        """Every stored API token, revoked ones too, by name."""
+        await self._settle()
+        return [self._tables.tokens[name] for name in sorted(self._tables.tokens)]
 
     async def load_file_settings(self) -> dict[str, dict[str, Any]]:
         """The settings the config file last gave each pool, by pool."""

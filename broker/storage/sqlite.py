@@ -20,7 +20,16 @@ from typing import Any, Final, TypeVar
 import aiosqlite
 
 from broker.clock import Clock, SystemClock
-from broker.domain import ConfigChange, PoolConfig, Task, TaskFilter, TaskId, TaskState, WorkerId
+from broker.domain import (
+    ApiToken,
+    ConfigChange,
+    PoolConfig,
+    Task,
+    TaskFilter,
+    TaskId,
+    TaskState,
+    WorkerId,
+)
 from broker.errors import InvalidArgument, StorageError
 from broker.stats import ArmStats, RollupRow, RunStats, RuntimeKey
 from broker.storage.contract import check_purge
@@ -83,6 +92,10 @@ _INSERT_CONFIG_CHANGE: Final = """
 """
 _UPSERT_FILE_SETTINGS: Final = """
     INSERT OR REPLACE INTO pool_file_settings (pool, settings) VALUES (?, ?)
+"""
+_UPSERT_TOKEN: Final = """
+    INSERT OR REPLACE INTO api_tokens (name, roles, pools, digest, created_at, revoked_at)
+    VALUES (?, ?, ?, ?, ?, ?)
 """
 _UPSERT_STICKY: Final = """
     INSERT OR REPLACE INTO sticky_keys (pool, key, worker_id, updated_at) VALUES (?, ?, ?, ?)
@@ -331,6 +344,24 @@ class SQLiteStore(GroupCommit[Row]):
             for at, who, source, pool_name, before, after, fields in rows
         ]
 
+    async def load_tokens(self) -> list[ApiToken]:
+        """Every stored API token, revoked ones too, by name."""
+        rows = await self._fetch(
+            "SELECT name, roles, pools, digest, created_at, revoked_at FROM api_tokens"
+            " ORDER BY name"
+        )
+        return [
+            ApiToken(
+                name=name,
+                roles=tuple(json.loads(roles)),
+                pools=tuple(json.loads(pools)),
+                digest=digest,
+                created_at=created_at,
+                revoked_at=revoked_at,
+            )
+            for name, roles, pools, digest, created_at, revoked_at in rows
+        ]
+
     async def load_file_settings(self) -> dict[str, dict[str, Any]]:
         """The settings the config file last gave each pool, by pool."""
         rows = await self._fetch("SELECT pool, settings FROM pool_file_settings")
@@ -466,6 +497,7 @@ def _statements(batch: WriteBatch[Row]) -> list[tuple[str, Sequence[Row]]]:
         (_UPSERT_POOL, [pool_row(pool, at) for pool, at in batch.pools.values()]),
         (_INSERT_CONFIG_CHANGE, [config_change_row(c) for c in batch.config_changes]),
         (_UPSERT_FILE_SETTINGS, list(batch.file_settings.items())),
+        (_UPSERT_TOKEN, [_token_row(t) for t in batch.tokens.values()]),
         (
             _UPSERT_STICKY,
             [(pool, key, *where) for (pool, key), where in batch.sticky.items() if where[0]],
@@ -517,6 +549,17 @@ async def _in_thread(db: aiosqlite.Connection, function: Callable[..., _T], *arg
     """
     result: _T = await db._execute(function, db._conn, *args)  # type: ignore[no-untyped-call]
     return result
+
+
+def _token_row(token: ApiToken) -> tuple[Any, ...]:
+    return (
+        token.name,
+        json.dumps(list(token.roles)),
+        json.dumps(list(token.pools)),
+        token.digest,
+        token.created_at,
+        token.revoked_at,
+    )
 
 
 async def _rollback(db: aiosqlite.Connection) -> None:

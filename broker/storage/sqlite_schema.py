@@ -183,6 +183,20 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         ) WITHOUT ROWID
         """,
     ),
+    (
+        # API tokens: their SHA-256 only, never the secret; a revoked one keeps its row.
+        # Independent of every other table, so it applies after any earlier step.
+        """
+        CREATE TABLE IF NOT EXISTS api_tokens (
+            name TEXT PRIMARY KEY,
+            roles TEXT NOT NULL,
+            pools TEXT NOT NULL,
+            digest TEXT NOT NULL UNIQUE,
+            created_at REAL NOT NULL,
+            revoked_at REAL
+        ) WITHOUT ROWID
+        """,
+    ),
 )
 # The WHERE of the tasks_finished index, which a query repeats word for word to use it.
 TERMINAL_STATES_SQL: Final = "state IN (4, 5, 6, 7)"

@@ -94,6 +94,7 @@ async def test_open_creates_the_schema_and_reopening_changes_nothing(db_path: Pa
     schema = await query(db_path, schema_sql)
     tables = {name for kind, name, _ in schema if kind == "table"}
     assert tables == {
+        "api_tokens",
         "pools",
         "tasks",
         "workers",

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from broker.domain import (
+    ApiToken,
     BulkheadConfig,
     PoolConfig,
     Task,
@@ -435,6 +436,24 @@ async def test_the_config_files_settings_of_pools_round_trip_and_are_replaced(
     assert (await store.load_file_settings())["gpu"]["max_inflight"] == 100
 
 
+async def test_api_tokens_round_trip_and_a_revocation_replaces_the_token(store: Store) -> None:
+    assert await store.load_tokens() == []
+    ci = ApiToken(
+        name="ci",
+        roles=("read", "submit"),
+        pools=("tenant-a",),
+        digest="ab" * 32,
+        created_at=100.0,
+    )
+    ops = ApiToken(name="ops", roles=("admin",), pools=(), digest="cd" * 32, created_at=101.0)
+    await store.save_token(ops)
+    await store.save_token(ci)
+    assert await store.load_tokens() == [ci, ops]  # by name
+    revoked = dataclasses.replace(ci, revoked_at=200.0)
+    await store.save_token(revoked)
+    assert await store.load_tokens() == [revoked, ops]
+
+
 async def test_idempotency_keys_find_the_earliest_task_within_the_window(
     store: Store,
 ) -> None:
@@ -552,6 +571,9 @@ WRITES: dict[str, Callable[[Store], object]] = {
     "save": lambda s: s.save(make_task(1)),
     "upsert_pool": lambda s: s.upsert_pool(PoolConfig(name="p")),
     "record_file_settings": lambda s: s.record_file_settings("p", {"max_queue": 1}),
+    "save_token": lambda s: s.save_token(
+        ApiToken(name="t", roles=("read",), pools=(), digest="00" * 32, created_at=1.0)
+    ),
     "worker_connected": lambda s: s.worker_connected(
         WorkerSpec(worker_id="w", pool="p", capacity=1, task_types=frozenset({"t"})), 1.0
     ),
@@ -567,6 +589,7 @@ READS: dict[str, Callable[[Store], Coroutine[Any, Any, object]]] = {
     "count_by_pool_state": lambda s: s.count_by_pool_state(),
     "list_pools": lambda s: s.list_pools(),
     "load_file_settings": lambda s: s.load_file_settings(),
+    "load_tokens": lambda s: s.load_tokens(),
 }
 
 

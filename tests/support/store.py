@@ -181,6 +181,7 @@ ROUND_TRIP_CASES = {
         ),
         not_before=1_700_000_300.5,  # the task's own wait: a retry's backoff
     ),
+    "submitted by an authenticated caller": make_task(14, submitter="tenant-a-ci"),
     "dead letter": finished(
         make_task(13, retry=RetryPolicy(max_attempts=2)),
         TaskState.DEAD_LETTER,

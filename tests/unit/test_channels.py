@@ -91,3 +91,14 @@ async def test_an_asyncio_channel_opens() -> None:
     channel = open_channel("127.0.0.1:1")
     assert isinstance(channel, grpc.aio.Channel)
     await channel.close(None)
+
+
+def test_a_token_is_never_shown() -> None:
+    from worker_sdk._channel import Token
+
+    token = Token("tbk_secret-value")
+    assert "secret-value" not in repr(token)
+    assert "secret-value" not in str(token)
+    assert token.header == ("authorization", "Bearer tbk_secret-value")
+    with pytest.raises(ValueError, match="printable"):
+        Token("two words")

@@ -108,6 +108,7 @@ def task_info(task: _tasks.Task) -> TaskInfo:
         execution_timeout=seconds_or_none(spec.execution_timeout_s),
         idempotency_key=spec.idempotency_key or None,
         fairness_key=spec.fairness_key or None,
+        submitter=task.submitter or None,
     )
 
 

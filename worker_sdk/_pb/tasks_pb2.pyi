@@ -506,6 +506,7 @@ class Task(_message.Message):
     RESULT_CONTENT_TYPE_FIELD_NUMBER: _builtins.int
     VIEW_FIELD_NUMBER: _builtins.int
     TERMINAL_FIELD_NUMBER: _builtins.int
+    SUBMITTER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___TaskState.ValueType
     attempts: _builtins.int
@@ -539,6 +540,10 @@ class Task(_message.Message):
     """The state is terminal (see TaskState): the task will not change again
     unless it is retried. Set by the broker for every state it sends.
     """
+    submitter: _builtins.str
+    """The authenticated identity that submitted it (a token's name or a client
+    certificate's subject); empty when the broker authenticates no one.
+    """
     @_builtins.property
     def spec(self) -> Global___TaskSpec: ...
     @_builtins.property
@@ -565,10 +570,11 @@ class Task(_message.Message):
         result_content_type: _builtins.str = ...,
         view: Global___TaskView.ValueType = ...,
         terminal: _builtins.bool = ...,
+        submitter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_at_ms", b"assigned_at_ms", "attempts", b"attempts", "created_at_ms", b"created_at_ms", "error", b"error", "finished_at_ms", b"finished_at_ms", "id", b"id", "not_before_ms", b"not_before_ms", "placement_note", b"placement_note", "result", b"result", "result_content_type", b"result_content_type", "spec", b"spec", "started_at_ms", b"started_at_ms", "state", b"state", "terminal", b"terminal", "unschedulable", b"unschedulable", "view", b"view", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_at_ms", b"assigned_at_ms", "attempts", b"attempts", "created_at_ms", b"created_at_ms", "error", b"error", "finished_at_ms", b"finished_at_ms", "id", b"id", "not_before_ms", b"not_before_ms", "placement_note", b"placement_note", "result", b"result", "result_content_type", b"result_content_type", "spec", b"spec", "started_at_ms", b"started_at_ms", "state", b"state", "submitter", b"submitter", "terminal", b"terminal", "unschedulable", b"unschedulable", "view", b"view", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

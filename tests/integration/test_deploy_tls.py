@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import json
 import re
 import shlex
 from pathlib import Path
@@ -39,11 +38,13 @@ def _dockerfile_env(secrets: Path) -> dict[str, str]:
     return env
 
 
-def _healthcheck() -> list[str]:
+def _healthcheck(port: int) -> list[str]:
+    """The HEALTHCHECK's command (shell form, so that the port variable expands), as the
+    shell would split it with TASKBROKER_PORT set."""
     text = re.sub(r"\\\n", " ", (DEPLOY / "Dockerfile").read_text())
     (line,) = [line for line in text.splitlines() if line.startswith("HEALTHCHECK")]
-    command = line.partition("CMD ")[2]
-    return [str(arg) for arg in json.loads(command)]
+    command = line.partition("CMD ")[2].replace("${TASKBROKER_PORT}", str(port))
+    return shlex.split(command)
 
 
 async def test_the_dev_ca_and_tokens_serve_the_dockerfiles_settings(tmp_path: Path) -> None:
@@ -57,10 +58,9 @@ async def test_the_dev_ca_and_tokens_serve_the_dockerfiles_settings(tmp_path: Pa
     worker_secret = (secrets / "worker.token").read_text().strip()
     assert admin_secret not in (secrets / "tokens.toml").read_text()
     async with Broker(config) as broker:
-        argv = _healthcheck()
+        argv = _healthcheck(broker.port)
         assert argv[:2] == ["taskbroker", "health"]
-        port = str(broker.port)
-        args = [a.replace("50051", port) for a in argv[1:]]
+        args = argv[1:]
         health = await asyncio.to_thread(
             invoke, *args, env={"TASKBROKER_TLS_CA": env["TASKBROKER_TLS_CA"]}
         )

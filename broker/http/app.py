@@ -260,6 +260,8 @@ class _Pages:
         points = [p for p in points if not p.task_type and not p.worker_id]
         return JSONResponse(
             {
+                "since": now - range_s,
+                "until": now,
                 "x": [p.start for p in points],
                 "throughput": {
                     "completed/s": [p.completed / p.bucket_s for p in points],

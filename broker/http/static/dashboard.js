@@ -5,10 +5,14 @@
 (function () {
   const COLOURS = ["#2b6cb0", "#c53030", "#2f855a", "#b7791f", "#6b46c1"];
 
-  function chartOptions(el, names) {
+  function chartOptions(el, names, data) {
     return {
       width: Math.max(el.clientWidth, 320),
       height: 200,
+      scales: {
+        // The whole range asked for, however few points it has so far.
+        x: { time: true, range: function () { return [el.since, el.until]; } },
+      },
       series: [{}].concat(
         names.map(function (name, i) {
           return { label: name, stroke: COLOURS[i % COLOURS.length], width: 1.5 };
@@ -36,8 +40,10 @@
       })
       .then(function (data) {
         const c = columns(data, el.dataset.kind);
+        el.since = data.since;
+        el.until = data.until;
         if (!el.uplot) {
-          el.uplot = new uPlot(chartOptions(el, c.names), c.cols, el);
+          el.uplot = new uPlot(chartOptions(el, c.names, data), c.cols, el);
         } else {
           el.uplot.setData(c.cols);
         }

@@ -30,8 +30,12 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
     (b"cross-origin-opener-policy", b"same-origin"),
-    (b"cache-control", b"no-store"),
 )
+# Pages show live data and may hold secrets: never stored. The vendored scripts and styles
+# are kept for an hour.
+NO_STORE = (b"cache-control", b"no-store")
+STATIC_CACHE = (b"cache-control", b"private, max-age=3600")
+STATIC_PREFIX = "/static/"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 _SESSION_KEY = "csrf"
@@ -48,10 +52,12 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        cache = STATIC_CACHE if scope["path"].startswith(STATIC_PREFIX) else NO_STORE
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 present = {name.lower() for name, _ in message.get("headers", [])}
-                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in present]
+                extra = [(k, v) for k, v in (*SECURITY_HEADERS, cache) if k not in present]
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 

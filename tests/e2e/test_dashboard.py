@@ -314,13 +314,21 @@ def test_an_open_dashboard_costs_the_broker_under_one_percent_of_a_core(
     page = sign_in(browser, stack.url, stack.admin_token)
     try:
         polled: list[str] = []
+        complaints: list[str] = []  # script errors, and what the CSP refused
         page.on("request", lambda request: polled.append(request.url))
+        page.on(
+            "console",
+            lambda message: complaints.append(message.text) if message.type == "error" else None,
+        )
+        page.on("pageerror", lambda error: complaints.append(str(error)))
+        page.reload()
         page.wait_for_load_state("networkidle")
         polled.clear()
         watched = cpu_share(page)
         # The page was live all along: it polled the overview and refreshed its charts.
         assert sum("/live/overview" in url for url in polled) >= CPU_WINDOW_S / 2 - 1
         assert any("/api/history" in url for url in polled)
+        assert complaints == []
         screenshot(page, "overview")
     finally:
         page.context.close()

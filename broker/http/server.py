@@ -86,8 +86,12 @@ class DashboardServer:
         log.info("dashboard on http://%s:%d/", self._host, self.port)
         try:
             await self._server.serve(sockets=[self._socket])
+        except SystemExit:  # uvicorn's answer to a server it could not start
+            raise RuntimeError("the dashboard's HTTP server did not start") from None
         finally:
             self._done.set()
+        if not self._server.stop_requested.is_set():
+            raise RuntimeError("the dashboard's HTTP server stopped by itself")
 
     async def stop(self) -> None:
         """Stop accepting, let open requests finish (SHUTDOWN_GRACE_S), close the socket."""

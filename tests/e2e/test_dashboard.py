@@ -335,3 +335,24 @@ def test_an_open_dashboard_costs_the_broker_under_one_percent_of_a_core(
     added = watched - idle
     print(f"broker CPU: idle {idle:.2%}, one dashboard open {watched:.2%}, added {added:.2%}")
     assert added < CPU_BOUND, f"idle {idle:.2%}, with the dashboard open {watched:.2%}"
+
+
+def test_the_task_list_filters_and_pages(admin: Page, client: ThreadedClient, stack: Stack) -> None:
+    ids = [client.submit("boom", f"page {n}".encode(), pool="batch") for n in range(3)]
+    admin.goto(f"{stack.url}/tasks?pool=batch&type=boom&limit=2")
+    rows = admin.locator("#tasks-table tbody tr")
+    expect(rows).to_have_count(2)
+    assert rows.evaluate_all("rs => rs.map(r => r.dataset.task)") == [ids[2], ids[1]]
+    admin.click("a.next")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_have_attribute("data-task", ids[0])
+    expect(admin.locator("a.next")).to_have_count(0)
+    # Created in the last 0.6 ms: none of them, by now.
+    admin.goto(f"{stack.url}/tasks?pool=batch&type=boom&since_min=0.00001")
+    expect(admin.locator("#tasks-table tbody")).to_have_text("No task matches.")
+    admin.goto(f"{stack.url}/tasks?pool=batch&type=boom&since_min=10")
+    expect(rows).to_have_count(3)
+    admin.goto(f"{stack.url}/tasks?state=NOPE")
+    expect(admin.locator(".error")).to_have_text("unknown state 'NOPE'")
+    for task_id in ids:
+        client.cancel(task_id)

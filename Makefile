@@ -8,10 +8,12 @@ NODE_DIR := tests/conformance
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 BUF := $(NODE_DIR)/node_modules/.bin/buf
 SUDO := $(if $(shell command -v sudo),sudo)
+# The dashboard's browser tests drive Debian's Chromium (Playwright's own download is not used).
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: install protos lock lint format test demo bench bench-quick bench-compare clean
 
-install: $(STAMP) $(NODE_STAMP)
+install: $(STAMP) $(NODE_STAMP) $(CHROMIUM)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +29,9 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 		|| (echo "tests/conformance needs Node 18 or later, found $$(node --version)" >&2; exit 1)
 	cd $(NODE_DIR) && npm ci --no-audit --no-fund
 	touch $@
+
+$(CHROMIUM):
+	$(SUDO) apt-get update && $(SUDO) apt-get install -y chromium
 
 protos: $(STAMP)
 	$(BIN)/python protos/generate.py
@@ -50,11 +55,11 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint
+test: lint $(CHROMIUM)
 	$(BIN)/pytest -q
 
 demo: $(STAMP)
-	$(BIN)/taskbroker demo
+	$(BIN)/taskbroker demo --dashboard-port 8787
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench

@@ -22,6 +22,14 @@ from broker.config import BrokerConfig, load_config, validate_pool
 from broker.core.states import BrokerState, Lifecycle
 from broker.domain import ConfigChange
 from broker.errors import BrokerError, ConfigError, FailedPrecondition, InvalidArgument
+from broker.http import (
+    AnyOf,
+    BrokerTokens,
+    DashboardServer,
+    StaticTokens,
+    TokenVerifier,
+    create_app,
+)
 from broker.observability import tracing
 from broker.observability.exporters import ServingMeterProvider, meter_provider
 from broker.observability.metrics import BrokerMetrics
@@ -70,6 +78,7 @@ class Broker:
         self._service: BrokerService | None = None
         self._server: grpc.aio.Server | None = None
         self._security: Security | None = None
+        self._dashboard: DashboardServer | None = None
         self._health = health_servicer()
         self._background: asyncio.Task[None] | None = None  # the TaskGroup of the jobs
         self._jobs: dict[str, asyncio.Task[None]] = {}
@@ -85,6 +94,11 @@ class Broker:
     def port(self) -> int:
         """The bound port (useful when the config asked for port 0)."""
         return self._port
+
+    @property
+    def dashboard_port(self) -> int:
+        """The dashboard's bound port; 0 when it is off."""
+        return self._dashboard.port if self._dashboard is not None else 0
 
     @property
     def address(self) -> str:
@@ -157,19 +171,20 @@ class Broker:
             tracer=tracer,
         )
         add_services(server, service, health_service=self._health, security=security)
+        jobs = {
+            "store writer": self._store.run,
+            "reaper": engine.run_reaper,
+            "metrics history": history.run,
+            "task retention": engine.run_retention,
+        }
+        if config.dashboard_port:
+            self._dashboard = dashboard(config, service, self._clock, security)
+            jobs["dashboard"] = self._dashboard.run
         await server.start()
         engine.start()
         supervising = asyncio.Event()
         self._background = asyncio.create_task(
-            self._supervise(
-                {
-                    "store writer": self._store.run,
-                    "reaper": engine.run_reaper,
-                    "metrics history": history.run,
-                    "task retention": engine.run_retention,
-                },
-                supervising,
-            ),
+            self._supervise(jobs, supervising),
             name="taskbroker-background",
         )
         await supervising.wait()
@@ -231,6 +246,9 @@ class Broker:
             log.info("taskbroker stopped")
 
     async def _close(self) -> None:
+        if self._dashboard is not None:
+            await self._dashboard.stop()
+            self._dashboard = None
         for name, job in self._jobs.items():
             if name != "store writer":
                 job.cancel()
@@ -333,3 +351,21 @@ async def _named(name: str, job: Coroutine[Any, Any, None]) -> None:
         await job
     except Exception as exc:
         raise BackgroundJobFailed(f"the {name} failed: {exc!r}") from exc
+
+
+def dashboard(
+    config: BrokerConfig, service: BrokerService, clock: Clock, security: Security
+) -> DashboardServer:
+    """The web dashboard on `dashboard_port`, its socket bound (a taken port fails here).
+    It signs in with the tokens of `dashboard_tokens` and, with `auth = "token"`, with the
+    broker's own API tokens that have the admin or read role."""
+    verifiers: list[TokenVerifier] = []
+    if config.dashboard_tokens:
+        verifiers.append(StaticTokens.from_file(config.dashboard_tokens))
+    if config.auth == "token":
+        verifiers.append(BrokerTokens(security.registry))
+    server = DashboardServer(
+        create_app(service, AnyOf(verifiers), clock), config.host, config.dashboard_port
+    )
+    server.bind()
+    return server

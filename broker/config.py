@@ -114,6 +114,8 @@ class BrokerConfig:
     tracing_sample_ratio: float = 1.0  # share of traces recorded, 0..1
     otlp_endpoint: str = ""  # for tracing_exporter = "otlp"; "" = the exporter's default
     prometheus_port: int = 0  # serve /metrics for Prometheus on this port; 0 = off
+    dashboard_port: int = 0  # serve the web dashboard on this port; 0 = off
+    dashboard_tokens: str = ""  # file of its sign-in tokens: "SHA256-HEX ROLE NAME" a line
     metrics_retention_s: float = 7 * 86_400.0  # how long the metrics history is kept
     metrics_compact_after_s: float = 86_400.0  # per-minute rows older than this become hourly
     metrics_flush_s: float = 10.0  # how often the metrics history is written
@@ -186,6 +188,12 @@ class BrokerConfig:
         )
         _check(0 <= self.tracing_sample_ratio <= 1, "tracing_sample_ratio", "must be 0..1")
         _check(0 <= self.prometheus_port <= 65535, "prometheus_port", "must be 0..65535")
+        _check(0 <= self.dashboard_port <= 65535, "dashboard_port", "must be 0..65535")
+        _check(
+            not self.dashboard_port or bool(self.dashboard_tokens) or self.auth == "token",
+            "dashboard_tokens",
+            'the dashboard needs a token file to sign in with (or auth = "token")',
+        )
         _check(self.metrics_retention_s >= 3600, "metrics_retention_s", "must be at least 3600")
         _check(
             0 < self.metrics_compact_after_s <= self.metrics_retention_s,

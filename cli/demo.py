@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import secrets
 import shutil
 import tempfile
 import time
@@ -131,15 +132,19 @@ class Tally:
         return table
 
 
-def run_demo(count: int = 300) -> None:
+def run_demo(count: int = 300, *, dashboard_port: int = 0, stay: bool = False) -> None:
     """Run broker and workers as subprocesses in a temporary directory; always clean up."""
     console = Console(highlight=False)
     workdir = Path(tempfile.mkdtemp(prefix="taskbroker-demo-"))
     brokers: list[Child] = []
     workers: list[Child] = []
     try:
-        address = _start(console, workdir, brokers, workers)
+        address = _start(console, workdir, brokers, workers, dashboard_port)
         asyncio.run(_run(console, address, count))
+        if stay:
+            console.print("[dim]broker and workers stay up; Ctrl-C stops them[/dim]")
+            while brokers[0].process.poll() is None:
+                time.sleep(0.5)
     except KeyboardInterrupt:
         console.print("\ninterrupted")
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -151,13 +156,32 @@ def run_demo(count: int = 300) -> None:
         console.print(f"[dim]stopped; removed {workdir}[/dim]")
 
 
-def _start(console: Console, workdir: Path, brokers: list[Child], workers: list[Child]) -> str:
+def _start(
+    console: Console,
+    workdir: Path,
+    brokers: list[Child],
+    workers: list[Child],
+    dashboard_port: int = 0,
+) -> str:
     console.print(f"[bold]Taskbroker demo[/bold] in {workdir}")
     db = workdir / "demo.db"
-    broker = spawn("broker", ["serve", "--port", "0", "--db", str(db)], cwd=workdir)
+    args = ["serve", "--port", "0", "--db", str(db)]
+    token = ""
+    if dashboard_port:
+        token = secrets.token_urlsafe(18)
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        (workdir / "dashboard.tokens").write_text(f"{digest} admin demo\n")
+        (workdir / "demo.toml").write_text(
+            f'[broker]\ndashboard_port = {dashboard_port}\ndashboard_tokens = "dashboard.tokens"\n'
+            "metrics_flush_s = 2.0\n"
+        )
+        args += ["--config", "demo.toml"]
+    broker = spawn("broker", args, cwd=workdir)
     brokers.append(broker)
     address = wait_listening(broker, READY_TIMEOUT_S)
     console.print(f"broker listening on {address} (pid {broker.process.pid}, SQLite {db.name})")
+    if token:
+        console.print(f"dashboard on http://127.0.0.1:{dashboard_port}/ (sign in with {token})")
     for n in range(1, WORKERS + 1):
         args = ["worker", "run", "cli.demo:worker", "--broker", address]
         workers.append(spawn(f"worker-{n}", args, cwd=workdir))

@@ -233,11 +233,17 @@ def health(
 @app.command()
 def demo(
     tasks: Annotated[int, typer.Option(min=1, max=5000, help="How many tasks to submit.")] = 300,
+    dashboard_port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Serve the web dashboard here; 0 = off.")
+    ] = 0,
+    stay: Annotated[
+        bool, typer.Option(help="Keep broker and workers (and the dashboard) up until Ctrl-C.")
+    ] = False,
 ) -> None:
     """Start a broker and two workers in a temporary directory, run tasks, show the result."""
     from cli.demo import run_demo
 
-    run_demo(tasks)
+    run_demo(tasks, dashboard_port=dashboard_port, stay=stay)
 
 
 # Declared beside its body; it imports the simulator only when it runs.

@@ -132,10 +132,11 @@ class Register(_message.Message):
     worker_id: _builtins.str
     """Empty = the broker picks one. An id whose stream is connected already is refused
     with ALREADY_EXISTS, unless resume_token is the one that stream was given: then the
-    old stream is ended (CANCELLED) and this one takes its place. An id whose stream has
-    ended but whose tasks are kept for resumption (see RegisterAck.resume_window_s) is
-    registered afresh without the token: its kept tasks are requeued first, never
-    handed to a stream that cannot show the token.
+    old stream is ended with ALREADY_EXISTS (its id is another stream's now: that
+    process should not reconnect with it) and this one takes its place. An id whose
+    stream has ended but whose tasks are kept for resumption (see
+    RegisterAck.resume_window_s) is registered afresh without the token: its kept tasks
+    are requeued first, never handed to a stream that cannot show the token.
     """
     pool: _builtins.str
     """empty = "default"; must exist"""

@@ -577,7 +577,7 @@ const CHECKS = [
       const name = ctx.type("pool");
       await ctx.call("CreatePool", { pool: { name, strategy: "round_robin", rate_per_s: 50, rate_burst: 5, rate_mode: "queue" } });
       const older = await olderContract(ctx, ["  double rate_per_s = 18;\n", "  uint32 rate_burst = 19;\n"]);
-      for (const [api, strategy] of [[loadApi(FROZEN_DIR), "least_loaded"], [older, "consistent_hash"]]) {
+      for (const [api, strategy] of [[older, "consistent_hash"], [loadApi(FROZEN_DIR), "least_loaded"]]) {
         const clients = connect(api, ctx.address);
         try {
           const { pools } = await unary(clients.admin, "ListPools", {});
@@ -978,6 +978,35 @@ const CHECKS = [
       equal(plain.spec.payload_content_type, "", "a payload whose type was not said");
     },
   },
+  // Run only when named (it needs a broker that the test then stops): prints
+  // `READY broker_stopping` once its worker holds a task, for the test to stop the broker.
+  {
+    name: "broker_stopping",
+    explicit: true,
+    async run(ctx) {
+      // Before it stops, the broker drains its workers: finish, then reconnect.
+      const block = gate();
+      const type = ctx.type("block");
+      const worker = await ctx.worker({ closeOnDrain: false, handlers: { [type]: block.handler } });
+      const id = await ctx.submit({ task_type: type });
+      await until("the task to run", () => block.waiting.length === 1);
+      console.log("READY broker_stopping");
+      await until("a Drain", () => worker.drainMessages.length > 0, 20_000);
+      const [drain] = worker.drainMessages;
+      if (ctx.api.has("taskbroker.v1.Drain.kind")) {
+        equal(drain.kind, "DRAIN_REASON_BROKER_STOPPING", "Drain.kind of a stopping broker");
+        check(Number(drain.deadline_ms) >= Date.now() - 1000, `Drain.deadline_ms ${drain.deadline_ms}`);
+      }
+      // The held task's result is still taken; then the broker ends the stream itself,
+      // with UNAVAILABLE: reconnect (worker.proto, Drain).
+      const running = await ctx.call("Get", { task_id: id });
+      equal(running.state, "TASK_STATE_RUNNING", "the held task when the broker drains");
+      block.releaseAll();
+      await worker.ended;
+      equal(worker.status && grpc.status[worker.status.code], "UNAVAILABLE", "the status the stopping broker ends the stream with");
+      check(!worker.dropped.length, `results dropped: ${JSON.stringify(worker.dropped)}`);
+    },
+  },
 ];
 
 function missingFor(api, requires = []) {
@@ -986,9 +1015,10 @@ function missingFor(api, requires = []) {
 
 function plan(protoDir) {
   const api = loadApi(protoDir);
-  for (const { name, requires } of CHECKS) {
+  for (const { name, requires, explicit } of CHECKS) {
     const missing = missingFor(api, requires);
-    console.log(missing.length ? `SKIP ${name}: the contract has no ${missing.join(", ")}` : `RUN ${name}`);
+    if (explicit) console.log(`ONLY-WHEN-NAMED ${name}`);
+    else console.log(missing.length ? `SKIP ${name}: the contract has no ${missing.join(", ")}` : `RUN ${name}`);
   }
 }
 
@@ -1001,8 +1031,8 @@ async function main() {
   }
   const api = loadApi(protoDir);
   const counts = { passed: 0, failed: 0, skipped: 0 };
-  for (const { name, requires = [], run } of CHECKS) {
-    if (only.length && !only.includes(name)) continue;
+  for (const { name, requires = [], run, explicit } of CHECKS) {
+    if (only.length ? !only.includes(name) : explicit) continue;
     const missing = missingFor(api, requires);
     if (missing.length) {
       console.log(`SKIP ${name}: the contract has no ${missing.join(", ")}`);

@@ -17,6 +17,7 @@ current files, none is skipped.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sys
@@ -26,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.conformance import CURRENT_PROTOS, FROZEN_PROTOS, run_node
-from tests.support.processes import Deadline, child_env, spawn, stop_all
+from tests.support.conformance import CURRENT_PROTOS, FROZEN_PROTOS, node_argv, run_node
+from tests.support.processes import Deadline, Process, child_env, logs, spawn, stop_all
 
 LISTENING = re.compile(r"taskbroker listening on (\S+)")
 SUMMARY = re.compile(r"^conformance: (\d+) passed, (\d+) failed, (\d+) skipped$", re.MULTILINE)
@@ -67,11 +68,8 @@ NEWER_CHECKS = {
 }
 
 
-@pytest.fixture(scope="module")
-def broker_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`taskbroker serve` on a SQLite file and an ephemeral loopback port, shared by both
-    runs (each run tags its task types and worker ids)."""
-    workdir = tmp_path_factory.mktemp("conformance")
+def start_broker(workdir: Path) -> tuple[Process, str]:
+    """`taskbroker serve` on a SQLite file and an ephemeral loopback port, and its address."""
     argv = [sys.executable, "-m", "cli.main", "serve", "--port", "0", "--db", "broker.db"]
     broker = spawn("broker", argv, workdir, child_env(BROKER_ENV))
     try:
@@ -80,7 +78,18 @@ def broker_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             assert broker.popen.poll() is None, broker.output()
             deadline.left("the broker listens")
             time.sleep(0.02)
-        yield match.group(1)
+    except BaseException:
+        stop_all([broker])
+        raise
+    return broker, match.group(1)
+
+
+@pytest.fixture(scope="module")
+def broker_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A broker shared by both runs (each run tags its task types and worker ids)."""
+    broker, address = start_broker(tmp_path_factory.mktemp("conformance"))
+    try:
+        yield address
     finally:
         stop_all([broker])
 
@@ -133,3 +142,31 @@ def test_a_check_needing_what_a_build_lacks_is_skipped(tmp_path: Path) -> None:
     skipped = {name for name, fate in lacking.items() if fate == "SKIP"}
     assert skipped == NEWER_CHECKS | {"register_ack_liveness", "lease_renewed_by_heartbeats"}
     assert {name for name, fate in full.items() if fate == "RUN"} == set(full) - NEWER_CHECKS
+
+
+@pytest.mark.parametrize("protos", [CURRENT_PROTOS, FROZEN_PROTOS], ids=["current", "frozen_v1"])
+def test_a_stopping_broker_drains_its_workers_before_it_goes(tmp_path: Path, protos: Path) -> None:
+    # The check `broker_stopping` holds a task on a broker of its own and says READY; the
+    # broker is then sent SIGTERM, and the check sees a Drain (of kind BROKER_STOPPING,
+    # where the contract has it), its result taken and the stream ended by the broker.
+    broker, address = start_broker(tmp_path)
+    check = spawn(
+        "conformance",
+        node_argv([str(protos), address, "broker_stopping"]),
+        tmp_path,
+        dict(os.environ),
+    )
+    try:
+        deadline = Deadline(30)
+        while "READY broker_stopping" not in check.log.read_text(errors="replace"):
+            assert check.popen.poll() is None, logs([check, broker])
+            deadline.left("the check's worker holds a task")
+            time.sleep(0.02)
+        broker.popen.terminate()
+        check.popen.wait(deadline.left("the check ends"))
+        assert "PASS broker_stopping" in check.log.read_text(errors="replace"), logs(
+            [check, broker]
+        )
+        assert check.popen.returncode == 0, logs([check, broker])
+    finally:
+        stop_all([check, broker])

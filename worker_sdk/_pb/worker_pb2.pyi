@@ -652,9 +652,12 @@ Global___CancelTasks: _TypeAlias = CancelTasks  # noqa: Y015
 @_typing.final
 class Drain(_message.Message):
     """The broker sends no more work: finish what you hold, send the results, then
-    disconnect. The broker ends the stream itself (status OK) once the worker holds
-    nothing, or at deadline_ms, whichever comes first; tasks still held then are
-    requeued.
+    disconnect. The broker ends the stream itself once the worker holds nothing, or at
+    deadline_ms, whichever comes first; tasks still held then are requeued. The status:
+    OK for an operator's drain (DRAIN_REASON_OPERATOR); UNAVAILABLE for a broker that is
+    stopping (DRAIN_REASON_BROKER_STOPPING), which ends every stream at once when none
+    of its workers holds a task any more, or at deadline_ms (its shutdown grace): the
+    worker reconnects.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -739,6 +739,10 @@ const CHECKS = [
       const { limits } = await ctx.call("Stats", {});
       equal([ack.max_result_bytes, ack.max_batch_size], [limits.max_result_bytes, limits.max_batch_size], "RegisterAck and Stats.limits agree");
       check(Number(ack.max_message_bytes) >= Number(limits.max_payload_bytes), "max_message_bytes is below max_payload_bytes");
+      // The Wait limit it states is the one Wait enforces.
+      const ids = Array.from({ length: ack.max_wait_ids + 1 }, (_, i) => String(900_000_000 + i));
+      await expectStatus(ctx.call("Wait", { task_ids: ids, timeout_s: 0.1 }), ["INVALID_ARGUMENT"], "Wait with max_wait_ids + 1 ids");
+      await expectStatus(ctx.call("Wait", { task_ids: ids.slice(1), timeout_s: 0.1 }), ["NOT_FOUND"], "Wait with max_wait_ids unknown ids");
       // The capacity limit it states is the one it enforces.
       await ctx.worker({ capacity: ack.max_capacity, handlers: { [ctx.type("echo")]: echo } });
       const over = new Worker(ctx.api, ctx.address, { workerId: ctx.workerId("over"), capacity: ack.max_capacity + 1, handlers: { [ctx.type("echo")]: echo } });

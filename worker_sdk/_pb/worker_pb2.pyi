@@ -454,7 +454,9 @@ class RegisterAck(_message.Message):
     max_batch_size: _builtins.int
     """The most tasks in one SubmitBatch or SubmitStream message (for clients)."""
     max_wait_ids: _builtins.int
-    """The most task ids one Wait call or SubmitStream message may watch (for clients)."""
+    """The most task ids one Wait call may name (for clients; the same as max_batch_size).
+    A SubmitStream message may watch up to max_task_ids.
+    """
     max_traceback_chars: _builtins.int
     """The longest TaskError.message and TaskError.traceback kept; longer ones are cut."""
     max_capacity: _builtins.int

@@ -749,6 +749,14 @@ const CHECKS = [
       ctx.workers.push(over);
       const err = await over.start().then(() => null, (e) => e);
       check(err && grpc.status[err.code] === "INVALID_ARGUMENT", `a capacity over max_capacity: ${err && grpc.status[err.code]}`);
+      const credited = await ctx.worker({ handlers: { [ctx.type("echo")]: echo } });
+      credited.credit(ack.max_capacity + 1);
+      await credited.ended;
+      equal(credited.error && grpc.status[credited.error.code], "INVALID_ARGUMENT", "the stream after a Credit over max_capacity");
+      // The lease is the pool's, where it sets one.
+      const pool = ctx.type("pool");
+      await ctx.call("CreatePool", { pool: { name: pool, lease_s: 3 } });
+      equal((await ctx.worker({ pool, handlers: { [ctx.type("echo")]: echo } })).ack.lease_s, 3, "RegisterAck.lease_s in a pool with lease_s 3");
     },
   },
   {
@@ -888,6 +896,22 @@ const CHECKS = [
       await after.ended;
       equal(after.error && grpc.status[after.error.code], "ALREADY_EXISTS", "the replaced stream's end");
       check(replacement.ack.resumed, "the replacing stream did not resume");
+      // Registered again without the token, the id starts afresh: what its last stream
+      // held runs again (next attempt), here or elsewhere.
+      const held = gate();
+      const lost = await ctx.worker({ workerId: ctx.workerId("afresh"), handlers: { [type]: held.handler } });
+      await replacement.kill();
+      const second = await ctx.submit({ task_type: type });
+      await until("the task to run", () => held.waiting.length === 1);
+      lost.forget(second);
+      await lost.kill();
+      const killed = Date.now();
+      const fresh = await ctx.worker({ workerId: ctx.workerId("afresh"), handlers: { [type]: (a) => ({ result: Buffer.from(`attempt ${a.attempt}`) }) } });
+      check(!fresh.ack.resumed, "a registration without the token resumed");
+      const [again] = await ctx.finished([second]);
+      equal([again.state, again.attempts, again.result.toString()], ["TASK_STATE_SUCCEEDED", 2, "attempt 2"], "the task of a session not resumed");
+      const took = Date.now() - killed;
+      check(took < lost.ack.resume_window_s * 1000, `the task waited ${took} ms, the resume window (${lost.ack.resume_window_s} s)`);
     },
   },
   {

@@ -229,8 +229,9 @@ Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
 class Credit(_message.Message):
     """Sets the worker's credit: how many tasks it holds at once, as an absolute number
     (not added to the last). 0 pauses it: it keeps what it holds and gets nothing new.
-    0..RegisterAck.max_capacity. A lower number than the tasks held cancels none of them;
-    new work comes once enough have finished.
+    0..RegisterAck.max_capacity; a larger one ends the stream with INVALID_ARGUMENT. A
+    lower number than the tasks held cancels none of them; new work comes once enough
+    have finished.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

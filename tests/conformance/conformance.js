@@ -760,6 +760,24 @@ const CHECKS = [
     },
   },
   {
+    name: "any_message_is_a_sign_of_life",
+    requires: ["taskbroker.v1.RegisterAck.results_renew_liveness", "taskbroker.v1.RegisterAck.heartbeat_timeout_s"],
+    async run(ctx) {
+      // A worker that sends no Heartbeat but other messages (here Credit) stays connected
+      // past heartbeat_timeout_s.
+      const worker = await ctx.worker({ heartbeats: false, handlers: { [ctx.type("echo")]: echo } });
+      const timeout = worker.ack.heartbeat_timeout_s;
+      check(timeout > 0 && timeout <= 3, `heartbeat_timeout_s ${timeout}: the broker under test should have a short one`);
+      const end = Date.now() + timeout * 1000 + 500;
+      while (Date.now() < end) {
+        worker.credit(1);
+        await new Promise((resolve) => setTimeout(resolve, (worker.ack.heartbeat_interval_s * 1000) / 2));
+      }
+      check(!worker.error, `the worker was dropped: ${worker.error && worker.error.details}`);
+      check(await ctx.workerStatus(worker.register.worker_id), "ListWorkers no longer lists the worker");
+    },
+  },
+  {
     name: "zero_credit_registration",
     requires: ["taskbroker.v1.RegisterAck.max_capacity"],
     async run(ctx) {

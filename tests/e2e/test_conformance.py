@@ -56,6 +56,7 @@ NEWER_CHECKS = {
     "reflection_v1",
     "submit_stream_acks_every_message",
     "register_ack_limits",
+    "any_message_is_a_sign_of_life",
     "zero_credit_registration",
     "results_dropped",
     "cancel_names_the_attempt",

@@ -12,11 +12,12 @@ class Worker {
   // ({ error: { type, message } }); `signal` aborts when the broker cancels the task.
   // resumeToken: a RegisterAck.resume_token of this worker id's earlier stream.
   // startNotices: send a start notice per assignment (as a worker should).
+  // heartbeats: send a Heartbeat every heartbeat_interval_s (as a worker should).
   // closeOnDrain: half-close once drained and holding nothing (else the broker ends it).
   constructor(
     api,
     address,
-    { workerId = "", pool = "", capacity = 1, labels = {}, handlers, log = () => {}, resumeToken = "", startNotices = true, closeOnDrain = true },
+    { workerId = "", pool = "", capacity = 1, labels = {}, handlers, log = () => {}, resumeToken = "", startNotices = true, closeOnDrain = true, heartbeats = true },
   ) {
     this.api = api;
     this.address = address;
@@ -24,6 +25,7 @@ class Worker {
     if (resumeToken) this.register.resume_token = resumeToken;
     this.startNotices = startNotices;
     this.closeOnDrain = closeOnDrain;
+    this.heartbeats = heartbeats; // false: send none (to test the broker's liveness rules)
     this.handlers = handlers;
     this.log = log;
     this.held = new Map(); // task id -> { attempt, abort }
@@ -78,7 +80,7 @@ class Worker {
     switch (message.kind) {
       case "register_ack":
         this.ack = message.register_ack;
-        this.timer = setInterval(() => this.heartbeat(), this.ack.heartbeat_interval_s * 1000);
+        if (this.heartbeats) this.timer = setInterval(() => this.heartbeat(), this.ack.heartbeat_interval_s * 1000);
         registered(this.ack);
         break;
       case "assignments":

@@ -505,6 +505,41 @@ const CHECKS = [
     },
   },
   {
+    name: "answers_within_max_response_bytes",
+    requires: ["taskbroker.v1.BrokerLimits.max_response_bytes", "taskbroker.v1.Task.view"],
+    async run(ctx) {
+      // Six tasks of 1 MiB each are more than gRPC's usual 4 MiB receive limit (this
+      // client's too): Wait and List answer within max_response_bytes, the tasks that do
+      // not fit in the basic view, and Get reads each in full.
+      const { limits } = await ctx.call("Stats", {});
+      const max = Number(limits.max_response_bytes);
+      check(max > 0 && max <= 4 * 1024 * 1024, `max_response_bytes ${max}: over what this client receives`);
+      const type = ctx.type("big");
+      const size = Number(limits.max_payload_bytes);
+      const later = String(Date.now() + 3_600_000);
+      const ids = [];
+      for (let i = 0; i < 6; i += 1) ids.push(await ctx.submit({ task_type: type, payload: Buffer.alloc(size, 97 + i), not_before_ms: later }));
+      const waited = await ctx.wait(ids, 0.1);
+      equal(waited.map((t) => t.id), ids, "Wait's tasks, in request order");
+      const full = waited.filter((t) => t.view !== "TASK_VIEW_BASIC");
+      check(full.length >= 1 && full.length < 6, `${full.length} of 6 tasks of ${size} bytes came whole from Wait`);
+      equal(waited.slice(0, full.length).map((t) => t.view), full.map(() => "TASK_VIEW_FULL"), "Wait's whole tasks come first");
+      for (const task of waited.slice(full.length)) equal([task.view, task.spec.payload.length], ["TASK_VIEW_BASIC", 0], `task ${task.id} left out of Wait for size`);
+      const seen = [];
+      let token = "";
+      do {
+        const page = await ctx.call("List", { task_type: type, page_size: 6, page_token: token });
+        const bytes = page.tasks.reduce((sum, t) => sum + t.spec.payload.length, 0);
+        check(bytes <= max, `a List page carries ${bytes} bytes of payloads`);
+        seen.push(...page.tasks.map((t) => t.id));
+        token = page.next_page_token;
+      } while (token);
+      equal(seen.sort(), [...ids].sort(), "the tasks across List's pages");
+      for (const id of ids) equal((await ctx.call("Get", { task_id: id })).spec.payload.length, size, `Get(${id})`);
+      for (const id of ids) await ctx.call("Cancel", { task_id: id });
+    },
+  },
+  {
     name: "page_tokens",
     requires: ["taskbroker.v1.ListTasksRequest.page_token", "taskbroker.v1.ListPoolsRequest.page_token", "taskbroker.v1.ListWorkersRequest.page_token"],
     async run(ctx) {

@@ -317,7 +317,7 @@ def register_ack_to_pb(
         ack.max_message_bytes = message_limit
         ack.max_task_ids = MAX_TASK_IDS
         ack.max_batch_size = config.max_batch_size
-        ack.max_wait_ids = MAX_TASK_IDS
+        ack.max_wait_ids = config.max_batch_size
         ack.max_traceback_chars = config.max_traceback_chars
         ack.max_capacity = MAX_CAPACITY
     return _worker.BrokerMessage(register_ack=ack)

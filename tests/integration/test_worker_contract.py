@@ -87,7 +87,7 @@ async def test_the_register_ack_states_every_limit_and_rule(
     assert ack.max_message_bytes == config.max_message_bytes
     assert ack.max_task_ids == MAX_TASK_IDS
     assert ack.max_batch_size == config.max_batch_size
-    assert ack.max_wait_ids == MAX_TASK_IDS
+    assert ack.max_wait_ids == config.max_batch_size
     assert ack.max_traceback_chars == config.max_traceback_chars
     assert ack.max_capacity == MAX_CAPACITY
     assert ack.resume_token

@@ -33,12 +33,17 @@ def buf() -> str:
     return str(BUF)
 
 
+def node_argv(args: list[str]) -> list[str]:
+    """The command line of conformance.js with `args`."""
+    return [node(), str(CONFORMANCE_DIR / "conformance.js"), *args]
+
+
 def run_node(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     """Run conformance.js; past `timeout` it is killed and the test fails with what it
     printed so far."""
     try:
         return subprocess.run(
-            [node(), str(CONFORMANCE_DIR / "conformance.js"), *args],
+            node_argv(args),
             cwd=CONFORMANCE_DIR,
             capture_output=True,
             text=True,

@@ -6,9 +6,12 @@ Tasks: what clients submit, and the TaskService they submit it through.
 Errors. A failed call carries a gRPC status code and, in the trailer
 `grpc-status-details-bin`, a `google.rpc.Status` whose details hold a
 `google.rpc.ErrorInfo` (domain "taskbroker", a reason such as ETAG_MISMATCH,
-IDEMPOTENCY_KEY_REUSED, QUEUE_FULL, RATE_LIMITED, OVER_LIMIT, NOT_FOUND), a
-`google.rpc.BadRequest` naming the offending field where one is known, and a
-`google.rpc.RetryInfo` when trying again later can help. The codes:
+IDEMPOTENCY_KEY_REUSED, QUEUE_FULL, RATE_LIMITED, OVER_LIMIT, NOT_FOUND, or else
+the code's name, e.g. INVALID_ARGUMENT), a `google.rpc.BadRequest` naming the
+offending request field where the broker names one (a payload over
+max_payload_bytes, a malformed task id, page_token, page_size, update_mask; a
+TaskSpec setting out of range, such as priority, is named only in the message),
+and a `google.rpc.RetryInfo` when trying again later can help. The codes:
   INVALID_ARGUMENT     the request is malformed or over a fixed limit (a payload
                        over max_payload_bytes, a batch bigger than a queue or a
                        rate limit's burst can ever take; ErrorInfo reason

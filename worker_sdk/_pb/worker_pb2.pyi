@@ -132,10 +132,11 @@ class Register(_message.Message):
     worker_id: _builtins.str
     """Empty = the broker picks one. An id whose stream is connected already is refused
     with ALREADY_EXISTS, unless resume_token is the one that stream was given: then the
-    old stream is ended (CANCELLED) and this one takes its place. An id whose stream has
-    ended but whose tasks are kept for resumption (see RegisterAck.resume_window_s) is
-    registered afresh without the token: its kept tasks are requeued first, never
-    handed to a stream that cannot show the token.
+    old stream is ended with ALREADY_EXISTS (its id is another stream's now: that
+    process should not reconnect with it) and this one takes its place. An id whose
+    stream has ended but whose tasks are kept for resumption (see
+    RegisterAck.resume_window_s) is registered afresh without the token: its kept tasks
+    are requeued first, never handed to a stream that cannot show the token.
     """
     pool: _builtins.str
     """empty = "default"; must exist"""
@@ -228,8 +229,9 @@ Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
 class Credit(_message.Message):
     """Sets the worker's credit: how many tasks it holds at once, as an absolute number
     (not added to the last). 0 pauses it: it keeps what it holds and gets nothing new.
-    0..RegisterAck.max_capacity. A lower number than the tasks held cancels none of them;
-    new work comes once enough have finished.
+    0..RegisterAck.max_capacity; a larger one ends the stream with INVALID_ARGUMENT. A
+    lower number than the tasks held cancels none of them; new work comes once enough
+    have finished.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -453,7 +455,9 @@ class RegisterAck(_message.Message):
     max_batch_size: _builtins.int
     """The most tasks in one SubmitBatch or SubmitStream message (for clients)."""
     max_wait_ids: _builtins.int
-    """The most task ids one Wait call or SubmitStream message may watch (for clients)."""
+    """The most task ids one Wait call may name (for clients; the same as max_batch_size).
+    A SubmitStream message may watch up to max_task_ids.
+    """
     max_traceback_chars: _builtins.int
     """The longest TaskError.message and TaskError.traceback kept; longer ones are cut."""
     max_capacity: _builtins.int
@@ -651,9 +655,12 @@ Global___CancelTasks: _TypeAlias = CancelTasks  # noqa: Y015
 @_typing.final
 class Drain(_message.Message):
     """The broker sends no more work: finish what you hold, send the results, then
-    disconnect. The broker ends the stream itself (status OK) once the worker holds
-    nothing, or at deadline_ms, whichever comes first; tasks still held then are
-    requeued.
+    disconnect. The broker ends the stream itself once the worker holds nothing, or at
+    deadline_ms, whichever comes first; tasks still held then are requeued. The status:
+    OK for an operator's drain (DRAIN_REASON_OPERATOR); UNAVAILABLE for a broker that is
+    stopping (DRAIN_REASON_BROKER_STOPPING), which ends every stream at once when none
+    of its workers holds a task any more, or at deadline_ms (its shutdown grace): the
+    worker reconnects.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -10,10 +10,22 @@ const { connect, callMetadata } = require("./api");
 class Worker {
   // handlers: task_type -> async (assignment, { signal }) => ({ result: Buffer }) or
   // ({ error: { type, message } }); `signal` aborts when the broker cancels the task.
-  constructor(api, address, { workerId = "", pool = "", capacity = 1, labels = {}, handlers, log = () => {} }) {
+  // resumeToken: a RegisterAck.resume_token of this worker id's earlier stream.
+  // startNotices: send a start notice per assignment (as a worker should).
+  // heartbeats: send a Heartbeat every heartbeat_interval_s (as a worker should).
+  // closeOnDrain: half-close once drained and holding nothing (else the broker ends it).
+  constructor(
+    api,
+    address,
+    { workerId = "", pool = "", capacity = 1, labels = {}, handlers, log = () => {}, resumeToken = "", startNotices = true, closeOnDrain = true, heartbeats = true },
+  ) {
     this.api = api;
     this.address = address;
     this.register = { worker_id: workerId, pool, labels, capacity, task_types: Object.keys(handlers), sdk_version: "conformance-js" };
+    if (resumeToken) this.register.resume_token = resumeToken;
+    this.startNotices = startNotices;
+    this.closeOnDrain = closeOnDrain;
+    this.heartbeats = heartbeats; // false: send none (to test the broker's liveness rules)
     this.handlers = handlers;
     this.log = log;
     this.held = new Map(); // task id -> { attempt, abort }
@@ -22,6 +34,9 @@ class Worker {
     this.assignments = []; // every Assignment received, in order
     this.cancels = []; // every task id cancelled by the broker
     this.drains = []; // reasons of every Drain received
+    this.drainMessages = []; // every Drain received, whole
+    this.cancelled = []; // every CancelledTask (task id and attempt) received
+    this.dropped = []; // every DroppedResult received
     this.ack = null;
     this.claimed = []; // ids listed in heartbeats though not held (to test the broker)
     this.ended = new Promise((resolve) => (this._ended = resolve));
@@ -40,6 +55,7 @@ class Worker {
           this.log(`worker ${this.register.worker_id}: ${err.stack}`);
         }
       });
+      this.stream.on("status", (status) => (this.status = status));
       this.stream.on("error", (err) => {
         this.error = err;
         reject(err);
@@ -64,24 +80,32 @@ class Worker {
     switch (message.kind) {
       case "register_ack":
         this.ack = message.register_ack;
-        this.timer = setInterval(() => this.heartbeat(), this.ack.heartbeat_interval_s * 1000);
+        if (this.heartbeats) this.timer = setInterval(() => this.heartbeat(), this.ack.heartbeat_interval_s * 1000);
         registered(this.ack);
         break;
       case "assignments":
         this.seen = message.assignments.seq;
         for (const assignment of message.assignments.assignments) this._run(assignment);
         break;
-      case "cancel":
+      case "cancel": {
+        // Newer brokers name the attempt of each cancelled task: only that attempt stops.
+        const attempts = new Map((message.cancel.tasks || []).map((t) => [t.task_id, t.attempt]));
+        this.cancelled.push(...(message.cancel.tasks || []));
         for (const id of message.cancel.task_ids) {
           this.cancels.push(id);
           const task = this.held.get(id);
-          if (task) {
+          if (task && (!attempts.get(id) || attempts.get(id) === task.attempt)) {
             this.held.delete(id);
             task.abort.abort();
           }
         }
         break;
+      }
+      case "results_dropped":
+        this.dropped.push(...message.results_dropped.results);
+        break;
       case "drain":
+        this.drainMessages.push(message.drain);
         this.drains.push(message.drain.reason);
         this._drained(message.drain.reason);
         this._closeIfDrained();
@@ -97,7 +121,7 @@ class Worker {
     const entry = { attempt: assignment.attempt, abort };
     this.held.set(assignment.task_id, entry);
     this.maxHeld = Math.max(this.maxHeld, this.held.size);
-    this._send({ results: { started_task_ids: [assignment.task_id] } });
+    if (this.startNotices) this._send({ results: { started_task_ids: [assignment.task_id] } });
     const started = Date.now();
     Promise.resolve()
       .then(() => this.handlers[assignment.task_type](assignment, { signal: abort.signal, worker: this }))
@@ -110,11 +134,14 @@ class Worker {
           task_id: assignment.task_id,
           attempt: assignment.attempt,
           success: !outcome.error,
-          started_at_ms: String(started),
-          finished_at_ms: String(Date.now()),
+          started_at_ms: String(outcome.started_at_ms ?? started),
+          finished_at_ms: String(outcome.finished_at_ms ?? Date.now()),
         };
-        if (outcome.error) result.error = { type: outcome.error.type, message: outcome.error.message, traceback: "" };
+        // A handler's outcome may set any TaskError field (retryable, task_fault) and the
+        // result's content type, where the contract has them.
+        if (outcome.error) result.error = { traceback: "", ...outcome.error };
         else result.result = outcome.result || Buffer.alloc(0);
+        if (outcome.result_content_type) result.result_content_type = outcome.result_content_type;
         this._send({ results: { results: [result] } });
         this._closeIfDrained();
       });
@@ -138,6 +165,16 @@ class Worker {
     this.held.delete(taskId);
   }
 
+  // After resuming a session: hold a task the earlier stream was running (the next
+  // heartbeats list it) until release().
+  adopt(assignment) {
+    this.held.set(assignment.task_id, { attempt: assignment.attempt, abort: new AbortController() });
+  }
+
+  release(taskId) {
+    this.held.delete(taskId);
+  }
+
   credit(capacity) {
     this._send({ credit: { capacity } });
   }
@@ -146,8 +183,19 @@ class Worker {
     if (!this.closed) this.stream.write(message);
   }
 
+  // Send a result as is (for a task the worker does not hold, or a wrong attempt).
+  sendResult(result) {
+    this._send({ results: { results: [result] } });
+  }
+
   _closeIfDrained() {
-    if (this.drains.length && this.held.size === 0) this.stop();
+    if (this.closeOnDrain && this.drains.length && this.held.size === 0) this.stop();
+  }
+
+  // Say the worker will not resume (its tasks are requeued at once), then half-close.
+  leave() {
+    this._send({ leave: {} });
+    return this.stop();
   }
 
   // Half-close the stream; the broker then ends it.

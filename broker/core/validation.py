@@ -42,27 +42,41 @@ MAX_FAIRNESS_WEIGHTS = 1000  # fairness weights of one pool
 MAX_STICKY_KEYS = 100_000  # sticky keys a pool remembers; the least recently used go
 
 
-def check_length(value: str, field: str, limit: int = MAX_NAME_LENGTH, where: str = "") -> None:
-    """InvalidArgument unless `value` has at most `limit` characters."""
+def check_length(
+    value: str, field: str, limit: int = MAX_NAME_LENGTH, where: str = "", path: str = ""
+) -> None:
+    """InvalidArgument unless `value` has at most `limit` characters; `path` is the
+    request field at fault (BadRequest), `field` by default."""
     if len(value) > limit:
         raise InvalidArgument(
-            f"{where}{field} is longer than {limit} characters (got {len(value)})"
+            f"{where}{field} is longer than {limit} characters (got {len(value)})",
+            field=path or field,
         )
 
 
-def check_count(items: Collection[object], field: str, limit: int, where: str = "") -> None:
+def check_count(
+    items: Collection[object], field: str, limit: int, where: str = "", path: str = ""
+) -> None:
     """InvalidArgument unless `items` holds at most `limit` entries."""
     if len(items) > limit:
-        raise InvalidArgument(f"{where}{field} holds more than {limit} entries (got {len(items)})")
+        raise InvalidArgument(
+            f"{where}{field} holds more than {limit} entries (got {len(items)})",
+            field=path or field,
+        )
 
 
 def check_names(
-    names: Collection[str], field: str, count: int, length: int = MAX_NAME_LENGTH, where: str = ""
+    names: Collection[str],
+    field: str,
+    count: int,
+    length: int = MAX_NAME_LENGTH,
+    where: str = "",
+    path: str = "",
 ) -> None:
     """At most `count` names, each of at most `length` characters."""
-    check_count(names, field, count, where)
+    check_count(names, field, count, where, path)
     for name in names:
-        check_length(name, f"each of {field}", length, where)
+        check_length(name, f"each of {field}", length, where, path or field)
 
 
 def check_wait_timeout(timeout_s: float) -> None:
@@ -71,7 +85,8 @@ def check_wait_timeout(timeout_s: float) -> None:
     if not (math.isfinite(timeout_s) and timeout_s >= 0):
         raise InvalidArgument(
             f"timeout_s must be a finite number of seconds, 0 (the longest wait) or more, "
-            f"got {timeout_s}"
+            f"got {timeout_s}",
+            field="timeout_s",
         )
 
 
@@ -85,9 +100,11 @@ def validate_batch(
 ) -> None:
     """Check a submitted batch: its size, then each spec (see `validate_spec`)."""
     if not specs:
-        raise InvalidArgument("a batch needs at least one task")
+        raise InvalidArgument("a batch needs at least one task", field="tasks")
     if len(specs) > max_batch_size:
-        raise InvalidArgument(f"a batch holds at most {max_batch_size} tasks, got {len(specs)}")
+        raise InvalidArgument(
+            f"a batch holds at most {max_batch_size} tasks, got {len(specs)}", field="tasks"
+        )
     several = len(specs) > 1
     for index, spec in enumerate(specs):
         validate_spec(
@@ -96,99 +113,145 @@ def validate_batch(
             pools=pools,
             max_payload_bytes=max_payload_bytes,
             now=now,
+            path=f"tasks[{index}]." if several else "",
         )
 
 
 def validate_spec(
-    spec: TaskSpec, where: str, *, pools: Container[str], max_payload_bytes: int, now: float
+    spec: TaskSpec,
+    where: str,
+    *,
+    pools: Container[str],
+    max_payload_bytes: int,
+    now: float,
+    path: str = "",
 ) -> None:
-    """Check one task's type, priority, pool, placement, options and payload size."""
+    """Check one task's type, priority, pool, placement, options and payload size. Each
+    error names the TaskSpec field at fault (BadRequest), after `path` (in a batch,
+    "tasks[3].")."""
     if not spec.task_type or not spec.task_type.strip():
-        raise InvalidArgument(f"{where}task_type must not be empty")
-    check_length(spec.task_type, "task_type", MAX_NAME_LENGTH, where)
+        raise InvalidArgument(f"{where}task_type must not be empty", field=f"{path}task_type")
+    check_length(spec.task_type, "task_type", MAX_NAME_LENGTH, where, f"{path}task_type")
     if not MIN_PRIORITY <= spec.priority <= MAX_PRIORITY:
         raise InvalidArgument(
-            f"{where}priority must be {MIN_PRIORITY}..{MAX_PRIORITY}, got {spec.priority}"
+            f"{where}priority must be {MIN_PRIORITY}..{MAX_PRIORITY}, got {spec.priority}",
+            field=f"{path}priority",
         )
-    check_length(spec.pool, "pool", MAX_NAME_LENGTH, where)
+    check_length(spec.pool, "pool", MAX_NAME_LENGTH, where, f"{path}pool")
     if spec.pool not in pools:
         raise NotFound(
             f"{where}pool {spec.pool!r} does not exist "
-            "(declare it in the config or create it with `taskbroker pools create`)"
+            "(declare it in the config or create it with `taskbroker pools create`)",
+            field=f"{path}pool",
         )
     if not spec.placement.free:
-        validate_placement(spec.placement, where)
-    check_length(spec.placement.routing_key, "routing_key", MAX_KEY_LENGTH, where)
+        validate_placement(spec.placement, where, f"{path}placement.")
+    check_length(
+        spec.placement.routing_key,
+        "routing_key",
+        MAX_KEY_LENGTH,
+        where,
+        f"{path}placement.routing_key",
+    )
     if spec.has_options:
-        validate_options(spec, where, now)
+        validate_options(spec, where, now, path)
     if len(spec.payload) > max_payload_bytes:
         raise OverLimit(
             f"{where}payload is {len(spec.payload)} bytes, over the limit of "
             f"{max_payload_bytes} (max_payload_bytes)",
-            field="payload",
+            field=f"{path}payload",
         )
 
 
-def validate_options(spec: TaskSpec, where: str, now: float) -> None:
+def validate_options(spec: TaskSpec, where: str, now: float, path: str = "") -> None:
     """Check the retry policy, delay, deadlines, keys and trace context."""
     retry = spec.retry
-    check_names(retry.retryable_errors, "retry retryable_errors", MAX_ERROR_NAMES, where=where)
     check_names(
-        retry.non_retryable_errors, "retry non_retryable_errors", MAX_ERROR_NAMES, where=where
+        retry.retryable_errors,
+        "retry retryable_errors",
+        MAX_ERROR_NAMES,
+        where=where,
+        path=f"{path}retry.retryable_errors",
+    )
+    check_names(
+        retry.non_retryable_errors,
+        "retry non_retryable_errors",
+        MAX_ERROR_NAMES,
+        where=where,
+        path=f"{path}retry.non_retryable_errors",
     )
     if not 1 <= retry.max_attempts <= MAX_ATTEMPTS:
         raise InvalidArgument(
-            f"{where}retry max_attempts must be 1..{MAX_ATTEMPTS}, got {retry.max_attempts}"
+            f"{where}retry max_attempts must be 1..{MAX_ATTEMPTS}, got {retry.max_attempts}",
+            field=f"{path}retry.max_attempts",
         )
     if not 0 < retry.initial_backoff_s <= retry.max_backoff_s <= MAX_TIMEOUT_S:
         raise InvalidArgument(
             f"{where}retry backoff must have 0 < initial_backoff_s <= max_backoff_s <= "
-            f"{MAX_TIMEOUT_S:g}, got {retry.initial_backoff_s:g} and {retry.max_backoff_s:g}"
+            f"{MAX_TIMEOUT_S:g}, got {retry.initial_backoff_s:g} and {retry.max_backoff_s:g}",
+            field=f"{path}retry.initial_backoff_s",
         )
     if not 1 <= retry.backoff_multiplier <= 100:
         raise InvalidArgument(
-            f"{where}retry backoff_multiplier must be 1..100, got {retry.backoff_multiplier:g}"
+            f"{where}retry backoff_multiplier must be 1..100, got {retry.backoff_multiplier:g}",
+            field=f"{path}retry.backoff_multiplier",
         )
     for name in ("start_timeout_s", "execution_timeout_s"):
         value = getattr(spec, name)
         if not 0 <= value <= MAX_TIMEOUT_S:
             raise InvalidArgument(
-                f"{where}{name} must be 0 (none)..{MAX_TIMEOUT_S:g} seconds, got {value:g}"
+                f"{where}{name} must be 0 (none)..{MAX_TIMEOUT_S:g} seconds, got {value:g}",
+                field=f"{path}{name}",
             )
     if spec.not_before < 0 or spec.not_before > now + MAX_DELAY_S:
-        raise InvalidArgument(f"{where}not_before must be within a year from now")
+        raise InvalidArgument(
+            f"{where}not_before must be within a year from now", field=f"{path}not_before_ms"
+        )
     for name in ("idempotency_key", "fairness_key"):
-        check_length(getattr(spec, name), name, MAX_KEY_LENGTH, where)
+        check_length(getattr(spec, name), name, MAX_KEY_LENGTH, where, f"{path}{name}")
     trace = spec.trace_context
     if len(trace) > MAX_TRACE_KEYS or any(
         len(k) > MAX_KEY_LENGTH or len(v) > MAX_TRACE_VALUE for k, v in trace.items()
     ):
         raise InvalidArgument(
             f"{where}trace_context holds at most {MAX_TRACE_KEYS} keys of at most "
-            f"{MAX_KEY_LENGTH} characters, with values of at most {MAX_TRACE_VALUE}"
+            f"{MAX_KEY_LENGTH} characters, with values of at most {MAX_TRACE_VALUE}",
+            field=f"{path}trace_context",
         )
 
 
-def validate_placement(placement: Placement, where: str) -> None:
+def validate_placement(placement: Placement, where: str, path: str = "placement.") -> None:
     """Check a task's labels, its anti-affinity group and its sticky key."""
-    check_length(placement.sticky_key, "sticky_key", MAX_KEY_LENGTH, where)
+    check_length(placement.sticky_key, "sticky_key", MAX_KEY_LENGTH, where, f"{path}sticky_key")
     labels = [*placement.required_labels.items()]
     labels += [(p.key, p.value) for p in placement.preferred_labels]
     if len(labels) > MAX_LABELS:
-        raise InvalidArgument(f"{where}a task names at most {MAX_LABELS} labels")
+        raise InvalidArgument(
+            f"{where}a task names at most {MAX_LABELS} labels", field=f"{path}required_labels"
+        )
     for key, value in labels:
         if not key or len(key) > MAX_NAME_LENGTH or len(value) > MAX_NAME_LENGTH:
             raise InvalidArgument(
                 f"{where}invalid label {key!r}={value!r}: a key is 1-{MAX_NAME_LENGTH} "
-                f"characters, a value at most {MAX_NAME_LENGTH}"
+                f"characters, a value at most {MAX_NAME_LENGTH}",
+                field=f"{path}required_labels"
+                if key in placement.required_labels
+                else f"{path}preferred_labels",
             )
     for preferred in placement.preferred_labels:
         if not 1 <= preferred.weight <= MAX_PREFERENCE_WEIGHT:
             raise InvalidArgument(
                 f"{where}preferred label {preferred.key}={preferred.value}: weight must be "
-                f"1..{MAX_PREFERENCE_WEIGHT}, got {preferred.weight}"
+                f"1..{MAX_PREFERENCE_WEIGHT}, got {preferred.weight}",
+                field=f"{path}preferred_labels",
             )
-    check_length(placement.anti_affinity_group, "anti_affinity_group", MAX_NAME_LENGTH, where)
+    check_length(
+        placement.anti_affinity_group,
+        "anti_affinity_group",
+        MAX_NAME_LENGTH,
+        where,
+        f"{path}anti_affinity_group",
+    )
 
 
 def validate_worker(spec: WorkerSpec) -> None:

@@ -510,3 +510,36 @@ async def test_server_reflection_answers_as_v1_and_v1alpha(
         "taskbroker.v1.AdminService",
         "grpc.reflection.v1.ServerReflection",
     } <= names
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        (_tasks.TaskSpec(task_type="job", priority=5000), "priority"),
+        (_tasks.TaskSpec(task_type=""), "task_type"),
+        (_tasks.TaskSpec(task_type="job", pool="nope"), "pool"),
+        (
+            _tasks.TaskSpec(task_type="job", retry=_tasks.RetryPolicy(max_attempts=1000)),
+            "retry.max_attempts",
+        ),
+        (_tasks.TaskSpec(task_type="job", execution_timeout_s=-1), "execution_timeout_s"),
+        (
+            _tasks.TaskSpec(
+                task_type="job",
+                placement=_tasks.Placement(
+                    preferred_labels=[_tasks.PreferredLabel(key="gpu", value="a", weight=0)]
+                ),
+            ),
+            "placement.preferred_labels",
+        ),
+    ],
+)
+async def test_a_bad_task_spec_names_the_field_at_fault(
+    broker: Broker, small_client: grpc.aio.Channel, spec: _tasks.TaskSpec, field: str
+) -> None:
+    stub = _tasks_grpc.TaskServiceStub(small_client)
+    error = await _fails(stub.Submit(_tasks.SubmitRequest(task=spec)))
+    assert _violations(error) == [field]
+    batch = [_tasks.TaskSpec(task_type="job"), spec]
+    error = await _fails(stub.SubmitBatch(_tasks.SubmitBatchRequest(tasks=batch)))
+    assert _violations(error) == [f"tasks[1].{field}"]

@@ -8,10 +8,11 @@ Errors. A failed call carries a gRPC status code and, in the trailer
 `google.rpc.ErrorInfo` (domain "taskbroker", a reason such as ETAG_MISMATCH,
 IDEMPOTENCY_KEY_REUSED, QUEUE_FULL, RATE_LIMITED, OVER_LIMIT, NOT_FOUND, or else
 the code's name, e.g. INVALID_ARGUMENT), a `google.rpc.BadRequest` naming the
-offending request field where the broker names one (a payload over
-max_payload_bytes, a malformed task id, page_token, page_size, update_mask; a
-TaskSpec setting out of range, such as priority, is named only in the message),
-and a `google.rpc.RetryInfo` when trying again later can help. The codes:
+offending request field where the broker names one: a TaskSpec field as a path
+from the spec ("priority", "retry.max_attempts", "placement.preferred_labels";
+in a SubmitBatch "tasks[3].priority"), a malformed task id, page_token,
+page_size, update_mask), and a `google.rpc.RetryInfo` when trying again later
+can help. The codes:
   INVALID_ARGUMENT     the request is malformed or over a fixed limit (a payload
                        over max_payload_bytes, a batch bigger than a queue or a
                        rate limit's burst can ever take; ErrorInfo reason

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install protos lint format test demo bench clean
+.PHONY: install protos lint format test demo bench clean postgres
 
 install: $(STAMP)
 
@@ -27,8 +27,15 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint
+test: lint postgres
 	$(BIN)/pytest -q
+
+# The tests start a private PostgreSQL server (tests/support/postgres.py); install its
+# programs from the system's packages when they are missing.
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	|| { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	     $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q postgresql; }
 
 demo: $(STAMP)
 	$(BIN)/taskbroker demo

@@ -111,6 +111,12 @@ class BrokerConfig:
     task_purge_batch: int = 1000  # tasks deleted per transaction
     log_format: str = "human"  # human or json: one line per event
     log_level: str = "INFO"
+    # Several brokers on one PostgreSQL database (broker.cluster): how long a broker's lease
+    # on its pools lasts without renewal (it renews three times per lease), the address
+    # the others send workers to ("" = host:port as bound), and its id ("" = a new one).
+    cluster_lease_s: float = 5.0
+    advertise_address: str = ""
+    broker_id: str = ""
     pools: tuple[PoolConfig, ...] = (PoolConfig(name=DEFAULT_POOL),)
 
     def __post_init__(self) -> None:
@@ -130,6 +136,7 @@ class BrokerConfig:
             _check(getattr(self, key) > 0, key, "must be positive")
         _check(1 <= self.max_batch_size <= 100_000, "max_batch_size", "must be 1..100000")
         _check(self.max_wait_s > 0, "max_wait_s", "must be positive")
+        _check(self.cluster_lease_s >= 0.5, "cluster_lease_s", "must be at least 0.5")
         _check(self.heartbeat_interval_s > 0, "heartbeat_interval_s", "must be positive")
         _check(
             self.heartbeat_timeout_s >= LEASE_HEARTBEATS * self.heartbeat_interval_s,

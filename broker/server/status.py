@@ -15,6 +15,7 @@ from broker.errors import (
     InvalidArgument,
     InvalidTransition,
     NotFound,
+    NotOwner,
     ResourceExhausted,
     StorageError,
     Unavailable,
@@ -42,6 +43,21 @@ STATUS_CODES: dict[type[BrokerError], grpc.StatusCode] = {
 RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
+# The trailing metadata of an UNAVAILABLE answer from a broker that does not schedule the
+# pool asked for (several brokers on one database): the address of the broker that does.
+# A worker reconnects there; a client may send the call there.
+OWNER_KEY = "taskbroker-owner"
+
+
+def trailing_metadata(error: BrokerError) -> tuple[tuple[str, str], ...]:
+    """What an error's status carries besides its code and message."""
+    if isinstance(error, ResourceExhausted) and error.retry_after_s is not None:
+        return ((RETRY_PUSHBACK_KEY, str(retry_after_ms(error.retry_after_s))),)
+    if isinstance(error, NotOwner) and error.owner:
+        return ((OWNER_KEY, error.owner),)
+    return ()
+
+
 def status_of(error: BrokerError) -> grpc.StatusCode:
     """The status code for an error: its own class's, else its nearest base's."""
     for cls in type(error).__mro__:
@@ -65,10 +81,9 @@ def edge(handler: Handler[Request, Response]) -> Handler[Request, Response]:
                 raise request.error()
             return await handler(self, request, context)
         except BrokerError as exc:
-            if isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
-                context.set_trailing_metadata(
-                    ((RETRY_PUSHBACK_KEY, str(retry_after_ms(exc.retry_after_s))),)
-                )
+            metadata = trailing_metadata(exc)
+            if metadata:
+                context.set_trailing_metadata(metadata)
             await context.abort(status_of(exc), str(exc))
             raise  # abort() raises; this is for the type checker
 

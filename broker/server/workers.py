@@ -27,7 +27,7 @@ from broker.domain import Task, TaskId
 from broker.errors import BrokerError, FailedPrecondition, InvalidArgument
 from broker.server import convert
 from broker.server.parsing import Malformed
-from broker.server.status import Context, status_of
+from broker.server.status import Context, status_of, trailing_metadata
 from broker.service import BrokerService
 from worker_sdk._pb import worker_pb2 as _worker
 from worker_sdk._pb import worker_pb2_grpc as _worker_grpc
@@ -191,7 +191,7 @@ class WorkerService(_worker_grpc.WorkerServiceServicer):
                 convert.worker_spec_from_pb(first.register), channel
             )
         except BrokerError as exc:
-            await context.abort(status_of(exc), str(exc))
+            await context.abort(status_of(exc), str(exc), trailing_metadata(exc))
         reader = asyncio.create_task(self._read(spec.worker_id, requests, channel))
         try:
             service = self._service

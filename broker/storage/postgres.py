@@ -89,6 +89,7 @@ class _Statement:
     def __init__(self) -> None:
         self.parts: list[str] = []
         self.args: list[object] = []
+        self.checks: list[str] = []  # what the final SELECT computes
 
     def arg(self, value: object, sql_type: str) -> str:
         self.args.append(value)
@@ -105,8 +106,9 @@ class _Statement:
     def add(self, sql: str) -> None:
         self.parts.append(f"w{len(self.parts)} AS ({sql})")
 
-    def sql(self, check: str) -> str:
-        return f"WITH {', '.join(self.parts)} SELECT {check}" if self.parts else f"SELECT {check}"
+    def sql(self) -> str:
+        select = f"SELECT {', '.join(self.checks) or '1'}"
+        return f"WITH {', '.join(self.parts)} {select}" if self.parts else select
 
 
 def _fold_saves(batch: WriteBatch[Row]) -> tuple[list[Row], list[Row]]:
@@ -178,7 +180,8 @@ def _add_rollups(statement: _Statement, rows: Sequence[RollupRow]) -> None:
 def batch_statement(
     batch: WriteBatch[Row], fence: tuple[list[str], list[int]] | None
 ) -> _Statement:
-    """The one statement that writes the batch (see the module docstring)."""
+    """The one statement that writes the batch (see the module docstring); its SELECT
+    list (`st.checks`) fails the statement if the fence does not hold."""
     st = _Statement()
     inserts, saves = _fold_saves(batch)
     if inserts:
@@ -189,9 +192,11 @@ def batch_statement(
     if saves:
         cols = st.columns(saves, [*_STATE_TYPES, "bigint"])
         sets = ", ".join(f"{c} = u.{c}" for c in _STATE_COLUMNS)
+        # Under a fence, a broker changes only the tasks of the pools it holds.
+        owned = "" if fence is None else f" AND tasks.pool = ANY({st.arg(fence[0], 'text[]')})"
         st.add(
             f"UPDATE tasks SET {sets} FROM unnest({cols}) AS u({', '.join(_STATE_COLUMNS)}, id)"
-            " WHERE tasks.id = u.id"
+            f" WHERE tasks.id = u.id{owned}"
         )
     if batch.pools:
         rows = [pool_row(pool, at) for pool, at in batch.pools.values()]
@@ -243,9 +248,12 @@ def batch_statement(
         )
     _add_rollups(st, batch.rollups)
     _worker_log(st, batch)
-    if fence is None or not fence[0]:
+    if fence is None:
         return st
+    _notify(st, inserts, saves)
     pools, epochs = fence
+    if not pools:
+        return st
     # FOR SHARE holds each lease row until the statement commits: a takeover waits for
     # it, and one that committed first makes the row not match, so the check fails.
     st.add(
@@ -253,7 +261,44 @@ def batch_statement(
         f" JOIN unnest({st.arg(pools, 'text[]')}, {st.arg(epochs, 'bigint[]')}) AS f(pool, epoch)"
         " ON l.pool = f.pool AND l.epoch = f.epoch FOR SHARE OF l) AS h"
     )
+    st.checks.append(f"taskbroker_fence((SELECT held FROM w{len(st.parts) - 1}), {len(pools)})")
     return st
+
+
+# NOTIFY payloads stay below PostgreSQL's 8000 bytes.
+_PAYLOAD_CHARS: Final = 7000
+
+
+def _id_payloads(prefix: str, ids: Sequence[object]) -> list[str]:
+    payloads, chunk = [], prefix
+    for task_id in ids:
+        if len(chunk) > _PAYLOAD_CHARS:
+            payloads.append(chunk.rstrip(","))
+            chunk = prefix
+        chunk += f"{task_id},"
+    if chunk != prefix:
+        payloads.append(chunk.rstrip(","))
+    return payloads
+
+
+def _notify(st: _Statement, inserts: Sequence[Row], saves: Sequence[Row]) -> None:
+    """Wake the other brokers at commit: the new tasks by pool (channel
+    taskbroker_submitted, "pool:id,id,..."), and the tasks that ended (taskbroker_finished,
+    ":id,id,...")."""
+    by_pool: dict[object, list[object]] = {}
+    for row in inserts:
+        by_pool.setdefault(row[1], []).append(row[0])
+    submitted = [p for pool, ids in by_pool.items() for p in _id_payloads(f"{pool}:", ids)]
+    terminal = {4, 5, 6, 7}
+    ended = [row[-1] for row in saves if row[1] in terminal]
+    ended += [row[0] for row in inserts if row[6] in terminal]
+    finished = _id_payloads(":", ended)
+    for channel, payloads in (("submitted", submitted), ("finished", finished)):
+        if payloads:
+            st.checks.append(
+                f"(SELECT count(pg_notify('taskbroker_{channel}', x))"
+                f" FROM unnest({st.arg(payloads, 'text[]')}) AS x)"
+            )
 
 
 def _worker_log(st: _Statement, batch: WriteBatch[Row]) -> None:
@@ -297,20 +342,14 @@ class _PostgresWriter:
         self.fence = fence
 
     async def commit(self, batch: WriteBatch[Row]) -> None:
-        fence = self.fence() if self.fence is not None else None
-        st = batch_statement(batch, fence)
-        check = f"(SELECT held FROM w{len(st.parts) - 1})" if fence and fence[0] else "1"
+        st = batch_statement(batch, self.fence() if self.fence is not None else None)
         async with self._pool.acquire() as conn:
-            if fence and fence[0]:
-                # The fence is checked inside the statement: when a lease has moved on,
-                # raising there undoes every other part of it.
-                held = await conn.fetchval(
-                    st.sql(f"taskbroker_fence({check}, {len(fence[0])})"), *st.args
-                )
-                if held is None:  # pragma: no cover - the function raises instead
-                    raise Fenced("a pool's lease has moved on")
-            else:
-                await conn.execute(st.sql(check), *st.args)
+            try:
+                await conn.execute(st.sql(), *st.args)
+            except asyncpg.PostgresError as exc:
+                if getattr(exc, "sqlstate", "") == "TB001":
+                    raise Fenced("a pool's lease has moved on: nothing was written") from exc
+                raise
 
     async def close(self) -> None:
         await self._pool.close()
@@ -355,6 +394,7 @@ class PostgresStore(GroupCommit[Row]):
         self._pool = pool
         self.url = url
         self._writer_backend = _PostgresWriter(pool, None)
+        self._id_block: int | None = None
         super().__init__(self._writer_backend, clock)
 
     @classmethod
@@ -380,8 +420,35 @@ class PostgresStore(GroupCommit[Row]):
         return self._pool
 
     def set_fence(self, fence: Fence | None) -> None:
-        """Make every later commit carry the pools' lease epochs that `fence` gives."""
+        """Share the database with other brokers (broker.cluster): every later commit
+        carries the lease epochs of the pools `fence` gives and fails if one has moved on,
+        changes only the tasks of those pools, and wakes the other brokers (NOTIFY) with the
+        tasks it added and ended. Recovery then loads only those pools' tasks, and task
+        ids and seqs come from a block of the database's own (`max_task_id`)."""
         self._writer_backend.fence = fence
+        self._id_block = None
+
+    async def _block(self) -> int:
+        """The first id of this store's block of 2**32 task ids (and seqs), taken once."""
+        if self._id_block is None:
+            await self._settle()
+            self._id_block = int(await self._pool.fetchval("SELECT nextval('task_ids')")) << 32
+        return self._id_block
+
+    async def load_unfinished_of(self, pools: Sequence[str]) -> list[Task]:
+        """The unfinished tasks of these pools, in seq order."""
+        rows = await self._fetch(
+            f"{SELECT_TASKS} WHERE state = ANY($1::integer[]) AND pool = ANY($2::text[])"
+            " ORDER BY seq",
+            _UNFINISHED,
+            list(pools),
+        )
+        return [task_from_row(row) for row in rows]
+
+    async def get_tasks(self, task_ids: Sequence[TaskId]) -> list[Task]:
+        """The stored tasks among these ids."""
+        rows = await self._fetch(f"{SELECT_TASKS} WHERE id = ANY($1::bigint[])", list(task_ids))
+        return [task_from_row(row) for row in rows]
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -415,16 +482,23 @@ class PostgresStore(GroupCommit[Row]):
         return [task_from_row(row) for row in await self._fetch(sql, *params)]
 
     async def load_unfinished(self) -> list[Task]:
+        fence = self._writer_backend.fence
+        if fence is not None:
+            return await self.load_unfinished_of(fence()[0])
         rows = await self._fetch(
             f"{SELECT_TASKS} WHERE state = ANY($1::integer[]) ORDER BY seq", _UNFINISHED
         )
         return [task_from_row(row) for row in rows]
 
     async def max_task_id(self) -> TaskId:
+        if self._writer_backend.fence is not None:
+            return await self._block() - 1
         rows = await self._fetch("SELECT coalesce(max(id), 0) FROM tasks")
         return int(rows[0][0])
 
     async def max_seq(self) -> int:
+        if self._writer_backend.fence is not None:
+            return await self._block() - 1
         rows = await self._fetch("SELECT coalesce(max(seq), 0) FROM tasks")
         return int(rows[0][0])
 
@@ -525,7 +599,7 @@ class PostgresStore(GroupCommit[Row]):
                 st = _Statement()
                 _add_rollups(st, merged)
                 if st.parts:
-                    await conn.execute(st.sql("1"), *st.args)
+                    await conn.execute(st.sql(), *st.args)
         except (OSError, asyncpg.PostgresError) as exc:
             raise StorageError(
                 f"the task store could not change the metrics history: {exc}"

@@ -47,6 +47,7 @@ _NOW: Final = "extract(epoch from clock_timestamp())::float8"
 # The share of a lease after the renewal was sent at which the owner stops dispatching.
 _SAFE_SHARE: Final = 0.8
 _TERMINAL: Final = frozenset({4, 5, 6, 7})
+_REMEMBERED: Final = 1_000_000  # adopted ids kept, so that none is adopted twice
 
 
 class LeaseLost(BrokerError):
@@ -59,6 +60,7 @@ class ClusterEngine(Protocol):
 
     def pause(self) -> None: ...
     def start(self) -> None: ...
+    def idle_pool(self, pool: str) -> bool: ...
     def adopt(self, tasks: Iterable[Task]) -> int: ...
     def watched(self) -> set[TaskId]: ...
     def finished_elsewhere(self, tasks: Iterable[Task]) -> None: ...
@@ -111,6 +113,8 @@ class ClusterNode:
         self._submitted: dict[str, set[TaskId]] = {}
         self._finished: set[TaskId] = set()
         self._wake: asyncio.Event | None = None
+        self._live: dict[str, float] = {}  # live broker -> started at, as last read
+        self._adopted: dict[TaskId, None] = {}  # the latest adopted ids, oldest first
 
     # -- what the engine and the store ask ------------------------------------------------
 
@@ -131,7 +135,7 @@ class ClusterNode:
         """Register, give brokers starting at the same time a moment to register too, and
         take this broker's share of the free pools. Call before the engine recovers: it
         loads the tasks of the pools held then."""
-        self._store.set_fence(self.fence)
+        self._store.set_fence(self.fence, source=self.broker_id)
         sent = time.monotonic()
         await self._store.pool.execute(
             "INSERT INTO brokers (broker_id, address, started_at, expires_at)"
@@ -185,14 +189,15 @@ class ClusterNode:
                     if listener is not None:
                         await self._catch_up()  # what was notified while nobody listened
                 await self._round(pools())
-                try:
-                    async with asyncio.timeout(self.interval):
-                        while True:
+                next_round = time.monotonic() + self.interval
+                while (left := next_round - time.monotonic()) > 0:
+                    try:
+                        async with asyncio.timeout(left):
                             await self._wake.wait()
-                            self._wake.clear()
-                            await self._deliver()
-                except TimeoutError:
-                    pass
+                    except TimeoutError:
+                        break
+                    self._wake.clear()
+                    await self._deliver()  # never cut short: it holds what was notified
         finally:
             self._cancel_expiry()
             if listener is not None and not listener.is_closed():
@@ -215,10 +220,10 @@ class ClusterNode:
             self.paused = False
             log.warning("leases renewed again; dispatching resumes")
             self._on_resume()
+        await self._hand_over()
         taken = await self._take(pools)
         if taken and self._engine is not None:
-            tasks = await self._store.load_unfinished_of(taken)
-            adopted = self._engine.adopt(tasks)
+            adopted = self._adopt(await self._store.load_unfinished_of(taken))
             log.info("took pools %s: %d unfinished tasks requeued", ", ".join(taken), adopted)
 
     async def _renew(self) -> set[str]:
@@ -249,12 +254,32 @@ class ClusterNode:
                 )
         return {row[0] for row in rows}
 
+    async def _hand_over(self) -> None:
+        """Free the pools another live broker should have, if this one holds nothing of
+        them (no task, no worker): so pools spread when a broker joins. A busy pool stays
+        until it is idle, or until its owner leaves or dies."""
+        engine = self._engine
+        if engine is None or not self._live:
+            return
+        for pool in sorted(self.owned):
+            desired = desired_owner(pool, self._live)
+            if desired == self.broker_id or not engine.idle_pool(pool):
+                continue
+            epoch = self.owned.pop(pool)  # owns() is False from here: nothing more comes
+            self._owners.pop(pool, None)
+            await self._store.pool.execute(
+                "UPDATE pool_leases SET owner = '', expires_at = 0 WHERE pool = $1 AND epoch = $2",
+                pool,
+                epoch,
+            )
+            log.info("broker %s hands pool %s over to %s", self.broker_id, pool, desired)
+
     async def _take(self, pools: Sequence[str]) -> list[str]:
         """Take the free pools this broker should have (or that nobody took for a lease);
         the pools taken. Also refreshes where the others' pools are."""
         conn_pool = self._store.pool
         now = await conn_pool.fetchval(f"SELECT {_NOW}")
-        live = {
+        live = self._live = {
             row[0]: row[1]
             for row in await conn_pool.fetch(
                 "SELECT broker_id, started_at FROM brokers WHERE expires_at > $1", now
@@ -310,6 +335,8 @@ class ClusterNode:
         lease after it."""
         self._renewed_at = sent
         self._cancel_expiry()
+        if self._engine is None:
+            return  # nothing is handed out before the broker runs
         loop = asyncio.get_running_loop()
         at = loop.time() + (sent + self.lease_s * _SAFE_SHARE - time.monotonic())
         self._expiry = loop.call_at(at, self._expired)
@@ -348,9 +375,7 @@ class ClusterNode:
     async def _listen(self, old: asyncpg.Connection | None) -> asyncpg.Connection | None:
         if old is not None:
             old.terminate()
-        connecting = asyncio.ensure_future(
-            asyncpg.connect(self._store.url, timeout=self.interval)
-        )
+        connecting = asyncio.ensure_future(asyncpg.connect(self._store.url, timeout=self.interval))
         try:
             conn = await asyncio.shield(connecting)
         except asyncio.CancelledError:
@@ -371,7 +396,10 @@ class ClusterNode:
         return conn
 
     def _notified(self, _conn: Any, _pid: int, channel: str, payload: object) -> None:
-        pool, _, ids = str(payload).rpartition(":")
+        source, _, rest = str(payload).partition("|")
+        if source == self.broker_id:
+            return  # its own submits are queued here, its own ends told here already
+        pool, _, ids = rest.rpartition(":")
         task_ids = {int(i) for i in ids.split(",") if i}
         if channel == "taskbroker_submitted":
             if self.owns(pool):
@@ -392,18 +420,30 @@ class ClusterNode:
         try:
             if ids:
                 tasks = await self._store.get_tasks(ids)
-                engine.adopt(t for t in tasks if int(t.state) not in _TERMINAL)
+                self._adopt([t for t in tasks if int(t.state) not in _TERMINAL])
             if watched:
                 tasks = await self._store.get_tasks(sorted(watched))
                 engine.finished_elsewhere(t for t in tasks if t.state.terminal)
         except BrokerError as exc:
             log.warning("could not read the tasks other brokers notified: %s", exc)
 
+    def _adopt(self, tasks: list[Task]) -> int:
+        """Queue these unfinished tasks here, each once: a read that began before the task
+        ran and ended here must not bring it back."""
+        assert self._engine is not None
+        seen = self._adopted
+        fresh = [task for task in tasks if task.id not in seen]
+        for task in fresh:
+            seen[task.id] = None
+        while len(seen) > _REMEMBERED:
+            del seen[next(iter(seen))]
+        return self._engine.adopt(fresh)
+
     async def _catch_up(self) -> None:
         if self._engine is None or not self.owned:
             return
         try:
-            self._engine.adopt(await self._store.load_unfinished_of(sorted(self.owned)))
+            self._adopt(await self._store.load_unfinished_of(sorted(self.owned)))
         except BrokerError as exc:
             log.warning("could not read the unfinished tasks: %s", exc)
 

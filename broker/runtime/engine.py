@@ -222,6 +222,13 @@ class Engine:
             self._dispatcher.request(pools)
         return adopted
 
+    def idle_pool(self, pool: str) -> bool:
+        """Whether this broker holds nothing of the pool: no unfinished task, no worker.
+        Such a pool can be handed to another broker (broker.cluster) at no cost."""
+        if any(session.spec.pool == pool for session in self._workers):
+            return False
+        return not any(task.spec.pool == pool for task in self._core.live.values())
+
     def watched(self) -> set[TaskId]:
         """The ids of the tasks someone here waits for."""
         return self._watchers.watched()

@@ -178,7 +178,7 @@ def _add_rollups(statement: _Statement, rows: Sequence[RollupRow]) -> None:
 
 
 def batch_statement(
-    batch: WriteBatch[Row], fence: tuple[list[str], list[int]] | None
+    batch: WriteBatch[Row], fence: tuple[list[str], list[int]] | None, source: str = ""
 ) -> _Statement:
     """The one statement that writes the batch (see the module docstring); its SELECT
     list (`st.checks`) fails the statement if the fence does not hold."""
@@ -250,7 +250,7 @@ def batch_statement(
     _worker_log(st, batch)
     if fence is None:
         return st
-    _notify(st, inserts, saves)
+    _notify(st, inserts, saves, source)
     pools, epochs = fence
     if not pools:
         return st
@@ -281,18 +281,18 @@ def _id_payloads(prefix: str, ids: Sequence[object]) -> list[str]:
     return payloads
 
 
-def _notify(st: _Statement, inserts: Sequence[Row], saves: Sequence[Row]) -> None:
+def _notify(st: _Statement, inserts: Sequence[Row], saves: Sequence[Row], source: str) -> None:
     """Wake the other brokers at commit: the new tasks by pool (channel
-    taskbroker_submitted, "pool:id,id,..."), and the tasks that ended (taskbroker_finished,
-    ":id,id,...")."""
+    taskbroker_submitted, "source|pool:id,id,..."), and the tasks that ended
+    (taskbroker_finished, "source|:id,id,...")."""
     by_pool: dict[object, list[object]] = {}
     for row in inserts:
         by_pool.setdefault(row[1], []).append(row[0])
-    submitted = [p for pool, ids in by_pool.items() for p in _id_payloads(f"{pool}:", ids)]
+    submitted = [p for pool, ids in by_pool.items() for p in _id_payloads(f"{source}|{pool}:", ids)]
     terminal = {4, 5, 6, 7}
     ended = [row[-1] for row in saves if row[1] in terminal]
     ended += [row[0] for row in inserts if row[6] in terminal]
-    finished = _id_payloads(":", ended)
+    finished = _id_payloads(f"{source}|:", ended)
     for channel, payloads in (("submitted", submitted), ("finished", finished)):
         if payloads:
             st.checks.append(
@@ -340,9 +340,11 @@ class _PostgresWriter:
     def __init__(self, pool: asyncpg.Pool, fence: Fence | None) -> None:
         self._pool = pool
         self.fence = fence
+        self.source = ""
 
     async def commit(self, batch: WriteBatch[Row]) -> None:
-        st = batch_statement(batch, self.fence() if self.fence is not None else None)
+        fence = self.fence() if self.fence is not None else None
+        st = batch_statement(batch, fence, self.source)
         async with self._pool.acquire() as conn:
             try:
                 await conn.execute(st.sql(), *st.args)
@@ -419,13 +421,15 @@ class PostgresStore(GroupCommit[Row]):
         """The connections, for the cluster's own tables (broker.cluster)."""
         return self._pool
 
-    def set_fence(self, fence: Fence | None) -> None:
+    def set_fence(self, fence: Fence | None, source: str = "") -> None:
         """Share the database with other brokers (broker.cluster): every later commit
         carries the lease epochs of the pools `fence` gives and fails if one has moved on,
         changes only the tasks of those pools, and wakes the other brokers (NOTIFY) with the
         tasks it added and ended. Recovery then loads only those pools' tasks, and task
-        ids and seqs come from a block of the database's own (`max_task_id`)."""
+        ids and seqs come from a block of the database's own (`max_task_id`). `source`
+        (the broker's id) begins each notification: "source|pool:id,id,..."."""
         self._writer_backend.fence = fence
+        self._writer_backend.source = source
         self._id_block = None
 
     async def _block(self) -> int:

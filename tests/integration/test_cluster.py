@@ -8,9 +8,9 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
-import pytest
 
 from broker import Broker, BrokerConfig, PoolConfig
 from broker.cluster.node import list_brokers
@@ -18,8 +18,8 @@ from broker.server.status import OWNER_KEY
 from broker.storage import PostgresStore
 from tests.support.config import make_config
 from tests.support.postgres import fresh_database
+from tests.support.raw_grpc import register, worker_stream_error
 from worker_sdk import Client, TaskContext, TaskState, Worker
-from worker_sdk._pb import worker_pb2, worker_pb2_grpc
 
 POOLS = ("default", "alpha", "beta", "gamma", "delta")
 
@@ -69,18 +69,13 @@ async def test_a_worker_at_a_broker_that_does_not_own_its_pool_is_sent_to_the_ow
             while first._node.owner(pool) != second.address:
                 await asyncio.sleep(0.05)
         async with grpc.aio.insecure_channel(first.address) as channel:
-            stub = worker_pb2_grpc.WorkerServiceStub(channel)
-            call = stub.Connect()
-            await call.write(
-                worker_pb2.WorkerMessage(
-                    register=worker_pb2.Register(pool=pool, capacity=1, task_types=["t"])
-                )
+            refused = await worker_stream_error(
+                channel, [register(pool=pool, capacity=1, task_types=["t"])]
             )
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await call.read()
-            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert (OWNER_KEY, second.address) in tuple(refused.value.trailing_metadata() or ())
-            assert second.address in (refused.value.details() or "")
+            assert refused.code() == grpc.StatusCode.UNAVAILABLE
+            metadata: Any = refused.trailing_metadata() or ()
+            assert (OWNER_KEY, second.address) in [tuple(pair) for pair in metadata]
+            assert second.address in (refused.details() or "")
 
 
 async def test_a_task_submitted_to_any_broker_runs_at_its_pools_owner_and_is_waited_anywhere(

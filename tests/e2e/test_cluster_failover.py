@@ -169,8 +169,10 @@ def sessions(journal: Path) -> list[list[tuple[str, int, float]]]:
     return split
 
 
-async def cluster(tmp_path: Path, proxied: str = "", proxy: TcpProxy | None = None) -> Cluster:
-    url = await fresh_database()
+async def cluster(
+    tmp_path: Path, url: str = "", proxied: str = "", proxy: TcpProxy | None = None
+) -> Cluster:
+    url = url or await fresh_database()
     running = Cluster(url, tmp_path, Deadline(BUDGET_S))
     for name in BROKERS:
         db_url = url
@@ -297,8 +299,7 @@ async def test_a_broker_cut_off_from_postgresql_reports_not_serving_and_its_pool
     port = int(re.search(r":(\d+)/", url).group(1))  # type: ignore[union-attr]
     proxy = TcpProxy(port)
     await proxy.start()
-    running = await cluster(tmp_path, proxied="broker-a", proxy=proxy)
-    running.url = url
+    running = await cluster(tmp_path, url, proxied="broker-a", proxy=proxy)
     try:
         await running.until_spread()
         address = running.addresses["broker-a"]

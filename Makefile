@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install protos lint format test demo bench clean postgres
+.PHONY: install protos lint format test demo bench bench-postgres clean postgres
 
 install: $(STAMP)
 
@@ -40,10 +40,15 @@ postgres:
 demo: $(STAMP)
 	$(BIN)/taskbroker demo
 
-bench: $(STAMP)
+bench: $(STAMP) postgres
 	$(BIN)/python -m tests.bench
 	$(BIN)/python -m tests.bench --tracing
 	$(BIN)/python -m tests.bench_placement
+	$(BIN)/python -m tests.bench_postgres
+
+# PostgreSQL next to SQLite, and three brokers on one database.
+bench-postgres: $(STAMP) postgres
+	$(BIN)/python -m tests.bench_postgres
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from cli._brokers import brokers_app
 from cli._common import BrokerOption, LogFormat, LogLevel
 from cli._errors import EXIT_ERROR, OneLineErrorGroup
 from cli._logs import quiet
@@ -43,6 +44,7 @@ app.add_typer(tasks_app, name="tasks")
 app.add_typer(pools_app, name="pools")
 app.add_typer(metrics_app, name="metrics")
 app.add_typer(config_app, name="config")
+app.add_typer(brokers_app, name="brokers")
 
 
 @app.command()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from broker import Broker, BrokerConfig, PoolConfig
 from broker.cluster.node import list_brokers
 from broker.server.status import OWNER_KEY
 from broker.storage import PostgresStore
+from tests.support.cli import assert_one_line_error, invoke
 from tests.support.config import make_config
 from tests.support.postgres import fresh_database
 from tests.support.raw_grpc import register, worker_stream_error
@@ -99,3 +101,21 @@ async def test_a_task_submitted_to_any_broker_runs_at_its_pools_owner_and_is_wai
         finally:
             await worker.shutdown()
             await running
+
+
+async def test_brokers_list_shows_each_broker_with_its_pools(tmp_path: Path) -> None:
+    async with two_brokers(tmp_path) as (first, second):
+        db = first.config.db_path
+        listed = await asyncio.to_thread(invoke, "brokers", "list", "--db", db, "-o", "json")
+        assert listed.exit_code == 0, listed.output
+        rows = {row["address"]: row for row in json.loads(listed.stdout)}
+        assert set(rows) == {first.address, second.address}
+        for broker in (first, second):
+            row = rows[broker.address]
+            assert {p["pool"] for p in row["pools"]} == owned(broker)
+            assert row["expires_in_s"] > 0
+        table = await asyncio.to_thread(invoke, "brokers", "list", "--db", db)
+        assert "broker-1" in table.stdout
+        assert "broker-2" in table.stdout
+    refused = await asyncio.to_thread(invoke, "brokers", "list", "--db", "x.db")
+    assert "PostgreSQL" in assert_one_line_error(refused)

@@ -81,7 +81,7 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
                 proc.wait(timeout=5)
 
 
-def _start_broker(
+async def _start_broker(
     tmp: str, name: str, db: str, procs: list[subprocess.Popen[bytes]], config: str = ""
 ) -> str:
     address_file = os.path.join(tmp, f"{name}.address")
@@ -90,7 +90,7 @@ def _start_broker(
     while not os.path.exists(address_file) or not Path(address_file).read_text():
         if time.monotonic() > deadline or procs[-1].poll() is not None:
             raise SystemExit(f"broker {name} did not start")
-        time.sleep(0.05)
+        await asyncio.sleep(0.05)
     return Path(address_file).read_text()
 
 
@@ -161,33 +161,40 @@ def main() -> None:
         return
     server = PostgresServer.start(fsync=True)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, db in (
-                ("sqlite", os.path.join(tmp, "bench.db")),
-                ("postgres", asyncio.run(server.create_database("one"))),
-            ):
-                procs: list[subprocess.Popen[bytes]] = []
-                try:
-                    address = _start_broker(tmp, name, db, procs)
-                    procs += [_spawn("worker", address, "default") for _ in range(2)]
-                    asyncio.run(_one_broker(address, options.tasks, options.latency_samples, name))
-                finally:
-                    _stop(procs)
-            config = os.path.join(tmp, "cluster.toml")
-            pools = "".join(f"[pools.{pool}]\n" for pool in ("default", *CLUSTER.values()))
-            Path(config).write_text(f"[broker]\ncluster_lease_s = 5\n\n{pools}")
-            db = asyncio.run(server.create_database("three"))
-            procs = []
-            try:
-                addresses = {name: _start_broker(tmp, name, db, procs, config) for name in CLUSTER}
-                asyncio.run(_until_spread(db))
-                for name, pool in CLUSTER.items():
-                    procs.append(_spawn("worker", addresses[name], pool))
-                asyncio.run(_three_brokers(addresses, options.tasks // 3))
-            finally:
-                _stop(procs)
+        # One event loop for every measurement: gRPC's asyncio support keeps to one.
+        asyncio.run(_bench(server, options.tasks, options.latency_samples))
     finally:
         server.stop()
+
+
+async def _bench(server: PostgresServer, tasks: int, samples: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, db in (
+            ("sqlite", os.path.join(tmp, "bench.db")),
+            ("postgres", await server.create_database("one")),
+        ):
+            procs: list[subprocess.Popen[bytes]] = []
+            try:
+                address = await _start_broker(tmp, name, db, procs)
+                procs += [_spawn("worker", address, "default") for _ in range(2)]
+                await _one_broker(address, tasks, samples, name)
+            finally:
+                _stop(procs)
+        config = os.path.join(tmp, "cluster.toml")
+        pools = "".join(f"[pools.{pool}]\n" for pool in ("default", *CLUSTER.values()))
+        Path(config).write_text(f"[broker]\ncluster_lease_s = 5\n\n{pools}")
+        db = await server.create_database("three")
+        procs = []
+        try:
+            addresses = {
+                name: await _start_broker(tmp, name, db, procs, config) for name in CLUSTER
+            }
+            await _until_spread(db)
+            for name, pool in CLUSTER.items():
+                procs.append(_spawn("worker", addresses[name], pool))
+            await _three_brokers(addresses, tasks // 3)
+        finally:
+            _stop(procs)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,29 @@ ChannelOption = tuple[str, Any]
 CHANNEL_OPTIONS: Final[Sequence[ChannelOption]] = [("grpc.max_receive_message_length", 64 << 20)]
 
 
+def target(address: str) -> str:
+    """The gRPC target for `address`: "host:port", a DNS name with several records (gRPC
+    tries each), or several brokers sharing one database as "ip:port,ip:port,...", which
+    becomes one channel that moves to the next address when one cannot be reached."""
+    parts = [part.strip() for part in address.split(",") if part.strip()]
+    if len(parts) <= 1:
+        return parts[0] if parts else address
+    hosts = [part.rpartition(":")[0] for part in parts]
+    if all(_is_ipv4(host) for host in hosts):
+        return "ipv4:" + ",".join(parts)
+    if all(host.startswith("[") for host in hosts):
+        return "ipv6:" + ",".join(parts)
+    raise ValueError(
+        f"several addresses must be IP addresses ({address!r}); for host names, give one"
+        " DNS name with a record per broker"
+    )
+
+
+def _is_ipv4(host: str) -> bool:
+    pieces = host.split(".")
+    return len(pieces) == 4 and all(p.isdigit() and int(p) < 256 for p in pieces)
+
+
 def open_channel(
     address: str,
     *,
@@ -26,8 +49,9 @@ def open_channel(
     extra_options: Sequence[ChannelOption] = (),
 ) -> grpc.aio.Channel:
     """An asyncio channel to the broker at `address` ("host:port"), with `options` (the
-    SDK's by default) and then `extra_options`. Create it on the loop that will use it."""
-    return grpc.aio.insecure_channel(address, options=[*options, *extra_options])
+    SDK's by default) and then `extra_options`. Create it on the loop that will use it.
+    Several addresses: see `target`."""
+    return grpc.aio.insecure_channel(target(address), options=[*options, *extra_options])
 
 
 def open_blocking_channel(
@@ -38,4 +62,4 @@ def open_blocking_channel(
 ) -> grpc.Channel:
     """A blocking channel to the broker at `address`, for callers without an event loop
     (`taskbroker health`); as `open_channel` otherwise."""
-    return grpc.insecure_channel(address, options=[*options, *extra_options])
+    return grpc.insecure_channel(target(address), options=[*options, *extra_options])

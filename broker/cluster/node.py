@@ -162,7 +162,7 @@ class ClusterNode:
         pools, epochs = self.fence()
         with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             await self._store.pool.execute(
-                "UPDATE pool_leases SET owner = '', expires_at = 0"
+                f"UPDATE pool_leases SET owner = '', expires_at = {_NOW}"
                 " FROM unnest($1::text[], $2::bigint[]) AS f(pool, epoch)"
                 " WHERE pool_leases.pool = f.pool AND pool_leases.epoch = f.epoch",
                 pools,
@@ -267,8 +267,11 @@ class ClusterNode:
                 continue
             epoch = self.owned.pop(pool)  # owns() is False from here: nothing more comes
             self._owners.pop(pool, None)
+            # Free from now on: the broker it should go to takes it first, any other one
+            # only after a lease (so never this one straight back).
             await self._store.pool.execute(
-                "UPDATE pool_leases SET owner = '', expires_at = 0 WHERE pool = $1 AND epoch = $2",
+                f"UPDATE pool_leases SET owner = '', expires_at = {_NOW}"
+                " WHERE pool = $1 AND epoch = $2",
                 pool,
                 epoch,
             )

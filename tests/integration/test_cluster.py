@@ -19,7 +19,7 @@ from broker.server.status import OWNER_KEY
 from broker.storage import PostgresStore
 from tests.support.cli import assert_one_line_error, invoke
 from tests.support.config import make_config
-from tests.support.postgres import fresh_database
+from tests.support.postgres import free_port, fresh_database
 from tests.support.raw_grpc import register, worker_stream_error
 from worker_sdk import Client, TaskContext, TaskState, Worker
 
@@ -119,3 +119,13 @@ async def test_brokers_list_shows_each_broker_with_its_pools(tmp_path: Path) -> 
         assert "broker-2" in table.stdout
     refused = await asyncio.to_thread(invoke, "brokers", "list", "--db", "x.db")
     assert "PostgreSQL" in assert_one_line_error(refused)
+
+
+async def test_a_client_given_several_brokers_fails_over_to_one_that_answers(
+    tmp_path: Path,
+) -> None:
+    async with two_brokers(tmp_path) as (first, second):
+        dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+        async with Client(f"{dead},{second.address}") as client:
+            task_id = await client.submit("echo", b"x", pool=sorted(owned(first))[0])
+            assert (await client.get(task_id)).state is TaskState.PENDING

@@ -157,22 +157,27 @@ class ClusterNode:
         )
 
     async def leave(self) -> None:
-        """Hand the leases back (free at once for the other brokers) and deregister."""
+        """Hand the leases back (free at once for the other brokers) and deregister;
+        given up after a lease if the database does not answer."""
         self._cancel_expiry()
-        pools, epochs = self.fence()
-        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            await self._store.pool.execute(
-                f"UPDATE pool_leases SET owner = '', expires_at = {_NOW}"
-                " FROM unnest($1::text[], $2::bigint[]) AS f(pool, epoch)"
-                " WHERE pool_leases.pool = f.pool AND pool_leases.epoch = f.epoch",
-                pools,
-                epochs,
-            )
-            await self._store.pool.execute(
-                "DELETE FROM brokers WHERE broker_id = $1", self.broker_id
-            )
+        with contextlib.suppress(
+            OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError
+        ):
+            async with asyncio.timeout(self.lease_s):
+                await self._hand_back()
             log.info("broker %s left; its pools are free", self.broker_id)
         self.owned.clear()
+
+    async def _hand_back(self) -> None:
+        pools, epochs = self.fence()
+        await self._store.pool.execute(
+            f"UPDATE pool_leases SET owner = '', expires_at = {_NOW}"
+            " FROM unnest($1::text[], $2::bigint[]) AS f(pool, epoch)"
+            " WHERE pool_leases.pool = f.pool AND pool_leases.epoch = f.epoch",
+            pools,
+            epochs,
+        )
+        await self._store.pool.execute("DELETE FROM brokers WHERE broker_id = $1", self.broker_id)
 
     # -- the loop ---------------------------------------------------------------------------
 

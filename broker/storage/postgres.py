@@ -20,6 +20,7 @@ columns are the same.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections import Counter
@@ -54,6 +55,9 @@ from broker.storage.sqlite_rows import (  # the same columns as SQLite's
 )
 
 _log = logging.getLogger("taskbroker.store")
+
+_UNREACHABLE_PAUSE_S: Final = 0.2
+_CONNECT_TIMEOUT_S: Final = 5.0
 
 _UNFINISHED: Final = [int(state) for state in TaskState if not state.terminal]
 
@@ -345,13 +349,21 @@ class _PostgresWriter:
     async def commit(self, batch: WriteBatch[Row]) -> None:
         fence = self.fence() if self.fence is not None else None
         st = batch_statement(batch, fence, self.source)
-        async with self._pool.acquire() as conn:
-            try:
-                await conn.execute(st.sql(), *st.args)
-            except asyncpg.PostgresError as exc:
-                if getattr(exc, "sqlstate", "") == "TB001":
-                    raise Fenced("a pool's lease has moved on: nothing was written") from exc
-                raise
+        try:
+            conn = await self._pool.acquire()
+        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError):
+            # The server is out of reach: a moment before the error, so that callers who
+            # retry at once (a finished task's save) do not spin while it is away.
+            await asyncio.sleep(_UNREACHABLE_PAUSE_S)
+            raise
+        try:
+            await conn.execute(st.sql(), *st.args)
+        except asyncpg.PostgresError as exc:
+            if getattr(exc, "sqlstate", "") == "TB001":
+                raise Fenced("a pool's lease has moved on: nothing was written") from exc
+            raise
+        finally:
+            await self._pool.release(conn)
 
     async def close(self) -> None:
         await self._pool.close()
@@ -364,6 +376,7 @@ async def connect_pool(url: str, name: str = "taskbroker") -> asyncpg.Pool:
             url,
             min_size=1,
             max_size=6,
+            timeout=_CONNECT_TIMEOUT_S,
             command_timeout=30,
             server_settings={"application_name": name},
         )

@@ -3,8 +3,10 @@ what it promises is the store contract (tests/contract), which it runs like ever
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
+import asyncpg
 import pytest
 
 from broker.domain import TaskState
@@ -12,7 +14,7 @@ from broker.errors import BrokerError, StorageError
 from broker.storage import PostgresStore, open_store
 from broker.storage.postgres_schema import SCHEMA_VERSION
 from tests.support.postgres import free_port, fresh_database
-from tests.support.store import make_task
+from tests.support.store import finished, make_task
 
 
 async def test_a_postgresql_url_opens_a_migrated_postgres_store() -> None:
@@ -58,3 +60,30 @@ async def test_a_commit_under_a_lease_that_moved_on_writes_nothing() -> None:
         store.set_fence(None)
         assert await store.get_task(1) == make_task(1)
         assert await store.get_task(2) is None
+
+
+async def test_a_commit_under_a_fence_notifies_every_new_and_ended_task() -> None:
+    url = await fresh_database()
+    async with await open_store(url) as store:
+        assert isinstance(store, PostgresStore)
+        store.set_fence(lambda: ([], []), source="b1")
+        heard: list[tuple[str, str]] = []
+        listener = await asyncpg.connect(url)
+        try:
+            for channel in ("taskbroker_submitted", "taskbroker_finished"):
+                await listener.add_listener(channel, lambda *a: heard.append((a[2], a[3])))
+            # Two thousand ids do not fit one notification's 8000 bytes: several go.
+            tasks = [make_task(10**9 + i) for i in range(2000)]
+            await store.insert_tasks(tasks)
+            await store.insert_tasks([finished(make_task(1))])
+            async with asyncio.timeout(5):
+                while len({i for _, p in heard for i in p.split(":")[1].split(",")}) < 2001:
+                    await asyncio.sleep(0.01)
+        finally:
+            await listener.close()
+    submitted = [p for c, p in heard if c == "taskbroker_submitted"]
+    assert len(submitted) > 1
+    assert all(p.startswith("b1|default:") and len(p) < 8000 for p in submitted)
+    ids = {int(i) for p in submitted for i in p.split(":")[1].split(",")}
+    assert ids == {t.id for t in tasks} | {1}
+    assert ("taskbroker_finished", "b1|:1") in heard

@@ -250,7 +250,8 @@ class Worker:
                             at = (at + 1) % len(addresses)
                         await channel.close(None)
                         channel = open_channel(addresses[at], extra_options=reconnect)
-                    _log.warning("%s; reconnecting to %s in %.2fs", lost, addresses[at], delay)
+                        _log.info("connecting to %s next", addresses[at])
+                    _log.warning("%s; reconnecting in %.2fs", lost, delay)
                     await self._sleep_unless_stopped(delay)
                 finally:
                     self._session = None

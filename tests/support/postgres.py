@@ -140,13 +140,31 @@ class PostgresServer:
             await conn.close()
         return self.dsn(name)
 
+    async def create_schema(self, name: str) -> str:
+        """Create an empty schema in the server's one test database; the URL of that
+        database with the schema first on the search path, so that everything a store
+        creates goes there. Cheaper than a database each (no 7 MB copy of a template)."""
+        conn = await asyncpg.connect(self.dsn())
+        try:
+            await conn.execute(f'CREATE SCHEMA "{name}"')
+        finally:
+            await conn.close()
+        return f"{self.dsn()}?search_path={name}"
+
     def stop(self) -> None:
-        """Stop the server (fast: it disconnects its clients) and delete its files."""
+        """Stop the server (at once: the tests are over) and delete its files."""
         if not self.directory.exists():
             return
         subprocess.run(
             _as_owner(
-                [find_binary("pg_ctl"), "-D", str(self.directory / "data"), "-m", "fast", "stop"],
+                [
+                    find_binary("pg_ctl"),
+                    "-D",
+                    str(self.directory / "data"),
+                    "-m",
+                    "immediate",
+                    "stop",
+                ],
                 self.owner,
             ),
             check=False,
@@ -176,5 +194,6 @@ def stop_server() -> None:
 
 
 async def fresh_database() -> str:
-    """The URL of a new, empty database on this process's test server."""
-    return await server().create_database(f"t{os.getpid()}_{next(_counter)}")
+    """The URL of a new, empty database on this process's test server (a schema of its
+    own, as far as a store can tell)."""
+    return await server().create_schema(f"t{os.getpid()}_{next(_counter)}")

@@ -43,6 +43,7 @@ async def _throughput(client: Client, count: int) -> float:
     await _single(client, count)
     return count / (time.perf_counter() - started)
 
+
 # Rendezvous hashing over bench-1..3 gives each of these pools to a different broker.
 CLUSTER = {"bench-1": "q3", "bench-2": "q0", "bench-3": "q1"}
 

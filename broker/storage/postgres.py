@@ -30,19 +30,31 @@ from typing import Any, Final
 import asyncpg
 
 from broker.clock import Clock, SystemClock
-from broker.domain import ConfigChange, PoolConfig, Task, TaskFilter, TaskId, TaskState, WorkerId
+from broker.domain import (
+    ApiToken,
+    ConfigChange,
+    PoolConfig,
+    Task,
+    TaskFilter,
+    TaskId,
+    TaskState,
+    WorkerId,
+)
 from broker.errors import InvalidArgument, StorageError
-from broker.stats import RollupRow, RunStats, RuntimeKey
+from broker.stats import ArmStats, RollupRow, RunStats, RuntimeKey
 from broker.storage.contract import check_purge
 from broker.storage.groupcommit import GroupCommit, WriteBatch
 from broker.storage.postgres_schema import migrate
 from broker.storage.sqlite_rows import (  # the same columns as SQLite's
+    ARM_STATS_COLUMNS,
     POOL_COLUMNS,
     ROLLUP_COLUMNS,
     RUNTIME_COLUMNS,
     SELECT_TASKS,
     TASK_COLUMNS,
     Row,
+    arm_stats_from_row,
+    arm_stats_rows,
     config_change_row,
     connect_row,
     insert_row,
@@ -69,14 +81,14 @@ def _types(names: str) -> list[str]:
 # The SQL type of each column of TASK_COLUMNS, for the arrays an insert sends.
 _TASK_TYPES: Final = _types(
     "bigint text text bytea integer bigint integer integer text float8 float8 float8 "
-    "float8 bytea text text text text integer float8 text text text"
+    "float8 bytea text text text text integer float8 text text text text"
 )
 _STATE_COLUMNS: Final = _types(
     "seq state attempts worker_id created_at assigned_at started_at finished_at "
     "result error_type error_message error_traceback placement_note unschedulable "
-    "not_before"
+    "not_before result_content_type"
 )
-_STATE_TYPES: Final = _TASK_TYPES[5:20]
+_STATE_TYPES: Final = _TASK_TYPES[5:21]
 
 # A fence: () -> (pools, epochs) the writes of the next commit are made under; a commit
 # fails if any of these leases is no longer held with its epoch.
@@ -121,7 +133,7 @@ def _fold_saves(batch: WriteBatch[Row]) -> tuple[list[Row], list[Row]]:
     inserts = []
     for row in batch.inserts:
         saved = saves.pop(row[0], None)  # type: ignore[call-overload]
-        inserts.append(row if saved is None else (*row[:5], *saved[:-1], *row[20:]))
+        inserts.append(row if saved is None else (*row[:5], *saved[:-1], *row[21:]))
     return inserts, list(saves.values())
 
 
@@ -226,6 +238,15 @@ def batch_statement(
             f"INSERT INTO pool_file_settings (pool, settings) SELECT * FROM unnest({cols})"
             " ON CONFLICT (pool) DO UPDATE SET settings = excluded.settings"
         )
+    if batch.tokens:
+        rows = [_token_row(token) for token in batch.tokens.values()]
+        cols = st.columns(rows, _types("text text text text float8 float8"))
+        st.add(
+            "INSERT INTO api_tokens (name, roles, pools, digest, created_at, revoked_at)"
+            f" SELECT * FROM unnest({cols}) ON CONFLICT (name) DO UPDATE SET"
+            " roles = excluded.roles, pools = excluded.pools, digest = excluded.digest,"
+            " created_at = excluded.created_at, revoked_at = excluded.revoked_at"
+        )
     sticky = [(pool, key, *where) for (pool, key), where in batch.sticky.items() if where[0]]
     if sticky:
         cols = st.columns(sticky, ["text", "text", "text", "float8"])
@@ -250,6 +271,7 @@ def batch_statement(
             " mean_s = excluded.mean_s, m2 = excluded.m2, abs_error_s = excluded.abs_error_s,"
             " predicted = excluded.predicted"
         )
+    _arm_stats(st, batch)
     _add_rollups(st, batch.rollups)
     _worker_log(st, batch)
     if fence is None:
@@ -303,6 +325,40 @@ def _notify(st: _Statement, inserts: Sequence[Row], saves: Sequence[Row], source
                 f"(SELECT count(pg_notify('taskbroker_{channel}', x))"
                 f" FROM unnest({st.arg(payloads, 'text[]')}) AS x)"
             )
+
+
+def _arm_stats(st: _Statement, batch: WriteBatch[Row]) -> None:
+    """Each pool's arms replace what was kept: the given ones are upserted and those
+    beyond them deleted (two sets of rows, since the parts of a statement must not touch
+    one row twice)."""
+    if not batch.arm_stats:
+        return
+    counts = [(pool, len(arms)) for pool, arms in batch.arm_stats.items()]
+    cols = st.columns(counts, ["text", "integer"])
+    st.add(
+        f"DELETE FROM arm_stats a USING unnest({cols}) AS u(p, n)"
+        " WHERE a.pool = u.p AND a.arm >= u.n"
+    )
+    rows = [row for pool, arms in batch.arm_stats.items() for row in arm_stats_rows(pool, arms)]
+    if rows:
+        cols = st.columns(rows, _types("text integer text bigint bigint bigint float8 float8"))
+        st.add(
+            f"INSERT INTO arm_stats ({ARM_STATS_COLUMNS}) SELECT * FROM unnest({cols})"
+            " ON CONFLICT (pool, arm) DO UPDATE SET strategy = excluded.strategy,"
+            " placed = excluded.placed, finished = excluded.finished,"
+            " failed = excluded.failed, wait_s = excluded.wait_s, run_s = excluded.run_s"
+        )
+
+
+def _token_row(token: ApiToken) -> Row:
+    return (
+        token.name,
+        json.dumps(list(token.roles)),
+        json.dumps(list(token.pools)),
+        token.digest,
+        token.created_at,
+        token.revoked_at,
+    )
 
 
 def _worker_log(st: _Statement, batch: WriteBatch[Row]) -> None:
@@ -563,6 +619,23 @@ class PostgresStore(GroupCommit[Row]):
             for at, who, source, pool_name, before, after, fields in rows
         ]
 
+    async def load_tokens(self) -> list[ApiToken]:
+        rows = await self._fetch(
+            "SELECT name, roles, pools, digest, created_at, revoked_at FROM api_tokens"
+            " ORDER BY name"
+        )
+        return [
+            ApiToken(
+                name=name,
+                roles=tuple(json.loads(roles)),
+                pools=tuple(json.loads(pools)),
+                digest=digest,
+                created_at=created_at,
+                revoked_at=revoked_at,
+            )
+            for name, roles, pools, digest, created_at, revoked_at in rows
+        ]
+
     async def load_file_settings(self) -> dict[str, dict[str, Any]]:
         rows = await self._fetch("SELECT pool, settings FROM pool_file_settings")
         return {pool: json.loads(settings) for pool, settings in rows}
@@ -577,6 +650,14 @@ class PostgresStore(GroupCommit[Row]):
     async def load_runtimes(self) -> list[tuple[RuntimeKey, RunStats]]:
         rows = await self._fetch(f"SELECT {RUNTIME_COLUMNS} FROM runtimes")
         return [runtime_from_row(row) for row in rows]
+
+    async def load_arm_stats(self) -> dict[str, list[ArmStats]]:
+        rows = await self._fetch(f"SELECT {ARM_STATS_COLUMNS} FROM arm_stats ORDER BY pool, arm")
+        stats: dict[str, list[ArmStats]] = {}
+        for row in rows:
+            pool, arm = arm_stats_from_row(row)
+            stats.setdefault(pool, []).append(arm)
+        return stats
 
     # -- metrics history ------------------------------------------------------------------
 

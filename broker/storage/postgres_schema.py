@@ -185,6 +185,36 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         # Task ids and submission order across brokers.
         "CREATE SEQUENCE task_ids",
     ),
+    (
+        # The media type of a task's result, as its worker said.
+        "ALTER TABLE tasks ADD COLUMN result_content_type TEXT NOT NULL DEFAULT ''",
+        # How each arm of a pool (its strategy, and the A/B one) placed, so that an A/B
+        # comparison goes on counting across a restart.
+        """
+        CREATE TABLE arm_stats (
+            pool TEXT NOT NULL,
+            arm INTEGER NOT NULL,
+            strategy TEXT NOT NULL,
+            placed BIGINT NOT NULL,
+            finished BIGINT NOT NULL,
+            failed BIGINT NOT NULL,
+            wait_s DOUBLE PRECISION NOT NULL,
+            run_s DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (pool, arm)
+        )
+        """,
+        # API tokens: their SHA-256 only, never the secret; a revoked one keeps its row.
+        """
+        CREATE TABLE api_tokens (
+            name TEXT PRIMARY KEY,
+            roles TEXT NOT NULL,
+            pools TEXT NOT NULL,
+            digest TEXT NOT NULL UNIQUE,
+            created_at DOUBLE PRECISION NOT NULL,
+            revoked_at DOUBLE PRECISION
+        )
+        """,
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

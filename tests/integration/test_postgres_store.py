@@ -11,8 +11,11 @@ import pytest
 
 from broker.domain import TaskState
 from broker.errors import BrokerError, StorageError
-from broker.storage import PostgresStore, open_store
-from broker.storage.postgres_schema import SCHEMA_VERSION
+from broker.storage import PostgresStore, groupcommit, open_store
+from broker.storage.groupcommit import WriteBatch
+from broker.storage.postgres import batch_statement
+from broker.storage.postgres_schema import MIGRATIONS, SCHEMA_VERSION
+from broker.storage.sqlite_rows import TASK_COLUMNS, Row, insert_row, update_row
 from tests.support.postgres import free_port, fresh_database
 from tests.support.store import finished, make_task
 
@@ -35,6 +38,71 @@ async def test_a_newer_schema_is_refused() -> None:
         await store.pool.execute("UPDATE taskbroker_schema SET version = version + 1")
     with pytest.raises(BrokerError, match="knows only up to"):
         await open_store(url)
+
+
+async def test_a_database_of_schema_version_2_is_migrated_keeping_its_tasks() -> None:
+    """Step 3 adds a task's result content type (empty for the tasks already stored), arm
+    statistics and API tokens."""
+    url = await fresh_database()
+    conn = await asyncpg.connect(url)
+    try:
+        for step in MIGRATIONS[:2]:
+            for statement in step:
+                await conn.execute(statement)
+        await conn.execute("CREATE TABLE taskbroker_schema (version INTEGER)")
+        await conn.execute("INSERT INTO taskbroker_schema VALUES (2)")
+        old_columns = TASK_COLUMNS.replace(" result_content_type,", "")
+        row = insert_row(finished(make_task(1)))
+        old_row = (*row[:20], *row[21:])
+        marks = ", ".join(f"${i + 1}" for i in range(len(old_row)))
+        await conn.execute(f"INSERT INTO tasks ({old_columns}) VALUES ({marks})", *old_row)
+    finally:
+        await conn.close()
+    async with await open_store(url) as store:
+        assert isinstance(store, PostgresStore)
+        assert await store.pool.fetchval("SELECT version FROM taskbroker_schema") == 3
+        assert await store.get_task(1) == finished(make_task(1))
+        assert await store.load_arm_stats() == {}
+        assert await store.load_tokens() == []
+
+
+async def test_a_save_of_a_task_inserted_in_the_same_batch_is_written_with_its_insert() -> None:
+    """The batch's one statement cannot touch a row twice: the save is folded into the
+    insert, every state column included (the result's content type, the last of them)."""
+    async with await open_store(await fresh_database()) as store:
+        assert isinstance(store, PostgresStore)
+        task = make_task(1, payload_content_type="text/csv", submitter="ci")
+        done = finished(task, result=b"{}", result_content_type="application/json")
+        batch: WriteBatch[Row] = WriteBatch()
+        batch.inserts.append(insert_row(task))
+        batch.saves[task.id] = update_row(done)
+        statement = batch_statement(batch, None)
+        await store.pool.execute(statement.sql(), *statement.args)
+        assert await store.get_task(1) == done
+
+
+async def test_a_save_rides_along_with_the_next_commit_someone_waits_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As on SQLite: a save alone does not start a commit; the next write that is waited
+    for commits both, in one statement."""
+    monkeypatch.setattr(groupcommit, "SAVE_DELAY_S", 3600.0)
+    async with await open_store(await fresh_database()) as store:
+        assert isinstance(store, PostgresStore)
+        first = make_task(1)
+        await store.insert_tasks([first])
+        before = store.commits
+        store.save(finished(first, result_content_type="text/plain"))
+        for _ in range(20):  # every chance for the writer to start a commit of its own
+            await asyncio.sleep(0)
+        assert store.commits == before
+        await store.insert_tasks([make_task(2)])
+        assert store.commits == before + 1
+        rows = await store.pool.fetch("SELECT id, state, result_content_type FROM tasks")
+        assert sorted(map(tuple, rows)) == [
+            (1, int(TaskState.SUCCEEDED), "text/plain"),
+            (2, int(TaskState.PENDING), ""),
+        ]
 
 
 async def test_an_unreachable_server_is_a_storage_error_without_the_password() -> None:

@@ -266,9 +266,24 @@ class ClusterNode:
         engine = self._engine
         if engine is None or not self._live:
             return
-        for pool in sorted(self.owned):
+        leaving = [
+            pool
+            for pool in sorted(self.owned)
+            if desired_owner(pool, self._live) != self.broker_id and engine.idle_pool(pool)
+        ]
+        if not leaving:
+            return
+        # A task that ended here may still have its save queued (it rides along with a
+        # later commit: broker.storage.groupcommit.SAVE_DELAY_S). Commit it while the pool
+        # is this broker's: once the pool is out of the fence, the save would change nothing.
+        try:
+            await self._store.flush()
+        except BrokerError as exc:
+            log.warning("keeping pools %s for now: %s", ", ".join(leaving), exc)
+            return
+        for pool in leaving:
             desired = desired_owner(pool, self._live)
-            if desired == self.broker_id or not engine.idle_pool(pool):
+            if pool not in self.owned or not engine.idle_pool(pool):
                 continue
             epoch = self.owned.pop(pool)  # owns() is False from here: nothing more comes
             self._owners.pop(pool, None)

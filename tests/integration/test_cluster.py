@@ -12,15 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 
 from broker import Broker, BrokerConfig, PoolConfig
-from broker.cluster.node import list_brokers
+from broker.cluster.assignment import desired_owner
+from broker.cluster.node import ClusterNode, list_brokers
+from broker.domain import TaskState as StoredState
 from broker.server.status import OWNER_KEY
-from broker.storage import PostgresStore
+from broker.storage import PostgresStore, groupcommit, open_store
 from tests.support.cli import assert_one_line_error, invoke
 from tests.support.config import make_config
 from tests.support.postgres import free_port, fresh_database
 from tests.support.raw_grpc import register, worker_stream_error
+from tests.support.store import finished, make_task
 from worker_sdk import Client, TaskContext, TaskState, Worker
 
 POOLS = ("default", "alpha", "beta", "gamma", "delta")
@@ -129,3 +133,37 @@ async def test_a_client_given_several_brokers_fails_over_to_one_that_answers(
         async with Client(f"{dead},{second.address}") as client:
             task_id = await client.submit("echo", b"x", pool=sorted(owned(first))[0])
             assert (await client.get(task_id)).state is TaskState.PENDING
+
+
+class _IdleEngine:
+    """An engine that holds nothing of any pool (so each may be handed over)."""
+
+    def idle_pool(self, pool: str) -> bool:
+        return True
+
+
+async def test_a_pool_handed_over_keeps_the_saves_still_queued_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A save rides along with a later commit; handing the pool over first would take it
+    out of the fence, and the save would change nothing: the new owner would run a task
+    that ended here."""
+    monkeypatch.setattr(groupcommit, "SAVE_DELAY_S", 3600.0)
+    pool = next(p for p in (f"p{i}" for i in range(100)) if desired_owner(p, ["b1", "b2"]) == "b2")
+    async with await open_store(await fresh_database()) as store:
+        assert isinstance(store, PostgresStore)
+        node = ClusterNode(store, broker_id="b1", address="127.0.0.1:1", lease_s=3.0)
+        await node.join([pool])  # alone: it takes the pool
+        assert set(node.owned) == {pool}
+        task = make_task(1, pool=pool)
+        await store.insert_tasks([task])
+        node._engine = _IdleEngine()  # type: ignore[assignment]
+        await store.pool.execute("INSERT INTO brokers VALUES ('b2', '127.0.0.1:2', 0, 1e12)")
+        await node._round([pool])  # learns of b2, whom the pool should go to
+        assert set(node.owned) == {pool}
+        store.save(finished(task, StoredState.CANCELLED))  # queued, not committed
+        await node._round([pool])  # hands the pool over
+        assert node.owned == {}
+        await store.flush()
+        state = await store.pool.fetchval("SELECT state FROM tasks WHERE id = 1")
+        assert state == int(StoredState.CANCELLED)

@@ -11,7 +11,7 @@ SUDO := $(if $(shell command -v sudo),sudo)
 # The dashboard's browser tests drive Debian's Chromium (Playwright's own download is not used).
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install protos lock lint format test demo bench bench-quick bench-compare clean
+.PHONY: install protos lock lint format test demo bench bench-quick bench-compare bench-postgres clean postgres
 
 install: $(STAMP) $(NODE_STAMP) $(CHROMIUM)
 
@@ -55,18 +55,30 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint $(CHROMIUM)
+test: lint $(CHROMIUM) postgres
 	$(BIN)/pytest -q
+
+# The tests start a private PostgreSQL server (tests/support/postgres.py); install its
+# programs from the system's packages when they are missing.
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	|| { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	     $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q postgresql; }
 
 demo: $(STAMP)
 	$(BIN)/taskbroker demo --dashboard-port 8787
 
-bench: $(STAMP)
+bench: $(STAMP) postgres
 	$(BIN)/python -m tests.bench
 	$(BIN)/python -m tests.bench_workers
 	$(BIN)/python -m tests.bench --tls
 	$(BIN)/python -m tests.bench --token
 	$(BIN)/python -m tests.bench_placement
+	$(BIN)/python -m tests.bench_postgres
+
+# PostgreSQL next to SQLite, and three brokers on one database.
+bench-postgres: $(STAMP) postgres
+	$(BIN)/python -m tests.bench_postgres
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m tests.bench --quick

@@ -18,6 +18,7 @@ from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace import TracerProvider
 
 from broker.clock import Clock, SystemClock
+from broker.cluster.node import ClusterNode, new_broker_id
 from broker.config import BrokerConfig, load_config, validate_pool
 from broker.core.states import BrokerState, Lifecycle
 from broker.domain import ConfigChange
@@ -38,7 +39,7 @@ from broker.runtime.engine import Engine
 from broker.server.grpc_server import add_services, bind_server, health_servicer, set_serving
 from broker.server.security import Security
 from broker.service import BrokerService
-from broker.storage import Store, open_store
+from broker.storage import PostgresStore, Store, open_store
 
 log = logging.getLogger("taskbroker.server")
 
@@ -85,6 +86,8 @@ class Broker:
         self.failure: BaseException | None = None  # what stopped the broker, if it crashed
         self._port = 0
         self._stopped = asyncio.Event()
+        self._node: ClusterNode | None = None  # when several brokers share PostgreSQL
+        self._health_task: asyncio.Future[None] | None = None
 
     @property
     def state(self) -> BrokerState:
@@ -143,7 +146,11 @@ class Broker:
         self._server = server
         self._store = await open_store(config.db_path, synchronous=config.sqlite_synchronous)
         await security.attach(self._store)
+        if isinstance(self._store, PostgresStore):
+            await self._join_cluster(self._store)
         engine = self._engine = Engine(config, self._store, self._clock)
+        if self._node is not None:
+            engine.ownership = self._node
         history = self._history = MetricsHistory.from_config(config, self._store, self._clock)
         engine.observers.add(history)
         if tracer is not None:
@@ -171,7 +178,7 @@ class Broker:
             tracer=tracer,
         )
         add_services(server, service, health_service=self._health, security=security)
-        jobs = {
+        jobs: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
             "store writer": self._store.run,
             "reaper": engine.run_reaper,
             "metrics history": history.run,
@@ -183,6 +190,11 @@ class Broker:
         await server.start()
         engine.start()
         supervising = asyncio.Event()
+        node = self._node
+        if node is not None:
+            jobs["cluster membership"] = lambda: node.run(
+                engine, lambda: [p.name for p in engine.pools()]
+            )
         self._background = asyncio.create_task(
             self._supervise(jobs, supervising),
             name="taskbroker-background",
@@ -195,6 +207,35 @@ class Broker:
             config.db_path,
             requeued,
         )
+
+    async def _join_cluster(self, store: PostgresStore) -> None:
+        """Join the brokers sharing this database and take this broker's share of the
+        pools, before the engine recovers their tasks (broker.cluster)."""
+        config = self.config
+        node = self._node = ClusterNode(
+            store,
+            broker_id=config.broker_id or new_broker_id(),
+            address=config.advertise_address or self.address,
+            lease_s=config.cluster_lease_s,
+            on_pause=self._lost_leases,
+            on_resume=self._renewed_leases,
+        )
+        names = {pool.name for pool in config.pools}
+        names.update(pool.name for pool in await store.list_pools())
+        await node.join(sorted(names))
+
+    def _lost_leases(self, why: str) -> None:
+        """No dispatch, no submits, health NOT_SERVING: this broker may not hold its
+        pools any more."""
+        if self._engine is not None:
+            self._engine.pause()
+        log.error("not serving: %s", why)
+        self._health_task = asyncio.ensure_future(set_serving(self._health, serving=False))
+
+    def _renewed_leases(self) -> None:
+        if self._engine is not None and self.state is BrokerState.RUNNING:
+            self._engine.start()
+        self._health_task = asyncio.ensure_future(set_serving(self._health))
 
     async def _supervise(
         self, jobs: Mapping[str, Callable[[], Coroutine[Any, Any, None]]], started: asyncio.Event
@@ -263,6 +304,15 @@ class Broker:
             except BrokerError as exc:
                 log.error("the last metrics could not be written: %s", exc)
             self._history = None
+        if self._node is not None and self._store is not None:
+            membership = self._jobs.get("cluster membership")
+            if membership is not None:
+                await asyncio.wait([membership])  # cancelled above; it lets go of PostgreSQL
+            if not self._node.stepped_down:
+                with contextlib.suppress(BrokerError):
+                    await self._store.flush()
+                await self._node.leave()  # the pools are free for the others at once
+            self._node = None
         if self._store is not None:
             try:
                 await self._store.close()  # the last writes; the store writer's job then ends

@@ -139,6 +139,12 @@ class BrokerConfig:
     keepalive_min_ping_s: float = 10.0  # pings more often than this are refused (GOAWAY)
     max_connection_age_s: float = 0.0  # connections are closed after this long; 0 = never
     max_connection_age_grace_s: float = 30.0  # calls still running then get this long
+    # Several brokers on one PostgreSQL database (broker.cluster): how long a broker's lease
+    # on its pools lasts without renewal (it renews three times per lease), the address
+    # the others send workers to ("" = host:port as bound), and its id ("" = a new one).
+    cluster_lease_s: float = 5.0
+    advertise_address: str = ""
+    broker_id: str = ""
     pools: tuple[PoolConfig, ...] = (PoolConfig(name=DEFAULT_POOL),)
 
     @property
@@ -164,6 +170,7 @@ class BrokerConfig:
         _check(self.max_response_bytes >= 64 * 1024, "max_response_bytes", "must be at least 65536")
         _check(1 <= self.max_batch_size <= 100_000, "max_batch_size", "must be 1..100000")
         _check(self.max_wait_s > 0, "max_wait_s", "must be positive")
+        _check(self.cluster_lease_s >= 0.5, "cluster_lease_s", "must be at least 0.5")
         _check(self.heartbeat_interval_s > 0, "heartbeat_interval_s", "must be positive")
         _check(
             self.heartbeat_timeout_s >= LEASE_HEARTBEATS * self.heartbeat_interval_s,

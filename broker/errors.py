@@ -82,6 +82,15 @@ class Unavailable(BrokerError):
     default_reason = "UNAVAILABLE"
 
 
+class NotOwner(Unavailable):
+    """Another broker schedules this pool (several brokers share one database): `owner`
+    is its address, where the caller should go instead ("" while no broker holds it)."""
+
+    def __init__(self, message: str, owner: str = "") -> None:
+        super().__init__(message)
+        self.owner = owner
+
+
 class StorageError(BrokerError):
     """The task store could not read or write (disk full, I/O error, ...)."""
 

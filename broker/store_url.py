@@ -2,7 +2,9 @@
 anything, so that the configuration can check `db_path` at load.
 
 - a bare path, `sqlite:relative.db` or `sqlite:///abs/path.db`: SQLite, durable;
-- `memory:`: in memory, gone when the process ends (tests, demos, the simulator).
+- `memory:`: in memory, gone when the process ends (tests, demos, the simulator);
+- `postgresql://user:password@host:port/database` (or `postgres://`): PostgreSQL, durable,
+  and shareable by several brokers (broker.cluster).
 
 Each scheme here has its opener in broker.storage.BACKENDS (a test holds the two lists
 to the same keys).
@@ -49,9 +51,19 @@ def _nothing(rest: str) -> str:
     return ""
 
 
+def _postgres_url(rest: str) -> str:
+    if not rest.startswith("//") or len(rest) <= 2:
+        raise ConfigError(
+            "postgresql: needs a server, as in postgresql://user:password@host:5432/database"
+        )
+    return f"postgresql:{rest}"
+
+
 SCHEMES: Final[dict[str, Scheme]] = {
     "sqlite": Scheme(("sqlite:///abs/path.db", "sqlite:relative.db"), _sqlite_path),
     "memory": Scheme(("memory:",), _nothing),
+    "postgresql": Scheme(("postgresql://user:password@host:port/database",), _postgres_url),
+    "postgres": Scheme(("postgres://user:password@host:port/database",), _postgres_url),
 }
 
 # A scheme has two characters at least, so that a Windows drive (C:\...) reads as a path.

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from cli._brokers import brokers_app
 from cli._common import (
     TLS_CA_ENV,
     TLS_CERT_ENV,
@@ -57,6 +58,7 @@ app.add_typer(pools_app, name="pools")
 app.add_typer(metrics_app, name="metrics")
 app.add_typer(config_app, name="config")
 app.add_typer(tokens_app, name="tokens")
+app.add_typer(brokers_app, name="brokers")
 
 
 @app.command()

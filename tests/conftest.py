@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -10,6 +10,7 @@ import pytest
 
 from broker import Broker
 from tests.support.config import make_config
+from tests.support.postgres import stop_server
 
 
 @pytest.fixture
@@ -22,3 +23,11 @@ async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
 async def channel(broker: Broker) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(broker.address) as chan:
         yield chan
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _postgres_server() -> Iterator[None]:
+    """Stops the private PostgreSQL server (tests.support.postgres) at the end of the
+    session, if a test started one."""
+    yield
+    stop_server()

@@ -198,6 +198,29 @@ def _credentials(tls: TLS, token: Token | None) -> grpc.ChannelCredentials:
     )
 
 
+def target(address: str) -> str:
+    """The gRPC target for `address`: "host:port", a DNS name with several records (gRPC
+    tries each), or several brokers sharing one database as "ip:port,ip:port,...", which
+    becomes one channel that moves to the next address when one cannot be reached."""
+    parts = [part.strip() for part in address.split(",") if part.strip()]
+    if len(parts) <= 1:
+        return parts[0] if parts else address
+    hosts = [part.rpartition(":")[0] for part in parts]
+    if all(_is_ipv4(host) for host in hosts):
+        return "ipv4:" + ",".join(parts)
+    if all(host.startswith("[") for host in hosts):
+        return "ipv6:" + ",".join(parts)
+    raise ValueError(
+        f"several addresses must be IP addresses ({address!r}); for host names, give one"
+        " DNS name with a record per broker"
+    )
+
+
+def _is_ipv4(host: str) -> bool:
+    pieces = host.split(".")
+    return len(pieces) == 4 and all(p.isdigit() and int(p) < 256 for p in pieces)
+
+
 def open_channel(
     address: str,
     *,
@@ -208,23 +231,24 @@ def open_channel(
 ) -> grpc.aio.Channel:
     """An asyncio channel to the broker at `address` ("host:port"), with `options` (the
     SDK's by default) and then `extra_options`; over TLS if `tls`, with `token` on every
-    call if given. Create it on the loop that will use it."""
+    call if given. Create it on the loop that will use it. Several addresses: see
+    `target`."""
     settings = tls_of(tls)
     secret = token_of(token)
     if settings is not None:
         return grpc.aio.secure_channel(
-            address,
+            target(address),
             _credentials(settings, secret),
             options=[*options, *extra_options, *settings.options()],
         )
     if secret is None:
-        return grpc.aio.insecure_channel(address, options=[*options, *extra_options])
+        return grpc.aio.insecure_channel(target(address), options=[*options, *extra_options])
     interceptors: Any = [
         kind(secret)
         for kind in (_UnaryUnaryToken, _UnaryStreamToken, _StreamUnaryToken, _StreamStreamToken)
     ]
     return grpc.aio.insecure_channel(
-        address, options=[*options, *extra_options], interceptors=interceptors
+        target(address), options=[*options, *extra_options], interceptors=interceptors
     )
 
 
@@ -242,11 +266,11 @@ def open_blocking_channel(
     secret = token_of(token)
     if settings is not None:
         return grpc.secure_channel(
-            address,
+            target(address),
             _credentials(settings, secret),
             options=[*options, *extra_options, *settings.options()],
         )
-    channel = grpc.insecure_channel(address, options=[*options, *extra_options])
+    channel = grpc.insecure_channel(target(address), options=[*options, *extra_options])
     if secret is None:
         return channel
     return grpc.intercept_channel(channel, _BlockingToken(secret))

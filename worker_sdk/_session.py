@@ -81,7 +81,17 @@ class _Running:
 
 
 class _StreamLost(Exception):
-    """The stream to the broker broke; the worker reconnects."""
+    """The stream to the broker broke; the worker reconnects (to `redirect`, if the broker
+    named the one that schedules its pool)."""
+
+    def __init__(self, message: str, redirect: str = "") -> None:
+        super().__init__(message)
+        self.redirect = redirect
+
+
+# The trailing metadata key by which a broker that does not schedule a pool names the
+# address of the one that does (several brokers on one database).
+OWNER_KEY = "taskbroker-owner"
 
 
 class _Held:
@@ -255,7 +265,11 @@ class _Session:
             if code in _FATAL_REGISTRATION_CODES and not retry_conflict:
                 _log.error("broker at %s refused registration: %s", self._address, error)
                 raise error from None
-            raise _StreamLost(f"registration failed: {error}") from None
+            owner = ""
+            if isinstance(exc, grpc.aio.AioRpcError):
+                pairs: Any = exc.trailing_metadata() or ()
+                owner = next((str(v) for k, v in pairs if k == OWNER_KEY), "")
+            raise _StreamLost(f"registration failed: {error}", owner) from None
         except asyncio.InvalidStateError as exc:
             raise _StreamLost(f"registration failed: {exc}") from None
         if first is None:

@@ -197,6 +197,10 @@ class Worker:
     async def run(self, broker: str | None = None) -> None:
         """Connect to the broker and serve until `shutdown()` or a drain; then return.
 
+        Several brokers sharing one database may be given, comma-separated: the worker
+        connects to one, follows a broker that names the one scheduling its pool, and
+        moves on to the next when one cannot be reached.
+
         Raises the matching TaskbrokerError if the broker refuses the registration.
         """
         if self._running:
@@ -228,13 +232,17 @@ class Worker:
             ("grpc.min_reconnect_backoff_ms", round(self._reconnect_initial_s * 1000)),
             ("grpc.max_reconnect_backoff_ms", round(self._reconnect_max_s * 1000)),
         ]
-        channel = open_channel(address, extra_options=reconnect, tls=self._tls, token=self._token)
+        addresses = [a.strip() for a in address.split(",") if a.strip()] or [address]
+        at = 0  # which of the addresses (several brokers: any of them, or the one named)
+        channel = open_channel(
+            addresses[at], extra_options=reconnect, tls=self._tls, token=self._token
+        )
         try:
-            stub = _worker_grpc.WorkerServiceStub(channel)
             failures = 0
             registered_before = False
             while not self._stop.is_set():
-                session = _Session(self, stub.Connect(None), executor, address)
+                stub = _worker_grpc.WorkerServiceStub(channel)
+                session = _Session(self, stub.Connect(None), executor, addresses[at])
                 self._session = session
                 try:
                     await session.run(registered_before)
@@ -248,6 +256,21 @@ class Worker:
                     )
                     failures += 1
                     delay = random.uniform(0, ceiling)
+                    if lost.redirect or len(addresses) > 1:
+                        # Sent to the broker that schedules the pool, or on to the next one.
+                        if lost.redirect:
+                            if lost.redirect not in addresses:
+                                addresses.append(lost.redirect)
+                            at = addresses.index(lost.redirect)
+                            if failures <= 1:
+                                delay = 0.0  # at once, unless brokers disagree for now
+                        elif not session.registered:
+                            at = (at + 1) % len(addresses)
+                        await channel.close(None)
+                        channel = open_channel(
+                            addresses[at], extra_options=reconnect, tls=self._tls, token=self._token
+                        )
+                        _log.info("connecting to %s next", addresses[at])
                     _log.warning("%s; reconnecting in %.2fs", lost, delay)
                     await self._sleep_unless_stopped(delay)
                 finally:

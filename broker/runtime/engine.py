@@ -17,6 +17,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
+from typing import Protocol
 
 from broker.clock import Clock
 from broker.config import BrokerConfig
@@ -38,7 +39,7 @@ from broker.domain import (
     WorkerSpec,
     WorkerStatus,
 )
-from broker.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from broker.errors import AlreadyExists, InvalidArgument, NotFound, NotOwner, Unavailable
 from broker.observability.observe import Observers
 from broker.runtime import stats
 from broker.runtime.dispatch import Dispatcher
@@ -64,6 +65,24 @@ class WorkerConnection:
     resume_token: str
     resume_window_s: float
     resumed: bool
+
+
+class Ownership(Protocol):
+    """Which pools this broker schedules, when several brokers share a database
+    (broker.cluster); alone, a broker schedules every pool."""
+
+    def owns(self, pool: str) -> bool: ...
+    def owner(self, pool: str) -> str:
+        """The address of the broker that schedules the pool, "" if none does now."""
+        ...
+
+
+class _Alone:
+    def owns(self, pool: str) -> bool:
+        return True
+
+    def owner(self, pool: str) -> str:
+        return ""
 
 
 class Engine:
@@ -93,6 +112,9 @@ class Engine:
         )
         self._pools = PoolAdmin(core, store, clock, self._dispatcher.request)
         self.accepting = False  # submits allowed
+        # The pools this broker schedules: their tasks wait in its queues and their workers
+        # connect here. A task submitted for another pool is stored for its owner only.
+        self.ownership: Ownership = _Alone()
         # Held by a retry from its read of the failed tasks until their new state is
         # durable, and by each purge batch, so that a purge never deletes a task that a
         # retry is bringing back.
@@ -196,6 +218,49 @@ class Engine:
             return False
         return True
 
+    def pause(self) -> None:
+        """Stop taking submits and handing out work at once, holding what is held (a
+        broker that lost its lease on a pool: broker.cluster)."""
+        self.accepting = False
+        self._dispatcher.stop()
+        self._ticker.stop()
+
+    def adopt(self, tasks: Iterable[Task]) -> int:
+        """Unfinished tasks of pools this broker schedules that it does not hold yet (one
+        submitted through another broker, or a pool taken over): they wait in its queues,
+        as at recovery. Returns how many were new."""
+        core, now, adopted, pools = self._core, self._clock.now(), 0, set()
+        for task in tasks:
+            if task.id not in core.live and task.spec.pool in core.pools:
+                core.recovered(task, now)
+                pools.add(task.spec.pool)
+                adopted += 1
+        if adopted:
+            self._apply()
+            self._dispatcher.request(pools)
+        return adopted
+
+    def idle_pool(self, pool: str) -> bool:
+        """Whether this broker holds nothing of the pool: no unfinished task, no worker.
+        Such a pool can be handed to another broker (broker.cluster) at no cost."""
+        if any(session.spec.pool == pool for session in self._workers):
+            return False
+        return not any(task.spec.pool == pool for task in self._core.live.values())
+
+    def watched(self) -> set[TaskId]:
+        """The ids of the tasks someone here waits for."""
+        return self._watchers.watched()
+
+    def finished_elsewhere(self, tasks: Iterable[Task]) -> None:
+        """Tasks another broker finished: tell whoever waits for them here."""
+        self._watchers.told(tasks)
+
+    def _check_owner(self, pool: str) -> None:
+        if not self.ownership.owns(pool):
+            owner = self.ownership.owner(pool)
+            where = f"the broker at {owner}" if owner else "another broker (none holds it now)"
+            raise NotOwner(f"pool {pool!r} is scheduled by {where}; connect there", owner)
+
     # Submitting and reading tasks ----------------------------------------------
 
     async def submit(self, specs: Sequence[TaskSpec], client: str = "") -> list[Task]:
@@ -257,6 +322,11 @@ class Engine:
         if committed.cancelled() or committed.exception() is not None:
             self._core.not_stored(tasks)
             return
+        owns = self.ownership.owns
+        elsewhere = [task for task in tasks if not owns(task.spec.pool)]
+        if elsewhere:  # stored for their pools' owners, who are woken by the store
+            self._core.not_stored(elsewhere)
+            tasks = [task for task in tasks if owns(task.spec.pool)]
         now = self._clock.now()
         self._core.submitted(tasks, now)
         self._apply()
@@ -308,6 +378,7 @@ class Engine:
     async def cancel(self, task_id: TaskId) -> Task:
         """Cancel a pending or running task; a running one is told to stop on its worker."""
         task = await self.get(task_id)
+        self._check_owner(task.spec.pool)
         if not self._core.cancel(task, self._clock.now()):
             return task
         durable = self._apply()
@@ -401,6 +472,7 @@ class Engine:
         validate_worker(spec)
         if spec.pool not in self._core.pools:
             raise NotFound(f"pool {spec.pool!r} does not exist")
+        self._check_owner(spec.pool)
         window = self.resume_window_s(spec.pool)
         if spec.worker_id:
             session = self._workers.resumable(spec.worker_id, resume_token)

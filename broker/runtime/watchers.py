@@ -55,12 +55,30 @@ class Watchers:
                 stored.append(task_id)
         not_found = []
         for task_id in stored:
+            # Watched before the read: a task another broker schedules (several brokers
+            # on one database) may end meanwhile, and `told` must find the watcher.
+            self._waiters[task_id].append(callback)
             task = await self._store.get_task(task_id)
-            if task is None:
-                not_found.append(task_id)
-            else:
-                callback(task)
+            if task is None or task.state.terminal:
+                self.unwatch([task_id], callback)
+                if task is None:
+                    not_found.append(task_id)
+                else:
+                    callback(task)
         return not_found
+
+    def watched(self) -> set[TaskId]:
+        """The ids someone waits for."""
+        return set(self._waiters)
+
+    def told(self, tasks: Iterable[Task]) -> None:
+        """Terminal tasks that another broker finished: call their watchers."""
+        for task in tasks:
+            for callback in self._waiters.pop(task.id, ()):
+                try:
+                    callback(task)
+                except Exception:
+                    log.exception("a task watcher failed")
 
     def unwatch(self, task_ids: Iterable[TaskId], callback: TaskCallback) -> None:
         for task_id in task_ids:

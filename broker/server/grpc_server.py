@@ -75,10 +75,14 @@ def health_servicer() -> Any:
     return health.aio.HealthServicer()  # type: ignore[attr-defined]
 
 
-async def set_serving(health_service: Any) -> None:
-    """Report the server and each of the broker's services as SERVING."""
+async def set_serving(health_service: Any, serving: bool = True) -> None:
+    """Report the server and each of the broker's services as SERVING (or NOT_SERVING:
+    a broker that lost its database or its leases, broker.cluster)."""
+    status = health_pb2.HealthCheckResponse.SERVING
+    if not serving:
+        status = health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ("", *SERVICE_NAMES):
-        await health_service.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_service.set(name, status)
 
 
 def bind_server(

@@ -20,6 +20,7 @@ from broker.errors import (
     InvalidArgument,
     InvalidTransition,
     NotFound,
+    NotOwner,
     OverLimit,
     ResourceExhausted,
     StorageError,
@@ -52,6 +53,21 @@ RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 DO_NOT_RETRY = "-1"
 # The google.rpc.ErrorInfo domain of the broker's errors.
 ERROR_DOMAIN = "taskbroker"
+
+
+# The trailing metadata of an UNAVAILABLE answer from a broker that does not schedule the
+# pool asked for (several brokers on one database): the address of the broker that does.
+# A worker reconnects there; a client may send the call there.
+OWNER_KEY = "taskbroker-owner"
+
+
+def trailing_metadata(error: BrokerError) -> tuple[tuple[str, str], ...]:
+    """What an error's status carries besides its code and message."""
+    if isinstance(error, ResourceExhausted) and error.retry_after_s is not None:
+        return ((RETRY_PUSHBACK_KEY, str(retry_after_ms(error.retry_after_s))),)
+    if isinstance(error, NotOwner) and error.owner:
+        return ((OWNER_KEY, error.owner),)
+    return ()
 
 
 def status_of(error: BrokerError) -> grpc.StatusCode:
@@ -98,6 +114,8 @@ def rich_status(error: BrokerError) -> RichStatus:
         pushback = ((RETRY_PUSHBACK_KEY, str(delay_ms)),)
     elif isinstance(error, OverLimit):
         pushback = ((RETRY_PUSHBACK_KEY, DO_NOT_RETRY),)
+    elif isinstance(error, NotOwner) and error.owner:
+        pushback = ((OWNER_KEY, error.owner),)
     answer = rpc_status.to_status(status)
     return RichStatus(code, message, (*answer.trailing_metadata, *pushback))
 

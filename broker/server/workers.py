@@ -27,7 +27,7 @@ from broker.domain import Task, TaskId, TaskResult
 from broker.errors import BrokerError, FailedPrecondition, InvalidArgument
 from broker.server import convert
 from broker.server.parsing import Malformed
-from broker.server.status import Context, status_of
+from broker.server.status import Context, abort, status_of
 from broker.service import BrokerService
 from worker_sdk._pb import worker_pb2 as _worker
 from worker_sdk._pb import worker_pb2_grpc as _worker_grpc
@@ -238,7 +238,8 @@ class WorkerService(_worker_grpc.WorkerServiceServicer):
                 first.register.resume_token,
             )
         except BrokerError as exc:
-            await context.abort(status_of(exc), str(exc))
+            await abort(context, exc)
+            raise  # abort() raises; this is for the type checker
         spec = connection.spec
         reader = asyncio.create_task(self._read(spec.worker_id, requests, channel))
         try:

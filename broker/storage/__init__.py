@@ -4,7 +4,8 @@ its backends, and `open_store`, which opens one by URL.
 Accepted URLs (the broker's `db_path`, `taskbroker serve --db`):
 
 - a bare path, `sqlite:relative.db` or `sqlite:///abs/path.db`: SQLite, durable;
-- `memory:`: in memory, gone when the process ends (tests, demos, the simulator).
+- `memory:`: in memory, gone when the process ends (tests, demos, the simulator);
+- `postgresql://user:password@host:port/database` (or `postgres://`): PostgreSQL.
 
 A backend is one module, its opener in BACKENDS and its URL scheme in
 broker.store_url.SCHEMES.
@@ -18,12 +19,14 @@ from typing import Final, NamedTuple
 from broker.clock import Clock, SystemClock
 from broker.storage.contract import RollupStore, Store, WorkerLog
 from broker.storage.memory import MemoryStore
+from broker.storage.postgres import PostgresStore
 from broker.storage.sqlite import SQLiteStore
 from broker.store_url import parse_store_url
 
 __all__ = [
     "BACKENDS",
     "MemoryStore",
+    "PostgresStore",
     "RollupStore",
     "SQLiteStore",
     "Store",
@@ -49,10 +52,16 @@ async def _open_memory(_location: str, clock: Clock, _synchronous: str) -> Store
     return await MemoryStore.open(clock=clock)
 
 
+async def _open_postgres(url: str, clock: Clock, _synchronous: str) -> Store:
+    return await PostgresStore.open(url, clock=clock)
+
+
 # One entry per URL scheme of broker.store_url.SCHEMES.
 BACKENDS: Final[dict[str, StoreBackend]] = {
     "sqlite": StoreBackend(_open_sqlite),
     "memory": StoreBackend(_open_memory),
+    "postgresql": StoreBackend(_open_postgres),
+    "postgres": StoreBackend(_open_postgres),
 }
 
 

@@ -57,7 +57,7 @@ def test_a_backend_added_to_the_list_gets_every_contract_test(
         plugins=[recorder],
     )
     assert exit_code == pytest.ExitCode.OK
-    assert set(recorder.tests) == {"sqlite", "memory", "wrapped"}
+    assert set(recorder.tests) == {"sqlite", "memory", "postgresql", "wrapped"}
     assert recorder.tests["wrapped"] == recorder.tests["sqlite"] == recorder.tests["memory"]
     assert len(recorder.tests["wrapped"]) > 30
     # Only the new backend's tests ran (-k), and every one of them passed.

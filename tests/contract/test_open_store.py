@@ -74,7 +74,8 @@ async def test_synchronous_and_clock_reach_the_store(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("postgresql://db.example/broker", "unknown store 'postgresql://db.example/broker'"),
+        ("mysql://db.example/broker", "unknown store 'mysql://db.example/broker'"),
+        ("postgresql:broker", "postgresql: needs a server"),
         ("nope:broker.db", "a file name with a colon in it: ./nope:broker.db"),
         ("sqlite:", "needs a file path"),
         ("sqlite://", "needs a file path"),
@@ -89,13 +90,19 @@ async def test_anything_else_is_refused_naming_what_is_accepted(
         await open_store(url)
     assert message in str(refused.value)
     if "unknown store" in message:
-        for form in ("file path", "sqlite:///abs/path.db", "sqlite:relative.db", "memory:"):
+        for form in (
+            "file path",
+            "sqlite:///abs/path.db",
+            "sqlite:relative.db",
+            "memory:",
+            "postgresql://user:password@host:port/database",
+        ):
             assert form in str(refused.value)
     assert list(tmp_path.iterdir()) == []  # nothing opened
 
 
 def test_each_backend_is_one_entry() -> None:
-    assert sorted(BACKENDS) == sorted(SCHEMES) == ["memory", "sqlite"]
+    assert sorted(BACKENDS) == sorted(SCHEMES) == ["memory", "postgres", "postgresql", "sqlite"]
     assert parse_store_url("x.db") == ("sqlite", "x.db")
     assert parse_store_url("sqlite:///x.db") == ("sqlite", "/x.db")
     assert parse_store_url("memory:") == ("memory", "")

@@ -66,6 +66,10 @@ class Deadline:
         self._seconds = seconds
         self._end = time.monotonic() + seconds
 
+    def left_s(self) -> float:
+        """Seconds left (negative once out of time)."""
+        return self._end - time.monotonic()
+
     def left(self, what: str) -> float:
         """Seconds left before `what` must have happened; fails the test if none are."""
         left = self._end - time.monotonic()

@@ -28,7 +28,9 @@ from broker.domain import (
 )
 from broker.storage.contract import Store
 from broker.storage.memory import MemoryStore, WorkerRecord
+from broker.storage.postgres import PostgresStore
 from broker.storage.sqlite import SQLiteStore
+from tests.support.postgres import fresh_database
 
 PENDING, ASSIGNED, RUNNING = TaskState.PENDING, TaskState.ASSIGNED, TaskState.RUNNING
 SUCCEEDED, FAILED, CANCELLED = TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED
@@ -52,7 +54,16 @@ async def _open_memory(path: Path) -> Store:
     return await MemoryStore.open()
 
 
-BACKENDS: list[Backend] = [Backend("sqlite", _open_sqlite), Backend("memory", _open_memory)]
+async def _open_postgres(path: Path) -> Store:
+    """A new database on the session's private PostgreSQL server (tests.support.postgres)."""
+    return await PostgresStore.open(await fresh_database())
+
+
+BACKENDS: list[Backend] = [
+    Backend("sqlite", _open_sqlite),
+    Backend("memory", _open_memory),
+    Backend("postgresql", _open_postgres),
+]
 
 
 def backend_params() -> list[Any]:
@@ -73,11 +84,16 @@ async def worker_log(store: Store) -> dict[str, WorkerRecord]:
     await store.flush()
     if isinstance(store, MemoryStore):
         return dict(store.workers)
-    assert isinstance(store, SQLiteStore), f"no way to read the worker log of {store!r}"
-    rows = await store._db.execute_fetchall(
+    query = (
         "SELECT worker_id, pool, capacity, task_types, labels, sdk_version,"
         " connected_at, last_heartbeat, disconnected_at FROM workers"
     )
+    rows: Any
+    if isinstance(store, PostgresStore):
+        rows = await store.pool.fetch(query)
+    else:
+        assert isinstance(store, SQLiteStore), f"no way to read the worker log of {store!r}"
+        rows = await store._db.execute_fetchall(query)
     return {
         row[0]: WorkerRecord(
             spec=WorkerSpec(

@@ -49,8 +49,6 @@ class _WorkerClass:
     labels: Mapping[str, str]
     size: int = 0
     heap: list[tuple[float, int, int, WorkerId]] = field(default_factory=list)
-    # The top's expected run time: (its version, the model's version, task type, run time).
-    top_run: tuple[int, int, str, float] | None = None
 
 
 @dataclass(slots=True)
@@ -89,6 +87,16 @@ class Predictive:
         self._priors: dict[str, float] = {}  # by label set, for one model version and type
         self._priors_of: tuple[int, str] = (-1, "")
         self._task_type = ""  # of the tasks it places (one index per type)
+        # The top of each label set: (expected run time, tasks held, version, worker),
+        # estimated for one model version and task type (`_tops_of`) and kept until a
+        # worker of the set changes (`_stale_tops`), so a pick weighs the sets' tops in
+        # one `min` and re-estimates only those that changed.
+        self._tops: dict[str, tuple[float, int, int, WorkerSlot]] = {}
+        self._tops_of: tuple[int, str] = (-1, "")
+        self._stale_tops: set[str] = set()
+        # A subclass that weighs other candidates (the simulator's oracle) goes through
+        # them one by one.
+        self._by_tops = type(self)._candidates is Predictive._candidates
 
     # The index of ready workers ------------------------------------------------
 
@@ -114,6 +122,10 @@ class Predictive:
             bucket.size -= 1
             if not bucket.size:
                 del self._classes[member[2]]
+                self._tops.pop(member[2], None)
+                self._stale_tops.discard(member[2])
+            else:
+                self._stale_tops.add(member[2])
         if worker.free <= 0 and not worker.draining and not worker.paused:
             self._busy[worker.worker_id] = worker  # full: it may be worth waiting for
         else:
@@ -225,16 +237,7 @@ class Predictive:
 
     def pick(self, task: Task) -> WorkerSlot | None:
         self._task_type = task.spec.task_type
-        best: tuple[float, int, int, WorkerSlot] | None = None
-        runner_up: tuple[float, WorkerSlot] | None = None
-        for worker, run_s, version in self._candidates(task):
-            key = (run_s, len(worker.held), version)
-            if best is None or key < best[:3]:
-                if best is not None:
-                    runner_up = (best[0], best[3])
-                best = (*key, worker)
-            elif runner_up is None or key[0] < runner_up[0]:
-                runner_up = (key[0], worker)
+        best, runner_up = self._best_two(task) if self._by_tops else self._best_of_all(task)
         if best is None:
             return None
         finish_s, worker = best[0], best[3]
@@ -337,31 +340,67 @@ class Predictive:
                     del self._held_for[hold.worker_id]
         return hold
 
+    def _best_of_all(
+        self, task: Task
+    ) -> tuple[tuple[float, int, int, WorkerSlot] | None, tuple[float, WorkerSlot] | None]:
+        """The best candidate, by (expected run time, tasks held, version), and the
+        runner-up's expected run time and worker, going through every candidate."""
+        best: tuple[float, int, int, WorkerSlot] | None = None
+        runner_up: tuple[float, WorkerSlot] | None = None
+        for worker, run_s, version in self._candidates(task):
+            key = (run_s, len(worker.held), version)
+            if best is None or key < best[:3]:
+                if best is not None:
+                    runner_up = (best[0], best[3])
+                best = (*key, worker)
+            elif runner_up is None or key[0] < runner_up[0]:
+                runner_up = (key[0], worker)
+        return best, runner_up
+
+    def _best_two(
+        self, task: Task
+    ) -> tuple[tuple[float, int, int, WorkerSlot] | None, tuple[float, WorkerSlot] | None]:
+        """`_best_of_all` over the label sets' tops: O(label sets) in C, plus an estimate
+        for each set that changed since the last pick."""
+        self._refresh_tops(task)
+        tops = self._tops
+        if not tops:
+            return None, None
+        best = min(tops.values())
+        if len(tops) == 1:
+            return best, None
+        second = min((top for top in tops.values() if top is not best), key=_run_time)
+        return best, (second[0], second[3])
+
+    def _refresh_tops(self, task: Task) -> None:
+        """Re-estimate the tops of the label sets that changed (all of them once the
+        model learns or the task type differs)."""
+        stale = self._stale_tops
+        seen = (self._env.runtimes.version, task.spec.task_type)
+        if seen != self._tops_of:
+            self._tops_of = seen
+            self._tops.clear()
+            stale.update(self._classes)
+        if not stale:
+            return
+        tops = self._tops
+        for name in stale:
+            bucket = self._classes.get(name)
+            worker = self._top(bucket) if bucket is not None else None
+            if worker is None:
+                tops.pop(name, None)
+            else:
+                version = self._members[worker.worker_id][1]
+                tops[name] = (self._run_s(task, worker), len(worker.held), version, worker)
+        stale.clear()
+
     def _candidates(self, task: Task) -> Iterator[tuple[WorkerSlot, float, int]]:
         """The ready workers worth weighing, the top of each label set: each with the
         task's expected run time there and its version. A top's estimate is kept until
         it or the model changes."""
-        model = self._env.runtimes.version
-        task_type = task.spec.task_type
-        members = self._members
-        for bucket in self._classes.values():
-            heap = bucket.heap
-            while heap:
-                worker_id = heap[0][3]
-                member = members.get(worker_id)
-                if member is not None and member[1] == heap[0][2]:
-                    break
-                heapq.heappop(heap)
-            else:
-                continue
-            worker, version, _ = member
-            cached = bucket.top_run
-            if cached is not None and cached[:3] == (version, model, task_type):
-                yield worker, cached[3], version
-            else:
-                run_s = self._run_s(task, worker)
-                bucket.top_run = (version, model, task_type, run_s)
-                yield worker, run_s, version
+        self._refresh_tops(task)
+        for run_s, _, version, worker in self._tops.values():
+            yield worker, run_s, version
 
     def _next_in_class(self, task: Task, worker: WorkerSlot) -> tuple[float, WorkerSlot] | None:
         """For the note: a worker of the same label set near the top of its heap."""
@@ -404,6 +443,7 @@ class Predictive:
         version = next(self._tick)
         self._members[worker_id] = (worker, version, name)
         bucket = self._classes[name]
+        self._stale_tops.add(name)
         heapq.heappush(bucket.heap, self._key(worker, version))
         if len(bucket.heap) > 4 * bucket.size + 64:
             bucket.heap = [self._key(w, v) for wid, (w, v, n) in self._members.items() if n == name]
@@ -437,3 +477,7 @@ class Predictive:
         if on and len(on) > len(worker.held):
             for task_id in [t for t in on if t not in worker.held]:
                 self._forget(task_id)
+
+
+def _run_time(top: tuple[float, int, int, WorkerSlot]) -> float:
+    return top[0]

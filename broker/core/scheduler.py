@@ -336,8 +336,7 @@ class PoolScheduler:
                     worker = decision.worker
                 decisions.append(decision)
                 if not self._take(task, worker, arm) or (
-                    limited
-                    and (not self._type_open(task.spec.task_type) or not self._pool_open())
+                    limited and (not self._type_open(task.spec.task_type) or not self._pool_open())
                 ):
                     break
         return decisions

@@ -27,6 +27,7 @@ import heapq
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import ClassVar
 
 from broker.core.runtimes import worker_class
@@ -86,6 +87,9 @@ class Predictive:
         self._class_of: dict[WorkerId, str] = {}  # label set of every worker seen
         self._priors: dict[str, float] = {}  # by label set, for one model version and type
         self._priors_of: tuple[int, str] = (-1, "")
+        # Each worker's estimate, for the same model version and type as the priors,
+        # until it learns more.
+        self._estimates: dict[WorkerId, float] = {}
         self._task_type = ""  # of the tasks it places (one index per type)
         # The top of each label set: (expected run time, tasks held, version, worker),
         # estimated for one model version and task type (`_tops_of`) and kept until a
@@ -137,6 +141,7 @@ class Predictive:
         worker_id = worker.worker_id
         self._busy.pop(worker_id, None)
         self._learned.pop(worker_id, None)
+        self._estimates.pop(worker_id, None)
         self._class_of.pop(worker_id, None)
         for task_id in list(self._held_for.pop(worker_id, {})):
             self._holds.pop(task_id, None)
@@ -155,6 +160,7 @@ class Predictive:
             if learned is None:
                 learned = self._learned[worker.worker_id] = RunStats()
             learned.add(outcome.run_s)
+            self._estimates.pop(worker.worker_id, None)
         if worker.worker_id in self._members:
             self._push(self._members[worker.worker_id][0])
         elif worker_id is not None and worker_id in self._members:
@@ -168,14 +174,23 @@ class Predictive:
     def estimate(self, task_type: str, worker: WorkerSlot) -> float:
         """Expected run time of a task of this type on the worker: its own mean shrunk
         towards the prior, by PRIOR_WEIGHT x (1 + squared coefficient of variation)."""
+        if (self._env.runtimes.version, task_type) != self._priors_of:
+            self._prior(task_type, worker)  # starts afresh for this model version and type
+            self._estimates.clear()
+        estimate = self._estimates.get(worker.worker_id)
+        if estimate is not None:
+            return estimate
         prior = self._prior(task_type, worker)
         learned = self._learned.get(worker.worker_id)
         if learned is None or not learned.count:
-            return prior
-        mean = learned.mean_s
-        spread = learned.variance / (mean * mean) if mean > 0 else 0.0
-        weight = PRIOR_WEIGHT * (1.0 + spread)
-        return (learned.count * mean + weight * prior) / (learned.count + weight)
+            estimate = prior
+        else:
+            mean = learned.mean_s
+            spread = learned.variance / (mean * mean) if mean > 0 else 0.0
+            weight = PRIOR_WEIGHT * (1.0 + spread)
+            estimate = (learned.count * mean + weight * prior) / (learned.count + weight)
+        self._estimates[worker.worker_id] = estimate
+        return estimate
 
     def _prior(self, task_type: str, worker: WorkerSlot) -> float:
         """What the pool predicts for the worker's label set, cached until it learns."""
@@ -366,10 +381,12 @@ class Predictive:
         tops = self._tops
         if not tops:
             return None, None
-        best = min(tops.values())
         if len(tops) == 1:
-            return best, None
-        second = min((top for top in tops.values() if top is not best), key=_run_time)
+            return next(iter(tops.values())), None
+        others = list(tops.values())
+        best = min(others)
+        others.remove(best)
+        second = min(others, key=_run_time)
         return best, (second[0], second[3])
 
     def _refresh_tops(self, task: Task) -> None:
@@ -446,7 +463,13 @@ class Predictive:
         self._stale_tops.add(name)
         heapq.heappush(bucket.heap, self._key(worker, version))
         if len(bucket.heap) > 4 * bucket.size + 64:
-            bucket.heap = [self._key(w, v) for wid, (w, v, n) in self._members.items() if n == name]
+            # Each member of the set has one current entry here: re-key those alone.
+            members = self._members
+            bucket.heap = [
+                self._key(member[0], version)
+                for _, _, version, member_id in bucket.heap
+                if (member := members.get(member_id)) is not None and member[1] == version
+            ]
             heapq.heapify(bucket.heap)
 
     def _placing(self, task: Task, worker: WorkerSlot, run_s: float, now: float) -> None:
@@ -479,5 +502,4 @@ class Predictive:
                 self._forget(task_id)
 
 
-def _run_time(top: tuple[float, int, int, WorkerSlot]) -> float:
-    return top[0]
+_run_time = itemgetter(0)  # of a label set's top

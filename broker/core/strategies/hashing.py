@@ -105,7 +105,8 @@ class ConsistentHash:
         self._joining: list[int] = []
         self._slot_of: dict[WorkerId, int] = {}  # every worker ever seen, by join order
         self._owners: list[WorkerId] = []  # ... and back
-        self._points_of: dict[WorkerId, list[int]] = {}  # each ring member's sorted points
+        # Each ring member's sorted points, in an array (8 bytes a point).
+        self._points_of: dict[WorkerId, array[int]] = {}
         self._ready: dict[WorkerId, WorkerSlot] = {}
         # What each ready worker adds to the totals below, as of its last add/update.
         self._counted: dict[WorkerId, tuple[int, int]] = {}
@@ -194,7 +195,7 @@ class ConsistentHash:
         point = task_point(task)
 
         def distance(worker: WorkerSlot) -> tuple[int, int]:
-            points = self._points_of.get(worker.worker_id)
+            points: Sequence[int] | None = self._points_of.get(worker.worker_id)
             if points is None:
                 points = worker_points(worker.worker_id, self._vnodes)
             i = bisect_left(points, point)
@@ -292,7 +293,8 @@ class ConsistentHash:
         if slot is None:
             slot = self._slot_of[worker_id] = len(self._owners)
             self._owners.append(worker_id)
-        points = self._points_of[worker_id] = worker_points(worker_id, self._vnodes)
+        points = worker_points(worker_id, self._vnodes)
+        self._points_of[worker_id] = array("Q", points)
         self._joining += [point << _SLOT_BITS | slot for point in points]
 
     def _prune(self) -> None:

@@ -105,6 +105,7 @@ class ConsistentHash:
         self._joining: list[int] = []
         self._slot_of: dict[WorkerId, int] = {}  # every worker ever seen, by join order
         self._owners: list[WorkerId] = []  # ... and back
+        self._ready_at: list[WorkerSlot | None] = []  # by slot number: the ready ones
         # Each ring member's sorted points, in an array (8 bytes a point).
         self._points_of: dict[WorkerId, array[int]] = {}
         self._ready: dict[WorkerId, WorkerSlot] = {}
@@ -127,12 +128,14 @@ class ConsistentHash:
         self._idle.pop(worker_id, None)
         if worker_id not in self._points_of:
             self._join(worker_id)
+        self._ready_at[self._slot_of[worker_id]] = worker
         self._prune()
 
     def remove(self, worker: WorkerSlot) -> None:
         worker_id = worker.worker_id
         if self._ready.pop(worker_id, None) is None:
             return
+        self._ready_at[self._slot_of[worker_id]] = None
         self._uncount(worker_id)
         self._idle[worker_id] = self._env.clock.now()
         self._prune()
@@ -161,12 +164,12 @@ class ConsistentHash:
             return None
         if self._joining:
             self._merge_joining()
-        owners = self._owners
+        ready_at = self._ready_at
         first: WorkerSlot | None = None
-        rejected: set[WorkerId] = set()
+        rejected: set[int] = set()  # slot numbers
         for slot in self._walk(task_point(task)):
-            worker = ready.get(owners[slot])
-            if worker is None or worker.worker_id in rejected:
+            worker = ready_at[slot]
+            if worker is None or slot in rejected:
                 continue
             if self._under_bound(worker):
                 if first is None:
@@ -179,7 +182,7 @@ class ConsistentHash:
                 return worker
             if first is None:
                 first = worker
-            rejected.add(worker.worker_id)
+            rejected.add(slot)
             if len(rejected) == len(ready):
                 break
         if first is not None:
@@ -293,6 +296,7 @@ class ConsistentHash:
         if slot is None:
             slot = self._slot_of[worker_id] = len(self._owners)
             self._owners.append(worker_id)
+            self._ready_at.append(None)
         points = worker_points(worker_id, self._vnodes)
         self._points_of[worker_id] = array("Q", points)
         self._joining += [point << _SLOT_BITS | slot for point in points]

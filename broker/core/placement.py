@@ -120,11 +120,16 @@ class ReadyWorkers:
     def update(self, worker: WorkerSlot) -> None:
         """The ready worker's load changed."""
         for arm in self.arms:
+            indexes = arm.indexes
             for task_type in worker.task_types:
-                arm.index(task_type).update(worker)
-        for key in self._label_keys_of.get(worker.worker_id, ()):
-            for index in self._label_indexes[key]:
+                index = indexes.get(task_type)
+                if index is None:
+                    index = arm.index(task_type)
                 index.update(worker)
+        if self._label_keys_of:
+            for key in self._label_keys_of.get(worker.worker_id, ()):
+                for index in self._label_indexes[key]:
+                    index.update(worker)
 
     def remove(self, worker: WorkerSlot) -> None:
         """The worker is no longer ready (or gone)."""

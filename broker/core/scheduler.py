@@ -189,16 +189,21 @@ class PoolScheduler:
         if worker is not None and task_id in worker.held:
             was_ready = worker.ready
             worker.held.discard(task_id)
-            self._placed_by.pop(task_id, None)
+            if self._placed_by:
+                self._placed_by.pop(task_id, None)
             self._untype(task_id)
-            grouped = self._group_of.pop(task_id, None)
-            if grouped is not None:
-                group, hard = grouped
-                _decrement(worker.groups, group)
-                if hard:
-                    _decrement(worker.hard_groups, group)
-                self._recheck.update(worker.task_types)
-            self._reindex(worker, was_ready)
+            if self._group_of:
+                grouped = self._group_of.pop(task_id, None)
+                if grouped is not None:
+                    group, hard = grouped
+                    _decrement(worker.groups, group)
+                    if hard:
+                        _decrement(worker.hard_groups, group)
+                    self._recheck.update(worker.task_types)
+            if was_ready:  # still ready, with one more slot free
+                self._ready.update(worker)
+            else:
+                self._reindex(worker, was_ready)
 
     def finish(
         self, task: Task, worker_id: WorkerId, *, queue_wait_s: float, run_s: float, success: bool
@@ -297,23 +302,27 @@ class PoolScheduler:
         ready = self._ready_by_type
         choose = self._ready.choose
         queue = self.queue
+        arms = self._arms
+        # Without bulkheads nothing but the worker's own credit stops a run of tasks.
+        limited = bool(self._type_limits) or bool(self.config.max_inflight)
         while self._pool_open() and (
             types := [t for t in queue.types_waiting() if ready.get(t) and self._type_open(t)]
         ):
             # These types all have a ready worker and room in their bulkhead until some
             # worker fills up or a bulkhead does.
             while (task := queue.pop(types)) is not None:
-                arm = self._arm_for(task)
-                if task.spec.placement.free:
-                    index = self._arms[arm].index(task.spec.task_type)
+                arm = 0 if len(arms) == 1 else self._arm_for(task)
+                hints = task.spec.placement
+                if hints.free:
+                    index = arms[arm].index(task.spec.task_type)
                     worker = index.pick(task)
                     if worker is None:  # held back for a busy worker
                         self._hold(task, index, decisions)
                         continue
-                    note = getattr(index, "note", "") or self._arms[arm].strategy
+                    note = getattr(index, "note", "") or arms[arm].strategy
                     decision = Decision(task, worker, note)
                 else:
-                    sticky = self._sticky(task) if task.spec.placement.sticky_key else None
+                    sticky = self._sticky(task) if hints.sticky_key else None
                     if sticky is None:
                         decision = choose(task, arm)
                         if (moved := self._key_moves.pop(task.id, None)) and decision.worker:
@@ -326,11 +335,8 @@ class PoolScheduler:
                         continue
                     worker = decision.worker
                 decisions.append(decision)
-                self._take(task, worker, arm)
-                if (
-                    not worker.ready
-                    or not self._type_open(task.spec.task_type)
-                    or not self._pool_open()
+                if not self._take(task, worker, arm) or (
+                    limited and (not self._type_open(task.spec.task_type) or not self._pool_open())
                 ):
                     break
         return decisions
@@ -356,23 +362,26 @@ class PoolScheduler:
             return 0
         return int((task.id * 2654435761) % 100 < self.config.ab_percent)
 
-    def _take(self, task: Task, worker: WorkerSlot, arm: int) -> None:
-        """The worker takes the task: its credit, groups, sticky key and indexes follow."""
-        worker.held.add(task.id)
-        self._type_of[task.id] = task.spec.task_type
-        self.inflight_by_type[task.spec.task_type] += 1
+    def _take(self, task: Task, worker: WorkerSlot, arm: int) -> bool:
+        """The worker takes the task: its credit, groups, sticky key and indexes follow.
+        Whether the worker is still ready."""
+        task_id, task_type = task.id, task.spec.task_type
+        worker.held.add(task_id)
+        self._type_of[task_id] = task_type
+        by_type = self.inflight_by_type
+        by_type[task_type] = by_type.get(task_type, 0) + 1
         self._arms[arm].stats.placed += 1
         self.arms_changed = True
         if arm:
-            self._placed_by[task.id] = arm
+            self._placed_by[task_id] = arm
         hints = task.spec.placement
         if group := hints.anti_affinity_group:
-            self._group_of[task.id] = (group, not hints.anti_affinity_soft)
+            self._group_of[task_id] = (group, not hints.anti_affinity_soft)
             worker.groups[group] += 1
             if not hints.anti_affinity_soft:
                 worker.hard_groups[group] += 1
         if key := hints.sticky_key:
-            self._sticky_since.pop(task.id, None)
+            self._sticky_since.pop(task_id, None)
             if self.sticky.get(key) == worker.worker_id:
                 self.sticky_hits += 1
                 self.sticky[key] = self.sticky.pop(key)  # now the most recently used
@@ -383,8 +392,9 @@ class PoolScheduler:
                 self._evict_sticky()
         if worker.ready:
             self._ready.update(worker)
-        else:
-            self._ready.remove(worker)
+            return True
+        self._ready.remove(worker)
+        return False
 
     # Sticky keys and parked tasks ----------------------------------------------------
 

@@ -312,3 +312,38 @@ def test_the_bound_holds_for_other_epsilons(epsilon: float) -> None:
     for i, key in enumerate(KEYS[:3000]):
         pool.place(task(i, key))
     assert max(len(w.held) for w in workers) <= math.ceil((1 + epsilon) * 3000 / n)
+
+
+@given(
+    batches=st.lists(st.integers(min_value=1, max_value=12), min_size=1, max_size=8),
+    prune_at=st.integers(min_value=0, max_value=8),
+)
+@settings(max_examples=40, deadline=None)
+def test_the_ring_in_blocks_keeps_every_point_in_order(batches: list[int], prune_at: int) -> None:
+    # Small blocks, so that joins insert into blocks and split them, and a first join
+    # (or a big one) rebuilds the ring; the walk from any point must meet every point
+    # clockwise, in (point, slot) order, as one sorted list would.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("broker.core.strategies.hashing.RING_BLOCK", 3)
+        clock = FakeClock()
+        strategy = ConsistentHash(env(clock=clock), vnodes=5, prune_after_s=10.0)
+        workers = []
+        for batch, size in enumerate(batches):
+            for i in range(size):
+                workers.append(slot(f"w{batch}-{i}"))
+                strategy.add(workers[-1])
+            if batch == prune_at and len(workers) > 2:
+                strategy.remove(workers[0])
+                clock.advance(11.0)
+                strategy.remove(workers[1])  # prunes the first
+            assert strategy.pick(task(batch)) is not None  # the joins reach the ring
+    members = [w for w in workers if w.worker_id in strategy._points_of]
+    expected = sorted(
+        (point, strategy._slot_of[w.worker_id])
+        for w in members
+        for point in strategy._points_of[w.worker_id]
+    )
+    for start in (0, expected[len(expected) // 2][0], expected[-1][0] + 1):
+        walked = list(strategy._walk(start))
+        first = next((i for i, (point, _) in enumerate(expected) if point >= start), 0)
+        assert walked == [s for _, s in expected[first:] + expected[:first]]

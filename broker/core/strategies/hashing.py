@@ -21,6 +21,11 @@ marks it not ready, in O(1); its points are pruned, in one O(ring) pass, once it
 not been ready for `prune_after_s`, and come back (the same points, always) if it is
 ready again. Pruning only makes walks shorter; it never changes a placement.
 
+The ring is kept in sorted blocks of at most `2 * RING_BLOCK` points, each block two
+compact arrays (points, and their owners' slot numbers), with each block's first
+point in a list for bisecting: a lookup bisects the short list, then one block, over
+machine integers rather than a million Python objects spread over the heap.
+
 A task with no routing key is placed by the same walk from the hash of its id, so
 keyless work spreads over the ring under the same load bound.
 
@@ -28,20 +33,22 @@ The bound is relative: while the ready workers hold fewer tasks than there are o
 them, it is one task each, so concurrent tasks of one key spread out; a key's tasks
 that come one at a time, or into a busy pool, stay on its worker.
 
-Cost of `pick`: a bisect, then a walk of about n / r ring points for n ring members
+Cost of `pick`: two bisects, then a walk of about n / r ring points for n ring members
 of which r are ready, plus the over-bound workers it passes (O(1/e^2) expected, per
-the paper); it checks each worker's bound at most once. A worker joining costs one
-O(ring) merge at the next pick. `rank` is O(a log a) for `a` allowed workers.
+the paper); it checks each worker's bound at most once. A worker joining inserts its
+points into their blocks at the next pick, O(vnodes * (log ring + RING_BLOCK)); when
+more join at once than the ring holds already, the ring is rebuilt in one sort.
+`rank` is O(a log a) for `a` allowed workers.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import math
-from bisect import bisect_left
+from array import array
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import ClassVar
 
 from broker.core.strategies._base import Outcome, StrategyEnv, WorkerSlot, default_env
@@ -50,6 +57,7 @@ from broker.domain import Task, WorkerId
 RING_SIZE = 1 << 64
 _SLOT_BITS = 32  # a ring entry is (point << _SLOT_BITS) | the owner's slot number
 _SLOT_MASK = (1 << _SLOT_BITS) - 1
+RING_BLOCK = 512  # ring points per block; a block splits past twice this
 
 
 def ring_point(text: str) -> int:
@@ -86,14 +94,20 @@ class ConsistentHash:
         self._env = env or default_env()
         self._vnodes = vnodes
         self._prune_after_s = prune_after_s
-        # The ring: sorted ints, each a point and the slot number of the worker that
-        # owns it (ints sort in C, about 50x faster than (point, id) tuples). Points of
-        # workers that joined since the last pick wait in `_joining`, merged in one sort.
-        self._ring: list[int] = []
+        # The ring, in sorted blocks: each block's points, the slot numbers of the
+        # workers that own them, and each block's first point. Points of workers that
+        # joined since the last pick wait in `_joining` as ints (point << _SLOT_BITS |
+        # slot), so that they sort as (point, slot) pairs.
+        self._points: list[array[int]] = []
+        self._slots: list[array[int]] = []
+        self._firsts: list[int] = []
+        self._size = 0
         self._joining: list[int] = []
         self._slot_of: dict[WorkerId, int] = {}  # every worker ever seen, by join order
         self._owners: list[WorkerId] = []  # ... and back
-        self._points_of: dict[WorkerId, list[int]] = {}  # each ring member's sorted points
+        self._ready_at: list[WorkerSlot | None] = []  # by slot number: the ready ones
+        # Each ring member's sorted points, in an array (8 bytes a point).
+        self._points_of: dict[WorkerId, array[int]] = {}
         self._ready: dict[WorkerId, WorkerSlot] = {}
         # What each ready worker adds to the totals below, as of its last add/update.
         self._counted: dict[WorkerId, tuple[int, int]] = {}
@@ -114,12 +128,14 @@ class ConsistentHash:
         self._idle.pop(worker_id, None)
         if worker_id not in self._points_of:
             self._join(worker_id)
+        self._ready_at[self._slot_of[worker_id]] = worker
         self._prune()
 
     def remove(self, worker: WorkerSlot) -> None:
         worker_id = worker.worker_id
         if self._ready.pop(worker_id, None) is None:
             return
+        self._ready_at[self._slot_of[worker_id]] = None
         self._uncount(worker_id)
         self._idle[worker_id] = self._env.clock.now()
         self._prune()
@@ -147,16 +163,13 @@ class ConsistentHash:
         if not ready:
             return None
         if self._joining:
-            self._ring += self._joining
-            self._ring.sort()
-            self._joining.clear()
-        ring, owners = self._ring, self._owners
-        start = bisect_left(ring, task_point(task) << _SLOT_BITS)
+            self._merge_joining()
+        ready_at = self._ready_at
         first: WorkerSlot | None = None
-        rejected: set[WorkerId] = set()
-        for i in itertools.chain(range(start, len(ring)), range(start)):
-            worker = ready.get(owners[ring[i] & _SLOT_MASK])
-            if worker is None or worker.worker_id in rejected:
+        rejected: set[int] = set()  # slot numbers
+        for slot in self._walk(task_point(task)):
+            worker = ready_at[slot]
+            if worker is None or slot in rejected:
                 continue
             if self._under_bound(worker):
                 if first is None:
@@ -169,7 +182,7 @@ class ConsistentHash:
                 return worker
             if first is None:
                 first = worker
-            rejected.add(worker.worker_id)
+            rejected.add(slot)
             if len(rejected) == len(ready):
                 break
         if first is not None:
@@ -185,7 +198,7 @@ class ConsistentHash:
         point = task_point(task)
 
         def distance(worker: WorkerSlot) -> tuple[int, int]:
-            points = self._points_of.get(worker.worker_id)
+            points: Sequence[int] | None = self._points_of.get(worker.worker_id)
             if points is None:
                 points = worker_points(worker.worker_id, self._vnodes)
             i = bisect_left(points, point)
@@ -216,14 +229,76 @@ class ConsistentHash:
         self._held_total -= held
         self._capacity_total -= capacity
 
+    def _walk(self, point: int) -> Iterator[int]:
+        """The slot numbers of the ring's points clockwise from `point`, once round."""
+        firsts = self._firsts
+        if not firsts:
+            return
+        start = max(bisect_left(firsts, point) - 1, 0)
+        offset = bisect_left(self._points[start], point)
+        blocks = self._slots
+        count = len(blocks)
+        yield from blocks[start][offset:]  # a slice of an array: a copy in C
+        for b in range(start + 1, count):
+            yield from blocks[b]
+        for b in range(start):
+            yield from blocks[b]
+        yield from blocks[start][:offset]
+
+    def _merge_joining(self) -> None:
+        """Put the points that wait in `_joining` on the ring: into their blocks, or,
+        when they outnumber the ring's, by rebuilding it in one sort."""
+        joining = sorted(self._joining)
+        self._joining.clear()
+        if len(joining) >= self._size:
+            self._rebuild([*self._entries(), *joining])
+            return
+        points, slots, firsts = self._points, self._slots, self._firsts
+        for entry in joining:
+            point, slot = entry >> _SLOT_BITS, entry & _SLOT_MASK
+            b = max(bisect_right(firsts, point) - 1, 0)
+            block, owners = points[b], slots[b]
+            i = bisect_left(block, point)
+            while i < len(block) and block[i] == point and owners[i] < slot:
+                i += 1  # equal points (vanishingly rare) in slot order, as the ints sort
+            block.insert(i, point)
+            owners.insert(i, slot)
+            if i == 0:
+                firsts[b] = point
+            if len(block) > 2 * RING_BLOCK:
+                points[b : b + 1] = [block[:RING_BLOCK], block[RING_BLOCK:]]
+                slots[b : b + 1] = [owners[:RING_BLOCK], owners[RING_BLOCK:]]
+                firsts[b : b + 1] = [block[0], block[RING_BLOCK]]
+        self._size += len(joining)
+
+    def _entries(self) -> list[int]:
+        """The ring's points as ints (point << _SLOT_BITS | slot), in ring order."""
+        return [
+            point << _SLOT_BITS | slot
+            for block, owners in zip(self._points, self._slots, strict=True)
+            for point, slot in zip(block, owners, strict=True)
+        ]
+
+    def _rebuild(self, entries: list[int]) -> None:
+        """Make the ring's blocks from these entries (ints as in `_entries`)."""
+        entries.sort()
+        self._points, self._slots, self._firsts = [], [], []
+        for b in range(0, len(entries), RING_BLOCK):
+            chunk = entries[b : b + RING_BLOCK]
+            self._points.append(array("Q", [entry >> _SLOT_BITS for entry in chunk]))
+            self._slots.append(array("I", [entry & _SLOT_MASK for entry in chunk]))
+            self._firsts.append(chunk[0] >> _SLOT_BITS)
+        self._size = len(entries)
+
     def _join(self, worker_id: WorkerId) -> None:
-        """Put a worker's points on the ring, at the next pick: O(ring) then, as timsort
-        merges the sorted runs, and once for all the workers that joined meanwhile."""
+        """Put a worker's points on the ring, at the next pick (see `_merge_joining`)."""
         slot = self._slot_of.get(worker_id)
         if slot is None:
             slot = self._slot_of[worker_id] = len(self._owners)
             self._owners.append(worker_id)
-        points = self._points_of[worker_id] = worker_points(worker_id, self._vnodes)
+            self._ready_at.append(None)
+        points = worker_points(worker_id, self._vnodes)
+        self._points_of[worker_id] = array("Q", points)
         self._joining += [point << _SLOT_BITS | slot for point in points]
 
     def _prune(self) -> None:
@@ -239,5 +314,5 @@ class ConsistentHash:
             stale.add(worker_id)
         if stale:
             slots = {self._slot_of[worker_id] for worker_id in stale}
-            self._ring = [e for e in self._ring if e & _SLOT_MASK not in slots]
+            self._rebuild([e for e in self._entries() if e & _SLOT_MASK not in slots])
             self._joining = [e for e in self._joining if e & _SLOT_MASK not in slots]

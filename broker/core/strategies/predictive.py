@@ -27,6 +27,7 @@ import heapq
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import ClassVar
 
 from broker.core.runtimes import worker_class
@@ -49,8 +50,6 @@ class _WorkerClass:
     labels: Mapping[str, str]
     size: int = 0
     heap: list[tuple[float, int, int, WorkerId]] = field(default_factory=list)
-    # The top's expected run time: (its version, the model's version, task type, run time).
-    top_run: tuple[int, int, str, float] | None = None
 
 
 @dataclass(slots=True)
@@ -88,7 +87,20 @@ class Predictive:
         self._class_of: dict[WorkerId, str] = {}  # label set of every worker seen
         self._priors: dict[str, float] = {}  # by label set, for one model version and type
         self._priors_of: tuple[int, str] = (-1, "")
+        # Each worker's estimate, for the same model version and type as the priors,
+        # until it learns more.
+        self._estimates: dict[WorkerId, float] = {}
         self._task_type = ""  # of the tasks it places (one index per type)
+        # The top of each label set: (expected run time, tasks held, version, worker),
+        # estimated for one model version and task type (`_tops_of`) and kept until a
+        # worker of the set changes (`_stale_tops`), so a pick weighs the sets' tops in
+        # one `min` and re-estimates only those that changed.
+        self._tops: dict[str, tuple[float, int, int, WorkerSlot]] = {}
+        self._tops_of: tuple[int, str] = (-1, "")
+        self._stale_tops: set[str] = set()
+        # A subclass that weighs other candidates (the simulator's oracle) goes through
+        # them one by one.
+        self._by_tops = type(self)._candidates is Predictive._candidates
 
     # The index of ready workers ------------------------------------------------
 
@@ -114,6 +126,10 @@ class Predictive:
             bucket.size -= 1
             if not bucket.size:
                 del self._classes[member[2]]
+                self._tops.pop(member[2], None)
+                self._stale_tops.discard(member[2])
+            else:
+                self._stale_tops.add(member[2])
         if worker.free <= 0 and not worker.draining and not worker.paused:
             self._busy[worker.worker_id] = worker  # full: it may be worth waiting for
         else:
@@ -125,6 +141,7 @@ class Predictive:
         worker_id = worker.worker_id
         self._busy.pop(worker_id, None)
         self._learned.pop(worker_id, None)
+        self._estimates.pop(worker_id, None)
         self._class_of.pop(worker_id, None)
         for task_id in list(self._held_for.pop(worker_id, {})):
             self._holds.pop(task_id, None)
@@ -143,6 +160,7 @@ class Predictive:
             if learned is None:
                 learned = self._learned[worker.worker_id] = RunStats()
             learned.add(outcome.run_s)
+            self._estimates.pop(worker.worker_id, None)
         if worker.worker_id in self._members:
             self._push(self._members[worker.worker_id][0])
         elif worker_id is not None and worker_id in self._members:
@@ -156,14 +174,23 @@ class Predictive:
     def estimate(self, task_type: str, worker: WorkerSlot) -> float:
         """Expected run time of a task of this type on the worker: its own mean shrunk
         towards the prior, by PRIOR_WEIGHT x (1 + squared coefficient of variation)."""
+        if (self._env.runtimes.version, task_type) != self._priors_of:
+            self._prior(task_type, worker)  # starts afresh for this model version and type
+            self._estimates.clear()
+        estimate = self._estimates.get(worker.worker_id)
+        if estimate is not None:
+            return estimate
         prior = self._prior(task_type, worker)
         learned = self._learned.get(worker.worker_id)
         if learned is None or not learned.count:
-            return prior
-        mean = learned.mean_s
-        spread = learned.variance / (mean * mean) if mean > 0 else 0.0
-        weight = PRIOR_WEIGHT * (1.0 + spread)
-        return (learned.count * mean + weight * prior) / (learned.count + weight)
+            estimate = prior
+        else:
+            mean = learned.mean_s
+            spread = learned.variance / (mean * mean) if mean > 0 else 0.0
+            weight = PRIOR_WEIGHT * (1.0 + spread)
+            estimate = (learned.count * mean + weight * prior) / (learned.count + weight)
+        self._estimates[worker.worker_id] = estimate
+        return estimate
 
     def _prior(self, task_type: str, worker: WorkerSlot) -> float:
         """What the pool predicts for the worker's label set, cached until it learns."""
@@ -225,16 +252,7 @@ class Predictive:
 
     def pick(self, task: Task) -> WorkerSlot | None:
         self._task_type = task.spec.task_type
-        best: tuple[float, int, int, WorkerSlot] | None = None
-        runner_up: tuple[float, WorkerSlot] | None = None
-        for worker, run_s, version in self._candidates(task):
-            key = (run_s, len(worker.held), version)
-            if best is None or key < best[:3]:
-                if best is not None:
-                    runner_up = (best[0], best[3])
-                best = (*key, worker)
-            elif runner_up is None or key[0] < runner_up[0]:
-                runner_up = (key[0], worker)
+        best, runner_up = self._best_two(task) if self._by_tops else self._best_of_all(task)
         if best is None:
             return None
         finish_s, worker = best[0], best[3]
@@ -337,31 +355,69 @@ class Predictive:
                     del self._held_for[hold.worker_id]
         return hold
 
+    def _best_of_all(
+        self, task: Task
+    ) -> tuple[tuple[float, int, int, WorkerSlot] | None, tuple[float, WorkerSlot] | None]:
+        """The best candidate, by (expected run time, tasks held, version), and the
+        runner-up's expected run time and worker, going through every candidate."""
+        best: tuple[float, int, int, WorkerSlot] | None = None
+        runner_up: tuple[float, WorkerSlot] | None = None
+        for worker, run_s, version in self._candidates(task):
+            key = (run_s, len(worker.held), version)
+            if best is None or key < best[:3]:
+                if best is not None:
+                    runner_up = (best[0], best[3])
+                best = (*key, worker)
+            elif runner_up is None or key[0] < runner_up[0]:
+                runner_up = (key[0], worker)
+        return best, runner_up
+
+    def _best_two(
+        self, task: Task
+    ) -> tuple[tuple[float, int, int, WorkerSlot] | None, tuple[float, WorkerSlot] | None]:
+        """`_best_of_all` over the label sets' tops: O(label sets) in C, plus an estimate
+        for each set that changed since the last pick."""
+        self._refresh_tops(task)
+        tops = self._tops
+        if not tops:
+            return None, None
+        if len(tops) == 1:
+            return next(iter(tops.values())), None
+        others = list(tops.values())
+        best = min(others)
+        others.remove(best)
+        second = min(others, key=_run_time)
+        return best, (second[0], second[3])
+
+    def _refresh_tops(self, task: Task) -> None:
+        """Re-estimate the tops of the label sets that changed (all of them once the
+        model learns or the task type differs)."""
+        stale = self._stale_tops
+        seen = (self._env.runtimes.version, task.spec.task_type)
+        if seen != self._tops_of:
+            self._tops_of = seen
+            self._tops.clear()
+            stale.update(self._classes)
+        if not stale:
+            return
+        tops = self._tops
+        for name in stale:
+            bucket = self._classes.get(name)
+            worker = self._top(bucket) if bucket is not None else None
+            if worker is None:
+                tops.pop(name, None)
+            else:
+                version = self._members[worker.worker_id][1]
+                tops[name] = (self._run_s(task, worker), len(worker.held), version, worker)
+        stale.clear()
+
     def _candidates(self, task: Task) -> Iterator[tuple[WorkerSlot, float, int]]:
         """The ready workers worth weighing, the top of each label set: each with the
         task's expected run time there and its version. A top's estimate is kept until
         it or the model changes."""
-        model = self._env.runtimes.version
-        task_type = task.spec.task_type
-        members = self._members
-        for bucket in self._classes.values():
-            heap = bucket.heap
-            while heap:
-                worker_id = heap[0][3]
-                member = members.get(worker_id)
-                if member is not None and member[1] == heap[0][2]:
-                    break
-                heapq.heappop(heap)
-            else:
-                continue
-            worker, version, _ = member
-            cached = bucket.top_run
-            if cached is not None and cached[:3] == (version, model, task_type):
-                yield worker, cached[3], version
-            else:
-                run_s = self._run_s(task, worker)
-                bucket.top_run = (version, model, task_type, run_s)
-                yield worker, run_s, version
+        self._refresh_tops(task)
+        for run_s, _, version, worker in self._tops.values():
+            yield worker, run_s, version
 
     def _next_in_class(self, task: Task, worker: WorkerSlot) -> tuple[float, WorkerSlot] | None:
         """For the note: a worker of the same label set near the top of its heap."""
@@ -404,9 +460,16 @@ class Predictive:
         version = next(self._tick)
         self._members[worker_id] = (worker, version, name)
         bucket = self._classes[name]
+        self._stale_tops.add(name)
         heapq.heappush(bucket.heap, self._key(worker, version))
         if len(bucket.heap) > 4 * bucket.size + 64:
-            bucket.heap = [self._key(w, v) for wid, (w, v, n) in self._members.items() if n == name]
+            # Each member of the set has one current entry here: re-key those alone.
+            members = self._members
+            bucket.heap = [
+                self._key(member[0], version)
+                for _, _, version, member_id in bucket.heap
+                if (member := members.get(member_id)) is not None and member[1] == version
+            ]
             heapq.heapify(bucket.heap)
 
     def _placing(self, task: Task, worker: WorkerSlot, run_s: float, now: float) -> None:
@@ -437,3 +500,6 @@ class Predictive:
         if on and len(on) > len(worker.held):
             for task_id in [t for t in on if t not in worker.held]:
                 self._forget(task_id)
+
+
+_run_time = itemgetter(0)  # of a label set's top

@@ -119,7 +119,7 @@ def metrics_history(
         typer.Option(
             "--bucket",
             metavar="DURATION",
-            parser=_parse.parse_whole_seconds,
+            parser=_parse.parse_bucket,
             help="Merge the rows into buckets this wide, e.g. 5m or 1h (default: as stored, "
             "1m, or 1h once compacted).",
         ),

@@ -41,7 +41,11 @@ def tasks_list(
     limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many.")] = 100,
     before: Annotated[
         str | None,
-        typer.Option(metavar="ID", help="Next page: only tasks older than this id."),
+        typer.Option(
+            metavar="ID",
+            callback=_parse.task_id,
+            help="Next page: only tasks older than this id.",
+        ),
     ] = None,
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,

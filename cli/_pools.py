@@ -234,9 +234,10 @@ def pools_recommend(
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
-    """Recommend a worker count per pool for a target queue wait: the broker forecasts
-    each pool's arrival rate from its history and sizes it as an M/M/c queue (Erlang C).
-    Prints a row per pool, then the reasoning behind each."""
+    """Recommend a worker count per pool for a target queue wait.
+
+    The broker forecasts each pool's arrival rate from its history and sizes it as an
+    M/M/c queue (Erlang C). Prints a row per pool, then the reasoning behind each."""
     from cli._observe import show_recommendations
 
     with connect(broker) as client:

@@ -58,11 +58,12 @@ def stats(
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
-    """Show the broker's state and per pool: task counts (unschedulable and delayed
-    included), capacity, live figures over the last minute (throughput, queue wait and run
-    time p50/p99, oldest pending task) and sticky hit rate; then the pools' limits and
-    flow-control counters, their bulkheads, each strategy's placements and the learned run
-    times."""
+    """Show task counts and live figures per pool.
+
+    Per pool: task counts (unschedulable and delayed included), capacity, live figures
+    over the last minute (throughput, queue wait and run time p50/p99, oldest pending
+    task) and sticky hit rate; then the pools' limits and flow-control counters, their
+    bulkheads, each strategy's placements and the learned run times."""
     for flag, value in (("--interval", interval), ("--count", count)):
         if value is not None and not watch:
             raise typer.BadParameter("needs --watch", param_hint=f"'{flag}'")
@@ -134,8 +135,10 @@ def metrics_history(
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
-    """Show the metrics history, oldest first: per bucket, the tasks submitted, completed
-    and failed, and the queue wait and run time (mean, p50, p99) of those completed."""
+    """Show the metrics history, oldest first.
+
+    Per bucket: the tasks submitted, completed and failed, and the queue wait and run
+    time (mean, p50, p99) of those completed."""
     from cli._observe import show_metrics_history
 
     start = None if since is None else _parse.time_or_duration(since, "--since")
@@ -163,8 +166,9 @@ def config_reload(
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
-    """Make the broker re-read its config file and apply what changed in its pools (as
-    SIGHUP does); print the changes, or "no changes"."""
+    """Re-read the broker's config file and apply what changed in its pools.
+
+    The same as SIGHUP; prints the changes, or "no changes"."""
     from cli._observe import show_config_reload
 
     with connect(broker) as client:
@@ -182,9 +186,10 @@ def config_history(
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
-    """The audited changes of pool settings, newest first: when, who asked, through what
-    (create_pool, update_pool, reload), and what changed; JSON has the settings before and
-    after."""
+    """Show the audited changes of pool settings, newest first.
+
+    When, who asked, through what (create_pool, update_pool, reload), and what changed;
+    JSON has the settings before and after."""
     from cli._observe import show_config_changes
 
     with connect(broker) as client:

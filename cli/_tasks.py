@@ -164,8 +164,10 @@ def tasks_purge(
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
-    """Delete finished tasks, with their payloads, results and idempotency keys. Tasks
-    that have not finished are never deleted. Prints how many were deleted."""
+    """Delete finished tasks; print how many were deleted.
+
+    A task goes with its payload, result and idempotency key. Tasks that have not
+    finished are never deleted."""
     states = tuple(TaskState(s.value) for s in state or ())
     with connect(broker) as client:
         deleted = client.purge_tasks(pool=pool, older_than=older_than or 0.0, states=states)

@@ -96,8 +96,10 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """Run the broker until SIGTERM or SIGINT, then shut down gracefully; on SIGHUP,
-    re-read the config file and apply what changed in its pools.
+    """Run the broker.
+
+    It runs until SIGTERM or SIGINT, then shuts down gracefully; on SIGHUP, it re-reads
+    the config file and applies what changed in its pools.
 
     Settings come from the config file, then TASKBROKER_* environment variables
     (e.g. TASKBROKER_PORT=6000, TASKBROKER_LOG_FORMAT=json), then these flags.
@@ -221,7 +223,9 @@ def health(
     ] = "",
     timeout: Annotated[float, typer.Option(min=0.1, metavar="SECONDS")] = 3.0,
 ) -> None:
-    """Exit 0 if the broker's gRPC health service says SERVING (for container health checks)."""
+    """Exit 0 if the broker is serving (for container health checks).
+
+    Serving: the broker's gRPC health service says SERVING."""
     from cli._health import check
 
     status = check(broker, service, timeout)
@@ -234,7 +238,9 @@ def health(
 def demo(
     tasks: Annotated[int, typer.Option(min=1, max=5000, help="How many tasks to submit.")] = 300,
 ) -> None:
-    """Start a broker and two workers in a temporary directory, run tasks, show the result."""
+    """Run a broker, two workers and some tasks; show the result.
+
+    All in a temporary directory, removed afterwards."""
     from cli.demo import run_demo
 
     run_demo(tasks)

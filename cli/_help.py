@@ -26,8 +26,11 @@ def tidy(command: Any) -> None:
 
 def rewrap(text: str) -> str:
     """Join the lines of each paragraph (paragraphs are split by a blank line); a
-    paragraph that starts with a \\b line keeps its lines, as click has it."""
+    paragraph that starts with a \\b line (a table, say) keeps its lines, as in click,
+    and loses the \\b line, which the help's renderer would show as a blank line."""
     return "\n\n".join(
-        p if p.startswith("\b") else " ".join(line.strip() for line in p.splitlines())
+        p.removeprefix("\b").lstrip("\n")
+        if p.startswith("\b")
+        else " ".join(line.strip() for line in p.splitlines())
         for p in inspect.cleandoc(text).split("\n\n")
     )

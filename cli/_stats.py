@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cli import _parse
-from cli._common import BrokerOption, OutputOption, connect
+from cli._common import BrokerOption, OutputOption, WideOption, connect
 from cli._output import OutputFormat
 from cli._output_pools import show_stats
 from worker_sdk import DEFAULT_ADDRESS
@@ -55,15 +55,27 @@ def stats(
             help="With --watch: stop after N refreshes.",
         ),
     ] = None,
+    wide: WideOption = False,
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
     """Show task counts and live figures per pool.
 
-    Per pool: task counts (unschedulable and delayed included), capacity, live figures
-    over the last minute (throughput, queue wait and run time p50/p99, oldest pending
-    task) and sticky hit rate; then the pools' limits and flow-control counters, their
-    bulkheads, each strategy's placements and the learned run times."""
+    \b
+    The columns (those marked * with --wide only):
+      POOL, STRATEGY*     the pool and the strategy placing its tasks
+      PENDING             tasks waiting: UNSCHEDULABLE* (no connected worker can take
+                          them) and DELAYED* (held back until a time) included
+      ACTIVE              tasks a worker holds (assigned or running)
+      SUCCEEDED, FAILED   finished tasks; CANCELLED* and DEAD LETTER* too
+      WORKERS, CAPACITY*  connected workers, and the tasks they can hold at once
+      THROUGHPUT          tasks finished per second over the last minute
+      WAIT P50 / P99      queue wait over the last minute; RUN P50 / P99* the run time
+      OLDEST PENDING*     how long the oldest waiting task has waited
+      STICKY HITS*        the share of sticky tasks placed on their worker
+
+    With --wide, then the pools' limits and flow-control counters, their bulkheads, each
+    strategy's placements and the learned run times."""
     for flag, value in (("--interval", interval), ("--count", count)):
         if value is not None and not watch:
             raise typer.BadParameter("needs --watch", param_hint=f"'{flag}'")
@@ -78,12 +90,13 @@ def stats(
             watch_stats(
                 client.stats,
                 output,
+                wide=wide,
                 interval=DEFAULT_WATCH_INTERVAL_S if interval is None else interval,
                 count=count,
             )
             return
         result = client.stats()
-    show_stats(result, output)
+    show_stats(result, output, wide=wide)
 
 
 @metrics_app.command("history")

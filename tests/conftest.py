@@ -12,6 +12,13 @@ from broker import Broker
 from tests.support.config import make_config
 
 
+@pytest.fixture(autouse=True)
+def _no_terminal_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables as piped output has them: COLUMNS (which pytest-xdist's workers have) would
+    narrow them."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
 @pytest.fixture
 async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
     async with Broker(make_config(tmp_path)) as running:

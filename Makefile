@@ -9,7 +9,7 @@ NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 BUF := $(NODE_DIR)/node_modules/.bin/buf
 SUDO := $(if $(shell command -v sudo),sudo)
 
-.PHONY: install protos lock lint format test demo bench bench-quick bench-compare clean
+.PHONY: install protos lock lint format test test-fast demo bench bench-quick bench-compare clean
 
 install: $(STAMP) $(NODE_STAMP)
 
@@ -50,8 +50,14 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# On two processes: every test has its own ports (0), directories and databases.
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
+
+# Without the slow tests (the ones that run taskbroker processes for seconds); CI and
+# make test run them all.
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -n 2 -m "not slow"
 
 demo: $(STAMP)
 	$(BIN)/taskbroker demo

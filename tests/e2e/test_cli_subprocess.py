@@ -25,6 +25,9 @@ from tests.support.cli_processes import (
 )
 from worker_sdk import SyncClient
 
+# Real processes for seconds: make test runs it, make test-fast skips it.
+pytestmark = pytest.mark.slow
+
 
 @dataclass
 class Cluster:

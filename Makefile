@@ -11,7 +11,7 @@ SUDO := $(if $(shell command -v sudo),sudo)
 # The dashboard's browser tests drive Debian's Chromium (Playwright's own download is not used).
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install protos lock lint format test demo bench bench-quick bench-compare bench-postgres clean postgres
+.PHONY: install protos lock lint format test test-fast demo bench bench-quick bench-compare bench-postgres clean postgres
 
 install: $(STAMP) $(NODE_STAMP) $(CHROMIUM)
 
@@ -55,8 +55,14 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# On two processes: every test has its own ports (0), directories and databases.
 test: lint $(CHROMIUM) postgres
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
+
+# Without the slow tests (the ones that run taskbroker processes for seconds); CI and
+# make test run them all.
+test-fast: $(STAMP) $(CHROMIUM) postgres
+	$(BIN)/pytest -q -n 2 -m "not slow"
 
 # The tests start a private PostgreSQL server (tests/support/postgres.py); install its
 # programs from the system's packages when they are missing.

@@ -33,6 +33,7 @@ from broker.http import (
 )
 from broker.observability import tracing
 from broker.observability.exporters import ServingMeterProvider, meter_provider
+from broker.observability.logs import TaskLog
 from broker.observability.metrics import BrokerMetrics
 from broker.observability.rollups import MetricsHistory
 from broker.runtime.engine import Engine
@@ -153,6 +154,7 @@ class Broker:
             engine.ownership = self._node
         history = self._history = MetricsHistory.from_config(config, self._store, self._clock)
         engine.observers.add(history)
+        engine.observers.add(TaskLog())
         if tracer is not None:
             engine.observers.add(tracing.TracingObserver(tracer))
         if self._meter_provider is not None:

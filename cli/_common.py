@@ -28,6 +28,14 @@ BrokerOption = Annotated[
         help="Address of the broker.",
     ),
 ]
+WideOption = Annotated[
+    bool,
+    typer.Option(
+        "--wide",
+        help="Every column; by default a table shows the columns that fit 80 columns.",
+    ),
+]
+
 OutputOption = Annotated[
     OutputFormat,
     typer.Option(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -34,6 +35,31 @@ def _one_line(message: str) -> str:
     return " ".join(message.split()) or "unknown error"
 
 
+# The command-line parser's own wording for numbers it checks (types, min= and max=), in
+# the project's: "must be ...", as the checks of cli/_parse.py word theirs.
+_PARSER_WORDING: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), replacement)
+    for pattern, replacement in (
+        (r"Input should be greater than or equal to (\S+)", r"must be \1 or more"),
+        (r"Input should be less than or equal to (\S+)", r"must be at most \1"),
+        (r"Input should be greater than (\S+)", r"must be more than \1"),
+        (r"Input should be less than (\S+)", r"must be less than \1"),
+        (r"Input should be a valid integer(, [^.]*)?\.?", "must be a whole number"),
+        (r"Input should be a valid number(, [^.]*)?\.?", "must be a number"),
+        (r"'([^']*)' is not a valid integer\.?", r"must be a whole number, got '\1'"),
+        (r"'([^']*)' is not a valid float\.?", r"must be a number, got '\1'"),
+        (r"(\S+) is not in the range ([^.]*)\.?", r"must be in the range \2, got \1"),
+    )
+)
+
+
+def project_wording(message: str) -> str:
+    """A parser's message about a value, worded as the project words its own."""
+    for pattern, replacement in _PARSER_WORDING:
+        message = pattern.sub(replacement, message)
+    return message
+
+
 def _describe(exc: BaseException) -> str:
     return str(exc).strip() or type(exc).__name__
 
@@ -55,6 +81,9 @@ class OneLineErrorGroup(typer.core.TyperGroup):
         windows_expand_args: bool = True,
         **extra: Any,
     ) -> Any:
+        from cli._help import tidy
+
+        tidy(self)
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         try:
@@ -64,7 +93,7 @@ class OneLineErrorGroup(typer.core.TyperGroup):
                 sys.exit(exc.exit_code)
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            fail(exc.format_message() + hint, exc.exit_code)
+            fail(project_wording(exc.format_message()) + hint, exc.exit_code)
         except typer.Abort:
             fail("aborted")
         except CliError as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import enum
 import json
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -153,8 +154,10 @@ def print_json_line(value: Any) -> None:
 
 def _console() -> Console:
     # Created per call: the CLI test runner swaps sys.stdout between invocations.
-    # Piped output is not wrapped at rich's default 80 columns, so grep sees whole rows.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 320)
+    # Piped output is not wrapped at rich's default 80 columns, so grep sees whole rows;
+    # COLUMNS, when set, is the width either way.
+    wide = not sys.stdout.isatty() and not os.environ.get("COLUMNS", "").strip()
+    return Console(highlight=False, width=320 if wide else None)
 
 
 def _when(moment: datetime | None, *, short: bool = False) -> str:
@@ -310,37 +313,56 @@ def _table(*columns: str, wrap: Iterable[str] = (), title: str | None = None) ->
     return table
 
 
+def _narrowed(
+    columns: Sequence[str], rows: Sequence[Sequence[Text | str]], keep: Iterable[str] | None
+) -> tuple[list[str], list[list[Text | str]]]:
+    """Only the columns in `keep` (None: all), in their order, and those cells of each row."""
+    if keep is None:
+        return list(columns), [list(row) for row in rows]
+    kept = set(keep)
+    index = [i for i, column in enumerate(columns) if column in kept]
+    return [columns[i] for i in index], [[row[i] for i in index] for row in rows]
+
+
 def _row(table: Table, cells: Iterable[Text | str]) -> None:
     # Text, not str: rich would read "[...]" in a task type or message as markup.
     table.add_row(*(c if isinstance(c, Text) else Text(c) for c in cells))
 
 
-def show_tasks(tasks: Sequence[TaskInfo], output: OutputFormat) -> None:
-    """Print a task listing."""
+TASK_COLUMNS = ("ID", "TYPE", "POOL", "PRI", "STATE", "TRIES", "WORKER", "CREATED")
+NARROW_TASK_COLUMNS = ("ID", "TYPE", "STATE", "TRIES", "CREATED")
+
+
+def show_tasks(tasks: Sequence[TaskInfo], output: OutputFormat, *, wide: bool = False) -> None:
+    """Print a task listing; all columns if `wide`, else NARROW_TASK_COLUMNS."""
     if output is OutputFormat.JSON:
         print_json([task_dict(t) for t in tasks])
         return
     if not tasks:
         typer.echo("no tasks")
         return
-    table = _table(
-        "ID", "TYPE", "POOL", "PRI", "STATE", "TRIES", "WORKER", "CREATED", wrap=["TYPE"]
+    columns, rows = _narrowed(
+        TASK_COLUMNS,
+        [_task_cells(t) for t in tasks],
+        None if wide else NARROW_TASK_COLUMNS,
     )
-    for t in tasks:
-        _row(
-            table,
-            [
-                t.id,
-                t.task_type,
-                t.pool,
-                str(t.priority),
-                _task_state(t),
-                str(t.attempts),
-                t.worker_id or "-",
-                _when(t.created_at, short=True),
-            ],
-        )
+    table = _table(*columns, wrap=["TYPE"])
+    for row in rows:
+        _row(table, row)
     _console().print(table)
+
+
+def _task_cells(t: TaskInfo) -> list[Text | str]:
+    return [
+        t.id,
+        t.task_type,
+        t.pool,
+        str(t.priority),
+        _task_state(t),
+        str(t.attempts),
+        t.worker_id or "-",
+        _when(t.created_at, short=True),
+    ]
 
 
 def show_task(task: TaskInfo, output: OutputFormat) -> None:
@@ -384,54 +406,65 @@ def show_task(task: TaskInfo, output: OutputFormat) -> None:
 
 
 def show_retried(tasks: Sequence[TaskInfo], output: OutputFormat) -> None:
-    """Print the tasks a retry sent back to their queue."""
+    """Print the tasks a retry sent back to their queue (every column: a retry lists few)."""
     if output is OutputFormat.TABLE and not tasks:
         typer.echo("no tasks retried")
     else:
-        show_tasks(tasks, output)
+        show_tasks(tasks, output, wide=True)
 
 
 def _with_encoding(text: str, encoding: str) -> str:
     return text if encoding == "utf-8" else f"{text} (base64)"
 
 
-def show_workers(workers: Sequence[WorkerInfo], output: OutputFormat) -> None:
-    """Print the connected workers."""
+WORKER_COLUMNS = (
+    "WORKER",
+    "POOL",
+    "IN FLIGHT",
+    "LOAD",
+    "TYPES",
+    "LABELS",
+    "CONNECTED",
+    "STATE",
+    "BREAKER",
+)
+NARROW_WORKER_COLUMNS = ("WORKER", "POOL", "IN FLIGHT", "LOAD", "STATE", "BREAKER")
+
+
+def show_workers(
+    workers: Sequence[WorkerInfo], output: OutputFormat, *, wide: bool = False
+) -> None:
+    """Print the connected workers; all columns if `wide`, else NARROW_WORKER_COLUMNS."""
     if output is OutputFormat.JSON:
         print_json([worker_dict(w) for w in workers])
         return
     if not workers:
         typer.echo("no workers connected")
         return
-    table = _table(
-        "WORKER",
-        "POOL",
-        "IN FLIGHT",
-        "LOAD",
-        "TYPES",
-        "LABELS",
-        "CONNECTED",
-        "STATE",
-        "BREAKER",
-        wrap=["TYPES", "LABELS"],
+    columns, rows = _narrowed(
+        WORKER_COLUMNS,
+        [_worker_cells(w) for w in workers],
+        None if wide else NARROW_WORKER_COLUMNS,
     )
-    for w in workers:
-        labels = _labels(w.labels.items()) or "-"
-        _row(
-            table,
-            [
-                w.worker_id,
-                w.pool,
-                f"{w.in_flight}/{w.capacity}",
-                f"{w.load:.2f}",
-                ",".join(sorted(w.task_types)),
-                labels,
-                _when(w.connected_at, short=True),
-                _worker_state(w),
-                _breaker(w),
-            ],
-        )
+    table = _table(*columns, wrap=["TYPES", "LABELS"])
+    for row in rows:
+        _row(table, row)
     _console().print(table)
+
+
+def _worker_cells(w: WorkerInfo) -> list[Text | str]:
+    labels = _labels(w.labels.items()) or "-"
+    return [
+        w.worker_id,
+        w.pool,
+        f"{w.in_flight}/{w.capacity}",
+        f"{w.load:.2f}",
+        ",".join(sorted(w.task_types)),
+        labels,
+        _when(w.connected_at, short=True),
+        _worker_state(w),
+        _breaker(w),
+    ]
 
 
 def _worker_state(worker: WorkerInfo) -> Text:

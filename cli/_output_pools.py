@@ -16,6 +16,7 @@ from cli._output import (
     OutputFormat,
     _age,
     _console,
+    _narrowed,
     _per_second,
     _percentiles,
     _row,
@@ -185,45 +186,53 @@ def _fairness(pool: PoolInfo) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(pool.fairness_weights.items())) or "-"
 
 
-def show_pools(pools: Sequence[PoolInfo], output: OutputFormat) -> None:
-    """Print the pools; a limit of 0 shows as "-" (none), max queue's as "default"."""
+POOL_COLUMNS = (
+    "POOL",
+    "STRATEGY",
+    "A/B",
+    "STICKY TIMEOUT",
+    "MAX IN FLIGHT",
+    "MAX QUEUE",
+    "RATE",
+    "CLIENT RATE",
+    "BREAKER",
+    "LEASE",
+    "BULKHEADS",
+    "FAIRNESS",
+)
+NARROW_POOL_COLUMNS = ("POOL", "STRATEGY", "A/B", "MAX IN FLIGHT", "MAX QUEUE")
+
+
+def show_pools(pools: Sequence[PoolInfo], output: OutputFormat, *, wide: bool = False) -> None:
+    """Print the pools; a limit of 0 shows as "-" (none), max queue's as "default". All
+    columns if `wide`, else NARROW_POOL_COLUMNS."""
     if output is OutputFormat.JSON:
         print_json([pool_dict(p) for p in pools])
         return
-    table = _table(
-        "POOL",
-        "STRATEGY",
-        "A/B",
-        "STICKY TIMEOUT",
-        "MAX IN FLIGHT",
-        "MAX QUEUE",
-        "RATE",
-        "CLIENT RATE",
-        "BREAKER",
-        "LEASE",
-        "BULKHEADS",
-        "FAIRNESS",
-        wrap=["BULKHEADS", "FAIRNESS"],
+    columns, rows = _narrowed(
+        POOL_COLUMNS, [_pool_cells(p) for p in pools], None if wide else NARROW_POOL_COLUMNS
     )
-    for p in pools:
-        _row(
-            table,
-            [
-                p.name,
-                p.strategy,
-                _ab_split(p),
-                _timeout(p.sticky_timeout_s),
-                _count(p.max_inflight),
-                _count(p.max_queue, "default"),
-                _pool_rate(p),
-                _client_rate(p),
-                _pool_breaker(p),
-                _timeout(p.lease_s) if p.lease_s else "-",
-                _bulkheads(p),
-                _fairness(p),
-            ],
-        )
+    table = _table(*columns, wrap=["BULKHEADS", "FAIRNESS"])
+    for row in rows:
+        _row(table, row)
     _console().print(table)
+
+
+def _pool_cells(p: PoolInfo) -> list[Text | str]:
+    return [
+        p.name,
+        p.strategy,
+        _ab_split(p),
+        _timeout(p.sticky_timeout_s),
+        _count(p.max_inflight),
+        _count(p.max_queue, "default"),
+        _pool_rate(p),
+        _client_rate(p),
+        _pool_breaker(p),
+        _timeout(p.lease_s) if p.lease_s else "-",
+        _bulkheads(p),
+        _fairness(p),
+    ]
 
 
 def _pool_summary(pool: PoolInfo) -> str:
@@ -411,77 +420,105 @@ def _runtimes_table(pools: Sequence[PoolStats]) -> Table | None:
     return table
 
 
-def show_stats(stats: Stats, output: OutputFormat) -> None:
+def show_stats(stats: Stats, output: OutputFormat, *, wide: bool = False) -> None:
     """Print per-pool counts, live figures and the broker's state, the pools' limits and
     flow-control counters, then their bulkheads, strategy arms and learned run times if
     there are any."""
     if output is OutputFormat.JSON:
         print_json(stats_dict(stats))
         return
-    _console().print(stats_view(stats))
+    _console().print(stats_view(stats, wide=wide))
 
 
-def stats_view(stats: Stats, heading: str | None = None) -> Group:
-    """What `stats` shows as a table, under `heading` (default: the broker's state)."""
-    table = _table(
-        "POOL",
-        "STRATEGY",
-        "PENDING",
-        "UNSCHEDULABLE",
-        "DELAYED",
-        "ACTIVE",
-        "SUCCEEDED",
-        "FAILED",
-        "CANCELLED",
-        "DEAD LETTER",
-        "WORKERS",
-        "CAPACITY",
-        "THROUGHPUT",
-        "WAIT P50 / P99",
-        "RUN P50 / P99",
-        "OLDEST PENDING",
-        "STICKY HITS",
+STATS_COLUMNS = (
+    "POOL",
+    "STRATEGY",
+    "PENDING",
+    "UNSCHEDULABLE",
+    "DELAYED",
+    "ACTIVE",
+    "SUCCEEDED",
+    "FAILED",
+    "CANCELLED",
+    "DEAD LETTER",
+    "WORKERS",
+    "CAPACITY",
+    "THROUGHPUT",
+    "WAIT P50 / P99",
+    "RUN P50 / P99",
+    "OLDEST PENDING",
+    "STICKY HITS",
+)
+NARROW_STATS_COLUMNS = (
+    "POOL",
+    "PENDING",
+    "ACTIVE",
+    "SUCCEEDED",
+    "FAILED",
+    "THROUGHPUT",
+    "WAIT P99",
+)
+WIDE_HINT = "--wide: every column; limits, flow control, bulkheads, arms, run times"
+
+
+def stats_view(stats: Stats, heading: str | None = None, *, wide: bool = False) -> Group:
+    """What `stats` shows as a table, under `heading` (default: the broker's state): all
+    columns and the tables of limits, bulkheads, arms and run times if `wide`, else
+    NARROW_STATS_COLUMNS and the strategies' notes."""
+    columns, rows = _narrowed(
+        (*STATS_COLUMNS, "WAIT P99"),  # the last: the narrow table's, p99 alone
+        [_stats_cells(p) for p in stats.pools],
+        STATS_COLUMNS if wide else NARROW_STATS_COLUMNS,
     )
-    for p in stats.pools:
-        _row(
-            table,
-            [
-                p.pool,
-                p.strategy,
-                *(
-                    str(n)
-                    for n in (
-                        p.pending,
-                        p.unschedulable,
-                        p.delayed,
-                        p.active,
-                        p.succeeded,
-                        p.failed,
-                        p.cancelled,
-                        p.dead_letter,
-                        p.workers,
-                        p.capacity,
-                    )
-                ),
-                _per_second(p.throughput_per_s),
-                _percentiles(p.wait_p50_s, p.wait_p99_s),
-                _percentiles(p.run_p50_s, p.run_p99_s),
-                _age(p.oldest_pending_age_s),
-                _sticky_hit_rate(p),
-            ],
-        )
+    table = _table(*columns)
+    for row in rows:
+        _row(table, row)
     parts: list[RenderableType] = [
         Text(heading if heading is not None else f"broker: {stats.broker_state}"),
         table,
     ]
     extras = (
-        _flow_table(stats.pools),
-        _bulkheads_table(stats.pools),
-        _arms_table(stats.pools),
-        _runtimes_table(stats.pools),
+        (
+            _flow_table(stats.pools),
+            _bulkheads_table(stats.pools),
+            _arms_table(stats.pools),
+            _runtimes_table(stats.pools),
+        )
+        if wide
+        else ()
     )
     parts.extend(extra for extra in extras if extra is not None)
     parts.extend(
         Text(f"{pool.pool}: {note}") for pool in stats.pools for note in pool.strategy_notes
     )
+    if not wide and stats.pools:
+        parts.append(Text(f"({WIDE_HINT})", style="dim"))
     return Group(*parts)
+
+
+def _stats_cells(p: PoolStats) -> list[Text | str]:
+    return [
+        p.pool,
+        p.strategy,
+        *(
+            str(n)
+            for n in (
+                p.pending,
+                p.unschedulable,
+                p.delayed,
+                p.active,
+                p.succeeded,
+                p.failed,
+                p.cancelled,
+                p.dead_letter,
+                p.workers,
+                p.capacity,
+            )
+        ),
+        _per_second(p.throughput_per_s),
+        _percentiles(p.wait_p50_s, p.wait_p99_s),
+        _percentiles(p.run_p50_s, p.run_p99_s),
+        _age(p.oldest_pending_age_s),
+        _sticky_hit_rate(p),
+        _seconds(p.wait_p99_s) if p.wait_p99_s else "-",
+    ]

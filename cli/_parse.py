@@ -20,6 +20,8 @@ from worker_sdk._pool_settings import BULKHEAD_SETTINGS, MAX_FAIRNESS_WEIGHT, UI
 WIRE_MAX = UINT32_MAX
 MAX_DELAY_S = 366 * 86_400.0  # not_before: within a year from now
 
+_TASK_ID = re.compile(r"[1-9][0-9]{0,18}")
+
 # --bulkhead's keys, each for a limit of Bulkhead.
 BULKHEAD_KEYS = tuple(s.key for s in BULKHEAD_SETTINGS)
 _BULKHEAD_LIMITS = {s.key: s for s in BULKHEAD_SETTINGS}
@@ -46,7 +48,10 @@ def _count_from(minimum: int, value: int | None) -> int | None:
 
 
 def non_negative(value: float | None) -> float | None:
-    """A number of seconds (or a rate) that may be 0."""
+    """A number of seconds (or a rate) that may be 0. Infinity is refused by name: where 0
+    means "no limit" (--rate), 0 is the way to say it."""
+    if value is not None and math.isinf(value):
+        raise typer.BadParameter("must be a finite number >= 0; infinity is not allowed")
     if value is not None and not (value >= 0 and math.isfinite(value)):
         raise typer.BadParameter(f"must be a number >= 0, got {value:g}")
     return value
@@ -144,6 +149,21 @@ def parse_whole_seconds(text: str | float) -> int:
     if seconds > WIRE_MAX:
         raise typer.BadParameter(f"must be at most {WIRE_MAX} seconds, got {text!r}")
     return int(seconds)
+
+
+def parse_bucket(text: str | float) -> int:
+    """--bucket: a whole number of minutes, as the broker keeps its history (5m is 300)."""
+    seconds = parse_whole_seconds(text)
+    if seconds % 60:
+        raise typer.BadParameter(f"must be a whole number of minutes (1m, 5m, 1h), got {text!r}")
+    return seconds
+
+
+def task_id(value: str | None) -> str | None:
+    """A task id: the decimal digits of a positive number, as the broker writes them."""
+    if value is not None and _TASK_ID.fullmatch(value) is None:
+        raise typer.BadParameter(f"must be a task id (digits, e.g. 42), got {value[:40]!r}")
+    return value
 
 
 def time_or_duration(text: str, flag: str) -> datetime | timedelta:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar, cast
 import typer
 
 from cli import _parse
-from cli._common import BrokerOption, OutputOption, connect
+from cli._common import BrokerOption, OutputOption, WideOption, connect
 from cli._errors import EXIT_USAGE, CliError
 from cli._output import OutputFormat
 from cli._output_pools import show_pool_created, show_pool_updated, show_pools
@@ -112,13 +112,29 @@ def _value(given: Any) -> Any:
 
 @pools_app.command("list")
 def pools_list(
+    wide: WideOption = False,
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
-    """List the pools: strategy, A/B split, sticky timeout and limits."""
+    """List the pools: strategy, A/B split, sticky timeout and limits.
+
+    \b
+    The columns (those marked * with --wide only):
+      POOL, STRATEGY       the pool and the strategy placing its tasks
+      A/B                  the share of tasks a second strategy places, and which
+      STICKY TIMEOUT*      how long a sticky key keeps its worker
+      MAX IN FLIGHT        tasks its workers may hold at once ("-": no limit)
+      MAX QUEUE            tasks that may wait ("default": the broker's limit)
+      RATE, CLIENT RATE*   submits per second to the pool, and per client
+      BREAKER*             the circuit breaker: failures, failure rate, window, cooldown
+      LEASE*               how long a worker may hold a task without a heartbeat
+      BULKHEADS*           limits per task type
+      FAIRNESS*            weights of fairness keys
+
+    --output json has every setting."""
     with connect(broker) as client:
         pools = client.list_pools()
-    show_pools(pools, output)
+    show_pools(pools, output, wide=wide)
 
 
 @pools_app.command("create")
@@ -234,9 +250,10 @@ def pools_recommend(
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
-    """Recommend a worker count per pool for a target queue wait: the broker forecasts
-    each pool's arrival rate from its history and sizes it as an M/M/c queue (Erlang C).
-    Prints a row per pool, then the reasoning behind each."""
+    """Recommend a worker count per pool for a target queue wait.
+
+    The broker forecasts each pool's arrival rate from its history and sizes it as an
+    M/M/c queue (Erlang C). Prints a row per pool, then the reasoning behind each."""
     from cli._observe import show_recommendations
 
     with connect(broker) as client:

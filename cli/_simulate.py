@@ -77,7 +77,9 @@ def simulate(
         ),
     ] = OutputFormat.TABLE,
 ) -> None:
-    """Replay a workload through the real scheduler in simulated time, once per strategy.
+    """Compare placement strategies on a workload, in simulated time.
+
+    The workload is replayed through the real scheduler once per strategy.
 
     Reports per strategy: throughput, makespan, queue wait (arrival or requeue to
     placement) p50/p95/p99, mean run time, worker utilisation (busy / connected

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cli import _parse
-from cli._common import BrokerOption, OutputOption, connect
+from cli._common import BrokerOption, OutputOption, WideOption, connect
 from cli._output import OutputFormat
 from cli._output_pools import show_stats
 from worker_sdk import DEFAULT_ADDRESS
@@ -55,14 +55,27 @@ def stats(
             help="With --watch: stop after N refreshes.",
         ),
     ] = None,
+    wide: WideOption = False,
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
-    """Show the broker's state and per pool: task counts (unschedulable and delayed
-    included), capacity, live figures over the last minute (throughput, queue wait and run
-    time p50/p99, oldest pending task) and sticky hit rate; then the pools' limits and
-    flow-control counters, their bulkheads, each strategy's placements and the learned run
-    times."""
+    """Show task counts and live figures per pool.
+
+    \b
+    The columns (those marked * with --wide only):
+      POOL, STRATEGY*     the pool and the strategy placing its tasks
+      PENDING             tasks waiting: UNSCHEDULABLE* (no connected worker can take
+                          them) and DELAYED* (held back until a time) included
+      ACTIVE              tasks a worker holds (assigned or running)
+      SUCCEEDED, FAILED   finished tasks; CANCELLED* and DEAD LETTER* too
+      WORKERS, CAPACITY*  connected workers, and the tasks they can hold at once
+      THROUGHPUT          tasks finished per second over the last minute
+      WAIT P50 / P99      queue wait over the last minute; RUN P50 / P99* the run time
+      OLDEST PENDING*     how long the oldest waiting task has waited
+      STICKY HITS*        the share of sticky tasks placed on their worker
+
+    With --wide, then the pools' limits and flow-control counters, their bulkheads, each
+    strategy's placements and the learned run times."""
     for flag, value in (("--interval", interval), ("--count", count)):
         if value is not None and not watch:
             raise typer.BadParameter("needs --watch", param_hint=f"'{flag}'")
@@ -77,12 +90,13 @@ def stats(
             watch_stats(
                 client.stats,
                 output,
+                wide=wide,
                 interval=DEFAULT_WATCH_INTERVAL_S if interval is None else interval,
                 count=count,
             )
             return
         result = client.stats()
-    show_stats(result, output)
+    show_stats(result, output, wide=wide)
 
 
 @metrics_app.command("history")
@@ -119,7 +133,7 @@ def metrics_history(
         typer.Option(
             "--bucket",
             metavar="DURATION",
-            parser=_parse.parse_whole_seconds,
+            parser=_parse.parse_bucket,
             help="Merge the rows into buckets this wide, e.g. 5m or 1h (default: as stored, "
             "1m, or 1h once compacted).",
         ),
@@ -134,8 +148,10 @@ def metrics_history(
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
-    """Show the metrics history, oldest first: per bucket, the tasks submitted, completed
-    and failed, and the queue wait and run time (mean, p50, p99) of those completed."""
+    """Show the metrics history, oldest first.
+
+    Per bucket: the tasks submitted, completed and failed, and the queue wait and run
+    time (mean, p50, p99) of those completed."""
     from cli._observe import show_metrics_history
 
     start = None if since is None else _parse.time_or_duration(since, "--since")
@@ -163,8 +179,9 @@ def config_reload(
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
-    """Make the broker re-read its config file and apply what changed in its pools (as
-    SIGHUP does); print the changes, or "no changes"."""
+    """Re-read the broker's config file and apply what changed in its pools.
+
+    The same as SIGHUP; prints the changes, or "no changes"."""
     from cli._observe import show_config_reload
 
     with connect(broker) as client:
@@ -182,9 +199,10 @@ def config_history(
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
-    """The audited changes of pool settings, newest first: when, who asked, through what
-    (create_pool, update_pool, reload), and what changed; JSON has the settings before and
-    after."""
+    """Show the audited changes of pool settings, newest first.
+
+    When, who asked, through what (create_pool, update_pool, reload), and what changed;
+    JSON has the settings before and after."""
     from cli._observe import show_config_changes
 
     with connect(broker) as client:

@@ -297,7 +297,7 @@ def submit(
     ] = None,
     broker: BrokerOption = DEFAULT_ADDRESS,
 ) -> None:
-    """Submit a task and print its id; with --wait, print its result instead.
+    """Submit a task; print its id, or with --wait its result.
 
     With --wait, `task ID accepted; waiting...` goes to stderr first, and
     the wait rides out a broker restart within --timeout. A task that fails

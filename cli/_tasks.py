@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cli import _parse
-from cli._common import BrokerOption, OutputOption, connect
+from cli._common import BrokerOption, OutputOption, WideOption, connect
 from cli._errors import EXIT_USAGE, CliError
 from cli._output import OutputFormat, print_json, show_retried, show_task, show_tasks
 from worker_sdk import DEFAULT_ADDRESS, TaskState
@@ -41,12 +41,30 @@ def tasks_list(
     limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many.")] = 100,
     before: Annotated[
         str | None,
-        typer.Option(metavar="ID", help="Next page: only tasks older than this id."),
+        typer.Option(
+            metavar="ID",
+            callback=_parse.task_id,
+            help="Next page: only tasks older than this id.",
+        ),
     ] = None,
+    wide: WideOption = False,
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
-    """List tasks, newest first."""
+    """List tasks, newest first.
+
+    \b
+    The columns (those marked * with --wide only):
+      ID, TYPE, POOL  the task
+      PRI*            its priority; higher runs first
+      STATE           pending, assigned, running, succeeded, failed, cancelled,
+                      dead_letter; "pending (unschedulable)" when no connected worker can
+                      take it, "pending (delayed)" when it waits for its time
+      TRIES           attempts so far
+      WORKER*         the worker that holds it or last held it
+      CREATED         when it was submitted
+
+    --output json has every field, the payload and result included."""
     states = tuple(TaskState(s.value) for s in state or ())
     with connect(broker) as client:
         # The table shows no payloads or results: ask for tasks without them.
@@ -58,7 +76,7 @@ def tasks_list(
             before_id=before,
             payloads=output is OutputFormat.JSON,
         )
-    show_tasks(tasks, output)
+    show_tasks(tasks, output, wide=wide)
 
 
 @tasks_app.command("show")
@@ -160,8 +178,10 @@ def tasks_purge(
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
-    """Delete finished tasks, with their payloads, results and idempotency keys. Tasks
-    that have not finished are never deleted. Prints how many were deleted."""
+    """Delete finished tasks; print how many were deleted.
+
+    A task goes with its payload, result and idempotency key. Tasks that have not
+    finished are never deleted."""
     states = tuple(TaskState(s.value) for s in state or ())
     with connect(broker) as client:
         deleted = client.purge_tasks(pool=pool, older_than=older_than or 0.0, states=states)

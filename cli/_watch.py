@@ -23,7 +23,12 @@ sleep: Callable[[float], None] = time.sleep
 
 
 def watch_stats(
-    fetch: Callable[[], Stats], output: OutputFormat, *, interval: float, count: int | None
+    fetch: Callable[[], Stats],
+    output: OutputFormat,
+    *,
+    interval: float,
+    count: int | None,
+    wide: bool = False,
 ) -> None:
     """Show `fetch()` every `interval` seconds, `count` times (None = until Ctrl-C, which
     ends the watch as a normal exit). An error from `fetch` ends it too, and propagates."""
@@ -47,7 +52,7 @@ def watch_stats(
                 heading = f"broker: {stats.broker_state}, at {_when(at)}, every {interval:g} s"
                 if live is not None:
                     heading += " (Ctrl-C to stop)"
-                view = stats_view(stats, heading)
+                view = stats_view(stats, heading, wide=wide)
                 if live is not None:
                     live.update(view, refresh=True)
                 else:

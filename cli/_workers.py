@@ -14,6 +14,7 @@ from cli._common import (
     LogLevel,
     LogLevelOption,
     OutputOption,
+    WideOption,
     connect,
 )
 from cli._logs import to_stderr
@@ -125,13 +126,30 @@ def _labels(labels: list[Label] | tuple[Label, ...]) -> dict[str, str] | None:
 @workers_app.command("list")
 def workers_list(
     pool: Annotated[str | None, typer.Option(help="Only this pool.")] = None,
+    wide: WideOption = False,
     broker: BrokerOption = DEFAULT_ADDRESS,
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
-    """List the connected workers."""
+    """List the connected workers.
+
+    \b
+    The columns (those marked * with --wide only):
+      WORKER, POOL  the worker's id and pool
+      IN FLIGHT     the broker's count: tasks it has sent the worker and not yet had back,
+                    of the worker's capacity (3/4)
+      LOAD          the worker's own figure, as its last heartbeat reported it (the
+                    Python SDK's: tasks running / capacity, 0 to 1); it lags IN FLIGHT
+                    and leaves out tasks sent but not yet started, so the two disagree
+      STATE         active, draining (finishing what it holds, then leaving), cordoned
+      BREAKER       its circuit breaker: closed, open or half_open
+      TYPES*        the task types it serves
+      LABELS*       its labels, for placement
+      CONNECTED*    when it connected
+
+    --output json has every field."""
     with connect(broker) as client:
         workers = client.list_workers(pool=pool)
-    show_workers(workers, output)
+    show_workers(workers, output, wide=wide)
 
 
 @workers_app.command("drain")

@@ -98,8 +98,10 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """Run the broker until SIGTERM or SIGINT, then shut down gracefully; on SIGHUP,
-    re-read the config file and apply what changed in its pools.
+    """Run the broker.
+
+    It runs until SIGTERM or SIGINT, then shuts down gracefully; on SIGHUP, it re-reads
+    the config file and applies what changed in its pools.
 
     Settings come from the config file, then TASKBROKER_* environment variables
     (e.g. TASKBROKER_PORT=6000, TASKBROKER_LOG_FORMAT=json), then these flags.
@@ -223,7 +225,9 @@ def health(
     ] = "",
     timeout: Annotated[float, typer.Option(min=0.1, metavar="SECONDS")] = 3.0,
 ) -> None:
-    """Exit 0 if the broker's gRPC health service says SERVING (for container health checks)."""
+    """Exit 0 if the broker is serving (for container health checks).
+
+    Serving: the broker's gRPC health service says SERVING."""
     from cli._health import check
 
     status = check(broker, service, timeout)
@@ -242,7 +246,9 @@ def demo(
         bool, typer.Option(help="Keep broker and workers (and the dashboard) up until Ctrl-C.")
     ] = False,
 ) -> None:
-    """Start a broker and two workers in a temporary directory, run tasks, show the result."""
+    """Run a broker, two workers and some tasks; show the result.
+
+    All in a temporary directory, removed afterwards."""
     from cli.demo import run_demo
 
     run_demo(tasks, dashboard_port=dashboard_port, stay=stay)

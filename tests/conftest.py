@@ -13,6 +13,13 @@ from tests.support.config import make_config
 from tests.support.postgres import stop_server
 
 
+@pytest.fixture(autouse=True)
+def _no_terminal_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables as piped output has them: COLUMNS (which pytest-xdist's workers have) would
+    narrow them."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
 @pytest.fixture
 async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
     async with Broker(make_config(tmp_path)) as running:

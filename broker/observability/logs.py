@@ -12,9 +12,10 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from typing import IO, Any
 
-from broker.domain import Task
+from broker.domain import Task, WorkerId
 
 # The extras a record may carry, in the order they are written.
 FIELDS = ("task_id", "trace_id", "pool", "task_type", "worker_id", "attempt")
@@ -98,3 +99,54 @@ def configure(log_format: str, level: str, stream: IO[str] | None = None) -> Non
     # broker's: at debug level, they still show from INFO up.
     for chatty in _CHATTY_LIBRARIES:
         logging.getLogger(chatty).setLevel(max(logging.INFO, root.level))
+
+
+task_log = logging.getLogger("taskbroker.tasks")
+
+_OUTCOMES = {"SUCCEEDED": "succeeded", "FAILED": "failed", "CANCELLED": "cancelled"}
+
+
+class TaskLog:
+    """An engine Observer that logs the life of each task on ``taskbroker.tasks``, at
+    DEBUG: its submit, and one record when it finishes, with its outcome, attempts, and the
+    time from submit to finish (retries, timeouts and dead letters are logged as they
+    happen, at INFO and WARNING, elsewhere).
+
+    DEBUG, not INFO: a JSON record costs about 65 µs of the broker's CPU, as much as all
+    the rest the broker does for a task, so a line per task is something to ask for
+    (``--log-level debug``, which shows the broker's own debug records and not its
+    libraries'), not the default. A record is built only when the logger is enabled for
+    DEBUG; otherwise a task costs one level check.
+    """
+
+    def submitted(self, tasks: Sequence[Task], at: float) -> None:
+        if not task_log.isEnabledFor(logging.DEBUG):
+            return
+        for task in tasks:
+            task_log.debug("task %s submitted", task.id, extra=task_fields(task))
+
+    def placed(self, task: Task, queue_wait_s: float, at: float) -> None:
+        pass
+
+    def attempt_ended(self, task: Task, success: bool, run_s: float, at: float) -> None:
+        pass
+
+    def requeued(self, task: Task, reason: str, at: float) -> None:
+        pass
+
+    def finished(self, task: Task) -> None:
+        if not task_log.isEnabledFor(logging.DEBUG):
+            return
+        outcome = _OUTCOMES.get(task.state.name) or task.state.name.lower()
+        took = task.finished_at - task.created_at if task.finished_at and task.created_at else 0
+        task_log.debug(
+            "task %s %s after %d attempt(s), %.3f s after its submit",
+            task.id,
+            outcome,
+            task.attempts,
+            max(took, 0.0),
+            extra=task_fields(task),
+        )
+
+    def worker_changed(self, worker_id: WorkerId, pool: str, event: str, at: float) -> None:
+        pass

@@ -20,7 +20,7 @@ Histograms (seconds, buckets from 1 ms to 1 h, `DURATION_BUCKETS_S`):
   the failed attempt's end for a retry; the requeue) to being assigned and handed to
   the worker's stream, in the same dispatch pass. It differs from the queue wait by the
   waits the broker imposed (retry backoff, rate limiting). ``taskbroker.task.run_time``
-  (``pool``, ``task_type``, ``worker_id``): one attempt, as the worker measured it.
+  (``pool``, ``task_type``): one attempt, as the worker measured it.
 
 Gauges, read from the engine at collection time:
   ``taskbroker.backlog.pending``, ``taskbroker.backlog.delayed``,
@@ -32,7 +32,10 @@ Gauges, read from the engine at collection time:
   ``taskbroker.credit.capacity`` and ``taskbroker.credit.in_use`` per pool (the sum of the
   connected workers' capacity and held tasks; cordoned and breaker-open workers
   included); ``taskbroker.workers.breaker`` per pool and ``state`` (closed, open,
-  half_open): how many workers are in each.
+  half_open): how many workers are in each. ``taskbroker.worker.in_flight`` per ``pool``
+  and ``worker_id``: the tasks one connected worker holds. Only a gauge carries a worker
+  id: a series of a worker that has left is not observed again, and so ends (a histogram
+  keeps every series it ever recorded).
 
 Cost: the observer runs on the event loop for every task, so counters are kept in plain
 ints and reported through observable counters (an SDK ``add`` costs ~10 µs); only the
@@ -193,7 +196,7 @@ class BrokerMetrics:
         self._run_time = meter.create_histogram(
             "taskbroker.task.run_time",
             unit="s",
-            description="Run time of one attempt, per worker.",
+            description="Run time of one attempt, per pool and task type.",
             explicit_bucket_boundaries_advisory=buckets,
         )
 
@@ -246,6 +249,12 @@ class BrokerMetrics:
                 "Connected workers per pool and circuit breaker state.",
                 self._observe_breakers,
             ),
+            (
+                "taskbroker.worker.in_flight",
+                "{task}",
+                "Tasks one connected worker holds; its series ends when the worker leaves.",
+                self._observe_worker_in_flight,
+            ),
         )
         for name, unit, description, observe in gauges:
             meter.create_observable_gauge(
@@ -255,9 +264,8 @@ class BrokerMetrics:
                 description=description,
             )
 
-        # Attribute dicts, made once per (pool, type) and per worker.
+        # Attribute dicts, made once per (pool, type).
         self._type_attrs: dict[tuple[str, str], Attrs] = {}
-        self._worker_attrs: dict[WorkerId, dict[tuple[str, str], Attrs]] = {}
         self._labels: dict[str, str] = {}  # free-text reasons and events, bounded
         self._pending_since: dict[int, float] = {}  # retried and requeued tasks
         self._seen_types: set[tuple[str, str]] = set()  # per-type backlog series reported
@@ -284,9 +292,7 @@ class BrokerMetrics:
 
     def attempt_ended(self, task: Task, success: bool, run_s: float, at: float) -> None:
         spec = task.spec
-        self._run_time.record(
-            max(0.0, run_s), self._run_attrs(task.worker_id, spec.pool, spec.task_type)
-        )
+        self._run_time.record(max(0.0, run_s), self._attrs(spec.pool, spec.task_type))
         if success:
             return
         key = (spec.pool, spec.task_type)
@@ -314,8 +320,6 @@ class BrokerMetrics:
         key = (pool, self._label(event))
         counts = self._worker_events.counts
         counts[key] = counts.get(key, 0) + 1
-        if event == "disconnected":
-            self._worker_attrs.pop(worker_id, None)
 
     def close(self) -> None:
         """Report from now on what the engine and the counts are now, without reading
@@ -330,19 +334,6 @@ class BrokerMetrics:
         attrs = self._type_attrs.get((pool, task_type))
         if attrs is None:
             attrs = self._type_attrs[(pool, task_type)] = {"pool": pool, "task_type": task_type}
-        return attrs
-
-    def _run_attrs(self, worker_id: WorkerId, pool: str, task_type: str) -> Attrs:
-        by_type = self._worker_attrs.get(worker_id)
-        if by_type is None:
-            by_type = self._worker_attrs[worker_id] = {}
-        attrs = by_type.get((pool, task_type))
-        if attrs is None:
-            attrs = by_type[(pool, task_type)] = {
-                "pool": pool,
-                "task_type": task_type,
-                "worker_id": worker_id,
-            }
         return attrs
 
     def _label(self, text: str) -> str:
@@ -432,6 +423,16 @@ class BrokerMetrics:
         for worker in snapshot.workers:
             totals[worker.spec.pool] += value(worker)
         return [Observation(total, {"pool": pool}) for pool, total in totals.items()]
+
+    def _observe_worker_in_flight(self, snapshot: Snapshot) -> Iterable[Observation]:
+        # Observed, not recorded: a worker that has left is in no snapshot, so its series
+        # ends with it and new worker ids cannot grow the series without bound.
+        return [
+            Observation(
+                worker.in_flight, {"pool": worker.spec.pool, "worker_id": worker.spec.worker_id}
+            )
+            for worker in snapshot.workers
+        ]
 
     def _observe_breakers(self, snapshot: Snapshot) -> Iterable[Observation]:
         counts = {(pool, state): 0 for pool in _pools(snapshot) for state in BREAKER_STATES}

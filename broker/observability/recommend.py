@@ -30,6 +30,9 @@ SEASONAL_MIN_HISTORY_S: Final = 2 * DAY  # history needed for the daily season
 _TREND_WINDOW_S: Final = 6 * HOUR  # per-minute rates Holt's method looks at
 _SEASONAL_WINDOW_S: Final = 14 * DAY  # hourly rates Holt-Winters looks at
 _RUN_WINDOW_S: Final = DAY  # run times averaged over this much recent history
+# A trend fitted to n < this many minutes is damped by (n / this) squared: a few minutes
+# of a load starting up (its first minute partial) are no evidence that it keeps growing.
+TRUSTED_TREND_MINUTES: Final = 30
 _MAX_SERVERS: Final = 10_000_000
 
 # Smoothing parameters are fitted on a grid, by the one-step-ahead squared error.
@@ -183,18 +186,32 @@ def _forecast_trend(points: Sequence[MetricPoint], now: float, horizon_s: float)
             span = f"the last {now - first:.0f} s"
         return Forecast(rate, "mean", (f"too little history for a trend: mean of {span}",))
     fit = _fit_holt(series)
-    rate = _window_mean(lambda k: fit.level + k * fit.trend, end, MINUTE, now, horizon_s)
-    return Forecast(
-        rate,
-        "holt",
-        (
-            f"history: {len(series)} per-minute arrival rates, mean {_mean(series):.4g}/s,"
-            f" last {series[-1]:.4g}/s",
-            f"Holt's linear trend (alpha={fit.alpha:g}, beta={fit.beta:g}, one-step RMSE"
-            f" {fit.rmse:.3g}/s): level {fit.level:.4g}/s, trend {fit.trend:+.3g}/s per minute",
-            f"forecast mean over the next {_duration(horizon_s)}: {rate:.4g}/s",
-        ),
-    )
+    reasoning = [
+        f"history: {len(series)} per-minute arrival rates, mean {_mean(series):.4g}/s,"
+        f" last {series[-1]:.4g}/s",
+        f"Holt's linear trend (alpha={fit.alpha:g}, beta={fit.beta:g}, one-step RMSE"
+        f" {fit.rmse:.3g}/s): level {fit.level:.4g}/s, trend {fit.trend:+.3g}/s per minute",
+    ]
+    trust = min(1.0, len(series) / TRUSTED_TREND_MINUTES) ** 2
+    trend = fit.trend * trust
+    if trust < 1:
+        reasoning.append(
+            f"a trend from {len(series)} minutes of history is damped to {trust:.2g} of"
+            f" itself ({TRUSTED_TREND_MINUTES} minutes are trusted whole):"
+            f" {trend:+.3g}/s per minute"
+        )
+    rate = _window_mean(lambda k: fit.level + k * trend, end, MINUTE, now, horizon_s)
+    recent = series[-max(1, math.ceil(horizon_s / MINUTE)) :]
+    if rate <= 0 and any(recent):
+        # A falling trend says "nothing", but tasks arrived within a horizon: a pool that
+        # paused is not sized to zero on a minute's quiet.
+        rate = _mean(recent)
+        reasoning.append(
+            f"the trend forecasts no arrivals, but tasks arrived in the last {len(recent)}"
+            f" minute(s): forecast their mean rate, {rate:.4g}/s"
+        )
+    reasoning.append(f"forecast mean over the next {_duration(horizon_s)}: {rate:.4g}/s")
+    return Forecast(rate, "holt", tuple(reasoning))
 
 
 def _forecast_seasonal(
@@ -390,23 +407,22 @@ def recommend(
             reasoning=tuple(reasoning),
         )
 
+    recent = [p for p in points if p.completed and p.start + p.bucket_s > now - _RUN_WINDOW_S]
+    runs = recent or [p for p in points if p.completed]
+    attempts = sum(p.completed for p in runs)
     if arrival_rate == 0:
         reasoning.append(
             "nothing forecast and nothing waiting: 0 workers (the pool may scale to zero)"
         )
-        return result(0)
-    recent = [p for p in points if p.completed and p.start + p.bucket_s > now - _RUN_WINDOW_S]
-    runs = recent or [p for p in points if p.completed]
-    attempts = sum(p.completed for p in runs)
+        # The learned run time still shows, rather than a mean run of 0.
+        return result(0, 0, _mean_run(runs, attempts))
     if not attempts:
         workers = max(current_workers, 1)
         reasoning.append(
             f"no run times in the history, so no service rate to size by: keep {workers} workers"
         )
         return result(workers)
-    mean_run_s = sum(p.run_mean_s * p.completed for p in runs) / attempts
-    if mean_run_s <= 0:
-        mean_run_s = 1e-6  # every attempt took no measurable time
+    mean_run_s = _mean_run(runs, attempts)
     service_rate = 1 / mean_run_s
     offered = arrival_rate / service_rate
     servers = servers_for(target_wait_s, arrival_rate, service_rate)
@@ -439,6 +455,14 @@ def recommend(
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+def _mean_run(runs: Sequence[MetricPoint], attempts: int) -> float:
+    """The mean run time of `attempts` attempts in `runs`; 0.0 with none."""
+    if not attempts:
+        return 0.0
+    mean_run_s = sum(p.run_mean_s * p.completed for p in runs) / attempts
+    return mean_run_s if mean_run_s > 0 else 1e-6  # no measurable time: still a time
 
 
 def _floor(at: float, step: float) -> float:

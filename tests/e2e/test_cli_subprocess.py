@@ -25,6 +25,9 @@ from tests.support.cli_processes import (
 )
 from worker_sdk import SyncClient
 
+# Real processes for seconds: make test runs it, make test-fast skips it.
+pytestmark = pytest.mark.slow
+
 
 @dataclass
 class Cluster:
@@ -75,7 +78,7 @@ def test_submit_prints_the_id_and_tasks_list_json_has_it(cluster: Cluster) -> No
     task_id = done.stdout.strip()
     assert task_id
 
-    listed = cluster.run("tasks", "list", "--output", "json", "--type", "upper")
+    listed = cluster.run("tasks", "list", "--wide", "--output", "json", "--type", "upper")
     assert listed.returncode == 0, listed.stderr
     tasks = {t["id"]: t for t in json.loads(listed.stdout)}
     assert tasks[task_id]["priority"] == 7
@@ -96,7 +99,7 @@ def test_submit_with_sticky_and_routing_keys(cluster: Cluster) -> None:
     args = ("--sticky-key", "cache-3", "--routing-key", "user-7")
     done = cluster.run("submit", "upper", "--payload", '{"text": "k"}', *args, "--wait")
     assert (done.returncode, done.stdout) == (0, "K\n"), done.stderr
-    listed = cluster.run("tasks", "list", "--type", "upper", "--limit", "1", "-o", "json")
+    listed = cluster.run("tasks", "list", "--wide", "--type", "upper", "--limit", "1", "-o", "json")
     (task,) = json.loads(listed.stdout)
     placement = task["placement"]
     assert (placement["sticky_key"], placement["routing_key"]) == ("cache-3", "user-7")
@@ -108,9 +111,11 @@ def test_cancel_a_pending_task(cluster: Cluster) -> None:
     cancelled = cluster.run("tasks", "cancel", task_id, "--output", "json")
     assert cancelled.returncode == 0, cancelled.stderr
     assert json.loads(cancelled.stdout)["state"] == "cancelled"
-    listed = cluster.run("tasks", "list", "--state", "cancelled", "--state", "failed", "-o", "json")
+    listed = cluster.run(
+        "tasks", "list", "--wide", "--state", "cancelled", "--state", "failed", "-o", "json"
+    )
     assert task_id in {t["id"] for t in json.loads(listed.stdout)}
-    pending = cluster.run("tasks", "list", "--state", "pending", "-o", "json")
+    pending = cluster.run("tasks", "list", "--wide", "--state", "pending", "-o", "json")
     assert task_id not in {t["id"] for t in json.loads(pending.stdout)}
 
 
@@ -132,7 +137,9 @@ def test_required_labels_place_the_task_or_say_why_it_waits(cluster: Cluster) ->
     )
     assert (done.returncode, done.stdout) == (0, "PLACED\n"), done.stderr
     assert re.fullmatch(r"task \S+ accepted; waiting\.\.\.\n", done.stderr), done.stderr
-    listed = json.loads(cluster.run("tasks", "list", "--type", "upper", "-o", "json").stdout)
+    listed = json.loads(
+        cluster.run("tasks", "list", "--wide", "--type", "upper", "-o", "json").stdout
+    )
     (placed,) = [t for t in listed if t["payload"] == '{"text": "placed"}']
     assert placed["placement"]["required_labels"] == {"zone": "eu"}
     assert placed["placement"]["preferred_labels"] == [
@@ -161,15 +168,15 @@ def test_required_labels_place_the_task_or_say_why_it_waits(cluster: Cluster) ->
     table = cluster.run("tasks", "show", task_id).stdout
     assert "pending (unschedulable)" in table
     assert "zone=mars" in table
-    assert f"{task_id} " in cluster.run("tasks", "list", "--state", "pending").stdout
+    assert f"{task_id} " in cluster.run("tasks", "list", "--wide", "--state", "pending").stdout
 
     def default_pool() -> dict[str, Any]:
-        stats = json.loads(cluster.run("stats", "-o", "json").stdout)
+        stats = json.loads(cluster.run("stats", "--wide", "-o", "json").stdout)
         pool: dict[str, Any] = next(p for p in stats["pools"] if p["pool"] == "default")
         return pool
 
     assert default_pool()["unschedulable"] == 1
-    assert "UNSCHEDULABLE" in cluster.run("stats").stdout
+    assert "UNSCHEDULABLE" in cluster.run("stats", "--wide").stdout
     assert cluster.run("tasks", "cancel", task_id).returncode == 0
     assert default_pool()["unschedulable"] == 0
 
@@ -180,7 +187,7 @@ def test_pools_create_then_list(cluster: Cluster) -> None:
     again = cluster.run("pools", "create", "gpu")
     assert again.returncode == 1
     assert "gpu" in again.stderr
-    pools = json.loads(cluster.run("pools", "list", "-o", "json").stdout)
+    pools = json.loads(cluster.run("pools", "list", "--wide", "-o", "json").stdout)
     (gpu,) = [p for p in pools if p["name"] == "gpu"]
     assert {k: gpu[k] for k in ("name", "strategy", "ab_strategy", "ab_percent")} == {
         "name": "gpu",
@@ -189,7 +196,7 @@ def test_pools_create_then_list(cluster: Cluster) -> None:
         "ab_percent": 0,
     }
     assert (gpu["sticky_timeout_s"], gpu["max_queue"], gpu["bulkheads"]) == (5.0, 0, [])
-    assert "STICKY TIMEOUT" in cluster.run("pools", "list").stdout
+    assert "STICKY TIMEOUT" in cluster.run("pools", "list", "--wide").stdout
 
 
 def test_pools_set_and_an_unknown_strategy(cluster: Cluster) -> None:
@@ -209,14 +216,14 @@ def test_pools_set_and_an_unknown_strategy(cluster: Cluster) -> None:
 
 
 def test_workers_list_and_stats(cluster: Cluster) -> None:
-    workers = json.loads(cluster.run("workers", "list", "-o", "json").stdout)
+    workers = json.loads(cluster.run("workers", "list", "--wide", "-o", "json").stdout)
     (worker,) = [w for w in workers if w["worker_id"] == cluster.worker_id]
     assert worker["labels"] == {"suite": "cli", "zone": "eu"}
     assert worker["task_types"] == ["boom", "upper"]
-    stats = json.loads(cluster.run("stats", "-o", "json").stdout)
+    stats = json.loads(cluster.run("stats", "--wide", "-o", "json").stdout)
     assert stats["broker_state"] == "running"
     assert "default" in {p["pool"] for p in stats["pools"]}
-    table = cluster.run("stats")
+    table = cluster.run("stats", "--wide")
     assert table.returncode == 0
     assert "default" in table.stdout
 

@@ -30,6 +30,9 @@ import pytest
 from tests.support.conformance import CURRENT_PROTOS, FROZEN_PROTOS, node_argv, run_node
 from tests.support.processes import Deadline, Process, child_env, logs, spawn, stop_all
 
+# Real processes for seconds: make test runs it, make test-fast skips it.
+pytestmark = pytest.mark.slow
+
 LISTENING = re.compile(r"taskbroker listening on (\S+)")
 SUMMARY = re.compile(r"^conformance: (\d+) passed, (\d+) failed, (\d+) skipped$", re.MULTILINE)
 BROKER_ENV = {

@@ -31,6 +31,9 @@ from tests.support.crash_worker import TASK_TYPE
 from tests.support.processes import Deadline, Process, child_env, logs, spawn, stop_all
 from worker_sdk import Client, TaskbrokerError, TaskRequest, TaskState
 
+# Real processes for seconds: make test runs it, make test-fast skips it.
+pytestmark = pytest.mark.slow
+
 WORKER_SCRIPT = Path(__file__).parent.parent / "support" / "crash_worker.py"
 SLOW_BROKER_SCRIPT = Path(__file__).parent.parent / "support" / "slow_commit_broker.py"
 LISTENING = re.compile(r"taskbroker listening on (\S+)")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import cast
 
 import grpc
+import pytest
 
 from tests.support.overload_worker import CAPACITY, TASK_TYPE, WORKER_ID
 from tests.support.processes import Deadline, Process, child_env, spawn, stop_all
@@ -28,6 +29,9 @@ from worker_sdk._pb import admin_pb2 as _admin
 from worker_sdk._pb import admin_pb2_grpc as _admin_grpc
 from worker_sdk._pb import tasks_pb2 as _tasks
 from worker_sdk._pb import tasks_pb2_grpc as _tasks_grpc
+
+# Real processes for seconds: make test runs it, make test-fast skips it.
+pytestmark = pytest.mark.slow
 
 WORKER_SCRIPT = Path(__file__).parent.parent / "support" / "overload_worker.py"
 LISTENING = re.compile(r"taskbroker listening on (\S+)")

@@ -17,6 +17,9 @@ from broker import Broker
 from tests.support.config import make_config
 from worker_sdk import Client, TaskState
 
+# Real processes for seconds: make test runs it, make test-fast skips it.
+pytestmark = pytest.mark.slow
+
 MAX_DELIVERIES = 3
 MAX_RESTARTS = 6  # the supervisor gives up after this many (the defect: forever)
 

@@ -31,7 +31,7 @@ from cli._output import (
     task_dict,
     worker_dict,
 )
-from cli._output_pools import show_stats, stats_dict
+from cli._output_pools import show_pools, show_stats, stats_dict
 from cli._parse import FairnessWeight, bulkhead_text, parse_bulkhead, parse_fairness_weight
 from cli.main import KNOWN_STRATEGIES, Label, StateChoice, parse_label, parse_preference
 from tests.support.cli import assert_one_line_error, invoke
@@ -500,7 +500,7 @@ def test_pools_set_errors(pools_client: type[PoolsClient]) -> None:
 
 def test_pools_list_shows_the_split_and_sticky_timeout(pools_client: type[PoolsClient]) -> None:
     pools_client.pools["gpu"] = PoolInfo("gpu", "least_loaded", "adaptive", 20, 0.25)
-    result = invoke("pools", "list")
+    result = invoke("pools", "list", "--wide")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     header = next(line for line in lines if "STRATEGY" in line)
@@ -515,7 +515,7 @@ def test_pools_list_shows_the_split_and_sticky_timeout(pools_client: type[PoolsC
         "default": ["round_robin", "-", "5", "s", *no_limits],
         "gpu": ["least_loaded", "20%", "adaptive", "0.25", "s", *no_limits],
     }
-    listed = json.loads(invoke("pools", "list", "-o", "json").stdout)
+    listed = json.loads(invoke("pools", "list", "--wide", "-o", "json").stdout)
     assert listed == [
         {
             "name": "default",
@@ -564,7 +564,7 @@ def test_unreachable_broker_is_one_line(args: list[str], closed_port: int) -> No
 
 def test_broker_address_from_environment(closed_port: int) -> None:
     address = f"127.0.0.1:{closed_port}"
-    line = assert_one_line_error(invoke("stats", env={"TASKBROKER_ADDR": address}))
+    line = assert_one_line_error(invoke("stats", "--wide", env={"TASKBROKER_ADDR": address}))
     assert address in line
 
 
@@ -726,7 +726,7 @@ def test_tables_show_placement(capsys: pytest.CaptureFixture[str]) -> None:
     assert re.search(r"^sticky key +cache-\[3\] *$", shown, re.MULTILINE), shown
     assert re.search(r"^routing key +user-7 *$", shown, re.MULTILINE), shown
     assert re.search(rf"^placement +{re.escape(NOTE)} *$", shown, re.MULTILINE), shown
-    show_tasks([task, _task(id="43")], OutputFormat.TABLE)
+    show_tasks([task, _task(id="43")], OutputFormat.TABLE, wide=True)
     listed = capsys.readouterr().out
     assert "pending (unschedulable)" in listed
     assert listed.count("unschedulable") == 1
@@ -752,7 +752,7 @@ def test_stats_show_unschedulable(capsys: pytest.CaptureFixture[str]) -> None:
     )
     stats = Stats(broker_state="running", pools=(pool,))
     assert stats_dict(stats)["pools"][0]["unschedulable"] == 3
-    show_stats(stats, OutputFormat.TABLE)
+    show_stats(stats, OutputFormat.TABLE, wide=True)
     lines = capsys.readouterr().out.splitlines()
     header = next(line for line in lines if "UNSCHEDULABLE" in line)
     row = next(line for line in lines if line.split()[:1] == ["default"])
@@ -816,7 +816,7 @@ def test_stats_show_sticky_hits_arms_and_run_times(
 ) -> None:
     stats = Stats(broker_state="running", pools=(LEARNING_POOL, QUIET_POOL))
     monkeypatch.setattr(pools_client, "statistics", stats)
-    result = invoke("stats")
+    result = invoke("stats", "--wide")
     assert result.exit_code == 0, result.output
     shown = result.stdout
     header = next(line for line in shown.splitlines() if "UNSCHEDULABLE" in line)
@@ -838,7 +838,7 @@ def test_stats_without_arms_or_run_times_shows_no_extra_tables(
     pools_client: type[PoolsClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(pools_client, "statistics", Stats("running", (QUIET_POOL,)))
-    shown = invoke("stats").stdout
+    shown = invoke("stats", "--wide").stdout
     assert "gpu" in shown
     assert "strategy arms" not in shown
     assert "learned run times" not in shown
@@ -849,7 +849,7 @@ def test_stats_json_carries_everything(
 ) -> None:
     stats = Stats(broker_state="running", pools=(LEARNING_POOL, QUIET_POOL))
     monkeypatch.setattr(pools_client, "statistics", stats)
-    data = json.loads(invoke("stats", "-o", "json").stdout)
+    data = json.loads(invoke("stats", "--wide", "-o", "json").stdout)
     assert data == stats_dict(stats)
     default, gpu = data["pools"]
     assert (default["sticky_hits"], default["sticky_misses"]) == (3, 1)
@@ -874,7 +874,7 @@ def test_stats_json_carries_everything(
 
 
 def test_tables_print_text_verbatim(capsys: pytest.CaptureFixture[str]) -> None:
-    show_tasks([_task()], OutputFormat.TABLE)
+    show_tasks([_task()], OutputFormat.TABLE, wide=True)
     show_task(_task(), OutputFormat.TABLE)
     out = capsys.readouterr().out
     assert "[bold]echo" in out  # not read as rich markup
@@ -1238,7 +1238,7 @@ def test_pools_create_and_set_pass_the_limits(pools_client: type[PoolsClient]) -
 
 def test_pools_list_shows_the_limits(pools_client: type[PoolsClient]) -> None:
     pools_client.pools["gpu"] = PoolInfo("gpu", "least_loaded", **LIMITS)  # type: ignore[arg-type]
-    result = invoke("pools", "list")
+    result = invoke("pools", "list", "--wide")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     header = next(line for line in lines if "STRATEGY" in line)
@@ -1271,7 +1271,7 @@ def test_pools_list_shows_the_limits(pools_client: type[PoolsClient]) -> None:
         "render:max_inflight=4,max_queue=100,rate=2.5,burst=5 thumb:max_queue=10",
         "tenant-a=3,tenant-b=1",
     ]
-    listed = json.loads(invoke("pools", "list", "-o", "json").stdout)
+    listed = json.loads(invoke("pools", "list", "--wide", "-o", "json").stdout)
     assert listed[1] == {
         "name": "gpu",
         "strategy": "least_loaded",
@@ -1317,7 +1317,7 @@ def test_workers_show_cordon_and_breaker(capsys: pytest.CaptureFixture[str]) -> 
         _worker(worker_id="w-2", cordoned=True, breaker="open", consecutive_failures=5),
         _worker(worker_id="w-3", draining=True, cordoned=True, breaker="half_open"),
     ]
-    show_workers(workers, OutputFormat.TABLE)
+    show_workers(workers, OutputFormat.TABLE, wide=True)
     lines = capsys.readouterr().out.splitlines()
     header = next(line for line in lines if "WORKER" in line)
     assert header.split()[-2:] == ["STATE", "BREAKER"]
@@ -1384,7 +1384,7 @@ def test_tables_show_resilience_options(capsys: pytest.CaptureFixture[str]) -> N
     }
     for name, value in rows.items():
         assert re.search(rf"^{name} +{re.escape(value)} *$", shown, re.MULTILINE), (name, shown)
-    show_tasks([task, _task(id="43", state=TaskState.DEAD_LETTER)], OutputFormat.TABLE)
+    show_tasks([task, _task(id="43", state=TaskState.DEAD_LETTER)], OutputFormat.TABLE, wide=True)
     listed = capsys.readouterr().out
     assert "pending (delayed)" in listed
     assert " dead_letter " in listed
@@ -1429,7 +1429,7 @@ def test_stats_show_flow_control_and_bulkheads(
 ) -> None:
     stats = Stats("running", (FLOW_POOL, LEARNING_POOL))
     monkeypatch.setattr(pools_client, "statistics", stats)
-    result = invoke("stats")
+    result = invoke("stats", "--wide")
     assert result.exit_code == 0, result.output
     shown = result.stdout
     lines = shown.splitlines()
@@ -1470,7 +1470,7 @@ def test_stats_show_flow_control_and_bulkheads(
         ["gpu", "[render]", "3", "2", "100", "4"],
         ["gpu", "thumb", "1", "0", "pool's", "-"],
     ]
-    data = json.loads(invoke("stats", "-o", "json").stdout)
+    data = json.loads(invoke("stats", "--wide", "-o", "json").stdout)
     assert data == stats_dict(stats)
     flow = data["pools"][0]
     assert {k: flow[k] for k in ("pending", "delayed", "dead_letter")} == {
@@ -1505,7 +1505,7 @@ def test_stats_without_bulkheads_shows_no_bulkhead_table(
     pools_client: type[PoolsClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(pools_client, "statistics", Stats("running", (QUIET_POOL,)))
-    shown = invoke("stats").stdout
+    shown = invoke("stats", "--wide").stdout
     assert "limits and flow control" in shown
     assert "bulkheads" not in shown
 
@@ -1595,13 +1595,13 @@ async def test_live_submit_options_are_kept_and_shown(live: Live) -> None:
     )
     for name in ("delayed until", "start timeout", "execution timeout", "idempotency key"):
         assert re.search(rf"^{name} +\S", shown, re.MULTILINE), (name, shown)
-    assert "pending (delayed)" in (await live.run("tasks", "list")).stdout
+    assert "pending (delayed)" in (await live.run("tasks", "list", "--wide")).stdout
     stats = await live.json("stats")
     default = next(p for p in stats["pools"] if p["pool"] == "default")
     assert (default["pending"], default["delayed"], default["deduplicated"]) == (1, 1, 1)
     assert default["max_queue"] > 0
     assert [b["task_type"] for b in default["bulkheads"]] == ["echo"]
-    table = (await live.run("stats")).stdout
+    table = (await live.run("stats", "--wide")).stdout
     assert "limits and flow control" in table
     assert ["default", "echo", "1", "0", "pool's", "-"] in _rows(table, "bulkheads")
 
@@ -1630,7 +1630,7 @@ async def test_live_dead_letter_and_retry(live: Live, live_worker: str) -> None:
     assert failed_id, once
     listed = await live.json("tasks", "list", "--state", "dead_letter")
     assert [(t["id"], t["state"], t["attempts"]) for t in listed] == [(dead_id, "dead_letter", 2)]
-    table = (await live.run("tasks", "list", "--state", "DEAD_LETTER")).stdout
+    table = (await live.run("tasks", "list", "--wide", "--state", "DEAD_LETTER")).stdout
     assert re.search(rf"^ *{dead_id} +boom +default +0 +dead_letter +2 ", table, re.M), table
     stats = await live.json("stats")
     default = next(p for p in stats["pools"] if p["pool"] == "default")
@@ -1671,7 +1671,7 @@ async def test_live_cordon_and_breaker(live: Live, live_worker: str) -> None:
     await live.error("submit", "broken", "--wait", "--timeout", "20")
     (worker,) = await live.json("workers", "list")
     assert (worker["breaker"], worker["consecutive_failures"]) == ("open", 1)
-    table = (await live.run("workers", "list")).stdout
+    table = (await live.run("workers", "list", "--wide")).stdout
     assert re.search(rf"{live_worker} .* active +open \(1 failed in a row\) *$", table, re.M), table
 
     cordoned = await live.run("workers", "cordon", live_worker)
@@ -1681,7 +1681,7 @@ async def test_live_cordon_and_breaker(live: Live, live_worker: str) -> None:
     assert worker["cordoned"] is True
     uncordoned = await live.json("workers", "uncordon", live_worker)
     assert (uncordoned["worker_id"], uncordoned["cordoned"]) == (live_worker, False)
-    assert " active " in (await live.run("workers", "list")).stdout
+    assert " active " in (await live.run("workers", "list", "--wide")).stdout
 
     for command in ("cordon", "uncordon"):
         line = await live.error("workers", command, "no-such-worker")
@@ -1718,7 +1718,7 @@ async def test_live_pool_limits(live: Live) -> None:
         {"t": 2},
     )
     assert (await live.json("pools", "set", "gpu", "--clear-fairness"))["fairness_weights"] == {}
-    table = (await live.run("pools", "list")).stdout
+    table = (await live.run("pools", "list", "--wide")).stdout
     gpu = next(line for line in table.splitlines() if line.split()[:1] == ["gpu"])
     assert "video:rate=3" in gpu
     assert "3 in a row or 50% of 10, 15 s cooldown" in gpu
@@ -1857,3 +1857,107 @@ def test_pools_set_takes_the_adaptive_settings(pools_client: type[PoolsClient]) 
         },
     )
     assert invoke("pools", "set", "default", "--adaptive-explore", "101").exit_code == 2
+
+
+# Table widths ------------------------------------------------------------------------
+
+
+def _busy_stats() -> Stats:
+    pool = PoolStats(
+        pool="default",
+        strategy="weighted_response_time",
+        pending=12345,
+        active=64,
+        succeeded=1234567,
+        failed=1234,
+        cancelled=12,
+        workers=16,
+        capacity=64,
+        unschedulable=3,
+        delayed=7,
+        dead_letter=5,
+        throughput_per_s=912.5,
+        wait_p50_s=0.012,
+        wait_p99_s=1.5,
+        run_p50_s=0.25,
+        run_p99_s=12.0,
+        oldest_pending_age_s=754.0,
+    )
+    return Stats(broker_state="running", pools=(pool,))
+
+
+def _print_tables() -> None:
+    show_stats(_busy_stats(), OutputFormat.TABLE)
+    show_pools(
+        [PoolInfo("default", "weighted_response_time", **LIMITS)],  # type: ignore[arg-type]
+        OutputFormat.TABLE,
+    )
+    show_workers(
+        [_worker(worker_id="render-host-12-4711", breaker="half_open")], OutputFormat.TABLE
+    )
+    show_tasks(
+        [
+            _task(
+                id="1234567",
+                task_type="render-thumbnail",
+                state=TaskState.PENDING,
+                unschedulable=True,
+            )
+        ],
+        OutputFormat.TABLE,
+    )
+
+
+def test_tables_fit_an_80_column_terminal(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    _print_tables()
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 80, "\n".join(lines)
+    text = "\n".join(lines)
+    for whole in (  # nothing cut short
+        "SUCCEEDED",
+        "THROUGHPUT",
+        "WAIT P99",
+        "1500 ms",
+        "weighted_response_time",
+        "MAX QUEUE",
+        "render-host-12-4711",
+        "half_open",
+        "render-thumbnail",
+        "pending (unschedulable)",
+        "01-02 03:04:05",
+    ):
+        assert whole in text, text
+
+
+def test_tables_by_default_show_fewer_columns_and_wide_shows_all(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _print_tables()
+    narrow = capsys.readouterr().out
+    for wide_only in ("UNSCHEDULABLE", "CLIENT RATE", "LABELS", "PRI"):
+        assert wide_only not in narrow
+    assert "(--wide: every column" in narrow
+    show_stats(_busy_stats(), OutputFormat.TABLE, wide=True)
+    wide = capsys.readouterr().out
+    assert "UNSCHEDULABLE" in wide
+    assert "STICKY HITS" in wide
+    assert "--wide" not in wide
+
+
+@pytest.mark.parametrize(
+    "args", [("stats",), ("pools", "list"), ("workers", "list"), ("tasks", "list")]
+)
+def test_table_commands_take_wide_and_explain_their_columns(args: tuple[str, ...]) -> None:
+    result = invoke(*args, "--help", env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    assert "--wide" in result.stdout
+    assert "The columns" in result.stdout
+
+
+def test_workers_list_help_explains_load_and_in_flight() -> None:
+    text = invoke("workers", "list", "--help", env={"COLUMNS": "120"}).stdout
+    assert "IN FLIGHT     the broker's count" in text
+    assert "LOAD          the worker's own figure" in text

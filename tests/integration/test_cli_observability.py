@@ -598,7 +598,7 @@ def test_change_text() -> None:
 
 
 def test_stats_show_the_live_figures(client: type[ObservingClient]) -> None:
-    shown = ok(invoke("stats"))
+    shown = ok(invoke("stats", "--wide"))
     header = next(line for line in shown.splitlines() if "UNSCHEDULABLE" in line)
     assert " ".join(header.split()[header.split().index("THROUGHPUT") :]) == (
         "THROUGHPUT WAIT P50 / P99 RUN P50 / P99 OLDEST PENDING STICKY HITS"
@@ -609,7 +609,7 @@ def test_stats_show_the_live_figures(client: type[ObservingClient]) -> None:
         *("12m", "34s", "-"),
     ]
     assert rows["gpu"][11:] == ["0/s", "-", "-", "-", "-"]
-    data = json.loads(ok(invoke("stats", "-o", "json")))
+    data = json.loads(ok(invoke("stats", "--wide", "-o", "json")))
     live = {key: data["pools"][0][key] for key in list(data["pools"][0])[-6:]}
     assert live == {
         "throughput_per_s": 3.25,
@@ -636,7 +636,7 @@ def test_oldest_pending_age(
 ) -> None:
     pool = PoolStats("default", "round_robin", 1, 0, 0, 0, 0, 0, 0, 0, oldest_pending_age_s=seconds)
     monkeypatch.setattr(client, "statistics", [Stats("running", (pool,))])
-    row = table_rows(ok(invoke("stats")), {"default"})["default"]
+    row = table_rows(ok(invoke("stats", "--wide")), {"default"})["default"]
     assert " ".join(row).endswith(f"0/s - - {shown} -")
 
 
@@ -646,7 +646,9 @@ def test_stats_watch_json_prints_one_document_per_refresh(
     busier = Stats("running", (LIVE_POOL,))
     draining = Stats("draining", ())
     client.statistics = [Stats("running", ()), busier, draining]
-    shown = ok(invoke("stats", "--watch", "--count", "3", "--interval", "5", "-o", "json"))
+    shown = ok(
+        invoke("stats", "--wide", "--watch", "--count", "3", "--interval", "5", "-o", "json")
+    )
     lines = shown.splitlines()
     assert len(lines) == 3
     documents = [json.loads(line) for line in lines]
@@ -661,7 +663,7 @@ def test_stats_watch_json_prints_one_document_per_refresh(
 def test_stats_watch_table_redraws_each_refresh(
     client: type[ObservingClient], sleeps: list[float]
 ) -> None:
-    shown = ok(invoke("stats", "-w", "--count", "2"))
+    shown = ok(invoke("stats", "--wide", "-w", "--count", "2"))
     headings = [line for line in shown.splitlines() if line.startswith("broker: ")]
     assert len(headings) == 2
     assert all(h.startswith("broker: running, at ") for h in headings)
@@ -681,12 +683,12 @@ def test_stats_watch_ends_cleanly_on_ctrl_c(
             raise KeyboardInterrupt
 
     monkeypatch.setattr(_watch, "sleep", interrupted_on_the_third_wait)
-    shown = ok(invoke("stats", "--watch", "--interval", "0.5", "-o", "json"))
+    shown = ok(invoke("stats", "--wide", "--watch", "--interval", "0.5", "-o", "json"))
     assert len(shown.splitlines()) == 3
     # Ctrl-C while asking the broker ends it as well.
     client.statistics = [Stats("running", ()), KeyboardInterrupt()]
     monkeypatch.setattr(_watch, "sleep", lambda seconds: None)
-    assert len(ok(invoke("stats", "--watch", "-o", "json")).splitlines()) == 1
+    assert len(ok(invoke("stats", "--wide", "--watch", "-o", "json")).splitlines()) == 1
 
 
 def test_stats_watch_stops_on_a_broker_error(
@@ -695,7 +697,7 @@ def test_stats_watch_stops_on_a_broker_error(
     from worker_sdk import Unavailable
 
     client.statistics = [Stats("running", ()), Unavailable("broker at x is unavailable")]
-    result = invoke("stats", "--watch", "-o", "json")
+    result = invoke("stats", "--wide", "--watch", "-o", "json")
     assert result.exit_code == 1
     assert len(result.stdout.splitlines()) == 1
     assert result.stderr == "error: broker at x is unavailable\n"

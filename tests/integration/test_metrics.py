@@ -259,12 +259,12 @@ def test_counters_and_histograms_after_known_events(memory: InMemoryMetricReader
     assert latency.sum == pytest.approx(2.0 + 0.0 + 4.0)
 
     run = "taskbroker.task.run_time"
-    first = got.histogram(run, pool="default", task_type="boom", worker_id="w1")
-    assert (first.count, first.sum) == (1, 1.5)
-    second = got.histogram(run, pool="default", task_type="boom", worker_id="w2")
-    assert (second.count, second.sum) == (1, 0.004)
-    assert second.bucket_counts[DURATION_BUCKETS_S.index(0.005)] == 1  # 2.5 ms < 4 ms <= 5 ms
-    assert got.histogram(run, pool="gpu", task_type="render", worker_id="g1").count == 1
+    # Per pool and type, not per worker: a histogram would keep a gone worker's series.
+    boom_runs = got.histogram(run, pool="default", task_type="boom")
+    assert boom_runs.count == 2
+    assert boom_runs.sum == pytest.approx(1.5 + 0.004)
+    assert boom_runs.bucket_counts[DURATION_BUCKETS_S.index(0.005)] == 1  # 2.5 ms < 4 ms <= 5 ms
+    assert got.histogram(run, pool="gpu", task_type="render").count == 1
     assert got.units[run] == "s"
 
 
@@ -481,9 +481,9 @@ async def test_a_known_workload_shows_in_the_metrics(
         assert got.value("taskbroker.tasks.failed_attempts", pool="default", task_type="boom") == 4
         assert got.value("taskbroker.tasks.retried", pool="default", task_type="boom") == 1
         run_time = "taskbroker.task.run_time"
-        echo_runs = got.histogram(run_time, pool="default", task_type="echo", worker_id="w-metrics")
+        echo_runs = got.histogram(run_time, pool="default", task_type="echo")
         assert echo_runs.count == 6
-        boom_runs = got.histogram(run_time, pool="default", task_type="boom", worker_id="w-metrics")
+        boom_runs = got.histogram(run_time, pool="default", task_type="boom")
         assert boom_runs.count == 4
         assert got.histogram("taskbroker.queue.wait", pool="default", task_type="echo").count == 6
         assert (
@@ -546,6 +546,29 @@ async def test_prometheus_endpoint_serves_the_metrics(tmp_path: Path) -> None:
     assert any(line.startswith("taskbroker_backlog_oldest_age_seconds") for line in lines)
     with pytest.raises(urllib.error.URLError):  # shut down: the endpoint is gone
         _scrape(url)
+
+
+async def test_worker_series_end_when_the_worker_leaves(tmp_path: Path) -> None:
+    pytest.importorskip("opentelemetry.exporter.prometheus")
+    pytest.importorskip("prometheus_client")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    config = make_config(tmp_path, prometheus_port=port)
+    async with Broker(config) as broker, Client(broker.address) as client:
+        worker = metrics_worker("w-leaves")
+        run = await running(worker, client)
+        task_id = await client.submit("echo", b"x")
+        await client.wait_many([task_id], timeout=10)
+        text = await asyncio.to_thread(_scrape, url)
+        held = [line for line in text.splitlines() if 'worker_id="w-leaves"' in line]
+        assert any(line.startswith("taskbroker_worker_in_flight") for line in held), held
+        await worker.shutdown(grace=2)
+        await run
+        async with asyncio.timeout(10):  # the broker sees the stream end
+            while await client.list_workers():
+                await asyncio.sleep(0.01)
+        text = await asyncio.to_thread(_scrape, url)
+    assert "w-leaves" not in text
 
 
 async def test_a_provider_reports_its_scrape_address(tmp_path: Path) -> None:

@@ -28,6 +28,9 @@ from tests.support.config import make_config
 from tests.support.workers import start_worker
 from worker_sdk import Client, TaskContext, TaskRequest, Worker
 
+# A soak of seconds: make test runs it, make test-fast skips it.
+pytestmark = pytest.mark.slow
+
 SOAK_S = float(os.environ.get("TASKBROKER_SOAK_S", "20"))
 RETENTION_S = 5.0  # fake seconds: five rounds
 TASKS_PER_ROUND = 40

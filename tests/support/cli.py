@@ -10,8 +10,13 @@ from cli.main import app
 
 
 def invoke(*args: str, env: dict[str, str | None] | None = None) -> Result:
-    # TASKBROKER_* from the developer's shell must not leak into these tests.
-    clean: dict[str, str | None] = {"TASKBROKER_ADDR": None, "TASKBROKER_PORT": None}
+    # TASKBROKER_* from the developer's shell must not leak into these tests, nor COLUMNS
+    # (which pytest-xdist's workers have) into the tables' width.
+    clean: dict[str, str | None] = {
+        "TASKBROKER_ADDR": None,
+        "TASKBROKER_PORT": None,
+        "COLUMNS": None,
+    }
     return CliRunner().invoke(app, list(args), env={**clean, **(env or {})})
 
 

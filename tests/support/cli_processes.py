@@ -45,6 +45,7 @@ def taskbroker(*args: str) -> list[str]:
 def clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBROKER_")}
     env["PYTHONUNBUFFERED"] = "1"
+    env.pop("COLUMNS", None)  # tables as piped output has them, whatever the terminal
     return env
 
 

@@ -37,6 +37,7 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment without TASKBROKER_* settings, unbuffered, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBROKER_")}
     env["PYTHONUNBUFFERED"] = "1"
+    env.pop("COLUMNS", None)  # tables as piped output has them, whatever the terminal
     env.update(extra or {})
     return env
 

@@ -363,3 +363,34 @@ def test_recommend_refuses_nonsense() -> None:
         recommend("p", [], now=NOW, current_workers=1, slots_per_worker=1.0, backlog=-1)
     with pytest.raises(ValueError, match="horizon"):
         recommend("p", [], now=NOW, current_workers=1, slots_per_worker=1.0, horizon_s=0.0)
+
+
+# -- short histories and pauses ------------------------------------------------------------
+
+
+def test_a_short_steady_history_is_not_extrapolated_into_growth() -> None:
+    # Two minutes into a steady 9/s that started halfway through a minute, 30 s into the next.
+    points = [
+        point(NOW - 3 * MINUTE, 270),
+        point(NOW - 2 * MINUTE, 540),
+        point(NOW - MINUTE, 540),
+        point(NOW, 270),
+    ]
+    forecast = forecast_rate(points, NOW + 30, 15 * MINUTE)
+    assert 8.5 <= forecast.rate_per_s <= 9.9, forecast
+    assert any("damped" in line for line in forecast.reasoning)
+
+
+def test_a_quiet_spell_after_work_keeps_the_learned_run_time_and_some_workers() -> None:
+    history = points_from_rows(recorded_history(9.0, 0.5, hours=1))
+    # Three quiet minutes after an hour of 9/s: the trend falls, the work was recent.
+    paused = recommend(
+        "p", history, now=NOW + 3 * MINUTE + 30, current_workers=3, slots_per_worker=4.0
+    )
+    assert paused.mean_run_s == pytest.approx(0.5, rel=0.2)
+    assert paused.arrival_rate_per_s > 1.0
+    assert paused.recommended_workers >= 1
+    # Long after: nothing forecast, 0 workers, and the run time learned still shows.
+    idle = recommend("p", history, now=NOW + 3 * HOUR, current_workers=3, slots_per_worker=4.0)
+    assert idle.recommended_workers == 0
+    assert idle.mean_run_s == pytest.approx(0.5, rel=0.2)

@@ -19,7 +19,13 @@ from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent.parent
-FILES = ("bench.py", "bench_workers.py", "bench_placement.py", "bench_compare.py")
+FILES = (
+    "bench.py",
+    "bench_workers.py",
+    "bench_placement.py",
+    "bench_compare.py",
+    "bench_security.py",
+)
 MODULES = ("tests.bench", "tests.bench_workers", "tests.bench_placement")
 RUN_TIMEOUT_S = 1800
 

@@ -45,10 +45,10 @@ def enable(*, tls: bool, token: bool) -> None:
 
 def connection() -> dict[str, Any]:
     """The `tls=` and `token=` arguments of the bench's Client and Workers."""
-    from worker_sdk import TLS
-
     arguments: dict[str, Any] = {}
     if ca := os.environ.get(_TLS_CA_ENV):
+        from worker_sdk import TLS
+
         arguments["tls"] = TLS(ca_file=ca)
     if token := os.environ.get(_TOKEN_ENV):
         arguments["token"] = token

@@ -2,7 +2,7 @@
 
 Each pool is scheduled by one broker at a time, which holds a lease on it in the
 database (table pool_leases) with a fencing epoch that every one of its commits carries
-(broker.storage.postgres). The design, with its failure cases, is in docs/cluster.md.
+(broker.storage.postgres). The design, with its failure cases, is in deploy/cluster.md.
 """
 
 from broker.cluster.assignment import desired_owner

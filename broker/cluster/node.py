@@ -1,7 +1,7 @@
 """One broker's part in a cluster: its row in `brokers`, its leases in `pool_leases`, and
 the notifications that wake it.
 
-The rules (docs/cluster.md has the whole design):
+The rules (deploy/cluster.md has the whole design):
 
 - A broker renews its row and its leases every third of `cluster_lease_s`, in one
   statement each. Times are the database's (clock_timestamp()), so brokers' clocks need

@@ -2,7 +2,7 @@
 
 - Tasks submitted to any broker run exactly once, each at its pool's owner.
 - The owner of a busy pool killed with SIGKILL: another broker takes the pool within the
-  bound (docs/cluster.md), every acknowledged task completes, and a task runs twice only
+  bound (deploy/cluster.md), every acknowledged task completes, and a task runs twice only
   if it was in a worker's hands at the kill.
 - The owner paused with SIGSTOP past its lease, then resumed: it hands out no more work,
   steps down and exits, while the broker that took over finishes the pool.
@@ -38,7 +38,7 @@ ROOT = Path(__file__).parent.parent.parent
 WORKER_SCRIPT = ROOT / "tests" / "support" / "cluster_worker.py"
 LISTENING = re.compile(r"taskbroker listening on (\S+)")
 LEASE_S = 1.5
-# The longest a pool may go without an owner after its owner dies (docs/cluster.md): its
+# The longest a pool may go without an owner after its owner dies (deploy/cluster.md): its
 # lease runs out, and the broker that should have it takes it at its next renewal, a
 # third of a lease later. The slack is for a loaded two-core machine.
 TAKEOVER_BOUND_S = LEASE_S + LEASE_S / 3 + 1.0

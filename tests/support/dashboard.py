@@ -27,7 +27,7 @@ from worker_sdk import SyncClient
 # there when it is missing).
 CHROMIUM = "/usr/bin/chromium"
 # Set to a directory to have the tests write screenshots of the pages there (the
-# README's images: docs/screenshots).
+# README's images: deploy/screenshots).
 SCREENSHOTS_ENV = "TASKBROKER_SCREENSHOTS"
 LISTENING = re.compile(r"taskbroker listening on (\S+) \(db ")
 START_S = 30.0

@@ -47,14 +47,17 @@ from broker.storage.groupcommit import GroupCommit, WriteBatch
 from broker.storage.postgres_schema import migrate
 from broker.storage.sqlite_rows import (  # the same columns as SQLite's
     ARM_STATS_COLUMNS,
+    CONFIG_CHANGE_COLUMNS,
     POOL_COLUMNS,
     ROLLUP_COLUMNS,
     RUNTIME_COLUMNS,
     SELECT_TASKS,
     TASK_COLUMNS,
+    TOKEN_COLUMNS,
     Row,
     arm_stats_from_row,
     arm_stats_rows,
+    config_change_from_row,
     config_change_row,
     connect_row,
     insert_row,
@@ -63,6 +66,8 @@ from broker.storage.sqlite_rows import (  # the same columns as SQLite's
     runtime_from_row,
     runtime_row,
     task_from_row,
+    token_from_row,
+    token_row,
     update_row,
 )
 
@@ -239,7 +244,7 @@ def batch_statement(
             " ON CONFLICT (pool) DO UPDATE SET settings = excluded.settings"
         )
     if batch.tokens:
-        rows = [_token_row(token) for token in batch.tokens.values()]
+        rows = [token_row(token) for token in batch.tokens.values()]
         cols = st.columns(rows, _types("text text text text float8 float8"))
         st.add(
             "INSERT INTO api_tokens (name, roles, pools, digest, created_at, revoked_at)"
@@ -348,17 +353,6 @@ def _arm_stats(st: _Statement, batch: WriteBatch[Row]) -> None:
             " placed = excluded.placed, finished = excluded.finished,"
             " failed = excluded.failed, wait_s = excluded.wait_s, run_s = excluded.run_s"
         )
-
-
-def _token_row(token: ApiToken) -> Row:
-    return (
-        token.name,
-        json.dumps(list(token.roles)),
-        json.dumps(list(token.pools)),
-        token.digest,
-        token.created_at,
-        token.revoked_at,
-    )
 
 
 def _worker_log(st: _Statement, batch: WriteBatch[Row]) -> None:
@@ -601,40 +595,16 @@ class PostgresStore(GroupCommit[Row]):
 
     async def config_history(self, pool: str = "", limit: int = 100) -> list[ConfigChange]:
         rows = await self._fetch(
-            "SELECT at, who, source, pool, before, after, fields FROM config_audit"
+            f"SELECT {CONFIG_CHANGE_COLUMNS} FROM config_audit"
             " WHERE ($1 = '' OR pool = $1) ORDER BY id DESC LIMIT $2",
             pool,
             limit,
         )
-        return [
-            ConfigChange(
-                at=at,
-                who=who,
-                source=source,
-                pool=pool_name,
-                before=before,
-                after=after,
-                fields=tuple(json.loads(fields)),
-            )
-            for at, who, source, pool_name, before, after, fields in rows
-        ]
+        return [config_change_from_row(row) for row in rows]
 
     async def load_tokens(self) -> list[ApiToken]:
-        rows = await self._fetch(
-            "SELECT name, roles, pools, digest, created_at, revoked_at FROM api_tokens"
-            " ORDER BY name"
-        )
-        return [
-            ApiToken(
-                name=name,
-                roles=tuple(json.loads(roles)),
-                pools=tuple(json.loads(pools)),
-                digest=digest,
-                created_at=created_at,
-                revoked_at=revoked_at,
-            )
-            for name, roles, pools, digest, created_at, revoked_at in rows
-        ]
+        rows = await self._fetch(f"SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY name")
+        return [token_from_row(row) for row in rows]
 
     async def load_file_settings(self) -> dict[str, dict[str, Any]]:
         rows = await self._fetch("SELECT pool, settings FROM pool_file_settings")

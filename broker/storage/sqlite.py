@@ -37,14 +37,17 @@ from broker.storage.groupcommit import GroupCommit, WriteBatch
 from broker.storage.lockfile import StoreLock
 from broker.storage.sqlite_rows import (
     ARM_STATS_COLUMNS,
+    CONFIG_CHANGE_COLUMNS,
     POOL_COLUMNS,
     ROLLUP_COLUMNS,
     RUNTIME_COLUMNS,
     SELECT_TASKS,
     TASK_COLUMNS,
+    TOKEN_COLUMNS,
     Row,
     arm_stats_from_row,
     arm_stats_rows,
+    config_change_from_row,
     config_change_row,
     connect_row,
     insert_row,
@@ -55,6 +58,8 @@ from broker.storage.sqlite_rows import (
     runtime_from_row,
     runtime_row,
     task_from_row,
+    token_from_row,
+    token_row,
     update_row,
 )
 from broker.storage.sqlite_schema import TERMINAL_STATES_SQL, migrate
@@ -327,40 +332,15 @@ class SQLiteStore(GroupCommit[Row]):
         """Audited configuration changes, newest first; of one pool, or of all."""
         where, params = ("WHERE pool = ?", [pool]) if pool else ("", [])
         rows = await self._fetch(
-            "SELECT at, who, source, pool, before, after, fields FROM config_audit "
-            f"{where} ORDER BY id DESC LIMIT ?",
+            f"SELECT {CONFIG_CHANGE_COLUMNS} FROM config_audit {where} ORDER BY id DESC LIMIT ?",
             [*params, limit],
         )
-        return [
-            ConfigChange(
-                at=at,
-                who=who,
-                source=source,
-                pool=pool_name,
-                before=before,
-                after=after,
-                fields=tuple(json.loads(fields)),
-            )
-            for at, who, source, pool_name, before, after, fields in rows
-        ]
+        return [config_change_from_row(row) for row in rows]
 
     async def load_tokens(self) -> list[ApiToken]:
         """Every stored API token, revoked ones too, by name."""
-        rows = await self._fetch(
-            "SELECT name, roles, pools, digest, created_at, revoked_at FROM api_tokens"
-            " ORDER BY name"
-        )
-        return [
-            ApiToken(
-                name=name,
-                roles=tuple(json.loads(roles)),
-                pools=tuple(json.loads(pools)),
-                digest=digest,
-                created_at=created_at,
-                revoked_at=revoked_at,
-            )
-            for name, roles, pools, digest, created_at, revoked_at in rows
-        ]
+        rows = await self._fetch(f"SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY name")
+        return [token_from_row(row) for row in rows]
 
     async def load_file_settings(self) -> dict[str, dict[str, Any]]:
         """The settings the config file last gave each pool, by pool."""
@@ -497,7 +477,7 @@ def _statements(batch: WriteBatch[Row]) -> list[tuple[str, Sequence[Row]]]:
         (_UPSERT_POOL, [pool_row(pool, at) for pool, at in batch.pools.values()]),
         (_INSERT_CONFIG_CHANGE, [config_change_row(c) for c in batch.config_changes]),
         (_UPSERT_FILE_SETTINGS, list(batch.file_settings.items())),
-        (_UPSERT_TOKEN, [_token_row(t) for t in batch.tokens.values()]),
+        (_UPSERT_TOKEN, [token_row(t) for t in batch.tokens.values()]),
         (
             _UPSERT_STICKY,
             [(pool, key, *where) for (pool, key), where in batch.sticky.items() if where[0]],
@@ -549,17 +529,6 @@ async def _in_thread(db: aiosqlite.Connection, function: Callable[..., _T], *arg
     """
     result: _T = await db._execute(function, db._conn, *args)  # type: ignore[no-untyped-call]
     return result
-
-
-def _token_row(token: ApiToken) -> tuple[Any, ...]:
-    return (
-        token.name,
-        json.dumps(list(token.roles)),
-        json.dumps(list(token.pools)),
-        token.digest,
-        token.created_at,
-        token.revoked_at,
-    )
 
 
 async def _rollback(db: aiosqlite.Connection) -> None:

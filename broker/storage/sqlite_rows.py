@@ -9,6 +9,7 @@ from typing import Any, Final
 
 from broker.domain import (
     ANYWHERE,
+    ApiToken,
     ConfigChange,
     Placement,
     PoolConfig,
@@ -315,4 +316,47 @@ def config_change_row(change: ConfigChange) -> Row:
         change.before,
         change.after,
         json.dumps(list(change.fields)),
+    )
+
+
+CONFIG_CHANGE_COLUMNS: Final = "at, who, source, pool, before, after, fields"
+
+
+def config_change_from_row(row: Sequence[Any]) -> ConfigChange:
+    at, who, source, pool, before, after, fields = row
+    return ConfigChange(
+        at=at,
+        who=who,
+        source=source,
+        pool=pool,
+        before=before,
+        after=after,
+        fields=tuple(json.loads(fields)),
+    )
+
+
+TOKEN_COLUMNS: Final = "name, roles, pools, digest, created_at, revoked_at"
+
+
+def token_row(token: ApiToken) -> Row:
+    """An API token (its hash, never its secret), in the order of TOKEN_COLUMNS."""
+    return (
+        token.name,
+        json.dumps(list(token.roles)),
+        json.dumps(list(token.pools)),
+        token.digest,
+        token.created_at,
+        token.revoked_at,
+    )
+
+
+def token_from_row(row: Sequence[Any]) -> ApiToken:
+    name, roles, pools, digest, created_at, revoked_at = row
+    return ApiToken(
+        name=name,
+        roles=tuple(json.loads(roles)),
+        pools=tuple(json.loads(pools)),
+        digest=digest,
+        created_at=created_at,
+        revoked_at=revoked_at,
     )

@@ -198,13 +198,18 @@ def _credentials(tls: TLS, token: Token | None) -> grpc.ChannelCredentials:
     )
 
 
+def split_addresses(address: str) -> list[str]:
+    """The brokers an address names: "host:port", or several as "a:port,b:port,..."."""
+    return [part.strip() for part in address.split(",") if part.strip()] or [address]
+
+
 def target(address: str) -> str:
     """The gRPC target for `address`: "host:port", a DNS name with several records (gRPC
     tries each), or several brokers sharing one database as "ip:port,ip:port,...", which
     becomes one channel that moves to the next address when one cannot be reached."""
-    parts = [part.strip() for part in address.split(",") if part.strip()]
-    if len(parts) <= 1:
-        return parts[0] if parts else address
+    parts = split_addresses(address)
+    if len(parts) == 1:
+        return parts[0]
     hosts = [part.rpartition(":")[0] for part in parts]
     if all(_is_ipv4(host) for host in hosts):
         return "ipv4:" + ",".join(parts)

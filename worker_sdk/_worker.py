@@ -14,7 +14,14 @@ from typing import Any, Literal, TypeVar
 from opentelemetry.trace import TracerProvider
 
 from worker_sdk import _tracing
-from worker_sdk._channel import TLSSetting, Token, open_channel, tls_of, token_of
+from worker_sdk._channel import (
+    TLSSetting,
+    Token,
+    open_channel,
+    split_addresses,
+    tls_of,
+    token_of,
+)
 from worker_sdk._context import TaskContext
 from worker_sdk._pb import worker_pb2_grpc as _worker_grpc
 from worker_sdk._processes import ProcessSlots, pickled_handlers
@@ -232,7 +239,7 @@ class Worker:
             ("grpc.min_reconnect_backoff_ms", round(self._reconnect_initial_s * 1000)),
             ("grpc.max_reconnect_backoff_ms", round(self._reconnect_max_s * 1000)),
         ]
-        addresses = [a.strip() for a in address.split(",") if a.strip()] or [address]
+        addresses = split_addresses(address)
         at = 0  # which of the addresses (several brokers: any of them, or the one named)
         channel = open_channel(
             addresses[at], extra_options=reconnect, tls=self._tls, token=self._token

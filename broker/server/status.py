@@ -61,15 +61,6 @@ ERROR_DOMAIN = "taskbroker"
 OWNER_KEY = "taskbroker-owner"
 
 
-def trailing_metadata(error: BrokerError) -> tuple[tuple[str, str], ...]:
-    """What an error's status carries besides its code and message."""
-    if isinstance(error, ResourceExhausted) and error.retry_after_s is not None:
-        return ((RETRY_PUSHBACK_KEY, str(retry_after_ms(error.retry_after_s))),)
-    if isinstance(error, NotOwner) and error.owner:
-        return ((OWNER_KEY, error.owner),)
-    return ()
-
-
 def status_of(error: BrokerError) -> grpc.StatusCode:
     """The status code for an error: its own class's, else its nearest base's."""
     for cls in type(error).__mro__:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Final
 
 from broker.clock import Clock
+from broker.core.validation import MAX_NAME_LENGTH, check_count, check_names
 from broker.domain import ApiToken
 from broker.errors import AlreadyExists, ConfigError, FailedPrecondition, InvalidArgument, NotFound
 from broker.storage import Store
@@ -82,19 +83,28 @@ def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+MAX_TOKEN_ROLES: Final = 16  # roles named in one request (duplicates included)
+MAX_TOKEN_POOLS: Final = 100  # pools one token may be limited to
+
+
 def check_roles(
     roles: Iterable[str], pools: Iterable[str]
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Validated, sorted roles and pools; InvalidArgument naming what is wrong."""
-    role_set = sorted(set(roles))
+    role_list, pool_list = list(roles), list(pools)
+    check_count(role_list, "roles", MAX_TOKEN_ROLES, path="roles")
+    check_names(pool_list, "pools", MAX_TOKEN_POOLS, MAX_NAME_LENGTH, path="pools")
+    role_set = sorted(set(role_list))
     if not role_set:
-        raise InvalidArgument("a token needs at least one role")
+        raise InvalidArgument("a token needs at least one role", field="roles")
     unknown = [r for r in role_set if r not in ROLES]
     if unknown:
-        raise InvalidArgument(f"unknown role {unknown[0]!r}; known: {', '.join(ROLES)}")
-    pool_set = sorted(set(pools))
+        raise InvalidArgument(
+            f"unknown role {unknown[0]!r}; known: {', '.join(ROLES)}", field="roles"
+        )
+    pool_set = sorted(set(pool_list))
     if any(not p for p in pool_set):
-        raise InvalidArgument("a pool name must not be empty")
+        raise InvalidArgument("a pool name must not be empty", field="pools")
     return tuple(role_set), tuple(pool_set)
 
 
@@ -199,10 +209,11 @@ class TokenRegistry:
         self, name: str, roles: Iterable[str], pools: Iterable[str]
     ) -> tuple[ApiToken, str]:
         """A new token and its secret (which is not kept: it is shown once)."""
-        if not _TOKEN_NAME.match(name):
+        if not _TOKEN_NAME.fullmatch(name):
             raise InvalidArgument(
                 "a token name is 1-64 letters, digits, '_', '.', '@', ':' or '-',"
-                " starting with a letter or digit"
+                " starting with a letter or digit",
+                field="name",
             )
         if name in self._by_name or any(t.name == name for t in self._static.values()):
             raise AlreadyExists(f"token {name!r} exists")

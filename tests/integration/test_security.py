@@ -27,6 +27,7 @@ from tests.support.pki import Pki, issue_server_cert, make_pki
 from worker_sdk import (
     TLS,
     Client,
+    InvalidArgument,
     PermissionDenied,
     ResourceExhausted,
     TaskContext,
@@ -821,3 +822,26 @@ async def _eventually_listed(
         else:
             return True
     return False
+
+
+@pytest.mark.parametrize(
+    ("name", "roles", "pools", "message"),
+    [
+        ("", ["read"], [], "a token name is"),
+        ("ops\n", ["read"], [], "a token name is"),
+        ("x" * 65, ["read"], [], "a token name is"),
+        ("ci", [], [], "at least one role"),
+        ("ci", ["root"], [], "unknown role 'root'"),
+        ("ci", ["read"] * 17, [], "roles holds more than 16"),
+        ("ci", ["read"], [""], "must not be empty"),
+        ("ci", ["read"], ["p" * 201], "longer than 200"),
+        ("ci", ["read"], [f"p{n}" for n in range(101)], "pools holds more than 100"),
+    ],
+)
+async def test_a_bad_token_request_is_invalid_argument_and_creates_nothing(
+    admin: Client, name: str, roles: list[str], pools: list[str], message: str
+) -> None:
+    before = await admin.list_tokens()
+    with pytest.raises(InvalidArgument, match=message):
+        await admin.create_token(name, roles, pools)
+    assert await admin.list_tokens() == before

@@ -41,6 +41,7 @@ from broker.server.grpc_server import add_services, bind_server, health_servicer
 from broker.server.security import Security
 from broker.service import BrokerService
 from broker.storage import PostgresStore, Store, open_store
+from broker.store_url import redacted
 
 log = logging.getLogger("taskbroker.server")
 
@@ -206,7 +207,7 @@ class Broker:
         log.info(
             "taskbroker listening on %s (db %s); %d unfinished tasks requeued",
             self.address,
-            config.db_path,
+            redacted(config.db_path),
             requeued,
         )
 

@@ -21,6 +21,15 @@ from broker.errors import ConfigError
 SYNCHRONOUS_MODES: Final = ("FULL", "NORMAL")  # SQLite's durability settings
 
 
+def redacted(url: str) -> str:
+    """A store URL fit to show or log: a password in it becomes ***."""
+    head, at, tail = url.rpartition("@")
+    if not at or ":" not in head.split("//", 1)[-1]:
+        return url
+    scheme, _, userinfo = head.partition("//")
+    return f"{scheme}//{userinfo.split(':', 1)[0]}:***@{tail}"
+
+
 class Scheme(NamedTuple):
     """A URL scheme of the stores."""
 

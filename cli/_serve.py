@@ -34,6 +34,7 @@ def serve(
     from broker import load_config
     from broker.errors import BrokerError
     from broker.observability.logs import configure as configure_logging
+    from broker.store_url import redacted
 
     flags = {
         "host": host,
@@ -52,7 +53,7 @@ def serve(
     except BrokerError as exc:
         raise CliError(str(exc)) from None
     except (OSError, sqlite3.Error) as exc:
-        raise CliError(f"cannot open the database {config.db_path}: {exc}") from None
+        raise CliError(f"cannot open the database {redacted(config.db_path)}: {exc}") from None
 
 
 async def _run(
@@ -78,7 +79,10 @@ async def _run(
     loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
     try:
         await broker.start()
-        print(f"taskbroker listening on {broker.address} (db {config.db_path})", flush=True)
+        from broker.store_url import redacted
+
+        db = redacted(config.db_path)
+        print(f"taskbroker listening on {broker.address} (db {db})", flush=True)
         # Until a signal, or until the broker stops by itself (or the reloader fails).
         reloader = asyncio.create_task(_reload_on_sighup(broker, reload_requested))
         waiters = [

@@ -70,6 +70,7 @@ from broker.storage.sqlite_rows import (  # the same columns as SQLite's
     token_row,
     update_row,
 )
+from broker.store_url import redacted
 
 _log = logging.getLogger("taskbroker.store")
 
@@ -431,18 +432,9 @@ async def connect_pool(url: str, name: str = "taskbroker") -> asyncpg.Pool:
             server_settings={"application_name": name},
         )
     except (OSError, asyncpg.PostgresError) as exc:
-        raise StorageError(f"cannot connect to PostgreSQL at {_redacted(url)}: {exc}") from exc
+        raise StorageError(f"cannot connect to PostgreSQL at {redacted(url)}: {exc}") from exc
     assert pool is not None
     return pool
-
-
-def _redacted(url: str) -> str:
-    """The URL without a password."""
-    head, at, tail = url.rpartition("@")
-    if not at or ":" not in head.split("//", 1)[-1]:
-        return url
-    scheme, _, userinfo = head.partition("//")
-    return f"{scheme}//{userinfo.split(':', 1)[0]}:***@{tail}"
 
 
 class PostgresStore(GroupCommit[Row]):
@@ -473,7 +465,7 @@ class PostgresStore(GroupCommit[Row]):
         pool = await connect_pool(url, name)
         try:
             async with pool.acquire() as conn:
-                await migrate(conn, _redacted(url))  # type: ignore[arg-type]
+                await migrate(conn, redacted(url))  # type: ignore[arg-type]
         except BaseException:
             await pool.close()
             raise

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
+from pathlib import Path
 
 import asyncpg
 import pytest
 
+from broker import Broker
 from broker.domain import TaskState
 from broker.errors import BrokerError, StorageError
 from broker.storage import PostgresStore, groupcommit, open_store
@@ -16,7 +19,8 @@ from broker.storage.groupcommit import WriteBatch
 from broker.storage.postgres import batch_statement
 from broker.storage.postgres_schema import MIGRATIONS, SCHEMA_VERSION
 from broker.storage.sqlite_rows import TASK_COLUMNS, Row, insert_row, update_row
-from tests.support.postgres import free_port, fresh_database
+from tests.support.config import make_config
+from tests.support.postgres import SUPERUSER, free_port, fresh_database, server
 from tests.support.store import finished, make_task
 
 
@@ -155,3 +159,21 @@ async def test_a_commit_under_a_fence_notifies_every_new_and_ended_task() -> Non
     ids = {int(i) for p in submitted for i in p.split(":")[1].split(",")}
     assert ids == {t.id for t in tasks} | {1}
     assert ("taskbroker_finished", "b1|:1") in heard
+
+
+async def test_a_password_in_the_store_url_never_reaches_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The test server trusts loopback, so any password connects; it must still not show.
+    secret = "pw-s3cret-42"
+    url = (await fresh_database()).replace(f"//{SUPERUSER}@", f"//{SUPERUSER}:{secret}@", 1)
+    caplog.set_level(logging.DEBUG)
+    async with Broker(make_config(tmp_path, db_path=url)):
+        pass
+    unreachable = url.replace(f":{server().port}/", f":{free_port()}/", 1)
+    with pytest.raises(StorageError) as refused:
+        await open_store(unreachable)
+    assert "taskbroker listening on" in caplog.text
+    assert secret not in caplog.text
+    assert secret not in str(refused.value)
+    assert f"{SUPERUSER}:***@" in str(refused.value)

@@ -440,12 +440,17 @@ class BrokerService:
         self._engine.heartbeat(worker_id, load, held, assignments_seen)
 
     def report(
-        self, worker_id: WorkerId, started: Sequence[TaskId], results: Sequence[TaskResult]
+        self,
+        worker_id: WorkerId,
+        started: Sequence[TaskId],
+        results: Sequence[TaskResult],
+        seq: int = 0,
     ) -> asyncio.Future[None] | None:
-        """A worker's start notices and results; with results, a future that resolves once
-        they are durable (see `Engine.report`)."""
+        """A worker's start notices and results (`seq`: their message's number in the
+        session); with results, a future that resolves once they are durable (see
+        `Engine.report`)."""
         validation.validate_report(started, results)
-        return self._engine.report(worker_id, started, results)
+        return self._engine.report(worker_id, started, results, seq)
 
     def set_capacity(self, worker_id: WorkerId, capacity: int) -> None:
         """A worker changes how many tasks it takes at once (0 pauses it)."""

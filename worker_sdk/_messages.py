@@ -51,6 +51,10 @@ class RegisterAcked:
     resume_token: str = ""
     resume_window_s: float = 0.0
     resumed: bool = False  # this stream resumed the last one: its tasks are still ours
+    # On a resume, the last Results message the broker took (Results.seq); and whether it
+    # says so at all (else the worker keeps nothing it wrote).
+    results_seen: int = 0
+    acks_results: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +76,12 @@ class AssignmentsReceived:
     """A batch of assignments; the broker never exceeds the worker's free credit.
 
     `seq` counts the stream's Assignments messages (1, 2, 3...); heartbeats echo the last.
+    `results_seen`: the last Results message the broker took (0 = none, or not said).
     """
 
     assignments: list[Assignment]
     seq: int = 0
+    results_seen: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -103,6 +104,12 @@ class _Held:
         self.running: dict[str, _Running] = {}
         self.outcomes: list[TaskOutcome] = []
         self.started: list[str] = []
+        # Results written but not yet seen by the broker: by the seq of their message,
+        # with when they were written. A write that succeeded is lost if the connection
+        # breaks before it arrives, and a resumed stream sends them again (only kept if
+        # the broker acknowledges results, and no longer than it could resume).
+        self.results_seq = 0
+        self.unconfirmed: deque[tuple[int, float, list[TaskOutcome]]] = deque()
         self.idle = asyncio.Event()
         self.idle.set()
         self.wake: Callable[[], None] = _nothing  # the current stream's writer
@@ -114,7 +121,26 @@ class _Held:
             running.task.cancel()
         self.outcomes.clear()
         self.started.clear()
+        self.unconfirmed.clear()
         return [running.task for running in self.running.values()]
+
+    def seen(self, results_seen: int, written_before: float = 0.0) -> None:
+        """The broker took the results messages up to `results_seen`: forget them, and
+        those written before `written_before` (monotonic time; by then the broker has
+        either taken them or given the session up)."""
+        unconfirmed = self.unconfirmed
+        while unconfirmed and (
+            unconfirmed[0][0] <= results_seen or unconfirmed[0][1] < written_before
+        ):
+            unconfirmed.popleft()
+
+    def resend_unseen(self, results_seen: int) -> None:
+        """A resumed stream: what the broker did not see of the results written on the
+        last one is owed again, ahead of the rest."""
+        self.seen(results_seen)
+        lost = [outcome for _, _, outcomes in self.unconfirmed for outcome in outcomes]
+        self.unconfirmed.clear()
+        self.outcomes[:0] = lost
 
 
 @dataclass(slots=True)
@@ -152,6 +178,9 @@ class _Session:
         self.lease_s: float | None = None  # as the broker told it at registration
         self._held = _Held()
         self._resume_token = ""  # as the broker gave it at registration
+        # How long results written stay kept for a resume (0: not at all): until the
+        # broker has either taken them or given the session up.
+        self._keep_unconfirmed_s = 0.0
         self._keep_held = False  # the stream broke: the handlers run on, for a resume
         self._drain = asyncio.Event()
         self._drain_request: DrainRequested | None = None
@@ -229,7 +258,7 @@ class _Session:
         """The stream broke: if the broker gave a resume token and tasks are held, leave
         them running for the next stream to resume the session with."""
         held = self._held
-        if self._resume_token and (held.running or held.outcomes):
+        if self._resume_token and (held.running or held.outcomes or held.unconfirmed):
             self._keep_held = True
             held.wake = _nothing
             self._worker._carried = Carried(held, self._resume_token)
@@ -284,10 +313,13 @@ class _Session:
         self._heartbeat_s = heartbeat_interval(event)
         self.lease_s = worker._lease_s = event.lease_s or None
         self._resume_token = event.resume_token
+        if event.acks_results and event.resume_window_s:
+            self._keep_unconfirmed_s = event.heartbeat_timeout_s + event.resume_window_s
         worker._carried = None
         if carried is not None:
             if event.resumed:
                 self._held = carried.held
+                self._held.resend_unseen(event.results_seen)
                 _log.info(
                     "resumed the session of worker %s with %d tasks held",
                     self._worker_id,
@@ -357,6 +389,7 @@ class _Session:
         async for message in self._messages:
             event = _convert.broker_event(message)
             if isinstance(event, AssignmentsReceived):
+                self._held.seen(event.results_seen)
                 # With no await in between, every task of a message up to the seq a
                 # heartbeat reports is in _running (or finished) when that heartbeat is built.
                 self._assignments_seen = event.seq
@@ -530,6 +563,8 @@ class _Session:
         """A heartbeat, built by the writer as it sends it, so the tasks it lists as held are
         exactly those whose results have not gone out on the stream before it."""
         in_flight = len(self._held.running)
+        if self._keep_unconfirmed_s:
+            self._held.seen(0, time.monotonic() - self._keep_unconfirmed_s)
         return _convert.heartbeat_message(
             in_flight,
             in_flight / self._worker._capacity,
@@ -558,13 +593,18 @@ class _Session:
             count += 1
         return self._held.outcomes[:count]
 
-    def _sent(self, outcomes: list[TaskOutcome], started: list[str]) -> None:
-        """These results and start notices are written: no longer owed. (Until then they
-        stay held, so a stream that breaks under the write leaves them for the next.)"""
+    def _sent(self, outcomes: list[TaskOutcome], started: list[str], seq: int) -> None:
+        """These results and start notices are written in the `seq`th message: no longer
+        owed, the results kept until the broker says it saw them. (Until then they stay
+        held, so a stream that breaks under the write leaves them for the next.)"""
         held = self._held
         if outcomes:
             written = {id(outcome) for outcome in outcomes}
             held.outcomes[:] = [o for o in held.outcomes if id(o) not in written]
+            if self._keep_unconfirmed_s:
+                now = time.monotonic()
+                held.seen(0, now - self._keep_unconfirmed_s)
+                held.unconfirmed.append((seq, now, outcomes))
         if started:
             del held.started[: len(started)]
 
@@ -582,8 +622,9 @@ class _Session:
                     continue
                 outcomes = self._take_outcomes()
                 started = list(self._held.started)
-                await self._call.write(_convert.results_message(outcomes, started))
-                self._sent(outcomes, started)
+                seq = self._held.results_seq = self._held.results_seq + 1
+                await self._call.write(_convert.results_message(outcomes, started, seq))
+                self._sent(outcomes, started, seq)
             if self._half_close:
                 await self._call.write(_convert.leave_message())  # we will not resume
                 await self._call.done_writing()

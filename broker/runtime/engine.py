@@ -65,6 +65,8 @@ class WorkerConnection:
     resume_token: str
     resume_window_s: float
     resumed: bool
+    # On a resume: the seq of the last Results message taken from the session.
+    results_seen: int = 0
 
 
 class Ownership(Protocol):
@@ -514,7 +516,13 @@ class Engine:
             channel.send_drain("drained by an operator", session.drain_until)
         log.info("worker %s resumed its session (%d tasks held)", worker_id, len(session.slot.held))
         self._apply()
-        return WorkerConnection(session.spec, session.resume_token, window, resumed=True)
+        return WorkerConnection(
+            session.spec,
+            session.resume_token,
+            window,
+            resumed=True,
+            results_seen=session.results_seen,
+        )
 
     def resume_window_s(self, pool: str) -> float:
         """How long the tasks of a worker whose stream broke are kept for it to resume:
@@ -636,14 +644,20 @@ class Engine:
         return [s.status() for s in self._workers if not pool or s.spec.pool == pool]
 
     def report(
-        self, worker_id: WorkerId, started: Sequence[TaskId], results: Sequence[TaskResult]
+        self,
+        worker_id: WorkerId,
+        started: Sequence[TaskId],
+        results: Sequence[TaskResult],
+        seq: int = 0,
     ) -> asyncio.Future[None] | None:
-        """A worker's start notices and results. Stale ones (a task it no longer holds) are
-        counted and dropped. With results, returns a future that resolves once they are
-        durable (it raises if their commit failed): the worker stream sends the worker no
-        new task before then (see broker.server.workers)."""
+        """A worker's start notices and results (`seq`: the number of their message in the
+        session, 0 = none). Stale ones (a task it no longer holds) are counted and dropped.
+        With results, returns a future that resolves once they are durable (it raises if
+        their commit failed): the worker stream sends the worker no new task before then
+        (see broker.server.workers)."""
         session = self._workers.registered(worker_id)
         self._workers.heard_from(session)
+        session.results_seen = max(session.results_seen, seq)
         dropped = self._core.reported(worker_id, started, results, session.last_heartbeat)
         if dropped:
             session.channel.send_dropped(dropped)

@@ -60,6 +60,8 @@ class WorkerSession:
     # the resume window (None: connected).
     detached_at: float | None = None
     drain_until: float = 0.0  # draining: the stream is ended at this time at the latest
+    # The seq of the last Results message taken from this session (any of its streams).
+    results_seen: int = 0
 
     def status(self) -> WorkerStatus:
         member = self.member

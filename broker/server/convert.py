@@ -227,10 +227,14 @@ def task_to_pb(task: Task, view: _tasks.TaskView.ValueType = FULL) -> _tasks.Tas
     return msg
 
 
-def assignments_to_pb(assigned: Sequence[tuple[Task, int]], seq: int) -> _worker.BrokerMessage:
-    """The `seq`th message of assignments: each task with the attempt it was assigned as."""
+def assignments_to_pb(
+    assigned: Sequence[tuple[Task, int]], seq: int, results_seen: int = 0
+) -> _worker.BrokerMessage:
+    """The `seq`th message of assignments: each task with the attempt it was assigned as;
+    with the seq of the last Results message taken from the worker."""
     msg = _worker.BrokerMessage()
     msg.assignments.seq = seq
+    msg.assignments.results_seen = results_seen
     add = msg.assignments.assignments.add
     for task, attempt in assigned:
         spec = task.spec
@@ -299,6 +303,7 @@ def register_ack_to_pb(
     resume_token: str = "",
     resume_window_s: float = 0.0,
     resumed: bool = False,
+    results_seen: int = 0,
 ) -> _worker.BrokerMessage:
     """The answer to a registration: the worker's id, and with `config` every limit
     and rule the worker must honour."""
@@ -310,9 +315,11 @@ def register_ack_to_pb(
         resume_token=resume_token,
         resume_window_s=resume_window_s,
         resumed=resumed,
+        results_seen=results_seen,
     )
     if config is not None:
         ack.results_renew_liveness = True
+        ack.acks_results = True
         ack.max_result_bytes = config.max_result_bytes
         ack.max_message_bytes = message_limit
         ack.max_task_ids = MAX_TASK_IDS

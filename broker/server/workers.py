@@ -69,6 +69,9 @@ class StreamChannel:
         # The connection failed under the stream (rather than either side ending it).
         self.broken = False
         self.left = False  # the worker said Leave: it will not resume
+        # The seq of the last Results message taken from the worker's session, echoed in
+        # Assignments so the worker may forget what it sent up to it.
+        self.results_seen = 0
 
     def send_assignments(self, tasks: Sequence[Task]) -> None:
         attempts = self._attempts
@@ -158,7 +161,7 @@ class StreamChannel:
     def _assignments(self, batch: list[tuple[Task, int]]) -> _worker.BrokerMessage:
         self._seq += 1
         self._unseen.append((self._seq, [task.id for task, _ in batch]))
-        return convert.assignments_to_pb(batch, self._seq)
+        return convert.assignments_to_pb(batch, self._seq, self.results_seen)
 
     def close(self, error: BrokerError | None) -> None:
         """End the stream, with this error as its status (None: end it cleanly)."""
@@ -241,6 +244,7 @@ class WorkerService(_worker_grpc.WorkerServiceServicer):
             await abort(context, exc)
             raise  # abort() raises; this is for the type checker
         spec = connection.spec
+        channel.results_seen = connection.results_seen
         reader = asyncio.create_task(self._read(spec.worker_id, requests, channel))
         try:
             service = self._service
@@ -254,6 +258,7 @@ class WorkerService(_worker_grpc.WorkerServiceServicer):
                 resume_token=connection.resume_token,
                 resume_window_s=connection.resume_window_s,
                 resumed=connection.resumed,
+                results_seen=connection.results_seen,
             )
             async for message in channel.messages():
                 yield message
@@ -284,7 +289,9 @@ class WorkerService(_worker_grpc.WorkerServiceServicer):
                 if kind == "results":
                     started, results = convert.results_from_pb(message.results)
                     channel.results_arrived(results)
-                    durable = service.report(worker_id, started, results)
+                    seq = message.results.seq
+                    durable = service.report(worker_id, started, results, seq)
+                    channel.results_seen = max(channel.results_seen, seq)
                     if durable is not None:
                         channel.results_pending(durable)
                 elif kind == "heartbeat":

@@ -7,7 +7,9 @@ import contextlib
 
 
 class CuttableProxy:
-    """Forwards each connection to `target`; `cut()` resets every open one at once."""
+    """Forwards each connection to `target`; `cut()` resets every open one at once, and
+    `stall()` makes the open ones drop what either side sends (kept in `dropped`), as a
+    connection that dies under a write would."""
 
     def __init__(self, target: str) -> None:
         host, _, port = target.rpartition(":")
@@ -15,6 +17,8 @@ class CuttableProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._pumps: set[asyncio.Task[None]] = set()
+        self._stalled: set[asyncio.StreamWriter] = set()  # not written to any more
+        self.dropped = bytearray()
         self.connections = 0
         self.address = ""
 
@@ -41,12 +45,20 @@ class CuttableProxy:
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.CancelledError):
             while data := await reader.read(65536):
+                if writer in self._stalled:
+                    self.dropped += data
+                    continue
                 writer.write(data)
                 await writer.drain()
         writer.close()
 
+    def stall(self) -> None:
+        """From now on, drop what either side of the open connections sends."""
+        self._stalled.update(self._writers)
+
     def cut(self) -> None:
         """Reset every open connection (both sides); new ones are forwarded as before."""
+        self._stalled.clear()
         writers, self._writers = self._writers, set()
         for writer in writers:
             writer.transport.abort()

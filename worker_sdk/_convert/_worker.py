@@ -85,12 +85,13 @@ def _task_result(outcome: TaskOutcome) -> _worker.TaskResult:
 
 
 def results_message(
-    outcomes: Sequence[TaskOutcome], started_task_ids: Sequence[str]
+    outcomes: Sequence[TaskOutcome], started_task_ids: Sequence[str], seq: int = 0
 ) -> _worker.WorkerMessage:
     return _worker.WorkerMessage(
         results=_worker.Results(
             results=[_task_result(o) for o in outcomes],
             started_task_ids=started_task_ids,
+            seq=seq,
         )
     )
 
@@ -114,6 +115,7 @@ def broker_event(message: _worker.BrokerMessage) -> BrokerEvent | None:
                 for a in message.assignments.assignments
             ],
             message.assignments.seq,
+            message.assignments.results_seen,
         )
     if kind == "cancel":
         cancel = message.cancel
@@ -144,5 +146,7 @@ def broker_event(message: _worker.BrokerMessage) -> BrokerEvent | None:
             ack.resume_token,
             ack.resume_window_s,
             ack.resumed,
+            ack.results_seen,
+            ack.acks_results,
         )
     return None

@@ -319,6 +319,14 @@ class Results(_message.Message):
 
     RESULTS_FIELD_NUMBER: _builtins.int
     STARTED_TASK_IDS_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """1, 2, 3... over the worker's session (it goes on counting on a resumed stream); 0 =
+    not numbered. The broker echoes the last it took as Assignments.results_seen and, on
+    a resume, RegisterAck.results_seen: a worker keeps the results it wrote until then,
+    because a write that succeeded may still be lost with a connection that breaks under
+    it, and sends those the broker did not see again on the resumed stream.
+    """
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskResult]: ...
     @_builtins.property
@@ -332,10 +340,11 @@ class Results(_message.Message):
         *,
         results: _abc.Iterable[Global___TaskResult] | None = ...,
         started_task_ids: _abc.Iterable[_builtins.str] | None = ...,
+        seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results", "started_task_ids", b"started_task_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results", "seq", b"seq", "started_task_ids", b"started_task_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -426,6 +435,8 @@ class RegisterAck(_message.Message):
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     RESUME_WINDOW_S_FIELD_NUMBER: _builtins.int
     RESUMED_FIELD_NUMBER: _builtins.int
+    RESULTS_SEEN_FIELD_NUMBER: _builtins.int
+    ACKS_RESULTS_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     heartbeat_interval_s: _builtins.float
     """Send a Heartbeat at least this often."""
@@ -474,6 +485,14 @@ class RegisterAck(_message.Message):
     """
     resumed: _builtins.bool
     """This stream resumed an earlier session: the tasks it held are still the worker's."""
+    results_seen: _builtins.int
+    """On a resume: the seq of the last Results message the broker took from the session.
+    Results sent after it were lost with the old stream: send them again.
+    """
+    acks_results: _builtins.bool
+    """The broker echoes Results.seq (results_seen here and in Assignments): a worker keeps
+    what it sent until then. False from older brokers: keep nothing.
+    """
     def __init__(
         self,
         *,
@@ -492,10 +511,12 @@ class RegisterAck(_message.Message):
         resume_token: _builtins.str = ...,
         resume_window_s: _builtins.float = ...,
         resumed: _builtins.bool = ...,
+        results_seen: _builtins.int = ...,
+        acks_results: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_s", b"heartbeat_interval_s", "heartbeat_timeout_s", b"heartbeat_timeout_s", "lease_s", b"lease_s", "max_batch_size", b"max_batch_size", "max_capacity", b"max_capacity", "max_message_bytes", b"max_message_bytes", "max_result_bytes", b"max_result_bytes", "max_task_ids", b"max_task_ids", "max_traceback_chars", b"max_traceback_chars", "max_wait_ids", b"max_wait_ids", "results_renew_liveness", b"results_renew_liveness", "resume_token", b"resume_token", "resume_window_s", b"resume_window_s", "resumed", b"resumed", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks_results", b"acks_results", "heartbeat_interval_s", b"heartbeat_interval_s", "heartbeat_timeout_s", b"heartbeat_timeout_s", "lease_s", b"lease_s", "max_batch_size", b"max_batch_size", "max_capacity", b"max_capacity", "max_message_bytes", b"max_message_bytes", "max_result_bytes", b"max_result_bytes", "max_task_ids", b"max_task_ids", "max_traceback_chars", b"max_traceback_chars", "max_wait_ids", b"max_wait_ids", "results_renew_liveness", b"results_renew_liveness", "results_seen", b"results_seen", "resume_token", b"resume_token", "resume_window_s", b"resume_window_s", "resumed", b"resumed", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -579,8 +600,13 @@ class Assignments(_message.Message):
 
     ASSIGNMENTS_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
+    RESULTS_SEEN_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """1, 2, 3... per stream; echoed as Heartbeat.assignments_seen"""
+    results_seen: _builtins.int
+    """The seq of the last Results message the broker took from this session (0 = none,
+    or not numbered): the worker may forget the results sent up to it.
+    """
     @_builtins.property
     def assignments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Assignment]: ...
     def __init__(
@@ -588,10 +614,11 @@ class Assignments(_message.Message):
         *,
         assignments: _abc.Iterable[Global___Assignment] | None = ...,
         seq: _builtins.int = ...,
+        results_seen: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "results_seen", b"results_seen", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

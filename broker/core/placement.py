@@ -20,7 +20,7 @@ or runs a task of its anti-affinity group, or no connected worker could ever tak
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from broker.core.arms import Arm
 from broker.core.strategies import Strategy, StrategyEnv, WorkerSlot
@@ -35,9 +35,9 @@ MAX_LABEL_INDEXES = 256
 _LabelKey = tuple[str, frozenset[tuple[str, str]]]
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """This task goes to this worker, or (worker None) waits, for the reason in `note`."""
+class Decision(NamedTuple):
+    """This task goes to this worker, or (worker None) waits, for the reason in `note`.
+    (A named tuple: one is made per placement, and a tuple is the cheapest to make.)"""
 
     task: Task
     worker: WorkerSlot | None

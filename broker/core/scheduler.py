@@ -303,6 +303,7 @@ class PoolScheduler:
         choose = self._ready.choose
         queue = self.queue
         arms = self._arms
+        split = len(arms) > 1
         # Without bulkheads nothing but the worker's own credit stops a run of tasks.
         limited = bool(self._type_limits) or bool(self.config.max_inflight)
         while self._pool_open() and (
@@ -311,15 +312,19 @@ class PoolScheduler:
             # These types all have a ready worker and room in their bulkhead until some
             # worker fills up or a bulkhead does.
             while (task := queue.pop(types)) is not None:
-                arm = 0 if len(arms) == 1 else self._arm_for(task)
-                hints = task.spec.placement
+                arm = self._arm_for(task) if split else 0
+                spec = task.spec
+                hints = spec.placement
                 if hints.free:
-                    index = arms[arm].index(task.spec.task_type)
+                    of_arm = arms[arm]
+                    index = of_arm.indexes.get(spec.task_type)
+                    if index is None:
+                        index = of_arm.index(spec.task_type)
                     worker = index.pick(task)
                     if worker is None:  # held back for a busy worker
                         self._hold(task, index, decisions)
                         continue
-                    note = getattr(index, "note", "") or arms[arm].strategy
+                    note = getattr(index, "note", "") or of_arm.strategy
                     decision = Decision(task, worker, note)
                 else:
                     sticky = self._sticky(task) if hints.sticky_key else None
@@ -327,7 +332,7 @@ class PoolScheduler:
                         decision = choose(task, arm)
                         if (moved := self._key_moves.pop(task.id, None)) and decision.worker:
                             note = f"{decision.note}; {moved}, moved to {decision.worker.worker_id}"
-                            decision = replace(decision, note=note)
+                            decision = decision._replace(note=note)
                     else:
                         decision = sticky
                     if decision.worker is None:
@@ -365,7 +370,8 @@ class PoolScheduler:
     def _take(self, task: Task, worker: WorkerSlot, arm: int) -> bool:
         """The worker takes the task: its credit, groups, sticky key and indexes follow.
         Whether the worker is still ready."""
-        task_id, task_type = task.id, task.spec.task_type
+        spec = task.spec
+        task_id, task_type = task.id, spec.task_type
         worker.held.add(task_id)
         self._type_of[task_id] = task_type
         by_type = self.inflight_by_type
@@ -374,7 +380,7 @@ class PoolScheduler:
         self.arms_changed = True
         if arm:
             self._placed_by[task_id] = arm
-        hints = task.spec.placement
+        hints = spec.placement
         if group := hints.anti_affinity_group:
             self._group_of[task_id] = (group, not hints.anti_affinity_soft)
             worker.groups[group] += 1

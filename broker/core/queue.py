@@ -36,7 +36,7 @@ the number of types the served key has waiting; no pop scans all keys.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 from broker.domain import Task, TaskId
 
@@ -217,12 +217,16 @@ class PoolQueue:
         self._taken(lane)
         return task
 
-    def pop(self, task_types: Iterable[str]) -> Task | None:
+    def pop(self, task_types: Sequence[str]) -> Task | None:
         """Take the next task among these types, or None if none of them has one."""
         if len(self._tenants) == 1:
             # One key has no one to share with: its pass stays where it is.
             tenant = next(iter(self._tenants.values()))
-            lanes = [lane for name in task_types if (lane := tenant.lanes.get(name))]
+            if len(task_types) == 1:
+                lane = tenant.lanes.get(task_types[0])
+                lanes = [lane] if lane is not None else []
+            else:
+                lanes = [lane for name in task_types if (lane := tenant.lanes.get(name))]
             if not lanes:
                 return None
             self._vtime = tenant.pass_

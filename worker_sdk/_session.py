@@ -326,10 +326,11 @@ class _Session:
                     len(self._held.running) + len(self._held.outcomes),
                 )
             else:  # the broker has requeued them: they would run twice
-                _log.warning(
-                    "the broker did not resume the session; cancelling %d tasks it requeued",
-                    len(carried.held.running),
-                )
+                if carried.held.running:
+                    _log.warning(
+                        "the broker did not resume the session; cancelling %d tasks it requeued",
+                        len(carried.held.running),
+                    )
                 worker._abandoned.extend(carried.held.cancel_all())
         self._held.wake = self._wake.set
         if self._held.outcomes or self._held.started:

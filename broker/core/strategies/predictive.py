@@ -23,11 +23,10 @@ Costs: a pick peeks one heap per label set of ready workers, and looks at no mor
 
 from __future__ import annotations
 
-import heapq
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
+from heapq import heapify, heappop, heappush, heapreplace
 from typing import ClassVar
 
 from broker.core.runtimes import worker_class
@@ -71,6 +70,8 @@ class Predictive:
 
     def __init__(self, env: StrategyEnv | None = None) -> None:
         self._env = env or default_env()
+        self._clock = self._env.clock
+        self._runtimes = self._env.runtimes
         self._members: dict[WorkerId, tuple[WorkerSlot, int, str]] = {}  # version, class
         self._classes: dict[str, _WorkerClass] = {}
         self._tick = itertools.count()
@@ -86,21 +87,24 @@ class Predictive:
         self.note = ""  # why the last pick went where it did
         self._class_of: dict[WorkerId, str] = {}  # label set of every worker seen
         self._priors: dict[str, float] = {}  # by label set, for one model version and type
-        self._priors_of: tuple[int, str] = (-1, "")
+        self._model_version = -1  # ... this one
+        self._model_type = ""  # ... and this one
         # Each worker's estimate, for the same model version and type as the priors,
         # until it learns more.
         self._estimates: dict[WorkerId, float] = {}
         self._task_type = ""  # of the tasks it places (one index per type)
         # The top of each label set: (expected run time, tasks held, version, worker),
-        # estimated for one model version and task type (`_tops_of`) and kept until a
-        # worker of the set changes (`_stale_tops`), so a pick weighs the sets' tops in
-        # one `min` and re-estimates only those that changed.
+        # estimated for one model version and task type (`_tops_version`, `_tops_type`)
+        # and kept until a worker of the set changes (`_stale_tops`), so a pick weighs
+        # the sets' tops in one `min` and re-estimates only those that changed.
         self._tops: dict[str, tuple[float, int, int, WorkerSlot]] = {}
-        self._tops_of: tuple[int, str] = (-1, "")
+        self._tops_version = -1
+        self._tops_type = ""
         self._stale_tops: set[str] = set()
         # A subclass that weighs other candidates (the simulator's oracle) goes through
-        # them one by one.
+        # them one by one; one that knows run times otherwise is asked for each.
         self._by_tops = type(self)._candidates is Predictive._candidates
+        self._estimated = type(self)._run_s is Predictive._run_s
 
     # The index of ready workers ------------------------------------------------
 
@@ -147,9 +151,32 @@ class Predictive:
             self._holds.pop(task_id, None)
 
     def update(self, worker: WorkerSlot) -> None:
-        if worker.worker_id in self._members:
+        # Twice per placement (the take and the release): what `_forget_released` and
+        # `_push` do, without their calls.
+        worker_id = worker.worker_id
+        members = self._members
+        member = members.get(worker_id)
+        if member is None:
+            return
+        held = worker.held
+        on = self._on.get(worker_id)
+        if on and len(on) > len(held):
             self._forget_released(worker)
-            self._push(worker)
+        name = member[2]
+        version = next(self._tick)
+        members[worker_id] = (worker, version, name)
+        self._stale_tops.add(name)
+        task_type = self._task_type
+        run_s = None
+        if self._runtimes.version == self._model_version and task_type == self._model_type:
+            run_s = self._estimates.get(worker_id)
+        if run_s is None:
+            run_s = self.estimate(task_type, worker)
+        bucket = self._classes[name]
+        heap = bucket.heap
+        heappush(heap, (run_s, len(held), version, worker_id))
+        if len(heap) > 4 * bucket.size + 64:
+            self._rekey(bucket)
 
     def observe(self, outcome: Outcome) -> None:
         worker_id = self._forget(outcome.task.id)
@@ -174,12 +201,17 @@ class Predictive:
     def estimate(self, task_type: str, worker: WorkerSlot) -> float:
         """Expected run time of a task of this type on the worker: its own mean shrunk
         towards the prior, by PRIOR_WEIGHT x (1 + squared coefficient of variation)."""
-        if (self._env.runtimes.version, task_type) != self._priors_of:
-            self._prior(task_type, worker)  # starts afresh for this model version and type
+        runtimes = self._runtimes
+        if runtimes.version != self._model_version or task_type != self._model_type:
+            # Start afresh for this model version and type.
+            self._priors.clear()
             self._estimates.clear()
-        estimate = self._estimates.get(worker.worker_id)
-        if estimate is not None:
-            return estimate
+            self._model_version = runtimes.version
+            self._model_type = task_type
+        else:
+            estimate = self._estimates.get(worker.worker_id)
+            if estimate is not None:
+                return estimate
         prior = self._prior(task_type, worker)
         learned = self._learned.get(worker.worker_id)
         if learned is None or not learned.count:
@@ -193,33 +225,30 @@ class Predictive:
         return estimate
 
     def _prior(self, task_type: str, worker: WorkerSlot) -> float:
-        """What the pool predicts for the worker's label set, cached until it learns."""
-        runtimes = self._env.runtimes
-        if (runtimes.version, task_type) != self._priors_of:
-            self._priors.clear()
-            self._priors_of = (runtimes.version, task_type)
+        """What the pool predicts for the worker's label set, cached until it learns
+        (`estimate` keeps the cache to one model version and task type)."""
         name = self._class_of.get(worker.worker_id)
         if name is None:
             name = worker_class(worker.labels)
         prior = self._priors.get(name)
         if prior is None:
-            prior = self._priors[name] = runtimes.predict_class(task_type, name)
+            prior = self._priors[name] = self._runtimes.predict_class(task_type, name)
         return prior
 
     def frees_in(self, task_type: str, worker: WorkerSlot) -> float:
         """Seconds until the worker is expected to start one more task of this type,
         after the tasks it holds and those held back for it."""
-        now = self._env.clock.now()
+        now = self._clock.now()
         capacity = worker.capacity if worker.capacity < worker.limit else worker.limit
         if capacity <= 0:
             return float("inf")
         ends = self._running_ends(task_type, worker, now)
         ends.sort()
         slots = [0.0] * max(0, capacity - len(ends)) + ends[:capacity]
-        heapq.heapify(slots)
+        heapify(slots)
         for hold in self._held_for.get(worker.worker_id, {}).values():
             if hold.until > now:  # not one that ran out (or whose task went away)
-                heapq.heapreplace(slots, slots[0] + hold.run_s)
+                heapreplace(slots, slots[0] + hold.run_s)
         return slots[0]
 
     def _running_ends(self, task_type: str, worker: WorkerSlot, now: float) -> list[float]:
@@ -238,9 +267,7 @@ class Predictive:
     def expected_finish(self, task_type: str, worker: WorkerSlot) -> float:
         """When a task of this type given to the worker now is expected to end."""
         return (
-            self._env.clock.now()
-            + self.frees_in(task_type, worker)
-            + self.estimate(task_type, worker)
+            self._clock.now() + self.frees_in(task_type, worker) + self.estimate(task_type, worker)
         )
 
     def held(self, task: Task) -> tuple[str, float] | None:
@@ -256,18 +283,22 @@ class Predictive:
         if best is None:
             return None
         finish_s, worker = best[0], best[3]
-        now = self._env.clock.now()
-        hold = self._release_hold(task.id)
+        now = self._clock.now()
+        hold = self._release_hold(task.id) if self._holds else None
         if self._busy and (hold is None or now < hold.until):
             waited = self._hold_for_busy(task, finish_s, worker, hold, now)
             if waited is not None:
                 return None
         self._placing(task, worker, finish_s, now)
-        note = f"{self.name}: expected finish {finish_s:.2f} s on {worker.worker_id}"
         if runner_up is None:
             runner_up = self._next_in_class(task, worker)
-        if runner_up is not None:
-            note += f" vs {runner_up[0]:.2f} s on {runner_up[1].worker_id}"
+        if runner_up is None:
+            note = f"{self.name}: expected finish {finish_s:.2f} s on {worker.worker_id}"
+        else:
+            note = (
+                f"{self.name}: expected finish {finish_s:.2f} s on {worker.worker_id}"
+                f" vs {runner_up[0]:.2f} s on {runner_up[1].worker_id}"
+            )
         if hold is not None:
             note += f"; waited {now - hold.since:.2f} s for it"
         self.note = note
@@ -280,7 +311,7 @@ class Predictive:
         )
         worker = allowed[scored[0][3]]
         self._release_hold(task.id)
-        self._placing(task, worker, scored[0][0], self._env.clock.now())
+        self._placing(task, worker, scored[0][0], self._clock.now())
         note = f"{self.name}: expected finish {scored[0][0]:.2f} s on {worker.worker_id}"
         if len(scored) > 1:
             note += f" vs {scored[1][0]:.2f} s on {allowed[scored[1][3]].worker_id}"
@@ -336,9 +367,9 @@ class Predictive:
         """Stop holding the task for a worker (it is being placed, or looked at again)."""
         hold = self._drop_hold(task_id)
         if self._holds and (
-            len(self._holds) > self._prune_at or self._env.clock.now() >= self._prune_after
+            len(self._holds) > self._prune_at or self._clock.now() >= self._prune_after
         ):  # drop the holds of tasks that went elsewhere (cancelled) and ran out
-            now = self._env.clock.now()
+            now = self._clock.now()
             for stale in [t for t, h in self._holds.items() if h.until < now]:
                 self._drop_hold(stale)
             self._prune_at = max(PRUNE_HOLDS_AT, 2 * len(self._holds))
@@ -377,38 +408,55 @@ class Predictive:
     ) -> tuple[tuple[float, int, int, WorkerSlot] | None, tuple[float, WorkerSlot] | None]:
         """`_best_of_all` over the label sets' tops: O(label sets) in C, plus an estimate
         for each set that changed since the last pick."""
-        self._refresh_tops(task)
+        if (
+            self._stale_tops
+            or self._runtimes.version != self._tops_version
+            or task.spec.task_type != self._tops_type
+        ):
+            self._refresh_tops(task)
         tops = self._tops
-        if not tops:
-            return None, None
-        if len(tops) == 1:
-            return next(iter(tops.values())), None
-        others = list(tops.values())
-        best = min(others)
-        others.remove(best)
-        second = min(others, key=_run_time)
+        if len(tops) < 2:
+            return next(iter(tops.values()), None), None
+        values = tops.values()
+        best = min(values)
+        # The runner-up: the least expected run time among the others, the first of
+        # equals in the sets' order.
+        second = None
+        for top in values:
+            if top is not best and (second is None or top[0] < second[0]):
+                second = top
+        assert second is not None
         return best, (second[0], second[3])
 
     def _refresh_tops(self, task: Task) -> None:
         """Re-estimate the tops of the label sets that changed (all of them once the
         model learns or the task type differs)."""
         stale = self._stale_tops
-        seen = (self._env.runtimes.version, task.spec.task_type)
-        if seen != self._tops_of:
-            self._tops_of = seen
+        task_type = task.spec.task_type
+        version = self._runtimes.version
+        if version != self._tops_version or task_type != self._tops_type:
+            self._tops_version = version
+            self._tops_type = task_type
             self._tops.clear()
             stale.update(self._classes)
         if not stale:
             return
         tops = self._tops
+        classes = self._classes
+        estimated = self._estimated
         for name in stale:
-            bucket = self._classes.get(name)
-            worker = self._top(bucket) if bucket is not None else None
-            if worker is None:
+            bucket = classes.get(name)
+            member = self._top_member(bucket) if bucket is not None else None
+            if member is None:
                 tops.pop(name, None)
-            else:
-                version = self._members[worker.worker_id][1]
-                tops[name] = (self._run_s(task, worker), len(worker.held), version, worker)
+                continue
+            worker = member[0]
+            run_s = None
+            if estimated and version == self._model_version and task_type == self._model_type:
+                run_s = self._estimates.get(worker.worker_id)
+            if run_s is None:
+                run_s = self._run_s(task, worker)
+            tops[name] = (run_s, len(worker.held), member[1], worker)
         stale.clear()
 
     def _candidates(self, task: Task) -> Iterator[tuple[WorkerSlot, float, int]]:
@@ -438,48 +486,63 @@ class Predictive:
         member = self._members.get(worker.worker_id)
         return member[1] if member is not None else 0
 
-    def _top(self, bucket: _WorkerClass) -> WorkerSlot | None:
+    def _top_member(self, bucket: _WorkerClass) -> tuple[WorkerSlot, int, str] | None:
+        """The member at the top of the label set's heap, past the entries left behind."""
         heap = bucket.heap
+        members = self._members
         while heap:
-            _, _, version, worker_id = heap[0]
-            member = self._members.get(worker_id)
-            if member is not None and member[1] == version:
-                return member[0]
-            heapq.heappop(heap)
+            entry = heap[0]
+            member = members.get(entry[3])
+            if member is not None and member[1] == entry[2]:
+                return member
+            heappop(heap)
         return None
 
-    def _key(self, worker: WorkerSlot, version: int) -> tuple[float, int, int, WorkerId]:
-        # Expected run times move as the model learns; a bucket's top is estimated
-        # afresh on each pick, the order below it is that of the last push.
-        run_s = self.estimate(self._task_type, worker)
-        return (run_s, len(worker.held), version, worker.worker_id)
-
     def _push(self, worker: WorkerSlot) -> None:
+        """(Re-)key the worker in its label set's heap, by its expected run time and
+        load now, and its new version; `update` does the same inline."""
         worker_id = worker.worker_id
         name = self._members[worker_id][2]
         version = next(self._tick)
         self._members[worker_id] = (worker, version, name)
         bucket = self._classes[name]
         self._stale_tops.add(name)
-        heapq.heappush(bucket.heap, self._key(worker, version))
-        if len(bucket.heap) > 4 * bucket.size + 64:
-            # Each member of the set has one current entry here: re-key those alone.
-            members = self._members
-            bucket.heap = [
-                self._key(member[0], version)
-                for _, _, version, member_id in bucket.heap
-                if (member := members.get(member_id)) is not None and member[1] == version
-            ]
-            heapq.heapify(bucket.heap)
+        heap = bucket.heap
+        heappush(
+            heap, (self.estimate(self._task_type, worker), len(worker.held), version, worker_id)
+        )
+        if len(heap) > 4 * bucket.size + 64:
+            self._rekey(bucket)
+
+    def _rekey(self, bucket: _WorkerClass) -> None:
+        """Each member of the set has one current entry in its heap: keep those alone,
+        re-keyed. Expected run times move as the model learns; a set's top is estimated
+        afresh on each pick, the order below it is that of the last push (or re-key)."""
+        members = self._members
+        estimate = self.estimate
+        task_type = self._task_type
+        heap = [
+            (estimate(task_type, member[0]), len(member[0].held), version, member_id)
+            for _, _, version, member_id in bucket.heap
+            if (member := members.get(member_id)) is not None and member[1] == version
+        ]
+        heapify(heap)
+        bucket.heap = heap
 
     def _placing(self, task: Task, worker: WorkerSlot, run_s: float, now: float) -> None:
         """Count the task's expected run time against the worker it is going to."""
-        before = self._forget(task.id)  # placed before, and requeued without an outcome
-        if before is not None and before in self._members:
-            self._push(self._members[before][0])
+        task_id = task.id
+        if task_id in self._placed:  # placed before, and requeued without an outcome
+            before = self._forget(task_id)
+            if before is not None and before in self._members:
+                self._push(self._members[before][0])
         worker_id = worker.worker_id
-        self._placed[task.id] = worker_id
-        self._on.setdefault(worker_id, {})[task.id] = (run_s, now)
+        self._placed[task_id] = worker_id
+        on = self._on.get(worker_id)
+        if on is None:
+            self._on[worker_id] = {task_id: (run_s, now)}
+        else:
+            on[task_id] = (run_s, now)
 
     def _forget(self, task_id: TaskId) -> WorkerId | None:
         """Stop counting a task; the worker it was counted against, if any."""
@@ -500,6 +563,3 @@ class Predictive:
         if on and len(on) > len(worker.held):
             for task_id in [t for t in on if t not in worker.held]:
                 self._forget(task_id)
-
-
-_run_time = itemgetter(0)  # of a label set's top

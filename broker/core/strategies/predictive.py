@@ -24,6 +24,7 @@ Costs: a pick peeks one heap per label set of ready workers, and looks at no mor
 from __future__ import annotations
 
 import itertools
+from bisect import bisect_left, insort
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush, heapreplace
@@ -39,6 +40,7 @@ BUSY_SCAN = 256  # busy workers looked at per pick, at most
 RUNNING_LONG_SHARE = 0.2  # a task past its expected run time still needs this share of it
 PRUNE_HOLDS_AT = 1024  # holds kept before those that ran out are dropped
 PRUNE_HOLDS_EVERY_S = 10.0  # ... or this often
+SHOWN_KEPT = 4096  # run times whose text the notes keep
 HOLD_MARGIN = 0.95  # hold only for a finish at least 5 % sooner than the best ready one
 
 
@@ -95,12 +97,17 @@ class Predictive:
         self._task_type = ""  # of the tasks it places (one index per type)
         # The top of each label set: (expected run time, tasks held, version, worker),
         # estimated for one model version and task type (`_tops_version`, `_tops_type`)
-        # and kept until a worker of the set changes (`_stale_tops`), so a pick weighs
-        # the sets' tops in one `min` and re-estimates only those that changed.
+        # and kept until a worker of the set changes (`_stale_tops`), so a pick
+        # re-estimates only those that changed. `_ranked` holds the same tops, least
+        # first, so that a pick finds the best two without weighing them all (None
+        # until the next pick sorts them, after they were all re-estimated).
         self._tops: dict[str, tuple[float, int, int, WorkerSlot]] = {}
+        self._ranked: list[tuple[float, int, int, WorkerSlot]] | None = None
         self._tops_version = -1
         self._tops_type = ""
         self._stale_tops: set[str] = set()
+        # "{run_s:.2f}" for the notes, by run time (zero aside: -0.0 == 0.0).
+        self._shown: dict[float, str] = {}
         # A subclass that weighs other candidates (the simulator's oracle) goes through
         # them one by one; one that knows run times otherwise is asked for each.
         self._by_tops = type(self)._candidates is Predictive._candidates
@@ -130,7 +137,7 @@ class Predictive:
             bucket.size -= 1
             if not bucket.size:
                 del self._classes[member[2]]
-                self._tops.pop(member[2], None)
+                self._drop_top(member[2])
                 self._stale_tops.discard(member[2])
             else:
                 self._stale_tops.add(member[2])
@@ -161,7 +168,13 @@ class Predictive:
         held = worker.held
         on = self._on.get(worker_id)
         if on and len(on) > len(held):
-            self._forget_released(worker)
+            if held:
+                self._forget_released(worker)
+            else:  # released all it held (the usual release): forget each
+                placed = self._placed
+                for task_id in on:
+                    placed.pop(task_id, None)
+                del self._on[worker_id]
         name = member[2]
         version = next(self._tick)
         members[worker_id] = (worker, version, name)
@@ -278,12 +291,79 @@ class Predictive:
     # Placing --------------------------------------------------------------------
 
     def pick(self, task: Task) -> WorkerSlot | None:
-        self._task_type = task.spec.task_type
-        best, runner_up = self._best_two(task) if self._by_tops else self._best_of_all(task)
-        if best is None:
-            return None
+        task_type = self._task_type = task.spec.task_type
+        if not self._by_tops:
+            best, runner_up = self._best_of_all(task)
+            if best is None:
+                return None
+            return self._place(task, best[0], best[3], runner_up, self._clock.now())
+        # `_best_of_all` over the label sets' tops: O(label sets) in C, plus an estimate
+        # for each set that changed since the last pick.
+        if (
+            self._stale_tops
+            or self._runtimes.version != self._tops_version
+            or task_type != self._tops_type
+        ):
+            self._refresh_tops(task)
+        ranked = self._ranked
+        if ranked is None:
+            ranked = self._ranked = sorted(self._tops.values())
+        if len(ranked) < 2:
+            if not ranked:
+                return None
+            best = ranked[0]
+            return self._place(task, best[0], best[3], None, self._clock.now())
+        best, second = ranked[0], ranked[1]
+        # The runner-up: the least expected run time among the others, the first of
+        # equals in the sets' order.
+        if len(ranked) > 2 and ranked[2][0] == second[0]:
+            run_s = second[0]
+            for top in self._tops.values():
+                if top[0] == run_s and top is not best:
+                    second = top
+                    break
         finish_s, worker = best[0], best[3]
         now = self._clock.now()
+        if self._holds or self._busy or task.id in self._placed:
+            return self._place(task, finish_s, worker, (second[0], second[3]), now)
+        # Nothing held, no busy worker to weigh, placed for the first time: `_place`,
+        # without what does not apply.
+        worker_id = worker.worker_id
+        self._placed[task.id] = worker_id
+        on = self._on.get(worker_id)
+        if on is None:
+            self._on[worker_id] = {task.id: (finish_s, now)}
+        else:
+            on[task.id] = (finish_s, now)
+        shown = self._shown
+        finish = shown.get(finish_s) or self._show(finish_s)
+        other = shown.get(second[0]) or self._show(second[0])
+        self.note = (
+            f"{self.name}: expected finish {finish} s on {worker_id}"
+            f" vs {other} s on {second[3].worker_id}"
+        )
+        return worker
+
+    def _show(self, run_s: float) -> str:
+        """The run time as the notes show it, kept for the next note."""
+        shown = self._shown
+        if len(shown) >= SHOWN_KEPT:
+            shown.clear()
+        text = f"{run_s:.2f}"
+        if run_s:  # not 0.0 or -0.0, which are one key and two texts
+            shown[run_s] = text
+        return text
+
+    def _place(
+        self,
+        task: Task,
+        finish_s: float,
+        worker: WorkerSlot,
+        runner_up: tuple[float, WorkerSlot] | None,
+        now: float,
+    ) -> WorkerSlot | None:
+        """Give the task to the best ready worker, unless a busy one is expected to
+        finish it sooner (None: held back for it)."""
         hold = self._release_hold(task.id) if self._holds else None
         if self._busy and (hold is None or now < hold.until):
             waited = self._hold_for_busy(task, finish_s, worker, hold, now)
@@ -403,31 +483,6 @@ class Predictive:
                 runner_up = (key[0], worker)
         return best, runner_up
 
-    def _best_two(
-        self, task: Task
-    ) -> tuple[tuple[float, int, int, WorkerSlot] | None, tuple[float, WorkerSlot] | None]:
-        """`_best_of_all` over the label sets' tops: O(label sets) in C, plus an estimate
-        for each set that changed since the last pick."""
-        if (
-            self._stale_tops
-            or self._runtimes.version != self._tops_version
-            or task.spec.task_type != self._tops_type
-        ):
-            self._refresh_tops(task)
-        tops = self._tops
-        if len(tops) < 2:
-            return next(iter(tops.values()), None), None
-        values = tops.values()
-        best = min(values)
-        # The runner-up: the least expected run time among the others, the first of
-        # equals in the sets' order.
-        second = None
-        for top in values:
-            if top is not best and (second is None or top[0] < second[0]):
-                second = top
-        assert second is not None
-        return best, (second[0], second[3])
-
     def _refresh_tops(self, task: Task) -> None:
         """Re-estimate the tops of the label sets that changed (all of them once the
         model learns or the task type differs)."""
@@ -438,17 +493,28 @@ class Predictive:
             self._tops_version = version
             self._tops_type = task_type
             self._tops.clear()
+            self._ranked = None
             stale.update(self._classes)
         if not stale:
             return
         tops = self._tops
         classes = self._classes
+        members = self._members
         estimated = self._estimated
         for name in stale:
             bucket = classes.get(name)
-            member = self._top_member(bucket) if bucket is not None else None
-            if member is None:
-                tops.pop(name, None)
+            if bucket is None:
+                self._drop_top(name)
+                continue
+            heap = bucket.heap  # its top, past the entries left behind (`_top_member`)
+            while heap:
+                entry = heap[0]
+                member = members.get(entry[3])
+                if member is not None and member[1] == entry[2]:
+                    break
+                heappop(heap)
+            else:
+                self._drop_top(name)
                 continue
             worker = member[0]
             run_s = None
@@ -456,8 +522,21 @@ class Predictive:
                 run_s = self._estimates.get(worker.worker_id)
             if run_s is None:
                 run_s = self._run_s(task, worker)
-            tops[name] = (run_s, len(worker.held), member[1], worker)
+            top = (run_s, len(worker.held), member[1], worker)
+            ranked = self._ranked
+            if ranked is not None:
+                before = tops.get(name)
+                if before is not None:
+                    del ranked[bisect_left(ranked, before)]
+                insort(ranked, top)
+            tops[name] = top
         stale.clear()
+
+    def _drop_top(self, name: str) -> None:
+        """The label set has no ready worker left."""
+        before = self._tops.pop(name, None)
+        if before is not None and self._ranked is not None:
+            del self._ranked[bisect_left(self._ranked, before)]
 
     def _candidates(self, task: Task) -> Iterator[tuple[WorkerSlot, float, int]]:
         """The ready workers worth weighing, the top of each label set: each with the
@@ -519,13 +598,29 @@ class Predictive:
         re-keyed. Expected run times move as the model learns; a set's top is estimated
         afresh on each pick, the order below it is that of the last push (or re-key)."""
         members = self._members
-        estimate = self.estimate
         task_type = self._task_type
-        heap = [
-            (estimate(task_type, member[0]), len(member[0].held), version, member_id)
+        current = [
+            member
             for _, _, version, member_id in bucket.heap
             if (member := members.get(member_id)) is not None and member[1] == version
         ]
+        estimate = self.estimate
+        if self._runtimes.version == self._model_version and task_type == self._model_type:
+            estimates = self._estimates  # made for this model and type: read, else made
+            heap = [
+                (
+                    estimates.get(worker.worker_id) or estimate(task_type, worker),
+                    len(worker.held),
+                    version,
+                    worker.worker_id,
+                )
+                for worker, version, _ in current
+            ]
+        else:
+            heap = [
+                (estimate(task_type, worker), len(worker.held), version, worker.worker_id)
+                for worker, version, _ in current
+            ]
         heapify(heap)
         bucket.heap = heap
 
@@ -559,7 +654,18 @@ class Predictive:
         """Drop tasks the worker no longer holds though no outcome came (cancelled,
         or a new connection under the same id). Only when they must exist: counting
         more tasks than it holds; O(its tasks) then, O(1) otherwise."""
-        on = self._on.get(worker.worker_id)
-        if on and len(on) > len(worker.held):
-            for task_id in [t for t in on if t not in worker.held]:
-                self._forget(task_id)
+        worker_id = worker.worker_id
+        on = self._on.get(worker_id)
+        held = worker.held
+        if on and len(on) > len(held):
+            placed = self._placed  # each task counted against the worker is placed on it
+            if held:
+                for task_id in [t for t in on if t not in held]:
+                    del on[task_id]
+                    placed.pop(task_id, None)
+                if on:
+                    return
+            else:
+                for task_id in on:
+                    placed.pop(task_id, None)
+            del self._on[worker_id]

@@ -51,6 +51,7 @@ class _WorkerClass:
     labels: Mapping[str, str]
     size: int = 0
     heap: list[tuple[float, int, int, WorkerId]] = field(default_factory=list)
+    limit: int = 64  # entries in the heap before it is re-keyed: 4 x size + 64
 
 
 @dataclass(slots=True)
@@ -126,6 +127,7 @@ class Predictive:
             if bucket is None:
                 bucket = self._classes[name] = _WorkerClass(worker.labels)
             bucket.size += 1
+            bucket.limit += 4
             self._members[worker_id] = (worker, -1, name)
         self._forget_released(worker)
         self._push(worker)
@@ -135,6 +137,7 @@ class Predictive:
         if member is not None:
             bucket = self._classes[member[2]]
             bucket.size -= 1
+            bucket.limit -= 4
             if not bucket.size:
                 del self._classes[member[2]]
                 self._drop_top(member[2])
@@ -188,7 +191,7 @@ class Predictive:
         bucket = self._classes[name]
         heap = bucket.heap
         heappush(heap, (run_s, len(held), version, worker_id))
-        if len(heap) > 4 * bucket.size + 64:
+        if len(heap) > bucket.limit:
             self._rekey(bucket)
 
     def observe(self, outcome: Outcome) -> None:
@@ -526,8 +529,8 @@ class Predictive:
             ranked = self._ranked
             if ranked is not None:
                 before = tops.get(name)
-                if before is not None:
-                    del ranked[bisect_left(ranked, before)]
+                if before is not None:  # most often the best, just placed on
+                    del ranked[0 if ranked[0] is before else bisect_left(ranked, before)]
                 insort(ranked, top)
             tops[name] = top
         stale.clear()
@@ -590,7 +593,7 @@ class Predictive:
         heappush(
             heap, (self.estimate(self._task_type, worker), len(worker.held), version, worker_id)
         )
-        if len(heap) > 4 * bucket.size + 64:
+        if len(heap) > bucket.limit:
             self._rekey(bucket)
 
     def _rekey(self, bucket: _WorkerClass) -> None:

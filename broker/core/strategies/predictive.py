@@ -48,6 +48,7 @@ HOLD_MARGIN = 0.95  # hold only for a finish at least 5 % sooner than the best r
 class _WorkerClass:
     """The ready workers of one label set, by expected run time, least first."""
 
+    name: str
     labels: Mapping[str, str]
     size: int = 0
     heap: list[tuple[float, int, int, WorkerId]] = field(default_factory=list)
@@ -75,7 +76,8 @@ class Predictive:
         self._env = env or default_env()
         self._clock = self._env.clock
         self._runtimes = self._env.runtimes
-        self._members: dict[WorkerId, tuple[WorkerSlot, int, str]] = {}  # version, class
+        # The ready workers, each with its version and label set.
+        self._members: dict[WorkerId, tuple[WorkerSlot, int, _WorkerClass]] = {}
         self._classes: dict[str, _WorkerClass] = {}
         self._tick = itertools.count()
         self._busy: dict[WorkerId, WorkerSlot] = {}  # connected, every slot taken
@@ -125,25 +127,25 @@ class Predictive:
                 name = self._class_of[worker_id] = worker_class(worker.labels)
             bucket = self._classes.get(name)
             if bucket is None:
-                bucket = self._classes[name] = _WorkerClass(worker.labels)
+                bucket = self._classes[name] = _WorkerClass(name, worker.labels)
             bucket.size += 1
             bucket.limit += 4
-            self._members[worker_id] = (worker, -1, name)
+            self._members[worker_id] = (worker, -1, bucket)
         self._forget_released(worker)
         self._push(worker)
 
     def remove(self, worker: WorkerSlot) -> None:
         member = self._members.pop(worker.worker_id, None)
         if member is not None:
-            bucket = self._classes[member[2]]
+            bucket = member[2]
             bucket.size -= 1
             bucket.limit -= 4
             if not bucket.size:
-                del self._classes[member[2]]
-                self._drop_top(member[2])
-                self._stale_tops.discard(member[2])
+                del self._classes[bucket.name]
+                self._drop_top(bucket.name)
+                self._stale_tops.discard(bucket.name)
             else:
-                self._stale_tops.add(member[2])
+                self._stale_tops.add(bucket.name)
         if worker.free <= 0 and not worker.draining and not worker.paused:
             self._busy[worker.worker_id] = worker  # full: it may be worth waiting for
         else:
@@ -178,17 +180,16 @@ class Predictive:
                 for task_id in on:
                     placed.pop(task_id, None)
                 del self._on[worker_id]
-        name = member[2]
+        bucket = member[2]
         version = next(self._tick)
-        members[worker_id] = (worker, version, name)
-        self._stale_tops.add(name)
+        members[worker_id] = (worker, version, bucket)
+        self._stale_tops.add(bucket.name)
         task_type = self._task_type
         run_s = None
         if self._runtimes.version == self._model_version and task_type == self._model_type:
             run_s = self._estimates.get(worker_id)
         if run_s is None:
             run_s = self.estimate(task_type, worker)
-        bucket = self._classes[name]
         heap = bucket.heap
         heappush(heap, (run_s, len(held), version, worker_id))
         if len(heap) > bucket.limit:
@@ -509,7 +510,7 @@ class Predictive:
             if bucket is None:
                 self._drop_top(name)
                 continue
-            heap = bucket.heap  # its top, past the entries left behind (`_top_member`)
+            heap = bucket.heap  # its top, past the entries left behind
             while heap:
                 entry = heap[0]
                 member = members.get(entry[3])
@@ -552,9 +553,9 @@ class Predictive:
     def _next_in_class(self, task: Task, worker: WorkerSlot) -> tuple[float, WorkerSlot] | None:
         """For the note: a worker of the same label set near the top of its heap."""
         member = self._members.get(worker.worker_id)
-        bucket = self._classes.get(member[2]) if member is not None else None
-        if bucket is None:
+        if member is None:
             return None
+        bucket = member[2]
         best: tuple[float, WorkerSlot] | None = None
         for _, _, version, worker_id in bucket.heap[1:3]:
             other = self._members.get(worker_id)
@@ -568,27 +569,14 @@ class Predictive:
         member = self._members.get(worker.worker_id)
         return member[1] if member is not None else 0
 
-    def _top_member(self, bucket: _WorkerClass) -> tuple[WorkerSlot, int, str] | None:
-        """The member at the top of the label set's heap, past the entries left behind."""
-        heap = bucket.heap
-        members = self._members
-        while heap:
-            entry = heap[0]
-            member = members.get(entry[3])
-            if member is not None and member[1] == entry[2]:
-                return member
-            heappop(heap)
-        return None
-
     def _push(self, worker: WorkerSlot) -> None:
         """(Re-)key the worker in its label set's heap, by its expected run time and
         load now, and its new version; `update` does the same inline."""
         worker_id = worker.worker_id
-        name = self._members[worker_id][2]
+        bucket = self._members[worker_id][2]
         version = next(self._tick)
-        self._members[worker_id] = (worker, version, name)
-        bucket = self._classes[name]
-        self._stale_tops.add(name)
+        self._members[worker_id] = (worker, version, bucket)
+        self._stale_tops.add(bucket.name)
         heap = bucket.heap
         heappush(
             heap, (self.estimate(self._task_type, worker), len(worker.held), version, worker_id)

@@ -28,6 +28,7 @@ from bisect import bisect_left, insort
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush, heapreplace
+from itertools import islice
 from typing import ClassVar
 
 from broker.core.runtimes import worker_class
@@ -418,13 +419,22 @@ class Predictive:
         best: tuple[float, float, float, WorkerSlot] | None = None
         limit_s = ready_finish_s * self.hold_margin
         stale = []
-        for scanned, (worker_id, worker) in enumerate(self._busy.items()):
-            if scanned >= BUSY_SCAN:
-                break
+        # Estimates made for this model and type are read (`estimate` again, without
+        # its call); others are made.
+        estimates = (
+            self._estimates
+            if self._estimated
+            and self._runtimes.version == self._model_version
+            and task_type == self._model_type
+            else {}
+        )
+        for worker_id, worker in islice(self._busy.items(), BUSY_SCAN):
             if worker.draining or worker.paused or worker.free > 0:
                 stale.append(worker_id)  # it would be in the index if it were ready
                 continue
-            run_s = self._run_s(task, worker)
+            run_s = estimates.get(worker_id)
+            if run_s is None:
+                run_s = self._run_s(task, worker)
             if run_s >= limit_s:
                 continue
             starts_in = self.frees_in(task_type, worker)

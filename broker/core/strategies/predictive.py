@@ -85,7 +85,7 @@ class Predictive:
         self._learned: dict[WorkerId, RunStats] = {}  # this type's run times per worker
         # The tasks this instance placed: on which worker, expected run time and start.
         self._placed: dict[TaskId, WorkerId] = {}
-        self._on: dict[WorkerId, dict[TaskId, tuple[float, float]]] = {}
+        self._on: dict[WorkerId, dict[TaskId, tuple[float, float]]] = {}  # may be empty
         self._holds: dict[TaskId, _Hold] = {}
         self._prune_at = PRUNE_HOLDS_AT
         self._prune_after = 0.0
@@ -159,6 +159,9 @@ class Predictive:
         self._busy.pop(worker_id, None)
         self._learned.pop(worker_id, None)
         self._estimates.pop(worker_id, None)
+        on = self._on.get(worker_id)
+        if on is not None and not on:  # kept empty by `update`; tasks still counted stay
+            del self._on[worker_id]
         self._class_of.pop(worker_id, None)
         for task_id in list(self._held_for.pop(worker_id, {})):
             self._holds.pop(task_id, None)
@@ -180,7 +183,7 @@ class Predictive:
                 placed = self._placed
                 for task_id in on:
                     placed.pop(task_id, None)
-                del self._on[worker_id]
+                on.clear()  # kept for its next task
         bucket = member[2]
         version = next(self._tick)
         members[worker_id] = (worker, version, bucket)

@@ -517,7 +517,14 @@ class Predictive:
         tops = self._tops
         classes = self._classes
         members = self._members
-        estimated = self._estimated
+        ranked = self._ranked
+        # Estimates made for this model and type are read (`estimate` again, without
+        # its call); others are made.
+        estimates = (
+            self._estimates
+            if self._estimated and version == self._model_version and task_type == self._model_type
+            else {}
+        )
         for name in stale:
             bucket = classes.get(name)
             if bucket is None:
@@ -534,13 +541,10 @@ class Predictive:
                 self._drop_top(name)
                 continue
             worker = member[0]
-            run_s = None
-            if estimated and version == self._model_version and task_type == self._model_type:
-                run_s = self._estimates.get(worker.worker_id)
+            run_s = estimates.get(entry[3])
             if run_s is None:
                 run_s = self._run_s(task, worker)
             top = (run_s, len(worker.held), member[1], worker)
-            ranked = self._ranked
             if ranked is not None:
                 before = tops.get(name)
                 if before is not None:  # most often the best, just placed on

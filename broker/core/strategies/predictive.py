@@ -115,7 +115,10 @@ class Predictive:
         # A subclass that weighs other candidates (the simulator's oracle) goes through
         # them one by one; one that knows run times otherwise is asked for each.
         self._by_tops = type(self)._candidates is Predictive._candidates
-        self._estimated = type(self)._run_s is Predictive._run_s
+        # Where `estimate` (and `_run_s`, which asks it) is this class's own, a cached
+        # estimate is read without the call.
+        self._cached = type(self).estimate is Predictive.estimate
+        self._estimated = self._cached and type(self)._run_s is Predictive._run_s
 
     # The index of ready workers ------------------------------------------------
 
@@ -190,7 +193,11 @@ class Predictive:
         self._stale_tops.add(bucket.name)
         task_type = self._task_type
         run_s = None
-        if self._runtimes.version == self._model_version and task_type == self._model_type:
+        if (
+            self._cached
+            and self._runtimes.version == self._model_version
+            and task_type == self._model_type
+        ):
             run_s = self._estimates.get(worker_id)
         if run_s is None:
             run_s = self.estimate(task_type, worker)
@@ -380,12 +387,15 @@ class Predictive:
         self._placing(task, worker, finish_s, now)
         if runner_up is None:
             runner_up = self._next_in_class(task, worker)
+        shown = self._shown
+        finish = shown.get(finish_s) or self._show(finish_s)
         if runner_up is None:
-            note = f"{self.name}: expected finish {finish_s:.2f} s on {worker.worker_id}"
+            note = f"{self.name}: expected finish {finish} s on {worker.worker_id}"
         else:
+            other = shown.get(runner_up[0]) or self._show(runner_up[0])
             note = (
-                f"{self.name}: expected finish {finish_s:.2f} s on {worker.worker_id}"
-                f" vs {runner_up[0]:.2f} s on {runner_up[1].worker_id}"
+                f"{self.name}: expected finish {finish} s on {worker.worker_id}"
+                f" vs {other} s on {runner_up[1].worker_id}"
             )
         if hold is not None:
             note += f"; waited {now - hold.since:.2f} s for it"
@@ -613,7 +623,11 @@ class Predictive:
             if (member := members.get(member_id)) is not None and member[1] == version
         ]
         estimate = self.estimate
-        if self._runtimes.version == self._model_version and task_type == self._model_type:
+        if (
+            self._cached
+            and self._runtimes.version == self._model_version
+            and task_type == self._model_type
+        ):
             estimates = self._estimates  # made for this model and type: read, else made
             heap = [
                 (

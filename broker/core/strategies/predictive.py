@@ -17,8 +17,10 @@ task's placement note. The wait is bounded: a task is never held longer than the
 ready worker was expected to take to run it, from the moment it was first held, so a
 worker slower than predicted cannot starve it.
 
-Costs: a pick peeks one heap per label set of ready workers, and looks at no more than
-`BUSY_SCAN` busy workers, those predicted faster than the best ready one.
+Costs: a pick peeks the heap of each label set whose workers changed since the last
+pick (most often one), reads the best two of the sets' tops from a list kept in order,
+and looks at no more than `BUSY_SCAN` busy workers, those predicted faster than the
+best ready one.
 """
 
 from __future__ import annotations

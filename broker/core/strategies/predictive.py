@@ -17,17 +17,20 @@ task's placement note. The wait is bounded: a task is never held longer than the
 ready worker was expected to take to run it, from the moment it was first held, so a
 worker slower than predicted cannot starve it.
 
-Costs: a pick peeks one heap per label set of ready workers, and looks at no more than
-`BUSY_SCAN` busy workers, those predicted faster than the best ready one.
+Costs: a pick peeks the heap of each label set whose workers changed since the last
+pick (most often one), reads the best two of the sets' tops from a list kept in order,
+and looks at no more than `BUSY_SCAN` busy workers, those predicted faster than the
+best ready one.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
+from bisect import bisect_left, insort
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
+from heapq import heapify, heappop, heappush, heapreplace
+from itertools import islice
 from typing import ClassVar
 
 from broker.core.runtimes import worker_class
@@ -40,6 +43,7 @@ BUSY_SCAN = 256  # busy workers looked at per pick, at most
 RUNNING_LONG_SHARE = 0.2  # a task past its expected run time still needs this share of it
 PRUNE_HOLDS_AT = 1024  # holds kept before those that ran out are dropped
 PRUNE_HOLDS_EVERY_S = 10.0  # ... or this often
+SHOWN_KEPT = 4096  # run times whose text the notes keep
 HOLD_MARGIN = 0.95  # hold only for a finish at least 5 % sooner than the best ready one
 
 
@@ -47,9 +51,11 @@ HOLD_MARGIN = 0.95  # hold only for a finish at least 5 % sooner than the best r
 class _WorkerClass:
     """The ready workers of one label set, by expected run time, least first."""
 
+    name: str
     labels: Mapping[str, str]
     size: int = 0
     heap: list[tuple[float, int, int, WorkerId]] = field(default_factory=list)
+    limit: int = 64  # entries in the heap before it is re-keyed: 4 x size + 64
 
 
 @dataclass(slots=True)
@@ -71,14 +77,17 @@ class Predictive:
 
     def __init__(self, env: StrategyEnv | None = None) -> None:
         self._env = env or default_env()
-        self._members: dict[WorkerId, tuple[WorkerSlot, int, str]] = {}  # version, class
+        self._clock = self._env.clock
+        self._runtimes = self._env.runtimes
+        # The ready workers, each with its version and label set.
+        self._members: dict[WorkerId, tuple[WorkerSlot, int, _WorkerClass]] = {}
         self._classes: dict[str, _WorkerClass] = {}
         self._tick = itertools.count()
         self._busy: dict[WorkerId, WorkerSlot] = {}  # connected, every slot taken
         self._learned: dict[WorkerId, RunStats] = {}  # this type's run times per worker
         # The tasks this instance placed: on which worker, expected run time and start.
         self._placed: dict[TaskId, WorkerId] = {}
-        self._on: dict[WorkerId, dict[TaskId, tuple[float, float]]] = {}
+        self._on: dict[WorkerId, dict[TaskId, tuple[float, float]]] = {}  # may be empty
         self._holds: dict[TaskId, _Hold] = {}
         self._prune_at = PRUNE_HOLDS_AT
         self._prune_after = 0.0
@@ -86,21 +95,32 @@ class Predictive:
         self.note = ""  # why the last pick went where it did
         self._class_of: dict[WorkerId, str] = {}  # label set of every worker seen
         self._priors: dict[str, float] = {}  # by label set, for one model version and type
-        self._priors_of: tuple[int, str] = (-1, "")
+        self._model_version = -1  # ... this one
+        self._model_type = ""  # ... and this one
         # Each worker's estimate, for the same model version and type as the priors,
         # until it learns more.
         self._estimates: dict[WorkerId, float] = {}
         self._task_type = ""  # of the tasks it places (one index per type)
         # The top of each label set: (expected run time, tasks held, version, worker),
-        # estimated for one model version and task type (`_tops_of`) and kept until a
-        # worker of the set changes (`_stale_tops`), so a pick weighs the sets' tops in
-        # one `min` and re-estimates only those that changed.
+        # estimated for one model version and task type (`_tops_version`, `_tops_type`)
+        # and kept until a worker of the set changes (`_stale_tops`), so a pick
+        # re-estimates only those that changed. `_ranked` holds the same tops, least
+        # first, so that a pick finds the best two without weighing them all (None
+        # until the next pick sorts them, after they were all re-estimated).
         self._tops: dict[str, tuple[float, int, int, WorkerSlot]] = {}
-        self._tops_of: tuple[int, str] = (-1, "")
+        self._ranked: list[tuple[float, int, int, WorkerSlot]] | None = None
+        self._tops_version = -1
+        self._tops_type = ""
         self._stale_tops: set[str] = set()
+        # "{run_s:.2f}" for the notes, by run time (zero aside: -0.0 == 0.0).
+        self._shown: dict[float, str] = {}
         # A subclass that weighs other candidates (the simulator's oracle) goes through
-        # them one by one.
+        # them one by one; one that knows run times otherwise is asked for each.
         self._by_tops = type(self)._candidates is Predictive._candidates
+        # Where `estimate` (and `_run_s`, which asks it) is this class's own, a cached
+        # estimate is read without the call.
+        self._cached = type(self).estimate is Predictive.estimate
+        self._estimated = self._cached and type(self)._run_s is Predictive._run_s
 
     # The index of ready workers ------------------------------------------------
 
@@ -113,23 +133,25 @@ class Predictive:
                 name = self._class_of[worker_id] = worker_class(worker.labels)
             bucket = self._classes.get(name)
             if bucket is None:
-                bucket = self._classes[name] = _WorkerClass(worker.labels)
+                bucket = self._classes[name] = _WorkerClass(name, worker.labels)
             bucket.size += 1
-            self._members[worker_id] = (worker, -1, name)
+            bucket.limit += 4
+            self._members[worker_id] = (worker, -1, bucket)
         self._forget_released(worker)
         self._push(worker)
 
     def remove(self, worker: WorkerSlot) -> None:
         member = self._members.pop(worker.worker_id, None)
         if member is not None:
-            bucket = self._classes[member[2]]
+            bucket = member[2]
             bucket.size -= 1
+            bucket.limit -= 4
             if not bucket.size:
-                del self._classes[member[2]]
-                self._tops.pop(member[2], None)
-                self._stale_tops.discard(member[2])
+                del self._classes[bucket.name]
+                self._drop_top(bucket.name)
+                self._stale_tops.discard(bucket.name)
             else:
-                self._stale_tops.add(member[2])
+                self._stale_tops.add(bucket.name)
         if worker.free <= 0 and not worker.draining and not worker.paused:
             self._busy[worker.worker_id] = worker  # full: it may be worth waiting for
         else:
@@ -142,14 +164,49 @@ class Predictive:
         self._busy.pop(worker_id, None)
         self._learned.pop(worker_id, None)
         self._estimates.pop(worker_id, None)
+        on = self._on.get(worker_id)
+        if on is not None and not on:  # kept empty by `update`; tasks still counted stay
+            del self._on[worker_id]
         self._class_of.pop(worker_id, None)
         for task_id in list(self._held_for.pop(worker_id, {})):
             self._holds.pop(task_id, None)
 
     def update(self, worker: WorkerSlot) -> None:
-        if worker.worker_id in self._members:
-            self._forget_released(worker)
-            self._push(worker)
+        # Twice per placement (the take and the release): what `_forget_released` and
+        # `_push` do, without their calls.
+        worker_id = worker.worker_id
+        members = self._members
+        member = members.get(worker_id)
+        if member is None:
+            return
+        held = worker.held
+        on = self._on.get(worker_id)
+        if on and len(on) > len(held):
+            if held:
+                self._forget_released(worker)
+            else:  # released all it held (the usual release): forget each
+                placed = self._placed
+                for task_id in on:
+                    placed.pop(task_id, None)
+                on.clear()  # kept for its next task
+        bucket = member[2]
+        version = next(self._tick)
+        members[worker_id] = (worker, version, bucket)
+        self._stale_tops.add(bucket.name)
+        task_type = self._task_type
+        run_s = None
+        if (
+            self._cached
+            and self._runtimes.version == self._model_version
+            and task_type == self._model_type
+        ):
+            run_s = self._estimates.get(worker_id)
+        if run_s is None:
+            run_s = self.estimate(task_type, worker)
+        heap = bucket.heap
+        heappush(heap, (run_s, len(held), version, worker_id))
+        if len(heap) > bucket.limit:
+            self._rekey(bucket)
 
     def observe(self, outcome: Outcome) -> None:
         worker_id = self._forget(outcome.task.id)
@@ -174,12 +231,17 @@ class Predictive:
     def estimate(self, task_type: str, worker: WorkerSlot) -> float:
         """Expected run time of a task of this type on the worker: its own mean shrunk
         towards the prior, by PRIOR_WEIGHT x (1 + squared coefficient of variation)."""
-        if (self._env.runtimes.version, task_type) != self._priors_of:
-            self._prior(task_type, worker)  # starts afresh for this model version and type
+        runtimes = self._runtimes
+        if runtimes.version != self._model_version or task_type != self._model_type:
+            # Start afresh for this model version and type.
+            self._priors.clear()
             self._estimates.clear()
-        estimate = self._estimates.get(worker.worker_id)
-        if estimate is not None:
-            return estimate
+            self._model_version = runtimes.version
+            self._model_type = task_type
+        else:
+            estimate = self._estimates.get(worker.worker_id)
+            if estimate is not None:
+                return estimate
         prior = self._prior(task_type, worker)
         learned = self._learned.get(worker.worker_id)
         if learned is None or not learned.count:
@@ -193,33 +255,30 @@ class Predictive:
         return estimate
 
     def _prior(self, task_type: str, worker: WorkerSlot) -> float:
-        """What the pool predicts for the worker's label set, cached until it learns."""
-        runtimes = self._env.runtimes
-        if (runtimes.version, task_type) != self._priors_of:
-            self._priors.clear()
-            self._priors_of = (runtimes.version, task_type)
+        """What the pool predicts for the worker's label set, cached until it learns
+        (`estimate` keeps the cache to one model version and task type)."""
         name = self._class_of.get(worker.worker_id)
         if name is None:
             name = worker_class(worker.labels)
         prior = self._priors.get(name)
         if prior is None:
-            prior = self._priors[name] = runtimes.predict_class(task_type, name)
+            prior = self._priors[name] = self._runtimes.predict_class(task_type, name)
         return prior
 
     def frees_in(self, task_type: str, worker: WorkerSlot) -> float:
         """Seconds until the worker is expected to start one more task of this type,
         after the tasks it holds and those held back for it."""
-        now = self._env.clock.now()
+        now = self._clock.now()
         capacity = worker.capacity if worker.capacity < worker.limit else worker.limit
         if capacity <= 0:
             return float("inf")
         ends = self._running_ends(task_type, worker, now)
         ends.sort()
         slots = [0.0] * max(0, capacity - len(ends)) + ends[:capacity]
-        heapq.heapify(slots)
+        heapify(slots)
         for hold in self._held_for.get(worker.worker_id, {}).values():
             if hold.until > now:  # not one that ran out (or whose task went away)
-                heapq.heapreplace(slots, slots[0] + hold.run_s)
+                heapreplace(slots, slots[0] + hold.run_s)
         return slots[0]
 
     def _running_ends(self, task_type: str, worker: WorkerSlot, now: float) -> list[float]:
@@ -238,9 +297,7 @@ class Predictive:
     def expected_finish(self, task_type: str, worker: WorkerSlot) -> float:
         """When a task of this type given to the worker now is expected to end."""
         return (
-            self._env.clock.now()
-            + self.frees_in(task_type, worker)
-            + self.estimate(task_type, worker)
+            self._clock.now() + self.frees_in(task_type, worker) + self.estimate(task_type, worker)
         )
 
     def held(self, task: Task) -> tuple[str, float] | None:
@@ -251,23 +308,97 @@ class Predictive:
     # Placing --------------------------------------------------------------------
 
     def pick(self, task: Task) -> WorkerSlot | None:
-        self._task_type = task.spec.task_type
-        best, runner_up = self._best_two(task) if self._by_tops else self._best_of_all(task)
-        if best is None:
-            return None
+        task_type = self._task_type = task.spec.task_type
+        if not self._by_tops:
+            best, runner_up = self._best_of_all(task)
+            if best is None:
+                return None
+            return self._place(task, best[0], best[3], runner_up, self._clock.now())
+        # `_best_of_all` over the label sets' tops: O(label sets) in C, plus an estimate
+        # for each set that changed since the last pick.
+        if (
+            self._stale_tops
+            or self._runtimes.version != self._tops_version
+            or task_type != self._tops_type
+        ):
+            self._refresh_tops(task)
+        ranked = self._ranked
+        if ranked is None:
+            ranked = self._ranked = sorted(self._tops.values())
+        if len(ranked) < 2:
+            if not ranked:
+                return None
+            best = ranked[0]
+            return self._place(task, best[0], best[3], None, self._clock.now())
+        best, second = ranked[0], ranked[1]
+        # The runner-up: the least expected run time among the others, the first of
+        # equals in the sets' order.
+        if len(ranked) > 2 and ranked[2][0] == second[0]:
+            run_s = second[0]
+            for top in self._tops.values():
+                if top[0] == run_s and top is not best:
+                    second = top
+                    break
         finish_s, worker = best[0], best[3]
-        now = self._env.clock.now()
-        hold = self._release_hold(task.id)
+        now = self._clock.now()
+        if self._holds or self._busy or task.id in self._placed:
+            return self._place(task, finish_s, worker, (second[0], second[3]), now)
+        # Nothing held, no busy worker to weigh, placed for the first time: `_place`,
+        # without what does not apply.
+        worker_id = worker.worker_id
+        self._placed[task.id] = worker_id
+        on = self._on.get(worker_id)
+        if on is None:
+            self._on[worker_id] = {task.id: (finish_s, now)}
+        else:
+            on[task.id] = (finish_s, now)
+        shown = self._shown
+        finish = shown.get(finish_s) or self._show(finish_s)
+        other = shown.get(second[0]) or self._show(second[0])
+        self.note = (
+            f"{self.name}: expected finish {finish} s on {worker_id}"
+            f" vs {other} s on {second[3].worker_id}"
+        )
+        return worker
+
+    def _show(self, run_s: float) -> str:
+        """The run time as the notes show it, kept for the next note."""
+        shown = self._shown
+        if len(shown) >= SHOWN_KEPT:
+            shown.clear()
+        text = f"{run_s:.2f}"
+        if run_s:  # not 0.0 or -0.0, which are one key and two texts
+            shown[run_s] = text
+        return text
+
+    def _place(
+        self,
+        task: Task,
+        finish_s: float,
+        worker: WorkerSlot,
+        runner_up: tuple[float, WorkerSlot] | None,
+        now: float,
+    ) -> WorkerSlot | None:
+        """Give the task to the best ready worker, unless a busy one is expected to
+        finish it sooner (None: held back for it)."""
+        hold = self._release_hold(task.id) if self._holds else None
         if self._busy and (hold is None or now < hold.until):
             waited = self._hold_for_busy(task, finish_s, worker, hold, now)
             if waited is not None:
                 return None
         self._placing(task, worker, finish_s, now)
-        note = f"{self.name}: expected finish {finish_s:.2f} s on {worker.worker_id}"
         if runner_up is None:
             runner_up = self._next_in_class(task, worker)
-        if runner_up is not None:
-            note += f" vs {runner_up[0]:.2f} s on {runner_up[1].worker_id}"
+        shown = self._shown
+        finish = shown.get(finish_s) or self._show(finish_s)
+        if runner_up is None:
+            note = f"{self.name}: expected finish {finish} s on {worker.worker_id}"
+        else:
+            other = shown.get(runner_up[0]) or self._show(runner_up[0])
+            note = (
+                f"{self.name}: expected finish {finish} s on {worker.worker_id}"
+                f" vs {other} s on {runner_up[1].worker_id}"
+            )
         if hold is not None:
             note += f"; waited {now - hold.since:.2f} s for it"
         self.note = note
@@ -280,7 +411,7 @@ class Predictive:
         )
         worker = allowed[scored[0][3]]
         self._release_hold(task.id)
-        self._placing(task, worker, scored[0][0], self._env.clock.now())
+        self._placing(task, worker, scored[0][0], self._clock.now())
         note = f"{self.name}: expected finish {scored[0][0]:.2f} s on {worker.worker_id}"
         if len(scored) > 1:
             note += f" vs {scored[1][0]:.2f} s on {allowed[scored[1][3]].worker_id}"
@@ -303,13 +434,22 @@ class Predictive:
         best: tuple[float, float, float, WorkerSlot] | None = None
         limit_s = ready_finish_s * self.hold_margin
         stale = []
-        for scanned, (worker_id, worker) in enumerate(self._busy.items()):
-            if scanned >= BUSY_SCAN:
-                break
+        # Estimates made for this model and type are read (`estimate` again, without
+        # its call); others are made.
+        estimates = (
+            self._estimates
+            if self._estimated
+            and self._runtimes.version == self._model_version
+            and task_type == self._model_type
+            else {}
+        )
+        for worker_id, worker in islice(self._busy.items(), BUSY_SCAN):
             if worker.draining or worker.paused or worker.free > 0:
                 stale.append(worker_id)  # it would be in the index if it were ready
                 continue
-            run_s = self._run_s(task, worker)
+            run_s = estimates.get(worker_id)
+            if run_s is None:
+                run_s = self._run_s(task, worker)
             if run_s >= limit_s:
                 continue
             starts_in = self.frees_in(task_type, worker)
@@ -336,9 +476,9 @@ class Predictive:
         """Stop holding the task for a worker (it is being placed, or looked at again)."""
         hold = self._drop_hold(task_id)
         if self._holds and (
-            len(self._holds) > self._prune_at or self._env.clock.now() >= self._prune_after
+            len(self._holds) > self._prune_at or self._clock.now() >= self._prune_after
         ):  # drop the holds of tasks that went elsewhere (cancelled) and ran out
-            now = self._env.clock.now()
+            now = self._clock.now()
             for stale in [t for t, h in self._holds.items() if h.until < now]:
                 self._drop_hold(stale)
             self._prune_at = max(PRUNE_HOLDS_AT, 2 * len(self._holds))
@@ -372,44 +512,64 @@ class Predictive:
                 runner_up = (key[0], worker)
         return best, runner_up
 
-    def _best_two(
-        self, task: Task
-    ) -> tuple[tuple[float, int, int, WorkerSlot] | None, tuple[float, WorkerSlot] | None]:
-        """`_best_of_all` over the label sets' tops: O(label sets) in C, plus an estimate
-        for each set that changed since the last pick."""
-        self._refresh_tops(task)
-        tops = self._tops
-        if not tops:
-            return None, None
-        if len(tops) == 1:
-            return next(iter(tops.values())), None
-        others = list(tops.values())
-        best = min(others)
-        others.remove(best)
-        second = min(others, key=_run_time)
-        return best, (second[0], second[3])
-
     def _refresh_tops(self, task: Task) -> None:
         """Re-estimate the tops of the label sets that changed (all of them once the
         model learns or the task type differs)."""
         stale = self._stale_tops
-        seen = (self._env.runtimes.version, task.spec.task_type)
-        if seen != self._tops_of:
-            self._tops_of = seen
+        task_type = task.spec.task_type
+        version = self._runtimes.version
+        if version != self._tops_version or task_type != self._tops_type:
+            self._tops_version = version
+            self._tops_type = task_type
             self._tops.clear()
+            self._ranked = None
             stale.update(self._classes)
         if not stale:
             return
         tops = self._tops
+        classes = self._classes
+        members = self._members
+        ranked = self._ranked
+        # Estimates made for this model and type are read (`estimate` again, without
+        # its call); others are made.
+        estimates = (
+            self._estimates
+            if self._estimated and version == self._model_version and task_type == self._model_type
+            else {}
+        )
         for name in stale:
-            bucket = self._classes.get(name)
-            worker = self._top(bucket) if bucket is not None else None
-            if worker is None:
-                tops.pop(name, None)
+            bucket = classes.get(name)
+            if bucket is None:
+                self._drop_top(name)
+                continue
+            heap = bucket.heap  # its top, past the entries left behind
+            while heap:
+                entry = heap[0]
+                member = members.get(entry[3])
+                if member is not None and member[1] == entry[2]:
+                    break
+                heappop(heap)
             else:
-                version = self._members[worker.worker_id][1]
-                tops[name] = (self._run_s(task, worker), len(worker.held), version, worker)
+                self._drop_top(name)
+                continue
+            worker = member[0]
+            run_s = estimates.get(entry[3])
+            if run_s is None:
+                run_s = self._run_s(task, worker)
+            top = (run_s, len(worker.held), member[1], worker)
+            if ranked is not None:
+                before = tops.get(name)
+                if before is not None:  # most often the best, just placed on
+                    del ranked[0 if ranked[0] is before else bisect_left(ranked, before)]
+                insort(ranked, top)
+            tops[name] = top
         stale.clear()
+
+    def _drop_top(self, name: str) -> None:
+        """The label set has no ready worker left."""
+        before = self._tops.pop(name, None)
+        if before is not None and self._ranked is not None:
+            del self._ranked[bisect_left(self._ranked, before)]
 
     def _candidates(self, task: Task) -> Iterator[tuple[WorkerSlot, float, int]]:
         """The ready workers worth weighing, the top of each label set: each with the
@@ -422,9 +582,9 @@ class Predictive:
     def _next_in_class(self, task: Task, worker: WorkerSlot) -> tuple[float, WorkerSlot] | None:
         """For the note: a worker of the same label set near the top of its heap."""
         member = self._members.get(worker.worker_id)
-        bucket = self._classes.get(member[2]) if member is not None else None
-        if bucket is None:
+        if member is None:
             return None
+        bucket = member[2]
         best: tuple[float, WorkerSlot] | None = None
         for _, _, version, worker_id in bucket.heap[1:3]:
             other = self._members.get(worker_id)
@@ -438,48 +598,70 @@ class Predictive:
         member = self._members.get(worker.worker_id)
         return member[1] if member is not None else 0
 
-    def _top(self, bucket: _WorkerClass) -> WorkerSlot | None:
-        heap = bucket.heap
-        while heap:
-            _, _, version, worker_id = heap[0]
-            member = self._members.get(worker_id)
-            if member is not None and member[1] == version:
-                return member[0]
-            heapq.heappop(heap)
-        return None
-
-    def _key(self, worker: WorkerSlot, version: int) -> tuple[float, int, int, WorkerId]:
-        # Expected run times move as the model learns; a bucket's top is estimated
-        # afresh on each pick, the order below it is that of the last push.
-        run_s = self.estimate(self._task_type, worker)
-        return (run_s, len(worker.held), version, worker.worker_id)
-
     def _push(self, worker: WorkerSlot) -> None:
+        """(Re-)key the worker in its label set's heap, by its expected run time and
+        load now, and its new version; `update` does the same inline."""
         worker_id = worker.worker_id
-        name = self._members[worker_id][2]
+        bucket = self._members[worker_id][2]
         version = next(self._tick)
-        self._members[worker_id] = (worker, version, name)
-        bucket = self._classes[name]
-        self._stale_tops.add(name)
-        heapq.heappush(bucket.heap, self._key(worker, version))
-        if len(bucket.heap) > 4 * bucket.size + 64:
-            # Each member of the set has one current entry here: re-key those alone.
-            members = self._members
-            bucket.heap = [
-                self._key(member[0], version)
-                for _, _, version, member_id in bucket.heap
-                if (member := members.get(member_id)) is not None and member[1] == version
+        self._members[worker_id] = (worker, version, bucket)
+        self._stale_tops.add(bucket.name)
+        heap = bucket.heap
+        heappush(
+            heap, (self.estimate(self._task_type, worker), len(worker.held), version, worker_id)
+        )
+        if len(heap) > bucket.limit:
+            self._rekey(bucket)
+
+    def _rekey(self, bucket: _WorkerClass) -> None:
+        """Each member of the set has one current entry in its heap: keep those alone,
+        re-keyed. Expected run times move as the model learns; a set's top is estimated
+        afresh on each pick, the order below it is that of the last push (or re-key)."""
+        members = self._members
+        task_type = self._task_type
+        current = [
+            member
+            for _, _, version, member_id in bucket.heap
+            if (member := members.get(member_id)) is not None and member[1] == version
+        ]
+        estimate = self.estimate
+        if (
+            self._cached
+            and self._runtimes.version == self._model_version
+            and task_type == self._model_type
+        ):
+            estimates = self._estimates  # made for this model and type: read, else made
+            heap = [
+                (
+                    estimates.get(worker.worker_id) or estimate(task_type, worker),
+                    len(worker.held),
+                    version,
+                    worker.worker_id,
+                )
+                for worker, version, _ in current
             ]
-            heapq.heapify(bucket.heap)
+        else:
+            heap = [
+                (estimate(task_type, worker), len(worker.held), version, worker.worker_id)
+                for worker, version, _ in current
+            ]
+        heapify(heap)
+        bucket.heap = heap
 
     def _placing(self, task: Task, worker: WorkerSlot, run_s: float, now: float) -> None:
         """Count the task's expected run time against the worker it is going to."""
-        before = self._forget(task.id)  # placed before, and requeued without an outcome
-        if before is not None and before in self._members:
-            self._push(self._members[before][0])
+        task_id = task.id
+        if task_id in self._placed:  # placed before, and requeued without an outcome
+            before = self._forget(task_id)
+            if before is not None and before in self._members:
+                self._push(self._members[before][0])
         worker_id = worker.worker_id
-        self._placed[task.id] = worker_id
-        self._on.setdefault(worker_id, {})[task.id] = (run_s, now)
+        self._placed[task_id] = worker_id
+        on = self._on.get(worker_id)
+        if on is None:
+            self._on[worker_id] = {task_id: (run_s, now)}
+        else:
+            on[task_id] = (run_s, now)
 
     def _forget(self, task_id: TaskId) -> WorkerId | None:
         """Stop counting a task; the worker it was counted against, if any."""
@@ -496,10 +678,18 @@ class Predictive:
         """Drop tasks the worker no longer holds though no outcome came (cancelled,
         or a new connection under the same id). Only when they must exist: counting
         more tasks than it holds; O(its tasks) then, O(1) otherwise."""
-        on = self._on.get(worker.worker_id)
-        if on and len(on) > len(worker.held):
-            for task_id in [t for t in on if t not in worker.held]:
-                self._forget(task_id)
-
-
-_run_time = itemgetter(0)  # of a label set's top
+        worker_id = worker.worker_id
+        on = self._on.get(worker_id)
+        held = worker.held
+        if on and len(on) > len(held):
+            placed = self._placed  # each task counted against the worker is placed on it
+            if held:
+                for task_id in [t for t in on if t not in held]:
+                    del on[task_id]
+                    placed.pop(task_id, None)
+                if on:
+                    return
+            else:
+                for task_id in on:
+                    placed.pop(task_id, None)
+            del self._on[worker_id]

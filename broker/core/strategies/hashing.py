@@ -70,10 +70,23 @@ def worker_points(worker_id: WorkerId, vnodes: int) -> list[int]:
     return sorted(ring_point(f"{worker_id}#{i}") for i in range(vnodes))
 
 
+# blake2b's state after "key:" and after "task:": a task's point hashes only the rest
+# (the same digest as ring_point of the whole text, without setting up blake2b anew).
+_KEY_PREFIX = hashlib.blake2b(b"key:", digest_size=8)
+_TASK_PREFIX = hashlib.blake2b(b"task:", digest_size=8)
+
+
 def task_point(task: Task) -> int:
-    """The ring point a task starts its walk from: its routing key's, else its id's."""
+    """The ring point a task starts its walk from: its routing key's, else its id's
+    (ring_point of "key:<key>", else of "task:<id>")."""
     key = task.spec.placement.routing_key
-    return ring_point(f"key:{key}" if key else f"task:{task.id}")
+    if key:
+        state = _KEY_PREFIX.copy()
+        state.update(key.encode())
+    else:
+        state = _TASK_PREFIX.copy()
+        state.update(str(task.id).encode())
+    return int.from_bytes(state.digest(), "big")
 
 
 class ConsistentHash:
@@ -92,6 +105,7 @@ class ConsistentHash:
         prune_after_s: float = PRUNE_AFTER_S,
     ) -> None:
         self._env = env or default_env()
+        self._stretch = 1 + self._env.hash_load_epsilon  # the bound's factor, (1 + e)
         self._vnodes = vnodes
         self._prune_after_s = prune_after_s
         # The ring, in sorted blocks: each block's points, the slot numbers of the
@@ -141,9 +155,14 @@ class ConsistentHash:
         self._prune()
 
     def update(self, worker: WorkerSlot) -> None:
-        if worker.worker_id in self._ready:
-            self._uncount(worker.worker_id)
-            self._count(worker)
+        counted = self._counted
+        worker_id = worker.worker_id
+        was = counted.get(worker_id)  # present exactly while the worker is ready
+        if was is not None:
+            held, capacity = len(worker.held), worker.capacity
+            counted[worker_id] = (held, capacity)
+            self._held_total += held - was[0]
+            self._capacity_total += capacity - was[1]
 
     def observe(self, outcome: Outcome) -> None:
         pass
@@ -164,10 +183,39 @@ class ConsistentHash:
             return None
         if self._joining:
             self._merge_joining()
+        point = task_point(task)
+        firsts = self._firsts
+        if firsts:
+            # Most picks end at the first point clockwise: look at it before walking.
+            b = bisect_left(firsts, point) - 1
+            if b < 0:
+                b = 0
+            block = self._points[b]
+            i = bisect_left(block, point)
+            if i < len(block):
+                worker = self._ready_at[self._slots[b][i]]
+            elif b + 1 < len(firsts):
+                worker = self._ready_at[self._slots[b + 1][0]]
+            else:
+                worker = self._ready_at[self._slots[0][0]]
+            if worker is not None:
+                # _under_bound, inline: len(held) < ceil(x) is len(held) < x for a whole
+                # number len(held), so no ceil.
+                capacity_total = self._capacity_total
+                if capacity_total <= 0 or len(worker.held) < self._stretch * (
+                    (self._held_total + 1) * worker.capacity / capacity_total
+                ):
+                    self.note = ""
+                    return worker
+        return self._pick_by_walk(point, ready)
+
+    def _pick_by_walk(self, point: int, ready: dict[WorkerId, WorkerSlot]) -> WorkerSlot | None:
+        """The first ready worker under its bound clockwise from `point`, else the first
+        ready one, with the note saying why."""
         ready_at = self._ready_at
         first: WorkerSlot | None = None
         rejected: set[int] = set()  # slot numbers
-        for slot in self._walk(task_point(task)):
+        for slot in self._walk(point):
             worker = ready_at[slot]
             if worker is None or slot in rejected:
                 continue
@@ -212,9 +260,8 @@ class ConsistentHash:
         """Whether the worker may take one more task under the bounded-load rule."""
         if self._capacity_total <= 0:
             return True
-        epsilon = self._env.hash_load_epsilon
         share = (self._held_total + 1) * worker.capacity / self._capacity_total
-        return len(worker.held) < math.ceil((1 + epsilon) * share)
+        return len(worker.held) < math.ceil(self._stretch * share)
 
     # Internals ---------------------------------------------------------------
 

@@ -115,6 +115,11 @@ class ConsistentHash:
         self._points: list[array[int]] = []
         self._slots: list[array[int]] = []
         self._firsts: list[int] = []
+        # Where to start looking in `_firsts` for a point: by its top `64 - _shift` bits,
+        # the block holding the first point of that stretch of the ring (made anew
+        # whenever `_firsts` changes; about two stretches a block).
+        self._directory: list[int] = [0]
+        self._shift = 64
         self._size = 0
         self._joining: list[int] = []
         self._slot_of: dict[WorkerId, int] = {}  # every worker ever seen, by join order
@@ -124,7 +129,10 @@ class ConsistentHash:
         self._points_of: dict[WorkerId, array[int]] = {}
         self._ready: dict[WorkerId, WorkerSlot] = {}
         # What each ready worker adds to the totals below, as of its last add/update.
-        self._counted: dict[WorkerId, tuple[int, int]] = {}
+        # (Two dicts rather than one of pairs: `update` runs twice for every task
+        # placed, and then only the held count changes.)
+        self._counted_held: dict[WorkerId, int] = {}
+        self._counted_capacity: dict[WorkerId, int] = {}
         self._held_total = 0
         self.note = ""  # why the last pick went where it did, when the ring owner was full
         self._capacity_total = 0
@@ -155,14 +163,17 @@ class ConsistentHash:
         self._prune()
 
     def update(self, worker: WorkerSlot) -> None:
-        counted = self._counted
+        counted = self._counted_held
         worker_id = worker.worker_id
         was = counted.get(worker_id)  # present exactly while the worker is ready
         if was is not None:
-            held, capacity = len(worker.held), worker.capacity
-            counted[worker_id] = (held, capacity)
-            self._held_total += held - was[0]
-            self._capacity_total += capacity - was[1]
+            held = counted[worker_id] = len(worker.held)
+            self._held_total += held - was
+            capacity = worker.capacity
+            was = self._counted_capacity[worker_id]
+            if capacity != was:
+                self._counted_capacity[worker_id] = capacity
+                self._capacity_total += capacity - was
 
     def observe(self, outcome: Outcome) -> None:
         pass
@@ -187,14 +198,17 @@ class ConsistentHash:
         firsts = self._firsts
         if firsts:
             # Most picks end at the first point clockwise: look at it before walking.
-            b = bisect_left(firsts, point) - 1
-            if b < 0:
-                b = 0
+            # The block to look in: the last whose first point is below `point` (or the
+            # first block), from the directory rather than a bisect of `firsts`.
+            b = self._directory[point >> self._shift]
+            blocks = len(firsts)
+            while b + 1 < blocks and firsts[b + 1] < point:
+                b += 1
             block = self._points[b]
             i = bisect_left(block, point)
             if i < len(block):
                 worker = self._ready_at[self._slots[b][i]]
-            elif b + 1 < len(firsts):
+            elif b + 1 < blocks:
                 worker = self._ready_at[self._slots[b + 1][0]]
             else:
                 worker = self._ready_at[self._slots[0][0]]
@@ -266,13 +280,14 @@ class ConsistentHash:
     # Internals ---------------------------------------------------------------
 
     def _count(self, worker: WorkerSlot) -> None:
-        held, capacity = len(worker.held), worker.capacity
-        self._counted[worker.worker_id] = (held, capacity)
+        held = self._counted_held[worker.worker_id] = len(worker.held)
+        capacity = self._counted_capacity[worker.worker_id] = worker.capacity
         self._held_total += held
         self._capacity_total += capacity
 
     def _uncount(self, worker_id: WorkerId) -> None:
-        held, capacity = self._counted.pop(worker_id)
+        held = self._counted_held.pop(worker_id)
+        capacity = self._counted_capacity.pop(worker_id)
         self._held_total -= held
         self._capacity_total -= capacity
 
@@ -301,6 +316,7 @@ class ConsistentHash:
             self._rebuild([*self._entries(), *joining])
             return
         points, slots, firsts = self._points, self._slots, self._firsts
+        firsts_moved = False
         for entry in joining:
             point, slot = entry >> _SLOT_BITS, entry & _SLOT_MASK
             b = max(bisect_right(firsts, point) - 1, 0)
@@ -312,11 +328,15 @@ class ConsistentHash:
             owners.insert(i, slot)
             if i == 0:
                 firsts[b] = point
+                firsts_moved = True
             if len(block) > 2 * RING_BLOCK:
                 points[b : b + 1] = [block[:RING_BLOCK], block[RING_BLOCK:]]
                 slots[b : b + 1] = [owners[:RING_BLOCK], owners[RING_BLOCK:]]
                 firsts[b : b + 1] = [block[0], block[RING_BLOCK]]
+                firsts_moved = True
         self._size += len(joining)
+        if firsts_moved:
+            self._index_blocks()
 
     def _entries(self) -> list[int]:
         """The ring's points as ints (point << _SLOT_BITS | slot), in ring order."""
@@ -336,6 +356,23 @@ class ConsistentHash:
             self._slots.append(array("I", [entry & _SLOT_MASK for entry in chunk]))
             self._firsts.append(chunk[0] >> _SLOT_BITS)
         self._size = len(entries)
+        self._index_blocks()
+
+    def _index_blocks(self) -> None:
+        """Make `_directory` anew for `_firsts`: for each stretch of the ring, the last
+        block whose first point is below the stretch's start (or the first block)."""
+        firsts = self._firsts
+        blocks = len(firsts)
+        bits = blocks.bit_length() + 1
+        shift = 64 - bits
+        directory = []
+        b = 0
+        for stretch in range(1 << bits):
+            start = stretch << shift
+            while b + 1 < blocks and firsts[b + 1] < start:
+                b += 1
+            directory.append(b)
+        self._directory, self._shift = directory, shift
 
     def _join(self, worker_id: WorkerId) -> None:
         """Put a worker's points on the ring, at the next pick (see `_merge_joining`)."""

@@ -23,7 +23,8 @@ ready again. Pruning only makes walks shorter; it never changes a placement.
 
 The ring is kept in sorted blocks of at most `2 * RING_BLOCK` points, each block two
 compact arrays (points, and their owners' slot numbers), with each block's first
-point in a list for bisecting: a lookup bisects the short list, then one block, over
+point in a list, and a directory by a point's top bits of the block to start from
+(about two entries a block): a lookup goes to its block at once and bisects it, over
 machine integers rather than a million Python objects spread over the heap.
 
 A task with no routing key is placed by the same walk from the hash of its id, so
@@ -33,11 +34,14 @@ The bound is relative: while the ready workers hold fewer tasks than there are o
 them, it is one task each, so concurrent tasks of one key spread out; a key's tasks
 that come one at a time, or into a busy pool, stay on its worker.
 
-Cost of `pick`: two bisects, then a walk of about n / r ring points for n ring members
-of which r are ready, plus the over-bound workers it passes (O(1/e^2) expected, per
-the paper); it checks each worker's bound at most once. A worker joining inserts its
-points into their blocks at the next pick, O(vnodes * (log ring + RING_BLOCK)); when
-more join at once than the ring holds already, the ring is rebuilt in one sort.
+Cost of `pick`: a directory look-up and a bisect, then a walk of about n / r ring
+points for n ring members of which r are ready, plus the over-bound workers it passes
+(O(1/e^2) expected, per the paper); it checks each worker's bound at most once (the
+first point's owner before the walk starts, since most picks end there). A worker
+joining inserts its points into their blocks at the next pick,
+O(vnodes * (log ring + RING_BLOCK)), and the directory is made anew, O(blocks), when a
+block splits or its first point changes; when more join at once than the ring holds
+already, the ring is rebuilt in one sort.
 `rank` is O(a log a) for `a` allowed workers.
 """
 

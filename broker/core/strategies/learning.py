@@ -79,7 +79,7 @@ class WeightedResponseTime:
         members = self._members
         if worker_id not in members:
             return
-        # _push, in line.
+        # _push and _key, in line.
         version = next(self._tick)
         members[worker_id] = (worker, version)
         capacity = worker.capacity
@@ -90,8 +90,9 @@ class WeightedResponseTime:
             if weight is None:
                 weight = self.stats(worker_id).weight
             limit = worker.limit
-            free = (capacity if capacity < limit else limit) - len(worker.held)
-            key = -(weight * free / capacity)
+            key = -(
+                weight * ((capacity if capacity < limit else limit) - len(worker.held)) / capacity
+            )
         heap = self._heap
         heappush(heap, (key, version, worker_id))
         if len(heap) > 4 * len(members) + 64:
@@ -143,15 +144,27 @@ class WeightedResponseTime:
         entry = self._members.get(worker.worker_id)
         return entry[1] if entry is not None else 0
 
+    def _key(self, worker: WorkerSlot) -> float:
+        """-score(worker), from the weight kept beside the worker's stats."""
+        capacity = worker.capacity
+        if capacity <= 0:
+            return -0.0
+        weight = self._weights.get(worker.worker_id)
+        if weight is None:
+            weight = self.stats(worker.worker_id).weight
+        limit = worker.limit
+        return -(weight * ((capacity if capacity < limit else limit) - len(worker.held)) / capacity)
+
     def _push(self, worker: WorkerSlot) -> None:
         """Add the worker, or re-key it after its score changed."""
         version = next(self._tick)
         self._members[worker.worker_id] = (worker, version)
-        heappush(self._heap, (-self.score(worker), version, worker.worker_id))
+        heappush(self._heap, (self._key(worker), version, worker.worker_id))
         if len(self._heap) > 4 * len(self._members) + 64:
             self._rekey()
 
     def _rekey(self) -> None:
         """Rebuild the heap from the live entries, once the stale ones outnumber them."""
-        self._heap = [(-self.score(w), v, wid) for wid, (w, v) in self._members.items()]
+        key = self._key
+        self._heap = [(key(w), v, wid) for wid, (w, v) in self._members.items()]
         heapify(self._heap)

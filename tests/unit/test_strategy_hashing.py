@@ -13,7 +13,7 @@ from broker.clock import FakeClock
 from broker.core.runtimes import RuntimeModel
 from broker.core.scheduler import PoolScheduler
 from broker.core.strategies import ConsistentHash, StrategyEnv, WorkerSlot, make_strategy
-from broker.core.strategies.hashing import ring_point
+from broker.core.strategies.hashing import ring_point, task_point
 from broker.domain import Placement, Task, TaskSpec
 
 KEYS = [f"user-{i}" for i in range(10_000)]
@@ -322,7 +322,8 @@ def test_the_bound_holds_for_other_epsilons(epsilon: float) -> None:
 def test_the_ring_in_blocks_keeps_every_point_in_order(batches: list[int], prune_at: int) -> None:
     # Small blocks, so that joins insert into blocks and split them, and a first join
     # (or a big one) rebuilds the ring; the walk from any point must meet every point
-    # clockwise, in (point, slot) order, as one sorted list would.
+    # clockwise, in (point, slot) order, as one sorted list would, and a pick (which
+    # finds its block from the directory) must end at the first ready owner of them.
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("broker.core.strategies.hashing.RING_BLOCK", 3)
         clock = FakeClock()
@@ -347,3 +348,9 @@ def test_the_ring_in_blocks_keeps_every_point_in_order(batches: list[int], prune
         walked = list(strategy._walk(start))
         first = next((i for i, (point, _) in enumerate(expected) if point >= start), 0)
         assert walked == [s for _, s in expected[first:] + expected[:first]]
+    ready = {strategy._slot_of[w.worker_id]: w for w in workers if w in strategy._ready.values()}
+    for task_id in range(100, 140):
+        start = task_point(task(task_id))
+        first = next((i for i, (point, _) in enumerate(expected) if point >= start), 0)
+        owners = [ready[s] for _, s in expected[first:] + expected[:first] if s in ready]
+        assert strategy.pick(task(task_id)) is owners[0]

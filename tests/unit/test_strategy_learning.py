@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import Counter, deque
 from collections.abc import Callable
 
@@ -207,6 +208,69 @@ def test_weighted_response_time_ranks_the_best_allowed() -> None:
     assert strategy.pick(task(2)) is workers[0]
     assert strategy.rank(task(2), workers[1:]) is workers[1]
     assert strategy.rank(task(2), workers) is workers[0]
+
+
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["add", "remove", "take", "release", "observe", "pick"]),
+            st.integers(min_value=0, max_value=5),
+            st.sampled_from([0.0, 0.05, 0.5, 2.0]),
+            st.booleans(),
+        ),
+        min_size=20,
+        max_size=300,
+    )
+)
+@settings(max_examples=60, deadline=None)
+def test_weighted_response_time_picks_the_best_score_then_the_longest_unchanged(
+    ops: list[tuple[str, int, float, bool]],
+) -> None:
+    # Long enough runs that the heap is rebuilt from its live entries now and then.
+    env = make_env()
+    strategy = WeightedResponseTime(env)
+    workers = [slot(f"w{i}", capacity=1 + i % 3) for i in range(6)]
+    keyed: dict[str, int] = {}  # the ready ones: when each was last added or re-keyed
+    ticks = itertools.count()
+    task_ids = iter(range(1, 1_000))
+
+    def rekey(worker: WorkerSlot) -> None:
+        keyed[worker.worker_id] = next(ticks)
+
+    for worker in workers:
+        strategy.add(worker)
+        rekey(worker)
+    for op, i, run_s, success in ops:
+        worker = workers[i]
+        wid = worker.worker_id
+        if op == "add" and worker.ready and wid not in keyed:
+            strategy.add(worker)
+            rekey(worker)
+        elif op == "remove":
+            strategy.remove(worker)
+            keyed.pop(wid, None)
+        elif op == "take" and wid in keyed:
+            worker.held.add(next(task_ids))
+            if worker.ready:
+                strategy.update(worker)
+                rekey(worker)
+            else:
+                strategy.remove(worker)
+                del keyed[wid]
+        elif op == "release" and worker.held:
+            worker.held.pop()
+            if wid in keyed:
+                strategy.update(worker)
+                rekey(worker)
+        elif op == "observe":
+            strategy.observe(Outcome(worker, task(0), 0.0, run_s, success))
+            if wid in keyed:
+                rekey(worker)
+        elif op == "pick":
+            ready = [w for w in workers if w.worker_id in keyed]
+            best = min(ready, key=lambda w: (-strategy.score(w), keyed[w.worker_id]), default=None)
+            assert strategy.pick(task(0)) is best
+        assert len(strategy) == len(keyed)
 
 
 # Predictive -------------------------------------------------------------------

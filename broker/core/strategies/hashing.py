@@ -23,7 +23,8 @@ ready again. Pruning only makes walks shorter; it never changes a placement.
 
 The ring is kept in sorted blocks of at most `2 * RING_BLOCK` points, each block two
 compact arrays (points, and their owners' slot numbers), with each block's first
-point in a list for bisecting: a lookup bisects the short list, then one block, over
+point in a list, and a directory by a point's top bits of the block to start from
+(about two entries a block): a lookup goes to its block at once and bisects it, over
 machine integers rather than a million Python objects spread over the heap.
 
 A task with no routing key is placed by the same walk from the hash of its id, so
@@ -33,11 +34,14 @@ The bound is relative: while the ready workers hold fewer tasks than there are o
 them, it is one task each, so concurrent tasks of one key spread out; a key's tasks
 that come one at a time, or into a busy pool, stay on its worker.
 
-Cost of `pick`: two bisects, then a walk of about n / r ring points for n ring members
-of which r are ready, plus the over-bound workers it passes (O(1/e^2) expected, per
-the paper); it checks each worker's bound at most once. A worker joining inserts its
-points into their blocks at the next pick, O(vnodes * (log ring + RING_BLOCK)); when
-more join at once than the ring holds already, the ring is rebuilt in one sort.
+Cost of `pick`: a directory look-up and a bisect, then a walk of about n / r ring
+points for n ring members of which r are ready, plus the over-bound workers it passes
+(O(1/e^2) expected, per the paper); it checks each worker's bound at most once (the
+first point's owner before the walk starts, since most picks end there). A worker
+joining inserts its points into their blocks at the next pick,
+O(vnodes * (log ring + RING_BLOCK)), and the directory is made anew, O(blocks), when a
+block splits or its first point changes; when more join at once than the ring holds
+already, the ring is rebuilt in one sort.
 `rank` is O(a log a) for `a` allowed workers.
 """
 
@@ -70,10 +74,23 @@ def worker_points(worker_id: WorkerId, vnodes: int) -> list[int]:
     return sorted(ring_point(f"{worker_id}#{i}") for i in range(vnodes))
 
 
+# blake2b's state after "key:" and after "task:": a task's point hashes only the rest
+# (the same digest as ring_point of the whole text, without setting up blake2b anew).
+_KEY_PREFIX = hashlib.blake2b(b"key:", digest_size=8)
+_TASK_PREFIX = hashlib.blake2b(b"task:", digest_size=8)
+
+
 def task_point(task: Task) -> int:
-    """The ring point a task starts its walk from: its routing key's, else its id's."""
+    """The ring point a task starts its walk from: its routing key's, else its id's
+    (ring_point of "key:<key>", else of "task:<id>")."""
     key = task.spec.placement.routing_key
-    return ring_point(f"key:{key}" if key else f"task:{task.id}")
+    if key:
+        state = _KEY_PREFIX.copy()
+        state.update(key.encode())
+    else:
+        state = _TASK_PREFIX.copy()
+        state.update(str(task.id).encode())
+    return int.from_bytes(state.digest(), "big")
 
 
 class ConsistentHash:
@@ -92,6 +109,7 @@ class ConsistentHash:
         prune_after_s: float = PRUNE_AFTER_S,
     ) -> None:
         self._env = env or default_env()
+        self._stretch = 1 + self._env.hash_load_epsilon  # the bound's factor, (1 + e)
         self._vnodes = vnodes
         self._prune_after_s = prune_after_s
         # The ring, in sorted blocks: each block's points, the slot numbers of the
@@ -101,6 +119,11 @@ class ConsistentHash:
         self._points: list[array[int]] = []
         self._slots: list[array[int]] = []
         self._firsts: list[int] = []
+        # Where to start looking in `_firsts` for a point: by its top `64 - _shift` bits,
+        # the block holding the first point of that stretch of the ring (made anew
+        # whenever `_firsts` changes; about two stretches a block).
+        self._directory: list[int] = [0]
+        self._shift = 64
         self._size = 0
         self._joining: list[int] = []
         self._slot_of: dict[WorkerId, int] = {}  # every worker ever seen, by join order
@@ -110,7 +133,10 @@ class ConsistentHash:
         self._points_of: dict[WorkerId, array[int]] = {}
         self._ready: dict[WorkerId, WorkerSlot] = {}
         # What each ready worker adds to the totals below, as of its last add/update.
-        self._counted: dict[WorkerId, tuple[int, int]] = {}
+        # (Two dicts rather than one of pairs: `update` runs twice for every task
+        # placed, and then only the held count changes.)
+        self._counted_held: dict[WorkerId, int] = {}
+        self._counted_capacity: dict[WorkerId, int] = {}
         self._held_total = 0
         self.note = ""  # why the last pick went where it did, when the ring owner was full
         self._capacity_total = 0
@@ -141,9 +167,17 @@ class ConsistentHash:
         self._prune()
 
     def update(self, worker: WorkerSlot) -> None:
-        if worker.worker_id in self._ready:
-            self._uncount(worker.worker_id)
-            self._count(worker)
+        counted = self._counted_held
+        worker_id = worker.worker_id
+        was = counted.get(worker_id)  # present exactly while the worker is ready
+        if was is not None:
+            held = counted[worker_id] = len(worker.held)
+            self._held_total += held - was
+            capacity = worker.capacity
+            was = self._counted_capacity[worker_id]
+            if capacity != was:
+                self._counted_capacity[worker_id] = capacity
+                self._capacity_total += capacity - was
 
     def observe(self, outcome: Outcome) -> None:
         pass
@@ -164,10 +198,42 @@ class ConsistentHash:
             return None
         if self._joining:
             self._merge_joining()
+        point = task_point(task)
+        firsts = self._firsts
+        if firsts:
+            # Most picks end at the first point clockwise: look at it before walking.
+            # The block to look in: the last whose first point is below `point` (or the
+            # first block), from the directory rather than a bisect of `firsts`.
+            b = self._directory[point >> self._shift]
+            blocks = len(firsts)
+            while b + 1 < blocks and firsts[b + 1] < point:
+                b += 1
+            block = self._points[b]
+            i = bisect_left(block, point)
+            if i < len(block):
+                worker = self._ready_at[self._slots[b][i]]
+            elif b + 1 < blocks:
+                worker = self._ready_at[self._slots[b + 1][0]]
+            else:
+                worker = self._ready_at[self._slots[0][0]]
+            if worker is not None:
+                # _under_bound, inline: len(held) < ceil(x) is len(held) < x for a whole
+                # number len(held), so no ceil.
+                capacity_total = self._capacity_total
+                if capacity_total <= 0 or len(worker.held) < self._stretch * (
+                    (self._held_total + 1) * worker.capacity / capacity_total
+                ):
+                    self.note = ""
+                    return worker
+        return self._pick_by_walk(point, ready)
+
+    def _pick_by_walk(self, point: int, ready: dict[WorkerId, WorkerSlot]) -> WorkerSlot | None:
+        """The first ready worker under its bound clockwise from `point`, else the first
+        ready one, with the note saying why."""
         ready_at = self._ready_at
         first: WorkerSlot | None = None
         rejected: set[int] = set()  # slot numbers
-        for slot in self._walk(task_point(task)):
+        for slot in self._walk(point):
             worker = ready_at[slot]
             if worker is None or slot in rejected:
                 continue
@@ -212,20 +278,20 @@ class ConsistentHash:
         """Whether the worker may take one more task under the bounded-load rule."""
         if self._capacity_total <= 0:
             return True
-        epsilon = self._env.hash_load_epsilon
         share = (self._held_total + 1) * worker.capacity / self._capacity_total
-        return len(worker.held) < math.ceil((1 + epsilon) * share)
+        return len(worker.held) < math.ceil(self._stretch * share)
 
     # Internals ---------------------------------------------------------------
 
     def _count(self, worker: WorkerSlot) -> None:
-        held, capacity = len(worker.held), worker.capacity
-        self._counted[worker.worker_id] = (held, capacity)
+        held = self._counted_held[worker.worker_id] = len(worker.held)
+        capacity = self._counted_capacity[worker.worker_id] = worker.capacity
         self._held_total += held
         self._capacity_total += capacity
 
     def _uncount(self, worker_id: WorkerId) -> None:
-        held, capacity = self._counted.pop(worker_id)
+        held = self._counted_held.pop(worker_id)
+        capacity = self._counted_capacity.pop(worker_id)
         self._held_total -= held
         self._capacity_total -= capacity
 
@@ -254,6 +320,7 @@ class ConsistentHash:
             self._rebuild([*self._entries(), *joining])
             return
         points, slots, firsts = self._points, self._slots, self._firsts
+        firsts_moved = False
         for entry in joining:
             point, slot = entry >> _SLOT_BITS, entry & _SLOT_MASK
             b = max(bisect_right(firsts, point) - 1, 0)
@@ -265,11 +332,15 @@ class ConsistentHash:
             owners.insert(i, slot)
             if i == 0:
                 firsts[b] = point
+                firsts_moved = True
             if len(block) > 2 * RING_BLOCK:
                 points[b : b + 1] = [block[:RING_BLOCK], block[RING_BLOCK:]]
                 slots[b : b + 1] = [owners[:RING_BLOCK], owners[RING_BLOCK:]]
                 firsts[b : b + 1] = [block[0], block[RING_BLOCK]]
+                firsts_moved = True
         self._size += len(joining)
+        if firsts_moved:
+            self._index_blocks()
 
     def _entries(self) -> list[int]:
         """The ring's points as ints (point << _SLOT_BITS | slot), in ring order."""
@@ -289,6 +360,23 @@ class ConsistentHash:
             self._slots.append(array("I", [entry & _SLOT_MASK for entry in chunk]))
             self._firsts.append(chunk[0] >> _SLOT_BITS)
         self._size = len(entries)
+        self._index_blocks()
+
+    def _index_blocks(self) -> None:
+        """Make `_directory` anew for `_firsts`: for each stretch of the ring, the last
+        block whose first point is below the stretch's start (or the first block)."""
+        firsts = self._firsts
+        blocks = len(firsts)
+        bits = blocks.bit_length() + 1
+        shift = 64 - bits
+        directory = []
+        b = 0
+        for stretch in range(1 << bits):
+            start = stretch << shift
+            while b + 1 < blocks and firsts[b + 1] < start:
+                b += 1
+            directory.append(b)
+        self._directory, self._shift = directory, shift
 
     def _join(self, worker_id: WorkerId) -> None:
         """Put a worker's points on the ring, at the next pick (see `_merge_joining`)."""

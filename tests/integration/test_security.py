@@ -529,8 +529,9 @@ async def test_calls_and_workers_per_identity_are_limited(tmp_path: Path, pki: P
             stub = _worker_grpc.WorkerServiceStub(channel)
             first = await register(stub, secret, "default")
             assert (await first.read()).WhichOneof("kind") == "register_ack"
-            second = await register(stub, secret, "default")
             with pytest.raises(grpc.aio.AioRpcError) as refused:
+                # Refused as the stream opens: the write of the registration may see it.
+                second = await register(stub, secret, "default")
                 await second.read()
             assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "max_workers_per_identity" in (refused.value.details() or "")
@@ -539,14 +540,20 @@ async def test_calls_and_workers_per_identity_are_limited(tmp_path: Path, pki: P
                 task_id = await admin.submit("nobody-runs-this", pool="other")
             tasks_stub = _tasks_grpc.TaskServiceStub(channel)
             auth = (("authorization", f"Bearer {secret}"),)
-            waits = [
-                tasks_stub.Wait(_tasks.WaitRequest(task_ids=[task_id], timeout_s=5), metadata=auth)
-                for _ in range(2)
-            ]
+            request = _tasks.WaitRequest(task_ids=[task_id], timeout_s=60)
+            waits = [tasks_stub.Wait(request, metadata=auth) for _ in range(2)]
             async with Client(running.address, tls=pki.trust(), token=secret) as client:
                 with pytest.raises(ResourceExhausted, match="max_streams_per_identity"):
-                    for _ in range(50):  # until the two waits are in flight
-                        await client.list_tasks(pool="default")
+                    async with asyncio.timeout(20):  # until the two waits are in flight
+                        while True:
+                            # A wait that arrived while a list was in flight was refused
+                            # itself: send it again.
+                            waits = [
+                                tasks_stub.Wait(request, metadata=auth) if wait.done() else wait
+                                for wait in waits
+                            ]
+                            await asyncio.sleep(0.02)
+                            await client.list_tasks(pool="default")
             for wait in waits:
                 wait.cancel()
             first.cancel()

@@ -87,20 +87,26 @@ async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
         yield running
 
 
+@pytest.mark.parametrize("lost", ["while the handler runs", "with the result on its way"])
 async def test_a_worker_whose_connection_breaks_resumes_and_runs_the_task_once(
-    broker: Broker,
+    broker: Broker, lost: str
 ) -> None:
+    """The connection breaks while the handler runs, or just as its result is written:
+    the write succeeds, but the connection dies with the result on its way, so the broker
+    never sees it. Either way the resumed stream carries the result, and the task runs
+    once."""
     proxy = await CuttableProxy.start(broker.address)
     release = asyncio.Event()
     runs = 0
     worker = Worker(capacity=1, worker_id="w1", reconnect_initial_s=0.05)
+    result = "the result of the only run"
 
     @worker.task("t")
     async def t(ctx: TaskContext) -> str:
         nonlocal runs
         runs += 1
         await release.wait()
-        return "once"
+        return result
 
     run = asyncio.create_task(worker.run(proxy.address))
     try:
@@ -110,55 +116,21 @@ async def test_a_worker_whose_connection_breaks_resumes_and_runs_the_task_once(
             async with asyncio.timeout(10):
                 while runs == 0:
                     await asyncio.sleep(0.01)
-            proxy.cut()  # both ends see the connection reset; the handler runs on
+                if lost == "with the result on its way":
+                    proxy.stall()
+                    release.set()
+                    while result.encode() not in proxy.dropped:  # written, and lost
+                        await asyncio.sleep(0.01)
+            proxy.cut()  # both ends see the connection reset; a handler runs on
             release.set()
             task = await client.wait(task_id, timeout=10)
     finally:
         await worker.shutdown(grace=2)
         await run
         proxy.close()
-    assert (task.state, task.result, task.attempts, runs) == (TaskState.SUCCEEDED, b"once", 1, 1)
-    assert proxy.connections >= 2  # it did reconnect
-
-
-async def test_a_result_written_as_the_connection_dies_is_sent_again_on_the_resumed_stream(
-    broker: Broker,
-) -> None:
-    """The write of the result succeeds, but the connection dies with it on the way: the
-    broker never sees it. The resumed stream sends it again, and the task runs once."""
-    proxy = await CuttableProxy.start(broker.address)
-    release = asyncio.Event()
-    runs = 0
-    worker = Worker(capacity=1, worker_id="w1", reconnect_initial_s=0.05)
-    marker = "the result of the only run"
-
-    @worker.task("t")
-    async def t(ctx: TaskContext) -> str:
-        nonlocal runs
-        runs += 1
-        await release.wait()
-        return marker
-
-    run = asyncio.create_task(worker.run(proxy.address))
-    try:
-        async with Client(broker.address) as client:
-            await until_workers(client)
-            task_id = await client.submit("t")
-            async with asyncio.timeout(10):
-                while runs == 0:
-                    await asyncio.sleep(0.01)
-                proxy.stall()
-                release.set()
-                while marker.encode() not in proxy.dropped:  # written, and lost
-                    await asyncio.sleep(0.01)
-            proxy.cut()
-            task = await client.wait(task_id, timeout=10)
-    finally:
-        await worker.shutdown(grace=2)
-        await run
-        proxy.close()
     assert (task.state, task.attempts, runs) == (TaskState.SUCCEEDED, 1, 1)
-    assert task.result == marker.encode()
+    assert task.result == result.encode()
+    assert proxy.connections >= 2  # it did reconnect
 
 
 CRASHING_WORKER = textwrap.dedent(

@@ -41,6 +41,9 @@ from broker.domain import Task, TaskId
 from broker.errors import BrokerError
 from broker.storage.postgres import PostgresStore
 
+# What a call to PostgreSQL raises when the database cannot be reached or answer.
+_UNREACHABLE: Final = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
 log = logging.getLogger("taskbroker.cluster")
 
 _NOW: Final = "extract(epoch from clock_timestamp())::float8"
@@ -115,6 +118,9 @@ class ClusterNode:
         self._wake: asyncio.Event | None = None
         self._live: dict[str, float] = {}  # live broker -> started at, as last read
         self._adopted: dict[TaskId, None] = {}  # the latest adopted ids, oldest first
+        # Pools taken whose unfinished tasks are not queued here yet (the database did
+        # not answer the read): read at the next round.
+        self._unloaded: set[str] = set()
 
     # -- what the engine and the store ask ------------------------------------------------
 
@@ -212,7 +218,7 @@ class ClusterNode:
         sent = time.monotonic()
         try:
             kept = await self._renew()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except _UNREACHABLE as exc:
             log.warning("cannot renew the leases: %s", exc)
             if time.monotonic() - self._renewed_at > self.lease_s:
                 await self._step_down(f"PostgreSQL unreachable for a whole lease: {exc}")
@@ -225,11 +231,28 @@ class ClusterNode:
             self.paused = False
             log.warning("leases renewed again; dispatching resumes")
             self._on_resume()
-        await self._hand_over()
-        taken = await self._take(pools)
-        if taken and self._engine is not None:
-            adopted = self._adopt(await self._store.load_unfinished_of(taken))
-            log.info("took pools %s: %d unfinished tasks requeued", ", ".join(taken), adopted)
+        # The database may go away at any point of the round: what is left waits for the
+        # next one, whose renewal decides whether this broker carries on.
+        try:
+            await self._hand_over()
+            self._unloaded.update(await self._take(pools))
+            await self._load_taken()
+        except (*_UNREACHABLE, BrokerError) as exc:
+            log.warning("cannot hand over or take pools now: %s", exc)
+
+    async def _load_taken(self) -> None:
+        """Queue the unfinished tasks of the pools taken. A read that failed is done again
+        at the next round; by then tasks of these pools may have ended here, so their
+        queued saves are committed first, for the read not to bring them back."""
+        if self._engine is None:
+            self._unloaded.clear()  # nothing runs yet: the start reads every task
+            return
+        pools = sorted(self._unloaded & set(self.owned))
+        if pools:
+            await self._store.flush()
+            adopted = self._adopt(await self._store.load_unfinished_of(pools))
+            log.info("took pools %s: %d unfinished tasks requeued", ", ".join(pools), adopted)
+        self._unloaded.clear()
 
     async def _renew(self) -> set[str]:
         """Renew this broker's row and leases; the pools whose lease it still holds."""
@@ -389,7 +412,7 @@ class ClusterNode:
             try:
                 await self._store.pool.fetchval("SELECT 1")
                 break
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            except _UNREACHABLE:
                 await asyncio.sleep(self.interval)
         raise LeaseLost(f"broker {self.broker_id} stepped down: {why}")
 
@@ -404,7 +427,7 @@ class ClusterNode:
         except asyncio.CancelledError:
             connecting.add_done_callback(_terminate)  # not left open once it connects
             raise
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except _UNREACHABLE as exc:
             log.warning("cannot listen for other brokers' notifications: %s", exc)
             return None
         try:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from tests.support.config import make_config
 from tests.support.postgres import free_port, fresh_database
 from tests.support.raw_grpc import register, worker_stream_error
 from tests.support.store import finished, make_task
+from tests.support.tcp_proxy import TcpProxy
 from worker_sdk import Client, TaskContext, TaskState, Worker
 
 POOLS = ("default", "alpha", "beta", "gamma", "delta")
@@ -167,3 +169,71 @@ async def test_a_pool_handed_over_keeps_the_saves_still_queued_for_it(
         await store.flush()
         state = await store.pool.fetchval("SELECT state FROM tasks WHERE id = 1")
         assert state == int(StoredState.CANCELLED)
+
+
+class _AdoptingEngine:
+    """An engine that keeps the pools it has and records the tasks it is given."""
+
+    def __init__(self) -> None:
+        self.adopted: list[int] = []
+
+    def idle_pool(self, pool: str) -> bool:
+        return False
+
+    def adopt(self, tasks: Any) -> int:
+        ids = [task.id for task in tasks]
+        self.adopted += ids
+        return len(ids)
+
+
+class _CutAfter(ClusterNode):
+    """A node whose database connection is cut right after one step of its round."""
+
+    proxy: TcpProxy
+    cut_after = ""
+
+    async def _renew(self) -> set[str]:
+        kept = await super()._renew()
+        if self.cut_after == "renewal":
+            await self.proxy.cut()
+        return kept
+
+    async def _take(self, pools: Any) -> list[str]:
+        taken = await super()._take(pools)
+        if self.cut_after == "take":
+            await self.proxy.cut()
+        return taken
+
+
+async def test_a_database_lost_in_the_middle_of_a_round_leaves_the_rest_for_the_next() -> None:
+    """PostgreSQL goes away after the renewal (the take fails), then after the take (the
+    read of the pool's tasks fails): the broker carries on, and the next round finishes
+    what was left, the pool's unfinished task queued here."""
+    url = await fresh_database()
+    proxy = TcpProxy(int(url.rsplit(":", 1)[1].split("/", 1)[0]))
+    await proxy.start()
+    proxied = re.sub(r":(\d+)/", f":{proxy.port}/", url, count=1)
+    try:
+        async with await open_store(proxied) as store:
+            assert isinstance(store, PostgresStore)
+            node = _CutAfter(store, broker_id="b1", address="127.0.0.1:1", lease_s=3.0)
+            node.proxy = proxy
+            await node.join([])
+            engine = node._engine = _AdoptingEngine()  # type: ignore[assignment]
+            await store.insert_tasks([make_task(1, pool="default")])
+
+            async def round_cut_after(step: str) -> None:
+                node.cut_after = step
+                await node._round(["default"])
+                if step:  # the database is back
+                    await proxy.start(proxy.port)
+                    await store.pool.expire_connections()
+
+            await round_cut_after("renewal")
+            assert (node.owned, node.stepped_down, engine.adopted) == ({}, False, [])
+            await round_cut_after("take")
+            assert (list(node.owned), engine.adopted) == (["default"], [])
+            await round_cut_after("")
+            assert (list(node.owned), engine.adopted) == (["default"], [1])
+    finally:
+        await proxy.cut()

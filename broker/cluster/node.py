@@ -243,7 +243,8 @@ class ClusterNode:
     async def _load_taken(self) -> None:
         """Queue the unfinished tasks of the pools taken. A read that failed is done again
         at the next round; by then tasks of these pools may have ended here, so their
-        queued saves are committed first, for the read not to bring them back."""
+        queued saves are committed first, for the read not to bring them back (one that
+        ends while the read runs still may: delivery is at least once)."""
         if self._engine is None:
             self._unloaded.clear()  # nothing runs yet: the start reads every task
             return

@@ -21,7 +21,6 @@ columns are the same.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
@@ -31,7 +30,6 @@ import asyncpg
 
 from broker.clock import Clock, SystemClock
 from broker.domain import (
-    ApiToken,
     ConfigChange,
     PoolConfig,
     Task,
@@ -41,7 +39,7 @@ from broker.domain import (
     WorkerId,
 )
 from broker.errors import InvalidArgument, StorageError
-from broker.stats import ArmStats, RollupRow, RunStats, RuntimeKey
+from broker.stats import RollupRow
 from broker.storage.contract import check_purge
 from broker.storage.groupcommit import GroupCommit, WriteBatch
 from broker.storage.postgres_schema import migrate
@@ -53,9 +51,8 @@ from broker.storage.sqlite_rows import (  # the same columns as SQLite's
     RUNTIME_COLUMNS,
     SELECT_TASKS,
     TASK_COLUMNS,
-    TOKEN_COLUMNS,
     Row,
-    arm_stats_from_row,
+    SharedReads,
     arm_stats_rows,
     config_change_from_row,
     config_change_row,
@@ -63,10 +60,9 @@ from broker.storage.sqlite_rows import (  # the same columns as SQLite's
     insert_row,
     pool_from_row,
     pool_row,
-    runtime_from_row,
+    rollup_row,
     runtime_row,
     task_from_row,
-    token_from_row,
     token_row,
     update_row,
 )
@@ -143,23 +139,9 @@ def _fold_saves(batch: WriteBatch[Row]) -> tuple[list[Row], list[Row]]:
     return inserts, list(saves.values())
 
 
-def _rollup_values(row: RollupRow) -> Row:
-    return (
-        row.pool,
-        row.task_type,
-        row.worker_id,
-        row.start,
-        row.bucket_s,
-        row.submitted,
-        row.completed,
-        row.failed,
-        row.wait_count,
-        row.wait_sum,
-        row.run_count,
-        row.run_sum,
-        "{" + ",".join(map(str, row.wait_hist)) + "}",
-        "{" + ",".join(map(str, row.run_hist)) + "}",
-    )
+def _array(values: Sequence[int]) -> str:
+    """A PostgreSQL array literal of integers."""
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 _ROLLUP_TYPES: Final = _types(
@@ -189,7 +171,7 @@ def _add_rollups(statement: _Statement, rows: Sequence[RollupRow]) -> None:
         summed[row.key] = row if stored is None else stored.plus(row)
     if not summed:
         return
-    values = [_rollup_values(row) for row in summed.values()]
+    values = [rollup_row(row, _array) for row in summed.values()]
     cols = statement.columns(values, _ROLLUP_TYPES)
     statement.add(
         f"INSERT INTO metric_rollups ({ROLLUP_COLUMNS})"
@@ -437,7 +419,7 @@ async def connect_pool(url: str, name: str = "taskbroker") -> asyncpg.Pool:
     return pool
 
 
-class PostgresStore(GroupCommit[Row]):
+class PostgresStore(SharedReads, GroupCommit[Row]):
     """Tasks, pools, workers and the metrics history in PostgreSQL.
 
     Writes are queued (`save`, `worker_*`, ...) or queued and awaited (`insert_tasks`,
@@ -593,33 +575,6 @@ class PostgresStore(GroupCommit[Row]):
             limit,
         )
         return [config_change_from_row(row) for row in rows]
-
-    async def load_tokens(self) -> list[ApiToken]:
-        rows = await self._fetch(f"SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY name")
-        return [token_from_row(row) for row in rows]
-
-    async def load_file_settings(self) -> dict[str, dict[str, Any]]:
-        rows = await self._fetch("SELECT pool, settings FROM pool_file_settings")
-        return {pool: json.loads(settings) for pool, settings in rows}
-
-    async def load_sticky(self) -> dict[str, dict[str, WorkerId]]:
-        rows = await self._fetch("SELECT pool, key, worker_id FROM sticky_keys ORDER BY updated_at")
-        sticky: dict[str, dict[str, WorkerId]] = {}
-        for pool, key, worker_id in rows:
-            sticky.setdefault(pool, {})[key] = worker_id
-        return sticky
-
-    async def load_runtimes(self) -> list[tuple[RuntimeKey, RunStats]]:
-        rows = await self._fetch(f"SELECT {RUNTIME_COLUMNS} FROM runtimes")
-        return [runtime_from_row(row) for row in rows]
-
-    async def load_arm_stats(self) -> dict[str, list[ArmStats]]:
-        rows = await self._fetch(f"SELECT {ARM_STATS_COLUMNS} FROM arm_stats ORDER BY pool, arm")
-        stats: dict[str, list[ArmStats]] = {}
-        for row in rows:
-            pool, arm = arm_stats_from_row(row)
-            stats.setdefault(pool, []).append(arm)
-        return stats
 
     # -- metrics history ------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ and read in sqlite_rows.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sqlite3
 from collections import Counter
@@ -21,17 +20,15 @@ import aiosqlite
 
 from broker.clock import Clock, SystemClock
 from broker.domain import (
-    ApiToken,
     ConfigChange,
     PoolConfig,
     Task,
     TaskFilter,
     TaskId,
     TaskState,
-    WorkerId,
 )
 from broker.errors import InvalidArgument, StorageError
-from broker.stats import ArmStats, RollupRow, RunStats, RuntimeKey
+from broker.stats import RollupRow
 from broker.storage.contract import check_purge
 from broker.storage.groupcommit import GroupCommit, WriteBatch
 from broker.storage.lockfile import StoreLock
@@ -43,9 +40,8 @@ from broker.storage.sqlite_rows import (
     RUNTIME_COLUMNS,
     SELECT_TASKS,
     TASK_COLUMNS,
-    TOKEN_COLUMNS,
     Row,
-    arm_stats_from_row,
+    SharedReads,
     arm_stats_rows,
     config_change_from_row,
     config_change_row,
@@ -55,10 +51,8 @@ from broker.storage.sqlite_rows import (
     pool_row,
     rollup_from_row,
     rollup_row,
-    runtime_from_row,
     runtime_row,
     task_from_row,
-    token_from_row,
     token_row,
     update_row,
 )
@@ -198,7 +192,7 @@ class _SQLiteWriter:
                 self._lock.release()
 
 
-class SQLiteStore(GroupCommit[Row]):
+class SQLiteStore(SharedReads, GroupCommit[Row]):
     """Tasks, pools, workers and the metrics history in one SQLite file (WAL).
 
     Writes are queued (`save`, `worker_*`, ...) or queued and awaited (`insert_tasks`,
@@ -336,38 +330,6 @@ class SQLiteStore(GroupCommit[Row]):
             [*params, limit],
         )
         return [config_change_from_row(row) for row in rows]
-
-    async def load_tokens(self) -> list[ApiToken]:
-        """Every stored API token, revoked ones too, by name."""
-        rows = await self._fetch(f"SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY name")
-        return [token_from_row(row) for row in rows]
-
-    async def load_file_settings(self) -> dict[str, dict[str, Any]]:
-        """The settings the config file last gave each pool, by pool."""
-        rows = await self._fetch("SELECT pool, settings FROM pool_file_settings")
-        return {pool: json.loads(settings) for pool, settings in rows}
-
-    async def load_sticky(self) -> dict[str, dict[str, WorkerId]]:
-        """Where each pool's sticky keys live: pool -> key -> worker id."""
-        rows = await self._fetch("SELECT pool, key, worker_id FROM sticky_keys ORDER BY updated_at")
-        sticky: dict[str, dict[str, WorkerId]] = {}
-        for pool, key, worker_id in rows:
-            sticky.setdefault(pool, {})[key] = worker_id
-        return sticky
-
-    async def load_runtimes(self) -> list[tuple[RuntimeKey, RunStats]]:
-        """Every learned run-time statistic."""
-        rows = await self._fetch(f"SELECT {RUNTIME_COLUMNS} FROM runtimes")
-        return [runtime_from_row(row) for row in rows]
-
-    async def load_arm_stats(self) -> dict[str, list[ArmStats]]:
-        """Each pool's arm statistics, in the order they were saved."""
-        rows = await self._fetch(f"SELECT {ARM_STATS_COLUMNS} FROM arm_stats ORDER BY pool, arm")
-        stats: dict[str, list[ArmStats]] = {}
-        for row in rows:
-            pool, arm = arm_stats_from_row(row)
-            stats.setdefault(pool, []).append(arm)
-        return stats
 
     # -- metrics history ------------------------------------------------------------------
 

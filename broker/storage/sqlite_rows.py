@@ -4,7 +4,7 @@ and the metrics history become rows and come back."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from broker.domain import (
@@ -18,6 +18,7 @@ from broker.domain import (
     TaskError,
     TaskSpec,
     TaskState,
+    WorkerId,
     WorkerSpec,
 )
 from broker.stats import ArmStats, RollupRow, RunStats, RuntimeKey
@@ -177,7 +178,12 @@ def task_from_row(row: Sequence[Any]) -> Task:
 # -- metrics history (rows) ----------------------------------------------------------------
 
 
-def rollup_row(row: RollupRow) -> Row:
+def _json_list(values: Sequence[int]) -> str:
+    return json.dumps(values, separators=(",", ":"))
+
+
+def rollup_row(row: RollupRow, histogram: Callable[[Sequence[int]], str] = _json_list) -> Row:
+    """A rollup's columns, its histograms written by `histogram` (JSON for SQLite)."""
     return (
         row.pool,
         row.task_type,
@@ -191,8 +197,8 @@ def rollup_row(row: RollupRow) -> Row:
         row.wait_sum,
         row.run_count,
         row.run_sum,
-        json.dumps(row.wait_hist, separators=(",", ":")),
-        json.dumps(row.run_hist, separators=(",", ":")),
+        histogram(row.wait_hist),
+        histogram(row.run_hist),
     )
 
 
@@ -360,3 +366,46 @@ def token_from_row(row: Sequence[Any]) -> ApiToken:
         created_at=created_at,
         revoked_at=revoked_at,
     )
+
+
+# -- reads whose SQL is the same in both SQL stores ----------------------------------------
+
+
+class SharedReads:
+    """The reads that take no parameters and whose SQL and rows are the same in SQLite and
+    PostgreSQL, over the store's own `_fetch`."""
+
+    async def _fetch(self, sql: str) -> Sequence[Any]:
+        raise NotImplementedError
+
+    async def load_tokens(self) -> list[ApiToken]:
+        """Every stored API token, revoked ones too, by name."""
+        rows = await self._fetch(f"SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY name")
+        return [token_from_row(row) for row in rows]
+
+    async def load_file_settings(self) -> dict[str, dict[str, Any]]:
+        """The settings the config file last gave each pool, by pool."""
+        rows = await self._fetch("SELECT pool, settings FROM pool_file_settings")
+        return {pool: json.loads(settings) for pool, settings in rows}
+
+    async def load_sticky(self) -> dict[str, dict[str, WorkerId]]:
+        """Where each pool's sticky keys live: pool -> key -> worker id."""
+        rows = await self._fetch("SELECT pool, key, worker_id FROM sticky_keys ORDER BY updated_at")
+        sticky: dict[str, dict[str, WorkerId]] = {}
+        for pool, key, worker_id in rows:
+            sticky.setdefault(pool, {})[key] = worker_id
+        return sticky
+
+    async def load_runtimes(self) -> list[tuple[RuntimeKey, RunStats]]:
+        """Every learned run-time statistic."""
+        rows = await self._fetch(f"SELECT {RUNTIME_COLUMNS} FROM runtimes")
+        return [runtime_from_row(row) for row in rows]
+
+    async def load_arm_stats(self) -> dict[str, list[ArmStats]]:
+        """Each pool's arm statistics, in the order they were saved."""
+        rows = await self._fetch(f"SELECT {ARM_STATS_COLUMNS} FROM arm_stats ORDER BY pool, arm")
+        stats: dict[str, list[ArmStats]] = {}
+        for row in rows:
+            pool, arm = arm_stats_from_row(row)
+            stats.setdefault(pool, []).append(arm)
+        return stats

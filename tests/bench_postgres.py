@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import signal
 import statistics
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.bench import _percentile, _single, latencies
+from tests.bench import _percentile, _single, _stop, latencies
 from tests.support.postgres import PostgresServer
 from worker_sdk import Client, TaskContext, Worker
 
@@ -76,18 +75,6 @@ async def _run_worker(address: str, pool: str) -> None:
 
 def _spawn(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "tests.bench_postgres", *args])
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in reversed(procs):
-        proc.send_signal(signal.SIGTERM)
-    for proc in reversed(procs):
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
 
 
 async def _start_broker(

@@ -117,6 +117,21 @@ class ReadyWorkers:
                 for index in self._label_indexes[key]:
                     index.add(worker)
 
+    def taken(self, worker: WorkerSlot) -> None:
+        """The ready worker took a task: `update` for the indexes that must hear of it
+        (a strategy whose `update_on_take` is False finds a key that rose by itself)."""
+        for arm in self.arms:
+            indexes = arm.indexes
+            for task_type in worker.task_types:
+                index = indexes.get(task_type)
+                if index is not None and getattr(index, "update_on_take", True):
+                    index.update(worker)
+        if self._label_keys_of:
+            for key in self._label_keys_of.get(worker.worker_id, ()):
+                for index in self._label_indexes[key]:
+                    if getattr(index, "update_on_take", True):
+                        index.update(worker)
+
     def update(self, worker: WorkerSlot) -> None:
         """The ready worker's load changed."""
         for arm in self.arms:

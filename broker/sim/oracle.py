@@ -42,7 +42,7 @@ class Oracle(Predictive):
         return self._running_ends_of(worker.worker_id)
 
     def _candidates(self, task: Task) -> Iterator[tuple[WorkerSlot, float, int]]:
-        for worker, version, _ in self._members.values():
+        for worker, version, *_ in self._members.values():
             yield worker, self._run_s(task, worker), version
 
 

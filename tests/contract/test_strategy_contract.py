@@ -135,3 +135,94 @@ def test_any_sequence_of_changes_keeps_the_contract(
         else:
             assert picked is None
         assert len(strategy) == len(ready)
+
+
+TAKES_UNHEARD = sorted(n for n in STRATEGIES if not getattr(make(n), "update_on_take", True))
+
+
+def test_the_strategies_that_need_not_hear_of_takes() -> None:
+    # The scheduler skips their `update` on a take: the ones that rank by load say so.
+    assert set(TAKES_UNHEARD) == {
+        "least_loaded",
+        "weighted_response_time",
+        "predictive",
+        "round_robin",
+        "adaptive",  # all its arms are among them
+    }
+
+
+@st.composite
+def pool_events(draw: st.DrawFn) -> list[tuple[str, int]]:
+    kinds = st.sampled_from(["add", "remove", "take", "release", "pick", "observe"])
+    return draw(st.lists(st.tuples(kinds, st.integers(0, 5)), min_size=10, max_size=120))
+
+
+@pytest.mark.parametrize("strategy_name", TAKES_UNHEARD)
+@settings(max_examples=60, deadline=None)
+@given(events=pool_events())
+def test_one_that_need_not_hear_of_takes_places_the_same_without_them(
+    strategy_name: str, events: list[tuple[str, int]]
+) -> None:
+    """`update_on_take` False: told of every take or of none, it picks the same workers."""
+    told, untold = make(strategy_name), make(strategy_name)
+    workers = {i: slot(f"w{i}", capacity=1 + i % 3) for i in range(6)}
+    ready: set[int] = set()
+    where: dict[int, WorkerSlot] = {}
+    held: list[Task] = []
+
+    def both(method: str, *args: object) -> list[object]:
+        return [getattr(told, method)(*args), getattr(untold, method)(*args)]
+
+    for kind, i in events:
+        worker = workers[i]
+        if kind == "add" and i not in ready and worker.ready:
+            both("add", worker)
+            ready.add(i)
+        elif kind == "remove" and i in ready:
+            both("remove", worker)
+            ready.discard(i)
+        elif kind == "take" and i in ready:
+            placed = task()
+            worker.held.add(placed.id)
+            where[placed.id] = worker
+            held.append(placed)
+            if worker.ready:
+                told.update(worker)  # the untold one hears nothing
+            else:
+                both("remove", worker)
+                ready.discard(i)
+        elif kind == "release" and held:
+            done = held.pop(i % len(held))
+            owner = where.pop(done.id)
+            owner.held.discard(done.id)
+            index = next(k for k, w in workers.items() if w is owner)
+            if index in ready:
+                both("update", owner)
+            elif owner.ready:
+                both("add", owner)
+                ready.add(index)
+            both("observe", Outcome(owner, done, 0.0, 0.05 * (index + 1), success=i % 4 != 0))
+        elif kind == "pick":
+            placed = task()
+            picked = both("pick", placed)
+            assert picked[0] is picked[1]
+
+
+@pytest.mark.parametrize("strategy_name", ["least_loaded", "weighted_response_time", "predictive"])
+def test_one_task_at_a_time_goes_round_equal_workers(strategy_name: str) -> None:
+    """A take is not reported and the release after it brings the worker back to where
+    it was: the next task still goes to another of the equal workers."""
+    strategy = make(strategy_name)
+    workers = [slot(f"w{i}", capacity=2) for i in range(3)]
+    for worker in workers:
+        strategy.add(worker)
+    chosen = []
+    for _ in range(9):
+        placed = task()
+        picked = strategy.pick(placed)
+        assert picked is not None
+        chosen.append(picked.worker_id)
+        picked.held.add(placed.id)
+        picked.held.discard(placed.id)
+        strategy.update(picked)
+    assert sorted(chosen) == sorted(["w0", "w1", "w2"] * 3)

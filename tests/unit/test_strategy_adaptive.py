@@ -147,3 +147,17 @@ def test_the_pool_settings_reach_its_adaptive_strategy() -> None:
     (adaptive,) = pool.indexes("t")
     assert isinstance(adaptive, Adaptive)
     assert (adaptive.window, adaptive.explore_share) == (300, 0.05)
+
+
+def test_what_it_keeps_of_tasks_without_an_outcome_is_bounded() -> None:
+    # A task cancelled where it ran reports no outcome: the arm that placed it is
+    # forgotten once more than `kept` tasks wait for theirs, the oldest first.
+    strategy, worker = make()
+    strategy.kept = 100
+    for task_id in range(1, 1_001):
+        assert strategy.pick(task(task_id)) is worker
+    assert len(strategy._placed_by) <= 100
+    assert 1_000 in strategy._placed_by
+    assert 1 not in strategy._placed_by
+    strategy.observe(Outcome(worker, task(1_000), queue_wait_s=0.0, run_s=0.1, success=True))
+    assert strategy.outcomes == 1

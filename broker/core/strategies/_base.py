@@ -103,6 +103,12 @@ class Strategy(Protocol):
     its index of ready workers; `pick` chooses for a task with no hints, `rank`
     among the workers the placement filters left; `observe` reports how a task
     it placed went.
+
+    Two optional attributes spare calls on the busiest path (the scheduler and adaptive
+    read them with `getattr`; a strategy without them is told of every change):
+    `update_on_take = False` says `update` need not be called when a worker takes a
+    task (the strategy finds a key that rose by itself, as `LowestKeyIndex` does), and
+    `ignores_load = True` says `update` does nothing at all.
     """
 
     name: ClassVar[str]
@@ -133,14 +139,24 @@ class Strategy(Protocol):
 class LowestKeyIndex:
     """Ready workers ordered by a key, lowest first, for strategies that rank by a score.
 
-    Re-keying a worker pushes a new heap entry; stale entries (an older version, or a
-    worker no longer in the index) are skipped when they reach the top, and the heap is
-    rebuilt once they outnumber the live ones, so `push` and `top` stay O(log n).
+    Each worker has one live heap entry, (key, version), where the key is never above
+    the worker's own:
+    - a worker is pushed when it joins, when its key falls below its entry's, and
+      when it is picked (its key then, and a new version: it goes behind its equals);
+    - a key that rises (a take) or comes back to its entry's (the release after it)
+      pushes nothing. An entry whose key rose since is re-keyed when it reaches the
+      top, and the top looked at again.
+    So among workers of equal key the one picked (or whose key fell) longest ago comes
+    first, and the scheduler need not report a take (`update_on_take` False). Entries
+    left behind (an older version, or a worker no longer in the index) are skipped at
+    the top, and the heap is rebuilt once they outnumber the live ones, so every call
+    stays O(log n) amortised.
     """
 
     def __init__(self, key: Callable[[WorkerSlot], float]) -> None:
         self._key = key
-        self._members: dict[WorkerId, tuple[WorkerSlot, int]] = {}
+        # Each worker, the version of its live entry and that entry's key.
+        self._members: dict[WorkerId, tuple[WorkerSlot, int, float]] = {}
         self._heap: list[tuple[float, int, WorkerId]] = []
         self._tick = itertools.count()
 
@@ -150,13 +166,32 @@ class LowestKeyIndex:
     def __contains__(self, worker_id: object) -> bool:
         return worker_id in self._members
 
-    def push(self, worker: WorkerSlot) -> None:
-        """Add the worker, or re-key it after its key changed."""
+    def add(self, worker: WorkerSlot) -> None:
+        """Add the worker (`update` if it is in already)."""
+        if worker.worker_id in self._members:
+            self.update(worker)
+        else:
+            self._push(worker, self._key(worker))
+
+    def update(self, worker: WorkerSlot) -> None:
+        """The member's key may have changed: a new entry if it fell below its entry's."""
+        member = self._members.get(worker.worker_id)
+        if member is not None:
+            key = self._key(worker)
+            if key < member[2]:
+                self._push(worker, key)
+
+    def picked(self, worker: WorkerSlot) -> None:
+        """The member was picked (by a rank): it goes behind its equals."""
+        if worker.worker_id in self._members:
+            self._push(worker, self._key(worker))
+
+    def _push(self, worker: WorkerSlot, key: float) -> None:
         version = next(self._tick)
-        self._members[worker.worker_id] = (worker, version)
-        heapq.heappush(self._heap, (self._key(worker), version, worker.worker_id))
+        self._members[worker.worker_id] = (worker, version, key)
+        heapq.heappush(self._heap, (key, version, worker.worker_id))
         if len(self._heap) > 4 * len(self._members) + 64:
-            self._heap = [(self._key(w), v, wid) for wid, (w, v) in self._members.items()]
+            self._heap = [(k, v, wid) for wid, (_, v, k) in self._members.items()]
             heapq.heapify(self._heap)
 
     def discard(self, worker: WorkerSlot) -> None:
@@ -167,17 +202,26 @@ class LowestKeyIndex:
         return entry[0] if entry is not None else None
 
     def version(self, worker: WorkerSlot) -> int:
-        """When the worker was last (re-)keyed: a tie-breaker, older first."""
+        """When the worker's entry was pushed: a tie-breaker, older first."""
         entry = self._members.get(worker.worker_id)
         return entry[1] if entry is not None else 0
 
-    def top(self) -> WorkerSlot | None:
-        """The worker with the lowest key, or None if the index is empty."""
+    def pick(self) -> WorkerSlot | None:
+        """The worker with the lowest key, now behind its equals; None if there is none."""
         heap = self._heap
+        members = self._members
+        key_of = self._key
         while heap:
-            _, version, worker_id = heap[0]
-            entry = self._members.get(worker_id)
-            if entry is not None and entry[1] == version:
-                return entry[0]
-            heapq.heappop(heap)
+            key, version, worker_id = heap[0]
+            entry = members.get(worker_id)
+            if entry is None or entry[1] != version:
+                heapq.heappop(heap)
+                continue
+            worker = entry[0]
+            now = key_of(worker)
+            version = next(self._tick)  # re-keyed: picked, or its key rose since
+            members[worker_id] = (worker, version, now)
+            heapq.heapreplace(heap, (now, version, worker_id))
+            if now <= key:
+                return worker
         return None

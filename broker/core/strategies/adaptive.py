@@ -17,10 +17,15 @@ challengers (0.99 over three: t >= 2.71), at every check until the challenger ha
 evidence. Once switched, the old arm is a challenger like any other and must clear
 the same bar to come back, so stationary traffic settles. Every switch is logged
 and kept in `switches`, which `taskbroker stats` shows.
+
+Every change to a ready worker goes to every arm whose index follows load; a take
+goes to none when no arm needs to hear of it (`update_on_take`), as with the default
+arms, so a placement costs the active arm's pick and each arm's look at the release.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections import deque
@@ -37,6 +42,12 @@ log = logging.getLogger("taskbroker.adaptive")
 CANDIDATES = ("least_loaded", "weighted_response_time", "predictive", "round_robin")
 MIN_SAMPLES = 20  # an arm's window holds at least this many costs before it is compared
 FRESH_SAMPLES = 10  # a lead is confirmed on at least this many costs newer than its start
+
+
+def _forget_oldest(kept: dict[TaskId, str]) -> None:
+    """Drop the older half of the tasks kept, longest kept first."""
+    for task_id in list(itertools.islice(kept, len(kept) // 2)):
+        del kept[task_id]
 
 
 @dataclass(slots=True)
@@ -90,6 +101,7 @@ class Adaptive:
     """Picks with the strategy that has measured best lately, switching on evidence."""
 
     name: ClassVar[str] = "adaptive"
+    kept: int = 100_000  # tasks placed (or held back) whose arm is kept, at most
 
     def __init__(
         self,
@@ -109,6 +121,12 @@ class Adaptive:
         if not names:
             raise ValueError("adaptive needs at least one other strategy")
         self._arms: dict[str, Strategy] = {n: STRATEGIES[n](env) for n in names}
+        # The arms whose index follows the workers' load (round robin's does not).
+        arms = [a for a in self._arms.values() if not getattr(a, "ignores_load", False)]
+        self._updates = [a.update for a in arms]
+        self.update_on_take = any(getattr(a, "update_on_take", True) for a in arms)
+        self._challengers: list[str] = []
+        self._prefixes: dict[str, str] = {}  # the start of each arm's notes
         self.active = names[0]
         self.window = window if window is not None else env.adaptive_window
         self.explore_share = explore_share if explore_share is not None else env.adaptive_explore
@@ -119,8 +137,11 @@ class Adaptive:
         self._min_gain = min_gain
         self._failure_penalty = failure_penalty
         self._windows = {n: _Window(self.window) for n in names}
+        # The arm that placed each task (until its outcome), and the tasks an arm held
+        # back (until placed): at most `kept` of each, the oldest forgotten first (a
+        # task cancelled where it ran, or while held, has no outcome).
         self._placed_by: dict[TaskId, str] = {}
-        self._holding: dict[TaskId, str] = {}  # tasks an arm held back, by arm
+        self._holding: dict[TaskId, str] = {}
         self._credit = 0.0  # exploration owed, in tasks
         self._explored = 0
         self._leader: str | None = None  # the challenger ahead at the last check
@@ -129,6 +150,19 @@ class Adaptive:
         self.switches: deque[str] = deque(maxlen=20)
         self.switched_at: list[int] = []  # `outcomes` at each switch
         self.note = ""
+
+    @property
+    def active(self) -> str:
+        """The arm that places all but the explored share of the tasks."""
+        return self._active
+
+    @active.setter
+    def active(self, name: str) -> None:
+        self._active = name
+        self._challengers = [n for n in self._arms if n != name]
+        self._prefixes = {
+            n: f"{self.name} ({'' if n == name else 'exploring '}{n}): " for n in self._arms
+        }
 
     # The index of ready workers, kept by every arm ------------------------------
 
@@ -141,8 +175,8 @@ class Adaptive:
             arm.remove(worker)
 
     def update(self, worker: WorkerSlot) -> None:
-        for arm in self._arms.values():
-            arm.update(worker)
+        for update in self._updates:
+            update(worker)
 
     def disconnect(self, worker: WorkerSlot) -> None:
         for arm in self._arms.values():
@@ -151,23 +185,35 @@ class Adaptive:
                 forget(worker)
 
     def __len__(self) -> int:
-        return len(self._arms[self.active])
+        return len(self._arms[self._active])
 
     # Placing -------------------------------------------------------------------
 
     def pick(self, task: Task) -> WorkerSlot | None:
-        name = self._holding.pop(task.id, None) or self._arm_for_next_task()
+        name = self._holding.pop(task.id, None) if self._holding else None
+        if name is None:
+            # `_arm_for_next_task`'s usual answer, without its call.
+            credit = self._credit + self.explore_share
+            if credit < 1.0 and self._challengers:
+                self._credit = credit
+                name = self._active
+            else:
+                name = self._arm_for_next_task()
         arm = self._arms[name]
         worker = arm.pick(task)
         if worker is None:
             if len(arm) and getattr(arm, "held", None) is not None:
                 self._holding[task.id] = name
+                if len(self._holding) > self.kept:
+                    _forget_oldest(self._holding)
             return None
         self._placed(task, name, arm)
         return worker
 
     def rank(self, task: Task, allowed: Sequence[WorkerSlot]) -> WorkerSlot:
-        name = self._holding.pop(task.id, None) or self._arm_for_next_task()
+        name = self._holding.pop(task.id, None) if self._holding else None
+        if name is None:
+            name = self._arm_for_next_task()
         arm = self._arms[name]
         worker = arm.rank(task, allowed)
         self._placed(task, name, arm)
@@ -180,18 +226,19 @@ class Adaptive:
         return held(task) if held is not None else None
 
     def _placed(self, task: Task, name: str, arm: Strategy) -> None:
-        self._placed_by[task.id] = name
-        said = getattr(arm, "note", "") or name
-        exploring = "exploring " if name != self.active else ""
-        self.note = f"{self.name} ({exploring}{name}): {said}"
+        placed_by = self._placed_by
+        placed_by[task.id] = name
+        if len(placed_by) > self.kept:
+            _forget_oldest(placed_by)
+        self.note = self._prefixes[name] + (getattr(arm, "note", "") or name)
 
     def _arm_for_next_task(self) -> str:
-        challengers = [n for n in self._arms if n != self.active]
+        challengers = self._challengers
         if not challengers:
-            return self.active
+            return self._active
         self._credit += self.explore_share
         if self._credit < 1.0:
-            return self.active
+            return self._active
         self._credit -= 1.0
         self._explored += 1
         windows = self._windows

@@ -73,14 +73,18 @@ class Predictive:
     """The worker, ready or busy, on which the task is expected to finish first."""
 
     name: ClassVar[str] = "predictive"
+    update_on_take: ClassVar[bool] = False  # a worker whose key rose is re-keyed at the top
     hold_margin: ClassVar[float] = HOLD_MARGIN
 
     def __init__(self, env: StrategyEnv | None = None) -> None:
         self._env = env or default_env()
         self._clock = self._env.clock
         self._runtimes = self._env.runtimes
-        # The ready workers, each with its version and label set.
-        self._members: dict[WorkerId, tuple[WorkerSlot, int, _WorkerClass]] = {}
+        # The ready workers, each with the version of its live heap entry, its label
+        # set, and that entry's expected run time and tasks held. A take raises a
+        # worker's key without a new entry: the entry is re-keyed once it reaches the
+        # top of its set's heap and holds fewer tasks than the worker.
+        self._members: dict[WorkerId, tuple[WorkerSlot, int, _WorkerClass, float, int]] = {}
         self._classes: dict[str, _WorkerClass] = {}
         self._tick = itertools.count()
         self._busy: dict[WorkerId, WorkerSlot] = {}  # connected, every slot taken
@@ -136,7 +140,7 @@ class Predictive:
                 bucket = self._classes[name] = _WorkerClass(name, worker.labels)
             bucket.size += 1
             bucket.limit += 4
-            self._members[worker_id] = (worker, -1, bucket)
+            self._members[worker_id] = (worker, -1, bucket, 0.0, 0)
         self._forget_released(worker)
         self._push(worker)
 
@@ -172,8 +176,8 @@ class Predictive:
             self._holds.pop(task_id, None)
 
     def update(self, worker: WorkerSlot) -> None:
-        # Twice per placement (the take and the release): what `_forget_released` and
-        # `_push` do, without their calls.
+        # Once per placement (the release; the scheduler does not report the take):
+        # what `_forget_released` and `_push` do, without their calls.
         worker_id = worker.worker_id
         members = self._members
         member = members.get(worker_id)
@@ -189,9 +193,13 @@ class Predictive:
                 for task_id in on:
                     placed.pop(task_id, None)
                 on.clear()  # kept for its next task
+        count = len(held)
+        if count > member[4]:
+            # A take: its entry is low enough (re-keyed if it reaches the top), and so
+            # is its set's top (`pick` checks the best two); an estimate learned since
+            # is taken up at its next release.
+            return
         bucket = member[2]
-        version = next(self._tick)
-        members[worker_id] = (worker, version, bucket)
         self._stale_tops.add(bucket.name)
         task_type = self._task_type
         run_s = None
@@ -203,8 +211,12 @@ class Predictive:
             run_s = self._estimates.get(worker_id)
         if run_s is None:
             run_s = self.estimate(task_type, worker)
+        if run_s > member[3] or (run_s == member[3] and count >= member[4]):
+            return  # its entry is low enough: re-keyed if it reaches the top
+        version = next(self._tick)
+        members[worker_id] = (worker, version, bucket, run_s, count)
         heap = bucket.heap
-        heappush(heap, (run_s, len(held), version, worker_id))
+        heappush(heap, (run_s, count, version, worker_id))
         if len(heap) > bucket.limit:
             self._rekey(bucket)
 
@@ -325,6 +337,11 @@ class Predictive:
         ranked = self._ranked
         if ranked is None:
             ranked = self._ranked = sorted(self._tops.values())
+        while self._took_since(ranked[:2]):
+            self._refresh_tops(task)
+            ranked = self._ranked
+            if ranked is None:
+                ranked = self._ranked = sorted(self._tops.values())
         if len(ranked) < 2:
             if not ranked:
                 return None
@@ -352,6 +369,7 @@ class Predictive:
             self._on[worker_id] = {task.id: (finish_s, now)}
         else:
             on[task.id] = (finish_s, now)
+        self._push(worker)  # behind its equals
         shown = self._shown
         finish = shown.get(finish_s) or self._show(finish_s)
         other = shown.get(second[0]) or self._show(second[0])
@@ -546,9 +564,12 @@ class Predictive:
             while heap:
                 entry = heap[0]
                 member = members.get(entry[3])
-                if member is not None and member[1] == entry[2]:
+                if member is None or member[1] != entry[2]:
+                    heappop(heap)
+                elif len(member[0].held) > entry[1]:  # took a task since it was pushed
+                    heapreplace(heap, self._entry(member[0], bucket))
+                else:
                     break
-                heappop(heap)
             else:
                 self._drop_top(name)
                 continue
@@ -564,6 +585,18 @@ class Predictive:
                 insort(ranked, top)
             tops[name] = top
         stale.clear()
+
+    def _took_since(self, tops: list[tuple[float, int, int, WorkerSlot]]) -> bool:
+        """Whether a worker of these label set tops took a task since it was made top
+        (`update` is not told of takes); its set is marked for a new top if so."""
+        stale = False
+        for top in tops:
+            worker = top[3]
+            member = self._members.get(worker.worker_id)
+            if member is not None and len(worker.held) != top[1]:
+                self._stale_tops.add(member[2].name)
+                stale = True
+        return stale
 
     def _drop_top(self, name: str) -> None:
         """The label set has no ready worker left."""
@@ -603,15 +636,20 @@ class Predictive:
         load now, and its new version; `update` does the same inline."""
         worker_id = worker.worker_id
         bucket = self._members[worker_id][2]
-        version = next(self._tick)
-        self._members[worker_id] = (worker, version, bucket)
         self._stale_tops.add(bucket.name)
         heap = bucket.heap
-        heappush(
-            heap, (self.estimate(self._task_type, worker), len(worker.held), version, worker_id)
-        )
+        heappush(heap, self._entry(worker, bucket))
         if len(heap) > bucket.limit:
             self._rekey(bucket)
+
+    def _entry(self, worker: WorkerSlot, bucket: _WorkerClass) -> tuple[float, int, int, WorkerId]:
+        """A new heap entry for the member, keyed by its expected run time and load now,
+        with a new version."""
+        version = next(self._tick)
+        run_s = self.estimate(self._task_type, worker)
+        count = len(worker.held)
+        self._members[worker.worker_id] = (worker, version, bucket, run_s, count)
+        return (run_s, count, version, worker.worker_id)
 
     def _rekey(self, bucket: _WorkerClass) -> None:
         """Each member of the set has one current entry in its heap: keep those alone,
@@ -625,26 +663,21 @@ class Predictive:
             if (member := members.get(member_id)) is not None and member[1] == version
         ]
         estimate = self.estimate
-        if (
-            self._cached
+        # Estimates made for this model and type are read, others made.
+        estimates = (
+            self._estimates
+            if self._cached
             and self._runtimes.version == self._model_version
             and task_type == self._model_type
-        ):
-            estimates = self._estimates  # made for this model and type: read, else made
-            heap = [
-                (
-                    estimates.get(worker.worker_id) or estimate(task_type, worker),
-                    len(worker.held),
-                    version,
-                    worker.worker_id,
-                )
-                for worker, version, _ in current
-            ]
-        else:
-            heap = [
-                (estimate(task_type, worker), len(worker.held), version, worker.worker_id)
-                for worker, version, _ in current
-            ]
+            else {}
+        )
+        heap = []
+        for worker, version, *_ in current:
+            worker_id = worker.worker_id
+            run_s = estimates.get(worker_id) or estimate(task_type, worker)
+            count = len(worker.held)
+            members[worker_id] = (worker, version, bucket, run_s, count)
+            heap.append((run_s, count, version, worker_id))
         heapify(heap)
         bucket.heap = heap
 
@@ -662,6 +695,8 @@ class Predictive:
             self._on[worker_id] = {task_id: (run_s, now)}
         else:
             on[task_id] = (run_s, now)
+        if worker_id in self._members:
+            self._push(worker)  # behind its equals
 
     def _forget(self, task_id: TaskId) -> WorkerId | None:
         """Stop counting a task; the worker it was counted against, if any."""

@@ -15,6 +15,8 @@ class RoundRobin:
     """Ready workers take turns: the one picked longest ago goes next."""
 
     name: ClassVar[str] = "round_robin"
+    ignores_load: ClassVar[bool] = True  # `update` does nothing
+    update_on_take: ClassVar[bool] = False
 
     def __init__(self, env: StrategyEnv | None = None) -> None:
         self._ring: OrderedDict[WorkerId, WorkerSlot] = OrderedDict()
@@ -51,23 +53,29 @@ class RoundRobin:
         return worker
 
 
+def _utilisation(worker: WorkerSlot) -> float:
+    """`WorkerSlot.utilisation`, without the property's call."""
+    capacity = worker.capacity
+    return len(worker.held) / capacity if capacity else 1.0
+
+
 class LeastLoaded:
     """The ready worker with the smallest share of its capacity in use."""
 
     name: ClassVar[str] = "least_loaded"
+    update_on_take: ClassVar[bool] = False  # a worker whose key rose is re-keyed at the top
 
     def __init__(self, env: StrategyEnv | None = None) -> None:
-        self._index = LowestKeyIndex(lambda w: w.utilisation)
+        self._index = LowestKeyIndex(_utilisation)
 
     def add(self, worker: WorkerSlot) -> None:
-        self._index.push(worker)
+        self._index.add(worker)
 
     def remove(self, worker: WorkerSlot) -> None:
         self._index.discard(worker)
 
     def update(self, worker: WorkerSlot) -> None:
-        if worker.worker_id in self._index:
-            self._index.push(worker)
+        self._index.update(worker)
 
     def observe(self, outcome: Outcome) -> None:
         pass
@@ -76,7 +84,9 @@ class LeastLoaded:
         return len(self._index)
 
     def pick(self, task: Task) -> WorkerSlot | None:
-        return self._index.top()
+        return self._index.pick()
 
     def rank(self, task: Task, allowed: Sequence[WorkerSlot]) -> WorkerSlot:
-        return min(allowed, key=lambda w: (w.utilisation, self._index.version(w)))
+        worker = min(allowed, key=lambda w: (w.utilisation, self._index.version(w)))
+        self._index.picked(worker)
+        return worker

@@ -199,8 +199,6 @@ class Predictive:
             # is its set's top (`pick` checks the best two); an estimate learned since
             # is taken up at its next release.
             return
-        bucket = member[2]
-        self._stale_tops.add(bucket.name)
         task_type = self._task_type
         run_s = None
         if (
@@ -212,7 +210,9 @@ class Predictive:
         if run_s is None:
             run_s = self.estimate(task_type, worker)
         if run_s > member[3] or (run_s == member[3] and count >= member[4]):
-            return  # its entry is low enough: re-keyed if it reaches the top
+            return  # its entry, and its set's top if it is that, still hold
+        bucket = member[2]
+        self._stale_tops.add(bucket.name)
         version = next(self._tick)
         members[worker_id] = (worker, version, bucket, run_s, count)
         heap = bucket.heap
@@ -337,7 +337,7 @@ class Predictive:
         ranked = self._ranked
         if ranked is None:
             ranked = self._ranked = sorted(self._tops.values())
-        while self._took_since(ranked[:2]):
+        while self._took_since(ranked):
             self._refresh_tops(task)
             ranked = self._ranked
             if ranked is None:
@@ -369,7 +369,16 @@ class Predictive:
             self._on[worker_id] = {task.id: (finish_s, now)}
         else:
             on[task.id] = (finish_s, now)
-        self._push(worker)  # behind its equals
+        # Behind its equals: `_push`, with the estimate at hand.
+        bucket = self._members[worker_id][2]
+        version = next(self._tick)
+        count = len(worker.held)
+        self._members[worker_id] = (worker, version, bucket, finish_s, count)
+        self._stale_tops.add(bucket.name)
+        heap = bucket.heap
+        heappush(heap, (finish_s, count, version, worker_id))
+        if len(heap) > bucket.limit:
+            self._rekey(bucket)
         shown = self._shown
         finish = shown.get(finish_s) or self._show(finish_s)
         other = shown.get(second[0]) or self._show(second[0])
@@ -586,11 +595,17 @@ class Predictive:
             tops[name] = top
         stale.clear()
 
-    def _took_since(self, tops: list[tuple[float, int, int, WorkerSlot]]) -> bool:
-        """Whether a worker of these label set tops took a task since it was made top
-        (`update` is not told of takes); its set is marked for a new top if so."""
+    def _took_since(self, ranked: list[tuple[float, int, int, WorkerSlot]]) -> bool:
+        """Whether the worker of one of the best two label set tops took a task since it
+        was made top (`update` is not told of takes); its set is marked for a new top
+        if so."""
+        if not ranked or (
+            len(ranked[0][3].held) == ranked[0][1]
+            and (len(ranked) < 2 or len(ranked[1][3].held) == ranked[1][1])
+        ):
+            return False
         stale = False
-        for top in tops:
+        for top in ranked[:2]:
             worker = top[3]
             member = self._members.get(worker.worker_id)
             if member is not None and len(worker.held) != top[1]:

@@ -98,6 +98,11 @@ class BrokerConfig:
     max_wait_s: float = 300.0
     heartbeat_interval_s: float = 5.0
     heartbeat_timeout_s: float = 15.0
+    # A worker holding no task heartbeats this seldom (so a large idle fleet costs little),
+    # and is dropped after as many of these intervals as heartbeat_timeout_s is of
+    # heartbeat_interval_s (`idle_heartbeat_timeout_s`). 0, or less than
+    # heartbeat_interval_s: heartbeat_interval_s.
+    idle_heartbeat_interval_s: float = 30.0
     starvation_interval: int = 10  # every Nth dispatch of a pool takes its oldest task
     # A task without a retry policy (that retries WorkerLost) whose worker is lost while
     # holding it (stream lost, missed heartbeats, lease expired) is delivered again at most
@@ -152,6 +157,18 @@ class BrokerConfig:
         """The largest message the server receives or sends: big enough for a full batch."""
         return max(64 * 1024 * 1024, 2 * self.max_payload_bytes + 1024 * 1024)
 
+    @property
+    def idle_heartbeat_s(self) -> float:
+        """How often a worker holding no task heartbeats: idle_heartbeat_interval_s, but
+        never more often than heartbeat_interval_s."""
+        return max(self.idle_heartbeat_interval_s, self.heartbeat_interval_s)
+
+    @property
+    def idle_heartbeat_timeout_s(self) -> float:
+        """How long a worker holding no task may stay silent: heartbeat_timeout_s scaled
+        from heartbeat_interval_s to `idle_heartbeat_s`."""
+        return self.heartbeat_timeout_s * self.idle_heartbeat_s / self.heartbeat_interval_s
+
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "port", "must be 0..65535")
         _check(bool(self.host), "host", "must not be empty")
@@ -178,6 +195,11 @@ class BrokerConfig:
             f"must be greater than heartbeat_interval_s: at least {LEASE_HEARTBEATS} heartbeat"
             f" intervals ({LEASE_HEARTBEATS * self.heartbeat_interval_s:g} s),"
             f" got {self.heartbeat_timeout_s:g}",
+        )
+        _check(
+            0 <= self.idle_heartbeat_interval_s <= 3600,
+            "idle_heartbeat_interval_s",
+            "must be 0..3600",
         )
         _check(self.starvation_interval >= 2, "starvation_interval", "must be at least 2")
         _check(1 <= self.max_deliveries <= 1000, "max_deliveries", "must be 1..1000")

@@ -404,6 +404,12 @@ class BrokerService:
         """How long a silent worker stays connected."""
         return self._engine.config.heartbeat_timeout_s
 
+    @property
+    def idle_heartbeat_s(self) -> tuple[float, float]:
+        """How often a worker holding no task heartbeats, and how long it may stay silent."""
+        config = self._engine.config
+        return config.idle_heartbeat_s, config.idle_heartbeat_timeout_s
+
     def lease_s(self, pool: str) -> float:
         """The lease on the tasks a worker of `pool` holds, as it stands: the pool's
         lease_s, or the heartbeat timeout if it has none."""

@@ -55,6 +55,10 @@ class RegisterAcked:
     # says so at all (else the worker keeps nothing it wrote).
     results_seen: int = 0
     acks_results: bool = False
+    # Holding no task, beat this seldom, and be dropped after this long silent (0: the
+    # broker did not say; beat every heartbeat_interval_s).
+    idle_heartbeat_interval_s: float = 0.0
+    idle_heartbeat_timeout_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ import logging
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -175,6 +175,10 @@ class _Session:
         self.registered = False
         self._worker_id = ""
         self._heartbeat_s = _DEFAULT_HEARTBEAT_S
+        # Holding no task: how often to beat (the same as _heartbeat_s if the broker did
+        # not say), and what wakes the heartbeat up to its usual pace (a task coming).
+        self._idle_heartbeat_s = _DEFAULT_HEARTBEAT_S
+        self._work_came = asyncio.Event()
         self.lease_s: float | None = None  # as the broker told it at registration
         self._held = _Held()
         self._resume_token = ""  # as the broker gave it at registration
@@ -311,6 +315,7 @@ class _Session:
         self._worker_id = event.worker_id or worker._worker_id or ""
         worker._worker_id = self._worker_id
         self._heartbeat_s = heartbeat_interval(event)
+        self._idle_heartbeat_s = idle_heartbeat_interval(event, self._heartbeat_s)
         self.lease_s = worker._lease_s = event.lease_s or None
         self._resume_token = event.resume_token
         if event.acks_results and event.resume_window_s:
@@ -396,6 +401,8 @@ class _Session:
                 self._assignments_seen = event.seq
                 for assignment in event.assignments:
                     self._start(assignment)
+                if event.assignments:
+                    self._work_came.set()
             elif isinstance(event, CancelRequested):
                 self._cancel(event.task_ids, event.attempts)
             elif isinstance(event, DrainRequested):
@@ -556,9 +563,23 @@ class _Session:
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await self._worker._heartbeat_sleep(self._heartbeat_s)
+            if self._idle_heartbeat_s > self._heartbeat_s and self._holds_nothing():
+                # Beat seldom, until a task comes: then at the usual pace, the first beat
+                # within one usual interval (the broker's timeout runs from the sending).
+                self._work_came.clear()
+                if await _first_of(
+                    self._worker._heartbeat_sleep(self._idle_heartbeat_s), self._work_came.wait()
+                ):
+                    continue
+            else:
+                await self._worker._heartbeat_sleep(self._heartbeat_s)
             self._heartbeat_due = True
             self._wake.set()
+
+    def _holds_nothing(self) -> bool:
+        """No handler running, and no result or start notice waiting to be sent."""
+        held = self._held
+        return not held.running and not held.outcomes and not held.started
 
     def _heartbeat(self) -> _worker.WorkerMessage:
         """A heartbeat, built by the writer as it sends it, so the tasks it lists as held are
@@ -649,6 +670,31 @@ def _error_info(error: BaseException) -> TaskErrorInfo:
         retryable=retryable if isinstance(retryable, bool) else None,
         task_fault=task_fault if isinstance(task_fault, bool) else False,
     )
+
+
+def idle_heartbeat_interval(ack: RegisterAcked, heartbeat_s: float) -> float:
+    """How often to beat while holding no task: the idle interval the broker asks for, no
+    more often than `heartbeat_s` and no more seldom than _HEARTBEATS_PER_LEASE beats
+    within the idle timeout it told; `heartbeat_s` if it asks for none."""
+    interval = max(ack.idle_heartbeat_interval_s, heartbeat_s)
+    if ack.idle_heartbeat_timeout_s > 0:
+        interval = min(interval, ack.idle_heartbeat_timeout_s / _HEARTBEATS_PER_LEASE)
+    return max(interval, heartbeat_s)
+
+
+async def _first_of(sleep: Awaitable[None], woken: Awaitable[bool]) -> bool:
+    """Wait for the sleep or the wake-up, whichever ends first; whether it was woken."""
+    sleeper = asyncio.ensure_future(sleep)
+    waker = asyncio.ensure_future(woken)
+    try:
+        await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (sleeper, waker):
+            if not pending.done():
+                pending.cancel()
+    if sleeper.done() and not sleeper.cancelled():
+        sleeper.result()  # its error, if it failed
+    return waker.done() and not waker.cancelled()
 
 
 def heartbeat_interval(ack: RegisterAcked) -> float:

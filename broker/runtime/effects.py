@@ -102,8 +102,11 @@ class Applier:
                 tasks.append(task)
             if observers:
                 observers.placed(task, queue_wait, now)
+        workers = self._workers
         for worker_id, tasks in by_worker.items():
-            self._workers.connected(worker_id).channel.send_assignments(tasks)
+            session = workers.connected(worker_id)
+            workers.sent_work(session, len(tasks))
+            session.channel.send_assignments(tasks)
 
     def _observe(self, effects: Effects) -> None:
         observers = self.observers

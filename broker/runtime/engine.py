@@ -673,6 +673,8 @@ class Engine:
         held tasks whose lease ran out."""
         now = self._clock.now()
         for session in self._workers:  # first: their tasks' leases end with the window
+            if session.slot.held:
+                session.held_at = now  # a lease that runs out now leaves it busy
             detached_at = session.detached_at
             if detached_at is not None:
                 if now - detached_at > self.resume_window_s(session.spec.pool):
@@ -681,11 +683,14 @@ class Engine:
                 self._end_drained(session)
         self._core.expire_leases(now)
         self._apply()
-        timeout = self._config.heartbeat_timeout_s
-        dead = self._workers.silent(timeout)
+        config = self._config
+        timeout, idle_timeout = config.heartbeat_timeout_s, config.idle_heartbeat_timeout_s
+        dead = self._workers.silent(timeout, idle_timeout)
         for worker_id in dead:
-            self._workers.connected(worker_id).channel.close(
-                Unavailable(f"no heartbeat for {timeout:g} s; the worker's tasks were requeued")
+            session = self._workers.connected(worker_id)
+            silence = timeout if session.busy else idle_timeout
+            session.channel.close(
+                Unavailable(f"no heartbeat for {silence:g} s; the worker's tasks were requeued")
             )
             self.disconnect_worker(worker_id, "missed heartbeats")
         return dead

@@ -62,6 +62,19 @@ class WorkerSession:
     drain_until: float = 0.0  # draining: the stream is ended at this time at the latest
     # The seq of the last Results message taken from this session (any of its streams).
     results_seen: int = 0
+    # When it was last sent work while it held none: a worker holding nothing heartbeats
+    # only every idle interval, so its heartbeat timeout runs from then at the earliest.
+    busy_since: float = float("-inf")
+    # When the reaper last saw it hold a task (its leases may run out before it is reaped).
+    held_at: float = float("-inf")
+
+    @property
+    def busy(self) -> bool:
+        """Whether the heartbeat timeout (not the idle one) applies: it holds a task, or
+        has held one since it last spoke (sent work, or seen holding it by the reaper,
+        whose tasks went back when their leases ran out)."""
+        last = self.last_heartbeat
+        return bool(self.slot.held) or self.busy_since >= last or self.held_at >= last
 
     def status(self) -> WorkerStatus:
         member = self.member
@@ -164,11 +177,26 @@ class WorkerRegistry:
     def heard_from(self, session: WorkerSession) -> None:
         session.last_heartbeat = self._clock.now()
 
-    def silent(self, timeout: float) -> list[WorkerId]:
-        """Connected workers not heard from for more than `timeout` seconds."""
-        deadline = self._clock.now() - timeout
+    def sent_work(self, session: WorkerSession, count: int) -> None:
+        """The worker was sent `count` tasks. If it held none before, it may have been
+        silent for up to the idle heartbeat timeout: its heartbeat timeout runs from now."""
+        if len(session.slot.held) <= count:
+            session.busy_since = self._clock.now()
+
+    def silent(self, timeout: float, idle_timeout: float | None = None) -> list[WorkerId]:
+        """Connected workers not heard from for more than `timeout` seconds (counted from
+        when they were last sent work while holding none, if later), or, idle (not
+        `busy`), for more than `idle_timeout` (default: `timeout`)."""
+        now = self._clock.now()
+        deadline = now - timeout
+        idle_deadline = now - (timeout if idle_timeout is None else idle_timeout)
         return [
             wid
             for wid, s in self._sessions.items()
-            if s.last_heartbeat < deadline and s.detached_at is None
+            if s.detached_at is None
+            and (
+                max(s.last_heartbeat, s.busy_since) < deadline
+                if s.busy
+                else s.last_heartbeat < idle_deadline
+            )
         ]

@@ -304,6 +304,7 @@ def register_ack_to_pb(
     resume_window_s: float = 0.0,
     resumed: bool = False,
     results_seen: int = 0,
+    idle_heartbeat: tuple[float, float] = (0.0, 0.0),
 ) -> _worker.BrokerMessage:
     """The answer to a registration: the worker's id, and with `config` every limit
     and rule the worker must honour."""
@@ -316,6 +317,8 @@ def register_ack_to_pb(
         resume_window_s=resume_window_s,
         resumed=resumed,
         results_seen=results_seen,
+        idle_heartbeat_interval_s=idle_heartbeat[0],
+        idle_heartbeat_timeout_s=idle_heartbeat[1],
     )
     if config is not None:
         ack.results_renew_liveness = True

@@ -259,6 +259,7 @@ class WorkerService(_worker_grpc.WorkerServiceServicer):
                 resume_window_s=connection.resume_window_s,
                 resumed=connection.resumed,
                 results_seen=connection.results_seen,
+                idle_heartbeat=service.idle_heartbeat_s,
             )
             async for message in channel.messages():
                 yield message

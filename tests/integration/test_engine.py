@@ -58,6 +58,50 @@ async def test_results_complete_tasks_and_free_credit(engine: Engine) -> None:
     assert second.id == b.id
 
 
+async def test_a_worker_holding_nothing_may_stay_silent_for_the_idle_timeout(
+    engine: Engine, clock: FakeClock
+) -> None:
+    # Heartbeat 1 s, timeout 3 s; idle heartbeat 30 s, so an idle timeout of 90 s.
+    assert engine.config.idle_heartbeat_timeout_s == 90.0
+    idle = RecordingChannel()
+    engine.connect_worker(worker("idle"), idle)
+    clock.advance(89.0)
+    assert engine.reap() == []
+    clock.advance(2.0)
+    assert engine.reap() == ["idle"]
+    assert isinstance(idle.closed, Unavailable)
+    assert "no heartbeat for 90 s" in str(idle.closed)
+
+
+async def test_work_sent_to_a_silent_idle_worker_gives_it_the_heartbeat_timeout_from_then(
+    engine: Engine, clock: FakeClock
+) -> None:
+    channel = RecordingChannel()
+    engine.connect_worker(worker("w", capacity=2), channel)
+    clock.advance(60.0)  # idle and silent: within its idle timeout
+    (task,) = await engine.submit([TaskSpec(task_type="t")])
+    await channel.until_assigned(1)
+    clock.advance(2.0)
+    assert engine.reap() == []  # 62 s silent, 2 s of them holding the task
+    clock.advance(2.0)
+    assert engine.reap() == ["w"]  # 4 s holding it without a word: over the 3 s timeout
+    assert "no heartbeat for 3 s" in str(channel.closed)
+    assert (await engine.get(task.id)).state is TaskState.PENDING
+
+
+async def test_a_worker_that_spoke_after_its_work_is_idle_again(
+    engine: Engine, clock: FakeClock
+) -> None:
+    channel = RecordingChannel()
+    engine.connect_worker(worker("w"), channel)
+    await engine.submit([TaskSpec(task_type="t")])
+    (task,) = await channel.until_assigned(1)
+    clock.advance(1.0)
+    engine.report("w", [], [ok(task)])  # its result: it spoke, and holds nothing now
+    clock.advance(60.0)
+    assert engine.reap() == []
+
+
 async def test_a_dead_worker_s_tasks_are_requeued_within_the_timeout(
     engine: Engine, clock: FakeClock
 ) -> None:

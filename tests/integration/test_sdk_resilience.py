@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -885,13 +885,24 @@ async def test_sync_client_passes_the_new_options(
 
 
 class Beats:
-    """Stands in for the worker's heartbeat sleep: one heartbeat goes out per `beat()`."""
+    """Stands in for the worker's heartbeat sleep: one heartbeat goes out per `beat()`.
+    `asked` records each sleep's length, as the worker asked for it."""
 
     def __init__(self) -> None:
         self._ticks: asyncio.Queue[None] = asyncio.Queue()
+        self.asked: list[float] = []
+        self._asking = asyncio.Event()
 
     async def sleep(self, seconds: float) -> None:
+        self.asked.append(seconds)
+        self._asking.set()
         await self._ticks.get()
+
+    async def until_asked(self, predicate: Callable[[list[float]], bool]) -> None:
+        """Wait until the sleeps asked for so far satisfy `predicate`."""
+        while not predicate(self.asked):
+            self._asking.clear()
+            await self._asking.wait()
 
     def beat(self) -> None:
         self._ticks.put_nowait(None)
@@ -928,6 +939,49 @@ async def next_heartbeat(session: FakeSession, beats: Beats) -> _worker.Heartbea
     beats.beat()
     await session.until(lambda: len(session.of_kind("heartbeat")) > before)
     return session.of_kind("heartbeat")[before].heartbeat
+
+
+async def test_a_worker_holding_nothing_beats_at_the_idle_interval_until_a_task_comes() -> None:
+    beats = Beats()
+    worker = make_worker(beats, capacity=2)
+    gate = asyncio.Event()
+
+    @worker.task("hold")
+    async def hold(ctx: TaskContext) -> str:
+        await gate.wait()
+        return ctx.task_id
+
+    service = FakeWorkerService(heartbeat_interval_s=5.0, idle_heartbeat_interval_s=30.0)
+    async with serve(service) as (address, _), running(worker, address):
+        session = await service.sessions.get()
+        await beats.until_asked(lambda asked: asked == [30.0])  # idle: the idle interval
+        assign(session, 1, "t1:hold")
+        # The task wakes the heartbeat: the next beat is due within the usual interval.
+        await beats.until_asked(lambda asked: asked == [30.0, 5.0])
+        assert session.of_kind("heartbeat") == []
+        beat = await next_heartbeat(session, beats)
+        assert list(beat.held_task_ids) == ["t1"]
+        assert beats.asked[-1] == 5.0  # still holding it: the usual pace
+        gate.set()
+        await session.until(lambda: "t1" in session.results)
+        await next_heartbeat(session, beats)
+        await beats.until_asked(lambda asked: asked[-1] == 30.0)  # holding nothing again
+
+
+async def test_a_worker_told_no_idle_interval_beats_at_the_usual_one() -> None:
+    beats = Beats()
+    worker = make_worker(beats)
+
+    @worker.task("noop")
+    async def noop(ctx: TaskContext) -> None:
+        return None
+
+    service = FakeWorkerService(heartbeat_interval_s=5.0)  # an older broker: no idle interval
+    async with serve(service) as (address, _), running(worker, address):
+        session = await service.sessions.get()
+        await next_heartbeat(session, beats)
+        await beats.until_asked(lambda asked: len(asked) == 2)
+        assert beats.asked == [5.0, 5.0]
 
 
 async def test_heartbeats_list_held_tasks_and_the_last_assignments_seq() -> None:

@@ -441,10 +441,15 @@ class FakeWorkerService(_worker_grpc.WorkerServiceServicer):
     """Acks registration, then relays what the test queues and records what the worker sends."""
 
     def __init__(
-        self, *, refuse: grpc.StatusCode | None = None, heartbeat_interval_s: float = 30.0
+        self,
+        *,
+        refuse: grpc.StatusCode | None = None,
+        heartbeat_interval_s: float = 30.0,
+        idle_heartbeat_interval_s: float = 0.0,
     ) -> None:
         self.refuse = refuse
         self.heartbeat_interval_s = heartbeat_interval_s
+        self.idle_heartbeat_interval_s = idle_heartbeat_interval_s
         self.sessions: asyncio.Queue[FakeSession] = asyncio.Queue()
         self.connects = 0
         self.connected = asyncio.Event()
@@ -466,7 +471,10 @@ class FakeWorkerService(_worker_grpc.WorkerServiceServicer):
         await context.write(
             _worker.BrokerMessage(
                 register_ack=_worker.RegisterAck(
-                    worker_id=worker_id, heartbeat_interval_s=self.heartbeat_interval_s
+                    worker_id=worker_id,
+                    heartbeat_interval_s=self.heartbeat_interval_s,
+                    idle_heartbeat_interval_s=self.idle_heartbeat_interval_s,
+                    idle_heartbeat_timeout_s=3 * self.idle_heartbeat_interval_s,
                 )
             )
         )

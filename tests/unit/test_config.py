@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import load_config
+from broker.config import BrokerConfig, load_config
 from broker.domain import PoolConfig
 from broker.errors import ConfigError
 
@@ -42,6 +42,8 @@ def test_file_then_env_then_flags(tmp_path: Path) -> None:
         ("[broker]\nbogus = 1\n", "bogus: unknown setting"),
         ("[broker]\nmax_payload_bytes = -1\n", "max_payload_bytes: must be positive"),
         ("[broker]\nheartbeat_timeout_s = 1\n", "heartbeat_timeout_s: must be greater"),
+        ("[broker]\nidle_heartbeat_interval_s = -1\n", "idle_heartbeat_interval_s: must be"),
+        ("[broker]\nidle_heartbeat_interval_s = 4000\n", "idle_heartbeat_interval_s: must be"),
         (
             "[broker]\nheartbeat_interval_s = 5\nheartbeat_timeout_s = 9\n",
             "heartbeat_timeout_s: must be greater than heartbeat_interval_s: at least 2 heartbeat",
@@ -67,6 +69,17 @@ def test_bad_files_name_the_key(tmp_path: Path, text: str, message: str) -> None
     path.write_text(text)
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         load_config(path)
+
+
+def test_a_worker_holding_nothing_beats_at_the_idle_interval_never_faster() -> None:
+    config = BrokerConfig()
+    assert (config.idle_heartbeat_s, config.idle_heartbeat_timeout_s) == (30.0, 90.0)
+    config = BrokerConfig(heartbeat_interval_s=2.0, heartbeat_timeout_s=8.0)
+    assert (config.idle_heartbeat_s, config.idle_heartbeat_timeout_s) == (30.0, 120.0)
+    # 0, or less than the usual interval: the usual interval and timeout.
+    for idle in (0.0, 1.0):
+        config = BrokerConfig(heartbeat_interval_s=2.0, idle_heartbeat_interval_s=idle)
+        assert (config.idle_heartbeat_s, config.idle_heartbeat_timeout_s) == (2.0, 15.0)
 
 
 def test_pool_settings_from_the_file(tmp_path: Path) -> None:

@@ -148,5 +148,7 @@ def broker_event(message: _worker.BrokerMessage) -> BrokerEvent | None:
             ack.resumed,
             ack.results_seen,
             ack.acks_results,
+            ack.idle_heartbeat_interval_s,
+            ack.idle_heartbeat_timeout_s,
         )
     return None

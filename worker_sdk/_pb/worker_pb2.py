@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import tasks_pb2 as taskbroker_dot_v1_dot_tasks__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ataskbroker/v1/worker.proto\x12\rtaskbroker.v1\x1a\x19taskbroker/v1/tasks.proto\"\xe0\x01\n\x08Register\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\x33\n\x06labels\x18\x03 \x03(\x0b\x32#.taskbroker.v1.Register.LabelsEntry\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x12\n\ntask_types\x18\x05 \x03(\t\x12\x13\n\x0bsdk_version\x18\x06 \x01(\t\x12\x14\n\x0cresume_token\x18\x07 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"]\n\tHeartbeat\x12\x11\n\tin_flight\x18\x01 \x01(\r\x12\x0c\n\x04load\x18\x02 \x01(\x01\x12\x15\n\rheld_task_ids\x18\x03 \x03(\t\x12\x18\n\x10\x61ssignments_seen\x18\x04 \x01(\x04\"\x1a\n\x06\x43redit\x12\x10\n\x08\x63\x61pacity\x18\x01 \x01(\r\"\xc4\x01\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0f\n\x07success\x18\x03 \x01(\x08\x12\x0e\n\x06result\x18\x04 \x01(\x0c\x12\'\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x18.taskbroker.v1.TaskError\x12\x15\n\rstarted_at_ms\x18\x06 \x01(\x03\x12\x16\n\x0e\x66inished_at_ms\x18\x07 \x01(\x03\x12\x1b\n\x13result_content_type\x18\x08 \x01(\t\"\\\n\x07Results\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.taskbroker.v1.TaskResult\x12\x18\n\x10started_task_ids\x18\x02 \x03(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\"\x07\n\x05Leave\"\xee\x01\n\rWorkerMessage\x12+\n\x08register\x18\x01 \x01(\x0b\x32\x17.taskbroker.v1.RegisterH\x00\x12-\n\theartbeat\x18\x02 \x01(\x0b\x32\x18.taskbroker.v1.HeartbeatH\x00\x12\'\n\x06\x63redit\x18\x03 \x01(\x0b\x32\x15.taskbroker.v1.CreditH\x00\x12)\n\x07results\x18\x04 \x01(\x0b\x32\x16.taskbroker.v1.ResultsH\x00\x12%\n\x05leave\x18\x05 \x01(\x0b\x32\x14.taskbroker.v1.LeaveH\x00\x42\x06\n\x04kind\"\xa4\x03\n\x0bRegisterAck\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x0f\n\x07lease_s\x18\x03 \x01(\x01\x12\x1b\n\x13heartbeat_timeout_s\x18\x04 \x01(\x01\x12\x1e\n\x16results_renew_liveness\x18\x05 \x01(\x08\x12\x18\n\x10max_result_bytes\x18\x06 \x01(\x04\x12\x19\n\x11max_message_bytes\x18\x07 \x01(\x04\x12\x14\n\x0cmax_task_ids\x18\x08 \x01(\r\x12\x16\n\x0emax_batch_size\x18\t \x01(\r\x12\x14\n\x0cmax_wait_ids\x18\n \x01(\r\x12\x1b\n\x13max_traceback_chars\x18\x0b \x01(\r\x12\x14\n\x0cmax_capacity\x18\x0c \x01(\r\x12\x14\n\x0cresume_token\x18\r \x01(\t\x12\x17\n\x0fresume_window_s\x18\x0e \x01(\x01\x12\x0f\n\x07resumed\x18\x0f \x01(\x08\x12\x14\n\x0cresults_seen\x18\x10 \x01(\x04\x12\x14\n\x0c\x61\x63ks_results\x18\x11 \x01(\x08\"\x90\x02\n\nAssignment\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x11\n\ttask_type\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x06 \x01(\x03\x12\x42\n\rtrace_context\x18\x07 \x03(\x0b\x32+.taskbroker.v1.Assignment.TraceContextEntry\x12\x1c\n\x14payload_content_type\x18\x08 \x01(\t\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"`\n\x0b\x41ssignments\x12.\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x19.taskbroker.v1.Assignment\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x14\n\x0cresults_seen\x18\x03 \x01(\x04\"1\n\rCancelledTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"L\n\x0b\x43\x61ncelTasks\x12\x10\n\x08task_ids\x18\x01 \x03(\t\x12+\n\x05tasks\x18\x02 \x03(\x0b\x32\x1c.taskbroker.v1.CancelledTask\"V\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x02 \x01(\x03\x12(\n\x04kind\x18\x03 \x01(\x0e\x32\x1a.taskbroker.v1.DrainReason\"m\n\rDroppedResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12)\n\x06reason\x18\x03 \x01(\x0e\x32\x19.taskbroker.v1.DropReason\x12\x0f\n\x07message\x18\x04 \x01(\t\"?\n\x0eResultsDropped\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.taskbroker.v1.DroppedResult\"\x8d\x02\n\rBrokerMessage\x12\x32\n\x0cregister_ack\x18\x01 \x01(\x0b\x32\x1a.taskbroker.v1.RegisterAckH\x00\x12\x31\n\x0b\x61ssignments\x18\x02 \x01(\x0b\x32\x1a.taskbroker.v1.AssignmentsH\x00\x12,\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x1a.taskbroker.v1.CancelTasksH\x00\x12%\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x14.taskbroker.v1.DrainH\x00\x12\x38\n\x0fresults_dropped\x18\x05 \x01(\x0b\x32\x1d.taskbroker.v1.ResultsDroppedH\x00\x42\x06\n\x04kind*h\n\x0b\x44rainReason\x12\x1c\n\x18\x44RAIN_REASON_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44RAIN_REASON_OPERATOR\x10\x01\x12 \n\x1c\x44RAIN_REASON_BROKER_STOPPING\x10\x02*\xb5\x01\n\nDropReason\x12\x1b\n\x17\x44ROP_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44ROP_REASON_UNKNOWN_TASK\x10\x01\x12\x1d\n\x19\x44ROP_REASON_WRONG_ATTEMPT\x10\x02\x12\x18\n\x14\x44ROP_REASON_NOT_HELD\x10\x03\x12\x19\n\x15\x44ROP_REASON_CANCELLED\x10\x04\x12\x18\n\x14\x44ROP_REASON_FINISHED\x10\x05\x32Z\n\rWorkerService\x12I\n\x07\x43onnect\x12\x1c.taskbroker.v1.WorkerMessage\x1a\x1c.taskbroker.v1.BrokerMessage(\x01\x30\x01\x42\x86\x01\n\x11\x64\x65v.taskbroker.v1B\x0bWorkerProtoP\x01ZBgithub.com/taskbroker/taskbroker/gen/go/taskbroker/v1;taskbrokerv1\xaa\x02\rTaskbroker.V1\xca\x02\rTaskbroker\\V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ataskbroker/v1/worker.proto\x12\rtaskbroker.v1\x1a\x19taskbroker/v1/tasks.proto\"\xe0\x01\n\x08Register\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12\x33\n\x06labels\x18\x03 \x03(\x0b\x32#.taskbroker.v1.Register.LabelsEntry\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x12\n\ntask_types\x18\x05 \x03(\t\x12\x13\n\x0bsdk_version\x18\x06 \x01(\t\x12\x14\n\x0cresume_token\x18\x07 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"]\n\tHeartbeat\x12\x11\n\tin_flight\x18\x01 \x01(\r\x12\x0c\n\x04load\x18\x02 \x01(\x01\x12\x15\n\rheld_task_ids\x18\x03 \x03(\t\x12\x18\n\x10\x61ssignments_seen\x18\x04 \x01(\x04\"\x1a\n\x06\x43redit\x12\x10\n\x08\x63\x61pacity\x18\x01 \x01(\r\"\xc4\x01\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0f\n\x07success\x18\x03 \x01(\x08\x12\x0e\n\x06result\x18\x04 \x01(\x0c\x12\'\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x18.taskbroker.v1.TaskError\x12\x15\n\rstarted_at_ms\x18\x06 \x01(\x03\x12\x16\n\x0e\x66inished_at_ms\x18\x07 \x01(\x03\x12\x1b\n\x13result_content_type\x18\x08 \x01(\t\"\\\n\x07Results\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.taskbroker.v1.TaskResult\x12\x18\n\x10started_task_ids\x18\x02 \x03(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\"\x07\n\x05Leave\"\xee\x01\n\rWorkerMessage\x12+\n\x08register\x18\x01 \x01(\x0b\x32\x17.taskbroker.v1.RegisterH\x00\x12-\n\theartbeat\x18\x02 \x01(\x0b\x32\x18.taskbroker.v1.HeartbeatH\x00\x12\'\n\x06\x63redit\x18\x03 \x01(\x0b\x32\x15.taskbroker.v1.CreditH\x00\x12)\n\x07results\x18\x04 \x01(\x0b\x32\x16.taskbroker.v1.ResultsH\x00\x12%\n\x05leave\x18\x05 \x01(\x0b\x32\x14.taskbroker.v1.LeaveH\x00\x42\x06\n\x04kind\"\xe9\x03\n\x0bRegisterAck\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x0f\n\x07lease_s\x18\x03 \x01(\x01\x12\x1b\n\x13heartbeat_timeout_s\x18\x04 \x01(\x01\x12\x1e\n\x16results_renew_liveness\x18\x05 \x01(\x08\x12\x18\n\x10max_result_bytes\x18\x06 \x01(\x04\x12\x19\n\x11max_message_bytes\x18\x07 \x01(\x04\x12\x14\n\x0cmax_task_ids\x18\x08 \x01(\r\x12\x16\n\x0emax_batch_size\x18\t \x01(\r\x12\x14\n\x0cmax_wait_ids\x18\n \x01(\r\x12\x1b\n\x13max_traceback_chars\x18\x0b \x01(\r\x12\x14\n\x0cmax_capacity\x18\x0c \x01(\r\x12\x14\n\x0cresume_token\x18\r \x01(\t\x12\x17\n\x0fresume_window_s\x18\x0e \x01(\x01\x12\x0f\n\x07resumed\x18\x0f \x01(\x08\x12\x14\n\x0cresults_seen\x18\x10 \x01(\x04\x12\x14\n\x0c\x61\x63ks_results\x18\x11 \x01(\x08\x12!\n\x19idle_heartbeat_interval_s\x18\x12 \x01(\x01\x12 \n\x18idle_heartbeat_timeout_s\x18\x13 \x01(\x01\"\x90\x02\n\nAssignment\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x11\n\ttask_type\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x06 \x01(\x03\x12\x42\n\rtrace_context\x18\x07 \x03(\x0b\x32+.taskbroker.v1.Assignment.TraceContextEntry\x12\x1c\n\x14payload_content_type\x18\x08 \x01(\t\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"`\n\x0b\x41ssignments\x12.\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x19.taskbroker.v1.Assignment\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x14\n\x0cresults_seen\x18\x03 \x01(\x04\"1\n\rCancelledTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"L\n\x0b\x43\x61ncelTasks\x12\x10\n\x08task_ids\x18\x01 \x03(\t\x12+\n\x05tasks\x18\x02 \x03(\x0b\x32\x1c.taskbroker.v1.CancelledTask\"V\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x02 \x01(\x03\x12(\n\x04kind\x18\x03 \x01(\x0e\x32\x1a.taskbroker.v1.DrainReason\"m\n\rDroppedResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12)\n\x06reason\x18\x03 \x01(\x0e\x32\x19.taskbroker.v1.DropReason\x12\x0f\n\x07message\x18\x04 \x01(\t\"?\n\x0eResultsDropped\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.taskbroker.v1.DroppedResult\"\x8d\x02\n\rBrokerMessage\x12\x32\n\x0cregister_ack\x18\x01 \x01(\x0b\x32\x1a.taskbroker.v1.RegisterAckH\x00\x12\x31\n\x0b\x61ssignments\x18\x02 \x01(\x0b\x32\x1a.taskbroker.v1.AssignmentsH\x00\x12,\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x1a.taskbroker.v1.CancelTasksH\x00\x12%\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x14.taskbroker.v1.DrainH\x00\x12\x38\n\x0fresults_dropped\x18\x05 \x01(\x0b\x32\x1d.taskbroker.v1.ResultsDroppedH\x00\x42\x06\n\x04kind*h\n\x0b\x44rainReason\x12\x1c\n\x18\x44RAIN_REASON_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44RAIN_REASON_OPERATOR\x10\x01\x12 \n\x1c\x44RAIN_REASON_BROKER_STOPPING\x10\x02*\xb5\x01\n\nDropReason\x12\x1b\n\x17\x44ROP_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44ROP_REASON_UNKNOWN_TASK\x10\x01\x12\x1d\n\x19\x44ROP_REASON_WRONG_ATTEMPT\x10\x02\x12\x18\n\x14\x44ROP_REASON_NOT_HELD\x10\x03\x12\x19\n\x15\x44ROP_REASON_CANCELLED\x10\x04\x12\x18\n\x14\x44ROP_REASON_FINISHED\x10\x05\x32Z\n\rWorkerService\x12I\n\x07\x43onnect\x12\x1c.taskbroker.v1.WorkerMessage\x1a\x1c.taskbroker.v1.BrokerMessage(\x01\x30\x01\x42\x86\x01\n\x11\x64\x65v.taskbroker.v1B\x0bWorkerProtoP\x01ZBgithub.com/taskbroker/taskbroker/gen/go/taskbroker/v1;taskbrokerv1\xaa\x02\rTaskbroker.V1\xca\x02\rTaskbroker\\V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,10 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTER_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_ASSIGNMENT_TRACECONTEXTENTRY']._loaded_options = None
   _globals['_ASSIGNMENT_TRACECONTEXTENTRY']._serialized_options = b'8\001'
-  _globals['_DRAINREASON']._serialized_start=2426
-  _globals['_DRAINREASON']._serialized_end=2530
-  _globals['_DROPREASON']._serialized_start=2533
-  _globals['_DROPREASON']._serialized_end=2714
+  _globals['_DRAINREASON']._serialized_start=2495
+  _globals['_DRAINREASON']._serialized_end=2599
+  _globals['_DROPREASON']._serialized_start=2602
+  _globals['_DROPREASON']._serialized_end=2783
   _globals['_REGISTER']._serialized_start=73
   _globals['_REGISTER']._serialized_end=297
   _globals['_REGISTER_LABELSENTRY']._serialized_start=252
@@ -58,25 +58,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKERMESSAGE']._serialized_start=725
   _globals['_WORKERMESSAGE']._serialized_end=963
   _globals['_REGISTERACK']._serialized_start=966
-  _globals['_REGISTERACK']._serialized_end=1386
-  _globals['_ASSIGNMENT']._serialized_start=1389
-  _globals['_ASSIGNMENT']._serialized_end=1661
-  _globals['_ASSIGNMENT_TRACECONTEXTENTRY']._serialized_start=1610
-  _globals['_ASSIGNMENT_TRACECONTEXTENTRY']._serialized_end=1661
-  _globals['_ASSIGNMENTS']._serialized_start=1663
-  _globals['_ASSIGNMENTS']._serialized_end=1759
-  _globals['_CANCELLEDTASK']._serialized_start=1761
-  _globals['_CANCELLEDTASK']._serialized_end=1810
-  _globals['_CANCELTASKS']._serialized_start=1812
-  _globals['_CANCELTASKS']._serialized_end=1888
-  _globals['_DRAIN']._serialized_start=1890
-  _globals['_DRAIN']._serialized_end=1976
-  _globals['_DROPPEDRESULT']._serialized_start=1978
-  _globals['_DROPPEDRESULT']._serialized_end=2087
-  _globals['_RESULTSDROPPED']._serialized_start=2089
-  _globals['_RESULTSDROPPED']._serialized_end=2152
-  _globals['_BROKERMESSAGE']._serialized_start=2155
-  _globals['_BROKERMESSAGE']._serialized_end=2424
-  _globals['_WORKERSERVICE']._serialized_start=2716
-  _globals['_WORKERSERVICE']._serialized_end=2806
+  _globals['_REGISTERACK']._serialized_end=1455
+  _globals['_ASSIGNMENT']._serialized_start=1458
+  _globals['_ASSIGNMENT']._serialized_end=1730
+  _globals['_ASSIGNMENT_TRACECONTEXTENTRY']._serialized_start=1679
+  _globals['_ASSIGNMENT_TRACECONTEXTENTRY']._serialized_end=1730
+  _globals['_ASSIGNMENTS']._serialized_start=1732
+  _globals['_ASSIGNMENTS']._serialized_end=1828
+  _globals['_CANCELLEDTASK']._serialized_start=1830
+  _globals['_CANCELLEDTASK']._serialized_end=1879
+  _globals['_CANCELTASKS']._serialized_start=1881
+  _globals['_CANCELTASKS']._serialized_end=1957
+  _globals['_DRAIN']._serialized_start=1959
+  _globals['_DRAIN']._serialized_end=2045
+  _globals['_DROPPEDRESULT']._serialized_start=2047
+  _globals['_DROPPEDRESULT']._serialized_end=2156
+  _globals['_RESULTSDROPPED']._serialized_start=2158
+  _globals['_RESULTSDROPPED']._serialized_end=2221
+  _globals['_BROKERMESSAGE']._serialized_start=2224
+  _globals['_BROKERMESSAGE']._serialized_end=2493
+  _globals['_WORKERSERVICE']._serialized_start=2785
+  _globals['_WORKERSERVICE']._serialized_end=2875
 # @@protoc_insertion_point(module_scope)

@@ -437,6 +437,8 @@ class RegisterAck(_message.Message):
     RESUMED_FIELD_NUMBER: _builtins.int
     RESULTS_SEEN_FIELD_NUMBER: _builtins.int
     ACKS_RESULTS_FIELD_NUMBER: _builtins.int
+    IDLE_HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _builtins.int
+    IDLE_HEARTBEAT_TIMEOUT_S_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     heartbeat_interval_s: _builtins.float
     """Send a Heartbeat at least this often."""
@@ -493,6 +495,17 @@ class RegisterAck(_message.Message):
     """The broker echoes Results.seq (results_seen here and in Assignments): a worker keeps
     what it sent until then. False from older brokers: keep nothing.
     """
+    idle_heartbeat_interval_s: _builtins.float
+    """A worker that holds no task (none running, no result or start notice unsent) may
+    heartbeat this seldom instead of every heartbeat_interval_s; once it is sent a task
+    it beats every heartbeat_interval_s again, the first time within one such interval.
+    0 = not told (an older broker): always heartbeat_interval_s.
+    """
+    idle_heartbeat_timeout_s: _builtins.float
+    """A worker holding no task is dropped after this long without a message (instead of
+    heartbeat_timeout_s); one sent a task has heartbeat_timeout_s from the sending.
+    0 = not told.
+    """
     def __init__(
         self,
         *,
@@ -513,10 +526,12 @@ class RegisterAck(_message.Message):
         resumed: _builtins.bool = ...,
         results_seen: _builtins.int = ...,
         acks_results: _builtins.bool = ...,
+        idle_heartbeat_interval_s: _builtins.float = ...,
+        idle_heartbeat_timeout_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks_results", b"acks_results", "heartbeat_interval_s", b"heartbeat_interval_s", "heartbeat_timeout_s", b"heartbeat_timeout_s", "lease_s", b"lease_s", "max_batch_size", b"max_batch_size", "max_capacity", b"max_capacity", "max_message_bytes", b"max_message_bytes", "max_result_bytes", b"max_result_bytes", "max_task_ids", b"max_task_ids", "max_traceback_chars", b"max_traceback_chars", "max_wait_ids", b"max_wait_ids", "results_renew_liveness", b"results_renew_liveness", "results_seen", b"results_seen", "resume_token", b"resume_token", "resume_window_s", b"resume_window_s", "resumed", b"resumed", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks_results", b"acks_results", "heartbeat_interval_s", b"heartbeat_interval_s", "heartbeat_timeout_s", b"heartbeat_timeout_s", "idle_heartbeat_interval_s", b"idle_heartbeat_interval_s", "idle_heartbeat_timeout_s", b"idle_heartbeat_timeout_s", "lease_s", b"lease_s", "max_batch_size", b"max_batch_size", "max_capacity", b"max_capacity", "max_message_bytes", b"max_message_bytes", "max_result_bytes", b"max_result_bytes", "max_task_ids", b"max_task_ids", "max_traceback_chars", b"max_traceback_chars", "max_wait_ids", b"max_wait_ids", "results_renew_liveness", b"results_renew_liveness", "results_seen", b"results_seen", "resume_token", b"resume_token", "resume_window_s", b"resume_window_s", "resumed", b"resumed", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -964,8 +964,15 @@ async def test_a_worker_holding_nothing_beats_at_the_idle_interval_until_a_task_
         assert beats.asked[-1] == 5.0  # still holding it: the usual pace
         gate.set()
         await session.until(lambda: "t1" in session.results)
-        await next_heartbeat(session, beats)
-        await beats.until_asked(lambda asked: asked[-1] == 30.0)  # holding nothing again
+        # Holding nothing again once the result is written: the idle interval (a beat
+        # or two may still come at the usual pace while the write finishes).
+        for _ in range(5):
+            count = len(beats.asked)
+            await next_heartbeat(session, beats)
+            await beats.until_asked(lambda asked: len(asked) > count)  # noqa: B023
+            if beats.asked[-1] == 30.0:
+                break
+        assert beats.asked[-1] == 30.0
 
 
 async def test_a_worker_told_no_idle_interval_beats_at_the_usual_one() -> None:

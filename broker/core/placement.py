@@ -117,34 +117,25 @@ class ReadyWorkers:
                 for index in self._label_indexes[key]:
                     index.add(worker)
 
-    def taken(self, worker: WorkerSlot) -> None:
-        """The ready worker took a task: `update` for the indexes that must hear of it
-        (a strategy whose `update_on_take` is False finds a key that rose by itself)."""
-        for arm in self.arms:
-            indexes = arm.indexes
-            for task_type in worker.task_types:
-                index = indexes.get(task_type)
-                if index is not None and getattr(index, "update_on_take", True):
-                    index.update(worker)
-        if self._label_keys_of:
-            for key in self._label_keys_of.get(worker.worker_id, ()):
-                for index in self._label_indexes[key]:
-                    if getattr(index, "update_on_take", True):
-                        index.update(worker)
-
-    def update(self, worker: WorkerSlot) -> None:
-        """The ready worker's load changed."""
+    def update(self, worker: WorkerSlot, *, taken: bool = False) -> None:
+        """The ready worker's load changed; `taken`: it took a task, which only the
+        indexes whose strategy says `update_on_take` hear of (one that says False finds
+        a key that rose by itself)."""
         for arm in self.arms:
             indexes = arm.indexes
             for task_type in worker.task_types:
                 index = indexes.get(task_type)
                 if index is None:
+                    if taken:  # not indexed there: nothing to re-key
+                        continue
                     index = arm.index(task_type)
-                index.update(worker)
+                if not taken or getattr(index, "update_on_take", True):
+                    index.update(worker)
         if self._label_keys_of:
             for key in self._label_keys_of.get(worker.worker_id, ()):
                 for index in self._label_indexes[key]:
-                    index.update(worker)
+                    if not taken or getattr(index, "update_on_take", True):
+                        index.update(worker)
 
     def remove(self, worker: WorkerSlot) -> None:
         """The worker is no longer ready (or gone)."""

@@ -397,7 +397,7 @@ class PoolScheduler:
                 self.sticky[key] = self.sticky_moves[key] = worker.worker_id
                 self._evict_sticky()
         if worker.ready:
-            self._ready.taken(worker)
+            self._ready.update(worker, taken=True)
             return True
         self._ready.remove(worker)
         return False

@@ -266,6 +266,18 @@ class Predictive:
         self._estimates[worker.worker_id] = estimate
         return estimate
 
+    def _estimates_made(self, task_type: str, readable: bool) -> dict[WorkerId, float]:
+        """The estimates made for the current model version and this task type, to read
+        instead of calling `estimate` again (empty if `readable` is False, or if they were
+        made for another version or type: then each is made afresh)."""
+        if (
+            readable
+            and self._runtimes.version == self._model_version
+            and task_type == self._model_type
+        ):
+            return self._estimates
+        return {}
+
     def _prior(self, task_type: str, worker: WorkerSlot) -> float:
         """What the pool predicts for the worker's label set, cached until it learns
         (`estimate` keeps the cache to one model version and task type)."""
@@ -461,15 +473,7 @@ class Predictive:
         best: tuple[float, float, float, WorkerSlot] | None = None
         limit_s = ready_finish_s * self.hold_margin
         stale = []
-        # Estimates made for this model and type are read (`estimate` again, without
-        # its call); others are made.
-        estimates = (
-            self._estimates
-            if self._estimated
-            and self._runtimes.version == self._model_version
-            and task_type == self._model_type
-            else {}
-        )
+        estimates = self._estimates_made(task_type, self._estimated)
         for worker_id, worker in islice(self._busy.items(), BUSY_SCAN):
             if worker.draining or worker.paused or worker.free > 0:
                 stale.append(worker_id)  # it would be in the index if it were ready
@@ -557,13 +561,7 @@ class Predictive:
         classes = self._classes
         members = self._members
         ranked = self._ranked
-        # Estimates made for this model and type are read (`estimate` again, without
-        # its call); others are made.
-        estimates = (
-            self._estimates
-            if self._estimated and version == self._model_version and task_type == self._model_type
-            else {}
-        )
+        estimates = self._estimates_made(task_type, self._estimated)
         for name in stale:
             bucket = classes.get(name)
             if bucket is None:
@@ -678,14 +676,7 @@ class Predictive:
             if (member := members.get(member_id)) is not None and member[1] == version
         ]
         estimate = self.estimate
-        # Estimates made for this model and type are read, others made.
-        estimates = (
-            self._estimates
-            if self._cached
-            and self._runtimes.version == self._model_version
-            and task_type == self._model_type
-            else {}
-        )
+        estimates = self._estimates_made(task_type, self._cached)
         heap = []
         for worker, version, *_ in current:
             worker_id = worker.worker_id

@@ -33,6 +33,7 @@ _log = logging.getLogger("taskbroker.client")
 
 # One stream message stays well under gRPC's default 4 MiB receive limit on the broker.
 _MAX_MESSAGE_TASK_BYTES: Final = 1 << 20
+_MAX_WATCH_IDS: Final = 10_000  # watch_task_ids a message may hold (the broker's MAX_TASK_IDS)
 # A failed all-or-nothing batch with one of these codes is most likely the fault of one of
 # its tasks, and none of them was accepted: each is sent again alone to find the culprit.
 # Errors one task of a coalesced batch can cause (so its batch is resent task by task):
@@ -221,7 +222,9 @@ class SubmitStream:
         if not batch:
             batch = self._take_batch()
         watch_ids = [i for i in self._watch_ids if i in self._watchers]
-        self._watch_ids = []
+        # The rest go in the next message, which the write loop sends right after.
+        self._watch_ids = watch_ids[_MAX_WATCH_IDS:]
+        del watch_ids[_MAX_WATCH_IDS:]
         if not batch and not watch_ids:
             return
         batch_id = self._next_batch_id

@@ -153,6 +153,19 @@ async def test_drain_makes_the_worker_finish_and_leave(broker: Broker, client: C
     assert await client.list_workers() == []
 
 
+async def test_wait_many_watches_more_task_ids_than_one_message_holds(
+    client: Client, running_worker: Worker
+) -> None:
+    # A stream message holds at most 10,000 watch_task_ids; the client sends the rest after.
+    ids: list[str] = []
+    for start in range(0, 10_050, 1000):
+        count = min(1000, 10_050 - start)
+        ids += await client.submit_many(TaskRequest("echo", b"") for _ in range(count))
+    infos = await client.wait_many(ids, timeout=60)
+    assert [info.id for info in infos] == ids
+    assert {info.state for info in infos} == {TaskState.SUCCEEDED}
+
+
 async def test_unknown_task_is_not_found(client: Client) -> None:
     with pytest.raises(NotFound):
         await client.get("123456")

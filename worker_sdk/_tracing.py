@@ -8,12 +8,19 @@ handler inside a span that is a child of the assignment's context.
 
 Without a tracer provider (none given, and no global one set by the application) all
 of this is skipped: a submit pays a few attribute checks (about 0.3 µs).
+
+Most traces of a busy system are sampled out, so their path is kept short: the client
+formats the traceparent of its submit span itself, and keeps only recording spans to
+end; a worker given the context of a trace that was not sampled makes no span of its
+own (none would be recorded: it would follow its parent's decision) and runs the handler
+in that remote context, so the handler's own spans are dropped as well.
 """
 
 from __future__ import annotations
 
 import contextvars
 import functools
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import Token
 from types import TracebackType
@@ -22,12 +29,15 @@ from typing import Final, TypeVar
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import (
+    NonRecordingSpan,
     NoOpTracerProvider,
     ProxyTracerProvider,
     Span,
+    SpanContext,
     SpanKind,
     Status,
     StatusCode,
+    TraceFlags,
     Tracer,
     TracerProvider,
 )
@@ -40,6 +50,8 @@ from worker_sdk._version import __version__
 
 TRACER_NAME: Final = "worker_sdk"
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
+# A W3C traceparent of version 00, as the SDK and most tracers write it.
+_TRACEPARENT_00: Final = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _R = TypeVar("_R")
 
 Metadata = tuple[tuple[str, str], ...]
@@ -94,6 +106,8 @@ class Tracing:
         if tracer is None:
             return _NOT_EXECUTED
         carrier = assignment.trace_context
+        if carrier and (unsampled := _unsampled_parent(carrier)) is not None:
+            return ExecuteSpan(unsampled)
         parent = _PROPAGATOR.extract(carrier) if carrier else None
         span = tracer.start_span("taskbroker.execute", parent, kind=SpanKind.CONSUMER)
         if not span.get_span_context().is_valid:
@@ -116,24 +130,23 @@ class SubmitSpans:
     __slots__ = ("_contexts", "_spans")
 
     def __init__(self, tracer: Tracer | None, requests: Sequence[TaskRequest]) -> None:
-        self._spans: list[Span] = []
+        self._spans: list[tuple[int, Span]] = []  # the recording ones, by request index
         self._contexts: list[Mapping[str, str]] | None = None
         if tracer is None:
             return
         contexts: list[Mapping[str, str]] = []
-        for request in requests:
+        for index, request in enumerate(requests):
             span = tracer.start_span("taskbroker.submit", kind=SpanKind.CLIENT)
-            if not span.get_span_context().is_valid:
+            span_context = span.get_span_context()
+            if not span_context.is_valid:
                 span.end()
                 return  # a tracer that traces nothing (e.g. a no-op provider)
             if span.is_recording():
                 span.set_attributes(
                     {"taskbroker.task_type": request.task_type, "taskbroker.pool": request.pool}
                 )
-            carrier: dict[str, str] = {}
-            _PROPAGATOR.inject(carrier, trace.set_span_in_context(span))
-            self._spans.append(span)
-            contexts.append(carrier)
+                self._spans.append((index, span))
+            contexts.append(_carrier(span_context))
         self._contexts = contexts
 
     def contexts(self) -> list[Mapping[str, str]] | None:
@@ -147,9 +160,10 @@ class SubmitSpans:
     def submitted(self, task_ids: Iterable[str]) -> None:
         if not self._spans:
             return
-        for span, task_id in zip(self._spans, task_ids, strict=False):
-            if span.is_recording():
-                span.set_attribute("taskbroker.task_id", task_id)
+        ids = list(task_ids)
+        for index, span in self._spans:
+            if index < len(ids):
+                span.set_attribute("taskbroker.task_id", ids[index])
 
     def __enter__(self) -> SubmitSpans:
         return self
@@ -162,7 +176,7 @@ class SubmitSpans:
     ) -> None:
         if not self._spans:
             return
-        for span in self._spans:
+        for _, span in self._spans:
             if exc is not None:
                 _record_error(span, exc)
             span.end()
@@ -210,6 +224,32 @@ class ExecuteSpan:
             # Leaving with an exception: cancelled by the broker or the worker's shutdown.
             span.add_event("cancelled", {"exception.type": type(exc).__name__})
         span.end()
+
+
+def _carrier(span_context: SpanContext) -> dict[str, str]:
+    """The W3C trace context of a span, as the propagator's inject writes it (without
+    its lookups of the current context)."""
+    carrier = {
+        "traceparent": f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+        f"{span_context.trace_flags:02x}"
+    }
+    if span_context.trace_state:
+        carrier["tracestate"] = span_context.trace_state.to_header()
+    return carrier
+
+
+def _unsampled_parent(carrier: Mapping[str, str]) -> Span | None:
+    """The remote span of a trace context whose traceparent (version 00, without a
+    tracestate) says it is not sampled; None for any other, left to the propagator."""
+    header = carrier.get("traceparent")
+    match = _TRACEPARENT_00.fullmatch(header) if header else None
+    if match is None or "tracestate" in carrier:
+        return None
+    flags = int(match[3], 16)
+    trace_id, span_id = int(match[1], 16), int(match[2], 16)
+    if flags & TraceFlags.SAMPLED or not trace_id or not span_id:
+        return None
+    return NonRecordingSpan(SpanContext(trace_id, span_id, True, TraceFlags(flags)))
 
 
 def _record_error(span: Span, error: BaseException) -> None:

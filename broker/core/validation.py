@@ -15,8 +15,10 @@ from collections.abc import Collection, Container, Iterable, Sequence
 from broker.domain import (
     MAX_PRIORITY,
     MIN_PRIORITY,
+    NO_RETRY,
     Placement,
     PoolConfig,
+    RetryPolicy,
     TaskResult,
     TaskSpec,
     WorkerSpec,
@@ -165,7 +167,35 @@ def validate_spec(
 
 def validate_options(spec: TaskSpec, where: str, now: float, path: str = "") -> None:
     """Check the retry policy, delay, deadlines, keys and trace context."""
-    retry = spec.retry
+    if spec.retry is not NO_RETRY:
+        validate_retry(spec.retry, where, path)
+    for name in ("start_timeout_s", "execution_timeout_s"):
+        value = getattr(spec, name)
+        if not 0 <= value <= MAX_TIMEOUT_S:
+            raise InvalidArgument(
+                f"{where}{name} must be 0 (none)..{MAX_TIMEOUT_S:g} seconds, got {value:g}",
+                field=f"{path}{name}",
+            )
+    if spec.not_before < 0 or spec.not_before > now + MAX_DELAY_S:
+        raise InvalidArgument(
+            f"{where}not_before must be within a year from now", field=f"{path}not_before_ms"
+        )
+    for name in ("idempotency_key", "fairness_key"):
+        if len(getattr(spec, name)) > MAX_KEY_LENGTH:
+            check_length(getattr(spec, name), name, MAX_KEY_LENGTH, where, f"{path}{name}")
+    trace = spec.trace_context
+    if len(trace) > MAX_TRACE_KEYS or any(
+        len(k) > MAX_KEY_LENGTH or len(v) > MAX_TRACE_VALUE for k, v in trace.items()
+    ):
+        raise InvalidArgument(
+            f"{where}trace_context holds at most {MAX_TRACE_KEYS} keys of at most "
+            f"{MAX_KEY_LENGTH} characters, with values of at most {MAX_TRACE_VALUE}",
+            field=f"{path}trace_context",
+        )
+
+
+def validate_retry(retry: RetryPolicy, where: str, path: str = "") -> None:
+    """Check a task's retry policy (the default one needs no check)."""
     check_names(
         retry.retryable_errors,
         "retry retryable_errors",
@@ -195,28 +225,6 @@ def validate_options(spec: TaskSpec, where: str, now: float, path: str = "") -> 
         raise InvalidArgument(
             f"{where}retry backoff_multiplier must be 1..100, got {retry.backoff_multiplier:g}",
             field=f"{path}retry.backoff_multiplier",
-        )
-    for name in ("start_timeout_s", "execution_timeout_s"):
-        value = getattr(spec, name)
-        if not 0 <= value <= MAX_TIMEOUT_S:
-            raise InvalidArgument(
-                f"{where}{name} must be 0 (none)..{MAX_TIMEOUT_S:g} seconds, got {value:g}",
-                field=f"{path}{name}",
-            )
-    if spec.not_before < 0 or spec.not_before > now + MAX_DELAY_S:
-        raise InvalidArgument(
-            f"{where}not_before must be within a year from now", field=f"{path}not_before_ms"
-        )
-    for name in ("idempotency_key", "fairness_key"):
-        check_length(getattr(spec, name), name, MAX_KEY_LENGTH, where, f"{path}{name}")
-    trace = spec.trace_context
-    if len(trace) > MAX_TRACE_KEYS or any(
-        len(k) > MAX_KEY_LENGTH or len(v) > MAX_TRACE_VALUE for k, v in trace.items()
-    ):
-        raise InvalidArgument(
-            f"{where}trace_context holds at most {MAX_TRACE_KEYS} keys of at most "
-            f"{MAX_KEY_LENGTH} characters, with values of at most {MAX_TRACE_VALUE}",
-            field=f"{path}trace_context",
         )
 
 

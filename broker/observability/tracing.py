@@ -196,6 +196,9 @@ class TracingObserver:
         place.end(placed_at)
 
     def attempt_ended(self, task: Task, success: bool, run_s: float, at: float) -> None:
+        parent = _parent(task)
+        if parent is None:
+            return
         outcome: dict[str, AttributeValue] = {
             "taskbroker.success": success,
             "taskbroker.run_s": run_s,
@@ -204,9 +207,7 @@ class TracingObserver:
         error = None if success else task.error
         if error is not None:
             outcome["taskbroker.error_type"] = error.type
-        span = self._start_attempt(task, run_s, at, outcome)
-        if span is None:
-            return
+        span = self._start_attempt(task, parent, run_s, at, outcome)
         if not success:
             description = f"{error.type}: {error.message}" if error else "the attempt failed"
             span.set_status(Status(StatusCode.ERROR, description))
@@ -214,10 +215,11 @@ class TracingObserver:
 
     def requeued(self, task: Task, reason: str, at: float) -> None:
         """The attempt that was lost gets its span, ended by a "requeued" event."""
-        run_s = max(0.0, at - task.assigned_at)
-        span = self._start_attempt(task, run_s, at, {"taskbroker.requeue_reason": reason})
-        if span is None:
+        parent = _parent(task)
+        if parent is None:
             return
+        run_s = max(0.0, at - task.assigned_at)
+        span = self._start_attempt(task, parent, run_s, at, {"taskbroker.requeue_reason": reason})
         span.add_event("requeued", {"taskbroker.reason": reason}, timestamp=_ns(at))
         span.set_status(Status(StatusCode.ERROR, f"requeued: {reason}"))
         span.end(_ns(at))
@@ -244,11 +246,13 @@ class TracingObserver:
         """Nothing: workers are not part of a task's trace."""
 
     def _start_attempt(
-        self, task: Task, run_s: float, at: float, outcome: dict[str, AttributeValue]
-    ) -> Span | None:
-        parent = _parent(task)
-        if parent is None:
-            return None
+        self,
+        task: Task,
+        parent: otel_context.Context,
+        run_s: float,
+        at: float,
+        outcome: dict[str, AttributeValue],
+    ) -> Span:
         started = task.assigned_at if 0 < task.assigned_at <= at else at - run_s
         attributes = _task_attributes(task)
         attributes["taskbroker.worker_id"] = task.worker_id

@@ -31,6 +31,10 @@ _OPTION_FIELDS = (
     "payload_content_type",
     "submitter",
 )
+_OPTION_DEFAULTS = tuple(
+    (name, getattr(_SPEC_DEFAULTS, name)) for name in (*_OPTION_FIELDS, "not_before")
+)
+_encode = json.JSONEncoder(separators=_COMPACT).encode  # one encoder, not one per call
 # Stored as given (a mapping); compared with the default as a dict.
 _MAPPING_FIELDS = ("trace_context",)
 _POOL_DEFAULTS = PoolConfig(name="-")
@@ -44,11 +48,10 @@ def task_options_json(spec: TaskSpec) -> str | None:
     """The spec's retry policy, deadlines, keys and not-before time; None if all default."""
     if not spec.has_options:
         return None
-    data: dict[str, Any] = {
-        name: getattr(spec, name)
-        for name in (*_OPTION_FIELDS, "not_before")
-        if getattr(spec, name) != getattr(_SPEC_DEFAULTS, name)
-    }
+    data: dict[str, Any] = {}
+    for name, default in _OPTION_DEFAULTS:
+        if (value := getattr(spec, name)) != default:
+            data[name] = value
     for name in _MAPPING_FIELDS:
         if value := getattr(spec, name):
             data[name] = dict(value)
@@ -62,7 +65,7 @@ def task_options_json(spec: TaskSpec) -> str | None:
             sorted(retry.retryable_errors),
             sorted(retry.non_retryable_errors),
         ]
-    return json.dumps(data, separators=_COMPACT) if data else None
+    return _encode(data) if data else None
 
 
 def task_options_from_json(spec: TaskSpec, text: str | None) -> TaskSpec:

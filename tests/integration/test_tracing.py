@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import inspect
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,21 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
+from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+)
+from opentelemetry.trace import Link, SpanKind, StatusCode, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import Attributes
 
 from broker import Broker, ConfigError
 from broker.domain import Task, TaskError, TaskId, TaskSpec, TaskState
@@ -512,6 +523,122 @@ def test_spec_carries_the_submit_span_context(
         assert parent  # a traceparent naming the span
         assert carrier["traceparent"].split("-")[2] == f"{span_id(span):016x}"
     assert [(s.attributes or {})["taskbroker.task_id"] for s in submitted] == ["1", "2"]
+
+
+class EveryOther(Sampler):
+    """Samples the first root span, drops the second, and so on; each with a tracestate."""
+
+    def __init__(self) -> None:
+        self.decisions = 0
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        self.decisions += 1
+        decision = Decision.RECORD_AND_SAMPLE if self.decisions % 2 else Decision.DROP
+        state = TraceState([("vendor", f"n{self.decisions}")])
+        return SamplingResult(decision, attributes, state)
+
+    def get_description(self) -> str:
+        return "EveryOther"
+
+
+def test_a_batch_partly_sampled_keeps_each_span_with_its_task(
+    exporter: InMemorySpanExporter,
+) -> None:
+    provider = TracerProvider(sampler=EveryOther())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = sdk_tracing.Tracing(provider)
+    with tracing.submit_spans([TaskRequest(f"t{i}") for i in range(4)]) as spans:
+        contexts = spans.contexts()
+        spans.submitted(["10", "11", "12", "13"])
+    assert contexts is not None
+    recorded = exporter.get_finished_spans()
+    assert [
+        ((s.attributes or {})["taskbroker.task_type"], (s.attributes or {})["taskbroker.task_id"])
+        for s in recorded
+    ] == [("t0", "10"), ("t2", "12")]
+    # Each carrier is what the W3C propagator writes for its span, sampled or not.
+    assert [int(c["traceparent"][-2:], 16) & 1 for c in contexts] == [1, 0, 1, 0]
+    assert [c["tracestate"] for c in contexts] == [f"vendor=n{n}" for n in range(1, 5)]
+    for span, carrier in zip(recorded, contexts[::2], strict=True):
+        expected: dict[str, str] = {}
+        assert span.context is not None
+        as_current = trace.set_span_in_context(trace.NonRecordingSpan(span.context))
+        TraceContextTextMapPropagator().inject(expected, as_current)
+        assert carrier == expected
+
+
+UNSAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_an_unsampled_trace_runs_its_handler_in_that_trace_without_a_span(
+    exporter: InMemorySpanExporter, threaded: bool
+) -> None:
+    # Even a worker whose own sampler records every root follows the trace's decision.
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_ON))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = sdk_tracing.Tracing(provider)
+    context = TaskContext(
+        task_id="1", task_type="t", attempt=1, priority=0, payload=b"", worker_id="w"
+    )
+    assignment = Assignment("1", 1, "t", b"", 0, trace_context={"traceparent": UNSAMPLED})
+    seen: list[trace.SpanContext] = []
+
+    def handler(ctx: TaskContext) -> None:
+        seen.append(trace.get_current_span().get_span_context())
+        with provider.get_tracer("handler").start_as_current_span("the handler's own"):
+            pass
+
+    with tracing.execute_span(assignment, context) as execute:
+        if threaded:
+            thread = threading.Thread(target=execute.in_context(handler), args=(context,))
+            thread.start()
+            thread.join()
+        else:
+            handler(context)
+    (current,) = seen
+    assert (current.trace_id, current.span_id) == (
+        0x0AF7651916CD43DD8448EB211C80319C,
+        0xB7AD6B7169203331,
+    )
+    assert current.is_remote
+    assert not current.trace_flags.sampled
+    assert exporter.get_finished_spans() == ()
+
+
+@pytest.mark.parametrize(
+    "carrier",
+    [
+        {"traceparent": UNSAMPLED[:-2] + "01"},  # sampled
+        {"traceparent": UNSAMPLED, "tracestate": "vendor=x"},  # kept through the propagator
+    ],
+)
+def test_other_trace_contexts_get_an_execute_span(
+    exporter: InMemorySpanExporter, carrier: dict[str, str]
+) -> None:
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = sdk_tracing.Tracing(provider)
+    context = TaskContext(
+        task_id="1", task_type="t", attempt=1, priority=0, payload=b"", worker_id="w"
+    )
+    assignment = Assignment("1", 1, "t", b"", 0, trace_context=carrier)
+    with tracing.execute_span(assignment, context):
+        current = trace.get_current_span().get_span_context()
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "taskbroker.execute"
+    assert trace_id(span) == current.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+    assert parent_id(span) == 0xB7AD6B7169203331
+    assert str(current.trace_state.to_header()) == carrier.get("tracestate", "")
 
 
 # -- wired into the Broker ---------------------------------------------------------------------

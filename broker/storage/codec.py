@@ -8,6 +8,7 @@ schema small. Defaults are left out, so a task without options stores NULL.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -35,6 +36,7 @@ _OPTION_DEFAULTS = tuple(
     (name, getattr(_SPEC_DEFAULTS, name)) for name in (*_OPTION_FIELDS, "not_before")
 )
 _encode = json.JSONEncoder(separators=_COMPACT).encode  # one encoder, not one per call
+_json_string = json.encoder.encode_basestring_ascii  # a str quoted as json.dumps does
 # Stored as given (a mapping); compared with the default as a dict.
 _MAPPING_FIELDS = ("trace_context",)
 _POOL_DEFAULTS = PoolConfig(name="-")
@@ -45,19 +47,25 @@ _LIMIT_FIELDS = tuple(name for name in POOL_SCALAR_SETTINGS if name not in _COLU
 
 
 def task_options_json(spec: TaskSpec) -> str | None:
-    """The spec's retry policy, deadlines, keys and not-before time; None if all default."""
+    """The spec's retry policy, deadlines, keys and not-before time; None if all default.
+
+    Written piece by piece rather than through json.dumps: most tasks with options have
+    one or two (a content type, a trace context), and an encoder's setup for each would
+    cost more than writing them.
+    """
     if not spec.has_options:
         return None
-    data: dict[str, Any] = {}
+    parts: list[str] = []
     for name, default in _OPTION_DEFAULTS:
         if (value := getattr(spec, name)) != default:
-            data[name] = value
+            parts.append(f'"{name}":{_json_value(value)}')
     for name in _MAPPING_FIELDS:
-        if value := getattr(spec, name):
-            data[name] = dict(value)
+        if mapping := getattr(spec, name):
+            items = ",".join(f"{_json_string(k)}:{_json_string(v)}" for k, v in mapping.items())
+            parts.append(f'"{name}":{{{items}}}')
     if spec.retry != NO_RETRY:
         retry = spec.retry
-        data["retry"] = [
+        retry_list = [
             retry.max_attempts,
             retry.initial_backoff_s,
             retry.max_backoff_s,
@@ -65,7 +73,17 @@ def task_options_json(spec: TaskSpec) -> str | None:
             sorted(retry.retryable_errors),
             sorted(retry.non_retryable_errors),
         ]
-    return _encode(data) if data else None
+        parts.append(f'"retry":{_encode(retry_list)}')
+    return f"{{{','.join(parts)}}}" if parts else None
+
+
+def _json_value(value: str | float) -> str:
+    """A str, int or finite float as json.dumps writes it."""
+    if isinstance(value, str):
+        return _json_string(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return _encode(value)
+    return repr(value)
 
 
 def task_options_from_json(spec: TaskSpec, text: str | None) -> TaskSpec:

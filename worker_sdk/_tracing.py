@@ -101,7 +101,8 @@ class Tracing:
     # -- worker ------------------------------------------------------------------------
 
     def execute_span(self, assignment: Assignment, context: TaskContext) -> ExecuteSpan:
-        """The span of one attempt on this worker ("taskbroker.execute")."""
+        """The span of one attempt on this worker ("taskbroker.execute"); for a trace that
+        was not sampled, that trace's remote span, made current but not ended."""
         tracer = self.tracer()
         if tracer is None:
             return _NOT_EXECUTED

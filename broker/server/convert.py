@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -57,6 +57,12 @@ def _seconds(ms: int) -> float:
     return ms / 1000.0
 
 
+def _str_map(field: Mapping[str, str]) -> dict[str, str]:
+    """A map field as a dict; `dict(field)` would go through the abstract Mapping's
+    methods, which costs an empty map as much as a comprehension costs a full one."""
+    return {key: field[key] for key in field} if field else {}
+
+
 _TASK_ID = re.compile(r"[1-9][0-9]{0,18}")
 
 
@@ -89,7 +95,7 @@ def placement_from_pb(msg: _tasks.Placement) -> Placement:
     ):
         return ANYWHERE
     return Placement(
-        required_labels=dict(msg.required_labels),
+        required_labels=_str_map(msg.required_labels),
         preferred_labels=tuple(
             PreferredLabel(p.key, p.value, p.weight) for p in msg.preferred_labels
         ),
@@ -128,7 +134,7 @@ def spec_from_pb(msg: _tasks.TaskSpec, submitter: str = "") -> TaskSpec:
         execution_timeout_s=msg.execution_timeout_s,
         idempotency_key=msg.idempotency_key,
         fairness_key=msg.fairness_key,
-        trace_context=dict(msg.trace_context),
+        trace_context=_str_map(msg.trace_context),
         payload_content_type=msg.payload_content_type,
         submitter=submitter,
     )
@@ -339,7 +345,7 @@ def worker_spec_from_pb(msg: _worker.Register) -> WorkerSpec:
         pool=msg.pool or DEFAULT_POOL,
         capacity=msg.capacity,
         task_types=frozenset(msg.task_types),
-        labels=dict(msg.labels),
+        labels=_str_map(msg.labels),
         sdk_version=msg.sdk_version,
     )
 

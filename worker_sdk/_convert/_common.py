@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from worker_sdk._pool_settings import UINT32_MAX
@@ -46,3 +47,9 @@ def optional_filter(value: str | None, name: str) -> str:
     if value is not None and not isinstance(value, str):
         raise TypeError(f"{name} is a str, not {type(value).__name__}")
     return value or ""
+
+
+def str_map(field: Mapping[str, str]) -> dict[str, str]:
+    """A map field as a dict; `dict(field)` would go through the abstract Mapping's
+    methods, which costs an empty map as much as a comprehension costs a full one."""
+    return {key: field[key] for key in field} if field else {}

@@ -7,7 +7,13 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
-from worker_sdk._convert._common import epoch_ms, positive_seconds, seconds_or_none, wire_time
+from worker_sdk._convert._common import (
+    epoch_ms,
+    positive_seconds,
+    seconds_or_none,
+    str_map,
+    wire_time,
+)
 from worker_sdk._errors import TaskbrokerError
 from worker_sdk._messages import SubmitAcked, TasksCompleted
 from worker_sdk._payload import OCTET_STREAM
@@ -43,7 +49,7 @@ def task_state(wire: _tasks.TaskState.ValueType) -> TaskState:
 
 def placement(msg: _tasks.Placement) -> Placement:
     return Placement(
-        required_labels=dict(msg.required_labels),
+        required_labels=str_map(msg.required_labels),
         preferred_labels=tuple(
             PreferredLabel(p.key, p.value, p.weight) for p in msg.preferred_labels
         ),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from worker_sdk._convert._common import wire_time
+from worker_sdk._convert._common import str_map, wire_time
 from worker_sdk._messages import (
     Assignment,
     AssignmentsReceived,
@@ -109,7 +109,7 @@ def broker_event(message: _worker.BrokerMessage) -> BrokerEvent | None:
                     a.payload,
                     a.priority,
                     wire_time(a.deadline_ms),
-                    dict(a.trace_context),
+                    str_map(a.trace_context),
                     a.payload_content_type,
                 )
                 for a in message.assignments.assignments

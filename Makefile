@@ -80,6 +80,7 @@ bench: $(STAMP) postgres
 	$(BIN)/python -m tests.bench --tls
 	$(BIN)/python -m tests.bench --token
 	$(BIN)/python -m tests.bench_placement
+	$(BIN)/python -m tests.bench_observers
 	$(BIN)/python -m tests.bench_postgres
 
 # PostgreSQL next to SQLite, and three brokers on one database.
@@ -90,6 +91,7 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m tests.bench --quick
 	$(BIN)/python -m tests.bench_workers --quick
 	$(BIN)/python -m tests.bench_placement --quick
+	$(BIN)/python -m tests.bench_observers --quick
 
 # Before and after, alternating: BASE is a checkout of the commit to compare with.
 bench-compare: $(STAMP)

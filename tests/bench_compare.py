@@ -23,10 +23,16 @@ FILES = (
     "bench.py",
     "bench_workers.py",
     "bench_placement.py",
+    "bench_observers.py",
     "bench_compare.py",
     "bench_security.py",
 )
-MODULES = ("tests.bench", "tests.bench_workers", "tests.bench_placement")
+MODULES = (
+    "tests.bench",
+    "tests.bench_workers",
+    "tests.bench_placement",
+    "tests.bench_observers",
+)
 RUN_TIMEOUT_S = 1800
 
 

@@ -61,7 +61,7 @@ def task_options_json(spec: TaskSpec) -> str | None:
             parts.append(f'"{name}":{_json_value(value)}')
     for name in _MAPPING_FIELDS:
         if mapping := getattr(spec, name):
-            items = ",".join(f"{_json_string(k)}:{_json_string(v)}" for k, v in mapping.items())
+            items = ",".join([f"{_json_string(k)}:{_json_string(v)}" for k, v in mapping.items()])
             parts.append(f'"{name}":{{{items}}}')
     if spec.retry != NO_RETRY:
         retry = spec.retry

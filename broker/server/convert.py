@@ -151,9 +151,10 @@ def _spec_to_pb(spec: TaskSpec, *, with_payload: bool = True) -> _tasks.TaskSpec
         execution_timeout_s=spec.execution_timeout_s,
         idempotency_key=spec.idempotency_key,
         fairness_key=spec.fairness_key,
-        trace_context=dict(spec.trace_context),
         payload_content_type=spec.payload_content_type,
     )
+    if spec.trace_context:  # a map given to the constructor costs ~1 µs even when empty
+        msg.trace_context.update(spec.trace_context)
     if spec.placement is not ANYWHERE:
         _placement_to_pb(spec.placement, msg.placement)
     if spec.retry != NO_RETRY:
@@ -245,16 +246,17 @@ def assignments_to_pb(
     for task, attempt in assigned:
         spec = task.spec
         timeout = spec.execution_timeout_s
-        add(
+        assignment = add(
             task_id=str(task.id),
             attempt=attempt,
             task_type=spec.task_type,
             payload=spec.payload,
             priority=spec.priority,
             deadline_ms=_ms(task.assigned_at + timeout) if timeout else 0,
-            trace_context=spec.trace_context,
             payload_content_type=spec.payload_content_type,
         )
+        if spec.trace_context:  # as in _spec_to_pb: only a map with something in it
+            assignment.trace_context.update(spec.trace_context)
     return msg
 
 

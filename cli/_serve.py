@@ -11,6 +11,7 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cli._common import freeze_imports
 from cli._errors import CliError
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ def serve(
     except BrokerError as exc:
         raise CliError(f"configuration: {exc}") from None
     configure_logging(config.log_format, config.log_level)
+    freeze_imports()
     try:
         asyncio.run(_run(config, config_path, flags))
     except BrokerError as exc:

@@ -41,6 +41,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
+from cli._common import freeze_imports
 from tests import bench_security
 from worker_sdk import Client, TaskContext, TaskRequest, Worker
 
@@ -97,6 +98,7 @@ def _tracer_provider() -> TracerProvider | None:
 async def _run_broker(db_path: str, port_file: str) -> None:
     from broker import Broker, load_config
 
+    freeze_imports()  # as `taskbroker serve` does
     config = load_config(None, os.environ, port=0, db_path=db_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -119,6 +121,7 @@ async def _run_worker(address: str, capacity: str) -> None:
 
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(worker.shutdown(5)))
+    freeze_imports()  # as `taskbroker worker run` does
     await worker.run(address)
 
 

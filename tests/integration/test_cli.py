@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import re
 import shlex
@@ -21,6 +22,7 @@ from typer.testing import Result
 from broker import Broker, load_config
 from broker.core.strategies import STRATEGIES
 from cli import _common as cli_common
+from cli import _worker as cli_worker
 from cli import main as cli_main
 from cli._output import (
     OutputFormat,
@@ -624,6 +626,31 @@ def test_worker_import_error_names_the_line(module_dir: Path) -> None:
     )
     line = assert_one_line_error(invoke("worker", "run", "cli_test_raises:worker"))
     assert "cli_test_raises.py:2" in line
+
+
+def test_worker_run_runs_with_its_module_frozen(
+    module_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the worker's module imported is out of the cyclic collector's sight."""
+    (module_dir / "cli_test_frozen.py").write_text(
+        "from worker_sdk import Worker\nworker = Worker()\n"
+        "@worker.task('t')\nasync def t(ctx):\n    return None\n"
+    )
+    monkeypatch.delitem(sys.modules, "cli_test_frozen", raising=False)
+    frozen: list[int] = []
+
+    async def run(worker: object, broker: str | None) -> None:
+        frozen.append(gc.get_freeze_count())
+
+    monkeypatch.setattr(cli_worker, "_run", run)
+    gc.unfreeze()
+    try:
+        result = invoke("worker", "run", "cli_test_frozen:worker")
+    finally:
+        gc.unfreeze()  # this test process runs on as it was
+    assert result.exit_code == 0, result.output
+    assert frozen
+    assert frozen[0] > 10_000
 
 
 def _task(**changes: object) -> TaskInfo:

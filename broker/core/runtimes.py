@@ -50,13 +50,7 @@ class RuntimeModel:
 
     def predict_class(self, task_type: str, class_name: str) -> float:
         """`predict`, for a worker class already named (see `worker_class`)."""
-        keys = self._keys.get((task_type, class_name))
-        if keys is None:  # made once: a placement asks this for every class of worker
-            keys = (
-                RuntimeKey(self.pool, task_type, class_name),
-                RuntimeKey(self.pool, task_type, "*"),
-            )
-            self._keys[(task_type, class_name)] = keys
+        keys = self._key_pair(task_type, class_name)
         stats = self.stats.get(keys[0])
         if stats is None or not stats.count:
             stats = self.stats.get(keys[1])
@@ -64,10 +58,25 @@ class RuntimeModel:
                 return self.prior_s
         return stats.mean_s
 
+    def _key_pair(self, task_type: str, class_name: str) -> tuple[RuntimeKey, RuntimeKey]:
+        """The keys of a task type on a worker class and on every worker, made once: a
+        placement asks for them for every class of worker, and every finished task."""
+        keys = self._keys.get((task_type, class_name))
+        if keys is None:
+            keys = (
+                RuntimeKey(self.pool, task_type, class_name),
+                RuntimeKey(self.pool, task_type, "*"),
+            )
+            self._keys[(task_type, class_name)] = keys
+        return keys
+
     def record(self, task_type: str, labels: Mapping[str, str], run_s: float) -> None:
         """Learn from one finished task, scoring the prediction made for it first."""
-        by_class = RuntimeKey(self.pool, task_type, worker_class(labels))
-        by_type = RuntimeKey(self.pool, task_type, "*")
+        self.record_class(task_type, worker_class(labels), run_s)
+
+    def record_class(self, task_type: str, class_name: str, run_s: float) -> None:
+        """`record`, for a worker class already named (see `worker_class`)."""
+        by_class, by_type = self._key_pair(task_type, class_name)
         known = self.stats
         class_stats = known.get(by_class)
         type_stats = known.get(by_type)

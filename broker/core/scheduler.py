@@ -221,7 +221,7 @@ class PoolScheduler:
         if worker is None:
             return
         if success:
-            self.env.runtimes.record(task.spec.task_type, worker.labels, run_s)
+            self.env.runtimes.record_class(task.spec.task_type, worker.class_name, run_s)
         outcome = Outcome(worker, task, queue_wait_s, run_s, success)
         for each in self._arms:
             index = each.indexes.get(task.spec.task_type)

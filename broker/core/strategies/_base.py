@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 from broker.clock import Clock, SystemClock
-from broker.core.runtimes import RuntimeModel
+from broker.core.runtimes import RuntimeModel, worker_class
 from broker.domain import Task, WorkerId
 
 UNLIMITED = 1 << 30
@@ -21,6 +21,7 @@ class WorkerSlot:
 
     __slots__ = (
         "capacity",
+        "class_name",
         "draining",
         "groups",
         "hard_groups",
@@ -47,6 +48,7 @@ class WorkerSlot:
         self.capacity = capacity
         self.task_types = task_types
         self.labels: Mapping[str, str] = labels or {}
+        self.class_name = worker_class(self.labels)  # what the run-time model knows it by
         self.held: set[int] = set()
         self.groups: Counter[str] = Counter()  # anti-affinity groups of the tasks it holds
         self.hard_groups: Counter[str] = Counter()  # ... of those that allow no company

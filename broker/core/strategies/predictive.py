@@ -33,7 +33,6 @@ from heapq import heapify, heappop, heappush, heapreplace
 from itertools import islice
 from typing import ClassVar
 
-from broker.core.runtimes import worker_class
 from broker.core.strategies._base import Outcome, StrategyEnv, WorkerSlot, default_env
 from broker.domain import Task, TaskId, WorkerId
 from broker.stats import RunStats
@@ -97,7 +96,6 @@ class Predictive:
         self._prune_after = 0.0
         self._held_for: dict[WorkerId, dict[TaskId, _Hold]] = {}
         self.note = ""  # why the last pick went where it did
-        self._class_of: dict[WorkerId, str] = {}  # label set of every worker seen
         self._priors: dict[str, float] = {}  # by label set, for one model version and type
         self._model_version = -1  # ... this one
         self._model_type = ""  # ... and this one
@@ -132,9 +130,7 @@ class Predictive:
         worker_id = worker.worker_id
         self._busy.pop(worker_id, None)
         if worker_id not in self._members:
-            name = self._class_of.get(worker_id)
-            if name is None:
-                name = self._class_of[worker_id] = worker_class(worker.labels)
+            name = worker.class_name
             bucket = self._classes.get(name)
             if bucket is None:
                 bucket = self._classes[name] = _WorkerClass(name, worker.labels)
@@ -171,7 +167,6 @@ class Predictive:
         on = self._on.get(worker_id)
         if on is not None and not on:  # kept empty by `update`; tasks still counted stay
             del self._on[worker_id]
-        self._class_of.pop(worker_id, None)
         for task_id in list(self._held_for.pop(worker_id, {})):
             self._holds.pop(task_id, None)
 
@@ -281,9 +276,7 @@ class Predictive:
     def _prior(self, task_type: str, worker: WorkerSlot) -> float:
         """What the pool predicts for the worker's label set, cached until it learns
         (`estimate` keeps the cache to one model version and task type)."""
-        name = self._class_of.get(worker.worker_id)
-        if name is None:
-            name = worker_class(worker.labels)
+        name = worker.class_name
         prior = self._priors.get(name)
         if prior is None:
             prior = self._priors[name] = self._runtimes.predict_class(task_type, name)

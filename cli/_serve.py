@@ -11,7 +11,7 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cli._common import freeze_imports
+from cli._common import freeze_imports, run_async
 from cli._errors import CliError
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def serve(
     configure_logging(config.log_format, config.log_level)
     freeze_imports()
     try:
-        asyncio.run(_run(config, config_path, flags))
+        run_async(_run(config, config_path, flags))
     except BrokerError as exc:
         raise CliError(str(exc)) from None
     except (OSError, sqlite3.Error) as exc:

@@ -11,7 +11,7 @@ import sys
 import traceback
 from typing import NoReturn
 
-from cli._common import connection_settings, freeze_imports
+from cli._common import connection_settings, freeze_imports, run_async
 from cli._errors import EXIT_INTERRUPTED, EXIT_USAGE, CliError
 from worker_sdk import Worker
 
@@ -88,7 +88,7 @@ def run_worker(worker: Worker, broker: str | None) -> None:
     """Run the worker until it stops; the first SIGTERM/SIGINT shuts it down gracefully,
     a second one ends the process at once (see `_stop_now`)."""
     freeze_imports()  # the worker's module and its handlers' imports are in by now
-    asyncio.run(_run(worker, broker))
+    run_async(_run(worker, broker))
 
 
 def _stop_now(worker: Worker, name: str) -> NoReturn:

@@ -41,7 +41,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-from cli._common import freeze_imports
+from cli._common import freeze_imports, run_async
 from tests import bench_security
 from worker_sdk import Client, TaskContext, TaskRequest, Worker
 
@@ -376,10 +376,10 @@ def main() -> None:
     )
     parser.add_argument("args", nargs="*")
     options = parser.parse_args()
-    if options.role == "broker":
-        asyncio.run(_run_broker(*options.args))
-    elif options.role == "worker":
-        asyncio.run(_run_worker(*options.args))
+    if options.role == "broker":  # on the event loop of `taskbroker serve`
+        run_async(_run_broker(*options.args))
+    elif options.role == "worker":  # ... and of `taskbroker worker run`
+        run_async(_run_worker(*options.args))
     elif options.role == "echo":
         asyncio.run(_run_echo(*options.args))
     else:

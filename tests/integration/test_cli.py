@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import typer.main
+import uvloop
 from typer.testing import Result
 
 from broker import Broker, load_config
@@ -24,6 +25,7 @@ from broker.core.strategies import STRATEGIES
 from cli import _common as cli_common
 from cli import _worker as cli_worker
 from cli import main as cli_main
+from cli._common import EVENT_LOOP_ENV
 from cli._output import (
     OutputFormat,
     decode_bytes,
@@ -628,14 +630,19 @@ def test_worker_import_error_names_the_line(module_dir: Path) -> None:
     assert "cli_test_raises.py:2" in line
 
 
-def test_worker_run_runs_with_its_imports_frozen(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_run_runs_on_uvloop_with_its_imports_frozen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """What the worker's module imported is out of the cyclic collector's sight."""
     frozen: list[int] = []
+    loops: list[type] = []
 
     async def run(worker: object, broker: str | None) -> None:
         frozen.append(gc.get_freeze_count())
+        loops.append(type(asyncio.get_running_loop()))
 
     monkeypatch.setattr(cli_worker, "_run", run)
+    monkeypatch.delenv(EVENT_LOOP_ENV, raising=False)
     gc.unfreeze()
     try:
         cli_worker.run_worker(Worker(), None)
@@ -643,6 +650,7 @@ def test_worker_run_runs_with_its_imports_frozen(monkeypatch: pytest.MonkeyPatch
         gc.unfreeze()  # this test process runs on as it was
     assert frozen
     assert frozen[0] > 10_000  # the modules' objects: the SDK, gRPC, protobuf
+    assert loops == [uvloop.Loop]
 
 
 def _task(**changes: object) -> TaskInfo:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 
 from broker import Broker, BrokerConfig, load_config
 from broker.domain import TaskSpec, TaskState
 from broker.errors import ConfigError
 from cli import _serve
+from cli._common import EVENT_LOOP_ENV
 from tests.support.cli import assert_one_line_error, invoke
 from tests.support.config import make_config
 from tests.support.engine import RecordingChannel, ok, worker
@@ -85,3 +88,26 @@ def test_serve_runs_with_what_it_imported_frozen(monkeypatch: pytest.MonkeyPatch
         gc.unfreeze()  # this test process runs on as it was
     assert frozen
     assert frozen[0] > 10_000  # the modules' objects: broker, gRPC, protobuf, OpenTelemetry
+
+
+def test_serve_runs_on_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    import broker.observability.logs
+
+    loops: list[type] = []
+
+    async def run(config: BrokerConfig, *args: Any) -> None:
+        loops.append(type(asyncio.get_running_loop()))
+
+    monkeypatch.setattr(_serve, "_run", run)
+    monkeypatch.setattr(broker.observability.logs, "configure", lambda *args: None)
+    monkeypatch.delenv(EVENT_LOOP_ENV, raising=False)
+    try:
+        assert invoke("serve", "--port", "0", "--db", "memory:").exit_code == 0
+        monkeypatch.setenv(EVENT_LOOP_ENV, "asyncio")
+        assert invoke("serve", "--port", "0", "--db", "memory:").exit_code == 0
+        monkeypatch.setenv(EVENT_LOOP_ENV, "libuv")
+        line = assert_one_line_error(invoke("serve", "--port", "0", "--db", "memory:"), 2)
+    finally:
+        gc.unfreeze()
+    assert loops == [uvloop.Loop, asyncio.SelectorEventLoop]
+    assert "TASKBROKER_EVENT_LOOP must be auto, uvloop or asyncio, not 'libuv'" in line

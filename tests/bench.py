@@ -381,7 +381,7 @@ def main() -> None:
     elif options.role == "worker":  # ... and of `taskbroker worker run`
         run_async(_run_worker(*options.args))
     elif options.role == "echo":
-        asyncio.run(_run_echo(*options.args))
+        run_async(_run_echo(*options.args))  # on the loop the broker runs on
     else:
         counts = QUICK if options.quick else FULL
         parts = set(options.only or PARTS)

@@ -381,7 +381,7 @@ def main() -> None:
     elif options.role == "worker":  # ... and of `taskbroker worker run`
         run_async(_run_worker(*options.args))
     elif options.role == "echo":
-        run_async(_run_echo(*options.args))  # on the loop the broker runs on
+        asyncio.run(_run_echo(*options.args))  # a bare grpc.aio stream: the standard loop
     else:
         counts = QUICK if options.quick else FULL
         parts = set(options.only or PARTS)

@@ -5,8 +5,9 @@ with a no-op handler, then measures from this process, through the SDK client:
 - pingpong_p50/p99: a bare grpc.aio bidirectional stream, one message each way, against
   an echo server in its own process: the floor every other latency is compared with;
 - one slot (two workers with one slot each): light-load submit → result latency, one task
-  at a time (e2e_latency_p50/p99 and their ratios to the ping-pong), and the end-to-end
-  rate of many tasks submitted at once (e2e_throughput_one_slot);
+  at a time, with `Client.run` (e2e_latency_p50/p99 and their ratios to the ping-pong) and
+  with `submit` then `wait` (e2e_latency_p50/p99_submit_wait), and the end-to-end rate of
+  many tasks submitted at once (e2e_throughput_one_slot);
 - many slots (two workers with 512 slots each): the end-to-end rate with batched submits
   (e2e_throughput_batched) and with single submits pipelined (e2e_throughput);
 - traced: the single-submit run again with tracing everywhere, 1 % of traces sampled
@@ -296,14 +297,17 @@ async def throughput(
     return rate
 
 
-async def latencies(client: Client, count: int) -> list[float]:
-    """Submit → result of one task at a time, in milliseconds."""
+async def latencies(client: Client, count: int, *, run: bool = True) -> list[float]:
+    """Submit → result of one task at a time, in milliseconds: with `Client.run` (submit
+    and wait in one round trip), or with `submit` then `wait`."""
     samples = []
     async with asyncio.timeout(RUN_TIMEOUT_S):
         for _ in range(count):
             started = time.perf_counter()
-            task_id = await client.submit("noop")
-            await client.wait(task_id, timeout=30)
+            if run:
+                await client.run(TaskRequest("noop"), timeout=30)
+            else:
+                await client.wait(await client.submit("noop"), timeout=30)
             samples.append((time.perf_counter() - started) * 1000)
     return samples
 
@@ -319,6 +323,9 @@ async def one_slot(counts: Counts, ping: list[float]) -> None:
             _emit("e2e_latency_p99", p99, "ms", 2)
             _emit("e2e_latency_p50_pingpongs", p50 / statistics.median(ping), "x", 2)
             _emit("e2e_latency_p99_pingpongs", p99 / _percentile(ping, 99), "x", 2)
+            samples = await latencies(client, counts.latency_samples, run=False)
+            _emit("e2e_latency_p50_submit_wait", statistics.median(samples), "ms", 2)
+            _emit("e2e_latency_p99_submit_wait", _percentile(samples, 99), "ms", 2)
             await throughput(client, setup, counts.one_slot_tasks, False, "_one_slot")
 
 

@@ -84,6 +84,8 @@ class _PendingSubmit:
     future: asyncio.Future[str]
     solo: bool = False  # send in a message of its own
     refusals: int = 0  # times its batch was refused for overload and resent
+    # Its completion notice, asked for in the same message (only with others that ask).
+    finished: asyncio.Future[TaskInfo] | None = None
 
 
 def _refusal(error: TaskbrokerError) -> type[TaskbrokerError] | None:
@@ -145,6 +147,19 @@ class SubmitStream:
         self._wake.set()
         return future
 
+    def submit_watched(
+        self, spec: _tasks.TaskSpec
+    ) -> tuple[asyncio.Future[str], asyncio.Future[TaskInfo]]:
+        """`submit`, and the task once it is terminal: the message that submits it asks for
+        its completion notice too, so waiting for it costs no message of its own."""
+        future: asyncio.Future[str] = self._loop.create_future()
+        finished: asyncio.Future[TaskInfo] = self._loop.create_future()
+        self._submits.append(
+            _PendingSubmit(spec, _convert.spec_size(spec), future, finished=finished)
+        )
+        self._wake.set()
+        return future, finished
+
     def watch(self, task_id: str) -> asyncio.Future[TaskInfo]:
         future: asyncio.Future[TaskInfo] = self._loop.create_future()
         waiters = self._watchers.get(task_id)
@@ -205,7 +220,11 @@ class SubmitStream:
             if pending.future.done():  # its submit() was cancelled before it was sent
                 queue.popleft()
                 continue
-            if batch and (pending.solo or size + pending.size > _MAX_MESSAGE_TASK_BYTES):
+            if batch and (
+                pending.solo
+                or size + pending.size > _MAX_MESSAGE_TASK_BYTES
+                or (pending.finished is None) != (batch[0].finished is None)  # watch or not
+            ):
                 break
             queue.popleft()
             batch.append(pending)
@@ -232,7 +251,10 @@ class SubmitStream:
         if batch:
             self._unacked[batch_id] = batch
         message = _convert.submit_stream_request(
-            batch_id, [pending.spec for pending in batch], watch_ids
+            batch_id,
+            [pending.spec for pending in batch],
+            watch_ids,
+            watch=bool(batch) and batch[0].finished is not None,
         )
         await self._call.write(message)
 
@@ -295,6 +317,9 @@ class SubmitStream:
                     )
             return
         for pending, task_id in zip(batch, ack.task_ids, strict=True):
+            if pending.finished is not None and not pending.finished.done():
+                # Before any later message: the completion notice can only come after this.
+                self._watchers.setdefault(task_id, []).append(pending.finished)
             if not pending.future.done():
                 pending.future.set_result(task_id)
 
@@ -381,6 +406,8 @@ class SubmitStream:
         for pending in pending_submits:
             if not pending.future.done():
                 pending.future.set_exception(failure(message))
+            if pending.finished is not None:
+                pending.finished.cancel()  # its submit failed: nobody waits for it
         watchers = self._watchers
         self._watchers = {}
         self._watch_ids = []

@@ -135,6 +135,7 @@ class SyncClient:
     submit = _blocking(Client.submit)
     submit_many = _blocking(Client.submit_many)
     get = _blocking(Client.get)
+    run = _blocking(Client.run)
     wait = _blocking(Client.wait)
     wait_many = _blocking(Client.wait_many)
     result = _blocking(Client.result)

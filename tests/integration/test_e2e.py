@@ -166,6 +166,18 @@ async def test_wait_many_watches_more_task_ids_than_one_message_holds(
     assert {info.state for info in infos} == {TaskState.SUCCEEDED}
 
 
+@pytest.mark.usefixtures("running_worker")
+async def test_run_returns_each_task_finished(client: Client) -> None:
+    done = await client.run(TaskRequest("echo", b"one"))
+    assert (done.state, done.result) == (TaskState.SUCCEEDED, b"one")
+    failed = await client.run(TaskRequest("boom", b"two"))
+    assert failed.state is TaskState.FAILED
+    assert failed.error is not None
+    assert failed.error.type == "ValueError"
+    many = await asyncio.gather(*(client.run(TaskRequest("echo", b"%d" % i)) for i in range(200)))
+    assert [info.result for info in many] == [str(i).encode() for i in range(200)]
+
+
 async def test_unknown_task_is_not_found(client: Client) -> None:
     with pytest.raises(NotFound):
         await client.get("123456")

@@ -263,6 +263,71 @@ async def test_wait_returns_when_the_task_completes(client: Client, tasks: FakeT
     assert await client.result(task_id) == b'{"ok": true}'
 
 
+async def test_run_submits_and_asks_for_the_result_in_one_message(
+    client: Client, tasks: FakeTaskService
+) -> None:
+    running = asyncio.create_task(client.run(TaskRequest("echo", b"hi")))
+    await tasks.until(lambda: bool(tasks.tasks))
+    (task_id,) = tasks.tasks
+    await asyncio.sleep(0.01)  # the ack is in: the notice it asked for is what it waits on
+    assert not running.done()
+    tasks.finish(task_id, result=b"done")
+    info = await asyncio.wait_for(running, 5)
+    assert (info.id, info.state, info.result) == (task_id, TaskState.SUCCEEDED, b"done")
+    (request,) = tasks.stream_requests
+    assert request.watch
+    assert len(request.tasks) == 1
+    assert list(request.watch_task_ids) == []
+
+
+async def test_run_and_submit_share_no_message(client: Client, tasks: FakeTaskService) -> None:
+    tasks.hold_acks = True
+    calls = [client.run(TaskRequest("ran")) if i % 2 else client.submit("sent") for i in range(8)]
+    pending = asyncio.gather(*calls)
+    await tasks.until(lambda: sum(len(r.tasks) for r in tasks.stream_requests) == 8)
+    for request in tasks.stream_requests:
+        kinds = {spec.task_type for spec in request.tasks}
+        assert kinds == ({"ran"} if request.watch else {"sent"})
+    pending.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await pending
+
+
+async def test_run_times_out_naming_the_task_which_carries_on(
+    client: Client, tasks: FakeTaskService
+) -> None:
+    with pytest.raises(DeadlineExceeded, match=r"task \S+ did not finish within 0.05s"):
+        await client.run(TaskRequest("slow"), timeout=0.05)
+    (task_id,) = tasks.tasks
+    waiting = asyncio.create_task(client.wait(task_id, timeout=10))
+    await asyncio.sleep(0)
+    tasks.finish(task_id, result=b"late")
+    assert (await waiting).result == b"late"
+
+
+async def test_run_rides_out_a_lost_stream(client: Client, tasks: FakeTaskService) -> None:
+    running = asyncio.create_task(client.run(TaskRequest("echo")))
+    await tasks.until(lambda: bool(tasks.tasks))
+    (task_id,) = tasks.tasks
+    await asyncio.sleep(0.01)  # acked
+    tasks.break_streams()
+    # It watches its task again, on a new stream, as a wait does.
+    await asyncio.wait_for(
+        tasks.until(lambda: any(task_id in r.watch_task_ids for r in tasks.stream_requests)), 5
+    )
+    tasks.finish(task_id, result=b"done")
+    assert (await asyncio.wait_for(running, 5)).result == b"done"
+    assert tasks.streams_opened == 2
+
+
+async def test_a_failed_run_submit_raises_as_submit_does(
+    client: Client, tasks: FakeTaskService
+) -> None:
+    tasks.reject_all = (3, "bad task")
+    with pytest.raises(InvalidArgument, match="bad task"):
+        await client.run(TaskRequest("echo"))
+
+
 async def test_result_raises_task_failed(client: Client, tasks: FakeTaskService) -> None:
     task_id = await client.submit("boom")
     tasks.finish(task_id, error="ValueError")

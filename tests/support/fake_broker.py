@@ -139,6 +139,9 @@ class FakeTaskService(_tasks_grpc.TaskServiceServicer):
             else:
                 ids = [self._create(spec) for spec in request.tasks]
                 ack = _tasks.SubmitAck(batch_id=request.batch_id, task_ids=ids)
+                if request.watch:
+                    for task_id in ids:
+                        self._watchers.setdefault(task_id, []).append(outbox)
             outbox.put_nowait(_tasks.SubmitStreamResponse(ack=ack))
         done = _tasks.Completions()
         for task_id in request.watch_task_ids:

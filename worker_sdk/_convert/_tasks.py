@@ -212,13 +212,18 @@ def spec_size(spec: _tasks.TaskSpec) -> int:
 
 
 def submit_stream_request(
-    batch_id: int, specs: Sequence[_tasks.TaskSpec], watch_task_ids: Sequence[str]
+    batch_id: int,
+    specs: Sequence[_tasks.TaskSpec],
+    watch_task_ids: Sequence[str],
+    *,
+    watch: bool = False,
 ) -> _tasks.SubmitStreamRequest:
-    """A stream message of specs from `task_spec`, and the ids to watch."""
+    """A stream message of specs from `task_spec`, and the ids to watch; with `watch`, the
+    broker also sends completion notices of the specs' tasks."""
     return _tasks.SubmitStreamRequest(
         batch_id=batch_id,
         tasks=specs,
-        watch=False,
+        watch=watch,
         watch_task_ids=watch_task_ids,
     )
 

@@ -326,24 +326,8 @@ class Client(AdminCalls, TokenCalls):
                 finished.cancel()
                 raise
             spans.submitted((task_id,))
-        return await self._within(timeout, task_id, self._finished(stream, task_id, finished))
-
-    async def _finished(
-        self, stream: SubmitStream, task_id: str, finished: asyncio.Future[TaskInfo]
-    ) -> TaskInfo:
-        """The task of `run` from the notice its submit asked for; after a lost stream, from
-        a new watch, as for `wait`."""
-        try:
-            return await finished
-        except StreamLost:
-            if self._closed:
-                raise
-        finally:
-            if finished.cancelled():
-                stream.unwatch(task_id, finished)
-        _log.debug("watching task %s again", task_id)
-        await _rewatch_pause(0)
-        return await self._watch_one(task_id, losses=1)
+        watching = self._watch_one(task_id, (stream, finished))
+        return await self._within(timeout, task_id, watching)
 
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskInfo:  # noqa: ASYNC109
         """The task once it is terminal; DeadlineExceeded after `timeout` seconds."""
@@ -429,12 +413,18 @@ class Client(AdminCalls, TokenCalls):
             await _rewatch_pause(losses)
             losses += 1
 
-    async def _watch_one(self, task_id: str, losses: int = 0) -> TaskInfo:
-        """`_watch` of one task, without gathering: the path every `wait` takes; `losses`:
-        the streams lost while waiting for it so far."""
+    async def _watch_one(
+        self, task_id: str, watching: tuple[SubmitStream, asyncio.Future[TaskInfo]] | None = None
+    ) -> TaskInfo:
+        """`_watch` of one task, without gathering: the path every `wait` takes, and `run`'s,
+        which starts from the watch its submit set up (`watching`: its stream and future)."""
+        losses = 0
         while True:
-            stream = self._submit_stream()
-            future = stream.watch(task_id)
+            if watching is None:
+                stream = self._submit_stream()
+                future = stream.watch(task_id)
+            else:
+                (stream, future), watching = watching, None
             try:
                 return await future
             except StreamLost:

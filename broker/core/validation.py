@@ -181,8 +181,8 @@ def validate_options(spec: TaskSpec, where: str, now: float, path: str = "") -> 
             f"{where}not_before must be within a year from now", field=f"{path}not_before_ms"
         )
     for name in ("idempotency_key", "fairness_key"):
-        if len(getattr(spec, name)) > MAX_KEY_LENGTH:
-            check_length(getattr(spec, name), name, MAX_KEY_LENGTH, where, f"{path}{name}")
+        if len(value := getattr(spec, name)) > MAX_KEY_LENGTH:  # its field path built only then
+            check_length(value, name, MAX_KEY_LENGTH, where, f"{path}{name}")
     trace = spec.trace_context
     if len(trace) > MAX_TRACE_KEYS or any(
         len(k) > MAX_KEY_LENGTH or len(v) > MAX_TRACE_VALUE for k, v in trace.items()

@@ -42,7 +42,14 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-from cli._common import freeze_imports, run_async
+try:  # how `taskbroker serve` and `worker run` run
+    from cli._common import freeze_imports, run_async
+except ImportError:  # an older checkout, into which `make bench-compare` copied this file
+
+    def freeze_imports() -> None:
+        """The older commands froze nothing."""
+
+    run_async = asyncio.run
 from tests import bench_security
 from worker_sdk import Client, TaskContext, TaskRequest, Worker
 
@@ -304,7 +311,7 @@ async def latencies(client: Client, count: int, *, run: bool = True) -> list[flo
     async with asyncio.timeout(RUN_TIMEOUT_S):
         for _ in range(count):
             started = time.perf_counter()
-            if run:
+            if run and hasattr(client, "run"):  # a checkout from before Client.run: not
                 await client.run(TaskRequest("noop"), timeout=30)
             else:
                 await client.wait(await client.submit("noop"), timeout=30)

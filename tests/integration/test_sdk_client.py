@@ -263,13 +263,20 @@ async def test_wait_returns_when_the_task_completes(client: Client, tasks: FakeT
     assert await client.result(task_id) == b'{"ok": true}'
 
 
+async def acked(client: Client, task_id: str) -> None:
+    """Until the client has taken the ack of the submit of `task_id` (`run` then watches it)."""
+    stream = client._submit_stream()
+    while task_id not in stream._watchers:
+        await asyncio.sleep(0.001)
+
+
 async def test_run_submits_and_asks_for_the_result_in_one_message(
     client: Client, tasks: FakeTaskService
 ) -> None:
     running = asyncio.create_task(client.run(TaskRequest("echo", b"hi")))
     await tasks.until(lambda: bool(tasks.tasks))
     (task_id,) = tasks.tasks
-    await asyncio.sleep(0.01)  # the ack is in: the notice it asked for is what it waits on
+    await asyncio.wait_for(acked(client, task_id), 5)  # it waits on the notice it asked for
     assert not running.done()
     tasks.finish(task_id, result=b"done")
     info = await asyncio.wait_for(running, 5)
@@ -309,7 +316,7 @@ async def test_run_rides_out_a_lost_stream(client: Client, tasks: FakeTaskServic
     running = asyncio.create_task(client.run(TaskRequest("echo")))
     await tasks.until(lambda: bool(tasks.tasks))
     (task_id,) = tasks.tasks
-    await asyncio.sleep(0.01)  # acked
+    await asyncio.wait_for(acked(client, task_id), 5)
     tasks.break_streams()
     # It watches its task again, on a new stream, as a wait does.
     await asyncio.wait_for(

@@ -327,6 +327,16 @@ async def test_run_rides_out_a_lost_stream(client: Client, tasks: FakeTaskServic
     assert tasks.streams_opened == 2
 
 
+async def test_run_refuses_bad_arguments_before_sending(
+    client: Client, tasks: FakeTaskService
+) -> None:
+    with pytest.raises(ValueError, match="timeout must be None or a finite number"):
+        await client.run(TaskRequest("echo"), timeout=-1)
+    with pytest.raises(ValueError, match="anti_affinity_soft=True needs an anti_affinity group"):
+        await client.run(TaskRequest("echo", anti_affinity_soft=True))
+    assert tasks.stream_requests == []
+
+
 async def test_a_failed_run_submit_raises_as_submit_does(
     client: Client, tasks: FakeTaskService
 ) -> None:

@@ -653,8 +653,8 @@ class Engine:
         """A worker's start notices and results (`seq`: the number of their message in the
         session, 0 = none). Stale ones (a task it no longer holds) are counted and dropped.
         With results, returns a future that resolves once they are durable (it raises if
-        their commit failed): the worker stream sends the worker no new task before then
-        (see broker.server.workers)."""
+        their commit failed): the worker stream holds the worker's new tasks back on it
+        once its next results come (see broker.server.workers)."""
         session = self._workers.registered(worker_id)
         self._workers.heard_from(session)
         session.results_seen = max(session.results_seen, seq)

@@ -6,11 +6,13 @@ BrokerService's worker calls), while the handler writes what the broker sends
 (assignments, cancels, drain), merging everything queued since the last write
 into as few messages as it can.
 
-New assignments wait until the results the worker sent so far are durable. A result
-frees its slot in the broker at once, and the broker may place the next task on it, but
-that task leaves only once the commit holding the result is done. So a worker never
-runs more tasks whose outcome a broker crash could lose than its capacity: the tasks
-run again after a crash are at most the worker slots (README, Delivery semantics).
+A result frees its slot in the broker at once, and the broker may place the next task on
+it. That task leaves at once too, while the result commits, unless the worker's results
+before it are still not durable: then it waits for their commit. So a slot's next task
+never waits for the commit of the result that freed it, yet a worker never runs more
+tasks whose outcome a broker crash could lose than its capacity plus one commit's worth
+of its results: the tasks run again after a crash are at most twice the worker slots
+(README, Delivery semantics).
 """
 
 from __future__ import annotations
@@ -59,10 +61,12 @@ class StreamChannel:
         self._dropped: list[tuple[TaskResult, str]] = []
         self._drain: tuple[str, float, bool] | None = None
         self._wake = asyncio.Event()
-        # Resolves once the worker's last results are durable.
+        # The commits of the worker's last results and of those before them, while not
+        # done (they finish in order: the last done means both are).
         self._results_durable: asyncio.Future[None] | None = None
-        # Assignments made while results were being committed, each batch with the commit
-        # it waits for (in commit order); released as those commits are done.
+        self._earlier_durable: asyncio.Future[None] | None = None
+        # Assignments made while earlier results were being committed, each batch with
+        # the commit it waits for (in commit order); released as those commits are done.
         self._held: deque[tuple[asyncio.Future[None], list[tuple[Task, int]]]] = deque()
         self.ended = False
         self.error: BrokerError | None = None
@@ -77,12 +81,12 @@ class StreamChannel:
         attempts = self._attempts
         for task in tasks:
             attempts[task.id] = task.attempts
-        durable = self._results_durable
-        if durable is None:
+        earlier = self._earlier_durable
+        if earlier is None:
             self._assigned.extend((task, task.attempts) for task in tasks)
             self._wake.set()
         else:
-            self._hold(durable, [(task, task.attempts) for task in tasks])
+            self._hold(earlier, [(task, task.attempts) for task in tasks])
 
     def send_cancel(self, task_ids: Sequence[TaskId]) -> None:
         recent = self._recently_cancelled
@@ -111,18 +115,20 @@ class StreamChannel:
 
     def results_pending(self, durable: asyncio.Future[None]) -> None:
         """The worker's results so far are durable once `durable` resolves (commits are
-        in order, so it stands for every earlier one). Assignments made from now on, and
-        any not sent yet, wait for it; those made before earlier results wait only for
-        theirs, so a steady flow of results never holds assignments back for longer than
-        the commit of the results that freed their slots."""
+        in order, so it stands for every earlier one). Assignments made from now on wait
+        for the commit of the results before these, if it is not done: a slot's next task
+        never waits for the commit of the result that freed it, and what a worker was
+        sent and is not durably done stays within its capacity plus the results of one
+        commit. Those queued already have waited for what they need, and go."""
         if durable.done():
             _seen(durable)
+            self._results_durable = self._earlier_durable = None
             return
-        self._results_durable = durable
-        durable.add_done_callback(self._results_settled)
-        if self._assigned:
-            assigned, self._assigned = self._assigned, []
-            self._hold(durable, assigned)
+        latest = self._results_durable
+        self._earlier_durable = None if latest is None or latest.done() else latest
+        if latest is not durable:
+            self._results_durable = durable
+            durable.add_done_callback(self._results_settled)
 
     def _hold(self, durable: asyncio.Future[None], batch: list[tuple[Task, int]]) -> None:
         held = self._held
@@ -134,7 +140,9 @@ class StreamChannel:
     def _results_settled(self, durable: asyncio.Future[None]) -> None:
         _seen(durable)  # a failed commit is the watchers' and the broker's news, not ours
         if durable is self._results_durable:
-            self._results_durable = None
+            self._results_durable = self._earlier_durable = None
+        elif durable is self._earlier_durable:
+            self._earlier_durable = None
         held = self._held
         released = False
         while held and held[0][0].done():  # commits finish in order

@@ -214,7 +214,7 @@ class _SubmitSession:
             ):
                 messages.append(_tasks.Completions())
                 size = 0
-            messages[-1].tasks.append(convert.task_to_pb(task, view))
+            convert.task_to_pb(task, view, messages[-1].tasks.add)
             size += task_size
         return messages
 

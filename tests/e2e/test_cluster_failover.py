@@ -240,7 +240,8 @@ async def test_the_owner_of_a_busy_pool_killed_loses_no_acknowledged_task(tmp_pa
         counts = starts(running.workers["p1"][1])
         assert set(ids) <= set(counts)
         duplicates = sum(n - 1 for n in counts.values())
-        assert duplicates <= capacity  # only what the worker held at the kill
+        # Only what the worker held at the kill, and one commit's worth of its results.
+        assert duplicates <= 2 * capacity
         assert takeover_s <= TAKEOVER_BOUND_S
         print(
             f"\nkill -9 of {dead}: p1 taken by {owner[0]} after {takeover_s:.2f} s"

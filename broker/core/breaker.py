@@ -71,7 +71,9 @@ class CircuitBreaker:
         self._run_type: str | None = None
         self._run_blames = False
         # Recent results: None a success, else the failing task type ("" infrastructure).
-        self._recent: deque[str | None] = deque(maxlen=self._settings.window)
+        # (Made at the first result counted: an empty deque costs about 760 bytes, and a
+        # broker may hold 10,000 workers that have sent none.)
+        self._recent: deque[str | None] | None = None
         self._recent_failures = 0
         self._recent_types: dict[str, int] = {}  # failures in the window, by task type
         self._opened_at: float | None = None
@@ -175,15 +177,18 @@ class CircuitBreaker:
     def reconfigure(self, settings: BreakerSettings) -> None:
         """New settings, same state; thresholds apply from the next result on."""
         self._settings = settings
-        self._recent = deque(self._recent, maxlen=settings.window)
+        if self._recent is not None:
+            self._recent = deque(self._recent, maxlen=settings.window)
         self._recent_failures = 0
         self._recent_types.clear()
-        for failed_as in self._recent:
+        for failed_as in self._recent or ():
             if failed_as is not None:
                 self._count(failed_as, 1)
 
     def _remember(self, failed_as: str | None) -> None:
         recent = self._recent
+        if recent is None:
+            recent = self._recent = deque(maxlen=self._settings.window)
         if len(recent) == recent.maxlen and (oldest := recent[0]) is not None:
             self._count(oldest, -1)
         recent.append(failed_as)
@@ -201,7 +206,8 @@ class CircuitBreaker:
 
     def _rate_exceeded(self) -> bool:
         settings = self._settings
-        if not settings.failure_rate or len(self._recent) < settings.window:
+        recent = self._recent
+        if not settings.failure_rate or recent is None or len(recent) < settings.window:
             return False
         if self._recent_failures / settings.window <= settings.failure_rate:
             return False
@@ -219,6 +225,6 @@ class CircuitBreaker:
         self._consecutive_failures = 0
         self._run_type = None
         self._run_blames = False
-        self._recent.clear()
+        self._recent = None
         self._recent_failures = 0
         self._recent_types.clear()

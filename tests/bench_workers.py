@@ -35,8 +35,10 @@ from tests.bench import _cpu_seconds, _emit, _spawn, _stop, _wait_for_file
 from worker_sdk._pb import worker_pb2 as _worker
 from worker_sdk._pb import worker_pb2_grpc as _worker_grpc
 
+# Streams per connection: several connections, as many separate workers would have. A
+# worker on a connection of its own costs the broker more (gRPC's per-connection state).
 STREAMS_PER_CHANNEL = 250
-_EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from the stubs  # several connections, as many separate workers would have
+_EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from the stubs
 
 
 def _rss_mib(pid: int) -> float:

@@ -151,7 +151,9 @@ class _SubmitSession:
         self._service = service
         self._client = client
         self._submitter = submitter()
-        self._acks: list[_tasks.SubmitAck] = []
+        # Each ack in the response that carries it (a message given to a constructor is
+        # copied into it, so responses are built in place).
+        self._acks: list[_tasks.SubmitStreamResponse] = []
         self._completed: list[Task] = []
         self._not_found: list[str] = []  # watched ids the broker does not know
         self._watched: set[TaskId] = set()
@@ -183,10 +185,10 @@ class _SubmitSession:
             self._wake.clear()
             acks, self._acks = self._acks, []
             for ack in acks:
-                yield _tasks.SubmitStreamResponse(ack=ack)
+                yield ack
             if self._completed or self._not_found:
                 for completions in self._take_completions():
-                    yield _tasks.SubmitStreamResponse(completions=completions)
+                    yield completions
             if self.failed is not None:
                 return
             if not (
@@ -198,10 +200,11 @@ class _SubmitSession:
             ):
                 return
 
-    def _take_completions(self) -> list[_tasks.Completions]:
+    def _take_completions(self) -> list[_tasks.SubmitStreamResponse]:
         """What finished since the last write, in messages of bounded count and size."""
         completed, self._completed = self._completed, []
-        messages = [_tasks.Completions(not_found=self._not_found)]
+        messages = [_completions()]
+        messages[0].completions.not_found.extend(self._not_found)
         self._not_found = []
         size = 0
         for task in completed:
@@ -209,12 +212,12 @@ class _SubmitSession:
             task_size = len(task.spec.payload) + len(task.result) if view == convert.FULL else 0
             if task_size > self._service.max_response_bytes - COMPLETION_HEADROOM_BYTES:
                 view, task_size = convert.BASIC, 0  # too big for any message: Get reads it
-            if len(messages[-1].tasks) >= COMPLETIONS_PER_MESSAGE or (
+            if len(messages[-1].completions.tasks) >= COMPLETIONS_PER_MESSAGE or (
                 size and size + task_size > COMPLETION_BYTES_PER_MESSAGE
             ):
-                messages.append(_tasks.Completions())
+                messages.append(_completions())
                 size = 0
-            convert.task_to_pb(task, view, messages[-1].tasks.add)
+            convert.task_to_pb(task, view, messages[-1].completions.tasks.add)
             size += task_size
         return messages
 
@@ -226,36 +229,40 @@ class _SubmitSession:
         self._watched.clear()
         self._views.clear()
 
-    def _ack(self, ack: _tasks.SubmitAck, error: BrokerError | None = None) -> None:
+    def _ack(self, response: _tasks.SubmitStreamResponse, error: BrokerError | None = None) -> None:
         if error is not None:
+            ack = response.ack
             ack.error_code = status_of(error).value[0]
             ack.error_message = str(error)
             if isinstance(error, ResourceExhausted) and error.retry_after_s is not None:
                 ack.retry_after_ms = retry_after_ms(error.retry_after_s)
-        self._acks.append(ack)
+        self._acks.append(response)
         self._wake.set()
 
     async def _handle(self, request: _tasks.SubmitStreamRequest) -> None:
         """Submit the message's tasks and watch what it asks; every message gets one ack
         (one without tasks once its watches are in place)."""
         watch: list[TaskId] = []
-        ack = _tasks.SubmitAck(batch_id=request.batch_id)
+        response = _tasks.SubmitStreamResponse()
+        ack = response.ack
+        ack.SetInParent()
+        ack.batch_id = request.batch_id
         try:
             view = paging.view_from_pb(request.completion_view, "completion_view")
         except BrokerError as exc:
-            self._ack(ack, exc)
+            self._ack(response, exc)
             return
         if request.tasks:
             try:
                 specs = convert.specs_from_pb(request.tasks, self._submitter)
                 tasks = await self._service.submit(specs, self._client)
             except BrokerError as exc:
-                self._ack(ack, exc)
+                self._ack(response, exc)
             else:
                 ack.task_ids.extend(str(t.id) for t in tasks)
                 if request.watch:
                     watch.extend(t.id for t in tasks)
-                self._ack(ack)
+                self._ack(response)
         if len(request.watch_task_ids) > MAX_TASK_IDS:
             self.failed = InvalidArgument(
                 f"watch_task_ids holds more than {MAX_TASK_IDS} entries "
@@ -278,9 +285,15 @@ class _SubmitSession:
                 self._not_found.extend(str(i) for i in missing)
                 self._wake.set()
         if not request.tasks:
-            self._ack(ack)
+            self._ack(response)
 
     def _on_completed(self, task: Task) -> None:
         self._watched.discard(task.id)
         self._completed.append(task)
         self._wake.set()
+
+
+def _completions() -> _tasks.SubmitStreamResponse:
+    response = _tasks.SubmitStreamResponse()
+    response.completions.SetInParent()
+    return response

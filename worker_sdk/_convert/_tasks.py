@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from types import MappingProxyType
 
 from worker_sdk._convert._common import (
     epoch_ms,
@@ -40,6 +41,11 @@ _STATE_FROM_WIRE: dict[_tasks.TaskState.ValueType, TaskState] = {
 _STATE_TO_WIRE: dict[TaskState, _tasks.TaskState.ValueType] = {
     state: wire for wire, state in _STATE_FROM_WIRE.items()
 }
+
+
+# The hints of a task submitted without any, shared by every TaskInfo of one (its labels
+# read-only, so no caller can change another's).
+_NO_HINTS = Placement(required_labels=MappingProxyType({}))
 
 
 def task_state(wire: _tasks.TaskState.ValueType) -> TaskState:
@@ -89,7 +95,7 @@ def task_info(task: _tasks.Task) -> TaskInfo:
     error = None
     if task.HasField("error"):
         error = TaskErrorInfo(task.error.type, task.error.message, task.error.traceback)
-    hints = placement(spec.placement) if spec.HasField("placement") else Placement()
+    hints = placement(spec.placement) if spec.HasField("placement") else _NO_HINTS
     return TaskInfo(
         id=task.id,
         task_type=spec.task_type,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from worker_sdk._convert._common import str_map, wire_time
 from worker_sdk._messages import (
@@ -63,8 +63,8 @@ def leave_message() -> _worker.WorkerMessage:
     return _worker.WorkerMessage(leave=_worker.Leave())
 
 
-def _task_result(outcome: TaskOutcome) -> _worker.TaskResult:
-    result = _worker.TaskResult(
+def _add_result(outcome: TaskOutcome, add: Callable[..., _worker.TaskResult]) -> None:
+    result = add(
         task_id=outcome.task_id,
         attempt=outcome.attempt,
         success=outcome.success,
@@ -81,19 +81,21 @@ def _task_result(outcome: TaskOutcome) -> _worker.TaskResult:
         if error.retryable is not None:
             result.error.retryable = error.retryable
         result.error.task_fault = error.task_fault
-    return result
 
 
 def results_message(
     outcomes: Sequence[TaskOutcome], started_task_ids: Sequence[str], seq: int = 0
 ) -> _worker.WorkerMessage:
-    return _worker.WorkerMessage(
-        results=_worker.Results(
-            results=[_task_result(o) for o in outcomes],
-            started_task_ids=started_task_ids,
-            seq=seq,
-        )
-    )
+    """Results built in place: a message given to a constructor is copied into it."""
+    message = _worker.WorkerMessage()
+    results = message.results
+    results.SetInParent()
+    results.seq = seq
+    results.started_task_ids.extend(started_task_ids)
+    add = results.results.add
+    for outcome in outcomes:
+        _add_result(outcome, add)
+    return message
 
 
 def broker_event(message: _worker.BrokerMessage) -> BrokerEvent | None:

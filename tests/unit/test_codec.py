@@ -7,20 +7,13 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.domain import NO_RETRY, RetryPolicy, TaskSpec
+from broker.domain import NO_RETRY, TaskSpec
 from broker.storage.codec import task_options_from_json, task_options_json
+from tests.support.strategies import retry_policies
 
 texts = st.text(max_size=40)  # any characters: quotes, controls, non-ASCII, surrogates
 seconds = st.floats(min_value=0, max_value=1e9, allow_nan=False)
-retries = st.builds(
-    RetryPolicy,
-    max_attempts=st.integers(1, 100),
-    initial_backoff_s=st.floats(0.001, 1e4),
-    max_backoff_s=st.floats(0.001, 1e6),
-    backoff_multiplier=st.floats(1, 100),
-    retryable_errors=st.frozensets(texts, max_size=3),
-    non_retryable_errors=st.frozensets(texts, max_size=3),
-)
+retries = retry_policies(texts)
 specs = st.builds(
     TaskSpec,
     task_type=st.just("t"),

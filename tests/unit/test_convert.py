@@ -11,13 +11,13 @@ from broker.domain import (
     TERMINAL_STATES,
     Placement,
     PreferredLabel,
-    RetryPolicy,
     Task,
     TaskError,
     TaskSpec,
     TaskState,
 )
 from broker.server import convert
+from tests.support.strategies import retry_policies
 from worker_sdk._pb import tasks_pb2 as _tasks
 
 characters = st.characters(exclude_categories=["Cs"])  # protobuf strings hold no surrogates
@@ -38,18 +38,7 @@ placements = st.one_of(
         routing_key=texts,
     ),
 )
-retries = st.one_of(
-    st.just(NO_RETRY),
-    st.builds(
-        RetryPolicy,
-        max_attempts=st.integers(2, 100),
-        initial_backoff_s=st.floats(0.001, 1e4),
-        max_backoff_s=st.floats(0.001, 1e6),
-        backoff_multiplier=st.floats(1, 100),
-        retryable_errors=st.frozensets(names, max_size=3),
-        non_retryable_errors=st.frozensets(names, max_size=3),
-    ),
-)
+retries = st.one_of(st.just(NO_RETRY), retry_policies(names, min_attempts=2))
 specs = st.builds(
     TaskSpec,
     task_type=names,

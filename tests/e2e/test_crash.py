@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,13 @@ async def quick_broker(tmp_path: Path) -> AsyncIterator[Broker]:
         yield running
 
 
+async def heard_from_since(client: Client, worker_id: str, since: datetime) -> bool:
+    for info in await client.list_workers():
+        if info.worker_id == worker_id and info.last_heartbeat is not None:
+            return info.last_heartbeat > since
+    return False
+
+
 async def run_doomed_worker(
     broker: Broker, tmp_path: Path, fate: signal.Signals
 ) -> tuple[list[TaskInfo], float]:
@@ -77,9 +85,18 @@ async def run_doomed_worker(
             async with asyncio.timeout(20):
                 while {(await client.get(i)).state for i in ids} != {TaskState.RUNNING}:
                     await asyncio.sleep(0.02)
+            # (The wire rounds times to the millisecond: one more keeps a start notice
+            # from passing for a later message.)
+            running_at = datetime.now(UTC) + timedelta(milliseconds=1)
             run = asyncio.create_task(rescuer.run(broker.address))
             async with asyncio.timeout(20):
                 while len(await client.list_workers()) < 2:
+                    await asyncio.sleep(0.02)
+                # A heartbeat since all four run, so each task's lease ends with the
+                # worker's silence: a lease ending earlier (renewed last by a start
+                # notice) would requeue the task while its worker still counts as alive,
+                # and it could go back to it, for one more attempt.
+                while not await heard_from_since(client, "doomed", running_at):
                     await asyncio.sleep(0.02)
             os.kill(doomed.pid, fate)
             signalled = time.monotonic()

@@ -319,7 +319,8 @@ class Client(AdminCalls, TokenCalls):
         with self._tracing.submit_spans((request,)) as spans:
             spec = _convert.task_spec(request, trace_context=spans.context())
             stream = self._submit_stream()
-            submitted, finished = stream.submit_watched(spec)
+            finished: asyncio.Future[TaskInfo] = asyncio.get_running_loop().create_future()
+            submitted = stream.submit(spec, finished)
             try:
                 task_id = await submitted
             except BaseException:

@@ -141,24 +141,18 @@ class SubmitStream:
     def finished(self) -> bool:
         return self._writer.done() and self._reader.done()
 
-    def submit(self, spec: _tasks.TaskSpec) -> asyncio.Future[str]:
+    def submit(
+        self, spec: _tasks.TaskSpec, finished: asyncio.Future[TaskInfo] | None = None
+    ) -> asyncio.Future[str]:
+        """The task's id once the broker accepted it. With `finished`, the message that
+        submits it asks for its completion notice too, which resolves `finished`: waiting
+        for it then costs no message of its own."""
         future: asyncio.Future[str] = self._loop.create_future()
-        self._submits.append(_PendingSubmit(spec, _convert.spec_size(spec), future))
-        self._wake.set()
-        return future
-
-    def submit_watched(
-        self, spec: _tasks.TaskSpec
-    ) -> tuple[asyncio.Future[str], asyncio.Future[TaskInfo]]:
-        """`submit`, and the task once it is terminal: the message that submits it asks for
-        its completion notice too, so waiting for it costs no message of its own."""
-        future: asyncio.Future[str] = self._loop.create_future()
-        finished: asyncio.Future[TaskInfo] = self._loop.create_future()
         self._submits.append(
             _PendingSubmit(spec, _convert.spec_size(spec), future, finished=finished)
         )
         self._wake.set()
-        return future, finished
+        return future
 
     def watch(self, task_id: str) -> asyncio.Future[TaskInfo]:
         future: asyncio.Future[TaskInfo] = self._loop.create_future()

@@ -366,6 +366,46 @@ async def test_a_duplicate_id_fails_the_whole_batch(store: SQLiteStore) -> None:
     assert await store.get_task(2) == make_task(2)
 
 
+@pytest.mark.parametrize("count", [1, 2, 3, 255, 1023, 1024, 1025, 2100])
+async def test_many_row_writes_store_what_one_row_writes_store(
+    tmp_path: Path, count: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inserts and saves written by many-row statements leave the file as `executemany`
+    does, row for row, whatever the count: around the sizes the statements come in."""
+    tasks = [
+        make_task(i, priority=i % 7, payload=bytes([i % 256]) * (i % 5), idempotency_key=f"k{i}")
+        for i in range(1, count + 1)
+    ]
+    tables: dict[bool, list[Any]] = {}
+    for many_row in (True, False):
+        monkeypatch.setattr(sqlite_module, "_multi_row_writes", lambda conn, m=many_row: m)
+        path = tmp_path / f"many_row_{many_row}.db"
+        async with await SQLiteStore.open(path) as store:
+            await store.insert_tasks(tasks)
+            for task in tasks[::2]:  # a save for every other task, and one for a stranger
+                store.save(finished(task, result=b"r%d" % task.id, placement_note="n"))
+            store.save(finished(make_task(count + 10)))
+            await store.flush()
+        tables[many_row] = await query(path, "SELECT * FROM tasks ORDER BY id")
+    assert len(tables[True]) == count
+    assert tables[True] == tables[False]
+
+
+async def test_the_many_row_statements_are_the_ones_used_here(store: SQLiteStore) -> None:
+    """This SQLite takes them (3.33 or later, with room for their parameters), so the
+    tests above and every store test here run them, not the fallback."""
+    assert sqlite3.sqlite_version_info >= (3, 33, 0)
+    assert await sqlite_module._in_thread(store._db, sqlite_module._multi_row_writes)
+
+
+async def test_a_duplicate_id_among_many_rows_fails_the_whole_batch(store: SQLiteStore) -> None:
+    await store.insert_tasks([make_task(5)])
+    with pytest.raises(StorageError) as failed:
+        await store.insert_tasks([make_task(i) for i in range(1, 300)])
+    assert isinstance(failed.value.__cause__, sqlite3.IntegrityError)
+    assert [task.id for task in await store.list_tasks(TaskFilter())] == [5]
+
+
 # Queries ---------------------------------------------------------------------------------
 
 

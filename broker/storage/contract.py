@@ -13,7 +13,9 @@ The rules:
   `insert_tasks`, `upsert_pool`, `record_config_change` and `record_file_settings` return
   only then; `save`,
   `save_sticky`, `save_runtime`, `save_rollups` and the worker log only queue. `durable()`
-  is a future for everything queued before the call; `flush()` awaits it. (The memory
+  is a future for everything queued before the call, but for the saves of tasks a worker
+  holds (assigned or running): those wait for the commit after next, so that a task that
+  ends by then has only its end written. `flush()` awaits everything. (The memory
   backend commits to memory: there, "durable" means visible, in order, not on disk.)
 - Snapshots. A write captures its argument as it is at the moment of the call: `save(task)`
   stores the task's state then, so changing the task in place afterwards changes nothing
@@ -22,10 +24,10 @@ The rules:
   coroutine starts). Reads hand out copies:
   changing what a read returned changes nothing stored.
 - Ordering. The last save of a task wins. Reads see every write queued before them (they
-  wait for it). Within one commit, inserts come before saves, so a save queued right after
-  an insert lands on the inserted task; a save of a task never inserted is ignored. A
-  heartbeat, a sticky key, run times and rollups ride along with the next commit rather than
-  causing one.
+  wait for it, held tasks' saves included). Within one commit, inserts come before saves,
+  so a save queued right after an insert lands on the inserted task; a save of a task
+  never inserted is ignored. A heartbeat, a sticky key, run times and rollups ride along
+  with the next commit rather than causing one.
 - Errors. A commit is all or nothing. If it fails, every caller waiting for it (an
   `insert_tasks`, `upsert_pool` or `record_config_change`, a `durable()` future) gets a
   StorageError whose cause is the backend's error, its writes are lost (including the saves

@@ -25,7 +25,16 @@ from types import TracebackType
 from typing import Any, Final, Generic, Protocol, Self, TypeVar
 
 from broker.clock import Clock
-from broker.domain import ApiToken, ConfigChange, PoolConfig, Task, TaskId, WorkerId, WorkerSpec
+from broker.domain import (
+    ApiToken,
+    ConfigChange,
+    PoolConfig,
+    Task,
+    TaskId,
+    TaskState,
+    WorkerId,
+    WorkerSpec,
+)
 from broker.errors import StorageError, Unavailable
 from broker.stats import ArmStats, RollupRow, RunStats, RuntimeKey
 
@@ -35,6 +44,11 @@ _log = logging.getLogger("taskbroker.store")
 # own. A save that is not yet committed is lost to a crash: the task is then recovered
 # in the state of its last commit (pending, assigned or running: run again all the same).
 SAVE_DELAY_S: Final = 0.05
+# A task a worker holds is saved one commit later than other saves: most tasks end within
+# that commit, and then only their end is written, one row update in place of two. A crash
+# before the held save is written recovers the task as it was before it was sent, to be
+# run again all the same (one attempt fewer counted).
+HELD_STATES: Final = frozenset({TaskState.ASSIGNED, TaskState.RUNNING})
 
 TaskRowT = TypeVar("TaskRowT")
 
@@ -123,6 +137,11 @@ class GroupCommit(Generic[TaskRowT]):
         self._closed = asyncio.Event()
         self._commits = 0
         self._save_timer: asyncio.TimerHandle | None = None  # commits saves left waiting
+        # Saves of held tasks (HELD_STATES) queued since the last commit started, and those
+        # queued before it, which the next commit writes. A task is in at most one of these
+        # and the queued batch's saves.
+        self._held_new: dict[TaskId, TaskRowT] = {}
+        self._held_due: dict[TaskId, TaskRowT] = {}
 
     @property
     def commits(self) -> int:
@@ -147,11 +166,25 @@ class GroupCommit(Generic[TaskRowT]):
         """Queue a snapshot of the task's state (everything but its spec) for the next commit.
 
         Only the last save of a task before a commit is written. The task must have been
-        inserted already; await `durable()` when the caller needs the write committed.
+        inserted already; await `durable()` when the caller needs the write committed. The
+        save of a held task (assigned or running) waits for the commit after next, and
+        `durable()` does not wait for it (see HELD_STATES); `flush()` and reads do.
         """
         if self._closing:
             raise Unavailable("the task store is closed")
-        self._queued.saves[task.id] = self._saved_row(task)
+        row = self._saved_row(task)
+        task_id = task.id
+        saves = self._queued.saves
+        if task.state not in HELD_STATES or task_id in saves:
+            saves[task_id] = row
+            if self._held_new:
+                self._held_new.pop(task_id, None)
+            if self._held_due:
+                self._held_due.pop(task_id, None)
+        elif task_id in self._held_due:
+            self._held_due[task_id] = row  # as due as the save it replaces
+        else:
+            self._held_new[task_id] = row
         # Nobody waits for a save by itself: it rides along with the next commit someone
         # waits for (a result, a submit), or is committed SAVE_DELAY_S later. So a task's
         # assignment and its result cost one commit, not two, of which the second would
@@ -252,7 +285,8 @@ class GroupCommit(Generic[TaskRowT]):
         return future
 
     async def flush(self) -> None:
-        """Wait until every write queued so far is committed."""
+        """Wait until every write queued so far is committed, held tasks' saves too."""
+        self._queue_held()
         await self.durable()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -283,6 +317,7 @@ class GroupCommit(Generic[TaskRowT]):
             await self._closed.wait()
             return
         self._closing = True
+        self._queue_held()
         final = self.durable()
         try:
             writer = self._writer
@@ -329,10 +364,18 @@ class GroupCommit(Generic[TaskRowT]):
         """
         if self._closed.is_set():
             raise Unavailable("the task store is closed")
+        self._queue_held()
         with contextlib.suppress(Exception):
             await self.durable()
 
     # -- the writer -----------------------------------------------------------------------
+
+    def _queue_held(self) -> None:
+        """Queue the held tasks' saves for the next commit, with the other writes."""
+        if self._held_due or self._held_new:
+            self._queued.saves.update(self._held_due)
+            self._queued.saves.update(self._held_new)
+            self._held_due, self._held_new = {}, {}
 
     def _saves_due(self) -> None:
         self._save_timer = None
@@ -366,6 +409,9 @@ class GroupCommit(Generic[TaskRowT]):
         """Commit everything queued so far in one transaction, then settle its waiters."""
         batch = self._queued
         self._queued = WriteBatch()
+        if self._held_due:
+            batch.saves.update(self._held_due)
+        self._held_due, self._held_new = self._held_new, {}
         if self._save_timer is not None:  # the saves are in this batch
             self._save_timer.cancel()
             self._save_timer = None
@@ -393,3 +439,6 @@ class GroupCommit(Generic[TaskRowT]):
             else:
                 future.set_exception(error)
         self._in_flight = None
+        if self._held_due and self._save_timer is None and not self._closing:
+            # Nobody may wait for the next commit: the held saves get one of their own.
+            self._save_timer = asyncio.get_running_loop().call_later(SAVE_DELAY_S, self._saves_due)

@@ -126,7 +126,7 @@ async def test_a_commit_under_a_lease_that_moved_on_writes_nothing() -> None:
         await store.pool.execute("UPDATE pool_leases SET owner = 'b2', epoch = 2")
         store.save(dataclasses.replace(make_task(1), state=TaskState.RUNNING))
         with pytest.raises(StorageError, match="lease has moved on"):
-            await store.durable()
+            await store.flush()  # a held task's save: durable() would not wait for it
         with pytest.raises(StorageError):
             await store.insert_tasks([make_task(2)])
         store.set_fence(None)

@@ -21,6 +21,7 @@ class RecordingBackend:
         self.batches: list[WriteBatch[Row]] = []
         self.fail_next: Exception | None = None
         self.closed = False
+        self.committed = asyncio.Condition()  # notified after each commit
 
     def inserted_row(self, task: Task) -> Row:
         return ("insert", task.id, task.state)
@@ -34,6 +35,8 @@ class RecordingBackend:
             error, self.fail_next = self.fail_next, None
             raise error
         self.batches.append(batch)
+        async with self.committed:
+            self.committed.notify_all()
 
     async def close(self) -> None:
         self.closed = True
@@ -181,3 +184,91 @@ async def test_close_commits_writes_that_never_started_the_writer(
     with pytest.raises(Unavailable):
         store.save(task(1))
     await store.run()  # closed: nothing to run
+
+
+# Held tasks' saves -------------------------------------------------------------------------
+
+
+async def commit_now(store: GroupCommit[Row]) -> None:
+    """One commit that somebody waits for (as a submit's or a result's)."""
+    store.save(task(100))  # a pending task's save is not held back
+    await store.durable()
+
+
+async def test_a_held_tasks_save_waits_for_the_commit_after_next(
+    store: GroupCommit[Row], backend: RecordingBackend
+) -> None:
+    store.save(task(1, TaskState.RUNNING))
+    await commit_now(store)
+    assert 1 not in backend.batches[-1].saves
+    await commit_now(store)
+    assert backend.batches[-1].saves[1] == ("save", 1, TaskState.RUNNING)
+
+
+async def test_a_held_task_that_ends_in_time_has_only_its_end_written(
+    store: GroupCommit[Row], backend: RecordingBackend
+) -> None:
+    store.save(task(1, TaskState.ASSIGNED))
+    await commit_now(store)
+    store.save(task(1, TaskState.RUNNING))  # started: still as due as the assignment
+    store.save(task(2, TaskState.RUNNING))
+    store.save(task(2, TaskState.SUCCEEDED))
+    await commit_now(store)
+    assert backend.batches[-1].saves[1] == ("save", 1, TaskState.RUNNING)
+    assert backend.batches[-1].saves[2] == ("save", 2, TaskState.SUCCEEDED)
+    store.save(task(1, TaskState.SUCCEEDED))
+    await commit_now(store)
+    await commit_now(store)
+    written = [batch.saves[1] for batch in backend.batches if 1 in batch.saves]
+    assert written == [("save", 1, TaskState.RUNNING), ("save", 1, TaskState.SUCCEEDED)]
+    assert [batch.saves[2] for batch in backend.batches if 2 in batch.saves] == [
+        ("save", 2, TaskState.SUCCEEDED)
+    ]
+
+
+async def test_a_task_held_again_after_a_queued_save_keeps_that_saves_place(
+    store: GroupCommit[Row], backend: RecordingBackend
+) -> None:
+    store.save(task(1, TaskState.PENDING))  # requeued...
+    store.save(task(1, TaskState.ASSIGNED))  # ...and sent again before the commit
+    await commit_now(store)
+    assert backend.batches[-1].saves[1] == ("save", 1, TaskState.ASSIGNED)
+
+
+async def test_a_requeue_replaces_a_held_save_not_yet_written(
+    store: GroupCommit[Row], backend: RecordingBackend
+) -> None:
+    store.save(task(1, TaskState.RUNNING))
+    store.save(task(1, TaskState.PENDING))
+    await commit_now(store)
+    assert backend.batches[-1].saves[1] == ("save", 1, TaskState.PENDING)
+    await commit_now(store)
+    assert [batch.saves[1] for batch in backend.batches if 1 in batch.saves] == [
+        ("save", 1, TaskState.PENDING)
+    ]
+
+
+async def test_held_saves_are_written_with_nobody_waiting(
+    store: GroupCommit[Row], backend: RecordingBackend
+) -> None:
+    store.save(task(1, TaskState.RUNNING))
+    async with asyncio.timeout(5), backend.committed:  # two SAVE_DELAY_S timers: 0.1 s
+        await backend.committed.wait_for(lambda: any(1 in batch.saves for batch in backend.batches))
+    assert backend.batches[-1].saves[1] == ("save", 1, TaskState.RUNNING)
+
+
+async def test_flush_and_close_write_held_saves(
+    store: GroupCommit[Row], backend: RecordingBackend
+) -> None:
+    store.save(task(1, TaskState.RUNNING))
+    await store.flush()
+    assert backend.batches[-1].saves == {1: ("save", 1, TaskState.RUNNING)}
+    store.save(task(2, TaskState.ASSIGNED))
+    await store.close()
+    assert backend.batches[-1].saves == {2: ("save", 2, TaskState.ASSIGNED)}
+
+
+async def test_a_read_sees_held_saves(store: GroupCommit[Row], backend: RecordingBackend) -> None:
+    store.save(task(1, TaskState.RUNNING))
+    await store._settle()  # what every read of a backend awaits first
+    assert backend.batches[-1].saves == {1: ("save", 1, TaskState.RUNNING)}

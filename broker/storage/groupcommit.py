@@ -357,14 +357,22 @@ class GroupCommit(Generic[TaskRowT]):
         if self._closing:
             raise Unavailable("the task store is closed")
 
-    async def _settle(self) -> None:
-        """Before a read: refuse it once closed, else wait for the writes queued before it.
+    async def _settle(self, of_task: TaskId | None = None) -> None:
+        """Before a read: refuse it once closed, else wait for the writes queued before it,
+        held tasks' saves included: all of them, or for a read of one task (`of_task`),
+        its own only, so that reads of single tasks do not undo the wait of the others.
 
         A failed commit is news for its own waiters; a read only needs it settled.
         """
         if self._closed.is_set():
             raise Unavailable("the task store is closed")
-        self._queue_held()
+        if of_task is None:
+            self._queue_held()
+        else:
+            for held in (self._held_due, self._held_new):
+                row = held.pop(of_task, None)
+                if row is not None:
+                    self._queued.saves[of_task] = row
         with contextlib.suppress(Exception):
             await self.durable()
 

@@ -149,7 +149,7 @@ class MemoryStore(GroupCommit[Task]):
 
     async def get_task(self, task_id: TaskId) -> Task | None:
         """The task with this id, or None."""
-        await self._settle()
+        await self._settle(task_id)
         task = self._tables.tasks.get(task_id)
         return None if task is None else dataclasses.replace(task)
 

@@ -494,7 +494,7 @@ class PostgresStore(SharedReads, GroupCommit[Row]):
     # -- reads ----------------------------------------------------------------------------
 
     async def get_task(self, task_id: TaskId) -> Task | None:
-        rows = await self._fetch(f"{SELECT_TASKS} WHERE id = $1", task_id)
+        rows = await self._fetch(f"{SELECT_TASKS} WHERE id = $1", task_id, of_task=task_id)
         return task_from_row(rows[0]) if rows else None
 
     async def list_tasks(self, flt: TaskFilter) -> list[Task]:
@@ -656,8 +656,8 @@ class PostgresStore(SharedReads, GroupCommit[Row]):
 
     # -- internals ------------------------------------------------------------------------
 
-    async def _fetch(self, sql: str, *params: object) -> list[Any]:
-        await self._settle()
+    async def _fetch(self, sql: str, *params: object, of_task: TaskId | None = None) -> list[Any]:
+        await self._settle(of_task)
         try:
             return list(await self._pool.fetch(sql, *params))
         except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:

@@ -320,7 +320,7 @@ class SQLiteStore(SharedReads, GroupCommit[Row]):
 
     async def get_task(self, task_id: TaskId) -> Task | None:
         """The task with this id, or None."""
-        rows = await self._fetch(f"{SELECT_TASKS} WHERE id = ?", (task_id,))
+        rows = await self._fetch(f"{SELECT_TASKS} WHERE id = ?", (task_id,), of_task=task_id)
         return task_from_row(rows[0]) if rows else None
 
     async def list_tasks(self, flt: TaskFilter) -> list[Task]:
@@ -459,8 +459,10 @@ class SQLiteStore(SharedReads, GroupCommit[Row]):
 
     # -- internals ------------------------------------------------------------------------
 
-    async def _fetch(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
-        await self._settle()
+    async def _fetch(
+        self, sql: str, params: Sequence[object] = (), *, of_task: TaskId | None = None
+    ) -> list[sqlite3.Row]:
+        await self._settle(of_task)
         async with self._transaction:
             return list(await self._db.execute_fetchall(sql, params))
 

@@ -141,6 +141,22 @@ async def test_reads_see_writes_queued_before_them(store: Store) -> None:
     assert await store.get_task(1) == finished(task)
 
 
+async def test_reads_see_held_tasks_saves_which_durable_does_not_wait_for(
+    store: Store,
+) -> None:
+    """A held task's save waits for the commit after next (`durable()` does not wait for
+    it), yet every read sees it: a read of that task, a listing, a count."""
+    tasks = [make_task(1), make_task(2)]
+    await store.insert_tasks(tasks)
+    held = [dataclasses.replace(t, state=RUNNING, worker_id="w1", attempts=1) for t in tasks]
+    for task in held:
+        store.save(task)
+    await store.durable()
+    assert await store.get_task(1) == held[0]
+    assert await store.list_tasks(TaskFilter(states=frozenset({RUNNING}))) == held[::-1]
+    assert await store.count_by_pool_state() == {("default", RUNNING): 2}
+
+
 async def test_a_save_of_a_task_never_inserted_is_ignored(store: Store) -> None:
     store.save(make_task(1))
     await store.flush()

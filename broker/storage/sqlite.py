@@ -12,6 +12,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import operator
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
@@ -105,6 +106,10 @@ _UPDATE_TASK: Final = (
 # are few, so each is prepared once. They need UPDATE ... FROM (SQLite 3.33) and room for
 # their parameters; without them, `executemany` it is.
 _STATEMENT_ROWS: Final = tuple(2**i for i in range(10, -1, -1))  # 1,024, 512, ..., 1
+# The most bytes of payloads, results and tracebacks one many-row statement binds (a
+# bigger row goes alone): SQLite copies what is bound, and keeps the copies with the
+# prepared statement until it runs again, so big rows would be held twice, and after.
+_STATEMENT_BYTES: Final = 256 * 1024
 _MULTI_ROW_SQLITE: Final = sqlite3.sqlite_version_info >= (3, 33, 0)
 _SAVE_WIDTH: Final = len(_SAVED_COLUMNS) + 1  # a saved row's columns, with the id
 
@@ -128,10 +133,22 @@ def _update_tasks_sql(count: int) -> str:
     )
 
 
-# The many-row statement of each statement that has one.
-_MULTI_ROW: Final[dict[str, Callable[[int], str]]] = {
-    _INSERT_TASK: _insert_tasks_sql,
-    _UPDATE_TASK: _update_tasks_sql,
+def _bytes_of(
+    columns: Sequence[str], large: tuple[str, str, *tuple[str, ...]]
+) -> Callable[[Row], int]:
+    """How many bytes a row of these columns binds in its `large` ones (bytes, text or
+    None; two or more, so that the getter gives a tuple)."""
+    values = operator.itemgetter(*(columns.index(name) for name in large))
+    return lambda row: sum(map(len, filter(None, values(row))))
+
+
+# The many-row statement of each statement that has one, and what a row of it binds.
+_MULTI_ROW: Final[dict[str, tuple[Callable[[int], str], Callable[[Row], int]]]] = {
+    _INSERT_TASK: (
+        _insert_tasks_sql,
+        _bytes_of(TASK_COLUMNS.split(", "), ("payload", "result", "error_traceback")),
+    ),
+    _UPDATE_TASK: (_update_tasks_sql, _bytes_of(_SAVED_COLUMNS, ("result", "error_traceback"))),
 }
 
 
@@ -531,7 +548,7 @@ def _write_transaction(
         multi_row = _MULTI_ROW if _multi_row_writes(conn) else {}
         for sql, rows in statements:
             if sql in multi_row:
-                _execute_rows(conn, multi_row[sql], rows)
+                _execute_rows(conn, *multi_row[sql], rows)
             else:
                 conn.executemany(sql, rows)
         _commit(conn)
@@ -551,16 +568,27 @@ def _multi_row_writes(conn: sqlite3.Connection) -> bool:
 
 
 def _execute_rows(
-    conn: sqlite3.Connection, statement: Callable[[int], str], rows: Sequence[Row]
+    conn: sqlite3.Connection,
+    statement: Callable[[int], str],
+    size_of: Callable[[Row], int],
+    rows: Sequence[Row],
 ) -> None:
-    """Write the rows with `statement(n)`, the statement for n rows, n taken from
-    _STATEMENT_ROWS, largest first."""
+    """Write the rows with `statement(n)`, the statement for n rows: in runs of at most
+    _STATEMENT_ROWS[0] rows and _STATEMENT_BYTES (by `size_of`; a bigger row runs alone),
+    each run in statements of the sizes in _STATEMENT_ROWS, largest first."""
     start = 0
-    for size in _STATEMENT_ROWS:
-        while len(rows) - start >= size:
-            values = list(itertools.chain.from_iterable(rows[start : start + size]))
-            conn.execute(statement(size), values)
-            start += size
+    while start < len(rows):
+        end, size = start + 1, size_of(rows[start])
+        while end < len(rows) and end - start < _STATEMENT_ROWS[0]:
+            size += size_of(rows[end])
+            if size > _STATEMENT_BYTES:
+                break
+            end += 1
+        for count in _STATEMENT_ROWS:
+            while end - start >= count:
+                values = list(itertools.chain.from_iterable(rows[start : start + count]))
+                conn.execute(statement(count), values)
+                start += count
 
 
 def _commit(conn: sqlite3.Connection) -> None:

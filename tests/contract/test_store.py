@@ -371,9 +371,12 @@ async def test_many_row_writes_store_what_one_row_writes_store(
     tmp_path: Path, count: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Inserts and saves written by many-row statements leave the file as `executemany`
-    does, row for row, whatever the count: around the sizes the statements come in."""
+    does, row for row, whatever the count: around the sizes the statements come in, with
+    payloads of up to 3 KB, so that runs of rows end at _STATEMENT_BYTES too."""
     tasks = [
-        make_task(i, priority=i % 7, payload=bytes([i % 256]) * (i % 5), idempotency_key=f"k{i}")
+        make_task(
+            i, priority=i % 7, payload=bytes([i % 256]) * (i * 7919 % 3000), idempotency_key=f"k{i}"
+        )
         for i in range(1, count + 1)
     ]
     tables: dict[bool, list[Any]] = {}
@@ -389,6 +392,31 @@ async def test_many_row_writes_store_what_one_row_writes_store(
         tables[many_row] = await query(path, "SELECT * FROM tasks ORDER BY id")
     assert len(tables[True]) == count
     assert tables[True] == tables[False]
+
+
+async def test_a_many_row_statement_binds_a_bounded_number_of_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite keeps copies of what a statement binds: big rows go in statements of fewer
+    rows, up to _STATEMENT_BYTES of payloads each, a bigger row alone."""
+    counts: list[int] = []
+    insert_sql, size_of = sqlite_module._MULTI_ROW[sqlite_module._INSERT_TASK]
+
+    def recording(count: int) -> str:
+        counts.append(count)
+        return insert_sql(count)
+
+    monkeypatch.setitem(sqlite_module._MULTI_ROW, sqlite_module._INSERT_TASK, (recording, size_of))
+    sizes = [1_000, 100_000, 100_000, 100_000, 300_000, 10, 10]
+    tasks = [make_task(i, payload=bytes(size)) for i, size in enumerate(sizes, 1)]
+    async with await SQLiteStore.open(tmp_path / "broker.db") as store:
+        await store.insert_tasks(tasks)
+        assert await store.get_task(5) == tasks[4]
+    statements, start = [], 0
+    for count in counts:  # the statements take the rows in order
+        statements.append(sizes[start : start + count])
+        start += count
+    assert statements == [[1_000, 100_000], [100_000], [100_000], [300_000], [10, 10]]
 
 
 async def test_the_many_row_statements_are_the_ones_used_here(store: SQLiteStore) -> None:

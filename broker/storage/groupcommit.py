@@ -46,8 +46,8 @@ _log = logging.getLogger("taskbroker.store")
 SAVE_DELAY_S: Final = 0.05
 # A task a worker holds is saved one commit later than other saves: most tasks end within
 # that commit, and then only their end is written, one row update in place of two. A crash
-# before the held save is written recovers the task as it was before it was sent, to be
-# run again all the same (one attempt fewer counted).
+# before the held save is written recovers the task as it was before it was sent: pending,
+# as a restart leaves a held task anyway (its interrupted hand-out is not counted).
 HELD_STATES: Final = frozenset({TaskState.ASSIGNED, TaskState.RUNNING})
 
 TaskRowT = TypeVar("TaskRowT")

@@ -72,7 +72,7 @@ _UNFINISHED: Final = tuple(state for state in TaskState if not state.terminal)
 
 # -- what a commit writes ------------------------------------------------------------------
 
-_TASK_WIDTH: Final = 24  # the columns of an inserted row
+_TASK_WIDTH: Final = len(TASK_COLUMNS.split(", "))  # the columns of an inserted row
 _INSERT_TASK: Final = f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * _TASK_WIDTH)})"
 # What a save rewrites, in update_row's order (the id follows).
 _SAVED_COLUMNS: Final = (

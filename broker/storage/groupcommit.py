@@ -186,9 +186,9 @@ class GroupCommit(Generic[TaskRowT]):
         else:
             self._held_new[task_id] = row
         # Nobody waits for a save by itself: it rides along with the next commit someone
-        # waits for (a result, a submit), or is committed SAVE_DELAY_S later. So a task's
-        # assignment and its result cost one commit, not two, of which the second would
-        # wait for the first.
+        # waits for (a result, a submit; a held task's, with the one after), or is
+        # committed SAVE_DELAY_S later. So a task's assignment and its result cost one
+        # commit, not two, of which the second would wait for the first.
         if self._writer is None:
             self.start()
         if self._save_timer is None:

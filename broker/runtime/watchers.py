@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import Protocol
 
 from broker.core.lifecycle import TaskLifecycle
@@ -24,9 +24,9 @@ TaskCallback = Callable[[Task], None]
 
 
 class TaskLog(Protocol):
-    """Where tasks are kept (the store): read one, queue a save, wait for durability."""
+    """Where tasks are kept (the store): read some, queue a save, wait for durability."""
 
-    async def get_task(self, task_id: int) -> Task | None: ...
+    async def get_tasks(self, task_ids: Collection[TaskId]) -> list[Task]: ...
     def save(self, task: Task) -> None: ...
     def durable(self) -> asyncio.Future[None]: ...
 
@@ -53,12 +53,17 @@ class Watchers:
                 self._waiters[task_id].append(callback)
             else:
                 stored.append(task_id)
-        not_found = []
+        not_found: list[TaskId] = []
+        if not stored:
+            return not_found
+        # Watched before the read: a task another broker schedules (several brokers on one
+        # database) may end meanwhile, and `told` must find the watcher. One read for all
+        # of them: a read waits for the commit under way, so one each would wait in turn.
         for task_id in stored:
-            # Watched before the read: a task another broker schedules (several brokers
-            # on one database) may end meanwhile, and `told` must find the watcher.
             self._waiters[task_id].append(callback)
-            task = await self._store.get_task(task_id)
+        found = {task.id: task for task in await self._store.get_tasks(stored)}
+        for task_id in stored:
+            task = found.get(task_id)
             if task is None or task.state.terminal:
                 self.unwatch([task_id], callback)
                 if task is None:

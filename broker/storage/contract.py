@@ -191,6 +191,10 @@ class Store(WorkerLog, RollupStore, Protocol):
         """The task with this id, or None."""
         ...
 
+    async def get_tasks(self, task_ids: Collection[TaskId]) -> list[Task]:
+        """The stored tasks among these ids, in any order: one read for them all."""
+        ...
+
     async def list_tasks(self, flt: TaskFilter) -> list[Task]:
         """Tasks matching the filter, newest (highest id) first, at most `flt.limit`;
         InvalidArgument for a negative limit."""

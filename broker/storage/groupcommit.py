@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Final, Generic, Protocol, Self, TypeVar
@@ -357,22 +357,24 @@ class GroupCommit(Generic[TaskRowT]):
         if self._closing:
             raise Unavailable("the task store is closed")
 
-    async def _settle(self, of_task: TaskId | None = None) -> None:
+    async def _settle(self, of_tasks: Collection[TaskId] | None = None) -> None:
         """Before a read: refuse it once closed, else wait for the writes queued before it,
-        held tasks' saves included: all of them, or for a read of one task (`of_task`),
-        its own only, so that reads of single tasks do not undo the wait of the others.
+        held tasks' saves included: all of them, or for a read of given tasks (`of_tasks`),
+        theirs only, so that reads by id do not undo the wait of the others.
 
         A failed commit is news for its own waiters; a read only needs it settled.
         """
         if self._closed.is_set():
             raise Unavailable("the task store is closed")
-        if of_task is None:
+        if of_tasks is None:
             self._queue_held()
-        else:
+        elif self._held_due or self._held_new:
+            saves = self._queued.saves
             for held in (self._held_due, self._held_new):
-                row = held.pop(of_task, None)
-                if row is not None:
-                    self._queued.saves[of_task] = row
+                for task_id in of_tasks:
+                    row = held.pop(task_id, None)
+                    if row is not None:
+                        saves[task_id] = row
         with contextlib.suppress(Exception):
             await self.durable()
 

@@ -149,9 +149,15 @@ class MemoryStore(GroupCommit[Task]):
 
     async def get_task(self, task_id: TaskId) -> Task | None:
         """The task with this id, or None."""
-        await self._settle(task_id)
+        await self._settle((task_id,))
         task = self._tables.tasks.get(task_id)
         return None if task is None else dataclasses.replace(task)
+
+    async def get_tasks(self, task_ids: Collection[TaskId]) -> list[Task]:
+        """The stored tasks among these ids."""
+        await self._settle(task_ids)
+        tasks = self._tables.tasks
+        return [dataclasses.replace(tasks[i]) for i in dict.fromkeys(task_ids) if i in tasks]
 
     async def list_tasks(self, flt: TaskFilter) -> list[Task]:
         """Tasks matching the filter, newest (highest id) first, at most `flt.limit`."""

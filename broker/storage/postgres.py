@@ -486,15 +486,16 @@ class PostgresStore(SharedReads, GroupCommit[Row]):
         )
         return [task_from_row(row) for row in rows]
 
-    async def get_tasks(self, task_ids: Sequence[TaskId]) -> list[Task]:
+    async def get_tasks(self, task_ids: Collection[TaskId]) -> list[Task]:
         """The stored tasks among these ids."""
-        rows = await self._fetch(f"{SELECT_TASKS} WHERE id = ANY($1::bigint[])", list(task_ids))
+        ids = list(dict.fromkeys(task_ids))
+        rows = await self._fetch(f"{SELECT_TASKS} WHERE id = ANY($1::bigint[])", ids, of_tasks=ids)
         return [task_from_row(row) for row in rows]
 
     # -- reads ----------------------------------------------------------------------------
 
     async def get_task(self, task_id: TaskId) -> Task | None:
-        rows = await self._fetch(f"{SELECT_TASKS} WHERE id = $1", task_id, of_task=task_id)
+        rows = await self._fetch(f"{SELECT_TASKS} WHERE id = $1", task_id, of_tasks=(task_id,))
         return task_from_row(rows[0]) if rows else None
 
     async def list_tasks(self, flt: TaskFilter) -> list[Task]:
@@ -656,8 +657,10 @@ class PostgresStore(SharedReads, GroupCommit[Row]):
 
     # -- internals ------------------------------------------------------------------------
 
-    async def _fetch(self, sql: str, *params: object, of_task: TaskId | None = None) -> list[Any]:
-        await self._settle(of_task)
+    async def _fetch(
+        self, sql: str, *params: object, of_tasks: Collection[TaskId] | None = None
+    ) -> list[Any]:
+        await self._settle(of_tasks)
         try:
             return list(await self._pool.fetch(sql, *params))
         except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:

@@ -69,6 +69,7 @@ _T = TypeVar("_T")
 _BUSY_TIMEOUT_MS: Final = 5000
 
 _UNFINISHED: Final = tuple(state for state in TaskState if not state.terminal)
+_IDS_PER_READ: Final = 500  # ids in one SELECT of get_tasks (some builds allow 999 parameters)
 
 # -- what a commit writes ------------------------------------------------------------------
 
@@ -337,8 +338,22 @@ class SQLiteStore(SharedReads, GroupCommit[Row]):
 
     async def get_task(self, task_id: TaskId) -> Task | None:
         """The task with this id, or None."""
-        rows = await self._fetch(f"{SELECT_TASKS} WHERE id = ?", (task_id,), of_task=task_id)
+        rows = await self._fetch(f"{SELECT_TASKS} WHERE id = ?", (task_id,), of_tasks=(task_id,))
         return task_from_row(rows[0]) if rows else None
+
+    async def get_tasks(self, task_ids: Collection[TaskId]) -> list[Task]:
+        """The stored tasks among these ids: one read, in statements of at most 500 ids."""
+        ids = list(dict.fromkeys(task_ids))
+        await self._settle(ids)
+        tasks: list[Task] = []
+        async with self._transaction:
+            for start in range(0, len(ids), _IDS_PER_READ):
+                chunk = ids[start : start + _IDS_PER_READ]
+                sql = f"{SELECT_TASKS} WHERE id IN ({', '.join('?' * len(chunk))})"
+                tasks.extend(
+                    task_from_row(row) for row in await self._db.execute_fetchall(sql, chunk)
+                )
+        return tasks
 
     async def list_tasks(self, flt: TaskFilter) -> list[Task]:
         """Tasks matching the filter, newest (highest id) first, at most `flt.limit`."""
@@ -477,9 +492,13 @@ class SQLiteStore(SharedReads, GroupCommit[Row]):
     # -- internals ------------------------------------------------------------------------
 
     async def _fetch(
-        self, sql: str, params: Sequence[object] = (), *, of_task: TaskId | None = None
+        self,
+        sql: str,
+        params: Sequence[object] = (),
+        *,
+        of_tasks: Collection[TaskId] | None = None,
     ) -> list[sqlite3.Row]:
-        await self._settle(of_task)
+        await self._settle(of_tasks)
         async with self._transaction:
             return list(await self._db.execute_fetchall(sql, params))
 

@@ -157,6 +157,20 @@ async def test_reads_see_held_tasks_saves_which_durable_does_not_wait_for(
     assert await store.count_by_pool_state() == {("default", RUNNING): 2}
 
 
+async def test_get_tasks_reads_the_stored_ones_among_many_ids(store: Store) -> None:
+    """Past one statement's worth of ids (SQLite reads 500 at a time), repeats once, an
+    unknown id left out, and a held task's save seen."""
+    tasks = [make_task(i) for i in range(1, 1201)]
+    await store.insert_tasks(tasks)
+    held = dataclasses.replace(tasks[9], state=RUNNING, worker_id="w1", attempts=1)
+    store.save(held)
+    wanted = [*range(1, 1201), 5, 10_000]
+    got = await store.get_tasks(wanted)
+    assert sorted(task.id for task in got) == list(range(1, 1201))
+    assert {task.id: task for task in got}[10] == held
+    assert await store.get_tasks([]) == []
+
+
 async def test_a_save_of_a_task_never_inserted_is_ignored(store: Store) -> None:
     store.save(make_task(1))
     await store.flush()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 
 import pytest
 
 from broker.clock import FakeClock
 from broker.domain import (
+    Task,
     TaskError,
     TaskFilter,
     TaskResult,
@@ -246,3 +247,31 @@ async def test_restart_requeues_unfinished_tasks(tmp_path: Path, clock: FakeCloc
         assert sorted(t.id for t in assigned) == [first.id, second.id]
         (third,) = await engine.submit([TaskSpec(task_type="t")])
         assert third.id > second.id
+
+
+async def test_watching_finished_tasks_reads_the_store_once(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tasks that ended before their watch came are read in one go: a read waits for
+    the commit under way, so a read each would wait for one commit after another."""
+    channel = RecordingChannel()
+    engine.connect_worker(worker("w1", capacity=50), channel)
+    tasks = await engine.submit([TaskSpec(task_type="t") for _ in range(50)])
+    assigned = await channel.until_assigned(50)
+    engine.report("w1", [], [ok(task) for task in assigned])
+    await engine.wait([task.id for task in tasks], max_wait=5)
+    store = engine._store
+    reads: list[int] = []
+    get_tasks = store.get_tasks
+
+    async def counted(task_ids: Collection[int]) -> list[Task]:
+        reads.append(len(task_ids))
+        return await get_tasks(task_ids)
+
+    monkeypatch.setattr(store, "get_tasks", counted)
+    seen: list[Task] = []
+    missing = await engine.watch([*(task.id for task in tasks), 404], seen.append)
+    assert missing == [404]
+    assert reads == [51]
+    assert sorted(task.id for task in seen) == sorted(task.id for task in tasks)
+    assert {task.state for task in seen} == {TaskState.SUCCEEDED}

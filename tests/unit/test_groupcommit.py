@@ -279,7 +279,7 @@ async def test_a_read_of_one_task_sees_its_held_save_and_leaves_the_others_waiti
 ) -> None:
     store.save(task(1, TaskState.RUNNING))
     store.save(task(2, TaskState.RUNNING))
-    await store._settle(of_task=2)  # what a read of task 2 awaits first
+    await store._settle(of_tasks=(2,))  # what a read of task 2 awaits first
     assert backend.batches[-1].saves == {2: ("save", 2, TaskState.RUNNING)}
     await commit_now(store)
     assert backend.batches[-1].saves[1] == ("save", 1, TaskState.RUNNING)

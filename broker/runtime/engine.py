@@ -128,7 +128,6 @@ class Engine:
             self._watchers,
             self._apply,
             self._dispatcher.request,
-            self.get,
         )
 
     @property

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 from broker.clock import Clock
 from broker.config import BrokerConfig
@@ -36,7 +36,6 @@ class FinishedTasks:
         watchers: Watchers,
         apply: Callable[[], object],
         request_dispatch: Callable[[Iterable[str]], None],
-        get: Callable[[TaskId], Awaitable[Task]],
     ) -> None:
         self._config = config
         self._core = core
@@ -45,7 +44,6 @@ class FinishedTasks:
         self._watchers = watchers
         self._apply = apply
         self._request_dispatch = request_dispatch
-        self._get = get
         self._lock = asyncio.Lock()
 
     async def retry(
@@ -66,9 +64,15 @@ class FinishedTasks:
         self, task_ids: Sequence[TaskId], dead_letter_pool: str, limit: int
     ) -> list[Task]:
         core = self._core
+        live = core.live
+        # The finished ones (most) in one read: a read waits for the commit under way.
+        stored = [task_id for task_id in task_ids if task_id not in live]
+        found = {task.id: task for task in await self._store.get_tasks(stored)} if stored else {}
         tasks: dict[TaskId, Task] = {}
         for task_id in task_ids:
-            task = await self._get(task_id)
+            task = live.get(task_id) or found.get(task_id)
+            if task is None:
+                raise NotFound(f"task {task_id} does not exist")
             core.check_retryable(task)
             tasks[task_id] = task
         if dead_letter_pool:

@@ -275,3 +275,37 @@ async def test_watching_finished_tasks_reads_the_store_once(
     assert reads == [51]
     assert sorted(task.id for task in seen) == sorted(task.id for task in tasks)
     assert {task.state for task in seen} == {TaskState.SUCCEEDED}
+
+
+async def test_retrying_failed_tasks_reads_the_store_once(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    channel = RecordingChannel()
+    engine.connect_worker(worker("w1", capacity=30), channel)
+    tasks = await engine.submit([TaskSpec(task_type="t") for _ in range(30)])
+    assigned = await channel.until_assigned(30)
+    error = TaskError(type="ValueError", message="no")
+    engine.report(
+        "w1",
+        [],
+        [
+            TaskResult(task_id=t.id, attempt=t.attempts, success=False, error=error)
+            for t in assigned
+        ],
+    )
+    await engine.wait([task.id for task in tasks], max_wait=5)
+    store = engine._store
+    reads: list[int] = []
+    get_tasks = store.get_tasks
+
+    async def counted(task_ids: Collection[int]) -> list[Task]:
+        reads.append(len(task_ids))
+        return await get_tasks(task_ids)
+
+    monkeypatch.setattr(store, "get_tasks", counted)
+    with pytest.raises(NotFound, match="task 404 does not exist"):
+        await engine.retry([tasks[0].id, 404])
+    retried = await engine.retry([task.id for task in tasks])
+    assert reads == [2, 30]
+    assert sorted(task.id for task in retried) == sorted(task.id for task in tasks)
+    assert {task.state for task in retried} == {TaskState.PENDING}

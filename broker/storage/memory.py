@@ -149,9 +149,8 @@ class MemoryStore(GroupCommit[Task]):
 
     async def get_task(self, task_id: TaskId) -> Task | None:
         """The task with this id, or None."""
-        await self._settle((task_id,))
-        task = self._tables.tasks.get(task_id)
-        return None if task is None else dataclasses.replace(task)
+        tasks = await self.get_tasks((task_id,))
+        return tasks[0] if tasks else None
 
     async def get_tasks(self, task_ids: Collection[TaskId]) -> list[Task]:
         """The stored tasks among these ids."""

@@ -495,8 +495,8 @@ class PostgresStore(SharedReads, GroupCommit[Row]):
     # -- reads ----------------------------------------------------------------------------
 
     async def get_task(self, task_id: TaskId) -> Task | None:
-        rows = await self._fetch(f"{SELECT_TASKS} WHERE id = $1", task_id, of_tasks=(task_id,))
-        return task_from_row(rows[0]) if rows else None
+        tasks = await self.get_tasks((task_id,))
+        return tasks[0] if tasks else None
 
     async def list_tasks(self, flt: TaskFilter) -> list[Task]:
         if flt.limit < 0:

@@ -338,8 +338,8 @@ class SQLiteStore(SharedReads, GroupCommit[Row]):
 
     async def get_task(self, task_id: TaskId) -> Task | None:
         """The task with this id, or None."""
-        rows = await self._fetch(f"{SELECT_TASKS} WHERE id = ?", (task_id,), of_tasks=(task_id,))
-        return task_from_row(rows[0]) if rows else None
+        tasks = await self.get_tasks((task_id,))
+        return tasks[0] if tasks else None
 
     async def get_tasks(self, task_ids: Collection[TaskId]) -> list[Task]:
         """The stored tasks among these ids: one read, in statements of at most 500 ids."""
@@ -491,14 +491,8 @@ class SQLiteStore(SharedReads, GroupCommit[Row]):
 
     # -- internals ------------------------------------------------------------------------
 
-    async def _fetch(
-        self,
-        sql: str,
-        params: Sequence[object] = (),
-        *,
-        of_tasks: Collection[TaskId] | None = None,
-    ) -> list[sqlite3.Row]:
-        await self._settle(of_tasks)
+    async def _fetch(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
+        await self._settle()
         async with self._transaction:
             return list(await self._db.execute_fetchall(sql, params))
 

@@ -249,6 +249,20 @@ async def test_restart_requeues_unfinished_tasks(tmp_path: Path, clock: FakeCloc
         assert third.id > second.id
 
 
+def counted_reads(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, how many ids each `get_tasks` of the engine's store reads."""
+    store = engine._store
+    reads: list[int] = []
+    get_tasks = store.get_tasks
+
+    async def counted(task_ids: Collection[int]) -> list[Task]:
+        reads.append(len(task_ids))
+        return await get_tasks(task_ids)
+
+    monkeypatch.setattr(store, "get_tasks", counted)
+    return reads
+
+
 async def test_watching_finished_tasks_reads_the_store_once(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -260,15 +274,7 @@ async def test_watching_finished_tasks_reads_the_store_once(
     assigned = await channel.until_assigned(50)
     engine.report("w1", [], [ok(task) for task in assigned])
     await engine.wait([task.id for task in tasks], max_wait=5)
-    store = engine._store
-    reads: list[int] = []
-    get_tasks = store.get_tasks
-
-    async def counted(task_ids: Collection[int]) -> list[Task]:
-        reads.append(len(task_ids))
-        return await get_tasks(task_ids)
-
-    monkeypatch.setattr(store, "get_tasks", counted)
+    reads = counted_reads(engine, monkeypatch)
     seen: list[Task] = []
     missing = await engine.watch([*(task.id for task in tasks), 404], seen.append)
     assert missing == [404]
@@ -294,15 +300,7 @@ async def test_retrying_failed_tasks_reads_the_store_once(
         ],
     )
     await engine.wait([task.id for task in tasks], max_wait=5)
-    store = engine._store
-    reads: list[int] = []
-    get_tasks = store.get_tasks
-
-    async def counted(task_ids: Collection[int]) -> list[Task]:
-        reads.append(len(task_ids))
-        return await get_tasks(task_ids)
-
-    monkeypatch.setattr(store, "get_tasks", counted)
+    reads = counted_reads(engine, monkeypatch)
     with pytest.raises(NotFound, match="task 404 does not exist"):
         await engine.retry([tasks[0].id, 404])
     retried = await engine.retry([task.id for task in tasks])

@@ -189,6 +189,11 @@ async def test_close_commits_writes_that_never_started_the_writer(
 # Held tasks' saves -------------------------------------------------------------------------
 
 
+def saves_of(backend: RecordingBackend, task_id: int) -> list[Row]:
+    """Every save of the task the backend committed, in order."""
+    return [batch.saves[task_id] for batch in backend.batches if task_id in batch.saves]
+
+
 async def commit_now(store: GroupCommit[Row]) -> None:
     """One commit that somebody waits for (as a submit's or a result's)."""
     store.save(task(100))  # a pending task's save is not held back
@@ -219,11 +224,11 @@ async def test_a_held_task_that_ends_in_time_has_only_its_end_written(
     store.save(task(1, TaskState.SUCCEEDED))
     await commit_now(store)
     await commit_now(store)
-    written = [batch.saves[1] for batch in backend.batches if 1 in batch.saves]
-    assert written == [("save", 1, TaskState.RUNNING), ("save", 1, TaskState.SUCCEEDED)]
-    assert [batch.saves[2] for batch in backend.batches if 2 in batch.saves] == [
-        ("save", 2, TaskState.SUCCEEDED)
+    assert saves_of(backend, 1) == [
+        ("save", 1, TaskState.RUNNING),
+        ("save", 1, TaskState.SUCCEEDED),
     ]
+    assert saves_of(backend, 2) == [("save", 2, TaskState.SUCCEEDED)]
 
 
 async def test_a_task_held_again_after_a_queued_save_keeps_that_saves_place(
@@ -243,9 +248,7 @@ async def test_a_requeue_replaces_a_held_save_not_yet_written(
     await commit_now(store)
     assert backend.batches[-1].saves[1] == ("save", 1, TaskState.PENDING)
     await commit_now(store)
-    assert [batch.saves[1] for batch in backend.batches if 1 in batch.saves] == [
-        ("save", 1, TaskState.PENDING)
-    ]
+    assert saves_of(backend, 1) == [("save", 1, TaskState.PENDING)]
 
 
 async def test_held_saves_are_written_with_nobody_waiting(

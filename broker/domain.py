@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from typing import TypeVar, dataclass_transform
 
 DEFAULT_POOL = "default"
 DEFAULT_STICKY_TIMEOUT_S = 5.0
@@ -38,6 +39,25 @@ MAX_PRIORITY = 1000
 
 TaskId = int
 WorkerId = str
+
+_R = TypeVar("_R")
+
+
+@dataclass_transform(frozen_default=True)
+def hot_record(*, kw_only: bool = False) -> Callable[[type[_R]], type[_R]]:
+    """A dataclass with slots, frozen to the type checker, for what the broker makes once
+    or more for every task (a spec, a result, a strategy's outcome).
+
+    At run time it is not frozen: a frozen dataclass's __init__ sets each field through
+    object.__setattr__, four times as slow as plain assignment (2.0 against 0.5 µs for a
+    TaskSpec). It is equal and hashed by its fields, as a frozen one is; code that assigns
+    a field fails the type check (`make lint`) instead of raising.
+    """
+
+    def make(cls: type[_R]) -> type[_R]:
+        return dataclass(slots=True, kw_only=kw_only, unsafe_hash=True)(cls)
+
+    return make
 
 
 class TaskState(enum.IntEnum):
@@ -139,7 +159,7 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@hot_record(kw_only=True)
 class TaskSpec:
     """What a client asks to run."""
 
@@ -217,7 +237,7 @@ class Task:
     not_before: float = 0.0  # pending, but waiting until then (delay, backoff, rate limit)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@hot_record(kw_only=True)
 class TaskResult:
     """A worker's report of one attempt."""
 

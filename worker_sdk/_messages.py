@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from worker_sdk._records import hot_record
 from worker_sdk._types import TaskErrorInfo, TaskInfo
 
 # -- SubmitStream (client) ---------------------------------------------------------------
@@ -61,7 +62,7 @@ class RegisterAcked:
     idle_heartbeat_timeout_s: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@hot_record()
 class Assignment:
     """One task the broker hands to this worker."""
 
@@ -120,7 +121,7 @@ BrokerEvent = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@hot_record()
 class TaskOutcome:
     """The result of one attempt, as the worker reports it."""
 

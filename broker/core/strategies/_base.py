@@ -11,7 +11,7 @@ from typing import ClassVar, Protocol
 
 from broker.clock import Clock, SystemClock
 from broker.core.runtimes import RuntimeModel, worker_class
-from broker.domain import Task, WorkerId
+from broker.domain import Task, WorkerId, hot_record
 
 UNLIMITED = 1 << 30
 
@@ -72,7 +72,7 @@ class WorkerSlot:
         return len(self.held) / self.capacity if self.capacity else 1.0
 
 
-@dataclass(frozen=True, slots=True)
+@hot_record()
 class Outcome:
     """How one finished task went, for strategies that learn from it."""
 

@@ -78,13 +78,15 @@ class TaskState(enum.IntEnum):
     @property
     def active(self) -> bool:
         """Held by a worker: assigned or running."""
-        return self in (TaskState.ASSIGNED, TaskState.RUNNING)
+        return self in ACTIVE_STATES
 
 
 # The states a task ends in.
 TERMINAL_STATES = frozenset(
     {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.DEAD_LETTER}
 )
+# The states of a task a worker holds.
+ACTIVE_STATES = frozenset({TaskState.ASSIGNED, TaskState.RUNNING})
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,12 +26,12 @@ from typing import Any, Final, Generic, Protocol, Self, TypeVar
 
 from broker.clock import Clock
 from broker.domain import (
+    ACTIVE_STATES,
     ApiToken,
     ConfigChange,
     PoolConfig,
     Task,
     TaskId,
-    TaskState,
     WorkerId,
     WorkerSpec,
 )
@@ -48,7 +48,7 @@ SAVE_DELAY_S: Final = 0.05
 # that commit, and then only their end is written, one row update in place of two. A crash
 # before the held save is written recovers the task as it was before it was sent: pending,
 # as a restart leaves a held task anyway (its interrupted hand-out is not counted).
-HELD_STATES: Final = frozenset({TaskState.ASSIGNED, TaskState.RUNNING})
+HELD_STATES: Final = ACTIVE_STATES
 
 TaskRowT = TypeVar("TaskRowT")
 

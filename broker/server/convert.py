@@ -165,7 +165,7 @@ def _fill_spec(spec: TaskSpec, msg: _tasks.TaskSpec, *, with_payload: bool = Tru
         msg.trace_context.update(spec.trace_context)
     if spec.placement is not ANYWHERE:
         _placement_to_pb(spec.placement, msg.placement)
-    if spec.retry != NO_RETRY:
+    if spec.retry is not NO_RETRY and spec.retry != NO_RETRY:
         retry = spec.retry
         msg.retry.CopyFrom(
             _tasks.RetryPolicy(

@@ -87,7 +87,7 @@ def update_row(task: Task) -> Row:
 
 
 def _placement_json(placement: Placement) -> str | None:
-    if placement == ANYWHERE:
+    if placement is ANYWHERE or placement == ANYWHERE:
         return None
     return json.dumps(
         {

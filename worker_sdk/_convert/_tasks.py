@@ -147,8 +147,10 @@ def task_spec(
         spec.payload_content_type = request.content_type
     elif request.payload:
         spec.payload_content_type = OCTET_STREAM
-    if trace_context:
-        spec.trace_context.update(trace_context)
+    if trace_context:  # item by item: a map field's update() costs twice as much
+        carrier = spec.trace_context
+        for key, value in trace_context.items():
+            carrier[key] = value
     if request.anti_affinity_soft and not request.anti_affinity:
         raise ValueError("anti_affinity_soft=True needs an anti_affinity group")
     if (

@@ -301,6 +301,8 @@ class Broker:
             self._server = None
         if self._engine is not None:
             self._engine.disconnect_all("the broker is shutting down")
+            if self._store is not None:
+                self._engine.save_learning()
         if self._history is not None and self._store is not None:
             try:
                 await self._history.flush()

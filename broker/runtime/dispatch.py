@@ -4,11 +4,16 @@ Whatever frees a slot or brings a task asks for a dispatch of its pool; the requ
 of one turn of the event loop are gathered and served together by one `call_soon`,
 so a burst of results or submits costs one placement round per pool, and each worker
 gets one assignments message for it.
+
+What the pools learn goes to the store too: where sticky keys live after each round,
+and their statistics (each strategy arm's outcomes, the run times of task types) at most
+every LEARNING_SAVE_S.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
@@ -18,6 +23,14 @@ from broker.core.lifecycle import TaskLifecycle
 from broker.core.runtimes import RunStats, RuntimeKey
 from broker.core.scheduler import PoolScheduler
 from broker.domain import WorkerId
+from broker.errors import Unavailable
+
+log = logging.getLogger("taskbroker.engine")
+
+# How often at most the pools' statistics are queued for the store. Saved after every
+# round, they added four statements to nearly every commit: with one-slot workers, a
+# commit per task. A broker that crashes forgets at most this much of what it learned.
+LEARNING_SAVE_S = 1.0
 
 
 class LearningLog(Protocol):
@@ -44,6 +57,7 @@ class Dispatcher:
         self._apply = apply  # the lifecycle's effects: assignments out, tasks stored
         self._dirty: set[str] = set()
         self._handle: asyncio.Handle | None = None
+        self._learning_timer: asyncio.TimerHandle | None = None  # statistics to save
         self.active = False  # new assignments allowed
 
     def request(self, pools: Iterable[str]) -> None:
@@ -71,17 +85,35 @@ class Dispatcher:
             self._persist_learning(core.pools[name])
         self._apply()
 
+    def save_learning(self) -> None:
+        """Queue for the store the statistics every pool learned since they were last
+        saved (the broker calls it once more as it stops)."""
+        if self._learning_timer is not None:
+            self._learning_timer.cancel()
+            self._learning_timer = None
+        for pool in self._core.pools.values():
+            if pool.arms_changed:
+                self._store.save_arm_stats(pool.name, pool.arm_stats())
+                pool.arms_changed = False
+            model = pool.runtimes
+            if model.dirty:
+                for changed in model.dirty:
+                    self._store.save_runtime(changed, model.stats[changed])
+                model.dirty.clear()
+
     def _persist_learning(self, pool: PoolScheduler) -> None:
-        """Queue what the pool learned since last time (sticky keys, run times) for the store."""
+        """Queue the pool's sticky keys for the store, and its statistics soon."""
         if pool.sticky_moves:
             for key, worker_id in pool.sticky_moves.items():
                 self._store.save_sticky(pool.name, key, worker_id)
             pool.sticky_moves.clear()
-        if pool.arms_changed:
-            self._store.save_arm_stats(pool.name, pool.arm_stats())
-            pool.arms_changed = False
-        model = pool.runtimes
-        if model.dirty:
-            for changed in model.dirty:
-                self._store.save_runtime(changed, model.stats[changed])
-            model.dirty.clear()
+        if self._learning_timer is None and (pool.arms_changed or pool.runtimes.dirty):
+            loop = asyncio.get_running_loop()
+            self._learning_timer = loop.call_later(LEARNING_SAVE_S, self._learning_due)
+
+    def _learning_due(self) -> None:
+        self._learning_timer = None
+        try:
+            self.save_learning()
+        except Unavailable:  # the store closed under a broker that did not stop first
+            log.warning("the pools' statistics were not saved: the store is closed")

@@ -570,6 +570,11 @@ class Engine:
             session.channel.close(Unavailable(reason))
             self.disconnect_worker(session.spec.worker_id, reason, counts=False)
 
+    def save_learning(self) -> None:
+        """Queue for the store what the pools learned and have not saved yet (their
+        statistics are saved at most every LEARNING_SAVE_S); call it as the broker stops."""
+        self._dispatcher.save_learning()
+
     def heartbeat(
         self,
         worker_id: WorkerId,

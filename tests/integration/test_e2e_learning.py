@@ -19,6 +19,7 @@ import pytest
 
 from broker import Broker
 from broker.domain import PoolConfig
+from broker.runtime import dispatch
 from broker.sim.run import compare
 from broker.sim.scenarios import build_scenario
 from tests.support.config import make_config
@@ -122,3 +123,30 @@ async def test_arm_statistics_survive_a_restart_and_ab_percent_0_clears_the_arm(
         pool = await client.update_pool("default", ab_strategy="predictive", ab_percent=10)
         split = await default_stats(client)
         assert [a.placed for a in split.arms] == [before.arms[0].placed, 0]  # counts anew
+
+
+async def test_what_a_pool_learned_is_saved_as_the_broker_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pool's statistics go to the store at most every LEARNING_SAVE_S; whatever is not
+    saved yet when the broker stops is saved then."""
+    monkeypatch.setattr(dispatch, "LEARNING_SAVE_S", 3600.0)
+    config = make_config(tmp_path)
+    async with Broker(config) as broker, Client(broker.address) as client:
+        worker = Worker(capacity=2, worker_id="w")
+
+        @worker.task("job")
+        async def job(ctx: TaskContext) -> str:
+            return "done"
+
+        running = asyncio.create_task(worker.run(broker.address))
+        await client.wait_many([await client.submit("job", b"") for _ in range(10)], timeout=30)
+        await worker.shutdown(grace=2)
+        await running
+        before = await default_stats(client)
+    assert sum(a.finished for a in before.arms) == 10
+    assert [r.samples for r in before.runtimes] == [10]
+    async with Broker(config) as broker, Client(broker.address) as client:
+        after = await default_stats(client)
+    assert after.arms == before.arms
+    assert after.runtimes == before.runtimes

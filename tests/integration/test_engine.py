@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Sequence
 from pathlib import Path
 
 import pytest
 
 from broker.clock import FakeClock
+from broker.core.arms import ArmStats
+from broker.core.runtimes import RunStats, RuntimeKey
 from broker.domain import (
     Task,
     TaskError,
@@ -18,6 +20,7 @@ from broker.domain import (
     TaskState,
 )
 from broker.errors import FailedPrecondition, NotFound, Unavailable
+from broker.runtime import dispatch
 from broker.runtime.engine import Engine
 from broker.storage.sqlite import SQLiteStore
 from tests.support.config import make_config
@@ -307,3 +310,61 @@ async def test_retrying_failed_tasks_reads_the_store_once(
     assert reads == [2, 30]
     assert sorted(task.id for task in retried) == sorted(task.id for task in tasks)
     assert {task.state for task in retried} == {TaskState.PENDING}
+
+
+def counted_learning_saves(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """From now on, each statistic the engine queues for its store: "runtime" or "arms"."""
+    store = engine._store
+    saves: list[str] = []
+    save_runtime, save_arm_stats = store.save_runtime, store.save_arm_stats
+
+    def runtime(key: RuntimeKey, stats: RunStats) -> None:
+        saves.append("runtime")
+        save_runtime(key, stats)
+
+    def arms(pool: str, arms: Sequence[ArmStats]) -> None:
+        saves.append("arms")
+        save_arm_stats(pool, arms)
+
+    monkeypatch.setattr(store, "save_runtime", runtime)
+    monkeypatch.setattr(store, "save_arm_stats", arms)
+    return saves
+
+
+async def test_what_pools_learn_is_saved_once_an_interval_not_once_a_round(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each result changes a pool's statistics and brings a dispatch round; saving them
+    after every round put four more statements in nearly every commit."""
+    monkeypatch.setattr(dispatch, "LEARNING_SAVE_S", 3600.0)
+    saves = counted_learning_saves(engine, monkeypatch)
+    channel = RecordingChannel()
+    engine.connect_worker(worker("w1", capacity=1), channel)
+    tasks = await engine.submit([TaskSpec(task_type="t") for _ in range(5)])
+    for count in range(1, 6):  # one at a time: a result and a round each
+        task = (await channel.until_assigned(count))[-1]
+        engine.report("w1", [], [ok(task)])
+    await engine.wait([task.id for task in tasks], max_wait=5)
+    assert saves == []
+    engine.save_learning()
+    # The run time of the type on the worker's class and on every worker; the arms.
+    assert sorted(saves) == ["arms", "runtime", "runtime"]
+    await engine._store.flush()
+    learned = await engine._store.load_runtimes()
+    assert sorted(stats.count for _, stats in learned) == [5, 5]
+
+
+async def test_what_pools_learn_is_saved_when_the_interval_is_up(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dispatch, "LEARNING_SAVE_S", 0.0)  # due at the next loop turn
+    saves = counted_learning_saves(engine, monkeypatch)
+    channel = RecordingChannel()
+    engine.connect_worker(worker("w1", capacity=1), channel)
+    (task,) = await engine.submit([TaskSpec(task_type="t")])
+    (assigned,) = await channel.until_assigned(1)
+    engine.report("w1", [], [ok(assigned)])
+    await engine.wait([task.id], max_wait=5)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert sorted(saves) == ["arms", "runtime", "runtime"]

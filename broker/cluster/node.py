@@ -68,6 +68,7 @@ class ClusterEngine(Protocol):
     def watched(self) -> set[TaskId]: ...
     def finished_elsewhere(self, tasks: Iterable[Task]) -> None: ...
     def disconnect_all(self, reason: str) -> None: ...
+    def save_learning(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,8 +299,10 @@ class ClusterNode:
         if not leaving:
             return
         # A task that ended here may still have its save queued (it rides along with a
-        # later commit: broker.storage.groupcommit.SAVE_DELAY_S). Commit it while the pool
-        # is this broker's: once the pool is out of the fence, the save would change nothing.
+        # later commit: broker.storage.groupcommit.SAVE_DELAY_S), and what the pools
+        # learned is saved only now and then. Commit them while the pool is this broker's:
+        # once the pool is out of the fence, a task's save would change nothing.
+        engine.save_learning()
         try:
             await self._store.flush()
         except BrokerError as exc:

@@ -67,11 +67,15 @@ class Dispatcher:
             self._handle = asyncio.get_running_loop().call_soon(self._run)
 
     def stop(self) -> None:
-        """No more assignments (a drain): the planned round is dropped."""
+        """No more assignments (a drain): the planned round is dropped, and the planned
+        save of the pools' statistics (whoever stops it saves them: `save_learning`)."""
         self.active = False
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        if self._learning_timer is not None:
+            self._learning_timer.cancel()
+            self._learning_timer = None
 
     def _run(self) -> None:
         self._handle = None
@@ -87,7 +91,8 @@ class Dispatcher:
 
     def save_learning(self) -> None:
         """Queue for the store the statistics every pool learned since they were last
-        saved (the broker calls it once more as it stops)."""
+        saved: what the timer does, and the broker as it stops, pauses or hands a pool
+        over (broker.cluster)."""
         if self._learning_timer is not None:
             self._learning_timer.cancel()
             self._learning_timer = None

@@ -221,8 +221,10 @@ class Engine:
 
     def pause(self) -> None:
         """Stop taking submits and handing out work at once, holding what is held (a
-        broker that lost its lease on a pool: broker.cluster)."""
+        broker that lost its lease on a pool: broker.cluster). What the pools learned so
+        far is queued for the store."""
         self.accepting = False
+        self._dispatcher.save_learning()
         self._dispatcher.stop()
         self._ticker.stop()
 
@@ -572,7 +574,8 @@ class Engine:
 
     def save_learning(self) -> None:
         """Queue for the store what the pools learned and have not saved yet (their
-        statistics are saved at most every LEARNING_SAVE_S); call it as the broker stops."""
+        statistics are saved at most every LEARNING_SAVE_S): as the broker stops, or
+        before it hands a pool over."""
         self._dispatcher.save_learning()
 
     def heartbeat(

@@ -138,10 +138,18 @@ async def test_a_client_given_several_brokers_fails_over_to_one_that_answers(
 
 
 class _IdleEngine:
-    """An engine that holds nothing of any pool (so each may be handed over)."""
+    """An engine that holds nothing of any pool (so each may be handed over), and notes
+    which pools the node held when it was asked to save what the pools learned."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+        self.saved_learning_owning: list[set[str]] = []
 
     def idle_pool(self, pool: str) -> bool:
         return True
+
+    def save_learning(self) -> None:
+        self.saved_learning_owning.append(set(self.node.owned))
 
 
 async def test_a_pool_handed_over_keeps_the_saves_still_queued_for_it(
@@ -159,13 +167,15 @@ async def test_a_pool_handed_over_keeps_the_saves_still_queued_for_it(
         assert set(node.owned) == {pool}
         task = make_task(1, pool=pool)
         await store.insert_tasks([task])
-        node._engine = _IdleEngine()  # type: ignore[assignment]
+        engine = _IdleEngine(node)
+        node._engine = engine  # type: ignore[assignment]
         await store.pool.execute("INSERT INTO brokers VALUES ('b2', '127.0.0.1:2', 0, 1e12)")
         await node._round([pool])  # learns of b2, whom the pool should go to
         assert set(node.owned) == {pool}
         store.save(finished(task, StoredState.CANCELLED))  # queued, not committed
         await node._round([pool])  # hands the pool over
         assert node.owned == {}
+        assert engine.saved_learning_owning == [{pool}]  # what it learned, saved first
         await store.flush()
         state = await store.pool.fetchval("SELECT state FROM tasks WHERE id = 1")
         assert state == int(StoredState.CANCELLED)

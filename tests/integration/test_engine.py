@@ -368,3 +368,25 @@ async def test_what_pools_learn_is_saved_when_the_interval_is_up(
     for _ in range(3):
         await asyncio.sleep(0)
     assert sorted(saves) == ["arms", "runtime", "runtime"]
+
+
+async def test_a_pause_saves_what_pools_learned_and_the_timer_then_saves_nothing(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker that lost its pools (broker.cluster) saves what it learned as it pauses;
+    its timer writes nothing after, for another broker may hold the pools by then."""
+    monkeypatch.setattr(dispatch, "LEARNING_SAVE_S", 0.0)  # due at the next loop turn
+    saves = counted_learning_saves(engine, monkeypatch)
+    channel = RecordingChannel()
+    engine.connect_worker(worker("w1", capacity=2), channel)
+    await engine.submit([TaskSpec(task_type="t"), TaskSpec(task_type="t")])
+    first, second = await channel.until_assigned(2)
+    engine.report("w1", [], [ok(first)])
+    await asyncio.sleep(0)  # the dispatch round: it sets the timer for the next turn
+    assert saves == []
+    engine.pause()  # before the timer's turn
+    assert sorted(saves) == ["arms", "runtime", "runtime"]
+    engine.report("w1", [], [ok(second)])  # a held task ends after the pause: learned
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert len(saves) == 3

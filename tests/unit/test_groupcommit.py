@@ -99,6 +99,27 @@ async def test_concurrent_writers_share_one_commit(
     await store.close()
 
 
+async def test_a_write_made_a_turn_after_the_one_that_woke_the_writer_shares_its_commit(
+    store: GroupCommit[Row], backend: RecordingBackend
+) -> None:
+    """A message takes a turn or two of the loop from the socket to its write: the writer
+    lets GATHER_TURNS turns run before it commits, so what already arrived joins."""
+
+    def end(task_id: int) -> None:
+        store.save(task(task_id, TaskState.SUCCEEDED))
+        done.append(store.durable())
+
+    done: list[asyncio.Future[None]] = []
+    end(1)  # wakes the writer
+    asyncio.get_running_loop().call_soon(end, 2)
+    while len(done) < 2:
+        await asyncio.sleep(0)
+    await asyncio.gather(*done)
+    assert len(backend.batches) == 1
+    assert sorted(backend.batches[0].saves) == [1, 2]
+    await store.close()
+
+
 async def test_a_failed_commit_fails_its_waiters_and_the_writer_goes_on(
     store: GroupCommit[Row], backend: RecordingBackend
 ) -> None:

@@ -367,7 +367,10 @@ async def test_what_pools_learn_is_saved_when_the_interval_is_up(
     await engine.wait([task.id], max_wait=5)
     for _ in range(3):
         await asyncio.sleep(0)
-    assert sorted(saves) == ["arms", "runtime", "runtime"]
+    # Nobody called save_learning: the timer saved the run time of the type (on the
+    # worker's class and on every worker), and the arms.
+    assert saves.count("runtime") == 2
+    assert "arms" in saves
 
 
 async def test_a_pause_saves_what_pools_learned_and_the_timer_then_saves_nothing(

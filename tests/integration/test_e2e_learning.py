@@ -89,23 +89,27 @@ async def default_stats(client: Client) -> PoolStats:
     return default
 
 
+async def run_jobs(broker: Broker, client: Client, count: int) -> None:
+    """Run `count` tasks of type "job" on a worker of two slots, then stop the worker."""
+    worker = Worker(capacity=2, worker_id="w")
+
+    @worker.task("job")
+    async def job(ctx: TaskContext) -> str:
+        return "done"
+
+    running = asyncio.create_task(worker.run(broker.address))
+    await client.wait_many([await client.submit("job", b"") for _ in range(count)], timeout=30)
+    await worker.shutdown(grace=2)
+    await running
+
+
 async def test_arm_statistics_survive_a_restart_and_ab_percent_0_clears_the_arm(
     tmp_path: Path,
 ) -> None:
     config = make_config(tmp_path)
     async with Broker(config) as broker, Client(broker.address) as client:
         await client.update_pool("default", ab_strategy="predictive", ab_percent=50)
-        worker = Worker(capacity=2, worker_id="w")
-
-        @worker.task("job")
-        async def job(ctx: TaskContext) -> str:
-            return "done"
-
-        running = asyncio.create_task(worker.run(broker.address))
-        ids = [await client.submit("job", b"") for _ in range(20)]
-        await client.wait_many(ids, timeout=30)
-        await worker.shutdown(grace=2)
-        await running
+        await run_jobs(broker, client, 20)
         before = await default_stats(client)
     assert [a.strategy for a in before.arms] == ["round_robin", "predictive"]
     assert sum(a.finished for a in before.arms) == 20
@@ -133,16 +137,7 @@ async def test_what_a_pool_learned_is_saved_as_the_broker_stops(
     monkeypatch.setattr(dispatch, "LEARNING_SAVE_S", 3600.0)
     config = make_config(tmp_path)
     async with Broker(config) as broker, Client(broker.address) as client:
-        worker = Worker(capacity=2, worker_id="w")
-
-        @worker.task("job")
-        async def job(ctx: TaskContext) -> str:
-            return "done"
-
-        running = asyncio.create_task(worker.run(broker.address))
-        await client.wait_many([await client.submit("job", b"") for _ in range(10)], timeout=30)
-        await worker.shutdown(grace=2)
-        await running
+        await run_jobs(broker, client, 10)
         before = await default_stats(client)
     assert sum(a.finished for a in before.arms) == 10
     assert [r.samples for r in before.runtimes] == [10]

@@ -65,9 +65,10 @@ class Client(AdminCalls, TokenCalls):
     concurrent calls are coalesced into batches of up to `batch_size` tasks.
 
     A wait (`wait`, `wait_many`, `result`) rides out a broker restart: when the stream is
-    lost (UNAVAILABLE, or the broker ends it), the client opens a new one, with backoff, and
-    watches the same task ids again until the wait's own timeout. A submit the broker had
-    not acknowledged when the stream broke fails with Unavailable; it is never resent.
+    lost (UNAVAILABLE, gRPC's own INTERNAL, or the broker ends it), the client opens a new
+    one, with backoff, and watches the same task ids again until the wait's own timeout. A
+    submit the broker had not acknowledged when the stream broke fails with Unavailable; it
+    is never resent.
 
     Every call carries `client_id` (default `hostname:pid`) in the `x-taskbroker-client`
     header; the broker rate-limits submits per client identity. A submit the broker refuses

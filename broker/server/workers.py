@@ -29,7 +29,7 @@ from broker.domain import Task, TaskId, TaskResult
 from broker.errors import BrokerError, FailedPrecondition, InvalidArgument
 from broker.server import convert
 from broker.server.parsing import Malformed
-from broker.server.status import Context, abort, status_of
+from broker.server.status import Context, abort
 from broker.service import BrokerService
 from worker_sdk._pb import worker_pb2 as _worker
 from worker_sdk._pb import worker_pb2_grpc as _worker_grpc
@@ -357,7 +357,7 @@ class WorkerService(_worker_grpc.WorkerServiceServicer):
                     raise
             await channel.finish()
             if channel.error is not None:
-                await context.abort(status_of(channel.error), str(channel.error))
+                await abort(context, channel.error)
         finally:
             channel.detach()
             # A stream that ends without the worker's Leave may be resumed (a cancelled

@@ -14,6 +14,8 @@ import grpc
 import grpc.aio
 import pytest
 
+from broker.errors import BrokerError
+from broker.server.status import rich_status
 from tests.support.fake_broker import FakeAdminService, FakeTaskService, serve_services
 from worker_sdk import (
     AlreadyExists,
@@ -312,12 +314,23 @@ async def test_run_times_out_naming_the_task_which_carries_on(
     assert (await waiting).result == b"late"
 
 
-async def test_run_rides_out_a_lost_stream(client: Client, tasks: FakeTaskService) -> None:
+@pytest.mark.parametrize(
+    ("code", "details"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, "fake broker restarting"),
+        # What gRPC itself reports when a stream breaks while this side writes to it (the
+        # broker stopping): no status details, which the broker sends with its own errors.
+        (grpc.StatusCode.INTERNAL, "Internal error from Core"),
+    ],
+)
+async def test_run_rides_out_a_lost_stream(
+    client: Client, tasks: FakeTaskService, code: grpc.StatusCode, details: str
+) -> None:
     running = asyncio.create_task(client.run(TaskRequest("echo")))
     await tasks.until(lambda: bool(tasks.tasks))
     (task_id,) = tasks.tasks
     await asyncio.wait_for(acked(client, task_id), 5)
-    tasks.break_streams()
+    tasks.break_streams(code, details)
     # It watches its task again, on a new stream, as a wait does.
     await asyncio.wait_for(
         tasks.until(lambda: any(task_id in r.watch_task_ids for r in tasks.stream_requests)), 5
@@ -325,6 +338,20 @@ async def test_run_rides_out_a_lost_stream(client: Client, tasks: FakeTaskServic
     tasks.finish(task_id, result=b"done")
     assert (await asyncio.wait_for(running, 5)).result == b"done"
     assert tasks.streams_opened == 2
+
+
+async def test_a_wait_fails_on_an_internal_error_the_broker_sent(
+    client: Client, tasks: FakeTaskService
+) -> None:
+    task_id = await client.submit("echo")
+    waiting = asyncio.create_task(client.wait(task_id, timeout=10))
+    await tasks.until(lambda: any(task_id in r.watch_task_ids for r in tasks.stream_requests))
+    status = rich_status(BrokerError("the store is corrupt"))
+    assert status.code is grpc.StatusCode.INTERNAL
+    tasks.break_streams(status.code, status.details, status.trailing_metadata)
+    with pytest.raises(TaskbrokerError, match="broke: the store is corrupt"):
+        await asyncio.wait_for(waiting, 5)
+    assert tasks.streams_opened == 1  # not watched again
 
 
 async def test_run_refuses_bad_arguments_before_sending(

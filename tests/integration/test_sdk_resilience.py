@@ -23,11 +23,14 @@ import grpc.aio
 import pytest
 
 import worker_sdk
+from broker.errors import BrokerError
+from broker.server.status import rich_status
 from tests.support.fake_broker import (
     FakeAdminService,
     FakeSession,
     FakeTaskService,
     FakeWorkerService,
+    Outbox,
     running,
     serve,
     serve_services,
@@ -389,6 +392,23 @@ def test_resource_exhausted_carries_the_pushback_hint(
     assert error.retry_after == retry_after
 
 
+def test_an_internal_error_without_the_broker_s_details_is_a_lost_call() -> None:
+    def aio_error(trailers: grpc.aio.Metadata, details: str) -> grpc.aio.AioRpcError:
+        return grpc.aio.AioRpcError(
+            grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), trailers, details, None
+        )
+
+    # What grpc.aio raises when the call broke under it: no trailers at all.
+    lost = _convert.rpc_error(aio_error(grpc.aio.Metadata(), "Internal error from Core"), "b:1")
+    assert type(lost) is Unavailable
+    assert str(lost) == "the call to the broker at b:1 broke: Internal error from Core"
+    # The broker's own INTERNAL comes with its status details: an error, not a loss.
+    status = rich_status(BrokerError("the store is corrupt"))
+    sent = _convert.rpc_error(aio_error(grpc.aio.Metadata(*status.trailing_metadata), "x"), "b:1")
+    assert type(sent) is TaskbrokerError
+    assert str(sent) == "x"
+
+
 def test_error_table_keeps_the_hint() -> None:
     error = error_for_code(_EXHAUSTED.value[0], "slow down", 0.25)
     assert isinstance(error, ResourceExhausted)
@@ -485,7 +505,7 @@ class RecordingTaskService(FakeTaskService):
     def _handle(
         self,
         request: _tasks.SubmitStreamRequest,
-        outbox: asyncio.Queue[_tasks.SubmitStreamResponse | None],
+        outbox: Outbox,
     ) -> None:
         first = request.tasks[0].payload if request.tasks else None
         if self.refuse_stream and first is not None and first.startswith(self.refuse_prefix):

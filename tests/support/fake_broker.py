@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import grpc
 import grpc.aio
+from google.rpc.status_pb2 import Status
+from grpc_status import rpc_status
 
 from worker_sdk import (
     Worker,
@@ -22,6 +25,18 @@ from worker_sdk._pb import worker_pb2 as _worker
 from worker_sdk._pb import worker_pb2_grpc as _worker_grpc
 
 _Context = grpc.aio.ServicerContext[object, object]
+
+
+@dataclass(frozen=True)
+class _Abort:
+    """The status a stream is ended with (`FakeTaskService.break_streams`)."""
+
+    code: grpc.StatusCode
+    details: str
+    trailers: tuple[tuple[str, str | bytes], ...]
+
+
+Outbox = asyncio.Queue[_tasks.SubmitStreamResponse | _Abort]
 _TERMINAL = (_tasks.TASK_STATE_SUCCEEDED, _tasks.TASK_STATE_FAILED, _tasks.TASK_STATE_CANCELLED)
 
 
@@ -40,8 +55,8 @@ class FakeTaskService(_tasks_grpc.TaskServiceServicer):
         self.reject_all: tuple[int, str] | None = None
         self.hold_acks = False  # receive but never answer
         self.unmatched_ack = False  # answer with an error ack carrying no batch id
-        self._watchers: dict[str, list[asyncio.Queue[_tasks.SubmitStreamResponse | None]]] = {}
-        self._outboxes: list[asyncio.Queue[_tasks.SubmitStreamResponse | None]] = []
+        self._watchers: dict[str, list[Outbox]] = {}
+        self._outboxes: list[Outbox] = []
         self._changed = asyncio.Event()
 
     async def until(self, predicate: Callable[[], bool]) -> None:
@@ -84,15 +99,21 @@ class FakeTaskService(_tasks_grpc.TaskServiceServicer):
                 _tasks.SubmitStreamResponse(completions=_tasks.Completions(tasks=[task]))
             )
 
-    def break_streams(self) -> None:
+    def break_streams(
+        self,
+        code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
+        details: str = "fake broker restarting",
+        trailers: tuple[tuple[str, str | bytes], ...] = (),
+    ) -> None:
+        """End every open stream with this status (by default, a restarting broker's)."""
         for outbox in self._outboxes:
-            outbox.put_nowait(None)
+            outbox.put_nowait(_Abort(code, details, trailers))
 
     async def SubmitStream(  # type: ignore[override]
         self, request_iterator: AsyncIterator[_tasks.SubmitStreamRequest], context: _Context
     ) -> None:
         self.streams_opened += 1
-        outbox: asyncio.Queue[_tasks.SubmitStreamResponse | None] = asyncio.Queue()
+        outbox: Outbox = asyncio.Queue()
         self._outboxes.append(outbox)
 
         async def read() -> None:
@@ -110,8 +131,8 @@ class FakeTaskService(_tasks_grpc.TaskServiceServicer):
                     outgoing.cancel()
                     return
                 response = outgoing.result()
-                if response is None:
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, "fake broker restarting")
+                if isinstance(response, _Abort):
+                    await context.abort(response.code, response.details, response.trailers)
                 await context.write(response)
         finally:
             reader.cancel()
@@ -121,7 +142,7 @@ class FakeTaskService(_tasks_grpc.TaskServiceServicer):
     def _handle(
         self,
         request: _tasks.SubmitStreamRequest,
-        outbox: asyncio.Queue[_tasks.SubmitStreamResponse | None],
+        outbox: Outbox,
     ) -> None:
         if self.hold_acks:
             return
@@ -173,8 +194,11 @@ class FakeTaskService(_tasks_grpc.TaskServiceServicer):
 
     async def Get(self, request: _tasks.GetTaskRequest, context: _Context) -> _tasks.Task:
         if request.task_id.startswith("code:"):
+            # As the broker sends its errors: with their google.rpc.Status in the trailers.
             code = next(c for c in grpc.StatusCode if c.name == request.task_id[5:])
-            await context.abort(code, f"fake {code.name}")
+            status = Status(code=code.value[0], message=f"fake {code.name}")
+            trailers = rpc_status.to_status(status).trailing_metadata
+            await context.abort(code, status.message, trailers)
         if request.task_id not in self.tasks:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"task {request.task_id} not found")
         return self.tasks[request.task_id]

@@ -94,6 +94,12 @@ async def test_malformed_request_bytes(channel: grpc.aio.Channel) -> None:
         await raw(b"\xff\xff\xff\xff garbage")
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "malformed request" in (info.value.details() or "")
+    # With its details, as every error the broker sends (the SDK tells them from gRPC's own).
+    status = rpc_status.from_call(info.value)  # type: ignore[arg-type]
+    assert status is not None
+    error_info = ErrorInfo()
+    assert status.details[0].Unpack(error_info)
+    assert error_info.domain == "taskbroker"
     await still_serving(channel)
 
 
@@ -181,6 +187,12 @@ async def test_garbage_on_the_worker_stream(channel: grpc.aio.Channel) -> None:
                 pass
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "malformed request" in (info.value.details() or "")
+    # With its details, as every error the broker sends (the SDK tells them from gRPC's own).
+    status = rpc_status.from_call(info.value)  # type: ignore[arg-type]
+    assert status is not None
+    error_info = ErrorInfo()
+    assert status.details[0].Unpack(error_info)
+    assert error_info.domain == "taskbroker"
     await still_serving(channel)
     admin = _admin_grpc.AdminServiceStub(channel)
     workers = await admin.ListWorkers(_admin.ListWorkersRequest())
@@ -264,6 +276,12 @@ async def test_garbage_on_the_submit_stream_ends_it(channel: grpc.aio.Channel) -
                 pass
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "malformed request" in (info.value.details() or "")
+    # With its details, as every error the broker sends (the SDK tells them from gRPC's own).
+    status = rpc_status.from_call(info.value)  # type: ignore[arg-type]
+    assert status is not None
+    error_info = ErrorInfo()
+    assert status.details[0].Unpack(error_info)
+    assert error_info.domain == "taskbroker"
     await still_serving(channel)
 
 

@@ -88,18 +88,23 @@ async def test_unknown_and_malformed_task_ids(channel: grpc.aio.Channel) -> None
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def assert_broker_details(error: grpc.aio.AioRpcError) -> None:
+    """The error carries the broker's google.rpc.Status, as every error it sends does (the
+    SDK tells them from gRPC's own by it)."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    error_info = ErrorInfo()
+    assert status.details[0].Unpack(error_info)
+    assert error_info.domain == "taskbroker"
+
+
 async def test_malformed_request_bytes(channel: grpc.aio.Channel) -> None:
     raw = channel.unary_unary("/taskbroker.v1.TaskService/Submit", None, None)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await raw(b"\xff\xff\xff\xff garbage")
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "malformed request" in (info.value.details() or "")
-    # With its details, as every error the broker sends (the SDK tells them from gRPC's own).
-    status = rpc_status.from_call(info.value)  # type: ignore[arg-type]
-    assert status is not None
-    error_info = ErrorInfo()
-    assert status.details[0].Unpack(error_info)
-    assert error_info.domain == "taskbroker"
+    assert_broker_details(info.value)
     await still_serving(channel)
 
 
@@ -187,12 +192,7 @@ async def test_garbage_on_the_worker_stream(channel: grpc.aio.Channel) -> None:
                 pass
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "malformed request" in (info.value.details() or "")
-    # With its details, as every error the broker sends (the SDK tells them from gRPC's own).
-    status = rpc_status.from_call(info.value)  # type: ignore[arg-type]
-    assert status is not None
-    error_info = ErrorInfo()
-    assert status.details[0].Unpack(error_info)
-    assert error_info.domain == "taskbroker"
+    assert_broker_details(info.value)
     await still_serving(channel)
     admin = _admin_grpc.AdminServiceStub(channel)
     workers = await admin.ListWorkers(_admin.ListWorkersRequest())
@@ -276,12 +276,7 @@ async def test_garbage_on_the_submit_stream_ends_it(channel: grpc.aio.Channel) -
                 pass
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "malformed request" in (info.value.details() or "")
-    # With its details, as every error the broker sends (the SDK tells them from gRPC's own).
-    status = rpc_status.from_call(info.value)  # type: ignore[arg-type]
-    assert status is not None
-    error_info = ErrorInfo()
-    assert status.details[0].Unpack(error_info)
-    assert error_info.domain == "taskbroker"
+    assert_broker_details(info.value)
     await still_serving(channel)
 
 

@@ -181,6 +181,12 @@ class TaskSpec:
     submitter: str = ""  # the authenticated identity that submitted it; set by the broker
 
     @property
+    def has_retry(self) -> bool:
+        """Whether its retry policy is not the default one (most specs share NO_RETRY,
+        recognised by identity before a comparison field by field)."""
+        return self.retry is not NO_RETRY and self.retry != NO_RETRY
+
+    @property
     def has_options(self) -> bool:
         """Whether any of the retry policy, delay, deadlines, keys or trace context is set;
         checked fast, since most tasks have none."""

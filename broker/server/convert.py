@@ -172,7 +172,7 @@ def _fill_spec(spec: TaskSpec, msg: _tasks.TaskSpec, *, with_payload: bool = Tru
         _fill_map(msg.trace_context, spec.trace_context)
     if spec.placement is not ANYWHERE:
         _placement_to_pb(spec.placement, msg.placement)
-    if spec.retry is not NO_RETRY and spec.retry != NO_RETRY:
+    if spec.has_retry:
         retry = spec.retry
         msg.retry.CopyFrom(
             _tasks.RetryPolicy(

@@ -14,7 +14,6 @@ from typing import Any
 
 from broker.domain import (
     BULKHEAD_LIMITS,
-    NO_RETRY,
     POOL_SCALAR_SETTINGS,
     BulkheadConfig,
     PoolConfig,
@@ -63,7 +62,7 @@ def task_options_json(spec: TaskSpec) -> str | None:
         if mapping := getattr(spec, name):
             items = ",".join([f"{_json_string(k)}:{_json_string(v)}" for k, v in mapping.items()])
             parts.append(f'"{name}":{{{items}}}')
-    if spec.retry is not NO_RETRY and spec.retry != NO_RETRY:
+    if spec.has_retry:
         retry = spec.retry
         retry_list = [
             retry.max_attempts,
